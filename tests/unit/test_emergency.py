@@ -1,0 +1,451 @@
+"""The local emergency controller: scoped halts, cross-process visibility, risk limits."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tradeflow import errors
+from tradeflow.infrastructure.emergency import (
+    EmergencyHalted,
+    LocalEmergencyController,
+    RiskLimitExceeded,
+)
+from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.infrastructure.records import Event, LimitDirection, Scope
+from tradeflow.infrastructure.sqlite import open_database
+
+IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
+
+
+class FixedClock:
+    """A clock tests move by hand."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "tradeflow.db"
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = open_database(db_path)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def published() -> list[Event]:
+    return []
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock()
+
+
+@pytest.fixture
+def controller(
+    conn: sqlite3.Connection, published: list[Event], metrics: Metrics, clock: FixedClock
+) -> LocalEmergencyController:
+    counter = itertools.count(1)
+    return LocalEmergencyController(
+        conn,
+        publish=published.append,
+        metrics=metrics,
+        clock=clock,
+        id_factory=lambda: f"id-{next(counter)}",
+    )
+
+
+@pytest.fixture
+def second(db_path: Path) -> Iterator[LocalEmergencyController]:
+    """A controller on its own connection: what another process sees."""
+    connection = open_database(db_path)
+    yield LocalEmergencyController(connection)
+    connection.close()
+
+
+def covered(controller: LocalEmergencyController, **ids: str | None) -> bool:
+    return controller.active_halt(**{**IDS, **ids}) is not None
+
+
+def test_contract_error_names_are_the_error_tree() -> None:
+    """The seed's import path gives the classes of tradeflow.errors."""
+    assert EmergencyHalted is errors.EmergencyHalted
+    assert RiskLimitExceeded is errors.RiskLimitExceeded
+
+
+@pytest.mark.parametrize(
+    ("scope", "target", "blocked", "free"),
+    [
+        (Scope.GLOBAL, None, [{}, {"bot_id": None, "strategy_id": None}], []),
+        (Scope.STRATEGY, "strat-1", [{}], [{"strategy_id": "strat-2"}, {"strategy_id": None}]),
+        (Scope.BOT, "bot-1", [{}], [{"bot_id": "bot-2"}, {"bot_id": None}]),
+        (Scope.WORKFLOW, "wf-1", [{}], [{"workflow_id": "wf-2"}]),
+    ],
+)
+@pytest.mark.asyncio
+async def test_each_scope_halts_only_what_it_covers(
+    controller: LocalEmergencyController,
+    scope: Scope,
+    target: str | None,
+    blocked: list[dict[str, str | None]],
+    free: list[dict[str, str | None]],
+) -> None:
+    """A halt blocks the ids it names and leaves every other id trading."""
+    await controller.halt(scope, target, reason="test", actor="ops")
+
+    assert all(covered(controller, **ids) for ids in blocked)
+    assert not any(covered(controller, **ids) for ids in free)
+    with pytest.raises(EmergencyHalted) as caught:
+        controller.ensure_trading_allowed(**IDS)
+    assert (caught.value.scope, caught.value.target, caught.value.reason) == (
+        scope.value,
+        target,
+        "test",
+    )
+
+
+@pytest.mark.asyncio
+async def test_most_restrictive_halt_wins(controller: LocalEmergencyController) -> None:
+    """With several halts covering a bot, the broadest one is reported; resume peels them."""
+    for scope, target in [
+        (Scope.WORKFLOW, "wf-1"),
+        (Scope.BOT, "bot-1"),
+        (Scope.STRATEGY, "strat-1"),
+        (Scope.GLOBAL, None),
+    ]:
+        await controller.halt(scope, target, reason=f"{scope.value} halt")
+
+    reported = []
+    for scope, target in [
+        (Scope.GLOBAL, None),
+        (Scope.STRATEGY, "strat-1"),
+        (Scope.BOT, "bot-1"),
+        (Scope.WORKFLOW, "wf-1"),
+    ]:
+        halt = controller.active_halt(**IDS)
+        reported.append(halt.scope if halt else None)
+        assert await controller.resume(scope, target, reason="clear")
+
+    assert reported == [Scope.GLOBAL, Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]
+    controller.ensure_trading_allowed(**IDS)
+    assert controller.active_halt(**IDS) is None
+
+
+@pytest.mark.asyncio
+async def test_halt_and_resume_are_published_counted_and_audited(
+    controller: LocalEmergencyController, published: list[Event], metrics: Metrics
+) -> None:
+    """Halt and resume each emit an event, count, and write an audit entry."""
+    await controller.halt(Scope.BOT, "bot-1", reason="maintenance", actor="alice")
+    assert await controller.resume(Scope.BOT, "bot-1", reason="done", actor="bob")
+    assert not await controller.resume(Scope.BOT, "bot-1", reason="again", actor="bob")
+
+    assert [(e.type, e.sequence, e.event_id) for e in published] == [
+        ("emergency_halted", 1, "id-1"),
+        ("emergency_resumed", 2, "id-2"),
+    ]
+    assert published[0].data == {
+        "scope": "bot",
+        "target": "bot-1",
+        "reason": "maintenance",
+        "actor": "alice",
+    }
+    assert metrics.registry.get_sample_value("tradeflow_halts_total", {"scope": "bot"}) == 1
+    audit = await controller.audit_entries()
+    assert [(a.action, a.actor, a.scope, a.target, a.reason) for a in audit] == [
+        ("resume", "bob", Scope.BOT, "bot-1", "done"),
+        ("halt", "alice", Scope.BOT, "bot-1", "maintenance"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_halting_again_updates_reason_and_keeps_since(
+    controller: LocalEmergencyController, clock: FixedClock
+) -> None:
+    """A second halt of the same scope replaces the reason; the halt still dates from the first."""
+    first = await controller.halt(Scope.GLOBAL, reason="first")
+    clock.now += 60
+    again = await controller.halt(Scope.GLOBAL, reason="second", actor="carol")
+
+    assert again.since == first.since
+    assert [(h.reason, h.actor) for h in await controller.halts()] == [("second", "carol")]
+
+
+@pytest.mark.asyncio
+async def test_halts_lists_broadest_first(controller: LocalEmergencyController) -> None:
+    """halts() lists every active halt, global first."""
+    await controller.halt(Scope.WORKFLOW, "wf-1", reason="r")
+    await controller.halt(Scope.GLOBAL, reason="r")
+
+    assert [(h.scope, h.target) for h in await controller.halts()] == [
+        (Scope.GLOBAL, None),
+        (Scope.WORKFLOW, "wf-1"),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_halt_is_visible_to_a_controller_on_another_connection(
+    controller: LocalEmergencyController, second: LocalEmergencyController
+) -> None:
+    """A halt and a resume committed on one connection reach the other's next check."""
+    second.ensure_trading_allowed(**IDS)
+
+    await controller.halt(Scope.STRATEGY, "strat-1", reason="desk call")
+    with pytest.raises(EmergencyHalted, match="desk call"):
+        second.ensure_trading_allowed(**IDS)
+
+    await controller.resume(Scope.STRATEGY, "strat-1", reason="ok")
+    second.ensure_trading_allowed(**IDS)
+    assert await second.halts() == []
+
+
+def test_halt_from_another_process_stops_trading(
+    controller: LocalEmergencyController, db_path: Path
+) -> None:
+    """`halt` run in a separate Python process blocks this controller's next action."""
+    controller.ensure_trading_allowed(**IDS)
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from tradeflow.infrastructure.emergency import LocalEmergencyController
+        from tradeflow.infrastructure.records import Scope
+        from tradeflow.infrastructure.sqlite import open_database
+
+        conn = open_database(sys.argv[1])
+        controller = LocalEmergencyController(conn)
+        asyncio.run(controller.halt(Scope.BOT, "bot-1", reason="ops stop", actor="cli"))
+        conn.close()
+        """
+    )
+
+    subprocess.run([sys.executable, "-c", script, str(db_path)], check=True, timeout=60)
+
+    with pytest.raises(EmergencyHalted) as caught:
+        controller.ensure_trading_allowed(**IDS)
+    assert (caught.value.scope, caught.value.target, caught.value.reason) == (
+        "bot",
+        "bot-1",
+        "ops stop",
+    )
+
+
+def test_fails_closed_when_the_database_is_unusable(
+    controller: LocalEmergencyController, conn: sqlite3.Connection
+) -> None:
+    """With the connection gone, every check refuses trading instead of guessing."""
+    controller.ensure_trading_allowed(**IDS)
+
+    conn.close()
+
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        controller.ensure_trading_allowed(**IDS)
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        controller.active_halt(**IDS)
+
+
+@pytest.mark.asyncio
+async def test_fails_closed_after_close_and_on_unreadable_rows(
+    controller: LocalEmergencyController, second: LocalEmergencyController, db_path: Path
+) -> None:
+    """A closed controller, and a halts row no tradeflow wrote, both refuse trading."""
+    await controller.close()
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        controller.ensure_trading_allowed(**IDS)
+
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    writer.execute("INSERT INTO halts VALUES ('galaxy', 'x', 'r', 'a', 0)")
+    writer.close()
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        second.ensure_trading_allowed(**IDS)
+
+
+@pytest.mark.parametrize(
+    ("limit_type", "value", "threshold", "breached"),
+    [
+        ("daily_loss", -600.0, -500.0, True),
+        ("daily_loss", -400.0, -500.0, False),
+        ("max_drawdown", -0.3, -0.2, True),
+        ("max_drawdown", -0.1, -0.2, False),
+        ("max_position", -12.0, 10.0, True),
+        ("max_position", 12, 10.0, True),
+        ("max_position", -9.0, 10.0, False),
+        ("max_order_notional", 50_001.0, 50_000.0, True),
+        ("max_order_notional", 50_000.0, 50_000.0, False),
+        ("max_exposure", 2.5, 2.0, True),
+        ("max_exposure", 1.5, 2.0, False),
+    ],
+)
+@pytest.mark.asyncio
+async def test_default_direction_per_limit_type(
+    controller: LocalEmergencyController,
+    limit_type: str,
+    value: float,
+    threshold: float,
+    breached: bool,
+) -> None:
+    """Losses breach below, position breaches on either side, notional/exposure above."""
+    try:
+        await controller.check_risk_limit(limit_type, value, threshold, auto_halt=False)
+    except RiskLimitExceeded as exc:
+        outcome = (True, exc.limit_type, exc.value, exc.threshold, exc.halted)
+    else:
+        outcome = (False, limit_type, float(value), threshold, False)
+
+    assert outcome == (breached, limit_type, float(value), threshold, False)
+
+
+@pytest.mark.asyncio
+async def test_breach_with_auto_halt_halts_everything(
+    controller: LocalEmergencyController, published: list[Event], metrics: Metrics
+) -> None:
+    """The seed's daily-loss breach raises, halts globally, publishes and audits it."""
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await controller.check_risk_limit("daily_loss", -600, -500.0, auto_halt=True, **IDS)
+
+    assert (caught.value.limit_type, caught.value.value, caught.value.threshold) == (
+        "daily_loss",
+        -600.0,
+        -500.0,
+    )
+    assert caught.value.halted
+    reason = "risk limit 'daily_loss' breached: value -600.0 < threshold -500.0"
+    with pytest.raises(EmergencyHalted) as halted:
+        controller.ensure_trading_allowed(workflow_id="any", bot_id=None, strategy_id=None)
+    assert (halted.value.scope, halted.value.reason) == ("global", reason)
+    assert [e.type for e in published] == ["risk_limit_exceeded", "emergency_halted"]
+    assert published[0].data == {
+        "limit_type": "daily_loss",
+        "value": -600.0,
+        "threshold": -500.0,
+        "direction": "below",
+        "auto_halt": True,
+    }
+    assert (published[0].workflow_id, published[0].bot_id) == ("wf-1", "bot-1")
+    assert published[1].data["actor"] == "risk:daily_loss"
+    assert (
+        metrics.registry.get_sample_value(
+            "tradeflow_risk_breaches_total", {"limit_type": "daily_loss"}
+        )
+        == 1
+    )
+    audit = await controller.audit_entries()
+    assert [a.action for a in audit] == ["halt", "risk_breach"]
+    assert audit[1].details["value"] == -600.0
+    assert audit[1].details["bot_id"] == "bot-1"
+
+
+@pytest.mark.asyncio
+async def test_breach_without_auto_halt_does_not_halt(
+    controller: LocalEmergencyController,
+) -> None:
+    """auto_halt=False reports the breach but leaves trading on."""
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await controller.check_risk_limit("max_exposure", 3.0, 2.0, auto_halt=False)
+
+    assert not caught.value.halted
+    controller.ensure_trading_allowed(**IDS)
+
+
+@pytest.mark.asyncio
+async def test_no_breach_writes_nothing(
+    controller: LocalEmergencyController, published: list[Event]
+) -> None:
+    """A value inside its limit leaves no audit entry and no event."""
+    await controller.check_risk_limit("daily_loss", -100.0, -500.0)
+
+    assert await controller.audit_entries() == []
+    assert published == []
+
+
+@pytest.mark.asyncio
+async def test_configured_limit_supplies_threshold_and_direction(
+    controller: LocalEmergencyController, second: LocalEmergencyController
+) -> None:
+    """A configured limit (even a custom type) is used when the call gives no threshold."""
+    limit = await controller.set_risk_limit(
+        "open_orders", 5, LimitDirection.ABOVE, auto_halt=False, actor="risk-desk"
+    )
+
+    await second.check_risk_limit("open_orders", 5, auto_halt=False)
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await second.check_risk_limit("open_orders", 6, auto_halt=False)
+
+    assert caught.value.threshold == 5.0
+    assert await second.list_risk_limits() == [limit]
+    audit = await controller.audit_entries(limit=5)
+    assert [(a.action, a.actor, a.details["threshold"]) for a in audit] == [
+        ("risk_breach", "risk:open_orders", 5.0),
+        ("set_risk_limit", "risk-desk", 5.0),
+    ]
+    assert len(await controller.audit_entries(limit=1)) == 1
+
+
+@pytest.mark.asyncio
+async def test_known_limit_type_gets_its_default_direction(
+    controller: LocalEmergencyController,
+) -> None:
+    """set_risk_limit without a direction uses the known one for the type."""
+    limit = await controller.set_risk_limit("max_position", 10.0)
+
+    assert limit.direction is LimitDirection.ABS_ABOVE
+    assert await controller.list_risk_limits() == [limit]
+
+
+Call = Callable[[LocalEmergencyController], Awaitable[object]]
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.halt("galaxy", reason="r"), "scope"),
+        (lambda c: c.halt(Scope.GLOBAL, "x", reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, None, reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, "", reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, "b", reason=" "), "reason"),
+        (lambda c: c.resume(Scope.WORKFLOW, None, reason="r"), "target"),
+        (lambda c: c.check_risk_limit("mystery", 1.0, 2.0), "limit_type"),
+        (lambda c: c.check_risk_limit("daily_loss", 1.0), "threshold"),
+        (lambda c: c.check_risk_limit("daily_loss", float("nan"), -500.0), "value"),
+        (lambda c: c.check_risk_limit("daily_loss", True, -500.0), "value"),
+        (lambda c: c.check_risk_limit("daily_loss", "-600", -500.0), "value"),
+        (lambda c: c.check_risk_limit("daily_loss", -1.0, float("inf")), "threshold"),
+        (lambda c: c.set_risk_limit("mystery", 1.0), "direction"),
+        (lambda c: c.set_risk_limit("daily_loss", 1.0, "sideways"), "direction"),
+        (lambda c: c.set_risk_limit("daily_loss", None), "threshold"),
+        (lambda c: c.set_risk_limit("", 1.0), "limit_type"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_invalid_requests_name_the_field(
+    controller: LocalEmergencyController, call: Call, field: str
+) -> None:
+    """Malformed halt, resume, check and set calls raise InvalidRequest naming the field."""
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await call(controller)
+
+    assert caught.value.field == field
+    assert await controller.audit_entries() == []

@@ -1,0 +1,311 @@
+"""PaperExchange: fills, rejects, idempotency, balances, positions, P&L and persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nodekit import ManualClock
+
+from tradeflow.errors import ExchangeError, OrderRejected
+from tradeflow.trading.paper import DEFAULT_BALANCES, PaperExchange
+from tradeflow.trading.ports import OrderRequest, OrderStatus, OrderType, Quote, Side
+from tradeflow.trading.prices import ReplayPriceFeed
+
+BTC = "BTC/USDT"
+Ticks = Mapping[tuple[str, str], Sequence[tuple[float, float]]]
+
+
+def _exchange(
+    ticks: Ticks | None = None, clock: ManualClock | None = None, **options: Any
+) -> PaperExchange:
+    clock = clock or ManualClock()
+    counter = itertools.count(1)
+    return PaperExchange(
+        ReplayPriceFeed(ticks or {("paper", BTC): [(100.0, 102.0)]}, clock=clock, strict=True),
+        clock=clock,
+        id_factory=lambda: f"o{next(counter)}",
+        **options,
+    )
+
+
+def _order(
+    client_order_id: str = "c1",
+    side: Side = Side.BUY,
+    quantity: float = 1.0,
+    *,
+    symbol: str = BTC,
+    venue: str = "paper",
+    limit_price: float | None = None,
+) -> OrderRequest:
+    return OrderRequest(
+        client_order_id=client_order_id,
+        venue=venue,
+        symbol=symbol,
+        side=side,
+        quantity=quantity,
+        order_type=OrderType.MARKET if limit_price is None else OrderType.LIMIT,
+        limit_price=limit_price,
+    )
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "paper.db"
+
+
+@pytest.fixture
+def connect(db_path: Path) -> Iterator[Any]:
+    """Opens autocommit connections to one file, the way callers do; closes them after."""
+    opened: list[sqlite3.Connection] = []
+
+    def open_connection() -> sqlite3.Connection:
+        conn = sqlite3.connect(db_path, isolation_level=None)
+        opened.append(conn)
+        return conn
+
+    yield open_connection
+    for conn in opened:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_market_orders_fill_at_the_touch_and_move_balances() -> None:
+    """A market buy fills at the ask, a sell at the bid; balances follow."""
+    exchange = _exchange()
+    bought = await exchange.place_order(_order("c1", Side.BUY, 0.5))
+    sold = await exchange.place_order(_order("c2", Side.SELL, 0.5))
+    assert (bought.status, bought.filled_quantity, bought.avg_price) == (
+        OrderStatus.FILLED,
+        0.5,
+        102.0,
+    )
+    assert (sold.status, sold.avg_price, sold.order_id) == (OrderStatus.FILLED, 100.0, "o2")
+    balances = await exchange.balances("paper")
+    assert balances["USDT"] == pytest.approx(100_000 - 51 + 50)
+    assert balances["BTC"] == pytest.approx(2.0)
+
+
+@pytest.mark.asyncio
+async def test_fills_use_the_last_quote_without_advancing_the_feed() -> None:
+    """An order fills at the feed's last quote when there is one (no new tick is drawn)."""
+    feed = ReplayPriceFeed({("paper", BTC): [(100.0, 102.0), (200.0, 202.0)]})
+    exchange = PaperExchange(feed)
+    await feed.quote("paper", BTC)
+    first = await exchange.place_order(_order("c1"))
+    second = await exchange.place_order(_order("c2"))
+    assert (first.avg_price, second.avg_price) == (102.0, 102.0)
+    assert (await feed.quote("paper", BTC)).ask == 202.0
+
+
+@pytest.mark.asyncio
+async def test_fees_are_charged_in_the_quote_asset() -> None:
+    """fee_rate takes quantity * price * fee_rate of the quote asset on each fill."""
+    exchange = _exchange(fee_rate=0.01)
+    await exchange.place_order(_order("c1", Side.BUY, 1.0))
+    await exchange.place_order(_order("c2", Side.SELL, 1.0))
+    balances = await exchange.balances("paper")
+    assert balances["USDT"] == pytest.approx(100_000 - 102 * 1.01 + 100 * 0.99)
+
+
+@pytest.mark.asyncio
+async def test_marketable_limit_fills_at_the_quote_and_others_rest() -> None:
+    """A crossing limit order fills at the quote; one that does not cross rests open."""
+    exchange = _exchange()
+    crossing = await exchange.place_order(_order("c1", Side.BUY, 1.0, limit_price=105.0))
+    resting = await exchange.place_order(_order("c2", Side.SELL, 1.0, limit_price=101.0))
+    assert (crossing.status, crossing.avg_price) == (OrderStatus.FILLED, 102.0)
+    assert (resting.status, resting.filled_quantity, resting.avg_price) == (
+        OrderStatus.OPEN,
+        0.0,
+        None,
+    )
+    assert await exchange.position("paper", BTC) == 1.0
+
+
+@pytest.mark.asyncio
+async def test_cancel_open_finished_and_unknown_orders() -> None:
+    """Cancel closes a resting order; a finished one comes back unchanged; unknown is rejected."""
+    exchange = _exchange()
+    await exchange.place_order(_order("rest", Side.BUY, 1.0, limit_price=50.0))
+    filled = await exchange.place_order(_order("fill", Side.BUY, 1.0))
+    cancelled = await exchange.cancel_order("paper", "rest")
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert await exchange.cancel_order("paper", "rest") == cancelled
+    assert await exchange.cancel_order("paper", "fill") == filled
+    assert await exchange.get_order("paper", "rest") == cancelled
+    with pytest.raises(OrderRejected, match=r"'nope'.*no such order"):
+        await exchange.cancel_order("paper", "nope")
+
+
+@pytest.mark.parametrize(
+    ("request_", "reason"),
+    [
+        (_order(symbol="BTCUSDT"), "not BASE/QUOTE"),
+        (_order(quantity=0.0), "quantity must be"),
+        (_order(quantity=float("nan")), "quantity must be"),
+        (_order(quantity=float("inf")), "quantity must be"),
+        (_order(limit_price=-1.0), "limit_price > 0"),
+        (_order(quantity=1_000.0), r"insufficient USDT.*needs 102000, has 100000"),
+        (_order(side=Side.SELL, quantity=3.0), r"insufficient BTC.*needs 3, has 2"),
+        (_order(symbol="ETH/USDT"), r"no price for 'ETH/USDT'"),
+    ],
+)
+@pytest.mark.asyncio
+async def test_rejects_with_a_reason(request_: OrderRequest, reason: str) -> None:
+    """Bad or unaffordable orders are rejected with a reason and trade nothing."""
+    exchange = _exchange()
+    with pytest.raises(OrderRejected, match=reason):
+        await exchange.place_order(request_)
+    assert await exchange.get_order("paper", request_.client_order_id) is None
+    assert await exchange.balances("paper") == dict(DEFAULT_BALANCES)
+
+
+@pytest.mark.asyncio
+async def test_allow_short_lets_a_sell_go_below_zero() -> None:
+    """With allow_short a sell beyond the base balance fills and the position goes negative."""
+    exchange = _exchange(allow_short=True)
+    await exchange.place_order(_order("c1", Side.SELL, 3.0))
+    assert await exchange.position("paper", BTC) == -3.0
+    assert (await exchange.balances("paper"))["BTC"] == pytest.approx(-1.0)
+
+
+@pytest.mark.asyncio
+async def test_replacing_a_client_order_id_trades_nothing() -> None:
+    """Placing a known client_order_id again returns the stored order, even with other values."""
+    exchange = _exchange()
+    first = await exchange.place_order(_order("c1", Side.BUY, 1.0))
+    again = await exchange.place_order(_order("c1", Side.SELL, 2.0))
+    assert again == first
+    assert await exchange.position("paper", BTC) == 1.0
+
+
+class _GatedFeed:
+    """A feed whose quotes wait for a gate, so placements can be made to overlap."""
+
+    def __init__(self, inner: ReplayPriceFeed, waiters: int) -> None:
+        self.inner = inner
+        self.waiters = waiters
+        self.all_waiting = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def quote(self, venue: str, symbol: str) -> Quote:
+        self.waiters -= 1
+        if self.waiters == 0:
+            self.all_waiting.set()
+        await self.gate.wait()
+        return await self.inner.quote(venue, symbol)
+
+    def last_quote(self, venue: str, symbol: str) -> Quote | None:
+        return None
+
+
+@pytest.mark.asyncio
+async def test_concurrent_placements_of_one_id_trade_once() -> None:
+    """Two placements of one client_order_id that overlap in flight get one order, one fill."""
+    feed = _GatedFeed(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), waiters=2)
+    exchange = PaperExchange(feed)
+    placing = [asyncio.create_task(exchange.place_order(_order("c1"))) for _ in range(2)]
+    await feed.all_waiting.wait()
+    feed.gate.set()
+    first, second = await asyncio.gather(*placing)
+    assert first == second
+    assert await exchange.position("paper", BTC) == 1.0
+
+
+@pytest.mark.asyncio
+async def test_balances_per_venue() -> None:
+    """Configured venues start with their balances, others with the defaults."""
+    ticks = {("paper", BTC): [(100.0, 102.0)], ("other", BTC): [(100.0, 102.0)]}
+    exchange = _exchange(ticks, balances={"other": {"USDT": 500.0}})
+    assert await exchange.balances("other") == {"USDT": 500.0}
+    assert await exchange.balances("fresh") == dict(DEFAULT_BALANCES)
+    await exchange.place_order(_order("c1", venue="other", quantity=2.0))
+    assert await exchange.balances("other") == pytest.approx({"USDT": 296.0, "BTC": 2.0})
+    assert await exchange.position("paper", BTC) == 0.0
+
+
+@pytest.mark.asyncio
+async def test_realized_pnl_is_average_cost_minus_fees_for_today() -> None:
+    """P&L averages entry prices, realizes on reductions and flips, and counts fees."""
+    clock = ManualClock()
+    ticks = {("paper", BTC): [(100.0, 100.0), (110.0, 110.0), (120.0, 120.0), (90.0, 90.0)]}
+    feed = ReplayPriceFeed(ticks, clock=clock)
+    exchange = PaperExchange(feed, clock=clock, fee_rate=0.001, allow_short=True)
+
+    async def trade(client_order_id: str, side: Side, quantity: float) -> None:
+        await feed.quote("paper", BTC)
+        await exchange.place_order(_order(client_order_id, side, quantity))
+
+    await trade("c1", Side.BUY, 1.0)  # long 1 @ 100
+    await trade("c2", Side.BUY, 1.0)  # long 2 @ 105
+    await trade("c3", Side.SELL, 3.0)  # closes 2 @ 120 (+30), short 1 @ 120
+    await trade("c4", Side.BUY, 1.0)  # closes the short @ 90 (+30)
+    fees = 0.001 * (100 + 110 + 360 + 90)
+    assert await exchange.realized_pnl_today() == pytest.approx(60 - fees)
+    assert await exchange.position("paper", BTC) == 0.0
+    clock.advance(86_400)
+    assert await exchange.realized_pnl_today() == 0.0
+
+
+@pytest.mark.asyncio
+async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
+    """A second exchange on the same SQLite file sees orders, balances, positions and P&L."""
+    clock = ManualClock()
+    ticks = {("paper", BTC): [(100.0, 102.0), (110.0, 112.0)]}
+    first = PaperExchange(ReplayPriceFeed(ticks, clock=clock), conn=connect(), clock=clock)
+    await first.place_order(_order("buy"))
+    await first.place_order(_order("rest", Side.SELL, 0.5, limit_price=500.0))
+    await first.place_order(_order("sell", Side.SELL, 0.5))
+    await first.cancel_order("paper", "rest")
+
+    second = PaperExchange(ReplayPriceFeed(ticks, clock=clock), conn=connect(), clock=clock)
+    for client_order_id in ("buy", "rest", "sell"):
+        assert await second.get_order("paper", client_order_id) == await first.get_order(
+            "paper", client_order_id
+        )
+    assert await second.balances("paper") == await first.balances("paper")
+    assert await second.position("paper", BTC) == 0.5
+    assert await second.realized_pnl_today() == await first.realized_pnl_today() == -1.0
+    again = await second.place_order(_order("buy", quantity=1.0))
+    assert again == await first.get_order("paper", "buy")
+    assert await second.position("paper", BTC) == 0.5
+
+
+@pytest.mark.asyncio
+async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any) -> None:
+    """The exchange keeps its state in paper_* tables: one order, its balances, one fill."""
+    conn = connect()
+    exchange = PaperExchange(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), conn=conn)
+    await exchange.place_order(_order("c1"))
+    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert tables == {"paper_orders", "paper_balances", "paper_fills"}
+    counts = [
+        conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        for table in ("paper_orders", "paper_fills")
+    ]
+    assert counts == [1, 1]
+    stored = dict(conn.execute("SELECT asset, amount FROM paper_balances WHERE venue = 'paper'"))
+    assert stored == pytest.approx({**DEFAULT_BALANCES, "USDT": 99_898.0, "BTC": 3.0})
+
+
+@pytest.mark.asyncio
+async def test_a_failed_write_changes_nothing(connect: Any) -> None:
+    """If the transaction fails, the order is neither stored nor visible, and balances stay."""
+    conn = connect()
+    exchange = PaperExchange(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), conn=conn)
+    conn.execute(
+        "CREATE TRIGGER refuse BEFORE INSERT ON paper_fills "
+        "BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+    )
+    with pytest.raises(ExchangeError, match=r"could not persist order 'c1'.*disk full"):
+        await exchange.place_order(_order("c1"))
+    assert await exchange.get_order("paper", "c1") is None
+    assert await exchange.balances("paper") == dict(DEFAULT_BALANCES)
+    assert conn.execute("SELECT COUNT(*) FROM paper_orders").fetchone()[0] == 0
+    assert not conn.in_transaction

@@ -1,0 +1,343 @@
+"""The SQLite database setup and the embedded state store, on real files."""
+
+from __future__ import annotations
+
+import base64
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tradeflow.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.infrastructure.sqlite import DB_SCHEMA_VERSION, open_database
+from tradeflow.infrastructure.state import SQLiteStateStore
+
+DEFINITION: dict[str, Any] = {
+    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
+}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "tradeflow.db"
+
+
+@pytest.fixture
+def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
+    connection = open_database(db_path)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def store(conn: sqlite3.Connection) -> SQLiteStateStore:
+    return SQLiteStateStore(conn)
+
+
+def execution(
+    execution_id: str,
+    *,
+    started_at: float = 1_000.0,
+    workflow_id: str = "wf",
+    bot_id: str | None = None,
+    strategy_id: str | None = None,
+    status: ExecutionStatus = ExecutionStatus.RUNNING,
+    request_id: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status=status,
+        started_at=started_at,
+        definition=DEFINITION,
+        correlation_id=f"corr-{execution_id}",
+        bot_id=bot_id,
+        strategy_id=strategy_id,
+        finished_at=None if status is ExecutionStatus.RUNNING else started_at + 1,
+        result=result,
+        request_id=request_id,
+    )
+
+
+def event(execution_id: str, sequence: int, data: dict[str, Any] | None = None) -> Event:
+    return Event(
+        type="node_completed",
+        event_id=f"{execution_id}-{sequence}",
+        sequence=sequence,
+        timestamp=2_000.0 + sequence,
+        correlation_id=f"corr-{execution_id}",
+        execution_id=execution_id,
+        workflow_id="wf",
+        node_id="quote",
+        data={"seq": sequence} if data is None else data,
+    )
+
+
+def checkpoint(
+    execution_id: str,
+    node_id: str,
+    state: CheckpointState = CheckpointState.COMPLETED,
+    outputs: dict[str, Any] | None = None,
+) -> Checkpoint:
+    return Checkpoint(
+        execution_id=execution_id,
+        node_id=node_id,
+        state=state,
+        updated_at=3_000.0,
+        outputs={"price": 101.5} if outputs is None else outputs,
+    )
+
+
+def test_open_database_creates_directory_wal_and_schema(db_path: Path) -> None:
+    """open_database creates the parent directory, WAL journaling, the tables and the version."""
+    conn = open_database(db_path)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert conn.execute("PRAGMA user_version").fetchone() == (DB_SCHEMA_VERSION,)
+        assert conn.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+        assert conn.isolation_level is None
+    finally:
+        conn.close()
+    assert {"executions", "checkpoints", "events", "halts", "risk_limits", "audit"} <= tables
+    reopened = open_database(db_path, synchronous="FULL")
+    try:
+        assert reopened.execute("PRAGMA synchronous").fetchone() == (2,)
+    finally:
+        reopened.close()
+
+
+def test_open_database_in_memory() -> None:
+    """':memory:' gets a private database with the schema and no WAL file."""
+    conn = open_database(":memory:")
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("memory",)
+        assert conn.execute("SELECT count(*) FROM executions").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_open_database_refuses_newer_schema(db_path: Path) -> None:
+    """A file written by a newer tradeflow is refused with the versions named."""
+    conn = open_database(db_path)
+    conn.execute(f"PRAGMA user_version = {DB_SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(ConfigurationError, match="schema version"):
+        open_database(db_path)
+
+
+def test_open_database_rejects_unknown_synchronous_mode(db_path: Path) -> None:
+    """Only NORMAL and FULL reach the PRAGMA."""
+    with pytest.raises(ConfigurationError, match="synchronous"):
+        open_database(db_path, synchronous="OFF")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_write_then_read_round_trips(store: SQLiteStateStore) -> None:
+    """An execution, its checkpoints and its events read back exactly as written."""
+    record = execution("e1", bot_id="bot", strategy_id="strat", request_id="req-1")
+    batch = StateBatch(
+        execution=record,
+        checkpoints=(checkpoint("e1", "quote"), checkpoint("e1", "buy", CheckpointState.INTENT)),
+        events=(event("e1", 1), event("e1", 2)),
+    )
+
+    await store.write(batch)
+
+    assert await store.get_execution("e1") == record
+    assert await store.find_by_request_id("req-1") == record
+    assert await store.find_by_request_id("req-2") is None
+    assert await store.get_checkpoints("e1") == {
+        "quote": checkpoint("e1", "quote"),
+        "buy": checkpoint("e1", "buy", CheckpointState.INTENT),
+    }
+    assert [e for _, e in await store.read_events()] == [event("e1", 1), event("e1", 2)]
+
+
+@pytest.mark.asyncio
+async def test_later_writes_update_status_and_keep_definition(store: SQLiteStateStore) -> None:
+    """Finishing an execution updates status, result and finish time; the rest stays."""
+    await store.write(StateBatch(execution=execution("e1")))
+    finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"status": "completed"})
+
+    await store.write(StateBatch(execution=finished))
+
+    assert await store.get_execution("e1") == finished
+
+
+@pytest.mark.asyncio
+async def test_latest_checkpoint_per_node_wins(store: SQLiteStateStore) -> None:
+    """A node's later checkpoint replaces its write-ahead intent."""
+    await store.write(StateBatch(checkpoints=(checkpoint("e1", "buy", CheckpointState.INTENT),)))
+    done = Checkpoint("e1", "buy", CheckpointState.COMPLETED, 3_001.0, {"order": "o-1"}, None, 2)
+
+    await store.write(StateBatch(checkpoints=(done,)))
+
+    assert await store.get_checkpoints("e1") == {"buy": done}
+
+
+@pytest.mark.asyncio
+async def test_empty_dicts_are_stored_as_null(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """Empty outputs and event data cost no JSON: NULL in the file, empty again on read."""
+    await store.write(
+        StateBatch(checkpoints=(checkpoint("e1", "n", outputs={}),), events=(event("e1", 1, {}),))
+    )
+
+    assert conn.execute("SELECT outputs FROM checkpoints").fetchone() == (None,)
+    assert conn.execute("SELECT data FROM events").fetchone() == (None,)
+    assert (await store.get_checkpoints("e1"))["n"].outputs is None
+    assert (await store.read_events())[0][1].data == {}
+
+
+@pytest.mark.asyncio
+async def test_unknown_execution_raises_not_found(store: SQLiteStateStore) -> None:
+    """get_execution names the missing id."""
+    with pytest.raises(ExecutionNotFound, match="'nope'"):
+        await store.get_execution("nope")
+
+
+@pytest.mark.asyncio
+async def test_batch_failing_midway_leaves_nothing(store: SQLiteStateStore) -> None:
+    """A batch whose second checkpoint cannot be stored keeps none of its rows."""
+    bad = checkpoint("e1", "broken", outputs={"not json": object()})
+    batch = StateBatch(
+        execution=execution("e1"),
+        checkpoints=(checkpoint("e1", "quote"), bad),
+        events=(event("e1", 1),),
+    )
+
+    with pytest.raises(TypeError):
+        await store.write(batch)
+
+    with pytest.raises(ExecutionNotFound):
+        await store.get_execution("e1")
+    assert await store.get_checkpoints("e1") == {}
+    assert await store.read_events() == []
+    await store.write(StateBatch(execution=execution("e1")))
+    assert await store.get_execution("e1") == execution("e1")
+
+
+@pytest.mark.asyncio
+async def test_constraint_failure_rolls_back_whole_batch(store: SQLiteStateStore) -> None:
+    """Reusing an idempotency key fails the batch and keeps none of its checkpoints or events."""
+    await store.write(StateBatch(execution=execution("e1", request_id="req")))
+    batch = StateBatch(
+        execution=execution("e2", request_id="req"),
+        checkpoints=(checkpoint("e2", "quote"),),
+        events=(event("e2", 1),),
+    )
+
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.write(batch)
+
+    assert await store.get_checkpoints("e2") == {}
+    assert await store.read_events(execution_id="e2") == []
+    assert (await store.find_by_request_id("req")) == execution("e1", request_id="req")
+
+
+@pytest.mark.asyncio
+async def test_list_executions_pages_newest_first(store: SQLiteStateStore) -> None:
+    """Keyset pages walk every execution once, newest first, ties broken by id."""
+    started = {"a": 1.0, "b": 2.0, "c": 2.0, "d": 3.0, "e": 4.0, "f": 4.0, "g": 5.0}
+    for execution_id, at in started.items():
+        await store.write(StateBatch(execution=execution(execution_id, started_at=at)))
+
+    seen: list[list[str]] = []
+    token: str | None = None
+    while True:
+        page = await store.list_executions(ExecutionQuery(limit=3, page_token=token))
+        seen.append([r.execution_id for r in page.executions])
+        token = page.next_page_token
+        if token is None:
+            break
+
+    assert seen == [["g", "f", "e"], ["d", "c", "b"], ["a"]]
+
+
+@pytest.mark.asyncio
+async def test_list_executions_filters(store: SQLiteStateStore) -> None:
+    """Workflow, bot, strategy, status and the [after, before) time range each filter."""
+    await store.write(StateBatch(execution=execution("e1", started_at=10, bot_id="b1")))
+    await store.write(StateBatch(execution=execution("e2", started_at=20, strategy_id="s1")))
+    failed = execution("e3", started_at=30, workflow_id="other", status=ExecutionStatus.FAILED)
+    await store.write(StateBatch(execution=failed))
+
+    async def ids(**filters: Any) -> list[str]:
+        page = await store.list_executions(ExecutionQuery(**filters))
+        return [r.execution_id for r in page.executions]
+
+    assert await ids() == ["e3", "e2", "e1"]
+    assert await ids(workflow_id="wf") == ["e2", "e1"]
+    assert await ids(bot_id="b1") == ["e1"]
+    assert await ids(strategy_id="s1") == ["e2"]
+    assert await ids(status=ExecutionStatus.FAILED) == ["e3"]
+    assert await ids(started_after=20, started_before=30) == ["e2"]
+
+
+@pytest.mark.asyncio
+async def test_list_executions_clamps_limit(store: SQLiteStateStore) -> None:
+    """A limit below 1 still returns one execution; a huge one returns all without a token."""
+    for i in range(3):
+        await store.write(StateBatch(execution=execution(f"e{i}", started_at=i)))
+
+    smallest = await store.list_executions(ExecutionQuery(limit=0))
+    largest = await store.list_executions(ExecutionQuery(limit=1_000_000))
+
+    assert [r.execution_id for r in smallest.executions] == ["e2"]
+    assert smallest.next_page_token is not None
+    assert len(largest.executions) == 3
+    assert largest.next_page_token is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64 at all!",
+        base64.urlsafe_b64encode(b"not json").decode(),
+        base64.urlsafe_b64encode(b'{"t": 1}').decode(),
+        base64.urlsafe_b64encode(b'["x", "e1"]').decode(),
+        "\u00e9t\u00e9",
+    ],
+)
+@pytest.mark.asyncio
+async def test_bad_page_token_is_invalid_request(store: SQLiteStateStore, token: str) -> None:
+    """A token the store did not issue is rejected naming the page_token field."""
+    with pytest.raises(InvalidRequest) as caught:
+        await store.list_executions(ExecutionQuery(page_token=token))
+
+    assert caught.value.field == "page_token"
+
+
+@pytest.mark.asyncio
+async def test_read_events_follows_a_cursor(store: SQLiteStateStore, db_path: Path) -> None:
+    """Polling with the last cursor yields only newer events, also on another connection."""
+    await store.write(StateBatch(events=(event("e1", 1), event("e2", 1), event("e1", 2))))
+    other = open_database(db_path)
+    tail = SQLiteStateStore(other)
+    try:
+        first = await tail.read_events(limit=2)
+        await store.write(StateBatch(events=(event("e2", 2),)))
+        rest = await tail.read_events(after=first[-1][0])
+        only_e1 = await tail.read_events(execution_id="e1")
+    finally:
+        other.close()
+
+    assert [e.event_id for _, e in first] == ["e1-1", "e2-1"]
+    assert [e.event_id for _, e in rest] == ["e1-2", "e2-2"]
+    assert [e.event_id for _, e in only_e1] == ["e1-1", "e1-2"]
+    cursors = [c for c, _ in [*first, *rest]]
+    assert cursors == sorted(cursors)

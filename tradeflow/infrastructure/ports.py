@@ -1,0 +1,165 @@
+"""The ports the engine depends on.
+
+Embedded adapters (in-process bus, SQLite, local controller) and remote
+adapters (NATS, gRPC clients) implement the same protocols; one contract test
+suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from tradeflow.infrastructure.records import (
+    AuditEntry,
+    Checkpoint,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+    StateBatch,
+)
+
+__all__ = ["EmergencyControl", "EventBus", "EventHandler", "StateStore", "Subscription"]
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+"""A subscriber: receives the contract's event dict (treat it as read-only)."""
+
+
+class Subscription(Protocol):
+    """Handle returned by :meth:`EventBus.subscribe`."""
+
+    @property
+    def dropped(self) -> int:
+        """Events this subscriber lost because its buffer was full."""
+        ...
+
+
+class EventBus(Protocol):
+    """Publishes events to subscribers without ever blocking the publisher."""
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for delivery; never blocks, never raises."""
+        ...
+
+    async def subscribe(self, topic: str, handler: EventHandler) -> Subscription:
+        """Deliver every event of ``topic`` (``"workflow_events"``) to ``handler``."""
+        ...
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to a subscriber."""
+        ...
+
+    async def close(self) -> None:
+        """Deliver what is queued (bounded wait), then stop."""
+        ...
+
+
+class StateStore(Protocol):
+    """Durable executions, per-node checkpoints and event history."""
+
+    async def write(self, batch: StateBatch) -> None:
+        """Persist ``batch`` atomically: all of it or none of it."""
+        ...
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """The record of one execution; raises ``ExecutionNotFound``."""
+        ...
+
+    async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
+        """The execution created for an idempotency key, if any."""
+        ...
+
+    async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
+        """Executions matching ``query``, newest first, one page."""
+        ...
+
+    async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
+        """The latest checkpoint of each node of an execution."""
+        ...
+
+    async def read_events(
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+    ) -> Sequence[tuple[int, Event]]:
+        """History: ``(cursor, event)`` pairs with cursor > ``after``, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release the store."""
+        ...
+
+
+class EmergencyControl(Protocol):
+    """Halt/resume by scope, risk limits, and the pre-action check."""
+
+    def ensure_trading_allowed(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> None:
+        """Raise ``EmergencyHalted`` if any halt covers these ids, or if the current
+        state cannot be confirmed (fail closed). Reads a local view: no round trip."""
+        ...
+
+    def active_halt(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> HaltState | None:
+        """The most restrictive halt covering these ids, if any."""
+        ...
+
+    async def halt(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> HaltState:
+        """Halt trading for ``scope``/``target``."""
+        ...
+
+    async def resume(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> bool:
+        """Lift the halt on ``scope``/``target``; False if there was none."""
+        ...
+
+    async def halts(self) -> list[HaltState]:
+        """Every active halt."""
+        ...
+
+    async def check_risk_limit(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None = None,
+        auto_halt: bool = True,
+        *,
+        workflow_id: str | None = None,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+    ) -> None:
+        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (threshold
+        given, or the configured one), halting globally first when ``auto_halt``."""
+        ...
+
+    async def set_risk_limit(
+        self,
+        limit_type: str,
+        threshold: float,
+        direction: LimitDirection | None = None,
+        *,
+        auto_halt: bool = True,
+        actor: str = "unknown",
+    ) -> RiskLimit:
+        """Configure a limit (direction defaults to the known one for the type)."""
+        ...
+
+    async def list_risk_limits(self) -> list[RiskLimit]:
+        """Every configured limit."""
+        ...
+
+    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+        """Newest audit entries first."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources."""
+        ...

@@ -1,0 +1,285 @@
+"""Plain records shared by the engine, the ports and every adapter.
+
+They are frozen and slotted: cheap to build on the hot path, safe to share
+between the engine and concurrent subscribers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AuditEntry",
+    "Checkpoint",
+    "CheckpointState",
+    "Event",
+    "EventType",
+    "ExecutionPage",
+    "ExecutionQuery",
+    "ExecutionRecord",
+    "ExecutionStatus",
+    "HaltState",
+    "LimitDirection",
+    "RiskLimit",
+    "Scope",
+    "StateBatch",
+    "rfc3339",
+]
+
+SCHEMA_VERSION = 1
+
+
+class EventType(StrEnum):
+    """Every event type tradeflow publishes (the contract's list)."""
+
+    EXECUTION_STARTED = "execution_started"
+    EXECUTION_COMPLETED = "execution_completed"
+    EXECUTION_FAILED = "execution_failed"
+    EXECUTION_HALTED = "execution_halted"
+    EXECUTION_CANCELLED = "execution_cancelled"
+    NODE_STARTED = "node_started"
+    NODE_COMPLETED = "node_completed"
+    NODE_FAILED = "node_failed"
+    NODE_SKIPPED = "node_skipped"
+    NODE_RETRYING = "node_retrying"
+    CIRCUIT_OPENED = "circuit_opened"
+    CIRCUIT_HALF_OPEN = "circuit_half_open"
+    CIRCUIT_CLOSED = "circuit_closed"
+    EMERGENCY_HALTED = "emergency_halted"
+    EMERGENCY_RESUMED = "emergency_resumed"
+    RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
+
+
+def rfc3339(ts: float) -> str:
+    """Render epoch seconds as RFC 3339 UTC with microseconds, e.g. ``2026-01-02T03:04:05.000006Z``."""
+    second = int(ts // 1)
+    micros = round((ts - second) * 1_000_000)
+    if micros == 1_000_000:
+        second, micros = second + 1, 0
+    return f"{_second_prefix(second)}.{micros:06d}Z"
+
+
+@lru_cache(maxsize=8)
+def _second_prefix(second: int) -> str:
+    # Events come in bursts within one second: formatting the date once per
+    # second instead of once per event takes ~2.5 us off every event.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+_NO_DATA: dict[str, Any] = {}
+
+
+class Event(NamedTuple):
+    """One event, the same on every transport; :meth:`to_dict` gives the contract JSON.
+
+    A named tuple rather than a frozen dataclass: the engine builds one per node
+    transition, and a tuple is built four times faster. Treat ``data`` as read-only.
+    """
+
+    type: str
+    event_id: str
+    sequence: int
+    timestamp: float
+    """Epoch seconds (UTC); rendered as RFC 3339 in :meth:`to_dict`."""
+    correlation_id: str | None = None
+    execution_id: str | None = None
+    workflow_id: str | None = None
+    bot_id: str | None = None
+    strategy_id: str | None = None
+    node_id: str | None = None
+    data: dict[str, Any] = _NO_DATA
+
+    def to_dict(self) -> dict[str, Any]:
+        """The contract's JSON object (WebSocket-ready)."""
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "type": self.type,
+            "event_id": self.event_id,
+            "sequence": self.sequence,
+            "timestamp": rfc3339(self.timestamp),
+            "correlation_id": self.correlation_id,
+            "execution_id": self.execution_id,
+            "workflow_id": self.workflow_id,
+            "bot_id": self.bot_id,
+            "strategy_id": self.strategy_id,
+            "node_id": self.node_id,
+            "data": self.data,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        """Inverse of :meth:`to_dict`."""
+        ts = raw["timestamp"]
+        if isinstance(ts, str):
+            ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+        return cls(
+            type=raw["type"],
+            event_id=raw["event_id"],
+            sequence=int(raw["sequence"]),
+            timestamp=float(ts),
+            correlation_id=raw.get("correlation_id"),
+            execution_id=raw.get("execution_id"),
+            workflow_id=raw.get("workflow_id"),
+            bot_id=raw.get("bot_id"),
+            strategy_id=raw.get("strategy_id"),
+            node_id=raw.get("node_id"),
+            data=dict(raw.get("data") or {}),
+        )
+
+
+class ExecutionStatus(StrEnum):
+    """Lifecycle of an execution; the last four are final."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    HALTED = "halted"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not ExecutionStatus.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRecord:
+    """What the state store keeps about one execution."""
+
+    execution_id: str
+    workflow_id: str
+    status: ExecutionStatus
+    started_at: float
+    definition: dict[str, Any]
+    correlation_id: str
+    bot_id: str | None = None
+    strategy_id: str | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    request_id: str | None = None
+
+
+class CheckpointState(StrEnum):
+    """Per-node progress: ``intent`` is the write-ahead record of an action."""
+
+    INTENT = "intent"
+    COMPLETED = "completed"
+    SKIPPED = "skipped"
+    FAILED = "failed"
+
+
+class Checkpoint(NamedTuple):
+    """Progress of one node of one execution (a named tuple: built once per node)."""
+
+    execution_id: str
+    node_id: str
+    state: CheckpointState
+    updated_at: float
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StateBatch:
+    """Everything one atomic write persists: an execution upsert, checkpoints, events."""
+
+    execution: ExecutionRecord | None = None
+    checkpoints: tuple[Checkpoint, ...] = ()
+    events: tuple[Event, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionQuery:
+    """Filter and page for listing executions; ``None`` fields do not filter."""
+
+    workflow_id: str | None = None
+    bot_id: str | None = None
+    strategy_id: str | None = None
+    status: ExecutionStatus | None = None
+    started_after: float | None = None
+    started_before: float | None = None
+    limit: int = 50
+    page_token: str | None = None
+    """Opaque token from a previous :class:`ExecutionPage`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPage:
+    """One page of executions, newest first."""
+
+    executions: tuple[ExecutionRecord, ...]
+    next_page_token: str | None = None
+
+
+class Scope(StrEnum):
+    """What a halt covers; a global halt covers everything."""
+
+    GLOBAL = "global"
+    STRATEGY = "strategy"
+    BOT = "bot"
+    WORKFLOW = "workflow"
+
+
+@dataclass(frozen=True, slots=True)
+class HaltState:
+    """An active halt."""
+
+    scope: Scope
+    target: str | None
+    """The strategy, bot or workflow id halted; ``None`` for a global halt."""
+    reason: str
+    actor: str
+    since: float
+
+
+class LimitDirection(StrEnum):
+    """Which side of the threshold is a breach."""
+
+    ABOVE = "above"
+    """Breach when value > threshold (e.g. order notional)."""
+    BELOW = "below"
+    """Breach when value < threshold (e.g. daily P&L against -500)."""
+    ABS_ABOVE = "abs_above"
+    """Breach when abs(value) > threshold (e.g. net position either side)."""
+
+    def breached(self, value: float, threshold: float) -> bool:
+        """Whether ``value`` breaches ``threshold`` in this direction."""
+        if self is LimitDirection.ABOVE:
+            return value > threshold
+        if self is LimitDirection.BELOW:
+            return value < threshold
+        return abs(value) > threshold
+
+
+@dataclass(frozen=True, slots=True)
+class RiskLimit:
+    """A configured risk limit."""
+
+    limit_type: str
+    threshold: float
+    direction: LimitDirection
+    auto_halt: bool = True
+    updated_at: float = 0.0
+    updated_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One change to emergency state or risk limits: who, why, scope, values."""
+
+    entry_id: int
+    at: float
+    actor: str
+    action: str
+    """``halt``, ``resume``, ``risk_breach`` or ``set_risk_limit``."""
+    scope: Scope | None
+    target: str | None
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)

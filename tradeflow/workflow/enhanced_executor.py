@@ -1,0 +1,394 @@
+"""The enhanced executor: the base runner plus events, durable state, emergency
+controls, shared breakers, metrics and correlated logs from an :class:`Infrastructure`.
+
+    infra = await Infrastructure.create("development")
+    executor = EnhancedWorkflowExecutor(workflow=definition, infra=infra, workflow_id="arb_btc_001")
+    await executor.initialize()
+    result = await executor.execute()
+
+Durability: events and checkpoints are buffered and written in one atomic batch
+at the points that matter: before every action (the write-ahead intent carrying
+the client order id, so a resumed execution can never trade twice), before every
+external call (which may be slow, so progress up to it is on disk), and when the
+execution ends. A crash loses at most the record of pure computation since the
+last batch; resume re-runs it. The buffer is bounded by the workflow size limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from tradeflow.errors import EmergencyHalted, InvalidRequest, describe
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.workflow.engine import NodePlan, Plan, RunOutcome, run_plan
+from tradeflow.workflow.executor import build_result, raise_if_halted
+from tradeflow.workflow.model import Workflow
+from tradeflow.workflow.nodes import default_registry
+from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry
+from tradeflow.workflow.validation import parse_workflow
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics import Histogram
+
+    from tradeflow.infrastructure.factory import Infrastructure
+
+__all__ = ["EnhancedWorkflowExecutor"]
+
+_FINAL_EVENT = {
+    ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED,
+    ExecutionStatus.FAILED: EventType.EXECUTION_FAILED,
+    ExecutionStatus.HALTED: EventType.EXECUTION_HALTED,
+    ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED,
+}
+
+
+class EnhancedWorkflowExecutor:
+    """Runs a workflow with the production safety of an :class:`Infrastructure`.
+
+    Backward compatible with :class:`~tradeflow.workflow.executor.WorkflowExecutor`:
+    same definition, same ``initialize``/``execute``, same result dict.
+    """
+
+    def __init__(
+        self,
+        workflow: Mapping[str, Any] | Workflow,
+        infra: Infrastructure,
+        workflow_id: str,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+        *,
+        registry: NodeRegistry | None = None,
+        max_concurrency: int = 16,
+    ) -> None:
+        if not isinstance(workflow_id, str) or not workflow_id:
+            raise InvalidRequest("workflow_id", "a non-empty string", workflow_id)
+        self.definition = workflow
+        self.infra = infra
+        self.workflow_id = workflow_id
+        self.bot_id = bot_id
+        self.strategy_id = strategy_id
+        self.registry = registry if registry is not None else default_registry
+        self.max_concurrency = max_concurrency
+        self.plan: Plan | None = None
+        self._node_seconds: dict[str, Histogram] = {}
+        self._cancelled = asyncio.Event()
+
+    async def initialize(self) -> None:
+        """Validate the definition and plan the run (raises ``WorkflowValidationError``)."""
+        if self.plan is not None:
+            return
+        workflow = (
+            self.definition
+            if isinstance(self.definition, Workflow)
+            else parse_workflow(self.definition, registry=self.registry)
+        )
+        self.plan = Plan.build(workflow, self.registry)
+        histogram = self.infra.metrics.node_seconds
+        self._node_seconds = {
+            node_id: histogram.labels(node.block.type) for node_id, node in self.plan.nodes.items()
+        }
+
+    def cancel(self) -> None:
+        """Stop starting nodes; nodes already running finish; the status becomes ``cancelled``."""
+        self._cancelled.set()
+
+    async def execute(
+        self, *, correlation_id: str | None = None, request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Run the workflow once. Returns the result dict; raises ``EmergencyHalted``
+        or ``RiskLimitExceeded`` (with ``.result``) when a halt stopped the run."""
+        await self.initialize()
+        assert self.plan is not None
+        infra = self.infra
+        execution_id = infra.id_factory()
+        record = ExecutionRecord(
+            execution_id=execution_id,
+            workflow_id=self.workflow_id,
+            status=ExecutionStatus.RUNNING,
+            started_at=infra.clock.time(),
+            definition=self.plan.workflow.definition,
+            correlation_id=correlation_id or execution_id,
+            bot_id=self.bot_id,
+            strategy_id=self.strategy_id,
+            request_id=request_id,
+        )
+        return await self._run(record, restored={}, first_sequence=0)
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        """Continue an interrupted execution from its checkpoints.
+
+        Completed nodes are not run again; an action whose intent was recorded is
+        re-placed with the same client order id, which the exchange deduplicates.
+        """
+        await self.initialize()
+        infra = self.infra
+        record = await infra.state.get_execution(execution_id)
+        if record.status is ExecutionStatus.COMPLETED:
+            raise InvalidRequest("execution_id", "an execution that did not complete", execution_id)
+        checkpoints = await infra.state.get_checkpoints(execution_id)
+        history = await infra.state.read_events(execution_id=execution_id, limit=1_000_000)
+        last_sequence = max((event.sequence for _, event in history), default=0)
+        record = ExecutionRecord(
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+            status=ExecutionStatus.RUNNING,
+            started_at=record.started_at,
+            definition=record.definition,
+            correlation_id=record.correlation_id,
+            bot_id=record.bot_id,
+            strategy_id=record.strategy_id,
+            request_id=record.request_id,
+        )
+        return await self._run(record, restored=checkpoints, first_sequence=last_sequence)
+
+    async def _run(
+        self, record: ExecutionRecord, *, restored: Mapping[str, Checkpoint], first_sequence: int
+    ) -> dict[str, Any]:
+        assert self.plan is not None
+        infra = self.infra
+        self._cancelled = asyncio.Event()
+        journal = _Journal(self, record, first_sequence)
+        ctx = ExecutionContext(
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+            correlation_id=record.correlation_id,
+            bot_id=record.bot_id,
+            strategy_id=record.strategy_id,
+            exchange=infra.exchange,
+            prices=infra.prices,
+            risk=infra.emergency,
+            http_pool=infra.http,
+            log=infra.log,
+        )
+        started = infra.clock.monotonic()
+        journal.emit(
+            EventType.EXECUTION_STARTED,
+            data={"resumed": bool(restored)} if restored else {},
+        )
+        with structlog.contextvars.bound_contextvars(
+            correlation_id=record.correlation_id,
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+        ):
+            try:
+                outcome = await run_plan(
+                    self.plan,
+                    ctx,
+                    clock=infra.clock,
+                    breakers=infra.breakers,
+                    observer=journal,
+                    max_concurrency=self.max_concurrency,
+                    cancelled=self._cancelled,
+                    restored=restored,
+                )
+            except BaseException:
+                # Interrupted (task cancelled, shutdown): keep what ran, leave the
+                # execution "running" so it can be resumed.
+                await asyncio.shield(journal.flush())
+                raise
+            seconds = infra.clock.monotonic() - started
+            result = build_result(
+                outcome,
+                execution_id=record.execution_id,
+                workflow_id=record.workflow_id,
+                correlation_id=record.correlation_id,
+                started_at=record.started_at,
+                finished_at=infra.clock.time(),
+            )
+            await journal.finish(outcome, result, seconds)
+        raise_if_halted(outcome, result)
+        return result
+
+
+class _Journal:
+    """The observer: one per execution. Emits events, buffers checkpoints, guards actions."""
+
+    __slots__ = (
+        "bot_id",
+        "bus",
+        "checkpoints",
+        "clock",
+        "correlation_id",
+        "emergency",
+        "events",
+        "execution_id",
+        "executor",
+        "log",
+        "metrics",
+        "node_seconds",
+        "record",
+        "record_written",
+        "sequence",
+        "state",
+        "strategy_id",
+        "workflow_id",
+    )
+
+    def __init__(
+        self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord, first_sequence: int
+    ) -> None:
+        infra = executor.infra
+        self.executor = executor
+        self.record = record
+        self.record_written = False
+        self.bus = infra.events
+        self.state = infra.state
+        self.emergency = infra.emergency
+        self.clock = infra.clock
+        self.metrics = infra.metrics
+        self.log = infra.log
+        self.node_seconds = executor._node_seconds
+        self.execution_id = record.execution_id
+        self.workflow_id = record.workflow_id
+        self.bot_id = record.bot_id
+        self.strategy_id = record.strategy_id
+        self.correlation_id = record.correlation_id
+        self.sequence = first_sequence
+        self.events: list[Event] = []
+        self.checkpoints: list[Checkpoint] = []
+
+    def emit(
+        self, type_: str, node_id: str | None = None, data: dict[str, Any] | None = None
+    ) -> None:
+        self.sequence = sequence = self.sequence + 1
+        event = Event(
+            type_,
+            f"{self.execution_id}-{sequence}",
+            sequence,
+            self.clock.time(),
+            self.correlation_id,
+            self.execution_id,
+            self.workflow_id,
+            self.bot_id,
+            self.strategy_id,
+            node_id,
+            data if data is not None else {},
+        )
+        self.bus.publish(event)
+        self.events.append(event)
+
+    def _checkpoint(
+        self,
+        node_id: str,
+        state: CheckpointState,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.checkpoints.append(
+            Checkpoint(self.execution_id, node_id, state, self.clock.time(), outputs, error)
+        )
+
+    def _record_once(self) -> ExecutionRecord | None:
+        if self.record_written:
+            return None
+        self.record_written = True
+        return self.record
+
+    async def flush(self) -> None:
+        if not self.events and not self.checkpoints and self.record_written:
+            return
+        events, checkpoints = self.events, self.checkpoints
+        self.events, self.checkpoints = [], []
+        await self.state.write(StateBatch(self._record_once(), tuple(checkpoints), tuple(events)))
+
+    # -- Observer ---------------------------------------------------------
+
+    async def before_io(self, node: NodePlan) -> None:
+        if not node.is_action:
+            await self.flush()
+            return
+        node_id = node.block.id
+        client_order_id = f"{self.execution_id}:{node_id}"
+        self._checkpoint(node_id, CheckpointState.INTENT, {"client_order_id": client_order_id})
+        await self.flush()
+        # Checked after the durable write: the last moment before the side effect.
+        try:
+            self.emergency.ensure_trading_allowed(
+                workflow_id=self.workflow_id, bot_id=self.bot_id, strategy_id=self.strategy_id
+            )
+        except EmergencyHalted:
+            self.metrics.actions_refused.inc()
+            raise
+
+    def node_started(self, node: NodePlan, attempt: int) -> None:
+        self.emit(EventType.NODE_STARTED, node.block.id)
+
+    def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None:
+        node_id = node.block.id
+        self.node_seconds[node_id].observe(seconds)
+        self.emit(
+            EventType.NODE_COMPLETED,
+            node_id,
+            {"outputs": outputs, "duration_ms": seconds * 1000.0},
+        )
+        self._checkpoint(node_id, CheckpointState.COMPLETED, outputs)
+
+    def node_skipped(self, node: NodePlan, reason: str) -> None:
+        node_id = node.block.id
+        self.emit(EventType.NODE_SKIPPED, node_id, {"reason": reason})
+        self._checkpoint(node_id, CheckpointState.SKIPPED)
+
+    def node_failed(self, node: NodePlan, error: BaseException, seconds: float) -> None:
+        node_id = node.block.id
+        message = describe(error)
+        self.node_seconds[node_id].observe(seconds)
+        self.metrics.node_failures.labels(node.block.type).inc()
+        self.emit(
+            EventType.NODE_FAILED,
+            node_id,
+            {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
+        )
+        self._checkpoint(node_id, CheckpointState.FAILED, error=message)
+        self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
+
+    def node_retrying(
+        self, node: NodePlan, attempt: int, error: BaseException, wait: float
+    ) -> None:
+        self.metrics.retries.labels(node.block.type).inc()
+        self.emit(
+            EventType.NODE_RETRYING,
+            node.block.id,
+            {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
+        )
+
+    async def finish(self, outcome: RunOutcome, result: dict[str, Any], seconds: float) -> None:
+        status = outcome.status
+        data: dict[str, Any] = {"status": status.value, "duration_ms": seconds * 1000.0}
+        if outcome.error is not None:
+            data["error"] = outcome.error
+        self.emit(_FINAL_EVENT[status], data=data)
+        record = self.record
+        self.record = ExecutionRecord(
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+            status=status,
+            started_at=record.started_at,
+            definition=record.definition,
+            correlation_id=record.correlation_id,
+            bot_id=record.bot_id,
+            strategy_id=record.strategy_id,
+            finished_at=self.clock.time(),
+            error=outcome.error,
+            result=result,
+            request_id=record.request_id,
+        )
+        self.record_written = False
+        await self.flush()
+        self.metrics.executions.labels(status.value).inc()
+        self.metrics.execution_seconds.observe(seconds)
+        if status is ExecutionStatus.COMPLETED:
+            self.log.info("execution.completed", duration_ms=round(seconds * 1000, 3))
+        else:
+            self.log.warning("execution.finished", status=status.value, error=outcome.error)

@@ -1,0 +1,154 @@
+"""Provider nodes: they bring values into a workflow (constants, prices, HTTP APIs)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from tradeflow.errors import ExternalRequestRejected, ExternalServiceError, InvalidRequest
+from tradeflow.workflow.model import Block
+from tradeflow.workflow.nodes.conditions import Problems, require_symbol
+from tradeflow.workflow.nodes.registry import ExecutionContext, Prop, node
+
+__all__ = ["api_call", "price_feed", "static"]
+
+_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _static_outputs(props: Mapping[str, Any]) -> tuple[str, ...]:
+    values = props.get("values")
+    return tuple(values) if isinstance(values, dict) else ()
+
+
+@node(
+    "providers",
+    "static",
+    properties={"values": Prop("object", required=True, doc="Output name -> JSON value.")},
+    outputs_from_properties=_static_outputs,
+)
+async def static(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Constant outputs: one per entry of ``values``."""
+    return dict(block.properties["values"])
+
+
+@node(
+    "providers",
+    "price_feed",
+    properties={
+        "symbol": Prop("string", required=True, doc="BASE/QUOTE, e.g. BTC/USDT."),
+        "venue": Prop("string", default="paper", doc="Venue to quote."),
+    },
+    outputs=("price", "bid", "ask", "spread", "timestamp"),
+    check=require_symbol,
+)
+async def price_feed(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Top of book of ``symbol`` on ``venue``; ``price`` is the mid."""
+    quote = await ctx.prices.quote(block.properties["venue"], block.properties["symbol"])
+    return {
+        "price": quote.mid,
+        "bid": quote.bid,
+        "ask": quote.ask,
+        "spread": quote.ask - quote.bid,
+        "timestamp": quote.timestamp,
+    }
+
+
+def _check_api_call(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
+    problems: Problems = []
+    url = props["url"]
+    if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
+        problems.append(("properties.url", "an http:// or https:// URL", repr(url)))
+    headers = props["headers"]
+    if isinstance(headers, dict):
+        # Name the offending headers only: their values may be credentials.
+        bad = sorted(name for name, value in headers.items() if not isinstance(value, str))
+        if bad:
+            problems.append(("properties.headers", "string header values", f"non-strings in {bad}"))
+    return problems
+
+
+def _breaker_name(props: Mapping[str, Any]) -> str:
+    """``http:<host>[:<port>]``: one breaker per server, credentials in the URL left out."""
+    return "http:" + urlsplit(str(props["url"])).netloc.rpartition("@")[2].lower()
+
+
+@node(
+    "providers",
+    "api_call",
+    properties={
+        "url": Prop("string", required=True, doc="http:// or https:// URL."),
+        "method": Prop("string", default="GET", choices=_METHODS),
+        "headers": Prop("object", default={}, doc="Extra request headers (string values)."),
+        "params": Prop("object", default={}, doc="Query parameters."),
+        "body": Prop("any", doc="Sent as JSON when set."),
+        "extract": Prop("string", doc="Dotted path into the JSON response, e.g. data.0.price."),
+    },
+    outputs=("result", "status_code"),
+    breaker=_breaker_name,
+    check=_check_api_call,
+)
+async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Call an HTTP API; ``result`` is the JSON body, or the part of it ``extract`` names.
+
+    Sends ``X-Correlation-ID``. A 5xx answer or a transport failure raises
+    ``ExternalServiceError`` (worth a retry); any other non-2xx answer raises
+    ``ExternalRequestRejected``.
+    """
+    props = block.properties
+    method = props["method"]
+    url = props["url"]
+    try:
+        response = await ctx.http.request(
+            method,
+            url,
+            headers={**props["headers"], "X-Correlation-ID": ctx.correlation_id},
+            params=props["params"] or None,
+            json=props["body"],
+        )
+    except httpx.RequestError as exc:
+        raise ExternalServiceError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+    status = response.status_code
+    if status >= 500:
+        raise ExternalServiceError(f"{method} {url} answered {status}: {response.text[:200]}")
+    if not 200 <= status < 300:
+        raise ExternalRequestRejected(url, status, response.text)
+    try:
+        body: Any = response.json()
+    except ValueError:
+        body = response.text
+    path = props["extract"]
+    return {
+        "result": body if path is None else _extract(block, body, path),
+        "status_code": status,
+    }
+
+
+def _extract(block: Block, body: Any, path: str) -> Any:
+    """Follow a dotted path (keys, or list indices) into ``body``."""
+    keys = path.split(".")
+    current = body
+    for depth, key in enumerate(keys):
+        if isinstance(current, dict) and key in current:
+            current = current[key]
+        elif isinstance(current, list) and key.isdecimal() and int(key) < len(current):
+            current = current[int(key)]
+        else:
+            where = ".".join(keys[:depth]) or "the top level"
+            raise InvalidRequest(
+                f"{block.id}.properties.extract",
+                f"{key!r} under {where} of the response (path {path!r})",
+                _shape(current),
+            )
+    return current
+
+
+def _shape(value: Any) -> str:
+    """What sits where a path step failed, without dumping the payload."""
+    if isinstance(value, dict):
+        return f"an object with keys {sorted(value)[:20]}"
+    if isinstance(value, list):
+        return f"a list of length {len(value)}"
+    return f"a {type(value).__name__}"
