@@ -51,6 +51,7 @@ def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None 
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    """A logger bound with ``logger=<name>``."""
-    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger().bind(logger=name)
+    """A logger bound with ``component=<name>``; it follows later :func:`configure_logging`
+    calls (a lazy proxy, resolved at each use)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name)
     return logger

@@ -5,16 +5,20 @@ observer that emits events, persists state and asks the emergency controller
 before each action. Keeping one runner means the two cannot drift apart: the
 enhanced executor is the base one plus observation, nothing else.
 
-Scheduling: a node becomes ready when all its upstream nodes are done. A lone
-ready node is awaited inline (no task: an asyncio task costs ~5 us); several
-ready nodes run as tasks, at most ``max_concurrency`` at a time. Start order is
-the deterministic topological order.
+Scheduling: a node becomes ready when all its upstream nodes are done. Pure
+nodes (computation on their inputs) are awaited inline as soon as they are
+ready. Nodes that call out (prices, HTTP, orders, risk reads) are awaited inline
+when alone, and run as concurrent tasks, at most ``max_concurrency`` at a time,
+when several are ready together: an asyncio task costs ~5 us, so only real
+overlap pays for one. Ready nodes start in a deterministic order (topological,
+ties by definition order).
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -181,30 +185,39 @@ class _Runner:
         for node_id in self.plan.order:
             if waiting[node_id] == 0:
                 heapq.heappush(ready, (nodes[node_id].position, node_id))
-        running: dict[asyncio.Task[None], str] = {}
+        queued: deque[NodePlan] = deque()
+        """Ready nodes that call out, waiting for a concurrency slot."""
+        running: dict[asyncio.Task[None], NodePlan] = {}
         try:
-            while ready or running:
-                while ready and len(running) < self.max_concurrency and self._may_start():
-                    node_id = heapq.heappop(ready)[1]
-                    node = nodes[node_id]
-                    verdict = self._admit(node, restored.get(node_id))
-                    if verdict is not None:
+            while True:
+                while ready and self._may_start():
+                    node = nodes[heapq.heappop(ready)[1]]
+                    if self._admit(node, restored.get(node.block.id)) is not None:
                         self._release(node, waiting, ready)
-                        continue
-                    if not ready and not running:
+                    elif node.spec.pure:
                         await self._run_node(node)
                         self._release(node, waiting, ready)
                     else:
-                        running[asyncio.create_task(self._run_node(node))] = node_id
-                if not running:
-                    if not self._may_start():
-                        break
+                        queued.append(node)
+                if not self._may_start():
+                    queued.clear()
+                if len(queued) == 1 and not running:
+                    node = queued.popleft()
+                    await self._run_node(node)
+                    self._release(node, waiting, ready)
                     continue
+                while queued and len(running) < self.max_concurrency:
+                    node = queued.popleft()
+                    running[asyncio.create_task(self._run_node(node))] = node
+                if not running:
+                    if ready and self._may_start():
+                        continue
+                    break
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    node_id = running.pop(task)
+                    node = running.pop(task)
                     task.result()
-                    self._release(nodes[node_id], waiting, ready)
+                    self._release(node, waiting, ready)
         except BaseException:
             for task in running:
                 task.cancel()
@@ -262,41 +275,40 @@ class _Runner:
         results = self.results
         inputs = {name: results[src][out] for name, src, out in node.wires}
         observer = self.observer
-        clock = self.clock
-        started = clock.monotonic()
+        started = self.clock.monotonic() if observer is not None else 0.0
         try:
-            if node.does_io and observer is not None:
-                await observer.before_io(node)
             if observer is not None:
+                if node.does_io:
+                    await observer.before_io(node)
                 observer.node_started(node, 1)
             if node.protected:
                 outputs = await self._run_protected(node, inputs)
             else:
                 outputs = await node.spec.run(self.ctx, block, inputs)
-            missing = [name for name in block.outputs if name not in outputs]
-            if missing:
-                raise TradeflowError(
-                    f"node type {block.category}/{block.type} returned no value for "
-                    f"declared output(s) {missing}"
-                )
+            for name in block.outputs:
+                if name not in outputs:
+                    raise TradeflowError(
+                        f"node type {block.category}/{block.type} returned no value for "
+                        f"declared output {name!r}"
+                    )
         except (EmergencyHalted, RiskLimitExceeded) as halt:
-            self._fail(node, halt, clock.monotonic() - started)
+            self._fail(node, halt, started)
             if self.halt is None:
                 self.halt = halt
             return
         except Exception as exc:
-            self._fail(node, exc, clock.monotonic() - started)
+            self._fail(node, exc, started)
             if self.failure is None:
                 self.failure = str(NodeExecutionError(block.id, block.type, exc))
             return
         self._record_outputs(node, outputs)
         if observer is not None:
-            observer.node_completed(node, outputs, clock.monotonic() - started)
+            observer.node_completed(node, outputs, self.clock.monotonic() - started)
 
-    def _fail(self, node: NodePlan, error: BaseException, seconds: float) -> None:
+    def _fail(self, node: NodePlan, error: BaseException, started: float) -> None:
         self.errors[node.block.id] = describe(error)
         if self.observer is not None:
-            self.observer.node_failed(node, error, seconds)
+            self.observer.node_failed(node, error, self.clock.monotonic() - started)
 
     async def _run_protected(self, node: NodePlan, inputs: dict[str, Any]) -> dict[str, Any]:
         config = node.block.config

@@ -47,10 +47,10 @@ if TYPE_CHECKING:
 __all__ = ["EnhancedWorkflowExecutor"]
 
 _FINAL_EVENT = {
-    ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED,
-    ExecutionStatus.FAILED: EventType.EXECUTION_FAILED,
-    ExecutionStatus.HALTED: EventType.EXECUTION_HALTED,
-    ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED,
+    ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED.value,
+    ExecutionStatus.FAILED: EventType.EXECUTION_FAILED.value,
+    ExecutionStatus.HALTED: EventType.EXECUTION_HALTED.value,
+    ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED.value,
 }
 
 
@@ -174,7 +174,7 @@ class EnhancedWorkflowExecutor:
         )
         started = infra.clock.monotonic()
         journal.emit(
-            EventType.EXECUTION_STARTED,
+            EventType.EXECUTION_STARTED.value,
             data={"resumed": bool(restored)} if restored else {},
         )
         with structlog.contextvars.bound_contextvars(
@@ -323,13 +323,13 @@ class _Journal:
             raise
 
     def node_started(self, node: NodePlan, attempt: int) -> None:
-        self.emit(EventType.NODE_STARTED, node.block.id)
+        self.emit(EventType.NODE_STARTED.value, node.block.id)
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None:
         node_id = node.block.id
         self.node_seconds[node_id].observe(seconds)
         self.emit(
-            EventType.NODE_COMPLETED,
+            EventType.NODE_COMPLETED.value,
             node_id,
             {"outputs": outputs, "duration_ms": seconds * 1000.0},
         )
@@ -337,7 +337,7 @@ class _Journal:
 
     def node_skipped(self, node: NodePlan, reason: str) -> None:
         node_id = node.block.id
-        self.emit(EventType.NODE_SKIPPED, node_id, {"reason": reason})
+        self.emit(EventType.NODE_SKIPPED.value, node_id, {"reason": reason})
         self._checkpoint(node_id, CheckpointState.SKIPPED)
 
     def node_failed(self, node: NodePlan, error: BaseException, seconds: float) -> None:
@@ -346,7 +346,7 @@ class _Journal:
         self.node_seconds[node_id].observe(seconds)
         self.metrics.node_failures.labels(node.block.type).inc()
         self.emit(
-            EventType.NODE_FAILED,
+            EventType.NODE_FAILED.value,
             node_id,
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
@@ -358,7 +358,7 @@ class _Journal:
     ) -> None:
         self.metrics.retries.labels(node.block.type).inc()
         self.emit(
-            EventType.NODE_RETRYING,
+            EventType.NODE_RETRYING.value,
             node.block.id,
             {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
         )

@@ -16,11 +16,10 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-import structlog
-
 from tradeflow.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
 from tradeflow.infrastructure.emergency import DEFAULT_DIRECTIONS
+from tradeflow.infrastructure.logging import get_logger
 from tradeflow.infrastructure.records import ExecutionStatus, rfc3339
 from tradeflow.infrastructure.resilience import BreakerRegistry
 from tradeflow.trading.paper import PaperExchange
@@ -82,7 +81,7 @@ class WorkflowExecutor:
         self._exchange = exchange
         self._http = HttpPool()
         self._breakers = BreakerRegistry(clock=self.clock)
-        self._log = structlog.get_logger("tradeflow.executor")
+        self._log = get_logger("tradeflow.executor")
         self._cancelled = asyncio.Event()
 
     async def initialize(self) -> None:

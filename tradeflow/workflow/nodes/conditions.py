@@ -138,6 +138,7 @@ def _check_compare(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
     inputs={"left": True, "right": False},
     outputs=("result",),
     gate="result",
+    pure=True,
     check=_check_compare,
 )
 async def compare(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +176,7 @@ def _combinator(type_: str, combine: Callable[[Any], bool]) -> NodeFn:
         outputs=("result",),
         gate="result",
         check=_check_wired,
+        pure=True,
     )(run)
 
 

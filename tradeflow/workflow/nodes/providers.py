@@ -28,6 +28,7 @@ def _static_outputs(props: Mapping[str, Any]) -> tuple[str, ...]:
     "static",
     properties={"values": Prop("object", required=True, doc="Output name -> JSON value.")},
     outputs_from_properties=_static_outputs,
+    pure=True,
 )
 async def static(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
     """Constant outputs: one per entry of ``values``."""

@@ -159,6 +159,9 @@ class NodeSpec:
     breaker: Callable[[Mapping[str, Any]], str] | None = None
     """Default circuit-breaker name for an external call, from the properties."""
     check: PropsCheck | None = None
+    pure: bool = False
+    """Computes from its inputs alone, never waits on I/O: always run inline. Leave False
+    for anything that calls out (the runner then overlaps independent calls)."""
     doc: str = ""
 
     def output_names(self, properties: Mapping[str, Any]) -> tuple[str, ...]:
@@ -209,6 +212,7 @@ def node(
     accepts_gates: bool = False,
     breaker: Callable[[Mapping[str, Any]], str] | None = None,
     check: PropsCheck | None = None,
+    pure: bool = False,
     registry: NodeRegistry | None = None,
     replace: bool = False,
 ) -> Callable[[NodeFn], NodeFn]:
@@ -229,6 +233,7 @@ def node(
                 accepts_gates=accepts_gates,
                 breaker=breaker,
                 check=check,
+                pure=pure,
                 doc=(fn.__doc__ or "").strip(),
             ),
             replace=replace,

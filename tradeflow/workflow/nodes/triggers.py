@@ -25,6 +25,7 @@ __all__ = ["spread", "threshold"]
     inputs={"value": True},
     outputs=("triggered", "value"),
     gate="triggered",
+    pure=True,
     check=require_one_of("above", "below"),
 )
 async def threshold(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -46,6 +47,7 @@ async def threshold(ctx: ExecutionContext, block: Block, inputs: dict[str, Any])
     inputs={"a": True, "b": True},
     outputs=("triggered", "spread", "spread_bps", "direction"),
     gate="triggered",
+    pure=True,
     check=require_one_of("min_spread", "min_spread_bps"),
 )
 async def spread(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:

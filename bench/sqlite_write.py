@@ -1,0 +1,204 @@
+"""Cost of the embedded state store's write path: ``python -m bench.sqlite_write``.
+
+Replays, execution after execution, the two writes the enhanced executor's journal
+makes for the 10-node trading workflow of :mod:`bench.workflows` (shapes taken from
+a real run): before the order, the execution insert with 10 checkpoints (9 completed
+nodes and the order's intent) and 19 events; at the end, the final execution update
+with its result, the order's checkpoint and 3 events. The file is a real WAL file,
+so SQLite's periodic WAL checkpoints land in the tail, as in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter_ns
+from typing import Any, Literal
+
+from bench.workflows import trading_workflow
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.infrastructure.sqlite import open_database
+from tradeflow.infrastructure.state import SQLiteStateStore
+
+__all__ = ["WriteTimings", "measure", "typical_batches"]
+
+_DEFINITION = trading_workflow(10)
+_QUOTE = {"price": 59705.0, "bid": 59700.0, "ask": 59710.0, "spread": 10.0, "timestamp": 0.0}
+_OUTPUTS: dict[str, dict[str, Any]] = {
+    "size": {"qty": 0.001},
+    "quote": _QUOTE,
+    "c0_0": {"triggered": True, "value": 59705.0},
+    "c0_1": {"result": True},
+    "c0_2": {"triggered": True, "value": 59705.0},
+    "c0_3": {"result": True},
+    "c0_4": {"triggered": True, "value": 59705.0},
+    "notional": {"ok": True, "value": 59.705, "threshold": 1000000.0},
+    "go": {"result": True},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class WriteTimings:
+    """Microseconds per ``StateBatch`` write (median and 99th percentile)."""
+
+    start_median_us: float
+    """The write before the order: execution insert, 10 checkpoints, 19 events."""
+    start_p99_us: float
+    finish_median_us: float
+    """The final write: execution update with result, 1 checkpoint, 3 events."""
+    finish_p99_us: float
+    execution_median_us: float
+    """Both writes of one execution."""
+    execution_p99_us: float
+
+
+def typical_batches(execution_id: str, started_at: float) -> tuple[StateBatch, StateBatch]:
+    """The two batches the journal writes for one run of the 10-node trading workflow."""
+    at = started_at
+    sequence = 0
+
+    def event(type_: str, node_id: str | None, data: dict[str, Any]) -> Event:
+        nonlocal sequence
+        sequence += 1
+        return Event(
+            type_,
+            f"{execution_id}-{sequence}",
+            sequence,
+            at,
+            execution_id,
+            execution_id,
+            "wf",
+            None,
+            None,
+            node_id,
+            data,
+        )
+
+    record = ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id="wf",
+        status=ExecutionStatus.RUNNING,
+        started_at=started_at,
+        definition=_DEFINITION,
+        correlation_id=execution_id,
+    )
+    events = [event(EventType.EXECUTION_STARTED, None, {})]
+    checkpoints = []
+    for node_id, outputs in _OUTPUTS.items():
+        events.append(event(EventType.NODE_STARTED, node_id, {}))
+        events.append(
+            event(EventType.NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": 0.0123})
+        )
+        checkpoints.append(Checkpoint(execution_id, node_id, CheckpointState.COMPLETED, at, outputs))
+    order = {"client_order_id": f"{execution_id}:buy"}
+    checkpoints.append(Checkpoint(execution_id, "buy", CheckpointState.INTENT, at, order))
+    start = StateBatch(record, tuple(checkpoints), tuple(events))
+
+    filled = {"order_id": "74643ee6864c4df4b8b0aaf2fe1ddbaf", **order, "status": "filled"}
+    filled |= {"filled_quantity": 0.001, "avg_price": 59710.0}
+    result = {
+        "status": "completed",
+        "execution_id": execution_id,
+        "workflow_id": "wf",
+        "correlation_id": execution_id,
+        "results": {**_OUTPUTS, "buy": filled},
+        "errors": {},
+        "skipped": [],
+        "error": None,
+        "started_at": "2026-11-26T10:31:45.246338Z",
+        "finished_at": "2026-11-26T10:31:45.247652Z",
+        "duration_ms": 1.31,
+    }
+    final = ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id="wf",
+        status=ExecutionStatus.COMPLETED,
+        started_at=started_at,
+        definition=_DEFINITION,
+        correlation_id=execution_id,
+        finished_at=at + 0.0013,
+        result=result,
+    )
+    finish = StateBatch(
+        final,
+        (Checkpoint(execution_id, "buy", CheckpointState.COMPLETED, at, filled),),
+        (
+            event(EventType.NODE_STARTED, "buy", {}),
+            event(EventType.NODE_COMPLETED, "buy", {"outputs": filled, "duration_ms": 0.79}),
+            event(EventType.EXECUTION_COMPLETED, None, {"status": "completed", "duration_ms": 1.3}),
+        ),
+    )
+    return start, finish
+
+
+def measure(
+    executions: int = 5000,
+    *,
+    warmup: int = 500,
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
+) -> WriteTimings:
+    """Write ``warmup`` + ``executions`` typical executions to a fresh WAL file and
+    time the last ``executions`` of them."""
+    with tempfile.TemporaryDirectory() as directory:
+        conn = open_database(Path(directory) / "bench.db", synchronous=synchronous)
+        try:
+            return asyncio.run(_run(SQLiteStateStore(conn), executions, warmup))
+        finally:
+            conn.close()
+
+
+async def _run(store: SQLiteStateStore, executions: int, warmup: int) -> WriteTimings:
+    starts: list[int] = []
+    finishes: list[int] = []
+    for i in range(warmup + executions):
+        start, finish = typical_batches(f"{i:032x}", 1_795_689_105.0 + i)
+        t0 = perf_counter_ns()
+        await store.write(start)
+        t1 = perf_counter_ns()
+        await store.write(finish)
+        t2 = perf_counter_ns()
+        if i >= warmup:
+            starts.append(t1 - t0)
+            finishes.append(t2 - t1)
+    both = [a + b for a, b in zip(starts, finishes, strict=True)]
+    return WriteTimings(
+        _median_us(starts),
+        _p99_us(starts),
+        _median_us(finishes),
+        _p99_us(finishes),
+        _median_us(both),
+        _p99_us(both),
+    )
+
+
+def _median_us(samples: Sequence[int]) -> float:
+    return statistics.median(samples) / 1000
+
+
+def _p99_us(samples: Sequence[int]) -> float:
+    return statistics.quantiles(samples, n=100)[98] / 1000
+
+
+def main() -> None:
+    """Print the timings for synchronous=NORMAL."""
+    t = measure()
+    print("sqlite state store, 10-node execution, synchronous=NORMAL (us)")
+    print(f"  start write   median {t.start_median_us:7.1f}   p99 {t.start_p99_us:7.1f}")
+    print(f"  finish write  median {t.finish_median_us:7.1f}   p99 {t.finish_p99_us:7.1f}")
+    print(f"  per execution median {t.execution_median_us:7.1f}   p99 {t.execution_p99_us:7.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,468 @@
+"""The runner through both executors: ordering, concurrency, gating, failures,
+halts by scope, risk auto-halt, resilience, subscribers, resume, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import stamina
+import structlog
+
+from tradeflow.errors import EmergencyHalted, RiskLimitExceeded
+from tradeflow.infrastructure.factory import Infrastructure
+from tradeflow.infrastructure.logging import configure_logging
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    ExecutionQuery,
+    ExecutionStatus,
+    Scope,
+    StateBatch,
+)
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+from tradeflow.workflow.executor import WorkflowExecutor
+from tradeflow.workflow.model import Block
+from tradeflow.workflow.nodes import default_registry
+from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
+from workflows import block, trading_workflow, two_orders_workflow
+
+
+def registry_with(*specs: NodeSpec) -> NodeRegistry:
+    """The built-ins plus test node types."""
+    registry = NodeRegistry()
+    for spec in default_registry.specs():
+        registry.register(spec)
+    for spec in specs:
+        registry.register(spec)
+    return registry
+
+
+@pytest_asyncio.fixture
+async def infra() -> AsyncIterator[Infrastructure]:
+    """An embedded infrastructure on an in-memory database."""
+    async with await Infrastructure.create("test") as infra:
+        yield infra
+
+
+class Recorder:
+    """A subscriber that keeps every event."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+    def types(self, node_id: str | None = None) -> list[str]:
+        return [e["type"] for e in self.events if node_id is None or e["node_id"] == node_id]
+
+
+async def recorded(infra: Infrastructure) -> Recorder:
+    recorder = Recorder()
+    await infra.events.subscribe("workflow_events", recorder)
+    return recorder
+
+
+def diamond() -> dict[str, Any]:
+    return {
+        "blocks": [
+            block("d", "conditions", "all", {}, {"b": "b.result", "c": "c.result"}),
+            block("c", "conditions", "compare", {"op": ">", "value": 1}, {"left": "a.x"}),
+            block("b", "conditions", "compare", {"op": "<", "value": 100}, {"left": "a.x"}),
+            block("a", "providers", "static", {"values": {"x": 5}}),
+        ]
+    }
+
+
+@pytest.mark.asyncio
+async def test_nodes_start_in_deterministic_topological_order(infra: Infrastructure) -> None:
+    """Upstream first, ties broken by definition order, the same on every run."""
+    recorder = await recorded(infra)
+    executor = EnhancedWorkflowExecutor(diamond(), infra, "diamond")
+    for _ in range(3):
+        await executor.execute()
+    await infra.events.drain()  # type: ignore[attr-defined]
+    starts = [e["node_id"] for e in recorder.events if e["type"] == "node_started"]
+    assert starts == ["a", "c", "b", "d"] * 3
+
+
+@pytest.mark.asyncio
+async def test_independent_io_nodes_overlap_and_respect_the_bound() -> None:
+    """Two ready I/O nodes run concurrently; with max_concurrency=1 they do not."""
+    running: list[str] = []
+    peak = 0
+    both_started = asyncio.Event()
+
+    async def probe(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal peak
+        running.append(blk.id)
+        peak = max(peak, len(running))
+        if len(running) == 2:
+            both_started.set()
+        try:
+            await asyncio.wait_for(both_started.wait(), 0.2)
+        except TimeoutError:
+            pass  # running alone (bounded): nobody else will start meanwhile
+        running.remove(blk.id)
+        return {"done": True}
+
+    registry = registry_with(NodeSpec("providers", "probe", probe, outputs=("done",)))
+    workflow = {"blocks": [block("p1", "providers", "probe"), block("p2", "providers", "probe")]}
+    result = await WorkflowExecutor(workflow, registry=registry).execute()
+    assert result["status"] == "completed" and peak == 2
+    peak = 0
+    both_started.clear()
+    result = await WorkflowExecutor(workflow, registry=registry, max_concurrency=1).execute()
+    assert result["status"] == "completed" and peak == 1
+
+
+@pytest.mark.asyncio
+async def test_untriggered_trigger_skips_dependents_not_the_run(infra: Infrastructure) -> None:
+    """A trigger that does not fire skips what depends on it, transitively; the run completes."""
+    recorder = await recorded(infra)
+    result = await EnhancedWorkflowExecutor(trading_workflow(below=1.0), infra, "quiet").execute()
+    await infra.events.drain()  # type: ignore[attr-defined]
+    assert result["status"] == "completed"
+    assert result["skipped"] == ["notional", "buy", "note"]
+    assert "buy" not in result["results"]
+    skipped = [e for e in recorder.events if e["type"] == "node_skipped"]
+    assert [e["node_id"] for e in skipped] == ["notional", "buy", "note"]
+    assert skipped[0]["data"]["reason"] == "upstream 'cheap' did not pass"
+
+
+@pytest.mark.asyncio
+async def test_any_receives_false_gates() -> None:
+    """`any` sees a false condition as False instead of being skipped by it."""
+    workflow = {
+        "blocks": [
+            block("a", "providers", "static", {"values": {"x": 5}}),
+            block("no", "conditions", "compare", {"op": ">", "value": 10}, {"left": "a.x"}),
+            block("yes", "conditions", "compare", {"op": "<", "value": 10}, {"left": "a.x"}),
+            block("either", "conditions", "any", {}, {"p": "no.result", "q": "yes.result"}),
+            block("both", "conditions", "all", {}, {"p": "no.result", "q": "yes.result"}),
+        ]
+    }
+    result = await WorkflowExecutor(workflow).execute()
+    assert result["results"]["either"] == {"result": True}
+    assert result["results"]["both"] == {"result": False}
+    assert result["skipped"] == []
+
+
+@pytest.mark.asyncio
+async def test_failed_node_fails_the_run_and_names_the_node(infra: Infrastructure) -> None:
+    """A raising node: status failed, error names block and type, dependents never run."""
+
+    async def broken(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("feed returned garbage")
+
+    registry = registry_with(NodeSpec("providers", "broken", broken, outputs=("x",)))
+    workflow = {
+        "blocks": [
+            block("src", "providers", "broken"),
+            block("use", "triggers", "threshold", {"above": 1}, {"value": "src.x"}),
+        ]
+    }
+    recorder = await recorded(infra)
+    result = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).execute()
+    await infra.events.drain()  # type: ignore[attr-defined]
+    assert result["status"] == "failed"
+    assert result["errors"] == {"src": "feed returned garbage"}
+    assert result["error"] == "node 'src' (broken) failed: feed returned garbage"
+    assert "use" not in result["results"]
+    assert recorder.types()[-2:] == ["node_failed", "execution_failed"]
+    record = await infra.state.get_execution(result["execution_id"])
+    assert record.status is ExecutionStatus.FAILED
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("scope", "target", "blocked"),
+    [
+        (Scope.GLOBAL, None, {"wf_a", "wf_b", "wf_c"}),
+        (Scope.STRATEGY, "s1", {"wf_a", "wf_b"}),
+        (Scope.BOT, "bot2", {"wf_b"}),
+        (Scope.WORKFLOW, "wf_c", {"wf_c"}),
+    ],
+)
+async def test_halt_scope_blocks_exactly_what_it_covers(
+    infra: Infrastructure, scope: Scope, target: str | None, blocked: set[str]
+) -> None:
+    """Each halt scope refuses actions of the executions it covers and no others."""
+    await infra.emergency.halt(scope, target, reason="test halt", actor="pytest")
+    bots = {"wf_a": ("bot1", "s1"), "wf_b": ("bot2", "s1"), "wf_c": ("bot3", "s2")}
+    refused = set()
+    for wf_id, (bot, strategy) in bots.items():
+        executor = EnhancedWorkflowExecutor(trading_workflow(), infra, wf_id, bot, strategy)
+        try:
+            await executor.execute()
+        except EmergencyHalted as halt:
+            refused.add(wf_id)
+            assert halt.reason == "test halt"
+            assert halt.result is not None and halt.result["status"] == "halted"
+            assert "buy" not in halt.result["results"]
+    assert refused == blocked
+    await infra.emergency.resume(scope, target, reason="clear", actor="pytest")
+    result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf_a", "bot1", "s1").execute()
+    assert result["status"] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_most_restrictive_halt_is_reported(infra: Infrastructure) -> None:
+    """With a bot halt and a global halt, the global one is what the executor reports."""
+    await infra.emergency.halt(Scope.BOT, "bot1", reason="bot misbehaving")
+    await infra.emergency.halt(Scope.GLOBAL, reason="venue down")
+    with pytest.raises(EmergencyHalted) as caught:
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf", "bot1").execute()
+    assert caught.value.scope == "global"
+    assert caught.value.reason == "venue down"
+
+
+@pytest.mark.asyncio
+async def test_halt_stops_the_next_action_but_not_data_nodes(infra: Infrastructure) -> None:
+    """Providers and checks run while halted; the run stops before the first action and is
+    recorded as halted, with its event."""
+    recorder = await recorded(infra)
+    await infra.emergency.halt(Scope.WORKFLOW, "wf", reason="maintenance")
+    with pytest.raises(EmergencyHalted) as caught:
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf").execute()
+    await infra.events.drain()  # type: ignore[attr-defined]
+    result = caught.value.result
+    assert result is not None
+    assert set(result["results"]) == {"quote", "size", "cheap", "notional"}
+    assert "execution_halted" in recorder.types()
+    record = await infra.state.get_execution(result["execution_id"])
+    assert record.status is ExecutionStatus.HALTED
+    assert infra.metrics.actions_refused._value.get() == 1
+
+
+@pytest.mark.asyncio
+async def test_risk_node_breach_raises_and_halts_everything(infra: Infrastructure) -> None:
+    """A max_position breach raises RiskLimitExceeded and auto-halts: the next run is refused."""
+    workflow = {
+        "blocks": [
+            block("size", "providers", "static", {"values": {"qty": 5.0}}),
+            block("pos", "risk", "max_position", {"symbol": "BTC/USDT", "limit": 1.0, "side": "buy"},
+                  {"quantity": "size.qty"}),
+            block("buy", "actions", "place_order", {"symbol": "BTC/USDT", "side": "buy"},
+                  {"quantity": "size.qty", "when": "pos.ok"}),
+        ]
+    }
+    recorder = await recorded(infra)
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await EnhancedWorkflowExecutor(workflow, infra, "risky").execute()
+    assert caught.value.limit_type == "max_position"
+    assert caught.value.value == 5.0 and caught.value.threshold == 1.0
+    assert caught.value.halted
+    with pytest.raises(EmergencyHalted, match="max_position"):
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, "other").execute()
+    await infra.events.drain()  # type: ignore[attr-defined]
+    assert {"risk_limit_exceeded", "emergency_halted"} <= set(recorder.types())
+    assert await infra.exchange.position("paper", "BTC/USDT") == 0.0
+
+
+@pytest.mark.asyncio
+async def test_base_executor_risk_breach_raises_without_halting() -> None:
+    """Without an emergency controller a breach raises but nothing is halted."""
+    workflow = {"blocks": [block("loss", "risk", "daily_loss_limit", {"max_loss": 100},
+                                {"pnl": "p.v"}), block("p", "providers", "static",
+                                                       {"values": {"v": -150.0}})]}
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await WorkflowExecutor(workflow).execute()
+    assert caught.value.threshold == -100 and not caught.value.halted
+
+
+@pytest.mark.asyncio
+async def test_slow_and_failing_subscribers_do_not_stall_execution(infra: Infrastructure) -> None:
+    """A subscriber that never returns and one that raises: runs complete, others get all events."""
+    never = asyncio.Event()
+
+    async def stuck(event: dict[str, Any]) -> None:
+        await never.wait()
+
+    async def failing(event: dict[str, Any]) -> None:
+        raise RuntimeError("subscriber bug")
+
+    await infra.events.subscribe("workflow_events", stuck)
+    await infra.events.subscribe("workflow_events", failing)
+    recorder = await recorded(infra)
+    results = [
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, f"wf{i}").execute()
+        for i in range(20)
+    ]
+    await infra.events.drain(timeout=0.5)  # type: ignore[attr-defined]
+    assert all(r["status"] == "completed" for r in results)
+    assert recorder.types().count("execution_completed") == 20
+    assert infra.metrics.subscriber_errors._value.get() >= 20 * 13
+    never.set()
+
+
+@pytest.mark.asyncio
+async def test_retry_with_backoff_then_success(infra: Infrastructure) -> None:
+    """A flaky node is retried per config.retry; node_retrying events carry attempt and error."""
+    attempts = 0
+
+    async def flaky(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionError(f"reset #{attempts}")
+        return {"x": attempts}
+
+    registry = registry_with(NodeSpec("providers", "flaky", flaky, outputs=("x",)))
+    config = {"retry": {"max_attempts": 4, "initial_interval": 0.01, "jitter": 0}}
+    workflow = {"blocks": [block("f", "providers", "flaky", config=config)]}
+    recorder = await recorded(infra)
+    stamina.set_testing(True, attempts=4)
+    try:
+        result = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).execute()
+    finally:
+        stamina.set_testing(False)
+    await infra.events.drain()  # type: ignore[attr-defined]
+    assert result["status"] == "completed" and result["results"]["f"] == {"x": 3}
+    retries = [e["data"] for e in recorder.events if e["type"] == "node_retrying"]
+    assert [(r["attempt"], r["error"]) for r in retries] == [(1, "reset #1"), (2, "reset #2")]
+
+
+@pytest.mark.asyncio
+async def test_non_retryable_error_fails_at_once() -> None:
+    """Errors named in non_retryable are not retried."""
+    attempts = 0
+
+    async def bad(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        raise KeyError("missing")
+
+    registry = registry_with(NodeSpec("providers", "bad", bad, outputs=("x",)))
+    config = {"retry": {"max_attempts": 5, "initial_interval": 0, "non_retryable": ["KeyError"]}}
+    result = await WorkflowExecutor(
+        {"blocks": [block("b", "providers", "bad", config=config)]}, registry=registry
+    ).execute()
+    assert result["status"] == "failed" and attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_timeout_fails_the_node() -> None:
+    """A node slower than config.timeout fails with a timeout error naming it."""
+    release = asyncio.Event()
+
+    async def slow(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return {"x": 1}
+
+    registry = registry_with(NodeSpec("providers", "slow", slow, outputs=("x",)))
+    workflow = {"blocks": [block("s", "providers", "slow", config={"timeout": 0.05})]}
+    result = await WorkflowExecutor(workflow, registry=registry).execute()
+    assert result["status"] == "failed"
+    assert result["errors"]["s"] == "node 's' timed out after 0.05s"
+
+
+@pytest.mark.asyncio
+async def test_circuit_breaker_opens_and_short_circuits(infra: Infrastructure) -> None:
+    """After failure_threshold failures the named breaker opens: calls fail fast, events say so."""
+    calls = 0
+
+    async def down(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        nonlocal calls
+        calls += 1
+        raise ConnectionError("venue down")
+
+    registry = registry_with(NodeSpec("providers", "down", down, outputs=("x",)))
+    config = {"circuit_breaker": {"name": "venue-x", "failure_threshold": 2, "recovery_timeout": 60}}
+    workflow = {"blocks": [block("d", "providers", "down", config=config)]}
+    recorder = await recorded(infra)
+    executor = EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry)
+    results = [await executor.execute() for _ in range(4)]
+    await infra.events.drain()  # type: ignore[attr-defined]
+    assert calls == 2
+    assert results[3]["errors"]["d"].startswith("circuit 'venue-x' is open")
+    opened = [e for e in recorder.events if e["type"] == "circuit_opened"]
+    assert len(opened) == 1 and opened[0]["data"]["breaker"] == "venue-x"
+    assert infra.metrics.breaker_state.labels("venue-x")._value.get() == 2
+
+
+@pytest.mark.asyncio
+async def test_resume_replaces_an_intended_order_exactly_once(infra: Infrastructure) -> None:
+    """Crash after the intent and the exchange fill but before the checkpoint: resume re-places
+    with the same client order id, the exchange deduplicates, the run completes."""
+    executor = EnhancedWorkflowExecutor(two_orders_workflow(), infra, "wf")
+    result = await executor.execute()
+    execution_id = result["execution_id"]
+    # Rewind the execution to just after `second`'s intent, as if the process died there.
+    await infra.state.write(StateBatch(
+        checkpoints=(Checkpoint(execution_id, "second", CheckpointState.INTENT, 0.0,
+                                {"client_order_id": f"{execution_id}:second"}),),
+    ))
+    record = await infra.state.get_execution(execution_id)
+    from dataclasses import replace
+    await infra.state.write(StateBatch(execution=replace(record, status=ExecutionStatus.RUNNING)))
+    resumed = await EnhancedWorkflowExecutor(two_orders_workflow(), infra, "wf").resume(execution_id)
+    assert resumed["status"] == "completed"
+    assert resumed["results"]["second"]["order_id"] == result["results"]["second"]["order_id"]
+    assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.0)
+
+
+@pytest.mark.asyncio
+async def test_cancel_stops_scheduling(infra: Infrastructure) -> None:
+    """cancel() while a node runs: no further node starts, status cancelled."""
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def gate(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        entered.set()
+        await release.wait()
+        return {"x": 1}
+
+    registry = registry_with(NodeSpec("providers", "gate", gate, outputs=("x",)))
+    workflow = {"blocks": [block("g", "providers", "gate"),
+                           block("t", "triggers", "threshold", {"above": 0}, {"value": "g.x"})]}
+    executor = EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry)
+    task = asyncio.create_task(executor.execute())
+    await entered.wait()
+    executor.cancel()
+    release.set()
+    result = await task
+    assert result["status"] == "cancelled"
+    assert "t" not in result["results"]
+
+
+@pytest.mark.asyncio
+async def test_every_log_line_carries_correlation_ids(infra: Infrastructure) -> None:
+    """JSON logs of an execution carry correlation_id, execution_id and workflow_id."""
+    stream = io.StringIO()
+    configure_logging(json=True, level="info", stream=stream)
+    try:
+        result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "logged").execute()
+    finally:
+        structlog.reset_defaults()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert {line["event"] for line in lines} >= {"workflow.log", "execution.completed"}
+    for line in lines:
+        assert line["correlation_id"] == result["correlation_id"]
+        assert line["execution_id"] == result["execution_id"]
+        assert line["workflow_id"] == "logged"
+
+
+@pytest.mark.asyncio
+async def test_state_is_persisted_as_it_runs(infra: Infrastructure) -> None:
+    """After a run: the execution record, a checkpoint per node and the event history exist."""
+    result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf", "b", "s").execute()
+    execution_id = result["execution_id"]
+    record = await infra.state.get_execution(execution_id)
+    checkpoints = await infra.state.get_checkpoints(execution_id)
+    history = await infra.state.read_events(execution_id=execution_id)
+    page = await infra.state.list_executions(ExecutionQuery(bot_id="b"))
+    assert record.status is ExecutionStatus.COMPLETED and record.strategy_id == "s"
+    assert {n: c.state for n, c in checkpoints.items()} == dict.fromkeys(
+        ["quote", "size", "cheap", "notional", "buy", "note"], CheckpointState.COMPLETED
+    )
+    assert checkpoints["buy"].outputs == result["results"]["buy"]
+    sequences = [event.sequence for _, event in history]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert [r.execution_id for r in page.executions] == [execution_id]
