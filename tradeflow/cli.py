@@ -25,6 +25,7 @@ from tradeflow.errors import (
     WorkflowValidationError,
 )
 from tradeflow.infrastructure.factory import ENVIRONMENTS, Infrastructure, Settings
+from tradeflow.infrastructure.logging import configure_logging
 from tradeflow.infrastructure.records import (
     ExecutionQuery,
     ExecutionRecord,
@@ -87,6 +88,7 @@ class Progress:
     def render(self, event: dict[str, Any]) -> str | None:
         kind, data, node = event["type"], event.get("data") or {}, event.get("node_id")
         if kind == "execution_started":
+            self.counts = dict.fromkeys(self.counts, 0)
             resumed = " (resumed)" if data.get("resumed") else ""
             return f"> execution {event['execution_id']} started{resumed}: workflow {event['workflow_id']}"
         if kind == "node_started":
@@ -380,6 +382,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "env"):
         args.env = "development"
     try:
+        # The progress lines are the interface; logs stay quiet unless asked for.
+        configure_logging(
+            json=os.environ.get("TRADEFLOW_LOG_FORMAT") == "json",
+            level=os.environ.get("TRADEFLOW_LOG_LEVEL", "warning"),
+        )
         return asyncio.run(args.handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -45,9 +45,24 @@ def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None 
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=(
+            structlog.PrintLoggerFactory(stream) if stream is not None else _StderrLogger
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is at the time of the call (a test harness or a
+    daemon may swap it after logging was configured)."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = msg
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

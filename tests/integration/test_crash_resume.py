@@ -1,0 +1,117 @@
+"""A real crash: a `tradeflow run` process is SIGKILLed between two orders, then
+`tradeflow executions resume` finishes the execution; each order happened once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from workflows import block
+
+
+class GateServer:
+    """An HTTP endpoint that holds requests until released: the kill happens while the
+    workflow waits on it, after its first order and before its second."""
+
+    def __init__(self) -> None:
+        self.arrived = threading.Event()
+        self.open = threading.Event()
+        gate = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                gate.arrived.set()
+                gate.open.wait(60)
+                body = b'{"go": true}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gate"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.open.set()
+        self.server.shutdown()
+
+
+@pytest.fixture
+def gate() -> Iterator[GateServer]:
+    """A local HTTP gate server."""
+    server = GateServer()
+    yield server
+    server.close()
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tradeflow.cli", *args],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def test_sigkill_between_two_orders_then_resume_trades_each_once(
+    tmp_path: Path, gate: GateServer
+) -> None:
+    """Kill -9 after the first fill, resume: the second order fills, neither is duplicated."""
+    workflow = {
+        "blocks": [
+            block("size", "providers", "static", {"values": {"qty": 0.002}}),
+            block("first", "actions", "place_order", {"symbol": "BTC/USDT", "side": "buy"},
+                  {"quantity": "size.qty"}),
+            block("wait", "providers", "api_call", {"url": gate.url},
+                  {"when": "first.status"}, config={"timeout": 120}),
+            block("second", "actions", "place_order", {"symbol": "BTC/USDT", "side": "sell"},
+                  {"quantity": "first.filled_quantity", "when": "wait.status_code"}),
+        ]
+    }
+    path = tmp_path / "bot.json"
+    path.write_text(json.dumps(workflow))
+    db = tmp_path / "state.db"
+    env = {**os.environ, "TRADEFLOW_SQLITE_PATH": str(db), "TRADEFLOW_LOG_LEVEL": "warning"}
+
+    bot = cli("run", str(path), env=env)
+    assert gate.arrived.wait(60), bot.stderr.read() if bot.stderr else "no output"
+    bot.send_signal(signal.SIGKILL)
+    bot.wait(30)
+    assert bot.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(db) as conn:
+        (execution_id, status), = conn.execute("SELECT execution_id, status FROM executions")
+        orders_before = conn.execute("SELECT client_order_id FROM paper_orders").fetchall()
+    assert status == "running"
+    assert orders_before == [(f"{execution_id}:first",)]
+
+    gate.open.set()
+    resumed = cli("executions", "resume", execution_id, env=env)
+    out, err = resumed.communicate(timeout=60)
+    assert resumed.returncode == 0, err
+    assert "(resumed)" in out
+
+    with sqlite3.connect(db) as conn:
+        orders = sorted(r[0] for r in conn.execute("SELECT client_order_id FROM paper_orders"))
+        (final,), = conn.execute("SELECT status FROM executions")
+    assert orders == [f"{execution_id}:first", f"{execution_id}:second"]
+    assert final == "completed"
+
+    show = cli("executions", "show", execution_id, env=env)
+    out, _ = show.communicate(timeout=60)
+    assert show.returncode == 0
+    assert out.count("completed") >= 5

@@ -1,0 +1,132 @@
+"""The `tradeflow` command: exit codes, one-line errors, live progress, halt from another shell."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tradeflow.cli import main
+from workflows import block, trading_workflow
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def write(tmp_path: Path, definition: object, name: str = "bot.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(definition))
+    return str(path)
+
+
+def test_validate_ok_prints_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """validate: a good file exits 0 and prints the execution order."""
+    assert main(["validate", write(tmp_path, trading_workflow())]) == 0
+    assert "valid: 6 blocks; order: quote -> size -> cheap -> notional -> buy -> note" in (
+        capsys.readouterr().out
+    )
+
+
+def test_validate_lists_every_problem_without_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate: each problem on its own line naming block and field; exit 2; no traceback."""
+    bad = {"blocks": [block("a", "providers", "nope"), block("b", "triggers", "threshold",
+                                                              {"above": "high"}, {"value": "z.x"})]}
+    assert main(["validate", write(tmp_path, bad)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "block 'a': field 'type'" in err
+    assert "block 'b': field 'properties.above'" in err and "found str 'high'" in err
+    assert "block 'b': field 'inputs.value'" in err
+
+
+def test_unreadable_and_malformed_files_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file and broken JSON each give one clear line and exit 2."""
+    assert main(["validate", str(tmp_path / "missing.json")]) == 2
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"blocks": [')
+    assert main(["validate", str(broken)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("error: cannot read workflow file")
+    assert lines[1].startswith(f"error: {broken}:1:")
+
+
+@pytest.mark.parametrize("example", ["mean_reversion.json", "arbitrage.json"])
+def test_run_examples_show_progress_and_summary(
+    example: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run: the shipped examples complete, one line per node and a summary."""
+    code = main(["run", str(EXAMPLES / example), "--prices", str(EXAMPLES / "prices.json")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.startswith("> execution ")
+    assert "= completed in" in out
+    assert "  ok   " in out
+
+
+def test_halt_status_resume_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
+    """halt, status and resume work against the same state file."""
+    assert main(["halt", "--scope", "bot", "--target", "bot7", "--reason", "fat finger"]) == 0
+    assert main(["status"]) == 0
+    assert main(["resume", "--scope", "bot", "--target", "bot7", "--reason", "fixed"]) == 0
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "halted bot 'bot7': fat finger" in out
+    assert "HALTED bot 'bot7'" in out
+    assert "resumed bot 'bot7'" in out
+    assert out.rstrip().endswith("trading: ACTIVE (no halts)")
+
+
+def test_bad_scope_target_is_a_one_line_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bot halt without a target: one line naming the field, exit 2."""
+    assert main(["halt", "--scope", "bot", "--reason", "x"]) == 2
+    assert "target" in capsys.readouterr().err
+
+
+def test_run_halted_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A halted run exits 3 and says why."""
+    main(["halt", "--reason", "weekend"])
+    assert main(["run", write(tmp_path, trading_workflow())]) == 3
+    assert "halted: trading halted (global): weekend" in capsys.readouterr().err
+
+
+def test_events_and_executions_listing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """events prints the recorded history; executions list/show find the run."""
+    main(["run", write(tmp_path, trading_workflow()), "--workflow-id", "listed", "--bot-id", "b1"])
+    capsys.readouterr()
+    assert main(["events", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[0]["type"] == "execution_started" and events[-1]["type"] == "execution_completed"
+    assert main(["executions", "list", "--bot", "b1"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "completed" in line and "workflow=listed" in line
+    assert main(["executions", "show", line.split()[0]]) == 0
+    assert "completed buy" in " ".join(capsys.readouterr().out.split())
+
+
+def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
+    """A bot looping in one process is stopped by `tradeflow halt` run in another."""
+    env = {**os.environ, "TRADEFLOW_LOG_LEVEL": "warning"}
+    bot = subprocess.Popen(
+        [sys.executable, "-m", "tradeflow.cli", "run", write(tmp_path, trading_workflow()),
+         "--count", "100000", "--interval", "0.01"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert bot.stdout is not None
+    for line in bot.stdout:  # wait until the bot is trading
+        if line.startswith("= completed"):
+            break
+    halt = subprocess.run(
+        [sys.executable, "-m", "tradeflow.cli", "halt", "--reason", "stop now"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert halt.returncode == 0, halt.stderr
+    _, err = bot.communicate(timeout=60)
+    assert bot.returncode == 3
+    assert "stop now" in err
