@@ -17,8 +17,12 @@ $(VENV)/.installed: pyproject.toml
 	bash scripts/ensure-servers.sh $(VENV)
 	touch $@
 
+DEMO_DB := .tradeflow/demo.db
+
 run: setup
-	$(BIN)/tradeflow run examples/mean_reversion.json --prices examples/prices.json
+	@mkdir -p .tradeflow && rm -f $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	$(BIN)/tradeflow run examples/mean_reversion.json --prices examples/prices.json \
+		--db $(DEMO_DB) --count 5 --interval 0.3
 
 test: setup
 	$(PY) -m pytest -q

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -86,6 +88,11 @@ def _breaker_name(props: Mapping[str, Any]) -> str:
         "params": Prop("object", default={}, doc="Query parameters."),
         "body": Prop("any", doc="Sent as JSON when set."),
         "extract": Prop("string", doc="Dotted path into the JSON response, e.g. data.0.price."),
+        "as_number": Prop(
+            "boolean",
+            default=False,
+            doc="Convert the result to a number (APIs such as Binance send prices as strings).",
+        ),
     },
     outputs=("result", "status_code"),
     breaker=_breaker_name,
@@ -121,10 +128,23 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
     except ValueError:
         body = response.text
     path = props["extract"]
-    return {
-        "result": body if path is None else _extract(block, body, path),
-        "status_code": status,
-    }
+    result = body if path is None else _extract(block, body, path)
+    if props["as_number"]:
+        result = _to_number(block, result)
+    return {"result": result, "status_code": status}
+
+
+def _to_number(block: Block, value: Any) -> float:
+    """A finite number from a JSON number or numeric string."""
+    if not isinstance(value, bool) and isinstance(value, int | float | str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(number):
+                return number
+    raise InvalidRequest(f"{block.id}.result", "a number or numeric string", value)
 
 
 def _extract(block: Block, body: Any, path: str) -> Any:

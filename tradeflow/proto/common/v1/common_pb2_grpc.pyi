@@ -5,8 +5,9 @@ Messages and enums shared by the executor, emergency and state services.
 
 Free-form JSON travels as JSON text (`*_json` fields), never as
 google.protobuf.Struct: Struct turns every integer into a double, and order
-sizes and ids must survive the trip exactly. A `*_json` field marked
-`optional` is unset when the value is absent (null).
+sizes and ids must survive the trip exactly. Each holds a JSON object; a
+`*_json` field marked `optional` is unset when the value is absent (null),
+any other reads an empty string as `{}`.
 """
 
 from collections import abc as _abc
