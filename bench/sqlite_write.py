@@ -101,7 +101,9 @@ def typical_batches(execution_id: str, started_at: float) -> tuple[StateBatch, S
         events.append(
             event(EventType.NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": 0.0123})
         )
-        checkpoints.append(Checkpoint(execution_id, node_id, CheckpointState.COMPLETED, at, outputs))
+        checkpoints.append(
+            Checkpoint(execution_id, node_id, CheckpointState.COMPLETED, at, outputs)
+        )
     order = {"client_order_id": f"{execution_id}:buy"}
     checkpoints.append(Checkpoint(execution_id, "buy", CheckpointState.INTENT, at, order))
     start = StateBatch(record, tuple(checkpoints), tuple(events))

@@ -28,7 +28,9 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, {"code": -1121, "msg": f"Invalid symbol {symbol!r}."})
             return
         mid = BASE[symbol] * (1 + 0.004 * math.sin(next(_ticks) / 3))
-        self._send(200, {"symbol": symbol, "bidPrice": f"{mid - 5:.2f}", "askPrice": f"{mid + 5:.2f}"})
+        self._send(
+            200, {"symbol": symbol, "bidPrice": f"{mid - 5:.2f}", "askPrice": f"{mid + 5:.2f}"}
+        )
 
     def _send(self, status: int, body: dict[str, object]) -> None:
         data = json.dumps(body).encode()

@@ -21,7 +21,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-from grpc_tools import protoc
+from grpc_tools import protoc  # type: ignore[import-untyped]
 
 __all__ = ["generate", "main", "stale_files"]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from tradeflow.infrastructure.emergency import EmergencyHalted, RiskLimitExceeded
@@ -18,11 +19,17 @@ from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 from tradeflow.workflow.executor import WorkflowExecutor
 
 
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` with a deadline: the seed's handlers only append to lists,
+    so there is no event to wait on (and they stay as the seed wrote them)."""
+    async with asyncio.timeout(10):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+
+
 async def wait_for_events(infra: Infrastructure, events: list[dict[str, Any]], kind: str) -> None:
     """Wait (bounded) until an event of ``kind`` has been delivered to ``events``."""
-    async with asyncio.timeout(10):
-        while not any(e["type"] == kind for e in events):
-            await asyncio.sleep(0.005)
+    await until(lambda: any(e["type"] == kind for e in events))
 
 
 async def step1_before(workflow_definition: dict[str, Any]) -> dict[str, Any]:
@@ -57,9 +64,7 @@ async def step2_subscribe(env: str, workflow: dict[str, Any]) -> list[str]:
     await infra.events.subscribe("workflow_events", handle_event)
     executor = EnhancedWorkflowExecutor(workflow=workflow, infra=infra, workflow_id="step2")
     await executor.execute()
-    async with asyncio.timeout(10):
-        while not any("execution_completed" in line for line in printed):
-            await asyncio.sleep(0.005)
+    await until(lambda: any("execution_completed" in line for line in printed))
     await infra.close()
     return printed
 
@@ -86,7 +91,9 @@ async def example1_before(trading_workflow: dict[str, Any]) -> str | None:
     return None
 
 
-async def example1_after(env: str, trading_workflow: dict[str, Any]) -> tuple[str | None, list[str]]:
+async def example1_after(
+    env: str, trading_workflow: dict[str, Any]
+) -> tuple[str | None, list[str]]:
     infra = await Infrastructure.create(env)
     logged: list[str] = []
 
@@ -109,9 +116,7 @@ async def example1_after(env: str, trading_workflow: dict[str, Any]) -> tuple[st
             printed = "Trading workflow completed"
     except EmergencyHalted as e:
         logged.append(f"Emergency halt: {e.reason}")
-    async with asyncio.timeout(10):
-        while not any(line.startswith("execution_") for line in logged):
-            await asyncio.sleep(0.005)
+    await until(lambda: any(line.startswith("execution_") for line in logged))
     await infra.close()
     return printed, logged
 
@@ -209,7 +214,9 @@ async def manual_test_example(env: str, your_workflow: dict[str, Any]) -> dict[s
         print(f"Event: {event}")
 
     await infra.events.subscribe("workflow_events", print_events)
-    executor = EnhancedWorkflowExecutor(workflow=your_workflow, infra=infra, workflow_id="manual_test")
+    executor = EnhancedWorkflowExecutor(
+        workflow=your_workflow, infra=infra, workflow_id="manual_test"
+    )
     await executor.initialize()
     result = await executor.execute()
     print(f"Result: {result}")
@@ -227,7 +234,9 @@ class WorkflowManager:
     async def initialize(self) -> None:
         self.infra = await Infrastructure.create(self.env)
 
-    async def execute_workflow(self, workflow_def: dict[str, Any], workflow_id: str) -> dict[str, Any]:
+    async def execute_workflow(
+        self, workflow_def: dict[str, Any], workflow_id: str
+    ) -> dict[str, Any]:
         assert self.infra is not None
         executor = EnhancedWorkflowExecutor(
             workflow=workflow_def, infra=self.infra, workflow_id=workflow_id

@@ -25,12 +25,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, *, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    port: int, *, timeout: float = 15.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until something accepts connections on 127.0.0.1:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening on {port}")
+            raise RuntimeError(
+                f"server exited with {process.returncode} before listening on {port}"
+            )
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return
         time.sleep(0.02)  # polling a port: there is no event to wait on
@@ -51,8 +55,12 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         log = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen(
-            list(self.argv), stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
-            env=self.env, start_new_session=True,
+            list(self.argv),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            start_new_session=True,
         )
         wait_for_port(self.port, process=self.process)
         return self
@@ -97,9 +105,21 @@ def start_redis(workdir: Path | None = None, port: int | None = None) -> ServerP
     workdir = workdir or Path(tempfile.mkdtemp(prefix="tf-redis-"))
     port = port or free_port()
     argv = [
-        _binary("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
-        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-        "--dir", str(workdir), "--protected-mode", "no",
+        _binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "no",
     ]
     return ServerProcess("redis", argv, port, workdir).start()
 

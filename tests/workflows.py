@@ -53,8 +53,13 @@ def trading_workflow(*, below: float = 1e12, quantity: float = 0.001) -> dict[st
                 {"symbol": "BTC/USDT", "side": "buy"},
                 {"quantity": "size.qty", "when": "notional.ok"},
             ),
-            block("note", "actions", "log", {"message": "bought at {price}"},
-                  {"price": "buy.avg_price"}),
+            block(
+                "note",
+                "actions",
+                "log",
+                {"message": "bought at {price}"},
+                {"price": "buy.avg_price"},
+            ),
         ]
     }
 
@@ -64,9 +69,19 @@ def two_orders_workflow() -> dict[str, Any]:
     return {
         "blocks": [
             block("size", "providers", "static", {"values": {"qty": 0.001}}),
-            block("first", "actions", "place_order", {"symbol": "BTC/USDT", "side": "buy"},
-                  {"quantity": "size.qty"}),
-            block("second", "actions", "place_order", {"symbol": "BTC/USDT", "side": "sell"},
-                  {"quantity": "first.filled_quantity"}),
+            block(
+                "first",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "buy"},
+                {"quantity": "size.qty"},
+            ),
+            block(
+                "second",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "sell"},
+                {"quantity": "first.filled_quantity"},
+            ),
         ]
     }

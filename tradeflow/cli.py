@@ -239,8 +239,9 @@ async def cmd_events(args: argparse.Namespace) -> int:
             batch = await infra.state.read_events(
                 after=cursor, execution_id=args.execution, limit=1000
             )
-            for cursor, event in batch:
+            for position, event in batch:
                 await progress(event.to_dict())
+                cursor = position
             if not args.follow:
                 return 0
             if not batch:
@@ -387,7 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             json=os.environ.get("TRADEFLOW_LOG_FORMAT") == "json",
             level=os.environ.get("TRADEFLOW_LOG_LEVEL", "warning"),
         )
-        return asyncio.run(args.handler(args))
+        code: int = asyncio.run(args.handler(args))
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

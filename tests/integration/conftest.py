@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from servers import ServerProcess, start_nats, start_redis
 
 pytestmark = pytest.mark.integration

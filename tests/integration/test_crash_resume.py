@@ -15,7 +15,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from workflows import block
 
 
@@ -63,7 +62,10 @@ def gate() -> Iterator[GateServer]:
 def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "tradeflow.cli", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -74,12 +76,28 @@ def test_sigkill_between_two_orders_then_resume_trades_each_once(
     workflow = {
         "blocks": [
             block("size", "providers", "static", {"values": {"qty": 0.002}}),
-            block("first", "actions", "place_order", {"symbol": "BTC/USDT", "side": "buy"},
-                  {"quantity": "size.qty"}),
-            block("wait", "providers", "api_call", {"url": gate.url},
-                  {"when": "first.status"}, config={"timeout": 120}),
-            block("second", "actions", "place_order", {"symbol": "BTC/USDT", "side": "sell"},
-                  {"quantity": "first.filled_quantity", "when": "wait.status_code"}),
+            block(
+                "first",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "buy"},
+                {"quantity": "size.qty"},
+            ),
+            block(
+                "wait",
+                "providers",
+                "api_call",
+                {"url": gate.url},
+                {"when": "first.status"},
+                config={"timeout": 120},
+            ),
+            block(
+                "second",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "sell"},
+                {"quantity": "first.filled_quantity", "when": "wait.status_code"},
+            ),
         ]
     }
     path = tmp_path / "bot.json"
@@ -94,7 +112,7 @@ def test_sigkill_between_two_orders_then_resume_trades_each_once(
     assert bot.returncode == -signal.SIGKILL
 
     with sqlite3.connect(db) as conn:
-        (execution_id, status), = conn.execute("SELECT execution_id, status FROM executions")
+        ((execution_id, status),) = conn.execute("SELECT execution_id, status FROM executions")
         orders_before = conn.execute("SELECT client_order_id FROM paper_orders").fetchall()
     assert status == "running"
     assert orders_before == [(f"{execution_id}:first",)]
@@ -107,7 +125,7 @@ def test_sigkill_between_two_orders_then_resume_trades_each_once(
 
     with sqlite3.connect(db) as conn:
         orders = sorted(r[0] for r in conn.execute("SELECT client_order_id FROM paper_orders"))
-        (final,), = conn.execute("SELECT status FROM executions")
+        ((final,),) = conn.execute("SELECT status FROM executions")
     assert orders == [f"{execution_id}:first", f"{execution_id}:second"]
     assert final == "completed"
 

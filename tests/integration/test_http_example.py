@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from servers import free_port, wait_for_port
+
 from tradeflow.infrastructure.factory import Infrastructure
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 

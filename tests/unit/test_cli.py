@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from workflows import block, trading_workflow
 
 from tradeflow.cli import main
-from workflows import block, trading_workflow
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -34,8 +34,12 @@ def test_validate_lists_every_problem_without_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """validate: each problem on its own line naming block and field; exit 2; no traceback."""
-    bad = {"blocks": [block("a", "providers", "nope"), block("b", "triggers", "threshold",
-                                                              {"above": "high"}, {"value": "z.x"})]}
+    bad = {
+        "blocks": [
+            block("a", "providers", "nope"),
+            block("b", "triggers", "threshold", {"above": "high"}, {"value": "z.x"}),
+        ]
+    }
     assert main(["validate", write(tmp_path, bad)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -114,9 +118,21 @@ def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
     """A bot looping in one process is stopped by `tradeflow halt` run in another."""
     env = {**os.environ, "TRADEFLOW_LOG_LEVEL": "warning"}
     bot = subprocess.Popen(
-        [sys.executable, "-m", "tradeflow.cli", "run", write(tmp_path, trading_workflow()),
-         "--count", "100000", "--interval", "0.01"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tradeflow.cli",
+            "run",
+            write(tmp_path, trading_workflow()),
+            "--count",
+            "100000",
+            "--interval",
+            "0.01",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert bot.stdout is not None
     for line in bot.stdout:  # wait until the bot is trading
@@ -124,7 +140,10 @@ def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
             break
     halt = subprocess.run(
         [sys.executable, "-m", "tradeflow.cli", "halt", "--reason", "stop now"],
-        env=env, capture_output=True, text=True, timeout=60,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert halt.returncode == 0, halt.stderr
     _, err = bot.communicate(timeout=60)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-
 import seed_examples as seed
+from workflows import block, trading_workflow
+
 from tradeflow.infrastructure.emergency import EmergencyHalted
 from tradeflow.infrastructure.factory import Infrastructure
 from tradeflow.infrastructure.records import Scope
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 from tradeflow.workflow.executor import WorkflowExecutor
-from workflows import block, trading_workflow
 
 ENV = "development"
 
@@ -86,7 +86,9 @@ async def test_example3_before_raises_on_manual_check() -> None:
     """Example 3 (before): the manual check raises past -500."""
     with pytest.raises(Exception, match="Daily loss limit exceeded"):
         await seed.example3_before(trading_workflow(), daily_pnl=-600.0)
-    assert (await seed.example3_before(trading_workflow(), daily_pnl=-100.0))["status"] == "completed"
+    assert (await seed.example3_before(trading_workflow(), daily_pnl=-100.0))[
+        "status"
+    ] == "completed"
 
 
 @pytest.mark.asyncio
@@ -125,8 +127,11 @@ async def test_seed_integration_test_example() -> None:
     started = next(e for e in events if e["type"] == "execution_started")
     assert started["schema_version"] == 1
     assert started["workflow_id"] == "test"
-    assert all(e["correlation_id"] == started["correlation_id"] for e in events
-               if e["execution_id"] == started["execution_id"])
+    assert all(
+        e["correlation_id"] == started["correlation_id"]
+        for e in events
+        if e["execution_id"] == started["execution_id"]
+    )
 
 
 @pytest.mark.asyncio

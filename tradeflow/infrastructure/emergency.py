@@ -1,12 +1,17 @@
-"""The embedded :class:`~tradeflow.infrastructure.ports.EmergencyControl`: halts in SQLite.
+"""Emergency control: scoped halts, risk limits and the pre-action check, over a pluggable store.
 
-Halts, risk limits and the audit log live in the tradeflow SQLite file, so
-``tradeflow halt`` run in another process stops a bot at its next action.
-The pre-action check reads an in-memory view and only goes back to the
-tables when ``PRAGMA data_version`` says another connection committed.
+:class:`EmergencyController` holds every rule (scope validation, which halt
+covers which ids, limit directions, what a breach does); an
+:class:`EmergencyStore` only keeps the state. The embedded
+:class:`LocalEmergencyController` is the controller on a
+:class:`SQLiteEmergencyStore`: halts, risk limits and the audit log live in the
+tradeflow SQLite file, so ``tradeflow halt`` run in another process stops a bot
+at its next action. The Redis store behind the emergency service is in
+:mod:`tradeflow.infrastructure.redis_emergency`.
 
-Reading the view fails closed (``EmergencyHalted``); a failed write lets the
-SQLite error propagate after rolling back.
+The pre-action check is synchronous and reads the store's in-memory
+:class:`EmergencySnapshot`; a state that cannot be confirmed fails closed
+(``EmergencyHalted``). A failed write lets the store's error propagate.
 
 ``EmergencyHalted`` and ``RiskLimitExceeded`` are re-exported here: this is
 the import path the seed's code uses.
@@ -17,14 +22,21 @@ from __future__ import annotations
 import itertools
 import math
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
 from tradeflow.clock import Clock, IdFactory, SystemClock, new_id
-from tradeflow.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded, describe
+from tradeflow.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    UnavailableError,
+    describe,
+)
 from tradeflow.infrastructure.metrics import Metrics
 from tradeflow.infrastructure.records import (
     AuditEntry,
@@ -40,9 +52,14 @@ from tradeflow.infrastructure.sqlite import WriteTransaction, from_json, to_json
 __all__ = [
     "DEFAULT_DIRECTIONS",
     "MAX_AUDIT_PAGE",
+    "EmergencyController",
     "EmergencyHalted",
+    "EmergencySnapshot",
+    "EmergencyStore",
+    "HaltKey",
     "LocalEmergencyController",
     "RiskLimitExceeded",
+    "SQLiteEmergencyStore",
 ]
 
 DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
@@ -57,110 +74,45 @@ DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
 """Breach direction of the well-known limit types (a configured limit overrides it)."""
 
 MAX_AUDIT_PAGE: Final = 1000
-"""Most entries one :meth:`LocalEmergencyController.audit_entries` call returns."""
+"""Most entries one :meth:`EmergencyController.audit_entries` call returns."""
+
+HaltKey = tuple[Scope, str | None]
+"""How a snapshot keys its halts: scope and target (``None`` for global)."""
 
 _SCOPE_RANK: Final = {Scope.GLOBAL: 0, Scope.STRATEGY: 1, Scope.BOT: 2, Scope.WORKFLOW: 3}
-_GLOBAL_KEY: Final = (Scope.GLOBAL, None)
+_GLOBAL_KEY: Final[HaltKey] = (Scope.GLOBAL, None)
 _KNOWN_TYPES: Final = ", ".join(DEFAULT_DIRECTIONS)
 _DIRECTIONS: Final = ", ".join(d.value for d in LimitDirection)
 _SYSTEM_CLOCK: Final = SystemClock()
 
-_DATA_VERSION: Final = "PRAGMA data_version"
-_SELECT_HALTS: Final = "SELECT scope, target, reason, actor, since FROM halts"
-_SELECT_LIMITS: Final = (
-    "SELECT limit_type, threshold, direction, auto_halt, updated_at, updated_by FROM risk_limits"
-)
-# Re-halting keeps ``since`` (the halt has lasted since then) and takes the new reason.
-_UPSERT_HALT: Final = (
-    "INSERT INTO halts (scope, target, reason, actor, since) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason, actor = excluded.actor"
-    " RETURNING since"
-)
-_DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
-_UPSERT_LIMIT: Final = (
-    "INSERT INTO risk_limits (limit_type, threshold, direction, auto_halt, updated_at, updated_by)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (limit_type) DO UPDATE SET"
-    " threshold = excluded.threshold, direction = excluded.direction,"
-    " auto_halt = excluded.auto_halt, updated_at = excluded.updated_at,"
-    " updated_by = excluded.updated_by"
-)
-_INSERT_AUDIT: Final = (
-    "INSERT INTO audit (at, actor, action, scope, target, reason, details)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SELECT_AUDIT: Final = (
-    "SELECT entry_id, at, actor, action, scope, target, reason, details FROM audit"
-    " ORDER BY entry_id DESC LIMIT ?"
-)
-
-_HaltKey = tuple[Scope, str | None]
-
 _log = structlog.get_logger(__name__)
 
 
-class LocalEmergencyController:
-    """Halt/resume by scope, risk limits and the pre-action check, on a SQLite connection.
+@dataclass(frozen=True, slots=True)
+class EmergencySnapshot:
+    """One consistent view of the emergency state; treat the mappings as read-only."""
 
-    ``conn`` comes from :func:`tradeflow.infrastructure.sqlite.open_database`
-    and stays its opener's to close. ``publish`` receives ``emergency_halted``,
-    ``emergency_resumed`` and ``risk_limit_exceeded`` events (typically
-    ``InProcessEventBus.publish``). Share one connection with the state store:
-    commits on another connection make the next check reload the view.
-    """
+    version: int
+    """Differs between snapshots of one store whenever halts or limits differ."""
+    halts: Mapping[HaltKey, HaltState]
+    limits: Mapping[str, RiskLimit]
 
-    __slots__ = (
-        "_clock",
-        "_conn",
-        "_cursor",
-        "_halts",
-        "_id_factory",
-        "_limits",
-        "_metrics",
-        "_publish",
-        "_seen_version",
-        "_sequence",
-        "_txn",
-    )
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        publish: Callable[[Event], None] | None = None,
-        metrics: Metrics | None = None,
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
-    ) -> None:
-        self._conn = conn
-        # A kept cursor makes the per-check version query cheaper than conn.execute.
-        self._cursor = conn.cursor()
-        self._txn = WriteTransaction(conn)
-        self._publish = publish
-        self._metrics = metrics
-        self._clock = clock
-        self._id_factory = id_factory
-        self._sequence = itertools.count(1)
-        self._seen_version: int | None = None
-        self._halts: dict[_HaltKey, HaltState] = {}
-        self._limits: dict[str, RiskLimit] = {}
-
-    def ensure_trading_allowed(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> None:
-        """Raise ``EmergencyHalted`` if a halt covers these ids or the state cannot be read."""
-        halt = self.active_halt(workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id)
-        if halt is not None:
-            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
+    @classmethod
+    def of(
+        cls, version: int, halts: Iterable[HaltState], limits: Iterable[RiskLimit]
+    ) -> EmergencySnapshot:
+        """A snapshot keyed the way :meth:`active_halt` looks halts up."""
+        return cls(
+            version,
+            {(h.scope, h.target): h for h in halts},
+            {limit.limit_type: limit for limit in limits},
+        )
 
     def active_halt(
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
     ) -> HaltState | None:
-        """The broadest halt covering these ids (global > strategy > bot > workflow), if any.
-
-        Raises ``EmergencyHalted`` when the state cannot be read (fail closed).
-        """
-        self._refresh()
-        halts = self._halts
+        """The broadest halt covering these ids (global > strategy > bot > workflow), if any."""
+        halts = self.halts
         if not halts:
             return None
         found = halts.get(_GLOBAL_KEY)
@@ -172,6 +124,114 @@ class LocalEmergencyController:
             found = halts.get((Scope.WORKFLOW, workflow_id))
         return found
 
+    def halt_list(self) -> list[HaltState]:
+        """Every halt, broadest scope first, then by target."""
+        return sorted(self.halts.values(), key=lambda h: (_SCOPE_RANK[h.scope], h.target or ""))
+
+    def limit_list(self) -> list[RiskLimit]:
+        """Every configured limit, by limit type."""
+        return sorted(self.limits.values(), key=lambda limit: limit.limit_type)
+
+
+class EmergencyStore(Protocol):
+    """Where an :class:`EmergencyController` keeps halts, risk limits and the audit log.
+
+    Audit entries passed in carry ``entry_id=0``: the store assigns the id.
+    Each write method changes the state and appends its audit entry atomically,
+    and is visible in :meth:`snapshot` once it returns.
+    """
+
+    def snapshot(self) -> EmergencySnapshot:
+        """The current state, from memory (called before every action, so cheap).
+
+        Raises ``UnavailableError`` when the state cannot be confirmed.
+        """
+        ...
+
+    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+        """Insert or update the halt on ``halt.scope``/``halt.target``, keeping the stored
+        ``since`` of an existing one; returns the halt as stored."""
+        ...
+
+    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
+        """Remove the halt and append ``audit``; False (and no audit entry) if there was none."""
+        ...
+
+    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
+        """Insert or replace the limit on ``limit.limit_type``."""
+        ...
+
+    async def append_audit(self, audit: AuditEntry) -> None:
+        """Append an audit entry that changes no state (a risk breach)."""
+        ...
+
+    async def audit_entries(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, newest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; later snapshots raise ``UnavailableError``."""
+        ...
+
+
+class EmergencyController:
+    """Halt/resume by scope, risk limits and the pre-action check, over any ``store``.
+
+    ``publish`` receives ``emergency_halted``, ``emergency_resumed`` and
+    ``risk_limit_exceeded`` events (typically an event bus's ``publish``).
+    """
+
+    __slots__ = ("_clock", "_id_factory", "_metrics", "_publish", "_sequence", "_store")
+
+    def __init__(
+        self,
+        store: EmergencyStore,
+        *,
+        publish: Callable[[Event], None] | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = _SYSTEM_CLOCK,
+        id_factory: IdFactory = new_id,
+    ) -> None:
+        self._store = store
+        self._publish = publish
+        self._metrics = metrics
+        self._clock = clock
+        self._id_factory = id_factory
+        self._sequence = itertools.count(1)
+
+    def state(self) -> EmergencySnapshot:
+        """The current halts and limits; raises ``EmergencyHalted`` if they cannot be confirmed."""
+        try:
+            return self._store.snapshot()
+        except UnavailableError as exc:
+            raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
+
+    @property
+    def version(self) -> int:
+        """Version of the current :meth:`state`."""
+        return self.state().version
+
+    def ensure_trading_allowed(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> None:
+        """Raise ``EmergencyHalted`` if a halt covers these ids or the state cannot be read."""
+        halt = self.state().active_halt(
+            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
+        )
+        if halt is not None:
+            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
+
+    def active_halt(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> HaltState | None:
+        """The broadest halt covering these ids (global > strategy > bot > workflow), if any.
+
+        Raises ``EmergencyHalted`` when the state cannot be read (fail closed).
+        """
+        return self.state().active_halt(
+            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
+        )
+
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
@@ -180,13 +240,10 @@ class LocalEmergencyController:
         scope = _checked_scope(scope, target)
         _require_text("reason", reason)
         now = self._clock.time()
-        with self._txn:
-            ((since,),) = self._conn.execute(
-                _UPSERT_HALT, (scope.value, target or "", reason, actor, now)
-            ).fetchall()
-            self._audit(now, actor, "halt", scope, target, reason)
-        state = HaltState(scope=scope, target=target, reason=reason, actor=actor, since=since)
-        self._halts[(scope, target)] = state
+        state = await self._store.save_halt(
+            HaltState(scope=scope, target=target, reason=reason, actor=actor, since=now),
+            AuditEntry(0, now, actor, "halt", scope, target, reason),
+        )
         if self._metrics is not None:
             self._metrics.halts.labels(scope.value).inc()
         _log.warning(
@@ -202,12 +259,8 @@ class LocalEmergencyController:
         scope = _checked_scope(scope, target)
         _require_text("reason", reason)
         now = self._clock.time()
-        with self._txn:
-            removed = self._conn.execute(_DELETE_HALT, (scope.value, target or "")).rowcount
-            if removed:
-                self._audit(now, actor, "resume", scope, target, reason)
-        self._halts.pop((scope, target), None)
-        if not removed:
+        audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
+        if not await self._store.delete_halt(scope, target, audit):
             return False
         _log.warning(
             "emergency.resumed", scope=scope.value, target=target, reason=reason, actor=actor
@@ -217,8 +270,7 @@ class LocalEmergencyController:
 
     async def halts(self) -> list[HaltState]:
         """Every active halt, broadest scope first; ``EmergencyHalted`` if unreadable."""
-        self._refresh()
-        return sorted(self._halts.values(), key=lambda h: (_SCOPE_RANK[h.scope], h.target or ""))
+        return self.state().halt_list()
 
     async def check_risk_limit(
         self,
@@ -243,8 +295,7 @@ class LocalEmergencyController:
         """
         _require_text("limit_type", limit_type)
         _require_number("value", value)
-        self._refresh()
-        configured = self._limits.get(limit_type)
+        configured = self.state().limits.get(limit_type)
         direction = (
             configured.direction if configured is not None else DEFAULT_DIRECTIONS.get(limit_type)
         )
@@ -260,7 +311,7 @@ class LocalEmergencyController:
             threshold = configured.threshold
         else:
             _require_number("threshold", threshold)
-        if not _breaches(direction, value, threshold):
+        if not direction.breached(value, threshold):
             return
         value, threshold, auto_halt = float(value), float(threshold), bool(auto_halt)
         await self._breach(
@@ -299,77 +350,29 @@ class LocalEmergencyController:
             updated_at=now,
             updated_by=actor,
         )
-        with self._txn:
-            self._conn.execute(
-                _UPSERT_LIMIT,
-                (limit_type, limit.threshold, direction.value, limit.auto_halt, now, actor),
-            )
-            self._audit(
-                now,
-                actor,
-                "set_risk_limit",
-                None,
-                None,
-                f"limit {limit_type!r}: {direction.value} {limit.threshold}",
-                {
-                    "limit_type": limit_type,
-                    "threshold": limit.threshold,
-                    "direction": direction.value,
-                    "auto_halt": limit.auto_halt,
-                },
-            )
-        self._limits[limit_type] = limit
+        details = {
+            "limit_type": limit_type,
+            "threshold": limit.threshold,
+            "direction": direction.value,
+            "auto_halt": limit.auto_halt,
+        }
+        reason = f"limit {limit_type!r}: {direction.value} {limit.threshold}"
+        await self._store.save_risk_limit(
+            limit, AuditEntry(0, now, actor, "set_risk_limit", None, None, reason, details)
+        )
         return limit
 
     async def list_risk_limits(self) -> list[RiskLimit]:
         """Every configured limit, by limit type; ``EmergencyHalted`` if unreadable."""
-        self._refresh()
-        return sorted(self._limits.values(), key=lambda limit: limit.limit_type)
+        return self.state().limit_list()
 
     async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
         """The newest audit entries first; ``limit`` is clamped to 1..:data:`MAX_AUDIT_PAGE`."""
-        rows = self._conn.execute(_SELECT_AUDIT, (max(1, min(limit, MAX_AUDIT_PAGE)),))
-        return [
-            AuditEntry(
-                entry_id=entry_id,
-                at=at,
-                actor=actor,
-                action=action,
-                scope=None if scope is None else Scope(scope),
-                target=target,
-                reason=reason,
-                details=from_json(details) or {},
-            )
-            for entry_id, at, actor, action, scope, target, reason, details in rows
-        ]
+        return await self._store.audit_entries(max(1, min(limit, MAX_AUDIT_PAGE)))
 
     async def close(self) -> None:
-        """Stop reading the database: later checks fail closed. The connection stays open."""
-        self._cursor.close()
-
-    def _refresh(self) -> None:
-        """Reload the view if another connection committed; fail closed if that cannot be read."""
-        try:
-            (version,) = self._cursor.execute(_DATA_VERSION).fetchone()
-            if version != self._seen_version:
-                self._reload()
-                self._seen_version = version
-        except (sqlite3.Error, ValueError) as exc:
-            # ValueError: a row no tradeflow wrote (unknown scope or direction).
-            raise EmergencyHalted(f"emergency state unavailable: {describe(exc)}") from exc
-
-    def _reload(self) -> None:
-        halts: dict[_HaltKey, HaltState] = {}
-        for scope_name, stored_target, reason, actor, since in self._conn.execute(_SELECT_HALTS):
-            scope = Scope(scope_name)
-            target = None if scope is Scope.GLOBAL else stored_target
-            halts[(scope, target)] = HaltState(scope, target, reason, actor, since)
-        limits = {
-            row[0]: RiskLimit(row[0], row[1], LimitDirection(row[2]), bool(row[3]), row[4], row[5])
-            for row in self._conn.execute(_SELECT_LIMITS)
-        }
-        self._halts = halts
-        self._limits = limits
+        """Close the store: later checks fail closed."""
+        await self._store.close()
 
     async def _breach(
         self,
@@ -391,37 +394,15 @@ class LocalEmergencyController:
             "direction": direction.value,
             "auto_halt": auto_halt,
         }
-        with self._txn:
-            self._audit(now, actor, "risk_breach", None, None, reason, {**data, **ids})
+        await self._store.append_audit(
+            AuditEntry(0, now, actor, "risk_breach", None, None, reason, {**data, **ids})
+        )
         if self._metrics is not None:
             self._metrics.risk_breaches.labels(limit_type).inc()
         _log.warning("emergency.risk_breach", reason=reason, auto_halt=auto_halt, **ids)
         self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, **ids)
         if auto_halt:
             await self.halt(Scope.GLOBAL, reason=reason, actor=actor)
-
-    def _audit(
-        self,
-        at: float,
-        actor: str,
-        action: str,
-        scope: Scope | None,
-        target: str | None,
-        reason: str,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        self._conn.execute(
-            _INSERT_AUDIT,
-            (
-                at,
-                actor,
-                action,
-                None if scope is None else scope.value,
-                target,
-                reason,
-                to_json_or_null(details),
-            ),
-        )
 
     def _announce(
         self,
@@ -446,6 +427,181 @@ class LocalEmergencyController:
                 strategy_id=strategy_id,
                 data=data,
             )
+        )
+
+
+_DATA_VERSION: Final = "PRAGMA data_version"
+_SELECT_HALTS: Final = "SELECT scope, target, reason, actor, since FROM halts"
+_SELECT_LIMITS: Final = (
+    "SELECT limit_type, threshold, direction, auto_halt, updated_at, updated_by FROM risk_limits"
+)
+# Re-halting keeps ``since`` (the halt has lasted since then) and takes the new reason.
+_UPSERT_HALT: Final = (
+    "INSERT INTO halts (scope, target, reason, actor, since) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason, actor = excluded.actor"
+    " RETURNING since"
+)
+_DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
+_UPSERT_LIMIT: Final = (
+    "INSERT INTO risk_limits (limit_type, threshold, direction, auto_halt, updated_at, updated_by)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (limit_type) DO UPDATE SET"
+    " threshold = excluded.threshold, direction = excluded.direction,"
+    " auto_halt = excluded.auto_halt, updated_at = excluded.updated_at,"
+    " updated_by = excluded.updated_by"
+)
+_INSERT_AUDIT: Final = (
+    "INSERT INTO audit (at, actor, action, scope, target, reason, details)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_SELECT_AUDIT: Final = (
+    "SELECT entry_id, at, actor, action, scope, target, reason, details FROM audit"
+    " ORDER BY entry_id DESC LIMIT ?"
+)
+
+
+class SQLiteEmergencyStore:
+    """Halts, risk limits and the audit log in the tradeflow SQLite file.
+
+    ``conn`` comes from :func:`tradeflow.infrastructure.sqlite.open_database`
+    and stays its opener's to close. The snapshot is reloaded only when
+    ``PRAGMA data_version`` says another connection committed, or after this
+    store's own writes (which do not move ``data_version``). Its version counts
+    the reloads of this store.
+    """
+
+    __slots__ = ("_conn", "_cursor", "_loads", "_seen_version", "_snapshot", "_txn")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        # A kept cursor makes the per-check version query cheaper than conn.execute.
+        self._cursor = conn.cursor()
+        self._txn = WriteTransaction(conn)
+        self._loads = 0
+        self._seen_version: int | None = None
+        self._snapshot = EmergencySnapshot(0, {}, {})
+
+    def snapshot(self) -> EmergencySnapshot:
+        """The state as last committed by any connection; ``UnavailableError`` if unreadable."""
+        try:
+            (version,) = self._cursor.execute(_DATA_VERSION).fetchone()
+            if version != self._seen_version:
+                self._snapshot = self._load()
+                self._seen_version = version
+        except (sqlite3.Error, ValueError) as exc:
+            # ValueError: a row no tradeflow wrote (unknown scope or direction).
+            raise UnavailableError(describe(exc)) from exc
+        return self._snapshot
+
+    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+        with self._txn:
+            ((since,),) = self._conn.execute(
+                _UPSERT_HALT,
+                (halt.scope.value, halt.target or "", halt.reason, halt.actor, halt.since),
+            ).fetchall()
+            self._audit(audit)
+        self._seen_version = None
+        return HaltState(halt.scope, halt.target, halt.reason, halt.actor, since)
+
+    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
+        with self._txn:
+            removed = self._conn.execute(_DELETE_HALT, (scope.value, target or "")).rowcount
+            if removed:
+                self._audit(audit)
+        self._seen_version = None
+        return bool(removed)
+
+    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
+        with self._txn:
+            self._conn.execute(
+                _UPSERT_LIMIT,
+                (
+                    limit.limit_type,
+                    limit.threshold,
+                    limit.direction.value,
+                    limit.auto_halt,
+                    limit.updated_at,
+                    limit.updated_by,
+                ),
+            )
+            self._audit(audit)
+        self._seen_version = None
+
+    async def append_audit(self, audit: AuditEntry) -> None:
+        with self._txn:
+            self._audit(audit)
+
+    async def audit_entries(self, limit: int) -> list[AuditEntry]:
+        rows = self._conn.execute(_SELECT_AUDIT, (limit,))
+        return [
+            AuditEntry(
+                entry_id=entry_id,
+                at=at,
+                actor=actor,
+                action=action,
+                scope=None if scope is None else Scope(scope),
+                target=target,
+                reason=reason,
+                details=from_json(details) or {},
+            )
+            for entry_id, at, actor, action, scope, target, reason, details in rows
+        ]
+
+    async def close(self) -> None:
+        """Stop reading the database: later snapshots fail. The connection stays open."""
+        self._cursor.close()
+
+    def _load(self) -> EmergencySnapshot:
+        halts = []
+        for scope_name, stored_target, reason, actor, since in self._conn.execute(_SELECT_HALTS):
+            scope = Scope(scope_name)
+            target = None if scope is Scope.GLOBAL else stored_target
+            halts.append(HaltState(scope, target, reason, actor, since))
+        limits = [
+            RiskLimit(row[0], row[1], LimitDirection(row[2]), bool(row[3]), row[4], row[5])
+            for row in self._conn.execute(_SELECT_LIMITS)
+        ]
+        self._loads += 1
+        return EmergencySnapshot.of(self._loads, halts, limits)
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self._conn.execute(
+            _INSERT_AUDIT,
+            (
+                entry.at,
+                entry.actor,
+                entry.action,
+                None if entry.scope is None else entry.scope.value,
+                entry.target,
+                entry.reason,
+                to_json_or_null(entry.details),
+            ),
+        )
+
+
+class LocalEmergencyController(EmergencyController):
+    """The embedded controller: an :class:`EmergencyController` on a SQLite connection.
+
+    Share one connection with the state store: commits on another connection
+    make the next check reload the view.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        publish: Callable[[Event], None] | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = _SYSTEM_CLOCK,
+        id_factory: IdFactory = new_id,
+    ) -> None:
+        super().__init__(
+            SQLiteEmergencyStore(conn),
+            publish=publish,
+            metrics=metrics,
+            clock=clock,
+            id_factory=id_factory,
         )
 
 
@@ -491,14 +647,6 @@ def _require_number(field: str, value: object) -> None:
         except OverflowError:  # an int too large for a float
             pass
     raise InvalidRequest(field, "a finite number", value)
-
-
-def _breaches(direction: LimitDirection, value: float, threshold: float) -> bool:
-    if direction is LimitDirection.BELOW:
-        return value < threshold
-    if direction is LimitDirection.ABOVE:
-        return value > threshold
-    return abs(value) > threshold
 
 
 def _comparison(direction: LimitDirection, value: float, threshold: float) -> str:

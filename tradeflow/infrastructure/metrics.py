@@ -6,9 +6,14 @@ limit type, breaker name: all from finite, operator-controlled sets).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from bisect import bisect_left
+from collections.abc import Iterator
 
-__all__ = ["BREAKER_STATE_VALUES", "Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+__all__ = ["BREAKER_STATE_VALUES", "LoopHistogram", "Metrics"]
 
 _LATENCY_BUCKETS = (
     0.00005,
@@ -35,6 +40,68 @@ BREAKER_STATE_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 """Value of ``tradeflow_circuit_breaker_state`` for each breaker state."""
 
 
+class LoopHistogram(Collector):
+    """A labelled histogram for values observed on the event loop thread only.
+
+    ``prometheus_client.Histogram`` takes a lock and walks its buckets on every
+    observation (~1.5 us); the engine observes once per node, so this keeps plain
+    counters (~0.3 us) and builds the metric family when scraped.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        label: str,
+        buckets: tuple[float, ...],
+        registry: CollectorRegistry,
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._label = label
+        self._bounds = buckets
+        self._series: dict[str, Series] = {}
+        registry.register(self)
+
+    def labels(self, value: str) -> Series:
+        series = self._series.get(value)
+        if series is None:
+            series = self._series[value] = Series(self._bounds)
+        return series
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+        for value, series in sorted(self._series.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*self._bounds, float("inf")), series.counts, strict=True):
+                cumulative += count
+                buckets.append((_bound(bound), cumulative))
+            family.add_metric([value], buckets, series.total)
+        yield family
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield HistogramMetricFamily(self._name, self._documentation, labels=[self._label])
+
+
+class Series:
+    """One label value of a :class:`LoopHistogram`."""
+
+    __slots__ = ("_bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self._bounds, value)] += 1
+        self.total += value
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
 class Metrics:
     """Every tradeflow metric, registered on ``registry``."""
 
@@ -53,12 +120,12 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.node_seconds = Histogram(
+        self.node_seconds = LoopHistogram(
             "tradeflow_node_duration_seconds",
             "Wall time of one node, by node type.",
-            ["node_type"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            "node_type",
+            _LATENCY_BUCKETS,
+            r,
         )
         self.node_failures = Counter(
             "tradeflow_node_failures_total",

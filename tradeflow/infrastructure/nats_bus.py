@@ -43,7 +43,7 @@ import json
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import unquote
@@ -57,7 +57,11 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
 from tradeflow.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
-from tradeflow.infrastructure.events import WORKFLOW_EVENTS, InProcessEventBus, InProcessSubscription
+from tradeflow.infrastructure.events import (
+    WORKFLOW_EVENTS,
+    InProcessEventBus,
+    InProcessSubscription,
+)
 from tradeflow.infrastructure.metrics import Metrics
 from tradeflow.infrastructure.ports import EventHandler, Subscription
 from tradeflow.infrastructure.records import Event, EventType
@@ -87,7 +91,7 @@ MISSING_TOKEN: Final = "_"
 DEFAULT_STREAM: Final = "TRADEFLOW_EVENTS"
 """Name of the JetStream stream capturing both subject trees."""
 
-_EMERGENCY_SUBJECTS: Final = {
+_EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
     EventType.EMERGENCY_HALTED: EMERGENCY_PREFIX + "halted",
     EventType.EMERGENCY_RESUMED: EMERGENCY_PREFIX + "resumed",
     EventType.RISK_LIMIT_EXCEEDED: EMERGENCY_PREFIX + "risk_limit_exceeded",
@@ -95,8 +99,12 @@ _EMERGENCY_SUBJECTS: Final = {
 _PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]+")
 _MSG_ID: Final = api.Header.MSG_ID.value
 _STATUS: Final = api.Header.STATUS.value
+_HEADER_ALLOWANCE: Final = 512
+"""Bytes kept free of max_payload for the headers (the server counts them, the client not)."""
 _STREAM_NAME_IN_USE: Final = 10058
 """JetStream error code: a stream by that name exists with another configuration."""
+
+_ServerChooser = Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]
 
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _log = structlog.get_logger(__name__)
@@ -124,7 +132,7 @@ def decode_token(token: str) -> str | None:
 
 def subject_for(event: Event) -> str:
     """The subject ``event`` is published on."""
-    emergency = _EMERGENCY_SUBJECTS.get(event.type)  # type: ignore[call-overload]
+    emergency = _EMERGENCY_SUBJECTS.get(event.type)
     if emergency is not None:
         return emergency
     return (
@@ -138,14 +146,14 @@ def subject_filter(
     bot_id: str | None = None,
     strategy_id: str | None = None,
     workflow_id: str | None = None,
-    type: str | None = None,  # noqa: A002 - the event field's name
+    type: str | None = None,
 ) -> str:
     """A subject filter matching the events with these ids and type (``None``: any).
 
     An emergency ``type`` gives its ``tradeflow.v1.emergency.*`` subject; its
     subject carries no ids, so combining it with an id raises ``InvalidRequest``.
     """
-    emergency = _EMERGENCY_SUBJECTS.get(type)  # type: ignore[call-overload]
+    emergency = _EMERGENCY_SUBJECTS.get(type) if type is not None else None
     if emergency is not None:
         if bot_id is not None or strategy_id is not None or workflow_id is not None:
             raise InvalidRequest(
@@ -154,17 +162,19 @@ def subject_filter(
                 "(emergency subjects carry no ids)",
                 type,
             )
-        return str(emergency)
-    tokens = ("*" if v is None else encode_token(v) for v in (bot_id, strategy_id, workflow_id, type))
+        return emergency
+    tokens = (
+        "*" if v is None else encode_token(v) for v in (bot_id, strategy_id, workflow_id, type)
+    )
     return EVENTS_PREFIX + ".".join(tokens)
 
 
-def _reconnect_backoff(base: float, cap: float) -> Any:
+def _reconnect_backoff(base: float, cap: float) -> _ServerChooser:
     """A nats-py server chooser that waits exponentially longer (with jitter) per failure."""
 
     def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
         attempts = min(servers[0].reconnects, 30)
-        return None, min(cap, base * 2**attempts) * random.uniform(0.5, 1.0)  # noqa: S311
+        return None, min(cap, base * 2**attempts) * random.uniform(0.5, 1.0)
 
     return choose
 
@@ -180,8 +190,6 @@ class NatsEventBus:
         "_ack_prefix",
         "_ack_sub",
         "_ack_timeout",
-        "_acks_done",
-        "_awaiting",
         "_batch_size",
         "_buffer_size",
         "_close_timeout",
@@ -194,12 +202,11 @@ class NatsEventBus:
         "_local",
         "_metrics",
         "_nc",
+        "_pending_ack",
         "_progress",
         "_publisher",
         "_queue",
         "_replay_heartbeat",
-        "_retry",
-        "_sending",
         "_stream_config",
         "_stream_missing",
         "_subscribe_lock",
@@ -242,15 +249,12 @@ class NatsEventBus:
         self._in_flight = 0
         self._dropping = False
         self._closed = False
-        # Acknowledgements of the batch in flight: reply token -> event. Tokens are
-        # never reused, so a late ack of an abandoned batch matches nothing.
+        # Each batch gets a fresh reply subject, so a late ack of an abandoned batch
+        # cannot be taken for the current one's.
         self._ack_prefix = nc.new_inbox() + "."
         self._ack_sub: NatsSubscription | None = None
         self._tokens = itertools.count()
-        self._awaiting: dict[str, Event] = {}
-        self._retry: list[Event] = []
-        self._acks_done = asyncio.Event()
-        self._sending = False
+        self._pending_ack: tuple[str, asyncio.Future[Msg]] | None = None
         self._stream_missing = False
         self._event_subs: tuple[NatsSubscription, ...] = ()
         self._subscribe_lock = asyncio.Lock()
@@ -317,6 +321,8 @@ class NatsEventBus:
 
         async def disconnected() -> None:
             if bus is not None:
+                if bus._closed:
+                    return
                 bus._connected.clear()
             _log.warning("events.nats_disconnected", url=url)
 
@@ -457,60 +463,65 @@ class NatsEventBus:
             await asyncio.sleep(delay)
 
     async def _send(self, batch: Sequence[Event]) -> list[Event]:
-        """Publish ``batch`` and wait for its acks; returns the events to retry."""
-        nc = self._nc
-        prefix = self._ack_prefix
-        awaiting = self._awaiting
-        tokens = self._tokens
-        self._retry = retry = []
-        self._acks_done.clear()
-        self._sending = True
-        try:
-            for index, event in enumerate(batch):
-                try:
-                    subject = subject_for(event)
-                    payload = _encode_json(event.to_dict()).encode()
-                except (TypeError, ValueError) as exc:
-                    self._reject(event, f"not JSON-serialisable: {describe(exc)}")
-                    continue
-                token = str(next(tokens))
-                awaiting[token] = event
-                try:
-                    await nc.publish(
-                        subject, payload, reply=prefix + token, headers={_MSG_ID: event.event_id}
-                    )
-                except nats.errors.Error:
-                    # Connection lost mid-batch: what was not handed over is retried.
-                    del awaiting[token]
-                    retry.extend(batch[index:])
-                    break
-        finally:
-            self._sending = False
-        if awaiting:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._ack_timeout):
-                    await self._acks_done.wait()
-            retry.extend(awaiting.values())
-            awaiting.clear()
-        return retry
+        """Publish ``batch`` and wait for JetStream's answer; returns the events to retry.
 
-    async def _on_ack(self, msg: Msg) -> None:
-        event = self._awaiting.pop(msg.subject[len(self._ack_prefix) :], None)
-        if event is None:
-            return
+        Only the last message asks for an acknowledgement: the stream handles one
+        connection's messages in order, so its ack vouches for the whole batch, at
+        the cost of one reply per batch instead of one per event.
+        """
+        nc = self._nc
+        limit = nc.max_payload - _HEADER_ALLOWANCE
+        encoded: list[tuple[Event, str, bytes]] = []
+        for event in batch:
+            try:
+                payload = _encode_json(event.to_dict()).encode()
+            except (TypeError, ValueError) as exc:
+                self._reject(event, f"data is not JSON-serialisable: {describe(exc)}")
+                continue
+            if len(payload) > limit:
+                self._reject(event, f"{len(payload)} bytes exceed NATS max_payload {limit}")
+                continue
+            encoded.append((event, subject_for(event), payload))
+        if not encoded:
+            return []
+        everything = [event for event, _, _ in encoded]
+        reply = self._ack_prefix + str(next(self._tokens))
+        answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._pending_ack = (reply, answer)
+        last = len(encoded) - 1
+        try:
+            for index, (event, subject, payload) in enumerate(encoded):
+                await nc.publish(
+                    subject,
+                    payload,
+                    reply=reply if index == last else "",
+                    headers={_MSG_ID: event.event_id},
+                )
+            async with asyncio.timeout(self._ack_timeout):
+                msg = await answer
+        except (TimeoutError, nats.errors.Error):
+            # Connection lost or no answer: resend all; the stream drops duplicates.
+            return everything
+        finally:
+            self._pending_ack = None
         if msg.headers and msg.headers.get(_STATUS) == "503":
-            # No responders: no stream captures the subject (deleted, or JetStream
+            # No responders: no stream captures the subjects (deleted, or JetStream
             # not up yet after a restart).
             self._stream_missing = True
-            self._retry.append(event)
-        elif b'"error"' in msg.data:
+            return everything
+        if b'"error"' in msg.data:
             error = json.loads(msg.data).get("error") or {}
             if int(error.get("code", 500)) >= 500:
-                self._retry.append(event)
-            else:
-                self._reject(event, str(error.get("description", error)))
-        if not self._awaiting and not self._sending:
-            self._acks_done.set()
+                return everything
+            # A refusal of this message itself (not of the stream): retrying cannot help.
+            self._reject(encoded[last][0], str(error.get("description", error)))
+        return []
+
+    async def _on_ack(self, msg: Msg) -> None:
+        pending = self._pending_ack
+        # A late answer to an abandoned batch matches no pending reply subject.
+        if pending is not None and msg.subject == pending[0] and not pending[1].done():
+            pending[1].set_result(msg)
 
     def _reject(self, event: Event, reason: str) -> None:
         self._lose(1)
@@ -597,7 +608,9 @@ class NatsEventBus:
         if bot_id is None and strategy_id is None and workflow_id is None:
             subject = ALL_SUBJECTS
         else:
-            subject = subject_filter(bot_id=bot_id, strategy_id=strategy_id, workflow_id=workflow_id)
+            subject = subject_filter(
+                bot_id=bot_id, strategy_id=strategy_id, workflow_id=workflow_id
+            )
         return self._replay(subject, after_sequence + 1, execution_id)
 
     async def _replay(

@@ -191,20 +191,20 @@ async def run_protected(
 async def _attempt(
     call: Callable[[], Awaitable[T]],
     node_id: str,
-    timeout: float | None,
+    limit: float | None,
     breaker: CircuitBreaker | None,
 ) -> T:
     if breaker is not None:
         breaker.before_call()
     try:
-        if timeout is None:
+        if limit is None:
             result = await call()
         else:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(limit):
                     result = await call()
             except TimeoutError:
-                raise NodeTimeoutError(node_id, timeout) from None
+                raise NodeTimeoutError(node_id, limit) from None
     except _NOT_A_DEPENDENCY_FAILURE:
         if breaker is not None:
             breaker.record_success()

@@ -40,11 +40,21 @@ from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry
 from tradeflow.workflow.validation import parse_workflow
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics import Histogram
-
     from tradeflow.infrastructure.factory import Infrastructure
+    from tradeflow.infrastructure.metrics import Series
 
 __all__ = ["EnhancedWorkflowExecutor"]
+
+# Plain strings, looked up once: enum attribute access costs ~0.5 us on the hot path.
+_NODE_STARTED = EventType.NODE_STARTED.value
+_NODE_COMPLETED = EventType.NODE_COMPLETED.value
+_NODE_SKIPPED = EventType.NODE_SKIPPED.value
+_NODE_FAILED = EventType.NODE_FAILED.value
+_NODE_RETRYING = EventType.NODE_RETRYING.value
+_COMPLETED = CheckpointState.COMPLETED
+_SKIPPED = CheckpointState.SKIPPED
+_FAILED = CheckpointState.FAILED
+_INTENT = CheckpointState.INTENT
 
 _FINAL_EVENT = {
     ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED.value,
@@ -82,7 +92,7 @@ class EnhancedWorkflowExecutor:
         self.registry = registry if registry is not None else default_registry
         self.max_concurrency = max_concurrency
         self.plan: Plan | None = None
-        self._node_seconds: dict[str, Histogram] = {}
+        self._node_seconds: dict[str, Series] = {}
         self._cancelled = asyncio.Event()
 
     async def initialize(self) -> None:
@@ -260,14 +270,21 @@ class _Journal:
         self.checkpoints: list[Checkpoint] = []
 
     def emit(
-        self, type_: str, node_id: str | None = None, data: dict[str, Any] | None = None
-    ) -> None:
+        self,
+        type_: str,
+        node_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> float:
+        """Publish and buffer one event; returns its timestamp."""
         self.sequence = sequence = self.sequence + 1
+        if now is None:
+            now = self.clock.time()
         event = Event(
             type_,
             f"{self.execution_id}-{sequence}",
             sequence,
-            self.clock.time(),
+            now,
             self.correlation_id,
             self.execution_id,
             self.workflow_id,
@@ -278,17 +295,17 @@ class _Journal:
         )
         self.bus.publish(event)
         self.events.append(event)
+        return now
 
     def _checkpoint(
         self,
         node_id: str,
         state: CheckpointState,
+        now: float,
         outputs: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
-        self.checkpoints.append(
-            Checkpoint(self.execution_id, node_id, state, self.clock.time(), outputs, error)
-        )
+        self.checkpoints.append(Checkpoint(self.execution_id, node_id, state, now, outputs, error))
 
     def _record_once(self) -> ExecutionRecord | None:
         if self.record_written:
@@ -311,7 +328,7 @@ class _Journal:
             return
         node_id = node.block.id
         client_order_id = f"{self.execution_id}:{node_id}"
-        self._checkpoint(node_id, CheckpointState.INTENT, {"client_order_id": client_order_id})
+        self._checkpoint(node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id})
         await self.flush()
         # Checked after the durable write: the last moment before the side effect.
         try:
@@ -323,34 +340,32 @@ class _Journal:
             raise
 
     def node_started(self, node: NodePlan, attempt: int) -> None:
-        self.emit(EventType.NODE_STARTED.value, node.block.id)
+        self.emit(_NODE_STARTED, node.block.id)
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None:
         node_id = node.block.id
         self.node_seconds[node_id].observe(seconds)
-        self.emit(
-            EventType.NODE_COMPLETED.value,
-            node_id,
-            {"outputs": outputs, "duration_ms": seconds * 1000.0},
+        now = self.emit(
+            _NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": seconds * 1000.0}
         )
-        self._checkpoint(node_id, CheckpointState.COMPLETED, outputs)
+        self._checkpoint(node_id, _COMPLETED, now, outputs)
 
     def node_skipped(self, node: NodePlan, reason: str) -> None:
         node_id = node.block.id
-        self.emit(EventType.NODE_SKIPPED.value, node_id, {"reason": reason})
-        self._checkpoint(node_id, CheckpointState.SKIPPED)
+        now = self.emit(_NODE_SKIPPED, node_id, {"reason": reason})
+        self._checkpoint(node_id, _SKIPPED, now)
 
     def node_failed(self, node: NodePlan, error: BaseException, seconds: float) -> None:
         node_id = node.block.id
         message = describe(error)
         self.node_seconds[node_id].observe(seconds)
         self.metrics.node_failures.labels(node.block.type).inc()
-        self.emit(
-            EventType.NODE_FAILED.value,
+        now = self.emit(
+            _NODE_FAILED,
             node_id,
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
-        self._checkpoint(node_id, CheckpointState.FAILED, error=message)
+        self._checkpoint(node_id, _FAILED, now, error=message)
         self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
 
     def node_retrying(
@@ -358,7 +373,7 @@ class _Journal:
     ) -> None:
         self.metrics.retries.labels(node.block.type).inc()
         self.emit(
-            EventType.NODE_RETRYING.value,
+            _NODE_RETRYING,
             node.block.id,
             {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
         )

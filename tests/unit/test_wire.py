@@ -1,0 +1,372 @@
+"""Records survive the trip through protobuf bytes and back, exactly."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+from google.protobuf.message import Message
+
+from tradeflow import wire
+from tradeflow.errors import InvalidRequest, ValidationIssue
+from tradeflow.infrastructure.records import (
+    AuditEntry,
+    Checkpoint,
+    CheckpointState,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+    StateBatch,
+)
+from tradeflow.proto.common.v1 import common_pb2
+from tradeflow.proto.emergency.v1 import emergency_service_pb2
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+NOW = 1_767_323_045.123456
+BIG = 2**63 - 1
+"""An integer a double cannot hold: proves JSON fields are not squeezed through floats."""
+DATA: dict[str, Any] = {
+    "quantity": BIG,
+    "price": 101.25,
+    "side": "buy",
+    "fills": [{"id": 1, "qty": 3}, {"id": 2, "qty": 4}],
+    "note": None,
+    "ok": True,
+    "unicode": "\u20ac\U0001f680",
+}
+DEFINITION: dict[str, Any] = {
+    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
+}
+
+
+def through_wire(msg: M) -> M:
+    """Serialize ``msg`` to bytes and parse it back, as a real transport would."""
+    return type(msg).FromString(msg.SerializeToString())
+
+
+def round_trip(value: T, to_proto: Callable[[T], Message], from_proto: Callable[[Any], T]) -> T:
+    return from_proto(through_wire(to_proto(value)))
+
+
+def full_record(**changes: Any) -> ExecutionRecord:
+    fields: dict[str, Any] = {
+        "execution_id": "exec-1",
+        "workflow_id": "wf-1",
+        "status": ExecutionStatus.COMPLETED,
+        "started_at": NOW,
+        "definition": DEFINITION,
+        "correlation_id": "corr-1",
+        "bot_id": "bot-1",
+        "strategy_id": "strat-1",
+        "finished_at": NOW + 1.5,
+        "error": "node 'buy' failed",
+        "result": {"status": "completed", "results": {"quote": DATA}},
+        "request_id": "req-1",
+    }
+    fields.update(changes)
+    return ExecutionRecord(**fields)
+
+
+def full_event(**changes: Any) -> Event:
+    fields: dict[str, Any] = {
+        "type": "node_completed",
+        "event_id": "ev-1",
+        "sequence": 7,
+        "timestamp": NOW,
+        "correlation_id": "corr-1",
+        "execution_id": "exec-1",
+        "workflow_id": "wf-1",
+        "bot_id": "bot-1",
+        "strategy_id": "strat-1",
+        "node_id": "quote",
+        "data": DATA,
+    }
+    fields.update(changes)
+    return Event(**fields)
+
+
+def checkpoint(node_id: str, state: CheckpointState, **changes: Any) -> Checkpoint:
+    return Checkpoint("exec-1", node_id, state, NOW, **changes)
+
+
+MINIMAL_RECORD = ExecutionRecord(
+    execution_id="exec-2",
+    workflow_id="wf-2",
+    status=ExecutionStatus.RUNNING,
+    started_at=NOW,
+    definition=DEFINITION,
+    correlation_id="corr-2",
+)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [full_event(), Event("execution_started", "ev-2", 1, NOW)],
+    ids=["every-field", "only-required"],
+)
+def test_event_round_trip(event: Event) -> None:
+    """An event comes back equal, unset ids staying None."""
+    assert round_trip(event, wire.event_to_proto, wire.event_from_proto) == event
+
+
+def test_event_proto_carries_schema_version() -> None:
+    """The wire event carries the contract's schema version."""
+    assert wire.event_to_proto(full_event()).schema_version == 1
+
+
+@pytest.mark.parametrize(
+    "record",
+    [full_record(), MINIMAL_RECORD, *(full_record(status=s) for s in ExecutionStatus)],
+)
+def test_execution_record_round_trip(record: ExecutionRecord) -> None:
+    """An execution record comes back equal, whatever its status and unset fields."""
+    back = round_trip(record, wire.execution_record_to_proto, wire.execution_record_from_proto)
+    assert back == record
+
+
+@pytest.mark.parametrize("state", list(CheckpointState))
+def test_checkpoint_round_trip(state: CheckpointState) -> None:
+    """A checkpoint in every state comes back equal, with and without outputs."""
+    rich = checkpoint("buy", state, outputs=DATA, error="boom", attempt=3)
+    bare = checkpoint("buy", state)
+    for cp in (rich, bare):
+        assert round_trip(cp, wire.checkpoint_to_proto, wire.checkpoint_from_proto) == cp
+
+
+def test_empty_outputs_stay_distinct_from_no_outputs() -> None:
+    """Outputs ``{}`` and outputs ``None`` are not confused on the wire."""
+    empty = checkpoint("gate", CheckpointState.COMPLETED, outputs={})
+    back = round_trip(empty, wire.checkpoint_to_proto, wire.checkpoint_from_proto)
+    assert back.outputs == {}
+    assert (
+        wire.checkpoint_from_proto(
+            common_pb2.Checkpoint(state=common_pb2.CHECKPOINT_STATE_COMPLETED)
+        ).outputs
+        is None
+    )
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        ExecutionQuery(),
+        ExecutionQuery(
+            workflow_id="wf-1",
+            bot_id="bot-1",
+            strategy_id="strat-1",
+            status=ExecutionStatus.HALTED,
+            started_after=NOW - 60,
+            started_before=NOW,
+            limit=10,
+            page_token="opaque",
+        ),
+    ],
+    ids=["defaults", "every-filter"],
+)
+def test_execution_query_round_trip(query: ExecutionQuery) -> None:
+    """An execution query comes back equal, unset filters staying None."""
+    back = round_trip(query, wire.execution_query_to_proto, wire.execution_query_from_proto)
+    assert back == query
+
+
+def test_execution_query_page_size_zero_keeps_default() -> None:
+    """A query with no page size gets the records' default limit."""
+    assert wire.execution_query_from_proto(common_pb2.ExecutionQuery()) == ExecutionQuery()
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        ExecutionPage(executions=(full_record(), MINIMAL_RECORD), next_page_token="next"),
+        ExecutionPage(executions=()),
+    ],
+    ids=["with-token", "last-empty"],
+)
+def test_execution_page_round_trip(page: ExecutionPage) -> None:
+    """A page of executions comes back equal, in order, with its token."""
+    back = round_trip(page, wire.execution_page_to_proto, wire.execution_page_from_proto)
+    assert back == page
+
+
+@pytest.mark.parametrize(
+    "issue",
+    [
+        ValidationIssue("buy", "properties.symbol", "a non-empty string", "''"),
+        ValidationIssue(None, "blocks", "a non-empty list", "[]"),
+    ],
+    ids=["block", "workflow-level"],
+)
+def test_validation_issue_round_trip(issue: ValidationIssue) -> None:
+    """A validation issue comes back equal, a missing block id staying None."""
+    back = round_trip(issue, wire.validation_issue_to_proto, wire.validation_issue_from_proto)
+    assert back == issue
+
+
+def test_execution_round_trip_keeps_node_order() -> None:
+    """An execution with per-node results comes back equal, nodes in the given order."""
+    nodes = {
+        "quote": checkpoint("quote", CheckpointState.COMPLETED, outputs={"price": 101}),
+        "gate": checkpoint("gate", CheckpointState.SKIPPED),
+        "buy": checkpoint("buy", CheckpointState.FAILED, error="rejected", attempt=2),
+    }
+    msg = through_wire(wire.execution_to_proto(full_record(), nodes.values()))
+    record, back = wire.execution_from_proto(msg)
+    assert (record, list(back.items())) == (full_record(), list(nodes.items()))
+
+
+@pytest.mark.parametrize(
+    "halt",
+    [
+        HaltState(Scope.GLOBAL, None, "kill switch", "ops", NOW),
+        *(HaltState(s, "target-1", "drawdown", "risk", NOW) for s in Scope if s != Scope.GLOBAL),
+    ],
+)
+def test_halt_state_round_trip(halt: HaltState) -> None:
+    """A halt of every scope comes back equal, a global one without target."""
+    assert round_trip(halt, wire.halt_state_to_proto, wire.halt_state_from_proto) == halt
+
+
+def test_emergency_state_round_trip() -> None:
+    """A snapshot of halts comes back with the same halts, order and version."""
+    halts = (
+        HaltState(Scope.GLOBAL, None, "kill switch", "ops", NOW),
+        HaltState(Scope.BOT, "bot-1", "drawdown", "risk", NOW + 1),
+    )
+    msg = through_wire(wire.emergency_state_to_proto(halts, 42))
+    assert wire.emergency_state_from_proto(msg) == (halts, 42)
+
+
+@pytest.mark.parametrize("direction", list(LimitDirection))
+def test_risk_limit_round_trip(direction: LimitDirection) -> None:
+    """A risk limit in every direction comes back equal."""
+    limit = RiskLimit("daily_pnl", -500.25, direction, False, NOW, "ops")
+    assert round_trip(limit, wire.risk_limit_to_proto, wire.risk_limit_from_proto) == limit
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        AuditEntry(1, NOW, "ops", "halt", Scope.STRATEGY, "strat-1", "drawdown", {"n": 1}),
+        AuditEntry(BIG, NOW, "ops", "set_risk_limit", None, None, "limit", DATA),
+        AuditEntry(3, NOW, "ops", "resume", Scope.GLOBAL, None, "all clear"),
+    ],
+    ids=["scoped", "unscoped", "no-details"],
+)
+def test_audit_entry_round_trip(entry: AuditEntry) -> None:
+    """An audit entry comes back equal, no scope staying None."""
+    assert round_trip(entry, wire.audit_entry_to_proto, wire.audit_entry_from_proto) == entry
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        StateBatch(
+            execution=full_record(),
+            checkpoints=(
+                checkpoint("quote", CheckpointState.COMPLETED, outputs=DATA),
+                checkpoint("buy", CheckpointState.INTENT),
+            ),
+            events=(full_event(), full_event(sequence=8, node_id=None, data={})),
+        ),
+        StateBatch(),
+    ],
+    ids=["everything", "empty"],
+)
+def test_state_batch_round_trip(batch: StateBatch) -> None:
+    """A state batch comes back equal, a missing execution staying None."""
+    assert round_trip(batch, wire.state_batch_to_proto, wire.state_batch_from_proto) == batch
+
+
+def test_state_batch_carries_request_id() -> None:
+    """The write request carries the caller's idempotency key."""
+    msg = through_wire(wire.state_batch_to_proto(StateBatch(), request_id="req-9"))
+    assert msg.request_id == "req-9"
+
+
+def test_history_event_round_trip() -> None:
+    """A (cursor, event) pair of history comes back equal."""
+    msg = through_wire(wire.history_event_to_proto(BIG, full_event()))
+    assert wire.history_event_from_proto(msg) == (BIG, full_event())
+
+
+def test_json_fields_keep_integers_exact() -> None:
+    """Integers in free-form JSON come back as ints with every digit, floats as floats."""
+    data = round_trip(full_event(), wire.event_to_proto, wire.event_from_proto).data
+    assert (type(data["quantity"]), data["quantity"]) == (int, BIG)
+    assert (type(data["price"]), data["fills"][1]["qty"]) == (float, 4)
+
+
+def test_timestamps_survive_exactly() -> None:
+    """Epoch floats with sub-microsecond digits (1970s to 2096) come back bit-identical."""
+    rng = random.Random(20260102)
+    stamps = [rng.uniform(1e7, 4e9) for _ in range(2000)] + [NOW, 1e9, 4e9 - 1e-6]
+    back = [wire.timestamp_from_proto(through_wire(wire.timestamp_to_proto(t))) for t in stamps]
+    assert back == stamps
+
+
+def test_timestamp_rounding_carries_into_seconds() -> None:
+    """A fraction that rounds up to a whole second yields a valid Timestamp (nanos < 1e9)."""
+    ts = wire.timestamp_to_proto(0.9999999999)
+    assert (ts.seconds, ts.nanos) == (1, 0)
+
+
+def test_timestamp_before_epoch() -> None:
+    """Negative epoch seconds use protobuf's convention: floor seconds, positive nanos."""
+    ts = wire.timestamp_to_proto(-1.5)
+    assert (ts.seconds, ts.nanos, wire.timestamp_from_proto(ts)) == (-2, 500_000_000, -1.5)
+
+
+@pytest.mark.parametrize(
+    ("codec", "members"),
+    [
+        (wire.EXECUTION_STATUS, ExecutionStatus),
+        (wire.SCOPE, Scope),
+        (wire.CHECKPOINT_STATE, CheckpointState),
+        (wire.LIMIT_DIRECTION, LimitDirection),
+    ],
+)
+def test_enum_codecs_map_every_member(codec: wire.EnumCodec[Any, Any], members: Any) -> None:
+    """Every records enum member has its own non-zero proto value and maps back to itself."""
+    numbers = [codec.to_proto(m) for m in members]
+    assert 0 not in numbers
+    assert [codec.from_proto(n, "f") for n in numbers] == list(members)
+
+
+def test_enum_codec_none_is_unspecified() -> None:
+    """None travels as _UNSPECIFIED and an optional decode turns it back into None."""
+    number = wire.LIMIT_DIRECTION.to_proto(None)
+    assert number == emergency_service_pb2.LIMIT_DIRECTION_UNSPECIFIED
+    assert wire.LIMIT_DIRECTION.from_proto_optional(number, "direction") is None
+
+
+def test_unspecified_required_enum_names_the_field() -> None:
+    """A record field that needs a value rejects _UNSPECIFIED, naming field and proto value."""
+    with pytest.raises(InvalidRequest, match=r"'scope'.*SCOPE_UNSPECIFIED") as caught:
+        wire.halt_state_from_proto(emergency_service_pb2.HaltState(reason="x"))
+    assert caught.value.field == "scope"
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '"text"'])
+def test_json_that_is_not_an_object_names_the_field(text: str) -> None:
+    """A JSON field holding malformed JSON or a non-object is rejected, naming the field."""
+    msg = common_pb2.ExecutionRecord(
+        status=common_pb2.EXECUTION_STATUS_RUNNING, definition_json=text
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        wire.execution_record_from_proto(msg)
+    assert (caught.value.field, caught.value.found) == ("definition_json", text)
+
+
+def test_empty_json_text_reads_as_empty_object() -> None:
+    """A non-optional JSON field left empty reads as {} (proto3's default string)."""
+    assert wire.decode_json_object("", "data_json") == {}
