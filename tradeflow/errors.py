@@ -159,7 +159,12 @@ class RiskLimitExceeded(TradeflowError):
         self.result: dict[str, Any] | None = dict(result) if result is not None else None
 
     def details(self) -> dict[str, Any]:
-        return {"limit_type": self.limit_type, "value": self.value, "threshold": self.threshold}
+        return {
+            "limit_type": self.limit_type,
+            "value": self.value,
+            "threshold": self.threshold,
+            "halted": self.halted,
+        }
 
 
 class NodeExecutionError(TradeflowError):

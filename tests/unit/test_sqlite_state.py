@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import copy
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 from tradeflow.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
+from tradeflow.infrastructure import state
 from tradeflow.infrastructure.records import (
     Checkpoint,
     CheckpointState,
@@ -111,7 +114,7 @@ def test_open_database_creates_directory_wal_and_schema(db_path: Path) -> None:
         assert conn.isolation_level is None
     finally:
         conn.close()
-    assert {"executions", "checkpoints", "events", "halts", "risk_limits", "audit"} <= tables
+    assert {"executions", "definitions", "batches", "halts", "risk_limits", "audit"} <= tables
     reopened = open_database(db_path, synchronous="FULL")
     try:
         assert reopened.execute("PRAGMA synchronous").fetchone() == (2,)
@@ -135,6 +138,17 @@ def test_open_database_refuses_newer_schema(db_path: Path) -> None:
     conn.execute(f"PRAGMA user_version = {DB_SCHEMA_VERSION + 1}")
     conn.close()
     with pytest.raises(ConfigurationError, match="schema version"):
+        open_database(db_path)
+
+
+def test_open_database_refuses_development_layout(db_path: Path) -> None:
+    """A file of the unmigrated version 1 layout is refused, naming both versions."""
+    conn = open_database(db_path)
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with pytest.raises(
+        ConfigurationError, match=f"expected schema version {DB_SCHEMA_VERSION}, found 1"
+    ):
         open_database(db_path)
 
 
@@ -189,18 +203,124 @@ async def test_latest_checkpoint_per_node_wins(store: SQLiteStateStore) -> None:
 
 
 @pytest.mark.asyncio
-async def test_empty_dicts_are_stored_as_null(
-    store: SQLiteStateStore, conn: sqlite3.Connection
-) -> None:
-    """Empty outputs and event data cost no JSON: NULL in the file, empty again on read."""
+async def test_empty_dicts_read_back_as_before(store: SQLiteStateStore) -> None:
+    """Empty checkpoint outputs read back as None and empty event data as {}."""
     await store.write(
         StateBatch(checkpoints=(checkpoint("e1", "n", outputs={}),), events=(event("e1", 1, {}),))
     )
 
-    assert conn.execute("SELECT outputs FROM checkpoints").fetchone() == (None,)
-    assert conn.execute("SELECT data FROM events").fetchone() == (None,)
     assert (await store.get_checkpoints("e1"))["n"].outputs is None
     assert (await store.read_events())[0][1].data == {}
+
+
+@pytest.mark.asyncio
+async def test_checkpoints_fold_across_batches(store: SQLiteStateStore) -> None:
+    """Each node keeps its latest checkpoint over many batches; other executions do not leak in."""
+    intent = checkpoint("e1", "buy", CheckpointState.INTENT, {"client_order_id": "e1:buy"})
+    filled = Checkpoint("e1", "buy", CheckpointState.COMPLETED, 3_002.0, {"order": "o-1"}, None, 2)
+    await store.write(
+        StateBatch(
+            execution=execution("e1"),
+            checkpoints=(checkpoint("e1", "quote"), intent),
+            events=(event("e1", 1),),
+        )
+    )
+    await store.write(StateBatch(checkpoints=(checkpoint("e2", "buy"),), events=(event("e2", 1),)))
+    await store.write(StateBatch(events=(event("e1", 2),)))
+    await store.write(StateBatch(checkpoints=(checkpoint("e1", "size"), filled)))
+
+    folded = await store.get_checkpoints("e1")
+
+    assert folded == {
+        "buy": filled,
+        "quote": checkpoint("e1", "quote"),
+        "size": checkpoint("e1", "size"),
+    }
+    assert list(folded) == ["buy", "quote", "size"]
+    assert await store.get_checkpoints("e2") == {"buy": checkpoint("e2", "buy")}
+
+
+@pytest.mark.asyncio
+async def test_later_checkpoint_in_one_batch_wins(store: SQLiteStateStore) -> None:
+    """Within one batch too, the last checkpoint written for a node is the one kept."""
+    first = checkpoint("e1", "buy", CheckpointState.INTENT)
+    second = checkpoint("e1", "buy", CheckpointState.FAILED, outputs={})._replace(error="rejected")
+
+    await store.write(StateBatch(checkpoints=(first, second)))
+
+    assert await store.get_checkpoints("e1") == {"buy": second._replace(outputs=None)}
+
+
+@pytest.mark.asyncio
+async def test_event_cursors_grow_across_batches_and_executions(store: SQLiteStateStore) -> None:
+    """Cursors are ints growing in write order over every batch and execution, so paging
+    with any page size, from any cursor, yields exactly the events after it."""
+    written = [
+        (event("e1", 1), event("e1", 2)),
+        (event("e2", 1),),
+        (event("e1", 3), event("e2", 2), event("e2", 3), event("e1", 4)),
+        (Event("emergency_halted", "h-1", 1, 2_100.0, data={"reason": "test"}),),
+        (event("e2", 4),),
+    ]
+    for events in written:
+        await store.write(StateBatch(events=events))
+    expected = [e for events in written for e in events]
+
+    everything = await store.read_events()
+    pages: list[tuple[int, Event]] = []
+    cursor = 0
+    while page := await store.read_events(after=cursor, limit=2):
+        pages.extend(page)
+        cursor = page[-1][0]
+
+    cursors = [c for c, _ in everything]
+    assert all(isinstance(c, int) for c in cursors)
+    assert cursors == sorted(set(cursors))
+    assert [e for _, e in everything] == expected
+    assert pages == everything
+    for i, (after, _) in enumerate(everything):
+        assert await store.read_events(after=after) == everything[i + 1 :]
+    e2 = await store.read_events(execution_id="e2")
+    assert [e for _, e in e2] == [e for e in expected if e.execution_id == "e2"]
+    assert await store.read_events(execution_id="e2", after=e2[1][0], limit=1) == e2[2:3]
+
+
+@pytest.mark.asyncio
+async def test_batch_larger_than_a_journal_row_is_split_in_order(
+    store: SQLiteStateStore, conn: sqlite3.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Events beyond one journal row's capacity (65536, here 3) spill into further rows:
+    one transaction, order kept, cursors still distinct and growing."""
+    monkeypatch.setattr(state, "_ROW_EVENTS", 3)
+    events = tuple(event("e1", i) for i in range(1, 9))
+
+    await store.write(StateBatch(events=events, checkpoints=(checkpoint("e1", "quote"),)))
+    read = await store.read_events()
+
+    assert conn.execute("SELECT count(*) FROM batches").fetchone() == (3,)
+    assert [e for _, e in read] == list(events)
+    cursors = [c for c, _ in read]
+    assert cursors == sorted(set(cursors))
+    assert await store.read_events(after=cursors[2], limit=2) == read[3:5]
+    assert await store.get_checkpoints("e1") == {"quote": checkpoint("e1", "quote")}
+
+
+@pytest.mark.asyncio
+async def test_definition_is_stored_once_per_content(
+    store: SQLiteStateStore, conn: sqlite3.Connection, db_path: Path
+) -> None:
+    """Executions sharing a definition, as object or as equal content, store it once."""
+    await store.write(StateBatch(execution=execution("e1")))
+    await store.write(StateBatch(execution=execution("e2")))
+    equal = dataclasses.replace(execution("e3"), definition=copy.deepcopy(DEFINITION))
+    other = open_database(db_path)
+    try:
+        await SQLiteStateStore(other).write(StateBatch(execution=equal))
+    finally:
+        other.close()
+
+    assert conn.execute("SELECT count(*) FROM definitions").fetchone() == (1,)
+    assert (await store.get_execution("e3")).definition == DEFINITION
 
 
 @pytest.mark.asyncio
@@ -247,6 +367,37 @@ async def test_constraint_failure_rolls_back_whole_batch(store: SQLiteStateStore
     assert await store.get_checkpoints("e2") == {}
     assert await store.read_events(execution_id="e2") == []
     assert (await store.find_by_request_id("req")) == execution("e1", request_id="req")
+
+
+@pytest.mark.asyncio
+async def test_failure_in_a_later_row_rolls_back_the_whole_batch(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """A batch failing on its second journal row keeps no definition, execution or row,
+    and the store does not take the unwritten definition or execution as stored."""
+    conn.execute(
+        "CREATE TEMP TRIGGER refuse_e2 BEFORE INSERT ON batches WHEN NEW.execution_id = 'e2'"
+        " BEGIN SELECT RAISE(ABORT, 'refused for the test'); END"
+    )
+    batch = StateBatch(
+        execution=execution("e1"),
+        checkpoints=(checkpoint("e1", "quote"), checkpoint("e2", "quote")),
+        events=(event("e1", 1), event("e2", 1)),
+    )
+
+    with pytest.raises(sqlite3.IntegrityError, match="refused for the test"):
+        await store.write(batch)
+
+    counts = [
+        conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        for table in ("definitions", "executions", "batches")
+    ]
+    assert counts == [0, 0, 0]
+    conn.execute("DROP TRIGGER refuse_e2")
+    await store.write(batch)
+    assert await store.get_execution("e1") == execution("e1")
+    assert await store.get_checkpoints("e2") == {"quote": checkpoint("e2", "quote")}
+    assert [e for _, e in await store.read_events()] == [event("e1", 1), event("e2", 1)]
 
 
 @pytest.mark.asyncio

@@ -19,12 +19,12 @@ Ids in subjects
 Publishing
     :meth:`NatsEventBus.publish` appends to a bounded queue and returns; a background
     task sends batches with a ``Nats-Msg-Id: <event_id>`` header (JetStream drops
-    duplicates within the stream's ``duplicate_window``), then waits once for the whole
-    batch's acknowledgements. Events not acknowledged (NATS down, JetStream not ready)
-    go back to the front of the queue and are retried after reconnecting; when the
-    queue is full the oldest events are dropped and counted. Delivery is therefore
-    at least once: live subscribers may see a retried event twice (dedupe by
-    ``event_id``); the stream holds it once.
+    duplicates within the stream's ``duplicate_window``), then waits for one
+    acknowledgement per batch. A batch not acknowledged (NATS down, JetStream not
+    ready) goes back to the front of the queue and is sent again once reconnected;
+    when the queue is full the oldest events are dropped and counted. Delivery is
+    therefore at least once: live subscribers may see a resent event twice (dedupe
+    by ``event_id``); the stream holds it once (within the duplicate window).
 
 Subscribing and replay
     :meth:`~NatsEventBus.subscribe` listens on core NATS (low latency, no history) and
@@ -43,7 +43,7 @@ import json
 import random
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import unquote
@@ -188,7 +188,6 @@ class NatsEventBus:
 
     __slots__ = (
         "_ack_prefix",
-        "_ack_sub",
         "_ack_timeout",
         "_batch_size",
         "_buffer_size",
@@ -252,7 +251,6 @@ class NatsEventBus:
         # Each batch gets a fresh reply subject, so a late ack of an abandoned batch
         # cannot be taken for the current one's.
         self._ack_prefix = nc.new_inbox() + "."
-        self._ack_sub: NatsSubscription | None = None
         self._tokens = itertools.count()
         self._pending_ack: tuple[str, asyncio.Future[Msg]] | None = None
         self._stream_missing = False
@@ -363,7 +361,7 @@ class NatsEventBus:
         )
         try:
             await bus._ensure_stream()
-            bus._ack_sub = await nc.subscribe(bus._ack_prefix + "*", cb=bus._on_ack)
+            await nc.subscribe(bus._ack_prefix + "*", cb=bus._on_ack)
         except BaseException:
             await nc.close()
             raise
@@ -385,8 +383,14 @@ class NatsEventBus:
             ) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             raise UnavailableError(
-                f"cannot set up JetStream stream {config.name!r}: {describe(exc)}"
+                f"cannot set up JetStream stream {config.name!r} (is JetStream enabled on the "
+                f"server?): {describe(exc)}"
             ) from exc
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up right now (for health checks)."""
+        return bool(self._nc.is_connected)
 
     # -- publishing ---------------------------------------------------------------
 
@@ -560,7 +564,11 @@ class NatsEventBus:
                         await self._nc.subscribe(EVENTS_PREFIX + ">", cb=self._on_event),
                         await self._nc.subscribe(EMERGENCY_PREFIX + ">", cb=self._on_event),
                     )
-                except nats.errors.Error as exc:
+                    # Return only once the server has the interest. nats-py's flush()
+                    # writes its PING ahead of queued SUBs, so it proves nothing here;
+                    # a request is queued behind them, so its reply does.
+                    await self._js.account_info()
+                except (TimeoutError, nats.errors.Error) as exc:
                     await self._local.unsubscribe(subscription)
                     raise UnavailableError(f"cannot subscribe on NATS: {describe(exc)}") from exc
         return subscription
@@ -590,7 +598,7 @@ class NatsEventBus:
         strategy_id: str | None = None,
         workflow_id: str | None = None,
         execution_id: str | None = None,
-    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         """``(stream_sequence, event_dict)`` from the stream, after ``after_sequence``,
         then live as events arrive; resume by passing the last sequence seen.
 
@@ -615,7 +623,7 @@ class NatsEventBus:
 
     async def _replay(
         self, subject: str, start: int, execution_id: str | None
-    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         try:
             sub = await self._js.subscribe(
                 subject,

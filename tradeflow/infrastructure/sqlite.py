@@ -31,17 +31,33 @@ __all__ = [
     "to_json_or_null",
 ]
 
-DB_SCHEMA_VERSION: Final = 1
-"""Layout version stored in ``PRAGMA user_version``."""
+DB_SCHEMA_VERSION: Final = 2
+"""Layout version stored in ``PRAGMA user_version``.
+
+Version 2 keeps an execution's checkpoints and events as one journal row per
+written batch and each distinct workflow definition once. Files of version 1 (an
+unreleased development layout) are refused rather than migrated."""
 
 _BUSY_TIMEOUT_MS: Final = 5000
 
+# The state tables are laid out for the write path (see tradeflow.infrastructure.state):
+# a commit costs about one page write per B-tree it touches, so executions carry only
+# the indexes that listing needs, and a batch is one journal row with one index entry.
+# Time-ordered indexes are ascending (and read backwards for newest first): new keys
+# then land at the right edge of the B-tree, which SQLite appends to cheaply, where a
+# descending index takes them at the left of a full page and rebalances three pages.
+#
 # Global halts store target '' (never NULL): NULLs are distinct in a primary
 # key, so a NULL target would let two global halts coexist.
 _SCHEMA: Final = f"""
 BEGIN IMMEDIATE;
+CREATE TABLE IF NOT EXISTS definitions (
+    digest     BLOB PRIMARY KEY,
+    definition TEXT NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS executions (
-    execution_id   TEXT PRIMARY KEY,
+    execution_id   TEXT NOT NULL UNIQUE,
     workflow_id    TEXT NOT NULL,
     bot_id         TEXT,
     strategy_id    TEXT,
@@ -51,49 +67,24 @@ CREATE TABLE IF NOT EXISTS executions (
     correlation_id TEXT NOT NULL,
     request_id     TEXT,
     error          TEXT,
-    definition     TEXT NOT NULL,
+    definition     BLOB NOT NULL REFERENCES definitions (digest),
     result         TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_by_start
-    ON executions (started_at DESC, execution_id DESC);
+    ON executions (started_at, execution_id);
 CREATE INDEX IF NOT EXISTS executions_by_workflow
-    ON executions (workflow_id, started_at DESC, execution_id DESC);
-CREATE INDEX IF NOT EXISTS executions_by_bot
-    ON executions (bot_id, started_at DESC, execution_id DESC) WHERE bot_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS executions_by_strategy
-    ON executions (strategy_id, started_at DESC, execution_id DESC) WHERE strategy_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS executions_by_status
-    ON executions (status, started_at DESC, execution_id DESC);
+    ON executions (workflow_id, started_at, execution_id);
 CREATE UNIQUE INDEX IF NOT EXISTS executions_by_request
     ON executions (request_id) WHERE request_id IS NOT NULL;
 
-CREATE TABLE IF NOT EXISTS checkpoints (
-    execution_id TEXT NOT NULL,
-    node_id      TEXT NOT NULL,
-    state        TEXT NOT NULL,
-    updated_at   REAL NOT NULL,
-    outputs      TEXT,
-    error        TEXT,
-    attempt      INTEGER NOT NULL,
-    PRIMARY KEY (execution_id, node_id)
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS events (
-    cursor         INTEGER PRIMARY KEY,
-    event_id       TEXT NOT NULL,
-    type           TEXT NOT NULL,
-    sequence       INTEGER NOT NULL,
-    timestamp      REAL NOT NULL,
-    correlation_id TEXT,
-    execution_id   TEXT,
-    workflow_id    TEXT,
-    bot_id         TEXT,
-    strategy_id    TEXT,
-    node_id        TEXT,
-    data           TEXT
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id     INTEGER PRIMARY KEY,
+    execution_id TEXT,
+    body         TEXT NOT NULL,
+    numbers      BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_execution
-    ON events (execution_id, cursor) WHERE execution_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS batches_by_execution
+    ON batches (execution_id) WHERE execution_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS halts (
     scope  TEXT NOT NULL,
@@ -144,7 +135,8 @@ def open_database(
     survives power loss at the cost of an fsync per commit.
 
     Raises ``ConfigurationError`` if ``synchronous`` is unknown, the file
-    cannot use WAL, or it was written by a newer tradeflow.
+    cannot use WAL, or its layout is not :data:`DB_SCHEMA_VERSION` (newer, or
+    an old development layout).
     """
     if synchronous not in ("NORMAL", "FULL"):
         raise ConfigurationError(
@@ -179,6 +171,12 @@ def _ensure_schema(conn: sqlite3.Connection, location: str) -> None:
         raise ConfigurationError(
             f"sqlite database {location!r}: expected schema version <= {DB_SCHEMA_VERSION}, "
             f"found {version} (written by a newer tradeflow)"
+        )
+    if 0 < version < DB_SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"sqlite database {location!r}: expected schema version {DB_SCHEMA_VERSION}, "
+            f"found {version} (a development layout that is not migrated); move the file "
+            "away to start a new one"
         )
     try:
         conn.executescript(_SCHEMA)

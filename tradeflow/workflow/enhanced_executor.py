@@ -115,14 +115,22 @@ class EnhancedWorkflowExecutor:
         self._cancelled.set()
 
     async def execute(
-        self, *, correlation_id: str | None = None, request_id: str | None = None
+        self,
+        *,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+        execution_id: str | None = None,
     ) -> dict[str, Any]:
         """Run the workflow once. Returns the result dict; raises ``EmergencyHalted``
-        or ``RiskLimitExceeded`` (with ``.result``) when a halt stopped the run."""
+        or ``RiskLimitExceeded`` (with ``.result``) when a halt stopped the run.
+
+        ``request_id`` is an idempotency key recorded with the execution;
+        ``execution_id`` lets a caller hand out the id before the run starts.
+        """
         await self.initialize()
         assert self.plan is not None
         infra = self.infra
-        execution_id = infra.id_factory()
+        execution_id = execution_id or infra.id_factory()
         record = ExecutionRecord(
             execution_id=execution_id,
             workflow_id=self.workflow_id,

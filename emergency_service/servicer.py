@@ -1,0 +1,251 @@
+"""``tradeflow.emergency.v1.EmergencyService`` over the Redis-backed emergency controller.
+
+Requests become controller calls here: enums are checked (``InvalidRequest``
+naming ``scope`` or ``direction``), unset optionals become ``None`` or their
+documented default. Every other rule (targets, reasons, finite numbers, what a
+breach does, auditing, publishing) is the controller's.
+
+- A state the controller cannot confirm is reported as ``UNAVAILABLE`` (the
+  controller raises ``EmergencyHalted`` for it, which is the answer the
+  pre-action check wants, not a caller of this service).
+- A risk breach is a result (``breached``), not an error.
+- Mutating calls pass through a :class:`RequestLog`: a repeated ``request_id``
+  gets the first answer back and acts (and audits) once.
+- ``WatchState`` sends the current snapshot, then one per change, and resends
+  the current one every ``heartbeat`` seconds while nothing changes, so a
+  watcher can bound how stale its view is. It ends with ``UNAVAILABLE`` once the
+  state cannot be confirmed, and cleanly when the service drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Final, Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from tradeflow import wire
+from tradeflow.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded, UnavailableError
+from tradeflow.infrastructure.emergency import (
+    DEFAULT_DIRECTIONS,
+    MAX_AUDIT_PAGE,
+    EmergencySnapshot,
+)
+from tradeflow.infrastructure.records import LimitDirection
+from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
+from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
+from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
+
+__all__ = ["DEFAULT_AUDIT_PAGE", "SERVICE_NAME", "EmergencyServicer", "RequestLog"]
+
+SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
+
+DEFAULT_AUDIT_PAGE: Final = 100
+"""Entries per ``ListAuditEntries`` call when the request leaves ``limit`` at 0."""
+_UNKNOWN_ACTOR: Final = "unknown"
+
+M = TypeVar("M", bound=Message)
+
+
+class RequestLog(Protocol):
+    """Remembers the answers to mutating requests by ``request_id``."""
+
+    async def once(
+        self,
+        method: str,
+        request_id: str,
+        run: Callable[[], Awaitable[M]],
+        response_type: type[M],
+    ) -> M:
+        """``run()``'s answer; for an id seen before, the first answer, without running.
+
+        An empty ``request_id`` always runs.
+        """
+        ...
+
+
+class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
+    """Translates each RPC to calls on ``controller``."""
+
+    def __init__(
+        self, controller: RedisEmergencyController, requests: RequestLog, *, heartbeat: float
+    ) -> None:
+        self._controller = controller
+        self._requests = requests
+        self._heartbeat = heartbeat
+        self._draining = asyncio.Event()
+
+    async def drain(self) -> None:
+        """End every ``WatchState`` stream cleanly (later ones end after their first snapshot)."""
+        self._draining.set()
+
+    async def Halt(
+        self, request: pb.HaltRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HaltResponse:
+        scope = wire.SCOPE.from_proto(request.scope, "scope")
+        target = request.target if request.HasField("target") else None
+
+        async def run() -> pb.HaltResponse:
+            halt = await self._controller.halt(
+                scope, target, reason=request.reason, actor=request.actor or _UNKNOWN_ACTOR
+            )
+            return pb.HaltResponse(halt=wire.halt_state_to_proto(halt))
+
+        return await self._requests.once("Halt", request.request_id, run, pb.HaltResponse)
+
+    async def Resume(
+        self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResumeResponse:
+        scope = wire.SCOPE.from_proto(request.scope, "scope")
+        target = request.target if request.HasField("target") else None
+
+        async def run() -> pb.ResumeResponse:
+            resumed = await self._controller.resume(
+                scope, target, reason=request.reason, actor=request.actor or _UNKNOWN_ACTOR
+            )
+            return pb.ResumeResponse(resumed=resumed)
+
+        return await self._requests.once("Resume", request.request_id, run, pb.ResumeResponse)
+
+    async def GetState(
+        self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStateResponse:
+        return pb.GetStateResponse(state=_state_message(self._state()))
+
+    async def CheckRiskLimit(
+        self, request: pb.CheckRiskLimitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckRiskLimitResponse:
+        limit_type = request.limit_type
+        threshold = request.threshold if request.HasField("threshold") else None
+        auto_halt = request.auto_halt if request.HasField("auto_halt") else True
+        ids = {
+            name: getattr(request, name) if request.HasField(name) else None
+            for name in ("workflow_id", "bot_id", "strategy_id")
+        }
+
+        async def run() -> pb.CheckRiskLimitResponse:
+            try:
+                with _confirmed():
+                    await self._controller.check_risk_limit(
+                        limit_type, request.value, threshold, auto_halt, **ids
+                    )
+            except RiskLimitExceeded as breach:
+                _, direction = self._limit_terms(limit_type, breach.threshold)
+                return pb.CheckRiskLimitResponse(
+                    breached=True,
+                    halted=breach.halted,
+                    threshold=breach.threshold,
+                    direction=wire.LIMIT_DIRECTION.to_proto(direction),
+                )
+            used, direction = self._limit_terms(limit_type, threshold)
+            return pb.CheckRiskLimitResponse(
+                breached=False, threshold=used, direction=wire.LIMIT_DIRECTION.to_proto(direction)
+            )
+
+        return await self._requests.once(
+            "CheckRiskLimit", request.request_id, run, pb.CheckRiskLimitResponse
+        )
+
+    async def SetRiskLimit(
+        self, request: pb.SetRiskLimitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetRiskLimitResponse:
+        direction = wire.LIMIT_DIRECTION.from_proto_optional(request.direction, "direction")
+
+        async def run() -> pb.SetRiskLimitResponse:
+            limit = await self._controller.set_risk_limit(
+                request.limit_type,
+                request.threshold,
+                direction,
+                auto_halt=request.auto_halt if request.HasField("auto_halt") else True,
+                actor=request.actor or _UNKNOWN_ACTOR,
+            )
+            return pb.SetRiskLimitResponse(limit=wire.risk_limit_to_proto(limit))
+
+        return await self._requests.once(
+            "SetRiskLimit", request.request_id, run, pb.SetRiskLimitResponse
+        )
+
+    async def ListRiskLimits(
+        self, request: pb.ListRiskLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRiskLimitsResponse:
+        limits = self._state().limit_list()
+        return pb.ListRiskLimitsResponse(limits=[wire.risk_limit_to_proto(x) for x in limits])
+
+    async def ListAuditEntries(
+        self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListAuditEntriesResponse:
+        if request.limit > MAX_AUDIT_PAGE:
+            raise InvalidRequest(
+                "limit", f"at most {MAX_AUDIT_PAGE} (0 for the default)", request.limit
+            )
+        entries = await self._controller.audit_entries(limit=request.limit or DEFAULT_AUDIT_PAGE)
+        return pb.ListAuditEntriesResponse(
+            entries=[wire.audit_entry_to_proto(entry) for entry in entries]
+        )
+
+    async def WatchState(
+        self, request: pb.WatchStateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchStateResponse]:
+        snapshot = self._state()
+        yield pb.WatchStateResponse(state=_state_message(snapshot))
+        version = snapshot.version
+        drained = asyncio.ensure_future(self._draining.wait())
+        change: asyncio.Future[EmergencySnapshot] | None = None
+        try:
+            while True:
+                if change is None:
+                    change = asyncio.ensure_future(self._controller.wait_for_change(version))
+                done, _ = await asyncio.wait(
+                    (change, drained),
+                    timeout=self._heartbeat,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if drained in done:
+                    return
+                if change in done:
+                    change.result()  # a closed store raises UnavailableError here
+                    change = None
+                # The current, confirmed state: after a change, or as the heartbeat.
+                snapshot = self._state()
+                if snapshot.version != version:
+                    version = snapshot.version
+                    if change is not None:
+                        change.cancel()
+                        change = None
+                yield pb.WatchStateResponse(state=_state_message(snapshot))
+        finally:
+            drained.cancel()
+            if change is not None:
+                change.cancel()
+
+    def _state(self) -> EmergencySnapshot:
+        with _confirmed():
+            return self._controller.state()
+
+    def _limit_terms(
+        self, limit_type: str, threshold: float | None
+    ) -> tuple[float, LimitDirection]:
+        """The threshold and direction a check that got past validation compared with."""
+        configured = self._state().limits.get(limit_type)
+        if configured is None:
+            # Validation passed without a configured limit: the type has a default
+            # direction and the request gave the threshold.
+            assert threshold is not None
+            return threshold, DEFAULT_DIRECTIONS[limit_type]
+        return (configured.threshold if threshold is None else threshold), configured.direction
+
+
+@contextmanager
+def _confirmed() -> Iterator[None]:
+    """Report a state the controller cannot confirm as ``UnavailableError``."""
+    try:
+        yield
+    except EmergencyHalted as exc:
+        raise UnavailableError(exc.reason) from exc
+
+
+def _state_message(snapshot: EmergencySnapshot) -> pb.EmergencyState:
+    return wire.emergency_state_to_proto(snapshot.halt_list(), snapshot.version)

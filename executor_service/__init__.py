@@ -1,0 +1,1 @@
+"""The executor service: runs workflows over gRPC (``python -m executor_service``)."""

@@ -1,0 +1,8 @@
+"""``python -m executor_service``: configured by ``TRADEFLOW_*`` environment variables."""
+
+import sys
+
+from executor_service.server import build
+from tradeflow.rpc.server import main
+
+sys.exit(main("executor", 50051, build))

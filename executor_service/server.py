@@ -1,0 +1,34 @@
+"""Wiring of the executor service: production infrastructure, the manager, the servicer."""
+
+from __future__ import annotations
+
+import grpc
+
+from executor_service.servicer import ExecutorServicer
+from tradeflow.infrastructure.factory import Infrastructure, Settings
+from tradeflow.infrastructure.nats_bus import NatsEventBus
+from tradeflow.proto.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
+from tradeflow.rpc.config import ServiceConfig
+from tradeflow.rpc.server import Service
+from tradeflow.workflow.manager import ExecutionManager
+
+__all__ = ["build"]
+
+
+async def build(config: ServiceConfig) -> Service:
+    """The executor service: runs workflows on ``Infrastructure.create("production")``."""
+    infra = await Infrastructure.create("production", settings=Settings.from_env("production"))
+    assert isinstance(infra.events, NatsEventBus)
+    manager = ExecutionManager(infra)
+    servicer = ExecutorServicer(manager, infra.events)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        executor_service_pb2_grpc.add_ExecutorServiceServicer_to_server(servicer, server)
+        return [executor_service_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name]
+
+    async def drain() -> None:
+        await manager.drain(config.grace_seconds)
+
+    return Service(
+        register=register, registry=infra.metrics.registry, drain=drain, close=infra.close
+    )

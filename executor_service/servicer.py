@@ -1,0 +1,103 @@
+"""ExecutorService: protobuf <-> :class:`~tradeflow.workflow.manager.ExecutionManager`, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from tradeflow import wire
+from tradeflow.infrastructure.nats_bus import NatsEventBus
+from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
+from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tradeflow.workflow.manager import ExecutionManager, ExecutionView, Submission
+
+__all__ = ["ExecutorServicer"]
+
+
+def _optional(message: Any, field: str) -> str | None:
+    return getattr(message, field) if message.HasField(field) else None
+
+
+def _submission(request: pb.ExecuteWorkflowRequest | pb.SubmitWorkflowRequest) -> Submission:
+    return Submission(
+        definition=wire.decode_json_object(request.definition_json, "definition_json"),
+        workflow_id=request.workflow_id,
+        bot_id=_optional(request, "bot_id"),
+        strategy_id=_optional(request, "strategy_id"),
+        request_id=request.request_id or None,
+        correlation_id=_optional(request, "correlation_id"),
+    )
+
+
+def _execution(view: ExecutionView) -> Any:
+    return wire.execution_to_proto(view.record, view.nodes)
+
+
+class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
+    """Serves the executor contract."""
+
+    def __init__(self, manager: ExecutionManager, bus: NatsEventBus) -> None:
+        self._manager = manager
+        self._bus = bus
+
+    async def ExecuteWorkflow(
+        self, request: pb.ExecuteWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExecuteWorkflowResponse:
+        view = await self._manager.execute(_submission(request))
+        return pb.ExecuteWorkflowResponse(execution=_execution(view))
+
+    async def SubmitWorkflow(
+        self, request: pb.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitWorkflowResponse:
+        return pb.SubmitWorkflowResponse(execution_id=await self._manager.submit(_submission(request)))
+
+    async def GetExecution(
+        self, request: pb.GetExecutionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetExecutionResponse:
+        return pb.GetExecutionResponse(execution=_execution(await self._manager.get(request.execution_id)))
+
+    async def ListExecutions(
+        self, request: pb.ListExecutionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListExecutionsResponse:
+        page = await self._manager.list(wire.execution_query_from_proto(request.query))
+        return pb.ListExecutionsResponse(page=wire.execution_page_to_proto(page))
+
+    async def CancelExecution(
+        self, request: pb.CancelExecutionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelExecutionResponse:
+        cancelled, status = await self._manager.cancel(request.execution_id)
+        return pb.CancelExecutionResponse(
+            cancelled=cancelled, status=wire.EXECUTION_STATUS.to_proto(status)
+        )
+
+    async def ValidateWorkflow(
+        self, request: pb.ValidateWorkflowRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ValidateWorkflowResponse:
+        definition = wire.decode_json_object(request.definition_json, "definition_json")
+        issues = self._manager.validate(definition)
+        return pb.ValidateWorkflowResponse(
+            valid=not issues, issues=[wire.validation_issue_to_proto(i) for i in issues]
+        )
+
+    async def StreamEvents(
+        self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamEventsResponse]:
+        after = request.after_sequence if request.HasField("after_sequence") else None
+        async for sequence, event in self._bus.replay(
+            after_sequence=after,
+            execution_id=_optional(request, "execution_id"),
+            workflow_id=_optional(request, "workflow_id"),
+            bot_id=_optional(request, "bot_id"),
+            strategy_id=_optional(request, "strategy_id"),
+        ):
+            yield pb.StreamEventsResponse(
+                event=wire.event_to_proto(wire_event(event)), stream_sequence=sequence
+            )
+
+
+def wire_event(raw: dict[str, Any]) -> Any:
+    from tradeflow.infrastructure.records import Event
+
+    return Event.from_dict(raw)

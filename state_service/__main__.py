@@ -1,0 +1,8 @@
+"""``python -m state_service``: configured by ``TRADEFLOW_*`` environment variables."""
+
+import sys
+
+from state_service.server import build
+from tradeflow.rpc.server import main
+
+sys.exit(main("state", 50053, build))

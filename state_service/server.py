@@ -1,0 +1,40 @@
+"""Wiring of the state service: a Redis client, the Redis state store, the servicer."""
+
+from __future__ import annotations
+
+import grpc
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from state_service.servicer import SERVICE_NAME, StateServicer
+from tradeflow.errors import ConfigurationError
+from tradeflow.infrastructure.redis_state import RedisStateStore
+from tradeflow.proto.state.v1 import state_service_pb2_grpc
+from tradeflow.rpc.config import ServiceConfig
+from tradeflow.rpc.server import Service
+
+__all__ = ["build"]
+
+
+async def build(config: ServiceConfig) -> Service:
+    """The state service on the Redis at ``TRADEFLOW_REDIS_URL``.
+
+    Redis is not contacted here: the client connects on the first call, so the
+    service starts (and reports UNAVAILABLE per call) while Redis is still coming up.
+    """
+    try:
+        client = aioredis.from_url(config.redis_url)
+    except ValueError as exc:
+        raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
+    store = RedisStateStore(client)
+    servicer = StateServicer(store)
+
+    def register(server: grpc.aio.Server) -> list[str]:
+        state_service_pb2_grpc.add_StateServiceServicer_to_server(servicer, server)
+        return [SERVICE_NAME]
+
+    async def close() -> None:
+        await store.close()
+        await client.aclose()
+
+    return Service(register=register, registry=CollectorRegistry(), close=close)

@@ -1,0 +1,415 @@
+"""The emergency service as a real subprocess on real Redis and NATS, and its client's
+local, push-updated view: propagation, risk breaches, audit, idempotency, restarts,
+validation, NATS events, health/reflection/metrics and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import signal
+from collections.abc import AsyncIterator
+from typing import cast
+
+import grpc
+import httpx
+import nats
+import pytest
+import pytest_asyncio
+from emergency_fixtures import (
+    EMERGENCY_SERVICE_NAME,
+    ClientFactory,
+    EmergencyService,
+)
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from nats.aio.msg import Msg
+from servers import ServerProcess, free_port
+
+from tradeflow.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    UnavailableError,
+)
+from tradeflow.infrastructure.records import LimitDirection, Scope
+from tradeflow.proto.common.v1 import common_pb2
+from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
+from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
+from tradeflow.rpc.client import open_channel
+from tradeflow.rpc.emergency_client import RemoteEmergencyControl
+from tradeflow.rpc.errors import error_from_rpc
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["emergency_fixtures"]
+
+IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
+OTHER_BOT = {**IDS, "bot_id": "bot-2"}
+# Generous bound on waits for a condition: only there so a broken service fails the
+# test instead of hanging it.
+HANG_GUARD_SECONDS = 30
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest_asyncio.fixture
+async def stub(
+    emergency_service: EmergencyService,
+) -> AsyncIterator[emergency_service_pb2_grpc.EmergencyServiceAsyncStub]:
+    """A raw stub on the test's service, for what the client never sends."""
+    async with open_channel(emergency_service.address) as channel:
+        yield cast(
+            "emergency_service_pb2_grpc.EmergencyServiceAsyncStub",
+            emergency_service_pb2_grpc.EmergencyServiceStub(channel),
+        )
+
+
+async def until_unavailable(client: RemoteEmergencyControl) -> None:
+    """Wait until ``client``'s view is down."""
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        while client.available:
+            await client.wait_for_change()
+
+
+async def until_available(client: RemoteEmergencyControl) -> None:
+    """Wait until ``client``'s view is current again."""
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        while not client.available:
+            await client.wait_for_change()
+
+
+@pytest.mark.asyncio
+async def test_halt_through_one_client_reaches_another_clients_local_view(
+    make_emergency_client: ClientFactory,
+) -> None:
+    """A halt made through one client shows in a second client's view; a resume lifts it."""
+    ops, executor = await make_emergency_client(), await make_emergency_client()
+    assert executor.active_halt(**IDS) is None
+
+    halt = await ops.halt(Scope.BOT, "bot-1", reason="manual stop", actor="ops")
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        await executor.wait_for_version()
+
+    with pytest.raises(EmergencyHalted) as caught:
+        executor.ensure_trading_allowed(**IDS)
+    assert (caught.value.reason, caught.value.scope, caught.value.target) == (
+        "manual stop",
+        "bot",
+        "bot-1",
+    )
+    executor.ensure_trading_allowed(**OTHER_BOT)
+    assert executor.active_halt(**IDS) == halt
+    assert await executor.halts() == [halt]
+
+    assert await ops.resume(Scope.BOT, "bot-1", reason="fixed", actor="ops")
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        await executor.wait_for_version()
+    executor.ensure_trading_allowed(**IDS)
+    assert await ops.resume(Scope.BOT, "bot-1", reason="again", actor="ops") is False
+
+
+@pytest.mark.asyncio
+async def test_own_halt_is_in_the_local_view_when_the_call_returns(
+    make_emergency_client: ClientFactory,
+) -> None:
+    """Read-your-writes: after halt() returns, the same client's check refuses at once."""
+    client = await make_emergency_client()
+
+    await client.halt(Scope.GLOBAL, reason="stop everything", actor="ops")
+
+    with pytest.raises(EmergencyHalted, match="stop everything"):
+        client.ensure_trading_allowed(workflow_id=None, bot_id=None, strategy_id=None)
+
+
+@pytest.mark.asyncio
+async def test_risk_breach_is_a_result_that_halts_everyone(
+    make_emergency_client: ClientFactory,
+) -> None:
+    """A breach raises RiskLimitExceeded and, with auto_halt, halts globally in every view."""
+    risk, executor = await make_emergency_client(), await make_emergency_client()
+    limit = await risk.set_risk_limit("daily_loss", -500.0, actor="risk-desk")
+    assert limit.direction is LimitDirection.BELOW
+    assert await risk.list_risk_limits() == [limit]
+
+    await risk.check_risk_limit("daily_loss", -100.0)
+    with pytest.raises(RiskLimitExceeded) as quiet:
+        await risk.check_risk_limit("daily_loss", -501.0, auto_halt=False)
+    assert quiet.value.halted is False
+    assert await risk.halts() == []
+
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await risk.check_risk_limit("daily_loss", -600.0, bot_id="bot-1")
+    assert (caught.value.value, caught.value.threshold, caught.value.halted) == (
+        -600.0,
+        -500.0,
+        True,
+    )
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        await executor.wait_for_version()
+    halt = executor.active_halt(**OTHER_BOT)
+    assert halt is not None
+    assert (halt.scope, halt.actor) == (Scope.GLOBAL, "risk:daily_loss")
+
+
+@pytest.mark.asyncio
+async def test_every_change_is_audited_newest_first(
+    make_emergency_client: ClientFactory,
+) -> None:
+    """Halts, resumes, limit changes and breaches each leave one audit entry: who, why, values."""
+    client = await make_emergency_client()
+    await client.halt(Scope.STRATEGY, "strat-1", reason="news", actor="alice")
+    await client.resume(Scope.STRATEGY, "strat-1", reason="news over", actor="bob")
+    await client.set_risk_limit("max_position", 10.0, actor="carol")
+    with pytest.raises(RiskLimitExceeded):
+        await client.check_risk_limit("max_position", -12.0, auto_halt=False, bot_id="bot-1")
+
+    entries = await client.audit_entries(limit=10)
+
+    assert [(e.action, e.actor) for e in entries] == [
+        ("risk_breach", "risk:max_position"),
+        ("set_risk_limit", "carol"),
+        ("resume", "bob"),
+        ("halt", "alice"),
+    ]
+    assert (entries[3].scope, entries[3].target, entries[3].reason) == (
+        Scope.STRATEGY,
+        "strat-1",
+        "news",
+    )
+    assert entries[0].details["value"] == -12.0
+    assert entries[0].details["bot_id"] == "bot-1"
+    assert [e.entry_id for e in await client.audit_entries(limit=2)] == [
+        e.entry_id for e in entries[:2]
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_repeated_request_id_acts_and_audits_once(
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """A retried Halt or CheckRiskLimit (same request_id) gets the first answer, one audit entry."""
+    halt = pb.HaltRequest(
+        request_id="req-halt", scope=common_pb2.SCOPE_BOT, target="bot-1", reason="x", actor="a"
+    )
+    check = pb.CheckRiskLimitRequest(
+        request_id="req-check", limit_type="max_order_notional", value=2.0, threshold=1.0
+    )
+
+    first, again = await stub.Halt(halt), await stub.Halt(halt)
+    breach, breach_again = await stub.CheckRiskLimit(check), await stub.CheckRiskLimit(check)
+
+    assert first == again
+    assert breach == breach_again
+    assert (breach.breached, breach.halted, breach.threshold, breach.direction) == (
+        True,
+        True,
+        1.0,
+        pb.LIMIT_DIRECTION_ABOVE,
+    )
+    audit = await stub.ListAuditEntries(pb.ListAuditEntriesRequest())
+    assert sorted(entry.action for entry in audit.entries) == ["halt", "halt", "risk_breach"]
+
+
+@pytest.mark.asyncio
+async def test_state_survives_a_crash_and_views_fail_closed_until_it_is_back(
+    emergency_service: EmergencyService, make_emergency_client: ClientFactory
+) -> None:
+    """SIGKILL: the view refuses everything; after a restart the halt from Redis is back."""
+    client = await make_emergency_client()
+    await client.halt(Scope.BOT, "bot-1", reason="before crash", actor="ops")
+    client.ensure_trading_allowed(**OTHER_BOT)
+
+    emergency_service.process.kill()
+    await until_unavailable(client)
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        client.ensure_trading_allowed(**OTHER_BOT)
+
+    await asyncio.to_thread(emergency_service.start)
+    await until_available(client)
+    client.ensure_trading_allowed(**OTHER_BOT)
+    halt = client.active_halt(**IDS)
+    assert halt is not None
+    assert halt.reason == "before crash"
+
+
+@pytest.mark.asyncio
+async def test_invalid_requests_are_invalid_argument_naming_the_field(
+    make_emergency_client: ClientFactory,
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """Bad requests fail with INVALID_ARGUMENT and an InvalidRequest naming the field."""
+    client = await make_emergency_client()
+    attempts = {
+        "target": client.halt(Scope.BOT, None, reason="x"),
+        "reason": client.halt(Scope.GLOBAL, reason=" "),
+        "value": client.check_risk_limit("daily_loss", math.nan, -1.0),
+        "direction": client.set_risk_limit("custom_limit", 1.0),
+        "limit_type": client.check_risk_limit("no_such_limit", 1.0, 2.0),
+    }
+    for field, attempt in attempts.items():
+        with pytest.raises(InvalidRequest) as caught:
+            await attempt
+        assert caught.value.field == field
+
+    with pytest.raises(grpc.aio.AioRpcError) as raw:
+        await stub.Halt(pb.HaltRequest(scope=common_pb2.SCOPE_UNSPECIFIED, reason="x"))
+    assert raw.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    error = error_from_rpc(raw.value, service="emergency")
+    assert isinstance(error, InvalidRequest)
+    assert error.field == "scope"
+    assert await client.audit_entries() == []
+
+
+@pytest.mark.asyncio
+async def test_changes_are_published_on_nats_emergency_subjects(
+    nats_server: ServerProcess, make_emergency_client: ClientFactory
+) -> None:
+    """Halt, resume and a breach (with its auto-halt) appear on tradeflow.v1.emergency.*."""
+    client = await make_emergency_client()
+    received: asyncio.Queue[Msg] = asyncio.Queue()
+    nc = await nats.connect(nats_server.url)
+    try:
+        await nc.subscribe("tradeflow.v1.emergency.>", cb=received.put)
+        await nc.flush()
+        await client.halt(Scope.STRATEGY, "strat-ev", reason="news", actor="ops")
+        await client.resume(Scope.STRATEGY, "strat-ev", reason="calm", actor="ops")
+        with pytest.raises(RiskLimitExceeded):
+            await client.check_risk_limit("max_exposure", 2.0, 1.0, bot_id="bot-ev")
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            messages = [await received.get() for _ in range(4)]
+    finally:
+        await nc.close()
+
+    events = [json.loads(msg.data) for msg in messages]
+    assert [msg.subject for msg in messages] == [
+        "tradeflow.v1.emergency.halted",
+        "tradeflow.v1.emergency.resumed",
+        "tradeflow.v1.emergency.risk_limit_exceeded",
+        "tradeflow.v1.emergency.halted",
+    ]
+    assert [e["type"] for e in events] == [
+        "emergency_halted",
+        "emergency_resumed",
+        "risk_limit_exceeded",
+        "emergency_halted",
+    ]
+    assert events[0]["data"] == {
+        "scope": "strategy",
+        "target": "strat-ev",
+        "reason": "news",
+        "actor": "ops",
+    }
+    assert events[2]["bot_id"] == "bot-ev"
+    assert events[2]["data"]["value"] == 2.0
+
+
+@pytest.mark.asyncio
+async def test_health_reflection_and_metrics(
+    emergency_service: EmergencyService, make_emergency_client: ClientFactory
+) -> None:
+    """The service reports SERVING, lists itself by reflection and counts halts in /metrics."""
+    client = await make_emergency_client()
+    await client.halt(Scope.GLOBAL, reason="metrics", actor="ops")
+
+    async with open_channel(emergency_service.address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=EMERGENCY_SERVICE_NAME)
+        )
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        listed = [s.name async for r in reflection for s in r.list_services_response.service]
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(emergency_service.metrics_url)).text
+
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    assert EMERGENCY_SERVICE_NAME in listed
+    assert 'tradeflow_halts_total{scope="global"} 1.0' in metrics
+    assert 'tradeflow_rpc_server_handled_seconds_count{code="OK",method="Halt"}' in metrics
+
+
+@pytest.mark.asyncio
+async def test_idle_watch_stream_sends_heartbeat_snapshots(
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """With nothing changing, WatchState resends the current snapshot (same version)."""
+    stream = stub.WatchState(pb.WatchStateRequest())
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        first, second = await stream.read(), await stream.read()
+    stream.cancel()
+
+    assert first == second
+
+
+@pytest.mark.asyncio
+async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
+    emergency_service: EmergencyService,
+    make_emergency_client: ClientFactory,
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """SIGTERM ends open WatchState streams with OK, the process exits 0, views fail closed."""
+    client = await make_emergency_client()
+    stream = stub.WatchState(pb.WatchStateRequest())
+    process = emergency_service.process.process
+    assert process is not None
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        await stream.read()
+
+        process.send_signal(signal.SIGTERM)
+        while await stream.read() is not grpc.aio.EOF:
+            pass  # heartbeats sent before the drain
+        code = await stream.code()
+        await until_unavailable(client)
+    exit_status = await asyncio.to_thread(process.wait, HANG_GUARD_SECONDS)
+
+    assert code is grpc.StatusCode.OK
+    assert exit_status == 0
+    with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+        client.ensure_trading_allowed(**IDS)
+
+
+@pytest.mark.asyncio
+async def test_view_fails_closed_before_the_first_snapshot() -> None:
+    """With no service to follow, the check refuses and connect() gives up with Unavailable."""
+    address = f"127.0.0.1:{free_port()}"
+    client = await RemoteEmergencyControl.connect(address, wait_ready=False)
+    try:
+        with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+            client.ensure_trading_allowed(**IDS)
+        with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+            client.active_halt(**IDS)
+    finally:
+        await client.close()
+
+    with pytest.raises(UnavailableError, match="no state within"):
+        await RemoteEmergencyControl.connect(address, timeout=0.2)
+
+
+@pytest.mark.asyncio
+async def test_view_fails_closed_once_older_than_max_staleness(
+    emergency_service: EmergencyService,
+) -> None:
+    """A snapshot older than max_staleness no longer confirms the state: the check refuses."""
+    clock = ManualClock()
+    client = await RemoteEmergencyControl.connect(
+        emergency_service.address, max_staleness=5.0, clock=clock
+    )
+    try:
+        client.ensure_trading_allowed(**IDS)
+        clock.now += 5.5
+        with pytest.raises(EmergencyHalted, match=r"for over 5\.0s"):
+            client.ensure_trading_allowed(**IDS)
+        assert client.available is False
+    finally:
+        await client.close()

@@ -1,0 +1,463 @@
+"""NatsEventBus against a real nats-server with JetStream: subjects, payloads, replay,
+dedupe, slow subscribers, an outage of the server, and shutdown.
+
+Every test uses its own workflow id, so tests share the session's stream and server
+without seeing each other's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import types
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Protocol
+
+import nats
+import pytest
+import pytest_asyncio
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from tradeflow.errors import InvalidRequest, UnavailableError
+from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.infrastructure.nats_bus import (
+    DEFAULT_STREAM,
+    NatsEventBus,
+    decode_token,
+    encode_token,
+    subject_filter,
+    subject_for,
+)
+from tradeflow.infrastructure.records import Event, EventType, rfc3339
+
+pytestmark = pytest.mark.integration
+
+_workflow_ids = itertools.count()
+DEADLINE = 30.0
+"""Upper bound for a condition that should hold promptly (generous: CI machines stall)."""
+
+
+class Server(Protocol):
+    """What these tests use of the session's ``nats_server`` (tests/servers.py)."""
+
+    @property
+    def url(self) -> str: ...
+    def kill(self) -> None: ...
+    def start(self) -> object: ...
+
+
+@pytest.fixture
+def workflow_id() -> str:
+    """A workflow id no other test uses."""
+    return f"wf-nats-{next(_workflow_ids)}"
+
+
+def make_event(
+    workflow_id: str,
+    n: int,
+    type_: str = EventType.NODE_COMPLETED,
+    *,
+    bot_id: str | None = "bot-1",
+    strategy_id: str | None = "momentum",
+    execution_id: str = "exec-1",
+) -> Event:
+    """The ``n``-th event of a test's workflow (event id derived from both)."""
+    return Event(
+        type=type_,
+        event_id=f"{workflow_id}-{n}",
+        sequence=n,
+        timestamp=1_767_225_600.0 + n,
+        correlation_id="corr-1",
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        bot_id=bot_id,
+        strategy_id=strategy_id,
+        node_id=f"node-{n}",
+        data={"n": n, "note": "ünïcode"},
+    )
+
+
+@pytest_asyncio.fixture
+async def bus(nats_server: Server) -> AsyncIterator[NatsEventBus]:
+    """A bus connected to the session's nats-server, closed after the test."""
+    connected = await NatsEventBus.connect(nats_server.url, metrics=Metrics())
+    yield connected
+    await connected.close()
+
+
+@pytest_asyncio.fixture
+async def raw(nats_server: Server) -> AsyncIterator[Client]:
+    """A plain nats-py client, to observe the wire without the adapter."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def subscribed(client: Client) -> None:
+    """Return once the server has processed ``client``'s subscriptions so far.
+
+    nats-py's ``flush()`` writes its PING ahead of queued SUBs, so it proves nothing
+    about a subscription just made; a request is queued behind them, so its reply does.
+    """
+    await client.jetstream().account_info()
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` (a real state of the system under test) until it holds."""
+    async with asyncio.timeout(DEADLINE):
+        while not condition():  # noqa: ASYNC110 - states without an event to wait on
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def take(stream: AsyncIterator[tuple[int, dict[str, Any]]], count: int) -> list[Any]:
+    """The next ``count`` items of a replay (bounded wait)."""
+    items = []
+    async with asyncio.timeout(DEADLINE):
+        async for item in stream:
+            items.append(item)
+            if len(items) == count:
+                break
+    return items
+
+
+async def replayed(bus: NatsEventBus, count: int, **filters: Any) -> list[tuple[int, Any]]:
+    """The first ``count`` replayed items matching ``filters``; closes the replay."""
+    stream = bus.replay(**filters)
+    try:
+        return await take(stream, count)
+    finally:
+        await stream.aclose()
+
+
+# -- subjects (pure) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", ["bot.1", "a b\tc", "x*y>z", "_", "%", "%5F", "ünï", "plain-id_1:~@+="]
+)
+def test_odd_ids_encode_to_one_legal_token_and_back(value: str) -> None:
+    """Any id becomes a single legal NATS token that decodes to the same id."""
+    token = encode_token(value)
+    assert not set(token) & set(".*> \t\r\n")
+    assert token.isascii()
+    assert decode_token(token) == value
+
+
+def test_missing_ids_use_the_placeholder_and_filters_use_wildcards() -> None:
+    """None and empty ids map to ``_``; filters put ``*`` where an id is not given."""
+    event = make_event("wf", 1, bot_id=None, strategy_id="")
+    assert subject_for(event) == "tradeflow.v1.events._._.wf.node_completed"
+    assert decode_token("_") is None
+    assert subject_filter(workflow_id="wf") == "tradeflow.v1.events.*.*.wf.*"
+    assert subject_filter(bot_id="b.1", type="node_failed") == (
+        "tradeflow.v1.events.b%2E1.*.*.node_failed"
+    )
+
+
+def test_emergency_events_have_their_own_subjects() -> None:
+    """Halt, resume and risk breach go to tradeflow.v1.emergency.<kind>."""
+    assert subject_for(make_event("wf", 1, EventType.EMERGENCY_HALTED)) == (
+        "tradeflow.v1.emergency.halted"
+    )
+    assert subject_for(make_event("wf", 1, EventType.EMERGENCY_RESUMED)) == (
+        "tradeflow.v1.emergency.resumed"
+    )
+    assert subject_filter(type=EventType.RISK_LIMIT_EXCEEDED) == (
+        "tradeflow.v1.emergency.risk_limit_exceeded"
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        subject_filter(bot_id="b", type=EventType.EMERGENCY_HALTED)
+    assert caught.value.field == "type"
+
+
+# -- publishing --------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_events_land_on_documented_subjects_with_contract_json(
+    bus: NatsEventBus, raw: Client, workflow_id: str
+) -> None:
+    """Each event arrives once on its subject, as Event.to_dict() JSON, with Nats-Msg-Id."""
+    received: list[Msg] = []
+
+    async def collect(msg: Msg) -> None:
+        received.append(msg)
+
+    await raw.subscribe("tradeflow.v1.>", cb=collect)
+    await subscribed(raw)
+    events = [
+        make_event(workflow_id, 1),
+        make_event(workflow_id, 2, bot_id=None, strategy_id=None),
+        make_event(workflow_id, 3, EventType.EMERGENCY_HALTED),
+    ]
+    for event in events:
+        bus.publish(event)
+
+    def ours() -> list[Msg]:
+        return [m for m in received if json.loads(m.data)["workflow_id"] == workflow_id]
+
+    await until(lambda: len(ours()) == 3, "three events on the wire")
+    by_id = {json.loads(m.data)["event_id"]: m for m in ours()}
+    expected_subjects = [
+        f"tradeflow.v1.events.bot-1.momentum.{workflow_id}.node_completed",
+        f"tradeflow.v1.events._._.{workflow_id}.node_completed",
+        "tradeflow.v1.emergency.halted",
+    ]
+    for event, subject in zip(events, expected_subjects, strict=True):
+        msg = by_id[event.event_id]
+        assert msg.subject == subject
+        assert json.loads(msg.data.decode("utf-8")) == event.to_dict()
+        assert msg.headers == {"Nats-Msg-Id": event.event_id}
+    assert json.loads(by_id[events[0].event_id].data)["timestamp"] == rfc3339(events[0].timestamp)
+
+
+@pytest.mark.asyncio
+async def test_replay_returns_captured_events_in_order_and_resumes(
+    bus: NatsEventBus, workflow_id: str
+) -> None:
+    """JetStream keeps the events: replay from 0 gives all in order, from a later
+    sequence only the rest."""
+    events = [make_event(workflow_id, n) for n in range(5)]
+    for event in events:
+        bus.publish(event)
+    assert await bus.flush(DEADLINE)
+
+    everything = await replayed(bus, 5, workflow_id=workflow_id)
+    assert [item["event_id"] for _, item in everything] == [e.event_id for e in events]
+    sequences = [seq for seq, _ in everything]
+    assert sequences == sorted(sequences)
+    assert everything[0][1] == events[0].to_dict()
+
+    rest = await replayed(bus, 3, after_sequence=sequences[1], workflow_id=workflow_id)
+    assert [item["event_id"] for _, item in rest] == [e.event_id for e in events[2:]]
+
+
+@pytest.mark.asyncio
+async def test_replay_follows_live_events_and_stops_cleanly(
+    bus: NatsEventBus, workflow_id: str
+) -> None:
+    """After the stored events, replay yields new ones as they are published; a
+    consumer task blocked on it can be cancelled."""
+    bus.publish(make_event(workflow_id, 1))
+    stream = bus.replay(workflow_id=workflow_id)
+    assert isinstance(stream, types.AsyncGeneratorType)
+    first = await take(stream, 1)
+    assert first[0][1]["event_id"] == f"{workflow_id}-1"
+
+    async def next_item() -> tuple[int, dict[str, Any]]:
+        return await anext(stream)
+
+    live = asyncio.create_task(next_item())
+    bus.publish(make_event(workflow_id, 2))
+    seq, item = await asyncio.wait_for(live, DEADLINE)
+    assert item["event_id"] == f"{workflow_id}-2"
+    assert seq > first[0][0]
+
+    waiting = asyncio.create_task(next_item())
+    await until(lambda: stream.ag_running, "the consumer is blocked inside the replay")
+    waiting.cancel()
+    await asyncio.wait((waiting,))
+    assert waiting.cancelled()
+    await stream.aclose()
+
+
+@pytest.mark.asyncio
+async def test_replay_filters_by_ids_and_execution(bus: NatsEventBus, workflow_id: str) -> None:
+    """bot/strategy/workflow filters run on the server, execution_id on the client."""
+    bus.publish(make_event(workflow_id, 1, bot_id="bot.a", execution_id="exec-a"))
+    bus.publish(make_event(workflow_id, 2, bot_id="bot.b", execution_id="exec-b"))
+    bus.publish(make_event(workflow_id, 3, bot_id="bot.a", execution_id="exec-b"))
+    bus.publish(make_event(workflow_id, 4, bot_id="bot.a", execution_id="exec-a"))
+    assert await bus.flush(DEADLINE)
+
+    by_bot = await replayed(bus, 3, bot_id="bot.a", workflow_id=workflow_id)
+    assert [item["sequence"] for _, item in by_bot] == [1, 3, 4]
+    by_run = await replayed(bus, 2, workflow_id=workflow_id, execution_id="exec-a")
+    assert [item["sequence"] for _, item in by_run] == [1, 4]
+    with pytest.raises(InvalidRequest):
+        bus.replay(after_sequence=-1)
+
+
+@pytest.mark.asyncio
+async def test_stream_drops_a_republished_event_id(bus: NatsEventBus, workflow_id: str) -> None:
+    """Publishing the same event_id twice stores it once (JetStream dedupe)."""
+    bus.publish(make_event(workflow_id, 1))
+    assert await bus.flush(DEADLINE)
+    bus.publish(make_event(workflow_id, 1))
+    bus.publish(make_event(workflow_id, 2))
+    assert await bus.flush(DEADLINE)
+
+    items = await replayed(bus, 2, workflow_id=workflow_id)
+    assert [item["event_id"] for _, item in items] == [f"{workflow_id}-1", f"{workflow_id}-2"]
+
+
+@pytest.mark.asyncio
+async def test_odd_ids_round_trip_through_nats(
+    bus: NatsEventBus, raw: Client, workflow_id: str
+) -> None:
+    """An id with dots, spaces and wildcards is published on its encoded subject, and
+    a filter built from the same id finds it."""
+    odd = "desk.alpha *>1"
+    sub = await raw.subscribe(subject_filter(bot_id=odd, workflow_id=workflow_id))
+    await subscribed(raw)
+    bus.publish(make_event(workflow_id, 1, bot_id=odd))
+
+    msg = await sub.next_msg(timeout=DEADLINE)
+    assert msg.subject.split(".")[3] == encode_token(odd)
+    assert json.loads(msg.data)["bot_id"] == odd
+    items = await replayed(bus, 1, bot_id=odd, workflow_id=workflow_id)
+    assert items[0][1]["bot_id"] == odd
+
+
+# -- subscribers -------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_slow_or_failing_subscriber_does_not_block_others(
+    nats_server: Server, workflow_id: str
+) -> None:
+    """A stuck handler and a raising handler leave a third one receiving everything."""
+    metrics = Metrics()
+    bus = await NatsEventBus.connect(nats_server.url, metrics=metrics)
+    release = asyncio.Event()
+    fast: list[dict[str, Any]] = []
+    stuck_got = asyncio.Event()
+
+    async def stuck(item: dict[str, Any]) -> None:
+        stuck_got.set()
+        await release.wait()
+
+    async def failing(item: dict[str, Any]) -> None:
+        raise RuntimeError("handler bug")
+
+    async def quick(item: dict[str, Any]) -> None:
+        if item["workflow_id"] == workflow_id:
+            fast.append(item)
+
+    try:
+        await bus.subscribe("workflow_events", stuck)
+        await bus.subscribe("workflow_events", failing)
+        await bus.subscribe("workflow_events", quick)
+        for n in range(5):
+            bus.publish(make_event(workflow_id, n))
+        await until(lambda: len(fast) == 5, "the quick subscriber got all five")
+        assert stuck_got.is_set()
+        assert not release.is_set()
+        assert [item["sequence"] for item in fast] == [0, 1, 2, 3, 4]
+        await until(
+            lambda: metrics.registry.get_sample_value("tradeflow_subscriber_errors_total") == 5,
+            "the failures were counted",
+        )
+    finally:
+        release.set()
+        await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_subscribe_validates_topic_and_unsubscribe_stops_delivery(
+    bus: NatsEventBus, workflow_id: str
+) -> None:
+    """An unknown topic is refused naming the field; an unsubscribed handler gets nothing more."""
+
+    async def ignore(item: dict[str, Any]) -> None:
+        return None
+
+    with pytest.raises(InvalidRequest) as caught:
+        await bus.subscribe("orders", ignore)
+    assert caught.value.field == "topic"
+
+    gone: list[str] = []
+    kept: list[str] = []
+
+    async def leaving(item: dict[str, Any]) -> None:
+        gone.append(item["event_id"])
+
+    async def staying(item: dict[str, Any]) -> None:
+        kept.append(item["event_id"])
+
+    leaver = await bus.subscribe("workflow_events", leaving)
+    await bus.subscribe("workflow_events", staying)
+    await bus.unsubscribe(leaver)
+    bus.publish(make_event(workflow_id, 1))
+    await until(lambda: f"{workflow_id}-1" in kept, "the remaining subscriber got it")
+    assert f"{workflow_id}-1" not in gone
+
+
+# -- outage and shutdown -----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_events_published_during_an_outage_arrive_after_restart(
+    nats_server: Server, workflow_id: str
+) -> None:
+    """With nats-server killed, publish keeps buffering (bounded, oldest dropped and
+    counted); once it is back, the buffered events reach the stream."""
+    metrics = Metrics()
+    bus = await NatsEventBus.connect(
+        nats_server.url, buffer_size=5, metrics=metrics, reconnect_backoff=(0.02, 0.2)
+    )
+    try:
+        nats_server.kill()
+        await until(lambda: not bus.connected, "the bus noticed the outage")
+        for n in range(8):
+            bus.publish(make_event(workflow_id, n))
+        assert bus.dropped == 3
+        assert metrics.registry.get_sample_value("tradeflow_events_dropped_total") == 3
+        assert not await bus.flush(0.2)
+    finally:
+        nats_server.start()
+    try:
+        assert await bus.flush(DEADLINE)
+        items = await replayed(bus, 5, workflow_id=workflow_id)
+        assert [item["sequence"] for _, item in items] == [3, 4, 5, 6, 7]
+    finally:
+        await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_close_sends_what_is_queued(nats_server: Server, workflow_id: str) -> None:
+    """close() flushes the queue before disconnecting; publish after close is a
+    counted no-op."""
+    bus = await NatsEventBus.connect(nats_server.url)
+    for n in range(50):
+        bus.publish(make_event(workflow_id, n))
+    await bus.close()
+    bus.publish(make_event(workflow_id, 99))
+    assert bus.dropped == 1
+    with pytest.raises(UnavailableError):
+        await bus.subscribe("workflow_events", _noop)
+
+    reader = await NatsEventBus.connect(nats_server.url)
+    try:
+        items = await replayed(reader, 50, workflow_id=workflow_id)
+        assert [item["sequence"] for _, item in items] == list(range(50))
+    finally:
+        await reader.close()
+
+
+async def _noop(item: dict[str, Any]) -> None:
+    return None
+
+
+@pytest.mark.asyncio
+async def test_connect_reuses_the_stream_and_fails_clearly_without_server(
+    nats_server: Server, raw: Client
+) -> None:
+    """A second bus on an existing stream (other limits) updates it; an unreachable
+    server raises UnavailableError naming the URL."""
+    bus = await NatsEventBus.connect(nats_server.url, max_age=3600.0)
+    try:
+        info = await raw.jetstream().stream_info(DEFAULT_STREAM)
+        assert info.config.max_age == 3600.0
+        assert info.config.subjects == ["tradeflow.v1.events.>", "tradeflow.v1.emergency.>"]
+    finally:
+        await bus.close()
+    again = await NatsEventBus.connect(nats_server.url)
+    await again.close()
+
+    with pytest.raises(UnavailableError) as caught:
+        await NatsEventBus.connect("nats://127.0.0.1:1", connect_timeout=0.5)
+    assert "nats://127.0.0.1:1" in str(caught.value)

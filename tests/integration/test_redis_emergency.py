@@ -1,0 +1,250 @@
+"""The Redis emergency store and controller, against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from servers import ServerProcess, free_port
+from tradeflow.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
+from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.infrastructure.records import Event, LimitDirection, Scope
+from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
+
+pytestmark = pytest.mark.integration
+
+IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
+# Generous bound on waits for a change: only there so a broken watcher fails the
+# test instead of hanging it.
+HANG_GUARD_SECONDS = 30
+
+Factory = Callable[..., Awaitable[RedisEmergencyController]]
+
+
+@pytest_asyncio.fixture
+async def make_controller(
+    redis_server: ServerProcess, request: pytest.FixtureRequest
+) -> AsyncIterator[Factory]:
+    """Builds started controllers on their own clients, sharing this test's key prefix."""
+    prefix = f"test:{request.node.name}"
+    opened: list[tuple[RedisEmergencyController, aioredis.Redis]] = []
+
+    async def make(**kwargs: object) -> RedisEmergencyController:
+        client = aioredis.from_url(redis_server.url)
+        controller = RedisEmergencyController(client, prefix=prefix, **kwargs)  # type: ignore[arg-type]
+        opened.append((controller, client))
+        await controller.start()
+        return controller
+
+    cleanup = aioredis.from_url(redis_server.url)
+    yield make
+    for controller, client in opened:
+        await controller.close()
+        await client.aclose()
+    keys = [key async for key in cleanup.scan_iter(match=f"{{{prefix}:*")]
+    if keys:
+        await cleanup.delete(*keys)
+    await cleanup.aclose()
+
+
+def covered(controller: RedisEmergencyController, **ids: str | None) -> bool:
+    return controller.active_halt(**{**IDS, **ids}) is not None
+
+
+@pytest.mark.parametrize(
+    ("scope", "target", "free"),
+    [
+        (Scope.GLOBAL, None, []),
+        (Scope.STRATEGY, "strat-1", [{"strategy_id": "strat-2"}, {"strategy_id": None}]),
+        (Scope.BOT, "bot-1", [{"bot_id": "bot-2"}, {"bot_id": None}]),
+        (Scope.WORKFLOW, "wf-1", [{"workflow_id": "wf-2"}]),
+    ],
+)
+@pytest.mark.asyncio
+async def test_each_scope_halts_only_what_it_covers(
+    make_controller: Factory, scope: Scope, target: str | None, free: list[dict[str, str | None]]
+) -> None:
+    """A halt stored in Redis blocks the ids it names, here and in another controller."""
+    controller = await make_controller()
+    other = await make_controller()
+
+    await controller.halt(scope, target, reason="test", actor="ops")
+    await other.refresh()
+
+    for view in (controller, other):
+        assert covered(view)
+        assert not any(covered(view, **ids) for ids in free)
+        with pytest.raises(EmergencyHalted) as caught:
+            view.ensure_trading_allowed(**IDS)
+        assert (caught.value.scope, caught.value.target) == (scope.value, target)
+
+
+@pytest.mark.asyncio
+async def test_most_restrictive_halt_wins(make_controller: Factory) -> None:
+    """With several halts covering a bot the broadest is reported; resumes peel them off."""
+    controller = await make_controller()
+    halts = [
+        (Scope.GLOBAL, None),
+        (Scope.STRATEGY, "strat-1"),
+        (Scope.BOT, "bot-1"),
+        (Scope.WORKFLOW, "wf-1"),
+    ]
+    for scope, target in reversed(halts):
+        await controller.halt(scope, target, reason=f"{scope.value} halt")
+
+    reported = []
+    for scope, target in halts:
+        halt = controller.active_halt(**IDS)
+        reported.append(halt.scope if halt else None)
+        assert await controller.resume(scope, target, reason="clear")
+
+    assert reported == [Scope.GLOBAL, Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]
+    controller.ensure_trading_allowed(**IDS)
+
+
+@pytest.mark.asyncio
+async def test_rehalt_keeps_since_and_resume_of_nothing_is_false(make_controller: Factory) -> None:
+    """A second halt of a scope keeps its start time; resuming a scope not halted changes nothing."""
+    ticks = itertools.count(1_700_000_000)
+
+    class StepClock:
+        def time(self) -> float:
+            return float(next(ticks))
+
+        def monotonic(self) -> float:
+            return asyncio.get_running_loop().time()
+
+    controller = await make_controller(clock=StepClock())
+    first = await controller.halt(Scope.BOT, "bot-1", reason="first")
+    again = await controller.halt(Scope.BOT, "bot-1", reason="second", actor="carol")
+    version = controller.version
+
+    assert not await controller.resume(Scope.BOT, "bot-2", reason="nothing there")
+    assert again.since == first.since
+    assert [(h.reason, h.actor, h.since) for h in await controller.halts()] == [
+        ("second", "carol", first.since)
+    ]
+    assert controller.version == version
+    assert [a.action for a in await controller.audit_entries()] == ["halt", "halt"]
+
+
+@pytest.mark.asyncio
+async def test_version_increments_on_each_change(make_controller: Factory) -> None:
+    """Halt, limit change and resume each bump the version by one; a breach alone does not."""
+    controller = await make_controller()
+    versions = [controller.version]
+
+    await controller.halt(Scope.GLOBAL, reason="r")
+    versions.append(controller.version)
+    await controller.set_risk_limit("max_exposure", 2.0)
+    versions.append(controller.version)
+    await controller.resume(Scope.GLOBAL, reason="r")
+    versions.append(controller.version)
+    with pytest.raises(RiskLimitExceeded):
+        await controller.check_risk_limit("max_exposure", 3.0, auto_halt=False)
+    versions.append(controller.version)
+
+    start = versions[0]
+    assert versions == [start, start + 1, start + 2, start + 3, start + 3]
+
+
+@pytest.mark.asyncio
+async def test_waiting_for_a_change_wakes_on_a_halt_elsewhere(make_controller: Factory) -> None:
+    """A watcher blocked in wait_for_change gets the new state when another controller halts."""
+    watcher = await make_controller()
+    writer = await make_controller()
+    seen = watcher.version
+    waiting = asyncio.create_task(watcher.wait_for_change(seen))
+    await asyncio.sleep(0)  # let the waiter block: it must be woken, not find the change
+
+    await writer.halt(Scope.STRATEGY, "strat-1", reason="desk call", actor="desk")
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        snapshot = await waiting
+
+    assert snapshot.version == seen + 1
+    assert [(h.scope, h.target, h.reason) for h in snapshot.halt_list()] == [
+        (Scope.STRATEGY, "strat-1", "desk call")
+    ]
+    with pytest.raises(EmergencyHalted, match="desk call"):
+        watcher.ensure_trading_allowed(**IDS)
+
+
+@pytest.mark.asyncio
+async def test_risk_breach_is_audited_published_and_halts(make_controller: Factory) -> None:
+    """A breach with auto_halt writes the audit entry, publishes, counts and halts globally."""
+    published: list[Event] = []
+    metrics = Metrics()
+    controller = await make_controller(publish=published.append, metrics=metrics)
+    other = await make_controller()
+    await controller.set_risk_limit("daily_loss", -500.0, actor="risk-desk")
+
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await controller.check_risk_limit("daily_loss", -600.0, **IDS)
+    await other.refresh()
+
+    assert caught.value.halted
+    with pytest.raises(EmergencyHalted) as halted:
+        other.ensure_trading_allowed(workflow_id="any", bot_id=None, strategy_id=None)
+    assert (halted.value.scope, halted.value.reason) == (
+        "global",
+        "risk limit 'daily_loss' breached: value -600.0 < threshold -500.0",
+    )
+    assert [e.type for e in published] == ["risk_limit_exceeded", "emergency_halted"]
+    assert metrics.registry.get_sample_value(
+        "tradeflow_risk_breaches_total", {"limit_type": "daily_loss"}
+    ) == 1
+    audit = await other.audit_entries()
+    assert [(a.action, a.actor) for a in audit] == [
+        ("halt", "risk:daily_loss"),
+        ("risk_breach", "risk:daily_loss"),
+        ("set_risk_limit", "risk-desk"),
+    ]
+    assert [a.entry_id for a in audit] == sorted((a.entry_id for a in audit), reverse=True)
+    assert (audit[1].details["value"], audit[1].details["bot_id"]) == (-600.0, "bot-1")
+
+
+@pytest.mark.asyncio
+async def test_state_survives_a_redis_restart(
+    make_controller: Factory, redis_server: ServerProcess
+) -> None:
+    """Halts, limits, audit and version are still there after redis-server restarts."""
+    controller = await make_controller()
+    halt = await controller.halt(Scope.BOT, "bot-1", reason="before restart", actor="ops")
+    limit = await controller.set_risk_limit("open_orders", 5, LimitDirection.ABOVE, actor="ops")
+    version = controller.version
+
+    await asyncio.to_thread(redis_server.restart)
+    fresh = await make_controller()
+    await controller.refresh()
+
+    for view in (fresh, controller):
+        assert await view.halts() == [halt]
+        assert await view.list_risk_limits() == [limit]
+        assert view.version == version
+    assert [a.action for a in await fresh.audit_entries()] == ["set_risk_limit", "halt"]
+
+
+@pytest.mark.asyncio
+async def test_fails_closed_without_redis() -> None:
+    """With nothing listening, start raises and every check refuses trading."""
+    client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}")
+    controller = RedisEmergencyController(client)
+    try:
+        with pytest.raises(Exception, match="redis emergency store"):
+            await controller.start()
+        with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
+            controller.ensure_trading_allowed(**IDS)
+    finally:
+        await controller.close()
+        await client.aclose()
+
+
+def test_refuses_a_client_that_decodes_responses() -> None:
+    """The store parses bytes; a decoding client is a configuration error named up front."""
+    with pytest.raises(ConfigurationError, match="decode_responses"):
+        RedisEmergencyController(aioredis.Redis(decode_responses=True))

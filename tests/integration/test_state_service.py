@@ -1,0 +1,427 @@
+"""The state service as a real process on a real redis-server, through StateClient and raw gRPC."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+import redis
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from servers import ServerProcess, start_redis
+from state_fixtures import STATE_SERVICE_NAME, StateService, start_state_service
+from workflows import trading_workflow
+
+from tradeflow.clock import new_id
+from tradeflow.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.infrastructure.factory import Infrastructure
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.proto.common.v1 import common_pb2
+from tradeflow.proto.state.v1 import state_service_pb2 as pb
+from tradeflow.proto.state.v1 import state_service_pb2_grpc
+from tradeflow.rpc.state_client import MAX_EVENTS_PAGE, StateClient
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+
+pytestmark = pytest.mark.integration
+pytest_plugins = ["state_fixtures"]
+
+T0 = 1_767_323_045.25
+BIG = 2**63 - 1
+"""An integer a double cannot hold: JSON fields must carry it exactly."""
+
+
+def record(
+    execution_id: str,
+    workflow_id: str = "wf",
+    *,
+    started_at: float = T0,
+    status: ExecutionStatus = ExecutionStatus.RUNNING,
+    **fields: Any,
+) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status=status,
+        started_at=started_at,
+        definition={"blocks": [{"id": "a", "properties": {"qty": BIG}}]},
+        correlation_id=f"corr-{execution_id}",
+        **fields,
+    )
+
+
+def event(execution_id: str, sequence: int, node_id: str | None = "a") -> Event:
+    return Event(
+        EventType.NODE_COMPLETED.value,
+        f"{execution_id}-{sequence}",
+        sequence,
+        T0 + sequence / 1000,
+        f"corr-{execution_id}",
+        execution_id,
+        "wf",
+        "bot",
+        "strat",
+        node_id,
+        {"sequence": sequence, "qty": BIG},
+    )
+
+
+def checkpoint(execution_id: str, node_id: str, **fields: Any) -> Checkpoint:
+    return Checkpoint(
+        execution_id, node_id, CheckpointState.COMPLETED, T0 + 1, {"out": node_id}, **fields
+    )
+
+
+@pytest_asyncio.fixture
+async def stub(state_service: StateService) -> AsyncIterator[Any]:
+    """The raw generated stub on its own channel: requests no client would build."""
+    async with grpc.aio.insecure_channel(state_service.address) as channel:
+        yield state_service_pb2_grpc.StateServiceStub(channel)
+
+
+@pytest.mark.asyncio
+async def test_batch_round_trips_through_the_service(state_client: StateClient) -> None:
+    """A written record, its checkpoints and events come back equal, final status included."""
+    eid = new_id()
+    running = record(eid, bot_id="bot", strategy_id="strat", request_id=f"req-{eid}")
+    checkpoints = (
+        checkpoint(eid, "a"),
+        Checkpoint(eid, "b", CheckpointState.INTENT, T0 + 2, None, None, 2),
+    )
+    events = tuple(event(eid, n) for n in range(1, 4))
+    await state_client.write(StateBatch(running, checkpoints, events))
+    done = record(
+        eid,
+        bot_id="bot",
+        strategy_id="strat",
+        request_id=f"req-{eid}",
+        status=ExecutionStatus.COMPLETED,
+        finished_at=T0 + 3,
+        result={"status": "completed", "filled": BIG},
+    )
+    await state_client.write(StateBatch(done, (checkpoint(eid, "b", attempt=2),)))
+
+    assert await state_client.get_execution(eid) == done
+    assert await state_client.find_by_request_id(f"req-{eid}") == done
+    assert await state_client.find_by_request_id(f"unknown-{eid}") is None
+    assert await state_client.get_checkpoints(eid) == {
+        "a": checkpoints[0],
+        "b": checkpoint(eid, "b", attempt=2),
+    }
+    history = await state_client.read_events(execution_id=eid)
+    assert [e for _, e in history] == list(events)
+    cursors = [cursor for cursor, _ in history]
+    assert cursors == sorted(cursors)
+    after_first = await state_client.read_events(after=cursors[0], execution_id=eid)
+    assert [e for _, e in after_first] == list(events[1:])
+
+
+@pytest.mark.asyncio
+async def test_unknown_execution_is_not_found(state_client: StateClient) -> None:
+    """GetExecution of an id nobody wrote raises ExecutionNotFound; its checkpoints are empty."""
+    eid = new_id()
+    with pytest.raises(ExecutionNotFound) as caught:
+        await state_client.get_execution(eid)
+    assert caught.value.message == f"execution {eid!r} not found"
+    assert await state_client.get_checkpoints(eid) == {}
+
+
+@pytest.mark.asyncio
+async def test_list_filters_and_pages_newest_first(state_client: StateClient) -> None:
+    """Filters narrow the listing; pages of two walk every match newest first, once each."""
+    workflow_id = f"wf-{new_id()}"
+    records = [
+        record(
+            f"{workflow_id}-{n}",
+            workflow_id,
+            started_at=T0 + n,
+            bot_id="even" if n % 2 == 0 else "odd",
+            status=ExecutionStatus.COMPLETED if n < 3 else ExecutionStatus.RUNNING,
+        )
+        for n in range(5)
+    ]
+    for r in records:
+        await state_client.write(StateBatch(r))
+
+    seen: list[ExecutionRecord] = []
+    token = None
+    while True:
+        page = await state_client.list_executions(
+            ExecutionQuery(workflow_id=workflow_id, limit=2, page_token=token)
+        )
+        assert len(page.executions) <= 2
+        seen.extend(page.executions)
+        token = page.next_page_token
+        if token is None:
+            break
+    assert seen == records[::-1]
+
+    async def ids(**query: Any) -> list[str]:
+        page = await state_client.list_executions(ExecutionQuery(workflow_id=workflow_id, **query))
+        return [r.execution_id for r in page.executions]
+
+    assert await ids(bot_id="even") == [f"{workflow_id}-{n}" for n in (4, 2, 0)]
+    assert await ids(status=ExecutionStatus.RUNNING) == [f"{workflow_id}-{n}" for n in (4, 3)]
+    assert await ids(started_after=T0 + 1, started_before=T0 + 3) == [
+        f"{workflow_id}-{n}" for n in (2, 1)
+    ]
+    # The embedded store clamps a limit below 1; so does the client.
+    assert await ids(limit=-5) == [f"{workflow_id}-4"]
+
+
+@pytest.mark.asyncio
+async def test_read_events_pages_past_one_call(state_client: StateClient) -> None:
+    """A limit larger than one service page returns every event, in order, with no gaps."""
+    eid = new_id()
+    total = MAX_EVENTS_PAGE * 2 + 7
+    events = [event(eid, n) for n in range(1, total + 1)]
+    for start in range(0, total, 500):
+        await state_client.write(StateBatch(events=tuple(events[start : start + 500])))
+    history = await state_client.read_events(execution_id=eid, limit=1_000_000)
+    assert [e.sequence for _, e in history] == list(range(1, total + 1))
+    limited = await state_client.read_events(execution_id=eid, limit=MAX_EVENTS_PAGE + 1)
+    assert [e.sequence for _, e in limited] == list(range(1, MAX_EVENTS_PAGE + 2))
+
+
+@pytest.mark.asyncio
+async def test_enhanced_executor_runs_unchanged_on_the_client(
+    state_service: StateService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An enhanced executor whose state store is a StateClient persists its run in the service."""
+    monkeypatch.setenv("TRADEFLOW_SQLITE_PATH", ":memory:")
+    async with await Infrastructure.create("test") as infra:
+        # Replaces the embedded store; closing the infrastructure closes the client.
+        infra.state = StateClient(state_service.address)
+        result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "remote").execute()
+    eid = result["execution_id"]
+    assert result["status"] == "completed"
+    reader = StateClient(state_service.address)
+    try:
+        stored = await reader.get_execution(eid)
+        checkpoints = await reader.get_checkpoints(eid)
+        history = await reader.read_events(execution_id=eid)
+    finally:
+        await reader.close()
+    assert stored.status is ExecutionStatus.COMPLETED
+    assert checkpoints["buy"].state is CheckpointState.COMPLETED
+    sequences = [e.sequence for _, e in history]
+    assert sequences == list(range(1, len(sequences) + 1))
+    assert history[-1][1].type == EventType.EXECUTION_COMPLETED
+
+
+def _batch(
+    execution: dict[str, Any] | None = None,
+    checkpoint: dict[str, Any] | None = None,
+    event: dict[str, Any] | None = None,
+) -> pb.WriteBatchRequest:
+    """A valid request for a fresh execution, its parts' fields overridden as given."""
+    eid = new_id()
+    return pb.WriteBatchRequest(
+        execution=common_pb2.ExecutionRecord(
+            **{
+                "execution_id": eid,
+                "workflow_id": "wf",
+                "status": common_pb2.EXECUTION_STATUS_RUNNING,
+                "started_at": {"seconds": int(T0)},
+                "definition_json": "{}",
+                "correlation_id": "c",
+                **(execution or {}),
+            }
+        ),
+        checkpoints=[
+            common_pb2.Checkpoint(
+                **{
+                    "execution_id": eid,
+                    "node_id": "a",
+                    "state": common_pb2.CHECKPOINT_STATE_COMPLETED,
+                    **(checkpoint or {}),
+                }
+            )
+        ],
+        events=[
+            common_pb2.Event(
+                **{"type": "node_completed", "event_id": "e1", "execution_id": eid, **(event or {})}
+            )
+        ],
+    )
+
+
+BAD_REQUESTS = [
+    ("GetExecution", pb.GetExecutionRequest(), "execution_id"),
+    ("GetCheckpoints", pb.GetCheckpointsRequest(), "execution_id"),
+    ("FindExecutionByRequestId", pb.FindExecutionByRequestIdRequest(), "request_id"),
+    ("WriteBatch", _batch(execution={"execution_id": ""}), "execution.execution_id"),
+    ("WriteBatch", _batch(execution={"workflow_id": ""}), "execution.workflow_id"),
+    ("WriteBatch", _batch(execution={"started_at": None}), "execution.started_at"),
+    ("WriteBatch", _batch(execution={"status": 0}), "execution.status"),
+    ("WriteBatch", _batch(execution={"status": 99}), "execution.status"),
+    ("WriteBatch", _batch(execution={"definition_json": "[1]"}), "execution.definition_json"),
+    ("WriteBatch", _batch(execution={"result_json": "{nope"}), "execution.result_json"),
+    ("WriteBatch", _batch(checkpoint={"execution_id": "other"}), "checkpoints[0].execution_id"),
+    ("WriteBatch", _batch(checkpoint={"node_id": ""}), "checkpoints[0].node_id"),
+    ("WriteBatch", _batch(checkpoint={"state": 0}), "checkpoints[0].state"),
+    ("WriteBatch", _batch(checkpoint={"outputs_json": "nan"}), "checkpoints[0].outputs_json"),
+    ("WriteBatch", _batch(event={"execution_id": "other"}), "events[0].execution_id"),
+    ("WriteBatch", _batch(event={"event_id": ""}), "events[0].event_id"),
+    ("WriteBatch", _batch(event={"data_json": "3"}), "events[0].data_json"),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(page_size=1001)),
+        "query.page_size",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(status=42)),  # type: ignore[arg-type]
+        "query.status",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(
+            query=common_pb2.ExecutionQuery(
+                started_after={"seconds": int(T0) + 5}, started_before={"seconds": int(T0)}
+            )
+        ),
+        "query.started_before",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(page_token="not-a-token")),
+        "page_token",
+    ),
+    ("ReadEvents", pb.ReadEventsRequest(limit=MAX_EVENTS_PAGE + 1), "limit"),
+    ("ReadEvents", pb.ReadEventsRequest(execution_id=""), "execution_id"),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("method", "request_", "field"), BAD_REQUESTS)
+async def test_bad_request_is_invalid_argument_naming_the_field(
+    stub: Any, method: str, request_: Message, field: str
+) -> None:
+    """A malformed request fails with INVALID_ARGUMENT and a message naming the field."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await getattr(stub, method)(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"invalid field {field!r}" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_rejected_batch_writes_nothing(stub: Any, state_client: StateClient) -> None:
+    """A batch rejected for one bad event keeps none of its record, checkpoints or events."""
+    request = _batch(event={"execution_id": "other"})
+    eid = request.execution.execution_id
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.WriteBatch(request)
+    with pytest.raises(ExecutionNotFound):
+        await state_client.get_execution(eid)
+    assert await state_client.get_checkpoints(eid) == {}
+
+
+@pytest.mark.asyncio
+async def test_client_raises_invalid_request_with_the_field(state_client: StateClient) -> None:
+    """Through StateClient the rejection is the domain's InvalidRequest, field intact."""
+    eid = new_id()
+    batch = StateBatch(record(eid), (checkpoint(f"other-{eid}", "a"),))
+    with pytest.raises(InvalidRequest) as caught:
+        await state_client.write(batch)
+    assert caught.value.field == "checkpoints[0].execution_id"
+
+
+def test_health_serving_and_reflection_lists_the_service(state_service: StateService) -> None:
+    """Health says SERVING for the server and the service; reflection names the service."""
+    with grpc.insecure_channel(state_service.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for name in ("", STATE_SERVICE_NAME):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+    assert {STATE_SERVICE_NAME, "grpc.health.v1.Health"} <= services
+
+
+@pytest.mark.asyncio
+async def test_metrics_time_calls_by_method(
+    state_service: StateService, state_client: StateClient
+) -> None:
+    """/metrics counts calls in tradeflow_rpc_server_handled_seconds, by method and code."""
+    with pytest.raises(ExecutionNotFound):
+        await state_client.get_execution(new_id())
+    await state_client.get_checkpoints(new_id())
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(state_service.metrics_url)).text
+    assert (
+        'tradeflow_rpc_server_handled_seconds_count{method="GetExecution",code="NOT_FOUND"}' in text
+    )
+    assert 'tradeflow_rpc_server_handled_seconds_count{method="GetCheckpoints",code="OK"}' in text
+
+
+@pytest.fixture
+def durable_redis(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A redis-server of this test's own, fsyncing every write so SIGKILL loses nothing."""
+    server = start_redis(tmp_path / "redis")
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("appendfsync", "always")
+    yield server
+    server.stop()
+
+
+@pytest.mark.asyncio
+async def test_execution_survives_sigkill_of_service_and_redis(
+    durable_redis: ServerProcess, tmp_path: Path
+) -> None:
+    """SIGKILL the state service, then redis-server; after restarts the execution is all there."""
+    service = start_state_service(durable_redis.url, tmp_path)
+    eid = new_id()
+    batch = StateBatch(record(eid), (checkpoint(eid, "a"),), (event(eid, 1),))
+
+    async def stored(address: str) -> tuple[Any, ...]:
+        client = StateClient(address)
+        try:
+            return (
+                await client.get_execution(eid),
+                await client.get_checkpoints(eid),
+                [e for _, e in await client.read_events(execution_id=eid)],
+            )
+        finally:
+            await client.close()
+
+    try:
+        writer = StateClient(service.address)
+        await writer.write(batch)
+        await writer.close()
+        expected = (batch.execution, {"a": batch.checkpoints[0]}, list(batch.events))
+
+        service.process.kill()
+        service.start()
+        assert await stored(service.address) == expected
+
+        durable_redis.kill()
+        durable_redis.start()
+        assert await stored(service.address) == expected
+    finally:
+        service.process.stop()
+
+
+def test_sigterm_exits_cleanly(redis_server: ServerProcess, tmp_path: Path) -> None:
+    """SIGTERM drains and stops the service with exit code 0."""
+    service = start_state_service(redis_server.url, tmp_path)
+    process = service.process.process
+    assert process is not None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0

@@ -1,0 +1,256 @@
+"""Executions run on behalf of remote callers: what the executor service serves.
+
+It owns the in-flight executions of this process: submit (idempotent by request
+id), wait, cancel, drain on shutdown. Halted, failed and cancelled executions are
+results, not errors. The service's servicer only translates protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tradeflow.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    ValidationIssue,
+    WorkflowValidationError,
+)
+from tradeflow.infrastructure.factory import Infrastructure
+from tradeflow.infrastructure.logging import get_logger
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+)
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+from tradeflow.workflow.nodes import default_registry
+from tradeflow.workflow.nodes.registry import NodeRegistry
+from tradeflow.workflow.validation import parse_workflow
+
+__all__ = ["ExecutionManager", "ExecutionView", "Submission"]
+
+_log = get_logger("tradeflow.manager")
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A request to run a workflow."""
+
+    definition: Mapping[str, Any]
+    workflow_id: str
+    bot_id: str | None = None
+    strategy_id: str | None = None
+    request_id: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """An execution and the latest state of each of its nodes, in block order."""
+
+    record: ExecutionRecord
+    nodes: tuple[Checkpoint, ...]
+
+
+class _Running:
+    __slots__ = ("executor", "record", "task")
+
+    def __init__(
+        self,
+        executor: EnhancedWorkflowExecutor | None,
+        record: ExecutionRecord,
+        task: asyncio.Future[ExecutionView],
+    ) -> None:
+        self.executor = executor
+        self.record = record
+        self.task = task
+
+
+class ExecutionManager:
+    """Runs submissions on one shared infrastructure."""
+
+    def __init__(self, infra: Infrastructure, *, registry: NodeRegistry | None = None) -> None:
+        self.infra = infra
+        self.registry = registry if registry is not None else default_registry
+        self._running: dict[str, _Running] = {}
+        self._by_request: dict[str, str] = {}
+        self._draining = False
+
+    def validate(self, definition: object) -> tuple[ValidationIssue, ...]:
+        """Every problem in ``definition`` (empty when it is valid)."""
+        try:
+            parse_workflow(definition, registry=self.registry)
+        except WorkflowValidationError as error:
+            return error.issues
+        return ()
+
+    async def submit(self, submission: Submission) -> str:
+        """Start an execution and return its id; a repeated request id returns the first."""
+        return (await self._start(submission)).record.execution_id
+
+    async def execute(self, submission: Submission) -> ExecutionView:
+        """Run an execution to its end. If the caller goes away the execution goes on."""
+        running = await self._start(submission)
+        return await asyncio.shield(running.task)
+
+    async def _start(self, submission: Submission) -> _Running:
+        if self._draining:
+            raise EmergencyHalted("executor is shutting down", scope="executor")
+        if not submission.workflow_id:
+            raise InvalidRequest("workflow_id", "a non-empty string", submission.workflow_id)
+        request_id = submission.request_id or None
+        if request_id is not None:
+            known = await self._known_request(request_id)
+            if known is not None:
+                return known
+        executor = EnhancedWorkflowExecutor(
+            submission.definition,
+            self.infra,
+            submission.workflow_id,
+            submission.bot_id,
+            submission.strategy_id,
+            registry=self.registry,
+        )
+        await executor.initialize()
+        execution_id = self.infra.id_factory()
+        record = ExecutionRecord(
+            execution_id=execution_id,
+            workflow_id=submission.workflow_id,
+            status=ExecutionStatus.RUNNING,
+            started_at=self.infra.clock.time(),
+            definition=dict(submission.definition),
+            correlation_id=submission.correlation_id or execution_id,
+            bot_id=submission.bot_id,
+            strategy_id=submission.strategy_id,
+            request_id=request_id,
+        )
+        task = asyncio.create_task(self._run(executor, record))
+        running = _Running(executor, record, task)
+        self._running[execution_id] = running
+        if request_id is not None:
+            self._by_request[request_id] = execution_id
+        task.add_done_callback(lambda _: self._forget(execution_id, request_id))
+        return running
+
+    async def _known_request(self, request_id: str) -> _Running | None:
+        execution_id = self._by_request.get(request_id)
+        if execution_id is not None and execution_id in self._running:
+            return self._running[execution_id]
+        record = await self.infra.state.find_by_request_id(request_id)
+        if record is None:
+            return None
+        view = await self.get(record.execution_id)
+        done: asyncio.Future[ExecutionView] = asyncio.get_running_loop().create_future()
+        done.set_result(view)
+        return _Running(None, view.record, done)
+
+    def _forget(self, execution_id: str, request_id: str | None) -> None:
+        self._running.pop(execution_id, None)
+        if request_id is not None:
+            self._by_request.pop(request_id, None)
+
+    async def _run(
+        self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord
+    ) -> ExecutionView:
+        try:
+            result = await executor.execute(
+                correlation_id=record.correlation_id,
+                request_id=record.request_id,
+                execution_id=record.execution_id,
+            )
+        except (EmergencyHalted, RiskLimitExceeded) as halt:
+            if halt.result is None:
+                raise
+            result = halt.result
+        return _view(executor, record, result)
+
+    async def get(self, execution_id: str) -> ExecutionView:
+        """An execution from the state store; raises ``ExecutionNotFound``."""
+        if not execution_id:
+            raise InvalidRequest("execution_id", "a non-empty string", execution_id)
+        record = await self.infra.state.get_execution(execution_id)
+        checkpoints = await self.infra.state.get_checkpoints(execution_id)
+        order = [b.get("id") for b in record.definition.get("blocks", []) if isinstance(b, dict)]
+        nodes = tuple(checkpoints[n] for n in order if n in checkpoints)
+        return ExecutionView(record, nodes)
+
+    async def list(self, query: ExecutionQuery) -> ExecutionPage:
+        return await self.infra.state.list_executions(query)
+
+    async def cancel(self, execution_id: str) -> tuple[bool, ExecutionStatus]:
+        """Ask a running execution to stop. ``(False, status)`` when it already ended or
+        runs in another executor process (which owns it)."""
+        running = self._running.get(execution_id)
+        if running is not None and running.executor is not None and not running.task.done():
+            running.executor.cancel()
+            view = await asyncio.shield(running.task)
+            return True, view.record.status
+        record = await self.infra.state.get_execution(execution_id)
+        return False, record.status
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
+        interrupt the rest, which keeps their checkpoints and leaves them resumable."""
+        self._draining = True
+        tasks = [r.task for r in self._running.values()]
+        if not tasks:
+            return
+        _log.info("executor.draining", in_flight=len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            _log.warning("executor.interrupted", executions=len(pending))
+
+
+def _view(
+    executor: EnhancedWorkflowExecutor, record: ExecutionRecord, result: dict[str, Any]
+) -> ExecutionView:
+    """The final view, built from the result (no state round trip)."""
+    status = ExecutionStatus(result["status"])
+    now = executor.infra.clock.time()
+    results, errors, skipped = result["results"], result["errors"], set(result["skipped"])
+    nodes = []
+    assert executor.plan is not None
+    for node_id in executor.plan.order:
+        if node_id in results:
+            nodes.append(
+                Checkpoint(
+                    record.execution_id, node_id, CheckpointState.COMPLETED, now, results[node_id]
+                )
+            )
+        elif node_id in errors:
+            nodes.append(
+                Checkpoint(
+                    record.execution_id, node_id, CheckpointState.FAILED, now, None, errors[node_id]
+                )
+            )
+        elif node_id in skipped:
+            nodes.append(Checkpoint(record.execution_id, node_id, CheckpointState.SKIPPED, now))
+    final = ExecutionRecord(
+        execution_id=record.execution_id,
+        workflow_id=record.workflow_id,
+        status=status,
+        started_at=record.started_at,
+        definition=record.definition,
+        correlation_id=record.correlation_id,
+        bot_id=record.bot_id,
+        strategy_id=record.strategy_id,
+        finished_at=now,
+        error=result["error"],
+        result=None,
+        request_id=record.request_id,
+    )
+    return ExecutionView(final, tuple(nodes))
