@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup run test lint format protos bench clean
+.PHONY: setup run test lint format protos bench up down clean
 
 setup: $(VENV)/.installed
 
@@ -31,10 +31,21 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/buf lint protos
+	$(PY) scripts/gen_protos.py --check
 
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+up: setup
+	$(BIN)/tradeflow stack up
+
+down: setup
+	$(BIN)/tradeflow stack down
+
+protos: setup
+	$(PY) scripts/gen_protos.py
 
 bench: setup
 	$(PY) -m bench

@@ -6,6 +6,7 @@ import grpc
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from state_service.config import StateConfig
 from state_service.servicer import SERVICE_NAME, StateServicer
 from tradeflow.errors import ConfigurationError
 from tradeflow.infrastructure.redis_state import RedisStateStore
@@ -17,16 +18,18 @@ __all__ = ["build"]
 
 
 async def build(config: ServiceConfig) -> Service:
-    """The state service on the Redis at ``TRADEFLOW_REDIS_URL``.
+    """The state service on the Redis at ``TRADEFLOW_REDIS_URL``
+    (see :class:`~state_service.config.StateConfig` for the rest).
 
     Redis is not contacted here: the client connects on the first call, so the
-    service starts (and reports UNAVAILABLE per call) while Redis is still coming up.
+    service starts (and answers UNAVAILABLE per call) while Redis comes up.
     """
+    settings = StateConfig.from_env(config)
     try:
         client = aioredis.from_url(config.redis_url)
     except ValueError as exc:
         raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
-    store = RedisStateStore(client)
+    store = RedisStateStore(client, prefix=settings.redis_prefix, max_events=settings.max_events)
     servicer = StateServicer(store)
 
     def register(server: grpc.aio.Server) -> list[str]:

@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+from tradeflow.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
 from tradeflow.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -44,6 +45,7 @@ EXIT = {
     ExecutionStatus.HALTED: 3,
     ExecutionStatus.CANCELLED: 4,
 }
+STACK_DIR = ".stack"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 5
 EXIT_INTERNAL = 70
@@ -133,8 +135,19 @@ def _scalar(value: Any) -> str:
     return json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
 
 
+def _stack_env(env: str) -> dict[str, str]:
+    """Settings for ``--env production``: the environment, completed by the ``env`` file
+    of a stack started in this directory with ``tradeflow stack up`` (``make up``)."""
+    values = dict(os.environ)
+    stack_file = Path(STACK_DIR) / "env"
+    if env == "production" and stack_file.exists():
+        for key, value in load_env_file(stack_file).items():
+            values.setdefault(key, value)
+    return values
+
+
 async def _infra(args: argparse.Namespace) -> Infrastructure:
-    settings = Settings.from_env(args.env)
+    settings = Settings.from_env(args.env, _stack_env(args.env))
     if getattr(args, "db", None):
         settings = replace(settings, sqlite_path=args.db)
     if getattr(args, "prices", None):
@@ -276,6 +289,35 @@ async def cmd_executions(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_stack(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(_stack, args)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    """Start, stop or show the local stack (blocking: processes and files)."""
+    workdir = Path(args.dir)
+    if args.action == "up":
+        if (workdir / "stack.json").exists():
+            raise TradeflowError(
+                f"a stack is already recorded in {workdir}: `tradeflow stack down` first"
+            )
+        stack = Stack(workdir.resolve(), DEFAULT_PORTS)
+        stack.start()
+        stack.write_files()
+        print(f"stack up in {workdir}: " + ", ".join(f"{k}={v}" for k, v in stack.ports.items()))
+        print(
+            f"clients: `tradeflow ... --env production` in this directory, or `source {workdir}/env`"
+        )
+        return 0
+    if args.action == "down":
+        stopped = stop_recorded(workdir)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack recorded in {workdir}")
+        return 0
+    path = workdir / "stack.json"
+    print(path.read_text() if path.exists() else f"no stack recorded in {workdir}")
+    return 0
+
+
 def _execution_line(rec: ExecutionRecord) -> str:
     ids = " ".join(f"{k}={v}" for k, v in (("bot", rec.bot_id), ("strategy", rec.strategy_id)) if v)
     return (
@@ -367,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex_resume.add_argument("execution_id")
     ex_resume.add_argument("--prices", help="JSON price ticks replayed by price_feed nodes")
     ex_resume.set_defaults(handler=cmd_resume_execution)
+    stack = sub.add_parser("stack", help="a local service stack (NATS, Redis, the three services)")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--dir", default=STACK_DIR, help="where logs, data and stack.json go")
+    stack.set_defaults(handler=cmd_stack)
     return parser
 
 

@@ -6,6 +6,7 @@ they need the ``redis_server`` session fixture from ``conftest.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -33,6 +34,8 @@ STATE_SERVICE_NAME = state_service_pb2.DESCRIPTOR.services_by_name["StateService
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Only there so a service that never becomes healthy fails the test instead of hanging it.
 READY_TIMEOUT_SECONDS = 30
+
+_prefixes = itertools.count()
 
 
 @dataclass
@@ -65,7 +68,11 @@ class StateService:
 
 
 def start_state_service(redis_url: str, workdir: Path) -> StateService:
-    """A state service on Redis ``redis_url``, logging to ``workdir/state.log``."""
+    """A state service on Redis ``redis_url``, logging to ``workdir/state.log``.
+
+    Each service gets a Redis key prefix of its own (kept across restarts), so
+    services of different tests never see each other's executions.
+    """
     port, metrics_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -74,6 +81,7 @@ def start_state_service(redis_url: str, workdir: Path) -> StateService:
         "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{port}",
         "TRADEFLOW_STATE_METRICS_PORT": str(metrics_port),
         "TRADEFLOW_REDIS_URL": redis_url,
+        "TRADEFLOW_REDIS_PREFIX": f"test-state-{os.getpid()}-{next(_prefixes)}",
         "TRADEFLOW_LOG_LEVEL": "debug",
     }
     argv = [sys.executable, "-m", "state_service"]

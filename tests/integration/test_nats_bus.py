@@ -106,10 +106,12 @@ async def subscribed(client: Client) -> None:
 
 async def until(condition: Callable[[], bool], what: str) -> None:
     """Poll ``condition`` (a real state of the system under test) until it holds."""
-    async with asyncio.timeout(DEADLINE):
-        while not condition():  # noqa: ASYNC110 - states without an event to wait on
-            await asyncio.sleep(0.01)
-    assert condition(), what
+    try:
+        async with asyncio.timeout(DEADLINE):
+            while not condition():  # noqa: ASYNC110 - states without an event to wait on
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        pytest.fail(f"gave up waiting until {what}")
 
 
 async def take(stream: AsyncIterator[tuple[int, dict[str, Any]]], count: int) -> list[Any]:

@@ -366,9 +366,9 @@ async def test_metrics_time_calls_by_method(
     async with httpx.AsyncClient() as http:
         text = (await http.get(state_service.metrics_url)).text
     assert (
-        'tradeflow_rpc_server_handled_seconds_count{method="GetExecution",code="NOT_FOUND"}' in text
+        'tradeflow_rpc_server_handled_seconds_count{code="NOT_FOUND",method="GetExecution"}' in text
     )
-    assert 'tradeflow_rpc_server_handled_seconds_count{method="GetCheckpoints",code="OK"}' in text
+    assert 'tradeflow_rpc_server_handled_seconds_count{code="OK",method="GetCheckpoints"}' in text
 
 
 @pytest.fixture

@@ -6,13 +6,16 @@ import base64
 import copy
 import dataclasses
 import sqlite3
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tradeflow.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
+from tradeflow.infrastructure import sqlite as sqlite_module
 from tradeflow.infrastructure import state
 from tradeflow.infrastructure.records import (
     Checkpoint,
@@ -23,7 +26,7 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.infrastructure.sqlite import DB_SCHEMA_VERSION, open_database
+from tradeflow.infrastructure.sqlite import DB_SCHEMA_VERSION, WriteTransaction, open_database
 from tradeflow.infrastructure.state import SQLiteStateStore
 
 DEFINITION: dict[str, Any] = {
@@ -103,6 +106,23 @@ def checkpoint(
     )
 
 
+def checkpointer_threads(location: str | Path) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {location}"]
+
+
+def eventually(condition: Callable[[], bool]) -> None:
+    """Poll ``condition()`` until it holds; fail after 10 seconds."""
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met within 10 s"
+        time.sleep(0.01)
+
+
+def wal_frames(db_path: Path, page_size: int) -> int:
+    """Frames the WAL file of ``db_path`` has room for (its header is 32 bytes)."""
+    return (Path(f"{db_path}-wal").stat().st_size - 32) // (page_size + 24)
+
+
 def test_open_database_creates_directory_wal_and_schema(db_path: Path) -> None:
     """open_database creates the parent directory, WAL journaling, the tables and the version."""
     conn = open_database(db_path)
@@ -128,6 +148,7 @@ def test_open_database_in_memory() -> None:
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("memory",)
         assert conn.execute("SELECT count(*) FROM executions").fetchone() == (0,)
+        assert checkpointer_threads(":memory:") == []
     finally:
         conn.close()
 
@@ -141,15 +162,57 @@ def test_open_database_refuses_newer_schema(db_path: Path) -> None:
         open_database(db_path)
 
 
-def test_open_database_refuses_development_layout(db_path: Path) -> None:
-    """A file of the unmigrated version 1 layout is refused, naming both versions."""
+@pytest.mark.parametrize("version", range(1, DB_SCHEMA_VERSION))
+def test_open_database_refuses_development_layout(db_path: Path, version: int) -> None:
+    """A file of an unmigrated development layout is refused, naming both versions."""
     conn = open_database(db_path)
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute(f"PRAGMA user_version = {version}")
     conn.close()
     with pytest.raises(
-        ConfigurationError, match=f"expected schema version {DB_SCHEMA_VERSION}, found 1"
+        ConfigurationError, match=f"expected schema version {DB_SCHEMA_VERSION}, found {version}"
     ):
         open_database(db_path)
+
+
+def test_wal_is_checkpointed_off_the_writer(db_path: Path) -> None:
+    """The writer's connection never checkpoints on commit; its background thread copies
+    the WAL into the database file, and closing the connection stops that thread."""
+    conn = open_database(db_path)
+    try:
+        assert conn.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        assert len(checkpointer_threads(db_path)) == 1
+        with WriteTransaction(conn):
+            conn.execute(
+                "INSERT INTO audit (at, actor, action, reason, details) VALUES (0, 'a', 'b', 'c', ?)",
+                ("x" * 200_000,),
+            )
+        eventually(lambda: db_path.stat().st_size > 200_000)
+    finally:
+        conn.close()
+    assert checkpointer_threads(db_path) == []
+
+
+@pytest.mark.asyncio
+async def test_writer_restarts_an_overgrown_wal(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the hard bound the writer restarts the WAL itself, so the file stays bounded
+    even while the background thread does nothing."""
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(sqlite_module, "_WAL_WAKE_FRAMES", 1 << 30)
+    monkeypatch.setattr(sqlite_module, "_WAL_CHECK_COMMITS", 1)
+    monkeypatch.setattr(sqlite_module, "_WAL_HARD_LIMIT", 32 * 4096)
+    conn = open_database(db_path)
+    store = SQLiteStateStore(conn)
+    try:
+        ((page_size,),) = conn.execute("PRAGMA page_size").fetchall()
+        for sequence in range(1, 201):
+            await store.write(StateBatch(events=(event("e1", sequence),)))
+        frames = wal_frames(db_path, page_size)
+        assert len(await store.read_events()) == 200
+    finally:
+        conn.close()
+    assert frames < 32 * 4096 // page_size + 8
 
 
 def test_open_database_rejects_unknown_synchronous_mode(db_path: Path) -> None:
@@ -249,6 +312,59 @@ async def test_later_checkpoint_in_one_batch_wins(store: SQLiteStateStore) -> No
     await store.write(StateBatch(checkpoints=(first, second)))
 
     assert await store.get_checkpoints("e1") == {"buy": second._replace(outputs=None)}
+
+
+@pytest.mark.asyncio
+async def test_rows_before_with_and_after_the_record_are_found(store: SQLiteStateStore) -> None:
+    """An execution's rows written before its record existed, with it, and after it
+    (also by a fresh store, as after a restart) are read in order; the rows of another
+    execution written in between are not."""
+    await store.write(
+        StateBatch(checkpoints=(checkpoint("e1", "quote"),), events=(event("e1", 1),))
+    )
+    await store.write(StateBatch(execution=execution("e1"), events=(event("e1", 2),)))
+    await store.write(
+        StateBatch(
+            execution=execution("e2"),
+            checkpoints=(checkpoint("e2", "quote"),),
+            events=(event("e2", 1),),
+        )
+    )
+    intent = checkpoint("e1", "buy", CheckpointState.INTENT)
+    await store.write(StateBatch(checkpoints=(intent,), events=(event("e1", 3),)))
+    await store.write(StateBatch(events=(event("e2", 2),)))
+    finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"status": "completed"})
+    fresh = SQLiteStateStore(store._conn)
+    await fresh.write(StateBatch(execution=finished, events=(event("e1", 4),)))
+
+    e1 = await store.read_events(execution_id="e1")
+
+    assert [e.event_id for _, e in e1] == ["e1-1", "e1-2", "e1-3", "e1-4"]
+    assert await store.read_events(execution_id="e1", after=e1[1][0]) == e1[2:]
+    assert [e.event_id for _, e in await store.read_events(execution_id="e2")] == ["e2-1", "e2-2"]
+    assert await store.get_checkpoints("e1") == {"buy": intent, "quote": checkpoint("e1", "quote")}
+    assert await store.get_checkpoints("e2") == {"quote": checkpoint("e2", "quote")}
+    assert await store.get_execution("e1") == finished
+
+
+@pytest.mark.asyncio
+async def test_json_policy_of_stored_values(store: SQLiteStateStore) -> None:
+    """Non-string keys read back as strings and NaN or infinity as None; an int beyond
+    64 bits fails the write, which then keeps nothing."""
+    outputs: dict[Any, Any] = {1: "one", "nan": float("nan"), "inf": float("-inf")}
+    await store.write(StateBatch(checkpoints=(checkpoint("e1", "n", outputs=outputs),)))
+    too_big = StateBatch(
+        execution=execution("e2"), checkpoints=(checkpoint("e2", "n", outputs={"wei": 2**70}),)
+    )
+
+    with pytest.raises(TypeError):
+        await store.write(too_big)
+
+    read = (await store.get_checkpoints("e1"))["n"].outputs
+    assert read == {"1": "one", "nan": None, "inf": None}
+    with pytest.raises(ExecutionNotFound):
+        await store.get_execution("e2")
+    assert await store.get_checkpoints("e2") == {}
 
 
 @pytest.mark.asyncio

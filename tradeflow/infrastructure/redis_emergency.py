@@ -29,13 +29,14 @@ is unreachable or the state was not confirmed for ``max_staleness`` seconds.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tradeflow.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.errors import ConfigurationError, UnavailableError, describe
@@ -49,7 +50,7 @@ from tradeflow.infrastructure.records import (
     RiskLimit,
     Scope,
 )
-from tradeflow.infrastructure.sqlite import to_json
+from tradeflow.infrastructure.sqlite import from_json, to_json_bytes
 
 __all__ = ["RedisEmergencyController", "RedisEmergencyStore"]
 
@@ -109,6 +110,8 @@ return state(1)
 """
 )
 _APPEND_AUDIT: Final = _PRELUDE + "audit()\nreturn state(1)"
+_REPEATABLE: Final = frozenset((_LOAD, _SAVE_HALT, _SAVE_LIMIT))
+"""Scripts whose second run changes no state (at most it repeats an audit entry)."""
 
 _log = structlog.get_logger(__name__)
 
@@ -223,7 +226,7 @@ class RedisEmergencyStore:
             audit,
             _halt_field(halt.scope, halt.target),
             repr(halt.since),
-            to_json([halt.reason, halt.actor]),
+            to_json_bytes([halt.reason, halt.actor]),
         )
         return HaltState(halt.scope, halt.target, halt.reason, halt.actor, float(since))
 
@@ -235,7 +238,7 @@ class RedisEmergencyStore:
             _SAVE_LIMIT,
             audit,
             limit.limit_type,
-            to_json(
+            to_json_bytes(
                 [
                     limit.threshold,
                     limit.direction.value,
@@ -266,16 +269,24 @@ class RedisEmergencyStore:
             await asyncio.wait((watcher,))
         self._changed.set()
 
-    async def _run(self, script: str, audit: AuditEntry | None = None, *args: str) -> Any:
+    async def _run(self, script: str, audit: AuditEntry | None = None, *args: str | bytes) -> Any:
         """Run one script; install the state it returns; return its own result."""
         if self._closed:
             raise UnavailableError("emergency store closed")
-        head = ("", "") if audit is None else (_audit_json(audit), str(self._audit_cap))
+        head: tuple[str | bytes, str] = (
+            ("", "") if audit is None else (_audit_json(audit), str(self._audit_cap))
+        )
+        call = self._scripts[script]
+        argv = (*head, self._channel, *args)
         async with self._lock:
             try:
-                reply = await self._scripts[script](
-                    keys=self._keys, args=(*head, self._channel, *args)
-                )
+                try:
+                    reply = await call(keys=self._keys, args=argv)
+                except (RedisConnectionError, RedisTimeoutError):
+                    # Usually a pooled connection the server dropped when it restarted.
+                    if script not in _REPEATABLE:
+                        raise
+                    reply = await call(keys=self._keys, args=argv)
                 result, snapshot = _parse_state(reply)
             except RedisError as exc:
                 self._fail(f"redis emergency store: {describe(exc)}")
@@ -304,19 +315,23 @@ class RedisEmergencyStore:
 
     async def _watch(self) -> None:
         delay = _RETRY_MIN_SECONDS
-        while True:
+        # Not ``while True``: the client can turn the cancellation from close()
+        # into a connection error, which this loop would otherwise retry forever.
+        while not self._closed:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
                     # Subscribed before reading: a change made in between still wakes us.
                     await self.refresh()
                     delay = _RETRY_MIN_SECONDS
-                    while True:
+                    while not self._closed:
                         # Silence re-reads too: a lost message or a half-dead link
                         # then costs at most one interval.
                         await pubsub.get_message(timeout=self._poll_interval)
                         await self.refresh()
             except (RedisError, UnavailableError) as exc:
+                if self._closed:
+                    return
                 self._fail(f"redis emergency store: {describe(exc)}")
                 _log.warning("emergency.store_unavailable", error=describe(exc), retry_in=delay)
             await asyncio.sleep(delay)
@@ -373,15 +388,15 @@ def _halt_field(scope: Scope, target: str | None) -> str:
     return f"{scope.value}:{target or ''}"
 
 
-def _audit_json(entry: AuditEntry) -> str:
+def _audit_json(entry: AuditEntry) -> bytes:
     scope = None if entry.scope is None else entry.scope.value
-    return to_json(
+    return to_json_bytes(
         [entry.at, entry.actor, entry.action, scope, entry.target, entry.reason, entry.details]
     )
 
 
 def _audit_entry(entry_id: bytes, payload: bytes) -> AuditEntry:
-    at, actor, action, scope, target, reason, details = json.loads(payload)
+    at, actor, action, scope, target, reason, details = from_json(payload)
     return AuditEntry(
         entry_id=int(entry_id.partition(b"-")[0]),
         at=at,
@@ -406,7 +421,7 @@ def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
     for field, payload in _pairs(halt_rows).items():
         scope_name, _, target = field.decode().partition(":")
         scope = Scope(scope_name)
-        reason, actor = json.loads(payload)
+        reason, actor = from_json(payload)
         halts.append(
             HaltState(
                 scope, None if scope is Scope.GLOBAL else target, reason, actor, float(since[field])
@@ -414,7 +429,7 @@ def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
         )
     limits = []
     for limit_type, payload in _pairs(limit_rows).items():
-        threshold, direction, auto_halt, updated_at, updated_by = json.loads(payload)
+        threshold, direction, auto_halt, updated_at, updated_by = from_json(payload)
         limits.append(
             RiskLimit(
                 limit_type.decode(),

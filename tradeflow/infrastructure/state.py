@@ -3,36 +3,49 @@
 Open the connection with :func:`tradeflow.infrastructure.sqlite.open_database`;
 the store uses it synchronously from the event loop thread (see that module for
 why) and does not close it: whoever opened it does, after ``close()``.
-SQLite errors propagate unchanged (after a rollback).
+SQLite errors propagate unchanged (after a rollback); so does the ``TypeError``
+of a value the JSON policy of :mod:`tradeflow.infrastructure.sqlite` refuses
+(an int beyond 64 bits, an object orjson does not serialize). Under that policy
+NaN and infinities read back as ``None`` and non-string keys as strings.
 
 The layout serves the write path. The executor writes about twice per execution,
-and a write costs the JSON it encodes (about 0.2 us per value on a small VM) plus
-one page written to the WAL per B-tree it touches (about 4 us each).
+and a write costs the JSON it encodes (orjson: under 10 us for a 10-node run),
+a few microseconds per statement and for the transaction's locks, and one WAL
+frame (two ``pwrite`` calls, 5 to 8 us on a small VM) for every B-tree page it
+changes; a new page also rewrites the file header page and the parent page. So
+a write touches as few pages as it can (6 for the executor's first write of a
+10-node run, 2 for its last):
 
 - ``batches`` is a journal: a :class:`StateBatch` adds one row holding its
   checkpoints and events (a batch mixing executions gets one row per run of
   events sharing their ids). ``body`` is one JSON document,
-  ``[[correlation_id, workflow_id, bot_id, strategy_id], [[type, event_id, node_id,
-  data], ...], [[node_id, state, outputs, error], ...]]``, so ids every event of
-  the row shares are stored once. ``numbers`` packs, little-endian, the event
-  timestamps and checkpoint times (float64), then the event sequences and
-  checkpoint attempts (int64): ``struct`` does that at a fraction of the cost of
-  formatting numbers as JSON text.
+  ``[[correlation_id, workflow_id, bot_id, strategy_id], [[type, event_id,
+  sequence, timestamp, node_id, data], ...], [[node_id, state, updated_at,
+  outputs, error, attempt], ...]]``, so ids every event of the row shares are
+  stored once. orjson writes floats in their shortest exact form, so times
+  read back bit for bit.
+- Journal rows have no index: an execution's rows lie between the
+  ``first_batch`` and ``last_batch`` of its ``executions`` row, which the same
+  write sets (the executor's first and last writes carry the record anyway;
+  a write without it updates that one row, as an index entry would cost).
+  Reading skips the rows of executions that ran meanwhile. A row whose
+  execution has no ``executions`` row yet is flagged ``orphan`` and found
+  through a partial index instead, which costs nothing for the other rows.
 - :meth:`SQLiteStateStore.get_checkpoints` folds an execution's rows in order:
   the latest checkpoint of each node wins.
 - An event's cursor is ``batch_id * 65536 + its index in the row``: an int that
   only grows across the whole file, so a tail in another process polls with the
   last cursor it saw. Rows are never deleted, so batch ids are never reused
   (pruning old rows would need ``AUTOINCREMENT`` to keep that promise).
-- ``executions`` has only the indexes listing needs: start time, workflow, and
-  the idempotency key. Filtering by bot, strategy or status scans the start-time
+- ``executions`` has only the indexes listing newest first and the idempotency
+  key need. Filtering by workflow, bot, strategy or status scans the start-time
   index: fine for one machine's embedded history (production state lives in
   Redis), and every index dropped is a page write saved on every execution.
 - A definition is stored once per distinct JSON text, keyed by digest, and the
   store remembers which definition objects it has written, so a bot running one
   workflow encodes its definition once, not once per execution. Definitions are
   treated as immutable once written. ``result`` is stored as given: it is what
-  ``get_execution`` returns, and costs about a tenth of an execution's writes.
+  ``get_execution`` returns.
 """
 
 from __future__ import annotations
@@ -40,11 +53,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import sqlite3
-import struct
 from collections.abc import Sequence
 from contextlib import closing
 from itertools import groupby
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 from tradeflow.errors import ExecutionNotFound, InvalidRequest
@@ -58,7 +70,12 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.infrastructure.sqlite import WriteTransaction, from_json, to_json, to_json_or_null
+from tradeflow.infrastructure.sqlite import (
+    WriteTransaction,
+    from_json,
+    to_json_bytes,
+    to_json_or_null,
+)
 
 __all__ = ["MAX_EVENTS_PAGE", "MAX_PAGE_SIZE", "SQLiteStateStore"]
 
@@ -74,17 +91,25 @@ _KNOWN_DEFINITIONS: Final = 64
 
 _EXECUTION_COLUMNS: Final = (
     "execution_id, workflow_id, bot_id, strategy_id, status, started_at, finished_at,"
-    " correlation_id, request_id, error, definition, result"
+    " correlation_id, request_id, error, definition, result, first_batch, last_batch"
 )
 # Only the mutable columns change on conflict: the rest is fixed when the run starts.
+# A journal range only widens: its first row stays, its last moves to this write's.
 _UPSERT_EXECUTION: Final = (
-    f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT (execution_id) DO UPDATE SET status = excluded.status,"
-    " finished_at = excluded.finished_at, error = excluded.error, result = excluded.result"
+    " finished_at = excluded.finished_at, error = excluded.error, result = excluded.result,"
+    " first_batch = coalesce(first_batch, excluded.first_batch),"
+    " last_batch = coalesce(excluded.last_batch, last_batch)"
 )
 _UPDATE_EXECUTION: Final = (
-    "UPDATE executions SET status = ?, finished_at = ?, error = ?, result = ?"
-    " WHERE execution_id = ?"
+    "UPDATE executions SET status = ?2, finished_at = ?3, error = ?4, result = ?5,"
+    " first_batch = coalesce(first_batch, ?6), last_batch = coalesce(?7, last_batch)"
+    " WHERE execution_id = ?1"
+)
+_EXTEND_RANGE: Final = (
+    "UPDATE executions SET first_batch = coalesce(first_batch, ?1), last_batch = ?1"
+    " WHERE execution_id = ?2"
 )
 _INSERT_DEFINITION: Final = (
     "INSERT INTO definitions (digest, definition) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
@@ -97,41 +122,49 @@ _SELECT_EXECUTIONS: Final = (
 _SELECT_EXECUTION: Final = _SELECT_EXECUTIONS + " WHERE e.execution_id = ?"
 _SELECT_BY_REQUEST: Final = _SELECT_EXECUTIONS + " WHERE e.request_id = ?"
 
-_INSERT_BATCH: Final = "INSERT INTO batches (execution_id, body, numbers) VALUES (?, ?, ?)"
+_INSERT_BATCH: Final = "INSERT INTO batches (execution_id, body) VALUES (?, ?)"
+_MARK_ORPHAN: Final = "UPDATE batches SET orphan = 1 WHERE batch_id = ?"
 _SELECT_BATCHES: Final = (
-    "SELECT batch_id, execution_id, body, numbers FROM batches"
-    " WHERE batch_id >= ? ORDER BY batch_id"
+    "SELECT batch_id, execution_id, body FROM batches WHERE batch_id >= ? ORDER BY batch_id"
 )
+# ?1 execution id, ?2 first batch id wanted. The range of the executions row, then the
+# orphans (rows written before that row existed), in journal order.
 _SELECT_EXECUTION_BATCHES: Final = (
-    "SELECT batch_id, execution_id, body, numbers FROM batches"
-    " WHERE execution_id = ? AND batch_id >= ? ORDER BY batch_id"
-)
-_SELECT_CHECKPOINT_BATCHES: Final = (
-    "SELECT body, numbers FROM batches WHERE execution_id = ? ORDER BY batch_id"
+    "SELECT b.batch_id, b.execution_id, b.body FROM executions AS e JOIN batches AS b"
+    " ON b.batch_id BETWEEN max(e.first_batch, ?2) AND e.last_batch"
+    " AND b.execution_id = e.execution_id WHERE e.execution_id = ?1"
+    " UNION ALL SELECT batch_id, execution_id, body FROM batches"
+    " WHERE orphan IS NOT NULL AND execution_id = ?1 AND batch_id >= ?2"
+    " ORDER BY 1"
 )
 
 _BAD_TOKEN: Final = "a page_token returned by a previous list_executions call"
 
 _Row = tuple[Any, ...]
+_JournalRow = tuple[str | None, bytes]
 
-_event_ids = attrgetter("execution_id", "correlation_id", "workflow_id", "bot_id", "strategy_id")
-_event_fields = attrgetter("type", "event_id", "node_id", "data")
-_event_timestamp = attrgetter("timestamp")
-_event_sequence = attrgetter("sequence")
+# Slices of the records, one C call each: cheaper than attrgetter's field-by-field
+# lookups, which the write path would pay for every event and checkpoint.
+_event_ids = itemgetter(
+    slice(Event._fields.index("correlation_id"), Event._fields.index("strategy_id") + 1)
+)
+"""``(correlation_id, execution_id, workflow_id, bot_id, strategy_id)``: consecutive fields."""
+_event_fields = attrgetter("type", "event_id", "sequence", "timestamp", "node_id", "data")
 _checkpoint_execution = attrgetter("execution_id")
-_checkpoint_fields = attrgetter("node_id", "state", "outputs", "error")
-_checkpoint_time = attrgetter("updated_at")
-_checkpoint_attempt = attrgetter("attempt")
+_checkpoint_fields = itemgetter(slice(1, None))
+"""Every field of a checkpoint but its first, ``execution_id``."""
 
 
 class SQLiteStateStore:
     """Executions, checkpoints and event history in the tradeflow SQLite database."""
 
-    __slots__ = ("_conn", "_definitions", "_live", "_txn")
+    __slots__ = ("_conn", "_definitions", "_live", "_txn", "_writer")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
         self._txn = WriteTransaction(conn)
+        self._writer = conn.cursor()
+        """Runs the write statements: a kept cursor saves ``conn.execute`` creating one."""
         self._live: set[str] = set()
         """Executions this store inserted and that are not final yet: their later
         writes update only the mutable columns."""
@@ -142,10 +175,11 @@ class SQLiteStateStore:
     async def write(self, batch: StateBatch) -> None:
         """Persist ``batch`` in one transaction; on any error nothing is kept and it re-raises."""
         execution = batch.execution
+        own = None if execution is None else execution.execution_id
         record: tuple[str, _Row] | None = None
         definition: tuple[bytes, str] | None = None
         if execution is not None:
-            if execution.execution_id in self._live:
+            if own in self._live:
                 record = _UPDATE_EXECUTION, _execution_update_row(execution)
             else:
                 digest, definition = self._definition_digest(execution.definition)
@@ -153,14 +187,24 @@ class SQLiteStateStore:
         rows = _journal_rows(batch.events, batch.checkpoints)
         # Everything is encoded before the transaction starts: the write lock, which
         # other processes wait on, is held only for the statements themselves.
-        conn = self._conn
+        cursor = self._writer
         with self._txn:
             if definition is not None:
-                conn.execute(_INSERT_DEFINITION, definition)
+                cursor.execute(_INSERT_DEFINITION, definition)
+            first = last = None
+            for execution_id, body in rows:
+                batch_id = cursor.execute(_INSERT_BATCH, (execution_id, body)).lastrowid
+                if execution_id is None:
+                    continue
+                if execution_id == own:
+                    if first is None:
+                        first = batch_id
+                    last = batch_id
+                elif not cursor.execute(_EXTEND_RANGE, (batch_id, execution_id)).rowcount:
+                    cursor.execute(_MARK_ORPHAN, (batch_id,))
             if record is not None:
-                conn.execute(*record)
-            if rows:
-                conn.executemany(_INSERT_BATCH, rows)
+                sql, values = record
+                cursor.execute(sql, (*values, first, last))
         if execution is not None:
             # Only after the commit: what was rolled back must be written again.
             if definition is not None:
@@ -188,8 +232,8 @@ class SQLiteStateStore:
         ``started_after``/``started_before`` bound ``started_at`` as the
         half-open interval ``[after, before)``. ``limit`` is clamped to
         1..:data:`MAX_PAGE_SIZE`. Raises ``InvalidRequest`` (field
-        ``page_token``) for a token this store did not issue. Only the workflow
-        filter has an index of its own: the others scan newest first.
+        ``page_token``) for a token this store did not issue. The filters
+        other than time have no index: they scan newest first.
         """
         where: list[str] = []
         params: list[Any] = []
@@ -228,8 +272,8 @@ class SQLiteStateStore:
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
         """The latest checkpoint of each node of ``execution_id`` (empty if none), by node id."""
         latest: dict[str, Checkpoint] = {}
-        for body, numbers in self._conn.execute(_SELECT_CHECKPOINT_BATCHES, (execution_id,)):
-            _fold_checkpoints(latest, execution_id, body, numbers)
+        for _, _, body in self._conn.execute(_SELECT_EXECUTION_BATCHES, (execution_id, 0)):
+            _fold_checkpoints(latest, execution_id, body)
         return dict(sorted(latest.items()))
 
     async def read_events(
@@ -272,9 +316,9 @@ class SQLiteStateStore:
         known = self._definitions.get(id(definition))
         if known is not None and known[0] is definition:
             return known[1], None
-        text = to_json(definition)
-        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
-        return digest, (digest, text)
+        encoded = to_json_bytes(definition)
+        digest = hashlib.blake2b(encoded, digest_size=16).digest()
+        return digest, (digest, encoded.decode())
 
     def _remember(self, definition: dict[str, Any], digest: bytes) -> None:
         known = self._definitions
@@ -284,6 +328,7 @@ class SQLiteStateStore:
 
 
 def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
+    """The first 12 values of :data:`_UPSERT_EXECUTION` (the journal range follows)."""
     return (
         r.execution_id,
         r.workflow_id,
@@ -301,7 +346,8 @@ def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
 
 
 def _execution_update_row(r: ExecutionRecord) -> _Row:
-    return (r.status.value, r.finished_at, r.error, to_json_or_null(r.result), r.execution_id)
+    """The first 5 values of :data:`_UPDATE_EXECUTION` (the journal range follows)."""
+    return (r.execution_id, r.status.value, r.finished_at, r.error, to_json_or_null(r.result))
 
 
 def _execution_record(row: _Row) -> ExecutionRecord:
@@ -321,8 +367,8 @@ def _execution_record(row: _Row) -> ExecutionRecord:
     )
 
 
-def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) -> list[_Row]:
-    """The ``batches`` rows of one batch, in order.
+def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) -> list[_JournalRow]:
+    """The ``(execution_id, body)`` rows of one batch, in order.
 
     One row per run of consecutive events sharing their ids (one row, for what the
     executor writes), split every :data:`_ROW_EVENTS` events. An execution's
@@ -331,52 +377,34 @@ def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) ->
     pending: dict[str, list[Checkpoint]] = {}
     for owner, same_owner in groupby(checkpoints, _checkpoint_execution):
         pending.setdefault(owner, []).extend(same_owner)
-    rows: list[_Row] = []
-    for ids, run in groupby(events, _event_ids):
+    rows: list[_JournalRow] = []
+    for (correlation_id, execution_id, *rest), run in groupby(events, _event_ids):
+        shared = (correlation_id, *rest)
         run_events = list(run)
-        owned: Sequence[Checkpoint] = pending.pop(ids[0], ()) if ids[0] is not None else ()
+        owned: Sequence[Checkpoint] = (
+            pending.pop(execution_id, ()) if execution_id is not None else ()
+        )
         for start in range(0, len(run_events), _ROW_EVENTS):
-            rows.append(_journal_row(ids, run_events[start : start + _ROW_EVENTS], owned))
+            chunk = run_events[start : start + _ROW_EVENTS]
+            rows.append((execution_id, _journal_body(shared, chunk, owned)))
             owned = ()
     for owner, owned in pending.items():
-        rows.append(_journal_row((owner, None, None, None, None), (), owned))
+        rows.append((owner, _journal_body((None, None, None, None), (), owned)))
     return rows
 
 
-def _journal_row(ids: _Row, events: Sequence[Event], checkpoints: Sequence[Checkpoint]) -> _Row:
-    """``(execution_id, body, numbers)``; ``ids`` are the events' shared ids, execution first."""
-    body = to_json(
-        (ids[1:], list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
+def _journal_body(
+    shared: Sequence[str | None], events: Sequence[Event], checkpoints: Sequence[Checkpoint]
+) -> bytes:
+    """``shared``: the ids every event of the row has, as in the module docstring."""
+    return to_json_bytes(
+        (shared, list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
     )
-    count = len(events) + len(checkpoints)
-    numbers = struct.pack(
-        _numbers_format(count),
-        *map(_event_timestamp, events),
-        *map(_checkpoint_time, checkpoints),
-        *map(_event_sequence, events),
-        *map(_checkpoint_attempt, checkpoints),
-    )
-    return (ids[0], body, numbers)
 
 
-def _numbers_format(count: int) -> str:
-    """``count`` float64 (times) then ``count`` int64 (sequences, attempts), little-endian."""
-    return f"<{count}d{count}q"
-
-
-def _unpack_numbers(numbers: bytes) -> tuple[tuple[float, ...], tuple[int, ...]]:
-    """The times and the integers of a row, both indexed events first, then checkpoints."""
-    count = len(numbers) // 16
-    values = struct.unpack(_numbers_format(count), numbers)
-    return values[:count], values[count:]
-
-
-def _row_events(
-    batch_id: int, execution_id: str | None, body: str, numbers: bytes
-) -> list[tuple[int, Event]]:
+def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
     """The ``(cursor, event)`` pairs of one journal row."""
     (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(body)
-    times, integers = _unpack_numbers(numbers)
     base = batch_id * _ROW_EVENTS
     return [
         (
@@ -384,8 +412,8 @@ def _row_events(
             Event(
                 type_,
                 event_id,
-                integers[i],
-                times[i],
+                sequence,
+                float(timestamp),
                 correlation_id,
                 execution_id,
                 workflow_id,
@@ -395,38 +423,32 @@ def _row_events(
                 data or {},
             ),
         )
-        for i, (type_, event_id, node_id, data) in enumerate(events)
+        for i, (type_, event_id, sequence, timestamp, node_id, data) in enumerate(events)
     ]
 
 
-def _fold_checkpoints(
-    latest: dict[str, Checkpoint], execution_id: str, body: str, numbers: bytes
-) -> None:
+def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: bytes) -> None:
     """Apply one journal row's checkpoints to ``latest`` (node id -> checkpoint)."""
-    _, events, checkpoints = from_json(body)
-    times, integers = _unpack_numbers(numbers)
-    for i, (node_id, state, outputs, error) in enumerate(checkpoints, len(events)):
+    for node_id, state, updated_at, outputs, error, attempt in from_json(body)[2]:
         latest[node_id] = Checkpoint(
             execution_id,
             node_id,
             CheckpointState(state),
-            times[i],
+            float(updated_at),
             outputs or None,
             error,
-            integers[i],
+            attempt,
         )
 
 
 def _encode_page_token(started_at: float, execution_id: str) -> str:
-    raw = to_json([started_at, execution_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii")
+    return base64.urlsafe_b64encode(to_json_bytes([started_at, execution_id])).decode("ascii")
 
 
 def _decode_page_token(token: str) -> tuple[float, str]:
     try:
-        raw = base64.urlsafe_b64decode(token.encode("ascii")).decode()
-        started_at, execution_id = from_json(raw)
-    except (ValueError, TypeError, AttributeError) as exc:
+        started_at, execution_id = from_json(base64.urlsafe_b64decode(token.encode("ascii")))
+    except (ValueError, TypeError) as exc:
         raise InvalidRequest("page_token", _BAD_TOKEN, token) from exc
     if (
         isinstance(started_at, bool)

@@ -127,6 +127,9 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> None:
         if context.cancelled():
             code = grpc.StatusCode.CANCELLED
+        else:
+            # context.abort() raises, so a failed call gets here with ``code`` still OK.
+            code = context.code() or code
         self._latency.labels(method, code.name).observe(time.perf_counter() - started)
 
 

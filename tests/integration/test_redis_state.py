@@ -1,0 +1,349 @@
+"""The Redis state store, against a real redis-server."""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from servers import ServerProcess
+
+from tradeflow.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.infrastructure.redis_state import RedisStateStore
+
+pytestmark = pytest.mark.integration
+
+DEFINITION: dict[str, Any] = {
+    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
+}
+
+
+@pytest_asyncio.fixture
+async def client(redis_server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
+    """A bytes client on the session's redis-server."""
+    connection = aioredis.from_url(redis_server.url)
+    yield connection
+    await connection.aclose()
+
+
+@pytest_asyncio.fixture
+async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """This test's own key prefix, deleted afterwards."""
+    # Only word characters: SCAN MATCH would read [] in parametrized names as a pattern.
+    name = "test:" + re.sub(r"\W", "_", request.node.name)
+    yield name
+    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
+    if keys:
+        await client.delete(*keys)
+
+
+@pytest.fixture
+def store(client: aioredis.Redis, prefix: str) -> RedisStateStore:
+    return RedisStateStore(client, prefix=prefix)
+
+
+def execution(
+    execution_id: str,
+    *,
+    started_at: float = 1_000.0,
+    workflow_id: str = "wf",
+    bot_id: str | None = None,
+    strategy_id: str | None = None,
+    status: ExecutionStatus = ExecutionStatus.RUNNING,
+    request_id: str | None = None,
+    result: dict[str, Any] | None = None,
+) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status=status,
+        started_at=started_at,
+        definition=DEFINITION,
+        correlation_id=f"corr-{execution_id}",
+        bot_id=bot_id,
+        strategy_id=strategy_id,
+        finished_at=None if status is ExecutionStatus.RUNNING else started_at + 1,
+        result=result,
+        request_id=request_id,
+    )
+
+
+def event(execution_id: str | None, sequence: int) -> Event:
+    return Event(
+        type="node_completed",
+        event_id=f"{execution_id}-{sequence}",
+        sequence=sequence,
+        timestamp=2_000.123456 + sequence,
+        correlation_id=f"corr-{execution_id}",
+        execution_id=execution_id,
+        workflow_id="wf",
+        node_id="quote",
+        data={"seq": sequence},
+    )
+
+
+def checkpoint(
+    execution_id: str, node_id: str, state: CheckpointState = CheckpointState.COMPLETED
+) -> Checkpoint:
+    return Checkpoint(execution_id, node_id, state, 3_000.5, {"price": 101.5})
+
+
+async def ids(store: RedisStateStore, **filters: Any) -> list[str]:
+    page = await store.list_executions(ExecutionQuery(**filters))
+    return [r.execution_id for r in page.executions]
+
+
+async def transactions(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+@pytest.mark.asyncio
+async def test_write_then_read_round_trips(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """An execution, its checkpoints and its events read back exactly, also from another store."""
+    record = execution("e1", bot_id="bot", strategy_id="strat", request_id="req-1")
+    batch = StateBatch(
+        execution=record,
+        checkpoints=(checkpoint("e1", "quote"), checkpoint("e1", "buy", CheckpointState.INTENT)),
+        events=(event("e1", 1), event("e1", 2)),
+    )
+
+    await store.write(batch)
+    other = RedisStateStore(client, prefix=prefix)
+
+    for view in (store, other):
+        assert await view.get_execution("e1") == record
+        assert await view.find_by_request_id("req-1") == record
+        assert await view.find_by_request_id("req-2") is None
+        assert await view.get_checkpoints("e1") == {
+            "quote": checkpoint("e1", "quote"),
+            "buy": checkpoint("e1", "buy", CheckpointState.INTENT),
+        }
+        assert [e for _, e in await view.read_events()] == [event("e1", 1), event("e1", 2)]
+    with pytest.raises(ExecutionNotFound, match="'nope'"):
+        await store.get_execution("nope")
+
+
+@pytest.mark.asyncio
+async def test_later_writes_update_state_and_move_the_status_index(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Finishing a run rewrites its state in one transaction and moves it between status indexes."""
+    await store.write(StateBatch(execution=execution("e1"), checkpoints=(checkpoint("e1", "a"),)))
+    finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"status": "completed"})
+    before = await transactions(client)
+
+    await store.write(StateBatch(execution=finished, checkpoints=(checkpoint("e1", "b"),)))
+
+    assert await transactions(client) == before + 1
+    assert await store.get_execution("e1") == finished
+    assert await ids(store, status=ExecutionStatus.RUNNING) == []
+    assert await ids(store, status=ExecutionStatus.COMPLETED) == ["e1"]
+    resumed = execution("e1")
+    await RedisStateStore(client, prefix=prefix).write(StateBatch(execution=resumed))
+    assert await ids(store, status=ExecutionStatus.COMPLETED) == []
+    assert await ids(store, status=ExecutionStatus.RUNNING) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_batch_that_cannot_be_encoded_leaves_nothing(store: RedisStateStore) -> None:
+    """A batch whose second checkpoint is not JSON keeps none of its execution, rows or events."""
+    bad = Checkpoint("e1", "broken", CheckpointState.COMPLETED, 1.0, {"not json": object()})
+    batch = StateBatch(
+        execution=execution("e1"),
+        checkpoints=(checkpoint("e1", "quote"), bad),
+        events=(event("e1", 1),),
+    )
+
+    with pytest.raises(TypeError):
+        await store.write(batch)
+
+    with pytest.raises(ExecutionNotFound):
+        await store.get_execution("e1")
+    assert await store.get_checkpoints("e1") == {}
+    assert await store.read_events() == []
+    assert await ids(store) == []
+
+
+@pytest.mark.asyncio
+async def test_request_id_is_claimed_once(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A second execution with a used request_id is refused whole; the owner may write again."""
+    first = execution("e1", request_id="req")
+    await store.write(StateBatch(execution=first))
+    batch = StateBatch(
+        execution=execution("e2", request_id="req"),
+        checkpoints=(checkpoint("e2", "quote"),),
+        events=(event("e2", 1),),
+    )
+
+    for writer in (store, RedisStateStore(client, prefix=prefix)):
+        with pytest.raises(InvalidRequest, match="'e1' holds it") as caught:
+            await writer.write(batch)
+        assert caught.value.field == "request_id"
+        retried = execution("e1", request_id="req", status=ExecutionStatus.FAILED)
+        await writer.write(StateBatch(execution=retried))
+
+    assert await store.find_by_request_id("req") == retried
+    with pytest.raises(ExecutionNotFound):
+        await store.get_execution("e2")
+    assert await store.get_checkpoints("e2") == {}
+    assert await store.read_events(execution_id="e2") == []
+    assert await ids(store) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_list_executions_pages_newest_first(store: RedisStateStore) -> None:
+    """Keyset pages walk every execution once, newest first, ties broken by id."""
+    started = {"a": 1.0, "b": 2.0, "c": 2.0, "d": 3.0, "e": 4.0, "f": 4.0, "g": 5.0}
+    for execution_id, at in started.items():
+        await store.write(StateBatch(execution=execution(execution_id, started_at=at)))
+
+    seen: list[list[str]] = []
+    token: str | None = None
+    while True:
+        page = await store.list_executions(ExecutionQuery(limit=3, page_token=token))
+        seen.append([r.execution_id for r in page.executions])
+        token = page.next_page_token
+        if token is None:
+            break
+        await store.write(StateBatch(execution=execution(f"new-{token[:4]}", started_at=9.0)))
+
+    assert seen == [["g", "f", "e"], ["d", "c", "b"], ["a"]]
+
+
+@pytest.mark.asyncio
+async def test_list_executions_filters(store: RedisStateStore) -> None:
+    """Workflow, bot, strategy, status, their combinations and [after, before) each filter."""
+    await store.write(StateBatch(execution=execution("e1", started_at=10, bot_id="b1")))
+    await store.write(
+        StateBatch(execution=execution("e2", started_at=20, bot_id="b1", strategy_id="s1"))
+    )
+    failed = execution("e3", started_at=30, workflow_id="other", status=ExecutionStatus.FAILED)
+    await store.write(StateBatch(execution=failed))
+    await store.write(StateBatch(execution=execution("e4", started_at=-5.5)))
+
+    assert await ids(store) == ["e3", "e2", "e1", "e4"]
+    assert await ids(store, workflow_id="wf") == ["e2", "e1", "e4"]
+    assert await ids(store, bot_id="b1") == ["e2", "e1"]
+    assert await ids(store, strategy_id="s1") == ["e2"]
+    assert await ids(store, status=ExecutionStatus.FAILED) == ["e3"]
+    assert await ids(store, status=ExecutionStatus.RUNNING, workflow_id="wf", bot_id="b1") == [
+        "e2",
+        "e1",
+    ]
+    assert await ids(store, bot_id="b1", strategy_id="nope") == []
+    assert await ids(store, started_after=20, started_before=30) == ["e2"]
+    assert await ids(store, started_after=-6, started_before=10) == ["e4"]
+    assert await ids(store, started_after=10.000001) == ["e3", "e2"]
+
+
+@pytest.mark.asyncio
+async def test_filtered_pages_scan_past_non_matching_executions(store: RedisStateStore) -> None:
+    """Pages of a combined filter fill up across many non-matching executions, then stop."""
+    for i in range(40):
+        bot = "b1" if i % 10 == 0 else "b2"
+        await store.write(StateBatch(execution=execution(f"e{i:02d}", started_at=i, bot_id=bot)))
+
+    first = await store.list_executions(ExecutionQuery(workflow_id="wf", bot_id="b1", limit=2))
+    rest = await store.list_executions(
+        ExecutionQuery(workflow_id="wf", bot_id="b1", limit=2, page_token=first.next_page_token)
+    )
+
+    assert [r.execution_id for r in first.executions] == ["e30", "e20"]
+    assert [r.execution_id for r in rest.executions] == ["e10", "e00"]
+    assert rest.next_page_token is None
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not base64 at all!",
+        base64.urlsafe_b64encode(b"not json").decode(),
+        base64.urlsafe_b64encode(b'["x", "e1"]').decode(),
+    ],
+)
+@pytest.mark.asyncio
+async def test_bad_page_token_is_invalid_request(store: RedisStateStore, token: str) -> None:
+    """A token the store did not issue is rejected naming the page_token field."""
+    with pytest.raises(InvalidRequest) as caught:
+        await store.list_executions(ExecutionQuery(page_token=token))
+
+    assert caught.value.field == "page_token"
+
+
+@pytest.mark.asyncio
+async def test_read_events_follows_a_cursor(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Cursors grow in write order; polling with the last one yields only newer events."""
+    await store.write(StateBatch(events=(event("e1", 1), event("e2", 1), event("e1", 2))))
+    tail = RedisStateStore(client, prefix=prefix)
+
+    first = await tail.read_events(limit=2)
+    await store.write(StateBatch(events=(event("e2", 2), event(None, 1))))
+    rest = await tail.read_events(after=first[-1][0])
+    only_e1 = await tail.read_events(execution_id="e1")
+    e1_after = await tail.read_events(execution_id="e1", after=only_e1[0][0])
+
+    assert [e.event_id for _, e in first] == ["e1-1", "e2-1"]
+    assert [e.event_id for _, e in rest] == ["e1-2", "e2-2", "None-1"]
+    assert [e.event_id for _, e in only_e1] == ["e1-1", "e1-2"]
+    assert [e.event_id for _, e in e1_after] == ["e1-2"]
+    cursors = [c for c, _ in [*first, *rest]]
+    assert cursors == sorted(cursors) == list(range(cursors[0], cursors[0] + 5))
+    assert {c for c, _ in only_e1} <= set(cursors)
+
+
+@pytest.mark.asyncio
+async def test_writing_a_batch_twice_stores_it_once(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A retried batch (same events, same sequences) adds no events and changes nothing."""
+    batch = StateBatch(
+        execution=execution("e1", request_id="req"),
+        checkpoints=(checkpoint("e1", "quote"),),
+        events=(event("e1", 1), event("e1", 2)),
+    )
+    await store.write(batch)
+
+    await RedisStateStore(client, prefix=prefix).write(batch)
+    await store.write(StateBatch(events=(event("e1", 2), event("e1", 3))))
+
+    assert [e.sequence for _, e in await store.read_events()] == [1, 2, 3]
+    assert [e.sequence for _, e in await store.read_events(execution_id="e1")] == [1, 2, 3]
+    assert await store.get_execution("e1") == batch.execution
+    assert await ids(store) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_store_keeps_working_across_a_redis_restart(
+    store: RedisStateStore, redis_server: ServerProcess
+) -> None:
+    """After redis-server restarts under open connections, reads and writes just work."""
+    await store.write(StateBatch(execution=execution("e1"), events=(event("e1", 1),)))
+
+    # Blocking the loop on purpose: the pool cannot notice its connections died.
+    redis_server.restart()
+    finished = execution("e1", status=ExecutionStatus.COMPLETED)
+
+    assert await store.get_execution("e1") == execution("e1")
+    await store.write(StateBatch(execution=finished, events=(event("e1", 2),)))
+    assert await store.get_execution("e1") == finished
+    assert [e.sequence for _, e in await store.read_events(execution_id="e1")] == [1, 2]

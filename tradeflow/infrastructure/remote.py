@@ -1,0 +1,78 @@
+"""``Infrastructure.create("production")``: the same API as embedded, backed by the services.
+
+- events: :class:`~tradeflow.infrastructure.nats_bus.NatsEventBus` (NATS subjects of
+  the contract, captured by a JetStream stream);
+- state: :class:`~tradeflow.rpc.state_client.StateClient` (the state service, Redis behind it);
+- emergency: :class:`~tradeflow.rpc.emergency_client.RemoteEmergencyControl` (a local
+  view pushed by the emergency service; fails closed when it cannot be confirmed).
+
+Orders go to the paper exchange of this process (a venue adapter implementing
+:class:`~tradeflow.trading.ports.Exchange` replaces it in a real deployment).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tradeflow.clock import Clock, IdFactory
+from tradeflow.errors import TradeflowError, UnavailableError
+from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.infrastructure.nats_bus import NatsEventBus
+from tradeflow.rpc.emergency_client import RemoteEmergencyControl
+from tradeflow.rpc.state_client import StateClient
+from tradeflow.trading.paper import PaperExchange
+from tradeflow.trading.ports import Exchange, PriceFeed
+from tradeflow.trading.prices import ReplayPriceFeed
+
+if TYPE_CHECKING:
+    from tradeflow.infrastructure.factory import Infrastructure, Settings
+
+__all__ = ["create_remote"]
+
+
+async def create_remote(
+    cls: type[Infrastructure],
+    settings: Settings,
+    *,
+    clock: Clock,
+    id_factory: IdFactory,
+    prices: PriceFeed | None,
+    exchange: Exchange | None,
+) -> Infrastructure:
+    """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
+    metrics = Metrics()
+    try:
+        bus = await NatsEventBus.connect(
+            settings.nats_url, buffer_size=settings.event_buffer, metrics=metrics
+        )
+    except TradeflowError:
+        raise
+    except Exception as exc:
+        raise UnavailableError(f"NATS at {settings.nats_url}: {exc}") from exc
+    try:
+        emergency = await RemoteEmergencyControl.connect(
+            settings.emergency_address, clock=clock, id_factory=id_factory
+        )
+    except BaseException:
+        await bus.close()
+        raise
+    if prices is None:
+        prices = (
+            ReplayPriceFeed.from_file(settings.prices_file, clock=clock)
+            if settings.prices_file
+            else ReplayPriceFeed(clock=clock)
+        )
+    return cls(
+        env="production",
+        settings=settings,
+        events=bus,
+        emergency=emergency,
+        state=StateClient(settings.state_address),
+        exchange=exchange if exchange is not None else PaperExchange(
+            prices, clock=clock, id_factory=id_factory
+        ),
+        prices=prices,
+        metrics=metrics,
+        clock=clock,
+        id_factory=id_factory,
+    )
