@@ -9,6 +9,7 @@ import grpc
 
 from tradeflow import wire
 from tradeflow.infrastructure.nats_bus import NatsEventBus
+from tradeflow.infrastructure.records import Event
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tradeflow.workflow.manager import ExecutionManager, ExecutionView, Submission
@@ -51,12 +52,16 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def SubmitWorkflow(
         self, request: pb.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.SubmitWorkflowResponse:
-        return pb.SubmitWorkflowResponse(execution_id=await self._manager.submit(_submission(request)))
+        return pb.SubmitWorkflowResponse(
+            execution_id=await self._manager.submit(_submission(request))
+        )
 
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetExecutionResponse:
-        return pb.GetExecutionResponse(execution=_execution(await self._manager.get(request.execution_id)))
+        return pb.GetExecutionResponse(
+            execution=_execution(await self._manager.get(request.execution_id))
+        )
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: grpc.aio.ServicerContext
@@ -84,7 +89,10 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
-        after = request.after_sequence if request.HasField("after_sequence") else None
+        if request.HasField("after_sequence"):
+            after = request.after_sequence
+        else:
+            after = await self._bus.last_sequence()
         async for sequence, event in self._bus.replay(
             after_sequence=after,
             execution_id=_optional(request, "execution_id"),
@@ -93,11 +101,5 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             strategy_id=_optional(request, "strategy_id"),
         ):
             yield pb.StreamEventsResponse(
-                event=wire.event_to_proto(wire_event(event)), stream_sequence=sequence
+                event=wire.event_to_proto(Event.from_dict(event)), stream_sequence=sequence
             )
-
-
-def wire_event(raw: dict[str, Any]) -> Any:
-    from tradeflow.infrastructure.records import Event
-
-    return Event.from_dict(raw)

@@ -1,9 +1,17 @@
-"""Make ``tests/`` importable helpers (servers, nodekit) available to every test."""
+"""Fixtures for every test (``tests/`` and ``tests/unit`` are on the path via pytest's
+``pythonpath`` setting, so helpers like ``workflows`` and ``gate`` import directly)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+from collections.abc import Iterator
 
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).parent / "unit"))
+import pytest
+from gate import GateServer
+
+
+@pytest.fixture
+def gate() -> Iterator[GateServer]:
+    """A local HTTP gate server; opened (and stopped) at teardown."""
+    server = GateServer()
+    yield server
+    server.close()

@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 import redis
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
@@ -295,7 +296,8 @@ BAD_REQUESTS = [
         "ListExecutions",
         pb.ListExecutionsRequest(
             query=common_pb2.ExecutionQuery(
-                started_after={"seconds": int(T0) + 5}, started_before={"seconds": int(T0)}
+                started_after=Timestamp(seconds=int(T0) + 5),
+                started_before=Timestamp(seconds=int(T0)),
             )
         ),
         "query.started_before",

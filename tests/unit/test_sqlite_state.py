@@ -215,6 +215,40 @@ async def test_writer_restarts_an_overgrown_wal(
     assert frames < 32 * 4096 // page_size + 8
 
 
+@pytest.mark.asyncio
+async def test_writer_backs_off_while_a_reader_pins_the_wal(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holding the log makes the writer's restart give up without failing any
+    write; once the reader has gone, the next restart bounds the WAL again."""
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(sqlite_module, "_WAL_WAKE_FRAMES", 1 << 30)
+    monkeypatch.setattr(sqlite_module, "_WAL_CHECK_COMMITS", 1)
+    monkeypatch.setattr(sqlite_module, "_WAL_HARD_LIMIT", 32 * 4096)
+    conn = open_database(db_path)
+    store = SQLiteStateStore(conn)
+    reader = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        ((page_size,),) = conn.execute("PRAGMA page_size").fetchall()
+        bound = 32 * 4096 // page_size + 8
+        await store.write(StateBatch(events=(event("e1", 1),)))
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM batches").fetchall()
+        for sequence in range(2, 101):
+            await store.write(StateBatch(events=(event("e1", sequence),)))
+        pinned = wal_frames(db_path, page_size)
+        reader.execute("COMMIT")
+        for sequence in range(101, 301):
+            await store.write(StateBatch(events=(event("e1", sequence),)))
+        released = wal_frames(db_path, page_size)
+        assert len(await store.read_events()) == 300
+    finally:
+        reader.close()
+        conn.close()
+    assert pinned >= bound
+    assert released < bound
+
+
 def test_open_database_rejects_unknown_synchronous_mode(db_path: Path) -> None:
     """Only NORMAL and FULL reach the PRAGMA."""
     with pytest.raises(ConfigurationError, match="synchronous"):
@@ -315,7 +349,9 @@ async def test_later_checkpoint_in_one_batch_wins(store: SQLiteStateStore) -> No
 
 
 @pytest.mark.asyncio
-async def test_rows_before_with_and_after_the_record_are_found(store: SQLiteStateStore) -> None:
+async def test_rows_before_with_and_after_the_record_are_found(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
     """An execution's rows written before its record existed, with it, and after it
     (also by a fresh store, as after a restart) are read in order; the rows of another
     execution written in between are not."""
@@ -334,7 +370,7 @@ async def test_rows_before_with_and_after_the_record_are_found(store: SQLiteStat
     await store.write(StateBatch(checkpoints=(intent,), events=(event("e1", 3),)))
     await store.write(StateBatch(events=(event("e2", 2),)))
     finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"status": "completed"})
-    fresh = SQLiteStateStore(store._conn)
+    fresh = SQLiteStateStore(conn)
     await fresh.write(StateBatch(execution=finished, events=(event("e1", 4),)))
 
     e1 = await store.read_events(execution_id="e1")

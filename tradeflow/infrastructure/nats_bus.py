@@ -387,6 +387,15 @@ class NatsEventBus:
                 f"server?): {describe(exc)}"
             ) from exc
 
+    async def last_sequence(self) -> int:
+        """The stream's last sequence number: ``replay(after_sequence=...)`` from here
+        gives live events only. Raises ``UnavailableError``."""
+        try:
+            info = await self._js.stream_info(str(self._stream_config.name))
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise UnavailableError(f"cannot read the event stream: {describe(exc)}") from exc
+        return int(info.state.last_seq)
+
     @property
     def connected(self) -> bool:
         """Whether the NATS connection is up right now (for health checks)."""

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, ParamSpec, TypeVar, cast
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
@@ -120,7 +120,7 @@ _StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
 _Hash = dict[bytes, bytes]
 
 
-def _retried(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+def _retried(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     """Run ``method`` once more after a connection error, then raise ``UnavailableError``.
 
     Safe because every store operation is idempotent; the usual cause is a pooled

@@ -68,9 +68,9 @@ async def create_remote(
         events=bus,
         emergency=emergency,
         state=StateClient(settings.state_address),
-        exchange=exchange if exchange is not None else PaperExchange(
-            prices, clock=clock, id_factory=id_factory
-        ),
+        exchange=exchange
+        if exchange is not None
+        else PaperExchange(prices, clock=clock, id_factory=id_factory),
         prices=prices,
         metrics=metrics,
         clock=clock,

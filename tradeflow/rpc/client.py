@@ -29,11 +29,11 @@ def open_channel(address: str, *, options: Sequence[tuple[str, Any]] = ()) -> gr
     )
 
 
-async def call(method: Any, request: Any, *, service: str, timeout: float | None = 10.0) -> Any:
+async def call(method: Any, request: Any, *, service: str, deadline: float | None = 10.0) -> Any:
     """Invoke a unary RPC; raises the domain error the service reported."""
     correlation_id = structlog.contextvars.get_contextvars().get("correlation_id")
     metadata = ((CORRELATION_KEY, correlation_id),) if correlation_id else None
     try:
-        return await method(request, timeout=timeout, metadata=metadata)
+        return await method(request, timeout=deadline, metadata=metadata)
     except grpc.aio.AioRpcError as err:
         raise error_from_rpc(err, service=service) from None

@@ -369,7 +369,7 @@ class RemoteEmergencyControl:
         return self._clock.monotonic() - self._confirmed_at > self._max_staleness
 
     async def _call(self, method: Any, request: Any) -> Any:
-        return await call(method, request, service=_SERVICE, timeout=self._call_timeout)
+        return await call(method, request, service=_SERVICE, deadline=self._call_timeout)
 
     async def _get_state(self) -> pb.EmergencyState:
         response: pb.GetStateResponse = await self._call(self._stub.GetState, pb.GetStateRequest())

@@ -62,7 +62,9 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
         )
     if name == "RiskLimitExceeded":
         return errors.RiskLimitExceeded(
-            details["limit_type"], details["value"], details["threshold"],
+            details["limit_type"],
+            details["value"],
+            details["threshold"],
             halted=bool(details.get("halted")),
         )
     cls = getattr(errors, name, None)

@@ -39,8 +39,25 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 _log = get_logger("tradeflow.rpc")
 
-_RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_RPC_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
 
 class Service:
@@ -95,14 +112,13 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             correlation_id = _correlation_id(context)
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 try:
                     return await behaviour(request, context)
                 except Exception as exc:
-                    code = await _abort(context, exc, method, correlation_id)
+                    await _abort(context, exc, method, correlation_id)
                 finally:
-                    self._observe(method, context, code, started)
+                    self._observe(method, context, started)
 
         return call
 
@@ -110,26 +126,24 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             correlation_id = _correlation_id(context)
             started = time.perf_counter()
-            code = grpc.StatusCode.OK
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 try:
                     async for response in behaviour(request, context):
                         yield response
                 except Exception as exc:
-                    code = await _abort(context, exc, method, correlation_id)
+                    await _abort(context, exc, method, correlation_id)
                 finally:
-                    self._observe(method, context, code, started)
+                    self._observe(method, context, started)
 
         return call
 
-    def _observe(
-        self, method: str, context: grpc.aio.ServicerContext, code: grpc.StatusCode, started: float
-    ) -> None:
-        if context.cancelled():
-            code = grpc.StatusCode.CANCELLED
-        else:
-            # context.abort() raises, so a failed call gets here with ``code`` still OK.
-            code = context.code() or code
+    def _observe(self, method: str, context: grpc.aio.ServicerContext, started: float) -> None:
+        # After abort() the context knows the code; a call that returned normally has none.
+        code = (
+            grpc.StatusCode.CANCELLED
+            if context.cancelled()
+            else context.code() or grpc.StatusCode.OK
+        )
         self._latency.labels(method, code.name).observe(time.perf_counter() - started)
 
 
@@ -146,7 +160,7 @@ def _correlation_id(context: grpc.aio.ServicerContext) -> str:
 
 async def _abort(
     context: grpc.aio.ServicerContext, exc: Exception, method: str, correlation_id: str
-) -> grpc.StatusCode:
+) -> None:
     if isinstance(exc, grpc.aio.AbortError):
         raise exc
     if isinstance(exc, TradeflowError):
@@ -182,8 +196,11 @@ async def serve(config: ServiceConfig, service: Service) -> None:
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME],
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
         server,
     )
     server.add_insecure_port(config.listen)
@@ -193,8 +210,12 @@ async def serve(config: ServiceConfig, service: Service) -> None:
     await server.start()
     for name in ("", *names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info("service.started", service=config.name, listen=config.listen,
-              metrics_port=config.metrics_port)
+    _log.info(
+        "service.started",
+        service=config.name,
+        listen=config.listen,
+        metrics_port=config.metrics_port,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -214,9 +235,7 @@ async def serve(config: ServiceConfig, service: Service) -> None:
     _log.info("service.stopped", service=config.name)
 
 
-def main(
-    name: str, default_port: int, build: Callable[[ServiceConfig], Awaitable[Service]]
-) -> int:
+def main(name: str, default_port: int, build: Callable[[ServiceConfig], Awaitable[Service]]) -> int:
     """Entry point of ``python -m <name>_service``: configuration errors are one line."""
     import sys
 

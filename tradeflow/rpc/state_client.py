@@ -52,7 +52,7 @@ class StateClient:
         self._timeout = timeout
 
     async def _call(self, method: Any, request: Any) -> Any:
-        return await call(method, request, service=_SERVICE, timeout=self._timeout)
+        return await call(method, request, service=_SERVICE, deadline=self._timeout)
 
     async def write(self, batch: StateBatch) -> None:
         """Persist ``batch`` atomically (one ``WriteBatch`` call)."""

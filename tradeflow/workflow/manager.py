@@ -185,13 +185,13 @@ class ExecutionManager:
         return await self.infra.state.list_executions(query)
 
     async def cancel(self, execution_id: str) -> tuple[bool, ExecutionStatus]:
-        """Ask a running execution to stop. ``(False, status)`` when it already ended or
-        runs in another executor process (which owns it)."""
+        """Ask a running execution to stop (it ends ``cancelled`` once the nodes already
+        running finish). ``(False, status)`` when it already ended or runs in another
+        executor process (which owns it)."""
         running = self._running.get(execution_id)
         if running is not None and running.executor is not None and not running.task.done():
             running.executor.cancel()
-            view = await asyncio.shield(running.task)
-            return True, view.record.status
+            return True, ExecutionStatus.RUNNING
         record = await self.infra.state.get_execution(execution_id)
         return False, record.status
 
