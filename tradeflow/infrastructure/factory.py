@@ -16,8 +16,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
+import orjson
 import structlog
 
 from tradeflow.clock import Clock, IdFactory, SystemClock, new_id
@@ -79,6 +80,9 @@ class Settings:
     """``TRADEFLOW_STATE_ADDR``."""
     nats_url: str = "nats://127.0.0.1:4222"
     """``TRADEFLOW_NATS_URL``."""
+    paper_balances: dict[str, float] | None = None
+    """``TRADEFLOW_PAPER_BALANCES``: starting balances of each paper venue, as a JSON
+    object (e.g. ``{"USDT": 50000, "BTC": 1}``); the paper exchange's defaults if unset."""
 
     @classmethod
     def from_env(cls, env: str, environ: dict[str, str] | None = None) -> Settings:
@@ -105,7 +109,31 @@ class Settings:
             emergency_address=e.get("TRADEFLOW_EMERGENCY_ADDR", defaults.emergency_address),
             state_address=e.get("TRADEFLOW_STATE_ADDR", defaults.state_address),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
+            paper_balances=_balances(e.get("TRADEFLOW_PAPER_BALANCES")),
         )
+
+    def paper_exchange(self, prices: PriceFeed, **kwargs: Any) -> PaperExchange:
+        """The paper exchange these settings describe."""
+        if self.paper_balances is not None:
+            kwargs["default_balances"] = self.paper_balances
+        return PaperExchange(prices, **kwargs)
+
+
+def _balances(raw: str | None) -> dict[str, float] | None:
+    if not raw:
+        return None
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool)
+        for k, v in value.items()
+    ):
+        raise ConfigurationError(
+            f"TRADEFLOW_PAPER_BALANCES must be a JSON object of asset -> amount, found {raw!r}"
+        )
+    return {k: float(v) for k, v in value.items()}
 
 
 class Infrastructure:
@@ -202,7 +230,7 @@ class Infrastructure:
             state=SQLiteStateStore(conn),
             exchange=exchange
             if exchange is not None
-            else PaperExchange(prices, conn=conn, clock=clock, id_factory=id_factory),
+            else settings.paper_exchange(prices, conn=conn, clock=clock, id_factory=id_factory),
             prices=prices,
             metrics=metrics,
             clock=clock,

@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import random
 import re
 from collections import deque
@@ -49,6 +48,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 import nats.errors
+import orjson
 import structlog
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
@@ -106,7 +106,6 @@ _STREAM_NAME_IN_USE: Final = 10058
 
 _ServerChooser = Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]
 
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _log = structlog.get_logger(__name__)
 
 
@@ -487,7 +486,7 @@ class NatsEventBus:
         encoded: list[tuple[Event, str, bytes]] = []
         for event in batch:
             try:
-                payload = _encode_json(event.to_dict()).encode()
+                payload = orjson.dumps(event.to_dict())
             except (TypeError, ValueError) as exc:
                 self._reject(event, f"data is not JSON-serialisable: {describe(exc)}")
                 continue
@@ -523,7 +522,7 @@ class NatsEventBus:
             self._stream_missing = True
             return everything
         if b'"error"' in msg.data:
-            error = json.loads(msg.data).get("error") or {}
+            error = orjson.loads(msg.data).get("error") or {}
             if int(error.get("code", 500)) >= 500:
                 return everything
             # A refusal of this message itself (not of the stream): retrying cannot help.
@@ -689,7 +688,7 @@ class NatsEventBus:
 
 def _decode(msg: Msg) -> dict[str, Any] | None:
     try:
-        item = json.loads(msg.data)
+        item = orjson.loads(msg.data)
     except ValueError as exc:
         _log.error("events.undecodable", subject=msg.subject, error=describe(exc))
         return None

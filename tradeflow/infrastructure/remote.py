@@ -20,7 +20,6 @@ from tradeflow.infrastructure.metrics import Metrics
 from tradeflow.infrastructure.nats_bus import NatsEventBus
 from tradeflow.rpc.emergency_client import RemoteEmergencyControl
 from tradeflow.rpc.state_client import StateClient
-from tradeflow.trading.paper import PaperExchange
 from tradeflow.trading.ports import Exchange, PriceFeed
 from tradeflow.trading.prices import ReplayPriceFeed
 
@@ -70,7 +69,7 @@ async def create_remote(
         state=StateClient(settings.state_address),
         exchange=exchange
         if exchange is not None
-        else PaperExchange(prices, clock=clock, id_factory=id_factory),
+        else settings.paper_exchange(prices, clock=clock, id_factory=id_factory),
         prices=prices,
         metrics=metrics,
         clock=clock,

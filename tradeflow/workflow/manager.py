@@ -8,9 +8,12 @@ results, not errors. The service's servicer only translates protobuf.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from tradeflow.errors import (
     EmergencyHalted,
@@ -30,6 +33,7 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
 )
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+from tradeflow.workflow.model import Workflow
 from tradeflow.workflow.nodes import default_registry
 from tradeflow.workflow.nodes.registry import NodeRegistry
 from tradeflow.workflow.validation import parse_workflow
@@ -37,6 +41,8 @@ from tradeflow.workflow.validation import parse_workflow
 __all__ = ["ExecutionManager", "ExecutionView", "Submission"]
 
 _log = get_logger("tradeflow.manager")
+
+_CACHED_WORKFLOWS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +86,7 @@ class ExecutionManager:
         self.infra = infra
         self.registry = registry if registry is not None else default_registry
         self._running: dict[str, _Running] = {}
+        self._workflows: OrderedDict[bytes, Workflow] = OrderedDict()
         self._by_request: dict[str, str] = {}
         self._draining = False
 
@@ -111,7 +118,7 @@ class ExecutionManager:
             if known is not None:
                 return known
         executor = EnhancedWorkflowExecutor(
-            submission.definition,
+            self._workflow(submission.definition),
             self.infra,
             submission.workflow_id,
             submission.bot_id,
@@ -138,6 +145,20 @@ class ExecutionManager:
             self._by_request[request_id] = execution_id
         task.add_done_callback(lambda _: self._forget(execution_id, request_id))
         return running
+
+    def _workflow(self, definition: Mapping[str, Any]) -> Workflow:
+        """The validated workflow, from a small cache: bots submit the same definition
+        over and over, and validating it costs ~20x hashing it."""
+        key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+        workflow = self._workflows.get(key)
+        if workflow is None:
+            workflow = parse_workflow(definition, registry=self.registry)
+            self._workflows[key] = workflow
+            if len(self._workflows) > _CACHED_WORKFLOWS:
+                self._workflows.popitem(last=False)
+        else:
+            self._workflows.move_to_end(key)
+        return workflow
 
     async def _known_request(self, request_id: str) -> _Running | None:
         execution_id = self._by_request.get(request_id)

@@ -1,0 +1,746 @@
+"""One contract for each port (StateStore, EmergencyControl, EventBus), run unchanged
+against every adapter: embedded, Redis and the production clients.
+
+The tests use only the port methods. The adapters come from ``contract_fixtures``;
+the production ones share the session's service stack with other tests, so every
+id a test writes starts with its own ``uid`` and assertions look at those ids only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Container
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Final, cast
+
+import pytest
+
+from tradeflow.errors import (
+    EmergencyHalted,
+    ExecutionNotFound,
+    InvalidRequest,
+    RiskLimitExceeded,
+)
+from tradeflow.infrastructure.ports import EmergencyControl, EventBus, StateStore
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    LimitDirection,
+    Scope,
+    StateBatch,
+)
+
+if TYPE_CHECKING:
+    # Only for annotations: importing the plugin module here would keep pytest from
+    # rewriting its asserts.
+    from contract_fixtures import EmergencyKit
+
+pytest_plugins = ["contract_fixtures"]
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
+
+BASE_TIME: Final = 1_767_225_600.25
+"""An epoch time like the ones the executor writes (2026-01-01T00:00:00.25Z)."""
+DEFINITION: Final[dict[str, Any]] = {
+    "blocks": [
+        {"id": "quote", "category": "providers", "type": "price", "properties": {"symbol": "BTC"}},
+        {"id": "buy", "category": "actions", "type": "market_order", "properties": {"qty": 0.5}},
+    ],
+    "connections": [{"from": "quote", "to": "buy"}],
+}
+TOPIC: Final = "workflow_events"
+HANG_GUARD_SECONDS: Final = 30
+"""Bound on waiting for deliveries: only there so a broken bus fails the test instead of
+hanging it."""
+
+
+# -- state store ------------------------------------------------------------------------
+
+
+def execution(
+    execution_id: str,
+    workflow_id: str,
+    *,
+    started_at: float = BASE_TIME,
+    bot_id: str | None = None,
+    strategy_id: str | None = None,
+    request_id: str | None = None,
+) -> ExecutionRecord:
+    """A running execution record."""
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status=ExecutionStatus.RUNNING,
+        started_at=started_at,
+        definition=DEFINITION,
+        correlation_id=f"corr-{execution_id}",
+        bot_id=bot_id,
+        strategy_id=strategy_id,
+        request_id=request_id,
+    )
+
+
+def finished(record: ExecutionRecord, status: ExecutionStatus) -> ExecutionRecord:
+    """``record`` after its run ended with ``status``."""
+    return replace(
+        record,
+        status=status,
+        finished_at=record.started_at + 1.5,
+        error=None if status is ExecutionStatus.COMPLETED else "order rejected",
+        result={
+            "orders": [{"id": "o-1", "qty": 0.5}],
+            "filled": status is ExecutionStatus.COMPLETED,
+        },
+    )
+
+
+def event(record: ExecutionRecord, sequence: int, node_id: str | None = "quote") -> Event:
+    """Event number ``sequence`` of ``record``'s run."""
+    return Event(
+        type=EventType.NODE_COMPLETED.value,
+        event_id=f"{record.execution_id}-{sequence}",
+        sequence=sequence,
+        timestamp=record.started_at + sequence / 1000,
+        correlation_id=record.correlation_id,
+        execution_id=record.execution_id,
+        workflow_id=record.workflow_id,
+        bot_id=record.bot_id,
+        strategy_id=record.strategy_id,
+        node_id=node_id,
+        data={"price": 101.25, "n": sequence, "tags": ["a", "b"], "none": None},
+    )
+
+
+def checkpoint(
+    record: ExecutionRecord, node_id: str, state: CheckpointState, *, attempt: int = 1
+) -> Checkpoint:
+    """A checkpoint of ``node_id`` in ``record``'s run."""
+    return Checkpoint(
+        execution_id=record.execution_id,
+        node_id=node_id,
+        state=state,
+        updated_at=record.started_at + attempt,
+        outputs={"price": 101.25} if state is CheckpointState.COMPLETED else None,
+        error="timeout" if state is CheckpointState.FAILED else None,
+        attempt=attempt,
+    )
+
+
+async def start(store: StateStore, record: ExecutionRecord) -> ExecutionRecord:
+    """Write ``record`` as the first batch of its run."""
+    await store.write(StateBatch(execution=record))
+    return record
+
+
+async def listed(store: StateStore, **filters: Any) -> list[str]:
+    """Ids of every execution matching ``filters``, in the order one page lists them."""
+    page = await store.list_executions(ExecutionQuery(**filters))
+    return [record.execution_id for record in page.executions]
+
+
+async def test_written_execution_reads_back_equal(state_store: StateStore, uid: str) -> None:
+    """get_execution returns the record as last written, from first write to final state."""
+    record = await start(
+        state_store,
+        execution(f"{uid}-e", f"{uid}-wf", bot_id=f"{uid}-bot", strategy_id=f"{uid}-st"),
+    )
+    assert await state_store.get_execution(record.execution_id) == record
+
+    final = finished(record, ExecutionStatus.FAILED)
+    await state_store.write(StateBatch(execution=final))
+    assert await state_store.get_execution(record.execution_id) == final
+
+
+async def test_unknown_execution_raises_execution_not_found(
+    state_store: StateStore, uid: str
+) -> None:
+    """get_execution of an id never written raises ExecutionNotFound naming the id."""
+    with pytest.raises(ExecutionNotFound) as caught:
+        await state_store.get_execution(f"{uid}-missing")
+    assert f"{uid}-missing" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "state_store",
+    [
+        "sqlite",
+        "redis",
+        pytest.param(
+            "service",
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AttributeError,
+                reason="rpc.errors rebuilds ExecutionNotFound without __init__ and "
+                "ExecutionNotFound.details() is empty, so execution_id is lost on the wire",
+            ),
+        ),
+    ],
+    indirect=True,
+)
+async def test_execution_not_found_carries_the_execution_id(
+    state_store: StateStore, uid: str
+) -> None:
+    """ExecutionNotFound.execution_id holds the id that was asked for."""
+    with pytest.raises(ExecutionNotFound) as caught:
+        await state_store.get_execution(f"{uid}-missing")
+    assert caught.value.execution_id == f"{uid}-missing"
+
+
+async def test_find_by_request_id_returns_the_execution_of_that_key(
+    state_store: StateStore, uid: str
+) -> None:
+    """find_by_request_id finds the execution created for a key, and None for an unused key."""
+    record = await start(
+        state_store, execution(f"{uid}-e", f"{uid}-wf", request_id=f"{uid}-request")
+    )
+    await start(state_store, execution(f"{uid}-other", f"{uid}-wf"))
+
+    assert await state_store.find_by_request_id(f"{uid}-request") == record
+    assert await state_store.find_by_request_id(f"{uid}-unused") is None
+
+
+async def test_list_filters_by_workflow_bot_strategy_and_status(
+    state_store: StateStore, uid: str
+) -> None:
+    """Each filter keeps only matching executions, combined filters all apply, newest first."""
+    wf, other_wf, bot, strategy = f"{uid}-wf", f"{uid}-wf2", f"{uid}-bot", f"{uid}-st"
+    e1 = await start(state_store, execution(f"{uid}-1", wf, bot_id=bot, strategy_id=strategy))
+    e2 = await start(state_store, execution(f"{uid}-2", wf, started_at=BASE_TIME + 1, bot_id=bot))
+    await start(
+        state_store, execution(f"{uid}-3", wf, started_at=BASE_TIME + 2, strategy_id=strategy)
+    )
+    await start(state_store, execution(f"{uid}-4", other_wf, started_at=BASE_TIME + 3))
+    await state_store.write(StateBatch(execution=finished(e2, ExecutionStatus.COMPLETED)))
+
+    assert await listed(state_store, workflow_id=wf) == [f"{uid}-3", f"{uid}-2", f"{uid}-1"]
+    assert await listed(state_store, workflow_id=other_wf) == [f"{uid}-4"]
+    assert await listed(state_store, bot_id=bot) == [f"{uid}-2", f"{uid}-1"]
+    assert await listed(state_store, strategy_id=strategy) == [f"{uid}-3", f"{uid}-1"]
+    assert await listed(state_store, workflow_id=wf, status=ExecutionStatus.COMPLETED) == [
+        f"{uid}-2"
+    ]
+    assert await listed(
+        state_store, workflow_id=wf, bot_id=bot, status=ExecutionStatus.RUNNING
+    ) == [e1.execution_id]
+
+
+async def test_list_pages_follow_page_token_without_gaps_or_repeats(
+    state_store: StateStore, uid: str
+) -> None:
+    """Pages of ``limit`` executions chained by page_token list each execution once, newest
+    first, and the last page has no token (two executions share a start time)."""
+    starts = [BASE_TIME, BASE_TIME + 1, BASE_TIME + 1, BASE_TIME + 2, BASE_TIME + 3]
+    for n, started_at in enumerate(starts):
+        await start(state_store, execution(f"{uid}-{n}", f"{uid}-wf", started_at=started_at))
+
+    pages: list[list[ExecutionRecord]] = []
+    token: str | None = None
+    while True:
+        page = await state_store.list_executions(
+            ExecutionQuery(workflow_id=f"{uid}-wf", limit=2, page_token=token)
+        )
+        pages.append(list(page.executions))
+        token = page.next_page_token
+        if token is None:
+            break
+
+    assert [len(p) for p in pages] == [2, 2, 1]
+    records = [record for p in pages for record in p]
+    assert sorted(r.execution_id for r in records) == [f"{uid}-{n}" for n in range(5)]
+    assert [r.started_at for r in records] == sorted(starts, reverse=True)
+
+
+async def test_list_time_range_is_half_open(state_store: StateStore, uid: str) -> None:
+    """started_after is inclusive and started_before exclusive."""
+    for n in range(5):
+        await start(
+            state_store, execution(f"{uid}-{n}", f"{uid}-wf", started_at=BASE_TIME + n * 10)
+        )
+
+    assert await listed(
+        state_store,
+        workflow_id=f"{uid}-wf",
+        started_after=BASE_TIME + 10,
+        started_before=BASE_TIME + 30,
+    ) == [f"{uid}-2", f"{uid}-1"]
+    assert await listed(state_store, workflow_id=f"{uid}-wf", started_after=BASE_TIME + 45) == []
+    assert await listed(state_store, workflow_id=f"{uid}-wf", started_before=BASE_TIME + 10) == [
+        f"{uid}-0"
+    ]
+
+
+async def test_foreign_page_token_is_invalid_request(state_store: StateStore, uid: str) -> None:
+    """A page_token no store issued raises InvalidRequest naming page_token."""
+    with pytest.raises(InvalidRequest) as caught:
+        await state_store.list_executions(
+            ExecutionQuery(workflow_id=f"{uid}-wf", page_token="not-a-token")
+        )
+    assert caught.value.field.endswith("page_token")
+
+
+async def test_latest_checkpoint_of_each_node_wins(state_store: StateStore, uid: str) -> None:
+    """get_checkpoints holds each node's last written checkpoint, and nothing for other runs."""
+    record = execution(f"{uid}-e", f"{uid}-wf")
+    intent = checkpoint(record, "buy", CheckpointState.INTENT)
+    quote = checkpoint(record, "quote", CheckpointState.COMPLETED)
+    failed = checkpoint(record, "buy", CheckpointState.FAILED)
+    done = checkpoint(record, "buy", CheckpointState.COMPLETED, attempt=2)
+    await state_store.write(StateBatch(execution=record, checkpoints=(quote, intent)))
+    await state_store.write(StateBatch(checkpoints=(failed,)))
+    assert await state_store.get_checkpoints(record.execution_id) == {
+        "quote": quote,
+        "buy": failed,
+    }
+
+    await state_store.write(StateBatch(checkpoints=(done,)))
+    assert await state_store.get_checkpoints(record.execution_id) == {"quote": quote, "buy": done}
+    assert await state_store.get_checkpoints(f"{uid}-never-ran") == {}
+
+
+async def test_read_events_in_cursor_order_filtered_by_execution(
+    state_store: StateStore, uid: str
+) -> None:
+    """Events read back equal, oldest first with growing cursors; the execution filter keeps
+    one run's events under the same cursors; ``after`` and ``limit`` page through them."""
+    a = execution(f"{uid}-a", f"{uid}-wf", bot_id=f"{uid}-bot")
+    b = execution(f"{uid}-b", f"{uid}-wf", started_at=BASE_TIME + 1, strategy_id=f"{uid}-st")
+    await state_store.write(StateBatch(execution=a, events=(event(a, 1), event(a, 2))))
+    await state_store.write(StateBatch(execution=b, events=(event(b, 1, node_id=None),)))
+    await state_store.write(StateBatch(events=(event(a, 3, node_id="buy"),)))
+
+    a_history = await state_store.read_events(execution_id=a.execution_id)
+    assert [e for _, e in a_history] == [event(a, 1), event(a, 2), event(a, 3, node_id="buy")]
+    b_history = await state_store.read_events(execution_id=b.execution_id)
+    assert [e for _, e in b_history] == [event(b, 1, node_id=None)]
+
+    first = a_history[0][0]
+    mine = {a.execution_id, b.execution_id}
+    everything = [
+        pair
+        for pair in await state_store.read_events(after=first - 1)
+        if pair[1].execution_id in mine
+    ]
+    assert everything == [*a_history[:2], *b_history, a_history[2]]
+    cursors = [cursor for cursor, _ in everything]
+    assert cursors == sorted(set(cursors))
+
+    paged = []
+    after = 0
+    while batch := await state_store.read_events(after=after, execution_id=a.execution_id, limit=1):
+        assert len(batch) == 1
+        paged.extend(batch)
+        after = batch[-1][0]
+    assert paged == list(a_history)
+
+
+# -- emergency control ------------------------------------------------------------------
+
+SCOPE_ID: Final = {
+    Scope.STRATEGY: "strategy_id",
+    Scope.BOT: "bot_id",
+    Scope.WORKFLOW: "workflow_id",
+}
+"""Which id of an action a halt of each scope names."""
+
+
+def run_ids(uid: str) -> dict[str, str | None]:
+    """The workflow, bot and strategy ids of a test's actions."""
+    return {"workflow_id": f"{uid}-wf", "bot_id": f"{uid}-bot", "strategy_id": f"{uid}-st"}
+
+
+def target_of(scope: Scope, ids: dict[str, str | None]) -> str | None:
+    """The target a halt of ``scope`` covering ``ids`` names."""
+    return None if scope is Scope.GLOBAL else ids[SCOPE_ID[scope]]
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+async def test_halt_blocks_what_its_scope_covers_until_resumed(
+    emergency_kit: EmergencyKit, emergency: EmergencyControl, uid: str, scope: Scope
+) -> None:
+    """A halt is listed, refuses covered actions with its reason, spares others; resume lifts
+    it once (a second resume finds none)."""
+    ids = run_ids(uid)
+    target = target_of(scope, ids)
+    halt = await emergency.halt(scope, target, reason="ops drill", actor="alice")
+    assert (halt.scope, halt.target, halt.reason, halt.actor) == (
+        scope,
+        target,
+        "ops drill",
+        "alice",
+    )
+    assert halt in await emergency.halts()
+
+    await emergency_kit.caught_up(emergency)
+    assert emergency.active_halt(**ids) == halt
+    with pytest.raises(EmergencyHalted) as caught:
+        emergency.ensure_trading_allowed(**ids)
+    assert (caught.value.reason, caught.value.scope, caught.value.target) == (
+        "ops drill",
+        scope.value,
+        target,
+    )
+    for field in [SCOPE_ID[scope]] if scope is not Scope.GLOBAL else []:
+        for other in (f"{uid}-other", None):
+            emergency.ensure_trading_allowed(**{**ids, field: other})
+            assert emergency.active_halt(**{**ids, field: other}) is None
+
+    assert await emergency.resume(scope, target, reason="drill over", actor="bob") is True
+    await emergency_kit.caught_up(emergency)
+    emergency.ensure_trading_allowed(**ids)
+    assert emergency.active_halt(**ids) is None
+    assert halt not in await emergency.halts()
+    assert await emergency.resume(scope, target, reason="drill over", actor="bob") is False
+
+
+async def test_active_halt_is_the_most_restrictive_covering_halt(
+    emergency_kit: EmergencyKit, emergency: EmergencyControl, uid: str
+) -> None:
+    """With halts on every scope, global wins over strategy over bot over workflow."""
+    ids = run_ids(uid)
+    order = [Scope.GLOBAL, Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]
+    halts = {
+        scope: await emergency.halt(scope, target_of(scope, ids), reason=f"{scope} drill")
+        for scope in reversed(order)
+    }
+    for scope in order:
+        await emergency_kit.caught_up(emergency)
+        assert emergency.active_halt(**ids) == halts[scope]
+        with pytest.raises(EmergencyHalted) as caught:
+            emergency.ensure_trading_allowed(**ids)
+        assert caught.value.reason == f"{scope} drill"
+        assert await emergency.resume(scope, target_of(scope, ids), reason="lifted")
+    await emergency_kit.caught_up(emergency)
+    assert emergency.active_halt(**ids) is None
+
+
+async def test_halt_made_by_one_controller_stops_another(
+    emergency_kit: EmergencyKit, emergency: EmergencyControl, uid: str
+) -> None:
+    """Two controllers on the same state: a halt and a resume by one reach the other's view."""
+    other = await emergency_kit.open()
+    ids = run_ids(uid)
+    await emergency.halt(Scope.BOT, ids["bot_id"], reason="shared drill", actor="alice")
+
+    await emergency_kit.caught_up(other)
+    with pytest.raises(EmergencyHalted) as caught:
+        other.ensure_trading_allowed(**ids)
+    assert caught.value.reason == "shared drill"
+
+    assert await other.resume(Scope.BOT, ids["bot_id"], reason="over", actor="bob")
+    await emergency_kit.caught_up(emergency)
+    emergency.ensure_trading_allowed(**ids)
+
+
+async def test_closed_controller_fails_closed(emergency_kit: EmergencyKit, uid: str) -> None:
+    """After close, the pre-action check refuses trading instead of guessing."""
+    control = await emergency_kit.open()
+    await control.close()
+    with pytest.raises(EmergencyHalted):
+        control.ensure_trading_allowed(**run_ids(uid))
+
+
+@pytest.mark.parametrize(
+    ("limit_type", "value", "threshold"),
+    [
+        pytest.param("daily_loss", -600.0, -500.0, id="daily_loss-below"),
+        pytest.param("max_position", -15.0, 10.0, id="max_position-short"),
+        pytest.param("max_position", 15.0, 10.0, id="max_position-long"),
+        pytest.param("max_order_notional", 1500.0, 1000.0, id="max_order_notional-above"),
+    ],
+)
+async def test_breach_in_the_limit_types_direction_raises(
+    emergency_kit: EmergencyKit,
+    emergency: EmergencyControl,
+    uid: str,
+    limit_type: str,
+    value: float,
+    threshold: float,
+) -> None:
+    """A value past the threshold in the type's direction raises RiskLimitExceeded; without
+    auto_halt trading goes on."""
+    ids = run_ids(uid)
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await emergency.check_risk_limit(limit_type, value, threshold, auto_halt=False, **ids)
+    breach = caught.value
+    assert (breach.limit_type, breach.value, breach.threshold, breach.halted) == (
+        limit_type,
+        value,
+        threshold,
+        False,
+    )
+    await emergency_kit.caught_up(emergency)
+    emergency.ensure_trading_allowed(**ids)
+
+
+@pytest.mark.parametrize(
+    ("limit_type", "value", "threshold"),
+    [
+        pytest.param("daily_loss", -400.0, -500.0, id="daily_loss-above"),
+        pytest.param("daily_loss", -500.0, -500.0, id="daily_loss-equal"),
+        pytest.param("max_position", -5.0, 10.0, id="max_position-short"),
+        pytest.param("max_position", 10.0, 10.0, id="max_position-equal"),
+        pytest.param("max_order_notional", -5000.0, 1000.0, id="max_order_notional-below"),
+        pytest.param("max_order_notional", 1000.0, 1000.0, id="max_order_notional-equal"),
+    ],
+)
+async def test_value_within_the_limit_passes(
+    emergency: EmergencyControl, uid: str, limit_type: str, value: float, threshold: float
+) -> None:
+    """A value on the safe side of the threshold (or on it) is no breach."""
+    await emergency.check_risk_limit(limit_type, value, threshold, **run_ids(uid))
+    assert emergency.active_halt(**run_ids(uid)) is None
+
+
+async def test_breach_with_auto_halt_halts_globally(
+    emergency_kit: EmergencyKit, emergency: EmergencyControl, uid: str
+) -> None:
+    """A breach with auto_halt (the default) halts trading globally, naming the limit."""
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await emergency.check_risk_limit("max_order_notional", 5000.0, 1000.0, **run_ids(uid))
+    assert caught.value.halted is True
+
+    await emergency_kit.caught_up(emergency)
+    with pytest.raises(EmergencyHalted) as halted:
+        emergency.ensure_trading_allowed(workflow_id=None, bot_id=None, strategy_id=None)
+    assert halted.value.scope == Scope.GLOBAL.value
+    assert "max_order_notional" in halted.value.reason
+    assert any(h.scope is Scope.GLOBAL for h in await emergency.halts())
+
+
+async def test_risk_limits_are_set_listed_replaced_and_used(
+    emergency: EmergencyControl, uid: str
+) -> None:
+    """set_risk_limit stores a limit that list_risk_limits shows, a second call replaces it,
+    and a check without a threshold compares with the configured one."""
+    limit_type = f"exposure_{uid}"
+    limit = await emergency.set_risk_limit(
+        limit_type, 100.0, LimitDirection.ABOVE, auto_halt=False, actor="carol"
+    )
+    assert (limit.limit_type, limit.threshold, limit.direction, limit.auto_halt) == (
+        limit_type,
+        100.0,
+        LimitDirection.ABOVE,
+        False,
+    )
+    assert limit.updated_by == "carol"
+    assert limit in await emergency.list_risk_limits()
+
+    replaced = await emergency.set_risk_limit(
+        limit_type, 200.0, LimitDirection.ABOVE, auto_halt=False, actor="dave"
+    )
+    limits = await emergency.list_risk_limits()
+    assert [x for x in limits if x.limit_type == limit_type] == [replaced]
+
+    await emergency.check_risk_limit(limit_type, 150.0, auto_halt=False)
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await emergency.check_risk_limit(limit_type, 250.0, auto_halt=False)
+    assert (caught.value.value, caught.value.threshold) == (250.0, 200.0)
+
+
+async def test_audit_entries_are_newest_first_with_actor_and_action(
+    emergency: EmergencyControl, uid: str
+) -> None:
+    """Halt, resume and set_risk_limit each leave an entry naming actor and action, listed
+    newest first; ``limit`` keeps the newest."""
+    target, limit_type = f"{uid}-wf", f"audit_{uid}"
+    await emergency.halt(Scope.WORKFLOW, target, reason="audit halt", actor="alice")
+    await emergency.resume(Scope.WORKFLOW, target, reason="audit resume", actor="bob")
+    await emergency.set_risk_limit(limit_type, 5.0, LimitDirection.ABOVE, actor="carol")
+
+    entries = await emergency.audit_entries(limit=50)
+    entry_ids = [entry.entry_id for entry in entries]
+    assert entry_ids == sorted(set(entry_ids), reverse=True)
+    mine = [
+        (entry.action, entry.actor, entry.scope, entry.target)
+        for entry in entries
+        if entry.target == target or entry.details.get("limit_type") == limit_type
+    ]
+    assert mine == [
+        ("set_risk_limit", "carol", None, None),
+        ("resume", "bob", Scope.WORKFLOW, target),
+        ("halt", "alice", Scope.WORKFLOW, target),
+    ]
+    reasons = [entry.reason for entry in entries if entry.target == target]
+    assert reasons == ["audit resume", "audit halt"]
+    assert await emergency.audit_entries(limit=2) == entries[:2]
+
+
+EmergencyCall = Callable[[EmergencyControl, str], Awaitable[object]]
+
+
+@pytest.mark.parametrize(
+    ("field", "call"),
+    [
+        pytest.param(
+            "target",
+            lambda c, uid: c.halt(Scope.GLOBAL, f"{uid}-bot", reason="r"),
+            id="global-halt-with-target",
+        ),
+        pytest.param(
+            "target", lambda c, uid: c.halt(Scope.BOT, None, reason="r"), id="bot-halt-no-target"
+        ),
+        pytest.param(
+            "target", lambda c, uid: c.halt(Scope.WORKFLOW, "", reason="r"), id="empty-target"
+        ),
+        pytest.param(
+            "scope",
+            lambda c, uid: c.halt(cast(Scope, "planet"), f"{uid}-bot", reason="r"),
+            id="unknown-scope",
+        ),
+        pytest.param(
+            "reason", lambda c, uid: c.halt(Scope.BOT, f"{uid}-bot", reason=""), id="empty-reason"
+        ),
+        pytest.param(
+            "scope",
+            lambda c, uid: c.resume(cast(Scope, "planet"), f"{uid}-bot", reason="r"),
+            id="resume-unknown-scope",
+        ),
+        pytest.param(
+            "limit_type",
+            lambda c, uid: c.check_risk_limit(f"unknown_{uid}", 1.0),
+            id="unknown-limit-type",
+        ),
+        pytest.param(
+            "value",
+            lambda c, uid: c.check_risk_limit("max_order_notional", math.nan, 1000.0),
+            id="nan-value",
+        ),
+        pytest.param(
+            "threshold",
+            lambda c, uid: c.check_risk_limit("max_order_notional", 1.0, math.inf),
+            id="infinite-threshold",
+        ),
+        pytest.param(
+            "direction",
+            lambda c, uid: c.set_risk_limit(f"custom_{uid}", 1.0),
+            id="custom-limit-no-direction",
+        ),
+        pytest.param(
+            "direction",
+            lambda c, uid: c.set_risk_limit(f"custom_{uid}", 1.0, cast(LimitDirection, "sideways")),
+            id="unknown-direction",
+        ),
+        pytest.param(
+            "threshold",
+            lambda c, uid: c.set_risk_limit(f"custom_{uid}", math.nan, LimitDirection.ABOVE),
+            id="nan-limit-threshold",
+        ),
+    ],
+)
+async def test_bad_request_raises_invalid_request_naming_the_field(
+    emergency: EmergencyControl, uid: str, field: str, call: EmergencyCall
+) -> None:
+    """A bad scope, target or value raises InvalidRequest naming it, and changes nothing."""
+    with pytest.raises(InvalidRequest) as caught:
+        await call(emergency, uid)
+    assert caught.value.field == field
+    assert emergency.active_halt(**run_ids(uid)) is None
+    assert all(limit.limit_type != f"custom_{uid}" for limit in await emergency.list_risk_limits())
+
+
+# -- event bus --------------------------------------------------------------------------
+
+
+class Inbox:
+    """A handler keeping the event dicts of one execution (a shared bus may carry others),
+    raising after it kept those whose sequence is in ``fail_on``."""
+
+    def __init__(self, execution_id: str, *, fail_on: Container[int] = ()) -> None:
+        self.execution_id = execution_id
+        self.items: list[dict[str, Any]] = []
+        self._fail_on = fail_on
+        self._arrived = asyncio.Event()
+
+    async def __call__(self, item: dict[str, Any]) -> None:
+        if item.get("execution_id") != self.execution_id:
+            return
+        self.items.append(item)
+        self._arrived.set()
+        if item["sequence"] in self._fail_on:
+            raise RuntimeError(f"handler refuses event {item['sequence']}")
+
+    async def wait_for(self, count: int) -> list[dict[str, Any]]:
+        """The kept items once there are ``count`` of them."""
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            while len(self.items) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.items
+
+
+def bus_events(uid: str, count: int) -> list[Event]:
+    """``count`` events of one execution, sequence 0 to count - 1."""
+    run = execution(f"{uid}-e", f"{uid}-wf", bot_id=f"{uid}-bot", strategy_id=f"{uid}-st")
+    return [event(run, n) for n in range(count)]
+
+
+async def test_subscriber_receives_contract_dicts_in_publish_order(
+    event_bus: EventBus, uid: str
+) -> None:
+    """Every published event reaches a subscriber once, as Event.to_dict(), in order."""
+    inbox = Inbox(f"{uid}-e")
+    subscription = await event_bus.subscribe(TOPIC, inbox)
+    events = bus_events(uid, 25)
+    for item in events:
+        event_bus.publish(item)
+
+    assert await inbox.wait_for(len(events)) == [item.to_dict() for item in events]
+    assert subscription.dropped == 0
+
+
+async def test_unknown_topic_is_invalid_request(event_bus: EventBus) -> None:
+    """Subscribing to a topic other than workflow_events raises InvalidRequest naming topic."""
+    with pytest.raises(InvalidRequest) as caught:
+        await event_bus.subscribe("orders", Inbox("none"))
+    assert caught.value.field == "topic"
+
+
+async def test_failing_handler_does_not_stop_delivery(event_bus: EventBus, uid: str) -> None:
+    """A handler that raises keeps receiving later events, and other subscribers get all."""
+    failing = Inbox(f"{uid}-e", fail_on={0, 3})
+    healthy = Inbox(f"{uid}-e")
+    await event_bus.subscribe(TOPIC, failing)
+    await event_bus.subscribe(TOPIC, healthy)
+    events = bus_events(uid, 6)
+    for item in events:
+        event_bus.publish(item)
+
+    expected = [item.to_dict() for item in events]
+    assert await failing.wait_for(len(events)) == expected
+    assert await healthy.wait_for(len(events)) == expected
+
+
+async def test_unsubscribed_handler_receives_nothing_more(event_bus: EventBus, uid: str) -> None:
+    """After unsubscribe a handler gets no event, while the remaining subscriber gets all."""
+    gone = Inbox(f"{uid}-e")
+    staying = Inbox(f"{uid}-e")
+    subscription = await event_bus.subscribe(TOPIC, gone)
+    await event_bus.subscribe(TOPIC, staying)
+    await event_bus.unsubscribe(subscription)
+    events = bus_events(uid, 5)
+    for item in events:
+        event_bus.publish(item)
+
+    assert len(await staying.wait_for(len(events))) == len(events)
+    assert gone.items == []
+
+
+async def test_publish_of_an_unencodable_event_neither_raises_nor_blocks_later_ones(
+    event_bus: EventBus, uid: str
+) -> None:
+    """publish never raises, even for data JSON cannot encode; the next event still arrives."""
+    inbox = Inbox(f"{uid}-e")
+    await event_bus.subscribe(TOPIC, inbox)
+    bad, good = bus_events(uid, 2)
+    event_bus.publish(bad._replace(data={"unencodable": object()}))
+    event_bus.publish(good)
+
+    async with asyncio.timeout(HANG_GUARD_SECONDS):
+        while good.to_dict() not in inbox.items:
+            await inbox.wait_for(len(inbox.items) + 1)
+    assert inbox.items[-1] == good.to_dict()
