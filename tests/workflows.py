@@ -85,3 +85,35 @@ def two_orders_workflow() -> dict[str, Any]:
             ),
         ]
     }
+
+
+def gated_orders(gate_url: str) -> dict[str, Any]:
+    """A buy, then a wait on an HTTP gate (``api_call``), then a sell of what was bought:
+    a test holding the gate pauses the execution between its two orders."""
+    return {
+        "blocks": [
+            block("size", "providers", "static", {"values": {"qty": 0.002}}),
+            block(
+                "first",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "buy"},
+                {"quantity": "size.qty"},
+            ),
+            block(
+                "wait",
+                "providers",
+                "api_call",
+                {"url": gate_url},
+                {"when": "first.status"},
+                config={"timeout": 120},
+            ),
+            block(
+                "second",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "sell"},
+                {"quantity": "first.filled_quantity", "when": "wait.status_code"},
+            ),
+        ]
+    }

@@ -12,7 +12,7 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Container
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, cast
 
 import pytest
 
@@ -329,7 +329,7 @@ async def test_read_events_in_cursor_order_filtered_by_execution(
     cursors = [cursor for cursor, _ in everything]
     assert cursors == sorted(set(cursors))
 
-    paged = []
+    paged: list[tuple[int, Event]] = []
     after = 0
     while batch := await state_store.read_events(after=after, execution_id=a.execution_id, limit=1):
         assert len(batch) == 1
@@ -340,7 +340,17 @@ async def test_read_events_in_cursor_order_filtered_by_execution(
 
 # -- emergency control ------------------------------------------------------------------
 
-SCOPE_ID: Final = {
+
+class RunIds(TypedDict):
+    """The ids of an action, as the emergency checks take them."""
+
+    workflow_id: str | None
+    bot_id: str | None
+    strategy_id: str | None
+
+
+IdField = Literal["workflow_id", "bot_id", "strategy_id"]
+SCOPE_ID: Final[dict[Scope, IdField]] = {
     Scope.STRATEGY: "strategy_id",
     Scope.BOT: "bot_id",
     Scope.WORKFLOW: "workflow_id",
@@ -348,14 +358,28 @@ SCOPE_ID: Final = {
 """Which id of an action a halt of each scope names."""
 
 
-def run_ids(uid: str) -> dict[str, str | None]:
+def run_ids(uid: str) -> RunIds:
     """The workflow, bot and strategy ids of a test's actions."""
     return {"workflow_id": f"{uid}-wf", "bot_id": f"{uid}-bot", "strategy_id": f"{uid}-st"}
 
 
-def target_of(scope: Scope, ids: dict[str, str | None]) -> str | None:
+def target_of(scope: Scope, ids: RunIds) -> str | None:
     """The target a halt of ``scope`` covering ``ids`` names."""
     return None if scope is Scope.GLOBAL else ids[SCOPE_ID[scope]]
+
+
+def spared_ids(scope: Scope, ids: RunIds) -> list[RunIds]:
+    """Ids a halt of ``scope`` covering ``ids`` does not cover: another id, or none, in the
+    place of the one it names (a global halt spares nothing)."""
+    if scope is Scope.GLOBAL:
+        return []
+    field = SCOPE_ID[scope]
+    spared = []
+    for other in (f"{ids[field]}-other", None):
+        variant = ids.copy()
+        variant[field] = other
+        spared.append(variant)
+    return spared
 
 
 @pytest.mark.parametrize("scope", list(Scope))
@@ -384,10 +408,9 @@ async def test_halt_blocks_what_its_scope_covers_until_resumed(
         scope.value,
         target,
     )
-    for field in [SCOPE_ID[scope]] if scope is not Scope.GLOBAL else []:
-        for other in (f"{uid}-other", None):
-            emergency.ensure_trading_allowed(**{**ids, field: other})
-            assert emergency.active_halt(**{**ids, field: other}) is None
+    for spared in spared_ids(scope, ids):
+        emergency.ensure_trading_allowed(**spared)
+        assert emergency.active_halt(**spared) is None
 
     assert await emergency.resume(scope, target, reason="drill over", actor="bob") is True
     await emergency_kit.caught_up(emergency)
@@ -416,6 +439,21 @@ async def test_active_halt_is_the_most_restrictive_covering_halt(
         assert await emergency.resume(scope, target_of(scope, ids), reason="lifted")
     await emergency_kit.caught_up(emergency)
     assert emergency.active_halt(**ids) is None
+
+
+async def test_repeated_halt_takes_the_new_reason_and_keeps_since(
+    emergency_kit: EmergencyKit, emergency: EmergencyControl, uid: str
+) -> None:
+    """Halting a halted target again updates reason and actor; the halt still dates from the
+    first call."""
+    ids = run_ids(uid)
+    first = await emergency.halt(Scope.WORKFLOW, ids["workflow_id"], reason="first", actor="a")
+    again = await emergency.halt(Scope.WORKFLOW, ids["workflow_id"], reason="second", actor="b")
+    assert (again.reason, again.actor, again.since) == ("second", "b", first.since)
+
+    await emergency_kit.caught_up(emergency)
+    assert emergency.active_halt(**ids) == again
+    assert [h for h in await emergency.halts() if h.target == ids["workflow_id"]] == [again]
 
 
 async def test_halt_made_by_one_controller_stops_another(
@@ -501,12 +539,12 @@ async def test_breach_with_auto_halt_halts_globally(
 ) -> None:
     """A breach with auto_halt (the default) halts trading globally, naming the limit."""
     with pytest.raises(RiskLimitExceeded) as caught:
-        await emergency.check_risk_limit("max_order_notional", 5000.0, 1000.0, **run_ids(uid))
+        await emergency.check_risk_limit("max_order_notional", 5000.0, 1000.0)
     assert caught.value.halted is True
 
     await emergency_kit.caught_up(emergency)
     with pytest.raises(EmergencyHalted) as halted:
-        emergency.ensure_trading_allowed(workflow_id=None, bot_id=None, strategy_id=None)
+        emergency.ensure_trading_allowed(**run_ids(uid))
     assert halted.value.scope == Scope.GLOBAL.value
     assert "max_order_notional" in halted.value.reason
     assert any(h.scope is Scope.GLOBAL for h in await emergency.halts())

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from gate import GateServer
-from workflows import block
+from workflows import gated_orders
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
@@ -29,33 +29,7 @@ def test_sigkill_between_two_orders_then_resume_trades_each_once(
     tmp_path: Path, gate: GateServer
 ) -> None:
     """Kill -9 after the first fill, resume: the second order fills, neither is duplicated."""
-    workflow = {
-        "blocks": [
-            block("size", "providers", "static", {"values": {"qty": 0.002}}),
-            block(
-                "first",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "buy"},
-                {"quantity": "size.qty"},
-            ),
-            block(
-                "wait",
-                "providers",
-                "api_call",
-                {"url": gate.url},
-                {"when": "first.status"},
-                config={"timeout": 120},
-            ),
-            block(
-                "second",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "sell"},
-                {"quantity": "first.filled_quantity", "when": "wait.status_code"},
-            ),
-        ]
-    }
+    workflow = gated_orders(gate.url)
     path = tmp_path / "bot.json"
     path.write_text(json.dumps(workflow))
     db = tmp_path / "state.db"

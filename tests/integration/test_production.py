@@ -18,7 +18,7 @@ import pytest_asyncio
 import seed_examples as seed
 from gate import GateServer
 from servers import Stack
-from workflows import block, trading_workflow
+from workflows import block, gated_orders, trading_workflow
 
 from tradeflow import wire
 from tradeflow.infrastructure.emergency import EmergencyHalted
@@ -37,37 +37,6 @@ async def executor_stub(production: Stack) -> AsyncIterator[pb_grpc.ExecutorServ
     """A gRPC stub of the stack's executor service."""
     async with grpc.aio.insecure_channel(production.client_env()["TRADEFLOW_EXECUTOR_ADDR"]) as ch:
         yield pb_grpc.ExecutorServiceStub(ch)
-
-
-def gated_orders(gate: GateServer) -> dict[str, Any]:
-    """First order, then a wait on the gate, then a second order."""
-    return {
-        "blocks": [
-            block("size", "providers", "static", {"values": {"qty": 0.001}}),
-            block(
-                "first",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "buy"},
-                {"quantity": "size.qty"},
-            ),
-            block(
-                "wait",
-                "providers",
-                "api_call",
-                {"url": gate.url},
-                {"when": "first.status"},
-                config={"timeout": 60},
-            ),
-            block(
-                "second",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "sell"},
-                {"quantity": "first.filled_quantity", "when": "wait.status_code"},
-            ),
-        ]
-    }
 
 
 # -- the seed's examples, in production mode ------------------------------------------
@@ -189,7 +158,7 @@ async def test_halt_stops_next_action_in_executor_service(
     emergency service lands while it waits; its next order is refused, the first stands."""
     submitted = await executor_stub.SubmitWorkflow(
         pb.SubmitWorkflowRequest(
-            workflow_id="gated", bot_id="botH", definition_json=json.dumps(gated_orders(gate))
+            workflow_id="gated", bot_id="botH", definition_json=json.dumps(gated_orders(gate.url))
         )
     )
     assert await asyncio.to_thread(gate.arrived.wait, 30)
@@ -302,7 +271,7 @@ async def test_deadline_exceeded_leaves_the_execution_running(
             pb.ExecuteWorkflowRequest(
                 request_id="slow-1",
                 workflow_id="slow",
-                definition_json=json.dumps(gated_orders(gate)),
+                definition_json=json.dumps(gated_orders(gate.url)),
             ),
             timeout=0.5,
         )
@@ -310,7 +279,9 @@ async def test_deadline_exceeded_leaves_the_execution_running(
     gate.open.set()
     again = await executor_stub.ExecuteWorkflow(
         pb.ExecuteWorkflowRequest(
-            request_id="slow-1", workflow_id="slow", definition_json=json.dumps(gated_orders(gate))
+            request_id="slow-1",
+            workflow_id="slow",
+            definition_json=json.dumps(gated_orders(gate.url)),
         )
     )
     assert again.execution.record.status == common_pb2.EXECUTION_STATUS_COMPLETED
@@ -323,7 +294,7 @@ async def test_cancel_execution(
     """CancelExecution stops a running execution before its next node."""
     submitted = await executor_stub.SubmitWorkflow(
         pb.SubmitWorkflowRequest(
-            workflow_id="cancel-me", definition_json=json.dumps(gated_orders(gate))
+            workflow_id="cancel-me", definition_json=json.dumps(gated_orders(gate.url))
         )
     )
     assert await asyncio.to_thread(gate.arrived.wait, 30)

@@ -108,6 +108,14 @@ class EmergencySnapshot:
             {limit.limit_type: limit for limit in limits},
         )
 
+    def ensure_trading_allowed(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> None:
+        """Raise ``EmergencyHalted`` (broadest halt's reason and scope) if a halt covers these ids."""
+        halt = self.active_halt(workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id)
+        if halt is not None:
+            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
+
     def active_halt(
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
     ) -> HaltState | None:
@@ -215,11 +223,9 @@ class EmergencyController:
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
     ) -> None:
         """Raise ``EmergencyHalted`` if a halt covers these ids or the state cannot be read."""
-        halt = self.state().active_halt(
+        self.state().ensure_trading_allowed(
             workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
         )
-        if halt is not None:
-            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
 
     def active_halt(
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None

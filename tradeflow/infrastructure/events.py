@@ -117,16 +117,26 @@ class InProcessEventBus:
         self._subscriptions: tuple[InProcessSubscription, ...] = ()
         self._closed = False
 
+    def deliver(self, item: dict[str, Any]) -> None:
+        """Hand an event dict (already in contract form) to every subscriber's buffer.
+
+        One dict shared by every subscriber: handlers must treat it as read-only.
+        Adapters that receive events from elsewhere (NATS) deliver through here.
+        """
+        for subscription in self._subscriptions:
+            subscription._offer(item)
+
+    @property
+    def has_subscribers(self) -> bool:
+        return bool(self._subscriptions)
+
     def publish(self, event: Event) -> None:
         """Queue ``event`` for every subscriber; never blocks, never raises."""
         subscriptions = self._subscriptions
         if not subscriptions:
             return
         try:
-            # One dict shared by every subscriber: handlers must treat it as read-only.
-            item = event.to_dict()
-            for subscription in subscriptions:
-                subscription._offer(item)
+            self.deliver(event.to_dict())
         except Exception as exc:
             _log.error(
                 "events.publish_failed",

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-__all__ = ["BREAKER_STATE_VALUES", "LoopHistogram", "Metrics"]
+__all__ = ["BREAKER_STATE_VALUES", "LATENCY_BUCKETS", "LoopHistogram", "Metrics"]
 
-_LATENCY_BUCKETS = (
+LATENCY_BUCKETS = (
     0.00005,
     0.0001,
     0.00025,
@@ -117,14 +117,14 @@ class Metrics:
         self.execution_seconds = Histogram(
             "tradeflow_execution_duration_seconds",
             "Wall time of one execution.",
-            buckets=_LATENCY_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.node_seconds = LoopHistogram(
             "tradeflow_node_duration_seconds",
             "Wall time of one node, by node type.",
             "node_type",
-            _LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
             r,
         )
         self.node_failures = Counter(

@@ -582,15 +582,11 @@ class NatsEventBus:
         return subscription
 
     async def _on_event(self, msg: Msg) -> None:
-        subscriptions = self._local._subscriptions
-        if not subscriptions:
+        if not self._local.has_subscribers:
             return
         item = _decode(msg)
-        if item is None:
-            return
-        # One dict shared by every subscriber: handlers must treat it as read-only.
-        for subscription in subscriptions:
-            subscription._offer(item)
+        if item is not None:
+            self._local.deliver(item)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         """Stop delivering to ``subscription``; events still buffered for it are discarded."""

@@ -67,8 +67,8 @@ from tradeflow.infrastructure.sqlite import from_json, to_json_bytes
 from tradeflow.infrastructure.state import (
     MAX_EVENTS_PAGE,
     MAX_PAGE_SIZE,
-    _decode_page_token,
-    _encode_page_token,
+    decode_page_token,
+    encode_page_token,
 )
 
 __all__ = ["RedisStateStore"]
@@ -219,7 +219,7 @@ class RedisStateStore:
         if query.started_before is not None:
             upper = "(" + _start_key(query.started_before)
         if query.page_token is not None:
-            after_token = "(" + _member(*_decode_page_token(query.page_token))
+            after_token = "(" + _member(*decode_page_token(query.page_token))
             upper = after_token if upper == "+" else min(upper, after_token)
         lower = "-" if query.started_after is None else "[" + _start_key(query.started_after)
         index = await self._index_for(query)
@@ -242,7 +242,7 @@ class RedisStateStore:
         records = tuple(found[:limit])
         token = None
         if len(found) > limit:
-            token = _encode_page_token(records[-1].started_at, records[-1].execution_id)
+            token = encode_page_token(records[-1].started_at, records[-1].execution_id)
         return ExecutionPage(executions=records, next_page_token=token)
 
     @_retried

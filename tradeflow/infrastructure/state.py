@@ -77,7 +77,13 @@ from tradeflow.infrastructure.sqlite import (
     to_json_or_null,
 )
 
-__all__ = ["MAX_EVENTS_PAGE", "MAX_PAGE_SIZE", "SQLiteStateStore"]
+__all__ = [
+    "MAX_EVENTS_PAGE",
+    "MAX_PAGE_SIZE",
+    "SQLiteStateStore",
+    "decode_page_token",
+    "encode_page_token",
+]
 
 MAX_PAGE_SIZE: Final = 1000
 """Most executions one :meth:`SQLiteStateStore.list_executions` call returns."""
@@ -254,7 +260,7 @@ class SQLiteStateStore:
             params.append(query.started_before)
         if query.page_token is not None:
             where.append("(e.started_at, e.execution_id) < (?, ?)")
-            params.extend(_decode_page_token(query.page_token))
+            params.extend(decode_page_token(query.page_token))
         limit = max(1, min(query.limit, MAX_PAGE_SIZE))
         sql = _SELECT_EXECUTIONS
         if where:
@@ -266,7 +272,7 @@ class SQLiteStateStore:
         token = None
         if len(rows) > limit:
             last = records[-1]
-            token = _encode_page_token(last.started_at, last.execution_id)
+            token = encode_page_token(last.started_at, last.execution_id)
         return ExecutionPage(executions=records, next_page_token=token)
 
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
@@ -441,11 +447,11 @@ def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: by
         )
 
 
-def _encode_page_token(started_at: float, execution_id: str) -> str:
+def encode_page_token(started_at: float, execution_id: str) -> str:
     return base64.urlsafe_b64encode(to_json_bytes([started_at, execution_id])).decode("ascii")
 
 
-def _decode_page_token(token: str) -> tuple[float, str]:
+def decode_page_token(token: str) -> tuple[float, str]:
     try:
         started_at, execution_id = from_json(base64.urlsafe_b64decode(token.encode("ascii")))
     except (ValueError, TypeError) as exc:

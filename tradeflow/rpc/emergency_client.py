@@ -179,11 +179,9 @@ class RemoteEmergencyControl:
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
     ) -> None:
         """Raise ``EmergencyHalted`` if a halt covers these ids or the view is not current."""
-        halt = self._current().active_halt(
+        self._current().ensure_trading_allowed(
             workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
         )
-        if halt is not None:
-            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
 
     def active_halt(
         self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None

@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from tradeflow.clock import new_id
 from tradeflow.errors import TradeflowError
 from tradeflow.infrastructure.logging import get_logger
+from tradeflow.infrastructure.metrics import LATENCY_BUCKETS
 from tradeflow.rpc.config import ServiceConfig
 from tradeflow.rpc.errors import status_of
 
@@ -38,26 +39,6 @@ CORRELATION_KEY = "x-correlation-id"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
 _log = get_logger("tradeflow.rpc")
-
-_RPC_BUCKETS = (
-    0.0001,
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-)
 
 
 class Service:
@@ -181,7 +162,7 @@ async def serve(config: ServiceConfig, service: Service) -> None:
         "tradeflow_rpc_server_handled_seconds",
         "gRPC calls handled, by method and status code.",
         ["method", "code"],
-        buckets=_RPC_BUCKETS,
+        buckets=LATENCY_BUCKETS,
         registry=service.registry,
     )
     server = grpc.aio.server(

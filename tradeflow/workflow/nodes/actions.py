@@ -14,7 +14,7 @@ from typing import Any
 from tradeflow.errors import InvalidRequest, OrderRejected
 from tradeflow.trading.ports import OrderRequest, OrderType, Side
 from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes.conditions import (
+from tradeflow.workflow.nodes._checks import (
     Problems,
     all_checks,
     is_positive,

@@ -11,7 +11,7 @@ import httpx
 
 from tradeflow.errors import ExternalRequestRejected, ExternalServiceError, InvalidRequest
 from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes.conditions import Problems, require_symbol
+from tradeflow.workflow.nodes._checks import Problems, require_symbol
 from tradeflow.workflow.nodes.registry import ExecutionContext, Prop, node
 
 __all__ = ["api_call", "price_feed", "static"]

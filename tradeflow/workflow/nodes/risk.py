@@ -15,7 +15,7 @@ from typing import Any
 
 from tradeflow.errors import InvalidRequest
 from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes.conditions import (
+from tradeflow.workflow.nodes._checks import (
     Problems,
     all_checks,
     number,

@@ -9,7 +9,7 @@ from typing import Any
 
 from tradeflow.errors import InvalidRequest
 from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes.conditions import number, require_one_of
+from tradeflow.workflow.nodes._checks import number, require_one_of
 from tradeflow.workflow.nodes.registry import ExecutionContext, Prop, node
 
 __all__ = ["spread", "threshold"]
