@@ -8,6 +8,9 @@ from collections.abc import Iterator
 import pytest
 from gate import GateServer
 
+# Fixture modules of the integration suite (tests/integration is on the path).
+pytest_plugins = ["contract_fixtures", "emergency_fixtures", "state_fixtures"]
+
 
 @pytest.fixture
 def gate() -> Iterator[GateServer]:

@@ -244,6 +244,9 @@ class ExecutionNotFound(TradeflowError):
         super().__init__(f"execution {execution_id!r} not found")
         self.execution_id = execution_id
 
+    def details(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id}
+
 
 class ExecutionCancelled(TradeflowError):
     """The execution was cancelled before it finished."""

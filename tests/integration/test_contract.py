@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     # rewriting its asserts.
     from contract_fixtures import EmergencyKit
 
-pytest_plugins = ["contract_fixtures"]
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 
 BASE_TIME: Final = 1_767_225_600.25
@@ -165,23 +164,6 @@ async def test_unknown_execution_raises_execution_not_found(
     assert f"{uid}-missing" in str(caught.value)
 
 
-@pytest.mark.parametrize(
-    "state_store",
-    [
-        "sqlite",
-        "redis",
-        pytest.param(
-            "service",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AttributeError,
-                reason="rpc.errors rebuilds ExecutionNotFound without __init__ and "
-                "ExecutionNotFound.details() is empty, so execution_id is lost on the wire",
-            ),
-        ),
-    ],
-    indirect=True,
-)
 async def test_execution_not_found_carries_the_execution_id(
     state_store: StateStore, uid: str
 ) -> None:

@@ -41,7 +41,6 @@ from tradeflow.rpc.emergency_client import RemoteEmergencyControl
 from tradeflow.rpc.errors import error_from_rpc
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["emergency_fixtures"]
 
 IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
 OTHER_BOT = {**IDS, "bot_id": "bot-2"}

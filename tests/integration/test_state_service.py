@@ -42,7 +42,6 @@ from tradeflow.rpc.state_client import MAX_EVENTS_PAGE, StateClient
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 pytestmark = pytest.mark.integration
-pytest_plugins = ["state_fixtures"]
 
 T0 = 1_767_323_045.25
 BIG = 2**63 - 1

@@ -67,6 +67,8 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
             details["threshold"],
             halted=bool(details.get("halted")),
         )
+    if name == "ExecutionNotFound":
+        return errors.ExecutionNotFound(details["execution_id"])
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, TradeflowError)):
         cls = TradeflowError
