@@ -7,7 +7,7 @@ so a caller knows which value to fix. Everything else is the store's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final, TypeVar
 
 import grpc
@@ -15,7 +15,13 @@ import grpc
 from tradeflow import wire
 from tradeflow.errors import InvalidRequest
 from tradeflow.infrastructure.ports import StateStore
-from tradeflow.infrastructure.records import Checkpoint, Event, ExecutionQuery, StateBatch
+from tradeflow.infrastructure.records import (
+    Checkpoint,
+    Event,
+    ExecutionQuery,
+    ExecutionRecord,
+    StateBatch,
+)
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
@@ -104,30 +110,51 @@ def _bounded(field: str, value: int, most: int) -> int:
     return value
 
 
+def _prefixed(path: str, exc: InvalidRequest) -> InvalidRequest:
+    return InvalidRequest(f"{path}.{exc.field}", exc.expected, exc.found)
+
+
 def _at(path: str, convert: Callable[[M], R], msg: M) -> R:
     """``convert(msg)``, with the field of an ``InvalidRequest`` prefixed by ``path``."""
     try:
         return convert(msg)
     except InvalidRequest as exc:
-        raise InvalidRequest(f"{path}.{exc.field}", exc.expected, exc.found) from None
+        raise _prefixed(path, exc) from None
+
+
+def _each(
+    path: str, msgs: Iterable[M], convert: Callable[[M, str], R], owner: str
+) -> tuple[R, ...]:
+    """``convert(msg, owner)`` of each message; an ``InvalidRequest`` names ``path[index]``."""
+    parts = []
+    # Paths are only built for an error: this runs for every checkpoint and event.
+    for index, msg in enumerate(msgs):
+        try:
+            parts.append(convert(msg, owner))
+        except InvalidRequest as exc:
+            raise _prefixed(f"{path}[{index}]", exc) from None
+    return tuple(parts)
 
 
 def _batch(request: pb.WriteBatchRequest) -> StateBatch:
     """The batch a request writes; every part must belong to one execution."""
     record = None
     if request.HasField("execution"):
-        msg = request.execution
-        _required("execution.execution_id", msg.execution_id)
-        _required("execution.workflow_id", msg.workflow_id)
-        if not msg.HasField("started_at"):
-            raise InvalidRequest("execution.started_at", "a timestamp", "unset")
-        record = _at("execution", wire.execution_record_from_proto, msg)
+        record = _at("execution", _record, request.execution)
     owner = _owner(request)
     return StateBatch(
         execution=record,
-        checkpoints=tuple(_checkpoint(i, c, owner) for i, c in enumerate(request.checkpoints)),
-        events=tuple(_event(i, e, owner) for i, e in enumerate(request.events)),
+        checkpoints=_each("checkpoints", request.checkpoints, _checkpoint, owner),
+        events=_each("events", request.events, _event, owner),
     )
+
+
+def _record(msg: common_pb2.ExecutionRecord) -> ExecutionRecord:
+    _required("execution_id", msg.execution_id)
+    _required("workflow_id", msg.workflow_id)
+    if not msg.HasField("started_at"):
+        raise InvalidRequest("started_at", "a timestamp", "unset")
+    return wire.execution_record_from_proto(msg)
 
 
 def _owner(request: pb.WriteBatchRequest) -> str:
@@ -147,22 +174,20 @@ def _same_execution(field: str, found: str, owner: str) -> None:
         raise InvalidRequest(field, f"the batch's execution {owner!r}", found)
 
 
-def _checkpoint(index: int, msg: common_pb2.Checkpoint, owner: str) -> Checkpoint:
-    path = f"checkpoints[{index}]"
-    _required(f"{path}.execution_id", msg.execution_id)
-    _same_execution(f"{path}.execution_id", msg.execution_id, owner)
-    _required(f"{path}.node_id", msg.node_id)
-    return _at(path, wire.checkpoint_from_proto, msg)
+def _checkpoint(msg: common_pb2.Checkpoint, owner: str) -> Checkpoint:
+    _required("execution_id", msg.execution_id)
+    _same_execution("execution_id", msg.execution_id, owner)
+    _required("node_id", msg.node_id)
+    return wire.checkpoint_from_proto(msg)
 
 
-def _event(index: int, msg: common_pb2.Event, owner: str) -> Event:
-    path = f"events[{index}]"
-    _required(f"{path}.type", msg.type)
-    _required(f"{path}.event_id", msg.event_id)
+def _event(msg: common_pb2.Event, owner: str) -> Event:
+    _required("type", msg.type)
+    _required("event_id", msg.event_id)
     # An event about no execution (an emergency halt) may travel in any batch.
     if msg.HasField("execution_id"):
-        _same_execution(f"{path}.execution_id", msg.execution_id, owner)
-    return _at(path, wire.event_from_proto, msg)
+        _same_execution("execution_id", msg.execution_id, owner)
+    return wire.event_from_proto(msg)
 
 
 def _query(msg: common_pb2.ExecutionQuery) -> ExecutionQuery:

@@ -106,9 +106,12 @@ async def ids(store: RedisStateStore, **filters: Any) -> list[str]:
     return [r.execution_id for r in page.executions]
 
 
-async def transactions(client: aioredis.Redis) -> int:
+async def script_calls(client: aioredis.Redis) -> int:
+    """Scripts redis-server has run (a script is atomic: all of its writes or none)."""
     stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")
+    )
 
 
 @pytest.mark.asyncio
@@ -143,14 +146,14 @@ async def test_write_then_read_round_trips(
 async def test_later_writes_update_state_and_move_the_status_index(
     store: RedisStateStore, client: aioredis.Redis, prefix: str
 ) -> None:
-    """Finishing a run rewrites its state in one transaction and moves it between status indexes."""
+    """Finishing a run rewrites its state in one script call and moves it between status indexes."""
     await store.write(StateBatch(execution=execution("e1"), checkpoints=(checkpoint("e1", "a"),)))
     finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"status": "completed"})
-    before = await transactions(client)
+    before = await script_calls(client)
 
     await store.write(StateBatch(execution=finished, checkpoints=(checkpoint("e1", "b"),)))
 
-    assert await transactions(client) == before + 1
+    assert await script_calls(client) == before + 1
     assert await store.get_execution("e1") == finished
     assert await ids(store, status=ExecutionStatus.RUNNING) == []
     assert await ids(store, status=ExecutionStatus.COMPLETED) == ["e1"]
@@ -347,3 +350,54 @@ async def test_store_keeps_working_across_a_redis_restart(
     await store.write(StateBatch(execution=finished, events=(event("e1", 2),)))
     assert await store.get_execution("e1") == finished
     assert [e.sequence for _, e in await store.read_events(execution_id="e1")] == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_batch_spanning_executions_lands_with_each(store: RedisStateStore) -> None:
+    """Checkpoints and events of two executions (and an event of none) in one batch go to each."""
+    batch = StateBatch(
+        checkpoints=(checkpoint("e1", "a"), checkpoint("e2", "a"), checkpoint("e1", "b")),
+        events=(event("e2", 1), event(None, 1), event("e1", 1), event("e2", 2)),
+    )
+
+    await store.write(batch)
+
+    assert await store.get_checkpoints("e1") == {
+        "a": checkpoint("e1", "a"),
+        "b": checkpoint("e1", "b"),
+    }
+    assert await store.get_checkpoints("e2") == {"a": checkpoint("e2", "a")}
+    assert [e for _, e in await store.read_events()] == list(batch.events)
+    assert [e for _, e in await store.read_events(execution_id="e2")] == [
+        event("e2", 1),
+        event("e2", 2),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_thousands_of_checkpoints_in_one_batch_are_all_stored(
+    store: RedisStateStore,
+) -> None:
+    """A batch with more checkpoints than one command takes is stored whole."""
+    nodes = [f"n{i}" for i in range(2500)]
+
+    await store.write(StateBatch(checkpoints=tuple(checkpoint("e1", n) for n in nodes)))
+
+    assert await store.get_checkpoints("e1") == {n: checkpoint("e1", n) for n in nodes}
+
+
+@pytest.mark.asyncio
+async def test_max_events_trims_only_the_global_stream(client: aioredis.Redis, prefix: str) -> None:
+    """With max_events the stream of every event is trimmed; each execution keeps all of its own."""
+    capped = RedisStateStore(client, prefix=prefix, max_events=10)
+
+    for start in range(0, 600, 100):
+        await capped.write(
+            StateBatch(events=tuple(event("e1", n) for n in range(start, start + 100)))
+        )
+
+    everything = await capped.read_events(limit=1000)
+    assert 10 <= len(everything) < 600
+    assert everything[-1][1] == event("e1", 599)
+    own = await capped.read_events(execution_id="e1", limit=1000)
+    assert [e.sequence for _, e in own] == list(range(600))

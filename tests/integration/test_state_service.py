@@ -263,6 +263,13 @@ def _batch(
     )
 
 
+def _second_event_bad() -> pb.WriteBatchRequest:
+    """A valid request followed by an event without a type: the error must name index 1."""
+    request = _batch()
+    request.events.add(event_id="e2", execution_id=request.execution.execution_id)
+    return request
+
+
 BAD_REQUESTS = [
     ("GetExecution", pb.GetExecutionRequest(), "execution_id"),
     ("GetCheckpoints", pb.GetCheckpointsRequest(), "execution_id"),
@@ -281,6 +288,7 @@ BAD_REQUESTS = [
     ("WriteBatch", _batch(event={"execution_id": "other"}), "events[0].execution_id"),
     ("WriteBatch", _batch(event={"event_id": ""}), "events[0].event_id"),
     ("WriteBatch", _batch(event={"data_json": "3"}), "events[0].data_json"),
+    ("WriteBatch", _second_event_bad(), "events[1].type"),
     (
         "ListExecutions",
         pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(page_size=1001)),

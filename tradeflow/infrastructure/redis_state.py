@@ -19,11 +19,14 @@ Layout (``p`` is the prefix):
   ranges with offsets cannot promise;
 - ``p:request:<request_id>`` -> the execution id created for that key.
 
-``write`` is one ``MULTI``/``EXEC`` round trip. Event cursors are assigned
-inside that transaction by a short Lua script (sent with ``EVAL``, so a
-restarted server without the script cache cannot fail half a transaction).
-The first write of an execution that carries a ``request_id`` also ``WATCH``es
-the request key, so a second execution can never claim the same key.
+``write`` is one ``EVALSHA`` of a Lua script: nothing runs in between its
+commands, and its one refusal, a ``request_id`` another execution holds, is
+decided before its first write, so the record and its index moves, the
+checkpoints and the events with their cursors land together or not at all.
+Python packs one command and parses one reply (redis-py loads the script again
+when a restarted server lost its cache). Indexes move only on a status change,
+out of the index of the status stored before: a brand-new execution is only
+added.
 
 Writing a batch twice stores it once: an event whose ``sequence`` is not above
 the last one stored for its execution is skipped (events without an execution
@@ -40,11 +43,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
-from redis.typing import EncodableT, FieldT
 
 from tradeflow.errors import (
     ConfigurationError,
@@ -73,34 +73,96 @@ from tradeflow.infrastructure.state import (
 
 __all__ = ["RedisStateStore"]
 
-# KEYS: 1 cursor counter, 2 global stream, 2+i stream of event i's execution (KEYS[2]
-# for none). ARGV: 1 approximate cap of the global stream ('' for none), then for
-# event i: 2i its sequence, 2i+1 its JSON.
-_APPEND_EVENTS: Final = """
-local last = {}
-for i = 1, (#ARGV - 1) / 2 do
-  local stream, sequence, event = KEYS[2 + i], tonumber(ARGV[2 * i]), ARGV[2 * i + 1]
-  local fresh = true
-  if stream ~= KEYS[2] then
-    if last[stream] == nil then
-      local tail = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-      last[stream] = tail and tonumber(tail[2][2]) or -math.huge
-    end
-    fresh = sequence > last[stream]
-    if fresh then last[stream] = sequence end
+# One write (see the module docstring). Keys are built here from the prefix, so the store
+# needs a standalone Redis (as MULTI over these keys did).
+# ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, checkpoints, events]:
+#   record: false, or [execution id, index member, status, full, indexes, request id or false]
+#     (full: this store's first write of it, which also stores meta and definition and
+#     joins the indexes);
+#   owners: the execution ids the checkpoints and events belong to, each once;
+#   checkpoints: flat [owner, node id, ...]; events: flat [owner or 0, sequence, ...],
+#     owners as positions in owners (flat and deduplicated: cjson decodes this per write).
+# ARGV[2]: the JSON texts to store, newline-separated (compact JSON never holds a raw
+#   newline): the record's (meta, definition and state if full, else state), then one per
+#   checkpoint, then one per event.
+# Returns nil, or the execution holding the record's request id (then nothing is written).
+_WRITE: Final = r"""
+local p, cap, record, owners, checkpoints, events = unpack(cjson.decode(ARGV[1]))
+local texts, at = ARGV[2], 1
+local function take()
+  local stop = string.find(texts, '\n', at, true) or #texts + 1
+  local text = string.sub(texts, at, stop - 1)
+  at = stop + 1
+  return text
+end
+if record then
+  local id, member, status, full = record[1], record[2], record[3], record[4]
+  local key = p .. 'execution:' .. id
+  if full and record[6] then
+    local claim = p .. 'request:' .. record[6]
+    local holder = redis.call('GET', claim)
+    if holder and holder ~= id then return holder end
+    redis.call('SET', claim, id)
   end
-  if fresh then
-    local id = string.format('%d-0', redis.call('INCR', KEYS[1]))
-    if ARGV[1] == '' then
-      redis.call('XADD', KEYS[2], id, 'event', event)
-    else
-      redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], id, 'event', event)
-    end
-    if stream ~= KEYS[2] then
-      redis.call('XADD', stream, id, 'sequence', ARGV[2 * i], 'event', event)
-    end
+  -- The status is the first element of the stored state: a plain word, never escaped.
+  local stored = redis.call('HGET', key, 'state')
+  local was = stored and string.match(stored, '^%["([^"]*)"')
+  if full then
+    redis.call('HSET', key, 'meta', take(), 'definition', take(), 'state', take())
+    for _, index in ipairs(record[5]) do redis.call('ZADD', p .. index, 0, member) end
+  else
+    redis.call('HSET', key, 'state', take())
+  end
+  if was ~= status then
+    if was then redis.call('ZREM', p .. 'index:status:' .. was, member) end
+    redis.call('ZADD', p .. 'index:status:' .. status, 0, member)
   end
 end
+local fields = {}
+for i = 1, #checkpoints, 2 do
+  local owner = checkpoints[i]
+  local flat = fields[owner] or {}
+  fields[owner] = flat
+  flat[#flat + 1] = checkpoints[i + 1]
+  flat[#flat + 1] = take()
+end
+for owner, flat in pairs(fields) do
+  local key = p .. 'checkpoints:' .. owners[owner]
+  -- In slices: unpack() fails past the Lua stack's few thousand slots.
+  for i = 1, #flat, 1000 do
+    redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat)))
+  end
+end
+-- An event not above the last sequence stored for its execution is stored already.
+local streams, last, n, owner_of, sequence_of, body_of = {}, {}, 0, {}, {}, {}
+for i = 1, #events, 2 do
+  local owner, sequence, body = events[i], events[i + 1], take()
+  if owner > 0 and not streams[owner] then
+    streams[owner] = p .. 'execution_events:' .. owners[owner]
+    local tail = redis.call('XREVRANGE', streams[owner], '+', '-', 'COUNT', 1)[1]
+    last[owner] = tail and tonumber(tail[2][2]) or -math.huge
+  end
+  if owner == 0 or tonumber(sequence) > last[owner] then
+    if owner > 0 then last[owner] = tonumber(sequence) end
+    n = n + 1
+    owner_of[n], sequence_of[n], body_of[n] = owner, sequence, body
+  end
+end
+if n == 0 then return false end
+local all = p .. 'events'
+local first = redis.call('INCRBY', p .. 'event_cursor', n) - n
+for k = 1, n do
+  local id, body = string.format('%d-0', first + k), body_of[k]
+  if cap == '' then
+    redis.call('XADD', all, id, 'event', body)
+  else
+    redis.call('XADD', all, 'MAXLEN', '~', cap, id, 'event', body)
+  end
+  if owner_of[k] > 0 then
+    redis.call('XADD', streams[owner_of[k]], id, 'sequence', sequence_of[k], 'event', body)
+  end
+end
+return false
 """
 
 _MAX_SCAN_CHUNK: Final = 1000
@@ -149,7 +211,7 @@ class RedisStateStore:
     (approximately; per-execution streams are never trimmed); ``None`` keeps all.
     """
 
-    __slots__ = ("_client", "_events_cap", "_live", "_p")
+    __slots__ = ("_client", "_events_cap", "_live", "_p", "_write_script")
 
     def __init__(
         self, client: aioredis.Redis, *, prefix: str = "tradeflow", max_events: int | None = None
@@ -161,30 +223,56 @@ class RedisStateStore:
         self._client = client
         self._p = f"{prefix}:"
         self._events_cap = "" if max_events is None else str(max_events)
+        self._write_script = client.register_script(_WRITE)
         self._live: set[str] = set()
         """Executions this store created and that are not final yet: their later
         writes update only the ``state`` field and the status index."""
 
     @_retried
     async def write(self, batch: StateBatch) -> None:
-        """Persist ``batch`` in one transaction: all of it or none of it.
+        """Persist ``batch`` atomically (one script call): all of it or none of it.
 
         Raises ``InvalidRequest`` (field ``request_id``) when another execution
         already holds the execution's ``request_id``; nothing is written then.
         """
+        texts: list[bytes] = []
         execution = batch.execution
-        live = execution is not None and execution.execution_id in self._live
-        if execution is not None and execution.request_id is not None and not live:
-            await self._write_claiming(batch, execution.execution_id, execution.request_id)
-        else:
-            pipe = self._client.pipeline(transaction=True)
-            self._queue(pipe, batch, live=live)
-            await pipe.execute()
+        record: list[Any] | bool = False
         if execution is not None:
-            if execution.status is ExecutionStatus.RUNNING:
-                self._live.add(execution.execution_id)
-            else:
-                self._live.discard(execution.execution_id)
+            record = self._describe(execution, texts)
+        owners: dict[str, int] = {}
+        checkpoints: list[str | int] = []
+        for c in batch.checkpoints:
+            checkpoints += (owners.setdefault(c.execution_id, len(owners) + 1), c.node_id)
+            texts.append(
+                to_json_bytes([c.state.value, c.updated_at, c.outputs, c.error, c.attempt])
+            )
+        events: list[str | int] = []
+        for event in batch.events:
+            owner = event.execution_id
+            events += (
+                0 if owner is None else owners.setdefault(owner, len(owners) + 1),
+                str(event.sequence),
+            )
+            texts.append(to_json_bytes(tuple(event)))
+        header = [self._p, self._events_cap, record, list(owners), checkpoints, events]
+        holder = cast(
+            bytes | None,
+            await self._write_script(args=(to_json_bytes(header), b"\n".join(texts))),
+        )
+        if execution is None:
+            return
+        if holder is not None:
+            raise InvalidRequest(
+                "request_id",
+                f"an idempotency key no other execution holds (execution {holder.decode()!r}"
+                " holds it)",
+                execution.request_id,
+            )
+        if execution.status is ExecutionStatus.RUNNING:
+            self._live.add(execution.execution_id)
+        else:
+            self._live.discard(execution.execution_id)
 
     @_retried
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
@@ -284,64 +372,14 @@ class RedisStateStore:
         """Forget per-run caches; the client stays open for its owner to close."""
         self._live.clear()
 
-    async def _write_claiming(self, batch: StateBatch, execution_id: str, request_id: str) -> None:
-        key = self._p + "request:" + request_id
-        async with self._client.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    owner = cast(bytes | None, await pipe.get(key))
-                    if owner is not None and owner.decode() != execution_id:
-                        raise InvalidRequest(
-                            "request_id",
-                            "an idempotency key no other execution holds"
-                            f" (execution {owner.decode()!r} holds it)",
-                            request_id,
-                        )
-                    pipe.multi()  # type: ignore[no-untyped-call]  # unannotated in redis-py
-                    pipe.set(key, execution_id)
-                    self._queue(pipe, batch, live=False)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue  # the key changed under us: look again
-
-    def _queue(self, pipe: Pipeline, batch: StateBatch, *, live: bool) -> None:
-        """Queue the commands of ``batch`` (JSON errors raise here, before anything is sent)."""
-        p = self._p
-        execution = batch.execution
-        if execution is not None:
-            self._queue_execution(pipe, execution, live=live)
-        if batch.checkpoints:
-            by_execution: dict[str, dict[FieldT, EncodableT]] = {}
-            for c in batch.checkpoints:
-                by_execution.setdefault(c.execution_id, {})[c.node_id] = to_json_bytes(
-                    [c.state.value, c.updated_at, c.outputs, c.error, c.attempt]
-                )
-            for execution_id, mapping in by_execution.items():
-                pipe.hset(p + "checkpoints:" + execution_id, mapping=mapping)
-        if batch.events:
-            stream = p + "events"
-            keys = [p + "event_cursor", stream]
-            args: list[EncodableT] = [self._events_cap]
-            for event in batch.events:
-                owner = event.execution_id
-                keys.append(stream if owner is None else p + "execution_events:" + owner)
-                args += (str(event.sequence), to_json_bytes(tuple(event)))
-            pipe.eval(_APPEND_EVENTS, len(keys), *keys, *args)
-
-    def _queue_execution(self, pipe: Pipeline, r: ExecutionRecord, *, live: bool) -> None:
-        p = self._p
-        status = r.status
-        state = to_json_bytes([status.value, r.finished_at, r.error, r.result])
+    def _describe(self, r: ExecutionRecord, texts: list[bytes]) -> list[Any]:
+        """The script's header entry for ``r``; appends its JSON texts to ``texts``."""
+        state = to_json_bytes([r.status.value, r.finished_at, r.error, r.result])
         member = _member(r.started_at, r.execution_id)
-        if live:
-            # Live executions are running: only a final status moves the index.
-            pipe.hset(p + "execution:" + r.execution_id, "state", state)
-            if status is not ExecutionStatus.RUNNING:
-                pipe.zrem(p + "index:status:running", member)
-                pipe.zadd(p + "index:status:" + status.value, {member: 0})
-            return
+        if r.execution_id in self._live:
+            # Live executions are running and their meta and definition are stored.
+            texts.append(state)
+            return [r.execution_id, member, r.status.value, False]
         meta = [
             r.workflow_id,
             r.bot_id,
@@ -350,26 +388,14 @@ class RedisStateStore:
             r.correlation_id,
             r.request_id,
         ]
-        pipe.hset(
-            p + "execution:" + r.execution_id,
-            mapping={
-                "meta": to_json_bytes(meta),
-                "definition": to_json_bytes(r.definition),
-                "state": state,
-            },
-        )
-        for other in ExecutionStatus:
-            if other is not status:
-                pipe.zrem(p + "index:status:" + other.value, member)
-        for index in (
-            "index:all",
-            "index:workflow:" + r.workflow_id,
-            None if r.bot_id is None else "index:bot:" + r.bot_id,
-            None if r.strategy_id is None else "index:strategy:" + r.strategy_id,
-            "index:status:" + status.value,
-        ):
-            if index is not None:
-                pipe.zadd(p + index, {member: 0})
+        texts += (to_json_bytes(meta), to_json_bytes(r.definition), state)
+        indexes = ["index:all", "index:workflow:" + r.workflow_id]
+        if r.bot_id is not None:
+            indexes.append("index:bot:" + r.bot_id)
+        if r.strategy_id is not None:
+            indexes.append("index:strategy:" + r.strategy_id)
+        request_id = False if r.request_id is None else r.request_id
+        return [r.execution_id, member, r.status.value, True, indexes, request_id]
 
     async def _index_for(self, query: ExecutionQuery) -> str:
         """The smallest index that covers one of the query's filters."""
