@@ -13,6 +13,7 @@ One instance is meant to be shared by many concurrent executors.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -153,7 +154,7 @@ class Infrastructure:
         metrics: Metrics,
         clock: Clock,
         id_factory: IdFactory,
-        closers: tuple[object, ...] = (),
+        closers: tuple[Callable[[], object], ...] = (),
     ) -> None:
         self.env = env
         self.settings = settings
@@ -235,7 +236,7 @@ class Infrastructure:
             metrics=metrics,
             clock=clock,
             id_factory=id_factory,
-            closers=(conn,),
+            closers=(conn.close,),
         )
 
     def _breaker_moved(self, name: str, old: BreakerState, new: BreakerState) -> None:
@@ -262,12 +263,8 @@ class Infrastructure:
         await self.http.aclose()
         await self.emergency.close()
         await self.state.close()
-        for closer in self._closers:
-            close = getattr(closer, "close", None)
-            if close is not None:
-                result = close()
-                if hasattr(result, "__await__"):
-                    await result
+        for close in self._closers:
+            close()
 
     async def __aenter__(self) -> Infrastructure:
         return self
