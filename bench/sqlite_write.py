@@ -24,6 +24,7 @@ from time import perf_counter_ns
 from typing import Any, Literal
 
 from bench.workflows import trading_workflow
+from tradeflow.infrastructure.ports import StateStore
 from tradeflow.infrastructure.records import (
     Checkpoint,
     CheckpointState,
@@ -172,13 +173,17 @@ def measure(
             conn.close()
 
 
-async def _run(store: SQLiteStateStore, executions: int, warmup: int) -> WriteTimings:
+async def time_typical_writes(
+    store: StateStore, executions: int, warmup: int, *, first_start: float = 1_795_689_105.0
+) -> tuple[list[int], list[int]]:
+    """Write ``warmup`` + ``executions`` typical executions (start and finish batch each)
+    to ``store``; nanoseconds of the last ``executions`` start and finish writes."""
     starts: list[int] = []
     finishes: list[int] = []
     ids = random.Random(0)
     for i in range(warmup + executions):
         # Random ids, like the executor's uuid4 ones: they land anywhere in id indexes.
-        start, finish = typical_batches(f"{ids.getrandbits(128):032x}", 1_795_689_105.0 + i)
+        start, finish = typical_batches(f"{ids.getrandbits(128):032x}", first_start + i)
         t0 = perf_counter_ns()
         await store.write(start)
         t1 = perf_counter_ns()
@@ -187,6 +192,11 @@ async def _run(store: SQLiteStateStore, executions: int, warmup: int) -> WriteTi
         if i >= warmup:
             starts.append(t1 - t0)
             finishes.append(t2 - t1)
+    return starts, finishes
+
+
+async def _run(store: SQLiteStateStore, executions: int, warmup: int) -> WriteTimings:
+    starts, finishes = await time_typical_writes(store, executions, warmup)
     both = [a + b for a, b in zip(starts, finishes, strict=True)]
     return WriteTimings(
         _median_us(starts),

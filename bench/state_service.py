@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import statistics
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter_ns
 
 import redis.asyncio as aioredis
 
-from bench.sqlite_write import typical_batches
+from bench.sqlite_write import time_typical_writes
 from tradeflow.devstack import ServerProcess, free_port, redis_process
 from tradeflow.infrastructure.ports import StateStore
 from tradeflow.infrastructure.redis_state import RedisStateStore
@@ -55,19 +53,9 @@ class WriteFigures:
 
 async def measure(store: StateStore, executions: int, warmup: int) -> WriteFigures:
     """Write ``warmup`` + ``executions`` typical executions to ``store``; time the last ones."""
-    starts: list[int] = []
-    finishes: list[int] = []
-    ids = random.Random(0)
-    for i in range(warmup + executions):
-        start, finish = typical_batches(f"{ids.getrandbits(128):032x}", _FIRST_START + i)
-        t0 = perf_counter_ns()
-        await store.write(start)
-        t1 = perf_counter_ns()
-        await store.write(finish)
-        t2 = perf_counter_ns()
-        if i >= warmup:
-            starts.append(t1 - t0)
-            finishes.append(t2 - t1)
+    starts, finishes = await time_typical_writes(
+        store, executions, warmup, first_start=_FIRST_START
+    )
     both = starts + finishes
     return WriteFigures(
         statistics.median(both) / 1000,

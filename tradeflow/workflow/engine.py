@@ -35,6 +35,7 @@ from tradeflow.infrastructure.records import Checkpoint, CheckpointState, Execut
 from tradeflow.infrastructure.resilience import BreakerRegistry, CircuitBreaker, run_protected
 from tradeflow.workflow.model import Block, BreakerConfig, Workflow
 from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
+from tradeflow.workflow.validation import parse_workflow
 
 __all__ = ["NodePlan", "Observer", "Plan", "RunOutcome", "run_plan"]
 
@@ -67,6 +68,16 @@ class Plan:
     workflow: Workflow
     nodes: dict[str, NodePlan]
     order: tuple[str, ...]
+
+    @classmethod
+    def of(cls, definition: Mapping[str, Any] | Workflow, registry: NodeRegistry) -> Plan:
+        """The plan of a definition (validated here) or of an already validated workflow."""
+        workflow = (
+            definition
+            if isinstance(definition, Workflow)
+            else parse_workflow(definition, registry=registry)
+        )
+        return cls.build(workflow, registry)
 
     @classmethod
     def build(cls, workflow: Workflow, registry: NodeRegistry) -> Plan:

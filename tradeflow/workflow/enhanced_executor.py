@@ -37,7 +37,6 @@ from tradeflow.workflow.executor import build_result, raise_if_halted
 from tradeflow.workflow.model import Workflow
 from tradeflow.workflow.nodes import default_registry
 from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry
-from tradeflow.workflow.validation import parse_workflow
 
 if TYPE_CHECKING:
     from tradeflow.infrastructure.factory import Infrastructure
@@ -99,12 +98,7 @@ class EnhancedWorkflowExecutor:
         """Validate the definition and plan the run (raises ``WorkflowValidationError``)."""
         if self.plan is not None:
             return
-        workflow = (
-            self.definition
-            if isinstance(self.definition, Workflow)
-            else parse_workflow(self.definition, registry=self.registry)
-        )
-        self.plan = Plan.build(workflow, self.registry)
+        self.plan = Plan.of(self.definition, self.registry)
         histogram = self.infra.metrics.node_seconds
         self._node_seconds = {
             node_id: histogram.labels(node.block.type) for node_id, node in self.plan.nodes.items()

@@ -29,7 +29,6 @@ from tradeflow.workflow.engine import Plan, RunOutcome, run_plan
 from tradeflow.workflow.model import Workflow
 from tradeflow.workflow.nodes import default_registry
 from tradeflow.workflow.nodes.registry import ExecutionContext, HttpPool, NodeRegistry
-from tradeflow.workflow.validation import parse_workflow
 
 __all__ = ["WorkflowExecutor", "build_result", "raise_if_halted"]
 
@@ -88,12 +87,7 @@ class WorkflowExecutor:
         """Validate the definition and plan the run (raises ``WorkflowValidationError``)."""
         if self.plan is not None:
             return
-        workflow = (
-            self.definition
-            if isinstance(self.definition, Workflow)
-            else parse_workflow(self.definition, registry=self.registry)
-        )
-        self.plan = Plan.build(workflow, self.registry)
+        self.plan = Plan.of(self.definition, self.registry)
         if self._prices is None:
             self._prices = ReplayPriceFeed(clock=self.clock)
         if self._exchange is None:
