@@ -19,6 +19,7 @@ from tradeflow.errors import (
     EmergencyHalted,
     InvalidRequest,
     RiskLimitExceeded,
+    UnavailableError,
     ValidationIssue,
     WorkflowValidationError,
 )
@@ -109,7 +110,8 @@ class ExecutionManager:
 
     async def _start(self, submission: Submission) -> _Running:
         if self._draining:
-            raise EmergencyHalted("executor is shutting down", scope="executor")
+            # UNAVAILABLE at the edge: the caller retries on another replica.
+            raise UnavailableError("executor is shutting down")
         if not submission.workflow_id:
             raise InvalidRequest("workflow_id", "a non-empty string", submission.workflow_id)
         request_id = submission.request_id or None
