@@ -497,3 +497,14 @@ async def test_state_is_persisted_as_it_runs(infra: Infrastructure) -> None:
     sequences = [event.sequence for _, event in history]
     assert sequences == list(range(1, len(sequences) + 1))
     assert [r.execution_id for r in page.executions] == [execution_id]
+
+
+@pytest.mark.asyncio
+async def test_metrics_exposition_counts_nodes_and_executions(infra: Infrastructure) -> None:
+    """After runs, the Prometheus text has node latency buckets per type and executions by status."""
+    for _ in range(3):
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, "metered").execute()
+    text = infra.metrics.exposition().decode()
+    assert 'tradeflow_executions_total{status="completed"} 3.0' in text
+    assert 'tradeflow_node_duration_seconds_count{node_type="place_order"} 3.0' in text
+    assert 'tradeflow_node_duration_seconds_bucket{le="+Inf",node_type="threshold"} 3.0' in text

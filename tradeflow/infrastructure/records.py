@@ -142,10 +142,6 @@ class ExecutionStatus(StrEnum):
     HALTED = "halted"
     CANCELLED = "cancelled"
 
-    @property
-    def is_final(self) -> bool:
-        return self is not ExecutionStatus.RUNNING
-
 
 @dataclass(frozen=True, slots=True)
 class ExecutionRecord:

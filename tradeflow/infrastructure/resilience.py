@@ -148,9 +148,6 @@ class BreakerRegistry:
             self._breakers[config.name] = breaker
         return breaker
 
-    def states(self) -> dict[str, BreakerState]:
-        return {name: b.state for name, b in self._breakers.items()}
-
 
 RetryHook = Callable[[int, BaseException, float], None]
 """Called as ``hook(failed_attempt, error, next_wait_seconds)`` before each retry."""

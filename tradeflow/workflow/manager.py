@@ -218,9 +218,6 @@ class ExecutionManager:
         record = await self.infra.state.get_execution(execution_id)
         return False, record.status
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._running)
 
     async def drain(self, grace: float) -> None:
         """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
