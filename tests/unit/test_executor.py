@@ -508,3 +508,46 @@ async def test_metrics_exposition_counts_nodes_and_executions(infra: Infrastruct
     assert 'tradeflow_executions_total{status="completed"} 3.0' in text
     assert 'tradeflow_node_duration_seconds_count{node_type="place_order"} 3.0' in text
     assert 'tradeflow_node_duration_seconds_bucket{le="+Inf",node_type="threshold"} 3.0' in text
+
+
+@pytest.mark.asyncio
+async def test_a_halt_during_retry_backoff_stops_the_retry(infra: Infrastructure) -> None:
+    """An action whose first attempt fails is not retried once trading is halted meanwhile."""
+    attempts = 0
+
+    async def flaky_order(
+        ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        nonlocal attempts
+        attempts += 1
+        await infra.emergency.halt(Scope.GLOBAL, reason="halted mid-retry")
+        raise ConnectionError("venue timeout")
+
+    registry = registry_with(NodeSpec("actions", "flaky_order", flaky_order, outputs=("ok",)))
+    config = {"retry": {"max_attempts": 3, "initial_interval": 0, "jitter": 0}}
+    workflow = {"blocks": [block("order", "actions", "flaky_order", config=config)]}
+    with pytest.raises(EmergencyHalted, match="halted mid-retry"):
+        await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).execute()
+    assert attempts == 1
+
+
+@pytest.mark.asyncio
+async def test_a_limit_configured_not_to_halt_does_not_halt(infra: Infrastructure) -> None:
+    """A breach of a limit set with auto_halt=False raises but leaves trading active."""
+    await infra.emergency.set_risk_limit("max_exposure", 10.0, auto_halt=False, actor="ops")
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await infra.emergency.check_risk_limit("max_exposure", 11.0)
+    assert not caught.value.halted
+    assert await infra.emergency.halts() == []
+
+
+@pytest.mark.asyncio
+async def test_cancel_applies_to_one_run_in_both_executors(infra: Infrastructure) -> None:
+    """A cancel before execute() cancels that run only, alike in both executors."""
+    for executor in (
+        WorkflowExecutor(trading_workflow()),
+        EnhancedWorkflowExecutor(trading_workflow(), infra, "wf"),
+    ):
+        executor.cancel()
+        assert (await executor.execute())["status"] == "cancelled"
+        assert (await executor.execute())["status"] == "completed"

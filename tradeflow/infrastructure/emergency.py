@@ -319,7 +319,9 @@ class EmergencyController:
             _require_number("threshold", threshold)
         if not direction.breached(value, threshold):
             return
-        value, threshold, auto_halt = float(value), float(threshold), bool(auto_halt)
+        # A limit configured not to halt overrides the seed's default auto_halt=True.
+        auto_halt = bool(auto_halt) and (configured is None or configured.auto_halt)
+        value, threshold = float(value), float(threshold)
         await self._breach(
             limit_type,
             value,

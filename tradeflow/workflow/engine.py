@@ -70,8 +70,10 @@ class Plan:
     order: tuple[str, ...]
 
     @classmethod
-    def of(cls, definition: Mapping[str, Any] | Workflow, registry: NodeRegistry) -> Plan:
-        """The plan of a definition (validated here) or of an already validated workflow."""
+    def of(cls, definition: Mapping[str, Any] | Workflow | Plan, registry: NodeRegistry) -> Plan:
+        """The plan of a definition (validated here), of a validated workflow, or itself."""
+        if isinstance(definition, Plan):
+            return definition
         workflow = (
             definition
             if isinstance(definition, Workflow)
@@ -115,11 +117,16 @@ class Observer(Protocol):
     """What the enhanced executor adds around the runner (all optional to the base one)."""
 
     async def before_io(self, node: NodePlan) -> None:
-        """Before an action or external call: persist progress; for an action, record the
-        write-ahead intent and refuse (raise ``EmergencyHalted``) if trading is halted."""
+        """Before an action or external call: persist progress; for an action, first record
+        the write-ahead intent."""
         ...
 
-    def node_started(self, node: NodePlan, attempt: int) -> None: ...
+    def guard_action(self, node: NodePlan) -> None:
+        """Right before each attempt of an action: raise ``EmergencyHalted`` if trading is
+        halted (or the halt state cannot be confirmed)."""
+        ...
+
+    def node_started(self, node: NodePlan) -> None: ...
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None: ...
 
@@ -291,10 +298,12 @@ class _Runner:
             if observer is not None:
                 if node.does_io:
                     await observer.before_io(node)
-                observer.node_started(node, 1)
+                observer.node_started(node)
             if node.protected:
                 outputs = await self._run_protected(node, inputs)
             else:
+                if node.is_action and observer is not None:
+                    observer.guard_action(node)
                 outputs = await node.spec.run(self.ctx, block, inputs)
             for name in block.outputs:
                 if name not in outputs:
@@ -332,8 +341,17 @@ class _Runner:
             if observer is not None:
                 observer.node_retrying(node, attempt, error, wait)
 
+        guard = observer.guard_action if node.is_action and observer is not None else None
+
+        async def attempt() -> dict[str, Any]:
+            # Every attempt of an action asks again: a halt during a retry's back-off
+            # must stop the retry.
+            if guard is not None:
+                guard(node)
+            return await node.spec.run(self.ctx, node.block, inputs)
+
         return await run_protected(
-            lambda: node.spec.run(self.ctx, node.block, inputs),
+            attempt,
             node_id=node.block.id,
             config=config,
             breaker=breaker,

@@ -72,7 +72,7 @@ class EnhancedWorkflowExecutor:
 
     def __init__(
         self,
-        workflow: Mapping[str, Any] | Workflow,
+        workflow: Mapping[str, Any] | Workflow | Plan,
         infra: Infrastructure,
         workflow_id: str,
         bot_id: str | None = None,
@@ -105,7 +105,8 @@ class EnhancedWorkflowExecutor:
         }
 
     def cancel(self) -> None:
-        """Stop starting nodes; nodes already running finish; the status becomes ``cancelled``."""
+        """Stop the run in progress (or the next one, if none is): nodes already running
+        finish, no further node starts, the status becomes ``cancelled``."""
         self._cancelled.set()
 
     async def execute(
@@ -170,7 +171,6 @@ class EnhancedWorkflowExecutor:
     ) -> dict[str, Any]:
         assert self.plan is not None
         infra = self.infra
-        self._cancelled = asyncio.Event()
         journal = _Journal(self, record, first_sequence)
         ctx = ExecutionContext(
             execution_id=record.execution_id,
@@ -210,6 +210,8 @@ class EnhancedWorkflowExecutor:
                 # execution "running" so it can be resumed.
                 await asyncio.shield(journal.flush())
                 raise
+            finally:
+                self._cancelled = asyncio.Event()
             seconds = infra.clock.monotonic() - started
             result = build_result(
                 outcome,
@@ -332,7 +334,9 @@ class _Journal:
         client_order_id = f"{self.execution_id}:{node_id}"
         self._checkpoint(node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id})
         await self.flush()
-        # Checked after the durable write: the last moment before the side effect.
+
+    def guard_action(self, node: NodePlan) -> None:
+        # After the durable intent, before each attempt: the last moment before the side effect.
         try:
             self.emergency.ensure_trading_allowed(
                 workflow_id=self.workflow_id, bot_id=self.bot_id, strategy_id=self.strategy_id
@@ -341,7 +345,7 @@ class _Journal:
             self.metrics.actions_refused.inc()
             raise
 
-    def node_started(self, node: NodePlan, attempt: int) -> None:
+    def node_started(self, node: NodePlan) -> None:
         self.emit(_NODE_STARTED, node.block.id)
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None:

@@ -94,7 +94,8 @@ class WorkflowExecutor:
             self._exchange = PaperExchange(self._prices, clock=self.clock)
 
     def cancel(self) -> None:
-        """Stop starting nodes; nodes already running finish."""
+        """Stop the run in progress (or the next one, if none is): nodes already running
+        finish, no further node starts, the status becomes ``cancelled``."""
         self._cancelled.set()
 
     async def execute(self) -> dict[str, Any]:
@@ -115,14 +116,17 @@ class WorkflowExecutor:
             log=self._log,
         )
         started = self.clock.time()
-        outcome = await run_plan(
-            self.plan,
-            ctx,
-            clock=self.clock,
-            breakers=self._breakers,
-            max_concurrency=self.max_concurrency,
-            cancelled=self._cancelled,
-        )
+        try:
+            outcome = await run_plan(
+                self.plan,
+                ctx,
+                clock=self.clock,
+                breakers=self._breakers,
+                max_concurrency=self.max_concurrency,
+                cancelled=self._cancelled,
+            )
+        finally:
+            self._cancelled = asyncio.Event()
         result = build_result(
             outcome,
             execution_id=execution_id,

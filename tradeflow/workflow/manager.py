@@ -22,6 +22,7 @@ from tradeflow.errors import (
     UnavailableError,
     ValidationIssue,
     WorkflowValidationError,
+    describe,
 )
 from tradeflow.infrastructure.factory import Infrastructure
 from tradeflow.infrastructure.logging import get_logger
@@ -33,8 +34,8 @@ from tradeflow.infrastructure.records import (
     ExecutionRecord,
     ExecutionStatus,
 )
+from tradeflow.workflow.engine import Plan
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
-from tradeflow.workflow.model import Workflow
 from tradeflow.workflow.nodes import default_registry
 from tradeflow.workflow.nodes.registry import NodeRegistry
 from tradeflow.workflow.validation import parse_workflow
@@ -43,7 +44,7 @@ __all__ = ["ExecutionManager", "ExecutionView", "Submission"]
 
 _log = get_logger("tradeflow.manager")
 
-_CACHED_WORKFLOWS = 256
+_CACHED_PLANS = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,8 @@ class ExecutionManager:
         self.infra = infra
         self.registry = registry if registry is not None else default_registry
         self._running: dict[str, _Running] = {}
-        self._workflows: OrderedDict[bytes, Workflow] = OrderedDict()
+        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
+        self._claims: dict[str, asyncio.Future[_Running]] = {}
         self._by_request: dict[str, str] = {}
         self._draining = False
 
@@ -109,18 +111,41 @@ class ExecutionManager:
         return await asyncio.shield(running.task)
 
     async def _start(self, submission: Submission) -> _Running:
-        if self._draining:
-            # UNAVAILABLE at the edge: the caller retries on another replica.
-            raise UnavailableError("executor is shutting down")
+        self._refuse_if_draining()
         if not submission.workflow_id:
             raise InvalidRequest("workflow_id", "a non-empty string", submission.workflow_id)
         request_id = submission.request_id or None
-        if request_id is not None:
-            known = await self._known_request(request_id)
-            if known is not None:
-                return known
+        if request_id is None:
+            return await self._launch(submission, None)
+        # Concurrent requests with one key wait for the first: looking the key up in the
+        # store is a round trip, and the second must not start its own execution meanwhile.
+        claim = self._claims.get(request_id)
+        if claim is not None:
+            return await asyncio.shield(claim)
+        claim = asyncio.get_running_loop().create_future()
+        self._claims[request_id] = claim
+        try:
+            running = await self._known_request(request_id)
+            if running is None:
+                running = await self._launch(submission, request_id)
+        except BaseException as exc:
+            claim.set_exception(exc)
+            claim.exception()  # the waiters, if any, re-raise it; none is not an error
+            raise
+        else:
+            claim.set_result(running)
+            return running
+        finally:
+            del self._claims[request_id]
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            # UNAVAILABLE at the edge: the caller retries on another replica.
+            raise UnavailableError("executor is shutting down")
+
+    async def _launch(self, submission: Submission, request_id: str | None) -> _Running:
         executor = EnhancedWorkflowExecutor(
-            self._workflow(submission.definition),
+            self._plan(submission.definition),
             self.infra,
             submission.workflow_id,
             submission.bot_id,
@@ -140,27 +165,40 @@ class ExecutionManager:
             strategy_id=submission.strategy_id,
             request_id=request_id,
         )
+        # Checked again with no await before the task exists: a drain that began while this
+        # request was looked up must not see a task appear after it took its snapshot.
+        self._refuse_if_draining()
         task = asyncio.create_task(self._run(executor, record))
         running = _Running(executor, record, task)
         self._running[execution_id] = running
         if request_id is not None:
             self._by_request[request_id] = execution_id
-        task.add_done_callback(lambda _: self._forget(execution_id, request_id))
+        task.add_done_callback(lambda done: self._finished(done, execution_id, request_id))
         return running
 
-    def _workflow(self, definition: Mapping[str, Any]) -> Workflow:
-        """The validated workflow, from a small cache: bots submit the same definition
-        over and over, and validating it costs ~20x hashing it."""
+    def _finished(
+        self, task: asyncio.Future[ExecutionView], execution_id: str, request_id: str | None
+    ) -> None:
+        self._running.pop(execution_id, None)
+        if request_id is not None:
+            self._by_request.pop(request_id, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A submitted execution has nobody awaiting it: say what happened.
+            _log.error("execution.crashed", execution_id=execution_id, error=describe(error))
+
+    def _plan(self, definition: Mapping[str, Any]) -> Plan:
+        """The validated, planned workflow, from a small cache: bots submit the same
+        definition over and over, and validating it costs ~20x hashing it."""
         key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
-        workflow = self._workflows.get(key)
-        if workflow is None:
-            workflow = parse_workflow(definition, registry=self.registry)
-            self._workflows[key] = workflow
-            if len(self._workflows) > _CACHED_WORKFLOWS:
-                self._workflows.popitem(last=False)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Plan.of(definition, self.registry)
+            self._plans[key] = plan
+            if len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
         else:
-            self._workflows.move_to_end(key)
-        return workflow
+            self._plans.move_to_end(key)
+        return plan
 
     async def _known_request(self, request_id: str) -> _Running | None:
         execution_id = self._by_request.get(request_id)
@@ -173,11 +211,6 @@ class ExecutionManager:
         done: asyncio.Future[ExecutionView] = asyncio.get_running_loop().create_future()
         done.set_result(view)
         return _Running(None, view.record, done)
-
-    def _forget(self, execution_id: str, request_id: str | None) -> None:
-        self._running.pop(execution_id, None)
-        if request_id is not None:
-            self._by_request.pop(request_id, None)
 
     async def _run(
         self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord
@@ -217,7 +250,6 @@ class ExecutionManager:
             return True, ExecutionStatus.RUNNING
         record = await self.infra.state.get_execution(execution_id)
         return False, record.status
-
 
     async def drain(self, grace: float) -> None:
         """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
