@@ -74,12 +74,21 @@ def load_definition(path: str) -> dict[str, Any]:
 class Progress:
     """Prints one line per event of a run, as it happens."""
 
-    def __init__(self, out: TextIO, *, as_json: bool) -> None:
+    def __init__(self, out: TextIO, *, as_json: bool, workflow_id: str | None = None) -> None:
         self.out = out
         self.as_json = as_json
+        self.workflow_id = workflow_id
+        """Show only this workflow's executions (a shared bus carries every bot's events);
+        events of no execution (halts, breakers) are always shown."""
         self.counts = {"completed": 0, "skipped": 0, "failed": 0}
 
     async def __call__(self, event: dict[str, Any]) -> None:
+        if (
+            self.workflow_id is not None
+            and event.get("execution_id") is not None
+            and event.get("workflow_id") != self.workflow_id
+        ):
+            return
         if self.as_json:
             print(json.dumps(event, separators=(",", ":"), default=str), file=self.out, flush=True)
             return
@@ -159,7 +168,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
     definition = load_definition(args.file)
     workflow_id = args.workflow_id or Path(args.file).stem
     async with await _infra(args) as infra:
-        progress = Progress(sys.stdout, as_json=args.json)
+        progress = Progress(sys.stdout, as_json=args.json, workflow_id=workflow_id)
         await infra.events.subscribe("workflow_events", progress)
         executor = EnhancedWorkflowExecutor(
             definition, infra, workflow_id, bot_id=args.bot_id, strategy_id=args.strategy_id
@@ -184,7 +193,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
 async def cmd_resume_execution(args: argparse.Namespace) -> int:
     async with await _infra(args) as infra:
         record = await infra.state.get_execution(args.execution_id)
-        await infra.events.subscribe("workflow_events", Progress(sys.stdout, as_json=args.json))
+        await infra.events.subscribe(
+            "workflow_events",
+            Progress(sys.stdout, as_json=args.json, workflow_id=record.workflow_id),
+        )
         executor = EnhancedWorkflowExecutor(
             record.definition,
             infra,

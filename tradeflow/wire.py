@@ -42,6 +42,7 @@ from tradeflow.infrastructure.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.infrastructure.sqlite import to_json_bytes
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
 from tradeflow.proto.executor.v1 import executor_service_pb2
@@ -96,14 +97,12 @@ _SHOWN_JSON_CHARS = 200
 """How much of malformed JSON text an error message quotes."""
 
 
-# The same encoding as the SQLite store: compact, NaN-tolerant, ASCII-only (a
-# lone surrogate in a Python str cannot become a protobuf string otherwise).
 def encode_json(value: Any) -> str:
-    """Compact JSON text (orjson: ~10x the standard library; NaN/Infinity become null)."""
-    return orjson.dumps(value).decode()
+    """Compact JSON text, encoded as the SQLite store encodes it (orjson; NaN and
+    Infinity become null; non-string keys become strings)."""
+    return to_json_bytes(value).decode()
 
 
-"""Render a JSON-ready value as compact JSON text."""
 _decode_json = orjson.loads
 
 

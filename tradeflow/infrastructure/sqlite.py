@@ -42,7 +42,7 @@ from typing import Any, Final, Literal
 import orjson
 import structlog
 
-from tradeflow.errors import ConfigurationError
+from tradeflow.errors import ConfigurationError, describe
 
 __all__ = [
     "DB_SCHEMA_VERSION",
@@ -346,6 +346,15 @@ def open_database(
             f"invalid sqlite synchronous mode: expected 'NORMAL' or 'FULL', found {synchronous!r}"
         )
     location = os.fspath(path)
+    try:
+        return _open(location, synchronous)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(
+            f"cannot open the state file {location!r}: {describe(exc)}"
+        ) from exc
+
+
+def _open(location: str, synchronous: str) -> Database:
     in_memory = location == ":memory:"
     if not in_memory:
         Path(location).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from tradeflow.clock import new_id
-from tradeflow.errors import TradeflowError
+from tradeflow.errors import ConfigurationError, TradeflowError
 from tradeflow.infrastructure.logging import get_logger
 from tradeflow.infrastructure.metrics import LATENCY_BUCKETS
 from tradeflow.rpc.config import ServiceConfig
@@ -184,35 +184,46 @@ async def serve(config: ServiceConfig, service: Service) -> None:
         ],
         server,
     )
-    server.add_insecure_port(config.listen)
     metrics_server = None
-    if config.metrics_port:
-        metrics_server, _ = start_http_server(config.metrics_port, registry=service.registry)
-    await server.start()
-    for name in ("", *names):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    _log.info(
-        "service.started",
-        service=config.name,
-        listen=config.listen,
-        metrics_port=config.metrics_port,
-    )
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-    _log.info("service.draining", service=config.name)
-    await health.enter_graceful_shutdown()
-    if service.drain is not None:
-        await service.drain()
-    await server.stop(config.grace_seconds)
-    if service.close is not None:
-        await service.close()
-    if metrics_server is not None:
-        metrics_server.shutdown()
+    try:
+        try:
+            server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot listen on {config.listen}: {exc}") from exc
+        if config.metrics_port:
+            try:
+                metrics_server, _ = start_http_server(
+                    config.metrics_port, registry=service.registry
+                )
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot serve /metrics on port {config.metrics_port}: {exc.strerror}"
+                ) from exc
+        await server.start()
+        for name in ("", *names):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "service.started",
+            service=config.name,
+            listen=config.listen,
+            metrics_port=config.metrics_port,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        _log.info("service.draining", service=config.name)
+        await health.enter_graceful_shutdown()
+        if service.drain is not None:
+            await service.drain()
+    finally:
+        # Whatever happened above, stop serving and release connections.
+        await server.stop(config.grace_seconds)
+        if service.close is not None:
+            await service.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     _log.info("service.stopped", service=config.name)
 
 

@@ -72,6 +72,13 @@ def _check_api_call(props: Mapping[str, Any], wired: frozenset[str]) -> Problems
     return problems
 
 
+def _without_secrets(url: str) -> str:
+    """The URL as errors, events and logs show it: no credentials, no query (API keys
+    often travel in either)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+
+
 def _breaker_name(props: Mapping[str, Any]) -> str:
     """``http:<host>[:<port>]``: one breaker per server, credentials in the URL left out."""
     return "http:" + urlsplit(str(props["url"])).netloc.rpartition("@")[2].lower()
@@ -107,6 +114,7 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
     props = block.properties
     method = props["method"]
     url = props["url"]
+    shown = _without_secrets(url)
     try:
         response = await ctx.http.request(
             method,
@@ -116,12 +124,13 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
             json=props["body"],
         )
     except httpx.RequestError as exc:
-        raise ExternalServiceError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
+        reason = str(exc).replace(url, shown) or type(exc).__name__
+        raise ExternalServiceError(f"{method} {shown} failed: {reason}") from exc
     status = response.status_code
     if status >= 500:
-        raise ExternalServiceError(f"{method} {url} answered {status}: {response.text[:200]}")
+        raise ExternalServiceError(f"{method} {shown} answered {status}: {response.text[:200]}")
     if not 200 <= status < 300:
-        raise ExternalRequestRejected(url, status, response.text)
+        raise ExternalRequestRejected(shown, status, response.text)
     try:
         body: Any = response.json()
     except ValueError:
