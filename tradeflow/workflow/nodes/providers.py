@@ -124,8 +124,10 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
             json=props["body"],
         )
     except httpx.RequestError as exc:
-        reason = str(exc).replace(url, shown) or type(exc).__name__
-        raise ExternalServiceError(f"{method} {shown} failed: {reason}") from exc
+        reason = str(exc).replace(url, shown)
+        raise ExternalServiceError(
+            f"{method} {shown} failed: {type(exc).__name__}: {reason}"
+        ) from exc
     status = response.status_code
     if status >= 500:
         raise ExternalServiceError(f"{method} {shown} answered {status}: {response.text[:200]}")
