@@ -8,6 +8,8 @@ from typing import Any
 import grpc
 
 from tradeflow import wire
+from tradeflow.errors import describe
+from tradeflow.infrastructure.logging import get_logger
 from tradeflow.infrastructure.nats_bus import NatsEventBus
 from tradeflow.infrastructure.records import Event
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
@@ -15,6 +17,8 @@ from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 from tradeflow.workflow.manager import ExecutionManager, ExecutionView, Submission
 
 __all__ = ["ExecutorServicer"]
+
+_log = get_logger("tradeflow.executor_service")
 
 
 def _optional(message: Any, field: str) -> str | None:
@@ -100,6 +104,10 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
             bot_id=_optional(request, "bot_id"),
             strategy_id=_optional(request, "strategy_id"),
         ):
-            yield pb.StreamEventsResponse(
-                event=wire.event_to_proto(Event.from_dict(event)), stream_sequence=sequence
-            )
+            try:
+                message = wire.event_to_proto(Event.from_dict(event))
+            except (KeyError, TypeError, ValueError) as exc:
+                # Not an event tradeflow wrote: skip it rather than end the caller's stream.
+                _log.warning("events.undecodable", stream_sequence=sequence, error=describe(exc))
+                continue
+            yield pb.StreamEventsResponse(event=message, stream_sequence=sequence)

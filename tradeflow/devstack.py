@@ -254,7 +254,8 @@ def stop_recorded(workdir: Path) -> list[str]:
     order = ["executor", "emergency", "state", "redis", "nats"]
     for name in order:
         pid = recorded["pids"].get(name)
-        if not pid:
+        if not pid or not _runs(pid, _MARKERS[name]):
+            # Gone, or the pid now belongs to another program (a stale stack.json).
             continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -262,6 +263,23 @@ def stop_recorded(workdir: Path) -> list[str]:
             stopped.append(name)
     path.unlink()
     return stopped
+
+
+_MARKERS = {
+    "nats": "nats-server",
+    "redis": "redis-server",
+    "executor": "executor_service",
+    "emergency": "emergency_service",
+    "state": "state_service",
+}
+"""What a recorded process's command line contains when it is still ours."""
+
+
+def _runs(pid: int, marker: str) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
 
 
 def _wait_gone(pid: int, timeout: float = 30.0) -> None:

@@ -17,7 +17,6 @@ __all__ = [
     "ConfigurationError",
     "EmergencyHalted",
     "ExchangeError",
-    "ExecutionCancelled",
     "ExecutionNotFound",
     "ExternalRequestRejected",
     "ExternalServiceError",
@@ -246,12 +245,6 @@ class ExecutionNotFound(TradeflowError):
 
     def details(self) -> dict[str, Any]:
         return {"execution_id": self.execution_id}
-
-
-class ExecutionCancelled(TradeflowError):
-    """The execution was cancelled before it finished."""
-
-    grpc_status = "CANCELLED"
 
 
 class UnavailableError(TradeflowError):

@@ -73,8 +73,6 @@ class Settings:
     """``TRADEFLOW_LOG_FORMAT=json`` (default in production) or ``console``."""
     event_buffer: int = 10_000
     """Events buffered per slow subscriber before the oldest are dropped."""
-    executor_address: str = "127.0.0.1:50051"
-    """``TRADEFLOW_EXECUTOR_ADDR``."""
     emergency_address: str = "127.0.0.1:50052"
     """``TRADEFLOW_EMERGENCY_ADDR``."""
     state_address: str = "127.0.0.1:50053"
@@ -106,12 +104,17 @@ class Settings:
             prices_file=e.get("TRADEFLOW_PRICES_FILE") or None,
             log_level=e.get("TRADEFLOW_LOG_LEVEL", "warning" if env == "test" else "info"),
             log_json=log_format == "json",
-            executor_address=e.get("TRADEFLOW_EXECUTOR_ADDR", defaults.executor_address),
             emergency_address=e.get("TRADEFLOW_EMERGENCY_ADDR", defaults.emergency_address),
             state_address=e.get("TRADEFLOW_STATE_ADDR", defaults.state_address),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
             paper_balances=_balances(e.get("TRADEFLOW_PAPER_BALANCES")),
         )
+
+    def price_feed(self, clock: Clock) -> ReplayPriceFeed:
+        """The replayed prices these settings describe (a file, or the synthetic series)."""
+        if self.prices_file:
+            return ReplayPriceFeed.from_file(self.prices_file, clock=clock)
+        return ReplayPriceFeed(clock=clock)
 
     def paper_exchange(self, prices: PriceFeed, **kwargs: Any) -> PaperExchange:
         """The paper exchange these settings describe."""
@@ -213,14 +216,10 @@ class Infrastructure:
         exchange: Exchange | None,
     ) -> Infrastructure:
         metrics = Metrics()
-        conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
+        # Everything that can fail on bad input first: the database opens last.
+        prices = prices if prices is not None else settings.price_feed(clock)
         bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
-        if prices is None:
-            prices = (
-                ReplayPriceFeed.from_file(settings.prices_file, clock=clock)
-                if settings.prices_file
-                else ReplayPriceFeed(clock=clock)
-            )
+        conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
         return cls(
             env=env,
             settings=settings,

@@ -170,7 +170,7 @@ class Metrics:
         )
         self.events_dropped = Counter(
             "tradeflow_events_dropped_total",
-            "Events a slow subscriber lost (buffer full).",
+            "Events lost: a slow subscriber's buffer was full, or the bus could not send them.",
             registry=r,
         )
         self.subscriber_errors = Counter(

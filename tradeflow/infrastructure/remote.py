@@ -21,7 +21,6 @@ from tradeflow.infrastructure.nats_bus import NatsEventBus
 from tradeflow.rpc.emergency_client import RemoteEmergencyControl
 from tradeflow.rpc.state_client import StateClient
 from tradeflow.trading.ports import Exchange, PriceFeed
-from tradeflow.trading.prices import ReplayPriceFeed
 
 if TYPE_CHECKING:
     from tradeflow.infrastructure.factory import Infrastructure, Settings
@@ -40,6 +39,8 @@ async def create_remote(
 ) -> Infrastructure:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
     metrics = Metrics()
+    # Everything that can fail on bad input first, before any connection is opened.
+    prices = prices if prices is not None else settings.price_feed(clock)
     try:
         bus = await NatsEventBus.connect(
             settings.nats_url, buffer_size=settings.event_buffer, metrics=metrics
@@ -55,12 +56,6 @@ async def create_remote(
     except BaseException:
         await bus.close()
         raise
-    if prices is None:
-        prices = (
-            ReplayPriceFeed.from_file(settings.prices_file, clock=clock)
-            if settings.prices_file
-            else ReplayPriceFeed(clock=clock)
-        )
     return cls(
         env="production",
         settings=settings,

@@ -11,8 +11,10 @@ snapshot, while the stream is down (it reconnects with jittered exponential
 backoff), and when no snapshot, change or heartbeat (the service resends its
 state every second while idle) arrived for ``max_staleness`` seconds.
 
-Every other method is one call; mutating calls carry a fresh ``request_id``, so
-the service acts on them once. A change to the halts made through this client
+Every other method is one call. Halt, resume and set-limit calls carry a fresh
+``request_id`` (the service keeps the answer, so a caller that re-sends a request
+with the same id gets it instead of a second change; this client does not retry
+by itself); risk checks carry none. A change to the halts made through this client
 is in its local view before the call returns (read-your-writes), unless the
 view is down anyway.
 """
@@ -281,8 +283,9 @@ class RemoteEmergencyControl:
         and publishes the breach, and with ``auto_halt`` halts globally first)."""
         response: pb.CheckRiskLimitResponse = await self._call(
             self._stub.CheckRiskLimit,
+            # No request_id: this client never retries a check, and the service would
+            # otherwise store an answer in Redis for every risk node of every execution.
             pb.CheckRiskLimitRequest(
-                request_id=self._id_factory(),
                 limit_type=limit_type,
                 value=_number("value", value),
                 threshold=None if threshold is None else _number("threshold", threshold),

@@ -9,8 +9,8 @@ controls, shared breakers, metrics and correlated logs from an :class:`Infrastru
 Durability: events and checkpoints are buffered and written in one atomic batch
 at the points that matter: before every action (the write-ahead intent carrying
 the client order id, so a resumed execution can never trade twice), before every
-external call (which may be slow, so progress up to it is on disk), and when the
-execution ends. A crash loses at most the record of pure computation since the
+call through a circuit breaker such as ``api_call`` (which may be slow, so
+progress up to it is on disk), and when the execution ends. A crash loses at most the record of pure computation since the
 last batch; resume re-runs it. The buffer is bounded by the workflow size limit.
 """
 
@@ -150,6 +150,14 @@ class EnhancedWorkflowExecutor:
         record = await infra.state.get_execution(execution_id)
         if record.status is ExecutionStatus.COMPLETED:
             raise InvalidRequest("execution_id", "an execution that did not complete", execution_id)
+        assert self.plan is not None
+        if record.definition != self.plan.workflow.definition:
+            # Checkpoints name this execution's blocks: another workflow must not reuse them.
+            raise InvalidRequest(
+                "execution_id",
+                "an execution of this executor's workflow definition",
+                f"{execution_id} (recorded with another definition)",
+            )
         checkpoints = await infra.state.get_checkpoints(execution_id)
         history = await infra.state.read_events(execution_id=execution_id, limit=1_000_000)
         last_sequence = max((event.sequence for _, event in history), default=0)
@@ -187,7 +195,7 @@ class EnhancedWorkflowExecutor:
         started = infra.clock.monotonic()
         journal.emit(
             EventType.EXECUTION_STARTED.value,
-            data={"resumed": bool(restored)} if restored else {},
+            data={"resumed": True} if restored else {},
         )
         with structlog.contextvars.bound_contextvars(
             correlation_id=record.correlation_id,
@@ -238,7 +246,6 @@ class _Journal:
         "emergency",
         "events",
         "execution_id",
-        "executor",
         "log",
         "metrics",
         "node_seconds",
@@ -254,7 +261,6 @@ class _Journal:
         self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord, first_sequence: int
     ) -> None:
         infra = executor.infra
-        self.executor = executor
         self.record = record
         self.record_written = False
         self.bus = infra.events

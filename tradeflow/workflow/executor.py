@@ -93,6 +93,16 @@ class WorkflowExecutor:
         if self._exchange is None:
             self._exchange = PaperExchange(self._prices, clock=self.clock)
 
+    async def close(self) -> None:
+        """Release the HTTP client, if an ``api_call`` node created one."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> WorkflowExecutor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     def cancel(self) -> None:
         """Stop the run in progress (or the next one, if none is): nodes already running
         finish, no further node starts, the status becomes ``cancelled``."""
