@@ -188,6 +188,9 @@ class NodeTimeoutError(TradeflowError):
         self.node_id = node_id
         self.timeout = timeout
 
+    def details(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "timeout": self.timeout}
+
 
 class CircuitOpenError(TradeflowError):
     """A call was refused because its circuit breaker is open."""
@@ -198,6 +201,9 @@ class CircuitOpenError(TradeflowError):
         super().__init__(f"circuit {breaker!r} is open; retry after {retry_after:.3f}s")
         self.breaker = breaker
         self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {"breaker": self.breaker, "retry_after": self.retry_after}
 
 
 class ExchangeError(TradeflowError):
@@ -215,6 +221,9 @@ class OrderRejected(ExchangeError):
         TradeflowError.__init__(self, f"order {client_order_id!r} rejected: {reason}")
         self.client_order_id = client_order_id
         self.reason = reason
+
+    def details(self) -> dict[str, Any]:
+        return {"client_order_id": self.client_order_id, "reason": self.reason}
 
 
 class ExternalServiceError(TradeflowError):

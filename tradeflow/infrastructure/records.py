@@ -29,6 +29,7 @@ __all__ = [
     "RiskLimit",
     "Scope",
     "StateBatch",
+    "parse_rfc3339",
     "rfc3339",
 ]
 
@@ -63,6 +64,11 @@ def rfc3339(ts: float) -> str:
     if micros == 1_000_000:
         second, micros = second + 1, 0
     return f"{_second_prefix(second)}.{micros:06d}Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """Inverse of :func:`rfc3339`."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 @lru_cache(maxsize=8)
@@ -117,7 +123,7 @@ class Event(NamedTuple):
         """Inverse of :meth:`to_dict`."""
         ts = raw["timestamp"]
         if isinstance(ts, str):
-            ts = datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+            ts = parse_rfc3339(ts)
         return cls(
             type=raw["type"],
             event_id=raw["event_id"],

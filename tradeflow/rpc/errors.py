@@ -47,6 +47,18 @@ def error_from_rpc(err: grpc.aio.AioRpcError, *, service: str) -> TradeflowError
     return TradeflowError(f"{service} failed: {code.name}: {err.details()}")
 
 
+# Errors whose constructor takes exactly the fields their details() carry.
+_BY_DETAILS: dict[str, type[TradeflowError]] = {
+    cls.__name__: cls
+    for cls in (
+        errors.ExecutionNotFound,
+        errors.OrderRejected,
+        errors.CircuitOpenError,
+        errors.NodeTimeoutError,
+    )
+}
+
+
 def _rebuild(payload: dict[str, Any]) -> TradeflowError:
     name, message, details = payload["type"], payload["message"], payload.get("details") or {}
     if name == "WorkflowValidationError":
@@ -67,8 +79,9 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
             details["threshold"],
             halted=bool(details.get("halted")),
         )
-    if name == "ExecutionNotFound":
-        return errors.ExecutionNotFound(details["execution_id"])
+    rebuilt = _BY_DETAILS.get(name)
+    if rebuilt is not None:
+        return rebuilt(**details)
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, TradeflowError)):
         cls = TradeflowError

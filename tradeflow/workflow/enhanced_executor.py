@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -115,12 +116,14 @@ class EnhancedWorkflowExecutor:
         correlation_id: str | None = None,
         request_id: str | None = None,
         execution_id: str | None = None,
+        started_at: float | None = None,
     ) -> dict[str, Any]:
         """Run the workflow once. Returns the result dict; raises ``EmergencyHalted``
         or ``RiskLimitExceeded`` (with ``.result``) when a halt stopped the run.
 
         ``request_id`` is an idempotency key recorded with the execution;
-        ``execution_id`` lets a caller hand out the id before the run starts.
+        ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
+        start) before the run starts.
         """
         await self.initialize()
         assert self.plan is not None
@@ -130,7 +133,7 @@ class EnhancedWorkflowExecutor:
             execution_id=execution_id,
             workflow_id=self.workflow_id,
             status=ExecutionStatus.RUNNING,
-            started_at=infra.clock.time(),
+            started_at=started_at if started_at is not None else infra.clock.time(),
             definition=self.plan.workflow.definition,
             correlation_id=correlation_id or execution_id,
             bot_id=self.bot_id,
@@ -159,19 +162,8 @@ class EnhancedWorkflowExecutor:
                 f"{execution_id} (recorded with another definition)",
             )
         checkpoints = await infra.state.get_checkpoints(execution_id)
-        history = await infra.state.read_events(execution_id=execution_id, limit=1_000_000)
-        last_sequence = max((event.sequence for _, event in history), default=0)
-        record = ExecutionRecord(
-            execution_id=record.execution_id,
-            workflow_id=record.workflow_id,
-            status=ExecutionStatus.RUNNING,
-            started_at=record.started_at,
-            definition=record.definition,
-            correlation_id=record.correlation_id,
-            bot_id=record.bot_id,
-            strategy_id=record.strategy_id,
-            request_id=record.request_id,
-        )
+        last_sequence = await _last_sequence(infra, execution_id)
+        record = replace(record, status=ExecutionStatus.RUNNING, finished_at=None, error=None)
         return await self._run(record, restored=checkpoints, first_sequence=last_sequence)
 
     async def _run(
@@ -221,17 +213,30 @@ class EnhancedWorkflowExecutor:
             finally:
                 self._cancelled = asyncio.Event()
             seconds = infra.clock.monotonic() - started
+            finished_at = infra.clock.time()
             result = build_result(
                 outcome,
                 execution_id=record.execution_id,
                 workflow_id=record.workflow_id,
                 correlation_id=record.correlation_id,
                 started_at=record.started_at,
-                finished_at=infra.clock.time(),
+                finished_at=finished_at,
             )
-            await journal.finish(outcome, result, seconds)
+            await journal.finish(outcome, result, seconds, finished_at)
         raise_if_halted(outcome, result)
         return result
+
+
+async def _last_sequence(infra: Infrastructure, execution_id: str) -> int:
+    """The highest event sequence recorded for an execution (read page by page: stores
+    cap one read)."""
+    last, cursor = 0, 0
+    while True:
+        page = await infra.state.read_events(after=cursor, execution_id=execution_id, limit=1000)
+        if not page:
+            return last
+        cursor = page[-1][0]
+        last = max(last, *(event.sequence for _, event in page))
 
 
 class _Journal:
@@ -390,26 +395,20 @@ class _Journal:
             {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
         )
 
-    async def finish(self, outcome: RunOutcome, result: dict[str, Any], seconds: float) -> None:
+    async def finish(
+        self, outcome: RunOutcome, result: dict[str, Any], seconds: float, finished_at: float
+    ) -> None:
         status = outcome.status
         data: dict[str, Any] = {"status": status.value, "duration_ms": seconds * 1000.0}
         if outcome.error is not None:
             data["error"] = outcome.error
         self.emit(_FINAL_EVENT[status], data=data)
-        record = self.record
-        self.record = ExecutionRecord(
-            execution_id=record.execution_id,
-            workflow_id=record.workflow_id,
+        self.record = replace(
+            self.record,
             status=status,
-            started_at=record.started_at,
-            definition=record.definition,
-            correlation_id=record.correlation_id,
-            bot_id=record.bot_id,
-            strategy_id=record.strategy_id,
-            finished_at=self.clock.time(),
+            finished_at=finished_at,
             error=outcome.error,
             result=result,
-            request_id=record.request_id,
         )
         self.record_written = False
         await self.flush()

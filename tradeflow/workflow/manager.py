@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -33,6 +33,7 @@ from tradeflow.infrastructure.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
+    parse_rfc3339,
 )
 from tradeflow.workflow.engine import Plan
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
@@ -220,6 +221,7 @@ class ExecutionManager:
                 correlation_id=record.correlation_id,
                 request_id=record.request_id,
                 execution_id=record.execution_id,
+                started_at=record.started_at,
             )
         except (EmergencyHalted, RiskLimitExceeded) as halt:
             if halt.result is None:
@@ -270,39 +272,27 @@ class ExecutionManager:
 def _view(
     executor: EnhancedWorkflowExecutor, record: ExecutionRecord, result: dict[str, Any]
 ) -> ExecutionView:
-    """The final view, built from the result (no state round trip)."""
-    status = ExecutionStatus(result["status"])
-    now = executor.infra.clock.time()
+    """The final view, as the state store now holds it, built from the result (no round trip)."""
+    finished = parse_rfc3339(result["finished_at"])
     results, errors, skipped = result["results"], result["errors"], set(result["skipped"])
     nodes = []
     assert executor.plan is not None
+    execution_id = record.execution_id
     for node_id in executor.plan.order:
         if node_id in results:
-            nodes.append(
-                Checkpoint(
-                    record.execution_id, node_id, CheckpointState.COMPLETED, now, results[node_id]
-                )
-            )
+            state, outputs, error = CheckpointState.COMPLETED, results[node_id], None
         elif node_id in errors:
-            nodes.append(
-                Checkpoint(
-                    record.execution_id, node_id, CheckpointState.FAILED, now, None, errors[node_id]
-                )
-            )
+            state, outputs, error = CheckpointState.FAILED, None, errors[node_id]
         elif node_id in skipped:
-            nodes.append(Checkpoint(record.execution_id, node_id, CheckpointState.SKIPPED, now))
-    final = ExecutionRecord(
-        execution_id=record.execution_id,
-        workflow_id=record.workflow_id,
-        status=status,
-        started_at=record.started_at,
-        definition=record.definition,
-        correlation_id=record.correlation_id,
-        bot_id=record.bot_id,
-        strategy_id=record.strategy_id,
-        finished_at=now,
+            state, outputs, error = CheckpointState.SKIPPED, None, None
+        else:
+            continue
+        nodes.append(Checkpoint(execution_id, node_id, state, finished, outputs, error))
+    final = replace(
+        record,
+        status=ExecutionStatus(result["status"]),
+        finished_at=finished,
         error=result["error"],
-        result=None,
-        request_id=record.request_id,
+        result=result,
     )
     return ExecutionView(final, tuple(nodes))

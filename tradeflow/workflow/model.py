@@ -76,7 +76,7 @@ class Block:
     inputs: dict[str, Ref]
     outputs: tuple[str, ...]
     index: int
-    """Position in the definition; breaks ties in the topological order."""
+    """Position of the block in the definition's ``blocks`` list."""
 
 
 @dataclass(frozen=True, slots=True)
