@@ -20,7 +20,6 @@ the import path the seed's code uses.
 from __future__ import annotations
 
 import itertools
-import math
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from tradeflow.infrastructure.records import (
     Scope,
 )
 from tradeflow.infrastructure.sqlite import WriteTransaction, from_json, to_json_or_null
+from tradeflow.numbers import finite
 
 __all__ = [
     "DEFAULT_DIRECTIONS",
@@ -648,13 +648,8 @@ def _require_text(field: str, value: object) -> None:
 
 
 def _require_number(field: str, value: object) -> None:
-    if not isinstance(value, bool) and isinstance(value, int | float):
-        try:
-            if math.isfinite(value):
-                return
-        except OverflowError:  # an int too large for a float
-            pass
-    raise InvalidRequest(field, "a finite number", value)
+    if finite(value) is None:
+        raise InvalidRequest(field, "a finite number", value)
 
 
 def _comparison(direction: LimitDirection, value: float, threshold: float) -> str:

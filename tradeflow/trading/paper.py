@@ -11,7 +11,6 @@ re-placing a ``client_order_id`` still trades nothing.
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -21,6 +20,7 @@ from typing import Any, NoReturn
 from tradeflow.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.errors import ExchangeError, OrderRejected
 from tradeflow.infrastructure.sqlite import WriteTransaction
+from tradeflow.numbers import is_positive
 from tradeflow.trading.ports import (
     Order,
     OrderRequest,
@@ -322,9 +322,9 @@ def _validate(request: OrderRequest) -> tuple[str, str]:
         _reject(request, f"side must be 'buy' or 'sell', found {request.side!r}")
     if request.order_type not in _ORDER_TYPES:
         _reject(request, f"order_type must be 'market' or 'limit', found {request.order_type!r}")
-    if not _positive(request.quantity):
+    if not is_positive(request.quantity):
         _reject(request, f"quantity must be a finite number > 0, found {request.quantity!r}")
-    if request.order_type == OrderType.LIMIT and not _positive(request.limit_price):
+    if request.order_type == OrderType.LIMIT and not is_positive(request.limit_price):
         _reject(request, f"a limit order needs a limit_price > 0, found {request.limit_price!r}")
     return assets
 
@@ -340,15 +340,6 @@ def _require(request: OrderRequest, held: Mapping[str, float], asset: str, neede
 
 def _reject(request: OrderRequest, reason: str) -> NoReturn:
     raise OrderRejected(request.client_order_id, reason)
-
-
-def _positive(value: float | None) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def _utc_day(ts: float) -> int:

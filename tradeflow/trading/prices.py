@@ -18,6 +18,7 @@ from typing import Any
 
 from tradeflow.clock import Clock, SystemClock
 from tradeflow.errors import ConfigurationError, ExchangeError
+from tradeflow.numbers import is_positive
 from tradeflow.trading.ports import Quote
 
 __all__ = ["ReplayPriceFeed", "split_symbol"]
@@ -197,21 +198,12 @@ def _checked_tick(where: str, index: int, tick: Any) -> Tick:
         isinstance(tick, Sequence)
         and not isinstance(tick, str | bytes)
         and len(tick) == 2
-        and all(_is_price(v) for v in tick)
+        and all(is_positive(v) for v in tick)
         and tick[0] <= tick[1]
     ):
         return float(tick[0]), float(tick[1])
     raise ConfigurationError(
         f"{where} tick {index}: expected [bid, ask] with finite 0 < bid <= ask, found {tick!r}"
-    )
-
-
-def _is_price(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
     )
 
 

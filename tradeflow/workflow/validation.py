@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tradeflow.errors import ValidationIssue, WorkflowValidationError
+from tradeflow.numbers import finite
 from tradeflow.workflow.graph import find_cycle, longest_chain, topological_order
 from tradeflow.workflow.model import Block, BreakerConfig, NodeConfig, Ref, RetryConfig, Workflow
 from tradeflow.workflow.nodes.registry import (
@@ -493,20 +493,9 @@ def _reject_unknown(
 # Value parsers: each returns the value to keep, or None when it is invalid.
 
 
-def _finite(value: object) -> float | None:
-    """``value`` as a float when it is a finite number (a bool is not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _number(minimum: float, *, exclusive: bool = False) -> _Field:
     def parse(value: object) -> float | None:
-        number = _finite(value)
+        number = finite(value)
         if number is None or number < minimum or (exclusive and number == minimum):
             return None
         return number
@@ -573,7 +562,7 @@ _BREAKER_FIELDS: dict[str, _Field] = {
 }
 _KINDS: dict[str, tuple[str, Callable[[object], bool]]] = {
     "string": ("a string", lambda v: isinstance(v, str)),
-    "number": ("a finite number", lambda v: _finite(v) is not None),
+    "number": ("a finite number", lambda v: finite(v) is not None),
     "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
     "boolean": ("a boolean", lambda v: isinstance(v, bool)),
     "object": ("an object", lambda v: isinstance(v, dict)),

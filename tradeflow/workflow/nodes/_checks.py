@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tradeflow.errors import InvalidRequest
+from tradeflow.numbers import is_positive
 from tradeflow.trading.prices import split_symbol
 from tradeflow.workflow.model import Block
 from tradeflow.workflow.nodes.registry import PropsCheck
@@ -80,16 +81,6 @@ def require_symbol(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
     if isinstance(symbol, str) and split_symbol(symbol) is not None:
         return []
     return [("properties.symbol", "a BASE/QUOTE symbol such as 'BTC/USDT'", repr(symbol))]
-
-
-def is_positive(value: Any) -> bool:
-    """``value`` is a finite number > 0 (booleans are not numbers)."""
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def number(block: Block, field: str, value: Any) -> float:
