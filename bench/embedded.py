@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.workflows import trading_workflow
-from tradeflow.infrastructure.factory import Infrastructure, Settings
-from tradeflow.infrastructure.logging import configure_logging
-from tradeflow.trading.paper import PaperExchange
-from tradeflow.trading.prices import ReplayPriceFeed
-from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
-from tradeflow.workflow.executor import WorkflowExecutor
+from tradeflow.adapters.memory.paper import PaperExchange
+from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.app.infrastructure import Infrastructure, Settings
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
+from tradeflow.engine.executor import WorkflowExecutor
+from tradeflow.observability.logging import configure_logging
 
 # Big enough that thousands of benchmark orders never run out of funds.
 BALANCES = {"USDT": 1e15, "BTC": 1e9}

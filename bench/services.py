@@ -20,13 +20,13 @@ from pathlib import Path
 import grpc
 
 from bench.workflows import trading_workflow
-from tradeflow.devstack import Stack
+from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
+from tradeflow.app.devstack import Stack
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as epb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc as epb_grpc
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
-from tradeflow.rpc.emergency_client import RemoteEmergencyControl
 
 __all__ = ["main"]
 

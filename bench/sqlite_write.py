@@ -24,8 +24,9 @@ from time import perf_counter_ns
 from typing import Any, Literal
 
 from bench.workflows import trading_workflow
-from tradeflow.infrastructure.ports import StateStore
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.adapters.sqlite.state import SQLiteStateStore
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
@@ -34,8 +35,7 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.infrastructure.sqlite import open_database
-from tradeflow.infrastructure.state import SQLiteStateStore
+from tradeflow.ports import StateStore
 
 __all__ = ["WriteTimings", "measure", "typical_batches"]
 

@@ -5,8 +5,8 @@ the execution insert with 10 checkpoints and 19 events, then the final update wi
 1 checkpoint and 3 events), execution after execution, sequentially, and prints the
 p50/p99 of each write:
 
-- on :class:`~tradeflow.infrastructure.redis_state.RedisStateStore` directly;
-- through the state service: :class:`~tradeflow.rpc.state_client.StateClient` ->
+- on :class:`~tradeflow.adapters.redis.state.RedisStateStore` directly;
+- through the state service: :class:`~tradeflow.adapters.grpc.state_client.StateClient` ->
   gRPC -> ``python -m state_service`` (a real subprocess) -> the same store.
 
 redis-server and the service run on free ports of this machine, in a temporary
@@ -27,10 +27,10 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from bench.sqlite_write import time_typical_writes
-from tradeflow.devstack import ServerProcess, free_port, redis_process
-from tradeflow.infrastructure.ports import StateStore
-from tradeflow.infrastructure.redis_state import RedisStateStore
-from tradeflow.rpc.state_client import StateClient
+from tradeflow.adapters.grpc.state_client import StateClient
+from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.app.devstack import ServerProcess, free_port, redis_process
+from tradeflow.ports import StateStore
 
 __all__ = ["WriteFigures", "main", "measure"]
 

@@ -3,6 +3,6 @@
 import sys
 
 from emergency_service.server import build
-from tradeflow.rpc.server import main
+from tradeflow.adapters.grpc.server import main
 
 sys.exit(main("emergency", 50052, build))

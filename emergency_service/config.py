@@ -1,4 +1,4 @@
-"""Settings of the emergency service beyond :class:`~tradeflow.rpc.config.ServiceConfig`."""
+"""Settings of the emergency service beyond :class:`~tradeflow.adapters.grpc.config.ServiceConfig`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tradeflow.errors import ConfigurationError
-from tradeflow.rpc.config import ServiceConfig
+from tradeflow.adapters.grpc.config import ServiceConfig
+from tradeflow.domain.errors import ConfigurationError
 
 __all__ = ["EmergencyConfig"]
 

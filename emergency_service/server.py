@@ -1,7 +1,7 @@
 """Wiring of the emergency service: Redis, NATS, the emergency controller, the servicer.
 
 Halts, risk limits and the audit trail live in Redis
-(:class:`~tradeflow.infrastructure.redis_emergency.RedisEmergencyController`), so
+(:class:`~tradeflow.adapters.redis.emergency.RedisEmergencyController`), so
 they survive a restart of the service; every change is published on NATS
 (``tradeflow.v1.emergency.*``) through the controller's publish hook. The answers
 to mutating requests are kept by ``request_id`` in Redis (:class:`RedisRequestLog`).
@@ -23,14 +23,14 @@ from redis.exceptions import RedisError
 
 from emergency_service.config import EmergencyConfig
 from emergency_service.servicer import SERVICE_NAME, EmergencyServicer
-from tradeflow.errors import ConfigurationError, UnavailableError, describe
-from tradeflow.infrastructure.logging import get_logger
-from tradeflow.infrastructure.metrics import Metrics
-from tradeflow.infrastructure.nats_bus import NatsEventBus
-from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
+from tradeflow.adapters.grpc.config import ServiceConfig
+from tradeflow.adapters.grpc.server import Service
+from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
+from tradeflow.observability.logging import get_logger
+from tradeflow.observability.metrics import Metrics
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
-from tradeflow.rpc.config import ServiceConfig
-from tradeflow.rpc.server import Service
 
 __all__ = ["RedisRequestLog", "build"]
 

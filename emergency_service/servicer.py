@@ -27,15 +27,20 @@ from typing import Final, Protocol, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from tradeflow import wire
-from tradeflow.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded, UnavailableError
-from tradeflow.infrastructure.emergency import (
+from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    UnavailableError,
+)
+from tradeflow.domain.records import LimitDirection
+from tradeflow.engine.emergency import (
     DEFAULT_DIRECTIONS,
     MAX_AUDIT_PAGE,
     EmergencySnapshot,
 )
-from tradeflow.infrastructure.records import LimitDirection
-from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import grpc
 
 from executor_service.servicer import ExecutorServicer
-from tradeflow.infrastructure.factory import Infrastructure, Settings
-from tradeflow.infrastructure.nats_bus import NatsEventBus
+from tradeflow.adapters.grpc.config import ServiceConfig
+from tradeflow.adapters.grpc.server import Service
+from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.app.infrastructure import Infrastructure, Settings
+from tradeflow.app.manager import ExecutionManager
 from tradeflow.proto.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
-from tradeflow.rpc.config import ServiceConfig
-from tradeflow.rpc.server import Service
-from tradeflow.workflow.manager import ExecutionManager
 
 __all__ = ["build"]
 

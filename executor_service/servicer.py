@@ -1,4 +1,4 @@
-"""ExecutorService: protobuf <-> :class:`~tradeflow.workflow.manager.ExecutionManager`, nothing else."""
+"""ExecutorService: protobuf <-> :class:`~tradeflow.app.manager.ExecutionManager`, nothing else."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from typing import Any
 
 import grpc
 
-from tradeflow import wire
-from tradeflow.errors import describe
-from tradeflow.infrastructure.logging import get_logger
-from tradeflow.infrastructure.nats_bus import NatsEventBus
-from tradeflow.infrastructure.records import Event
+from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.app.manager import ExecutionManager, ExecutionView, Submission
+from tradeflow.domain.errors import describe
+from tradeflow.domain.records import Event
+from tradeflow.observability.logging import get_logger
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
-from tradeflow.workflow.manager import ExecutionManager, ExecutionView, Submission
 
 __all__ = ["ExecutorServicer"]
 

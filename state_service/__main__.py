@@ -3,6 +3,6 @@
 import sys
 
 from state_service.server import build
-from tradeflow.rpc.server import main
+from tradeflow.adapters.grpc.server import main
 
 sys.exit(main("state", 50053, build))

@@ -8,11 +8,11 @@ from prometheus_client import CollectorRegistry
 
 from state_service.config import StateConfig
 from state_service.servicer import SERVICE_NAME, StateServicer
-from tradeflow.errors import ConfigurationError
-from tradeflow.infrastructure.redis_state import RedisStateStore
+from tradeflow.adapters.grpc.config import ServiceConfig
+from tradeflow.adapters.grpc.server import Service
+from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.domain.errors import ConfigurationError
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
-from tradeflow.rpc.config import ServiceConfig
-from tradeflow.rpc.server import Service
 
 __all__ = ["build"]
 

@@ -1,4 +1,4 @@
-"""``tradeflow.state.v1.StateService`` over a :class:`~tradeflow.infrastructure.ports.StateStore`.
+"""``tradeflow.state.v1.StateService`` over a :class:`~tradeflow.ports.StateStore`.
 
 Requests become records here, and are rejected here when they cannot: every
 ``InvalidRequest`` names the request field by its path (``checkpoints[2].state``),
@@ -12,20 +12,20 @@ from typing import Final, TypeVar
 
 import grpc
 
-from tradeflow import wire
-from tradeflow.errors import InvalidRequest
-from tradeflow.infrastructure.ports import StateStore
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.grpc import wire
+from tradeflow.domain.codec import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
+from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.records import (
     Checkpoint,
     Event,
     ExecutionQuery,
     ExecutionRecord,
     StateBatch,
 )
+from tradeflow.ports import StateStore
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
-from tradeflow.rpc.state_client import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
 
 __all__ = ["SERVICE_NAME", "StateServicer"]
 

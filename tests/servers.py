@@ -1,4 +1,4 @@
-"""Throwaway servers for integration tests (re-exported from tradeflow.devstack, which
+"""Throwaway servers for integration tests (re-exported from tradeflow.app.devstack, which
 also backs `make up`): real nats-server and redis-server processes on free ports, which
 tests may kill and restart."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from tradeflow.devstack import (
+from tradeflow.app.devstack import (
     ServerProcess,
     Stack,
     free_port,

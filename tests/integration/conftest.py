@@ -50,7 +50,7 @@ def production(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]
 
 
 async def _lift_halts() -> None:
-    from tradeflow.infrastructure.factory import Infrastructure
+    from tradeflow.app.infrastructure import Infrastructure
 
     async with await Infrastructure.create("production") as infra:
         for halt in await infra.emergency.halts():

@@ -28,17 +28,17 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from servers import ServerProcess, Stack
 
-from tradeflow.clock import new_id
-from tradeflow.infrastructure.emergency import LocalEmergencyController
-from tradeflow.infrastructure.events import InProcessEventBus
-from tradeflow.infrastructure.nats_bus import NatsEventBus
-from tradeflow.infrastructure.ports import EmergencyControl, EventBus, StateStore
-from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
-from tradeflow.infrastructure.redis_state import RedisStateStore
-from tradeflow.infrastructure.sqlite import open_database
-from tradeflow.infrastructure.state import SQLiteStateStore
-from tradeflow.rpc.emergency_client import RemoteEmergencyControl
-from tradeflow.rpc.state_client import StateClient
+from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
+from tradeflow.adapters.grpc.state_client import StateClient
+from tradeflow.adapters.memory.events import InProcessEventBus
+from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.adapters.sqlite.state import SQLiteStateStore
+from tradeflow.domain.clock import new_id
+from tradeflow.engine.emergency import LocalEmergencyController
+from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
 __all__ = [
     "EmergencyKit",

@@ -22,8 +22,8 @@ import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import ServerProcess, free_port
 
+from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
-from tradeflow.rpc.emergency_client import RemoteEmergencyControl
 
 __all__ = [
     "EMERGENCY_SERVICE_NAME",

@@ -19,8 +19,8 @@ import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from servers import ServerProcess, free_port
 
+from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.proto.state.v1 import state_service_pb2
-from tradeflow.rpc.state_client import StateClient
 
 __all__ = [
     "STATE_SERVICE_NAME",

@@ -16,14 +16,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, cast
 
 import pytest
 
-from tradeflow.errors import (
+from tradeflow.domain.errors import (
     EmergencyHalted,
     ExecutionNotFound,
     InvalidRequest,
     RiskLimitExceeded,
 )
-from tradeflow.infrastructure.ports import EmergencyControl, EventBus, StateStore
-from tradeflow.infrastructure.records import (
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
@@ -35,6 +34,7 @@ from tradeflow.infrastructure.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
 if TYPE_CHECKING:
     # Only for annotations: importing the plugin module here would keep pytest from

@@ -17,7 +17,7 @@ from workflows import gated_orders
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tradeflow.cli", *args],
+        [sys.executable, "-m", "tradeflow.app.cli", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

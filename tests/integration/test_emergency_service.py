@@ -26,19 +26,19 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nats.aio.msg import Msg
 from servers import ServerProcess, free_port
 
-from tradeflow.errors import (
+from tradeflow.adapters.grpc.client import open_channel
+from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
+from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
     RiskLimitExceeded,
     UnavailableError,
 )
-from tradeflow.infrastructure.records import LimitDirection, Scope
+from tradeflow.domain.records import LimitDirection, Scope
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
-from tradeflow.rpc.client import open_channel
-from tradeflow.rpc.emergency_client import RemoteEmergencyControl
-from tradeflow.rpc.errors import error_from_rpc
 
 pytestmark = pytest.mark.integration
 

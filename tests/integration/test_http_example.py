@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from servers import free_port, wait_for_port
 
-from tradeflow.infrastructure.factory import Infrastructure
-from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

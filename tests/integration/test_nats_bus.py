@@ -20,9 +20,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from tradeflow.errors import InvalidRequest, UnavailableError
-from tradeflow.infrastructure.metrics import Metrics
-from tradeflow.infrastructure.nats_bus import (
+from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
     NatsEventBus,
     decode_token,
@@ -30,7 +28,9 @@ from tradeflow.infrastructure.nats_bus import (
     subject_filter,
     subject_for,
 )
-from tradeflow.infrastructure.records import Event, EventType, rfc3339
+from tradeflow.domain.errors import InvalidRequest, UnavailableError
+from tradeflow.domain.records import Event, EventType, rfc3339
+from tradeflow.observability.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 

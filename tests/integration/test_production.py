@@ -20,14 +20,14 @@ from gate import GateServer
 from servers import Stack
 from workflows import block, gated_orders, trading_workflow
 
-from tradeflow import wire
-from tradeflow.infrastructure.emergency import EmergencyHalted
-from tradeflow.infrastructure.factory import Infrastructure
-from tradeflow.infrastructure.records import ExecutionStatus, Scope
+from tradeflow.adapters.grpc import wire
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.records import ExecutionStatus, Scope
+from tradeflow.engine.emergency import EmergencyHalted
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
-from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 ENV = "production"
 
@@ -360,7 +360,7 @@ def test_cli_runs_and_halts_in_production_mode(production: Stack, tmp_path: Any)
 
     def tradeflow(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "tradeflow.cli", *args, "--env", "production"],
+            [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
             env=env,
             capture_output=True,
             text=True,

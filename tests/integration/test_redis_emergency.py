@@ -12,10 +12,10 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from servers import ServerProcess, free_port
 
-from tradeflow.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
-from tradeflow.infrastructure.metrics import Metrics
-from tradeflow.infrastructure.records import Event, LimitDirection, Scope
-from tradeflow.infrastructure.redis_emergency import RedisEmergencyController
+from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.domain.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
+from tradeflow.domain.records import Event, LimitDirection, Scope
+from tradeflow.observability.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,9 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from servers import ServerProcess
 
-from tradeflow.errors import ExecutionNotFound, InvalidRequest
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
@@ -22,7 +23,6 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.infrastructure.redis_state import RedisStateStore
 
 pytestmark = pytest.mark.integration
 

@@ -22,10 +22,12 @@ from servers import ServerProcess, start_redis
 from state_fixtures import STATE_SERVICE_NAME, StateService, start_state_service
 from workflows import trading_workflow
 
-from tradeflow.clock import new_id
-from tradeflow.errors import ExecutionNotFound, InvalidRequest
-from tradeflow.infrastructure.factory import Infrastructure
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.grpc.state_client import StateClient
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.clock import new_id
+from tradeflow.domain.codec import MAX_EVENTS_PAGE
+from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
@@ -35,11 +37,10 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
-from tradeflow.rpc.state_client import MAX_EVENTS_PAGE, StateClient
-from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """Test kit for node tests: a real execution context over paper trading, plus fakes.
 
-:func:`node_kit` builds an :class:`~tradeflow.workflow.nodes.ExecutionContext`
+:func:`node_kit` builds an :class:`~tradeflow.engine.nodes.ExecutionContext`
 around a :class:`PaperExchange` on a :class:`ReplayPriceFeed`, a
 :class:`RecordingRisk` checker, a real (lazily built) ``httpx.AsyncClient`` and a structlog
 logger that captures what it logs. :func:`make_block`, :func:`run_node` and
@@ -18,13 +18,13 @@ from typing import Any
 import structlog
 from structlog.testing import CapturingLogger
 
-from tradeflow.errors import RiskLimitExceeded
-from tradeflow.infrastructure.records import LimitDirection
-from tradeflow.trading.paper import PaperExchange
-from tradeflow.trading.prices import ReplayPriceFeed
-from tradeflow.workflow.model import Block, NodeConfig, Ref
-from tradeflow.workflow.nodes import ExecutionContext, NodeSpec, default_registry
-from tradeflow.workflow.nodes.registry import HttpPool
+from tradeflow.adapters.memory.paper import PaperExchange
+from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.domain.errors import RiskLimitExceeded
+from tradeflow.domain.records import LimitDirection
+from tradeflow.engine.model import Block, NodeConfig, Ref
+from tradeflow.engine.nodes import ExecutionContext, NodeSpec, default_registry
+from tradeflow.engine.nodes.registry import HttpPool
 
 __all__ = [
     "EXECUTION_ID",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from workflows import block, trading_workflow
 
-from tradeflow.cli import main
+from tradeflow.app.cli import main
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -121,7 +121,7 @@ def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "tradeflow.cli",
+            "tradeflow.app.cli",
             "run",
             write(tmp_path, trading_workflow()),
             "--count",
@@ -139,7 +139,7 @@ def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
         if line.startswith("= completed"):
             break
     halt = subprocess.run(
-        [sys.executable, "-m", "tradeflow.cli", "halt", "--reason", "stop now"],
+        [sys.executable, "-m", "tradeflow.app.cli", "halt", "--reason", "stop now"],
         env=env,
         capture_output=True,
         text=True,

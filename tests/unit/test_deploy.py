@@ -15,7 +15,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.observability.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -27,7 +27,7 @@ SERVICES = ("executor", "emergency", "state")
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 
 RPC_HISTOGRAM = "tradeflow_rpc_server_handled_seconds"
-"""Registered by ``tradeflow.rpc.server.serve``, not by :class:`Metrics`."""
+"""Registered by ``tradeflow.adapters.grpc.server.serve``, not by :class:`Metrics`."""
 
 _SAMPLE_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
 
@@ -83,7 +83,7 @@ def _port(address: str) -> int:
 def _exported_metrics() -> frozenset[str]:
     """Sample names tradeflow exposes: every family of :class:`Metrics` plus the gRPC
     server histogram (checked to still be registered under that name)."""
-    server_source = (ROOT / "tradeflow" / "rpc" / "server.py").read_text()
+    server_source = (ROOT / "tradeflow" / "adapters" / "grpc" / "server.py").read_text()
     assert f'"{RPC_HISTOGRAM}"' in server_source, f"{RPC_HISTOGRAM} is no longer registered"
     families = [(f.name, f.type) for f in Metrics().registry.collect()]
     families.append((RPC_HISTOGRAM, "histogram"))

@@ -12,15 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tradeflow import errors
-from tradeflow.infrastructure.emergency import (
+from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.domain import errors
+from tradeflow.domain.records import Event, LimitDirection, Scope
+from tradeflow.engine.emergency import (
     EmergencyHalted,
     LocalEmergencyController,
     RiskLimitExceeded,
 )
-from tradeflow.infrastructure.metrics import Metrics
-from tradeflow.infrastructure.records import Event, LimitDirection, Scope
-from tradeflow.infrastructure.sqlite import open_database
+from tradeflow.observability.metrics import Metrics
 
 IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
 
@@ -92,7 +92,7 @@ def covered(controller: LocalEmergencyController, **ids: str | None) -> bool:
 
 
 def test_contract_error_names_are_the_error_tree() -> None:
-    """The seed's import path gives the classes of tradeflow.errors."""
+    """The seed's import path gives the classes of tradeflow.domain.errors."""
     assert EmergencyHalted is errors.EmergencyHalted
     assert RiskLimitExceeded is errors.RiskLimitExceeded
 
@@ -231,9 +231,9 @@ def test_halt_from_another_process_stops_trading(
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from tradeflow.infrastructure.emergency import LocalEmergencyController
-        from tradeflow.infrastructure.records import Scope
-        from tradeflow.infrastructure.sqlite import open_database
+        from tradeflow.engine.emergency import LocalEmergencyController
+        from tradeflow.domain.records import Scope
+        from tradeflow.adapters.sqlite.database import open_database
 
         conn = open_database(sys.argv[1])
         controller = LocalEmergencyController(conn)

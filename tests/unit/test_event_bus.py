@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import structlog
 
-from tradeflow.errors import ConfigurationError, InvalidRequest, UnavailableError
-from tradeflow.infrastructure.events import WORKFLOW_EVENTS, Event, InProcessEventBus
-from tradeflow.infrastructure.metrics import Metrics
+from tradeflow.adapters.memory.events import WORKFLOW_EVENTS, Event, InProcessEventBus
+from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError
+from tradeflow.observability.metrics import Metrics
 
 # A hang guard only: every wait below ends as soon as its condition holds.
 GUARD_SECONDS = 5.0

@@ -17,10 +17,9 @@ import stamina
 import structlog
 from workflows import block, trading_workflow, two_orders_workflow
 
-from tradeflow.errors import EmergencyHalted, RiskLimitExceeded
-from tradeflow.infrastructure.factory import Infrastructure
-from tradeflow.infrastructure.logging import configure_logging
-from tradeflow.infrastructure.records import (
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.errors import EmergencyHalted, RiskLimitExceeded
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     ExecutionQuery,
@@ -28,11 +27,12 @@ from tradeflow.infrastructure.records import (
     Scope,
     StateBatch,
 )
-from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
-from tradeflow.workflow.executor import WorkflowExecutor
-from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes import default_registry
-from tradeflow.workflow.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
+from tradeflow.engine.executor import WorkflowExecutor
+from tradeflow.engine.model import Block
+from tradeflow.engine.nodes import default_registry
+from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
+from tradeflow.observability.logging import configure_logging
 
 
 def registry_with(*specs: NodeSpec) -> NodeRegistry:

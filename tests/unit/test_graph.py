@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tradeflow.workflow.graph import find_cycle, longest_chain, topological_order
+from tradeflow.engine.graph import find_cycle, longest_chain, topological_order
 
 DIAMOND_IDS = ["top", "left", "right", "bottom"]
 DIAMOND_UPSTREAM = {"left": ["top"], "right": ["top"], "bottom": ["right", "left"]}

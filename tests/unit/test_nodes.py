@@ -12,15 +12,15 @@ import pytest
 import pytest_asyncio
 from nodekit import EXECUTION_ID, make_block, node_kit, problems, run_node, spec
 
-from tradeflow.errors import (
+from tradeflow.domain.errors import (
     ExternalRequestRejected,
     ExternalServiceError,
     InvalidRequest,
     OrderRejected,
     RiskLimitExceeded,
 )
-from tradeflow.workflow.model import Block
-from tradeflow.workflow.nodes import default_registry
+from tradeflow.engine.model import Block
+from tradeflow.engine.nodes import default_registry
 
 BTC = "BTC/USDT"
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from nodekit import ManualClock
 
-from tradeflow.errors import ExchangeError, OrderRejected
-from tradeflow.trading.paper import DEFAULT_BALANCES, PaperExchange
-from tradeflow.trading.ports import OrderRequest, OrderStatus, OrderType, Quote, Side
-from tradeflow.trading.prices import ReplayPriceFeed
+from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange
+from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.domain.errors import ExchangeError, OrderRejected
+from tradeflow.domain.trading import OrderRequest, OrderStatus, OrderType, Quote, Side
 
 BTC = "BTC/USDT"
 Ticks = Mapping[tuple[str, str], Sequence[tuple[float, float]]]

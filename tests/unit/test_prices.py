@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from nodekit import ManualClock
 
-from tradeflow.errors import ConfigurationError, ExchangeError
-from tradeflow.trading.prices import ReplayPriceFeed, split_symbol
+from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.domain.errors import ConfigurationError, ExchangeError
+from tradeflow.domain.trading import split_symbol
 
 TICKS = {
     ("a", "BTC/USDT"): [(1.0, 2.0), (3.0, 4.0)],
@@ -70,7 +71,7 @@ def test_synthetic_series_is_the_same_in_another_process() -> None:
     """The synthetic seed does not depend on the process's string-hash randomisation."""
     script = (
         "import asyncio\n"
-        "from tradeflow.trading.prices import ReplayPriceFeed\n"
+        "from tradeflow.adapters.memory.prices import ReplayPriceFeed\n"
         "feed = ReplayPriceFeed()\n"
         "print(repr(asyncio.run(feed.quote('kraken', 'SOL/USDT')).bid))\n"
     )

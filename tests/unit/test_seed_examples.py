@@ -6,9 +6,9 @@ import pytest
 import seed_examples as seed
 from workflows import block, trading_workflow
 
+from tradeflow.domain.records import Scope
 from tradeflow.infrastructure.emergency import EmergencyHalted
 from tradeflow.infrastructure.factory import Infrastructure
-from tradeflow.infrastructure.records import Scope
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 from tradeflow.workflow.executor import WorkflowExecutor
 
@@ -153,7 +153,7 @@ async def test_pattern1_singleton_infrastructure() -> None:
     result2 = await manager.execute_workflow(trading_workflow(), "wf2")
     assert manager.infra is not None
     page = await manager.infra.state.list_executions(
-        __import__("tradeflow.infrastructure.records", fromlist=["ExecutionQuery"]).ExecutionQuery()
+        __import__("tradeflow.domain.records", fromlist=["ExecutionQuery"]).ExecutionQuery()
     )
     await manager.infra.close()
     assert result1["status"] == result2["status"] == "completed"

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from tradeflow.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
-from tradeflow.infrastructure import sqlite as sqlite_module
-from tradeflow.infrastructure import state
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.sqlite.database import DB_SCHEMA_VERSION, WriteTransaction, open_database
+from tradeflow.adapters.sqlite.state import SQLiteStateStore
+from tradeflow.domain.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
+from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
@@ -26,8 +26,8 @@ from tradeflow.infrastructure.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.infrastructure.sqlite import DB_SCHEMA_VERSION, WriteTransaction, open_database
-from tradeflow.infrastructure.state import SQLiteStateStore
+from tradeflow.adapters.sqlite import database as sqlite_module
+from tradeflow.adapters.sqlite import state
 
 DEFINITION: dict[str, Any] = {
     "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from tradeflow.errors import ValidationIssue, WorkflowValidationError
-from tradeflow.workflow.model import Block, BreakerConfig, NodeConfig, Ref, RetryConfig
-from tradeflow.workflow.nodes.registry import NodeRegistry, NodeSpec, Prop
-from tradeflow.workflow.validation import DEFAULT_LIMITS, Limits, parse_workflow
+from tradeflow.domain.errors import ValidationIssue, WorkflowValidationError
+from tradeflow.engine.model import Block, BreakerConfig, NodeConfig, Ref, RetryConfig
+from tradeflow.engine.nodes.registry import NodeRegistry, NodeSpec, Prop
+from tradeflow.engine.validation import DEFAULT_LIMITS, Limits, parse_workflow
 
 BLOCK_KEYS = "id, name, category, type, properties, config, inputs, outputs"
 

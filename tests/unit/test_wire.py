@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import pytest
 from google.protobuf.message import Message
 
-from tradeflow import wire
-from tradeflow.errors import InvalidRequest, ValidationIssue
-from tradeflow.infrastructure.records import (
+from tradeflow.adapters.grpc import wire
+from tradeflow.domain.errors import InvalidRequest, ValidationIssue
+from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
     CheckpointState,

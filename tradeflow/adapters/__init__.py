@@ -1,0 +1,1 @@
+"""Adapters by technology, each implementing ports of :mod:`tradeflow.ports`; none imports another."""

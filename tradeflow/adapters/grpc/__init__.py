@@ -1,0 +1,1 @@
+"""gRPC: wire codecs, the server runner and interceptors, clients of the three services."""

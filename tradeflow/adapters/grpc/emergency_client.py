@@ -1,0 +1,453 @@
+"""The :class:`~tradeflow.ports.EmergencyControl` port over the emergency service.
+
+:class:`RemoteEmergencyControl` is what an executor in another process uses.
+The pre-action check (:meth:`~RemoteEmergencyControl.ensure_trading_allowed`,
+:meth:`~RemoteEmergencyControl.active_halt`) reads a local view of the halts and
+makes no call: a background task follows the service's ``WatchState`` stream
+and installs each snapshot, matching ids with the embedded controller's own
+:meth:`EmergencySnapshot.active_halt`. The view fails closed
+(``EmergencyHalted("emergency state unavailable: ...")``) before the first
+snapshot, while the stream is down (it reconnects with jittered exponential
+backoff), and when no snapshot, change or heartbeat (the service resends its
+state every second while idle) arrived for ``max_staleness`` seconds.
+
+Every other method is one call. Halt, resume and set-limit calls carry a fresh
+``request_id`` (the service keeps the answer, so a caller that re-sends a request
+with the same id gets it instead of a second change; this client does not retry
+by itself); risk checks carry none. A change to the halts made through this client
+is in its local view before the call returns (read-your-writes), unless the
+view is down anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any, Final, TypeVar
+
+import grpc
+import structlog
+
+from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.client import call, open_channel
+from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    TradeflowError,
+    UnavailableError,
+    describe,
+)
+from tradeflow.domain.records import (
+    AuditEntry,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+)
+from tradeflow.engine.emergency import MAX_AUDIT_PAGE, EmergencySnapshot
+from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
+from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
+
+__all__ = ["RemoteEmergencyControl"]
+
+_SERVICE: Final = "emergency"
+_SYSTEM_CLOCK: Final = SystemClock()
+_UNAVAILABLE: Final = "emergency state unavailable: "
+
+E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V", bound=int)
+
+_log = structlog.get_logger(__name__)
+
+
+class RemoteEmergencyControl:
+    """Emergency control through the emergency service, with a local, push-updated view.
+
+    Build it with :meth:`connect`. ``max_staleness`` (seconds) bounds how old the
+    last snapshot may be before the view fails closed; keep it a few times the
+    service's heartbeat (``TRADEFLOW_EMERGENCY_HEARTBEAT``, 1 s by default).
+    ``call_timeout`` bounds every call; ``reconnect_backoff`` is the first and the
+    longest wait between attempts to re-open the stream. Use it from the event
+    loop it was connected on.
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_call_timeout",
+        "_changed",
+        "_channel",
+        "_clock",
+        "_closed",
+        "_confirmed_at",
+        "_follower",
+        "_id_factory",
+        "_lost",
+        "_max_staleness",
+        "_stub",
+        "_view",
+    )
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        max_staleness: float = 5.0,
+        call_timeout: float = 10.0,
+        reconnect_backoff: tuple[float, float] = (0.05, 2.0),
+        clock: Clock = _SYSTEM_CLOCK,
+        id_factory: IdFactory = new_id,
+    ) -> None:
+        """Use :meth:`connect`; the instance owns ``channel``. Call :meth:`start` to follow."""
+        self._channel = channel
+        self._stub = emergency_service_pb2_grpc.EmergencyServiceStub(channel)
+        self._max_staleness = max_staleness
+        self._call_timeout = call_timeout
+        self._backoff = reconnect_backoff
+        self._clock = clock
+        self._id_factory = id_factory
+        self._view: EmergencySnapshot | None = None
+        self._confirmed_at = 0.0
+        self._lost = "no snapshot received from the emergency service yet"
+        self._changed = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        address: str,
+        *,
+        wait_ready: bool = True,
+        # Bounds only the wait for the first snapshot, not the client's life.
+        timeout: float = 10.0,  # noqa: ASYNC109
+        max_staleness: float = 5.0,
+        call_timeout: float = 10.0,
+        reconnect_backoff: tuple[float, float] = (0.05, 2.0),
+        clock: Clock = _SYSTEM_CLOCK,
+        id_factory: IdFactory = new_id,
+    ) -> RemoteEmergencyControl:
+        """Follow the emergency service at ``address`` (``host:port``).
+
+        With ``wait_ready``, return once the first snapshot arrived, or raise
+        ``UnavailableError`` after ``timeout`` seconds; without it, return at
+        once (the view fails closed until the first snapshot).
+        """
+        first, longest = reconnect_backoff
+        # gRPC's own reconnect backoff grows to two minutes by default: all that time the
+        # view would stay down (trading refused) after the service is back.
+        channel = open_channel(
+            address,
+            options=[
+                ("grpc.initial_reconnect_backoff_ms", round(first * 1000)),
+                ("grpc.min_reconnect_backoff_ms", round(first * 1000)),
+                ("grpc.max_reconnect_backoff_ms", round(longest * 1000)),
+            ],
+        )
+        control = cls(
+            channel,
+            max_staleness=max_staleness,
+            call_timeout=call_timeout,
+            reconnect_backoff=reconnect_backoff,
+            clock=clock,
+            id_factory=id_factory,
+        )
+        control.start()
+        if wait_ready:
+            try:
+                async with asyncio.timeout(timeout):
+                    while control._view is None:
+                        await control.wait_for_change()
+            except TimeoutError:
+                lost = control._lost
+                await control.close()
+                raise UnavailableError(
+                    f"emergency service at {address}: no state within {timeout}s ({lost})"
+                ) from None
+        return control
+
+    def start(self) -> None:
+        """Start following the ``WatchState`` stream (idempotent)."""
+        if self._follower is None and not self._closed:
+            self._follower = asyncio.create_task(self._follow(), name="emergency:watch-state")
+
+    # -- the local view ---------------------------------------------------------------
+
+    def ensure_trading_allowed(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> None:
+        """Raise ``EmergencyHalted`` if a halt covers these ids or the view is not current."""
+        self._current().ensure_trading_allowed(
+            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
+        )
+
+    def active_halt(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> HaltState | None:
+        """The broadest halt covering these ids, from the local view; ``EmergencyHalted``
+        if the view is not current (fail closed)."""
+        return self._current().active_halt(
+            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
+        )
+
+    @property
+    def available(self) -> bool:
+        """Whether the local view is current (the pre-action check can answer)."""
+        return self._view is not None and not self._stale()
+
+    @property
+    def version(self) -> int | None:
+        """Version of the local view; ``None`` while it is down."""
+        view = self._view
+        return None if view is None else view.version
+
+    async def wait_for_change(self) -> None:
+        """Return at the next change of the local view: a new version, lost or closed."""
+        await self._changed.wait()
+
+    async def wait_for_version(self, version: int | None = None) -> int:
+        """Wait until the local view holds ``version`` or a later one; ``None`` means the
+        service's version now (one ``GetState`` call). Returns the view's version.
+
+        Raises ``UnavailableError`` once the client is closed. Bound the wait
+        with ``asyncio.timeout``: a view that is down waits for its reconnection.
+        """
+        if version is None:
+            version = (await self._get_state()).version
+        while True:
+            if self._closed:
+                raise UnavailableError("emergency client closed")
+            view = self._view
+            if view is not None and view.version >= version:
+                return view.version
+            await self.wait_for_change()
+
+    # -- calls ------------------------------------------------------------------------
+
+    async def halt(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> HaltState:
+        """Halt ``scope``/``target`` (``target`` is ``None`` for global)."""
+        response: pb.HaltResponse = await self._call(
+            self._stub.Halt,
+            pb.HaltRequest(
+                request_id=self._id_factory(),
+                scope=_to_proto(wire.SCOPE, scope, "scope"),
+                target=target,
+                reason=reason,
+                actor=actor,
+            ),
+        )
+        await self._catch_up()
+        return wire.halt_state_from_proto(response.halt)
+
+    async def resume(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> bool:
+        """Lift the halt on ``scope``/``target``; False if there was none."""
+        response: pb.ResumeResponse = await self._call(
+            self._stub.Resume,
+            pb.ResumeRequest(
+                request_id=self._id_factory(),
+                scope=_to_proto(wire.SCOPE, scope, "scope"),
+                target=target,
+                reason=reason,
+                actor=actor,
+            ),
+        )
+        if response.resumed:
+            await self._catch_up()
+        return response.resumed
+
+    async def halts(self) -> list[HaltState]:
+        """Every active halt as the service has it now, broadest scope first."""
+        state = await self._get_state()
+        return [wire.halt_state_from_proto(halt) for halt in state.halts]
+
+    async def check_risk_limit(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None = None,
+        auto_halt: bool = True,
+        *,
+        workflow_id: str | None = None,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+    ) -> None:
+        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (the service audits
+        and publishes the breach, and with ``auto_halt`` halts globally first)."""
+        response: pb.CheckRiskLimitResponse = await self._call(
+            self._stub.CheckRiskLimit,
+            # No request_id: this client never retries a check, and the service would
+            # otherwise store an answer in Redis for every risk node of every execution.
+            pb.CheckRiskLimitRequest(
+                limit_type=limit_type,
+                value=_number("value", value),
+                threshold=None if threshold is None else _number("threshold", threshold),
+                auto_halt=auto_halt,
+                workflow_id=workflow_id,
+                bot_id=bot_id,
+                strategy_id=strategy_id,
+            ),
+        )
+        if not response.breached:
+            return
+        if response.halted:
+            await self._catch_up()
+        raise RiskLimitExceeded(
+            limit_type, float(value), response.threshold, halted=response.halted
+        )
+
+    async def set_risk_limit(
+        self,
+        limit_type: str,
+        threshold: float,
+        direction: LimitDirection | None = None,
+        *,
+        auto_halt: bool = True,
+        actor: str = "unknown",
+    ) -> RiskLimit:
+        """Configure (or replace) the limit on ``limit_type``."""
+        response: pb.SetRiskLimitResponse = await self._call(
+            self._stub.SetRiskLimit,
+            pb.SetRiskLimitRequest(
+                request_id=self._id_factory(),
+                limit_type=limit_type,
+                threshold=_number("threshold", threshold),
+                direction=_to_proto(wire.LIMIT_DIRECTION, direction, "direction"),
+                auto_halt=auto_halt,
+                actor=actor,
+            ),
+        )
+        return wire.risk_limit_from_proto(response.limit)
+
+    async def list_risk_limits(self) -> list[RiskLimit]:
+        """Every configured limit, by limit type."""
+        response: pb.ListRiskLimitsResponse = await self._call(
+            self._stub.ListRiskLimits, pb.ListRiskLimitsRequest()
+        )
+        return [wire.risk_limit_from_proto(limit) for limit in response.limits]
+
+    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+        """The newest audit entries first; ``limit`` is clamped to 1..:data:`MAX_AUDIT_PAGE`."""
+        response: pb.ListAuditEntriesResponse = await self._call(
+            self._stub.ListAuditEntries,
+            pb.ListAuditEntriesRequest(limit=max(1, min(limit, MAX_AUDIT_PAGE))),
+        )
+        return [wire.audit_entry_from_proto(entry) for entry in response.entries]
+
+    async def close(self) -> None:
+        """Stop following the service and close the channel; the view fails closed."""
+        if self._closed:
+            return
+        self._closed = True
+        follower, self._follower = self._follower, None
+        if follower is not None:
+            follower.cancel()
+            await asyncio.wait((follower,))
+        self._lose("emergency client closed")
+        await self._channel.close()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _current(self) -> EmergencySnapshot:
+        view = self._view
+        if view is None:
+            raise EmergencyHalted(_UNAVAILABLE + self._lost)
+        if self._stale():
+            raise EmergencyHalted(
+                f"{_UNAVAILABLE}no snapshot from the emergency service for over "
+                f"{self._max_staleness}s"
+            )
+        return view
+
+    def _stale(self) -> bool:
+        return self._clock.monotonic() - self._confirmed_at > self._max_staleness
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        return await call(method, request, service=_SERVICE, deadline=self._call_timeout)
+
+    async def _get_state(self) -> pb.EmergencyState:
+        response: pb.GetStateResponse = await self._call(self._stub.GetState, pb.GetStateRequest())
+        return response.state
+
+    async def _catch_up(self) -> None:
+        """Wait (bounded) until the view shows the change this client just made."""
+        if self._view is None:
+            return  # failing closed already; the next snapshot brings the change
+        try:
+            async with asyncio.timeout(self._call_timeout):
+                await self.wait_for_version()
+        except (TimeoutError, TradeflowError) as exc:
+            # The change is made; only this process's view of it is late.
+            _log.warning("emergency.view_behind", error=describe(exc))
+
+    async def _follow(self) -> None:
+        first, longest = self._backoff
+        delay = first
+        while True:
+            stream = self._stub.WatchState(pb.WatchStateRequest())
+            try:
+                while True:
+                    async with asyncio.timeout(self._max_staleness):
+                        response = await stream.read()
+                    if response is grpc.aio.EOF:
+                        lost = "the emergency service ended the stream (shutting down?)"
+                        break
+                    halts, version = wire.emergency_state_from_proto(response.state)
+                    self._install(halts, version)
+                    delay = first
+            except grpc.aio.AioRpcError as err:
+                lost = error_from_rpc(err, service=_SERVICE).message
+            except TimeoutError:
+                lost = f"no snapshot from the emergency service for over {self._max_staleness}s"
+            except Exception as exc:
+                _log.exception("emergency.watch_failed")
+                lost = f"unreadable snapshot: {describe(exc)}"
+            finally:
+                stream.cancel()
+            self._lose(lost)
+            _log.warning("emergency.watch_lost", error=lost, retry_in=delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, longest)
+
+    def _install(self, halts: Sequence[HaltState], version: int) -> None:
+        self._confirmed_at = self._clock.monotonic()
+        view = self._view
+        if view is not None and view.version == version:
+            return  # a heartbeat: nothing changed
+        if view is None:
+            _log.info("emergency.watch_established", version=version, halts=len(halts))
+        # The stream is the one source of the view and ordered: its latest snapshot is
+        # the truth even when its version is lower (the Redis state was rebuilt).
+        self._view = EmergencySnapshot.of(version, halts, ())
+        self._notify()
+
+    def _lose(self, reason: str) -> None:
+        self._view = None
+        self._lost = reason
+        self._notify()
+
+    def _notify(self) -> None:
+        waking, self._changed = self._changed, asyncio.Event()
+        waking.set()
+
+
+def _to_proto(codec: wire.EnumCodec[E, V], member: E | None, field: str) -> V:
+    """``codec.to_proto``, with a value that is no member reported as ``InvalidRequest``."""
+    try:
+        return codec.to_proto(member)
+    except KeyError:
+        raise InvalidRequest(field, "a member of its enum", member) from None
+
+
+def _number(field: str, value: float) -> float:
+    """``value`` as a float for the wire; finiteness is checked by the service."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(field, "a finite number", value)
+    return float(value)

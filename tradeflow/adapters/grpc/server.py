@@ -1,0 +1,249 @@
+"""Running a tradeflow gRPC service: interceptors, health, reflection, metrics,
+graceful shutdown. Each service's ``server.py`` hands :func:`serve` its servicers.
+
+- Every call: the correlation id is taken from the ``x-correlation-id`` metadata
+  (or made up), bound to the logs, and returned in the trailing metadata; domain
+  errors become status codes (:mod:`tradeflow.adapters.grpc.errors`); anything else becomes
+  ``INTERNAL`` with the correlation id, logged with its traceback, never sent.
+- ``tradeflow_rpc_server_handled_seconds{method, code}`` times every call.
+- SIGTERM/SIGINT: health turns NOT_SERVING (load balancers stop routing), the
+  service's drain hook finishes or checkpoints in-flight work, then the server
+  stops with a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+from tradeflow.adapters.grpc.config import ServiceConfig
+from tradeflow.adapters.grpc.errors import status_of
+from tradeflow.domain.clock import new_id
+from tradeflow.domain.errors import ConfigurationError, TradeflowError
+from tradeflow.observability.logging import get_logger
+from tradeflow.observability.metrics import LATENCY_BUCKETS
+
+__all__ = ["CORRELATION_KEY", "Service", "serve"]
+
+CORRELATION_KEY = "x-correlation-id"
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+_log = get_logger("tradeflow.rpc")
+
+
+class Service:
+    """What a service plugs into :func:`serve`."""
+
+    def __init__(
+        self,
+        *,
+        register: Callable[[grpc.aio.Server], Sequence[str]],
+        registry: CollectorRegistry,
+        drain: Callable[[], Awaitable[None]] | None = None,
+        close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.register = register
+        """Adds the servicers to the server; returns their full service names."""
+        self.registry = registry
+        """The Prometheus registry ``/metrics`` serves."""
+        self.drain = drain
+        """Finish or checkpoint in-flight work (called once, on shutdown)."""
+        self.close = close
+        """Release connections after the server stopped."""
+
+
+class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, latency: Histogram) -> None:
+        self._latency = latency
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = str(details.method).rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    def _unary(self, behaviour: Any, method: str) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            correlation_id = _correlation_id(context)
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+                try:
+                    return await behaviour(request, context)
+                except Exception as exc:
+                    await _abort(context, exc, method, correlation_id)
+                finally:
+                    self._observe(method, context, started)
+
+        return call
+
+    def _stream(self, behaviour: Any, method: str) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            correlation_id = _correlation_id(context)
+            started = time.perf_counter()
+            with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except Exception as exc:
+                    await _abort(context, exc, method, correlation_id)
+                finally:
+                    self._observe(method, context, started)
+
+        return call
+
+    def _observe(self, method: str, context: grpc.aio.ServicerContext, started: float) -> None:
+        # After abort() the context knows the code; a call that returned normally has none.
+        code = (
+            grpc.StatusCode.CANCELLED
+            if context.cancelled()
+            else context.code() or grpc.StatusCode.OK
+        )
+        self._latency.labels(method, code.name).observe(time.perf_counter() - started)
+
+
+def _correlation_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == CORRELATION_KEY and value:
+            correlation_id = str(value)
+            break
+    else:
+        correlation_id = new_id()
+    context.set_trailing_metadata(((CORRELATION_KEY, correlation_id),))
+    return correlation_id
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: Exception, method: str, correlation_id: str
+) -> None:
+    if isinstance(exc, grpc.aio.AbortError):
+        raise exc
+    if isinstance(exc, TradeflowError):
+        code, message, metadata = status_of(exc)
+        _log.info("rpc.failed", method=method, code=code.name, error=message)
+        context.set_trailing_metadata(((CORRELATION_KEY, correlation_id), *metadata))
+        await context.abort(code, message)
+    _log.error("rpc.crashed", method=method, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})"
+    )
+    raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+async def serve(config: ServiceConfig, service: Service) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    latency = Histogram(
+        "tradeflow_rpc_server_handled_seconds",
+        "gRPC calls handled, by method and status code.",
+        ["method", "code"],
+        buckets=LATENCY_BUCKETS,
+        registry=service.registry,
+    )
+    server = grpc.aio.server(
+        interceptors=[_Interceptor(latency)],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    names = list(service.register(server))
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    metrics_server = None
+    try:
+        try:
+            server.add_insecure_port(config.listen)
+        except RuntimeError as exc:
+            raise ConfigurationError(f"cannot listen on {config.listen}: {exc}") from exc
+        if config.metrics_port:
+            try:
+                metrics_server, _ = start_http_server(
+                    config.metrics_port, registry=service.registry
+                )
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot serve /metrics on port {config.metrics_port}: {exc.strerror}"
+                ) from exc
+        await server.start()
+        for name in ("", *names):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        _log.info(
+            "service.started",
+            service=config.name,
+            listen=config.listen,
+            metrics_port=config.metrics_port,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        _log.info("service.draining", service=config.name)
+        await health.enter_graceful_shutdown()
+        if service.drain is not None:
+            await service.drain()
+    finally:
+        # Whatever happened above, stop serving and release connections.
+        await server.stop(config.grace_seconds)
+        if service.close is not None:
+            await service.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    _log.info("service.stopped", service=config.name)
+
+
+def main(name: str, default_port: int, build: Callable[[ServiceConfig], Awaitable[Service]]) -> int:
+    """Entry point of ``python -m <name>_service``: configuration errors are one line."""
+    import sys
+
+    import uvloop
+
+    from tradeflow.observability.logging import configure_logging
+
+    try:
+        config = ServiceConfig.from_env(name, default_port=default_port)
+        configure_logging(json=config.log_json, level=config.log_level)
+
+        async def run() -> None:
+            await serve(config, await build(config))
+
+        uvloop.run(run())
+    except TradeflowError as exc:
+        print(f"{name}_service: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,113 @@
+"""The :class:`~tradeflow.ports.StateStore` port over the state service.
+
+An executor given a :class:`StateClient` instead of the SQLite store runs
+unchanged: every method is one RPC (``read_events`` pages when asked for more
+than one page) and failures arrive as the domain errors the service raised,
+or ``UnavailableError`` when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Final
+
+from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.client import call, open_channel
+from tradeflow.domain.codec import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
+from tradeflow.domain.records import (
+    Checkpoint,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    StateBatch,
+)
+from tradeflow.proto.state.v1 import state_service_pb2 as pb
+from tradeflow.proto.state.v1 import state_service_pb2_grpc
+
+__all__ = ["StateClient"]
+
+_SERVICE: Final = "state"
+
+
+class StateClient:
+    """A state store in the state service at ``address`` (``host:port``).
+
+    The channel connects lazily: constructing a client never fails, its first
+    call raises ``UnavailableError`` if the service is not there. ``timeout``
+    bounds every call, in seconds.
+    """
+
+    __slots__ = ("_channel", "_stub", "_timeout")
+
+    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
+        self._channel = open_channel(address)
+        self._stub = state_service_pb2_grpc.StateServiceStub(self._channel)
+        self._timeout = timeout
+
+    async def _call(self, method: Any, request: Any) -> Any:
+        return await call(method, request, service=_SERVICE, deadline=self._timeout)
+
+    async def write(self, batch: StateBatch) -> None:
+        """Persist ``batch`` atomically (one ``WriteBatch`` call)."""
+        await self._call(self._stub.WriteBatch, wire.state_batch_to_proto(batch))
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """The record of ``execution_id``; raises ``ExecutionNotFound``."""
+        response: pb.GetExecutionResponse = await self._call(
+            self._stub.GetExecution, pb.GetExecutionRequest(execution_id=execution_id)
+        )
+        return wire.execution_record_from_proto(response.execution)
+
+    async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
+        """The execution created for idempotency key ``request_id``, if any."""
+        response: pb.FindExecutionByRequestIdResponse = await self._call(
+            self._stub.FindExecutionByRequestId,
+            pb.FindExecutionByRequestIdRequest(request_id=request_id),
+        )
+        if not response.HasField("execution"):
+            return None
+        return wire.execution_record_from_proto(response.execution)
+
+    async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
+        """Executions matching ``query``, newest first; ``limit`` is clamped to
+        1..:data:`MAX_PAGE_SIZE` like the embedded store does."""
+        if not 1 <= query.limit <= MAX_PAGE_SIZE:
+            query = replace(query, limit=max(1, min(query.limit, MAX_PAGE_SIZE)))
+        response: pb.ListExecutionsResponse = await self._call(
+            self._stub.ListExecutions,
+            pb.ListExecutionsRequest(query=wire.execution_query_to_proto(query)),
+        )
+        return wire.execution_page_from_proto(response.page)
+
+    async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
+        """The latest checkpoint of each node of ``execution_id`` (empty if none)."""
+        response: pb.GetCheckpointsResponse = await self._call(
+            self._stub.GetCheckpoints, pb.GetCheckpointsRequest(execution_id=execution_id)
+        )
+        checkpoints = map(wire.checkpoint_from_proto, response.checkpoints)
+        return {checkpoint.node_id: checkpoint for checkpoint in checkpoints}
+
+    async def read_events(
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+    ) -> Sequence[tuple[int, Event]]:
+        """Up to ``limit`` (at least 1) ``(cursor, event)`` pairs with cursor > ``after``,
+        oldest first, in pages of at most :data:`MAX_EVENTS_PAGE` events."""
+        wanted = max(1, limit)
+        cursor = max(0, after)
+        history: list[tuple[int, Event]] = []
+        while True:
+            size = min(wanted - len(history), MAX_EVENTS_PAGE)
+            response: pb.ReadEventsResponse = await self._call(
+                self._stub.ReadEvents,
+                pb.ReadEventsRequest(after=cursor, execution_id=execution_id, limit=size),
+            )
+            history.extend(map(wire.history_event_from_proto, response.events))
+            if len(response.events) < size or len(history) >= wanted:
+                return history
+            cursor = history[-1][0]
+
+    async def close(self) -> None:
+        """Close the channel; calls still in flight are cancelled."""
+        await self._channel.close()

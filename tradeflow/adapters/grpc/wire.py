@@ -1,0 +1,492 @@
+"""Conversions between tradeflow's records and their protobuf messages, both ways.
+
+Pure functions, shared by the services (servicers) and their clients, so each
+mapping is written once. ``None`` travels as an unset field: proto3 ``optional``
+for scalars, an absent message for timestamps, the ``_UNSPECIFIED`` value for
+enums. Free-form dicts travel as JSON text, so integers stay integers.
+
+Timestamps are epoch seconds as floats here and ``google.protobuf.Timestamp``
+on the wire; for any time after February 1970 a float survives the trip exactly
+(nanosecond resolution is far finer than a float's at that magnitude).
+
+A message that cannot become a record (an unspecified enum where a value is
+required, text that is not a JSON object) raises
+:class:`~tradeflow.domain.errors.InvalidRequest` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import replace
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import orjson
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tradeflow.domain.codec import to_json_bytes
+from tradeflow.domain.errors import InvalidRequest, ValidationIssue
+from tradeflow.domain.records import (
+    SCHEMA_VERSION,
+    AuditEntry,
+    Checkpoint,
+    CheckpointState,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+    StateBatch,
+)
+from tradeflow.proto.common.v1 import common_pb2
+from tradeflow.proto.emergency.v1 import emergency_service_pb2
+from tradeflow.proto.executor.v1 import executor_service_pb2
+from tradeflow.proto.state.v1 import state_service_pb2
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+__all__ = [
+    "CHECKPOINT_STATE",
+    "EXECUTION_STATUS",
+    "LIMIT_DIRECTION",
+    "SCOPE",
+    "EnumCodec",
+    "audit_entry_from_proto",
+    "audit_entry_to_proto",
+    "checkpoint_from_proto",
+    "checkpoint_to_proto",
+    "decode_json_object",
+    "emergency_state_from_proto",
+    "emergency_state_to_proto",
+    "encode_json",
+    "event_from_proto",
+    "event_to_proto",
+    "execution_from_proto",
+    "execution_page_from_proto",
+    "execution_page_to_proto",
+    "execution_query_from_proto",
+    "execution_query_to_proto",
+    "execution_record_from_proto",
+    "execution_record_to_proto",
+    "execution_to_proto",
+    "halt_state_from_proto",
+    "halt_state_to_proto",
+    "history_event_from_proto",
+    "history_event_to_proto",
+    "risk_limit_from_proto",
+    "risk_limit_to_proto",
+    "state_batch_from_proto",
+    "state_batch_to_proto",
+    "timestamp_from_proto",
+    "timestamp_to_proto",
+    "validation_issue_from_proto",
+    "validation_issue_to_proto",
+]
+
+E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V", bound=int)
+
+_NANOS_PER_SECOND = 1_000_000_000
+_SHOWN_JSON_CHARS = 200
+"""How much of malformed JSON text an error message quotes."""
+
+
+def encode_json(value: Any) -> str:
+    """Compact JSON text, encoded as the SQLite store encodes it (orjson; NaN and
+    Infinity become null; non-string keys become strings)."""
+    return to_json_bytes(value).decode()
+
+
+_decode_json = orjson.loads
+
+
+class EnumCodec(Generic[E, V]):
+    """Maps one records enum to its protobuf enum (``X.NAME`` <-> ``PREFIX_NAME``).
+
+    Built at import, so a records member missing from the proto fails at once.
+    """
+
+    __slots__ = ("_from_proto", "_names", "_to_proto", "_unspecified")
+
+    def __init__(self, members: type[E], proto: _EnumTypeWrapper[V], prefix: str) -> None:
+        self._to_proto = {member: proto.Value(prefix + member.name) for member in members}
+        self._from_proto: dict[int, E] = {number: m for m, number in self._to_proto.items()}
+        self._unspecified = proto.Value(prefix + "UNSPECIFIED")
+        self._names: dict[int, str] = {number: name for name, number in proto.items()}
+
+    def to_proto(self, member: E | None) -> V:
+        """The proto value of ``member``; ``None`` becomes ``_UNSPECIFIED``."""
+        return self._unspecified if member is None else self._to_proto[member]
+
+    def from_proto(self, number: int, field: str) -> E:
+        """The member for ``number``; ``InvalidRequest`` naming ``field`` if there is none."""
+        member = self._from_proto.get(number)
+        if member is None:
+            expected = "one of " + ", ".join(m.value for m in self._from_proto.values())
+            raise InvalidRequest(field, expected, self._names.get(number, number))
+        return member
+
+    def from_proto_optional(self, number: int, field: str) -> E | None:
+        """Like :meth:`from_proto`, but ``_UNSPECIFIED`` becomes ``None``."""
+        return None if number == self._unspecified else self.from_proto(number, field)
+
+
+EXECUTION_STATUS = EnumCodec(ExecutionStatus, common_pb2.ExecutionStatus, "EXECUTION_STATUS_")
+SCOPE = EnumCodec(Scope, common_pb2.Scope, "SCOPE_")
+CHECKPOINT_STATE = EnumCodec(CheckpointState, common_pb2.CheckpointState, "CHECKPOINT_STATE_")
+LIMIT_DIRECTION = EnumCodec(
+    LimitDirection, emergency_service_pb2.LimitDirection, "LIMIT_DIRECTION_"
+)
+
+
+def decode_json_object(text: str, field: str) -> dict[str, Any]:
+    """Parse JSON text holding an object; an empty string is ``{}``.
+
+    Raises ``InvalidRequest`` naming ``field`` for anything else.
+    """
+    if not text:
+        return {}
+    try:
+        value = _decode_json(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise InvalidRequest(field, "a JSON object", text[:_SHOWN_JSON_CHARS])
+    return value
+
+
+def timestamp_to_proto(ts: float) -> Timestamp:
+    """Epoch seconds as a ``Timestamp``."""
+    seconds = math.floor(ts)
+    nanos = round((ts - seconds) * _NANOS_PER_SECOND)
+    if nanos == _NANOS_PER_SECOND:
+        seconds, nanos = seconds + 1, 0
+    return Timestamp(seconds=seconds, nanos=nanos)
+
+
+def timestamp_from_proto(msg: Timestamp) -> float:
+    """A ``Timestamp`` as epoch seconds."""
+    return msg.seconds + msg.nanos / _NANOS_PER_SECOND
+
+
+def event_to_proto(event: Event) -> common_pb2.Event:
+    """An event as its protobuf message."""
+    return common_pb2.Event(
+        schema_version=SCHEMA_VERSION,
+        type=event.type,
+        event_id=event.event_id,
+        sequence=event.sequence,
+        timestamp=timestamp_to_proto(event.timestamp),
+        correlation_id=event.correlation_id,
+        execution_id=event.execution_id,
+        workflow_id=event.workflow_id,
+        bot_id=event.bot_id,
+        strategy_id=event.strategy_id,
+        node_id=event.node_id,
+        data_json=encode_json(event.data),
+    )
+
+
+def event_from_proto(msg: common_pb2.Event) -> Event:
+    """Inverse of :func:`event_to_proto`."""
+    return Event(
+        type=msg.type,
+        event_id=msg.event_id,
+        sequence=msg.sequence,
+        timestamp=timestamp_from_proto(msg.timestamp),
+        correlation_id=msg.correlation_id if msg.HasField("correlation_id") else None,
+        execution_id=msg.execution_id if msg.HasField("execution_id") else None,
+        workflow_id=msg.workflow_id if msg.HasField("workflow_id") else None,
+        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
+        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
+        node_id=msg.node_id if msg.HasField("node_id") else None,
+        data=decode_json_object(msg.data_json, "data_json"),
+    )
+
+
+def execution_record_to_proto(record: ExecutionRecord) -> common_pb2.ExecutionRecord:
+    """An execution record as its protobuf message."""
+    return common_pb2.ExecutionRecord(
+        execution_id=record.execution_id,
+        workflow_id=record.workflow_id,
+        status=EXECUTION_STATUS.to_proto(record.status),
+        started_at=timestamp_to_proto(record.started_at),
+        definition_json=encode_json(record.definition),
+        correlation_id=record.correlation_id,
+        bot_id=record.bot_id,
+        strategy_id=record.strategy_id,
+        finished_at=None if record.finished_at is None else timestamp_to_proto(record.finished_at),
+        error=record.error,
+        result_json=None if record.result is None else encode_json(record.result),
+        request_id=record.request_id,
+    )
+
+
+def execution_record_from_proto(msg: common_pb2.ExecutionRecord) -> ExecutionRecord:
+    """Inverse of :func:`execution_record_to_proto`."""
+    return ExecutionRecord(
+        execution_id=msg.execution_id,
+        workflow_id=msg.workflow_id,
+        status=EXECUTION_STATUS.from_proto(msg.status, "status"),
+        started_at=timestamp_from_proto(msg.started_at),
+        definition=decode_json_object(msg.definition_json, "definition_json"),
+        correlation_id=msg.correlation_id,
+        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
+        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
+        finished_at=(
+            timestamp_from_proto(msg.finished_at) if msg.HasField("finished_at") else None
+        ),
+        error=msg.error if msg.HasField("error") else None,
+        result=(
+            decode_json_object(msg.result_json, "result_json")
+            if msg.HasField("result_json")
+            else None
+        ),
+        request_id=msg.request_id if msg.HasField("request_id") else None,
+    )
+
+
+def checkpoint_to_proto(checkpoint: Checkpoint) -> common_pb2.Checkpoint:
+    """A checkpoint as its protobuf message."""
+    outputs = checkpoint.outputs
+    return common_pb2.Checkpoint(
+        execution_id=checkpoint.execution_id,
+        node_id=checkpoint.node_id,
+        state=CHECKPOINT_STATE.to_proto(checkpoint.state),
+        updated_at=timestamp_to_proto(checkpoint.updated_at),
+        outputs_json=None if outputs is None else encode_json(outputs),
+        error=checkpoint.error,
+        attempt=checkpoint.attempt,
+    )
+
+
+def checkpoint_from_proto(msg: common_pb2.Checkpoint) -> Checkpoint:
+    """Inverse of :func:`checkpoint_to_proto`."""
+    return Checkpoint(
+        execution_id=msg.execution_id,
+        node_id=msg.node_id,
+        state=CHECKPOINT_STATE.from_proto(msg.state, "state"),
+        updated_at=timestamp_from_proto(msg.updated_at),
+        outputs=(
+            decode_json_object(msg.outputs_json, "outputs_json")
+            if msg.HasField("outputs_json")
+            else None
+        ),
+        error=msg.error if msg.HasField("error") else None,
+        # An unset attempt (0) can only mean the first one.
+        attempt=msg.attempt or 1,
+    )
+
+
+def execution_query_to_proto(query: ExecutionQuery) -> common_pb2.ExecutionQuery:
+    """An execution query as its protobuf message."""
+    after, before = query.started_after, query.started_before
+    return common_pb2.ExecutionQuery(
+        workflow_id=query.workflow_id,
+        bot_id=query.bot_id,
+        strategy_id=query.strategy_id,
+        status=EXECUTION_STATUS.to_proto(query.status),
+        started_after=None if after is None else timestamp_to_proto(after),
+        started_before=None if before is None else timestamp_to_proto(before),
+        page_size=query.limit,
+        page_token=query.page_token or "",
+    )
+
+
+def execution_query_from_proto(msg: common_pb2.ExecutionQuery) -> ExecutionQuery:
+    """Inverse of :func:`execution_query_to_proto`; page size 0 keeps the default."""
+    query = ExecutionQuery(
+        workflow_id=msg.workflow_id if msg.HasField("workflow_id") else None,
+        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
+        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
+        status=EXECUTION_STATUS.from_proto_optional(msg.status, "status"),
+        started_after=(
+            timestamp_from_proto(msg.started_after) if msg.HasField("started_after") else None
+        ),
+        started_before=(
+            timestamp_from_proto(msg.started_before) if msg.HasField("started_before") else None
+        ),
+        page_token=msg.page_token or None,
+    )
+    return replace(query, limit=msg.page_size) if msg.page_size else query
+
+
+def execution_page_to_proto(page: ExecutionPage) -> common_pb2.ExecutionPage:
+    """A page of executions as its protobuf message."""
+    return common_pb2.ExecutionPage(
+        executions=[execution_record_to_proto(record) for record in page.executions],
+        next_page_token=page.next_page_token or "",
+    )
+
+
+def execution_page_from_proto(msg: common_pb2.ExecutionPage) -> ExecutionPage:
+    """Inverse of :func:`execution_page_to_proto`."""
+    return ExecutionPage(
+        executions=tuple(execution_record_from_proto(record) for record in msg.executions),
+        next_page_token=msg.next_page_token or None,
+    )
+
+
+def validation_issue_to_proto(issue: ValidationIssue) -> common_pb2.ValidationIssue:
+    """A validation issue as its protobuf message."""
+    return common_pb2.ValidationIssue(
+        block_id=issue.block_id, field=issue.field, expected=issue.expected, found=issue.found
+    )
+
+
+def validation_issue_from_proto(msg: common_pb2.ValidationIssue) -> ValidationIssue:
+    """Inverse of :func:`validation_issue_to_proto`."""
+    return ValidationIssue(
+        block_id=msg.block_id if msg.HasField("block_id") else None,
+        field=msg.field,
+        expected=msg.expected,
+        found=msg.found,
+    )
+
+
+def execution_to_proto(
+    record: ExecutionRecord, nodes: Iterable[Checkpoint]
+) -> executor_service_pb2.Execution:
+    """An execution with the latest checkpoint of each node, in the order given."""
+    return executor_service_pb2.Execution(
+        record=execution_record_to_proto(record),
+        nodes=[checkpoint_to_proto(checkpoint) for checkpoint in nodes],
+    )
+
+
+def execution_from_proto(
+    msg: executor_service_pb2.Execution,
+) -> tuple[ExecutionRecord, dict[str, Checkpoint]]:
+    """Inverse of :func:`execution_to_proto`: the record and its checkpoints by node id."""
+    checkpoints = (checkpoint_from_proto(node) for node in msg.nodes)
+    return execution_record_from_proto(msg.record), {c.node_id: c for c in checkpoints}
+
+
+def halt_state_to_proto(halt: HaltState) -> emergency_service_pb2.HaltState:
+    """An active halt as its protobuf message."""
+    return emergency_service_pb2.HaltState(
+        scope=SCOPE.to_proto(halt.scope),
+        target=halt.target,
+        reason=halt.reason,
+        actor=halt.actor,
+        since=timestamp_to_proto(halt.since),
+    )
+
+
+def halt_state_from_proto(msg: emergency_service_pb2.HaltState) -> HaltState:
+    """Inverse of :func:`halt_state_to_proto`."""
+    return HaltState(
+        scope=SCOPE.from_proto(msg.scope, "scope"),
+        target=msg.target if msg.HasField("target") else None,
+        reason=msg.reason,
+        actor=msg.actor,
+        since=timestamp_from_proto(msg.since),
+    )
+
+
+def emergency_state_to_proto(
+    halts: Iterable[HaltState], version: int
+) -> emergency_service_pb2.EmergencyState:
+    """A snapshot of every active halt, with the state's version."""
+    return emergency_service_pb2.EmergencyState(
+        halts=[halt_state_to_proto(halt) for halt in halts], version=version
+    )
+
+
+def emergency_state_from_proto(
+    msg: emergency_service_pb2.EmergencyState,
+) -> tuple[tuple[HaltState, ...], int]:
+    """Inverse of :func:`emergency_state_to_proto`: the halts and the version."""
+    return tuple(halt_state_from_proto(halt) for halt in msg.halts), msg.version
+
+
+def risk_limit_to_proto(limit: RiskLimit) -> emergency_service_pb2.RiskLimit:
+    """A risk limit as its protobuf message."""
+    return emergency_service_pb2.RiskLimit(
+        limit_type=limit.limit_type,
+        threshold=limit.threshold,
+        direction=LIMIT_DIRECTION.to_proto(limit.direction),
+        auto_halt=limit.auto_halt,
+        updated_at=timestamp_to_proto(limit.updated_at),
+        updated_by=limit.updated_by,
+    )
+
+
+def risk_limit_from_proto(msg: emergency_service_pb2.RiskLimit) -> RiskLimit:
+    """Inverse of :func:`risk_limit_to_proto`."""
+    return RiskLimit(
+        limit_type=msg.limit_type,
+        threshold=msg.threshold,
+        direction=LIMIT_DIRECTION.from_proto(msg.direction, "direction"),
+        auto_halt=msg.auto_halt,
+        updated_at=timestamp_from_proto(msg.updated_at),
+        updated_by=msg.updated_by,
+    )
+
+
+def audit_entry_to_proto(entry: AuditEntry) -> emergency_service_pb2.AuditEntry:
+    """An audit entry as its protobuf message."""
+    return emergency_service_pb2.AuditEntry(
+        entry_id=entry.entry_id,
+        at=timestamp_to_proto(entry.at),
+        actor=entry.actor,
+        action=entry.action,
+        scope=SCOPE.to_proto(entry.scope),
+        target=entry.target,
+        reason=entry.reason,
+        details_json=encode_json(entry.details),
+    )
+
+
+def audit_entry_from_proto(msg: emergency_service_pb2.AuditEntry) -> AuditEntry:
+    """Inverse of :func:`audit_entry_to_proto`."""
+    return AuditEntry(
+        entry_id=msg.entry_id,
+        at=timestamp_from_proto(msg.at),
+        actor=msg.actor,
+        action=msg.action,
+        scope=SCOPE.from_proto_optional(msg.scope, "scope"),
+        target=msg.target if msg.HasField("target") else None,
+        reason=msg.reason,
+        details=decode_json_object(msg.details_json, "details_json"),
+    )
+
+
+def state_batch_to_proto(
+    batch: StateBatch, *, request_id: str = ""
+) -> state_service_pb2.WriteBatchRequest:
+    """A state batch as the request that writes it (``request_id``: idempotency key)."""
+    execution = batch.execution
+    return state_service_pb2.WriteBatchRequest(
+        request_id=request_id,
+        execution=None if execution is None else execution_record_to_proto(execution),
+        checkpoints=[checkpoint_to_proto(checkpoint) for checkpoint in batch.checkpoints],
+        events=[event_to_proto(event) for event in batch.events],
+    )
+
+
+def state_batch_from_proto(msg: state_service_pb2.WriteBatchRequest) -> StateBatch:
+    """Inverse of :func:`state_batch_to_proto` (the request id is the caller's to read)."""
+    return StateBatch(
+        execution=(
+            execution_record_from_proto(msg.execution) if msg.HasField("execution") else None
+        ),
+        checkpoints=tuple(checkpoint_from_proto(checkpoint) for checkpoint in msg.checkpoints),
+        events=tuple(event_from_proto(event) for event in msg.events),
+    )
+
+
+def history_event_to_proto(cursor: int, event: Event) -> state_service_pb2.HistoryEvent:
+    """One ``(cursor, event)`` pair of history as its protobuf message."""
+    return state_service_pb2.HistoryEvent(cursor=cursor, event=event_to_proto(event))
+
+
+def history_event_from_proto(msg: state_service_pb2.HistoryEvent) -> tuple[int, Event]:
+    """Inverse of :func:`history_event_to_proto`."""
+    return msg.cursor, event_from_proto(msg.event)

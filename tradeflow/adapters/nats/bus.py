@@ -1,0 +1,694 @@
+"""The production :class:`~tradeflow.ports.EventBus`: NATS, captured by JetStream.
+
+Subjects
+    A workflow event goes to ``tradeflow.v1.events.<bot_id>.<strategy_id>.<workflow_id>.<type>``;
+    an emergency state change (``emergency_halted``, ``emergency_resumed``,
+    ``risk_limit_exceeded``) goes to ``tradeflow.v1.emergency.halted`` / ``.resumed`` /
+    ``.risk_limit_exceeded`` instead (one subject per event, so JetStream stores it once).
+    The payload is the contract JSON (:meth:`Event.to_dict`), UTF-8.
+
+Ids in subjects
+    Ids are encoded reversibly (:func:`encode_token` / :func:`decode_token`): a missing
+    or empty id becomes the placeholder token ``_``; an id made only of ASCII letters,
+    digits and ``-_:~@+=`` is used as is, except the id ``_`` itself, which becomes
+    ``%5F``; in any other id every other character (``.``, ``*``, ``>``, whitespace,
+    ``%``, non-ASCII ...) becomes ``%XX`` per UTF-8 byte, upper-case hex. So
+    ``bot.1`` is published as ``bot%2E1`` and ``subject_filter(bot_id="bot.1")``
+    matches it. Nothing is rejected.
+
+Publishing
+    :meth:`NatsEventBus.publish` appends to a bounded queue and returns; a background
+    task sends batches with a ``Nats-Msg-Id: <event_id>`` header (JetStream drops
+    duplicates within the stream's ``duplicate_window``), then waits for one
+    acknowledgement per batch. A batch not acknowledged (NATS down, JetStream not
+    ready) goes back to the front of the queue and is sent again once reconnected;
+    when the queue is full the oldest events are dropped and counted. Delivery is
+    therefore at least once: live subscribers may see a resent event twice (dedupe
+    by ``event_id``); the stream holds it once (within the duplicate window).
+
+Subscribing and replay
+    :meth:`~NatsEventBus.subscribe` listens on core NATS (low latency, no history) and
+    hands each decoded dict to the handler through a per-subscriber bounded buffer
+    (the embedded bus's :class:`InProcessSubscription`), so subscribers see events from
+    every process. :meth:`~NatsEventBus.replay` reads the stream from a sequence
+    number onwards and then follows it live, for resumable streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import random
+import re
+from collections import deque
+from collections.abc import AsyncGenerator, Callable, Sequence
+from functools import lru_cache
+from typing import Any, Final
+from urllib.parse import unquote
+
+import nats.errors
+import orjson
+import structlog
+from nats.aio.client import Client, Server
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription as NatsSubscription
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError
+
+from tradeflow.adapters.memory.events import (
+    WORKFLOW_EVENTS,
+    InProcessEventBus,
+    InProcessSubscription,
+)
+from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
+from tradeflow.domain.records import Event, EventType
+from tradeflow.observability.metrics import Metrics
+from tradeflow.ports import EventHandler, Subscription
+
+__all__ = [
+    "ALL_SUBJECTS",
+    "DEFAULT_STREAM",
+    "EMERGENCY_PREFIX",
+    "EVENTS_PREFIX",
+    "MISSING_TOKEN",
+    "WORKFLOW_EVENTS",
+    "NatsEventBus",
+    "decode_token",
+    "encode_token",
+    "subject_filter",
+    "subject_for",
+]
+
+EVENTS_PREFIX: Final = "tradeflow.v1.events."
+"""Prefix of workflow event subjects; four tokens follow."""
+EMERGENCY_PREFIX: Final = "tradeflow.v1.emergency."
+"""Prefix of emergency state change subjects; one token follows."""
+ALL_SUBJECTS: Final = "tradeflow.v1.>"
+"""Matches every subject this bus publishes."""
+MISSING_TOKEN: Final = "_"
+"""Subject token standing for a missing id."""
+DEFAULT_STREAM: Final = "TRADEFLOW_EVENTS"
+"""Name of the JetStream stream capturing both subject trees."""
+
+_EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
+    EventType.EMERGENCY_HALTED: EMERGENCY_PREFIX + "halted",
+    EventType.EMERGENCY_RESUMED: EMERGENCY_PREFIX + "resumed",
+    EventType.RISK_LIMIT_EXCEEDED: EMERGENCY_PREFIX + "risk_limit_exceeded",
+}
+_PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]+")
+_MSG_ID: Final = api.Header.MSG_ID.value
+_STATUS: Final = api.Header.STATUS.value
+_HEADER_ALLOWANCE: Final = 512
+"""Bytes kept free of max_payload for the headers (the server counts them, the client not)."""
+_STREAM_NAME_IN_USE: Final = 10058
+"""JetStream error code: a stream by that name exists with another configuration."""
+
+_ServerChooser = Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]
+
+_log = structlog.get_logger(__name__)
+
+
+@lru_cache(maxsize=1024)
+def encode_token(value: str | None) -> str:
+    """One subject token for an id (see the module docstring for the scheme)."""
+    if not value:
+        return MISSING_TOKEN
+    if value == MISSING_TOKEN:
+        return "%5F"
+    if _PLAIN_TOKEN.fullmatch(value):
+        return value
+    return "".join(
+        ch if _PLAIN_TOKEN.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode())
+        for ch in value
+    )
+
+
+def decode_token(token: str) -> str | None:
+    """Inverse of :func:`encode_token` (a missing id comes back as ``None``)."""
+    return None if token == MISSING_TOKEN else unquote(token, errors="strict")
+
+
+def subject_for(event: Event) -> str:
+    """The subject ``event`` is published on."""
+    emergency = _EMERGENCY_SUBJECTS.get(event.type)
+    if emergency is not None:
+        return emergency
+    return (
+        f"{EVENTS_PREFIX}{encode_token(event.bot_id)}.{encode_token(event.strategy_id)}."
+        f"{encode_token(event.workflow_id)}.{encode_token(event.type)}"
+    )
+
+
+def subject_filter(
+    *,
+    bot_id: str | None = None,
+    strategy_id: str | None = None,
+    workflow_id: str | None = None,
+    type: str | None = None,
+) -> str:
+    """A subject filter matching the events with these ids and type (``None``: any).
+
+    An emergency ``type`` gives its ``tradeflow.v1.emergency.*`` subject; its
+    subject carries no ids, so combining it with an id raises ``InvalidRequest``.
+    """
+    emergency = _EMERGENCY_SUBJECTS.get(type) if type is not None else None
+    if emergency is not None:
+        if bot_id is not None or strategy_id is not None or workflow_id is not None:
+            raise InvalidRequest(
+                "type",
+                "a workflow event type when filtering by bot, strategy or workflow id "
+                "(emergency subjects carry no ids)",
+                type,
+            )
+        return emergency
+    tokens = (
+        "*" if v is None else encode_token(v) for v in (bot_id, strategy_id, workflow_id, type)
+    )
+    return EVENTS_PREFIX + ".".join(tokens)
+
+
+def _reconnect_backoff(base: float, cap: float) -> _ServerChooser:
+    """A nats-py server chooser that waits exponentially longer (with jitter) per failure."""
+
+    def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        attempts = min(servers[0].reconnects, 30)
+        return None, min(cap, base * 2**attempts) * random.uniform(0.5, 1.0)
+
+    return choose
+
+
+class NatsEventBus:
+    """An :class:`~tradeflow.ports.EventBus` on NATS and JetStream.
+
+    Build it with :meth:`connect`. ``publish`` must be called from the event loop
+    the bus was connected on.
+    """
+
+    __slots__ = (
+        "_ack_prefix",
+        "_ack_timeout",
+        "_batch_size",
+        "_buffer_size",
+        "_close_timeout",
+        "_closed",
+        "_connected",
+        "_dropping",
+        "_event_subs",
+        "_in_flight",
+        "_js",
+        "_local",
+        "_metrics",
+        "_nc",
+        "_pending_ack",
+        "_progress",
+        "_publisher",
+        "_queue",
+        "_replay_heartbeat",
+        "_stream_config",
+        "_stream_missing",
+        "_subscribe_lock",
+        "_tokens",
+        "_wakeup",
+        "dropped",
+    )
+
+    def __init__(
+        self,
+        nc: Client,
+        stream_config: api.StreamConfig,
+        local: InProcessEventBus,
+        *,
+        buffer_size: int,
+        batch_size: int,
+        ack_timeout: float,
+        close_timeout: float,
+        replay_heartbeat: float,
+        metrics: Metrics | None,
+    ) -> None:
+        """Use :meth:`connect`."""
+        self.dropped = 0
+        """Events lost before reaching NATS (queue full, unserializable, rejected, closed)."""
+        self._nc = nc
+        self._js: JetStreamContext = nc.jetstream()
+        self._stream_config = stream_config
+        self._local = local
+        self._metrics = metrics
+        self._buffer_size = buffer_size
+        self._batch_size = batch_size
+        self._ack_timeout = ack_timeout
+        self._close_timeout = close_timeout
+        self._replay_heartbeat = replay_heartbeat
+        self._queue: deque[Event] = deque()
+        self._wakeup = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._connected.set()
+        self._in_flight = 0
+        self._dropping = False
+        self._closed = False
+        # Each batch gets a fresh reply subject, so a late ack of an abandoned batch
+        # cannot be taken for the current one's.
+        self._ack_prefix = nc.new_inbox() + "."
+        self._tokens = itertools.count()
+        self._pending_ack: tuple[str, asyncio.Future[Msg]] | None = None
+        self._stream_missing = False
+        self._event_subs: tuple[NatsSubscription, ...] = ()
+        self._subscribe_lock = asyncio.Lock()
+        self._publisher: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        stream: str = DEFAULT_STREAM,
+        buffer_size: int = 10_000,
+        metrics: Metrics | None = None,
+        batch_size: int = 256,
+        max_age: float = 7 * 24 * 3600.0,
+        max_bytes: int = 1 << 30,
+        duplicate_window: float = 120.0,
+        connect_timeout: float = 5.0,
+        ack_timeout: float = 5.0,
+        close_timeout: float = 5.0,
+        reconnect_backoff: tuple[float, float] = (0.05, 5.0),
+        replay_heartbeat: float = 2.0,
+        name: str = "tradeflow",
+    ) -> NatsEventBus:
+        """Connect to NATS at ``url`` and make sure the stream exists.
+
+        ``buffer_size`` bounds both the publish queue and each subscriber's backlog;
+        ``batch_size`` is how many events are sent per acknowledgement round trip.
+        The stream (file storage, both subject trees) keeps events for ``max_age``
+        seconds and at most ``max_bytes``, dropping the oldest; it ignores a repeated
+        ``event_id`` within ``duplicate_window`` seconds. An existing stream is
+        updated to this configuration. After connecting, the client reconnects
+        forever, waiting between ``reconnect_backoff`` (first, longest) seconds.
+
+        Raises ``UnavailableError`` if NATS cannot be reached within
+        ``connect_timeout`` seconds, ``ConfigurationError`` for a bad setting or a
+        stream that cannot take this configuration.
+        """
+        local = InProcessEventBus(buffer_size=buffer_size, metrics=metrics)
+        for setting, value in (
+            ("batch_size", batch_size),
+            ("max_bytes", max_bytes),
+            ("max_age", max_age),
+            ("duplicate_window", duplicate_window),
+            ("ack_timeout", ack_timeout),
+            ("close_timeout", close_timeout),
+            ("replay_heartbeat", replay_heartbeat),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(
+                    f"invalid NATS event bus {setting}: expected a number > 0, found {value!r}"
+                )
+        stream_config = api.StreamConfig(
+            name=stream,
+            subjects=[EVENTS_PREFIX + ">", EMERGENCY_PREFIX + ">"],
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.OLD,
+            storage=api.StorageType.FILE,
+            max_age=max_age,
+            max_bytes=max_bytes,
+            duplicate_window=duplicate_window,
+        )
+        bus: NatsEventBus | None = None
+
+        async def disconnected() -> None:
+            if bus is not None:
+                if bus._closed:
+                    return
+                bus._connected.clear()
+            _log.warning("events.nats_disconnected", url=url)
+
+        async def reconnected() -> None:
+            if bus is not None:
+                bus._connected.set()
+            _log.info("events.nats_reconnected", url=url)
+
+        async def error(exc: Exception) -> None:
+            _log.warning("events.nats_error", url=url, error=describe(exc))
+
+        nc = Client()
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await nc.connect(
+                    url,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_to_server_handler=_reconnect_backoff(*reconnect_backoff),
+                    disconnected_cb=disconnected,
+                    reconnected_cb=reconnected,
+                    error_cb=error,
+                    drain_timeout=max(1, round(close_timeout)),
+                )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            await nc.close()
+            raise UnavailableError(f"cannot reach NATS at {url}: {describe(exc)}") from exc
+        bus = cls(
+            nc,
+            stream_config,
+            local,
+            buffer_size=buffer_size,
+            batch_size=batch_size,
+            ack_timeout=ack_timeout,
+            close_timeout=close_timeout,
+            replay_heartbeat=replay_heartbeat,
+            metrics=metrics,
+        )
+        try:
+            await bus._ensure_stream()
+            await nc.subscribe(bus._ack_prefix + "*", cb=bus._on_ack)
+        except BaseException:
+            await nc.close()
+            raise
+        bus._publisher = asyncio.create_task(bus._run_publisher(), name="events:nats-publisher")
+        return bus
+
+    async def _ensure_stream(self) -> None:
+        config = self._stream_config
+        try:
+            try:
+                await self._js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_NAME_IN_USE:
+                    raise
+                await self._js.update_stream(config)
+        except nats.js.errors.APIError as exc:
+            raise ConfigurationError(
+                f"cannot create or update JetStream stream {config.name!r}: {exc.description}"
+            ) from exc
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise UnavailableError(
+                f"cannot set up JetStream stream {config.name!r} (is JetStream enabled on the "
+                f"server?): {describe(exc)}"
+            ) from exc
+
+    async def last_sequence(self) -> int:
+        """The stream's last sequence number: ``replay(after_sequence=...)`` from here
+        gives live events only. Raises ``UnavailableError``."""
+        try:
+            info = await self._js.stream_info(str(self._stream_config.name))
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise UnavailableError(f"cannot read the event stream: {describe(exc)}") from exc
+        return int(info.state.last_seq)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the NATS connection is up right now (for health checks)."""
+        return bool(self._nc.is_connected)
+
+    # -- publishing ---------------------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for NATS; never blocks, never raises (drops the oldest when full)."""
+        if self._closed:
+            self._lose(1)
+            return
+        queue = self._queue
+        if len(queue) >= self._buffer_size:
+            queue.popleft()
+            self._lose(1)
+            if not self._dropping:
+                self._dropping = True
+                _log.warning("events.publish_buffer_full", buffer_size=self._buffer_size)
+        queue.append(event)
+        self._wakeup.set()
+
+    def _lose(self, count: int) -> None:
+        self.dropped += count
+        if self._metrics is not None:
+            self._metrics.events_dropped.inc(count)
+
+    # The bound is part of the call (close() always wants one), hence ASYNC109.
+    async def flush(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """Wait until every queued event is acknowledged by JetStream (or given up on).
+
+        Returns False if that did not happen within ``timeout`` seconds.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while self._queue or self._in_flight:
+                    self._progress.clear()
+                    await self._progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _run_publisher(self) -> None:
+        queue = self._queue
+        delay = 0.0
+        while True:
+            if not queue:
+                self._dropping = False
+                self._progress.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if not self._nc.is_connected:
+                self._connected.clear()
+                await self._connected.wait()
+                continue
+            batch = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
+            self._in_flight = len(batch)
+            try:
+                retry = await self._send(batch)
+            except Exception as exc:  # the publisher must outlive any surprise
+                _log.error("events.publish_failed", error=describe(exc), events=len(batch))
+                retry = batch
+            finally:
+                self._in_flight = 0
+            self._progress.set()
+            if not retry:
+                delay = 0.0
+                continue
+            self._requeue(retry)
+            if self._stream_missing:
+                self._stream_missing = False
+                with contextlib.suppress(ConfigurationError, UnavailableError):
+                    await self._ensure_stream()
+            # Back off while JetStream is connected but not acknowledging (e.g. still
+            # recovering after a restart); a disconnect is waited out above instead.
+            delay = min(2.0, delay * 2 or 0.05)
+            await asyncio.sleep(delay)
+
+    async def _send(self, batch: Sequence[Event]) -> list[Event]:
+        """Publish ``batch`` and wait for JetStream's answer; returns the events to retry.
+
+        Only the last message asks for an acknowledgement: the stream handles one
+        connection's messages in order, so its ack vouches for the whole batch, at
+        the cost of one reply per batch instead of one per event.
+        """
+        nc = self._nc
+        limit = nc.max_payload - _HEADER_ALLOWANCE
+        encoded: list[tuple[Event, str, bytes]] = []
+        for event in batch:
+            try:
+                payload = orjson.dumps(event.to_dict())
+            except (TypeError, ValueError) as exc:
+                self._reject(event, f"data is not JSON-serialisable: {describe(exc)}")
+                continue
+            if len(payload) > limit:
+                self._reject(event, f"{len(payload)} bytes exceed NATS max_payload {limit}")
+                continue
+            encoded.append((event, subject_for(event), payload))
+        if not encoded:
+            return []
+        everything = [event for event, _, _ in encoded]
+        reply = self._ack_prefix + str(next(self._tokens))
+        answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._pending_ack = (reply, answer)
+        last = len(encoded) - 1
+        try:
+            for index, (event, subject, payload) in enumerate(encoded):
+                await nc.publish(
+                    subject,
+                    payload,
+                    reply=reply if index == last else "",
+                    headers={_MSG_ID: event.event_id},
+                )
+            async with asyncio.timeout(self._ack_timeout):
+                msg = await answer
+        except (TimeoutError, nats.errors.Error):
+            # Connection lost or no answer: resend all; the stream drops duplicates.
+            return everything
+        finally:
+            self._pending_ack = None
+        if msg.headers and msg.headers.get(_STATUS) == "503":
+            # No responders: no stream captures the subjects (deleted, or JetStream
+            # not up yet after a restart).
+            self._stream_missing = True
+            return everything
+        if b'"error"' in msg.data:
+            error = orjson.loads(msg.data).get("error") or {}
+            if int(error.get("code", 500)) >= 500:
+                return everything
+            # A refusal of this message itself (not of the stream): retrying cannot help.
+            self._reject(encoded[last][0], str(error.get("description", error)))
+        return []
+
+    async def _on_ack(self, msg: Msg) -> None:
+        pending = self._pending_ack
+        # A late answer to an abandoned batch matches no pending reply subject.
+        if pending is not None and msg.subject == pending[0] and not pending[1].done():
+            pending[1].set_result(msg)
+
+    def _reject(self, event: Event, reason: str) -> None:
+        self._lose(1)
+        _log.error(
+            "events.publish_rejected",
+            event_id=event.event_id,
+            event_type=event.type,
+            execution_id=event.execution_id,
+            reason=reason,
+        )
+
+    def _requeue(self, events: list[Event]) -> None:
+        # Unacknowledged events are older than anything queued, so they go first;
+        # if they no longer all fit, the oldest of them are the ones dropped.
+        room = self._buffer_size - len(self._queue)
+        if len(events) > room:
+            self._lose(len(events) - room)
+            events = events[len(events) - room :]
+        self._queue.extendleft(reversed(events))
+
+    # -- live subscriptions -------------------------------------------------------
+
+    async def subscribe(self, topic: str, handler: EventHandler) -> InProcessSubscription:
+        """Deliver every event published on the bus, by any process, to ``handler``.
+
+        Each subscriber has its own bounded buffer and dispatcher: a slow or failing
+        handler never delays another (failures are logged and counted). Raises
+        ``InvalidRequest`` for a topic other than ``"workflow_events"`` or a
+        handler that is not callable, ``UnavailableError`` once the bus is closed.
+        """
+        subscription = await self._local.subscribe(topic, handler)
+        async with self._subscribe_lock:
+            if not self._event_subs:
+                try:
+                    self._event_subs = (
+                        await self._nc.subscribe(EVENTS_PREFIX + ">", cb=self._on_event),
+                        await self._nc.subscribe(EMERGENCY_PREFIX + ">", cb=self._on_event),
+                    )
+                    # Return only once the server has the interest. nats-py's flush()
+                    # writes its PING ahead of queued SUBs, so it proves nothing here;
+                    # a request is queued behind them, so its reply does.
+                    await self._js.account_info()
+                except (TimeoutError, nats.errors.Error) as exc:
+                    await self._local.unsubscribe(subscription)
+                    raise UnavailableError(f"cannot subscribe on NATS: {describe(exc)}") from exc
+        return subscription
+
+    async def _on_event(self, msg: Msg) -> None:
+        if not self._local.has_subscribers:
+            return
+        item = _decode(msg)
+        if item is not None:
+            self._local.deliver(item)
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to ``subscription``; events still buffered for it are discarded."""
+        await self._local.unsubscribe(subscription)
+
+    # -- replay -------------------------------------------------------------------
+
+    def replay(
+        self,
+        *,
+        after_sequence: int = 0,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+        workflow_id: str | None = None,
+        execution_id: str | None = None,
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        """``(stream_sequence, event_dict)`` from the stream, after ``after_sequence``,
+        then live as events arrive; resume by passing the last sequence seen.
+
+        Bot, strategy and workflow ids filter on the server; emergency events carry
+        no ids in their subject, so they appear only when none of the three is given.
+        ``execution_id`` filters here. The iterator never ends on its own (except
+        when the bus closes); stop it with ``aclose()`` or by cancelling its consumer.
+        Raises ``InvalidRequest`` for a negative or non-integer ``after_sequence``
+        and, on first iteration, ``UnavailableError`` if the stream cannot be read.
+        """
+        if isinstance(after_sequence, bool) or not isinstance(after_sequence, int):
+            raise InvalidRequest("after_sequence", "an integer >= 0", after_sequence)
+        if after_sequence < 0:
+            raise InvalidRequest("after_sequence", "an integer >= 0", after_sequence)
+        if bot_id is None and strategy_id is None and workflow_id is None:
+            subject = ALL_SUBJECTS
+        else:
+            subject = subject_filter(
+                bot_id=bot_id, strategy_id=strategy_id, workflow_id=workflow_id
+            )
+        return self._replay(subject, after_sequence + 1, execution_id)
+
+    async def _replay(
+        self, subject: str, start: int, execution_id: str | None
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        try:
+            sub = await self._js.subscribe(
+                subject,
+                stream=self._stream_config.name,
+                ordered_consumer=True,
+                idle_heartbeat=self._replay_heartbeat,
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                config=api.ConsumerConfig(opt_start_seq=start),
+            )
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise UnavailableError(
+                f"cannot replay stream {self._stream_config.name!r} from sequence {start}: "
+                f"{describe(exc)}"
+            ) from exc
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except nats.errors.ConnectionClosedError:
+                    return
+                item = _decode(msg)
+                if item is None:
+                    continue
+                if execution_id is not None and item.get("execution_id") != execution_id:
+                    continue
+                yield msg.metadata.sequence.stream, item
+        finally:
+            # Best effort: the server drops the ephemeral consumer once interest is gone.
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    # -- shutdown -----------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Send what is queued (bounded wait), deliver what arrived, then disconnect."""
+        if self._closed:
+            return
+        self._closed = True
+        if not await self.flush(self._close_timeout):
+            _log.warning("events.close_unflushed", events=len(self._queue) + self._in_flight)
+            self._lose(len(self._queue) + self._in_flight)
+            self._queue.clear()
+        if self._publisher is not None:
+            self._publisher.cancel()
+            await asyncio.wait((self._publisher,))
+        try:
+            # Drain hands every message already received to the subscribers' buffers.
+            await self._nc.drain()
+        except (TimeoutError, nats.errors.Error) as exc:
+            _log.warning("events.nats_drain_failed", error=describe(exc))
+            await self._nc.close()
+        await self._local.close()
+
+
+def _decode(msg: Msg) -> dict[str, Any] | None:
+    try:
+        item = orjson.loads(msg.data)
+    except ValueError as exc:
+        _log.error("events.undecodable", subject=msg.subject, error=describe(exc))
+        return None
+    if not isinstance(item, dict):
+        _log.error("events.undecodable", subject=msg.subject, error="not a JSON object")
+        return None
+    return item

@@ -1,0 +1,1 @@
+"""Redis adapters behind the state and emergency services."""

@@ -1,0 +1,443 @@
+"""Emergency state in Redis: the store behind the emergency service.
+
+:class:`RedisEmergencyStore` implements
+:class:`~tradeflow.engine.emergency.EmergencyStore`;
+:class:`RedisEmergencyController` is the one
+:class:`~tradeflow.engine.emergency.EmergencyController` on it, plus
+what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.wait_for_change`).
+
+Layout (``{p}`` is ``{prefix:emergency}``, a hash tag keeping every key in one
+cluster slot so one script may touch them all):
+
+- ``{p}:halts`` hash ``"<scope>:<target>"`` -> JSON ``[reason, actor]``, and
+  ``{p}:halt_since`` hash, same fields -> ``since`` (kept apart so a re-halt
+  keeps it with a plain ``HSETNX``);
+- ``{p}:limits`` hash ``limit_type`` -> JSON ``[threshold, direction, auto_halt,
+  updated_at, updated_by]``;
+- ``{p}:audit`` stream, approximately capped, entry ids ``<n>-0`` from the
+  ``{p}:audit_id`` counter, field ``entry`` -> JSON;
+- ``{p}:version`` counter, incremented by every change of halts or limits,
+  which is then published on the channel ``<prefix>:emergency:changed``.
+
+Every change is one Lua script (atomic, one round trip) that also returns the
+whole new state, so the local view is current when the call returns. A
+background watcher follows other writers: it re-reads on each published change
+and at least every ``poll_interval`` seconds; the view fails closed when Redis
+is unreachable or the state was not confirmed for ``max_staleness`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Final, cast
+
+import redis.asyncio as aioredis
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.codec import from_json, to_json_bytes
+from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
+from tradeflow.domain.records import (
+    AuditEntry,
+    Event,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+)
+from tradeflow.engine.emergency import EmergencyController, EmergencySnapshot
+from tradeflow.observability.metrics import Metrics
+
+__all__ = ["RedisEmergencyController", "RedisEmergencyStore"]
+
+_StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
+"""What ``XRANGE``/``XREVRANGE`` return on a bytes client."""
+
+_SYSTEM_CLOCK: Final = SystemClock()
+_RETRY_MIN_SECONDS: Final = 0.1
+_RETRY_MAX_SECONDS: Final = 5.0
+
+# KEYS: 1 halts, 2 halt_since, 3 limits, 4 version, 5 audit, 6 audit_id.
+# ARGV: 1 audit entry JSON, 2 audit cap, 3 change channel, 4.. per script.
+_PRELUDE: Final = """
+local function audit()
+  local id = redis.call('INCR', KEYS[6])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[2], string.format('%d-0', id), 'entry', ARGV[1])
+end
+local function changed()
+  redis.call('PUBLISH', ARGV[3], redis.call('INCR', KEYS[4]))
+end
+local function state(result)
+  return {result, redis.call('GET', KEYS[4]) or '0', redis.call('HGETALL', KEYS[1]),
+          redis.call('HGETALL', KEYS[2]), redis.call('HGETALL', KEYS[3])}
+end
+"""
+_LOAD: Final = _PRELUDE + "return state(0)"
+# ARGV 4 halt field, 5 since, 6 halt JSON; returns the stored since.
+_SAVE_HALT: Final = (
+    _PRELUDE
+    + """
+redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[4], ARGV[6])
+audit()
+changed()
+return state(redis.call('HGET', KEYS[2], ARGV[4]))
+"""
+)
+# ARGV 4 halt field; returns 1 if a halt was removed.
+_DELETE_HALT: Final = (
+    _PRELUDE
+    + """
+if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 then return state(0) end
+redis.call('HDEL', KEYS[2], ARGV[4])
+audit()
+changed()
+return state(1)
+"""
+)
+# ARGV 4 limit type, 5 limit JSON.
+_SAVE_LIMIT: Final = (
+    _PRELUDE
+    + """
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+audit()
+changed()
+return state(1)
+"""
+)
+_APPEND_AUDIT: Final = _PRELUDE + "audit()\nreturn state(1)"
+_REPEATABLE: Final = frozenset((_LOAD, _SAVE_HALT, _SAVE_LIMIT))
+"""Scripts whose second run changes no state (at most it repeats an audit entry)."""
+
+_log = structlog.get_logger(__name__)
+
+
+class RedisEmergencyStore:
+    """Halts, risk limits and the audit log in Redis, with a local, push-updated view.
+
+    ``client`` must return bytes (the default, ``decode_responses=False``) and
+    stays its owner's to close. Call :meth:`start` before use. ``audit_cap``
+    bounds the audit stream (approximately); ``poll_interval`` and
+    ``max_staleness`` are in seconds (``max_staleness=None`` never expires the view).
+    """
+
+    __slots__ = (
+        "_audit_cap",
+        "_changed",
+        "_channel",
+        "_client",
+        "_clock",
+        "_closed",
+        "_confirmed_at",
+        "_error",
+        "_keys",
+        "_lock",
+        "_max_staleness",
+        "_poll_interval",
+        "_scripts",
+        "_snapshot",
+        "_watcher",
+    )
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "tradeflow",
+        clock: Clock = _SYSTEM_CLOCK,
+        audit_cap: int = 100_000,
+        poll_interval: float = 1.0,
+        max_staleness: float | None = 5.0,
+    ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ConfigurationError(
+                "redis client for the emergency store: expected decode_responses=False, found True"
+            )
+        self._client = client
+        self._clock = clock
+        self._audit_cap = audit_cap
+        self._poll_interval = poll_interval
+        self._max_staleness = max_staleness
+        base = f"{{{prefix}:emergency}}"
+        self._keys = tuple(
+            f"{base}:{name}"
+            for name in ("halts", "halt_since", "limits", "version", "audit", "audit_id")
+        )
+        self._channel = f"{prefix}:emergency:changed"
+        self._scripts = {
+            script: client.register_script(script)
+            for script in (_LOAD, _SAVE_HALT, _DELETE_HALT, _SAVE_LIMIT, _APPEND_AUDIT)
+        }
+        # One script at a time: replies are installed in the order Redis applied them.
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._snapshot: EmergencySnapshot | None = None
+        self._confirmed_at = 0.0
+        self._error: str | None = None
+        self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Load the state (``UnavailableError`` if Redis cannot be reached), then follow it."""
+        await self.refresh()
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="emergency:redis-watcher")
+
+    def snapshot(self) -> EmergencySnapshot:
+        """The last state read from Redis; ``UnavailableError`` unless it is confirmed current."""
+        snapshot = self._snapshot
+        if self._error is not None:
+            raise UnavailableError(self._error)
+        if snapshot is None:
+            raise UnavailableError("emergency state not loaded from redis yet")
+        max_staleness = self._max_staleness
+        if max_staleness is not None and (
+            self._clock.monotonic() - self._confirmed_at > max_staleness
+        ):
+            raise UnavailableError(f"emergency state not confirmed for over {max_staleness}s")
+        return snapshot
+
+    async def wait_for_change(self, after_version: int) -> EmergencySnapshot:
+        """The first snapshot whose version differs from ``after_version`` (waits for one).
+
+        Raises ``UnavailableError`` once the store is closed.
+        """
+        while True:
+            if self._closed:
+                raise UnavailableError("emergency store closed")
+            snapshot = self._snapshot
+            if snapshot is not None and snapshot.version != after_version:
+                return snapshot
+            await self._changed.wait()
+
+    async def refresh(self) -> EmergencySnapshot:
+        """Re-read the whole state from Redis now."""
+        await self._run(_LOAD)
+        assert self._snapshot is not None
+        return self._snapshot
+
+    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+        since = await self._run(
+            _SAVE_HALT,
+            audit,
+            _halt_field(halt.scope, halt.target),
+            repr(halt.since),
+            to_json_bytes([halt.reason, halt.actor]),
+        )
+        return HaltState(halt.scope, halt.target, halt.reason, halt.actor, float(since))
+
+    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
+        return bool(await self._run(_DELETE_HALT, audit, _halt_field(scope, target)))
+
+    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
+        await self._run(
+            _SAVE_LIMIT,
+            audit,
+            limit.limit_type,
+            to_json_bytes(
+                [
+                    limit.threshold,
+                    limit.direction.value,
+                    limit.auto_halt,
+                    limit.updated_at,
+                    limit.updated_by,
+                ]
+            ),
+        )
+
+    async def append_audit(self, audit: AuditEntry) -> None:
+        await self._run(_APPEND_AUDIT, audit)
+
+    async def audit_entries(self, limit: int) -> list[AuditEntry]:
+        try:
+            rows = cast(_StreamRows, await self._client.xrevrange(self._keys[4], count=limit))
+            return [_audit_entry(entry_id, fields[b"entry"]) for entry_id, fields in rows]
+        except RedisError as exc:
+            raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
+
+    async def close(self) -> None:
+        """Stop following Redis; later snapshots fail closed. The client stays open."""
+        self._closed = True
+        self._error = "emergency store closed"
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait((watcher,))
+        self._changed.set()
+
+    async def _run(self, script: str, audit: AuditEntry | None = None, *args: str | bytes) -> Any:
+        """Run one script; install the state it returns; return its own result."""
+        if self._closed:
+            raise UnavailableError("emergency store closed")
+        head: tuple[str | bytes, str] = (
+            ("", "") if audit is None else (_audit_json(audit), str(self._audit_cap))
+        )
+        call = self._scripts[script]
+        argv = (*head, self._channel, *args)
+        async with self._lock:
+            try:
+                try:
+                    reply = await call(keys=self._keys, args=argv)
+                except (RedisConnectionError, RedisTimeoutError):
+                    # Usually a pooled connection the server dropped when it restarted.
+                    if script not in _REPEATABLE:
+                        raise
+                    reply = await call(keys=self._keys, args=argv)
+                result, snapshot = _parse_state(reply)
+            except RedisError as exc:
+                self._fail(f"redis emergency store: {describe(exc)}")
+                raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                # Data no tradeflow wrote: refuse trading rather than guess.
+                self._fail(f"unreadable emergency state in redis: {describe(exc)}")
+                raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
+            self._install(snapshot)
+        return result
+
+    def _install(self, snapshot: EmergencySnapshot) -> None:
+        if self._closed:
+            return
+        previous = self._snapshot
+        self._snapshot = snapshot
+        self._confirmed_at = self._clock.monotonic()
+        self._error = None
+        if previous is None or previous.version != snapshot.version:
+            waking, self._changed = self._changed, asyncio.Event()
+            waking.set()
+
+    def _fail(self, error: str) -> None:
+        if not self._closed:
+            self._error = error
+
+    async def _watch(self) -> None:
+        delay = _RETRY_MIN_SECONDS
+        # Not ``while True``: the client can turn the cancellation from close()
+        # into a connection error, which this loop would otherwise retry forever.
+        while not self._closed:
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    # Subscribed before reading: a change made in between still wakes us.
+                    await self.refresh()
+                    delay = _RETRY_MIN_SECONDS
+                    while not self._closed:
+                        # Silence re-reads too: a lost message or a half-dead link
+                        # then costs at most one interval.
+                        await pubsub.get_message(timeout=self._poll_interval)
+                        await self.refresh()
+            except (RedisError, UnavailableError) as exc:
+                if self._closed:
+                    return
+                self._fail(f"redis emergency store: {describe(exc)}")
+                _log.warning("emergency.store_unavailable", error=describe(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+
+
+class RedisEmergencyController(EmergencyController):
+    """The emergency controller on a :class:`RedisEmergencyStore` (what the emergency
+    service runs). Call :meth:`start` before use; ``client`` stays the caller's to close."""
+
+    __slots__ = ("_redis",)
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = "tradeflow",
+        publish: Callable[[Event], None] | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = _SYSTEM_CLOCK,
+        id_factory: IdFactory = new_id,
+        audit_cap: int = 100_000,
+        poll_interval: float = 1.0,
+        max_staleness: float | None = 5.0,
+    ) -> None:
+        store = RedisEmergencyStore(
+            client,
+            prefix=prefix,
+            clock=clock,
+            audit_cap=audit_cap,
+            poll_interval=poll_interval,
+            max_staleness=max_staleness,
+        )
+        super().__init__(
+            store, publish=publish, metrics=metrics, clock=clock, id_factory=id_factory
+        )
+        self._redis = store
+
+    async def start(self) -> None:
+        """Load the state and follow changes made by other writers."""
+        await self._redis.start()
+
+    async def refresh(self) -> EmergencySnapshot:
+        """Re-read the state from Redis now (``UnavailableError`` if unreachable)."""
+        return await self._redis.refresh()
+
+    async def wait_for_change(self, after_version: int) -> EmergencySnapshot:
+        """The first state whose version differs from ``after_version``; waits for a change
+        by any writer. For ``WatchState``: send :meth:`state`, then loop on this."""
+        return await self._redis.wait_for_change(after_version)
+
+
+def _halt_field(scope: Scope, target: str | None) -> str:
+    return f"{scope.value}:{target or ''}"
+
+
+def _audit_json(entry: AuditEntry) -> bytes:
+    scope = None if entry.scope is None else entry.scope.value
+    return to_json_bytes(
+        [entry.at, entry.actor, entry.action, scope, entry.target, entry.reason, entry.details]
+    )
+
+
+def _audit_entry(entry_id: bytes, payload: bytes) -> AuditEntry:
+    at, actor, action, scope, target, reason, details = from_json(payload)
+    return AuditEntry(
+        entry_id=int(entry_id.partition(b"-")[0]),
+        at=at,
+        actor=actor,
+        action=action,
+        scope=None if scope is None else Scope(scope),
+        target=target,
+        reason=reason,
+        details=details or {},
+    )
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
+    """``(script result, snapshot)`` from a script's ``state(result)`` reply."""
+    result, version, halt_rows, since_rows, limit_rows = reply
+    since = _pairs(since_rows)
+    halts = []
+    for field, payload in _pairs(halt_rows).items():
+        scope_name, _, target = field.decode().partition(":")
+        scope = Scope(scope_name)
+        reason, actor = from_json(payload)
+        halts.append(
+            HaltState(
+                scope, None if scope is Scope.GLOBAL else target, reason, actor, float(since[field])
+            )
+        )
+    limits = []
+    for limit_type, payload in _pairs(limit_rows).items():
+        threshold, direction, auto_halt, updated_at, updated_by = from_json(payload)
+        limits.append(
+            RiskLimit(
+                limit_type.decode(),
+                threshold,
+                LimitDirection(direction),
+                auto_halt,
+                updated_at,
+                updated_by,
+            )
+        )
+    return result, EmergencySnapshot.of(int(version), halts, limits)

@@ -1,0 +1,1 @@
+"""The embedded adapters on one SQLite file: state, halts and limits, the paper ledger."""

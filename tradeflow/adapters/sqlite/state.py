@@ -1,0 +1,441 @@
+"""The embedded :class:`~tradeflow.ports.StateStore`: one SQLite file.
+
+Open the connection with :func:`tradeflow.adapters.sqlite.database.open_database`;
+the store uses it synchronously from the event loop thread (see that module for
+why) and does not close it: whoever opened it does, after ``close()``.
+SQLite errors propagate unchanged (after a rollback); so does the ``TypeError``
+of a value the JSON policy of :mod:`tradeflow.adapters.sqlite.database` refuses
+(an int beyond 64 bits, an object orjson does not serialize). Under that policy
+NaN and infinities read back as ``None`` and non-string keys as strings.
+
+The layout serves the write path. The executor writes about twice per execution,
+and a write costs the JSON it encodes (orjson: under 10 us for a 10-node run),
+a few microseconds per statement and for the transaction's locks, and one WAL
+frame (two ``pwrite`` calls, 5 to 8 us on a small VM) for every B-tree page it
+changes; a new page also rewrites the file header page and the parent page. So
+a write touches as few pages as it can (6 for the executor's first write of a
+10-node run, 2 for its last):
+
+- ``batches`` is a journal: a :class:`StateBatch` adds one row holding its
+  checkpoints and events (a batch mixing executions gets one row per run of
+  events sharing their ids). ``body`` is one JSON document,
+  ``[[correlation_id, workflow_id, bot_id, strategy_id], [[type, event_id,
+  sequence, timestamp, node_id, data], ...], [[node_id, state, updated_at,
+  outputs, error, attempt], ...]]``, so ids every event of the row shares are
+  stored once. orjson writes floats in their shortest exact form, so times
+  read back bit for bit.
+- Journal rows have no index: an execution's rows lie between the
+  ``first_batch`` and ``last_batch`` of its ``executions`` row, which the same
+  write sets (the executor's first and last writes carry the record anyway;
+  a write without it updates that one row, as an index entry would cost).
+  Reading skips the rows of executions that ran meanwhile. A row whose
+  execution has no ``executions`` row yet is flagged ``orphan`` and found
+  through a partial index instead, which costs nothing for the other rows.
+- :meth:`SQLiteStateStore.get_checkpoints` folds an execution's rows in order:
+  the latest checkpoint of each node wins.
+- An event's cursor is ``batch_id * 65536 + its index in the row``: an int that
+  only grows across the whole file, so a tail in another process polls with the
+  last cursor it saw. Rows are never deleted, so batch ids are never reused
+  (pruning old rows would need ``AUTOINCREMENT`` to keep that promise).
+- ``executions`` has only the indexes listing newest first and the idempotency
+  key need. Filtering by workflow, bot, strategy or status scans the start-time
+  index: fine for one machine's embedded history (production state lives in
+  Redis), and every index dropped is a page write saved on every execution.
+- A definition is stored once per distinct JSON text, keyed by digest, and the
+  store remembers which definition objects it has written, so a bot running one
+  workflow encodes its definition once, not once per execution. Definitions are
+  treated as immutable once written. ``result`` is stored as given: it is what
+  ``get_execution`` returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Sequence
+from contextlib import closing
+from itertools import groupby
+from operator import attrgetter, itemgetter
+from typing import Any, Final
+
+from tradeflow.adapters.sqlite.database import WriteTransaction
+from tradeflow.domain.codec import (
+    MAX_EVENTS_PAGE,
+    MAX_PAGE_SIZE,
+    decode_page_token,
+    encode_page_token,
+    from_json,
+    to_json_bytes,
+    to_json_or_null,
+)
+from tradeflow.domain.errors import ExecutionNotFound
+from tradeflow.domain.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+
+__all__ = [
+    "SQLiteStateStore",
+]
+
+
+_ROW_EVENTS: Final = 65536
+"""Most events in one journal row; an event's cursor is ``batch_id * _ROW_EVENTS + index``."""
+_KNOWN_DEFINITIONS: Final = 64
+"""Definition objects remembered as written (a bot has a handful; a service sees many)."""
+
+_EXECUTION_COLUMNS: Final = (
+    "execution_id, workflow_id, bot_id, strategy_id, status, started_at, finished_at,"
+    " correlation_id, request_id, error, definition, result, first_batch, last_batch"
+)
+# Only the mutable columns change on conflict: the rest is fixed when the run starts.
+# A journal range only widens: its first row stays, its last moves to this write's.
+_UPSERT_EXECUTION: Final = (
+    f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " ON CONFLICT (execution_id) DO UPDATE SET status = excluded.status,"
+    " finished_at = excluded.finished_at, error = excluded.error, result = excluded.result,"
+    " first_batch = coalesce(first_batch, excluded.first_batch),"
+    " last_batch = coalesce(excluded.last_batch, last_batch)"
+)
+_UPDATE_EXECUTION: Final = (
+    "UPDATE executions SET status = ?2, finished_at = ?3, error = ?4, result = ?5,"
+    " first_batch = coalesce(first_batch, ?6), last_batch = coalesce(?7, last_batch)"
+    " WHERE execution_id = ?1"
+)
+_EXTEND_RANGE: Final = (
+    "UPDATE executions SET first_batch = coalesce(first_batch, ?1), last_batch = ?1"
+    " WHERE execution_id = ?2"
+)
+_INSERT_DEFINITION: Final = (
+    "INSERT INTO definitions (digest, definition) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+)
+_SELECT_EXECUTIONS: Final = (
+    "SELECT e.execution_id, e.workflow_id, e.bot_id, e.strategy_id, e.status, e.started_at,"
+    " e.finished_at, e.correlation_id, e.request_id, e.error, d.definition, e.result"
+    " FROM executions AS e JOIN definitions AS d ON d.digest = e.definition"
+)
+_SELECT_EXECUTION: Final = _SELECT_EXECUTIONS + " WHERE e.execution_id = ?"
+_SELECT_BY_REQUEST: Final = _SELECT_EXECUTIONS + " WHERE e.request_id = ?"
+
+_INSERT_BATCH: Final = "INSERT INTO batches (execution_id, body) VALUES (?, ?)"
+_MARK_ORPHAN: Final = "UPDATE batches SET orphan = 1 WHERE batch_id = ?"
+_SELECT_BATCHES: Final = (
+    "SELECT batch_id, execution_id, body FROM batches WHERE batch_id >= ? ORDER BY batch_id"
+)
+# ?1 execution id, ?2 first batch id wanted. The range of the executions row, then the
+# orphans (rows written before that row existed), in journal order.
+_SELECT_EXECUTION_BATCHES: Final = (
+    "SELECT b.batch_id, b.execution_id, b.body FROM executions AS e JOIN batches AS b"
+    " ON b.batch_id BETWEEN max(e.first_batch, ?2) AND e.last_batch"
+    " AND b.execution_id = e.execution_id WHERE e.execution_id = ?1"
+    " UNION ALL SELECT batch_id, execution_id, body FROM batches"
+    " WHERE orphan IS NOT NULL AND execution_id = ?1 AND batch_id >= ?2"
+    " ORDER BY 1"
+)
+
+
+_Row = tuple[Any, ...]
+_JournalRow = tuple[str | None, bytes]
+
+# Slices of the records, one C call each: cheaper than attrgetter's field-by-field
+# lookups, which the write path would pay for every event and checkpoint.
+_event_ids = itemgetter(
+    slice(Event._fields.index("correlation_id"), Event._fields.index("strategy_id") + 1)
+)
+"""``(correlation_id, execution_id, workflow_id, bot_id, strategy_id)``: consecutive fields."""
+_event_fields = attrgetter("type", "event_id", "sequence", "timestamp", "node_id", "data")
+_checkpoint_execution = attrgetter("execution_id")
+_checkpoint_fields = itemgetter(slice(1, None))
+"""Every field of a checkpoint but its first, ``execution_id``."""
+
+
+class SQLiteStateStore:
+    """Executions, checkpoints and event history in the tradeflow SQLite database."""
+
+    __slots__ = ("_conn", "_definitions", "_live", "_txn", "_writer")
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._txn = WriteTransaction(conn)
+        self._writer = conn.cursor()
+        """Runs the write statements: a kept cursor saves ``conn.execute`` creating one."""
+        self._live: set[str] = set()
+        """Executions this store inserted and that are not final yet: their later
+        writes update only the mutable columns."""
+        self._definitions: dict[int, tuple[dict[str, Any], bytes]] = {}
+        """``id(definition)`` -> (definition, digest) of definitions already stored. The
+        entry holds the object, so its id cannot be reused by another one meanwhile."""
+
+    async def write(self, batch: StateBatch) -> None:
+        """Persist ``batch`` in one transaction; on any error nothing is kept and it re-raises."""
+        execution = batch.execution
+        own = None if execution is None else execution.execution_id
+        record: tuple[str, _Row] | None = None
+        definition: tuple[bytes, str] | None = None
+        if execution is not None:
+            if own in self._live:
+                record = _UPDATE_EXECUTION, _execution_update_row(execution)
+            else:
+                digest, definition = self._definition_digest(execution.definition)
+                record = _UPSERT_EXECUTION, _execution_row(execution, digest)
+        rows = _journal_rows(batch.events, batch.checkpoints)
+        # Everything is encoded before the transaction starts: the write lock, which
+        # other processes wait on, is held only for the statements themselves.
+        cursor = self._writer
+        with self._txn:
+            if definition is not None:
+                cursor.execute(_INSERT_DEFINITION, definition)
+            first = last = None
+            for execution_id, body in rows:
+                batch_id = cursor.execute(_INSERT_BATCH, (execution_id, body)).lastrowid
+                if execution_id is None:
+                    continue
+                if execution_id == own:
+                    if first is None:
+                        first = batch_id
+                    last = batch_id
+                elif not cursor.execute(_EXTEND_RANGE, (batch_id, execution_id)).rowcount:
+                    cursor.execute(_MARK_ORPHAN, (batch_id,))
+            if record is not None:
+                sql, values = record
+                cursor.execute(sql, (*values, first, last))
+        if execution is not None:
+            # Only after the commit: what was rolled back must be written again.
+            if definition is not None:
+                self._remember(execution.definition, definition[0])
+            if execution.status is ExecutionStatus.RUNNING:
+                self._live.add(execution.execution_id)
+            else:
+                self._live.discard(execution.execution_id)
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """The record of ``execution_id``; raises ``ExecutionNotFound``."""
+        row = self._conn.execute(_SELECT_EXECUTION, (execution_id,)).fetchone()
+        if row is None:
+            raise ExecutionNotFound(execution_id)
+        return _execution_record(row)
+
+    async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
+        """The execution created for idempotency key ``request_id``, if any."""
+        row = self._conn.execute(_SELECT_BY_REQUEST, (request_id,)).fetchone()
+        return None if row is None else _execution_record(row)
+
+    async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
+        """Executions matching ``query``, newest first (``started_at``, then ``execution_id``).
+
+        ``started_after``/``started_before`` bound ``started_at`` as the
+        half-open interval ``[after, before)``. ``limit`` is clamped to
+        1..:data:`MAX_PAGE_SIZE`. Raises ``InvalidRequest`` (field
+        ``page_token``) for a token this store did not issue. The filters
+        other than time have no index: they scan newest first.
+        """
+        where: list[str] = []
+        params: list[Any] = []
+        for column, value in (
+            ("e.workflow_id", query.workflow_id),
+            ("e.bot_id", query.bot_id),
+            ("e.strategy_id", query.strategy_id),
+            ("e.status", query.status),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.started_after is not None:
+            where.append("e.started_at >= ?")
+            params.append(query.started_after)
+        if query.started_before is not None:
+            where.append("e.started_at < ?")
+            params.append(query.started_before)
+        if query.page_token is not None:
+            where.append("(e.started_at, e.execution_id) < (?, ?)")
+            params.extend(decode_page_token(query.page_token))
+        limit = max(1, min(query.limit, MAX_PAGE_SIZE))
+        sql = _SELECT_EXECUTIONS
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY e.started_at DESC, e.execution_id DESC LIMIT ?"
+        params.append(limit + 1)
+        rows = self._conn.execute(sql, params).fetchall()
+        records = tuple(_execution_record(row) for row in rows[:limit])
+        token = None
+        if len(rows) > limit:
+            last = records[-1]
+            token = encode_page_token(last.started_at, last.execution_id)
+        return ExecutionPage(executions=records, next_page_token=token)
+
+    async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
+        """The latest checkpoint of each node of ``execution_id`` (empty if none), by node id."""
+        latest: dict[str, Checkpoint] = {}
+        for _, _, body in self._conn.execute(_SELECT_EXECUTION_BATCHES, (execution_id, 0)):
+            _fold_checkpoints(latest, execution_id, body)
+        return dict(sorted(latest.items()))
+
+    async def read_events(
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+    ) -> Sequence[tuple[int, Event]]:
+        """``(cursor, event)`` pairs with cursor > ``after``, oldest first.
+
+        Pass the last cursor back as ``after`` to poll for newer events (this
+        is how a tail in another process follows a run). A cursor is
+        ``batch_id * 65536 + index`` (see the module docstring): opaque to
+        callers, but an int that grows with every event written to the file.
+        ``limit`` is clamped to 1..:data:`MAX_EVENTS_PAGE`.
+        """
+        limit = max(1, min(limit, MAX_EVENTS_PAGE))
+        first_batch = after // _ROW_EVENTS
+        if execution_id is None:
+            rows = self._conn.execute(_SELECT_BATCHES, (first_batch,))
+        else:
+            rows = self._conn.execute(_SELECT_EXECUTION_BATCHES, (execution_id, first_batch))
+        found: list[tuple[int, Event]] = []
+        # Rows hold any number of events, so the query has no LIMIT: stop reading
+        # once the page is full, and close the statement to end the read transaction.
+        with closing(rows):
+            for row in rows:
+                found.extend(pair for pair in _row_events(*row) if pair[0] > after)
+                if len(found) >= limit:
+                    break
+        return found[:limit]
+
+    async def close(self) -> None:
+        """Forget per-run caches; the connection stays open for its owner to close."""
+        self._live.clear()
+        self._definitions.clear()
+
+    def _definition_digest(
+        self, definition: dict[str, Any]
+    ) -> tuple[bytes, tuple[bytes, str] | None]:
+        """The digest of ``definition``, and the ``definitions`` row to insert unless
+        this store has written that very object before."""
+        known = self._definitions.get(id(definition))
+        if known is not None and known[0] is definition:
+            return known[1], None
+        encoded = to_json_bytes(definition)
+        digest = hashlib.blake2b(encoded, digest_size=16).digest()
+        return digest, (digest, encoded.decode())
+
+    def _remember(self, definition: dict[str, Any], digest: bytes) -> None:
+        known = self._definitions
+        if len(known) >= _KNOWN_DEFINITIONS:
+            del known[next(iter(known))]
+        known[id(definition)] = (definition, digest)
+
+
+def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
+    """The first 12 values of :data:`_UPSERT_EXECUTION` (the journal range follows)."""
+    return (
+        r.execution_id,
+        r.workflow_id,
+        r.bot_id,
+        r.strategy_id,
+        r.status.value,
+        r.started_at,
+        r.finished_at,
+        r.correlation_id,
+        r.request_id,
+        r.error,
+        definition,
+        to_json_or_null(r.result),
+    )
+
+
+def _execution_update_row(r: ExecutionRecord) -> _Row:
+    """The first 5 values of :data:`_UPDATE_EXECUTION` (the journal range follows)."""
+    return (r.execution_id, r.status.value, r.finished_at, r.error, to_json_or_null(r.result))
+
+
+def _execution_record(row: _Row) -> ExecutionRecord:
+    return ExecutionRecord(
+        execution_id=row[0],
+        workflow_id=row[1],
+        bot_id=row[2],
+        strategy_id=row[3],
+        status=ExecutionStatus(row[4]),
+        started_at=row[5],
+        finished_at=row[6],
+        correlation_id=row[7],
+        request_id=row[8],
+        error=row[9],
+        definition=from_json(row[10]),
+        result=from_json(row[11]),
+    )
+
+
+def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) -> list[_JournalRow]:
+    """The ``(execution_id, body)`` rows of one batch, in order.
+
+    One row per run of consecutive events sharing their ids (one row, for what the
+    executor writes), split every :data:`_ROW_EVENTS` events. An execution's
+    checkpoints go in the first row of its events, or in a row of their own.
+    """
+    pending: dict[str, list[Checkpoint]] = {}
+    for owner, same_owner in groupby(checkpoints, _checkpoint_execution):
+        pending.setdefault(owner, []).extend(same_owner)
+    rows: list[_JournalRow] = []
+    for (correlation_id, execution_id, *rest), run in groupby(events, _event_ids):
+        shared = (correlation_id, *rest)
+        run_events = list(run)
+        owned: Sequence[Checkpoint] = (
+            pending.pop(execution_id, ()) if execution_id is not None else ()
+        )
+        for start in range(0, len(run_events), _ROW_EVENTS):
+            chunk = run_events[start : start + _ROW_EVENTS]
+            rows.append((execution_id, _journal_body(shared, chunk, owned)))
+            owned = ()
+    for owner, owned in pending.items():
+        rows.append((owner, _journal_body((None, None, None, None), (), owned)))
+    return rows
+
+
+def _journal_body(
+    shared: Sequence[str | None], events: Sequence[Event], checkpoints: Sequence[Checkpoint]
+) -> bytes:
+    """``shared``: the ids every event of the row has, as in the module docstring."""
+    return to_json_bytes(
+        (shared, list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
+    )
+
+
+def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
+    """The ``(cursor, event)`` pairs of one journal row."""
+    (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(body)
+    base = batch_id * _ROW_EVENTS
+    return [
+        (
+            base + i,
+            Event(
+                type_,
+                event_id,
+                sequence,
+                float(timestamp),
+                correlation_id,
+                execution_id,
+                workflow_id,
+                bot_id,
+                strategy_id,
+                node_id,
+                data or {},
+            ),
+        )
+        for i, (type_, event_id, sequence, timestamp, node_id, data) in enumerate(events)
+    ]
+
+
+def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: bytes) -> None:
+    """Apply one journal row's checkpoints to ``latest`` (node id -> checkpoint)."""
+    for node_id, state, updated_at, outputs, error, attempt in from_json(body)[2]:
+        latest[node_id] = Checkpoint(
+            execution_id,
+            node_id,
+            CheckpointState(state),
+            float(updated_at),
+            outputs or None,
+            error,
+            attempt,
+        )

@@ -1,0 +1,1 @@
+"""The application: settings, the composition root (embedded | remote), CLI, devstack."""

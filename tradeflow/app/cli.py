@@ -1,0 +1,475 @@
+"""The ``tradeflow`` command.
+
+Errors are one line on stderr, never a traceback (set ``TRADEFLOW_DEBUG=1`` to
+see one). Exit codes: 0 completed, 1 failed, 2 bad input or usage, 3 halted,
+4 cancelled, 5 a backing service is unavailable, 70 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TextIO
+
+from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
+from tradeflow.app.infrastructure import ENVIRONMENTS, Infrastructure, Settings
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    RiskLimitExceeded,
+    TradeflowError,
+    UnavailableError,
+    WorkflowValidationError,
+)
+from tradeflow.domain.records import (
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    Scope,
+    rfc3339,
+)
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
+from tradeflow.engine.validation import parse_workflow
+from tradeflow.observability.logging import configure_logging
+
+__all__ = ["main"]
+
+EXIT = {
+    ExecutionStatus.COMPLETED: 0,
+    ExecutionStatus.FAILED: 1,
+    ExecutionStatus.HALTED: 3,
+    ExecutionStatus.CANCELLED: 4,
+}
+STACK_DIR = ".stack"
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 5
+EXIT_INTERNAL = 70
+
+
+def load_definition(path: str) -> dict[str, Any]:
+    """Read a workflow JSON file, with errors that say what is wrong where."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TradeflowError(f"cannot read workflow file {path!r}: {exc.strerror}") from None
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TradeflowError(
+            f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise TradeflowError(
+            f"{path}: expected a JSON object with 'blocks', found {type(loaded).__name__}"
+        )
+    return loaded
+
+
+class Progress:
+    """Prints one line per event of a run, as it happens."""
+
+    def __init__(self, out: TextIO, *, as_json: bool, workflow_id: str | None = None) -> None:
+        self.out = out
+        self.as_json = as_json
+        self.workflow_id = workflow_id
+        """Show only this workflow's executions (a shared bus carries every bot's events);
+        events of no execution (halts, breakers) are always shown."""
+        self.counts = {"completed": 0, "skipped": 0, "failed": 0}
+
+    async def __call__(self, event: dict[str, Any]) -> None:
+        if (
+            self.workflow_id is not None
+            and event.get("execution_id") is not None
+            and event.get("workflow_id") != self.workflow_id
+        ):
+            return
+        if self.as_json:
+            print(json.dumps(event, separators=(",", ":"), default=str), file=self.out, flush=True)
+            return
+        line = self.render(event)
+        if line:
+            print(line, file=self.out, flush=True)
+
+    def render(self, event: dict[str, Any]) -> str | None:
+        kind, data, node = event["type"], event.get("data") or {}, event.get("node_id")
+        if kind == "execution_started":
+            self.counts = dict.fromkeys(self.counts, 0)
+            resumed = " (resumed)" if data.get("resumed") else ""
+            return f"> execution {event['execution_id']} started{resumed}: workflow {event['workflow_id']}"
+        if kind == "node_started":
+            return None
+        if kind == "node_completed":
+            self.counts["completed"] += 1
+            return f"  ok   {node:<20} {data.get('duration_ms', 0):8.2f} ms  {_brief(data.get('outputs'))}"
+        if kind == "node_skipped":
+            self.counts["skipped"] += 1
+            return f"  skip {node:<20}             {data.get('reason', '')}"
+        if kind == "node_failed":
+            self.counts["failed"] += 1
+            return (
+                f"  FAIL {node:<20} {data.get('duration_ms', 0):8.2f} ms  {data.get('error', '')}"
+            )
+        if kind == "node_retrying":
+            return (
+                f"  retry {node:<19} attempt {data.get('attempt')} failed: {data.get('error')}; "
+                f"next in {data.get('next_wait_s', 0):.2f}s"
+            )
+        if kind.startswith("execution_"):
+            c = self.counts
+            tail = f": {data['error']}" if data.get("error") else ""
+            return (
+                f"= {data.get('status', kind)} in {data.get('duration_ms', 0):.2f} ms "
+                f"({c['completed']} completed, {c['skipped']} skipped, {c['failed']} failed){tail}"
+            )
+        return f"! {kind}: {_brief(data)}"
+
+
+def _brief(value: Any, limit: int = 70) -> str:
+    if isinstance(value, dict):
+        text = " ".join(f"{k}={_scalar(v)}" for k, v in value.items())
+    else:
+        text = _scalar(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+
+
+def _stack_env(env: str) -> dict[str, str]:
+    """Settings for ``--env production``: the environment, completed by the ``env`` file
+    of a stack started in this directory with ``tradeflow stack up`` (``make up``)."""
+    values = dict(os.environ)
+    stack_file = Path(STACK_DIR) / "env"
+    if env == "production" and stack_file.exists():
+        for key, value in load_env_file(stack_file).items():
+            values.setdefault(key, value)
+    return values
+
+
+async def _infra(args: argparse.Namespace) -> Infrastructure:
+    settings = Settings.from_env(args.env, _stack_env(args.env))
+    if getattr(args, "db", None):
+        settings = replace(settings, sqlite_path=args.db)
+    if getattr(args, "prices", None):
+        settings = replace(settings, prices_file=args.prices)
+    return await Infrastructure.create(args.env, settings=settings)
+
+
+async def cmd_run(args: argparse.Namespace) -> int:
+    definition = load_definition(args.file)
+    workflow_id = args.workflow_id or Path(args.file).stem
+    async with await _infra(args) as infra:
+        progress = Progress(sys.stdout, as_json=args.json, workflow_id=workflow_id)
+        await infra.events.subscribe("workflow_events", progress)
+        executor = EnhancedWorkflowExecutor(
+            definition, infra, workflow_id, bot_id=args.bot_id, strategy_id=args.strategy_id
+        )
+        await executor.initialize()
+        code = 0
+        for index in range(args.count):
+            if index:
+                await asyncio.sleep(args.interval)
+            try:
+                result = await executor.execute()
+                code = EXIT[ExecutionStatus(result["status"])]
+            except (EmergencyHalted, RiskLimitExceeded) as halt:
+                await infra.events.close()
+                print(f"halted: {halt}", file=sys.stderr)
+                return EXIT[ExecutionStatus.HALTED]
+            if code:
+                break
+    return code
+
+
+async def cmd_resume_execution(args: argparse.Namespace) -> int:
+    async with await _infra(args) as infra:
+        record = await infra.state.get_execution(args.execution_id)
+        await infra.events.subscribe(
+            "workflow_events",
+            Progress(sys.stdout, as_json=args.json, workflow_id=record.workflow_id),
+        )
+        executor = EnhancedWorkflowExecutor(
+            record.definition,
+            infra,
+            record.workflow_id,
+            bot_id=record.bot_id,
+            strategy_id=record.strategy_id,
+        )
+        try:
+            result = await executor.resume(args.execution_id)
+        except (EmergencyHalted, RiskLimitExceeded) as halt:
+            await infra.events.close()
+            print(f"halted: {halt}", file=sys.stderr)
+            return EXIT[ExecutionStatus.HALTED]
+    return EXIT[ExecutionStatus(result["status"])]
+
+
+async def cmd_validate(args: argparse.Namespace) -> int:
+    workflow = parse_workflow(load_definition(args.file))
+    order = " -> ".join(b.id for b in workflow.blocks)
+    print(f"valid: {len(workflow.blocks)} blocks; order: {order}")
+    return 0
+
+
+async def cmd_halt(args: argparse.Namespace) -> int:
+    scope, target = _scope(args)
+    async with await _infra(args) as infra:
+        state = await infra.emergency.halt(scope, target, reason=args.reason, actor=args.actor)
+    print(f"halted {_where(state.scope, state.target)}: {state.reason}")
+    return 0
+
+
+async def cmd_resume(args: argparse.Namespace) -> int:
+    scope, target = _scope(args)
+    async with await _infra(args) as infra:
+        lifted = await infra.emergency.resume(scope, target, reason=args.reason, actor=args.actor)
+    print(
+        f"resumed {_where(scope, target)}" if lifted else f"{_where(scope, target)} was not halted"
+    )
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    async with await _infra(args) as infra:
+        halts = await infra.emergency.halts()
+        limits = await infra.emergency.list_risk_limits()
+    if not halts:
+        print("trading: ACTIVE (no halts)")
+    for h in halts:
+        print(
+            f"HALTED {_where(h.scope, h.target)} since {rfc3339(h.since)} by {h.actor}: {h.reason}"
+        )
+    for limit in limits:
+        print(
+            f"limit {limit.limit_type}: {limit.direction.value} {limit.threshold} "
+            f"(auto_halt={limit.auto_halt})"
+        )
+    return 0
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    async with await _infra(args) as infra:
+        progress = Progress(sys.stdout, as_json=args.json)
+        cursor = 0
+        while True:
+            batch = await infra.state.read_events(
+                after=cursor, execution_id=args.execution, limit=1000
+            )
+            for position, event in batch:
+                await progress(event.to_dict())
+                cursor = position
+            if not args.follow:
+                return 0
+            if not batch:
+                await asyncio.sleep(args.poll)
+
+
+async def cmd_executions(args: argparse.Namespace) -> int:
+    async with await _infra(args) as infra:
+        if args.action == "list":
+            page = await infra.state.list_executions(
+                ExecutionQuery(
+                    workflow_id=args.workflow,
+                    bot_id=args.bot,
+                    strategy_id=args.strategy,
+                    status=ExecutionStatus(args.status) if args.status else None,
+                    limit=args.limit,
+                )
+            )
+            for rec in page.executions:
+                print(_execution_line(rec))
+            if not page.executions:
+                print("no executions")
+            return 0
+        record = await infra.state.get_execution(args.execution_id)
+        checkpoints = await infra.state.get_checkpoints(args.execution_id)
+    print(_execution_line(record))
+    if record.error:
+        print(f"  error: {record.error}")
+    for node_id, cp in checkpoints.items():
+        detail = cp.error or _brief(cp.outputs or {})
+        print(f"  {cp.state.value:<9} {node_id:<20} {detail}")
+    return 0
+
+
+async def cmd_stack(args: argparse.Namespace) -> int:
+    return await asyncio.to_thread(_stack, args)
+
+
+def _stack(args: argparse.Namespace) -> int:
+    """Start, stop or show the local stack (blocking: processes and files)."""
+    workdir = Path(args.dir)
+    if args.action == "up":
+        if (workdir / "stack.json").exists():
+            raise TradeflowError(
+                f"a stack is already recorded in {workdir}: `tradeflow stack down` first"
+            )
+        stack = Stack(workdir.resolve(), DEFAULT_PORTS)
+        stack.start()
+        stack.write_files()
+        print(f"stack up in {workdir}: " + ", ".join(f"{k}={v}" for k, v in stack.ports.items()))
+        print(
+            f"clients: `tradeflow ... --env production` in this directory, or `source {workdir}/env`"
+        )
+        return 0
+    if args.action == "down":
+        stopped = stop_recorded(workdir)
+        print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack recorded in {workdir}")
+        return 0
+    path = workdir / "stack.json"
+    print(path.read_text() if path.exists() else f"no stack recorded in {workdir}")
+    return 0
+
+
+def _execution_line(rec: ExecutionRecord) -> str:
+    ids = " ".join(f"{k}={v}" for k, v in (("bot", rec.bot_id), ("strategy", rec.strategy_id)) if v)
+    return (
+        f"{rec.execution_id}  {rec.status.value:<9} {rfc3339(rec.started_at)}  "
+        f"workflow={rec.workflow_id} {ids}".rstrip()
+    )
+
+
+def _scope(args: argparse.Namespace) -> tuple[Scope, str | None]:
+    return Scope(args.scope), args.target
+
+
+def _where(scope: Scope, target: str | None) -> str:
+    return scope.value if target is None else f"{scope.value} {target!r}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tradeflow", description=__doc__.split("\n")[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--env",
+        choices=ENVIRONMENTS,
+        default=os.environ.get("TRADEFLOW_ENV", "development"),
+        help="infrastructure: development (embedded, default) or production (services)",
+    )
+    common.add_argument(
+        "--db",
+        help="embedded state file (default: $TRADEFLOW_SQLITE_PATH or ~/.local/state/tradeflow/tradeflow.db)",
+    )
+    common.add_argument("--json", action="store_true", help="print events as JSON lines")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common], help="run a workflow file, showing live progress")
+    run.add_argument("file")
+    run.add_argument("--workflow-id", help="default: the file name without extension")
+    run.add_argument("--bot-id")
+    run.add_argument("--strategy-id")
+    run.add_argument("--prices", help="JSON price ticks replayed by price_feed nodes")
+    run.add_argument(
+        "--count", type=_positive_int, default=1, help="run this many times (a bot loop)"
+    )
+    run.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between runs with --count"
+    )
+    run.set_defaults(handler=cmd_run)
+
+    validate = sub.add_parser("validate", help="check a workflow file and print every problem")
+    validate.add_argument("file")
+    validate.set_defaults(handler=cmd_validate)
+
+    for name, handler, verb in (("halt", cmd_halt, "halt"), ("resume", cmd_resume, "resume")):
+        p = sub.add_parser(
+            name, parents=[common], help=f"{verb} trading (global or one strategy/bot/workflow)"
+        )
+        p.add_argument("--scope", choices=[s.value for s in Scope], default="global")
+        p.add_argument("--target", help="the strategy, bot or workflow id (not for global)")
+        p.add_argument("--reason", required=True)
+        p.add_argument("--actor", default=os.environ.get("USER", "cli"))
+        p.set_defaults(handler=handler)
+
+    status = sub.add_parser("status", parents=[common], help="halts and risk limits in force")
+    status.set_defaults(handler=cmd_status)
+
+    events = sub.add_parser(
+        "events", parents=[common], help="print recorded events; --follow tails them"
+    )
+    events.add_argument("--execution", help="only this execution")
+    events.add_argument("--follow", "-f", action="store_true")
+    events.add_argument(
+        "--poll", type=float, default=0.2, help="seconds between polls with --follow"
+    )
+    events.set_defaults(handler=cmd_events)
+
+    executions = sub.add_parser("executions", help="list, show or resume executions")
+    ex_sub = executions.add_subparsers(dest="action", required=True)
+    ex_list = ex_sub.add_parser("list", parents=[common])
+    ex_list.add_argument("--workflow")
+    ex_list.add_argument("--bot")
+    ex_list.add_argument("--strategy")
+    ex_list.add_argument("--status", choices=[s.value for s in ExecutionStatus])
+    ex_list.add_argument("--limit", type=_positive_int, default=20)
+    ex_list.set_defaults(handler=cmd_executions)
+    ex_show = ex_sub.add_parser("show", parents=[common])
+    ex_show.add_argument("execution_id")
+    ex_show.set_defaults(handler=cmd_executions)
+    ex_resume = ex_sub.add_parser(
+        "resume", parents=[common], help="continue an interrupted execution"
+    )
+    ex_resume.add_argument("execution_id")
+    ex_resume.add_argument("--prices", help="JSON price ticks replayed by price_feed nodes")
+    ex_resume.set_defaults(handler=cmd_resume_execution)
+    stack = sub.add_parser("stack", help="a local service stack (NATS, Redis, the three services)")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.add_argument("--dir", default=STACK_DIR, help="where logs, data and stack.json go")
+    stack.set_defaults(handler=cmd_stack)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tradeflow`` console script."""
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "env"):
+        args.env = "development"
+    try:
+        # The progress lines are the interface; logs stay quiet unless asked for.
+        configure_logging(
+            json=os.environ.get("TRADEFLOW_LOG_FORMAT") == "json",
+            level=os.environ.get("TRADEFLOW_LOG_LEVEL", "warning"),
+        )
+        code: int = asyncio.run(args.handler(args))
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except WorkflowValidationError as exc:
+        print(
+            f"error: {exc.issues and len(exc.issues)} problem(s) in the workflow:", file=sys.stderr
+        )
+        for issue in exc.issues:
+            print(f"  - {issue}", file=sys.stderr)
+        return EXIT_USAGE
+    except UnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except TradeflowError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        if os.environ.get("TRADEFLOW_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

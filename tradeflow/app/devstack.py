@@ -1,0 +1,304 @@
+"""A local service stack: nats-server, redis-server and the three tradeflow services
+as processes on localhost (``tradeflow stack up`` / ``make up``; the integration
+tests start one on free ports).
+
+Each process runs in its own session, so the stack outlives the command that
+started it; ``stack.json`` in the stack's directory records what runs where, and
+``env`` holds the ``TRADEFLOW_*`` settings a client needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tradeflow.domain.errors import ConfigurationError, UnavailableError
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "ServerProcess",
+    "Stack",
+    "free_port",
+    "load_env_file",
+    "wait_for_port",
+]
+
+DEFAULT_PORTS = {
+    "nats": 4322,
+    "redis": 6479,
+    "executor": 50051,
+    "emergency": 50052,
+    "state": 50053,
+    "executor_metrics": 51051,
+    "emergency_metrics": 51052,
+    "state_metrics": 51053,
+}
+"""``make up`` ports: off the standard NATS/Redis ports, which a machine may already use."""
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, *, timeout: float = 20.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until something accepts connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise UnavailableError(
+                f"process exited with {process.returncode} before listening on port {port}"
+            )
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)  # a port has no event to wait on
+    raise UnavailableError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@dataclass
+class ServerProcess:
+    """A server subprocess that can be stopped, killed and started again on the same port."""
+
+    name: str
+    argv: Sequence[str]
+    port: int
+    workdir: Path
+    env: dict[str, str] | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> ServerProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.workdir / f"{self.name}.log", "ab") as log:
+            self.process = subprocess.Popen(
+                list(self.argv),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env=self.env,
+                start_new_session=True,
+            )
+        wait_for_port(self.port, process=self.process)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up (a crash)."""
+        self._signal(signal.SIGKILL)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait (a graceful shutdown); returns the exit code."""
+        self._signal(signal.SIGTERM)
+        return None if self.process is None else self.process.returncode
+
+    def _signal(self, sig: int) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    @property
+    def url(self) -> str:
+        scheme = {"redis": "redis", "nats": "nats"}.get(self.name, "http")
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+
+def binary(name: str) -> str:
+    """Path of a server binary, or a one-line error saying how to get it."""
+    found = shutil.which(name)
+    if found is None:
+        raise ConfigurationError(f"{name} not found on PATH: run `make setup`")
+    return found
+
+
+def redis_process(workdir: Path, port: int) -> ServerProcess:
+    """redis-server with AOF (fsync every second), so a restart keeps the data."""
+    argv = [
+        binary("redis-server"),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--dir",
+        str(workdir),
+        "--protected-mode",
+        "no",
+    ]
+    return ServerProcess("redis", argv, port, workdir)
+
+
+def nats_process(workdir: Path, port: int) -> ServerProcess:
+    """nats-server with JetStream storing in ``workdir``."""
+    argv = [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir)]
+    return ServerProcess("nats", argv, port, workdir)
+
+
+class Stack:
+    """nats-server, redis-server, state, emergency and executor services."""
+
+    SERVICES = ("state", "emergency", "executor")
+
+    def __init__(
+        self,
+        workdir: Path,
+        ports: Mapping[str, int] | None = None,
+        *,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.workdir = workdir
+        self.ports = dict(ports or {name: free_port() for name in DEFAULT_PORTS})
+        self.extra_env = dict(extra_env or {})
+        self.processes: dict[str, ServerProcess] = {}
+        self.nats = nats_process(workdir / "nats", self.ports["nats"])
+        self.redis = redis_process(workdir / "redis", self.ports["redis"])
+        for name in self.SERVICES:
+            self.processes[name] = ServerProcess(
+                name,
+                [sys.executable, "-m", f"{name}_service"],
+                self.ports[name],
+                workdir / name,
+                env=self.service_env(),
+            )
+
+    def client_env(self) -> dict[str, str]:
+        """``TRADEFLOW_*`` settings of a client of this stack."""
+        p = self.ports
+        return {
+            "TRADEFLOW_NATS_URL": f"nats://127.0.0.1:{p['nats']}",
+            "TRADEFLOW_REDIS_URL": f"redis://127.0.0.1:{p['redis']}/0",
+            "TRADEFLOW_EXECUTOR_ADDR": f"127.0.0.1:{p['executor']}",
+            "TRADEFLOW_EMERGENCY_ADDR": f"127.0.0.1:{p['emergency']}",
+            "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{p['state']}",
+        }
+
+    def service_env(self) -> dict[str, str]:
+        root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, **self.client_env(), **self.extra_env}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        for name in self.SERVICES:
+            env[f"TRADEFLOW_{name.upper()}_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
+        return env
+
+    def start(self) -> Stack:
+        """Start everything (dependencies first) and wait until each one listens."""
+        try:
+            self.nats.start()
+            self.redis.start()
+            for name in self.SERVICES:
+                self.processes[name].start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM everything, services first."""
+        for name in reversed(self.SERVICES):
+            self.processes[name].stop()
+        self.redis.stop()
+        self.nats.stop()
+
+    def describe(self) -> dict[str, object]:
+        procs = {"nats": self.nats, "redis": self.redis, **self.processes}
+        return {
+            "ports": self.ports,
+            "pids": {name: p.pid for name, p in procs.items()},
+            "env": self.client_env(),
+        }
+
+    def write_files(self) -> None:
+        """``stack.json`` (pids, ports) and ``env`` (``export`` lines) in the workdir."""
+        (self.workdir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
+        (self.workdir / "env").write_text(
+            "".join(f"export {k}={v}\n" for k, v in self.client_env().items())
+        )
+
+
+def stop_recorded(workdir: Path) -> list[str]:
+    """SIGTERM the processes a ``stack.json`` records; returns what was stopped."""
+    path = workdir / "stack.json"
+    if not path.exists():
+        return []
+    recorded = json.loads(path.read_text())
+    stopped = []
+    order = ["executor", "emergency", "state", "redis", "nats"]
+    for name in order:
+        pid = recorded["pids"].get(name)
+        if not pid or not _runs(pid, _MARKERS[name]):
+            # Gone, or the pid now belongs to another program (a stale stack.json).
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            _wait_gone(pid)
+            stopped.append(name)
+    path.unlink()
+    return stopped
+
+
+_MARKERS = {
+    "nats": "nats-server",
+    "redis": "redis-server",
+    "executor": "executor_service",
+    "emergency": "emergency_service",
+    "state": "state_service",
+}
+"""What a recorded process's command line contains when it is still ours."""
+
+
+def _runs(pid: int, marker: str) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)  # another session's child: no handle to wait on
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def load_env_file(path: Path) -> dict[str, str]:
+    """The ``export KEY=VALUE`` lines of a stack's ``env`` file."""
+    values = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values

@@ -1,0 +1,298 @@
+"""Executions run on behalf of remote callers: what the executor service serves.
+
+It owns the in-flight executions of this process: submit (idempotent by request
+id), wait, cancel, drain on shutdown. Halted, failed and cancelled executions are
+results, not errors. The service's servicer only translates protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    UnavailableError,
+    ValidationIssue,
+    WorkflowValidationError,
+    describe,
+)
+from tradeflow.domain.records import (
+    Checkpoint,
+    CheckpointState,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    ExecutionStatus,
+    parse_rfc3339,
+)
+from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
+from tradeflow.engine.nodes import default_registry
+from tradeflow.engine.nodes.registry import NodeRegistry
+from tradeflow.engine.runner import Plan
+from tradeflow.engine.validation import parse_workflow
+from tradeflow.observability.logging import get_logger
+
+__all__ = ["ExecutionManager", "ExecutionView", "Submission"]
+
+_log = get_logger("tradeflow.manager")
+
+_CACHED_PLANS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A request to run a workflow."""
+
+    definition: Mapping[str, Any]
+    workflow_id: str
+    bot_id: str | None = None
+    strategy_id: str | None = None
+    request_id: str | None = None
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionView:
+    """An execution and the latest state of each of its nodes, in block order."""
+
+    record: ExecutionRecord
+    nodes: tuple[Checkpoint, ...]
+
+
+class _Running:
+    __slots__ = ("executor", "record", "task")
+
+    def __init__(
+        self,
+        executor: EnhancedWorkflowExecutor | None,
+        record: ExecutionRecord,
+        task: asyncio.Future[ExecutionView],
+    ) -> None:
+        self.executor = executor
+        self.record = record
+        self.task = task
+
+
+class ExecutionManager:
+    """Runs submissions on one shared infrastructure."""
+
+    def __init__(self, infra: Infrastructure, *, registry: NodeRegistry | None = None) -> None:
+        self.infra = infra
+        self.registry = registry if registry is not None else default_registry
+        self._running: dict[str, _Running] = {}
+        self._plans: OrderedDict[bytes, Plan] = OrderedDict()
+        self._claims: dict[str, asyncio.Future[_Running]] = {}
+        self._by_request: dict[str, str] = {}
+        self._draining = False
+
+    def validate(self, definition: object) -> tuple[ValidationIssue, ...]:
+        """Every problem in ``definition`` (empty when it is valid)."""
+        try:
+            parse_workflow(definition, registry=self.registry)
+        except WorkflowValidationError as error:
+            return error.issues
+        return ()
+
+    async def submit(self, submission: Submission) -> str:
+        """Start an execution and return its id; a repeated request id returns the first."""
+        return (await self._start(submission)).record.execution_id
+
+    async def execute(self, submission: Submission) -> ExecutionView:
+        """Run an execution to its end. If the caller goes away the execution goes on."""
+        running = await self._start(submission)
+        return await asyncio.shield(running.task)
+
+    async def _start(self, submission: Submission) -> _Running:
+        self._refuse_if_draining()
+        if not submission.workflow_id:
+            raise InvalidRequest("workflow_id", "a non-empty string", submission.workflow_id)
+        request_id = submission.request_id or None
+        if request_id is None:
+            return await self._launch(submission, None)
+        # Concurrent requests with one key wait for the first: looking the key up in the
+        # store is a round trip, and the second must not start its own execution meanwhile.
+        claim = self._claims.get(request_id)
+        if claim is not None:
+            return await asyncio.shield(claim)
+        claim = asyncio.get_running_loop().create_future()
+        self._claims[request_id] = claim
+        try:
+            running = await self._known_request(request_id)
+            if running is None:
+                running = await self._launch(submission, request_id)
+        except BaseException as exc:
+            claim.set_exception(exc)
+            claim.exception()  # the waiters, if any, re-raise it; none is not an error
+            raise
+        else:
+            claim.set_result(running)
+            return running
+        finally:
+            del self._claims[request_id]
+
+    def _refuse_if_draining(self) -> None:
+        if self._draining:
+            # UNAVAILABLE at the edge: the caller retries on another replica.
+            raise UnavailableError("executor is shutting down")
+
+    async def _launch(self, submission: Submission, request_id: str | None) -> _Running:
+        executor = EnhancedWorkflowExecutor(
+            self._plan(submission.definition),
+            self.infra,
+            submission.workflow_id,
+            submission.bot_id,
+            submission.strategy_id,
+            registry=self.registry,
+        )
+        await executor.initialize()
+        execution_id = self.infra.id_factory()
+        record = ExecutionRecord(
+            execution_id=execution_id,
+            workflow_id=submission.workflow_id,
+            status=ExecutionStatus.RUNNING,
+            started_at=self.infra.clock.time(),
+            definition=dict(submission.definition),
+            correlation_id=submission.correlation_id or execution_id,
+            bot_id=submission.bot_id,
+            strategy_id=submission.strategy_id,
+            request_id=request_id,
+        )
+        # Checked again with no await before the task exists: a drain that began while this
+        # request was looked up must not see a task appear after it took its snapshot.
+        self._refuse_if_draining()
+        task = asyncio.create_task(self._run(executor, record))
+        running = _Running(executor, record, task)
+        self._running[execution_id] = running
+        if request_id is not None:
+            self._by_request[request_id] = execution_id
+        task.add_done_callback(lambda done: self._finished(done, execution_id, request_id))
+        return running
+
+    def _finished(
+        self, task: asyncio.Future[ExecutionView], execution_id: str, request_id: str | None
+    ) -> None:
+        self._running.pop(execution_id, None)
+        if request_id is not None:
+            self._by_request.pop(request_id, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A submitted execution has nobody awaiting it: say what happened.
+            _log.error("execution.crashed", execution_id=execution_id, error=describe(error))
+
+    def _plan(self, definition: Mapping[str, Any]) -> Plan:
+        """The validated, planned workflow, from a small cache: bots submit the same
+        definition over and over, and validating it costs ~20x hashing it."""
+        key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = Plan.of(definition, self.registry)
+            self._plans[key] = plan
+            if len(self._plans) > _CACHED_PLANS:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(key)
+        return plan
+
+    async def _known_request(self, request_id: str) -> _Running | None:
+        execution_id = self._by_request.get(request_id)
+        if execution_id is not None and execution_id in self._running:
+            return self._running[execution_id]
+        record = await self.infra.state.find_by_request_id(request_id)
+        if record is None:
+            return None
+        view = await self.get(record.execution_id)
+        done: asyncio.Future[ExecutionView] = asyncio.get_running_loop().create_future()
+        done.set_result(view)
+        return _Running(None, view.record, done)
+
+    async def _run(
+        self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord
+    ) -> ExecutionView:
+        try:
+            result = await executor.execute(
+                correlation_id=record.correlation_id,
+                request_id=record.request_id,
+                execution_id=record.execution_id,
+                started_at=record.started_at,
+            )
+        except (EmergencyHalted, RiskLimitExceeded) as halt:
+            if halt.result is None:
+                raise
+            result = halt.result
+        return _view(executor, record, result)
+
+    async def get(self, execution_id: str) -> ExecutionView:
+        """An execution from the state store; raises ``ExecutionNotFound``."""
+        if not execution_id:
+            raise InvalidRequest("execution_id", "a non-empty string", execution_id)
+        record = await self.infra.state.get_execution(execution_id)
+        checkpoints = await self.infra.state.get_checkpoints(execution_id)
+        order = [b.get("id") for b in record.definition.get("blocks", []) if isinstance(b, dict)]
+        nodes = tuple(checkpoints[n] for n in order if n in checkpoints)
+        return ExecutionView(record, nodes)
+
+    async def list(self, query: ExecutionQuery) -> ExecutionPage:
+        return await self.infra.state.list_executions(query)
+
+    async def cancel(self, execution_id: str) -> tuple[bool, ExecutionStatus]:
+        """Ask a running execution to stop (it ends ``cancelled`` once the nodes already
+        running finish). ``(False, status)`` when it already ended or runs in another
+        executor process (which owns it)."""
+        running = self._running.get(execution_id)
+        if running is not None and running.executor is not None and not running.task.done():
+            running.executor.cancel()
+            return True, ExecutionStatus.RUNNING
+        record = await self.infra.state.get_execution(execution_id)
+        return False, record.status
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
+        interrupt the rest, which keeps their checkpoints and leaves them resumable."""
+        self._draining = True
+        tasks = [r.task for r in self._running.values()]
+        if not tasks:
+            return
+        _log.info("executor.draining", in_flight=len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+            _log.warning("executor.interrupted", executions=len(pending))
+
+
+def _view(
+    executor: EnhancedWorkflowExecutor, record: ExecutionRecord, result: dict[str, Any]
+) -> ExecutionView:
+    """The final view, as the state store now holds it, built from the result (no round trip)."""
+    finished = parse_rfc3339(result["finished_at"])
+    results, errors, skipped = result["results"], result["errors"], set(result["skipped"])
+    nodes = []
+    assert executor.plan is not None
+    execution_id = record.execution_id
+    for node_id in executor.plan.order:
+        if node_id in results:
+            state, outputs, error = CheckpointState.COMPLETED, results[node_id], None
+        elif node_id in errors:
+            state, outputs, error = CheckpointState.FAILED, None, errors[node_id]
+        elif node_id in skipped:
+            state, outputs, error = CheckpointState.SKIPPED, None, None
+        else:
+            continue
+        nodes.append(Checkpoint(execution_id, node_id, state, finished, outputs, error))
+    final = replace(
+        record,
+        status=ExecutionStatus(result["status"]),
+        finished_at=finished,
+        error=result["error"],
+        result=result,
+    )
+    return ExecutionView(final, tuple(nodes))

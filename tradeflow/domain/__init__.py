@@ -1,0 +1,1 @@
+"""The trading domain: records, errors, ids and clock, emergency rules. No I/O, no adapters."""

@@ -1,0 +1,268 @@
+"""One error tree for tradeflow.
+
+Every error the library raises derives from :class:`TradeflowError`. Each class
+names the gRPC status code it maps to (as the canonical upper-case name, so the
+core needs no ``grpc`` import); the services map errors to status codes and the
+clients map status codes back to these classes in one place each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "CircuitOpenError",
+    "ConfigurationError",
+    "EmergencyHalted",
+    "ExchangeError",
+    "ExecutionNotFound",
+    "ExternalRequestRejected",
+    "ExternalServiceError",
+    "InvalidRequest",
+    "NodeExecutionError",
+    "NodeTimeoutError",
+    "OrderRejected",
+    "RiskLimitExceeded",
+    "TradeflowError",
+    "UnavailableError",
+    "ValidationIssue",
+    "WorkflowValidationError",
+]
+
+
+class TradeflowError(Exception):
+    """Root of every error tradeflow raises."""
+
+    grpc_status: ClassVar[str] = "INTERNAL"
+    """Canonical gRPC status code name this error maps to at a service edge."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def details(self) -> dict[str, Any]:
+        """Structured fields carried across the wire next to the message."""
+        return {}
+
+
+class ConfigurationError(TradeflowError):
+    """A setting (environment variable, factory argument) is missing or malformed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class InvalidRequest(TradeflowError):
+    """A request is malformed: a field is missing, of the wrong type or out of range."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, field: str, expected: str, found: object) -> None:
+        super().__init__(f"invalid field {field!r}: expected {expected}, found {found!r}")
+        self.field = field
+        self.expected = expected
+        self.found = found
+
+    def details(self) -> dict[str, Any]:
+        return {"field": self.field, "expected": self.expected, "found": repr(self.found)}
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationIssue:
+    """One problem found in a workflow definition."""
+
+    block_id: str | None
+    """Id of the block at fault (``None`` for workflow-level problems)."""
+    field: str
+    """Dotted path of the offending field, e.g. ``properties.symbol``."""
+    expected: str
+    """What a valid definition has there."""
+    found: str
+    """What the definition has there instead."""
+
+    def __str__(self) -> str:
+        where = f"block {self.block_id!r}" if self.block_id is not None else "workflow"
+        return f"{where}: field {self.field!r}: expected {self.expected}, found {self.found}"
+
+
+class WorkflowValidationError(TradeflowError):
+    """A workflow definition is invalid; ``issues`` lists every problem found."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+    def __init__(self, issues: Iterable[ValidationIssue]) -> None:
+        self.issues: tuple[ValidationIssue, ...] = tuple(issues)
+        count = len(self.issues)
+        head = f"invalid workflow ({count} problem{'s' if count != 1 else ''})"
+        super().__init__(head + ": " + "; ".join(str(i) for i in self.issues))
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "issues": [
+                {"block_id": i.block_id, "field": i.field, "expected": i.expected, "found": i.found}
+                for i in self.issues
+            ]
+        }
+
+
+class EmergencyHalted(TradeflowError):
+    """Trading is halted: the emergency controller refused to start an action.
+
+    ``result`` holds the partial execution result when the halt stopped a run.
+    """
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        scope: str = "global",
+        target: str | None = None,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        where = scope if target is None else f"{scope} {target!r}"
+        super().__init__(f"trading halted ({where}): {reason}")
+        self.reason = reason
+        self.scope = scope
+        self.target = target
+        self.result: dict[str, Any] | None = dict(result) if result is not None else None
+
+    def details(self) -> dict[str, Any]:
+        return {"reason": self.reason, "scope": self.scope, "target": self.target}
+
+
+class RiskLimitExceeded(TradeflowError):
+    """A risk limit was breached (and, with ``auto_halt``, trading was halted)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float,
+        *,
+        halted: bool = False,
+        result: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            f"risk limit {limit_type!r} exceeded: value {value} breaches threshold {threshold}"
+            + (" (trading halted)" if halted else "")
+        )
+        self.limit_type = limit_type
+        self.value = value
+        self.threshold = threshold
+        self.halted = halted
+        self.result: dict[str, Any] | None = dict(result) if result is not None else None
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "limit_type": self.limit_type,
+            "value": self.value,
+            "threshold": self.threshold,
+            "halted": self.halted,
+        }
+
+
+class NodeExecutionError(TradeflowError):
+    """A node failed; wraps the cause with the block id and node type."""
+
+    grpc_status = "ABORTED"
+
+    def __init__(self, node_id: str, node_type: str, cause: BaseException) -> None:
+        super().__init__(f"node {node_id!r} ({node_type}) failed: {describe(cause)}")
+        self.node_id = node_id
+        self.node_type = node_type
+        self.cause = cause
+
+
+class NodeTimeoutError(TradeflowError):
+    """A node ran longer than its ``config.timeout``."""
+
+    grpc_status = "DEADLINE_EXCEEDED"
+
+    def __init__(self, node_id: str, timeout: float) -> None:
+        super().__init__(f"node {node_id!r} timed out after {timeout}s")
+        self.node_id = node_id
+        self.timeout = timeout
+
+    def details(self) -> dict[str, Any]:
+        return {"node_id": self.node_id, "timeout": self.timeout}
+
+
+class CircuitOpenError(TradeflowError):
+    """A call was refused because its circuit breaker is open."""
+
+    grpc_status = "UNAVAILABLE"
+
+    def __init__(self, breaker: str, retry_after: float) -> None:
+        super().__init__(f"circuit {breaker!r} is open; retry after {retry_after:.3f}s")
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+    def details(self) -> dict[str, Any]:
+        return {"breaker": self.breaker, "retry_after": self.retry_after}
+
+
+class ExchangeError(TradeflowError):
+    """The exchange could not process a request."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class OrderRejected(ExchangeError):
+    """The exchange rejected an order; retrying the same order cannot succeed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, client_order_id: str, reason: str) -> None:
+        TradeflowError.__init__(self, f"order {client_order_id!r} rejected: {reason}")
+        self.client_order_id = client_order_id
+        self.reason = reason
+
+    def details(self) -> dict[str, Any]:
+        return {"client_order_id": self.client_order_id, "reason": self.reason}
+
+
+class ExternalServiceError(TradeflowError):
+    """An external dependency (HTTP API) failed in a way a retry may fix (5xx, transport)."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class ExternalRequestRejected(TradeflowError):
+    """An external dependency refused the request (4xx); retrying cannot fix it."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, url: str, status_code: int, body: str) -> None:
+        super().__init__(f"{url} answered {status_code}: {body[:200]}")
+        self.url = url
+        self.status_code = status_code
+
+
+class ExecutionNotFound(TradeflowError):
+    """No execution with that id is known to the state store."""
+
+    grpc_status = "NOT_FOUND"
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"execution {execution_id!r} not found")
+        self.execution_id = execution_id
+
+    def details(self) -> dict[str, Any]:
+        return {"execution_id": self.execution_id}
+
+
+class UnavailableError(TradeflowError):
+    """A backing service (state store, emergency controller, bus) cannot be reached."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming an exception: its message, or its class when it has none."""
+    text = str(exc)
+    return text if text else type(exc).__name__

@@ -1,0 +1,150 @@
+"""Action nodes: they change the world (orders) or report on it (``log``).
+
+Orders are idempotent per execution and block: ``place_order`` sends
+``ctx.client_order_id(block.id)``, so re-running a block after a crash returns
+the order already placed instead of trading twice.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from tradeflow.domain.errors import InvalidRequest, OrderRejected
+from tradeflow.domain.trading import OrderRequest, OrderType, Side
+from tradeflow.engine.model import Block
+from tradeflow.engine.nodes._checks import (
+    Problems,
+    all_checks,
+    is_positive,
+    require_given,
+    require_positive,
+    require_symbol,
+)
+from tradeflow.engine.nodes.registry import ExecutionContext, Prop, node
+
+__all__ = ["cancel_order", "log", "place_order"]
+
+_SIDES = ("buy", "sell")
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _check_limit_price(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
+    if props["order_type"] != "limit" or props["limit_price"] is not None or "price" in wired:
+        return []
+    return [
+        (
+            "properties.limit_price",
+            "a limit_price or a wired 'price' input for a limit order",
+            "neither",
+        )
+    ]
+
+
+@node(
+    "actions",
+    "place_order",
+    properties={
+        "symbol": Prop("string", required=True, doc="BASE/QUOTE, e.g. BTC/USDT."),
+        "side": Prop("string", choices=_SIDES, doc="Unless a 'side' input is wired."),
+        "quantity": Prop("number", doc="Base-asset amount (> 0), unless 'quantity' is wired."),
+        "order_type": Prop("string", default="market", choices=("market", "limit")),
+        "limit_price": Prop("number", doc="For limit orders, unless 'price' is wired."),
+        "venue": Prop("string", default="paper"),
+    },
+    inputs={"side": False, "quantity": False, "price": False},
+    outputs=("order_id", "client_order_id", "status", "filled_quantity", "avg_price"),
+    check=all_checks(
+        require_symbol,
+        require_given("side", "quantity"),
+        require_positive("quantity", "limit_price"),
+        _check_limit_price,
+    ),
+)
+async def place_order(
+    ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """Place an order; wired ``side``, ``quantity`` and ``price`` override the properties."""
+    props = block.properties
+    client_order_id = ctx.client_order_id(block.id)
+    side = inputs.get("side", props["side"])
+    quantity = inputs.get("quantity", props["quantity"])
+    order_type = props["order_type"]
+    limit_price = inputs.get("price", props["limit_price"]) if order_type == "limit" else None
+    problem = _order_problem(side, quantity, order_type, limit_price)
+    if problem is not None:
+        raise OrderRejected(client_order_id, f"block {block.id!r}: {problem}")
+    order = await ctx.exchange.place_order(
+        OrderRequest(
+            client_order_id=client_order_id,
+            venue=props["venue"],
+            symbol=props["symbol"],
+            side=Side(side),
+            quantity=float(quantity),
+            order_type=OrderType(order_type),
+            limit_price=None if limit_price is None else float(limit_price),
+        )
+    )
+    return {
+        "order_id": order.order_id,
+        "client_order_id": order.client_order_id,
+        "status": str(order.status),
+        "filled_quantity": order.filled_quantity,
+        "avg_price": order.avg_price,
+    }
+
+
+def _order_problem(side: Any, quantity: Any, order_type: str, limit_price: Any) -> str | None:
+    """Why the resolved order values cannot make an order, or ``None`` if they can."""
+    if side not in _SIDES:
+        return f"side must be 'buy' or 'sell', found {side!r}"
+    if not is_positive(quantity):
+        return f"quantity must be a finite number > 0, found {quantity!r}"
+    if order_type == "limit" and not is_positive(limit_price):
+        return f"a limit order needs a price > 0, found {limit_price!r}"
+    return None
+
+
+@node(
+    "actions",
+    "cancel_order",
+    properties={
+        "venue": Prop("string", default="paper"),
+        "client_order_id": Prop("string", doc="Unless a 'client_order_id' input is wired."),
+    },
+    inputs={"client_order_id": False},
+    outputs=("status", "client_order_id"),
+    check=require_given("client_order_id"),
+)
+async def cancel_order(
+    ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """Cancel an order by client order id (wire it from a ``place_order`` block)."""
+    client_order_id = inputs.get("client_order_id", block.properties["client_order_id"])
+    if not isinstance(client_order_id, str) or not client_order_id:
+        raise InvalidRequest(f"{block.id}.client_order_id", "a client order id", client_order_id)
+    order = await ctx.exchange.cancel_order(block.properties["venue"], client_order_id)
+    return {"status": str(order.status), "client_order_id": order.client_order_id}
+
+
+@node(
+    "actions",
+    "log",
+    properties={
+        "message": Prop("string", required=True, doc="Text; {name} is replaced by input 'name'."),
+        "level": Prop("string", default="info", choices=("debug", "info", "warning", "error")),
+    },
+    variadic_inputs=True,
+    outputs=("message",),
+)
+async def log(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Log ``message`` with each ``{name}`` replaced by input ``name`` (unknown ones kept)."""
+    template: str = block.properties["message"]
+    message = (
+        _PLACEHOLDER.sub(lambda m: str(inputs[m[1]]) if m[1] in inputs else m[0], template)
+        if "{" in template
+        else template
+    )
+    getattr(ctx.log, block.properties["level"])("workflow.log", block_id=block.id, message=message)
+    return {"message": message}

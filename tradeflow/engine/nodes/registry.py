@@ -1,0 +1,243 @@
+"""The node registry: one place where every node type, built-in or user-defined, is declared.
+
+A node type is an async function plus a :class:`NodeSpec` describing what it
+accepts (properties, inputs) and produces (outputs); validation reads the spec,
+the engine calls the function. Register your own with :func:`node`::
+
+    from tradeflow.engine.nodes import Prop, node
+
+    @node("providers", "constant_price", properties={"price": Prop("number", required=True)},
+          outputs=("price",))
+    async def constant_price(ctx, block, inputs):
+        return {"price": block.properties["price"]}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    import httpx
+    import structlog
+
+    from tradeflow.engine.model import Block
+    from tradeflow.ports import Exchange, PriceFeed
+
+__all__ = [
+    "CATEGORIES",
+    "CONTROL_INPUT",
+    "ExecutionContext",
+    "HttpPool",
+    "NodeFn",
+    "NodeRegistry",
+    "NodeSpec",
+    "Prop",
+    "RiskChecker",
+    "default_registry",
+    "node",
+]
+
+CATEGORIES = ("providers", "triggers", "conditions", "actions", "risk")
+
+CONTROL_INPUT = "when"
+"""An input every node type accepts: wiring it (``"when": "signal.triggered"``) makes the
+block depend on another without using its value, so a false gate skips it."""
+
+PropKind = Literal["string", "number", "integer", "boolean", "object", "array", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class Prop:
+    """One accepted property of a node type."""
+
+    kind: PropKind
+    required: bool = False
+    default: Any = None
+    """Filled in when the property is absent (and not required)."""
+    choices: tuple[Any, ...] | None = None
+    """When set, the value must be one of these."""
+    minimum: float | None = None
+    """For numbers: smallest allowed value (inclusive)."""
+    doc: str = ""
+
+
+class RiskChecker(Protocol):
+    """What risk nodes call; the enhanced executor passes ``infra.emergency``."""
+
+    async def check_risk_limit(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None = None,
+        auto_halt: bool = True,
+        *,
+        workflow_id: str | None = None,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+    ) -> None: ...
+
+
+class HttpPool:
+    """One ``httpx.AsyncClient``, created on first use (building one costs ~20 ms,
+    so workflows without HTTP nodes never pay for it)."""
+
+    def __init__(self, *, timeout: float = 10.0) -> None:
+        self._timeout = timeout
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(timeout=self._timeout)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
+@dataclass(slots=True)
+class ExecutionContext:
+    """What a node function sees of the execution it runs in (one per execution)."""
+
+    execution_id: str
+    workflow_id: str
+    correlation_id: str
+    bot_id: str | None
+    strategy_id: str | None
+    exchange: Exchange
+    prices: PriceFeed
+    risk: RiskChecker
+    http_pool: HttpPool
+    log: structlog.typing.FilteringBoundLogger
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The shared HTTP client (created on first use)."""
+        return self.http_pool.client
+
+    def client_order_id(self, block_id: str) -> str:
+        """The idempotency key of the order a block places in this execution.
+
+        Stable across resume, so re-placing after a crash cannot trade twice.
+        """
+        return f"{self.execution_id}:{block_id}"
+
+
+NodeFn = Callable[["ExecutionContext", "Block", dict[str, Any]], Awaitable[dict[str, Any]]]
+"""``async def run(ctx, block, inputs) -> outputs``."""
+
+PropsCheck = Callable[[Mapping[str, Any], frozenset[str]], list[tuple[str, str, str]]]
+"""Cross-field check of ``(properties with defaults, wired input names)``:
+returns ``(field, expected, found)`` problems."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """Declaration of one node type."""
+
+    category: str
+    type: str
+    run: NodeFn
+    properties: Mapping[str, Prop] = field(default_factory=dict)
+    inputs: Mapping[str, bool] = field(default_factory=dict)
+    """Input name -> required."""
+    variadic_inputs: bool = False
+    """Accept any input names (e.g. ``all``/``any``)."""
+    outputs: tuple[str, ...] = ()
+    outputs_from_properties: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None
+    """For types whose outputs depend on properties (``static``)."""
+    gate: str | None = None
+    """Boolean output that, when false, skips every dependent (triggers, conditions)."""
+    accepts_gates: bool = False
+    """Receives false gate values instead of being skipped (``all``/``any``)."""
+    breaker: Callable[[Mapping[str, Any]], str] | None = None
+    """Default circuit-breaker name for an external call, from the properties."""
+    check: PropsCheck | None = None
+    pure: bool = False
+    """Computes from its inputs alone, never waits on I/O: always run inline. Leave False
+    for anything that calls out (the runner then overlaps independent calls)."""
+    doc: str = ""
+
+    def output_names(self, properties: Mapping[str, Any]) -> tuple[str, ...]:
+        if self.outputs_from_properties is not None:
+            return self.outputs_from_properties(properties)
+        return self.outputs
+
+
+class NodeRegistry:
+    """Node types by ``(category, type)``."""
+
+    def __init__(self) -> None:
+        self._specs: dict[tuple[str, str], NodeSpec] = {}
+
+    def register(self, spec: NodeSpec, *, replace: bool = False) -> NodeSpec:
+        if spec.category not in CATEGORIES:
+            raise ValueError(f"unknown category {spec.category!r}: expected one of {CATEGORIES}")
+        key = (spec.category, spec.type)
+        if key in self._specs and not replace:
+            raise ValueError(f"node type {spec.category}/{spec.type} is already registered")
+        self._specs[key] = spec
+        return spec
+
+    def get(self, category: str, type_: str) -> NodeSpec | None:
+        return self._specs.get((category, type_))
+
+    def types(self, category: str) -> list[str]:
+        return sorted(t for (c, t) in self._specs if c == category)
+
+    def specs(self) -> list[NodeSpec]:
+        return [self._specs[k] for k in sorted(self._specs)]
+
+
+default_registry = NodeRegistry()
+"""The registry executors use unless given another."""
+
+
+def node(
+    category: str,
+    type_: str,
+    *,
+    properties: Mapping[str, Prop] | None = None,
+    inputs: Mapping[str, bool] | None = None,
+    variadic_inputs: bool = False,
+    outputs: tuple[str, ...] = (),
+    outputs_from_properties: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None,
+    gate: str | None = None,
+    accepts_gates: bool = False,
+    breaker: Callable[[Mapping[str, Any]], str] | None = None,
+    check: PropsCheck | None = None,
+    pure: bool = False,
+    registry: NodeRegistry | None = None,
+    replace: bool = False,
+) -> Callable[[NodeFn], NodeFn]:
+    """Decorator registering ``async def run(ctx, block, inputs)`` as a node type."""
+
+    def register(fn: NodeFn) -> NodeFn:
+        (registry or default_registry).register(
+            NodeSpec(
+                category=category,
+                type=type_,
+                run=fn,
+                properties=dict(properties or {}),
+                inputs=dict(inputs or {}),
+                variadic_inputs=variadic_inputs,
+                outputs=outputs,
+                outputs_from_properties=outputs_from_properties,
+                gate=gate,
+                accepts_gates=accepts_gates,
+                breaker=breaker,
+                check=check,
+                pure=pure,
+                doc=(fn.__doc__ or "").strip(),
+            ),
+            replace=replace,
+        )
+        return fn
+
+    return register

@@ -1,0 +1,404 @@
+"""The DAG runner shared by both executors.
+
+The base executor runs it with no observer; the enhanced executor passes an
+observer that emits events, persists state and asks the emergency controller
+before each action. Keeping one runner means the two cannot drift apart: the
+enhanced executor is the base one plus observation, nothing else.
+
+Scheduling: a node becomes ready when all its upstream nodes are done. Pure
+nodes (computation on their inputs) are awaited inline as soon as they are
+ready. Nodes that call out (prices, HTTP, orders, risk reads) are awaited inline
+when alone, and run as concurrent tasks, at most ``max_concurrency`` at a time,
+when several are ready together: an asyncio task costs ~5 us, so only real
+overlap pays for one. Ready nodes start in a deterministic order (topological,
+ties by definition order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from tradeflow.domain.clock import Clock
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    NodeExecutionError,
+    RiskLimitExceeded,
+    TradeflowError,
+    describe,
+)
+from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionStatus
+from tradeflow.engine.model import Block, BreakerConfig, Workflow
+from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
+from tradeflow.engine.resilience import BreakerRegistry, CircuitBreaker, run_protected
+from tradeflow.engine.validation import parse_workflow
+
+__all__ = ["NodePlan", "Observer", "Plan", "RunOutcome", "run_plan"]
+
+HaltError = EmergencyHalted | RiskLimitExceeded
+
+
+@dataclass(frozen=True, slots=True)
+class NodePlan:
+    """Everything the runner needs about one block, computed once per workflow."""
+
+    block: Block
+    spec: NodeSpec
+    wires: tuple[tuple[str, str, str], ...]
+    """``(input_name, upstream_id, output_name)`` for each wired input."""
+    downstream: tuple[str, ...]
+    upstream: tuple[str, ...]
+    position: int
+    """Index in the topological order."""
+    is_action: bool
+    does_io: bool
+    """An action or an external call: the observer is told before it starts."""
+    protected: bool
+    """The config asks for a timeout, retry or breaker."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A workflow ready to run many times."""
+
+    workflow: Workflow
+    nodes: dict[str, NodePlan]
+    order: tuple[str, ...]
+
+    @classmethod
+    def of(cls, definition: Mapping[str, Any] | Workflow | Plan, registry: NodeRegistry) -> Plan:
+        """The plan of a definition (validated here), of a validated workflow, or itself."""
+        if isinstance(definition, Plan):
+            return definition
+        workflow = (
+            definition
+            if isinstance(definition, Workflow)
+            else parse_workflow(definition, registry=registry)
+        )
+        return cls.build(workflow, registry)
+
+    @classmethod
+    def build(cls, workflow: Workflow, registry: NodeRegistry) -> Plan:
+        nodes: dict[str, NodePlan] = {}
+        for position, block in enumerate(workflow.blocks):
+            spec = registry.get(block.category, block.type)
+            if spec is None:  # validation already rejects this; guard a registry swapped since
+                raise TradeflowError(f"node type {block.category}/{block.type} is not registered")
+            config = block.config
+            if config.circuit_breaker is None and spec.breaker is not None:
+                # Every external dependency gets a named breaker, asked for or not.
+                config = replace(
+                    config, circuit_breaker=BreakerConfig(name=spec.breaker(block.properties))
+                )
+                block = replace(block, config=config)
+            nodes[block.id] = NodePlan(
+                block=block,
+                spec=spec,
+                wires=tuple((name, ref.block_id, ref.output) for name, ref in block.inputs.items()),
+                downstream=workflow.downstream.get(block.id, ()),
+                upstream=workflow.upstream.get(block.id, ()),
+                position=position,
+                is_action=block.category == "actions",
+                does_io=block.category == "actions" or spec.breaker is not None,
+                protected=(
+                    config.timeout is not None
+                    or config.retry is not None
+                    or config.circuit_breaker is not None
+                ),
+            )
+        return cls(workflow=workflow, nodes=nodes, order=tuple(b.id for b in workflow.blocks))
+
+
+class Observer(Protocol):
+    """What the enhanced executor adds around the runner (all optional to the base one)."""
+
+    async def before_io(self, node: NodePlan) -> None:
+        """Before an action or external call: persist progress; for an action, first record
+        the write-ahead intent."""
+        ...
+
+    def guard_action(self, node: NodePlan) -> None:
+        """Right before each attempt of an action: raise ``EmergencyHalted`` if trading is
+        halted (or the halt state cannot be confirmed)."""
+        ...
+
+    def node_started(self, node: NodePlan) -> None: ...
+
+    def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None: ...
+
+    def node_skipped(self, node: NodePlan, reason: str) -> None: ...
+
+    def node_failed(self, node: NodePlan, error: BaseException, seconds: float) -> None: ...
+
+    def node_retrying(
+        self, node: NodePlan, attempt: int, error: BaseException, wait: float
+    ) -> None: ...
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    """What one run produced; the executors turn it into the result dict."""
+
+    status: ExecutionStatus
+    results: dict[str, dict[str, Any]]
+    errors: dict[str, str]
+    skipped: list[str]
+    halt: HaltError | None = None
+    error: str | None = None
+
+
+class _Runner:
+    __slots__ = (
+        "breakers",
+        "cancelled",
+        "clock",
+        "ctx",
+        "errors",
+        "failure",
+        "gated",
+        "halt",
+        "max_concurrency",
+        "observer",
+        "plan",
+        "results",
+        "skipped",
+        "skipped_ids",
+    )
+
+    def __init__(
+        self,
+        plan: Plan,
+        ctx: ExecutionContext,
+        *,
+        clock: Clock,
+        breakers: BreakerRegistry,
+        observer: Observer | None,
+        max_concurrency: int,
+        cancelled: asyncio.Event,
+    ) -> None:
+        self.plan = plan
+        self.ctx = ctx
+        self.clock = clock
+        self.breakers = breakers
+        self.observer = observer
+        self.max_concurrency = max_concurrency
+        self.cancelled = cancelled
+        self.results: dict[str, dict[str, Any]] = {}
+        self.errors: dict[str, str] = {}
+        self.skipped: list[str] = []
+        self.skipped_ids: set[str] = set()
+        self.gated: set[str] = set()
+        """Completed nodes whose gate output is false."""
+        self.halt: HaltError | None = None
+        self.failure: str | None = None
+
+    async def run(self, restored: Mapping[str, Checkpoint]) -> RunOutcome:
+        nodes = self.plan.nodes
+        waiting = {node_id: len(n.upstream) for node_id, n in nodes.items()}
+        ready: list[tuple[int, str]] = []
+        for node_id in self.plan.order:
+            if waiting[node_id] == 0:
+                heapq.heappush(ready, (nodes[node_id].position, node_id))
+        queued: deque[NodePlan] = deque()
+        """Ready nodes that call out, waiting for a concurrency slot."""
+        running: dict[asyncio.Task[None], NodePlan] = {}
+        try:
+            while True:
+                while ready and self._may_start():
+                    node = nodes[heapq.heappop(ready)[1]]
+                    if self._admit(node, restored.get(node.block.id)) is not None:
+                        self._release(node, waiting, ready)
+                    elif node.spec.pure:
+                        await self._run_node(node)
+                        self._release(node, waiting, ready)
+                    else:
+                        queued.append(node)
+                if not self._may_start():
+                    queued.clear()
+                if len(queued) == 1 and not running:
+                    node = queued.popleft()
+                    await self._run_node(node)
+                    self._release(node, waiting, ready)
+                    continue
+                while queued and len(running) < self.max_concurrency:
+                    node = queued.popleft()
+                    running[asyncio.create_task(self._run_node(node))] = node
+                if not running:
+                    if ready and self._may_start():
+                        continue
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    node = running.pop(task)
+                    task.result()
+                    self._release(node, waiting, ready)
+        except BaseException:
+            for task in running:
+                task.cancel()
+            if running:
+                await asyncio.wait(running)
+            raise
+        return self._outcome()
+
+    def _may_start(self) -> bool:
+        return self.halt is None and self.failure is None and not self.cancelled.is_set()
+
+    def _admit(self, node: NodePlan, checkpoint: Checkpoint | None) -> str | None:
+        """Decide whether ``node`` runs: returns why it does not, or None to run it."""
+        for upstream_id in node.upstream:
+            was_skipped = upstream_id in self.skipped_ids
+            if was_skipped or (upstream_id in self.gated and not node.spec.accepts_gates):
+                reason = (
+                    f"upstream {upstream_id!r} was skipped"
+                    if was_skipped
+                    else f"upstream {upstream_id!r} did not pass"
+                )
+                self._skip(node.block.id)
+                if self.observer is not None:
+                    self.observer.node_skipped(node, reason)
+                return reason
+        if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETED:
+            self._record_outputs(node, checkpoint.outputs or {})
+            return "restored"
+        if checkpoint is not None and checkpoint.state is CheckpointState.SKIPPED:
+            self._skip(node.block.id)
+            return "restored"
+        return None
+
+    def _skip(self, node_id: str) -> None:
+        self.skipped.append(node_id)
+        self.skipped_ids.add(node_id)
+
+    def _release(
+        self, node: NodePlan, waiting: dict[str, int], ready: list[tuple[int, str]]
+    ) -> None:
+        nodes = self.plan.nodes
+        for downstream_id in node.downstream:
+            waiting[downstream_id] -= 1
+            if waiting[downstream_id] == 0:
+                heapq.heappush(ready, (nodes[downstream_id].position, downstream_id))
+
+    def _record_outputs(self, node: NodePlan, outputs: dict[str, Any]) -> None:
+        self.results[node.block.id] = outputs
+        gate = node.spec.gate
+        if gate is not None and not outputs.get(gate):
+            self.gated.add(node.block.id)
+
+    async def _run_node(self, node: NodePlan) -> None:
+        block = node.block
+        results = self.results
+        inputs = {name: results[src][out] for name, src, out in node.wires}
+        observer = self.observer
+        started = self.clock.monotonic() if observer is not None else 0.0
+        try:
+            if observer is not None:
+                if node.does_io:
+                    await observer.before_io(node)
+                observer.node_started(node)
+            if node.protected:
+                outputs = await self._run_protected(node, inputs)
+            else:
+                if node.is_action and observer is not None:
+                    observer.guard_action(node)
+                outputs = await node.spec.run(self.ctx, block, inputs)
+            for name in block.outputs:
+                if name not in outputs:
+                    raise TradeflowError(
+                        f"node type {block.category}/{block.type} returned no value for "
+                        f"declared output {name!r}"
+                    )
+        except (EmergencyHalted, RiskLimitExceeded) as halt:
+            self._fail(node, halt, started)
+            if self.halt is None:
+                self.halt = halt
+            return
+        except Exception as exc:
+            self._fail(node, exc, started)
+            if self.failure is None:
+                self.failure = str(NodeExecutionError(block.id, block.type, exc))
+            return
+        self._record_outputs(node, outputs)
+        if observer is not None:
+            observer.node_completed(node, outputs, self.clock.monotonic() - started)
+
+    def _fail(self, node: NodePlan, error: BaseException, started: float) -> None:
+        self.errors[node.block.id] = describe(error)
+        if self.observer is not None:
+            self.observer.node_failed(node, error, self.clock.monotonic() - started)
+
+    async def _run_protected(self, node: NodePlan, inputs: dict[str, Any]) -> dict[str, Any]:
+        config = node.block.config
+        breaker: CircuitBreaker | None = (
+            self.breakers.get(config.circuit_breaker) if config.circuit_breaker else None
+        )
+        observer = self.observer
+
+        def on_retry(attempt: int, error: BaseException, wait: float) -> None:
+            if observer is not None:
+                observer.node_retrying(node, attempt, error, wait)
+
+        guard = observer.guard_action if node.is_action and observer is not None else None
+
+        async def attempt() -> dict[str, Any]:
+            # Every attempt of an action asks again: a halt during a retry's back-off
+            # must stop the retry.
+            if guard is not None:
+                guard(node)
+            return await node.spec.run(self.ctx, node.block, inputs)
+
+        return await run_protected(
+            attempt,
+            node_id=node.block.id,
+            config=config,
+            breaker=breaker,
+            on_retry=on_retry,
+        )
+
+    def _outcome(self) -> RunOutcome:
+        if self.halt is not None:
+            status = ExecutionStatus.HALTED
+            error: str | None = describe(self.halt)
+        elif self.failure is not None:
+            status, error = ExecutionStatus.FAILED, self.failure
+        elif self.cancelled.is_set() and len(self.results) + len(self.skipped) < len(
+            self.plan.nodes
+        ):
+            status, error = ExecutionStatus.CANCELLED, "execution cancelled"
+        else:
+            status, error = ExecutionStatus.COMPLETED, None
+        return RunOutcome(
+            status=status,
+            results=self.results,
+            errors=self.errors,
+            skipped=self.skipped,
+            halt=self.halt,
+            error=error,
+        )
+
+
+async def run_plan(
+    plan: Plan,
+    ctx: ExecutionContext,
+    *,
+    clock: Clock,
+    breakers: BreakerRegistry,
+    observer: Observer | None = None,
+    max_concurrency: int = 16,
+    cancelled: asyncio.Event | None = None,
+    restored: Mapping[str, Checkpoint] | None = None,
+) -> RunOutcome:
+    """Run ``plan`` once; ``restored`` checkpoints (resume) are not run again."""
+    runner = _Runner(
+        plan,
+        ctx,
+        clock=clock,
+        breakers=breakers,
+        observer=observer,
+        max_concurrency=max_concurrency,
+        cancelled=cancelled if cancelled is not None else asyncio.Event(),
+    )
+    return await runner.run(restored or {})

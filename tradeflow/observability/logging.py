@@ -1,0 +1,72 @@
+"""structlog set-up: JSON lines in production, a readable console in development.
+
+Executions bind ``correlation_id``, ``execution_id`` and ``workflow_id`` through
+``structlog.contextvars``, so every line logged while one runs carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure_logging", "get_logger"]
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
+
+
+def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None = None) -> None:
+    """Configure structlog process-wide (idempotent; the last call wins)."""
+    try:
+        numeric = _LEVELS[level.lower()]
+    except KeyError:
+        from tradeflow.domain.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"log level must be one of {sorted(_LEVELS)}, found {level!r}"
+        ) from None
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json:
+        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=(
+            structlog.PrintLoggerFactory(stream) if stream is not None else _StderrLogger
+        ),
+        cache_logger_on_first_use=False,
+    )
+
+
+class _StderrLogger:
+    """Writes to whatever ``sys.stderr`` is at the time of the call (a test harness or a
+    daemon may swap it after logging was configured)."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = msg
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound with ``component=<name>``; it follows later :func:`configure_logging`
+    calls (a lazy proxy, resolved at each use)."""
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger(component=name)
+    return logger

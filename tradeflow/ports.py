@@ -1,0 +1,216 @@
+"""The ports the engine depends on.
+
+Embedded adapters (in-process bus, SQLite, local controller) and remote
+adapters (NATS, gRPC clients) implement the same protocols; one contract test
+suite runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from tradeflow.domain.records import (
+    AuditEntry,
+    Checkpoint,
+    Event,
+    ExecutionPage,
+    ExecutionQuery,
+    ExecutionRecord,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+    StateBatch,
+)
+from tradeflow.domain.trading import Order, OrderRequest, Quote
+
+__all__ = [
+    "EmergencyControl",
+    "EventBus",
+    "EventHandler",
+    "Exchange",
+    "PriceFeed",
+    "StateStore",
+    "Subscription",
+]
+
+EventHandler = Callable[[dict[str, Any]], Awaitable[None]]
+"""A subscriber: receives the contract's event dict (treat it as read-only)."""
+
+
+class Subscription(Protocol):
+    """Handle returned by :meth:`EventBus.subscribe`."""
+
+    @property
+    def dropped(self) -> int:
+        """Events this subscriber lost because its buffer was full."""
+        ...
+
+
+class EventBus(Protocol):
+    """Publishes events to subscribers without ever blocking the publisher."""
+
+    def publish(self, event: Event) -> None:
+        """Queue ``event`` for delivery; never blocks, never raises."""
+        ...
+
+    async def subscribe(self, topic: str, handler: EventHandler) -> Subscription:
+        """Deliver every event of ``topic`` (``"workflow_events"``) to ``handler``."""
+        ...
+
+    async def unsubscribe(self, subscription: Subscription) -> None:
+        """Stop delivering to a subscriber."""
+        ...
+
+    async def close(self) -> None:
+        """Deliver what is queued (bounded wait), then stop."""
+        ...
+
+
+class StateStore(Protocol):
+    """Durable executions, per-node checkpoints and event history."""
+
+    async def write(self, batch: StateBatch) -> None:
+        """Persist ``batch`` atomically: all of it or none of it."""
+        ...
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord:
+        """The record of one execution; raises ``ExecutionNotFound``."""
+        ...
+
+    async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
+        """The execution created for an idempotency key, if any."""
+        ...
+
+    async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
+        """Executions matching ``query``, newest first, one page."""
+        ...
+
+    async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
+        """The latest checkpoint of each node of an execution."""
+        ...
+
+    async def read_events(
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+    ) -> Sequence[tuple[int, Event]]:
+        """History: ``(cursor, event)`` pairs with cursor > ``after``, oldest first."""
+        ...
+
+    async def close(self) -> None:
+        """Flush and release the store."""
+        ...
+
+
+class EmergencyControl(Protocol):
+    """Halt/resume by scope, risk limits, and the pre-action check."""
+
+    def ensure_trading_allowed(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> None:
+        """Raise ``EmergencyHalted`` if any halt covers these ids, or if the current
+        state cannot be confirmed (fail closed). Reads a local view: no round trip."""
+        ...
+
+    def active_halt(
+        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
+    ) -> HaltState | None:
+        """The most restrictive halt covering these ids, if any."""
+        ...
+
+    async def halt(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> HaltState:
+        """Halt trading for ``scope``/``target``."""
+        ...
+
+    async def resume(
+        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+    ) -> bool:
+        """Lift the halt on ``scope``/``target``; False if there was none."""
+        ...
+
+    async def halts(self) -> list[HaltState]:
+        """Every active halt."""
+        ...
+
+    async def check_risk_limit(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None = None,
+        auto_halt: bool = True,
+        *,
+        workflow_id: str | None = None,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+    ) -> None:
+        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (threshold
+        given, or the configured one), halting globally first when ``auto_halt``."""
+        ...
+
+    async def set_risk_limit(
+        self,
+        limit_type: str,
+        threshold: float,
+        direction: LimitDirection | None = None,
+        *,
+        auto_halt: bool = True,
+        actor: str = "unknown",
+    ) -> RiskLimit:
+        """Configure a limit (direction defaults to the known one for the type)."""
+        ...
+
+    async def list_risk_limits(self) -> list[RiskLimit]:
+        """Every configured limit."""
+        ...
+
+    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+        """Newest audit entries first."""
+        ...
+
+    async def close(self) -> None:
+        """Release resources."""
+        ...
+
+
+class Exchange(Protocol):
+    """A trading venue (or a router over several)."""
+
+    async def place_order(self, request: OrderRequest) -> Order:
+        """Place an order. Placing the same ``client_order_id`` again returns the
+        existing order and trades nothing. Raises ``OrderRejected``."""
+        ...
+
+    async def cancel_order(self, venue: str, client_order_id: str) -> Order:
+        """Cancel an open order; cancelling a finished order returns it unchanged.
+        Raises ``OrderRejected`` for an unknown order."""
+        ...
+
+    async def get_order(self, venue: str, client_order_id: str) -> Order | None:
+        """The order placed with this client order id, if any."""
+        ...
+
+    async def position(self, venue: str, symbol: str) -> float:
+        """Net base-asset position (negative when short)."""
+        ...
+
+    async def balances(self, venue: str) -> dict[str, float]:
+        """Asset -> free balance."""
+        ...
+
+    async def realized_pnl_today(self) -> float:
+        """Realized P&L (in quote currency) of today's fills (UTC day), all venues."""
+        ...
+
+
+class PriceFeed(Protocol):
+    """Where ``price_feed`` nodes and the paper exchange read prices."""
+
+    async def quote(self, venue: str, symbol: str) -> Quote:
+        """The next quote for ``symbol`` on ``venue``."""
+        ...
+
+    def last_quote(self, venue: str, symbol: str) -> Quote | None:
+        """The quote most recently returned by :meth:`quote`, if any."""
+        ...
