@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tradeflow.adapters.sqlite import database as sqlite_module
+from tradeflow.adapters.sqlite import state
 from tradeflow.adapters.sqlite.database import DB_SCHEMA_VERSION, WriteTransaction, open_database
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.domain.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
@@ -26,8 +28,6 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.adapters.sqlite import database as sqlite_module
-from tradeflow.adapters.sqlite import state
 
 DEFINITION: dict[str, Any] = {
     "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]

@@ -59,6 +59,7 @@ __all__ = [
     "EmergencyStore",
     "HaltKey",
     "LocalEmergencyController",
+    "LocalRiskChecker",
     "RiskLimitExceeded",
     "SQLiteEmergencyStore",
 ]
@@ -663,3 +664,26 @@ def _comparison(direction: LimitDirection, value: float, threshold: float) -> st
 
 def _halt_data(scope: Scope, target: str | None, reason: str, actor: str) -> dict[str, Any]:
     return {"scope": scope.value, "target": target, "reason": reason, "actor": actor}
+
+
+class LocalRiskChecker:
+    """Risk checks without an emergency controller: a breach raises, nothing halts."""
+
+    async def check_risk_limit(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None = None,
+        auto_halt: bool = True,
+        *,
+        workflow_id: str | None = None,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+    ) -> None:
+        direction = DEFAULT_DIRECTIONS.get(limit_type)
+        if direction is None:
+            raise InvalidRequest("limit_type", f"one of {sorted(DEFAULT_DIRECTIONS)}", limit_type)
+        if threshold is None:
+            raise InvalidRequest("threshold", "a number (no configured limits here)", threshold)
+        if direction.breached(value, threshold):
+            raise RiskLimitExceeded(limit_type, value, threshold, halted=False)

@@ -19,9 +19,9 @@ from typing import Any
 from tradeflow.adapters.memory.paper import PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
-from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
+from tradeflow.domain.errors import EmergencyHalted, RiskLimitExceeded
 from tradeflow.domain.records import ExecutionStatus, rfc3339
-from tradeflow.engine.emergency import DEFAULT_DIRECTIONS
+from tradeflow.engine.emergency import LocalRiskChecker
 from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes import default_registry
 from tradeflow.engine.nodes.registry import ExecutionContext, HttpPool, NodeRegistry
@@ -31,29 +31,6 @@ from tradeflow.observability.logging import get_logger
 from tradeflow.ports import Exchange, PriceFeed
 
 __all__ = ["WorkflowExecutor", "build_result", "raise_if_halted"]
-
-
-class LocalRiskChecker:
-    """Risk checks without an emergency controller: a breach raises, nothing halts."""
-
-    async def check_risk_limit(
-        self,
-        limit_type: str,
-        value: float,
-        threshold: float | None = None,
-        auto_halt: bool = True,
-        *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
-    ) -> None:
-        direction = DEFAULT_DIRECTIONS.get(limit_type)
-        if direction is None:
-            raise InvalidRequest("limit_type", f"one of {sorted(DEFAULT_DIRECTIONS)}", limit_type)
-        if threshold is None:
-            raise InvalidRequest("threshold", "a number (no configured limits here)", threshold)
-        if direction.breached(value, threshold):
-            raise RiskLimitExceeded(limit_type, value, threshold, halted=False)
 
 
 class WorkflowExecutor:
