@@ -22,6 +22,7 @@ import grpc
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.app.devstack import Stack
+from tradeflow.domain.emergency import ScopeIds
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as epb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc as epb_grpc
@@ -65,12 +66,9 @@ async def execute_figures(address: str, clients: int, per_client: int) -> str:
 
 
 async def _until(view: RemoteEmergencyControl, *, halted: bool) -> None:
-    # Spin on the hot-path check itself, yielding to the loop so the pushed snapshot can
-    # land: measuring when the check flips is the point, so there is no event to await.
-    while (  # noqa: ASYNC110
-        view.active_halt(workflow_id=None, bot_id="bench-bot", strategy_id=None) is None
-    ) == halted:
-        await asyncio.sleep(0)
+    # The hot-path check itself, asked again each time the view installs a snapshot.
+    while (view.active_halt(ScopeIds(bot_id="bench-bot")) is None) == halted:
+        await view.wait_for_change()
 
 
 async def halt_figures(address: str, rounds: int, views: int) -> str:

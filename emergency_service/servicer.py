@@ -3,14 +3,15 @@
 Requests become controller calls here: enums are checked (``InvalidRequest``
 naming ``scope`` or ``direction``), unset optionals become ``None`` or their
 documented default. Every other rule (targets, reasons, finite numbers, what a
-breach does, auditing, publishing) is the controller's.
+breach does, auditing, publishing) is the domain's and the controller's, and
+every error becomes a status code in the server's interceptor.
 
-- A state the controller cannot confirm is reported as ``UNAVAILABLE`` (the
-  controller raises ``EmergencyHalted`` for it, which is the answer the
-  pre-action check wants, not a caller of this service).
+- The state is read with ``snapshot()``: one the controller cannot confirm is
+  ``UnavailableError`` (``UNAVAILABLE``), not the pre-action check's ``EmergencyHalted``.
 - A risk breach is a result (``breached``), not an error.
-- Mutating calls pass through a :class:`RequestLog`: a repeated ``request_id``
-  gets the first answer back and acts (and audits) once.
+- Mutating calls pass through a
+  :class:`~tradeflow.adapters.redis.emergency.RedisRequestLog`: a repeated
+  ``request_id`` gets the first answer back and acts (and audits) once.
 - ``WatchState`` sends the current snapshot, then one per change, and resends
   the current one every ``heartbeat`` seconds while nothing changes, so a
   watcher can bound how stale its view is. It ends with ``UNAVAILABLE`` once the
@@ -20,31 +21,19 @@ breach does, auditing, publishing) is the controller's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Final, Protocol, TypeVar
+from collections.abc import AsyncIterator
+from typing import Final
 
 import grpc
-from google.protobuf.message import Message
 
 from tradeflow.adapters.grpc import wire
-from tradeflow.adapters.redis.emergency import RedisEmergencyController
-from tradeflow.domain.errors import (
-    EmergencyHalted,
-    InvalidRequest,
-    RiskLimitExceeded,
-    UnavailableError,
-)
-from tradeflow.domain.records import LimitDirection
-from tradeflow.engine.emergency import (
-    DEFAULT_DIRECTIONS,
-    MAX_AUDIT_PAGE,
-    EmergencySnapshot,
-)
+from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
+from tradeflow.domain.emergency import MAX_AUDIT_PAGE, EmergencySnapshot, assess_limit
+from tradeflow.domain.errors import InvalidRequest
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
-__all__ = ["DEFAULT_AUDIT_PAGE", "SERVICE_NAME", "EmergencyServicer", "RequestLog"]
+__all__ = ["DEFAULT_AUDIT_PAGE", "SERVICE_NAME", "EmergencyServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
 
@@ -52,31 +41,12 @@ DEFAULT_AUDIT_PAGE: Final = 100
 """Entries per ``ListAuditEntries`` call when the request leaves ``limit`` at 0."""
 _UNKNOWN_ACTOR: Final = "unknown"
 
-M = TypeVar("M", bound=Message)
-
-
-class RequestLog(Protocol):
-    """Remembers the answers to mutating requests by ``request_id``."""
-
-    async def once(
-        self,
-        method: str,
-        request_id: str,
-        run: Callable[[], Awaitable[M]],
-        response_type: type[M],
-    ) -> M:
-        """``run()``'s answer; for an id seen before, the first answer, without running.
-
-        An empty ``request_id`` always runs.
-        """
-        ...
-
 
 class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     """Translates each RPC to calls on ``controller``."""
 
     def __init__(
-        self, controller: RedisEmergencyController, requests: RequestLog, *, heartbeat: float
+        self, controller: RedisEmergencyController, requests: RedisRequestLog, *, heartbeat: float
     ) -> None:
         self._controller = controller
         self._requests = requests
@@ -118,37 +88,20 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def GetState(
         self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStateResponse:
-        return pb.GetStateResponse(state=_state_message(self._state()))
+        return pb.GetStateResponse(state=_state_message(self._controller.snapshot()))
 
     async def CheckRiskLimit(
         self, request: pb.CheckRiskLimitRequest, context: grpc.aio.ServicerContext
     ) -> pb.CheckRiskLimitResponse:
-        limit_type = request.limit_type
         threshold = request.threshold if request.HasField("threshold") else None
         auto_halt = request.auto_halt if request.HasField("auto_halt") else True
-        ids = {
-            name: getattr(request, name) if request.HasField(name) else None
-            for name in ("workflow_id", "bot_id", "strategy_id")
-        }
 
         async def run() -> pb.CheckRiskLimitResponse:
-            try:
-                with _confirmed():
-                    await self._controller.check_risk_limit(
-                        limit_type, request.value, threshold, auto_halt, **ids
-                    )
-            except RiskLimitExceeded as breach:
-                _, direction = self._limit_terms(limit_type, breach.threshold)
-                return pb.CheckRiskLimitResponse(
-                    breached=True,
-                    halted=breach.halted,
-                    threshold=breach.threshold,
-                    direction=wire.LIMIT_DIRECTION.to_proto(direction),
-                )
-            used, direction = self._limit_terms(limit_type, threshold)
-            return pb.CheckRiskLimitResponse(
-                breached=False, threshold=used, direction=wire.LIMIT_DIRECTION.to_proto(direction)
-            )
+            limits = self._controller.snapshot().limits
+            verdict = assess_limit(limits, request.limit_type, request.value, threshold, auto_halt)
+            if verdict.breached:
+                await self._controller.breached(verdict, wire.scope_ids_from_proto(request))
+            return wire.limit_verdict_to_proto(verdict)
 
         return await self._requests.once(
             "CheckRiskLimit", request.request_id, run, pb.CheckRiskLimitResponse
@@ -176,7 +129,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def ListRiskLimits(
         self, request: pb.ListRiskLimitsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRiskLimitsResponse:
-        limits = self._state().limit_list()
+        limits = self._controller.snapshot().limit_list()
         return pb.ListRiskLimitsResponse(limits=[wire.risk_limit_to_proto(x) for x in limits])
 
     async def ListAuditEntries(
@@ -194,7 +147,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def WatchState(
         self, request: pb.WatchStateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchStateResponse]:
-        snapshot = self._state()
+        snapshot = self._controller.snapshot()
         yield pb.WatchStateResponse(state=_state_message(snapshot))
         version = snapshot.version
         drained = asyncio.ensure_future(self._draining.wait())
@@ -214,7 +167,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                     change.result()  # a closed store raises UnavailableError here
                     change = None
                 # The current, confirmed state: after a change, or as the heartbeat.
-                snapshot = self._state()
+                snapshot = self._controller.snapshot()
                 if snapshot.version != version:
                     version = snapshot.version
                     if change is not None:
@@ -225,31 +178,6 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             drained.cancel()
             if change is not None:
                 change.cancel()
-
-    def _state(self) -> EmergencySnapshot:
-        with _confirmed():
-            return self._controller.state()
-
-    def _limit_terms(
-        self, limit_type: str, threshold: float | None
-    ) -> tuple[float, LimitDirection]:
-        """The threshold and direction a check that got past validation compared with."""
-        configured = self._state().limits.get(limit_type)
-        if configured is None:
-            # Validation passed without a configured limit: the type has a default
-            # direction and the request gave the threshold.
-            assert threshold is not None
-            return threshold, DEFAULT_DIRECTIONS[limit_type]
-        return (configured.threshold if threshold is None else threshold), configured.direction
-
-
-@contextmanager
-def _confirmed() -> Iterator[None]:
-    """Report a state the controller cannot confirm as ``UnavailableError``."""
-    try:
-        yield
-    except EmergencyHalted as exc:
-        raise UnavailableError(exc.reason) from exc
 
 
 def _state_message(snapshot: EmergencySnapshot) -> pb.EmergencyState:

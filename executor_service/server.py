@@ -7,7 +7,6 @@ import grpc
 from executor_service.servicer import ExecutorServicer
 from tradeflow.adapters.grpc.config import ServiceConfig
 from tradeflow.adapters.grpc.server import Service
-from tradeflow.adapters.nats.bus import NatsEventBus
 from tradeflow.app.infrastructure import Infrastructure, Settings
 from tradeflow.app.manager import ExecutionManager
 from tradeflow.proto.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
@@ -18,7 +17,6 @@ __all__ = ["build"]
 async def build(config: ServiceConfig) -> Service:
     """The executor service: runs workflows on ``Infrastructure.create("production")``."""
     infra = await Infrastructure.create("production", settings=Settings.from_env("production"))
-    assert isinstance(infra.events, NatsEventBus)
     manager = ExecutionManager(infra)
     servicer = ExecutorServicer(manager, infra.events)
 

@@ -8,11 +8,11 @@ from typing import Any
 import grpc
 
 from tradeflow.adapters.grpc import wire
-from tradeflow.adapters.nats.bus import NatsEventBus
 from tradeflow.app.manager import ExecutionManager, ExecutionView, Submission
 from tradeflow.domain.errors import describe
 from tradeflow.domain.records import Event
 from tradeflow.observability.logging import get_logger
+from tradeflow.ports import EventBus
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 
@@ -43,7 +43,7 @@ def _execution(view: ExecutionView) -> Any:
 class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     """Serves the executor contract."""
 
-    def __init__(self, manager: ExecutionManager, bus: NatsEventBus) -> None:
+    def __init__(self, manager: ExecutionManager, bus: EventBus) -> None:
         self._manager = manager
         self._bus = bus
 

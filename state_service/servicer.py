@@ -31,8 +31,6 @@ __all__ = ["SERVICE_NAME", "StateServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["StateService"].full_name
 
-_DEFAULT_EVENTS_PAGE: Final = 1000
-"""Events per ``ReadEvents`` call when the request leaves ``limit`` at 0."""
 _NON_EMPTY: Final = "a non-empty string"
 
 M = TypeVar("M")
@@ -89,13 +87,20 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
             if request.HasField("execution_id")
             else None
         )
-        limit = _bounded("limit", request.limit, MAX_EVENTS_PAGE) or _DEFAULT_EVENTS_PAGE
+        # A limit left at 0 asks for a full page.
+        limit = _bounded("limit", request.limit, MAX_EVENTS_PAGE) or MAX_EVENTS_PAGE
         history = await self._store.read_events(
             after=request.after, execution_id=execution_id, limit=limit
         )
         return pb.ReadEventsResponse(
             events=[wire.history_event_to_proto(cursor, event) for cursor, event in history]
         )
+
+    async def GetLastSequence(
+        self, request: pb.GetLastSequenceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetLastSequenceResponse:
+        sequence = await self._store.last_sequence(_required("execution_id", request.execution_id))
+        return pb.GetLastSequenceResponse(sequence=sequence)
 
 
 def _required(field: str, value: str) -> str:

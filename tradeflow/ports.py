@@ -7,9 +7,11 @@ suite runs against both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from tradeflow.domain.codec import MAX_EVENTS_PAGE
+from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
@@ -63,6 +65,30 @@ class EventBus(Protocol):
         """Stop delivering to a subscriber."""
         ...
 
+    def replay(
+        self,
+        *,
+        after_sequence: int = 0,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+        workflow_id: str | None = None,
+        execution_id: str | None = None,
+    ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """``(stream_sequence, event_dict)`` of the events kept after ``after_sequence``,
+        oldest first, then live ones as they are published; resume by passing the last
+        sequence seen. Ends only when the bus closes.
+
+        Each given id must match; emergency events (about a scope, not a run) appear
+        only when no bot, strategy or workflow id is given. Raises ``InvalidRequest``
+        for a negative ``after_sequence`` and, on first iteration, ``UnavailableError``.
+        """
+        ...
+
+    async def last_sequence(self) -> int:
+        """The stream sequence of the newest event (0 if none): replaying after it
+        gives live events only."""
+        ...
+
     async def close(self) -> None:
         """Deliver what is queued (bounded wait), then stop."""
         ...
@@ -92,9 +118,14 @@ class StateStore(Protocol):
         ...
 
     async def read_events(
-        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
         """History: ``(cursor, event)`` pairs with cursor > ``after``, oldest first."""
+        ...
+
+    async def last_sequence(self, execution_id: str) -> int:
+        """The highest event ``sequence`` recorded for an execution (0 if none), where
+        its resumed run continues numbering."""
         ...
 
     async def close(self) -> None:
@@ -105,17 +136,13 @@ class StateStore(Protocol):
 class EmergencyControl(Protocol):
     """Halt/resume by scope, risk limits, and the pre-action check."""
 
-    def ensure_trading_allowed(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> None:
-        """Raise ``EmergencyHalted`` if any halt covers these ids, or if the current
+    def ensure_trading_allowed(self, ids: ScopeIds) -> None:
+        """Raise ``EmergencyHalted`` if any halt covers ``ids``, or if the current
         state cannot be confirmed (fail closed). Reads a local view: no round trip."""
         ...
 
-    def active_halt(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> HaltState | None:
-        """The most restrictive halt covering these ids, if any."""
+    def active_halt(self, ids: ScopeIds) -> HaltState | None:
+        """The most restrictive halt covering ``ids``, if any."""
         ...
 
     async def halt(
@@ -141,12 +168,11 @@ class EmergencyControl(Protocol):
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None:
         """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (threshold
-        given, or the configured one), halting globally first when ``auto_halt``."""
+        given, or the configured one), halting globally first when ``auto_halt``;
+        ``ids`` are those of the action checked (audited and published with a breach)."""
         ...
 
     async def set_risk_limit(

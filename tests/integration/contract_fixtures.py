@@ -35,9 +35,9 @@ from tradeflow.adapters.nats.bus import NatsEventBus
 from tradeflow.adapters.redis.emergency import RedisEmergencyController
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.domain.clock import new_id
-from tradeflow.engine.emergency import LocalEmergencyController
 from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
 __all__ = [

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable, Container
+from contextlib import aclosing
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import pytest
+from kit import eventually
 
+from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.errors import (
     EmergencyHalted,
     ExecutionNotFound,
@@ -320,15 +323,36 @@ async def test_read_events_in_cursor_order_filtered_by_execution(
     assert paged == list(a_history)
 
 
+async def test_last_sequence_is_the_highest_event_sequence_of_the_execution(
+    state_store: StateStore, uid: str
+) -> None:
+    """last_sequence gives an execution's highest event sequence across its writes (also
+    events written before its record), unmoved by later checkpoint-only writes or other
+    runs, and 0 without events."""
+    a = execution(f"{uid}-a", f"{uid}-wf")
+    b = execution(f"{uid}-b", f"{uid}-wf", started_at=BASE_TIME + 1)
+    assert await state_store.last_sequence(a.execution_id) == 0
+    await state_store.write(StateBatch(execution=a))
+    assert await state_store.last_sequence(a.execution_id) == 0
+
+    await state_store.write(StateBatch(events=(event(a, 1), event(a, 2))))
+    await state_store.write(StateBatch(execution=b, events=(event(b, 1), event(b, 7))))
+    await state_store.write(StateBatch(events=(event(a, 3, node_id="buy"),)))
+    await state_store.write(
+        StateBatch(checkpoints=(checkpoint(a, "buy", CheckpointState.COMPLETED),))
+    )
+
+    assert await state_store.last_sequence(a.execution_id) == 3
+    assert await state_store.last_sequence(b.execution_id) == 7
+    assert await state_store.last_sequence(f"{uid}-never-ran") == 0
+
+    early = execution(f"{uid}-c", f"{uid}-wf", started_at=BASE_TIME + 2)
+    await state_store.write(StateBatch(events=(event(early, 4),)))
+    await start(state_store, early)
+    assert await state_store.last_sequence(early.execution_id) == 4
+
+
 # -- emergency control ------------------------------------------------------------------
-
-
-class RunIds(TypedDict):
-    """The ids of an action, as the emergency checks take them."""
-
-    workflow_id: str | None
-    bot_id: str | None
-    strategy_id: str | None
 
 
 IdField = Literal["workflow_id", "bot_id", "strategy_id"]
@@ -340,28 +364,23 @@ SCOPE_ID: Final[dict[Scope, IdField]] = {
 """Which id of an action a halt of each scope names."""
 
 
-def run_ids(uid: str) -> RunIds:
+def run_ids(uid: str) -> ScopeIds:
     """The workflow, bot and strategy ids of a test's actions."""
-    return {"workflow_id": f"{uid}-wf", "bot_id": f"{uid}-bot", "strategy_id": f"{uid}-st"}
+    return ScopeIds(workflow_id=f"{uid}-wf", bot_id=f"{uid}-bot", strategy_id=f"{uid}-st")
 
 
-def target_of(scope: Scope, ids: RunIds) -> str | None:
+def target_of(scope: Scope, ids: ScopeIds) -> str | None:
     """The target a halt of ``scope`` covering ``ids`` names."""
-    return None if scope is Scope.GLOBAL else ids[SCOPE_ID[scope]]
+    return None if scope is Scope.GLOBAL else getattr(ids, SCOPE_ID[scope])
 
 
-def spared_ids(scope: Scope, ids: RunIds) -> list[RunIds]:
+def spared_ids(scope: Scope, ids: ScopeIds) -> list[ScopeIds]:
     """Ids a halt of ``scope`` covering ``ids`` does not cover: another id, or none, in the
     place of the one it names (a global halt spares nothing)."""
     if scope is Scope.GLOBAL:
         return []
     field = SCOPE_ID[scope]
-    spared = []
-    for other in (f"{ids[field]}-other", None):
-        variant = ids.copy()
-        variant[field] = other
-        spared.append(variant)
-    return spared
+    return [replace(ids, **{field: other}) for other in (f"{getattr(ids, field)}-other", None)]
 
 
 @pytest.mark.parametrize("scope", list(Scope))
@@ -382,22 +401,22 @@ async def test_halt_blocks_what_its_scope_covers_until_resumed(
     assert halt in await emergency.halts()
 
     await emergency_kit.caught_up(emergency)
-    assert emergency.active_halt(**ids) == halt
+    assert emergency.active_halt(ids) == halt
     with pytest.raises(EmergencyHalted) as caught:
-        emergency.ensure_trading_allowed(**ids)
+        emergency.ensure_trading_allowed(ids)
     assert (caught.value.reason, caught.value.scope, caught.value.target) == (
         "ops drill",
         scope.value,
         target,
     )
     for spared in spared_ids(scope, ids):
-        emergency.ensure_trading_allowed(**spared)
-        assert emergency.active_halt(**spared) is None
+        emergency.ensure_trading_allowed(spared)
+        assert emergency.active_halt(spared) is None
 
     assert await emergency.resume(scope, target, reason="drill over", actor="bob") is True
     await emergency_kit.caught_up(emergency)
-    emergency.ensure_trading_allowed(**ids)
-    assert emergency.active_halt(**ids) is None
+    emergency.ensure_trading_allowed(ids)
+    assert emergency.active_halt(ids) is None
     assert halt not in await emergency.halts()
     assert await emergency.resume(scope, target, reason="drill over", actor="bob") is False
 
@@ -414,13 +433,13 @@ async def test_active_halt_is_the_most_restrictive_covering_halt(
     }
     for scope in order:
         await emergency_kit.caught_up(emergency)
-        assert emergency.active_halt(**ids) == halts[scope]
+        assert emergency.active_halt(ids) == halts[scope]
         with pytest.raises(EmergencyHalted) as caught:
-            emergency.ensure_trading_allowed(**ids)
+            emergency.ensure_trading_allowed(ids)
         assert caught.value.reason == f"{scope} drill"
         assert await emergency.resume(scope, target_of(scope, ids), reason="lifted")
     await emergency_kit.caught_up(emergency)
-    assert emergency.active_halt(**ids) is None
+    assert emergency.active_halt(ids) is None
 
 
 async def test_repeated_halt_takes_the_new_reason_and_keeps_since(
@@ -429,13 +448,13 @@ async def test_repeated_halt_takes_the_new_reason_and_keeps_since(
     """Halting a halted target again updates reason and actor; the halt still dates from the
     first call."""
     ids = run_ids(uid)
-    first = await emergency.halt(Scope.WORKFLOW, ids["workflow_id"], reason="first", actor="a")
-    again = await emergency.halt(Scope.WORKFLOW, ids["workflow_id"], reason="second", actor="b")
+    first = await emergency.halt(Scope.WORKFLOW, ids.workflow_id, reason="first", actor="a")
+    again = await emergency.halt(Scope.WORKFLOW, ids.workflow_id, reason="second", actor="b")
     assert (again.reason, again.actor, again.since) == ("second", "b", first.since)
 
     await emergency_kit.caught_up(emergency)
-    assert emergency.active_halt(**ids) == again
-    assert [h for h in await emergency.halts() if h.target == ids["workflow_id"]] == [again]
+    assert emergency.active_halt(ids) == again
+    assert [h for h in await emergency.halts() if h.target == ids.workflow_id] == [again]
 
 
 async def test_halt_made_by_one_controller_stops_another(
@@ -444,16 +463,16 @@ async def test_halt_made_by_one_controller_stops_another(
     """Two controllers on the same state: a halt and a resume by one reach the other's view."""
     other = await emergency_kit.open()
     ids = run_ids(uid)
-    await emergency.halt(Scope.BOT, ids["bot_id"], reason="shared drill", actor="alice")
+    await emergency.halt(Scope.BOT, ids.bot_id, reason="shared drill", actor="alice")
 
     await emergency_kit.caught_up(other)
     with pytest.raises(EmergencyHalted) as caught:
-        other.ensure_trading_allowed(**ids)
+        other.ensure_trading_allowed(ids)
     assert caught.value.reason == "shared drill"
 
-    assert await other.resume(Scope.BOT, ids["bot_id"], reason="over", actor="bob")
+    assert await other.resume(Scope.BOT, ids.bot_id, reason="over", actor="bob")
     await emergency_kit.caught_up(emergency)
-    emergency.ensure_trading_allowed(**ids)
+    emergency.ensure_trading_allowed(ids)
 
 
 async def test_closed_controller_fails_closed(emergency_kit: EmergencyKit, uid: str) -> None:
@@ -461,7 +480,7 @@ async def test_closed_controller_fails_closed(emergency_kit: EmergencyKit, uid: 
     control = await emergency_kit.open()
     await control.close()
     with pytest.raises(EmergencyHalted):
-        control.ensure_trading_allowed(**run_ids(uid))
+        control.ensure_trading_allowed(run_ids(uid))
 
 
 @pytest.mark.parametrize(
@@ -485,7 +504,7 @@ async def test_breach_in_the_limit_types_direction_raises(
     auto_halt trading goes on."""
     ids = run_ids(uid)
     with pytest.raises(RiskLimitExceeded) as caught:
-        await emergency.check_risk_limit(limit_type, value, threshold, auto_halt=False, **ids)
+        await emergency.check_risk_limit(limit_type, value, threshold, auto_halt=False, ids=ids)
     breach = caught.value
     assert (breach.limit_type, breach.value, breach.threshold, breach.halted) == (
         limit_type,
@@ -494,7 +513,7 @@ async def test_breach_in_the_limit_types_direction_raises(
         False,
     )
     await emergency_kit.caught_up(emergency)
-    emergency.ensure_trading_allowed(**ids)
+    emergency.ensure_trading_allowed(ids)
 
 
 @pytest.mark.parametrize(
@@ -512,8 +531,8 @@ async def test_value_within_the_limit_passes(
     emergency: EmergencyControl, uid: str, limit_type: str, value: float, threshold: float
 ) -> None:
     """A value on the safe side of the threshold (or on it) is no breach."""
-    await emergency.check_risk_limit(limit_type, value, threshold, **run_ids(uid))
-    assert emergency.active_halt(**run_ids(uid)) is None
+    await emergency.check_risk_limit(limit_type, value, threshold, ids=run_ids(uid))
+    assert emergency.active_halt(run_ids(uid)) is None
 
 
 async def test_breach_with_auto_halt_halts_globally(
@@ -526,7 +545,7 @@ async def test_breach_with_auto_halt_halts_globally(
 
     await emergency_kit.caught_up(emergency)
     with pytest.raises(EmergencyHalted) as halted:
-        emergency.ensure_trading_allowed(**run_ids(uid))
+        emergency.ensure_trading_allowed(run_ids(uid))
     assert halted.value.scope == Scope.GLOBAL.value
     assert "max_order_notional" in halted.value.reason
     assert any(h.scope is Scope.GLOBAL for h in await emergency.halts())
@@ -659,7 +678,7 @@ async def test_bad_request_raises_invalid_request_naming_the_field(
     with pytest.raises(InvalidRequest) as caught:
         await call(emergency, uid)
     assert caught.value.field == field
-    assert emergency.active_halt(**run_ids(uid)) is None
+    assert emergency.active_halt(run_ids(uid)) is None
     assert all(limit.limit_type != f"custom_{uid}" for limit in await emergency.list_risk_limits())
 
 
@@ -764,3 +783,107 @@ async def test_publish_of_an_unencodable_event_neither_raises_nor_blocks_later_o
         while good.to_dict() not in inbox.items:
             await inbox.wait_for(len(inbox.items) + 1)
     assert inbox.items[-1] == good.to_dict()
+
+
+async def replayed_until(
+    event_bus: EventBus, last: Event, **filters: Any
+) -> list[tuple[int, dict[str, Any]]]:
+    """What a replay with ``filters`` yields, up to and including the event ``last``."""
+    items: list[tuple[int, dict[str, Any]]] = []
+    async with asyncio.timeout(HANG_GUARD_SECONDS), aclosing(event_bus.replay(**filters)) as stream:
+        async for sequence, item in stream:
+            items.append((sequence, item))
+            if item["event_id"] == last.event_id:
+                return items
+    raise AssertionError("the replay ended before the last event")
+
+
+async def test_replay_gives_published_events_after_a_sequence(
+    event_bus: EventBus, uid: str
+) -> None:
+    """Replay from last_sequence gives what was published since, in order, as contract dicts
+    under growing sequences; from one of those sequences it gives only the later ones."""
+    start = await event_bus.last_sequence()
+    events = bus_events(uid, 4)
+    for item in events:
+        event_bus.publish(item)
+
+    mine = await replayed_until(
+        event_bus, events[-1], after_sequence=start, workflow_id=f"{uid}-wf"
+    )
+    assert [item for _, item in mine] == [item.to_dict() for item in events]
+    sequences = [sequence for sequence, _ in mine]
+    assert sequences == sorted(set(sequences))
+    assert sequences[0] > start
+    assert await event_bus.last_sequence() >= sequences[-1]
+
+    rest = await replayed_until(
+        event_bus, events[-1], after_sequence=sequences[1], execution_id=f"{uid}-e"
+    )
+    assert rest == mine[2:]
+
+
+async def test_replay_follows_events_published_while_it_waits(
+    event_bus: EventBus, uid: str
+) -> None:
+    """A replay that has yielded everything kept waits for, then yields, what comes next."""
+    first, second = bus_events(uid, 2)
+    start = await event_bus.last_sequence()
+    event_bus.publish(first)
+    async with aclosing(event_bus.replay(after_sequence=start, execution_id=f"{uid}-e")) as stream:
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            _, item = await anext(stream)
+        assert item == first.to_dict()
+
+        live = asyncio.create_task(anext(stream))
+        await eventually(lambda: stream.ag_running, "the replay waits for the next event")
+        event_bus.publish(second)
+        async with asyncio.timeout(HANG_GUARD_SECONDS):
+            _, item = await live
+        assert item == second.to_dict()
+
+
+async def test_replay_filters_by_ids_and_keeps_scope_events_out_of_id_filters(
+    event_bus: EventBus, uid: str
+) -> None:
+    """Each id given must match; an emergency event (about a scope) appears in an unfiltered
+    replay only, even when it names the workflow."""
+    start = await event_bus.last_sequence()
+    mine = execution(f"{uid}-e", f"{uid}-wf", bot_id=f"{uid}-bot", strategy_id=f"{uid}-st")
+    other = execution(f"{uid}-o", f"{uid}-wf", bot_id=f"{uid}-bot2", strategy_id=f"{uid}-st")
+    halted = Event(
+        type=EventType.EMERGENCY_HALTED.value,
+        event_id=f"{uid}-halt",
+        sequence=1,
+        timestamp=BASE_TIME,
+        workflow_id=f"{uid}-wf",
+        data={"scope": "workflow", "target": f"{uid}-wf"},
+    )
+    published = [event(mine, 1), event(other, 1), halted, event(mine, 2)]
+    for item in published:
+        event_bus.publish(item)
+    last = published[-1]
+
+    def ids(items: list[tuple[int, dict[str, Any]]]) -> list[str]:
+        wanted = {item.event_id for item in published}
+        return [item["event_id"] for _, item in items if item["event_id"] in wanted]
+
+    everything = await replayed_until(event_bus, last, after_sequence=start)
+    assert ids(everything) == [item.event_id for item in published]
+    by_workflow = await replayed_until(
+        event_bus, last, after_sequence=start, workflow_id=f"{uid}-wf"
+    )
+    assert ids(by_workflow) == [f"{uid}-e-1", f"{uid}-o-1", f"{uid}-e-2"]
+    by_bot = await replayed_until(
+        event_bus, last, after_sequence=start, bot_id=f"{uid}-bot", strategy_id=f"{uid}-st"
+    )
+    assert ids(by_bot) == [f"{uid}-e-1", f"{uid}-e-2"]
+    by_run = await replayed_until(event_bus, last, after_sequence=start, execution_id=f"{uid}-e")
+    assert ids(by_run) == [f"{uid}-e-1", f"{uid}-e-2"]
+
+
+async def test_negative_replay_sequence_is_invalid_request(event_bus: EventBus) -> None:
+    """Replay after a negative sequence raises InvalidRequest naming after_sequence."""
+    with pytest.raises(InvalidRequest) as caught:
+        event_bus.replay(after_sequence=-1)
+    assert caught.value.field == "after_sequence"

@@ -9,6 +9,7 @@ import json
 import math
 import signal
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import cast
 
 import grpc
@@ -23,12 +24,14 @@ from emergency_fixtures import (
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from kit import ManualClock
 from nats.aio.msg import Msg
 from servers import ServerProcess, free_port
 
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
@@ -42,24 +45,11 @@ from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
-IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
-OTHER_BOT = {**IDS, "bot_id": "bot-2"}
+IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
+OTHER_BOT = replace(IDS, bot_id="bot-2")
 # Generous bound on waits for a condition: only there so a broken service fails the
 # test instead of hanging it.
 HANG_GUARD_SECONDS = 30
-
-
-class ManualClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
 
 
 @pytest_asyncio.fixture
@@ -94,27 +84,27 @@ async def test_halt_through_one_client_reaches_another_clients_local_view(
 ) -> None:
     """A halt made through one client shows in a second client's view; a resume lifts it."""
     ops, executor = await make_emergency_client(), await make_emergency_client()
-    assert executor.active_halt(**IDS) is None
+    assert executor.active_halt(IDS) is None
 
     halt = await ops.halt(Scope.BOT, "bot-1", reason="manual stop", actor="ops")
     async with asyncio.timeout(HANG_GUARD_SECONDS):
         await executor.wait_for_version()
 
     with pytest.raises(EmergencyHalted) as caught:
-        executor.ensure_trading_allowed(**IDS)
+        executor.ensure_trading_allowed(IDS)
     assert (caught.value.reason, caught.value.scope, caught.value.target) == (
         "manual stop",
         "bot",
         "bot-1",
     )
-    executor.ensure_trading_allowed(**OTHER_BOT)
-    assert executor.active_halt(**IDS) == halt
+    executor.ensure_trading_allowed(OTHER_BOT)
+    assert executor.active_halt(IDS) == halt
     assert await executor.halts() == [halt]
 
     assert await ops.resume(Scope.BOT, "bot-1", reason="fixed", actor="ops")
     async with asyncio.timeout(HANG_GUARD_SECONDS):
         await executor.wait_for_version()
-    executor.ensure_trading_allowed(**IDS)
+    executor.ensure_trading_allowed(IDS)
     assert await ops.resume(Scope.BOT, "bot-1", reason="again", actor="ops") is False
 
 
@@ -128,7 +118,7 @@ async def test_own_halt_is_in_the_local_view_when_the_call_returns(
     await client.halt(Scope.GLOBAL, reason="stop everything", actor="ops")
 
     with pytest.raises(EmergencyHalted, match="stop everything"):
-        client.ensure_trading_allowed(workflow_id=None, bot_id=None, strategy_id=None)
+        client.ensure_trading_allowed(NO_IDS)
 
 
 @pytest.mark.asyncio
@@ -148,7 +138,7 @@ async def test_risk_breach_is_a_result_that_halts_everyone(
     assert await risk.halts() == []
 
     with pytest.raises(RiskLimitExceeded) as caught:
-        await risk.check_risk_limit("daily_loss", -600.0, bot_id="bot-1")
+        await risk.check_risk_limit("daily_loss", -600.0, ids=ScopeIds(bot_id="bot-1"))
     assert (caught.value.value, caught.value.threshold, caught.value.halted) == (
         -600.0,
         -500.0,
@@ -156,7 +146,7 @@ async def test_risk_breach_is_a_result_that_halts_everyone(
     )
     async with asyncio.timeout(HANG_GUARD_SECONDS):
         await executor.wait_for_version()
-    halt = executor.active_halt(**OTHER_BOT)
+    halt = executor.active_halt(OTHER_BOT)
     assert halt is not None
     assert (halt.scope, halt.actor) == (Scope.GLOBAL, "risk:daily_loss")
 
@@ -171,7 +161,9 @@ async def test_every_change_is_audited_newest_first(
     await client.resume(Scope.STRATEGY, "strat-1", reason="news over", actor="bob")
     await client.set_risk_limit("max_position", 10.0, actor="carol")
     with pytest.raises(RiskLimitExceeded):
-        await client.check_risk_limit("max_position", -12.0, auto_halt=False, bot_id="bot-1")
+        await client.check_risk_limit(
+            "max_position", -12.0, auto_halt=False, ids=ScopeIds(bot_id="bot-1")
+        )
 
     entries = await client.audit_entries(limit=10)
 
@@ -227,17 +219,17 @@ async def test_state_survives_a_crash_and_views_fail_closed_until_it_is_back(
     """SIGKILL: the view refuses everything; after a restart the halt from Redis is back."""
     client = await make_emergency_client()
     await client.halt(Scope.BOT, "bot-1", reason="before crash", actor="ops")
-    client.ensure_trading_allowed(**OTHER_BOT)
+    client.ensure_trading_allowed(OTHER_BOT)
 
     emergency_service.process.kill()
     await until_unavailable(client)
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        client.ensure_trading_allowed(**OTHER_BOT)
+        client.ensure_trading_allowed(OTHER_BOT)
 
     await asyncio.to_thread(emergency_service.start)
     await until_available(client)
-    client.ensure_trading_allowed(**OTHER_BOT)
-    halt = client.active_halt(**IDS)
+    client.ensure_trading_allowed(OTHER_BOT)
+    halt = client.active_halt(IDS)
     assert halt is not None
     assert halt.reason == "before crash"
 
@@ -284,7 +276,7 @@ async def test_changes_are_published_on_nats_emergency_subjects(
         await client.halt(Scope.STRATEGY, "strat-ev", reason="news", actor="ops")
         await client.resume(Scope.STRATEGY, "strat-ev", reason="calm", actor="ops")
         with pytest.raises(RiskLimitExceeded):
-            await client.check_risk_limit("max_exposure", 2.0, 1.0, bot_id="bot-ev")
+            await client.check_risk_limit("max_exposure", 2.0, 1.0, ids=ScopeIds(bot_id="bot-ev"))
         async with asyncio.timeout(HANG_GUARD_SECONDS):
             messages = [await received.get() for _ in range(4)]
     finally:
@@ -375,7 +367,7 @@ async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
     assert code is grpc.StatusCode.OK
     assert exit_status == 0
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        client.ensure_trading_allowed(**IDS)
+        client.ensure_trading_allowed(IDS)
 
 
 @pytest.mark.asyncio
@@ -385,9 +377,9 @@ async def test_view_fails_closed_before_the_first_snapshot() -> None:
     client = await RemoteEmergencyControl.connect(address, wait_ready=False)
     try:
         with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-            client.ensure_trading_allowed(**IDS)
+            client.ensure_trading_allowed(IDS)
         with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-            client.active_halt(**IDS)
+            client.active_halt(IDS)
     finally:
         await client.close()
 
@@ -405,10 +397,10 @@ async def test_view_fails_closed_once_older_than_max_staleness(
         emergency_service.address, max_staleness=5.0, clock=clock
     )
     try:
-        client.ensure_trading_allowed(**IDS)
-        clock.now += 5.5
+        client.ensure_trading_allowed(IDS)
+        clock.advance(5.5)
         with pytest.raises(EmergencyHalted, match=r"for over 5\.0s"):
-            client.ensure_trading_allowed(**IDS)
+            client.ensure_trading_allowed(IDS)
         assert client.available is False
     finally:
         await client.close()

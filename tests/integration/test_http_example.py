@@ -12,7 +12,7 @@ import pytest
 from servers import free_port, wait_for_port
 
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

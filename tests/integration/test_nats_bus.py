@@ -217,27 +217,6 @@ async def test_events_land_on_documented_subjects_with_contract_json(
 
 
 @pytest.mark.asyncio
-async def test_replay_returns_captured_events_in_order_and_resumes(
-    bus: NatsEventBus, workflow_id: str
-) -> None:
-    """JetStream keeps the events: replay from 0 gives all in order, from a later
-    sequence only the rest."""
-    events = [make_event(workflow_id, n) for n in range(5)]
-    for event in events:
-        bus.publish(event)
-    assert await bus.flush(DEADLINE)
-
-    everything = await replayed(bus, 5, workflow_id=workflow_id)
-    assert [item["event_id"] for _, item in everything] == [e.event_id for e in events]
-    sequences = [seq for seq, _ in everything]
-    assert sequences == sorted(sequences)
-    assert everything[0][1] == events[0].to_dict()
-
-    rest = await replayed(bus, 3, after_sequence=sequences[1], workflow_id=workflow_id)
-    assert [item["event_id"] for _, item in rest] == [e.event_id for e in events[2:]]
-
-
-@pytest.mark.asyncio
 async def test_replay_follows_live_events_and_stops_cleanly(
     bus: NatsEventBus, workflow_id: str
 ) -> None:
@@ -264,23 +243,6 @@ async def test_replay_follows_live_events_and_stops_cleanly(
     await asyncio.wait((waiting,))
     assert waiting.cancelled()
     await stream.aclose()
-
-
-@pytest.mark.asyncio
-async def test_replay_filters_by_ids_and_execution(bus: NatsEventBus, workflow_id: str) -> None:
-    """bot/strategy/workflow filters run on the server, execution_id on the client."""
-    bus.publish(make_event(workflow_id, 1, bot_id="bot.a", execution_id="exec-a"))
-    bus.publish(make_event(workflow_id, 2, bot_id="bot.b", execution_id="exec-b"))
-    bus.publish(make_event(workflow_id, 3, bot_id="bot.a", execution_id="exec-b"))
-    bus.publish(make_event(workflow_id, 4, bot_id="bot.a", execution_id="exec-a"))
-    assert await bus.flush(DEADLINE)
-
-    by_bot = await replayed(bus, 3, bot_id="bot.a", workflow_id=workflow_id)
-    assert [item["sequence"] for _, item in by_bot] == [1, 3, 4]
-    by_run = await replayed(bus, 2, workflow_id=workflow_id, execution_id="exec-a")
-    assert [item["sequence"] for _, item in by_run] == [1, 4]
-    with pytest.raises(InvalidRequest):
-        bus.replay(after_sequence=-1)
 
 
 @pytest.mark.asyncio

@@ -24,10 +24,10 @@ from tradeflow.adapters.grpc import wire
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.records import ExecutionStatus, Scope
 from tradeflow.engine.emergency import EmergencyHalted
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 ENV = "production"
 

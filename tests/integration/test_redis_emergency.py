@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 import pytest_asyncio
@@ -13,13 +14,14 @@ import redis.asyncio as aioredis
 from servers import ServerProcess, free_port
 
 from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
 from tradeflow.domain.records import Event, LimitDirection, Scope
 from tradeflow.observability.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
-IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
+IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 # Generous bound on waits for a change: only there so a broken watcher fails the
 # test instead of hanging it.
 HANG_GUARD_SECONDS = 30
@@ -55,7 +57,7 @@ async def make_controller(
 
 
 def covered(controller: RedisEmergencyController, **ids: str | None) -> bool:
-    return controller.active_halt(**{**IDS, **ids}) is not None
+    return controller.active_halt(replace(IDS, **ids)) is not None
 
 
 @pytest.mark.parametrize(
@@ -82,7 +84,7 @@ async def test_each_scope_halts_only_what_it_covers(
         assert covered(view)
         assert not any(covered(view, **ids) for ids in free)
         with pytest.raises(EmergencyHalted) as caught:
-            view.ensure_trading_allowed(**IDS)
+            view.ensure_trading_allowed(IDS)
         assert (caught.value.scope, caught.value.target) == (scope.value, target)
 
 
@@ -101,12 +103,12 @@ async def test_most_restrictive_halt_wins(make_controller: Factory) -> None:
 
     reported = []
     for scope, target in halts:
-        halt = controller.active_halt(**IDS)
+        halt = controller.active_halt(IDS)
         reported.append(halt.scope if halt else None)
         assert await controller.resume(scope, target, reason="clear")
 
     assert reported == [Scope.GLOBAL, Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]
-    controller.ensure_trading_allowed(**IDS)
+    controller.ensure_trading_allowed(IDS)
 
 
 @pytest.mark.asyncio
@@ -173,7 +175,7 @@ async def test_waiting_for_a_change_wakes_on_a_halt_elsewhere(make_controller: F
         (Scope.STRATEGY, "strat-1", "desk call")
     ]
     with pytest.raises(EmergencyHalted, match="desk call"):
-        watcher.ensure_trading_allowed(**IDS)
+        watcher.ensure_trading_allowed(IDS)
 
 
 @pytest.mark.asyncio
@@ -186,14 +188,12 @@ async def test_risk_breach_is_audited_published_and_halts(make_controller: Facto
     await controller.set_risk_limit("daily_loss", -500.0, actor="risk-desk")
 
     with pytest.raises(RiskLimitExceeded) as caught:
-        await controller.check_risk_limit(
-            "daily_loss", -600.0, workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1"
-        )
+        await controller.check_risk_limit("daily_loss", -600.0, ids=IDS)
     await other.refresh()
 
     assert caught.value.halted
     with pytest.raises(EmergencyHalted) as halted:
-        other.ensure_trading_allowed(workflow_id="any", bot_id=None, strategy_id=None)
+        other.ensure_trading_allowed(ScopeIds(workflow_id="any"))
     assert (halted.value.scope, halted.value.reason) == (
         "global",
         "risk limit 'daily_loss' breached: value -600.0 < threshold -500.0",
@@ -248,7 +248,7 @@ async def test_fails_closed_without_redis() -> None:
         with pytest.raises(Exception, match="redis emergency store"):
             await controller.start()
         with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-            controller.ensure_trading_allowed(**IDS)
+            controller.ensure_trading_allowed(IDS)
     finally:
         await controller.close()
         await client.aclose()

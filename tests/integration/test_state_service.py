@@ -37,10 +37,10 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,8 @@ async def test_list_filters_and_pages_newest_first(state_client: StateClient) ->
 
 @pytest.mark.asyncio
 async def test_read_events_pages_past_one_call(state_client: StateClient) -> None:
-    """A limit larger than one service page returns every event, in order, with no gaps."""
+    """A limit larger than one service page returns every event, in order, with no gaps;
+    the last sequence comes in one call."""
     eid = new_id()
     total = MAX_EVENTS_PAGE * 2 + 7
     events = [event(eid, n) for n in range(1, total + 1)]
@@ -199,6 +200,7 @@ async def test_read_events_pages_past_one_call(state_client: StateClient) -> Non
     assert [e.sequence for _, e in history] == list(range(1, total + 1))
     limited = await state_client.read_events(execution_id=eid, limit=MAX_EVENTS_PAGE + 1)
     assert [e.sequence for _, e in limited] == list(range(1, MAX_EVENTS_PAGE + 2))
+    assert await state_client.last_sequence(eid) == total
 
 
 @pytest.mark.asyncio
@@ -317,6 +319,7 @@ BAD_REQUESTS = [
     ),
     ("ReadEvents", pb.ReadEventsRequest(limit=MAX_EVENTS_PAGE + 1), "limit"),
     ("ReadEvents", pb.ReadEventsRequest(execution_id=""), "execution_id"),
+    ("GetLastSequence", pb.GetLastSequenceRequest(), "execution_id"),
 ]
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import structlog
@@ -20,6 +20,7 @@ from structlog.testing import CapturingLogger
 
 from tradeflow.adapters.memory.paper import PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import RiskLimitExceeded
 from tradeflow.domain.records import LimitDirection
 from tradeflow.engine.model import Block, NodeConfig, Ref
@@ -94,13 +95,9 @@ class RecordingRisk:
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None:
-        self.calls.append(
-            RiskCall(limit_type, value, threshold, auto_halt, workflow_id, bot_id, strategy_id)
-        )
+        self.calls.append(RiskCall(limit_type, value, threshold, auto_halt, *astuple(ids)))
         assert threshold is not None, "the built-in risk nodes always pass a threshold"
         direction = self.DIRECTIONS[limit_type]
         breached = (

@@ -1,41 +1,35 @@
-"""The local emergency controller: scoped halts, cross-process visibility, risk limits."""
+"""The local emergency controller (scoped halts, cross-process visibility, risk limits),
+the risk checker without one, and the watched view remote controls share."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from kit import DEADLINE_SECONDS, ManualClock
 
 from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.domain import errors
-from tradeflow.domain.records import Event, LimitDirection, Scope
+from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
+from tradeflow.domain.records import Event, HaltState, LimitDirection, Scope
 from tradeflow.engine.emergency import (
     EmergencyHalted,
-    LocalEmergencyController,
+    LocalRiskChecker,
     RiskLimitExceeded,
+    WatchedView,
 )
 from tradeflow.observability.metrics import Metrics
 
-IDS = {"workflow_id": "wf-1", "bot_id": "bot-1", "strategy_id": "strat-1"}
-
-
-class FixedClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
+IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 
 
 @pytest.fixture
@@ -61,13 +55,13 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture
-def clock() -> FixedClock:
-    return FixedClock()
+def clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture
 def controller(
-    conn: sqlite3.Connection, published: list[Event], metrics: Metrics, clock: FixedClock
+    conn: sqlite3.Connection, published: list[Event], metrics: Metrics, clock: ManualClock
 ) -> LocalEmergencyController:
     counter = itertools.count(1)
     return LocalEmergencyController(
@@ -88,7 +82,7 @@ def second(db_path: Path) -> Iterator[LocalEmergencyController]:
 
 
 def covered(controller: LocalEmergencyController, **ids: str | None) -> bool:
-    return controller.active_halt(**{**IDS, **ids}) is not None
+    return controller.active_halt(replace(IDS, **ids)) is not None
 
 
 def test_contract_error_names_are_the_error_tree() -> None:
@@ -120,7 +114,7 @@ async def test_each_scope_halts_only_what_it_covers(
     assert all(covered(controller, **ids) for ids in blocked)
     assert not any(covered(controller, **ids) for ids in free)
     with pytest.raises(EmergencyHalted) as caught:
-        controller.ensure_trading_allowed(**IDS)
+        controller.ensure_trading_allowed(IDS)
     assert (caught.value.scope, caught.value.target, caught.value.reason) == (
         scope.value,
         target,
@@ -146,13 +140,13 @@ async def test_most_restrictive_halt_wins(controller: LocalEmergencyController) 
         (Scope.BOT, "bot-1"),
         (Scope.WORKFLOW, "wf-1"),
     ]:
-        halt = controller.active_halt(**IDS)
+        halt = controller.active_halt(IDS)
         reported.append(halt.scope if halt else None)
         assert await controller.resume(scope, target, reason="clear")
 
     assert reported == [Scope.GLOBAL, Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]
-    controller.ensure_trading_allowed(**IDS)
-    assert controller.active_halt(**IDS) is None
+    controller.ensure_trading_allowed(IDS)
+    assert controller.active_halt(IDS) is None
 
 
 @pytest.mark.asyncio
@@ -184,7 +178,7 @@ async def test_halt_and_resume_are_published_counted_and_audited(
 
 @pytest.mark.asyncio
 async def test_halting_again_updates_reason_and_keeps_since(
-    controller: LocalEmergencyController, clock: FixedClock
+    controller: LocalEmergencyController, clock: ManualClock
 ) -> None:
     """A second halt of the same scope replaces the reason; the halt still dates from the first."""
     first = await controller.halt(Scope.GLOBAL, reason="first")
@@ -212,14 +206,14 @@ async def test_halt_is_visible_to_a_controller_on_another_connection(
     controller: LocalEmergencyController, second: LocalEmergencyController
 ) -> None:
     """A halt and a resume committed on one connection reach the other's next check."""
-    second.ensure_trading_allowed(**IDS)
+    second.ensure_trading_allowed(IDS)
 
     await controller.halt(Scope.STRATEGY, "strat-1", reason="desk call")
     with pytest.raises(EmergencyHalted, match="desk call"):
-        second.ensure_trading_allowed(**IDS)
+        second.ensure_trading_allowed(IDS)
 
     await controller.resume(Scope.STRATEGY, "strat-1", reason="ok")
-    second.ensure_trading_allowed(**IDS)
+    second.ensure_trading_allowed(IDS)
     assert await second.halts() == []
 
 
@@ -227,11 +221,11 @@ def test_halt_from_another_process_stops_trading(
     controller: LocalEmergencyController, db_path: Path
 ) -> None:
     """`halt` run in a separate Python process blocks this controller's next action."""
-    controller.ensure_trading_allowed(**IDS)
+    controller.ensure_trading_allowed(IDS)
     script = textwrap.dedent(
         """
         import asyncio, sys
-        from tradeflow.engine.emergency import LocalEmergencyController
+        from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
         from tradeflow.domain.records import Scope
         from tradeflow.adapters.sqlite.database import open_database
 
@@ -245,7 +239,7 @@ def test_halt_from_another_process_stops_trading(
     subprocess.run([sys.executable, "-c", script, str(db_path)], check=True, timeout=60)
 
     with pytest.raises(EmergencyHalted) as caught:
-        controller.ensure_trading_allowed(**IDS)
+        controller.ensure_trading_allowed(IDS)
     assert (caught.value.scope, caught.value.target, caught.value.reason) == (
         "bot",
         "bot-1",
@@ -257,14 +251,14 @@ def test_fails_closed_when_the_database_is_unusable(
     controller: LocalEmergencyController, conn: sqlite3.Connection
 ) -> None:
     """With the connection gone, every check refuses trading instead of guessing."""
-    controller.ensure_trading_allowed(**IDS)
+    controller.ensure_trading_allowed(IDS)
 
     conn.close()
 
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        controller.ensure_trading_allowed(**IDS)
+        controller.ensure_trading_allowed(IDS)
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        controller.active_halt(**IDS)
+        controller.active_halt(IDS)
 
 
 @pytest.mark.asyncio
@@ -274,13 +268,13 @@ async def test_fails_closed_after_close_and_on_unreadable_rows(
     """A closed controller, and a halts row no tradeflow wrote, both refuse trading."""
     await controller.close()
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        controller.ensure_trading_allowed(**IDS)
+        controller.ensure_trading_allowed(IDS)
 
     writer = sqlite3.connect(db_path, isolation_level=None)
     writer.execute("INSERT INTO halts VALUES ('galaxy', 'x', 'r', 'a', 0)")
     writer.close()
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
-        second.ensure_trading_allowed(**IDS)
+        second.ensure_trading_allowed(IDS)
 
 
 @pytest.mark.parametrize(
@@ -324,7 +318,7 @@ async def test_breach_with_auto_halt_halts_everything(
 ) -> None:
     """The seed's daily-loss breach raises, halts globally, publishes and audits it."""
     with pytest.raises(RiskLimitExceeded) as caught:
-        await controller.check_risk_limit("daily_loss", -600, -500.0, auto_halt=True, **IDS)
+        await controller.check_risk_limit("daily_loss", -600, -500.0, auto_halt=True, ids=IDS)
 
     assert (caught.value.limit_type, caught.value.value, caught.value.threshold) == (
         "daily_loss",
@@ -334,7 +328,7 @@ async def test_breach_with_auto_halt_halts_everything(
     assert caught.value.halted
     reason = "risk limit 'daily_loss' breached: value -600.0 < threshold -500.0"
     with pytest.raises(EmergencyHalted) as halted:
-        controller.ensure_trading_allowed(workflow_id="any", bot_id=None, strategy_id=None)
+        controller.ensure_trading_allowed(ScopeIds(workflow_id="any"))
     assert (halted.value.scope, halted.value.reason) == ("global", reason)
     assert [e.type for e in published] == ["risk_limit_exceeded", "emergency_halted"]
     assert published[0].data == {
@@ -367,7 +361,7 @@ async def test_breach_without_auto_halt_does_not_halt(
         await controller.check_risk_limit("max_exposure", 3.0, 2.0, auto_halt=False)
 
     assert not caught.value.halted
-    controller.ensure_trading_allowed(**IDS)
+    controller.ensure_trading_allowed(IDS)
 
 
 @pytest.mark.asyncio
@@ -449,3 +443,91 @@ async def test_invalid_requests_name_the_field(
 
     assert caught.value.field == field
     assert await controller.audit_entries() == []
+
+
+@pytest.mark.parametrize(
+    ("limit_type", "value", "threshold", "breached"),
+    [("daily_loss", -600.0, -500.0, True), ("max_position", -9.0, 10.0, False)],
+)
+@pytest.mark.asyncio
+async def test_local_risk_checker_applies_the_same_rule_and_never_halts(
+    limit_type: str, value: float, threshold: float, breached: bool
+) -> None:
+    """Without a controller a breach (default direction) raises, with halted False."""
+    check = LocalRiskChecker().check_risk_limit(limit_type, value, threshold, ids=IDS)
+    if not breached:
+        await check
+        return
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await check
+    assert (caught.value.limit_type, caught.value.value, caught.value.halted) == (
+        limit_type,
+        value,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [(("mystery", 1.0, 2.0), "limit_type"), (("daily_loss", -1.0), "threshold")],
+)
+@pytest.mark.asyncio
+async def test_local_risk_checker_names_the_bad_field(
+    args: tuple[str, float] | tuple[str, float, float], field: str
+) -> None:
+    """An unknown type, or no threshold (nothing is configured), is InvalidRequest."""
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await LocalRiskChecker().check_risk_limit(*args)
+    assert caught.value.field == field
+
+
+def snapshot_with(version: int, *halts: HaltState) -> EmergencySnapshot:
+    return EmergencySnapshot.of(version, halts, ())
+
+
+def test_watched_view_fails_closed_until_confirmed_lost_or_stale() -> None:
+    """The view answers only between a confirmation and max_staleness later, never when lost."""
+    clock = ManualClock()
+    view = WatchedView("test feed", clock=clock, max_staleness=5.0, backoff=(0.001, 0.001))
+    with pytest.raises(errors.UnavailableError, match="no state from the test feed yet"):
+        view.current()
+
+    view.confirm(snapshot_with(1))
+    assert view.current().version == 1
+    clock.advance(5.5)
+    with pytest.raises(errors.UnavailableError, match=r"test feed for over 5\.0s"):
+        view.current()
+
+    view.confirm(snapshot_with(1))
+    assert view.problem is None
+    view.lose("link down")
+    with pytest.raises(errors.UnavailableError, match="link down"):
+        view.current()
+
+
+@pytest.mark.asyncio
+async def test_watched_view_reopens_its_link_until_closed() -> None:
+    """Links that fail (before or after confirming) are re-opened; close() stops them."""
+    view = WatchedView("test feed", clock=ManualClock(), max_staleness=None, backoff=(0.001, 0.001))
+    calls = itertools.count(1)
+    halt = HaltState(Scope.BOT, "bot-1", "desk call", "ops", 0.0)
+
+    async def link() -> None:
+        call = next(calls)
+        if call == 2:
+            view.confirm(snapshot_with(1))
+        if call == 3:
+            view.confirm(snapshot_with(2, halt))
+            await asyncio.Event().wait()  # a link that stays up until close() cancels it
+        raise errors.UnavailableError(f"link {call} broke")
+
+    view.start(link, name="test-view")
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        current = await view.wait_until(lambda snapshot: snapshot.version == 2)
+    assert current.active_halt(IDS) == halt
+
+    await view.close("view closed")
+    with pytest.raises(errors.UnavailableError, match="view closed"):
+        view.current()
+    with pytest.raises(errors.UnavailableError, match="view closed"):
+        await view.wait_until(lambda _: True)

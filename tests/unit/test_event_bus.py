@@ -1,12 +1,15 @@
-"""The in-process event bus: ordering, isolation of slow and failing subscribers, overflow."""
+"""The in-process event bus: ordering, isolation of slow and failing subscribers, overflow,
+the replay history's bound (what every bus does is in the contract suite)."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from typing import Any
 
 import pytest
 import structlog
+from kit import eventually
 
 from tradeflow.adapters.memory.events import WORKFLOW_EVENTS, Event, InProcessEventBus
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError
@@ -244,8 +247,39 @@ async def test_close_delivers_buffered_events_then_refuses_subscribers() -> None
         await bus.subscribe(WORKFLOW_EVENTS, Recorder())
 
 
+@pytest.mark.parametrize("setting", ["buffer_size", "history"])
 @pytest.mark.parametrize("size", [0, -1, True, 2.5])
-def test_buffer_size_must_be_a_positive_integer(size: Any) -> None:
-    """A bad buffer_size is a configuration error naming the value."""
-    with pytest.raises(ConfigurationError, match="buffer_size"):
-        InProcessEventBus(buffer_size=size)
+def test_sizes_must_be_positive_integers(setting: str, size: Any) -> None:
+    """A bad buffer_size or history is a configuration error naming the setting."""
+    with pytest.raises(ConfigurationError, match=setting):
+        InProcessEventBus(**{setting: size})
+
+
+@pytest.mark.asyncio
+async def test_replay_keeps_only_the_newest_history_events() -> None:
+    """Past ``history`` events the oldest are gone from replay, and the sequences show the gap."""
+    bus = InProcessEventBus(history=3)
+    for sequence in range(1, 6):
+        bus.publish(event(sequence))
+
+    async with aclosing(bus.replay()) as stream:
+        kept = [await anext(stream) for _ in range(3)]
+
+    assert [sequence for sequence, _ in kept] == [3, 4, 5]
+    assert [item for _, item in kept] == [event(n).to_dict() for n in (3, 4, 5)]
+    assert await bus.last_sequence() == 5
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_close_ends_a_waiting_replay() -> None:
+    """A replay waiting for the next event ends when the bus closes."""
+    bus = InProcessEventBus()
+    stream = bus.replay()
+    waiting = asyncio.create_task(anext(stream))
+    await eventually(lambda: stream.ag_running, "the replay waits for an event")
+
+    await bus.close()
+
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, GUARD_SECONDS)

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import io
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -27,12 +29,12 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
-from tradeflow.engine.executor import WorkflowExecutor
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes import default_registry
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
 from tradeflow.observability.logging import configure_logging
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
+from tradeflow.workflow.executor import WorkflowExecutor
 
 
 def registry_with(*specs: NodeSpec) -> NodeRegistry:
@@ -205,8 +207,10 @@ async def test_halt_scope_blocks_exactly_what_it_covers(
         with pytest.raises(EmergencyHalted) as caught:
             await executor.execute()
         assert caught.value.reason == "test halt"
-        assert caught.value.result is not None and caught.value.result["status"] == "halted"
-        assert "buy" not in caught.value.result["results"]
+        assert caught.value.execution_id is not None
+        record = await infra.state.get_execution(caught.value.execution_id)
+        assert record.status is ExecutionStatus.HALTED
+        assert record.result is not None and "buy" not in record.result["results"]
     await infra.emergency.resume(scope, target, reason="clear", actor="pytest")
     result = await EnhancedWorkflowExecutor(
         trading_workflow(), infra, "wf_a", "bot1", "s1"
@@ -228,18 +232,17 @@ async def test_most_restrictive_halt_is_reported(infra: Infrastructure) -> None:
 @pytest.mark.asyncio
 async def test_halt_stops_the_next_action_but_not_data_nodes(infra: Infrastructure) -> None:
     """Providers and checks run while halted; the run stops before the first action and is
-    recorded as halted, with its event."""
+    recorded as halted, with its event; run() returns that result instead of raising."""
     recorder = await recorded(infra)
     await infra.emergency.halt(Scope.WORKFLOW, "wf", reason="maintenance")
-    with pytest.raises(EmergencyHalted) as caught:
-        await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf").execute()
+    result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf").run()
     await infra.events.drain()  # type: ignore[attr-defined]
-    result = caught.value.result
-    assert result is not None
-    assert set(result["results"]) == {"quote", "size", "cheap", "notional"}
+    assert result.status is ExecutionStatus.HALTED
+    assert isinstance(result.halt, EmergencyHalted) and result.halt.reason == "maintenance"
+    assert set(result.results) == {"quote", "size", "cheap", "notional"}
+    assert result.as_dict()["status"] == "halted"
     assert "execution_halted" in recorder.types()
-    record = await infra.state.get_execution(result["execution_id"])
-    assert record.status is ExecutionStatus.HALTED
+    assert await infra.state.get_execution(result.execution_id) == result.record
     assert infra.metrics.actions_refused._value.get() == 1
 
 
@@ -551,3 +554,15 @@ async def test_cancel_applies_to_one_run_in_both_executors(infra: Infrastructure
         executor.cancel()
         assert (await executor.execute())["status"] == "cancelled"
         assert (await executor.execute())["status"] == "completed"
+
+
+def test_importing_the_enhanced_executor_loads_no_adapter_technology() -> None:
+    """A fresh interpreter importing the enhanced executor's public path loads no sqlite3,
+    redis, nats or grpc module: the engine sees only ports."""
+    probe = (
+        "import sys, tradeflow.workflow.enhanced_executor; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'sqlite3', '_sqlite3', 'redis', 'nats', 'grpc'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -14,6 +14,7 @@ from nodekit import ManualClock
 
 from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.trading import OrderRequest, OrderStatus, OrderType, Quote, Side
 
@@ -258,13 +259,17 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
     """A second exchange on the same SQLite file sees orders, balances, positions and P&L."""
     clock = ManualClock()
     ticks = {("paper", BTC): [(100.0, 102.0), (110.0, 112.0)]}
-    first = PaperExchange(ReplayPriceFeed(ticks, clock=clock), conn=connect(), clock=clock)
+    first = PaperExchange(
+        ReplayPriceFeed(ticks, clock=clock), ledger=SQLitePaperLedger(connect()), clock=clock
+    )
     await first.place_order(_order("buy"))
     await first.place_order(_order("rest", Side.SELL, 0.5, limit_price=500.0))
     await first.place_order(_order("sell", Side.SELL, 0.5))
     await first.cancel_order("paper", "rest")
 
-    second = PaperExchange(ReplayPriceFeed(ticks, clock=clock), conn=connect(), clock=clock)
+    second = PaperExchange(
+        ReplayPriceFeed(ticks, clock=clock), ledger=SQLitePaperLedger(connect()), clock=clock
+    )
     for client_order_id in ("buy", "rest", "sell"):
         assert await second.get_order("paper", client_order_id) == await first.get_order(
             "paper", client_order_id
@@ -281,7 +286,9 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
 async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any) -> None:
     """The exchange keeps its state in paper_* tables: one order, its balances, one fill."""
     conn = connect()
-    exchange = PaperExchange(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), conn=conn)
+    exchange = PaperExchange(
+        ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), ledger=SQLitePaperLedger(conn)
+    )
     await exchange.place_order(_order("c1"))
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {"paper_orders", "paper_balances", "paper_fills"}
@@ -298,7 +305,9 @@ async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any
 async def test_a_failed_write_changes_nothing(connect: Any) -> None:
     """If the transaction fails, the order is neither stored nor visible, and balances stay."""
     conn = connect()
-    exchange = PaperExchange(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), conn=conn)
+    exchange = PaperExchange(
+        ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), ledger=SQLitePaperLedger(conn)
+    )
     conn.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON paper_fills "
         "BEGIN SELECT RAISE(ABORT, 'disk full'); END"

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
-from tradeflow.app.infrastructure import ENVIRONMENTS, Infrastructure, Settings
+from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.app.settings import ENVIRONMENTS, Settings
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -33,9 +34,9 @@ from tradeflow.domain.records import (
     Scope,
     rfc3339,
 )
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.engine.validation import parse_workflow
 from tradeflow.observability.logging import configure_logging
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 __all__ = ["main"]
 

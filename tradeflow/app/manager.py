@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.errors import (
-    EmergencyHalted,
     InvalidRequest,
-    RiskLimitExceeded,
     UnavailableError,
     ValidationIssue,
     WorkflowValidationError,
@@ -32,14 +30,14 @@ from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
-    parse_rfc3339,
 )
-from tradeflow.engine.enhanced import EnhancedWorkflowExecutor
 from tradeflow.engine.nodes import default_registry
 from tradeflow.engine.nodes.registry import NodeRegistry
+from tradeflow.engine.result import ExecutionResult
 from tradeflow.engine.runner import Plan
 from tradeflow.engine.validation import parse_workflow
 from tradeflow.observability.logging import get_logger
+from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 __all__ = ["ExecutionManager", "ExecutionView", "Submission"]
 
@@ -69,16 +67,16 @@ class ExecutionView:
 
 
 class _Running:
-    __slots__ = ("executor", "record", "task")
+    __slots__ = ("execution_id", "executor", "task")
 
     def __init__(
         self,
         executor: EnhancedWorkflowExecutor | None,
-        record: ExecutionRecord,
+        execution_id: str,
         task: asyncio.Future[ExecutionView],
     ) -> None:
         self.executor = executor
-        self.record = record
+        self.execution_id = execution_id
         self.task = task
 
 
@@ -104,7 +102,7 @@ class ExecutionManager:
 
     async def submit(self, submission: Submission) -> str:
         """Start an execution and return its id; a repeated request id returns the first."""
-        return (await self._start(submission)).record.execution_id
+        return (await self._start(submission)).execution_id
 
     async def execute(self, submission: Submission) -> ExecutionView:
         """Run an execution to its end. If the caller goes away the execution goes on."""
@@ -155,22 +153,17 @@ class ExecutionManager:
         )
         await executor.initialize()
         execution_id = self.infra.id_factory()
-        record = ExecutionRecord(
-            execution_id=execution_id,
-            workflow_id=submission.workflow_id,
-            status=ExecutionStatus.RUNNING,
-            started_at=self.infra.clock.time(),
-            definition=dict(submission.definition),
-            correlation_id=submission.correlation_id or execution_id,
-            bot_id=submission.bot_id,
-            strategy_id=submission.strategy_id,
-            request_id=request_id,
-        )
         # Checked again with no await before the task exists: a drain that began while this
         # request was looked up must not see a task appear after it took its snapshot.
         self._refuse_if_draining()
-        task = asyncio.create_task(self._run(executor, record))
-        running = _Running(executor, record, task)
+        run = executor.run(
+            correlation_id=submission.correlation_id,
+            request_id=request_id,
+            execution_id=execution_id,
+            started_at=self.infra.clock.time(),
+        )
+        task = asyncio.create_task(_view(executor, run))
+        running = _Running(executor, execution_id, task)
         self._running[execution_id] = running
         if request_id is not None:
             self._by_request[request_id] = execution_id
@@ -211,23 +204,7 @@ class ExecutionManager:
         view = await self.get(record.execution_id)
         done: asyncio.Future[ExecutionView] = asyncio.get_running_loop().create_future()
         done.set_result(view)
-        return _Running(None, view.record, done)
-
-    async def _run(
-        self, executor: EnhancedWorkflowExecutor, record: ExecutionRecord
-    ) -> ExecutionView:
-        try:
-            result = await executor.execute(
-                correlation_id=record.correlation_id,
-                request_id=record.request_id,
-                execution_id=record.execution_id,
-                started_at=record.started_at,
-            )
-        except (EmergencyHalted, RiskLimitExceeded) as halt:
-            if halt.result is None:
-                raise
-            result = halt.result
-        return _view(executor, record, result)
+        return _Running(None, view.record.execution_id, done)
 
     async def get(self, execution_id: str) -> ExecutionView:
         """An execution from the state store; raises ``ExecutionNotFound``."""
@@ -269,30 +246,24 @@ class ExecutionManager:
             _log.warning("executor.interrupted", executions=len(pending))
 
 
-def _view(
-    executor: EnhancedWorkflowExecutor, record: ExecutionRecord, result: dict[str, Any]
+async def _view(
+    executor: EnhancedWorkflowExecutor, run: Coroutine[Any, Any, ExecutionResult]
 ) -> ExecutionView:
     """The final view, as the state store now holds it, built from the result (no round trip)."""
-    finished = parse_rfc3339(result["finished_at"])
-    results, errors, skipped = result["results"], result["errors"], set(result["skipped"])
+    result = await run
+    record, skipped = result.record, set(result.skipped)
+    # A durable journal built the record, finished.
+    assert executor.plan is not None and record is not None and record.finished_at is not None
+    finished = record.finished_at
     nodes = []
-    assert executor.plan is not None
-    execution_id = record.execution_id
     for node_id in executor.plan.order:
-        if node_id in results:
-            state, outputs, error = CheckpointState.COMPLETED, results[node_id], None
-        elif node_id in errors:
-            state, outputs, error = CheckpointState.FAILED, None, errors[node_id]
+        if node_id in result.results:
+            state, outputs, error = CheckpointState.COMPLETED, result.results[node_id], None
+        elif node_id in result.errors:
+            state, outputs, error = CheckpointState.FAILED, None, result.errors[node_id]
         elif node_id in skipped:
             state, outputs, error = CheckpointState.SKIPPED, None, None
         else:
             continue
-        nodes.append(Checkpoint(execution_id, node_id, state, finished, outputs, error))
-    final = replace(
-        record,
-        status=ExecutionStatus(result["status"]),
-        finished_at=finished,
-        error=result["error"],
-        result=result,
-    )
-    return ExecutionView(final, tuple(nodes))
+        nodes.append(Checkpoint(record.execution_id, node_id, state, finished, outputs, error))
+    return ExecutionView(record, tuple(nodes))

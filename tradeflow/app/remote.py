@@ -1,4 +1,4 @@
-"""``Infrastructure.create("production")``: the same API as embedded, backed by the services.
+"""The remote side of the composition root: the same ports as embedded, backed by the services.
 
 - events: :class:`~tradeflow.adapters.nats.bus.NatsEventBus` (NATS subjects of
   the contract, captured by a JetStream stream);
@@ -7,40 +7,27 @@
   view pushed by the emergency service; fails closed when it cannot be confirmed).
 
 Orders go to the paper exchange of this process (a venue adapter implementing
-:class:`~tradeflow.domain.trading.Exchange` replaces it in a real deployment).
+:class:`~tradeflow.ports.Exchange` replaces it in a real deployment).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.app.settings import Settings
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import TradeflowError, UnavailableError
 from tradeflow.observability.metrics import Metrics
-from tradeflow.ports import Exchange, PriceFeed
+from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
-if TYPE_CHECKING:
-    from tradeflow.app.infrastructure import Infrastructure, Settings
-
-__all__ = ["create_remote"]
+__all__ = ["connect_services"]
 
 
-async def create_remote(
-    cls: type[Infrastructure],
-    settings: Settings,
-    *,
-    clock: Clock,
-    id_factory: IdFactory,
-    prices: PriceFeed | None,
-    exchange: Exchange | None,
-) -> Infrastructure:
+async def connect_services(
+    settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
+) -> tuple[EventBus, EmergencyControl, StateStore]:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
-    metrics = Metrics()
-    # Everything that can fail on bad input first, before any connection is opened.
-    prices = prices if prices is not None else settings.price_feed(clock)
     try:
         bus = await NatsEventBus.connect(
             settings.nats_url, buffer_size=settings.event_buffer, metrics=metrics
@@ -56,17 +43,4 @@ async def create_remote(
     except BaseException:
         await bus.close()
         raise
-    return cls(
-        env="production",
-        settings=settings,
-        events=bus,
-        emergency=emergency,
-        state=StateClient(settings.state_address),
-        exchange=exchange
-        if exchange is not None
-        else settings.paper_exchange(prices, clock=clock, id_factory=id_factory),
-        prices=prices,
-        metrics=metrics,
-        clock=clock,
-        id_factory=id_factory,
-    )
+    return bus, emergency, StateClient(settings.state_address)

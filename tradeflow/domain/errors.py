@@ -8,7 +8,7 @@ clients map status codes back to these classes in one place each.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -109,7 +109,7 @@ class WorkflowValidationError(TradeflowError):
 class EmergencyHalted(TradeflowError):
     """Trading is halted: the emergency controller refused to start an action.
 
-    ``result`` holds the partial execution result when the halt stopped a run.
+    ``execution_id`` names the run it stopped, when an executor raised it.
     """
 
     grpc_status = "FAILED_PRECONDITION"
@@ -120,21 +120,23 @@ class EmergencyHalted(TradeflowError):
         *,
         scope: str = "global",
         target: str | None = None,
-        result: Mapping[str, Any] | None = None,
     ) -> None:
         where = scope if target is None else f"{scope} {target!r}"
         super().__init__(f"trading halted ({where}): {reason}")
         self.reason = reason
         self.scope = scope
         self.target = target
-        self.result: dict[str, Any] | None = dict(result) if result is not None else None
+        self.execution_id: str | None = None
 
     def details(self) -> dict[str, Any]:
         return {"reason": self.reason, "scope": self.scope, "target": self.target}
 
 
 class RiskLimitExceeded(TradeflowError):
-    """A risk limit was breached (and, with ``auto_halt``, trading was halted)."""
+    """A risk limit was breached (and, with ``auto_halt``, trading was halted).
+
+    ``execution_id`` names the run it stopped, when an executor raised it.
+    """
 
     grpc_status = "FAILED_PRECONDITION"
 
@@ -145,7 +147,6 @@ class RiskLimitExceeded(TradeflowError):
         threshold: float,
         *,
         halted: bool = False,
-        result: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             f"risk limit {limit_type!r} exceeded: value {value} breaches threshold {threshold}"
@@ -155,7 +156,7 @@ class RiskLimitExceeded(TradeflowError):
         self.value = value
         self.threshold = threshold
         self.halted = halted
-        self.result: dict[str, Any] | None = dict(result) if result is not None else None
+        self.execution_id: str | None = None
 
     def details(self) -> dict[str, Any]:
         return {

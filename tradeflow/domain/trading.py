@@ -1,4 +1,4 @@
-"""Trading records: orders, quotes, sides; symbols as ``BASE/QUOTE``."""
+"""Trading records: orders, fills, quotes, sides; symbols as ``BASE/QUOTE``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 __all__ = [
+    "Fill",
     "Order",
     "OrderRequest",
     "OrderStatus",
@@ -78,6 +79,21 @@ class Order:
     filled_quantity: float
     avg_price: float | None
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution of an order (paper orders fill whole, once)."""
+
+    venue: str
+    symbol: str
+    client_order_id: str
+    side: Side
+    quantity: float
+    price: float
+    fee: float
+    """In the quote asset."""
+    at: float
 
 
 def split_symbol(symbol: str) -> tuple[str, str] | None:

@@ -1,44 +1,49 @@
-"""Emergency control: scoped halts, risk limits and the pre-action check, over a pluggable store.
+"""Emergency control over ports: the controller on a store, and the watched view.
 
-:class:`EmergencyController` holds every rule (scope validation, which halt
-covers which ids, limit directions, what a breach does); an
-:class:`EmergencyStore` only keeps the state. The embedded
-:class:`LocalEmergencyController` is the controller on a
-:class:`SQLiteEmergencyStore`: halts, risk limits and the audit log live in the
-tradeflow SQLite file, so ``tradeflow halt`` run in another process stops a bot
-at its next action. The Redis store behind the emergency service is in
-:mod:`tradeflow.adapters.redis.emergency`.
+:class:`EmergencyController` applies the rules of :mod:`tradeflow.domain.emergency`
+(scope checks, which halt covers which ids, limit directions) and acts on a breach
+(audit, publish, halt); an :class:`EmergencyStore` only keeps the state. The
+embedded store is SQLite (:mod:`tradeflow.adapters.sqlite.emergency`), the
+emergency service's is Redis (:mod:`tradeflow.adapters.redis.emergency`).
 
-The pre-action check is synchronous and reads the store's in-memory
-:class:`EmergencySnapshot`; a state that cannot be confirmed fails closed
-(``EmergencyHalted``). A failed write lets the store's error propagate.
+The pre-action check is synchronous and reads an in-memory
+:class:`~tradeflow.domain.emergency.EmergencySnapshot`; a state that cannot be
+confirmed fails closed (``EmergencyHalted``). A failed write lets the store's
+error propagate. A :class:`WatchedView` is that snapshot when another process
+pushes it: every remote view (Redis store, gRPC client) is one.
 
-``EmergencyHalted`` and ``RiskLimitExceeded`` are re-exported here: this is
-the import path the seed's code uses.
+``EmergencyHalted`` and ``RiskLimitExceeded`` are re-exported here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-import sqlite3
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Final, Protocol
 
+import stamina
 import structlog
 
-from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
-from tradeflow.domain.codec import from_json, to_json_or_null
+from tradeflow.domain.emergency import (
+    MAX_AUDIT_PAGE,
+    NO_IDS,
+    EmergencySnapshot,
+    LimitVerdict,
+    ScopeIds,
+    assess_limit,
+    checked_direction,
+    checked_number,
+    checked_scope,
+    require_text,
+)
 from tradeflow.domain.errors import (
     EmergencyHalted,
-    InvalidRequest,
     RiskLimitExceeded,
     UnavailableError,
-    describe,
 )
-from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -51,96 +56,27 @@ from tradeflow.domain.records import (
 from tradeflow.observability.metrics import Metrics
 
 __all__ = [
-    "DEFAULT_DIRECTIONS",
-    "MAX_AUDIT_PAGE",
     "EmergencyController",
     "EmergencyHalted",
-    "EmergencySnapshot",
     "EmergencyStore",
-    "HaltKey",
-    "LocalEmergencyController",
     "LocalRiskChecker",
     "RiskLimitExceeded",
-    "SQLiteEmergencyStore",
+    "WatchedView",
+    "fail_closed",
 ]
 
-DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
-    {
-        "daily_loss": LimitDirection.BELOW,
-        "max_drawdown": LimitDirection.BELOW,
-        "max_position": LimitDirection.ABS_ABOVE,
-        "max_order_notional": LimitDirection.ABOVE,
-        "max_exposure": LimitDirection.ABOVE,
-    }
-)
-"""Breach direction of the well-known limit types (a configured limit overrides it)."""
-
-MAX_AUDIT_PAGE: Final = 1000
-"""Most entries one :meth:`EmergencyController.audit_entries` call returns."""
-
-HaltKey = tuple[Scope, str | None]
-"""How a snapshot keys its halts: scope and target (``None`` for global)."""
-
-_SCOPE_RANK: Final = {Scope.GLOBAL: 0, Scope.STRATEGY: 1, Scope.BOT: 2, Scope.WORKFLOW: 3}
-_GLOBAL_KEY: Final[HaltKey] = (Scope.GLOBAL, None)
-_KNOWN_TYPES: Final = ", ".join(DEFAULT_DIRECTIONS)
-_DIRECTIONS: Final = ", ".join(d.value for d in LimitDirection)
 _SYSTEM_CLOCK: Final = SystemClock()
+_EMPTY: Final = EmergencySnapshot(0, {}, {})
 
 _log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class EmergencySnapshot:
-    """One consistent view of the emergency state; treat the mappings as read-only."""
-
-    version: int
-    """Differs between snapshots of one store whenever halts or limits differ."""
-    halts: Mapping[HaltKey, HaltState]
-    limits: Mapping[str, RiskLimit]
-
-    @classmethod
-    def of(
-        cls, version: int, halts: Iterable[HaltState], limits: Iterable[RiskLimit]
-    ) -> EmergencySnapshot:
-        """A snapshot keyed the way :meth:`active_halt` looks halts up."""
-        return cls(
-            version,
-            {(h.scope, h.target): h for h in halts},
-            {limit.limit_type: limit for limit in limits},
-        )
-
-    def ensure_trading_allowed(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> None:
-        """Raise ``EmergencyHalted`` (broadest halt's reason and scope) if a halt covers these ids."""
-        halt = self.active_halt(workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id)
-        if halt is not None:
-            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
-
-    def active_halt(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> HaltState | None:
-        """The broadest halt covering these ids (global > strategy > bot > workflow), if any."""
-        halts = self.halts
-        if not halts:
-            return None
-        found = halts.get(_GLOBAL_KEY)
-        if found is None and strategy_id is not None:
-            found = halts.get((Scope.STRATEGY, strategy_id))
-        if found is None and bot_id is not None:
-            found = halts.get((Scope.BOT, bot_id))
-        if found is None and workflow_id is not None:
-            found = halts.get((Scope.WORKFLOW, workflow_id))
-        return found
-
-    def halt_list(self) -> list[HaltState]:
-        """Every halt, broadest scope first, then by target."""
-        return sorted(self.halts.values(), key=lambda h: (_SCOPE_RANK[h.scope], h.target or ""))
-
-    def limit_list(self) -> list[RiskLimit]:
-        """Every configured limit, by limit type."""
-        return sorted(self.limits.values(), key=lambda limit: limit.limit_type)
+def fail_closed(read: Callable[[], EmergencySnapshot]) -> EmergencySnapshot:
+    """``read()``, with a state that cannot be confirmed raised as ``EmergencyHalted``."""
+    try:
+        return read()
+    except UnavailableError as exc:
+        raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
 
 
 class EmergencyStore(Protocol):
@@ -209,44 +145,37 @@ class EmergencyController:
         self._id_factory = id_factory
         self._sequence = itertools.count(1)
 
+    def snapshot(self) -> EmergencySnapshot:
+        """The current halts and limits; ``UnavailableError`` if they cannot be confirmed."""
+        return self._store.snapshot()
+
     def state(self) -> EmergencySnapshot:
         """The current halts and limits; raises ``EmergencyHalted`` if they cannot be confirmed."""
-        try:
-            return self._store.snapshot()
-        except UnavailableError as exc:
-            raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
+        return fail_closed(self._store.snapshot)
 
     @property
     def version(self) -> int:
         """Version of the current :meth:`state`."""
         return self.state().version
 
-    def ensure_trading_allowed(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> None:
-        """Raise ``EmergencyHalted`` if a halt covers these ids or the state cannot be read."""
-        self.state().ensure_trading_allowed(
-            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
-        )
+    def ensure_trading_allowed(self, ids: ScopeIds) -> None:
+        """Raise ``EmergencyHalted`` if a halt covers ``ids`` or the state cannot be read."""
+        self.state().ensure_trading_allowed(ids)
 
-    def active_halt(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> HaltState | None:
-        """The broadest halt covering these ids (global > strategy > bot > workflow), if any.
+    def active_halt(self, ids: ScopeIds) -> HaltState | None:
+        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any.
 
         Raises ``EmergencyHalted`` when the state cannot be read (fail closed).
         """
-        return self.state().active_halt(
-            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
-        )
+        return self.state().active_halt(ids)
 
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
         """Halt ``scope``/``target`` (``target`` is ``None`` for global); re-halting updates
         the reason. Raises ``InvalidRequest`` naming a bad scope, target or reason."""
-        scope = _checked_scope(scope, target)
-        _require_text("reason", reason)
+        scope = checked_scope(scope, target)
+        require_text("reason", reason)
         now = self._clock.time()
         state = await self._store.save_halt(
             HaltState(scope=scope, target=target, reason=reason, actor=actor, since=now),
@@ -264,8 +193,8 @@ class EmergencyController:
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
         """Lift the halt on ``scope``/``target``; False (and no audit entry) if there was none."""
-        scope = _checked_scope(scope, target)
-        _require_text("reason", reason)
+        scope = checked_scope(scope, target)
+        require_text("reason", reason)
         now = self._clock.time()
         audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
         if not await self._store.delete_halt(scope, target, audit):
@@ -287,52 +216,43 @@ class EmergencyController:
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None:
         """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit.
 
-        The direction comes from the configured limit, else from
-        :data:`DEFAULT_DIRECTIONS`; ``threshold=None`` uses the configured
-        threshold. A breach is audited, counted and published; with
-        ``auto_halt`` trading is then halted globally, so every later action
-        is refused until someone resumes. Raises ``InvalidRequest`` for an
-        unknown limit type, a missing threshold or a value that is not a
-        finite number, and ``EmergencyHalted`` if the limits cannot be read.
+        Judged by :func:`~tradeflow.domain.emergency.assess_limit` against the
+        configured limits (``InvalidRequest`` for a bad call). A breach is
+        handled by :meth:`breached`: with ``auto_halt`` trading is then halted
+        globally, so every later action is refused until someone resumes.
+        Raises ``EmergencyHalted`` if the limits cannot be read.
         """
-        _require_text("limit_type", limit_type)
-        _require_number("value", value)
-        configured = self.state().limits.get(limit_type)
-        direction = (
-            configured.direction if configured is not None else DEFAULT_DIRECTIONS.get(limit_type)
+        verdict = assess_limit(self.state().limits, limit_type, value, threshold, auto_halt)
+        if verdict.breached:
+            await self.breached(verdict, ids)
+            raise verdict.exceeded()
+
+    async def breached(self, verdict: LimitVerdict, ids: ScopeIds) -> None:
+        """Audit, count and publish a breach of ``ids``' check; halt globally if it halts."""
+        now = self._clock.time()
+        actor = f"risk:{verdict.limit_type}"
+        reason = verdict.reason()
+        data: dict[str, Any] = {
+            "limit_type": verdict.limit_type,
+            "value": verdict.value,
+            "threshold": verdict.threshold,
+            "direction": verdict.direction.value,
+            "auto_halt": verdict.halts,
+        }
+        id_fields = asdict(ids)
+        await self._store.append_audit(
+            AuditEntry(0, now, actor, "risk_breach", None, None, reason, {**data, **id_fields})
         )
-        if direction is None:
-            raise InvalidRequest(
-                "limit_type", f"a configured limit type or one of {_KNOWN_TYPES}", limit_type
-            )
-        if threshold is None:
-            if configured is None:
-                raise InvalidRequest(
-                    "threshold", f"a number (no {limit_type!r} limit is configured)", threshold
-                )
-            threshold = configured.threshold
-        else:
-            _require_number("threshold", threshold)
-        if not direction.breached(value, threshold):
-            return
-        # A limit configured not to halt overrides the seed's default auto_halt=True.
-        auto_halt = bool(auto_halt) and (configured is None or configured.auto_halt)
-        value, threshold = float(value), float(threshold)
-        await self._breach(
-            limit_type,
-            value,
-            threshold,
-            direction,
-            auto_halt=auto_halt,
-            ids={"workflow_id": workflow_id, "bot_id": bot_id, "strategy_id": strategy_id},
-        )
-        raise RiskLimitExceeded(limit_type, value, threshold, halted=auto_halt)
+        if self._metrics is not None:
+            self._metrics.risk_breaches.labels(verdict.limit_type).inc()
+        _log.warning("emergency.risk_breach", reason=reason, auto_halt=verdict.halts, **id_fields)
+        self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, ids)
+        if verdict.halts:
+            await self.halt(Scope.GLOBAL, reason=reason, actor=actor)
 
     async def set_risk_limit(
         self,
@@ -345,16 +265,16 @@ class EmergencyController:
     ) -> RiskLimit:
         """Configure (or replace) the limit on ``limit_type``; the change is audited.
 
-        ``direction`` defaults to :data:`DEFAULT_DIRECTIONS` for known types
-        and is required for others (``InvalidRequest`` naming ``direction``).
+        ``direction`` defaults to :data:`~tradeflow.domain.emergency.DEFAULT_DIRECTIONS`
+        for known types and is required for others (``InvalidRequest`` naming ``direction``).
         """
-        _require_text("limit_type", limit_type)
-        _require_number("threshold", threshold)
-        direction = _checked_direction(limit_type, direction)
+        require_text("limit_type", limit_type)
+        checked = checked_number("threshold", threshold)
+        direction = checked_direction(limit_type, direction)
         now = self._clock.time()
         limit = RiskLimit(
             limit_type=limit_type,
-            threshold=float(threshold),
+            threshold=checked,
             direction=direction,
             auto_halt=bool(auto_halt),
             updated_at=now,
@@ -377,52 +297,15 @@ class EmergencyController:
         return self.state().limit_list()
 
     async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
-        """The newest audit entries first; ``limit`` is clamped to 1..:data:`MAX_AUDIT_PAGE`."""
+        """The newest audit entries first; ``limit`` is clamped to 1..``MAX_AUDIT_PAGE``."""
         return await self._store.audit_entries(max(1, min(limit, MAX_AUDIT_PAGE)))
 
     async def close(self) -> None:
         """Close the store: later checks fail closed."""
         await self._store.close()
 
-    async def _breach(
-        self,
-        limit_type: str,
-        value: float,
-        threshold: float,
-        direction: LimitDirection,
-        *,
-        auto_halt: bool,
-        ids: dict[str, str | None],
-    ) -> None:
-        now = self._clock.time()
-        actor = f"risk:{limit_type}"
-        reason = f"risk limit {limit_type!r} breached: {_comparison(direction, value, threshold)}"
-        data: dict[str, Any] = {
-            "limit_type": limit_type,
-            "value": value,
-            "threshold": threshold,
-            "direction": direction.value,
-            "auto_halt": auto_halt,
-        }
-        await self._store.append_audit(
-            AuditEntry(0, now, actor, "risk_breach", None, None, reason, {**data, **ids})
-        )
-        if self._metrics is not None:
-            self._metrics.risk_breaches.labels(limit_type).inc()
-        _log.warning("emergency.risk_breach", reason=reason, auto_halt=auto_halt, **ids)
-        self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, **ids)
-        if auto_halt:
-            await self.halt(Scope.GLOBAL, reason=reason, actor=actor)
-
     def _announce(
-        self,
-        event_type: EventType,
-        at: float,
-        data: dict[str, Any],
-        *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        self, event_type: EventType, at: float, data: dict[str, Any], ids: ScopeIds = NO_IDS
     ) -> None:
         if self._publish is None:
             return
@@ -432,242 +315,164 @@ class EmergencyController:
                 event_id=self._id_factory(),
                 sequence=next(self._sequence),
                 timestamp=at,
-                workflow_id=workflow_id,
-                bot_id=bot_id,
-                strategy_id=strategy_id,
+                workflow_id=ids.workflow_id,
+                bot_id=ids.bot_id,
+                strategy_id=ids.strategy_id,
                 data=data,
             )
         )
-
-
-_DATA_VERSION: Final = "PRAGMA data_version"
-_SELECT_HALTS: Final = "SELECT scope, target, reason, actor, since FROM halts"
-_SELECT_LIMITS: Final = (
-    "SELECT limit_type, threshold, direction, auto_halt, updated_at, updated_by FROM risk_limits"
-)
-# Re-halting keeps ``since`` (the halt has lasted since then) and takes the new reason.
-_UPSERT_HALT: Final = (
-    "INSERT INTO halts (scope, target, reason, actor, since) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason, actor = excluded.actor"
-    " RETURNING since"
-)
-_DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
-_UPSERT_LIMIT: Final = (
-    "INSERT INTO risk_limits (limit_type, threshold, direction, auto_halt, updated_at, updated_by)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (limit_type) DO UPDATE SET"
-    " threshold = excluded.threshold, direction = excluded.direction,"
-    " auto_halt = excluded.auto_halt, updated_at = excluded.updated_at,"
-    " updated_by = excluded.updated_by"
-)
-_INSERT_AUDIT: Final = (
-    "INSERT INTO audit (at, actor, action, scope, target, reason, details)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_SELECT_AUDIT: Final = (
-    "SELECT entry_id, at, actor, action, scope, target, reason, details FROM audit"
-    " ORDER BY entry_id DESC LIMIT ?"
-)
-
-
-class SQLiteEmergencyStore:
-    """Halts, risk limits and the audit log in the tradeflow SQLite file.
-
-    ``conn`` comes from :func:`tradeflow.adapters.sqlite.database.open_database`
-    and stays its opener's to close. The snapshot is reloaded only when
-    ``PRAGMA data_version`` says another connection committed, or after this
-    store's own writes (which do not move ``data_version``). Its version counts
-    the reloads of this store.
-    """
-
-    __slots__ = ("_conn", "_cursor", "_loads", "_seen_version", "_snapshot", "_txn")
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self._conn = conn
-        # A kept cursor makes the per-check version query cheaper than conn.execute.
-        self._cursor = conn.cursor()
-        self._txn = WriteTransaction(conn)
-        self._loads = 0
-        self._seen_version: int | None = None
-        self._snapshot = EmergencySnapshot(0, {}, {})
-
-    def snapshot(self) -> EmergencySnapshot:
-        """The state as last committed by any connection; ``UnavailableError`` if unreadable."""
-        try:
-            (version,) = self._cursor.execute(_DATA_VERSION).fetchone()
-            if version != self._seen_version:
-                self._snapshot = self._load()
-                self._seen_version = version
-        except (sqlite3.Error, ValueError) as exc:
-            # ValueError: a row no tradeflow wrote (unknown scope or direction).
-            raise UnavailableError(describe(exc)) from exc
-        return self._snapshot
-
-    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
-        with self._txn:
-            ((since,),) = self._conn.execute(
-                _UPSERT_HALT,
-                (halt.scope.value, halt.target or "", halt.reason, halt.actor, halt.since),
-            ).fetchall()
-            self._audit(audit)
-        self._seen_version = None
-        return HaltState(halt.scope, halt.target, halt.reason, halt.actor, since)
-
-    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        with self._txn:
-            removed = self._conn.execute(_DELETE_HALT, (scope.value, target or "")).rowcount
-            if removed:
-                self._audit(audit)
-        self._seen_version = None
-        return bool(removed)
-
-    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
-        with self._txn:
-            self._conn.execute(
-                _UPSERT_LIMIT,
-                (
-                    limit.limit_type,
-                    limit.threshold,
-                    limit.direction.value,
-                    limit.auto_halt,
-                    limit.updated_at,
-                    limit.updated_by,
-                ),
-            )
-            self._audit(audit)
-        self._seen_version = None
-
-    async def append_audit(self, audit: AuditEntry) -> None:
-        with self._txn:
-            self._audit(audit)
-
-    async def audit_entries(self, limit: int) -> list[AuditEntry]:
-        rows = self._conn.execute(_SELECT_AUDIT, (limit,))
-        return [
-            AuditEntry(
-                entry_id=entry_id,
-                at=at,
-                actor=actor,
-                action=action,
-                scope=None if scope is None else Scope(scope),
-                target=target,
-                reason=reason,
-                details=from_json(details) or {},
-            )
-            for entry_id, at, actor, action, scope, target, reason, details in rows
-        ]
-
-    async def close(self) -> None:
-        """Stop reading the database: later snapshots fail. The connection stays open."""
-        self._cursor.close()
-
-    def _load(self) -> EmergencySnapshot:
-        halts = []
-        for scope_name, stored_target, reason, actor, since in self._conn.execute(_SELECT_HALTS):
-            scope = Scope(scope_name)
-            target = None if scope is Scope.GLOBAL else stored_target
-            halts.append(HaltState(scope, target, reason, actor, since))
-        limits = [
-            RiskLimit(row[0], row[1], LimitDirection(row[2]), bool(row[3]), row[4], row[5])
-            for row in self._conn.execute(_SELECT_LIMITS)
-        ]
-        self._loads += 1
-        return EmergencySnapshot.of(self._loads, halts, limits)
-
-    def _audit(self, entry: AuditEntry) -> None:
-        self._conn.execute(
-            _INSERT_AUDIT,
-            (
-                entry.at,
-                entry.actor,
-                entry.action,
-                None if entry.scope is None else entry.scope.value,
-                entry.target,
-                entry.reason,
-                to_json_or_null(entry.details),
-            ),
-        )
-
-
-class LocalEmergencyController(EmergencyController):
-    """The embedded controller: an :class:`EmergencyController` on a SQLite connection.
-
-    Share one connection with the state store: commits on another connection
-    make the next check reload the view.
-    """
-
-    __slots__ = ()
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        *,
-        publish: Callable[[Event], None] | None = None,
-        metrics: Metrics | None = None,
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
-    ) -> None:
-        super().__init__(
-            SQLiteEmergencyStore(conn),
-            publish=publish,
-            metrics=metrics,
-            clock=clock,
-            id_factory=id_factory,
-        )
-
-
-def _checked_scope(scope: Scope | str, target: str | None) -> Scope:
-    try:
-        checked = Scope(scope)
-    except (ValueError, TypeError):
-        raise InvalidRequest("scope", f"one of {', '.join(Scope)}", scope) from None
-    if checked is Scope.GLOBAL:
-        if target is not None:
-            raise InvalidRequest("target", "None for a global halt", target)
-    elif not isinstance(target, str) or not target.strip():
-        raise InvalidRequest("target", f"a non-empty {checked.value} id", target)
-    return checked
-
-
-def _checked_direction(limit_type: str, direction: LimitDirection | str | None) -> LimitDirection:
-    if direction is None:
-        default = DEFAULT_DIRECTIONS.get(limit_type)
-        if default is None:
-            raise InvalidRequest(
-                "direction",
-                f"one of {_DIRECTIONS} (only {_KNOWN_TYPES} have a default)",
-                direction,
-            )
-        return default
-    try:
-        return LimitDirection(direction)
-    except (ValueError, TypeError):
-        raise InvalidRequest("direction", f"one of {_DIRECTIONS}", direction) from None
-
-
-def _require_text(field: str, value: object) -> None:
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(field, "a non-empty string", value)
-
-
-def _require_number(field: str, value: object) -> None:
-    if finite(value) is None:
-        raise InvalidRequest(field, "a finite number", value)
-
-
-def _comparison(direction: LimitDirection, value: float, threshold: float) -> str:
-    if direction is LimitDirection.BELOW:
-        return f"value {value} < threshold {threshold}"
-    if direction is LimitDirection.ABOVE:
-        return f"value {value} > threshold {threshold}"
-    return f"|value| {abs(value)} > threshold {threshold}"
 
 
 def _halt_data(scope: Scope, target: str | None, reason: str, actor: str) -> dict[str, Any]:
     return {"scope": scope.value, "target": target, "reason": reason, "actor": actor}
 
 
+class WatchedView:
+    """An emergency snapshot another process pushes, failing closed when it cannot vouch for it.
+
+    :meth:`start` runs ``link`` again and again until :meth:`close`: each run
+    opens the link, calls :meth:`confirm` with every snapshot or heartbeat it
+    reads, and raises ``UnavailableError`` when the link breaks. A link that
+    broke before confirming anything is retried with jittered exponential
+    back-off (``backoff`` is the first and the longest wait); one that had
+    worked is re-opened at once, with a fresh back-off. :meth:`current` answers
+    only while the last confirmation is at most ``max_staleness`` seconds old
+    (``None``: never expires). Use it from one event loop.
+    """
+
+    __slots__ = (
+        "_backoff",
+        "_changed",
+        "_clock",
+        "_closed",
+        "_confirmations",
+        "_confirmed_at",
+        "_error",
+        "_max_staleness",
+        "_snapshot",
+        "_source",
+        "_task",
+    )
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        clock: Clock,
+        max_staleness: float | None,
+        backoff: tuple[float, float],
+    ) -> None:
+        self._source = source
+        self._clock = clock
+        self._max_staleness = max_staleness
+        self._backoff = backoff
+        self._snapshot = _EMPTY
+        self._error: str | None = f"no state from the {source} yet"
+        self._closed = False
+        self._confirmed_at = 0.0
+        self._confirmations = 0
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def problem(self) -> str | None:
+        """Why :meth:`current` fails now; ``None`` when it answers."""
+        if self._error is not None:
+            return self._error
+        limit = self._max_staleness
+        if limit is not None and self._clock.monotonic() - self._confirmed_at > limit:
+            return f"no state from the {self._source} for over {limit}s"
+        return None
+
+    def current(self) -> EmergencySnapshot:
+        """The snapshot; ``UnavailableError`` unless it is confirmed and fresh."""
+        problem = self.problem
+        if problem is not None:
+            raise UnavailableError(problem)
+        return self._snapshot
+
+    def confirm(self, snapshot: EmergencySnapshot) -> None:
+        """``snapshot`` is the state as of now; waiters wake if the view changed."""
+        if self._closed:
+            return
+        changed = self._error is not None or self._snapshot.version != snapshot.version
+        self._snapshot, self._error = snapshot, None
+        self._confirmed_at = self._clock.monotonic()
+        self._confirmations += 1
+        if changed:
+            self._notify()
+
+    def lose(self, reason: str) -> None:
+        """The state cannot be confirmed: :meth:`current` fails with ``reason`` until the
+        next :meth:`confirm`."""
+        if not self._closed:
+            self._error = reason
+            self._notify()
+
+    async def changed(self) -> None:
+        """Return at the next change of the view: a new version, lost, back, or closed."""
+        await self._changed.wait()
+
+    async def wait_until(self, done: Callable[[EmergencySnapshot], bool]) -> EmergencySnapshot:
+        """The first confirmed snapshot ``done`` accepts (waits for changes); raises
+        ``UnavailableError`` once the view is closed."""
+        while True:
+            if self._closed:
+                raise UnavailableError(self._error or "closed")
+            if self._error is None and done(self._snapshot):
+                return self._snapshot
+            await self.changed()
+
+    def start(self, link: Callable[[], Awaitable[None]], *, name: str) -> None:
+        """Follow the pushed state through ``link`` (idempotent)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._follow(link), name=name)
+
+    async def close(self, reason: str) -> None:
+        """Stop following; the view fails with ``reason`` from now on."""
+        self._error, self._closed = reason, True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
+        self._notify()
+
+    async def _follow(self, link: Callable[[], Awaitable[None]]) -> None:
+        first, longest = self._backoff
+        while not self._closed:
+            async for attempt in stamina.retry_context(
+                on=UnavailableError,
+                attempts=None,
+                timeout=None,
+                wait_initial=first,
+                wait_max=longest,
+                wait_jitter=first,
+            ):
+                with attempt:
+                    confirmations = self._confirmations
+                    try:
+                        await link()
+                    except UnavailableError as exc:
+                        # close() cancels the link; a client may turn that into its error.
+                        if self._closed:
+                            return
+                        self.lose(exc.message)
+                        _log.warning("emergency.view_lost", source=self._source, error=exc.message)
+                        if self._confirmations == confirmations:
+                            raise
+
+    def _notify(self) -> None:
+        waking, self._changed = self._changed, asyncio.Event()
+        waking.set()
+
+
 class LocalRiskChecker:
-    """Risk checks without an emergency controller: a breach raises, nothing halts."""
+    """Risk checks without an emergency controller: the same rule, nothing is configured,
+    and a breach raises without halting."""
 
     async def check_risk_limit(
         self,
@@ -676,14 +481,8 @@ class LocalRiskChecker:
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None:
-        direction = DEFAULT_DIRECTIONS.get(limit_type)
-        if direction is None:
-            raise InvalidRequest("limit_type", f"one of {sorted(DEFAULT_DIRECTIONS)}", limit_type)
-        if threshold is None:
-            raise InvalidRequest("threshold", "a number (no configured limits here)", threshold)
-        if direction.breached(value, threshold):
-            raise RiskLimitExceeded(limit_type, value, threshold, halted=False)
+        verdict = assess_limit({}, limit_type, value, threshold, auto_halt=False)
+        if verdict.breached:
+            raise verdict.exceeded()

@@ -1,63 +1,77 @@
-"""The base executor: runs a workflow with no infrastructure at all.
+"""One executor lifecycle: plan a workflow once, run it many times on a :class:`Runtime`.
 
-    executor = WorkflowExecutor(workflow_definition)
-    await executor.initialize()
-    result = await executor.execute()
+The two public executors are this class on two runtimes: ``WorkflowExecutor`` on an
+in-memory one whose executions record nothing (the null journal), and
+``EnhancedWorkflowExecutor`` on an infrastructure's, whose executions emit events,
+persist their progress and ask the emergency controller before each action (the
+durable journal, :mod:`tradeflow.engine.journal`).
 
-Orders go to an in-memory :class:`~tradeflow.adapters.memory.paper.PaperExchange`
-unless another :class:`~tradeflow.domain.trading.Exchange` is given; risk nodes
-check limits locally (a breach raises ``RiskLimitExceeded``; there is no halt
-to engage without an emergency controller).
+:meth:`Executor.run` returns the typed result, whatever the status;
+:meth:`Executor.execute` is the seed's edge: the result dict, or the halt raised.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tradeflow.adapters.memory.paper import PaperExchange
-from tradeflow.adapters.memory.prices import ReplayPriceFeed
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
-from tradeflow.domain.errors import EmergencyHalted, RiskLimitExceeded
-from tradeflow.domain.records import ExecutionStatus, rfc3339
-from tradeflow.engine.emergency import LocalRiskChecker
+from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.records import (
+    Checkpoint,
+    ExecutionRecord,
+    ExecutionStatus,
+    rfc3339,
+)
+from tradeflow.engine.journal import NULL_JOURNAL, DurableJournal, NullJournal
 from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes import default_registry
-from tradeflow.engine.nodes.registry import ExecutionContext, HttpPool, NodeRegistry
-from tradeflow.engine.resilience import BreakerRegistry
+from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry
+from tradeflow.engine.result import ExecutionResult
 from tradeflow.engine.runner import Plan, RunOutcome, run_plan
-from tradeflow.observability.logging import get_logger
-from tradeflow.ports import Exchange, PriceFeed
 
-__all__ = ["WorkflowExecutor", "build_result", "raise_if_halted"]
+if TYPE_CHECKING:
+    from tradeflow.engine.runtime import Runtime
+    from tradeflow.observability.metrics import Series
+
+__all__ = ["Executor"]
 
 
-class WorkflowExecutor:
-    """Runs one workflow definition, as many times as :meth:`execute` is called."""
+class _Start(NamedTuple):
+    """Who an execution is and when it started (a named tuple: built once per run)."""
+
+    execution_id: str
+    workflow_id: str
+    correlation_id: str
+    bot_id: str | None
+    strategy_id: str | None
+    started_at: float
+    request_id: str | None
+
+
+class Executor:
+    """Runs one workflow definition on a runtime, as many times as asked."""
 
     def __init__(
         self,
-        workflow: Mapping[str, Any] | Workflow,
+        workflow: Mapping[str, Any] | Workflow | Plan,
+        runtime: Runtime,
         *,
+        workflow_id: str = "",
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
         registry: NodeRegistry | None = None,
-        exchange: Exchange | None = None,
-        prices: PriceFeed | None = None,
-        clock: Clock | None = None,
-        id_factory: IdFactory = new_id,
         max_concurrency: int = 16,
     ) -> None:
         self.definition = workflow
+        self.runtime = runtime
+        self.workflow_id = workflow_id
+        self.bot_id = bot_id
+        self.strategy_id = strategy_id
         self.registry = registry if registry is not None else default_registry
-        self.clock = clock if clock is not None else SystemClock()
-        self.id_factory = id_factory
         self.max_concurrency = max_concurrency
         self.plan: Plan | None = None
-        self._prices = prices
-        self._exchange = exchange
-        self._http = HttpPool()
-        self._breakers = BreakerRegistry(clock=self.clock)
-        self._log = get_logger("tradeflow.executor")
+        self._node_seconds: dict[str, Series] = {}
         self._cancelled = asyncio.Event()
 
     async def initialize(self) -> None:
@@ -65,96 +79,200 @@ class WorkflowExecutor:
         if self.plan is not None:
             return
         self.plan = Plan.of(self.definition, self.registry)
-        if self._prices is None:
-            self._prices = ReplayPriceFeed(clock=self.clock)
-        if self._exchange is None:
-            self._exchange = PaperExchange(self._prices, clock=self.clock)
-
-    async def close(self) -> None:
-        """Release the HTTP client, if an ``api_call`` node created one."""
-        await self._http.aclose()
-
-    async def __aenter__(self) -> WorkflowExecutor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        if self.runtime.durability is not None:
+            histogram = self.runtime.durability.metrics.node_seconds
+            self._node_seconds = {
+                node_id: histogram.labels(node.block.type)
+                for node_id, node in self.plan.nodes.items()
+            }
 
     def cancel(self) -> None:
         """Stop the run in progress (or the next one, if none is): nodes already running
         finish, no further node starts, the status becomes ``cancelled``."""
         self._cancelled.set()
 
-    async def execute(self) -> dict[str, Any]:
-        """Run the workflow once and return the result dict."""
-        await self.initialize()
-        assert self.plan is not None and self._exchange is not None and self._prices is not None
-        execution_id = self.id_factory()
-        ctx = ExecutionContext(
-            execution_id=execution_id,
-            workflow_id="",
-            correlation_id=execution_id,
-            bot_id=None,
-            strategy_id=None,
-            exchange=self._exchange,
-            prices=self._prices,
-            risk=LocalRiskChecker(),
-            http_pool=self._http,
-            log=self._log,
+    async def execute(
+        self,
+        *,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+        execution_id: str | None = None,
+        started_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Run the workflow once. Returns the result dict; raises ``EmergencyHalted``
+        or ``RiskLimitExceeded`` (with ``execution_id``) when a halt stopped the run.
+
+        ``request_id`` is an idempotency key recorded with the execution;
+        ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
+        start) before the run starts.
+        """
+        start = self._start(correlation_id, request_id, execution_id, started_at)
+        return _seed_edge(await self._run(start, {}, 0))
+
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        """Continue an interrupted execution from its checkpoints (see :meth:`run_resumed`);
+        the result dict, or the halt raised, as :meth:`execute`."""
+        return _seed_edge(await self.run_resumed(execution_id))
+
+    async def run(
+        self,
+        *,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+        execution_id: str | None = None,
+        started_at: float | None = None,
+    ) -> ExecutionResult:
+        """Run the workflow once; the typed result, whatever its status."""
+        start = self._start(correlation_id, request_id, execution_id, started_at)
+        return await self._run(start, {}, 0)
+
+    def _start(
+        self,
+        correlation_id: str | None,
+        request_id: str | None,
+        execution_id: str | None,
+        started_at: float | None,
+    ) -> _Start:
+        execution_id = execution_id or self.runtime.ids()
+        return _Start(
+            execution_id,
+            self.workflow_id,
+            correlation_id or execution_id,
+            self.bot_id,
+            self.strategy_id,
+            started_at if started_at is not None else self.runtime.clock.time(),
+            request_id,
         )
-        started = self.clock.time()
+
+    async def run_resumed(self, execution_id: str) -> ExecutionResult:
+        """Continue an interrupted execution from its checkpoints.
+
+        Completed nodes are not run again; an action whose intent was recorded is
+        re-placed with the same client order id, which the exchange deduplicates.
+        """
+        await self.initialize()
+        assert self.plan is not None
+        durability = self.runtime.durability
+        if durability is None:
+            raise InvalidRequest("execution_id", "an execution of a durable executor", execution_id)
+        record = await durability.state.get_execution(execution_id)
+        if record.status is ExecutionStatus.COMPLETED:
+            raise InvalidRequest("execution_id", "an execution that did not complete", execution_id)
+        if record.definition != self.plan.workflow.definition:
+            # Checkpoints name this execution's blocks: another workflow must not reuse them.
+            raise InvalidRequest(
+                "execution_id",
+                "an execution of this executor's workflow definition",
+                f"{execution_id} (recorded with another definition)",
+            )
+        start = _Start(
+            record.execution_id,
+            record.workflow_id,
+            record.correlation_id,
+            record.bot_id,
+            record.strategy_id,
+            record.started_at,
+            record.request_id,
+        )
+        checkpoints = await durability.state.get_checkpoints(execution_id)
+        last_sequence = await durability.state.last_sequence(execution_id)
+        return await self._run(start, checkpoints, last_sequence)
+
+    async def _run(
+        self, start: _Start, restored: Mapping[str, Checkpoint], last_sequence: int
+    ) -> ExecutionResult:
+        if self.plan is None:
+            await self.initialize()
+        assert self.plan is not None
+        runtime = self.runtime
+        journal = self._journal(start, last_sequence)
+        ctx = ExecutionContext(
+            start.execution_id,
+            start.workflow_id,
+            start.correlation_id,
+            start.bot_id,
+            start.strategy_id,
+            runtime.exchange,
+            runtime.prices,
+            runtime.risk,
+            runtime.http,
+            runtime.log,
+        )
         try:
             outcome = await run_plan(
                 self.plan,
                 ctx,
-                clock=self.clock,
-                breakers=self._breakers,
+                breakers=runtime.breakers,
+                journal=journal,
                 max_concurrency=self.max_concurrency,
                 cancelled=self._cancelled,
+                restored=restored,
             )
+        except BaseException:
+            # Interrupted (task cancelled, shutdown): keep what ran, leave the
+            # execution "running" so it can be resumed.
+            await asyncio.shield(journal.interrupted())
+            raise
         finally:
             self._cancelled = asyncio.Event()
-        result = build_result(
-            outcome,
-            execution_id=execution_id,
-            workflow_id=None,
-            correlation_id=execution_id,
-            started_at=started,
-            finished_at=self.clock.time(),
-        )
-        raise_if_halted(outcome, result)
+        result = self._result(start, outcome, runtime.clock.time(), journal)
+        await journal.finish(result)
         return result
 
+    def _journal(self, start: _Start, last_sequence: int) -> NullJournal | DurableJournal:
+        durability = self.runtime.durability
+        if durability is None:
+            return NULL_JOURNAL
+        assert self.plan is not None
+        record = ExecutionRecord(
+            start.execution_id,
+            start.workflow_id,
+            ExecutionStatus.RUNNING,
+            start.started_at,
+            self.plan.workflow.definition,
+            start.correlation_id,
+            start.bot_id,
+            start.strategy_id,
+            request_id=start.request_id,
+        )
+        return DurableJournal(
+            durability,
+            record,
+            clock=self.runtime.clock,
+            log=self.runtime.log,
+            node_seconds=self._node_seconds,
+            last_sequence=last_sequence,
+        )
 
-def build_result(
-    outcome: RunOutcome,
-    *,
-    execution_id: str,
-    workflow_id: str | None,
-    correlation_id: str,
-    started_at: float,
-    finished_at: float,
-) -> dict[str, Any]:
-    """The result dict both executors return."""
-    return {
-        "status": outcome.status.value,
-        "execution_id": execution_id,
-        "workflow_id": workflow_id,
-        "correlation_id": correlation_id,
-        "results": outcome.results,
-        "errors": outcome.errors,
-        "skipped": outcome.skipped,
-        "error": outcome.error,
-        "started_at": rfc3339(started_at),
-        "finished_at": rfc3339(finished_at),
-        "duration_ms": (finished_at - started_at) * 1000.0,
-    }
+    def _result(
+        self,
+        start: _Start,
+        outcome: RunOutcome,
+        finished_at: float,
+        journal: NullJournal | DurableJournal,
+    ) -> ExecutionResult:
+        status, results, errors, skipped, halt, error = outcome
+        view = {
+            "status": status.value,
+            "execution_id": start.execution_id,
+            "workflow_id": start.workflow_id or None,
+            "correlation_id": start.correlation_id,
+            "results": results,
+            "errors": errors,
+            "skipped": skipped,
+            "error": error,
+            "started_at": rfc3339(start.started_at),
+            "finished_at": rfc3339(finished_at),
+            "duration_ms": (finished_at - start.started_at) * 1000.0,
+        }
+        return ExecutionResult(view, halt, journal.final_record(status, finished_at, error, view))
 
 
-def raise_if_halted(outcome: RunOutcome, result: dict[str, Any]) -> None:
-    """A halted run raises its halt (``EmergencyHalted`` / ``RiskLimitExceeded``) with
-    ``.result`` set to the partial result, as the seed's examples expect."""
-    if outcome.status is ExecutionStatus.HALTED and outcome.halt is not None:
-        halt: EmergencyHalted | RiskLimitExceeded = outcome.halt
-        halt.result = result
+def _seed_edge(result: ExecutionResult) -> dict[str, Any]:
+    """The seed's API: a halted run raises its halt (``EmergencyHalted`` /
+    ``RiskLimitExceeded``), naming the execution; any other run returns the dict."""
+    halt = result.halt
+    if halt is not None:
+        halt.execution_id = result.execution_id
         raise halt
+    return result.as_dict()

@@ -1,9 +1,8 @@
-"""The DAG runner shared by both executors.
+"""The DAG runner: runs a plan once, telling a :class:`Journal` what happens.
 
-The base executor runs it with no observer; the enhanced executor passes an
-observer that emits events, persists state and asks the emergency controller
-before each action. Keeping one runner means the two cannot drift apart: the
-enhanced executor is the base one plus observation, nothing else.
+Both executors run it; they differ only in the journal (see :mod:`tradeflow.engine.journal`):
+the base one's records nothing, the enhanced one's emits events, persists state and asks
+the emergency controller before each action.
 
 Scheduling: a node becomes ready when all its upstream nodes are done. Pure
 nodes (computation on their inputs) are awaited inline as soon as they are
@@ -21,9 +20,8 @@ import heapq
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import (
     EmergencyHalted,
     NodeExecutionError,
@@ -37,7 +35,7 @@ from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, Node
 from tradeflow.engine.resilience import BreakerRegistry, CircuitBreaker, run_protected
 from tradeflow.engine.validation import parse_workflow
 
-__all__ = ["NodePlan", "Observer", "Plan", "RunOutcome", "run_plan"]
+__all__ = ["HaltError", "Journal", "NodePlan", "Plan", "RunOutcome", "run_plan"]
 
 HaltError = EmergencyHalted | RiskLimitExceeded
 
@@ -56,7 +54,7 @@ class NodePlan:
     """Index in the topological order."""
     is_action: bool
     does_io: bool
-    """An action or an external call: the observer is told before it starts."""
+    """An action or an external call: the journal is told before it starts."""
     protected: bool
     """The config asks for a timeout, retry or breaker."""
 
@@ -113,8 +111,12 @@ class Plan:
         return cls(workflow=workflow, nodes=nodes, order=tuple(b.id for b in workflow.blocks))
 
 
-class Observer(Protocol):
-    """What the enhanced executor adds around the runner (all optional to the base one)."""
+class Journal(Protocol):
+    """What the runner tells about one execution as it runs."""
+
+    def node_started(self, node: NodePlan) -> float:
+        """Returns the start mark that ``node_completed``/``node_failed`` are given back."""
+        ...
 
     async def before_io(self, node: NodePlan) -> None:
         """Before an action or external call: persist progress; for an action, first record
@@ -126,43 +128,39 @@ class Observer(Protocol):
         halted (or the halt state cannot be confirmed)."""
         ...
 
-    def node_started(self, node: NodePlan) -> None: ...
-
-    def node_completed(self, node: NodePlan, outputs: dict[str, Any], seconds: float) -> None: ...
+    def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None: ...
 
     def node_skipped(self, node: NodePlan, reason: str) -> None: ...
 
-    def node_failed(self, node: NodePlan, error: BaseException, seconds: float) -> None: ...
+    def node_failed(self, node: NodePlan, error: BaseException, started: float) -> None: ...
 
     def node_retrying(
         self, node: NodePlan, attempt: int, error: BaseException, wait: float
     ) -> None: ...
 
 
-@dataclass(slots=True)
-class RunOutcome:
-    """What one run produced; the executors turn it into the result dict."""
+class RunOutcome(NamedTuple):
+    """What one run of the plan produced (a named tuple: built once per execution)."""
 
     status: ExecutionStatus
     results: dict[str, dict[str, Any]]
     errors: dict[str, str]
     skipped: list[str]
-    halt: HaltError | None = None
-    error: str | None = None
+    halt: HaltError | None
+    error: str | None
 
 
 class _Runner:
     __slots__ = (
         "breakers",
         "cancelled",
-        "clock",
         "ctx",
         "errors",
         "failure",
         "gated",
         "halt",
+        "journal",
         "max_concurrency",
-        "observer",
         "plan",
         "results",
         "skipped",
@@ -174,17 +172,15 @@ class _Runner:
         plan: Plan,
         ctx: ExecutionContext,
         *,
-        clock: Clock,
         breakers: BreakerRegistry,
-        observer: Observer | None,
+        journal: Journal,
         max_concurrency: int,
         cancelled: asyncio.Event,
     ) -> None:
         self.plan = plan
         self.ctx = ctx
-        self.clock = clock
         self.breakers = breakers
-        self.observer = observer
+        self.journal = journal
         self.max_concurrency = max_concurrency
         self.cancelled = cancelled
         self.results: dict[str, dict[str, Any]] = {}
@@ -258,8 +254,7 @@ class _Runner:
                     else f"upstream {upstream_id!r} did not pass"
                 )
                 self._skip(node.block.id)
-                if self.observer is not None:
-                    self.observer.node_skipped(node, reason)
+                self.journal.node_skipped(node, reason)
                 return reason
         if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETED:
             self._record_outputs(node, checkpoint.outputs or {})
@@ -292,18 +287,17 @@ class _Runner:
         block = node.block
         results = self.results
         inputs = {name: results[src][out] for name, src, out in node.wires}
-        observer = self.observer
-        started = self.clock.monotonic() if observer is not None else 0.0
+        journal = self.journal
+        started = 0.0
         try:
-            if observer is not None:
-                if node.does_io:
-                    await observer.before_io(node)
-                observer.node_started(node)
+            if node.does_io:
+                await journal.before_io(node)
+            started = journal.node_started(node)
             if node.protected:
                 outputs = await self._run_protected(node, inputs)
             else:
-                if node.is_action and observer is not None:
-                    observer.guard_action(node)
+                if node.is_action:
+                    journal.guard_action(node)
                 outputs = await node.spec.run(self.ctx, block, inputs)
             for name in block.outputs:
                 if name not in outputs:
@@ -322,32 +316,27 @@ class _Runner:
                 self.failure = str(NodeExecutionError(block.id, block.type, exc))
             return
         self._record_outputs(node, outputs)
-        if observer is not None:
-            observer.node_completed(node, outputs, self.clock.monotonic() - started)
+        journal.node_completed(node, outputs, started)
 
     def _fail(self, node: NodePlan, error: BaseException, started: float) -> None:
         self.errors[node.block.id] = describe(error)
-        if self.observer is not None:
-            self.observer.node_failed(node, error, self.clock.monotonic() - started)
+        self.journal.node_failed(node, error, started)
 
     async def _run_protected(self, node: NodePlan, inputs: dict[str, Any]) -> dict[str, Any]:
         config = node.block.config
         breaker: CircuitBreaker | None = (
             self.breakers.get(config.circuit_breaker) if config.circuit_breaker else None
         )
-        observer = self.observer
+        journal = self.journal
 
         def on_retry(attempt: int, error: BaseException, wait: float) -> None:
-            if observer is not None:
-                observer.node_retrying(node, attempt, error, wait)
-
-        guard = observer.guard_action if node.is_action and observer is not None else None
+            journal.node_retrying(node, attempt, error, wait)
 
         async def attempt() -> dict[str, Any]:
             # Every attempt of an action asks again: a halt during a retry's back-off
             # must stop the retry.
-            if guard is not None:
-                guard(node)
+            if node.is_action:
+                journal.guard_action(node)
             return await node.spec.run(self.ctx, node.block, inputs)
 
         return await run_protected(
@@ -370,35 +359,26 @@ class _Runner:
             status, error = ExecutionStatus.CANCELLED, "execution cancelled"
         else:
             status, error = ExecutionStatus.COMPLETED, None
-        return RunOutcome(
-            status=status,
-            results=self.results,
-            errors=self.errors,
-            skipped=self.skipped,
-            halt=self.halt,
-            error=error,
-        )
+        return RunOutcome(status, self.results, self.errors, self.skipped, self.halt, error)
 
 
 async def run_plan(
     plan: Plan,
     ctx: ExecutionContext,
     *,
-    clock: Clock,
     breakers: BreakerRegistry,
-    observer: Observer | None = None,
-    max_concurrency: int = 16,
-    cancelled: asyncio.Event | None = None,
-    restored: Mapping[str, Checkpoint] | None = None,
+    journal: Journal,
+    max_concurrency: int,
+    cancelled: asyncio.Event,
+    restored: Mapping[str, Checkpoint],
 ) -> RunOutcome:
     """Run ``plan`` once; ``restored`` checkpoints (resume) are not run again."""
     runner = _Runner(
         plan,
         ctx,
-        clock=clock,
         breakers=breakers,
-        observer=observer,
+        journal=journal,
         max_concurrency=max_concurrency,
-        cancelled=cancelled if cancelled is not None else asyncio.Event(),
+        cancelled=cancelled,
     )
-    return await runner.run(restored or {})
+    return await runner.run(restored)

@@ -3,9 +3,9 @@
 :class:`RemoteEmergencyControl` is what an executor in another process uses.
 The pre-action check (:meth:`~RemoteEmergencyControl.ensure_trading_allowed`,
 :meth:`~RemoteEmergencyControl.active_halt`) reads a local view of the halts and
-makes no call: a background task follows the service's ``WatchState`` stream
-and installs each snapshot, matching ids with the embedded controller's own
-:meth:`EmergencySnapshot.active_halt`. The view fails closed
+makes no call: a :class:`~tradeflow.engine.emergency.WatchedView` follows the
+service's ``WatchState`` stream and installs each snapshot, matching ids with
+the embedded controller's own rule. The view fails closed
 (``EmergencyHalted("emergency state unavailable: ...")``) before the first
 snapshot, while the stream is down (it reconnects with jittered exponential
 backoff), and when no snapshot, change or heartbeat (the service resends its
@@ -22,8 +22,7 @@ view is down anyway.
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Sequence
+from dataclasses import asdict
 from enum import StrEnum
 from typing import Any, Final, TypeVar
 
@@ -34,8 +33,8 @@ from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.adapters.grpc.errors import error_from_rpc
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.emergency import MAX_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import (
-    EmergencyHalted,
     InvalidRequest,
     RiskLimitExceeded,
     TradeflowError,
@@ -49,7 +48,7 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
-from tradeflow.engine.emergency import MAX_AUDIT_PAGE, EmergencySnapshot
+from tradeflow.engine.emergency import WatchedView, fail_closed
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
@@ -57,7 +56,6 @@ __all__ = ["RemoteEmergencyControl"]
 
 _SERVICE: Final = "emergency"
 _SYSTEM_CLOCK: Final = SystemClock()
-_UNAVAILABLE: Final = "emergency state unavailable: "
 
 E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)
@@ -76,21 +74,7 @@ class RemoteEmergencyControl:
     loop it was connected on.
     """
 
-    __slots__ = (
-        "_backoff",
-        "_call_timeout",
-        "_changed",
-        "_channel",
-        "_clock",
-        "_closed",
-        "_confirmed_at",
-        "_follower",
-        "_id_factory",
-        "_lost",
-        "_max_staleness",
-        "_stub",
-        "_view",
-    )
+    __slots__ = ("_call_timeout", "_channel", "_id_factory", "_max_staleness", "_stub", "_view")
 
     def __init__(
         self,
@@ -107,15 +91,13 @@ class RemoteEmergencyControl:
         self._stub = emergency_service_pb2_grpc.EmergencyServiceStub(channel)
         self._max_staleness = max_staleness
         self._call_timeout = call_timeout
-        self._backoff = reconnect_backoff
-        self._clock = clock
         self._id_factory = id_factory
-        self._view: EmergencySnapshot | None = None
-        self._confirmed_at = 0.0
-        self._lost = "no snapshot received from the emergency service yet"
-        self._changed = asyncio.Event()
-        self._follower: asyncio.Task[None] | None = None
-        self._closed = False
+        self._view = WatchedView(
+            "emergency service",
+            clock=clock,
+            max_staleness=max_staleness,
+            backoff=reconnect_backoff,
+        )
 
     @classmethod
     async def connect(
@@ -160,10 +142,9 @@ class RemoteEmergencyControl:
         if wait_ready:
             try:
                 async with asyncio.timeout(timeout):
-                    while control._view is None:
-                        await control.wait_for_change()
+                    await control._view.wait_until(lambda _: True)
             except TimeoutError:
-                lost = control._lost
+                lost = control._view.problem
                 await control.close()
                 raise UnavailableError(
                     f"emergency service at {address}: no state within {timeout}s ({lost})"
@@ -172,42 +153,32 @@ class RemoteEmergencyControl:
 
     def start(self) -> None:
         """Start following the ``WatchState`` stream (idempotent)."""
-        if self._follower is None and not self._closed:
-            self._follower = asyncio.create_task(self._follow(), name="emergency:watch-state")
+        self._view.start(self._watch, name="emergency:watch-state")
 
     # -- the local view ---------------------------------------------------------------
 
-    def ensure_trading_allowed(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> None:
-        """Raise ``EmergencyHalted`` if a halt covers these ids or the view is not current."""
-        self._current().ensure_trading_allowed(
-            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
-        )
+    def ensure_trading_allowed(self, ids: ScopeIds) -> None:
+        """Raise ``EmergencyHalted`` if a halt covers ``ids`` or the view is not current."""
+        fail_closed(self._view.current).ensure_trading_allowed(ids)
 
-    def active_halt(
-        self, *, workflow_id: str | None, bot_id: str | None, strategy_id: str | None
-    ) -> HaltState | None:
-        """The broadest halt covering these ids, from the local view; ``EmergencyHalted``
+    def active_halt(self, ids: ScopeIds) -> HaltState | None:
+        """The broadest halt covering ``ids``, from the local view; ``EmergencyHalted``
         if the view is not current (fail closed)."""
-        return self._current().active_halt(
-            workflow_id=workflow_id, bot_id=bot_id, strategy_id=strategy_id
-        )
+        return fail_closed(self._view.current).active_halt(ids)
 
     @property
     def available(self) -> bool:
         """Whether the local view is current (the pre-action check can answer)."""
-        return self._view is not None and not self._stale()
+        return self._view.problem is None
 
     @property
     def version(self) -> int | None:
         """Version of the local view; ``None`` while it is down."""
-        view = self._view
-        return None if view is None else view.version
+        return None if self._view.problem is not None else self._view.current().version
 
     async def wait_for_change(self) -> None:
-        """Return at the next change of the local view: a new version, lost or closed."""
-        await self._changed.wait()
+        """Return at the next change of the local view: a new version, lost, back or closed."""
+        await self._view.changed()
 
     async def wait_for_version(self, version: int | None = None) -> int:
         """Wait until the local view holds ``version`` or a later one; ``None`` means the
@@ -216,15 +187,8 @@ class RemoteEmergencyControl:
         Raises ``UnavailableError`` once the client is closed. Bound the wait
         with ``asyncio.timeout``: a view that is down waits for its reconnection.
         """
-        if version is None:
-            version = (await self._get_state()).version
-        while True:
-            if self._closed:
-                raise UnavailableError("emergency client closed")
-            view = self._view
-            if view is not None and view.version >= version:
-                return view.version
-            await self.wait_for_change()
+        wanted = (await self._get_state()).version if version is None else version
+        return (await self._view.wait_until(lambda view: view.version >= wanted)).version
 
     # -- calls ------------------------------------------------------------------------
 
@@ -275,9 +239,7 @@ class RemoteEmergencyControl:
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None:
         """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (the service audits
         and publishes the breach, and with ``auto_halt`` halts globally first)."""
@@ -290,9 +252,7 @@ class RemoteEmergencyControl:
                 value=_number("value", value),
                 threshold=None if threshold is None else _number("threshold", threshold),
                 auto_halt=auto_halt,
-                workflow_id=workflow_id,
-                bot_id=bot_id,
-                strategy_id=strategy_id,
+                **asdict(ids),
             ),
         )
         if not response.breached:
@@ -343,31 +303,12 @@ class RemoteEmergencyControl:
 
     async def close(self) -> None:
         """Stop following the service and close the channel; the view fails closed."""
-        if self._closed:
+        if self._view.closed:
             return
-        self._closed = True
-        follower, self._follower = self._follower, None
-        if follower is not None:
-            follower.cancel()
-            await asyncio.wait((follower,))
-        self._lose("emergency client closed")
+        await self._view.close("emergency client closed")
         await self._channel.close()
 
     # -- internals --------------------------------------------------------------------
-
-    def _current(self) -> EmergencySnapshot:
-        view = self._view
-        if view is None:
-            raise EmergencyHalted(_UNAVAILABLE + self._lost)
-        if self._stale():
-            raise EmergencyHalted(
-                f"{_UNAVAILABLE}no snapshot from the emergency service for over "
-                f"{self._max_staleness}s"
-            )
-        return view
-
-    def _stale(self) -> bool:
-        return self._clock.monotonic() - self._confirmed_at > self._max_staleness
 
     async def _call(self, method: Any, request: Any) -> Any:
         return await call(method, request, service=_SERVICE, deadline=self._call_timeout)
@@ -378,7 +319,7 @@ class RemoteEmergencyControl:
 
     async def _catch_up(self) -> None:
         """Wait (bounded) until the view shows the change this client just made."""
-        if self._view is None:
+        if not self.available:
             return  # failing closed already; the next snapshot brings the change
         try:
             async with asyncio.timeout(self._call_timeout):
@@ -387,55 +328,32 @@ class RemoteEmergencyControl:
             # The change is made; only this process's view of it is late.
             _log.warning("emergency.view_behind", error=describe(exc))
 
-    async def _follow(self) -> None:
-        first, longest = self._backoff
-        delay = first
-        while True:
-            stream = self._stub.WatchState(pb.WatchStateRequest())
-            try:
-                while True:
-                    async with asyncio.timeout(self._max_staleness):
-                        response = await stream.read()
-                    if response is grpc.aio.EOF:
-                        lost = "the emergency service ended the stream (shutting down?)"
-                        break
-                    halts, version = wire.emergency_state_from_proto(response.state)
-                    self._install(halts, version)
-                    delay = first
-            except grpc.aio.AioRpcError as err:
-                lost = error_from_rpc(err, service=_SERVICE).message
-            except TimeoutError:
-                lost = f"no snapshot from the emergency service for over {self._max_staleness}s"
-            except Exception as exc:
-                _log.exception("emergency.watch_failed")
-                lost = f"unreadable snapshot: {describe(exc)}"
-            finally:
-                stream.cancel()
-            self._lose(lost)
-            _log.warning("emergency.watch_lost", error=lost, retry_in=delay)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, longest)
-
-    def _install(self, halts: Sequence[HaltState], version: int) -> None:
-        self._confirmed_at = self._clock.monotonic()
-        view = self._view
-        if view is not None and view.version == version:
-            return  # a heartbeat: nothing changed
-        if view is None:
-            _log.info("emergency.watch_established", version=version, halts=len(halts))
-        # The stream is the one source of the view and ordered: its latest snapshot is
-        # the truth even when its version is lower (the Redis state was rebuilt).
-        self._view = EmergencySnapshot.of(version, halts, ())
-        self._notify()
-
-    def _lose(self, reason: str) -> None:
-        self._view = None
-        self._lost = reason
-        self._notify()
-
-    def _notify(self) -> None:
-        waking, self._changed = self._changed, asyncio.Event()
-        waking.set()
+    async def _watch(self) -> None:
+        """One link for the view: install each ``WatchState`` snapshot until the stream ends."""
+        stream = self._stub.WatchState(pb.WatchStateRequest())
+        try:
+            while True:
+                async with asyncio.timeout(self._max_staleness):
+                    response = await stream.read()
+                if response is grpc.aio.EOF:
+                    lost = "the emergency service ended the stream (shutting down?)"
+                    break
+                if self._view.problem is not None:
+                    _log.info("emergency.watch_established", version=response.state.version)
+                halts, version = wire.emergency_state_from_proto(response.state)
+                # The stream is the one source of the view and ordered: its latest snapshot
+                # is the truth even when its version is lower (the Redis state was rebuilt).
+                self._view.confirm(EmergencySnapshot.of(version, halts, ()))
+        except grpc.aio.AioRpcError as err:
+            lost = error_from_rpc(err, service=_SERVICE).message
+        except TimeoutError:
+            lost = f"no snapshot from the emergency service for over {self._max_staleness}s"
+        except Exception as exc:
+            _log.exception("emergency.watch_failed")
+            lost = f"unreadable snapshot: {describe(exc)}"
+        finally:
+            stream.cancel()
+        raise UnavailableError(lost)
 
 
 def _to_proto(codec: wire.EnumCodec[E, V], member: E | None, field: str) -> V:

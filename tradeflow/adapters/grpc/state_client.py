@@ -90,7 +90,7 @@ class StateClient:
         return {checkpoint.node_id: checkpoint for checkpoint in checkpoints}
 
     async def read_events(
-        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
         """Up to ``limit`` (at least 1) ``(cursor, event)`` pairs with cursor > ``after``,
         oldest first, in pages of at most :data:`MAX_EVENTS_PAGE` events."""
@@ -107,6 +107,13 @@ class StateClient:
             if len(response.events) < size or len(history) >= wanted:
                 return history
             cursor = history[-1][0]
+
+    async def last_sequence(self, execution_id: str) -> int:
+        """The highest event sequence recorded for ``execution_id`` (0 if none)."""
+        response: pb.GetLastSequenceResponse = await self._call(
+            self._stub.GetLastSequence, pb.GetLastSequenceRequest(execution_id=execution_id)
+        )
+        return int(response.sequence)
 
     async def close(self) -> None:
         """Close the channel; calls still in flight are cancelled."""

@@ -26,6 +26,7 @@ import orjson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeflow.domain.codec import to_json_bytes
+from tradeflow.domain.emergency import LimitVerdict, ScopeIds
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
 from tradeflow.domain.records import (
     SCHEMA_VERSION,
@@ -79,8 +80,10 @@ __all__ = [
     "halt_state_to_proto",
     "history_event_from_proto",
     "history_event_to_proto",
+    "limit_verdict_to_proto",
     "risk_limit_from_proto",
     "risk_limit_to_proto",
+    "scope_ids_from_proto",
     "state_batch_from_proto",
     "state_batch_to_proto",
     "timestamp_from_proto",
@@ -404,6 +407,26 @@ def emergency_state_from_proto(
 ) -> tuple[tuple[HaltState, ...], int]:
     """Inverse of :func:`emergency_state_to_proto`: the halts and the version."""
     return tuple(halt_state_from_proto(halt) for halt in msg.halts), msg.version
+
+
+def scope_ids_from_proto(msg: emergency_service_pb2.CheckRiskLimitRequest) -> ScopeIds:
+    """The ids a risk check belongs to (an unset one is ``None``)."""
+    return ScopeIds(
+        msg.workflow_id if msg.HasField("workflow_id") else None,
+        msg.bot_id if msg.HasField("bot_id") else None,
+        msg.strategy_id if msg.HasField("strategy_id") else None,
+    )
+
+
+def limit_verdict_to_proto(verdict: LimitVerdict) -> emergency_service_pb2.CheckRiskLimitResponse:
+    """A risk check's answer: what it compared and whether it breached (and halted)."""
+    breached = verdict.breached
+    return emergency_service_pb2.CheckRiskLimitResponse(
+        breached=breached,
+        halted=breached and verdict.halts,
+        threshold=verdict.threshold,
+        direction=LIMIT_DIRECTION.to_proto(verdict.direction),
+    )
 
 
 def risk_limit_to_proto(limit: RiskLimit) -> emergency_service_pb2.RiskLimit:

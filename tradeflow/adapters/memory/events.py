@@ -1,139 +1,63 @@
 """The embedded :class:`~tradeflow.ports.EventBus`: in-process, one event loop.
 
-Each subscriber owns a bounded buffer and a dispatcher task that awaits its
-handler one event at a time, in publish order. The publisher only appends to
-buffers, so a slow or failing subscriber never delays it or anyone else; when
-a buffer is full the oldest event is dropped (a live view wants the newest)
-and counted.
+Subscribers are served by the shared :class:`~tradeflow.engine.fanout.Fanout`
+(a bounded buffer and a dispatcher each). For replay the bus numbers every
+published event 1, 2, ... and keeps the newest ``history`` of them (10,000 by
+default) as records, turned into contract dicts only when replayed: a reader
+that falls further behind than that misses the oldest, and the gap shows in
+the sequence numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Final
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 import structlog
 
-from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
+from tradeflow.domain.errors import ConfigurationError, describe
 from tradeflow.domain.records import Event
+from tradeflow.engine.fanout import SCOPE_EVENTS, WORKFLOW_EVENTS, Fanout, check_after_sequence
 from tradeflow.observability.metrics import Metrics
-from tradeflow.ports import EventHandler, Subscription
 
-__all__ = ["WORKFLOW_EVENTS", "Event", "InProcessEventBus", "InProcessSubscription"]
-
-WORKFLOW_EVENTS: Final = "workflow_events"
-"""The one topic: every event tradeflow publishes."""
-
-_CLOSE_DRAIN_SECONDS: Final = 1.0
+__all__ = ["WORKFLOW_EVENTS", "Event", "InProcessEventBus"]
 
 _log = structlog.get_logger(__name__)
 
 
-class InProcessSubscription:
-    """One subscriber: its buffer, its dispatcher task, and how many events it lost."""
-
-    __slots__ = ("_buffer", "_idle", "_metrics", "_stopped", "_task", "_wakeup", "dropped", "name")
-
-    def __init__(self, handler: EventHandler, buffer_size: int, metrics: Metrics | None) -> None:
-        self.name: str = getattr(handler, "__qualname__", None) or repr(handler)
-        """The handler's name, as logged."""
-        self.dropped = 0
-        """Events lost because the buffer was full (oldest first)."""
-        self._buffer: deque[dict[str, Any]] = deque(maxlen=buffer_size)
-        self._metrics = metrics
-        self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._stopped = False
-        self._task = asyncio.create_task(self._dispatch(handler), name=f"events:{self.name}")
-
-    def _offer(self, item: dict[str, Any]) -> None:
-        buffer = self._buffer
-        if len(buffer) == buffer.maxlen:
-            # deque(maxlen) evicts the oldest on append; only the count is ours.
-            self.dropped += 1
-            if self._metrics is not None:
-                self._metrics.events_dropped.inc()
-        buffer.append(item)
-        self._idle.clear()
-        self._wakeup.set()
-
-    async def _dispatch(self, handler: EventHandler) -> None:
-        buffer = self._buffer
-        while not self._stopped:
-            if not buffer:
-                self._idle.set()
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            try:
-                await handler(buffer.popleft())
-            except Exception as exc:
-                _log.error(
-                    "events.subscriber_failed",
-                    handler=self.name,
-                    error=describe(exc),
-                    error_type=type(exc).__name__,
-                )
-                if self._metrics is not None:
-                    self._metrics.subscriber_errors.inc()
-
-    @property
-    def is_idle(self) -> bool:
-        """Whether every buffered event has been handled."""
-        return self._idle.is_set()
-
-    async def _stop(self) -> None:
-        self._stopped = True
-        self._idle.set()
-        task = self._task
-        # A handler unsubscribing itself: the loop ends after it returns.
-        if task is asyncio.current_task():
-            return
-        task.cancel()
-        # asyncio.wait, unlike awaiting the task, never raises the task's
-        # CancelledError into (nor swallows a cancellation of) the caller.
-        await asyncio.wait((task,))
-
-
-class InProcessEventBus:
+class InProcessEventBus(Fanout):
     """Delivers :class:`Event` dicts to async handlers in the same process.
 
-    ``buffer_size`` bounds each subscriber's backlog; ``metrics`` counts
-    dropped events and handler errors.
+    ``buffer_size`` bounds each subscriber's backlog, ``history`` the events kept
+    for :meth:`replay`; ``metrics`` counts dropped events and handler errors.
     """
 
-    __slots__ = ("_buffer_size", "_closed", "_metrics", "_subscriptions")
+    __slots__ = ("_appended", "_history", "_sequence")
 
-    def __init__(self, *, buffer_size: int = 10_000, metrics: Metrics | None = None) -> None:
-        if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
+    def __init__(
+        self, *, buffer_size: int = 10_000, history: int = 10_000, metrics: Metrics | None = None
+    ) -> None:
+        super().__init__(buffer_size=buffer_size, metrics=metrics)
+        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
             raise ConfigurationError(
-                f"invalid event bus buffer_size: expected an integer >= 1, found {buffer_size!r}"
+                f"invalid event bus history: expected an integer >= 1, found {history!r}"
             )
-        self._buffer_size = buffer_size
-        self._metrics = metrics
-        # A tuple, replaced on (un)subscribe, so publish iterates without copying.
-        self._subscriptions: tuple[InProcessSubscription, ...] = ()
-        self._closed = False
-
-    def deliver(self, item: dict[str, Any]) -> None:
-        """Hand an event dict (already in contract form) to every subscriber's buffer.
-
-        One dict shared by every subscriber: handlers must treat it as read-only.
-        Adapters that receive events from elsewhere (NATS) deliver through here.
-        """
-        for subscription in self._subscriptions:
-            subscription._offer(item)
-
-    @property
-    def has_subscribers(self) -> bool:
-        return bool(self._subscriptions)
+        self._history: deque[tuple[int, Event]] = deque(maxlen=history)
+        self._sequence = 0
+        self._appended: asyncio.Event | None = None
+        """Set (and dropped) by the next publish; only exists while a replay waits."""
 
     def publish(self, event: Event) -> None:
-        """Queue ``event`` for every subscriber; never blocks, never raises."""
-        subscriptions = self._subscriptions
-        if not subscriptions:
+        """Number and keep ``event``, queue it for every subscriber; never blocks, never raises."""
+        self._sequence += 1
+        self._history.append((self._sequence, event))
+        appended = self._appended
+        if appended is not None:
+            self._appended = None
+            appended.set()
+        if not self._subscriptions:
             return
         try:
             self.deliver(event.to_dict())
@@ -144,48 +68,63 @@ class InProcessEventBus:
                 error=describe(exc),
             )
 
-    async def subscribe(self, topic: str, handler: EventHandler) -> InProcessSubscription:
-        """Deliver every event of ``topic`` (only ``"workflow_events"``) to ``handler``.
+    async def last_sequence(self) -> int:
+        """The sequence of the last published event (0 before the first)."""
+        return self._sequence
 
-        Raises ``InvalidRequest`` for another topic or a handler that is not
-        callable, ``UnavailableError`` once the bus is closed.
+    def replay(
+        self,
+        *,
+        after_sequence: int = 0,
+        bot_id: str | None = None,
+        strategy_id: str | None = None,
+        workflow_id: str | None = None,
+        execution_id: str | None = None,
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        """``(sequence, event_dict)`` of the kept events after ``after_sequence``, then
+        live ones as they are published, until the bus closes.
+
+        Filters as :meth:`tradeflow.ports.EventBus.replay` says; raises
+        ``InvalidRequest`` for a negative or non-integer ``after_sequence``.
         """
-        if topic != WORKFLOW_EVENTS:
-            raise InvalidRequest("topic", repr(WORKFLOW_EVENTS), topic)
-        if not callable(handler):
-            raise InvalidRequest("handler", "an async callable taking the event dict", handler)
-        if self._closed:
-            raise UnavailableError("event bus is closed")
-        subscription = InProcessSubscription(handler, self._buffer_size, self._metrics)
-        self._subscriptions = (*self._subscriptions, subscription)
-        return subscription
+        check_after_sequence(after_sequence)
+        ids = {"bot_id": bot_id, "strategy_id": strategy_id, "workflow_id": workflow_id}
+        wanted = [(field, value) for field, value in ids.items() if value is not None]
+        skipped = SCOPE_EVENTS if wanted else frozenset()
+        if execution_id is not None:
+            wanted.append(("execution_id", execution_id))
 
-    async def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop delivering to ``subscription``; events still buffered for it are discarded."""
-        for candidate in self._subscriptions:
-            if candidate is subscription:
-                self._subscriptions = tuple(s for s in self._subscriptions if s is not candidate)
-                await candidate._stop()
+        def matches(event: Event) -> bool:
+            return event.type not in skipped and all(
+                getattr(event, field) == value for field, value in wanted
+            )
+
+        return self._replay(after_sequence, matches)
+
+    async def _replay(
+        self, cursor: int, matches: Callable[[Event], bool]
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        history = self._history
+        while True:
+            fresh = min(self._sequence - cursor, len(history))
+            if fresh > 0:
+                # Copied from the newest end: publishing while this yields must not
+                # disturb the iteration, and a live reader only looks at the tail.
+                batch = [history[-n] for n in range(fresh, 0, -1)]
+                cursor = batch[-1][0]
+                for sequence, event in batch:
+                    if matches(event):
+                        yield sequence, event.to_dict()
+                continue
+            if self._closed:
                 return
-
-    # The bound is part of the call (close() and the CLI always want one), hence ASYNC109.
-    async def drain(self, timeout: float = 1.0) -> bool:  # noqa: ASYNC109
-        """Wait until every subscriber has handled everything buffered for it.
-
-        Returns False if that did not happen within ``timeout`` seconds.
-        """
-        try:
-            async with asyncio.timeout(timeout):
-                while pending := [s for s in self._subscriptions if not s.is_idle]:
-                    await asyncio.gather(*(s._idle.wait() for s in pending))
-        except TimeoutError:
-            return False
-        return True
+            if self._appended is None:
+                self._appended = asyncio.Event()
+            await self._appended.wait()
 
     async def close(self) -> None:
-        """Deliver what is buffered (at most one second), then stop every dispatcher."""
-        self._closed = True
-        await self.drain(_CLOSE_DRAIN_SECONDS)
-        subscriptions, self._subscriptions = self._subscriptions, ()
-        for subscription in subscriptions:
-            await subscription._stop()
+        """Deliver what is buffered (at most one second), stop every dispatcher, end replays."""
+        await super().close()
+        appended, self._appended = self._appended, None
+        if appended is not None:
+            appended.set()

@@ -1,27 +1,26 @@
-"""A paper exchange: deterministic fills against a price feed, optionally durable in SQLite.
+"""A paper exchange: deterministic fills against a price feed, optionally durable.
 
 :class:`PaperExchange` fills market orders at the touch (buys at the ask, sells
 at the bid) of the feed's latest quote, fills marketable limit orders the same
 way and leaves the others resting until cancelled. It keeps balances per venue,
-net positions and average-cost realized P&L. Given a SQLite connection it
-persists every accepted order with its balance changes and fill in one
-transaction before answering, so a restarted process sees the same orders and
+net positions and average-cost realized P&L. Given a :class:`PaperLedger` it
+persists every accepted order with its balance changes and fill atomically
+before answering, so a restarted process sees the same orders and
 re-placing a ``client_order_id`` still trades nothing.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
-from typing import Any, NoReturn
+from typing import NoReturn, Protocol
 
-from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.numbers import is_positive
 from tradeflow.domain.trading import (
+    Fill,
     Order,
     OrderRequest,
     OrderStatus,
@@ -32,7 +31,7 @@ from tradeflow.domain.trading import (
 )
 from tradeflow.ports import PriceFeed
 
-__all__ = ["DEFAULT_BALANCES", "PaperExchange"]
+__all__ = ["DEFAULT_BALANCES", "PaperExchange", "PaperLedger"]
 
 DEFAULT_BALANCES: Mapping[str, float] = MappingProxyType(
     {"USDT": 100_000.0, "BTC": 2.0, "ETH": 20.0, "SOL": 500.0}
@@ -45,57 +44,20 @@ _SECONDS_PER_DAY = 86_400
 _TOLERANCE = 1e-9
 """Float slack in balance checks, so selling exactly what was bought is allowed."""
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS paper_orders (
-        venue TEXT NOT NULL,
-        client_order_id TEXT NOT NULL,
-        order_id TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        side TEXT NOT NULL,
-        quantity REAL NOT NULL,
-        order_type TEXT NOT NULL,
-        limit_price REAL,
-        status TEXT NOT NULL,
-        filled_quantity REAL NOT NULL,
-        avg_price REAL,
-        created_at REAL NOT NULL,
-        PRIMARY KEY (venue, client_order_id))""",
-    """CREATE TABLE IF NOT EXISTS paper_balances (
-        venue TEXT NOT NULL,
-        asset TEXT NOT NULL,
-        amount REAL NOT NULL,
-        PRIMARY KEY (venue, asset))""",
-    """CREATE TABLE IF NOT EXISTS paper_fills (
-        fill_id INTEGER PRIMARY KEY,
-        venue TEXT NOT NULL,
-        symbol TEXT NOT NULL,
-        client_order_id TEXT NOT NULL,
-        side TEXT NOT NULL,
-        quantity REAL NOT NULL,
-        price REAL NOT NULL,
-        fee REAL NOT NULL,
-        at REAL NOT NULL)""",
-)
-_ORDER_COLUMNS = (
-    "order_id, client_order_id, venue, symbol, side, quantity, order_type, limit_price, "
-    "status, filled_quantity, avg_price, created_at"
-)
-_FILL_COLUMNS = "venue, symbol, client_order_id, side, quantity, price, fee, at"
 
+class PaperLedger(Protocol):
+    """Where a durable :class:`PaperExchange` keeps its orders, balances and fills."""
 
-@dataclass(frozen=True, slots=True)
-class _Fill:
-    """One execution of an order (paper orders fill whole, once)."""
+    def load(self) -> tuple[list[Order], dict[str, dict[str, float]], list[Fill]]:
+        """Every stored order, the balances by venue, and the fills in the order they happened."""
+        ...
 
-    venue: str
-    symbol: str
-    client_order_id: str
-    side: Side
-    quantity: float
-    price: float
-    fee: float
-    """In the quote asset."""
-    at: float
+    def persist(
+        self, order: Order, balances: Mapping[str, float] | None, fill: Fill | None
+    ) -> None:
+        """Store one order change with its balances and fill, all or nothing; raises
+        ``ExchangeError`` if it cannot."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,14 +86,12 @@ _FLAT = _Book()
 
 
 class PaperExchange:
-    """An :class:`~tradeflow.domain.trading.Exchange` that trades on paper.
+    """An :class:`~tradeflow.ports.Exchange` that trades on paper.
 
     ``balances`` sets the starting balances of named venues; any other venue
     starts with ``default_balances``. ``fee_rate`` is charged in the quote asset
     on every fill. Without ``allow_short`` a sell needs the base asset in the
-    balance. ``conn`` (opened with ``isolation_level=None``) makes the state
-    durable: tables prefixed ``paper_`` are created if missing and loaded here.
-    Writes are synchronous, which suits a local paper file.
+    balance. ``ledger`` makes the state durable: it is loaded here.
     """
 
     __slots__ = (
@@ -139,9 +99,9 @@ class PaperExchange:
         "_balances",
         "_books",
         "_clock",
-        "_conn",
         "_default_balances",
         "_fee_rate",
+        "_ledger",
         "_new_id",
         "_orders",
         "_pnl_by_day",
@@ -156,7 +116,7 @@ class PaperExchange:
         default_balances: Mapping[str, float] = DEFAULT_BALANCES,
         fee_rate: float = 0.0,
         allow_short: bool = False,
-        conn: sqlite3.Connection | None = None,
+        ledger: PaperLedger | None = None,
         clock: Clock | None = None,
         id_factory: IdFactory = new_id,
     ) -> None:
@@ -164,15 +124,15 @@ class PaperExchange:
         self._default_balances = dict(default_balances)
         self._fee_rate = fee_rate
         self._allow_short = allow_short
-        self._conn = conn
+        self._ledger = ledger
         self._clock: Clock = clock or SystemClock()
         self._new_id = id_factory
         self._balances = {venue: dict(assets) for venue, assets in (balances or {}).items()}
         self._orders: dict[tuple[str, str], Order] = {}
         self._books: dict[tuple[str, str], _Book] = {}
         self._pnl_by_day: dict[int, float] = {}
-        if conn is not None:
-            self._load(conn)
+        if ledger is not None:
+            self._load(ledger)
 
     async def place_order(self, request: OrderRequest) -> Order:
         """Fill or rest ``request``; re-placing a known ``client_order_id`` returns that order."""
@@ -261,7 +221,7 @@ class PaperExchange:
         after = dict(held)
         after[quote_asset] = held.get(quote_asset, 0.0) - sign * notional - fee
         after[base] = held.get(base, 0.0) + sign * quantity
-        fill = _Fill(
+        fill = Fill(
             request.venue,
             request.symbol,
             request.client_order_id,
@@ -278,39 +238,31 @@ class PaperExchange:
         return self._balances.get(venue, self._default_balances)
 
     def _commit(
-        self, order: Order, balances: dict[str, float] | None = None, fill: _Fill | None = None
+        self, order: Order, balances: dict[str, float] | None = None, fill: Fill | None = None
     ) -> None:
         """Make an order (and its balance changes and fill) durable, then visible."""
-        if self._conn is not None:
-            _persist(self._conn, order, balances, fill)
+        if self._ledger is not None:
+            self._ledger.persist(order, balances, fill)
         self._orders[order.venue, order.client_order_id] = order
         if balances is not None:
             self._balances[order.venue] = balances
         if fill is not None:
             self._apply_fill(fill)
 
-    def _apply_fill(self, fill: _Fill) -> None:
+    def _apply_fill(self, fill: Fill) -> None:
         key = (fill.venue, fill.symbol)
         signed = fill.quantity if fill.side == Side.BUY else -fill.quantity
         self._books[key], realized = self._books.get(key, _FLAT).after(signed, fill.price)
         day = _utc_day(fill.at)
         self._pnl_by_day[day] = self._pnl_by_day.get(day, 0.0) + realized - fill.fee
 
-    def _load(self, conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA:
-            conn.execute(statement)
-        for row in conn.execute(f"SELECT {_ORDER_COLUMNS} FROM paper_orders"):
-            order = _order_from_row(row)
+    def _load(self, ledger: PaperLedger) -> None:
+        orders, balances, fills = ledger.load()
+        for order in orders:
             self._orders[order.venue, order.client_order_id] = order
-        stored: dict[str, dict[str, float]] = {}
-        for venue, asset, amount in conn.execute("SELECT venue, asset, amount FROM paper_balances"):
-            stored.setdefault(venue, {})[asset] = amount
-        self._balances.update(stored)
-        rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM paper_fills ORDER BY fill_id")
-        for venue, symbol, client_order_id, side, quantity, price, fee, at in rows:
-            self._apply_fill(
-                _Fill(venue, symbol, client_order_id, Side(side), quantity, price, fee, at)
-            )
+        self._balances.update(balances)
+        for fill in fills:
+            self._apply_fill(fill)
 
 
 def _validate(request: OrderRequest) -> tuple[str, str]:
@@ -344,74 +296,3 @@ def _reject(request: OrderRequest, reason: str) -> NoReturn:
 
 def _utc_day(ts: float) -> int:
     return int(ts // _SECONDS_PER_DAY)
-
-
-def _persist(
-    conn: sqlite3.Connection,
-    order: Order,
-    balances: dict[str, float] | None,
-    fill: _Fill | None,
-) -> None:
-    """Write one order change in one transaction; raises ``ExchangeError`` if it cannot."""
-    try:
-        with WriteTransaction(conn):
-            conn.execute(
-                f"INSERT OR REPLACE INTO paper_orders ({_ORDER_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    order.order_id,
-                    order.client_order_id,
-                    order.venue,
-                    order.symbol,
-                    order.side.value,
-                    order.quantity,
-                    order.order_type.value,
-                    order.limit_price,
-                    order.status.value,
-                    order.filled_quantity,
-                    order.avg_price,
-                    order.created_at,
-                ),
-            )
-            if balances is not None:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO paper_balances (venue, asset, amount) VALUES (?, ?, ?)",
-                    [(order.venue, asset, amount) for asset, amount in balances.items()],
-                )
-            if fill is not None:
-                conn.execute(
-                    f"INSERT INTO paper_fills ({_FILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        fill.venue,
-                        fill.symbol,
-                        fill.client_order_id,
-                        fill.side.value,
-                        fill.quantity,
-                        fill.price,
-                        fill.fee,
-                        fill.at,
-                    ),
-                )
-    except sqlite3.Error as exc:
-        raise ExchangeError(
-            f"paper exchange could not persist order {order.client_order_id!r}: {exc}"
-        ) from exc
-
-
-def _order_from_row(row: Any) -> Order:
-    # Columns are selected in Order's field order (see _ORDER_COLUMNS).
-    order_id, client_id, venue, symbol, side, quantity, kind, limit, status, filled, avg, at = row
-    return Order(
-        order_id,
-        client_id,
-        venue,
-        symbol,
-        Side(side),
-        quantity,
-        OrderType(kind),
-        limit,
-        OrderStatus(status),
-        filled,
-        avg,
-        at,
-    )

@@ -83,7 +83,7 @@ class _Walk:
 
 
 class ReplayPriceFeed:
-    """A :class:`~tradeflow.domain.trading.PriceFeed` replaying ticks per ``(venue, symbol)``.
+    """A :class:`~tradeflow.ports.PriceFeed` replaying ticks per ``(venue, symbol)``.
 
     Each :meth:`quote` call returns the next tick of its pair, stamped with the
     clock's time. When a recorded series runs out it starts over (``loop=True``)

@@ -29,7 +29,7 @@ Publishing
 Subscribing and replay
     :meth:`~NatsEventBus.subscribe` listens on core NATS (low latency, no history) and
     hands each decoded dict to the handler through a per-subscriber bounded buffer
-    (the embedded bus's :class:`InProcessSubscription`), so subscribers see events from
+    (the shared :class:`~tradeflow.engine.fanout.Fanout`), so subscribers see events from
     every process. :meth:`~NatsEventBus.replay` reads the stream from a sequence
     number onwards and then follows it live, for resumable streams.
 """
@@ -49,6 +49,7 @@ from urllib.parse import unquote
 
 import nats.errors
 import orjson
+import stamina
 import structlog
 from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
@@ -56,13 +57,15 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
-from tradeflow.adapters.memory.events import (
-    WORKFLOW_EVENTS,
-    InProcessEventBus,
-    InProcessSubscription,
-)
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
-from tradeflow.domain.records import Event, EventType
+from tradeflow.domain.records import Event
+from tradeflow.engine.fanout import (
+    SCOPE_EVENTS,
+    WORKFLOW_EVENTS,
+    Fanout,
+    LocalSubscription,
+    check_after_sequence,
+)
 from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EventHandler, Subscription
 
@@ -91,10 +94,9 @@ MISSING_TOKEN: Final = "_"
 DEFAULT_STREAM: Final = "TRADEFLOW_EVENTS"
 """Name of the JetStream stream capturing both subject trees."""
 
+# emergency_halted -> tradeflow.v1.emergency.halted; risk_limit_exceeded keeps its name.
 _EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
-    EventType.EMERGENCY_HALTED: EMERGENCY_PREFIX + "halted",
-    EventType.EMERGENCY_RESUMED: EMERGENCY_PREFIX + "resumed",
-    EventType.RISK_LIMIT_EXCEEDED: EMERGENCY_PREFIX + "risk_limit_exceeded",
+    kind: EMERGENCY_PREFIX + kind.removeprefix("emergency_") for kind in SCOPE_EVENTS
 }
 _PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]+")
 _MSG_ID: Final = api.Header.MSG_ID.value
@@ -103,6 +105,16 @@ _HEADER_ALLOWANCE: Final = 512
 """Bytes kept free of max_payload for the headers (the server counts them, the client not)."""
 _STREAM_NAME_IN_USE: Final = 10058
 """JetStream error code: a stream by that name exists with another configuration."""
+
+
+class _Unacknowledged(Exception):
+    """A batch went back to the queue unacknowledged."""
+
+
+_RESEND: Final = stamina.AsyncRetryingCaller(
+    attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0, wait_jitter=0.05
+).on(_Unacknowledged)
+"""Back-off while JetStream does not acknowledge: forever, at most about 2 s apart."""
 
 _ServerChooser = Callable[[list[Server], dict[str, Any]], tuple[Server | None, float]]
 
@@ -169,7 +181,12 @@ def subject_filter(
 
 
 def _reconnect_backoff(base: float, cap: float) -> _ServerChooser:
-    """A nats-py server chooser that waits exponentially longer (with jitter) per failure."""
+    """A nats-py server chooser that waits exponentially longer (with jitter) per failure.
+
+    nats-py runs the reconnect loop itself (it restores subscriptions and flushes what
+    was written meanwhile) and only asks for the delay; stamina drives loops and has no
+    delay to hand out, hence this one formula of its own.
+    """
 
     def choose(servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
         attempts = min(servers[0].reconnects, 30)
@@ -217,7 +234,7 @@ class NatsEventBus:
         self,
         nc: Client,
         stream_config: api.StreamConfig,
-        local: InProcessEventBus,
+        local: Fanout,
         *,
         buffer_size: int,
         batch_size: int,
@@ -290,7 +307,7 @@ class NatsEventBus:
         ``connect_timeout`` seconds, ``ConfigurationError`` for a bad setting or a
         stream that cannot take this configuration.
         """
-        local = InProcessEventBus(buffer_size=buffer_size, metrics=metrics)
+        local = Fanout(buffer_size=buffer_size, metrics=metrics)
         for setting, value in (
             ("batch_size", batch_size),
             ("max_bytes", max_bytes),
@@ -439,7 +456,6 @@ class NatsEventBus:
 
     async def _run_publisher(self) -> None:
         queue = self._queue
-        delay = 0.0
         while True:
             if not queue:
                 self._dropping = False
@@ -447,32 +463,41 @@ class NatsEventBus:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if not self._nc.is_connected:
-                self._connected.clear()
-                await self._connected.wait()
-                continue
-            batch = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
-            self._in_flight = len(batch)
             try:
-                retry = await self._send(batch)
-            except Exception as exc:  # the publisher must outlive any surprise
-                _log.error("events.publish_failed", error=describe(exc), events=len(batch))
-                retry = batch
-            finally:
-                self._in_flight = 0
-            self._progress.set()
-            if not retry:
-                delay = 0.0
-                continue
-            self._requeue(retry)
-            if self._stream_missing:
-                self._stream_missing = False
-                with contextlib.suppress(ConfigurationError, UnavailableError):
-                    await self._ensure_stream()
-            # Back off while JetStream is connected but not acknowledging (e.g. still
-            # recovering after a restart); a disconnect is waited out above instead.
-            delay = min(2.0, delay * 2 or 0.05)
-            await asyncio.sleep(delay)
+                await self._send_next()
+            except _Unacknowledged:
+                # Connected but not acknowledged (JetStream still recovering after a
+                # restart, say): back off. stamina's test mode caps the attempts; the
+                # loop then goes round again.
+                with contextlib.suppress(_Unacknowledged):
+                    await _RESEND(self._send_next)
+
+    async def _send_next(self) -> None:
+        """Send the next batch once connected; raises ``_Unacknowledged`` if it went back
+        to the queue."""
+        queue = self._queue
+        # A disconnect is waited out here, not backed off from.
+        while not self._nc.is_connected:
+            self._connected.clear()
+            await self._connected.wait()
+        batch = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
+        self._in_flight = len(batch)
+        try:
+            retry = await self._send(batch)
+        except Exception as exc:  # the publisher must outlive any surprise
+            _log.error("events.publish_failed", error=describe(exc), events=len(batch))
+            retry = batch
+        finally:
+            self._in_flight = 0
+        self._progress.set()
+        if not retry:
+            return
+        self._requeue(retry)
+        if self._stream_missing:
+            self._stream_missing = False
+            with contextlib.suppress(ConfigurationError, UnavailableError):
+                await self._ensure_stream()
+        raise _Unacknowledged
 
     async def _send(self, batch: Sequence[Event]) -> list[Event]:
         """Publish ``batch`` and wait for JetStream's answer; returns the events to retry.
@@ -556,7 +581,7 @@ class NatsEventBus:
 
     # -- live subscriptions -------------------------------------------------------
 
-    async def subscribe(self, topic: str, handler: EventHandler) -> InProcessSubscription:
+    async def subscribe(self, topic: str, handler: EventHandler) -> LocalSubscription:
         """Deliver every event published on the bus, by any process, to ``handler``.
 
         Each subscriber has its own bounded buffer and dispatcher: a slow or failing
@@ -613,10 +638,7 @@ class NatsEventBus:
         Raises ``InvalidRequest`` for a negative or non-integer ``after_sequence``
         and, on first iteration, ``UnavailableError`` if the stream cannot be read.
         """
-        if isinstance(after_sequence, bool) or not isinstance(after_sequence, int):
-            raise InvalidRequest("after_sequence", "an integer >= 0", after_sequence)
-        if after_sequence < 0:
-            raise InvalidRequest("after_sequence", "an integer >= 0", after_sequence)
+        check_after_sequence(after_sequence)
         if bot_id is None and strategy_id is None and workflow_id is None:
             subject = ALL_SUBJECTS
         else:

@@ -5,6 +5,7 @@
 :class:`RedisEmergencyController` is the one
 :class:`~tradeflow.engine.emergency.EmergencyController` on it, plus
 what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.wait_for_change`).
+:class:`RedisRequestLog` keeps the service's answers to mutating requests.
 
 Layout (``{p}`` is ``{prefix:emergency}``, a hash tag keeping every key in one
 cluster slot so one script may touch them all):
@@ -20,26 +21,30 @@ cluster slot so one script may touch them all):
   which is then published on the channel ``<prefix>:emergency:changed``.
 
 Every change is one Lua script (atomic, one round trip) that also returns the
-whole new state, so the local view is current when the call returns. A
-background watcher follows other writers: it re-reads on each published change
-and at least every ``poll_interval`` seconds; the view fails closed when Redis
-is unreachable or the state was not confirmed for ``max_staleness`` seconds.
+whole new state, so the local view is current when the call returns. Other
+writers are followed by a :class:`~tradeflow.engine.emergency.WatchedView`: it
+re-reads on each published change and at least every ``poll_interval`` seconds,
+and fails closed when Redis is unreachable or the state was not confirmed for
+``max_staleness`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any, Final, cast
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
 import structlog
+from google.protobuf.message import Message
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.domain.codec import from_json, to_json_bytes
+from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
 from tradeflow.domain.records import (
     AuditEntry,
@@ -49,17 +54,23 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
-from tradeflow.engine.emergency import EmergencyController, EmergencySnapshot
+from tradeflow.engine.emergency import EmergencyController, WatchedView
 from tradeflow.observability.metrics import Metrics
 
-__all__ = ["RedisEmergencyController", "RedisEmergencyStore"]
+__all__ = ["RedisEmergencyController", "RedisEmergencyStore", "RedisRequestLog"]
+
+M = TypeVar("M", bound=Message)
 
 _StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
 """What ``XRANGE``/``XREVRANGE`` return on a bytes client."""
 
 _SYSTEM_CLOCK: Final = SystemClock()
-_RETRY_MIN_SECONDS: Final = 0.1
-_RETRY_MAX_SECONDS: Final = 5.0
+_RECONNECT_BACKOFF: Final = (0.1, 5.0)
+_RUNNING: Final = b"running"
+_ANSWER: Final = b"="
+"""Prefix of a stored answer (a serialized answer may be empty, so it needs one)."""
+_CLAIM_SECONDS: Final = 60.0
+"""How long a claimed id stays blocked if its service dies before answering."""
 
 # KEYS: 1 halts, 2 halt_since, 3 limits, 4 version, 5 audit, 6 audit_id.
 # ARGV: 1 audit entry JSON, 2 audit cap, 3 change channel, 4.. per script.
@@ -127,20 +138,13 @@ class RedisEmergencyStore:
 
     __slots__ = (
         "_audit_cap",
-        "_changed",
         "_channel",
         "_client",
-        "_clock",
-        "_closed",
-        "_confirmed_at",
-        "_error",
         "_keys",
         "_lock",
-        "_max_staleness",
         "_poll_interval",
         "_scripts",
-        "_snapshot",
-        "_watcher",
+        "_view",
     )
 
     def __init__(
@@ -158,10 +162,14 @@ class RedisEmergencyStore:
                 "redis client for the emergency store: expected decode_responses=False, found True"
             )
         self._client = client
-        self._clock = clock
         self._audit_cap = audit_cap
         self._poll_interval = poll_interval
-        self._max_staleness = max_staleness
+        self._view = WatchedView(
+            "redis emergency store",
+            clock=clock,
+            max_staleness=max_staleness,
+            backoff=_RECONNECT_BACKOFF,
+        )
         base = f"{{{prefix}:emergency}}"
         self._keys = tuple(
             f"{base}:{name}"
@@ -174,51 +182,25 @@ class RedisEmergencyStore:
         }
         # One script at a time: replies are installed in the order Redis applied them.
         self._lock = asyncio.Lock()
-        self._changed = asyncio.Event()
-        self._snapshot: EmergencySnapshot | None = None
-        self._confirmed_at = 0.0
-        self._error: str | None = None
-        self._closed = False
-        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load the state (``UnavailableError`` if Redis cannot be reached), then follow it."""
         await self.refresh()
-        if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(), name="emergency:redis-watcher")
+        self._view.start(self._follow, name="emergency:redis-watcher")
 
     def snapshot(self) -> EmergencySnapshot:
         """The last state read from Redis; ``UnavailableError`` unless it is confirmed current."""
-        snapshot = self._snapshot
-        if self._error is not None:
-            raise UnavailableError(self._error)
-        if snapshot is None:
-            raise UnavailableError("emergency state not loaded from redis yet")
-        max_staleness = self._max_staleness
-        if max_staleness is not None and (
-            self._clock.monotonic() - self._confirmed_at > max_staleness
-        ):
-            raise UnavailableError(f"emergency state not confirmed for over {max_staleness}s")
-        return snapshot
+        return self._view.current()
 
     async def wait_for_change(self, after_version: int) -> EmergencySnapshot:
-        """The first snapshot whose version differs from ``after_version`` (waits for one).
-
-        Raises ``UnavailableError`` once the store is closed.
-        """
-        while True:
-            if self._closed:
-                raise UnavailableError("emergency store closed")
-            snapshot = self._snapshot
-            if snapshot is not None and snapshot.version != after_version:
-                return snapshot
-            await self._changed.wait()
+        """The first confirmed snapshot whose version differs from ``after_version`` (waits
+        for one). Raises ``UnavailableError`` once the store is closed."""
+        return await self._view.wait_until(lambda snapshot: snapshot.version != after_version)
 
     async def refresh(self) -> EmergencySnapshot:
         """Re-read the whole state from Redis now."""
         await self._run(_LOAD)
-        assert self._snapshot is not None
-        return self._snapshot
+        return self._view.current()
 
     async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
         since = await self._run(
@@ -261,17 +243,11 @@ class RedisEmergencyStore:
 
     async def close(self) -> None:
         """Stop following Redis; later snapshots fail closed. The client stays open."""
-        self._closed = True
-        self._error = "emergency store closed"
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.wait((watcher,))
-        self._changed.set()
+        await self._view.close("emergency store closed")
 
     async def _run(self, script: str, audit: AuditEntry | None = None, *args: str | bytes) -> Any:
         """Run one script; install the state it returns; return its own result."""
-        if self._closed:
+        if self._view.closed:
             raise UnavailableError("emergency store closed")
         head: tuple[str | bytes, str] = (
             ("", "") if audit is None else (_audit_json(audit), str(self._audit_cap))
@@ -289,53 +265,30 @@ class RedisEmergencyStore:
                     reply = await call(keys=self._keys, args=argv)
                 result, snapshot = _parse_state(reply)
             except RedisError as exc:
-                self._fail(f"redis emergency store: {describe(exc)}")
-                raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
+                error = f"redis emergency store: {describe(exc)}"
+                self._view.lose(error)
+                raise UnavailableError(error) from exc
             except (ValueError, KeyError, TypeError) as exc:
                 # Data no tradeflow wrote: refuse trading rather than guess.
-                self._fail(f"unreadable emergency state in redis: {describe(exc)}")
+                self._view.lose(f"unreadable emergency state in redis: {describe(exc)}")
                 raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
-            self._install(snapshot)
+            self._view.confirm(snapshot)
         return result
 
-    def _install(self, snapshot: EmergencySnapshot) -> None:
-        if self._closed:
-            return
-        previous = self._snapshot
-        self._snapshot = snapshot
-        self._confirmed_at = self._clock.monotonic()
-        self._error = None
-        if previous is None or previous.version != snapshot.version:
-            waking, self._changed = self._changed, asyncio.Event()
-            waking.set()
-
-    def _fail(self, error: str) -> None:
-        if not self._closed:
-            self._error = error
-
-    async def _watch(self) -> None:
-        delay = _RETRY_MIN_SECONDS
-        # Not ``while True``: the client can turn the cancellation from close()
-        # into a connection error, which this loop would otherwise retry forever.
-        while not self._closed:
-            try:
-                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    # Subscribed before reading: a change made in between still wakes us.
+    async def _follow(self) -> None:
+        """One link for the view: re-read on each published change until Redis fails."""
+        try:
+            async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(self._channel)
+                # Subscribed before reading: a change made in between still wakes us.
+                await self.refresh()
+                while not self._view.closed:
+                    # Silence re-reads too: a lost message or a half-dead link
+                    # then costs at most one interval.
+                    await pubsub.get_message(timeout=self._poll_interval)
                     await self.refresh()
-                    delay = _RETRY_MIN_SECONDS
-                    while not self._closed:
-                        # Silence re-reads too: a lost message or a half-dead link
-                        # then costs at most one interval.
-                        await pubsub.get_message(timeout=self._poll_interval)
-                        await self.refresh()
-            except (RedisError, UnavailableError) as exc:
-                if self._closed:
-                    return
-                self._fail(f"redis emergency store: {describe(exc)}")
-                _log.warning("emergency.store_unavailable", error=describe(exc), retry_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_SECONDS)
+        except RedisError as exc:
+            raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
 
 
 class RedisEmergencyController(EmergencyController):
@@ -382,6 +335,61 @@ class RedisEmergencyController(EmergencyController):
         """The first state whose version differs from ``after_version``; waits for a change
         by any writer. For ``WatchState``: send :meth:`state`, then loop on this."""
         return await self._redis.wait_for_change(after_version)
+
+
+class RedisRequestLog:
+    """The answers to mutating requests, by method and ``request_id``, kept ``ttl`` seconds.
+
+    The first request with an id claims it (``SET NX``, expiring after a minute
+    in case the service dies mid-call) and then stores its serialized answer for
+    ``ttl`` seconds; a repeat within that time gets the stored answer and does
+    not act again. A repeat while the first is still running is refused with
+    ``UnavailableError`` (retry it); a request that fails releases its id.
+    Bounded by the TTL: Redis forgets each id on its own.
+    """
+
+    __slots__ = ("_client", "_prefix", "_ttl_ms")
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl: float) -> None:
+        self._client = client
+        self._prefix = f"{prefix}:emergency:request:"
+        self._ttl_ms = max(1, round(ttl * 1000))
+
+    async def once(
+        self,
+        method: str,
+        request_id: str,
+        run: Callable[[], Awaitable[M]],
+        response_type: type[M],
+    ) -> M:
+        if not request_id:
+            return await run()
+        key = f"{self._prefix}{method}:{request_id}"
+        try:
+            claimed = await self._client.set(
+                key, _RUNNING, nx=True, px=round(_CLAIM_SECONDS * 1000)
+            )
+            stored = None if claimed else await self._client.get(key)
+        except RedisError as exc:
+            raise UnavailableError(f"request log in redis: {describe(exc)}") from exc
+        if not claimed:
+            if isinstance(stored, bytes) and stored.startswith(_ANSWER):
+                return response_type.FromString(stored[len(_ANSWER) :])
+            raise UnavailableError(
+                f"{method} request {request_id!r} is still being processed; retry it"
+            )
+        try:
+            response = await run()
+        except BaseException:
+            with contextlib.suppress(RedisError):
+                await self._client.delete(key)
+            raise
+        try:
+            await self._client.set(key, _ANSWER + response.SerializeToString(), px=self._ttl_ms)
+        except RedisError as exc:
+            # The change is made and audited; only a retry of it could act twice.
+            _log.warning("emergency.request_log_failed", request_id=request_id, error=describe(exc))
+        return response
 
 
 def _halt_field(scope: Scope, target: str | None) -> str:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+import stamina
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -189,15 +190,14 @@ def _retried(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
     Safe because every store operation is idempotent; the usual cause is a pooled
     connection the server dropped (a restart) that the pool had not noticed yet.
     """
+    again = stamina.retry(
+        on=_CONNECTION_ERRORS, attempts=2, timeout=None, wait_initial=0.0, wait_jitter=0.0
+    )(method)
 
     @functools.wraps(method)
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await method(*args, **kwargs)
-        except _CONNECTION_ERRORS:
-            pass
-        try:
-            return await method(*args, **kwargs)
+            return await again(*args, **kwargs)
         except _CONNECTION_ERRORS as exc:
             raise UnavailableError(f"redis state store: {describe(exc)}") from exc
 
@@ -349,7 +349,7 @@ class RedisStateStore:
 
     @_retried
     async def read_events(
-        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
         """``(cursor, event)`` pairs with cursor > ``after``, oldest first.
 
@@ -368,6 +368,16 @@ class RedisStateStore:
             (int(entry_id.partition(b"-")[0]), Event(*from_json(fields[b"event"])))
             for entry_id, fields in rows
         ]
+
+    @_retried
+    async def last_sequence(self, execution_id: str) -> int:
+        """The highest event sequence stored for ``execution_id`` (0 if none): that of
+        the last entry of its stream, since a write stores only higher ones."""
+        rows = cast(
+            _StreamRows,
+            await self._client.xrevrange(self._p + "execution_events:" + execution_id, count=1),
+        )
+        return int(rows[0][1][b"sequence"]) if rows else 0
 
     async def close(self) -> None:
         """Forget per-run caches; the client stays open for its owner to close."""

@@ -277,7 +277,7 @@ class SQLiteStateStore:
         return dict(sorted(latest.items()))
 
     async def read_events(
-        self, *, after: int = 0, execution_id: str | None = None, limit: int = 1000
+        self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
         """``(cursor, event)`` pairs with cursor > ``after``, oldest first.
 
@@ -302,6 +302,20 @@ class SQLiteStateStore:
                 if len(found) >= limit:
                     break
         return found[:limit]
+
+    async def last_sequence(self, execution_id: str) -> int:
+        """The highest event sequence recorded for ``execution_id`` (0 if none).
+
+        An execution numbers its events in the order it writes them, so this reads
+        its journal rows newest first and stops at the first that holds events.
+        """
+        rows = self._conn.execute(_SELECT_EXECUTION_BATCHES + " DESC", (execution_id, 0))
+        with closing(rows):
+            for _, _, body in rows:
+                events = from_json(body)[1]
+                if events:
+                    return int(max(sequence for _, _, sequence, *_ in events))
+        return 0
 
     async def close(self) -> None:
         """Forget per-run caches; the connection stays open for its owner to close."""

@@ -18,6 +18,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from tradeflow.domain.emergency import NO_IDS, ScopeIds
+
 if TYPE_CHECKING:
     import httpx
     import structlog
@@ -73,9 +75,7 @@ class RiskChecker(Protocol):
         threshold: float | None = None,
         auto_halt: bool = True,
         *,
-        workflow_id: str | None = None,
-        bot_id: str | None = None,
-        strategy_id: str | None = None,
+        ids: ScopeIds = NO_IDS,
     ) -> None: ...
 
 
@@ -115,6 +115,11 @@ class ExecutionContext:
     risk: RiskChecker
     http_pool: HttpPool
     log: structlog.typing.FilteringBoundLogger
+
+    @property
+    def ids(self) -> ScopeIds:
+        """The ids this execution's risk checks belong to."""
+        return ScopeIds(self.workflow_id, self.bot_id, self.strategy_id)
 
     @property
     def http(self) -> httpx.AsyncClient:

@@ -34,13 +34,7 @@ async def _check_limit(
     ctx: ExecutionContext, block: Block, limit_type: str, value: float, threshold: float
 ) -> dict[str, Any]:
     await ctx.risk.check_risk_limit(
-        limit_type,
-        value,
-        threshold,
-        block.properties["auto_halt"],
-        workflow_id=ctx.workflow_id,
-        bot_id=ctx.bot_id,
-        strategy_id=ctx.strategy_id,
+        limit_type, value, threshold, block.properties["auto_halt"], ids=ctx.ids
     )
     return {"ok": True, "value": value, "threshold": threshold}
 

@@ -65,6 +65,11 @@ class StateServiceStub:
                 request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsResponse.FromString,
                 _registered_method=True)
+        self.GetLastSequence = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/GetLastSequence',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceResponse.FromString,
+                _registered_method=True)
 
 
 class StateServiceServicer:
@@ -132,6 +137,18 @@ class StateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLastSequence(self, request, context):
+        """GetLastSequence returns the highest event sequence recorded for an
+        execution (0 for an execution without events), where a resumed run
+        continues numbering.
+
+        Fails with INVALID_ARGUMENT for an empty execution_id and UNAVAILABLE when
+        the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +181,11 @@ def add_StateServiceServicer_to_server(servicer, server):
                     servicer.ReadEvents,
                     request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsRequest.FromString,
                     response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsResponse.SerializeToString,
+            ),
+            'GetLastSequence': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLastSequence,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -329,6 +351,33 @@ class StateService:
             '/tradeflow.state.v1.StateService/ReadEvents',
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsRequest.SerializeToString,
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReadEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLastSequence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/GetLastSequence',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetLastSequenceResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -72,6 +72,14 @@ class StateServiceStub:
 
     Fails with UNAVAILABLE when the store cannot be reached.
     """
+    GetLastSequence: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.GetLastSequenceRequest, _state_service_pb2.GetLastSequenceResponse]
+    """GetLastSequence returns the highest event sequence recorded for an
+    execution (0 for an execution without events), where a resumed run
+    continues numbering.
+
+    Fails with INVALID_ARGUMENT for an empty execution_id and UNAVAILABLE when
+    the store cannot be reached.
+    """
 
 @_typing.type_check_only
 class StateServiceAsyncStub(StateServiceStub):
@@ -114,6 +122,14 @@ class StateServiceAsyncStub(StateServiceStub):
     oldest first.
 
     Fails with UNAVAILABLE when the store cannot be reached.
+    """
+    GetLastSequence: _aio.UnaryUnaryMultiCallable[_state_service_pb2.GetLastSequenceRequest, _state_service_pb2.GetLastSequenceResponse]  # type: ignore[assignment]
+    """GetLastSequence returns the highest event sequence recorded for an
+    execution (0 for an execution without events), where a resumed run
+    continues numbering.
+
+    Fails with INVALID_ARGUMENT for an empty execution_id and UNAVAILABLE when
+    the store cannot be reached.
     """
 
 class StateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -190,6 +206,20 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         oldest first.
 
         Fails with UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLastSequence(
+        self,
+        request: _state_service_pb2.GetLastSequenceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.GetLastSequenceResponse, _abc.Awaitable[_state_service_pb2.GetLastSequenceResponse]]:
+        """GetLastSequence returns the highest event sequence recorded for an
+        execution (0 for an execution without events), where a resumed run
+        continues numbering.
+
+        Fails with INVALID_ARGUMENT for an empty execution_id and UNAVAILABLE when
+        the store cannot be reached.
         """
 
 def add_StateServiceServicer_to_server(servicer: StateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

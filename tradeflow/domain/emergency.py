@@ -1,0 +1,229 @@
+"""The emergency rules, free of I/O: which halt covers which ids, limit directions, breaches.
+
+:class:`EmergencySnapshot` is one consistent view of halts and limits; every
+emergency control (embedded, Redis-backed, remote) answers the pre-action check
+with it. :func:`assess_limit` decides a risk check; the controller acts on its
+:class:`LimitVerdict` (audit, publish, halt).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Final
+
+from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
+from tradeflow.domain.numbers import finite
+from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
+
+__all__ = [
+    "DEFAULT_DIRECTIONS",
+    "MAX_AUDIT_PAGE",
+    "NO_IDS",
+    "EmergencySnapshot",
+    "HaltKey",
+    "LimitVerdict",
+    "ScopeIds",
+    "assess_limit",
+    "checked_direction",
+    "checked_number",
+    "checked_scope",
+    "require_text",
+]
+
+DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
+    {
+        "daily_loss": LimitDirection.BELOW,
+        "max_drawdown": LimitDirection.BELOW,
+        "max_position": LimitDirection.ABS_ABOVE,
+        "max_order_notional": LimitDirection.ABOVE,
+        "max_exposure": LimitDirection.ABOVE,
+    }
+)
+"""Breach direction of the well-known limit types (a configured limit overrides it)."""
+
+MAX_AUDIT_PAGE: Final = 1000
+"""Most entries one ``audit_entries`` call returns."""
+
+HaltKey = tuple[Scope, str | None]
+"""How a snapshot keys its halts: scope and target (``None`` for global)."""
+
+_SCOPE_RANK: Final = {Scope.GLOBAL: 0, Scope.STRATEGY: 1, Scope.BOT: 2, Scope.WORKFLOW: 3}
+_GLOBAL_KEY: Final[HaltKey] = (Scope.GLOBAL, None)
+_KNOWN_TYPES: Final = ", ".join(DEFAULT_DIRECTIONS)
+_DIRECTIONS: Final = ", ".join(d.value for d in LimitDirection)
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeIds:
+    """The ids an action or a risk check belongs to: what a halt may cover."""
+
+    workflow_id: str | None = None
+    bot_id: str | None = None
+    strategy_id: str | None = None
+
+
+NO_IDS: Final = ScopeIds()
+"""An action or check that belongs to no workflow, bot or strategy."""
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencySnapshot:
+    """One consistent view of the emergency state; treat the mappings as read-only."""
+
+    version: int
+    """Differs between snapshots of one store whenever halts or limits differ."""
+    halts: Mapping[HaltKey, HaltState]
+    limits: Mapping[str, RiskLimit]
+
+    @classmethod
+    def of(
+        cls, version: int, halts: Iterable[HaltState], limits: Iterable[RiskLimit]
+    ) -> EmergencySnapshot:
+        """A snapshot keyed the way :meth:`active_halt` looks halts up."""
+        return cls(
+            version,
+            {(h.scope, h.target): h for h in halts},
+            {limit.limit_type: limit for limit in limits},
+        )
+
+    def ensure_trading_allowed(self, ids: ScopeIds) -> None:
+        """Raise ``EmergencyHalted`` (broadest halt's reason and scope) if a halt covers ``ids``."""
+        halt = self.active_halt(ids)
+        if halt is not None:
+            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
+
+    def active_halt(self, ids: ScopeIds) -> HaltState | None:
+        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any."""
+        halts = self.halts
+        if not halts:
+            return None
+        found = halts.get(_GLOBAL_KEY)
+        if found is None and ids.strategy_id is not None:
+            found = halts.get((Scope.STRATEGY, ids.strategy_id))
+        if found is None and ids.bot_id is not None:
+            found = halts.get((Scope.BOT, ids.bot_id))
+        if found is None and ids.workflow_id is not None:
+            found = halts.get((Scope.WORKFLOW, ids.workflow_id))
+        return found
+
+    def halt_list(self) -> list[HaltState]:
+        """Every halt, broadest scope first, then by target."""
+        return sorted(self.halts.values(), key=lambda h: (_SCOPE_RANK[h.scope], h.target or ""))
+
+    def limit_list(self) -> list[RiskLimit]:
+        """Every configured limit, by limit type."""
+        return sorted(self.limits.values(), key=lambda limit: limit.limit_type)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitVerdict:
+    """What one risk check compared, and whether it breached."""
+
+    limit_type: str
+    value: float
+    threshold: float
+    direction: LimitDirection
+    halts: bool
+    """A breach halts trading globally (the caller's ``auto_halt`` and the limit's agree)."""
+
+    @property
+    def breached(self) -> bool:
+        return self.direction.breached(self.value, self.threshold)
+
+    def exceeded(self) -> RiskLimitExceeded:
+        """The error a breach raises."""
+        return RiskLimitExceeded(self.limit_type, self.value, self.threshold, halted=self.halts)
+
+    def reason(self) -> str:
+        """The breach, as a halt reason."""
+        if self.direction is LimitDirection.BELOW:
+            comparison = f"value {self.value} < threshold {self.threshold}"
+        elif self.direction is LimitDirection.ABOVE:
+            comparison = f"value {self.value} > threshold {self.threshold}"
+        else:
+            comparison = f"|value| {abs(self.value)} > threshold {self.threshold}"
+        return f"risk limit {self.limit_type!r} breached: {comparison}"
+
+
+def assess_limit(
+    limits: Mapping[str, RiskLimit],
+    limit_type: str,
+    value: float,
+    threshold: float | None,
+    auto_halt: bool,
+) -> LimitVerdict:
+    """Judge ``value`` against the limit on ``limit_type``.
+
+    The direction comes from the configured limit in ``limits``, else from
+    :data:`DEFAULT_DIRECTIONS`; ``threshold=None`` uses the configured
+    threshold. A limit configured not to halt overrides ``auto_halt``.
+    Raises ``InvalidRequest`` for an unknown limit type, a missing threshold
+    or a value that is not a finite number.
+    """
+    require_text("limit_type", limit_type)
+    checked_value = checked_number("value", value)
+    configured = limits.get(limit_type)
+    direction = (
+        configured.direction if configured is not None else DEFAULT_DIRECTIONS.get(limit_type)
+    )
+    if direction is None:
+        raise InvalidRequest(
+            "limit_type", f"a configured limit type or one of {_KNOWN_TYPES}", limit_type
+        )
+    if threshold is not None:
+        used = checked_number("threshold", threshold)
+    elif configured is not None:
+        used = configured.threshold
+    else:
+        raise InvalidRequest(
+            "threshold", f"a number (no {limit_type!r} limit is configured)", threshold
+        )
+    halts = bool(auto_halt) and (configured is None or configured.auto_halt)
+    return LimitVerdict(limit_type, checked_value, used, direction, halts)
+
+
+def checked_scope(scope: Scope | str, target: str | None) -> Scope:
+    """``scope`` as a :class:`Scope` whose ``target`` fits it; ``InvalidRequest`` otherwise."""
+    try:
+        checked = Scope(scope)
+    except (ValueError, TypeError):
+        raise InvalidRequest("scope", f"one of {', '.join(Scope)}", scope) from None
+    if checked is Scope.GLOBAL:
+        if target is not None:
+            raise InvalidRequest("target", "None for a global halt", target)
+    elif not isinstance(target, str) or not target.strip():
+        raise InvalidRequest("target", f"a non-empty {checked.value} id", target)
+    return checked
+
+
+def checked_direction(limit_type: str, direction: LimitDirection | str | None) -> LimitDirection:
+    """The direction of a limit being set: given, or the known type's default."""
+    if direction is None:
+        default = DEFAULT_DIRECTIONS.get(limit_type)
+        if default is None:
+            raise InvalidRequest(
+                "direction",
+                f"one of {_DIRECTIONS} (only {_KNOWN_TYPES} have a default)",
+                direction,
+            )
+        return default
+    try:
+        return LimitDirection(direction)
+    except (ValueError, TypeError):
+        raise InvalidRequest("direction", f"one of {_DIRECTIONS}", direction) from None
+
+
+def require_text(field: str, value: object) -> None:
+    """``InvalidRequest`` naming ``field`` unless ``value`` is a non-blank string."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(field, "a non-empty string", value)
+
+
+def checked_number(field: str, value: object) -> float:
+    """``value`` as a float; ``InvalidRequest`` naming ``field`` unless a finite number."""
+    checked = finite(value)
+    if checked is None:
+        raise InvalidRequest(field, "a finite number", value)
+    return checked

@@ -1,0 +1,314 @@
+"""Journals: what an execution leaves behind, told by the runner as it goes.
+
+:data:`NULL_JOURNAL` (the base executor) records nothing and builds nothing.
+:class:`DurableJournal` (the enhanced executor) is the one sequence source of its
+execution's events; it publishes them, buffers checkpoints and writes both in one atomic
+batch at the points that matter: before every action (the write-ahead intent carrying the
+client order id, so a resumed execution can never trade twice), before every call
+through a circuit breaker such as ``api_call`` (which may be slow, so progress up to it
+is on disk), and when the execution ends. A crash loses at most the record of pure
+computation since the last batch; resume re-runs it. The buffer is bounded by the
+workflow size limit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from tradeflow.domain.emergency import ScopeIds
+from tradeflow.domain.errors import EmergencyHalted, describe
+from tradeflow.domain.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionRecord,
+    ExecutionStatus,
+    StateBatch,
+)
+from tradeflow.engine.runner import NodePlan
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from tradeflow.domain.clock import Clock
+    from tradeflow.engine.result import ExecutionResult
+    from tradeflow.engine.runtime import Durability
+    from tradeflow.observability.metrics import Series
+
+__all__ = ["NULL_JOURNAL", "DurableJournal", "NullJournal"]
+
+# Plain strings, looked up once: enum attribute access costs ~0.5 us on the hot path.
+_NODE_STARTED = EventType.NODE_STARTED.value
+_NODE_COMPLETED = EventType.NODE_COMPLETED.value
+_NODE_SKIPPED = EventType.NODE_SKIPPED.value
+_NODE_FAILED = EventType.NODE_FAILED.value
+_NODE_RETRYING = EventType.NODE_RETRYING.value
+_COMPLETED = CheckpointState.COMPLETED
+_SKIPPED = CheckpointState.SKIPPED
+_FAILED = CheckpointState.FAILED
+_INTENT = CheckpointState.INTENT
+
+_FINAL_EVENT = {
+    ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED.value,
+    ExecutionStatus.FAILED: EventType.EXECUTION_FAILED.value,
+    ExecutionStatus.HALTED: EventType.EXECUTION_HALTED.value,
+    ExecutionStatus.CANCELLED: EventType.EXECUTION_CANCELLED.value,
+}
+
+
+class NullJournal:
+    """Records nothing: every method returns at once."""
+
+    __slots__ = ()
+
+    def node_started(self, node: NodePlan) -> float:
+        return 0.0
+
+    async def before_io(self, node: NodePlan) -> None:
+        return None
+
+    def guard_action(self, node: NodePlan) -> None:
+        return None
+
+    def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
+        return None
+
+    def node_skipped(self, node: NodePlan, reason: str) -> None:
+        return None
+
+    def node_failed(self, node: NodePlan, error: BaseException, started: float) -> None:
+        return None
+
+    def node_retrying(
+        self, node: NodePlan, attempt: int, error: BaseException, wait: float
+    ) -> None:
+        return None
+
+    def final_record(
+        self, status: ExecutionStatus, finished_at: float, error: str | None, view: dict[str, Any]
+    ) -> None:
+        return None
+
+    async def interrupted(self) -> None:
+        return None
+
+    async def finish(self, result: ExecutionResult) -> None:
+        return None
+
+
+NULL_JOURNAL = NullJournal()
+
+
+class DurableJournal:
+    """One per execution: emits its events, buffers its checkpoints, guards its actions."""
+
+    __slots__ = (
+        "began",
+        "bot_id",
+        "bound",
+        "bus",
+        "checkpoints",
+        "clock",
+        "correlation_id",
+        "emergency",
+        "events",
+        "execution_id",
+        "ids",
+        "log",
+        "metrics",
+        "node_seconds",
+        "record",
+        "sequence",
+        "start",
+        "state",
+        "strategy_id",
+        "workflow_id",
+    )
+
+    def __init__(
+        self,
+        durability: Durability,
+        record: ExecutionRecord,
+        *,
+        clock: Clock,
+        log: FilteringBoundLogger,
+        node_seconds: dict[str, Series],
+        last_sequence: int,
+    ) -> None:
+        self.start = record
+        self.record: ExecutionRecord | None = record
+        """Written with the next batch, then None."""
+        self.bus = durability.events
+        self.state = durability.state
+        self.emergency = durability.emergency
+        self.metrics = durability.metrics
+        self.clock = clock
+        self.log = log
+        self.node_seconds = node_seconds
+        self.execution_id = record.execution_id
+        self.workflow_id = record.workflow_id
+        self.bot_id = record.bot_id
+        self.strategy_id = record.strategy_id
+        self.correlation_id = record.correlation_id
+        self.ids = ScopeIds(record.workflow_id, record.bot_id, record.strategy_id)
+        self.sequence = last_sequence
+        self.events: list[Event] = []
+        self.checkpoints: list[Checkpoint] = []
+        self.began = clock.monotonic()
+        # The execution's ids on every log line until it ends (see ``_unbind``).
+        self.bound = structlog.contextvars.bind_contextvars(
+            correlation_id=record.correlation_id,
+            execution_id=record.execution_id,
+            workflow_id=record.workflow_id,
+        )
+        self.emit(
+            EventType.EXECUTION_STARTED.value, data={"resumed": True} if last_sequence else {}
+        )
+
+    def emit(
+        self,
+        type_: str,
+        node_id: str | None = None,
+        data: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> float:
+        """Publish and buffer one event; returns its timestamp."""
+        self.sequence = sequence = self.sequence + 1
+        if now is None:
+            now = self.clock.time()
+        event = Event(
+            type_,
+            f"{self.execution_id}-{sequence}",
+            sequence,
+            now,
+            self.correlation_id,
+            self.execution_id,
+            self.workflow_id,
+            self.bot_id,
+            self.strategy_id,
+            node_id,
+            data if data is not None else {},
+        )
+        self.bus.publish(event)
+        self.events.append(event)
+        return now
+
+    def _checkpoint(
+        self,
+        node_id: str,
+        state: CheckpointState,
+        now: float,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+    ) -> None:
+        self.checkpoints.append(Checkpoint(self.execution_id, node_id, state, now, outputs, error))
+
+    async def flush(self) -> None:
+        if not self.events and not self.checkpoints and self.record is None:
+            return
+        batch = StateBatch(self.record, tuple(self.checkpoints), tuple(self.events))
+        self.record, self.events, self.checkpoints = None, [], []
+        await self.state.write(batch)
+
+    def _seconds(self, started: float) -> float:
+        # 0.0: the node failed before it started (its progress could not be persisted).
+        return self.clock.monotonic() - started if started else 0.0
+
+    # -- Journal ----------------------------------------------------------
+
+    def node_started(self, node: NodePlan) -> float:
+        self.emit(_NODE_STARTED, node.block.id)
+        return self.clock.monotonic()
+
+    async def before_io(self, node: NodePlan) -> None:
+        if node.is_action:
+            node_id = node.block.id
+            client_order_id = f"{self.execution_id}:{node_id}"
+            self._checkpoint(
+                node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id}
+            )
+        await self.flush()
+
+    def guard_action(self, node: NodePlan) -> None:
+        # After the durable intent, before each attempt: the last moment before the side effect.
+        try:
+            self.emergency.ensure_trading_allowed(self.ids)
+        except EmergencyHalted:
+            self.metrics.actions_refused.inc()
+            raise
+
+    def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
+        node_id = node.block.id
+        seconds = self.clock.monotonic() - started
+        self.node_seconds[node_id].observe(seconds)
+        now = self.emit(
+            _NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": seconds * 1000.0}
+        )
+        self._checkpoint(node_id, _COMPLETED, now, outputs)
+
+    def node_skipped(self, node: NodePlan, reason: str) -> None:
+        node_id = node.block.id
+        now = self.emit(_NODE_SKIPPED, node_id, {"reason": reason})
+        self._checkpoint(node_id, _SKIPPED, now)
+
+    def node_failed(self, node: NodePlan, error: BaseException, started: float) -> None:
+        node_id = node.block.id
+        message = describe(error)
+        seconds = self._seconds(started)
+        self.node_seconds[node_id].observe(seconds)
+        self.metrics.node_failures.labels(node.block.type).inc()
+        now = self.emit(
+            _NODE_FAILED,
+            node_id,
+            {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
+        )
+        self._checkpoint(node_id, _FAILED, now, error=message)
+        self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
+
+    def node_retrying(
+        self, node: NodePlan, attempt: int, error: BaseException, wait: float
+    ) -> None:
+        self.metrics.retries.labels(node.block.type).inc()
+        self.emit(
+            _NODE_RETRYING,
+            node.block.id,
+            {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
+        )
+
+    def final_record(
+        self, status: ExecutionStatus, finished_at: float, error: str | None, view: dict[str, Any]
+    ) -> ExecutionRecord:
+        return replace(self.start, status=status, finished_at=finished_at, error=error, result=view)
+
+    async def interrupted(self) -> None:
+        """Keep what ran: the execution stays ``running``, resumable."""
+        try:
+            await self.flush()
+        finally:
+            structlog.contextvars.reset_contextvars(**self.bound)
+
+    async def finish(self, result: ExecutionResult) -> None:
+        record = result.record
+        assert record is not None  # built by final_record
+        seconds = self.clock.monotonic() - self.began
+        data: dict[str, Any] = {"status": record.status.value, "duration_ms": seconds * 1000.0}
+        if record.error is not None:
+            data["error"] = record.error
+        self.emit(_FINAL_EVENT[record.status], data=data, now=record.finished_at)
+        self.record = record
+        try:
+            await self.flush()
+            self.metrics.executions.labels(record.status.value).inc()
+            self.metrics.execution_seconds.observe(seconds)
+            if record.status is ExecutionStatus.COMPLETED:
+                self.log.info("execution.completed", duration_ms=round(seconds * 1000, 3))
+            else:
+                self.log.warning(
+                    "execution.finished", status=record.status.value, error=record.error
+                )
+        finally:
+            structlog.contextvars.reset_contextvars(**self.bound)
