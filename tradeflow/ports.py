@@ -74,8 +74,9 @@ class EventBus(Protocol):
         workflow_id: str | None = None,
         execution_id: str | None = None,
     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-        """``(stream_sequence, event_dict)`` of the events kept after ``after_sequence``,
-        oldest first, then live ones as they are published; resume by passing the last
+        """``(stream_sequence, event_dict)`` of the events kept after ``after_sequence``
+        (how many is the adapter's bound: JetStream's retention, the in-process bus's
+        ``history``), oldest first, then live ones as they are published; resume by passing the last
         sequence seen. Ends only when the bus closes.
 
         Each given id must match; emergency events (about a scope, not a run) appear

@@ -125,7 +125,7 @@ async def event_bus(request: pytest.FixtureRequest) -> AsyncIterator[EventBus]:
     """Each :class:`EventBus` adapter in turn, closed after the test."""
     bus: EventBus
     if request.param == "in_process":
-        bus = InProcessEventBus()
+        bus = InProcessEventBus(history=1_000)  # it keeps none unless configured
     else:
         nats_server: ServerProcess = request.getfixturevalue("nats_server")
         bus = await NatsEventBus.connect(nats_server.url)

@@ -247,12 +247,40 @@ async def test_close_delivers_buffered_events_then_refuses_subscribers() -> None
         await bus.subscribe(WORKFLOW_EVENTS, Recorder())
 
 
-@pytest.mark.parametrize("setting", ["buffer_size", "history"])
-@pytest.mark.parametrize("size", [0, -1, True, 2.5])
-def test_sizes_must_be_positive_integers(setting: str, size: Any) -> None:
-    """A bad buffer_size or history is a configuration error naming the setting."""
+@pytest.mark.parametrize(
+    ("setting", "size"),
+    [
+        ("buffer_size", 0),
+        *((setting, size) for setting in ("buffer_size", "history") for size in (-1, True, 2.5)),
+    ],
+)
+def test_sizes_must_be_integers_in_range(setting: str, size: Any) -> None:
+    """A bad buffer_size (>= 1) or history (>= 0) is a configuration error naming the setting."""
     with pytest.raises(ConfigurationError, match=setting):
         InProcessEventBus(**{setting: size})
+
+
+@pytest.mark.asyncio
+async def test_with_no_history_a_replay_follows_live_events_then_keeps_none() -> None:
+    """By default nothing is kept for replay, but a running replay sees every event published
+    while it runs; once it ends, nothing is kept again."""
+    bus = InProcessEventBus()
+    bus.publish(event(1))
+    async with aclosing(bus.replay()) as stream:
+        first = asyncio.create_task(anext(stream))
+        await eventually(lambda: stream.ag_running, "the replay waits for an event")
+        for sequence in (2, 3):
+            bus.publish(event(sequence))
+        live = [await asyncio.wait_for(first, GUARD_SECONDS), await anext(stream)]
+    bus.publish(event(4))
+
+    assert live == [(2, event(2).to_dict()), (3, event(3).to_dict())]
+    async with aclosing(bus.replay(after_sequence=3)) as stream:
+        pending = asyncio.create_task(anext(stream))
+        await eventually(lambda: stream.ag_running, "the second replay waits")
+        bus.publish(event(5))
+        assert await asyncio.wait_for(pending, GUARD_SECONDS) == (5, event(5).to_dict())
+    await bus.close()
 
 
 @pytest.mark.asyncio

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Callable
 from typing import Protocol
 
@@ -38,5 +38,6 @@ IdFactory = Callable[[], str]
 
 
 def new_id() -> str:
-    """A random 32-hex-digit id (UUID4)."""
-    return uuid.uuid4().hex
+    """A random 128-bit id as 32 hex digits (the entropy of a UUID4 at a quarter of
+    ``uuid.uuid4().hex``'s cost: two are made per execution)."""
+    return os.urandom(16).hex()

@@ -17,18 +17,13 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tradeflow.domain.errors import InvalidRequest
-from tradeflow.domain.records import (
-    Checkpoint,
-    ExecutionRecord,
-    ExecutionStatus,
-    rfc3339,
-)
+from tradeflow.domain.records import Checkpoint, ExecutionRecord, ExecutionStatus
 from tradeflow.engine.journal import NULL_JOURNAL, DurableJournal, NullJournal
 from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes import default_registry
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry
 from tradeflow.engine.result import ExecutionResult
-from tradeflow.engine.runner import Plan, RunOutcome, run_plan
+from tradeflow.engine.runner import Plan, run_plan
 
 if TYPE_CHECKING:
     from tradeflow.engine.runtime import Runtime
@@ -215,9 +210,21 @@ class Executor:
             raise
         finally:
             self._cancelled = asyncio.Event()
-        result = self._result(start, outcome, runtime.clock.time(), journal)
-        await journal.finish(result)
-        return result
+        status, results, errors, skipped, halt, error = outcome
+        result = ExecutionResult(
+            status,
+            start.execution_id,
+            start.workflow_id or None,
+            start.correlation_id,
+            results,
+            errors,
+            skipped,
+            error,
+            start.started_at,
+            runtime.clock.time(),
+            halt,
+        )
+        return await journal.finish(result)
 
     def _journal(self, start: _Start, last_sequence: int) -> NullJournal | DurableJournal:
         durability = self.runtime.durability
@@ -243,29 +250,6 @@ class Executor:
             node_seconds=self._node_seconds,
             last_sequence=last_sequence,
         )
-
-    def _result(
-        self,
-        start: _Start,
-        outcome: RunOutcome,
-        finished_at: float,
-        journal: NullJournal | DurableJournal,
-    ) -> ExecutionResult:
-        status, results, errors, skipped, halt, error = outcome
-        view = {
-            "status": status.value,
-            "execution_id": start.execution_id,
-            "workflow_id": start.workflow_id or None,
-            "correlation_id": start.correlation_id,
-            "results": results,
-            "errors": errors,
-            "skipped": skipped,
-            "error": error,
-            "started_at": rfc3339(start.started_at),
-            "finished_at": rfc3339(finished_at),
-            "duration_ms": (finished_at - start.started_at) * 1000.0,
-        }
-        return ExecutionResult(view, halt, journal.final_record(status, finished_at, error, view))
 
 
 def _seed_edge(result: ExecutionResult) -> dict[str, Any]:

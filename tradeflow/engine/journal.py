@@ -88,16 +88,11 @@ class NullJournal:
     ) -> None:
         return None
 
-    def final_record(
-        self, status: ExecutionStatus, finished_at: float, error: str | None, view: dict[str, Any]
-    ) -> None:
-        return None
-
     async def interrupted(self) -> None:
         return None
 
-    async def finish(self, result: ExecutionResult) -> None:
-        return None
+    async def finish(self, result: ExecutionResult) -> ExecutionResult:
+        return result
 
 
 NULL_JOURNAL = NullJournal()
@@ -279,11 +274,6 @@ class DurableJournal:
             {"attempt": attempt, "error": describe(error), "next_wait_s": wait},
         )
 
-    def final_record(
-        self, status: ExecutionStatus, finished_at: float, error: str | None, view: dict[str, Any]
-    ) -> ExecutionRecord:
-        return replace(self.start, status=status, finished_at=finished_at, error=error, result=view)
-
     async def interrupted(self) -> None:
         """Keep what ran: the execution stays ``running``, resumable."""
         try:
@@ -291,24 +281,31 @@ class DurableJournal:
         finally:
             structlog.contextvars.reset_contextvars(**self.bound)
 
-    async def finish(self, result: ExecutionResult) -> None:
-        record = result.record
-        assert record is not None  # built by final_record
+    async def finish(self, result: ExecutionResult) -> ExecutionResult:
+        """Write the final record (built here, once) with the final event; the result
+        carrying that record."""
+        status, error = result.status, result.error
+        record = replace(
+            self.start,
+            status=status,
+            finished_at=result.finished_at,
+            error=error,
+            result=result.as_dict(),
+        )
         seconds = self.clock.monotonic() - self.began
-        data: dict[str, Any] = {"status": record.status.value, "duration_ms": seconds * 1000.0}
-        if record.error is not None:
-            data["error"] = record.error
-        self.emit(_FINAL_EVENT[record.status], data=data, now=record.finished_at)
+        data: dict[str, Any] = {"status": status.value, "duration_ms": seconds * 1000.0}
+        if error is not None:
+            data["error"] = error
+        self.emit(_FINAL_EVENT[status], data=data, now=result.finished_at)
         self.record = record
         try:
             await self.flush()
-            self.metrics.executions.labels(record.status.value).inc()
+            self.metrics.executions.labels(status.value).inc()
             self.metrics.execution_seconds.observe(seconds)
-            if record.status is ExecutionStatus.COMPLETED:
+            if status is ExecutionStatus.COMPLETED:
                 self.log.info("execution.completed", duration_ms=round(seconds * 1000, 3))
             else:
-                self.log.warning(
-                    "execution.finished", status=record.status.value, error=record.error
-                )
+                self.log.warning("execution.finished", status=status.value, error=error)
         finally:
             structlog.contextvars.reset_contextvars(**self.bound)
+        return replace(result, record=record)

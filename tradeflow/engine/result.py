@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from tradeflow.domain.records import ExecutionRecord, ExecutionStatus
+from tradeflow.domain.records import ExecutionRecord, ExecutionStatus, rfc3339
 from tradeflow.engine.runner import HaltError
 
 __all__ = ["ExecutionResult"]
@@ -15,37 +15,38 @@ __all__ = ["ExecutionResult"]
 class ExecutionResult:
     """What one run produced. Halted, failed and cancelled are statuses, not errors."""
 
-    view: dict[str, Any]
-    """The seed's result dict, built once at the end of the run (:meth:`as_dict`)."""
+    status: ExecutionStatus
+    execution_id: str
+    workflow_id: str | None
+    correlation_id: str
+    results: dict[str, dict[str, Any]]
+    """Outputs of each completed node."""
+    errors: dict[str, str]
+    """Error of each failed node."""
+    skipped: list[str]
+    """Skipped nodes, in the order they were skipped."""
+    error: str | None
+    """Why the run did not complete."""
+    started_at: float
+    finished_at: float
     halt: HaltError | None
     """What stopped a halted run: ``execute()`` raises it."""
-    record: ExecutionRecord | None
-    """The final record as the state store holds it (``result`` is :attr:`view`), built
-    once by a durable journal; None when the journal records nothing."""
-
-    @property
-    def status(self) -> ExecutionStatus:
-        return ExecutionStatus(self.view["status"])
-
-    @property
-    def execution_id(self) -> str:
-        return cast(str, self.view["execution_id"])
-
-    @property
-    def results(self) -> dict[str, dict[str, Any]]:
-        """Outputs of each completed node."""
-        return cast(dict[str, dict[str, Any]], self.view["results"])
-
-    @property
-    def errors(self) -> dict[str, str]:
-        """Error of each failed node."""
-        return cast(dict[str, str], self.view["errors"])
-
-    @property
-    def skipped(self) -> list[str]:
-        """Skipped nodes, in the order they were skipped."""
-        return cast(list[str], self.view["skipped"])
+    record: ExecutionRecord | None = None
+    """The final record as the state store holds it (its ``result`` is :meth:`as_dict`),
+    built once by a durable journal; None when the journal records nothing."""
 
     def as_dict(self) -> dict[str, Any]:
         """The seed's result dict."""
-        return self.view
+        return {
+            "status": self.status.value,
+            "execution_id": self.execution_id,
+            "workflow_id": self.workflow_id,
+            "correlation_id": self.correlation_id,
+            "results": self.results,
+            "errors": self.errors,
+            "skipped": self.skipped,
+            "error": self.error,
+            "started_at": rfc3339(self.started_at),
+            "finished_at": rfc3339(self.finished_at),
+            "duration_ms": (self.finished_at - self.started_at) * 1000.0,
+        }

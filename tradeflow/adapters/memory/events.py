@@ -2,10 +2,13 @@
 
 Subscribers are served by the shared :class:`~tradeflow.engine.fanout.Fanout`
 (a bounded buffer and a dispatcher each). For replay the bus numbers every
-published event 1, 2, ... and keeps the newest ``history`` of them (10,000 by
-default) as records, turned into contract dicts only when replayed: a reader
-that falls further behind than that misses the oldest, and the gap shows in
-the sequence numbers.
+published event 1, 2, ... and keeps the newest ``history`` of them (none by
+default: embedded, the state store holds the history, and every event kept is
+one more object for each full garbage collection to walk, which showed in the
+executor's p99). While a replay runs, the newest ``buffer_size`` are kept, as
+records turned into contract dicts only when replayed: a reader that falls
+further behind than that misses the oldest, and the gap shows in the sequence
+numbers.
 """
 
 from __future__ import annotations
@@ -34,16 +37,18 @@ class InProcessEventBus(Fanout):
     for :meth:`replay`; ``metrics`` counts dropped events and handler errors.
     """
 
-    __slots__ = ("_appended", "_history", "_sequence")
+    __slots__ = ("_appended", "_history", "_keep", "_readers", "_sequence")
 
     def __init__(
-        self, *, buffer_size: int = 10_000, history: int = 10_000, metrics: Metrics | None = None
+        self, *, buffer_size: int = 10_000, history: int = 0, metrics: Metrics | None = None
     ) -> None:
         super().__init__(buffer_size=buffer_size, metrics=metrics)
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ConfigurationError(
-                f"invalid event bus history: expected an integer >= 1, found {history!r}"
+                f"invalid event bus history: expected an integer >= 0, found {history!r}"
             )
+        self._keep = history
+        self._readers = 0
         self._history: deque[tuple[int, Event]] = deque(maxlen=history)
         self._sequence = 0
         self._appended: asyncio.Event | None = None
@@ -102,6 +107,20 @@ class InProcessEventBus(Fanout):
         return self._replay(after_sequence, matches)
 
     async def _replay(
+        self, cursor: int, matches: Callable[[Event], bool]
+    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        self._readers += 1
+        if self._readers == 1 and self._keep < self._buffer_size:
+            self._history = deque(self._history, maxlen=self._buffer_size)
+        try:
+            async for item in self._follow(cursor, matches):
+                yield item
+        finally:
+            self._readers -= 1
+            if not self._readers:
+                self._history = deque(self._history, maxlen=self._keep)
+
+    async def _follow(
         self, cursor: int, matches: Callable[[Event], bool]
     ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         history = self._history
