@@ -81,7 +81,9 @@ async def paired_timings(
         async with await Infrastructure.create("development", settings=settings) as infra:
             prices = settings.price_feed(infra.clock)
             async with WorkflowExecutor(
-                trading_workflow(nodes), exchange=settings.paper_exchange(prices), prices=prices
+                trading_workflow(nodes),
+                exchange=settings.paper_exchange(prices, clock=infra.clock, ids=infra.id_factory),
+                prices=prices,
             ) as base:
                 enhanced = EnhancedWorkflowExecutor(trading_workflow(nodes), infra, f"bench{nodes}")
                 turns = ((base.execute, base_s), (enhanced.execute, enhanced_s))

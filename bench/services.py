@@ -22,6 +22,7 @@ import grpc
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.app.devstack import Stack
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import ScopeIds
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as epb
@@ -72,7 +73,10 @@ async def _until(view: RemoteEmergencyControl, *, halted: bool) -> None:
 
 
 async def halt_figures(address: str, rounds: int, views: int) -> str:
-    watchers = [await RemoteEmergencyControl.connect(address) for _ in range(views)]
+    watchers = [
+        await RemoteEmergencyControl.connect(address, clock=SystemClock(), id_factory=new_id)
+        for _ in range(views)
+    ]
     delays: list[float] = []
     async with grpc.aio.insecure_channel(address) as channel:
         stub = epb_grpc.EmergencyServiceStub(channel)

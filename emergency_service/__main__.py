@@ -3,6 +3,6 @@
 import sys
 
 from emergency_service.server import build
-from tradeflow.adapters.grpc.server import main
+from tradeflow.app.remote import run_service
 
-sys.exit(main("emergency", 50052, build))
+sys.exit(run_service("emergency", build))

@@ -18,12 +18,12 @@ import contextlib
 import grpc
 import redis.asyncio as aioredis
 
-from emergency_service.config import EmergencyConfig
 from emergency_service.servicer import SERVICE_NAME, EmergencyServicer
-from tradeflow.adapters.grpc.config import ServiceConfig
 from tradeflow.adapters.grpc.server import Service
-from tradeflow.adapters.nats.bus import NatsEventBus
+from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
+from tradeflow.app.settings import ServiceSettings
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.errors import ConfigurationError
 from tradeflow.observability.metrics import Metrics
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
@@ -31,23 +31,27 @@ from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 __all__ = ["build"]
 
 
-async def build(config: ServiceConfig) -> Service:
-    """The emergency service on the Redis at ``TRADEFLOW_REDIS_URL`` and the NATS at
-    ``TRADEFLOW_NATS_URL`` (see :class:`~emergency_service.config.EmergencyConfig`)."""
-    settings = EmergencyConfig.from_env(config)
+async def build(settings: ServiceSettings) -> Service:
+    """The emergency service on the Redis at ``settings.redis_url`` and the NATS at
+    ``settings.nats_url``."""
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
         try:
-            client = aioredis.from_url(config.redis_url)
+            client = aioredis.from_url(settings.redis_url)
         except ValueError as exc:
             raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
         stack.push_async_callback(client.aclose)
         bus = await NatsEventBus.connect(
-            config.nats_url, metrics=metrics, name="tradeflow-emergency-service"
+            settings.nats_url, NatsOptions(name="tradeflow-emergency-service"), metrics=metrics
         )
         stack.push_async_callback(bus.close)
         controller = RedisEmergencyController(
-            client, prefix=settings.redis_prefix, publish=bus.publish, metrics=metrics
+            client,
+            prefix=settings.redis_prefix,
+            publish=bus.publish,
+            metrics=metrics,
+            clock=SystemClock(),
+            id_factory=new_id,
         )
         await controller.start()
         stack.push_async_callback(controller.close)

@@ -3,6 +3,6 @@
 import sys
 
 from executor_service.server import build
-from tradeflow.adapters.grpc.server import main
+from tradeflow.app.remote import run_service
 
-sys.exit(main("executor", 50051, build))
+sys.exit(run_service("executor", build))

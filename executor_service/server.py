@@ -5,18 +5,18 @@ from __future__ import annotations
 import grpc
 
 from executor_service.servicer import ExecutorServicer
-from tradeflow.adapters.grpc.config import ServiceConfig
 from tradeflow.adapters.grpc.server import Service
-from tradeflow.app.infrastructure import Infrastructure, Settings
+from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.manager import ExecutionManager
+from tradeflow.app.settings import ServiceSettings
 from tradeflow.proto.executor.v1 import executor_service_pb2, executor_service_pb2_grpc
 
 __all__ = ["build"]
 
 
-async def build(config: ServiceConfig) -> Service:
+async def build(config: ServiceSettings) -> Service:
     """The executor service: runs workflows on ``Infrastructure.create("production")``."""
-    infra = await Infrastructure.create("production", settings=Settings.from_env("production"))
+    infra = await Infrastructure.create("production")
     manager = ExecutionManager(infra)
     servicer = ExecutorServicer(manager, infra.events)
 

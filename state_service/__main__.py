@@ -3,6 +3,6 @@
 import sys
 
 from state_service.server import build
-from tradeflow.adapters.grpc.server import main
+from tradeflow.app.remote import run_service
 
-sys.exit(main("state", 50053, build))
+sys.exit(run_service("state", build))

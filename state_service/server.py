@@ -6,27 +6,24 @@ import grpc
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
-from state_service.config import StateConfig
 from state_service.servicer import SERVICE_NAME, StateServicer
-from tradeflow.adapters.grpc.config import ServiceConfig
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.errors import ConfigurationError
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
 __all__ = ["build"]
 
 
-async def build(config: ServiceConfig) -> Service:
-    """The state service on the Redis at ``TRADEFLOW_REDIS_URL``
-    (see :class:`~state_service.config.StateConfig` for the rest).
+async def build(settings: ServiceSettings) -> Service:
+    """The state service on the Redis at ``settings.redis_url``.
 
     Redis is not contacted here: the client connects on the first call, so the
     service starts (and answers UNAVAILABLE per call) while Redis comes up.
     """
-    settings = StateConfig.from_env(config)
     try:
-        client = aioredis.from_url(config.redis_url)
+        client = aioredis.from_url(settings.redis_url)
     except ValueError as exc:
         raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
     store = RedisStateStore(client, prefix=settings.redis_prefix, max_events=settings.max_events)

@@ -1,4 +1,5 @@
-"""The test kit: one fake clock and one bounded wait, shared by every suite.
+"""The test kit: one fake clock, one bounded wait and the record builders, shared by every
+suite.
 
 Hand-written fakes live here (as in Nautilus Trader's test kit) instead of a copy per
 test module.
@@ -7,7 +8,17 @@ test module.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tradeflow.domain.records import (
+    Checkpoint,
+    CheckpointState,
+    Event,
+    EventType,
+    ExecutionRecord,
+    ExecutionStatus,
+)
 
 START = 1_700_000_000.0
 """2023-11-14T22:13:20Z: mid-day, so an hour either way stays on the same UTC day."""
@@ -34,13 +45,84 @@ class ManualClock:
 
 
 async def eventually(
-    condition: Callable[[], bool], what: str = "the condition held", *, poll: float = 0.005
+    condition: Callable[[], bool | Awaitable[bool]],
+    what: str = "the condition held",
+    *,
+    poll: float = 0.005,
 ) -> None:
-    """Poll ``condition()`` (a real state with no event to wait on) until it holds;
-    fail, naming ``what``, after :data:`DEADLINE_SECONDS`."""
+    """Poll ``condition()`` (a real state with no event to wait on, local or behind a
+    request) until it holds; fail, naming ``what``, after :data:`DEADLINE_SECONDS`."""
+
+    async def holds() -> bool:
+        held = condition()
+        return held if isinstance(held, bool) else await held
+
     try:
         async with asyncio.timeout(DEADLINE_SECONDS):
-            while not condition():  # noqa: ASYNC110 - states without an event to wait on
+            while not await holds():  # noqa: ASYNC110 - states without an event to wait on
                 await asyncio.sleep(poll)
     except TimeoutError:
         raise AssertionError(f"gave up waiting until {what}") from None
+
+
+DEFINITION: dict[str, Any] = {
+    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
+}
+"""The smallest workflow: one price block."""
+
+
+def execution(
+    execution_id: str,
+    workflow_id: str = "wf",
+    *,
+    started_at: float = 1_000.0,
+    status: ExecutionStatus = ExecutionStatus.RUNNING,
+    **fields: Any,
+) -> ExecutionRecord:
+    """A record of ``DEFINITION``'s run; one not running finished a second after it started."""
+    fields.setdefault("definition", DEFINITION)
+    fields.setdefault("finished_at", None if status is ExecutionStatus.RUNNING else started_at + 1)
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_id=workflow_id,
+        status=status,
+        started_at=started_at,
+        correlation_id=f"corr-{execution_id}",
+        **fields,
+    )
+
+
+def event(
+    execution_id: str | None, sequence: int, data: dict[str, Any] | None = None, **fields: Any
+) -> Event:
+    """Event number ``sequence`` of a run (timestamps with microseconds, to prove they keep)."""
+    fields.setdefault("timestamp", 2_000.123456 + sequence)
+    fields.setdefault("workflow_id", "wf")
+    fields.setdefault("node_id", "quote")
+    return Event(
+        type=EventType.NODE_COMPLETED.value,
+        event_id=f"{execution_id}-{sequence}",
+        sequence=sequence,
+        correlation_id=f"corr-{execution_id}",
+        execution_id=execution_id,
+        data={"seq": sequence} if data is None else data,
+        **fields,
+    )
+
+
+def checkpoint(
+    execution_id: str,
+    node_id: str,
+    state: CheckpointState = CheckpointState.COMPLETED,
+    outputs: dict[str, Any] | None = None,
+    **fields: Any,
+) -> Checkpoint:
+    """A checkpoint of ``node_id`` (a price quote unless ``outputs`` says otherwise)."""
+    fields.setdefault("updated_at", 3_000.5)
+    return Checkpoint(
+        execution_id=execution_id,
+        node_id=node_id,
+        state=state,
+        outputs={"price": 101.5} if outputs is None else outputs,
+        **fields,
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
 from typing import Any
+
+from kit import eventually
 
 from tradeflow.infrastructure.emergency import EmergencyHalted, RiskLimitExceeded
 from tradeflow.infrastructure.factory import Infrastructure
@@ -19,17 +20,10 @@ from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 from tradeflow.workflow.executor import WorkflowExecutor
 
 
-async def until(condition: Callable[[], bool]) -> None:
-    """Poll ``condition`` with a deadline: the seed's handlers only append to lists,
-    so there is no event to wait on (and they stay as the seed wrote them)."""
-    async with asyncio.timeout(10):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
-
-
 async def wait_for_events(infra: Infrastructure, events: list[dict[str, Any]], kind: str) -> None:
-    """Wait (bounded) until an event of ``kind`` has been delivered to ``events``."""
-    await until(lambda: any(e["type"] == kind for e in events))
+    """Wait until an event of ``kind`` has been delivered to ``events``: the seed's handlers
+    only append to lists (as the seed wrote them), so there is no event to wait on."""
+    await eventually(lambda: any(e["type"] == kind for e in events), f"{kind} was delivered")
 
 
 async def step1_before(workflow_definition: dict[str, Any]) -> dict[str, Any]:
@@ -64,7 +58,9 @@ async def step2_subscribe(env: str, workflow: dict[str, Any]) -> list[str]:
     await infra.events.subscribe("workflow_events", handle_event)
     executor = EnhancedWorkflowExecutor(workflow=workflow, infra=infra, workflow_id="step2")
     await executor.execute()
-    await until(lambda: any("execution_completed" in line for line in printed))
+    await eventually(
+        lambda: any("execution_completed" in line for line in printed), "completion was printed"
+    )
     await infra.close()
     return printed
 
@@ -116,7 +112,9 @@ async def example1_after(
             printed = "Trading workflow completed"
     except EmergencyHalted as e:
         logged.append(f"Emergency halt: {e.reason}")
-    await until(lambda: any(line.startswith("execution_") for line in logged))
+    await eventually(
+        lambda: any(line.startswith("execution_") for line in logged), "the outcome was logged"
+    )
     await infra.close()
     return printed, logged
 

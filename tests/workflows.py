@@ -66,33 +66,31 @@ def trading_workflow(*, below: float = 1e12, quantity: float = 0.001) -> dict[st
 
 def two_orders_workflow() -> dict[str, Any]:
     """Buy, then a second, independent-looking sell that depends on the buy's fill."""
-    return {
-        "blocks": [
-            block("size", "providers", "static", {"values": {"qty": 0.001}}),
-            block(
-                "first",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "buy"},
-                {"quantity": "size.qty"},
-            ),
-            block(
-                "second",
-                "actions",
-                "place_order",
-                {"symbol": "BTC/USDT", "side": "sell"},
-                {"quantity": "first.filled_quantity"},
-            ),
-        ]
-    }
+    return _buy_then_sell(0.001)
 
 
 def gated_orders(gate_url: str) -> dict[str, Any]:
     """A buy, then a wait on an HTTP gate (``api_call``), then a sell of what was bought:
     a test holding the gate pauses the execution between its two orders."""
+    gate = block(
+        "wait",
+        "providers",
+        "api_call",
+        {"url": gate_url},
+        {"when": "first.status"},
+        config={"timeout": 120},
+    )
+    return _buy_then_sell(0.002, gate)
+
+
+def _buy_then_sell(quantity: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Buy ``quantity``, then sell what the buy filled (once ``gate`` answers, if given)."""
+    sell_inputs = {"quantity": "first.filled_quantity"}
+    if gate is not None:
+        sell_inputs["when"] = "wait.status_code"
     return {
         "blocks": [
-            block("size", "providers", "static", {"values": {"qty": 0.002}}),
+            block("size", "providers", "static", {"values": {"qty": quantity}}),
             block(
                 "first",
                 "actions",
@@ -100,20 +98,13 @@ def gated_orders(gate_url: str) -> dict[str, Any]:
                 {"symbol": "BTC/USDT", "side": "buy"},
                 {"quantity": "size.qty"},
             ),
-            block(
-                "wait",
-                "providers",
-                "api_call",
-                {"url": gate_url},
-                {"when": "first.status"},
-                config={"timeout": 120},
-            ),
+            *([] if gate is None else [gate]),
             block(
                 "second",
                 "actions",
                 "place_order",
                 {"symbol": "BTC/USDT", "side": "sell"},
-                {"quantity": "first.filled_quantity", "when": "wait.status_code"},
+                sell_inputs,
             ),
         ]
     }

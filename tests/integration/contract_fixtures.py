@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
 
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from kit import DEADLINE_SECONDS
 from servers import ServerProcess, Stack
 
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
@@ -37,7 +37,7 @@ from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
-from tradeflow.domain.clock import new_id
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
 __all__ = [
@@ -48,10 +48,6 @@ __all__ = [
     "state_store",
     "uid",
 ]
-
-_HANG_GUARD_SECONDS: Final = 30
-"""Bound on every wait for a delivery or a view: only there so a broken adapter fails
-the test instead of hanging it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +153,7 @@ def _local_kit(path: Path, resources: AsyncExitStack) -> EmergencyKit:
         # One connection each, as a second process would have.
         conn = open_database(path)
         resources.callback(conn.close)
-        controller = LocalEmergencyController(conn)
+        controller = LocalEmergencyController(conn, clock=SystemClock(), id_factory=new_id)
         resources.push_async_callback(controller.close)
         return controller
 
@@ -169,7 +165,9 @@ def _redis_kit(client: aioredis.Redis, resources: AsyncExitStack) -> EmergencyKi
     resources.push_async_callback(_delete_keys, client, f"{{{prefix}:*")
 
     async def open_controller() -> EmergencyControl:
-        controller = RedisEmergencyController(client, prefix=prefix)
+        controller = RedisEmergencyController(
+            client, prefix=prefix, clock=SystemClock(), id_factory=new_id
+        )
         await controller.start()
         resources.push_async_callback(controller.close)
         return controller
@@ -183,7 +181,9 @@ def _redis_kit(client: aioredis.Redis, resources: AsyncExitStack) -> EmergencyKi
 
 def _service_kit(address: str, resources: AsyncExitStack) -> EmergencyKit:
     async def open_controller() -> EmergencyControl:
-        control = await RemoteEmergencyControl.connect(address, timeout=_HANG_GUARD_SECONDS)
+        control = await RemoteEmergencyControl.connect(
+            address, timeout=DEADLINE_SECONDS, clock=SystemClock(), id_factory=new_id
+        )
         resources.push_async_callback(control.close)
         return control
 
@@ -191,7 +191,7 @@ def _service_kit(address: str, resources: AsyncExitStack) -> EmergencyKit:
         # The view changes only when the service pushes a snapshot: wait for the
         # version the service has now.
         assert isinstance(control, RemoteEmergencyControl)
-        async with asyncio.timeout(_HANG_GUARD_SECONDS):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             await control.wait_for_version()
 
     return EmergencyKit(open_controller, caught_up)

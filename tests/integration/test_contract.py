@@ -15,8 +15,9 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
+import kit
 import pytest
-from kit import eventually
+from kit import DEADLINE_SECONDS, eventually
 
 from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.errors import (
@@ -56,35 +57,15 @@ DEFINITION: Final[dict[str, Any]] = {
     "connections": [{"from": "quote", "to": "buy"}],
 }
 TOPIC: Final = "workflow_events"
-HANG_GUARD_SECONDS: Final = 30
-"""Bound on waiting for deliveries: only there so a broken bus fails the test instead of
-hanging it."""
 
 
 # -- state store ------------------------------------------------------------------------
 
 
-def execution(
-    execution_id: str,
-    workflow_id: str,
-    *,
-    started_at: float = BASE_TIME,
-    bot_id: str | None = None,
-    strategy_id: str | None = None,
-    request_id: str | None = None,
-) -> ExecutionRecord:
-    """A running execution record."""
-    return ExecutionRecord(
-        execution_id=execution_id,
-        workflow_id=workflow_id,
-        status=ExecutionStatus.RUNNING,
-        started_at=started_at,
-        definition=DEFINITION,
-        correlation_id=f"corr-{execution_id}",
-        bot_id=bot_id,
-        strategy_id=strategy_id,
-        request_id=request_id,
-    )
+def execution(execution_id: str, workflow_id: str, **fields: Any) -> ExecutionRecord:
+    """A running kit record of ``DEFINITION``, started at ``BASE_TIME`` unless told."""
+    fields.setdefault("started_at", BASE_TIME)
+    return kit.execution(execution_id, workflow_id, definition=DEFINITION, **fields)
 
 
 def finished(record: ExecutionRecord, status: ExecutionStatus) -> ExecutionRecord:
@@ -705,7 +686,7 @@ class Inbox:
 
     async def wait_for(self, count: int) -> list[dict[str, Any]]:
         """The kept items once there are ``count`` of them."""
-        async with asyncio.timeout(HANG_GUARD_SECONDS):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             while len(self.items) < count:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -779,7 +760,7 @@ async def test_publish_of_an_unencodable_event_neither_raises_nor_blocks_later_o
     event_bus.publish(bad._replace(data={"unencodable": object()}))
     event_bus.publish(good)
 
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while good.to_dict() not in inbox.items:
             await inbox.wait_for(len(inbox.items) + 1)
     assert inbox.items[-1] == good.to_dict()
@@ -790,7 +771,7 @@ async def replayed_until(
 ) -> list[tuple[int, dict[str, Any]]]:
     """What a replay with ``filters`` yields, up to and including the event ``last``."""
     items: list[tuple[int, dict[str, Any]]] = []
-    async with asyncio.timeout(HANG_GUARD_SECONDS), aclosing(event_bus.replay(**filters)) as stream:
+    async with asyncio.timeout(DEADLINE_SECONDS), aclosing(event_bus.replay(**filters)) as stream:
         async for sequence, item in stream:
             items.append((sequence, item))
             if item["event_id"] == last.event_id:
@@ -831,14 +812,14 @@ async def test_replay_follows_events_published_while_it_waits(
     start = await event_bus.last_sequence()
     event_bus.publish(first)
     async with aclosing(event_bus.replay(after_sequence=start, execution_id=f"{uid}-e")) as stream:
-        async with asyncio.timeout(HANG_GUARD_SECONDS):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             _, item = await anext(stream)
         assert item == first.to_dict()
 
         live = asyncio.create_task(anext(stream))
         await eventually(lambda: stream.ag_running, "the replay waits for the next event")
         event_bus.publish(second)
-        async with asyncio.timeout(HANG_GUARD_SECONDS):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             _, item = await live
         assert item == second.to_dict()
 

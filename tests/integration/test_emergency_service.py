@@ -20,17 +20,17 @@ import pytest_asyncio
 from emergency_fixtures import (
     EMERGENCY_SERVICE_NAME,
     ClientFactory,
-    EmergencyService,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from kit import ManualClock
+from kit import DEADLINE_SECONDS, ManualClock
 from nats.aio.msg import Msg
-from servers import ServerProcess, free_port
+from servers import ServerProcess, Service, free_port
 
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import (
     EmergencyHalted,
@@ -47,14 +47,11 @@ pytestmark = pytest.mark.integration
 
 IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 OTHER_BOT = replace(IDS, bot_id="bot-2")
-# Generous bound on waits for a condition: only there so a broken service fails the
-# test instead of hanging it.
-HANG_GUARD_SECONDS = 30
 
 
 @pytest_asyncio.fixture
 async def stub(
-    emergency_service: EmergencyService,
+    emergency_service: Service,
 ) -> AsyncIterator[emergency_service_pb2_grpc.EmergencyServiceAsyncStub]:
     """A raw stub on the test's service, for what the client never sends."""
     async with open_channel(emergency_service.address) as channel:
@@ -66,14 +63,14 @@ async def stub(
 
 async def until_unavailable(client: RemoteEmergencyControl) -> None:
     """Wait until ``client``'s view is down."""
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while client.available:
             await client.wait_for_change()
 
 
 async def until_available(client: RemoteEmergencyControl) -> None:
     """Wait until ``client``'s view is current again."""
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         while not client.available:
             await client.wait_for_change()
 
@@ -87,7 +84,7 @@ async def test_halt_through_one_client_reaches_another_clients_local_view(
     assert executor.active_halt(IDS) is None
 
     halt = await ops.halt(Scope.BOT, "bot-1", reason="manual stop", actor="ops")
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         await executor.wait_for_version()
 
     with pytest.raises(EmergencyHalted) as caught:
@@ -102,7 +99,7 @@ async def test_halt_through_one_client_reaches_another_clients_local_view(
     assert await executor.halts() == [halt]
 
     assert await ops.resume(Scope.BOT, "bot-1", reason="fixed", actor="ops")
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         await executor.wait_for_version()
     executor.ensure_trading_allowed(IDS)
     assert await ops.resume(Scope.BOT, "bot-1", reason="again", actor="ops") is False
@@ -144,7 +141,7 @@ async def test_risk_breach_is_a_result_that_halts_everyone(
         -500.0,
         True,
     )
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         await executor.wait_for_version()
     halt = executor.active_halt(OTHER_BOT)
     assert halt is not None
@@ -214,7 +211,7 @@ async def test_a_repeated_request_id_acts_and_audits_once(
 
 @pytest.mark.asyncio
 async def test_state_survives_a_crash_and_views_fail_closed_until_it_is_back(
-    emergency_service: EmergencyService, make_emergency_client: ClientFactory
+    emergency_service: Service, make_emergency_client: ClientFactory
 ) -> None:
     """SIGKILL: the view refuses everything; after a restart the halt from Redis is back."""
     client = await make_emergency_client()
@@ -277,7 +274,7 @@ async def test_changes_are_published_on_nats_emergency_subjects(
         await client.resume(Scope.STRATEGY, "strat-ev", reason="calm", actor="ops")
         with pytest.raises(RiskLimitExceeded):
             await client.check_risk_limit("max_exposure", 2.0, 1.0, ids=ScopeIds(bot_id="bot-ev"))
-        async with asyncio.timeout(HANG_GUARD_SECONDS):
+        async with asyncio.timeout(DEADLINE_SECONDS):
             messages = [await received.get() for _ in range(4)]
     finally:
         await nc.close()
@@ -307,7 +304,7 @@ async def test_changes_are_published_on_nats_emergency_subjects(
 
 @pytest.mark.asyncio
 async def test_health_reflection_and_metrics(
-    emergency_service: EmergencyService, make_emergency_client: ClientFactory
+    emergency_service: Service, make_emergency_client: ClientFactory
 ) -> None:
     """The service reports SERVING, lists itself by reflection and counts halts in /metrics."""
     client = await make_emergency_client()
@@ -336,7 +333,7 @@ async def test_idle_watch_stream_sends_heartbeat_snapshots(
 ) -> None:
     """With nothing changing, WatchState resends the current snapshot (same version)."""
     stream = stub.WatchState(pb.WatchStateRequest())
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         first, second = await stream.read(), await stream.read()
     stream.cancel()
 
@@ -345,7 +342,7 @@ async def test_idle_watch_stream_sends_heartbeat_snapshots(
 
 @pytest.mark.asyncio
 async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
-    emergency_service: EmergencyService,
+    emergency_service: Service,
     make_emergency_client: ClientFactory,
     stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
 ) -> None:
@@ -354,7 +351,7 @@ async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
     stream = stub.WatchState(pb.WatchStateRequest())
     process = emergency_service.process.process
     assert process is not None
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         await stream.read()
 
         process.send_signal(signal.SIGTERM)
@@ -362,7 +359,7 @@ async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
             pass  # heartbeats sent before the drain
         code = await stream.code()
         await until_unavailable(client)
-    exit_status = await asyncio.to_thread(process.wait, HANG_GUARD_SECONDS)
+    exit_status = await asyncio.to_thread(process.wait, DEADLINE_SECONDS)
 
     assert code is grpc.StatusCode.OK
     assert exit_status == 0
@@ -374,7 +371,9 @@ async def test_sigterm_ends_watch_streams_cleanly_and_exits_zero(
 async def test_view_fails_closed_before_the_first_snapshot() -> None:
     """With no service to follow, the check refuses and connect() gives up with Unavailable."""
     address = f"127.0.0.1:{free_port()}"
-    client = await RemoteEmergencyControl.connect(address, wait_ready=False)
+    client = await RemoteEmergencyControl.connect(
+        address, wait_ready=False, clock=SystemClock(), id_factory=new_id
+    )
     try:
         with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
             client.ensure_trading_allowed(IDS)
@@ -384,17 +383,19 @@ async def test_view_fails_closed_before_the_first_snapshot() -> None:
         await client.close()
 
     with pytest.raises(UnavailableError, match="no state within"):
-        await RemoteEmergencyControl.connect(address, timeout=0.2)
+        await RemoteEmergencyControl.connect(
+            address, timeout=0.2, clock=SystemClock(), id_factory=new_id
+        )
 
 
 @pytest.mark.asyncio
 async def test_view_fails_closed_once_older_than_max_staleness(
-    emergency_service: EmergencyService,
+    emergency_service: Service,
 ) -> None:
     """A snapshot older than max_staleness no longer confirms the state: the check refuses."""
     clock = ManualClock()
     client = await RemoteEmergencyControl.connect(
-        emergency_service.address, max_staleness=5.0, clock=clock
+        emergency_service.address, max_staleness=5.0, clock=clock, id_factory=new_id
     )
     try:
         client.ensure_trading_allowed(IDS)

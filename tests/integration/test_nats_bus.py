@@ -11,18 +11,20 @@ import asyncio
 import itertools
 import json
 import types
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import nats
 import pytest
 import pytest_asyncio
+from kit import DEADLINE_SECONDS, eventually
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
     NatsEventBus,
+    NatsOptions,
     decode_token,
     encode_token,
     subject_filter,
@@ -35,8 +37,6 @@ from tradeflow.observability.metrics import Metrics
 pytestmark = pytest.mark.integration
 
 _workflow_ids = itertools.count()
-DEADLINE = 30.0
-"""Upper bound for a condition that should hold promptly (generous: CI machines stall)."""
 
 
 class Server(Protocol):
@@ -104,20 +104,10 @@ async def subscribed(client: Client) -> None:
     await client.jetstream().account_info()
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Poll ``condition`` (a real state of the system under test) until it holds."""
-    try:
-        async with asyncio.timeout(DEADLINE):
-            while not condition():  # noqa: ASYNC110 - states without an event to wait on
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        pytest.fail(f"gave up waiting until {what}")
-
-
 async def take(stream: AsyncIterator[tuple[int, dict[str, Any]]], count: int) -> list[Any]:
     """The next ``count`` items of a replay (bounded wait)."""
     items = []
-    async with asyncio.timeout(DEADLINE):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         async for item in stream:
             items.append(item)
             if len(items) == count:
@@ -201,7 +191,7 @@ async def test_events_land_on_documented_subjects_with_contract_json(
     def ours() -> list[Msg]:
         return [m for m in received if json.loads(m.data)["workflow_id"] == workflow_id]
 
-    await until(lambda: len(ours()) == 3, "three events on the wire")
+    await eventually(lambda: len(ours()) == 3, "three events on the wire")
     by_id = {json.loads(m.data)["event_id"]: m for m in ours()}
     expected_subjects = [
         f"tradeflow.v1.events.bot-1.momentum.{workflow_id}.node_completed",
@@ -233,12 +223,12 @@ async def test_replay_follows_live_events_and_stops_cleanly(
 
     live = asyncio.create_task(next_item())
     bus.publish(make_event(workflow_id, 2))
-    seq, item = await asyncio.wait_for(live, DEADLINE)
+    seq, item = await asyncio.wait_for(live, DEADLINE_SECONDS)
     assert item["event_id"] == f"{workflow_id}-2"
     assert seq > first[0][0]
 
     waiting = asyncio.create_task(next_item())
-    await until(lambda: stream.ag_running, "the consumer is blocked inside the replay")
+    await eventually(lambda: stream.ag_running, "the consumer is blocked inside the replay")
     waiting.cancel()
     await asyncio.wait((waiting,))
     assert waiting.cancelled()
@@ -249,10 +239,10 @@ async def test_replay_follows_live_events_and_stops_cleanly(
 async def test_stream_drops_a_republished_event_id(bus: NatsEventBus, workflow_id: str) -> None:
     """Publishing the same event_id twice stores it once (JetStream dedupe)."""
     bus.publish(make_event(workflow_id, 1))
-    assert await bus.flush(DEADLINE)
+    assert await bus.flush(DEADLINE_SECONDS)
     bus.publish(make_event(workflow_id, 1))
     bus.publish(make_event(workflow_id, 2))
-    assert await bus.flush(DEADLINE)
+    assert await bus.flush(DEADLINE_SECONDS)
 
     items = await replayed(bus, 2, workflow_id=workflow_id)
     assert [item["event_id"] for _, item in items] == [f"{workflow_id}-1", f"{workflow_id}-2"]
@@ -269,7 +259,7 @@ async def test_odd_ids_round_trip_through_nats(
     await subscribed(raw)
     bus.publish(make_event(workflow_id, 1, bot_id=odd))
 
-    msg = await sub.next_msg(timeout=DEADLINE)
+    msg = await sub.next_msg(timeout=DEADLINE_SECONDS)
     assert msg.subject.split(".")[3] == encode_token(odd)
     assert json.loads(msg.data)["bot_id"] == odd
     items = await replayed(bus, 1, bot_id=odd, workflow_id=workflow_id)
@@ -307,11 +297,11 @@ async def test_slow_or_failing_subscriber_does_not_block_others(
         await bus.subscribe("workflow_events", quick)
         for n in range(5):
             bus.publish(make_event(workflow_id, n))
-        await until(lambda: len(fast) == 5, "the quick subscriber got all five")
+        await eventually(lambda: len(fast) == 5, "the quick subscriber got all five")
         assert stuck_got.is_set()
         assert not release.is_set()
         assert [item["sequence"] for item in fast] == [0, 1, 2, 3, 4]
-        await until(
+        await eventually(
             lambda: metrics.registry.get_sample_value("tradeflow_subscriber_errors_total") == 5,
             "the failures were counted",
         )
@@ -346,7 +336,7 @@ async def test_subscribe_validates_topic_and_unsubscribe_stops_delivery(
     await bus.subscribe("workflow_events", staying)
     await bus.unsubscribe(leaver)
     bus.publish(make_event(workflow_id, 1))
-    await until(lambda: f"{workflow_id}-1" in kept, "the remaining subscriber got it")
+    await eventually(lambda: f"{workflow_id}-1" in kept, "the remaining subscriber got it")
     assert f"{workflow_id}-1" not in gone
 
 
@@ -361,11 +351,13 @@ async def test_events_published_during_an_outage_arrive_after_restart(
     counted); once it is back, the buffered events reach the stream."""
     metrics = Metrics()
     bus = await NatsEventBus.connect(
-        nats_server.url, buffer_size=5, metrics=metrics, reconnect_backoff=(0.02, 0.2)
+        nats_server.url,
+        NatsOptions(buffer_size=5, reconnect_backoff=(0.02, 0.2)),
+        metrics=metrics,
     )
     try:
         nats_server.kill()
-        await until(lambda: not bus.connected, "the bus noticed the outage")
+        await eventually(lambda: not bus.connected, "the bus noticed the outage")
         for n in range(8):
             bus.publish(make_event(workflow_id, n))
         assert bus.dropped == 3
@@ -374,7 +366,7 @@ async def test_events_published_during_an_outage_arrive_after_restart(
     finally:
         nats_server.start()
     try:
-        assert await bus.flush(DEADLINE)
+        assert await bus.flush(DEADLINE_SECONDS)
         items = await replayed(bus, 5, workflow_id=workflow_id)
         assert [item["sequence"] for _, item in items] == [3, 4, 5, 6, 7]
     finally:
@@ -412,7 +404,7 @@ async def test_connect_reuses_the_stream_and_fails_clearly_without_server(
 ) -> None:
     """A second bus on an existing stream (other limits) updates it; an unreachable
     server raises UnavailableError naming the URL."""
-    bus = await NatsEventBus.connect(nats_server.url, max_age=3600.0)
+    bus = await NatsEventBus.connect(nats_server.url, NatsOptions(max_age=3600.0))
     try:
         info = await raw.jetstream().stream_info(DEFAULT_STREAM)
         assert info.config.max_age == 3600.0
@@ -423,5 +415,5 @@ async def test_connect_reuses_the_stream_and_fails_clearly_without_server(
     await again.close()
 
     with pytest.raises(UnavailableError) as caught:
-        await NatsEventBus.connect("nats://127.0.0.1:1", connect_timeout=0.5)
+        await NatsEventBus.connect("nats://127.0.0.1:1", NatsOptions(connect_timeout=0.5))
     assert "nats://127.0.0.1:1" in str(caught.value)

@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 import seed_examples as seed
 from gate import GateServer
+from kit import DEADLINE_SECONDS, eventually
 from servers import Stack
 from workflows import block, gated_orders, trading_workflow
 
@@ -105,7 +106,7 @@ async def test_events_on_documented_subjects_and_replay(
         result = await EnhancedWorkflowExecutor(
             trading_workflow(), infra, "wfA", "botA", "stratA"
         ).execute()
-    await asyncio.wait_for(done.wait(), 10)
+    await asyncio.wait_for(done.wait(), DEADLINE_SECONDS)
     await nc.close()
     execution_id = result["execution_id"]
     mine = [(s, e) for s, e in received if e["execution_id"] == execution_id]
@@ -174,12 +175,15 @@ async def test_halt_stops_next_action_in_executor_service(
 
 
 async def _wait_final(stub: pb_grpc.ExecutorServiceStub, execution_id: str) -> Any:
-    async with asyncio.timeout(30):
-        while True:
-            response = await stub.GetExecution(pb.GetExecutionRequest(execution_id=execution_id))
-            if response.execution.record.status != common_pb2.EXECUTION_STATUS_RUNNING:
-                return response.execution
-            await asyncio.sleep(0.02)  # polling a remote record: no local event exists
+    """The execution once its record has left RUNNING (a final record no longer changes)."""
+    request = pb.GetExecutionRequest(execution_id=execution_id)
+
+    async def final() -> bool:
+        response = await stub.GetExecution(request)
+        return bool(response.execution.record.status != common_pb2.EXECUTION_STATUS_RUNNING)
+
+    await eventually(final, f"{execution_id} left RUNNING", poll=0.02)
+    return (await stub.GetExecution(request)).execution
 
 
 # -- the gRPC edge ------------------------------------------------------------------------

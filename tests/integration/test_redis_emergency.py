@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -11,9 +10,11 @@ from dataclasses import replace
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from kit import DEADLINE_SECONDS, ManualClock
 from servers import ServerProcess, free_port
 
 from tradeflow.adapters.redis.emergency import RedisEmergencyController
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
 from tradeflow.domain.records import Event, LimitDirection, Scope
@@ -22,9 +23,6 @@ from tradeflow.observability.metrics import Metrics
 pytestmark = pytest.mark.integration
 
 IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
-# Generous bound on waits for a change: only there so a broken watcher fails the
-# test instead of hanging it.
-HANG_GUARD_SECONDS = 30
 
 Factory = Callable[..., Awaitable[RedisEmergencyController]]
 
@@ -40,7 +38,8 @@ async def make_controller(
 
     async def make(**kwargs: object) -> RedisEmergencyController:
         client = aioredis.from_url(redis_server.url)
-        controller = RedisEmergencyController(client, prefix=prefix, **kwargs)  # type: ignore[arg-type]
+        options = {"clock": SystemClock(), "id_factory": new_id, **kwargs}
+        controller = RedisEmergencyController(client, prefix=prefix, **options)  # type: ignore[arg-type]
         opened.append((controller, client))
         await controller.start()
         return controller
@@ -114,17 +113,10 @@ async def test_most_restrictive_halt_wins(make_controller: Factory) -> None:
 @pytest.mark.asyncio
 async def test_rehalt_keeps_since_and_resume_of_nothing_is_false(make_controller: Factory) -> None:
     """A second halt of a scope keeps its start time; resuming a scope not halted changes nothing."""
-    ticks = itertools.count(1_700_000_000)
-
-    class StepClock:
-        def time(self) -> float:
-            return float(next(ticks))
-
-        def monotonic(self) -> float:
-            return asyncio.get_running_loop().time()
-
-    controller = await make_controller(clock=StepClock())
+    clock = ManualClock()
+    controller = await make_controller(clock=clock)
     first = await controller.halt(Scope.BOT, "bot-1", reason="first")
+    clock.advance(1.0)
     again = await controller.halt(Scope.BOT, "bot-1", reason="second", actor="carol")
     version = controller.version
 
@@ -167,7 +159,7 @@ async def test_waiting_for_a_change_wakes_on_a_halt_elsewhere(make_controller: F
     await asyncio.sleep(0)  # let the waiter block: it must be woken, not find the change
 
     await writer.halt(Scope.STRATEGY, "strat-1", reason="desk call", actor="desk")
-    async with asyncio.timeout(HANG_GUARD_SECONDS):
+    async with asyncio.timeout(DEADLINE_SECONDS):
         snapshot = await waiting
 
     assert snapshot.version == seen + 1
@@ -243,7 +235,7 @@ async def test_state_survives_a_redis_restart(
 async def test_fails_closed_without_redis() -> None:
     """With nothing listening, start raises and every check refuses trading."""
     client = aioredis.from_url(f"redis://127.0.0.1:{free_port()}")
-    controller = RedisEmergencyController(client)
+    controller = RedisEmergencyController(client, clock=SystemClock(), id_factory=new_id)
     try:
         with pytest.raises(Exception, match="redis emergency store"):
             await controller.start()
@@ -257,4 +249,6 @@ async def test_fails_closed_without_redis() -> None:
 def test_refuses_a_client_that_decodes_responses() -> None:
     """The store parses bytes; a decoding client is a configuration error named up front."""
     with pytest.raises(ConfigurationError, match="decode_responses"):
-        RedisEmergencyController(aioredis.Redis(decode_responses=True))
+        RedisEmergencyController(
+            aioredis.Redis(decode_responses=True), clock=SystemClock(), id_factory=new_id
+        )

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
+from kit import checkpoint, event, execution
 from servers import ServerProcess
 
 from tradeflow.adapters.redis.state import RedisStateStore
@@ -17,18 +18,12 @@ from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
-    Event,
     ExecutionQuery,
-    ExecutionRecord,
     ExecutionStatus,
     StateBatch,
 )
 
 pytestmark = pytest.mark.integration
-
-DEFINITION: dict[str, Any] = {
-    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
-}
 
 
 @pytest_asyncio.fixture
@@ -53,52 +48,6 @@ async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> Asyn
 @pytest.fixture
 def store(client: aioredis.Redis, prefix: str) -> RedisStateStore:
     return RedisStateStore(client, prefix=prefix)
-
-
-def execution(
-    execution_id: str,
-    *,
-    started_at: float = 1_000.0,
-    workflow_id: str = "wf",
-    bot_id: str | None = None,
-    strategy_id: str | None = None,
-    status: ExecutionStatus = ExecutionStatus.RUNNING,
-    request_id: str | None = None,
-    result: dict[str, Any] | None = None,
-) -> ExecutionRecord:
-    return ExecutionRecord(
-        execution_id=execution_id,
-        workflow_id=workflow_id,
-        status=status,
-        started_at=started_at,
-        definition=DEFINITION,
-        correlation_id=f"corr-{execution_id}",
-        bot_id=bot_id,
-        strategy_id=strategy_id,
-        finished_at=None if status is ExecutionStatus.RUNNING else started_at + 1,
-        result=result,
-        request_id=request_id,
-    )
-
-
-def event(execution_id: str | None, sequence: int) -> Event:
-    return Event(
-        type="node_completed",
-        event_id=f"{execution_id}-{sequence}",
-        sequence=sequence,
-        timestamp=2_000.123456 + sequence,
-        correlation_id=f"corr-{execution_id}",
-        execution_id=execution_id,
-        workflow_id="wf",
-        node_id="quote",
-        data={"seq": sequence},
-    )
-
-
-def checkpoint(
-    execution_id: str, node_id: str, state: CheckpointState = CheckpointState.COMPLETED
-) -> Checkpoint:
-    return Checkpoint(execution_id, node_id, state, 3_000.5, {"price": 101.5})
 
 
 async def ids(store: RedisStateStore, **filters: Any) -> list[str]:

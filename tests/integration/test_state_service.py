@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import httpx
+import kit
 import pytest
 import pytest_asyncio
 import redis
@@ -18,8 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from servers import ServerProcess, start_redis
-from state_fixtures import STATE_SERVICE_NAME, StateService, start_state_service
+from servers import ServerProcess, Service, start_redis
+from state_fixtures import STATE_SERVICE_NAME, start_state_service
 from workflows import trading_workflow
 
 from tradeflow.adapters.grpc.state_client import StateClient
@@ -49,49 +50,30 @@ BIG = 2**63 - 1
 """An integer a double cannot hold: JSON fields must carry it exactly."""
 
 
-def record(
-    execution_id: str,
-    workflow_id: str = "wf",
-    *,
-    started_at: float = T0,
-    status: ExecutionStatus = ExecutionStatus.RUNNING,
-    **fields: Any,
-) -> ExecutionRecord:
-    return ExecutionRecord(
-        execution_id=execution_id,
-        workflow_id=workflow_id,
-        status=status,
-        started_at=started_at,
-        definition={"blocks": [{"id": "a", "properties": {"qty": BIG}}]},
-        correlation_id=f"corr-{execution_id}",
-        **fields,
-    )
+def record(execution_id: str, workflow_id: str = "wf", **fields: Any) -> ExecutionRecord:
+    """A kit record started at ``T0`` (unless told) whose definition holds ``BIG``."""
+    fields.setdefault("started_at", T0)
+    definition = {"blocks": [{"id": "a", "properties": {"qty": BIG}}]}
+    return kit.execution(execution_id, workflow_id, definition=definition, **fields)
 
 
-def event(execution_id: str, sequence: int, node_id: str | None = "a") -> Event:
-    return Event(
-        EventType.NODE_COMPLETED.value,
-        f"{execution_id}-{sequence}",
-        sequence,
-        T0 + sequence / 1000,
-        f"corr-{execution_id}",
-        execution_id,
-        "wf",
-        "bot",
-        "strat",
-        node_id,
-        {"sequence": sequence, "qty": BIG},
+def event(execution_id: str, sequence: int) -> Event:
+    """A kit event with every optional field set and ``BIG`` in its data."""
+    data = {"sequence": sequence, "qty": BIG}
+    timestamp = T0 + sequence / 1000
+    return kit.event(
+        execution_id, sequence, data, timestamp=timestamp, bot_id="bot", strategy_id="strat"
     )
 
 
 def checkpoint(execution_id: str, node_id: str, **fields: Any) -> Checkpoint:
-    return Checkpoint(
-        execution_id, node_id, CheckpointState.COMPLETED, T0 + 1, {"out": node_id}, **fields
+    return kit.checkpoint(
+        execution_id, node_id, outputs={"out": node_id}, updated_at=T0 + 1, **fields
     )
 
 
 @pytest_asyncio.fixture
-async def stub(state_service: StateService) -> AsyncIterator[Any]:
+async def stub(state_service: Service) -> AsyncIterator[Any]:
     """The raw generated stub on its own channel: requests no client would build."""
     async with grpc.aio.insecure_channel(state_service.address) as channel:
         yield state_service_pb2_grpc.StateServiceStub(channel)
@@ -205,7 +187,7 @@ async def test_read_events_pages_past_one_call(state_client: StateClient) -> Non
 
 @pytest.mark.asyncio
 async def test_enhanced_executor_runs_unchanged_on_the_client(
-    state_service: StateService, monkeypatch: pytest.MonkeyPatch
+    state_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An enhanced executor whose state store is a StateClient persists its run in the service."""
     monkeypatch.setenv("TRADEFLOW_SQLITE_PATH", ":memory:")
@@ -357,7 +339,7 @@ async def test_client_raises_invalid_request_with_the_field(state_client: StateC
     assert caught.value.field == "checkpoints[0].execution_id"
 
 
-def test_health_serving_and_reflection_lists_the_service(state_service: StateService) -> None:
+def test_health_serving_and_reflection_lists_the_service(state_service: Service) -> None:
     """Health says SERVING for the server and the service; reflection names the service."""
     with grpc.insecure_channel(state_service.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -370,7 +352,7 @@ def test_health_serving_and_reflection_lists_the_service(state_service: StateSer
 
 @pytest.mark.asyncio
 async def test_metrics_time_calls_by_method(
-    state_service: StateService, state_client: StateClient
+    state_service: Service, state_client: StateClient
 ) -> None:
     """/metrics counts calls in tradeflow_rpc_server_handled_seconds, by method and code."""
     with pytest.raises(ExecutionNotFound):

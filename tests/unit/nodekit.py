@@ -16,10 +16,12 @@ from dataclasses import astuple, dataclass, field
 from typing import Any
 
 import structlog
+from kit import ManualClock
 from structlog.testing import CapturingLogger
 
 from tradeflow.adapters.memory.paper import PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
+from tradeflow.domain.clock import new_id
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import RiskLimitExceeded
 from tradeflow.domain.records import LimitDirection
@@ -29,7 +31,6 @@ from tradeflow.engine.nodes.registry import HttpPool
 
 __all__ = [
     "EXECUTION_ID",
-    "ManualClock",
     "NodeKit",
     "RecordingRisk",
     "RiskCall",
@@ -41,24 +42,6 @@ __all__ = [
 ]
 
 EXECUTION_ID = "exec-1"
-START = 1_700_000_000.0
-"""2023-11-14T22:13:20Z: mid-day, so an hour either way stays on the same UTC day."""
-
-
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = START) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +121,7 @@ async def node_kit(
     """A fresh kit; ``exchange_options`` go to :class:`PaperExchange`."""
     clock = ManualClock()
     prices = ReplayPriceFeed(ticks, clock=clock)
-    exchange = PaperExchange(prices, clock=clock, **exchange_options)
+    exchange = PaperExchange(prices, clock=clock, id_factory=new_id, **exchange_options)
     risk = RecordingRisk()
     logs = CapturingLogger()
     logger = structlog.wrap_logger(

@@ -19,6 +19,7 @@ from kit import DEADLINE_SECONDS, ManualClock
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.domain import errors
+from tradeflow.domain.clock import new_id
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
 from tradeflow.domain.records import Event, HaltState, LimitDirection, Scope
 from tradeflow.engine.emergency import (
@@ -30,18 +31,6 @@ from tradeflow.engine.emergency import (
 from tradeflow.observability.metrics import Metrics
 
 IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "tradeflow.db"
-
-
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = open_database(db_path)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
@@ -77,7 +66,7 @@ def controller(
 def second(db_path: Path) -> Iterator[LocalEmergencyController]:
     """A controller on its own connection: what another process sees."""
     connection = open_database(db_path)
-    yield LocalEmergencyController(connection)
+    yield LocalEmergencyController(connection, clock=ManualClock(), id_factory=new_id)
     connection.close()
 
 
@@ -228,9 +217,10 @@ def test_halt_from_another_process_stops_trading(
         from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
         from tradeflow.domain.records import Scope
         from tradeflow.adapters.sqlite.database import open_database
+        from tradeflow.domain.clock import SystemClock, new_id
 
         conn = open_database(sys.argv[1])
-        controller = LocalEmergencyController(conn)
+        controller = LocalEmergencyController(conn, clock=SystemClock(), id_factory=new_id)
         asyncio.run(controller.halt(Scope.BOT, "bot-1", reason="ops stop", actor="cli"))
         conn.close()
         """

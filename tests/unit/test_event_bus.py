@@ -9,14 +9,11 @@ from typing import Any
 
 import pytest
 import structlog
-from kit import eventually
+from kit import DEADLINE_SECONDS, eventually
 
 from tradeflow.adapters.memory.events import WORKFLOW_EVENTS, Event, InProcessEventBus
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError
 from tradeflow.observability.metrics import Metrics
-
-# A hang guard only: every wait below ends as soon as its condition holds.
-GUARD_SECONDS = 5.0
 
 
 def event(sequence: int, *, timestamp: float = 1_700_000_000.0) -> Event:
@@ -70,7 +67,7 @@ async def test_delivers_every_event_in_order_as_contract_dicts() -> None:
 
     for sequence in range(1, 101):
         bus.publish(event(sequence))
-    assert await bus.drain(GUARD_SECONDS)
+    assert await bus.drain(DEADLINE_SECONDS)
 
     assert first.seen == list(range(1, 101))
     assert second.seen == list(range(1, 101))
@@ -89,13 +86,13 @@ async def test_slow_subscriber_stalls_neither_publisher_nor_others() -> None:
 
     for sequence in range(1, 51):
         bus.publish(event(sequence))
-    await asyncio.wait_for(fast.done.wait(), GUARD_SECONDS)
-    await asyncio.wait_for(slow.entered.wait(), GUARD_SECONDS)
+    await asyncio.wait_for(fast.done.wait(), DEADLINE_SECONDS)
+    await asyncio.wait_for(slow.entered.wait(), DEADLINE_SECONDS)
 
     assert fast.seen == list(range(1, 51))
     assert slow.seen == [1]
     slow.gate.set()
-    assert await bus.drain(GUARD_SECONDS)
+    assert await bus.drain(DEADLINE_SECONDS)
     assert slow.seen == list(range(1, 51))
     await bus.close()
 
@@ -116,7 +113,7 @@ async def test_failing_subscriber_is_logged_counted_and_keeps_receiving() -> Non
     with structlog.testing.capture_logs() as logs:
         for sequence in (1, 2, 3):
             bus.publish(event(sequence))
-        assert await bus.drain(GUARD_SECONDS)
+        assert await bus.drain(DEADLINE_SECONDS)
 
     assert seen == [1, 2, 3]
     failures = [entry for entry in logs if entry["event"] == "events.subscriber_failed"]
@@ -135,12 +132,12 @@ async def test_full_buffer_drops_oldest_and_counts() -> None:
     slow = Gated()
     subscription = await bus.subscribe(WORKFLOW_EVENTS, slow)
     bus.publish(event(1))
-    await asyncio.wait_for(slow.entered.wait(), GUARD_SECONDS)
+    await asyncio.wait_for(slow.entered.wait(), DEADLINE_SECONDS)
 
     for sequence in (2, 3, 4):
         bus.publish(event(sequence))
     slow.gate.set()
-    assert await bus.drain(GUARD_SECONDS)
+    assert await bus.drain(DEADLINE_SECONDS)
 
     assert slow.seen == [1, 3, 4]
     assert subscription.dropped == 1
@@ -168,11 +165,11 @@ async def test_unsubscribe_stops_delivery() -> None:
     subscription = await bus.subscribe(WORKFLOW_EVENTS, gone)
     await bus.subscribe(WORKFLOW_EVENTS, stays)
     bus.publish(event(1))
-    await asyncio.wait_for(gone.done.wait(), GUARD_SECONDS)
+    await asyncio.wait_for(gone.done.wait(), DEADLINE_SECONDS)
 
     await bus.unsubscribe(subscription)
     bus.publish(event(2))
-    await asyncio.wait_for(stays.done.wait(), GUARD_SECONDS)
+    await asyncio.wait_for(stays.done.wait(), DEADLINE_SECONDS)
 
     assert gone.seen == [1]
     assert stays.seen == [1, 2]
@@ -193,7 +190,7 @@ async def test_handler_can_unsubscribe_itself() -> None:
     handle.append(await bus.subscribe(WORKFLOW_EVENTS, once))
     bus.publish(event(1))
     bus.publish(event(2))
-    assert await bus.drain(GUARD_SECONDS)
+    assert await bus.drain(DEADLINE_SECONDS)
 
     assert seen == [1]
     await bus.close()
@@ -210,7 +207,7 @@ async def test_publish_never_raises() -> None:
     with structlog.testing.capture_logs() as logs:
         bus.publish(event(2, timestamp=float("inf")))
     bus.publish(event(3))
-    await asyncio.wait_for(recorder.done.wait(), GUARD_SECONDS)
+    await asyncio.wait_for(recorder.done.wait(), DEADLINE_SECONDS)
 
     assert recorder.seen == [3]
     assert [entry["event"] for entry in logs] == ["events.publish_failed"]
@@ -227,7 +224,7 @@ async def test_drain_is_bounded_by_its_timeout() -> None:
 
     assert await bus.drain(0.01) is False
     blocked.gate.set()
-    assert await bus.drain(GUARD_SECONDS) is True
+    assert await bus.drain(DEADLINE_SECONDS) is True
     await bus.close()
 
 
@@ -271,7 +268,7 @@ async def test_with_no_history_a_replay_follows_live_events_then_keeps_none() ->
         await eventually(lambda: stream.ag_running, "the replay waits for an event")
         for sequence in (2, 3):
             bus.publish(event(sequence))
-        live = [await asyncio.wait_for(first, GUARD_SECONDS), await anext(stream)]
+        live = [await asyncio.wait_for(first, DEADLINE_SECONDS), await anext(stream)]
     bus.publish(event(4))
 
     assert live == [(2, event(2).to_dict()), (3, event(3).to_dict())]
@@ -279,7 +276,7 @@ async def test_with_no_history_a_replay_follows_live_events_then_keeps_none() ->
         pending = asyncio.create_task(anext(stream))
         await eventually(lambda: stream.ag_running, "the second replay waits")
         bus.publish(event(5))
-        assert await asyncio.wait_for(pending, GUARD_SECONDS) == (5, event(5).to_dict())
+        assert await asyncio.wait_for(pending, DEADLINE_SECONDS) == (5, event(5).to_dict())
     await bus.close()
 
 
@@ -310,4 +307,4 @@ async def test_close_ends_a_waiting_replay() -> None:
     await bus.close()
 
     with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(waiting, GUARD_SECONDS)
+        await asyncio.wait_for(waiting, DEADLINE_SECONDS)

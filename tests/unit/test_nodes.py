@@ -20,7 +20,7 @@ from tradeflow.domain.errors import (
     RiskLimitExceeded,
 )
 from tradeflow.engine.model import Block
-from tradeflow.engine.nodes import default_registry
+from tradeflow.engine.nodes import ExecutionContext, NodeRegistry, Prop, default_registry, node
 
 BTC = "BTC/USDT"
 
@@ -573,3 +573,39 @@ async def test_daily_loss_limit_prefers_the_pnl_input() -> None:
     async with node_kit() as kit:
         outputs = await run_node(kit, block, pnl=-100)
     assert outputs == {"ok": True, "value": -100.0, "threshold": -500.0}
+
+
+# -- registering your own --------------------------------------------------------------------
+
+
+def test_node_decorator_registers_the_readme_call_in_a_given_registry() -> None:
+    """``@node(category, type, properties=..., outputs=..., pure=True)`` registers a spec with
+    those options and the docstring, and a second registration needs ``replace``."""
+    registry = NodeRegistry()
+    price = {"price": Prop("number", required=True)}
+
+    @node(
+        "providers",
+        "constant_price",
+        properties=price,
+        outputs=("price",),
+        pure=True,
+        registry=registry,
+    )
+    async def constant_price(
+        ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A fixed price."""
+        return {"price": block.properties["price"]}
+
+    registered = registry.get("providers", "constant_price")
+    assert registered is not None
+    assert registered.run is constant_price and registered.properties == price
+    assert (registered.outputs, registered.pure, registered.inputs) == (("price",), True, {})
+    assert registered.doc == "A fixed price."
+    assert default_registry.get("providers", "constant_price") is None
+    with pytest.raises(ValueError, match="already registered"):
+        node("providers", "constant_price", registry=registry)(constant_price)
+    node("providers", "constant_price", registry=registry, replace=True)(constant_price)
+    replaced = registry.get("providers", "constant_price")
+    assert replaced is not None and replaced.properties == {}

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodekit import ManualClock
+from kit import ManualClock
 
 from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
+from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.trading import OrderRequest, OrderStatus, OrderType, Quote, Side
 
@@ -56,14 +57,10 @@ def _order(
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "paper.db"
-
-
-@pytest.fixture
 def connect(db_path: Path) -> Iterator[Any]:
     """Opens autocommit connections to one file, the way callers do; closes them after."""
     opened: list[sqlite3.Connection] = []
+    db_path.parent.mkdir()
 
     def open_connection() -> sqlite3.Connection:
         conn = sqlite3.connect(db_path, isolation_level=None)
@@ -95,8 +92,9 @@ async def test_market_orders_fill_at_the_touch_and_move_balances() -> None:
 @pytest.mark.asyncio
 async def test_fills_use_the_last_quote_without_advancing_the_feed() -> None:
     """An order fills at the feed's last quote when there is one (no new tick is drawn)."""
-    feed = ReplayPriceFeed({("paper", BTC): [(100.0, 102.0), (200.0, 202.0)]})
-    exchange = PaperExchange(feed)
+    clock = ManualClock()
+    feed = ReplayPriceFeed({("paper", BTC): [(100.0, 102.0), (200.0, 202.0)]}, clock=clock)
+    exchange = PaperExchange(feed, clock=clock, id_factory=new_id)
     await feed.quote("paper", BTC)
     first = await exchange.place_order(_order("c1"))
     second = await exchange.place_order(_order("c2"))
@@ -209,8 +207,9 @@ class _GatedFeed:
 @pytest.mark.asyncio
 async def test_concurrent_placements_of_one_id_trade_once() -> None:
     """Two placements of one client_order_id that overlap in flight get one order, one fill."""
-    feed = _GatedFeed(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), waiters=2)
-    exchange = PaperExchange(feed)
+    clock = ManualClock()
+    feed = _GatedFeed(ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}, clock=clock), waiters=2)
+    exchange = PaperExchange(feed, clock=clock, id_factory=new_id)
     placing = [asyncio.create_task(exchange.place_order(_order("c1"))) for _ in range(2)]
     await feed.all_waiting.wait()
     feed.gate.set()
@@ -237,7 +236,7 @@ async def test_realized_pnl_is_average_cost_minus_fees_for_today() -> None:
     clock = ManualClock()
     ticks = {("paper", BTC): [(100.0, 100.0), (110.0, 110.0), (120.0, 120.0), (90.0, 90.0)]}
     feed = ReplayPriceFeed(ticks, clock=clock)
-    exchange = PaperExchange(feed, clock=clock, fee_rate=0.001, allow_short=True)
+    exchange = PaperExchange(feed, clock=clock, id_factory=new_id, fee_rate=0.001, allow_short=True)
 
     async def trade(client_order_id: str, side: Side, quantity: float) -> None:
         await feed.quote("paper", BTC)
@@ -260,7 +259,10 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
     clock = ManualClock()
     ticks = {("paper", BTC): [(100.0, 102.0), (110.0, 112.0)]}
     first = PaperExchange(
-        ReplayPriceFeed(ticks, clock=clock), ledger=SQLitePaperLedger(connect()), clock=clock
+        ReplayPriceFeed(ticks, clock=clock),
+        ledger=SQLitePaperLedger(connect()),
+        clock=clock,
+        id_factory=new_id,
     )
     await first.place_order(_order("buy"))
     await first.place_order(_order("rest", Side.SELL, 0.5, limit_price=500.0))
@@ -268,7 +270,10 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
     await first.cancel_order("paper", "rest")
 
     second = PaperExchange(
-        ReplayPriceFeed(ticks, clock=clock), ledger=SQLitePaperLedger(connect()), clock=clock
+        ReplayPriceFeed(ticks, clock=clock),
+        ledger=SQLitePaperLedger(connect()),
+        clock=clock,
+        id_factory=new_id,
     )
     for client_order_id in ("buy", "rest", "sell"):
         assert await second.get_order("paper", client_order_id) == await first.get_order(
@@ -286,9 +291,7 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
 async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any) -> None:
     """The exchange keeps its state in paper_* tables: one order, its balances, one fill."""
     conn = connect()
-    exchange = PaperExchange(
-        ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), ledger=SQLitePaperLedger(conn)
-    )
+    exchange = _exchange(ledger=SQLitePaperLedger(conn))
     await exchange.place_order(_order("c1"))
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert tables == {"paper_orders", "paper_balances", "paper_fills"}
@@ -305,9 +308,7 @@ async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any
 async def test_a_failed_write_changes_nothing(connect: Any) -> None:
     """If the transaction fails, the order is neither stored nor visible, and balances stay."""
     conn = connect()
-    exchange = PaperExchange(
-        ReplayPriceFeed({("paper", BTC): [(100.0, 102.0)]}), ledger=SQLitePaperLedger(conn)
-    )
+    exchange = _exchange(ledger=SQLitePaperLedger(conn))
     conn.execute(
         "CREATE TRIGGER refuse BEFORE INSERT ON paper_fills "
         "BEGIN SELECT RAISE(ABORT, 'disk full'); END"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nodekit import ManualClock
+from kit import ManualClock
 
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.domain.errors import ConfigurationError, ExchangeError
@@ -31,7 +31,7 @@ async def _ticks(
 @pytest.mark.asyncio
 async def test_replays_each_pair_in_order_and_loops() -> None:
     """Each pair replays its own ticks in order and starts over when exhausted."""
-    feed = ReplayPriceFeed(TICKS)
+    feed = ReplayPriceFeed(TICKS, clock=ManualClock())
     assert await _ticks(feed, "a", "BTC/USDT", 5) == [(1, 2), (3, 4), (1, 2), (3, 4), (1, 2)]
     assert await _ticks(feed, "b", "BTC/USDT", 2) == [(10, 11), (10, 11)]
 
@@ -39,7 +39,7 @@ async def test_replays_each_pair_in_order_and_loops() -> None:
 @pytest.mark.asyncio
 async def test_without_loop_keeps_returning_the_last_tick() -> None:
     """With loop=False an exhausted series repeats its last tick."""
-    feed = ReplayPriceFeed(TICKS, loop=False)
+    feed = ReplayPriceFeed(TICKS, clock=ManualClock(), loop=False)
     assert await _ticks(feed, "a", "BTC/USDT", 4) == [(1, 2), (3, 4), (3, 4), (3, 4)]
 
 
@@ -61,8 +61,8 @@ async def test_last_quote_is_the_latest_quote_stamped_by_the_clock() -> None:
 @pytest.mark.asyncio
 async def test_synthetic_series_is_deterministic_across_instances() -> None:
     """Two feeds produce the same synthetic series for the same pair."""
-    first = await _ticks(ReplayPriceFeed(), "binance", "ETH/USDT", 50)
-    second = await _ticks(ReplayPriceFeed(), "binance", "ETH/USDT", 50)
+    first = await _ticks(ReplayPriceFeed(clock=ManualClock()), "binance", "ETH/USDT", 50)
+    second = await _ticks(ReplayPriceFeed(clock=ManualClock()), "binance", "ETH/USDT", 50)
     assert first == second
     assert all(0 < bid < ask for bid, ask in first)
 
@@ -72,7 +72,8 @@ def test_synthetic_series_is_the_same_in_another_process() -> None:
     script = (
         "import asyncio\n"
         "from tradeflow.adapters.memory.prices import ReplayPriceFeed\n"
-        "feed = ReplayPriceFeed()\n"
+        "from tradeflow.domain.clock import SystemClock\n"
+        "feed = ReplayPriceFeed(clock=SystemClock())\n"
         "print(repr(asyncio.run(feed.quote('kraken', 'SOL/USDT')).bid))\n"
     )
     bids = {
@@ -91,7 +92,7 @@ def test_synthetic_series_is_the_same_in_another_process() -> None:
 @pytest.mark.asyncio
 async def test_synthetic_prices_start_near_the_base_and_differ_by_venue() -> None:
     """Known symbols start near their base price; venues are offset from each other."""
-    feed = ReplayPriceFeed()
+    feed = ReplayPriceFeed(clock=ManualClock())
     binance = await feed.quote("binance", "BTC/USDT")
     kraken = await feed.quote("kraken", "BTC/USDT")
     other = await feed.quote("binance", "XYZ/USDT")
@@ -103,7 +104,7 @@ async def test_synthetic_prices_start_near_the_base_and_differ_by_venue() -> Non
 @pytest.mark.asyncio
 async def test_strict_feed_refuses_unknown_pairs() -> None:
     """strict=True raises ExchangeError naming the venue and symbol of an unknown pair."""
-    feed = ReplayPriceFeed(TICKS, strict=True)
+    feed = ReplayPriceFeed(TICKS, clock=ManualClock(), strict=True)
     with pytest.raises(ExchangeError, match=r"'DOGE/USDT'.*'a'"):
         await feed.quote("a", "DOGE/USDT")
     assert (await feed.quote("a", "BTC/USDT")).bid == 1.0
@@ -122,7 +123,7 @@ async def test_strict_feed_refuses_unknown_pairs() -> None:
 def test_constructor_rejects_malformed_ticks(series: list[Any], fragment: str) -> None:
     """Malformed ticks raise ConfigurationError naming venue, symbol and tick."""
     with pytest.raises(ConfigurationError, match=rf"venue 'v' symbol 'S/Q'.*{fragment}"):
-        ReplayPriceFeed({("v", "S/Q"): series})
+        ReplayPriceFeed({("v", "S/Q"): series}, clock=ManualClock())
 
 
 @pytest.mark.asyncio
@@ -132,7 +133,7 @@ async def test_from_file_loads_every_venue_and_symbol(tmp_path: Path) -> None:
     path.write_text(
         json.dumps({"venues": {"x": {"BTC/USDT": [[1, 2], [3, 4]]}, "y": {"ETH/USDT": [[5, 6]]}}})
     )
-    feed = ReplayPriceFeed.from_file(path, strict=True)
+    feed = ReplayPriceFeed.from_file(path, clock=ManualClock(), strict=True)
     assert await _ticks(feed, "x", "BTC/USDT", 2) == [(1, 2), (3, 4)]
     assert await _ticks(feed, "y", "ETH/USDT", 1) == [(5, 6)]
 
@@ -153,13 +154,13 @@ def test_from_file_names_what_is_malformed(tmp_path: Path, content: str, fragmen
     path = tmp_path / "prices.json"
     path.write_text(content)
     with pytest.raises(ConfigurationError, match=rf"prices\.json.*{fragment}"):
-        ReplayPriceFeed.from_file(path)
+        ReplayPriceFeed.from_file(path, clock=ManualClock())
 
 
 def test_from_file_reports_a_missing_file(tmp_path: Path) -> None:
     """A missing file raises ConfigurationError naming it."""
     with pytest.raises(ConfigurationError, match=r"absent\.json"):
-        ReplayPriceFeed.from_file(tmp_path / "absent.json")
+        ReplayPriceFeed.from_file(tmp_path / "absent.json", clock=ManualClock())
 
 
 @pytest.mark.parametrize(

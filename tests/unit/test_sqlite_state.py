@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import dataclasses
 import sqlite3
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import DEFINITION, checkpoint, event, eventually, execution
 
 from tradeflow.adapters.sqlite import database as sqlite_module
 from tradeflow.adapters.sqlite import state
@@ -24,26 +24,9 @@ from tradeflow.domain.records import (
     CheckpointState,
     Event,
     ExecutionQuery,
-    ExecutionRecord,
     ExecutionStatus,
     StateBatch,
 )
-
-DEFINITION: dict[str, Any] = {
-    "blocks": [{"id": "quote", "category": "providers", "type": "price", "properties": {}}]
-}
-
-
-@pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "tradeflow.db"
-
-
-@pytest.fixture
-def conn(db_path: Path) -> Iterator[sqlite3.Connection]:
-    connection = open_database(db_path)
-    yield connection
-    connection.close()
 
 
 @pytest.fixture
@@ -51,71 +34,8 @@ def store(conn: sqlite3.Connection) -> SQLiteStateStore:
     return SQLiteStateStore(conn)
 
 
-def execution(
-    execution_id: str,
-    *,
-    started_at: float = 1_000.0,
-    workflow_id: str = "wf",
-    bot_id: str | None = None,
-    strategy_id: str | None = None,
-    status: ExecutionStatus = ExecutionStatus.RUNNING,
-    request_id: str | None = None,
-    result: dict[str, Any] | None = None,
-) -> ExecutionRecord:
-    return ExecutionRecord(
-        execution_id=execution_id,
-        workflow_id=workflow_id,
-        status=status,
-        started_at=started_at,
-        definition=DEFINITION,
-        correlation_id=f"corr-{execution_id}",
-        bot_id=bot_id,
-        strategy_id=strategy_id,
-        finished_at=None if status is ExecutionStatus.RUNNING else started_at + 1,
-        result=result,
-        request_id=request_id,
-    )
-
-
-def event(execution_id: str, sequence: int, data: dict[str, Any] | None = None) -> Event:
-    return Event(
-        type="node_completed",
-        event_id=f"{execution_id}-{sequence}",
-        sequence=sequence,
-        timestamp=2_000.0 + sequence,
-        correlation_id=f"corr-{execution_id}",
-        execution_id=execution_id,
-        workflow_id="wf",
-        node_id="quote",
-        data={"seq": sequence} if data is None else data,
-    )
-
-
-def checkpoint(
-    execution_id: str,
-    node_id: str,
-    state: CheckpointState = CheckpointState.COMPLETED,
-    outputs: dict[str, Any] | None = None,
-) -> Checkpoint:
-    return Checkpoint(
-        execution_id=execution_id,
-        node_id=node_id,
-        state=state,
-        updated_at=3_000.0,
-        outputs={"price": 101.5} if outputs is None else outputs,
-    )
-
-
 def checkpointer_threads(location: str | Path) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"sqlite-checkpoint {location}"]
-
-
-def eventually(condition: Callable[[], bool]) -> None:
-    """Poll ``condition()`` until it holds; fail after 10 seconds."""
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met within 10 s"
-        time.sleep(0.01)
 
 
 def wal_frames(db_path: Path, page_size: int) -> int:
@@ -186,7 +106,9 @@ def test_wal_is_checkpointed_off_the_writer(db_path: Path) -> None:
                 "INSERT INTO audit (at, actor, action, reason, details) VALUES (0, 'a', 'b', 'c', ?)",
                 ("x" * 200_000,),
             )
-        eventually(lambda: db_path.stat().st_size > 200_000)
+        asyncio.run(
+            eventually(lambda: db_path.stat().st_size > 200_000, "the WAL reached the database")
+        )
     finally:
         conn.close()
     assert checkpointer_threads(db_path) == []

@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.app.settings import ENVIRONMENTS, Settings
+from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -347,13 +347,13 @@ def _where(scope: Scope, target: str | None) -> str:
     return scope.value if target is None else f"{scope.value} {target!r}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(default_env: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tradeflow", description=__doc__.split("\n")[0])
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--env",
         choices=ENVIRONMENTS,
-        default=os.environ.get("TRADEFLOW_ENV", "development"),
+        default=default_env,
         help="infrastructure: development (embedded, default) or production (services)",
     )
     common.add_argument(
@@ -438,15 +438,12 @@ def _positive_int(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tradeflow`` console script."""
-    args = build_parser().parse_args(argv)
+    cli = CliSettings.from_env()
+    args = build_parser(cli.env).parse_args(argv)
     if not hasattr(args, "env"):
         args.env = "development"
     try:
-        # The progress lines are the interface; logs stay quiet unless asked for.
-        configure_logging(
-            json=os.environ.get("TRADEFLOW_LOG_FORMAT") == "json",
-            level=os.environ.get("TRADEFLOW_LOG_LEVEL", "warning"),
-        )
+        configure_logging(json=cli.log_json, level=cli.log_level)
         code: int = asyncio.run(args.handler(args))
         return code
     except KeyboardInterrupt:
@@ -466,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        if os.environ.get("TRADEFLOW_DEBUG"):
+        if cli.debug:
             raise
         print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

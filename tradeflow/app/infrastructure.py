@@ -34,7 +34,7 @@ from tradeflow.engine.resilience import BreakerRegistry, BreakerState
 from tradeflow.engine.runtime import Durability, Runtime
 from tradeflow.observability.logging import configure_logging, get_logger
 from tradeflow.observability.metrics import BREAKER_STATE_VALUES, Metrics
-from tradeflow.ports import EmergencyControl, EventBus, Exchange, PriceFeed, StateStore
+from tradeflow.ports import Exchange, PriceFeed
 
 __all__ = ["Infrastructure", "Settings"]
 
@@ -54,24 +54,21 @@ class Infrastructure:
         *,
         env: str,
         settings: Settings,
-        events: EventBus,
-        emergency: EmergencyControl,
-        state: StateStore,
+        durability: Durability,
         exchange: Exchange,
         prices: PriceFeed,
-        metrics: Metrics,
         clock: Clock,
         id_factory: IdFactory,
         closers: tuple[Callable[[], object], ...] = (),
     ) -> None:
         self.env = env
         self.settings = settings
-        self.events = events
-        self.emergency = emergency
-        self.state = state
+        self.events = durability.events
+        self.emergency = durability.emergency
+        self.state = durability.state
+        self.metrics = durability.metrics
         self.exchange = exchange
         self.prices = prices
-        self.metrics = metrics
         self.clock = clock
         self.id_factory = id_factory
         self.http = HttpPool()
@@ -124,28 +121,25 @@ class Infrastructure:
             # Imported here: embedded use never loads NATS or gRPC.
             from tradeflow.app.remote import connect_services
 
-            events, emergency, state = await connect_services(
+            durability = await connect_services(
                 settings, clock=clock, id_factory=id_factory, metrics=metrics
             )
         else:
             bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
             conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
-            events, state, closers = bus, SQLiteStateStore(conn), (conn.close,)
             emergency = LocalEmergencyController(
                 conn, publish=bus.publish, metrics=metrics, clock=clock, id_factory=id_factory
             )
-            ledger = SQLitePaperLedger(conn)
+            durability = Durability(bus, SQLiteStateStore(conn), emergency, metrics)
+            closers, ledger = (conn.close,), SQLitePaperLedger(conn)
         return cls(
             env=env,
             settings=settings,
-            events=events,
-            emergency=emergency,
-            state=state,
+            durability=durability,
             exchange=exchange
             if exchange is not None
-            else settings.paper_exchange(prices, ledger=ledger, clock=clock, id_factory=id_factory),
+            else settings.paper_exchange(prices, ledger=ledger, clock=clock, ids=id_factory),
             prices=prices,
-            metrics=metrics,
             clock=clock,
             id_factory=id_factory,
             closers=closers,

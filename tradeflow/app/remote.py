@@ -1,4 +1,5 @@
-"""The remote side of the composition root: the same ports as embedded, backed by the services.
+"""The remote side of the composition root: the same ports as embedded, backed by the
+services, and :func:`run_service`, the entry point of each service.
 
 - events: :class:`~tradeflow.adapters.nats.bus.NatsEventBus` (NATS subjects of
   the contract, captured by a JetStream stream);
@@ -12,25 +13,32 @@ Orders go to the paper exchange of this process (a venue adapter implementing
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Awaitable, Callable
+
+import uvloop
+
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
+from tradeflow.adapters.grpc.server import Service, serve
 from tradeflow.adapters.grpc.state_client import StateClient
-from tradeflow.adapters.nats.bus import NatsEventBus
-from tradeflow.app.settings import Settings
+from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
+from tradeflow.app.settings import ServiceSettings, Settings
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import TradeflowError, UnavailableError
+from tradeflow.engine.runtime import Durability
+from tradeflow.observability.logging import configure_logging
 from tradeflow.observability.metrics import Metrics
-from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
-__all__ = ["connect_services"]
+__all__ = ["connect_services", "run_service"]
 
 
 async def connect_services(
     settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
-) -> tuple[EventBus, EmergencyControl, StateStore]:
+) -> Durability:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
     try:
         bus = await NatsEventBus.connect(
-            settings.nats_url, buffer_size=settings.event_buffer, metrics=metrics
+            settings.nats_url, NatsOptions(buffer_size=settings.event_buffer), metrics=metrics
         )
     except TradeflowError:
         raise
@@ -43,4 +51,28 @@ async def connect_services(
     except BaseException:
         await bus.close()
         raise
-    return bus, emergency, StateClient(settings.state_address)
+    return Durability(bus, StateClient(settings.state_address), emergency, metrics)
+
+
+def run_service(name: str, build: Callable[[ServiceSettings], Awaitable[Service]]) -> int:
+    """Entry point of ``python -m <name>_service``: serve until SIGTERM; the exit status
+    is 2, after one line on stderr, for a bad configuration or an unreachable backend."""
+    try:
+        settings = ServiceSettings.from_env(name)
+        configure_logging(json=settings.log_json, level=settings.log_level)
+
+        async def run() -> None:
+            service = await build(settings)
+            await serve(
+                service,
+                name=name,
+                listen=settings.listen,
+                metrics_port=settings.metrics_port,
+                grace_seconds=settings.grace_seconds,
+            )
+
+        uvloop.run(run())
+    except TradeflowError as exc:
+        print(f"{name}_service: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

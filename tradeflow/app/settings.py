@@ -1,24 +1,31 @@
-"""One ``Settings``: every ``TRADEFLOW_*`` variable the composition root reads, and the
-price feed and paper exchange they describe."""
+"""The one reader of ``TRADEFLOW_*``: the library's :class:`Settings`, the services'
+:class:`ServiceSettings` and the CLI's :class:`CliSettings`. Adapters get plain values
+from these; a malformed variable raises ``ConfigurationError`` naming it, what was
+expected and what was found."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Final, Literal, TypeVar
 
 import orjson
 
-from tradeflow.adapters.memory.paper import PaperExchange
+from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange, PaperLedger
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
-from tradeflow.domain.clock import Clock
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ConfigurationError
 from tradeflow.ports import PriceFeed
 
-__all__ = ["ENVIRONMENTS", "Settings", "default_sqlite_path"]
+__all__ = ["ENVIRONMENTS", "CliSettings", "ServiceSettings", "Settings", "default_sqlite_path"]
 
 ENVIRONMENTS = ("development", "test", "production")
+SERVICE_PORTS: Final = {"executor": 50051, "emergency": 50052, "state": 50053}
+"""Default gRPC port of each service; its metrics port is 1000 higher."""
+
+N = TypeVar("N", int, float)
 
 
 def default_sqlite_path() -> Path:
@@ -40,7 +47,7 @@ class Settings:
     prices_file: str | None = None
     """``TRADEFLOW_PRICES_FILE``: JSON ticks replayed by ``price_feed`` nodes."""
     log_level: str = "info"
-    """``TRADEFLOW_LOG_LEVEL``."""
+    """``TRADEFLOW_LOG_LEVEL`` (``warning`` in test)."""
     log_json: bool = False
     """``TRADEFLOW_LOG_FORMAT=json`` (default in production) or ``console``."""
     event_buffer: int = 10_000
@@ -56,7 +63,7 @@ class Settings:
     object (e.g. ``{"USDT": 50000, "BTC": 1}``); the paper exchange's defaults if unset."""
 
     @classmethod
-    def from_env(cls, env: str, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, env: str, environ: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if environ is None else environ
         synchronous = e.get("TRADEFLOW_SQLITE_SYNCHRONOUS", "NORMAL").upper()
         if synchronous not in ("NORMAL", "FULL"):
@@ -88,11 +95,120 @@ class Settings:
             return ReplayPriceFeed.from_file(self.prices_file, clock=clock)
         return ReplayPriceFeed(clock=clock)
 
-    def paper_exchange(self, prices: PriceFeed, **kwargs: Any) -> PaperExchange:
+    def paper_exchange(
+        self, prices: PriceFeed, *, clock: Clock, ids: IdFactory, ledger: PaperLedger | None = None
+    ) -> PaperExchange:
         """The paper exchange these settings describe."""
-        if self.paper_balances is not None:
-            kwargs["default_balances"] = self.paper_balances
-        return PaperExchange(prices, **kwargs)
+        balances = DEFAULT_BALANCES if self.paper_balances is None else self.paper_balances
+        return PaperExchange(
+            prices, default_balances=balances, ledger=ledger, clock=clock, id_factory=ids
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """Configuration of ``python -m <name>_service``; every service validates every
+    variable, as the three share one deployment configuration."""
+
+    name: str
+    """``executor``, ``emergency`` or ``state``."""
+    listen: str
+    """``TRADEFLOW_<NAME>_ADDR``: host:port the gRPC server binds (``127.0.0.1:<port>``
+    by default, ports in :data:`SERVICE_PORTS`)."""
+    metrics_port: int
+    """``TRADEFLOW_<NAME>_METRICS_PORT``: Prometheus ``/metrics`` over HTTP (0: off)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """``TRADEFLOW_REDIS_URL``."""
+    nats_url: str = "nats://127.0.0.1:4222"
+    """``TRADEFLOW_NATS_URL``."""
+    grace_seconds: float = 10.0
+    """``TRADEFLOW_SHUTDOWN_GRACE``: how long SIGTERM waits for in-flight calls."""
+    log_level: str = "info"
+    """``TRADEFLOW_LOG_LEVEL``."""
+    log_json: bool = True
+    """``TRADEFLOW_LOG_FORMAT`` (json unless ``console``)."""
+    redis_prefix: str = "tradeflow"
+    """``TRADEFLOW_REDIS_PREFIX``: namespace of every Redis key the emergency and state
+    services write."""
+    heartbeat_seconds: float = 1.0
+    """``TRADEFLOW_EMERGENCY_HEARTBEAT``: an idle ``WatchState`` stream resends the
+    current snapshot this often, so watchers can tell a quiet state from a dead link."""
+    request_ttl_seconds: float = 3600.0
+    """``TRADEFLOW_EMERGENCY_REQUEST_TTL``: how long the answer to a mutating request is
+    kept by its ``request_id``; a retry within it is answered without acting twice."""
+    max_events: int | None = None
+    """``TRADEFLOW_STATE_MAX_EVENTS``: approximate cap on the state service's stream of
+    every event (unset: keep all). Each execution's own history is never trimmed."""
+
+    @classmethod
+    def from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> ServiceSettings:
+        e = os.environ if environ is None else environ
+        var, port = f"TRADEFLOW_{name.upper()}", SERVICE_PORTS[name]
+        defaults = cls(name, "", 0)
+        redis_prefix = e.get("TRADEFLOW_REDIS_PREFIX", defaults.redis_prefix)
+        if not redis_prefix:
+            raise ConfigurationError("TRADEFLOW_REDIS_PREFIX must not be empty")
+        return cls(
+            name=name,
+            listen=e.get(f"{var}_ADDR", f"127.0.0.1:{port}"),
+            metrics_port=_number(e, f"{var}_METRICS_PORT", port + 1000),
+            redis_url=e.get("TRADEFLOW_REDIS_URL", defaults.redis_url),
+            nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
+            grace_seconds=_number(e, "TRADEFLOW_SHUTDOWN_GRACE", defaults.grace_seconds),
+            log_level=e.get("TRADEFLOW_LOG_LEVEL", defaults.log_level),
+            log_json=e.get("TRADEFLOW_LOG_FORMAT", "json") != "console",
+            redis_prefix=redis_prefix,
+            heartbeat_seconds=_number(
+                e, "TRADEFLOW_EMERGENCY_HEARTBEAT", defaults.heartbeat_seconds, positive=True
+            ),
+            request_ttl_seconds=_number(
+                e, "TRADEFLOW_EMERGENCY_REQUEST_TTL", defaults.request_ttl_seconds, positive=True
+            ),
+            # 0 stands for unset: a value read is > 0.
+            max_events=_number(e, "TRADEFLOW_STATE_MAX_EVENTS", 0, positive=True) or None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CliSettings:
+    """What the ``tradeflow`` command reads before it knows its environment."""
+
+    env: str = "development"
+    """``TRADEFLOW_ENV``: the default of ``--env``."""
+    log_json: bool = False
+    """``TRADEFLOW_LOG_FORMAT=json``; console otherwise."""
+    log_level: str = "warning"
+    """``TRADEFLOW_LOG_LEVEL``: the progress lines are the interface, logs stay quiet
+    unless asked for."""
+    debug: bool = False
+    """``TRADEFLOW_DEBUG`` (non-empty): internal errors raise with their traceback."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> CliSettings:
+        e = os.environ if environ is None else environ
+        defaults = cls()
+        return cls(
+            env=e.get("TRADEFLOW_ENV", defaults.env),
+            log_json=e.get("TRADEFLOW_LOG_FORMAT") == "json",
+            log_level=e.get("TRADEFLOW_LOG_LEVEL", defaults.log_level),
+            debug=bool(e.get("TRADEFLOW_DEBUG")),
+        )
+
+
+def _number(e: Mapping[str, str], key: str, default: N, *, positive: bool = False) -> N:
+    """``e[key]`` read as the type of ``default``."""
+    raw = e.get(key)
+    if raw is None:
+        return default
+    kind = type(default)
+    expected = ("an integer" if kind is int else "a number") + (" > 0" if positive else "")
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be {expected}, found {raw!r}") from None
+    if positive and not 0 < value < float("inf"):
+        raise ConfigurationError(f"{key} must be {expected}, found {raw!r}")
+    return value
 
 
 def _balances(raw: str | None) -> dict[str, float] | None:

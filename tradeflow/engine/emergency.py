@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import stamina
 import structlog
 
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
     MAX_AUDIT_PAGE,
     NO_IDS,
@@ -65,7 +65,6 @@ __all__ = [
     "fail_closed",
 ]
 
-_SYSTEM_CLOCK: Final = SystemClock()
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
 
 _log = structlog.get_logger(__name__)
@@ -135,8 +134,8 @@ class EmergencyController:
         *,
         publish: Callable[[Event], None] | None = None,
         metrics: Metrics | None = None,
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
+        clock: Clock,
+        id_factory: IdFactory,
     ) -> None:
         self._store = store
         self._publish = publish

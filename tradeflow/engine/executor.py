@@ -94,15 +94,17 @@ class Executor:
         execution_id: str | None = None,
         started_at: float | None = None,
     ) -> dict[str, Any]:
-        """Run the workflow once. Returns the result dict; raises ``EmergencyHalted``
-        or ``RiskLimitExceeded`` (with ``execution_id``) when a halt stopped the run.
-
-        ``request_id`` is an idempotency key recorded with the execution;
-        ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
-        start) before the run starts.
-        """
-        start = self._start(correlation_id, request_id, execution_id, started_at)
-        return _seed_edge(await self._run(start, {}, 0))
+        """Run the workflow once (as :meth:`run`). Returns the result dict; raises
+        ``EmergencyHalted`` or ``RiskLimitExceeded`` (with ``execution_id``) when a halt
+        stopped the run."""
+        return _seed_edge(
+            await self.run(
+                correlation_id=correlation_id,
+                request_id=request_id,
+                execution_id=execution_id,
+                started_at=started_at,
+            )
+        )
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         """Continue an interrupted execution from its checkpoints (see :meth:`run_resumed`);
@@ -117,19 +119,14 @@ class Executor:
         execution_id: str | None = None,
         started_at: float | None = None,
     ) -> ExecutionResult:
-        """Run the workflow once; the typed result, whatever its status."""
-        start = self._start(correlation_id, request_id, execution_id, started_at)
-        return await self._run(start, {}, 0)
+        """Run the workflow once; the typed result, whatever its status.
 
-    def _start(
-        self,
-        correlation_id: str | None,
-        request_id: str | None,
-        execution_id: str | None,
-        started_at: float | None,
-    ) -> _Start:
+        ``request_id`` is an idempotency key recorded with the execution;
+        ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
+        start) before the run starts.
+        """
         execution_id = execution_id or self.runtime.ids()
-        return _Start(
+        start = _Start(
             execution_id,
             self.workflow_id,
             correlation_id or execution_id,
@@ -138,6 +135,7 @@ class Executor:
             started_at if started_at is not None else self.runtime.clock.time(),
             request_id,
         )
+        return await self._run(start, {}, 0)
 
     async def run_resumed(self, execution_id: str) -> ExecutionResult:
         """Continue an interrupted execution from its checkpoints.

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import stamina
 
-from tradeflow.domain.clock import Clock, SystemClock
+from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import (
     CircuitOpenError,
     EmergencyHalted,
@@ -26,13 +26,7 @@ from tradeflow.domain.errors import (
 )
 from tradeflow.engine.model import BreakerConfig, NodeConfig, RetryConfig
 
-__all__ = [
-    "BreakerRegistry",
-    "BreakerState",
-    "CircuitBreaker",
-    "TransitionHook",
-    "run_protected",
-]
+__all__ = ["BreakerRegistry", "BreakerState", "CircuitBreaker", "TransitionHook", "run_protected"]
 
 T = TypeVar("T")
 
@@ -133,10 +127,8 @@ class CircuitBreaker:
 class BreakerRegistry:
     """Breakers by name, shared by every execution using one infrastructure."""
 
-    def __init__(
-        self, *, clock: Clock | None = None, on_transition: TransitionHook | None = None
-    ) -> None:
-        self._clock = clock or SystemClock()
+    def __init__(self, *, clock: Clock, on_transition: TransitionHook | None = None) -> None:
+        self._clock = clock
         self._on_transition = on_transition
         self._breakers: dict[str, CircuitBreaker] = {}
 
@@ -191,32 +183,32 @@ async def _attempt(
     limit: float | None,
     breaker: CircuitBreaker | None,
 ) -> T:
-    if breaker is not None:
-        breaker.before_call()
+    if breaker is None:
+        return await _timed(call, node_id, limit)
+    breaker.before_call()
     try:
-        if limit is None:
-            result = await call()
-        else:
-            try:
-                async with asyncio.timeout(limit):
-                    result = await call()
-            except TimeoutError:
-                raise NodeTimeoutError(node_id, limit) from None
+        result = await _timed(call, node_id, limit)
     except _NOT_A_DEPENDENCY_FAILURE:
-        if breaker is not None:
-            breaker.record_success()
+        breaker.record_success()
         raise
     except Exception:
-        if breaker is not None:
-            breaker.record_failure()
+        breaker.record_failure()
         raise
     except BaseException:
-        if breaker is not None:
-            breaker.release()
+        breaker.release()
         raise
-    if breaker is not None:
-        breaker.record_success()
+    breaker.record_success()
     return result
+
+
+async def _timed(call: Callable[[], Awaitable[T]], node_id: str, limit: float | None) -> T:
+    if limit is None:
+        return await call()
+    try:
+        async with asyncio.timeout(limit):
+            return await call()
+    except TimeoutError:
+        raise NodeTimeoutError(node_id, limit) from None
 
 
 def _retryable_predicate(retry: RetryConfig) -> Callable[[Exception], bool]:

@@ -19,7 +19,8 @@ import asyncio
 import heapq
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from tradeflow.domain.errors import (
@@ -32,7 +33,7 @@ from tradeflow.domain.errors import (
 from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionStatus
 from tradeflow.engine.model import Block, BreakerConfig, Workflow
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
-from tradeflow.engine.resilience import BreakerRegistry, CircuitBreaker, run_protected
+from tradeflow.engine.resilience import BreakerRegistry, run_protected
 from tradeflow.engine.validation import parse_workflow
 
 __all__ = ["HaltError", "Journal", "NodePlan", "Plan", "RunOutcome", "run_plan"]
@@ -66,6 +67,10 @@ class Plan:
     workflow: Workflow
     nodes: dict[str, NodePlan]
     order: tuple[str, ...]
+    waiting: dict[str, int]
+    """Upstream count by node id: each run counts down a copy."""
+    roots: tuple[tuple[int, str], ...]
+    """``(position, node_id)`` of the nodes without upstream, sorted: a ready heap."""
 
     @classmethod
     def of(cls, definition: Mapping[str, Any] | Workflow | Plan, registry: NodeRegistry) -> Plan:
@@ -108,7 +113,13 @@ class Plan:
                     or config.circuit_breaker is not None
                 ),
             )
-        return cls(workflow=workflow, nodes=nodes, order=tuple(b.id for b in workflow.blocks))
+        return cls(
+            workflow=workflow,
+            nodes=nodes,
+            order=tuple(nodes),
+            waiting={node_id: len(n.upstream) for node_id, n in nodes.items()},
+            roots=tuple((n.position, node_id) for node_id, n in nodes.items() if not n.upstream),
+        )
 
 
 class Journal(Protocol):
@@ -150,55 +161,27 @@ class RunOutcome(NamedTuple):
     error: str | None
 
 
+@dataclass(slots=True)
 class _Runner:
-    __slots__ = (
-        "breakers",
-        "cancelled",
-        "ctx",
-        "errors",
-        "failure",
-        "gated",
-        "halt",
-        "journal",
-        "max_concurrency",
-        "plan",
-        "results",
-        "skipped",
-        "skipped_ids",
-    )
-
-    def __init__(
-        self,
-        plan: Plan,
-        ctx: ExecutionContext,
-        *,
-        breakers: BreakerRegistry,
-        journal: Journal,
-        max_concurrency: int,
-        cancelled: asyncio.Event,
-    ) -> None:
-        self.plan = plan
-        self.ctx = ctx
-        self.breakers = breakers
-        self.journal = journal
-        self.max_concurrency = max_concurrency
-        self.cancelled = cancelled
-        self.results: dict[str, dict[str, Any]] = {}
-        self.errors: dict[str, str] = {}
-        self.skipped: list[str] = []
-        self.skipped_ids: set[str] = set()
-        self.gated: set[str] = set()
-        """Completed nodes whose gate output is false."""
-        self.halt: HaltError | None = None
-        self.failure: str | None = None
+    plan: Plan
+    ctx: ExecutionContext
+    breakers: BreakerRegistry
+    journal: Journal
+    max_concurrency: int
+    cancelled: asyncio.Event
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    skipped_ids: set[str] = field(default_factory=set)
+    gated: set[str] = field(default_factory=set)
+    """Completed nodes whose gate output is false."""
+    halt: HaltError | None = None
+    failure: str | None = None
 
     async def run(self, restored: Mapping[str, Checkpoint]) -> RunOutcome:
         nodes = self.plan.nodes
-        waiting = {node_id: len(n.upstream) for node_id, n in nodes.items()}
-        ready: list[tuple[int, str]] = []
-        for node_id in self.plan.order:
-            if waiting[node_id] == 0:
-                heapq.heappush(ready, (nodes[node_id].position, node_id))
+        waiting = dict(self.plan.waiting)
+        ready = list(self.plan.roots)
         queued: deque[NodePlan] = deque()
         """Ready nodes that call out, waiting for a concurrency slot."""
         running: dict[asyncio.Task[None], NodePlan] = {}
@@ -219,26 +202,33 @@ class _Runner:
                     node = queued.popleft()
                     await self._run_node(node)
                     self._release(node, waiting, ready)
-                    continue
-                while queued and len(running) < self.max_concurrency:
-                    node = queued.popleft()
-                    running[asyncio.create_task(self._run_node(node))] = node
-                if not running:
-                    if ready and self._may_start():
-                        continue
+                elif queued or running:
+                    await self._overlap(queued, running, waiting, ready)
+                else:
                     break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    node = running.pop(task)
-                    task.result()
-                    self._release(node, waiting, ready)
         except BaseException:
             for task in running:
                 task.cancel()
-            if running:
-                await asyncio.wait(running)
+            await asyncio.gather(*running, return_exceptions=True)
             raise
         return self._outcome()
+
+    async def _overlap(
+        self,
+        queued: deque[NodePlan],
+        running: dict[asyncio.Task[None], NodePlan],
+        waiting: dict[str, int],
+        ready: list[tuple[int, str]],
+    ) -> None:
+        """Start queued nodes as tasks up to the limit, then wait for the first to finish."""
+        while queued and len(running) < self.max_concurrency:
+            node = queued.popleft()
+            running[asyncio.create_task(self._run_node(node))] = node
+        done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            node = running.pop(task)
+            task.result()
+            self._release(node, waiting, ready)
 
     def _may_start(self) -> bool:
         return self.halt is None and self.failure is None and not self.cancelled.is_set()
@@ -246,16 +236,15 @@ class _Runner:
     def _admit(self, node: NodePlan, checkpoint: Checkpoint | None) -> str | None:
         """Decide whether ``node`` runs: returns why it does not, or None to run it."""
         for upstream_id in node.upstream:
-            was_skipped = upstream_id in self.skipped_ids
-            if was_skipped or (upstream_id in self.gated and not node.spec.accepts_gates):
-                reason = (
-                    f"upstream {upstream_id!r} was skipped"
-                    if was_skipped
-                    else f"upstream {upstream_id!r} did not pass"
-                )
-                self._skip(node.block.id)
-                self.journal.node_skipped(node, reason)
-                return reason
+            if upstream_id in self.skipped_ids:
+                reason = f"upstream {upstream_id!r} was skipped"
+            elif upstream_id in self.gated and not node.spec.accepts_gates:
+                reason = f"upstream {upstream_id!r} did not pass"
+            else:
+                continue
+            self._skip(node.block.id)
+            self.journal.node_skipped(node, reason)
+            return reason
         if checkpoint is not None and checkpoint.state is CheckpointState.COMPLETED:
             self._record_outputs(node, checkpoint.outputs or {})
             return "restored"
@@ -324,13 +313,7 @@ class _Runner:
 
     async def _run_protected(self, node: NodePlan, inputs: dict[str, Any]) -> dict[str, Any]:
         config = node.block.config
-        breaker: CircuitBreaker | None = (
-            self.breakers.get(config.circuit_breaker) if config.circuit_breaker else None
-        )
         journal = self.journal
-
-        def on_retry(attempt: int, error: BaseException, wait: float) -> None:
-            journal.node_retrying(node, attempt, error, wait)
 
         async def attempt() -> dict[str, Any]:
             # Every attempt of an action asks again: a halt during a retry's back-off
@@ -343,8 +326,8 @@ class _Runner:
             attempt,
             node_id=node.block.id,
             config=config,
-            breaker=breaker,
-            on_retry=on_retry,
+            breaker=self.breakers.get(config.circuit_breaker) if config.circuit_breaker else None,
+            on_retry=partial(journal.node_retrying, node),
         )
 
     def _outcome(self) -> RunOutcome:
@@ -373,12 +356,5 @@ async def run_plan(
     restored: Mapping[str, Checkpoint],
 ) -> RunOutcome:
     """Run ``plan`` once; ``restored`` checkpoints (resume) are not run again."""
-    runner = _Runner(
-        plan,
-        ctx,
-        breakers=breakers,
-        journal=journal,
-        max_concurrency=max_concurrency,
-        cancelled=cancelled,
-    )
+    runner = _Runner(plan, ctx, breakers, journal, max_concurrency, cancelled)
     return await runner.run(restored)

@@ -77,6 +77,9 @@ _Field = tuple[str, _Parse]
 
 _Trail = tuple["_Trail", str | int] | None
 """Where a value sits inside a block, as a linked list built without string work."""
+_Container = dict[Any, Any] | list[Any]
+_Stack = list[tuple[_Container, int, _Trail]]
+"""Containers still to scan, with their nesting level and place."""
 
 
 def parse_workflow(
@@ -97,8 +100,36 @@ def parse_workflow(
         issues.add(None, "definition", "an object with a 'blocks' array", _found(definition))
         raise issues.error()
     raw_blocks = _top_level(definition, limits, issues)
-    drafts: dict[str, _Draft] = {}
-    # Outputs by id (first occurrence); None when the block is too faulty to know them.
+    blocks, outputs_of = _read_blocks(raw_blocks, registry, limits, issues)
+    ids = list(outputs_of)
+    rank = {block_id: n for n, block_id in enumerate(ids)}
+    upstream = {
+        block_id: _resolve_wires(block, outputs_of, rank, issues.at(block_id, ""))
+        for block_id, block in blocks.items()
+    }
+    _check_graph(ids, upstream, limits, issues)
+    if issues.total:
+        raise issues.error()
+
+    order = topological_order(ids, upstream)
+    downstream: dict[str, list[str]] = {block_id: [] for block_id in order}
+    for block_id in ids:
+        for dep in upstream[block_id]:
+            downstream[dep].append(block_id)
+    return Workflow(
+        blocks=tuple(blocks[block_id] for block_id in order),
+        definition=definition,
+        upstream={block_id: tuple(upstream[block_id]) for block_id in order},
+        downstream={block_id: tuple(downstream[block_id]) for block_id in order},
+    )
+
+
+def _read_blocks(
+    raw_blocks: list[Any], registry: NodeRegistry, limits: Limits, issues: _Issues
+) -> tuple[dict[str, Block], dict[str, tuple[str, ...] | None]]:
+    """Each usable block by id (first occurrence), and the outputs of every id found: None
+    when the block is too faulty to know them. Reports duplicate ids."""
+    blocks: dict[str, Block] = {}
     outputs_of: dict[str, tuple[str, ...] | None] = {}
     positions: dict[str, list[int]] = {}
     for index, raw in enumerate(raw_blocks):
@@ -115,36 +146,15 @@ def parse_workflow(
             if block_id is not None:
                 outputs_of.setdefault(block_id, None)
             continue
-        draft = _read_block(index, raw, block_id, registry, limits, report)
+        block, outputs = _read_block(index, raw, block_id, registry, limits, report)
         if block_id is not None and block_id not in outputs_of:
-            outputs_of[block_id] = draft.outputs
-            drafts[block_id] = draft
+            outputs_of[block_id] = outputs
+            blocks[block_id] = block
     for block_id, found_at in positions.items():
         if len(found_at) > 1:
             where = ", ".join(f"blocks[{p}]" for p in found_at)
             issues.add(block_id, "id", "a unique block id", f"{block_id!r} used by {where}")
-
-    ids = list(outputs_of)
-    rank = {block_id: n for n, block_id in enumerate(ids)}
-    upstream = {
-        block_id: _resolve_wires(draft, outputs_of, rank, issues.at(block_id, ""))
-        for block_id, draft in drafts.items()
-    }
-    _check_graph(ids, upstream, limits, issues)
-    if issues.total:
-        raise issues.error()
-
-    order = topological_order(ids, upstream)
-    downstream: dict[str, list[str]] = {block_id: [] for block_id in order}
-    for block_id in ids:
-        for dep in upstream[block_id]:
-            downstream[dep].append(block_id)
-    return Workflow(
-        blocks=tuple(drafts[block_id].build(block_id) for block_id in order),
-        definition=definition,
-        upstream={block_id: tuple(upstream[block_id]) for block_id in order},
-        downstream={block_id: tuple(downstream[block_id]) for block_id in order},
-    )
+    return blocks, outputs_of
 
 
 def _top_level(definition: dict[Any, Any], limits: Limits, issues: _Issues) -> list[Any]:
@@ -214,34 +224,6 @@ class _Issues:
         return WorkflowValidationError(issues)
 
 
-@dataclass(frozen=True, slots=True)
-class _Draft:
-    """What one block's definition yielded; built into a :class:`Block` only when all is valid."""
-
-    index: int
-    name: str
-    category: str
-    type: str
-    properties: dict[str, Any]
-    config: NodeConfig
-    wires: dict[str, Ref]
-    outputs: tuple[str, ...] | None
-    """``None`` when they cannot be known because the block itself is faulty."""
-
-    def build(self, block_id: str) -> Block:
-        return Block(
-            id=block_id,
-            name=self.name,
-            category=self.category,
-            type=self.type,
-            properties=self.properties,
-            config=self.config,
-            inputs=self.wires,
-            outputs=self.outputs or (),
-            index=self.index,
-        )
-
-
 def _read_block(
     index: int,
     raw: dict[str, Any],
@@ -249,7 +231,8 @@ def _read_block(
     registry: NodeRegistry,
     limits: Limits,
     report: _Report,
-) -> _Draft:
+) -> tuple[Block, tuple[str, ...] | None]:
+    """The block (id ``""`` if unusable) and its outputs (None if unknowable: a faulty block)."""
     if block_id is None:
         report("id", _ID_EXPECTED, _found(raw["id"]) if "id" in raw else _MISSING)
     _reject_unknown(raw, _BLOCK_KEYS, "", report)
@@ -264,16 +247,20 @@ def _read_block(
         for field, expected, found in problems:
             report(field, expected, _clip(found))
         properties_ok = not problems
-    return _Draft(
-        index=index,
+    config = _config(raw.get("config", {}), spec, properties, properties_ok, report)
+    outputs = _outputs(raw, spec, properties, properties_ok, report)
+    block = Block(
+        id=block_id or "",
         name=name if isinstance(name, str) else "",
         category=raw.get("category", ""),
         type=raw.get("type", ""),
         properties=properties,
-        config=_config(raw.get("config", {}), spec, properties, properties_ok, report),
-        wires=wires,
-        outputs=_outputs(raw, spec, properties, properties_ok, report),
+        config=config,
+        inputs=wires,
+        outputs=outputs or (),
+        index=index,
     )
+    return block, outputs
 
 
 def _spec(raw: dict[str, Any], registry: NodeRegistry, report: _Report) -> NodeSpec | None:
@@ -387,14 +374,14 @@ def _ref(target: object) -> Ref | None:
 
 
 def _resolve_wires(
-    draft: _Draft,
+    block: Block,
     outputs_of: Mapping[str, tuple[str, ...] | None],
     rank: Mapping[str, int],
     report: _Report,
 ) -> list[str]:
     """Ids the block reads from, in definition order; reports wires to nothing."""
     upstream: set[str] = set()
-    for name, ref in draft.wires.items():
+    for name, ref in block.inputs.items():
         if ref.block_id not in outputs_of:
             report(
                 f"inputs.{name}", "a wire to an existing block", f"unknown block {ref.block_id!r}"
@@ -582,45 +569,53 @@ def _scan(root: dict[Any, Any], limits: Limits) -> tuple[str, str, str] | None:
     """
     budget = limits.max_block_bytes
     max_string = limits.max_string_length
-    stack: list[tuple[dict[Any, Any] | list[Any], int, _Trail]] = [(root, 0, None)]
+    stack: _Stack = [(root, 0, None)]
     while stack:
         container, level, where = stack.pop()
         if level > limits.max_nesting:
             expected = f"objects and arrays nested at most {limits.max_nesting} deep"
             return _path(where), expected, f"{type(container).__name__} nested deeper"
         budget -= 2 + 2 * len(container)
+        cost = 0 if budget < 0 else _scan_items(container, level, where, stack, max_string)
+        if isinstance(cost, tuple):
+            return cost
+        budget -= cost
         if budget < 0:
-            break
-        is_dict = isinstance(container, dict)
-        pairs = container.items() if isinstance(container, dict) else enumerate(container)
-        for key, item in pairs:
-            if is_dict:
-                if not isinstance(key, str):
-                    return _path(where), "object keys that are strings", f"key {_found(key)}"
-                if len(key) > max_string:
-                    expected = f"keys of at most {max_string} characters"
-                    return _path(where), expected, f"a key of {len(key)} characters"
-                budget -= len(key)
-            if isinstance(item, str):
-                if len(item) > max_string:
-                    expected = f"a string of at most {max_string} characters"
-                    return _path((where, key)), expected, f"str of {len(item)} characters"
-                budget -= len(item) + 2
-            elif isinstance(item, dict | list):
-                stack.append((item, level + 1, (where, key)))
-            elif isinstance(item, int):
-                # bit_length / 3 slightly overestimates decimal digits without converting.
-                budget -= item.bit_length() // 3 + 1
-            elif isinstance(item, float) or item is None:
-                budget -= 8
-            else:
-                expected = "a JSON value (object, array, string, number, boolean or null)"
-                return _path((where, key)), expected, _found(item)
-        if budget < 0:
-            break
-    if budget < 0:
-        return _path(where), f"at most {limits.max_block_bytes} bytes", "more"
+            return _path(where), f"at most {limits.max_block_bytes} bytes", "more"
     return None
+
+
+def _scan_items(
+    container: _Container, level: int, where: _Trail, stack: _Stack, max_string: int
+) -> int | tuple[str, str, str]:
+    """The bytes of ``container``'s keys and scalars, or the first limit they break; pushes
+    the containers inside it on ``stack``."""
+    cost = 0
+    is_dict = isinstance(container, dict)
+    for key, item in container.items() if isinstance(container, dict) else enumerate(container):
+        if is_dict:
+            if not isinstance(key, str):
+                return _path(where), "object keys that are strings", f"key {_found(key)}"
+            if len(key) > max_string:
+                expected = f"keys of at most {max_string} characters"
+                return _path(where), expected, f"a key of {len(key)} characters"
+            cost += len(key)
+        if isinstance(item, str):
+            if len(item) > max_string:
+                expected = f"a string of at most {max_string} characters"
+                return _path((where, key)), expected, f"str of {len(item)} characters"
+            cost += len(item) + 2
+        elif isinstance(item, dict | list):
+            stack.append((item, level + 1, (where, key)))
+        elif isinstance(item, int):
+            # bit_length / 3 slightly overestimates decimal digits without converting.
+            cost += item.bit_length() // 3 + 1
+        elif isinstance(item, float) or item is None:
+            cost += 8
+        else:
+            expected = "a JSON value (object, array, string, number, boolean or null)"
+            return _path((where, key)), expected, _found(item)
+    return cost
 
 
 def _path(trail: _Trail) -> str:

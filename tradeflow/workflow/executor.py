@@ -48,7 +48,9 @@ class WorkflowExecutor(Executor):
         clock = clock if clock is not None else SystemClock()
         prices = prices if prices is not None else ReplayPriceFeed(clock=clock)
         runtime = Runtime(
-            exchange=exchange if exchange is not None else PaperExchange(prices, clock=clock),
+            exchange=exchange
+            if exchange is not None
+            else PaperExchange(prices, clock=clock, id_factory=id_factory),
             prices=prices,
             risk=LocalRiskChecker(),
             clock=clock,

@@ -32,7 +32,7 @@ import structlog
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.adapters.grpc.errors import error_from_rpc
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import MAX_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import (
     InvalidRequest,
@@ -55,7 +55,6 @@ from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 __all__ = ["RemoteEmergencyControl"]
 
 _SERVICE: Final = "emergency"
-_SYSTEM_CLOCK: Final = SystemClock()
 
 E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)
@@ -83,8 +82,8 @@ class RemoteEmergencyControl:
         max_staleness: float = 5.0,
         call_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
+        clock: Clock,
+        id_factory: IdFactory,
     ) -> None:
         """Use :meth:`connect`; the instance owns ``channel``. Call :meth:`start` to follow."""
         self._channel = channel
@@ -110,8 +109,8 @@ class RemoteEmergencyControl:
         max_staleness: float = 5.0,
         call_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
+        clock: Clock,
+        id_factory: IdFactory,
     ) -> RemoteEmergencyControl:
         """Follow the emergency service at ``address`` (``host:port``).
 

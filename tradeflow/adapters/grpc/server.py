@@ -26,7 +26,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
-from tradeflow.adapters.grpc.config import ServiceConfig
 from tradeflow.adapters.grpc.errors import status_of
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ConfigurationError, TradeflowError
@@ -156,8 +155,11 @@ async def _abort(
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
 
 
-async def serve(config: ServiceConfig, service: Service) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+async def serve(
+    service: Service, *, name: str, listen: str, metrics_port: int, grace_seconds: float
+) -> None:
+    """Serve ``service`` on ``listen`` (host:port) and ``/metrics`` on ``metrics_port``
+    (0: off) until SIGTERM/SIGINT, then shut down, giving in-flight calls ``grace_seconds``."""
     latency = Histogram(
         "tradeflow_rpc_server_handled_seconds",
         "gRPC calls handled, by method and status code.",
@@ -187,63 +189,39 @@ async def serve(config: ServiceConfig, service: Service) -> None:
     metrics_server = None
     try:
         try:
-            server.add_insecure_port(config.listen)
+            server.add_insecure_port(listen)
         except RuntimeError as exc:
-            raise ConfigurationError(f"cannot listen on {config.listen}: {exc}") from exc
-        if config.metrics_port:
+            raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
+        if metrics_port:
             try:
-                metrics_server, _ = start_http_server(
-                    config.metrics_port, registry=service.registry
-                )
+                metrics_server, _ = start_http_server(metrics_port, registry=service.registry)
             except OSError as exc:
                 raise ConfigurationError(
-                    f"cannot serve /metrics on port {config.metrics_port}: {exc.strerror}"
+                    f"cannot serve /metrics on port {metrics_port}: {exc.strerror}"
                 ) from exc
         await server.start()
         for name in ("", *names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         _log.info(
             "service.started",
-            service=config.name,
-            listen=config.listen,
-            metrics_port=config.metrics_port,
+            service=name,
+            listen=listen,
+            metrics_port=metrics_port,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-        _log.info("service.draining", service=config.name)
+        _log.info("service.draining", service=name)
         await health.enter_graceful_shutdown()
         if service.drain is not None:
             await service.drain()
     finally:
         # Whatever happened above, stop serving and release connections.
-        await server.stop(config.grace_seconds)
+        await server.stop(grace_seconds)
         if service.close is not None:
             await service.close()
         if metrics_server is not None:
             metrics_server.shutdown()
-    _log.info("service.stopped", service=config.name)
-
-
-def main(name: str, default_port: int, build: Callable[[ServiceConfig], Awaitable[Service]]) -> int:
-    """Entry point of ``python -m <name>_service``: configuration errors are one line."""
-    import sys
-
-    import uvloop
-
-    from tradeflow.observability.logging import configure_logging
-
-    try:
-        config = ServiceConfig.from_env(name, default_port=default_port)
-        configure_logging(json=config.log_json, level=config.log_level)
-
-        async def run() -> None:
-            await serve(config, await build(config))
-
-        uvloop.run(run())
-    except TradeflowError as exc:
-        print(f"{name}_service: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    _log.info("service.stopped", service=name)

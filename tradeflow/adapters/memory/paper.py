@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import NoReturn, Protocol
 
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.numbers import is_positive
 from tradeflow.domain.trading import (
@@ -117,15 +117,15 @@ class PaperExchange:
         fee_rate: float = 0.0,
         allow_short: bool = False,
         ledger: PaperLedger | None = None,
-        clock: Clock | None = None,
-        id_factory: IdFactory = new_id,
+        clock: Clock,
+        id_factory: IdFactory,
     ) -> None:
         self._prices = prices
         self._default_balances = dict(default_balances)
         self._fee_rate = fee_rate
         self._allow_short = allow_short
         self._ledger = ledger
-        self._clock: Clock = clock or SystemClock()
+        self._clock = clock
         self._new_id = id_factory
         self._balances = {venue: dict(assets) for venue, assets in (balances or {}).items()}
         self._orders: dict[tuple[str, str], Order] = {}

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tradeflow.domain.clock import Clock, SystemClock
+from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import ConfigurationError, ExchangeError
 from tradeflow.domain.numbers import is_positive
 from tradeflow.domain.trading import Quote
@@ -98,11 +98,11 @@ class ReplayPriceFeed:
         self,
         ticks: Mapping[Pair, Sequence[Tick]] | None = None,
         *,
-        clock: Clock | None = None,
+        clock: Clock,
         loop: bool = True,
         strict: bool = False,
     ) -> None:
-        self._clock: Clock = clock or SystemClock()
+        self._clock = clock
         self._strict = strict
         self._series: dict[Pair, _Replay | _Walk] = {
             (venue, symbol): _Replay(_checked_series(venue, symbol, series), loop)
@@ -115,7 +115,7 @@ class ReplayPriceFeed:
         cls,
         path: str | Path,
         *,
-        clock: Clock | None = None,
+        clock: Clock,
         loop: bool = True,
         strict: bool = False,
     ) -> ReplayPriceFeed:

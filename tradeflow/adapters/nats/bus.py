@@ -43,6 +43,7 @@ import random
 import re
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import unquote
@@ -77,6 +78,7 @@ __all__ = [
     "MISSING_TOKEN",
     "WORKFLOW_EVENTS",
     "NatsEventBus",
+    "NatsOptions",
     "decode_token",
     "encode_token",
     "subject_filter",
@@ -195,6 +197,52 @@ def _reconnect_backoff(base: float, cap: float) -> _ServerChooser:
     return choose
 
 
+@dataclass(frozen=True, slots=True)
+class NatsOptions:
+    """Tuning of a :class:`NatsEventBus`; every number must be > 0."""
+
+    stream: str = DEFAULT_STREAM
+    """The JetStream stream (file storage, both subject trees)."""
+    buffer_size: int = 10_000
+    """Bound of the publish queue and of each subscriber's backlog."""
+    batch_size: int = 256
+    """Events sent per acknowledgement round trip."""
+    max_age: float = 7 * 24 * 3600.0
+    """Seconds the stream keeps an event (the oldest are dropped first)."""
+    max_bytes: int = 1 << 30
+    """Bytes the stream keeps at most (the oldest are dropped first)."""
+    duplicate_window: float = 120.0
+    """Seconds within which the stream ignores a repeated ``event_id``."""
+    connect_timeout: float = 5.0
+    """How long the first connection may take before ``UnavailableError``."""
+    ack_timeout: float = 5.0
+    """How long a batch waits for its acknowledgement before it is sent again."""
+    close_timeout: float = 5.0
+    """How long :meth:`NatsEventBus.close` waits for the queue to drain."""
+    reconnect_backoff: tuple[float, float] = (0.05, 5.0)
+    """First and longest wait between reconnection attempts (it reconnects forever)."""
+    replay_heartbeat: float = 2.0
+    """Idle heartbeat of a replay's consumer."""
+    name: str = "tradeflow"
+    """Client name shown by the NATS server."""
+
+    def __post_init__(self) -> None:
+        for setting in (
+            "batch_size",
+            "max_bytes",
+            "max_age",
+            "duplicate_window",
+            "ack_timeout",
+            "close_timeout",
+            "replay_heartbeat",
+        ):
+            value = getattr(self, setting)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(
+                    f"invalid NATS event bus {setting}: expected a number > 0, found {value!r}"
+                )
+
+
 class NatsEventBus:
     """An :class:`~tradeflow.ports.EventBus` on NATS and JetStream.
 
@@ -204,10 +252,6 @@ class NatsEventBus:
 
     __slots__ = (
         "_ack_prefix",
-        "_ack_timeout",
-        "_batch_size",
-        "_buffer_size",
-        "_close_timeout",
         "_closed",
         "_connected",
         "_dropping",
@@ -217,11 +261,11 @@ class NatsEventBus:
         "_local",
         "_metrics",
         "_nc",
+        "_options",
         "_pending_ack",
         "_progress",
         "_publisher",
         "_queue",
-        "_replay_heartbeat",
         "_stream_config",
         "_stream_missing",
         "_subscribe_lock",
@@ -235,12 +279,7 @@ class NatsEventBus:
         nc: Client,
         stream_config: api.StreamConfig,
         local: Fanout,
-        *,
-        buffer_size: int,
-        batch_size: int,
-        ack_timeout: float,
-        close_timeout: float,
-        replay_heartbeat: float,
+        options: NatsOptions,
         metrics: Metrics | None,
     ) -> None:
         """Use :meth:`connect`."""
@@ -251,11 +290,7 @@ class NatsEventBus:
         self._stream_config = stream_config
         self._local = local
         self._metrics = metrics
-        self._buffer_size = buffer_size
-        self._batch_size = batch_size
-        self._ack_timeout = ack_timeout
-        self._close_timeout = close_timeout
-        self._replay_heartbeat = replay_heartbeat
+        self._options = options
         self._queue: deque[Event] = deque()
         self._wakeup = asyncio.Event()
         self._progress = asyncio.Event()
@@ -276,60 +311,25 @@ class NatsEventBus:
 
     @classmethod
     async def connect(
-        cls,
-        url: str,
-        *,
-        stream: str = DEFAULT_STREAM,
-        buffer_size: int = 10_000,
-        metrics: Metrics | None = None,
-        batch_size: int = 256,
-        max_age: float = 7 * 24 * 3600.0,
-        max_bytes: int = 1 << 30,
-        duplicate_window: float = 120.0,
-        connect_timeout: float = 5.0,
-        ack_timeout: float = 5.0,
-        close_timeout: float = 5.0,
-        reconnect_backoff: tuple[float, float] = (0.05, 5.0),
-        replay_heartbeat: float = 2.0,
-        name: str = "tradeflow",
+        cls, url: str, options: NatsOptions = NatsOptions(), *, metrics: Metrics | None = None
     ) -> NatsEventBus:
-        """Connect to NATS at ``url`` and make sure the stream exists.
-
-        ``buffer_size`` bounds both the publish queue and each subscriber's backlog;
-        ``batch_size`` is how many events are sent per acknowledgement round trip.
-        The stream (file storage, both subject trees) keeps events for ``max_age``
-        seconds and at most ``max_bytes``, dropping the oldest; it ignores a repeated
-        ``event_id`` within ``duplicate_window`` seconds. An existing stream is
-        updated to this configuration. After connecting, the client reconnects
-        forever, waiting between ``reconnect_backoff`` (first, longest) seconds.
+        """Connect to NATS at ``url`` and make sure the stream exists, updating an
+        existing one to ``options``.
 
         Raises ``UnavailableError`` if NATS cannot be reached within
-        ``connect_timeout`` seconds, ``ConfigurationError`` for a bad setting or a
-        stream that cannot take this configuration.
+        ``options.connect_timeout`` seconds, ``ConfigurationError`` for a stream that
+        cannot take this configuration.
         """
-        local = Fanout(buffer_size=buffer_size, metrics=metrics)
-        for setting, value in (
-            ("batch_size", batch_size),
-            ("max_bytes", max_bytes),
-            ("max_age", max_age),
-            ("duplicate_window", duplicate_window),
-            ("ack_timeout", ack_timeout),
-            ("close_timeout", close_timeout),
-            ("replay_heartbeat", replay_heartbeat),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(
-                    f"invalid NATS event bus {setting}: expected a number > 0, found {value!r}"
-                )
+        local = Fanout(buffer_size=options.buffer_size, metrics=metrics)
         stream_config = api.StreamConfig(
-            name=stream,
+            name=options.stream,
             subjects=[EVENTS_PREFIX + ">", EMERGENCY_PREFIX + ">"],
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             storage=api.StorageType.FILE,
-            max_age=max_age,
-            max_bytes=max_bytes,
-            duplicate_window=duplicate_window,
+            max_age=options.max_age,
+            max_bytes=options.max_bytes,
+            duplicate_window=options.duplicate_window,
         )
         bus: NatsEventBus | None = None
 
@@ -350,31 +350,21 @@ class NatsEventBus:
 
         nc = Client()
         try:
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout(options.connect_timeout):
                 await nc.connect(
                     url,
-                    name=name,
+                    name=options.name,
                     max_reconnect_attempts=-1,
-                    reconnect_to_server_handler=_reconnect_backoff(*reconnect_backoff),
+                    reconnect_to_server_handler=_reconnect_backoff(*options.reconnect_backoff),
                     disconnected_cb=disconnected,
                     reconnected_cb=reconnected,
                     error_cb=error,
-                    drain_timeout=max(1, round(close_timeout)),
+                    drain_timeout=max(1, round(options.close_timeout)),
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
             raise UnavailableError(f"cannot reach NATS at {url}: {describe(exc)}") from exc
-        bus = cls(
-            nc,
-            stream_config,
-            local,
-            buffer_size=buffer_size,
-            batch_size=batch_size,
-            ack_timeout=ack_timeout,
-            close_timeout=close_timeout,
-            replay_heartbeat=replay_heartbeat,
-            metrics=metrics,
-        )
+        bus = cls(nc, stream_config, local, options, metrics)
         try:
             await bus._ensure_stream()
             await nc.subscribe(bus._ack_prefix + "*", cb=bus._on_ack)
@@ -425,12 +415,12 @@ class NatsEventBus:
             self._lose(1)
             return
         queue = self._queue
-        if len(queue) >= self._buffer_size:
+        if len(queue) >= self._options.buffer_size:
             queue.popleft()
             self._lose(1)
             if not self._dropping:
                 self._dropping = True
-                _log.warning("events.publish_buffer_full", buffer_size=self._buffer_size)
+                _log.warning("events.publish_buffer_full", buffer_size=self._options.buffer_size)
         queue.append(event)
         self._wakeup.set()
 
@@ -480,7 +470,7 @@ class NatsEventBus:
         while not self._nc.is_connected:
             self._connected.clear()
             await self._connected.wait()
-        batch = [queue.popleft() for _ in range(min(len(queue), self._batch_size))]
+        batch = [queue.popleft() for _ in range(min(len(queue), self._options.batch_size))]
         self._in_flight = len(batch)
         try:
             retry = await self._send(batch)
@@ -534,7 +524,7 @@ class NatsEventBus:
                     reply=reply if index == last else "",
                     headers={_MSG_ID: event.event_id},
                 )
-            async with asyncio.timeout(self._ack_timeout):
+            async with asyncio.timeout(self._options.ack_timeout):
                 msg = await answer
         except (TimeoutError, nats.errors.Error):
             # Connection lost or no answer: resend all; the stream drops duplicates.
@@ -573,7 +563,7 @@ class NatsEventBus:
     def _requeue(self, events: list[Event]) -> None:
         # Unacknowledged events are older than anything queued, so they go first;
         # if they no longer all fit, the oldest of them are the ones dropped.
-        room = self._buffer_size - len(self._queue)
+        room = self._options.buffer_size - len(self._queue)
         if len(events) > room:
             self._lose(len(events) - room)
             events = events[len(events) - room :]
@@ -655,7 +645,7 @@ class NatsEventBus:
                 subject,
                 stream=self._stream_config.name,
                 ordered_consumer=True,
-                idle_heartbeat=self._replay_heartbeat,
+                idle_heartbeat=self._options.replay_heartbeat,
                 deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                 config=api.ConsumerConfig(opt_start_seq=start),
             )
@@ -688,7 +678,7 @@ class NatsEventBus:
         if self._closed:
             return
         self._closed = True
-        if not await self.flush(self._close_timeout):
+        if not await self.flush(self._options.close_timeout):
             _log.warning("events.close_unflushed", events=len(self._queue) + self._in_flight)
             self._lose(len(self._queue) + self._in_flight)
             self._queue.clear()

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
@@ -64,7 +64,6 @@ M = TypeVar("M", bound=Message)
 _StreamRows = list[tuple[bytes, dict[bytes, bytes]]]
 """What ``XRANGE``/``XREVRANGE`` return on a bytes client."""
 
-_SYSTEM_CLOCK: Final = SystemClock()
 _RECONNECT_BACKOFF: Final = (0.1, 5.0)
 _RUNNING: Final = b"running"
 _ANSWER: Final = b"="
@@ -152,7 +151,7 @@ class RedisEmergencyStore:
         client: aioredis.Redis,
         *,
         prefix: str = "tradeflow",
-        clock: Clock = _SYSTEM_CLOCK,
+        clock: Clock,
         audit_cap: int = 100_000,
         poll_interval: float = 1.0,
         max_staleness: float | None = 5.0,
@@ -304,9 +303,8 @@ class RedisEmergencyController(EmergencyController):
         prefix: str = "tradeflow",
         publish: Callable[[Event], None] | None = None,
         metrics: Metrics | None = None,
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
-        audit_cap: int = 100_000,
+        clock: Clock,
+        id_factory: IdFactory,
         poll_interval: float = 1.0,
         max_staleness: float | None = 5.0,
     ) -> None:
@@ -314,7 +312,6 @@ class RedisEmergencyController(EmergencyController):
             client,
             prefix=prefix,
             clock=clock,
-            audit_cap=audit_cap,
             poll_interval=poll_interval,
             max_staleness=max_staleness,
         )

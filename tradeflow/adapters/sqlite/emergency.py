@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
-from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
+from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_or_null
 from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import UnavailableError, describe
@@ -22,7 +22,6 @@ from tradeflow.observability.metrics import Metrics
 
 __all__ = ["LocalEmergencyController", "SQLiteEmergencyStore"]
 
-_SYSTEM_CLOCK: Final = SystemClock()
 _DATA_VERSION: Final = "PRAGMA data_version"
 _SELECT_HALTS: Final = "SELECT scope, target, reason, actor, since FROM halts"
 _SELECT_LIMITS: Final = (
@@ -186,8 +185,8 @@ class LocalEmergencyController(EmergencyController):
         *,
         publish: Callable[[Event], None] | None = None,
         metrics: Metrics | None = None,
-        clock: Clock = _SYSTEM_CLOCK,
-        id_factory: IdFactory = new_id,
+        clock: Clock,
+        id_factory: IdFactory,
     ) -> None:
         super().__init__(
             SQLiteEmergencyStore(conn),

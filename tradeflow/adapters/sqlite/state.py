@@ -80,9 +80,7 @@ from tradeflow.domain.records import (
     StateBatch,
 )
 
-__all__ = [
-    "SQLiteStateStore",
-]
+__all__ = ["SQLiteStateStore"]
 
 
 _ROW_EVENTS: Final = 65536
@@ -187,24 +185,13 @@ class SQLiteStateStore:
         rows = _journal_rows(batch.events, batch.checkpoints)
         # Everything is encoded before the transaction starts: the write lock, which
         # other processes wait on, is held only for the statements themselves.
-        cursor = self._writer
         with self._txn:
             if definition is not None:
-                cursor.execute(_INSERT_DEFINITION, definition)
-            first = last = None
-            for execution_id, body in rows:
-                batch_id = cursor.execute(_INSERT_BATCH, (execution_id, body)).lastrowid
-                if execution_id is None:
-                    continue
-                if execution_id == own:
-                    if first is None:
-                        first = batch_id
-                    last = batch_id
-                elif not cursor.execute(_EXTEND_RANGE, (batch_id, execution_id)).rowcount:
-                    cursor.execute(_MARK_ORPHAN, (batch_id,))
+                self._writer.execute(_INSERT_DEFINITION, definition)
+            first, last = _insert_journal(self._writer, rows, own)
             if record is not None:
                 sql, values = record
-                cursor.execute(sql, (*values, first, last))
+                self._writer.execute(sql, (*values, first, last))
         if execution is not None:
             # Only after the commit: what was rolled back must be written again.
             if definition is not None:
@@ -237,21 +224,17 @@ class SQLiteStateStore:
         """
         where: list[str] = []
         params: list[Any] = []
-        for column, value in (
-            ("e.workflow_id", query.workflow_id),
-            ("e.bot_id", query.bot_id),
-            ("e.strategy_id", query.strategy_id),
-            ("e.status", query.status),
+        for condition, value in (
+            ("e.workflow_id = ?", query.workflow_id),
+            ("e.bot_id = ?", query.bot_id),
+            ("e.strategy_id = ?", query.strategy_id),
+            ("e.status = ?", query.status),
+            ("e.started_at >= ?", query.started_after),
+            ("e.started_at < ?", query.started_before),
         ):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(condition)
                 params.append(value)
-        if query.started_after is not None:
-            where.append("e.started_at >= ?")
-            params.append(query.started_after)
-        if query.started_before is not None:
-            where.append("e.started_at < ?")
-            params.append(query.started_before)
         if query.page_token is not None:
             where.append("(e.started_at, e.execution_id) < (?, ?)")
             params.extend(decode_page_token(query.page_token))
@@ -395,9 +378,7 @@ def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) ->
     for (correlation_id, execution_id, *rest), run in groupby(events, _event_ids):
         shared = (correlation_id, *rest)
         run_events = list(run)
-        owned: Sequence[Checkpoint] = (
-            pending.pop(execution_id, ()) if execution_id is not None else ()
-        )
+        owned: Sequence[Checkpoint] = pending.pop(execution_id, ())
         for start in range(0, len(run_events), _ROW_EVENTS):
             chunk = run_events[start : start + _ROW_EVENTS]
             rows.append((execution_id, _journal_body(shared, chunk, owned)))
@@ -405,6 +386,24 @@ def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) ->
     for owner, owned in pending.items():
         rows.append((owner, _journal_body((None, None, None, None), (), owned)))
     return rows
+
+
+def _insert_journal(
+    cursor: sqlite3.Cursor, rows: list[_JournalRow], own: str | None
+) -> tuple[int | None, int | None]:
+    """Insert ``rows``; returns the range of ``own``'s. Others widen theirs, or are orphans."""
+    first = last = None
+    for execution_id, body in rows:
+        batch_id = cursor.execute(_INSERT_BATCH, (execution_id, body)).lastrowid
+        if execution_id is None:
+            continue
+        if execution_id == own:
+            if first is None:
+                first = batch_id
+            last = batch_id
+        elif not cursor.execute(_EXTEND_RANGE, (batch_id, execution_id)).rowcount:
+            cursor.execute(_MARK_ORPHAN, (batch_id,))
+    return first, last
 
 
 def _journal_body(

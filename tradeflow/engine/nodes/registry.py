@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 
@@ -204,45 +204,43 @@ default_registry = NodeRegistry()
 """The registry executors use unless given another."""
 
 
+class _Options(TypedDict, total=False):
+    """The keyword options of :func:`node` that are :class:`NodeSpec` fields as they are."""
+
+    variadic_inputs: bool
+    outputs: tuple[str, ...]
+    outputs_from_properties: Callable[[Mapping[str, Any]], tuple[str, ...]]
+    gate: str
+    accepts_gates: bool
+    breaker: Callable[[Mapping[str, Any]], str]
+    check: PropsCheck
+    pure: bool
+
+
 def node(
     category: str,
     type_: str,
     *,
     properties: Mapping[str, Prop] | None = None,
     inputs: Mapping[str, bool] | None = None,
-    variadic_inputs: bool = False,
-    outputs: tuple[str, ...] = (),
-    outputs_from_properties: Callable[[Mapping[str, Any]], tuple[str, ...]] | None = None,
-    gate: str | None = None,
-    accepts_gates: bool = False,
-    breaker: Callable[[Mapping[str, Any]], str] | None = None,
-    check: PropsCheck | None = None,
-    pure: bool = False,
     registry: NodeRegistry | None = None,
     replace: bool = False,
+    **options: Unpack[_Options],
 ) -> Callable[[NodeFn], NodeFn]:
-    """Decorator registering ``async def run(ctx, block, inputs)`` as a node type."""
+    """Decorator registering ``async def run(ctx, block, inputs)`` as a node type; the
+    other options are the :class:`NodeSpec` fields of the same names."""
 
     def register(fn: NodeFn) -> NodeFn:
-        (registry or default_registry).register(
-            NodeSpec(
-                category=category,
-                type=type_,
-                run=fn,
-                properties=dict(properties or {}),
-                inputs=dict(inputs or {}),
-                variadic_inputs=variadic_inputs,
-                outputs=outputs,
-                outputs_from_properties=outputs_from_properties,
-                gate=gate,
-                accepts_gates=accepts_gates,
-                breaker=breaker,
-                check=check,
-                pure=pure,
-                doc=(fn.__doc__ or "").strip(),
-            ),
-            replace=replace,
+        spec = NodeSpec(
+            category,
+            type_,
+            fn,
+            properties=dict(properties or {}),
+            inputs=dict(inputs or {}),
+            doc=(fn.__doc__ or "").strip(),
+            **options,
         )
+        (registry or default_registry).register(spec, replace=replace)
         return fn
 
     return register
