@@ -2,10 +2,6 @@
 
 from bench import embedded, services, sqlite_write, state_service
 
-embedded.main()
-print()
-sqlite_write.main()
-print()
-state_service.main()
-print()
-services.main()
+for module in (embedded, sqlite_write, state_service, services):
+    module.main()
+    print()

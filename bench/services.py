@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import grpc
 
+from bench.embedded import BALANCES, Timing
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.app.devstack import Stack
@@ -31,11 +31,6 @@ from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 
 __all__ = ["main"]
-
-
-def _percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 async def execute_figures(address: str, clients: int, per_client: int) -> str:
@@ -59,10 +54,10 @@ async def execute_figures(address: str, clients: int, per_client: int) -> str:
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
         elapsed = time.perf_counter() - started
+    t = Timing.of(latencies)
     return (
-        f"  {clients:>2} client(s): p50 {statistics.median(latencies) * 1e3:7.2f} ms   "
-        f"p99 {_percentile(latencies, 0.99) * 1e3:7.2f} ms   "
-        f"{len(latencies) / elapsed:7.0f} executions/s"
+        f"  {clients:>2} client(s): p50 {t.median_us / 1e3:7.2f} ms   "
+        f"p99 {t.p99_us / 1e3:7.2f} ms   {len(latencies) / elapsed:7.0f} executions/s"
     )
 
 
@@ -101,9 +96,10 @@ async def halt_figures(address: str, rounds: int, views: int) -> str:
                 await _until(view, halted=False)
     for view in watchers:
         await view.close()
+    t = Timing.of(delays)
     return (
-        f"  halt visible in all {views} views: p50 {statistics.median(delays) * 1e3:6.3f} ms   "
-        f"p99 {_percentile(delays, 0.99) * 1e3:6.3f} ms   ({rounds} halts)"
+        f"  halt visible in all {views} views: p50 {t.median_us / 1e3:6.3f} ms   "
+        f"p99 {t.p99_us / 1e3:6.3f} ms   ({rounds} halts)"
     )
 
 
@@ -124,8 +120,7 @@ def main() -> None:
             Path(tmp),
             extra_env={
                 "TRADEFLOW_LOG_LEVEL": "warning",
-                # Enough paper money that thousands of benchmark orders all fill.
-                "TRADEFLOW_PAPER_BALANCES": '{"USDT": 1e15, "BTC": 1e9}',
+                "TRADEFLOW_PAPER_BALANCES": json.dumps(BALANCES),
             },
         )
         stack.start()

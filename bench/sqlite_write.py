@@ -17,12 +17,12 @@ import asyncio
 import random
 import statistics
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter_ns
+from time import perf_counter
 from typing import Any, Literal
 
+from bench.embedded import Timing
 from bench.workflows import trading_workflow
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
@@ -37,7 +37,7 @@ from tradeflow.domain.records import (
 )
 from tradeflow.ports import StateStore
 
-__all__ = ["WriteTimings", "measure", "typical_batches"]
+__all__ = ["WriteTimings", "measure", "time_typical_writes", "typical_batches"]
 
 _DEFINITION = trading_workflow(10)
 _QUOTE = {"price": 59705.0, "bid": 59700.0, "ask": 59710.0, "spread": 10.0, "timestamp": 0.0}
@@ -56,19 +56,24 @@ _OUTPUTS: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True, slots=True)
 class WriteTimings:
-    """Microseconds per ``StateBatch`` write (median and 99th percentile)."""
+    """Per ``StateBatch`` write of the last ``executions`` of a run."""
 
-    start_median_us: float
+    start: Timing
     """The write before the order: execution insert, 10 checkpoints, 19 events."""
-    start_p99_us: float
-    finish_median_us: float
+    finish: Timing
     """The final write: execution update with result, 1 checkpoint, 3 events."""
-    finish_p99_us: float
-    execution_median_us: float
+    execution: Timing
     """Both writes of one execution."""
-    execution_p99_us: float
     execution_mean_us: float
     """Includes the WAL checkpoints (see the module docstring), which the median hides."""
+
+    def lines(self) -> list[str]:
+        return [
+            f"  start write   median {self.start.median_us:7.1f}   p99 {self.start.p99_us:7.1f}",
+            f"  finish write  median {self.finish.median_us:7.1f}   p99 {self.finish.p99_us:7.1f}",
+            f"  per execution median {self.execution.median_us:7.1f}   "
+            f"p99 {self.execution.p99_us:7.1f}   mean {self.execution_mean_us:7.1f}",
+        ]
 
 
 def typical_batches(execution_id: str, started_at: float) -> tuple[StateBatch, StateBatch]:
@@ -163,70 +168,42 @@ def measure(
     warmup: int = 500,
     synchronous: Literal["NORMAL", "FULL"] = "NORMAL",
 ) -> WriteTimings:
-    """Write ``warmup`` + ``executions`` typical executions to a fresh WAL file and
-    time the last ``executions`` of them."""
+    """Time typical executions on a fresh WAL file (see :func:`time_typical_writes`)."""
     with tempfile.TemporaryDirectory() as directory:
         conn = open_database(Path(directory) / "bench.db", synchronous=synchronous)
         try:
-            return asyncio.run(_run(SQLiteStateStore(conn), executions, warmup))
+            return asyncio.run(time_typical_writes(SQLiteStateStore(conn), executions, warmup))
         finally:
             conn.close()
 
 
-async def time_typical_writes(
-    store: StateStore, executions: int, warmup: int, *, first_start: float = 1_795_689_105.0
-) -> tuple[list[int], list[int]]:
+async def time_typical_writes(store: StateStore, executions: int, warmup: int) -> WriteTimings:
     """Write ``warmup`` + ``executions`` typical executions (start and finish batch each)
-    to ``store``; nanoseconds of the last ``executions`` start and finish writes."""
-    starts: list[int] = []
-    finishes: list[int] = []
+    to ``store``; time the last ``executions`` of them."""
+    starts: list[float] = []
+    finishes: list[float] = []
     ids = random.Random(0)
     for i in range(warmup + executions):
         # Random ids, like the executor's uuid4 ones: they land anywhere in id indexes.
-        start, finish = typical_batches(f"{ids.getrandbits(128):032x}", first_start + i)
-        t0 = perf_counter_ns()
+        start, finish = typical_batches(f"{ids.getrandbits(128):032x}", 1_795_689_105.0 + i)
+        t0 = perf_counter()
         await store.write(start)
-        t1 = perf_counter_ns()
+        t1 = perf_counter()
         await store.write(finish)
-        t2 = perf_counter_ns()
+        t2 = perf_counter()
         if i >= warmup:
             starts.append(t1 - t0)
             finishes.append(t2 - t1)
-    return starts, finishes
-
-
-async def _run(store: SQLiteStateStore, executions: int, warmup: int) -> WriteTimings:
-    starts, finishes = await time_typical_writes(store, executions, warmup)
     both = [a + b for a, b in zip(starts, finishes, strict=True)]
     return WriteTimings(
-        _median_us(starts),
-        _p99_us(starts),
-        _median_us(finishes),
-        _p99_us(finishes),
-        _median_us(both),
-        _p99_us(both),
-        statistics.fmean(both) / 1000,
+        Timing.of(starts), Timing.of(finishes), Timing.of(both), statistics.fmean(both) * 1e6
     )
-
-
-def _median_us(samples: Sequence[int]) -> float:
-    return statistics.median(samples) / 1000
-
-
-def _p99_us(samples: Sequence[int]) -> float:
-    return statistics.quantiles(samples, n=100)[98] / 1000
 
 
 def main() -> None:
     """Print the timings for synchronous=NORMAL."""
-    t = measure()
     print("sqlite state store, 10-node execution, synchronous=NORMAL (us)")
-    print(f"  start write   median {t.start_median_us:7.1f}   p99 {t.start_p99_us:7.1f}")
-    print(f"  finish write  median {t.finish_median_us:7.1f}   p99 {t.finish_p99_us:7.1f}")
-    print(
-        f"  per execution median {t.execution_median_us:7.1f}   p99 {t.execution_p99_us:7.1f}"
-        f"   mean {t.execution_mean_us:7.1f}"
-    )
+    print("\n".join(measure().lines()))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ def _block(
         "properties": properties,
         "config": {},
         "inputs": inputs or {},
-        "outputs": [],
     }
 
 
@@ -76,6 +75,4 @@ def trading_workflow(nodes: int) -> dict[str, Any]:
         )
     )
     assert len(blocks) == nodes, (len(blocks), nodes)
-    for block in blocks:
-        block.pop("outputs")
     return {"blocks": blocks}

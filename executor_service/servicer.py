@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from tradeflow.adapters.grpc import wire
-from tradeflow.app.manager import ExecutionManager, ExecutionView, Submission
+from tradeflow.app.manager import ExecutionManager, Submission
 from tradeflow.domain.errors import describe
 from tradeflow.domain.records import Event
 from tradeflow.observability.logging import get_logger
@@ -36,10 +36,6 @@ def _submission(request: pb.ExecuteWorkflowRequest | pb.SubmitWorkflowRequest) -
     )
 
 
-def _execution(view: ExecutionView) -> Any:
-    return wire.execution_to_proto(view.record, view.nodes)
-
-
 class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     """Serves the executor contract."""
 
@@ -51,7 +47,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self, request: pb.ExecuteWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExecuteWorkflowResponse:
         view = await self._manager.execute(_submission(request))
-        return pb.ExecuteWorkflowResponse(execution=_execution(view))
+        return pb.ExecuteWorkflowResponse(
+            execution=wire.execution_to_proto(view.record, view.nodes)
+        )
 
     async def SubmitWorkflow(
         self, request: pb.SubmitWorkflowRequest, context: grpc.aio.ServicerContext
@@ -63,9 +61,8 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetExecutionResponse:
-        return pb.GetExecutionResponse(
-            execution=_execution(await self._manager.get(request.execution_id))
-        )
+        view = await self._manager.get(request.execution_id)
+        return pb.GetExecutionResponse(execution=wire.execution_to_proto(view.record, view.nodes))
 
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: grpc.aio.ServicerContext

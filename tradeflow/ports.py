@@ -58,11 +58,15 @@ class EventBus(Protocol):
         ...
 
     async def subscribe(self, topic: str, handler: EventHandler) -> Subscription:
-        """Deliver every event of ``topic`` (``"workflow_events"``) to ``handler``."""
+        """Deliver every event of ``topic`` (``"workflow_events"``), from any publisher of
+        the bus, to ``handler`` through a bounded buffer of its own, so a slow or failing
+        handler delays no other (failures are logged and counted). Raises
+        ``InvalidRequest`` for another topic or a handler that is not callable,
+        ``UnavailableError`` once closed."""
         ...
 
     async def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop delivering to a subscriber."""
+        """Stop delivering to a subscriber; events still buffered for it are discarded."""
         ...
 
     def replay(
@@ -76,12 +80,13 @@ class EventBus(Protocol):
     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """``(stream_sequence, event_dict)`` of the events kept after ``after_sequence``
         (how many is the adapter's bound: JetStream's retention, the in-process bus's
-        ``history``), oldest first, then live ones as they are published; resume by passing the last
-        sequence seen. Ends only when the bus closes.
+        ``history``), oldest first, then live ones as they are published; resume by
+        passing the last sequence seen. Ends only when the bus closes.
 
         Each given id must match; emergency events (about a scope, not a run) appear
-        only when no bot, strategy or workflow id is given. Raises ``InvalidRequest``
-        for a negative ``after_sequence`` and, on first iteration, ``UnavailableError``.
+        only when no bot, strategy or workflow id is given. Stop it with ``aclose()``.
+        Raises ``InvalidRequest`` for a negative or non-integer ``after_sequence`` and,
+        on first iteration, ``UnavailableError``.
         """
         ...
 
@@ -111,17 +116,22 @@ class StateStore(Protocol):
         ...
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
-        """Executions matching ``query``, newest first, one page."""
+        """One page of the executions matching ``query``, newest first (``started_at``,
+        then ``execution_id``); ``started_after``/``started_before`` bound ``started_at``
+        as ``[after, before)``, ``limit`` is clamped to 1..``MAX_PAGE_SIZE``. Raises
+        ``InvalidRequest`` (field ``page_token``) for a token the store did not issue."""
         ...
 
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
-        """The latest checkpoint of each node of an execution."""
+        """The latest checkpoint of each node of an execution, by node id (empty if none)."""
         ...
 
     async def read_events(
         self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
-        """History: ``(cursor, event)`` pairs with cursor > ``after``, oldest first."""
+        """History: ``(cursor, event)`` pairs with cursor > ``after``, oldest first, at
+        most ``limit`` (a store clamps it to 1..``MAX_EVENTS_PAGE``). A cursor is an int
+        that grows with every event stored: pass the last one back as ``after`` to poll."""
         ...
 
     async def last_sequence(self, execution_id: str) -> int:
@@ -143,23 +153,25 @@ class EmergencyControl(Protocol):
         ...
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
-        """The most restrictive halt covering ``ids``, if any."""
+        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any;
+        fails closed like :meth:`ensure_trading_allowed`."""
         ...
 
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
-        """Halt trading for ``scope``/``target``."""
+        """Halt trading for ``scope``/``target`` (``None`` for global); re-halting updates the
+        reason. Raises ``InvalidRequest`` naming a bad scope, target or reason."""
         ...
 
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
-        """Lift the halt on ``scope``/``target``; False if there was none."""
+        """Lift the halt on ``scope``/``target``; False (and no audit entry) if there was none."""
         ...
 
     async def halts(self) -> list[HaltState]:
-        """Every active halt."""
+        """Every active halt, broadest scope first."""
         ...
 
     async def check_risk_limit(
@@ -171,9 +183,10 @@ class EmergencyControl(Protocol):
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (threshold
-        given, or the configured one), halting globally first when ``auto_halt``;
-        ``ids`` are those of the action checked (audited and published with a breach)."""
+        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (threshold given, or
+        the configured one), halting globally first when ``auto_halt``; ``ids`` are those of
+        the action checked (audited and published with a breach). ``InvalidRequest`` for a
+        bad call."""
         ...
 
     async def set_risk_limit(
@@ -185,15 +198,16 @@ class EmergencyControl(Protocol):
         auto_halt: bool = True,
         actor: str = "unknown",
     ) -> RiskLimit:
-        """Configure a limit (direction defaults to the known one for the type)."""
+        """Configure (or replace, audited) the limit on ``limit_type``; ``direction`` defaults
+        to the known one for the type and is required for others (``InvalidRequest``)."""
         ...
 
     async def list_risk_limits(self) -> list[RiskLimit]:
-        """Every configured limit."""
+        """Every configured limit, by limit type."""
         ...
 
     async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
-        """Newest audit entries first."""
+        """Newest audit entries first; ``limit`` is clamped to 1..``MAX_AUDIT_PAGE``."""
         ...
 
     async def close(self) -> None:

@@ -179,13 +179,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
         for index in range(args.count):
             if index:
                 await asyncio.sleep(args.interval)
-            try:
-                result = await executor.execute()
-                code = EXIT[ExecutionStatus(result["status"])]
-            except (EmergencyHalted, RiskLimitExceeded) as halt:
-                await infra.events.close()
-                print(f"halted: {halt}", file=sys.stderr)
-                return EXIT[ExecutionStatus.HALTED]
+            result = await executor.execute()
+            code = EXIT[ExecutionStatus(result["status"])]
             if code:
                 break
     return code
@@ -205,12 +200,7 @@ async def cmd_resume_execution(args: argparse.Namespace) -> int:
             bot_id=record.bot_id,
             strategy_id=record.strategy_id,
         )
-        try:
-            result = await executor.resume(args.execution_id)
-        except (EmergencyHalted, RiskLimitExceeded) as halt:
-            await infra.events.close()
-            print(f"halted: {halt}", file=sys.stderr)
-            return EXIT[ExecutionStatus.HALTED]
+        result = await executor.resume(args.execution_id)
     return EXIT[ExecutionStatus(result["status"])]
 
 
@@ -222,15 +212,16 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def cmd_halt(args: argparse.Namespace) -> int:
-    scope, target = _scope(args)
     async with await _infra(args) as infra:
-        state = await infra.emergency.halt(scope, target, reason=args.reason, actor=args.actor)
+        state = await infra.emergency.halt(
+            Scope(args.scope), args.target, reason=args.reason, actor=args.actor
+        )
     print(f"halted {_where(state.scope, state.target)}: {state.reason}")
     return 0
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
-    scope, target = _scope(args)
+    scope, target = Scope(args.scope), args.target
     async with await _infra(args) as infra:
         lifted = await infra.emergency.resume(scope, target, reason=args.reason, actor=args.actor)
     print(
@@ -309,8 +300,9 @@ async def cmd_stack(args: argparse.Namespace) -> int:
 def _stack(args: argparse.Namespace) -> int:
     """Start, stop or show the local stack (blocking: processes and files)."""
     workdir = Path(args.dir)
+    path = workdir / "stack.json"
     if args.action == "up":
-        if (workdir / "stack.json").exists():
+        if path.exists():
             raise TradeflowError(
                 f"a stack is already recorded in {workdir}: `tradeflow stack down` first"
             )
@@ -326,7 +318,6 @@ def _stack(args: argparse.Namespace) -> int:
         stopped = stop_recorded(workdir)
         print(f"stopped: {', '.join(stopped)}" if stopped else f"no stack recorded in {workdir}")
         return 0
-    path = workdir / "stack.json"
     print(path.read_text() if path.exists() else f"no stack recorded in {workdir}")
     return 0
 
@@ -337,10 +328,6 @@ def _execution_line(rec: ExecutionRecord) -> str:
         f"{rec.execution_id}  {rec.status.value:<9} {rfc3339(rec.started_at)}  "
         f"workflow={rec.workflow_id} {ids}".rstrip()
     )
-
-
-def _scope(args: argparse.Namespace) -> tuple[Scope, str | None]:
-    return Scope(args.scope), args.target
 
 
 def _where(scope: Scope, target: str | None) -> str:
@@ -440,12 +427,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tradeflow`` console script."""
     cli = CliSettings.from_env()
     args = build_parser(cli.env).parse_args(argv)
-    if not hasattr(args, "env"):
-        args.env = "development"
     try:
         configure_logging(json=cli.log_json, level=cli.log_level)
-        code: int = asyncio.run(args.handler(args))
-        return code
+        return int(asyncio.run(args.handler(args)))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -456,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for issue in exc.issues:
             print(f"  - {issue}", file=sys.stderr)
         return EXIT_USAGE
+    except (EmergencyHalted, RiskLimitExceeded) as halt:
+        # Raised through the infrastructure's close: the run's last events are printed.
+        print(f"halted: {halt}", file=sys.stderr)
+        return EXIT[ExecutionStatus.HALTED]
     except UnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

@@ -33,6 +33,8 @@ __all__ = [
     "wait_for_port",
 ]
 
+_REPO_ROOT = str(Path(__file__).resolve().parents[2])
+
 DEFAULT_PORTS = {
     "nats": 4322,
     "redis": 6479,
@@ -137,30 +139,23 @@ def binary(name: str) -> str:
 
 def redis_process(workdir: Path, port: int) -> ServerProcess:
     """redis-server with AOF (fsync every second), so a restart keeps the data."""
-    argv = [
-        binary("redis-server"),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--dir",
-        str(workdir),
-        "--protected-mode",
-        "no",
-    ]
-    return ServerProcess("redis", argv, port, workdir)
+    options = f"--port {port} --bind 127.0.0.1 --appendonly yes --appendfsync everysec"
+    argv = [binary("redis-server"), *options.split(), "--protected-mode", "no", "--save", ""]
+    return ServerProcess("redis", [*argv, "--dir", str(workdir)], port, workdir)
 
 
 def nats_process(workdir: Path, port: int) -> ServerProcess:
     """nats-server with JetStream storing in ``workdir``."""
     argv = [binary("nats-server"), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(workdir)]
     return ServerProcess("nats", argv, port, workdir)
+
+
+def service_process(name: str, port: int, workdir: Path, env: Mapping[str, str]) -> ServerProcess:
+    """``python -m <name>_service`` listening on ``port``, with ``env`` over this process's
+    environment; the service packages sit beside tradeflow, whatever an editable install maps."""
+    full = {**os.environ, **env, f"TRADEFLOW_{name.upper()}_ADDR": f"127.0.0.1:{port}"}
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [_REPO_ROOT, full.get("PYTHONPATH")]))
+    return ServerProcess(name, [sys.executable, "-m", f"{name}_service"], port, workdir, full)
 
 
 class Stack:
@@ -177,18 +172,15 @@ class Stack:
     ) -> None:
         self.workdir = workdir
         self.ports = dict(ports or {name: free_port() for name in DEFAULT_PORTS})
-        self.extra_env = dict(extra_env or {})
-        self.processes: dict[str, ServerProcess] = {}
         self.nats = nats_process(workdir / "nats", self.ports["nats"])
         self.redis = redis_process(workdir / "redis", self.ports["redis"])
+        env = {**self.client_env(), **(extra_env or {})}
         for name in self.SERVICES:
-            self.processes[name] = ServerProcess(
-                name,
-                [sys.executable, "-m", f"{name}_service"],
-                self.ports[name],
-                workdir / name,
-                env=self.service_env(),
-            )
+            env[f"TRADEFLOW_{name.upper()}_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
+        self.processes = {
+            name: service_process(name, self.ports[name], workdir / name, env)
+            for name in self.SERVICES
+        }
 
     def client_env(self) -> dict[str, str]:
         """``TRADEFLOW_*`` settings of a client of this stack."""
@@ -200,14 +192,6 @@ class Stack:
             "TRADEFLOW_EMERGENCY_ADDR": f"127.0.0.1:{p['emergency']}",
             "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{p['state']}",
         }
-
-    def service_env(self) -> dict[str, str]:
-        root = str(Path(__file__).resolve().parents[1])
-        env = {**os.environ, **self.client_env(), **self.extra_env}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-        for name in self.SERVICES:
-            env[f"TRADEFLOW_{name.upper()}_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
-        return env
 
     def start(self) -> Stack:
         """Start everything (dependencies first) and wait until each one listens."""
@@ -251,10 +235,9 @@ def stop_recorded(workdir: Path) -> list[str]:
         return []
     recorded = json.loads(path.read_text())
     stopped = []
-    order = ["executor", "emergency", "state", "redis", "nats"]
-    for name in order:
+    for name, marker in _MARKERS.items():
         pid = recorded["pids"].get(name)
-        if not pid or not _runs(pid, _MARKERS[name]):
+        if not pid or not _runs(pid, marker):
             # Gone, or the pid now belongs to another program (a stale stack.json).
             continue
         with contextlib.suppress(ProcessLookupError):
@@ -266,13 +249,13 @@ def stop_recorded(workdir: Path) -> list[str]:
 
 
 _MARKERS = {
-    "nats": "nats-server",
-    "redis": "redis-server",
     "executor": "executor_service",
     "emergency": "emergency_service",
     "state": "state_service",
+    "redis": "redis-server",
+    "nats": "nats-server",
 }
-"""What a recorded process's command line contains when it is still ours."""
+"""What a recorded process's command line contains when it is still ours, in stopping order."""
 
 
 def _runs(pid: int, marker: str) -> bool:

@@ -66,18 +66,12 @@ class ExecutionView:
     nodes: tuple[Checkpoint, ...]
 
 
+@dataclass(frozen=True, slots=True)
 class _Running:
-    __slots__ = ("execution_id", "executor", "task")
-
-    def __init__(
-        self,
-        executor: EnhancedWorkflowExecutor | None,
-        execution_id: str,
-        task: asyncio.Future[ExecutionView],
-    ) -> None:
-        self.executor = executor
-        self.execution_id = execution_id
-        self.task = task
+    executor: EnhancedWorkflowExecutor | None
+    """None for an ended execution found by its request id in the state store."""
+    execution_id: str
+    task: asyncio.Future[ExecutionView]
 
 
 class ExecutionManager:

@@ -1,7 +1,7 @@
 """Encodings shared by every store and the wire: JSON under one policy, page tokens.
 
-Every stored JSON value is written by :func:`to_json` (or :func:`to_json_bytes`) and
-read by :func:`from_json`, all orjson with one policy:
+Every stored JSON value is written by :func:`to_json_bytes` (or
+:func:`to_json_or_null`) and read by :func:`from_json`, all orjson with one policy:
 
 - keys that are not strings (int, float, bool, ``None``, enums) are written as
   strings, as the standard library did (``OPT_NON_STR_KEYS``, applied only to a
@@ -27,7 +27,6 @@ __all__ = [
     "decode_page_token",
     "encode_page_token",
     "from_json",
-    "to_json",
     "to_json_bytes",
     "to_json_or_null",
 ]
@@ -50,13 +49,8 @@ def to_json_bytes(value: Any) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
 
 
-def to_json(value: Any) -> str:
-    """:func:`to_json_bytes` as text, for TEXT columns."""
-    return to_json_bytes(value).decode()
-
-
 def to_json_or_null(value: dict[str, Any] | None) -> str | None:
-    """:func:`to_json` of a non-empty dict; ``None`` (stored as NULL) for ``None`` or ``{}``."""
+    """JSON text of a non-empty dict; ``None`` (stored as NULL) for ``None`` or ``{}``."""
     return to_json_bytes(value).decode() if value else None
 
 

@@ -37,6 +37,8 @@ class TradeflowError(Exception):
 
     grpc_status: ClassVar[str] = "INTERNAL"
     """Canonical gRPC status code name this error maps to at a service edge."""
+    _detail_fields: ClassVar[tuple[str, ...]] = ()
+    """The attributes :meth:`details` carries."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -44,7 +46,7 @@ class TradeflowError(Exception):
 
     def details(self) -> dict[str, Any]:
         """Structured fields carried across the wire next to the message."""
-        return {}
+        return {name: getattr(self, name) for name in self._detail_fields}
 
 
 class ConfigurationError(TradeflowError):
@@ -113,23 +115,15 @@ class EmergencyHalted(TradeflowError):
     """
 
     grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("reason", "scope", "target")
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        scope: str = "global",
-        target: str | None = None,
-    ) -> None:
+    def __init__(self, reason: str, *, scope: str = "global", target: str | None = None) -> None:
         where = scope if target is None else f"{scope} {target!r}"
         super().__init__(f"trading halted ({where}): {reason}")
         self.reason = reason
         self.scope = scope
         self.target = target
         self.execution_id: str | None = None
-
-    def details(self) -> dict[str, Any]:
-        return {"reason": self.reason, "scope": self.scope, "target": self.target}
 
 
 class RiskLimitExceeded(TradeflowError):
@@ -139,14 +133,10 @@ class RiskLimitExceeded(TradeflowError):
     """
 
     grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("limit_type", "value", "threshold", "halted")
 
     def __init__(
-        self,
-        limit_type: str,
-        value: float,
-        threshold: float,
-        *,
-        halted: bool = False,
+        self, limit_type: str, value: float, threshold: float, *, halted: bool = False
     ) -> None:
         super().__init__(
             f"risk limit {limit_type!r} exceeded: value {value} breaches threshold {threshold}"
@@ -157,14 +147,6 @@ class RiskLimitExceeded(TradeflowError):
         self.threshold = threshold
         self.halted = halted
         self.execution_id: str | None = None
-
-    def details(self) -> dict[str, Any]:
-        return {
-            "limit_type": self.limit_type,
-            "value": self.value,
-            "threshold": self.threshold,
-            "halted": self.halted,
-        }
 
 
 class NodeExecutionError(TradeflowError):
@@ -183,28 +165,24 @@ class NodeTimeoutError(TradeflowError):
     """A node ran longer than its ``config.timeout``."""
 
     grpc_status = "DEADLINE_EXCEEDED"
+    _detail_fields = ("node_id", "timeout")
 
     def __init__(self, node_id: str, timeout: float) -> None:
         super().__init__(f"node {node_id!r} timed out after {timeout}s")
         self.node_id = node_id
         self.timeout = timeout
 
-    def details(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "timeout": self.timeout}
-
 
 class CircuitOpenError(TradeflowError):
     """A call was refused because its circuit breaker is open."""
 
     grpc_status = "UNAVAILABLE"
+    _detail_fields = ("breaker", "retry_after")
 
     def __init__(self, breaker: str, retry_after: float) -> None:
         super().__init__(f"circuit {breaker!r} is open; retry after {retry_after:.3f}s")
         self.breaker = breaker
         self.retry_after = retry_after
-
-    def details(self) -> dict[str, Any]:
-        return {"breaker": self.breaker, "retry_after": self.retry_after}
 
 
 class ExchangeError(TradeflowError):
@@ -217,14 +195,12 @@ class OrderRejected(ExchangeError):
     """The exchange rejected an order; retrying the same order cannot succeed."""
 
     grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("client_order_id", "reason")
 
     def __init__(self, client_order_id: str, reason: str) -> None:
         TradeflowError.__init__(self, f"order {client_order_id!r} rejected: {reason}")
         self.client_order_id = client_order_id
         self.reason = reason
-
-    def details(self) -> dict[str, Any]:
-        return {"client_order_id": self.client_order_id, "reason": self.reason}
 
 
 class ExternalServiceError(TradeflowError):
@@ -248,13 +224,11 @@ class ExecutionNotFound(TradeflowError):
     """No execution with that id is known to the state store."""
 
     grpc_status = "NOT_FOUND"
+    _detail_fields = ("execution_id",)
 
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"execution {execution_id!r} not found")
         self.execution_id = execution_id
-
-    def details(self) -> dict[str, Any]:
-        return {"execution_id": self.execution_id}
 
 
 class UnavailableError(TradeflowError):

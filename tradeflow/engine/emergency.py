@@ -120,7 +120,8 @@ class EmergencyStore(Protocol):
 
 
 class EmergencyController:
-    """Halt/resume by scope, risk limits and the pre-action check, over any ``store``.
+    """:class:`~tradeflow.ports.EmergencyControl` over any ``store``; every read fails
+    closed (``EmergencyHalted``) when the store cannot confirm the state.
 
     ``publish`` receives ``emergency_halted``, ``emergency_resumed`` and
     ``risk_limit_exceeded`` events (typically an event bus's ``publish``).
@@ -158,21 +159,14 @@ class EmergencyController:
         return self.state().version
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        """Raise ``EmergencyHalted`` if a halt covers ``ids`` or the state cannot be read."""
         self.state().ensure_trading_allowed(ids)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
-        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any.
-
-        Raises ``EmergencyHalted`` when the state cannot be read (fail closed).
-        """
         return self.state().active_halt(ids)
 
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
-        """Halt ``scope``/``target`` (``target`` is ``None`` for global); re-halting updates
-        the reason. Raises ``InvalidRequest`` naming a bad scope, target or reason."""
         scope = checked_scope(scope, target)
         require_text("reason", reason)
         now = self._clock.time()
@@ -182,30 +176,26 @@ class EmergencyController:
         )
         if self._metrics is not None:
             self._metrics.halts.labels(scope.value).inc()
-        _log.warning(
-            "emergency.halted", scope=scope.value, target=target, reason=reason, actor=actor
-        )
-        self._announce(EventType.EMERGENCY_HALTED, now, _halt_data(scope, target, reason, actor))
+        data = _halt_data(scope, target, reason, actor)
+        _log.warning("emergency.halted", **data)
+        self._announce(EventType.EMERGENCY_HALTED, now, data)
         return state
 
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
-        """Lift the halt on ``scope``/``target``; False (and no audit entry) if there was none."""
         scope = checked_scope(scope, target)
         require_text("reason", reason)
         now = self._clock.time()
         audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
         if not await self._store.delete_halt(scope, target, audit):
             return False
-        _log.warning(
-            "emergency.resumed", scope=scope.value, target=target, reason=reason, actor=actor
-        )
-        self._announce(EventType.EMERGENCY_RESUMED, now, _halt_data(scope, target, reason, actor))
+        data = _halt_data(scope, target, reason, actor)
+        _log.warning("emergency.resumed", **data)
+        self._announce(EventType.EMERGENCY_RESUMED, now, data)
         return True
 
     async def halts(self) -> list[HaltState]:
-        """Every active halt, broadest scope first; ``EmergencyHalted`` if unreadable."""
         return self.state().halt_list()
 
     async def check_risk_limit(
@@ -217,14 +207,8 @@ class EmergencyController:
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit.
-
-        Judged by :func:`~tradeflow.domain.emergency.assess_limit` against the
-        configured limits (``InvalidRequest`` for a bad call). A breach is
-        handled by :meth:`breached`: with ``auto_halt`` trading is then halted
-        globally, so every later action is refused until someone resumes.
-        Raises ``EmergencyHalted`` if the limits cannot be read.
-        """
+        """Judged by :func:`~tradeflow.domain.emergency.assess_limit`; a breach is handled
+        by :meth:`breached`."""
         verdict = assess_limit(self.state().limits, limit_type, value, threshold, auto_halt)
         if verdict.breached:
             await self.breached(verdict, ids)
@@ -262,23 +246,11 @@ class EmergencyController:
         auto_halt: bool = True,
         actor: str = "unknown",
     ) -> RiskLimit:
-        """Configure (or replace) the limit on ``limit_type``; the change is audited.
-
-        ``direction`` defaults to :data:`~tradeflow.domain.emergency.DEFAULT_DIRECTIONS`
-        for known types and is required for others (``InvalidRequest`` naming ``direction``).
-        """
         require_text("limit_type", limit_type)
         checked = checked_number("threshold", threshold)
         direction = checked_direction(limit_type, direction)
         now = self._clock.time()
-        limit = RiskLimit(
-            limit_type=limit_type,
-            threshold=checked,
-            direction=direction,
-            auto_halt=bool(auto_halt),
-            updated_at=now,
-            updated_by=actor,
-        )
+        limit = RiskLimit(limit_type, checked, direction, bool(auto_halt), now, actor)
         details = {
             "limit_type": limit_type,
             "threshold": limit.threshold,
@@ -292,11 +264,9 @@ class EmergencyController:
         return limit
 
     async def list_risk_limits(self) -> list[RiskLimit]:
-        """Every configured limit, by limit type; ``EmergencyHalted`` if unreadable."""
         return self.state().limit_list()
 
     async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
-        """The newest audit entries first; ``limit`` is clamped to 1..``MAX_AUDIT_PAGE``."""
         return await self._store.audit_entries(max(1, min(limit, MAX_AUDIT_PAGE)))
 
     async def close(self) -> None:

@@ -23,7 +23,7 @@ from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes import default_registry
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry
 from tradeflow.engine.result import ExecutionResult
-from tradeflow.engine.runner import Plan, run_plan
+from tradeflow.engine.runner import Plan, Runner
 
 if TYPE_CHECKING:
     from tradeflow.engine.runtime import Runtime
@@ -106,11 +106,6 @@ class Executor:
             )
         )
 
-    async def resume(self, execution_id: str) -> dict[str, Any]:
-        """Continue an interrupted execution from its checkpoints (see :meth:`run_resumed`);
-        the result dict, or the halt raised, as :meth:`execute`."""
-        return _seed_edge(await self.run_resumed(execution_id))
-
     async def run(
         self,
         *,
@@ -137,8 +132,9 @@ class Executor:
         )
         return await self._run(start, {}, 0)
 
-    async def run_resumed(self, execution_id: str) -> ExecutionResult:
-        """Continue an interrupted execution from its checkpoints.
+    async def resume(self, execution_id: str) -> dict[str, Any]:
+        """Continue an interrupted execution from its checkpoints; the result dict, or the
+        halt raised, as :meth:`execute`.
 
         Completed nodes are not run again; an action whose intent was recorded is
         re-placed with the same client order id, which the exchange deduplicates.
@@ -169,7 +165,7 @@ class Executor:
         )
         checkpoints = await durability.state.get_checkpoints(execution_id)
         last_sequence = await durability.state.last_sequence(execution_id)
-        return await self._run(start, checkpoints, last_sequence)
+        return _seed_edge(await self._run(start, checkpoints, last_sequence))
 
     async def _run(
         self, start: _Start, restored: Mapping[str, Checkpoint], last_sequence: int
@@ -192,15 +188,9 @@ class Executor:
             runtime.log,
         )
         try:
-            outcome = await run_plan(
-                self.plan,
-                ctx,
-                breakers=runtime.breakers,
-                journal=journal,
-                max_concurrency=self.max_concurrency,
-                cancelled=self._cancelled,
-                restored=restored,
-            )
+            outcome = await Runner(
+                self.plan, ctx, runtime.breakers, journal, self.max_concurrency, self._cancelled
+            ).run(restored)
         except BaseException:
             # Interrupted (task cancelled, shutdown): keep what ran, leave the
             # execution "running" so it can be resumed.
@@ -224,7 +214,7 @@ class Executor:
         )
         return await journal.finish(result)
 
-    def _journal(self, start: _Start, last_sequence: int) -> NullJournal | DurableJournal:
+    def _journal(self, start: _Start, last_sequence: int) -> NullJournal:
         durability = self.runtime.durability
         if durability is None:
             return NULL_JOURNAL

@@ -57,9 +57,7 @@ class LocalSubscription:
 
     def __init__(self, handler: EventHandler, buffer_size: int, metrics: Metrics | None) -> None:
         self.name: str = getattr(handler, "__qualname__", None) or repr(handler)
-        """The handler's name, as logged."""
         self.dropped = 0
-        """Events lost because the buffer was full (oldest first)."""
         self._buffer: deque[dict[str, Any]] = deque(maxlen=buffer_size)
         self._metrics = metrics
         self._wakeup = asyncio.Event()
@@ -98,11 +96,6 @@ class LocalSubscription:
                 )
                 if self._metrics is not None:
                     self._metrics.subscriber_errors.inc()
-
-    @property
-    def is_idle(self) -> bool:
-        """Whether every buffered event has been handled."""
-        return self._idle.is_set()
 
     async def _stop(self) -> None:
         self._stopped = True
@@ -147,11 +140,7 @@ class Fanout:
         return bool(self._subscriptions)
 
     async def subscribe(self, topic: str, handler: EventHandler) -> LocalSubscription:
-        """Deliver every event of ``topic`` (only ``"workflow_events"``) to ``handler``.
-
-        Raises ``InvalidRequest`` for another topic or a handler that is not
-        callable, ``UnavailableError`` once closed.
-        """
+        """See :meth:`tradeflow.ports.EventBus.subscribe`."""
         if topic != WORKFLOW_EVENTS:
             raise InvalidRequest("topic", repr(WORKFLOW_EVENTS), topic)
         if not callable(handler):
@@ -163,7 +152,6 @@ class Fanout:
         return subscription
 
     async def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop delivering to ``subscription``; events still buffered for it are discarded."""
         for candidate in self._subscriptions:
             if candidate is subscription:
                 self._subscriptions = tuple(s for s in self._subscriptions if s is not candidate)
@@ -172,13 +160,11 @@ class Fanout:
 
     # The bound is part of the call (close() and the CLI always want one), hence ASYNC109.
     async def drain(self, timeout: float = 1.0) -> bool:  # noqa: ASYNC109
-        """Wait until every subscriber has handled everything buffered for it.
-
-        Returns False if that did not happen within ``timeout`` seconds.
-        """
+        """Wait until every subscriber has handled everything buffered for it; False if
+        that did not happen within ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
-                while pending := [s for s in self._subscriptions if not s.is_idle]:
+                while pending := [s for s in self._subscriptions if not s._idle.is_set()]:
                     await asyncio.gather(*(s._idle.wait() for s in pending))
         except TimeoutError:
             return False

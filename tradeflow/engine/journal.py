@@ -29,13 +29,13 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
-from tradeflow.engine.runner import NodePlan
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from tradeflow.domain.clock import Clock
     from tradeflow.engine.result import ExecutionResult
+    from tradeflow.engine.runner import NodePlan
     from tradeflow.engine.runtime import Durability
     from tradeflow.observability.metrics import Series
 
@@ -61,18 +61,22 @@ _FINAL_EVENT = {
 
 
 class NullJournal:
-    """Records nothing: every method returns at once."""
+    """What the runner tells about one execution as it runs; this one records nothing
+    (every method returns at once), the durable journal overrides each."""
 
     __slots__ = ()
 
     def node_started(self, node: NodePlan) -> float:
+        """Returns the start mark that ``node_completed``/``node_failed`` are given back."""
         return 0.0
 
     async def before_io(self, node: NodePlan) -> None:
-        return None
+        """Before an action or external call: persist progress; for an action, first record
+        the write-ahead intent."""
 
     def guard_action(self, node: NodePlan) -> None:
-        return None
+        """Right before each attempt of an action: raise ``EmergencyHalted`` if trading is
+        halted (or the halt state cannot be confirmed)."""
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
         return None
@@ -89,40 +93,18 @@ class NullJournal:
         return None
 
     async def interrupted(self) -> None:
-        return None
+        """The run was interrupted (task cancelled, shutdown)."""
 
     async def finish(self, result: ExecutionResult) -> ExecutionResult:
+        """The run ended: ``result``, carrying the final record when one was written."""
         return result
 
 
 NULL_JOURNAL = NullJournal()
 
 
-class DurableJournal:
+class DurableJournal(NullJournal):
     """One per execution: emits its events, buffers its checkpoints, guards its actions."""
-
-    __slots__ = (
-        "began",
-        "bot_id",
-        "bound",
-        "bus",
-        "checkpoints",
-        "clock",
-        "correlation_id",
-        "emergency",
-        "events",
-        "execution_id",
-        "ids",
-        "log",
-        "metrics",
-        "node_seconds",
-        "record",
-        "sequence",
-        "start",
-        "state",
-        "strategy_id",
-        "workflow_id",
-    )
 
     def __init__(
         self,
@@ -137,24 +119,25 @@ class DurableJournal:
         self.start = record
         self.record: ExecutionRecord | None = record
         """Written with the next batch, then None."""
-        self.bus = durability.events
-        self.state = durability.state
-        self.emergency = durability.emergency
-        self.metrics = durability.metrics
+        self.durability = durability
         self.clock = clock
         self.log = log
         self.node_seconds = node_seconds
         self.execution_id = record.execution_id
-        self.workflow_id = record.workflow_id
-        self.bot_id = record.bot_id
-        self.strategy_id = record.strategy_id
-        self.correlation_id = record.correlation_id
+        # The ids every event carries, in the order of Event's fields.
+        self.identity = (
+            record.correlation_id,
+            record.execution_id,
+            record.workflow_id,
+            record.bot_id,
+            record.strategy_id,
+        )
         self.ids = ScopeIds(record.workflow_id, record.bot_id, record.strategy_id)
         self.sequence = last_sequence
         self.events: list[Event] = []
         self.checkpoints: list[Checkpoint] = []
         self.began = clock.monotonic()
-        # The execution's ids on every log line until it ends (see ``_unbind``).
+        # The execution's ids on every log line until it ends (interrupted or finished).
         self.bound = structlog.contextvars.bind_contextvars(
             correlation_id=record.correlation_id,
             execution_id=record.execution_id,
@@ -180,15 +163,11 @@ class DurableJournal:
             f"{self.execution_id}-{sequence}",
             sequence,
             now,
-            self.correlation_id,
-            self.execution_id,
-            self.workflow_id,
-            self.bot_id,
-            self.strategy_id,
+            *self.identity,
             node_id,
             data if data is not None else {},
         )
-        self.bus.publish(event)
+        self.durability.events.publish(event)
         self.events.append(event)
         return now
 
@@ -207,13 +186,7 @@ class DurableJournal:
             return
         batch = StateBatch(self.record, tuple(self.checkpoints), tuple(self.events))
         self.record, self.events, self.checkpoints = None, [], []
-        await self.state.write(batch)
-
-    def _seconds(self, started: float) -> float:
-        # 0.0: the node failed before it started (its progress could not be persisted).
-        return self.clock.monotonic() - started if started else 0.0
-
-    # -- Journal ----------------------------------------------------------
+        await self.durability.state.write(batch)
 
     def node_started(self, node: NodePlan) -> float:
         self.emit(_NODE_STARTED, node.block.id)
@@ -221,19 +194,16 @@ class DurableJournal:
 
     async def before_io(self, node: NodePlan) -> None:
         if node.is_action:
-            node_id = node.block.id
-            client_order_id = f"{self.execution_id}:{node_id}"
-            self._checkpoint(
-                node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id}
-            )
+            intent = {"client_order_id": f"{self.execution_id}:{node.block.id}"}
+            self._checkpoint(node.block.id, _INTENT, self.clock.time(), intent)
         await self.flush()
 
     def guard_action(self, node: NodePlan) -> None:
         # After the durable intent, before each attempt: the last moment before the side effect.
         try:
-            self.emergency.ensure_trading_allowed(self.ids)
+            self.durability.emergency.ensure_trading_allowed(self.ids)
         except EmergencyHalted:
-            self.metrics.actions_refused.inc()
+            self.durability.metrics.actions_refused.inc()
             raise
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
@@ -253,9 +223,10 @@ class DurableJournal:
     def node_failed(self, node: NodePlan, error: BaseException, started: float) -> None:
         node_id = node.block.id
         message = describe(error)
-        seconds = self._seconds(started)
+        # 0.0: the node failed before it started (its progress could not be persisted).
+        seconds = self.clock.monotonic() - started if started else 0.0
         self.node_seconds[node_id].observe(seconds)
-        self.metrics.node_failures.labels(node.block.type).inc()
+        self.durability.metrics.node_failures.labels(node.block.type).inc()
         now = self.emit(
             _NODE_FAILED,
             node_id,
@@ -267,7 +238,7 @@ class DurableJournal:
     def node_retrying(
         self, node: NodePlan, attempt: int, error: BaseException, wait: float
     ) -> None:
-        self.metrics.retries.labels(node.block.type).inc()
+        self.durability.metrics.retries.labels(node.block.type).inc()
         self.emit(
             _NODE_RETRYING,
             node.block.id,
@@ -300,8 +271,8 @@ class DurableJournal:
         self.record = record
         try:
             await self.flush()
-            self.metrics.executions.labels(status.value).inc()
-            self.metrics.execution_seconds.observe(seconds)
+            self.durability.metrics.executions.labels(status.value).inc()
+            self.durability.metrics.execution_seconds.observe(seconds)
             if status is ExecutionStatus.COMPLETED:
                 self.log.info("execution.completed", duration_ms=round(seconds * 1000, 3))
             else:

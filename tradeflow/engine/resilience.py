@@ -57,24 +57,8 @@ class CircuitBreaker:
     """Consecutive-failure breaker: opens after ``failure_threshold`` failures, lets one
     trial call through after ``recovery_timeout`` (half-open), closes on its success."""
 
-    __slots__ = (
-        "_clock",
-        "_on_transition",
-        "_opened_at",
-        "_trial_in_flight",
-        "failure_threshold",
-        "failures",
-        "name",
-        "recovery_timeout",
-        "state",
-    )
-
     def __init__(
-        self,
-        config: BreakerConfig,
-        *,
-        clock: Clock,
-        on_transition: TransitionHook | None = None,
+        self, config: BreakerConfig, *, clock: Clock, on_transition: TransitionHook | None = None
     ) -> None:
         self.name = config.name
         self.failure_threshold = config.failure_threshold

@@ -1,4 +1,4 @@
-"""The DAG runner: runs a plan once, telling a :class:`Journal` what happens.
+"""The DAG runner: runs a plan once, telling a journal what happens.
 
 Both executors run it; they differ only in the journal (see :mod:`tradeflow.engine.journal`):
 the base one's records nothing, the enhanced one's emits events, persists state and asks
@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tradeflow.domain.errors import (
     EmergencyHalted,
@@ -36,7 +36,10 @@ from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, Node
 from tradeflow.engine.resilience import BreakerRegistry, run_protected
 from tradeflow.engine.validation import parse_workflow
 
-__all__ = ["HaltError", "Journal", "NodePlan", "Plan", "RunOutcome", "run_plan"]
+if TYPE_CHECKING:
+    from tradeflow.engine.journal import NullJournal
+
+__all__ = ["HaltError", "NodePlan", "Plan", "RunOutcome", "Runner"]
 
 HaltError = EmergencyHalted | RiskLimitExceeded
 
@@ -82,10 +85,6 @@ class Plan:
             if isinstance(definition, Workflow)
             else parse_workflow(definition, registry=registry)
         )
-        return cls.build(workflow, registry)
-
-    @classmethod
-    def build(cls, workflow: Workflow, registry: NodeRegistry) -> Plan:
         nodes: dict[str, NodePlan] = {}
         for position, block in enumerate(workflow.blocks):
             spec = registry.get(block.category, block.type)
@@ -122,34 +121,6 @@ class Plan:
         )
 
 
-class Journal(Protocol):
-    """What the runner tells about one execution as it runs."""
-
-    def node_started(self, node: NodePlan) -> float:
-        """Returns the start mark that ``node_completed``/``node_failed`` are given back."""
-        ...
-
-    async def before_io(self, node: NodePlan) -> None:
-        """Before an action or external call: persist progress; for an action, first record
-        the write-ahead intent."""
-        ...
-
-    def guard_action(self, node: NodePlan) -> None:
-        """Right before each attempt of an action: raise ``EmergencyHalted`` if trading is
-        halted (or the halt state cannot be confirmed)."""
-        ...
-
-    def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None: ...
-
-    def node_skipped(self, node: NodePlan, reason: str) -> None: ...
-
-    def node_failed(self, node: NodePlan, error: BaseException, started: float) -> None: ...
-
-    def node_retrying(
-        self, node: NodePlan, attempt: int, error: BaseException, wait: float
-    ) -> None: ...
-
-
 class RunOutcome(NamedTuple):
     """What one run of the plan produced (a named tuple: built once per execution)."""
 
@@ -162,11 +133,14 @@ class RunOutcome(NamedTuple):
 
 
 @dataclass(slots=True)
-class _Runner:
+class Runner:
+    """Runs a plan once (one per execution); ``restored`` checkpoints (resume) are not run
+    again."""
+
     plan: Plan
     ctx: ExecutionContext
     breakers: BreakerRegistry
-    journal: Journal
+    journal: NullJournal
     max_concurrency: int
     cancelled: asyncio.Event
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -343,18 +317,3 @@ class _Runner:
         else:
             status, error = ExecutionStatus.COMPLETED, None
         return RunOutcome(status, self.results, self.errors, self.skipped, self.halt, error)
-
-
-async def run_plan(
-    plan: Plan,
-    ctx: ExecutionContext,
-    *,
-    breakers: BreakerRegistry,
-    journal: Journal,
-    max_concurrency: int,
-    cancelled: asyncio.Event,
-    restored: Mapping[str, Checkpoint],
-) -> RunOutcome:
-    """Run ``plan`` once; ``restored`` checkpoints (resume) are not run again."""
-    runner = _Runner(plan, ctx, breakers, journal, max_concurrency, cancelled)
-    return await runner.run(restored)

@@ -70,10 +70,9 @@ _MISSING = "missing"
 _Report = Callable[[str, str, str], None]
 """``report(field, expected, found)``: records one problem of one block."""
 
-_Parse = Callable[[object], Any]
-"""Returns the parsed value, or ``None`` when the value is invalid."""
-_Field = tuple[str, _Parse]
-"""``(expected, parse)`` for one key of a config object."""
+_Field = tuple[str, Callable[[object], Any]]
+"""``(expected, parse)`` for one key of a config object; ``parse`` returns the value to
+keep, or ``None`` when it is invalid."""
 
 _Trail = tuple["_Trail", str | int] | None
 """Where a value sits inside a block, as a linked list built without string work."""
@@ -83,10 +82,7 @@ _Stack = list[tuple[_Container, int, _Trail]]
 
 
 def parse_workflow(
-    definition: object,
-    *,
-    registry: NodeRegistry | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    definition: object, *, registry: NodeRegistry | None = None, limits: Limits = DEFAULT_LIMITS
 ) -> Workflow:
     """Validate ``definition`` and return it as a :class:`Workflow`.
 
@@ -475,9 +471,6 @@ def _reject_unknown(
     for key in raw:
         if not isinstance(key, str) or key not in allowed:
             report(_join(path, _label(key)), _one_of(allowed), "an unknown key")
-
-
-# Value parsers: each returns the value to keep, or None when it is invalid.
 
 
 def _number(minimum: float, *, exclusive: bool = False) -> _Field:

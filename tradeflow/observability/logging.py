@@ -14,25 +14,15 @@ import structlog
 
 __all__ = ["configure_logging", "get_logger"]
 
-_LEVELS = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warning": logging.WARNING,
-    "error": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
+_LEVELS = ("critical", "debug", "error", "info", "warning")
 
 
 def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog process-wide (idempotent; the last call wins)."""
-    try:
-        numeric = _LEVELS[level.lower()]
-    except KeyError:
+    if level.lower() not in _LEVELS:
         from tradeflow.domain.errors import ConfigurationError
 
-        raise ConfigurationError(
-            f"log level must be one of {sorted(_LEVELS)}, found {level!r}"
-        ) from None
+        raise ConfigurationError(f"log level must be one of {list(_LEVELS)}, found {level!r}")
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -44,7 +34,9 @@ def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None 
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         logger_factory=(
             structlog.PrintLoggerFactory(stream) if stream is not None else _StderrLogger
         ),

@@ -152,10 +152,7 @@ class Metrics:
             registry=r,
         )
         self.halts = Counter(
-            "tradeflow_halts_total",
-            "Emergency halts engaged, by scope.",
-            ["scope"],
-            registry=r,
+            "tradeflow_halts_total", "Emergency halts engaged, by scope.", ["scope"], registry=r
         )
         self.actions_refused = Counter(
             "tradeflow_actions_refused_total",

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from enum import StrEnum
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -33,14 +32,14 @@ from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.adapters.grpc.errors import error_from_rpc
 from tradeflow.domain.clock import Clock, IdFactory
-from tradeflow.domain.emergency import MAX_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
-from tradeflow.domain.errors import (
-    InvalidRequest,
-    RiskLimitExceeded,
-    TradeflowError,
-    UnavailableError,
-    describe,
+from tradeflow.domain.emergency import (
+    MAX_AUDIT_PAGE,
+    NO_IDS,
+    EmergencySnapshot,
+    ScopeIds,
+    checked_number,
 )
+from tradeflow.domain.errors import RiskLimitExceeded, TradeflowError, UnavailableError, describe
 from tradeflow.domain.records import (
     AuditEntry,
     HaltState,
@@ -56,14 +55,12 @@ __all__ = ["RemoteEmergencyControl"]
 
 _SERVICE: Final = "emergency"
 
-E = TypeVar("E", bound=StrEnum)
-V = TypeVar("V", bound=int)
-
 _log = structlog.get_logger(__name__)
 
 
 class RemoteEmergencyControl:
-    """Emergency control through the emergency service, with a local, push-updated view.
+    """:class:`~tradeflow.ports.EmergencyControl` through the emergency service, with a
+    local, push-updated view.
 
     Build it with :meth:`connect`. ``max_staleness`` (seconds) bounds how old the
     last snapshot may be before the view fails closed; keep it a few times the
@@ -157,12 +154,9 @@ class RemoteEmergencyControl:
     # -- the local view ---------------------------------------------------------------
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        """Raise ``EmergencyHalted`` if a halt covers ``ids`` or the view is not current."""
         fail_closed(self._view.current).ensure_trading_allowed(ids)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
-        """The broadest halt covering ``ids``, from the local view; ``EmergencyHalted``
-        if the view is not current (fail closed)."""
         return fail_closed(self._view.current).active_halt(ids)
 
     @property
@@ -194,40 +188,22 @@ class RemoteEmergencyControl:
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
-        """Halt ``scope``/``target`` (``target`` is ``None`` for global)."""
-        response: pb.HaltResponse = await self._call(
-            self._stub.Halt,
-            pb.HaltRequest(
-                request_id=self._id_factory(),
-                scope=_to_proto(wire.SCOPE, scope, "scope"),
-                target=target,
-                reason=reason,
-                actor=actor,
-            ),
-        )
+        request = pb.HaltRequest(**self._scope_change(scope, target, reason, actor))
+        response: pb.HaltResponse = await self._call(self._stub.Halt, request)
         await self._catch_up()
         return wire.halt_state_from_proto(response.halt)
 
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
-        """Lift the halt on ``scope``/``target``; False if there was none."""
-        response: pb.ResumeResponse = await self._call(
-            self._stub.Resume,
-            pb.ResumeRequest(
-                request_id=self._id_factory(),
-                scope=_to_proto(wire.SCOPE, scope, "scope"),
-                target=target,
-                reason=reason,
-                actor=actor,
-            ),
-        )
+        request = pb.ResumeRequest(**self._scope_change(scope, target, reason, actor))
+        response: pb.ResumeResponse = await self._call(self._stub.Resume, request)
         if response.resumed:
             await self._catch_up()
         return response.resumed
 
     async def halts(self) -> list[HaltState]:
-        """Every active halt as the service has it now, broadest scope first."""
+        """As the service has them now (not the local view)."""
         state = await self._get_state()
         return [wire.halt_state_from_proto(halt) for halt in state.halts]
 
@@ -240,16 +216,15 @@ class RemoteEmergencyControl:
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Raise ``RiskLimitExceeded`` if ``value`` breaches the limit (the service audits
-        and publishes the breach, and with ``auto_halt`` halts globally first)."""
+        """Judged, audited and published by the service."""
         response: pb.CheckRiskLimitResponse = await self._call(
             self._stub.CheckRiskLimit,
             # No request_id: this client never retries a check, and the service would
             # otherwise store an answer in Redis for every risk node of every execution.
             pb.CheckRiskLimitRequest(
                 limit_type=limit_type,
-                value=_number("value", value),
-                threshold=None if threshold is None else _number("threshold", threshold),
+                value=checked_number("value", value),
+                threshold=None if threshold is None else checked_number("threshold", threshold),
                 auto_halt=auto_halt,
                 **asdict(ids),
             ),
@@ -271,14 +246,13 @@ class RemoteEmergencyControl:
         auto_halt: bool = True,
         actor: str = "unknown",
     ) -> RiskLimit:
-        """Configure (or replace) the limit on ``limit_type``."""
         response: pb.SetRiskLimitResponse = await self._call(
             self._stub.SetRiskLimit,
             pb.SetRiskLimitRequest(
                 request_id=self._id_factory(),
                 limit_type=limit_type,
-                threshold=_number("threshold", threshold),
-                direction=_to_proto(wire.LIMIT_DIRECTION, direction, "direction"),
+                threshold=checked_number("threshold", threshold),
+                direction=wire.LIMIT_DIRECTION.to_proto(direction, "direction"),
                 auto_halt=auto_halt,
                 actor=actor,
             ),
@@ -286,14 +260,12 @@ class RemoteEmergencyControl:
         return wire.risk_limit_from_proto(response.limit)
 
     async def list_risk_limits(self) -> list[RiskLimit]:
-        """Every configured limit, by limit type."""
         response: pb.ListRiskLimitsResponse = await self._call(
             self._stub.ListRiskLimits, pb.ListRiskLimitsRequest()
         )
         return [wire.risk_limit_from_proto(limit) for limit in response.limits]
 
     async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
-        """The newest audit entries first; ``limit`` is clamped to 1..:data:`MAX_AUDIT_PAGE`."""
         response: pb.ListAuditEntriesResponse = await self._call(
             self._stub.ListAuditEntries,
             pb.ListAuditEntriesRequest(limit=max(1, min(limit, MAX_AUDIT_PAGE))),
@@ -311,6 +283,18 @@ class RemoteEmergencyControl:
 
     async def _call(self, method: Any, request: Any) -> Any:
         return await call(method, request, service=_SERVICE, deadline=self._call_timeout)
+
+    def _scope_change(
+        self, scope: Scope, target: str | None, reason: str, actor: str
+    ) -> dict[str, Any]:
+        """The fields of a halt or resume request, with a fresh ``request_id``."""
+        return {
+            "request_id": self._id_factory(),
+            "scope": wire.SCOPE.to_proto(scope, "scope"),
+            "target": target,
+            "reason": reason,
+            "actor": actor,
+        }
 
     async def _get_state(self) -> pb.EmergencyState:
         response: pb.GetStateResponse = await self._call(self._stub.GetState, pb.GetStateRequest())
@@ -353,18 +337,3 @@ class RemoteEmergencyControl:
         finally:
             stream.cancel()
         raise UnavailableError(lost)
-
-
-def _to_proto(codec: wire.EnumCodec[E, V], member: E | None, field: str) -> V:
-    """``codec.to_proto``, with a value that is no member reported as ``InvalidRequest``."""
-    try:
-        return codec.to_proto(member)
-    except KeyError:
-        raise InvalidRequest(field, "a member of its enum", member) from None
-
-
-def _number(field: str, value: float) -> float:
-    """``value`` as a float for the wire; finiteness is checked by the service."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(field, "a finite number", value)
-    return float(value)

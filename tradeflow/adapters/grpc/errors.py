@@ -52,6 +52,8 @@ _BY_DETAILS: dict[str, type[TradeflowError]] = {
     cls.__name__: cls
     for cls in (
         errors.ExecutionNotFound,
+        errors.EmergencyHalted,
+        errors.RiskLimitExceeded,
         errors.OrderRejected,
         errors.CircuitOpenError,
         errors.NodeTimeoutError,
@@ -68,17 +70,6 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
         invalid.message = message
         invalid.args = (message,)
         return invalid
-    if name == "EmergencyHalted":
-        return errors.EmergencyHalted(
-            details["reason"], scope=details.get("scope", "global"), target=details.get("target")
-        )
-    if name == "RiskLimitExceeded":
-        return errors.RiskLimitExceeded(
-            details["limit_type"],
-            details["value"],
-            details["threshold"],
-            halted=bool(details.get("halted")),
-        )
     rebuilt = _BY_DETAILS.get(name)
     if rebuilt is not None:
         return rebuilt(**details)

@@ -17,6 +17,7 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -40,25 +41,18 @@ MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _log = get_logger("tradeflow.rpc")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     """What a service plugs into :func:`serve`."""
 
-    def __init__(
-        self,
-        *,
-        register: Callable[[grpc.aio.Server], Sequence[str]],
-        registry: CollectorRegistry,
-        drain: Callable[[], Awaitable[None]] | None = None,
-        close: Callable[[], Awaitable[None]] | None = None,
-    ) -> None:
-        self.register = register
-        """Adds the servicers to the server; returns their full service names."""
-        self.registry = registry
-        """The Prometheus registry ``/metrics`` serves."""
-        self.drain = drain
-        """Finish or checkpoint in-flight work (called once, on shutdown)."""
-        self.close = close
-        """Release connections after the server stopped."""
+    register: Callable[[grpc.aio.Server], Sequence[str]]
+    """Adds the servicers to the server; returns their full service names."""
+    registry: CollectorRegistry
+    """The Prometheus registry ``/metrics`` serves."""
+    drain: Callable[[], Awaitable[None]] | None = None
+    """Finish or checkpoint in-flight work (called once, on shutdown)."""
+    close: Callable[[], Awaitable[None]] | None = None
+    """Release connections after the server stopped."""
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -202,12 +196,7 @@ async def serve(
         await server.start()
         for name in ("", *names):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        _log.info(
-            "service.started",
-            service=name,
-            listen=listen,
-            metrics_port=metrics_port,
-        )
+        _log.info("service.started", service=name, listen=listen, metrics_port=metrics_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -50,18 +50,15 @@ class StateClient:
         return await call(method, request, service=_SERVICE, deadline=self._timeout)
 
     async def write(self, batch: StateBatch) -> None:
-        """Persist ``batch`` atomically (one ``WriteBatch`` call)."""
         await self._call(self._stub.WriteBatch, wire.state_batch_to_proto(batch))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        """The record of ``execution_id``; raises ``ExecutionNotFound``."""
         response: pb.GetExecutionResponse = await self._call(
             self._stub.GetExecution, pb.GetExecutionRequest(execution_id=execution_id)
         )
         return wire.execution_record_from_proto(response.execution)
 
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
-        """The execution created for idempotency key ``request_id``, if any."""
         response: pb.FindExecutionByRequestIdResponse = await self._call(
             self._stub.FindExecutionByRequestId,
             pb.FindExecutionByRequestIdRequest(request_id=request_id),
@@ -71,10 +68,8 @@ class StateClient:
         return wire.execution_record_from_proto(response.execution)
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
-        """Executions matching ``query``, newest first; ``limit`` is clamped to
-        1..:data:`MAX_PAGE_SIZE` like the embedded store does."""
-        if not 1 <= query.limit <= MAX_PAGE_SIZE:
-            query = replace(query, limit=max(1, min(query.limit, MAX_PAGE_SIZE)))
+        # Clamped here as the stores do: the service refuses a page_size it cannot serve.
+        query = replace(query, limit=max(1, min(query.limit, MAX_PAGE_SIZE)))
         response: pb.ListExecutionsResponse = await self._call(
             self._stub.ListExecutions,
             pb.ListExecutionsRequest(query=wire.execution_query_to_proto(query)),
@@ -82,7 +77,6 @@ class StateClient:
         return wire.execution_page_from_proto(response.page)
 
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
-        """The latest checkpoint of each node of ``execution_id`` (empty if none)."""
         response: pb.GetCheckpointsResponse = await self._call(
             self._stub.GetCheckpoints, pb.GetCheckpointsRequest(execution_id=execution_id)
         )
@@ -92,8 +86,8 @@ class StateClient:
     async def read_events(
         self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
-        """Up to ``limit`` (at least 1) ``(cursor, event)`` pairs with cursor > ``after``,
-        oldest first, in pages of at most :data:`MAX_EVENTS_PAGE` events."""
+        """Unlike the stores, returns up to ``limit`` (at least 1) events: one call per
+        :data:`MAX_EVENTS_PAGE`."""
         wanted = max(1, limit)
         cursor = max(0, after)
         history: list[tuple[int, Event]] = []
@@ -109,7 +103,6 @@ class StateClient:
             cursor = history[-1][0]
 
     async def last_sequence(self, execution_id: str) -> int:
-        """The highest event sequence recorded for ``execution_id`` (0 if none)."""
         response: pb.GetLastSequenceResponse = await self._call(
             self._stub.GetLastSequence, pb.GetLastSequenceRequest(execution_id=execution_id)
         )

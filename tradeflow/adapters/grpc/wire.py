@@ -17,15 +17,15 @@ required, text that is not a JSON object) raises
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import orjson
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tradeflow.domain.codec import to_json_bytes
+from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.emergency import LimitVerdict, ScopeIds
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
 from tradeflow.domain.records import (
@@ -94,6 +94,7 @@ __all__ = [
 
 E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)
+T = TypeVar("T")
 
 _NANOS_PER_SECOND = 1_000_000_000
 _SHOWN_JSON_CHARS = 200
@@ -106,7 +107,9 @@ def encode_json(value: Any) -> str:
     return to_json_bytes(value).decode()
 
 
-_decode_json = orjson.loads
+def _optional(msg: Message, field: str, convert: Callable[[Any], T] = lambda v: v) -> T | None:
+    """``convert(msg.<field>)``, or ``None`` where the optional ``field`` is unset."""
+    return convert(getattr(msg, field)) if msg.HasField(field) else None
 
 
 class EnumCodec(Generic[E, V]):
@@ -123,9 +126,15 @@ class EnumCodec(Generic[E, V]):
         self._unspecified = proto.Value(prefix + "UNSPECIFIED")
         self._names: dict[int, str] = {number: name for name, number in proto.items()}
 
-    def to_proto(self, member: E | None) -> V:
-        """The proto value of ``member``; ``None`` becomes ``_UNSPECIFIED``."""
-        return self._unspecified if member is None else self._to_proto[member]
+    def to_proto(self, member: E | None, field: str = "value") -> V:
+        """The proto value of ``member``; ``None`` becomes ``_UNSPECIFIED``; a value that is
+        no member is ``InvalidRequest`` naming ``field``."""
+        if member is None:
+            return self._unspecified
+        try:
+            return self._to_proto[member]
+        except KeyError:
+            raise InvalidRequest(field, "a member of its enum", member) from None
 
     def from_proto(self, number: int, field: str) -> E:
         """The member for ``number``; ``InvalidRequest`` naming ``field`` if there is none."""
@@ -156,7 +165,7 @@ def decode_json_object(text: str, field: str) -> dict[str, Any]:
     if not text:
         return {}
     try:
-        value = _decode_json(text)
+        value = from_json(text)
     except ValueError:
         value = None
     if not isinstance(value, dict):
@@ -203,12 +212,12 @@ def event_from_proto(msg: common_pb2.Event) -> Event:
         event_id=msg.event_id,
         sequence=msg.sequence,
         timestamp=timestamp_from_proto(msg.timestamp),
-        correlation_id=msg.correlation_id if msg.HasField("correlation_id") else None,
-        execution_id=msg.execution_id if msg.HasField("execution_id") else None,
-        workflow_id=msg.workflow_id if msg.HasField("workflow_id") else None,
-        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
-        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
-        node_id=msg.node_id if msg.HasField("node_id") else None,
+        correlation_id=_optional(msg, "correlation_id"),
+        execution_id=_optional(msg, "execution_id"),
+        workflow_id=_optional(msg, "workflow_id"),
+        bot_id=_optional(msg, "bot_id"),
+        strategy_id=_optional(msg, "strategy_id"),
+        node_id=_optional(msg, "node_id"),
         data=decode_json_object(msg.data_json, "data_json"),
     )
 
@@ -240,18 +249,12 @@ def execution_record_from_proto(msg: common_pb2.ExecutionRecord) -> ExecutionRec
         started_at=timestamp_from_proto(msg.started_at),
         definition=decode_json_object(msg.definition_json, "definition_json"),
         correlation_id=msg.correlation_id,
-        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
-        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
-        finished_at=(
-            timestamp_from_proto(msg.finished_at) if msg.HasField("finished_at") else None
-        ),
-        error=msg.error if msg.HasField("error") else None,
-        result=(
-            decode_json_object(msg.result_json, "result_json")
-            if msg.HasField("result_json")
-            else None
-        ),
-        request_id=msg.request_id if msg.HasField("request_id") else None,
+        bot_id=_optional(msg, "bot_id"),
+        strategy_id=_optional(msg, "strategy_id"),
+        finished_at=_optional(msg, "finished_at", timestamp_from_proto),
+        error=_optional(msg, "error"),
+        result=_optional(msg, "result_json", lambda t: decode_json_object(t, "result_json")),
+        request_id=_optional(msg, "request_id"),
     )
 
 
@@ -276,12 +279,8 @@ def checkpoint_from_proto(msg: common_pb2.Checkpoint) -> Checkpoint:
         node_id=msg.node_id,
         state=CHECKPOINT_STATE.from_proto(msg.state, "state"),
         updated_at=timestamp_from_proto(msg.updated_at),
-        outputs=(
-            decode_json_object(msg.outputs_json, "outputs_json")
-            if msg.HasField("outputs_json")
-            else None
-        ),
-        error=msg.error if msg.HasField("error") else None,
+        outputs=_optional(msg, "outputs_json", lambda t: decode_json_object(t, "outputs_json")),
+        error=_optional(msg, "error"),
         # An unset attempt (0) can only mean the first one.
         attempt=msg.attempt or 1,
     )
@@ -305,16 +304,12 @@ def execution_query_to_proto(query: ExecutionQuery) -> common_pb2.ExecutionQuery
 def execution_query_from_proto(msg: common_pb2.ExecutionQuery) -> ExecutionQuery:
     """Inverse of :func:`execution_query_to_proto`; page size 0 keeps the default."""
     query = ExecutionQuery(
-        workflow_id=msg.workflow_id if msg.HasField("workflow_id") else None,
-        bot_id=msg.bot_id if msg.HasField("bot_id") else None,
-        strategy_id=msg.strategy_id if msg.HasField("strategy_id") else None,
+        workflow_id=_optional(msg, "workflow_id"),
+        bot_id=_optional(msg, "bot_id"),
+        strategy_id=_optional(msg, "strategy_id"),
         status=EXECUTION_STATUS.from_proto_optional(msg.status, "status"),
-        started_after=(
-            timestamp_from_proto(msg.started_after) if msg.HasField("started_after") else None
-        ),
-        started_before=(
-            timestamp_from_proto(msg.started_before) if msg.HasField("started_before") else None
-        ),
+        started_after=_optional(msg, "started_after", timestamp_from_proto),
+        started_before=_optional(msg, "started_before", timestamp_from_proto),
         page_token=msg.page_token or None,
     )
     return replace(query, limit=msg.page_size) if msg.page_size else query
@@ -346,7 +341,7 @@ def validation_issue_to_proto(issue: ValidationIssue) -> common_pb2.ValidationIs
 def validation_issue_from_proto(msg: common_pb2.ValidationIssue) -> ValidationIssue:
     """Inverse of :func:`validation_issue_to_proto`."""
     return ValidationIssue(
-        block_id=msg.block_id if msg.HasField("block_id") else None,
+        block_id=_optional(msg, "block_id"),
         field=msg.field,
         expected=msg.expected,
         found=msg.found,
@@ -386,7 +381,7 @@ def halt_state_from_proto(msg: emergency_service_pb2.HaltState) -> HaltState:
     """Inverse of :func:`halt_state_to_proto`."""
     return HaltState(
         scope=SCOPE.from_proto(msg.scope, "scope"),
-        target=msg.target if msg.HasField("target") else None,
+        target=_optional(msg, "target"),
         reason=msg.reason,
         actor=msg.actor,
         since=timestamp_from_proto(msg.since),
@@ -411,11 +406,7 @@ def emergency_state_from_proto(
 
 def scope_ids_from_proto(msg: emergency_service_pb2.CheckRiskLimitRequest) -> ScopeIds:
     """The ids a risk check belongs to (an unset one is ``None``)."""
-    return ScopeIds(
-        msg.workflow_id if msg.HasField("workflow_id") else None,
-        msg.bot_id if msg.HasField("bot_id") else None,
-        msg.strategy_id if msg.HasField("strategy_id") else None,
-    )
+    return ScopeIds(*(_optional(msg, field) for field in ("workflow_id", "bot_id", "strategy_id")))
 
 
 def limit_verdict_to_proto(verdict: LimitVerdict) -> emergency_service_pb2.CheckRiskLimitResponse:
@@ -475,7 +466,7 @@ def audit_entry_from_proto(msg: emergency_service_pb2.AuditEntry) -> AuditEntry:
         actor=msg.actor,
         action=msg.action,
         scope=SCOPE.from_proto_optional(msg.scope, "scope"),
-        target=msg.target if msg.HasField("target") else None,
+        target=_optional(msg, "target"),
         reason=msg.reason,
         details=decode_json_object(msg.details_json, "details_json"),
     )
@@ -497,9 +488,7 @@ def state_batch_to_proto(
 def state_batch_from_proto(msg: state_service_pb2.WriteBatchRequest) -> StateBatch:
     """Inverse of :func:`state_batch_to_proto` (the request id is the caller's to read)."""
     return StateBatch(
-        execution=(
-            execution_record_from_proto(msg.execution) if msg.HasField("execution") else None
-        ),
+        execution=_optional(msg, "execution", execution_record_from_proto),
         checkpoints=tuple(checkpoint_from_proto(checkpoint) for checkpoint in msg.checkpoints),
         events=tuple(event_from_proto(event) for event in msg.events),
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import structlog
@@ -31,11 +31,8 @@ _log = structlog.get_logger(__name__)
 
 
 class InProcessEventBus(Fanout):
-    """Delivers :class:`Event` dicts to async handlers in the same process.
-
-    ``buffer_size`` bounds each subscriber's backlog, ``history`` the events kept
-    for :meth:`replay`; ``metrics`` counts dropped events and handler errors.
-    """
+    """Delivers :class:`Event` dicts to async handlers in the same process; ``history``
+    bounds the events kept for :meth:`replay` (see the module docstring)."""
 
     __slots__ = ("_appended", "_history", "_keep", "_readers", "_sequence")
 
@@ -55,7 +52,6 @@ class InProcessEventBus(Fanout):
         """Set (and dropped) by the next publish; only exists while a replay waits."""
 
     def publish(self, event: Event) -> None:
-        """Number and keep ``event``, queue it for every subscriber; never blocks, never raises."""
         self._sequence += 1
         self._history.append((self._sequence, event))
         appended = self._appended
@@ -74,7 +70,6 @@ class InProcessEventBus(Fanout):
             )
 
     async def last_sequence(self) -> int:
-        """The sequence of the last published event (0 before the first)."""
         return self._sequence
 
     def replay(
@@ -86,60 +81,45 @@ class InProcessEventBus(Fanout):
         workflow_id: str | None = None,
         execution_id: str | None = None,
     ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
-        """``(sequence, event_dict)`` of the kept events after ``after_sequence``, then
-        live ones as they are published, until the bus closes.
-
-        Filters as :meth:`tradeflow.ports.EventBus.replay` says; raises
-        ``InvalidRequest`` for a negative or non-integer ``after_sequence``.
-        """
+        """See :meth:`tradeflow.ports.EventBus.replay`; ``sequence`` numbers published events."""
         check_after_sequence(after_sequence)
         ids = {"bot_id": bot_id, "strategy_id": strategy_id, "workflow_id": workflow_id}
         wanted = [(field, value) for field, value in ids.items() if value is not None]
         skipped = SCOPE_EVENTS if wanted else frozenset()
         if execution_id is not None:
             wanted.append(("execution_id", execution_id))
-
-        def matches(event: Event) -> bool:
-            return event.type not in skipped and all(
-                getattr(event, field) == value for field, value in wanted
-            )
-
-        return self._replay(after_sequence, matches)
+        return self._replay(after_sequence, wanted, skipped)
 
     async def _replay(
-        self, cursor: int, matches: Callable[[Event], bool]
+        self, cursor: int, wanted: list[tuple[str, str]], skipped: frozenset[str]
     ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
         self._readers += 1
         if self._readers == 1 and self._keep < self._buffer_size:
             self._history = deque(self._history, maxlen=self._buffer_size)
+        history = self._history
         try:
-            async for item in self._follow(cursor, matches):
-                yield item
+            while True:
+                fresh = min(self._sequence - cursor, len(history))
+                if fresh > 0:
+                    # Copied from the newest end: publishing while this yields must not
+                    # disturb the iteration, and a live reader only looks at the tail.
+                    batch = [history[-n] for n in range(fresh, 0, -1)]
+                    cursor = batch[-1][0]
+                    for sequence, event in batch:
+                        if event.type not in skipped and all(
+                            getattr(event, field) == value for field, value in wanted
+                        ):
+                            yield sequence, event.to_dict()
+                    continue
+                if self._closed:
+                    return
+                if self._appended is None:
+                    self._appended = asyncio.Event()
+                await self._appended.wait()
         finally:
             self._readers -= 1
             if not self._readers:
                 self._history = deque(self._history, maxlen=self._keep)
-
-    async def _follow(
-        self, cursor: int, matches: Callable[[Event], bool]
-    ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
-        history = self._history
-        while True:
-            fresh = min(self._sequence - cursor, len(history))
-            if fresh > 0:
-                # Copied from the newest end: publishing while this yields must not
-                # disturb the iteration, and a live reader only looks at the tail.
-                batch = [history[-n] for n in range(fresh, 0, -1)]
-                cursor = batch[-1][0]
-                for sequence, event in batch:
-                    if matches(event):
-                        yield sequence, event.to_dict()
-                continue
-            if self._closed:
-                return
-            if self._appended is None:
-                self._appended = asyncio.Event()
-            await self._appended.wait()
 
     async def close(self) -> None:
         """Deliver what is buffered (at most one second), stop every dispatcher, end replays."""

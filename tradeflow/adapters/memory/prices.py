@@ -137,7 +137,6 @@ class ReplayPriceFeed:
             raise ConfigurationError(f"price file {str(path)!r}: {exc.message}") from None
 
     async def quote(self, venue: str, symbol: str) -> Quote:
-        """The next tick of ``symbol`` on ``venue``."""
         key = (venue, symbol)
         series = self._series.get(key)
         if series is None:
@@ -147,7 +146,6 @@ class ReplayPriceFeed:
         return quote
 
     def last_quote(self, venue: str, symbol: str) -> Quote | None:
-        """The quote most recently returned by :meth:`quote` for this pair, if any."""
         return self._last.get((venue, symbol))
 
     def _synthetic(self, venue: str, symbol: str) -> _Walk:

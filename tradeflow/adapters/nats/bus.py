@@ -282,7 +282,6 @@ class NatsEventBus:
         options: NatsOptions,
         metrics: Metrics | None,
     ) -> None:
-        """Use :meth:`connect`."""
         self.dropped = 0
         """Events lost before reaching NATS (queue full, unserializable, rejected, closed)."""
         self._nc = nc
@@ -394,8 +393,7 @@ class NatsEventBus:
             ) from exc
 
     async def last_sequence(self) -> int:
-        """The stream's last sequence number: ``replay(after_sequence=...)`` from here
-        gives live events only. Raises ``UnavailableError``."""
+        """The stream's last sequence number; raises ``UnavailableError``."""
         try:
             info = await self._js.stream_info(str(self._stream_config.name))
         except (TimeoutError, nats.errors.Error) as exc:
@@ -431,10 +429,8 @@ class NatsEventBus:
 
     # The bound is part of the call (close() always wants one), hence ASYNC109.
     async def flush(self, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
-        """Wait until every queued event is acknowledged by JetStream (or given up on).
-
-        Returns False if that did not happen within ``timeout`` seconds.
-        """
+        """Wait until every queued event is acknowledged by JetStream (or given up on);
+        False if that did not happen within ``timeout`` seconds."""
         try:
             async with asyncio.timeout(timeout):
                 while self._queue or self._in_flight:
@@ -572,13 +568,8 @@ class NatsEventBus:
     # -- live subscriptions -------------------------------------------------------
 
     async def subscribe(self, topic: str, handler: EventHandler) -> LocalSubscription:
-        """Deliver every event published on the bus, by any process, to ``handler``.
-
-        Each subscriber has its own bounded buffer and dispatcher: a slow or failing
-        handler never delays another (failures are logged and counted). Raises
-        ``InvalidRequest`` for a topic other than ``"workflow_events"`` or a
-        handler that is not callable, ``UnavailableError`` once the bus is closed.
-        """
+        """See :meth:`tradeflow.ports.EventBus.subscribe`; also raises ``UnavailableError``
+        when NATS does not take the subscription."""
         subscription = await self._local.subscribe(topic, handler)
         async with self._subscribe_lock:
             if not self._event_subs:
@@ -604,7 +595,6 @@ class NatsEventBus:
             self._local.deliver(item)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
-        """Stop delivering to ``subscription``; events still buffered for it are discarded."""
         await self._local.unsubscribe(subscription)
 
     # -- replay -------------------------------------------------------------------
@@ -618,16 +608,8 @@ class NatsEventBus:
         workflow_id: str | None = None,
         execution_id: str | None = None,
     ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
-        """``(stream_sequence, event_dict)`` from the stream, after ``after_sequence``,
-        then live as events arrive; resume by passing the last sequence seen.
-
-        Bot, strategy and workflow ids filter on the server; emergency events carry
-        no ids in their subject, so they appear only when none of the three is given.
-        ``execution_id`` filters here. The iterator never ends on its own (except
-        when the bus closes); stop it with ``aclose()`` or by cancelling its consumer.
-        Raises ``InvalidRequest`` for a negative or non-integer ``after_sequence``
-        and, on first iteration, ``UnavailableError`` if the stream cannot be read.
-        """
+        """See :meth:`tradeflow.ports.EventBus.replay`. Bot, strategy and workflow ids filter
+        on the server (by subject), ``execution_id`` here."""
         check_after_sequence(after_sequence)
         if bot_id is None and strategy_id is None and workflow_id is None:
             subject = ALL_SUBJECTS

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import astuple
 from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -219,15 +220,7 @@ class RedisEmergencyStore:
             _SAVE_LIMIT,
             audit,
             limit.limit_type,
-            to_json_bytes(
-                [
-                    limit.threshold,
-                    limit.direction.value,
-                    limit.auto_halt,
-                    limit.updated_at,
-                    limit.updated_by,
-                ]
-            ),
+            to_json_bytes(astuple(limit)[1:]),
         )
 
     async def append_audit(self, audit: AuditEntry) -> None:
@@ -248,8 +241,9 @@ class RedisEmergencyStore:
         """Run one script; install the state it returns; return its own result."""
         if self._view.closed:
             raise UnavailableError("emergency store closed")
+        # An audit entry travels as its fields after the id (the store assigns that).
         head: tuple[str | bytes, str] = (
-            ("", "") if audit is None else (_audit_json(audit), str(self._audit_cap))
+            ("", "") if audit is None else (to_json_bytes(astuple(audit)[1:]), str(self._audit_cap))
         )
         call = self._scripts[script]
         argv = (*head, self._channel, *args)
@@ -393,13 +387,6 @@ def _halt_field(scope: Scope, target: str | None) -> str:
     return f"{scope.value}:{target or ''}"
 
 
-def _audit_json(entry: AuditEntry) -> bytes:
-    scope = None if entry.scope is None else entry.scope.value
-    return to_json_bytes(
-        [entry.at, entry.actor, entry.action, scope, entry.target, entry.reason, entry.details]
-    )
-
-
 def _audit_entry(entry_id: bytes, payload: bytes) -> AuditEntry:
     at, actor, action, scope, target, reason, details = from_json(payload)
     return AuditEntry(
@@ -434,15 +421,8 @@ def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
         )
     limits = []
     for limit_type, payload in _pairs(limit_rows).items():
-        threshold, direction, auto_halt, updated_at, updated_by = from_json(payload)
+        threshold, direction, auto_halt, at, by = from_json(payload)
         limits.append(
-            RiskLimit(
-                limit_type.decode(),
-                threshold,
-                LimitDirection(direction),
-                auto_halt,
-                updated_at,
-                updated_by,
-            )
+            RiskLimit(limit_type.decode(), threshold, LimitDirection(direction), auto_halt, at, by)
         )
     return result, EmergencySnapshot.of(int(version), halts, limits)

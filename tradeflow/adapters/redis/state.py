@@ -231,11 +231,8 @@ class RedisStateStore:
 
     @_retried
     async def write(self, batch: StateBatch) -> None:
-        """Persist ``batch`` atomically (one script call): all of it or none of it.
-
-        Raises ``InvalidRequest`` (field ``request_id``) when another execution
-        already holds the execution's ``request_id``; nothing is written then.
-        """
+        """Raises ``InvalidRequest`` (field ``request_id``) when another execution
+        already holds the execution's ``request_id``; nothing is written then."""
         texts: list[bytes] = []
         execution = batch.execution
         record: list[Any] | bool = False
@@ -277,7 +274,6 @@ class RedisStateStore:
 
     @_retried
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        """The record of ``execution_id``; raises ``ExecutionNotFound``."""
         raw = cast(_Hash, await self._client.hgetall(self._p + "execution:" + execution_id))
         if not raw:
             raise ExecutionNotFound(execution_id)
@@ -285,7 +281,6 @@ class RedisStateStore:
 
     @_retried
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
-        """The execution created for idempotency key ``request_id``, if any."""
         owner = cast(bytes | None, await self._client.get(self._p + "request:" + request_id))
         if owner is None:
             return None
@@ -296,13 +291,6 @@ class RedisStateStore:
 
     @_retried
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
-        """Executions matching ``query``, newest first (``started_at``, then ``execution_id``).
-
-        ``started_after``/``started_before`` bound ``started_at`` as the
-        half-open interval ``[after, before)``. ``limit`` is clamped to
-        1..``MAX_PAGE_SIZE``. Raises ``InvalidRequest`` (field ``page_token``)
-        for a token this store did not issue.
-        """
         limit = max(1, min(query.limit, MAX_PAGE_SIZE))
         upper = "+"
         if query.started_before is not None:
@@ -336,7 +324,6 @@ class RedisStateStore:
 
     @_retried
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
-        """The latest checkpoint of each node of ``execution_id`` (empty if none)."""
         raw = cast(_Hash, await self._client.hgetall(self._p + "checkpoints:" + execution_id))
         checkpoints = {}
         for node, payload in raw.items():
@@ -351,12 +338,7 @@ class RedisStateStore:
     async def read_events(
         self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
-        """``(cursor, event)`` pairs with cursor > ``after``, oldest first.
-
-        Cursors are global (the same for an event whether read with or without
-        ``execution_id``); pass the last one back as ``after`` to poll for newer
-        events. ``limit`` is clamped to 1..``MAX_EVENTS_PAGE``.
-        """
+        """Cursors are global: the same for an event read with or without ``execution_id``."""
         key = self._p + ("events" if execution_id is None else "execution_events:" + execution_id)
         rows = cast(
             _StreamRows,
@@ -371,8 +353,7 @@ class RedisStateStore:
 
     @_retried
     async def last_sequence(self, execution_id: str) -> int:
-        """The highest event sequence stored for ``execution_id`` (0 if none): that of
-        the last entry of its stream, since a write stores only higher ones."""
+        """Read from the last entry of the execution's stream: writes store only higher ones."""
         rows = cast(
             _StreamRows,
             await self._client.xrevrange(self._p + "execution_events:" + execution_id, count=1),

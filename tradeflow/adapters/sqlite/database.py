@@ -33,12 +33,7 @@ import structlog
 
 from tradeflow.domain.errors import ConfigurationError, describe
 
-__all__ = [
-    "DB_SCHEMA_VERSION",
-    "Database",
-    "WriteTransaction",
-    "open_database",
-]
+__all__ = ["DB_SCHEMA_VERSION", "Database", "WriteTransaction", "open_database"]
 
 DB_SCHEMA_VERSION: Final = 3
 """Layout version stored in ``PRAGMA user_version``.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from dataclasses import astuple
 from typing import Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
@@ -104,17 +105,7 @@ class SQLiteEmergencyStore:
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
         with self._txn:
-            self._conn.execute(
-                _UPSERT_LIMIT,
-                (
-                    limit.limit_type,
-                    limit.threshold,
-                    limit.direction.value,
-                    limit.auto_halt,
-                    limit.updated_at,
-                    limit.updated_by,
-                ),
-            )
+            self._conn.execute(_UPSERT_LIMIT, astuple(limit))
             self._audit(audit)
         self._seen_version = None
 
@@ -156,18 +147,9 @@ class SQLiteEmergencyStore:
         return EmergencySnapshot.of(self._loads, halts, limits)
 
     def _audit(self, entry: AuditEntry) -> None:
-        self._conn.execute(
-            _INSERT_AUDIT,
-            (
-                entry.at,
-                entry.actor,
-                entry.action,
-                None if entry.scope is None else entry.scope.value,
-                entry.target,
-                entry.reason,
-                to_json_or_null(entry.details),
-            ),
-        )
+        # The columns are the entry's fields after its id; a Scope (StrEnum) binds as its text.
+        *fields, details = astuple(entry)[1:]
+        self._conn.execute(_INSERT_AUDIT, (*fields, to_json_or_null(details)))
 
 
 class LocalEmergencyController(EmergencyController):

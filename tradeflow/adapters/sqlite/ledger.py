@@ -70,7 +70,6 @@ class SQLitePaperLedger:
         self._write = WriteTransaction(conn)
 
     def load(self) -> tuple[list[Order], dict[str, dict[str, float]], list[Fill]]:
-        """Every stored order, the balances by venue, and the fills in the order they happened."""
         conn = self._conn
         orders = [
             _order_from_row(row)
@@ -89,7 +88,6 @@ class SQLitePaperLedger:
     def persist(
         self, order: Order, balances: Mapping[str, float] | None, fill: Fill | None
     ) -> None:
-        """Write one order change in one transaction; raises ``ExchangeError`` if it cannot."""
         conn = self._conn
         try:
             with self._write:
@@ -117,18 +115,8 @@ class SQLitePaperLedger:
 
 def _order_from_row(row: Any) -> Order:
     # Columns are selected in Order's field order (see _ORDER_COLUMNS).
-    order_id, client_id, venue, symbol, side, quantity, kind, limit, status, filled, avg, at = row
+    ids: tuple[str, str, str, str] = row[:4]  # order_id, client_order_id, venue, symbol
+    side, qty, kind, limit, status, filled, avg, at = row[4:]
     return Order(
-        order_id,
-        client_id,
-        venue,
-        symbol,
-        Side(side),
-        quantity,
-        OrderType(kind),
-        limit,
-        OrderStatus(status),
-        filled,
-        avg,
-        at,
+        *ids, Side(side), qty, OrderType(kind), limit, OrderStatus(status), filled, avg, at
     )

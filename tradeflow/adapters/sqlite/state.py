@@ -148,6 +148,8 @@ _event_ids = itemgetter(
 )
 """``(correlation_id, execution_id, workflow_id, bot_id, strategy_id)``: consecutive fields."""
 _event_fields = attrgetter("type", "event_id", "sequence", "timestamp", "node_id", "data")
+_execution_fields = attrgetter(*_EXECUTION_COLUMNS.split(", ")[:10])
+"""The record's fields named like its first 10 columns (``status`` binds as its text)."""
 _checkpoint_execution = attrgetter("execution_id")
 _checkpoint_fields = itemgetter(slice(1, None))
 """Every field of a checkpoint but its first, ``execution_id``."""
@@ -171,7 +173,6 @@ class SQLiteStateStore:
         entry holds the object, so its id cannot be reused by another one meanwhile."""
 
     async def write(self, batch: StateBatch) -> None:
-        """Persist ``batch`` in one transaction; on any error nothing is kept and it re-raises."""
         execution = batch.execution
         own = None if execution is None else execution.execution_id
         record: tuple[str, _Row] | None = None
@@ -202,26 +203,17 @@ class SQLiteStateStore:
                 self._live.discard(execution.execution_id)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        """The record of ``execution_id``; raises ``ExecutionNotFound``."""
         row = self._conn.execute(_SELECT_EXECUTION, (execution_id,)).fetchone()
         if row is None:
             raise ExecutionNotFound(execution_id)
         return _execution_record(row)
 
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
-        """The execution created for idempotency key ``request_id``, if any."""
         row = self._conn.execute(_SELECT_BY_REQUEST, (request_id,)).fetchone()
         return None if row is None else _execution_record(row)
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
-        """Executions matching ``query``, newest first (``started_at``, then ``execution_id``).
-
-        ``started_after``/``started_before`` bound ``started_at`` as the
-        half-open interval ``[after, before)``. ``limit`` is clamped to
-        1..:data:`MAX_PAGE_SIZE`. Raises ``InvalidRequest`` (field
-        ``page_token``) for a token this store did not issue. The filters
-        other than time have no index: they scan newest first.
-        """
+        """See the port. The filters other than time have no index: they scan newest first."""
         where: list[str] = []
         params: list[Any] = []
         for condition, value in (
@@ -253,7 +245,6 @@ class SQLiteStateStore:
         return ExecutionPage(executions=records, next_page_token=token)
 
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
-        """The latest checkpoint of each node of ``execution_id`` (empty if none), by node id."""
         latest: dict[str, Checkpoint] = {}
         for _, _, body in self._conn.execute(_SELECT_EXECUTION_BATCHES, (execution_id, 0)):
             _fold_checkpoints(latest, execution_id, body)
@@ -262,14 +253,7 @@ class SQLiteStateStore:
     async def read_events(
         self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
-        """``(cursor, event)`` pairs with cursor > ``after``, oldest first.
-
-        Pass the last cursor back as ``after`` to poll for newer events (this
-        is how a tail in another process follows a run). A cursor is
-        ``batch_id * 65536 + index`` (see the module docstring): opaque to
-        callers, but an int that grows with every event written to the file.
-        ``limit`` is clamped to 1..:data:`MAX_EVENTS_PAGE`.
-        """
+        """See the port; a cursor is ``batch_id * 65536 + index`` (module docstring)."""
         limit = max(1, min(limit, MAX_EVENTS_PAGE))
         first_batch = after // _ROW_EVENTS
         if execution_id is None:
@@ -287,11 +271,8 @@ class SQLiteStateStore:
         return found[:limit]
 
     async def last_sequence(self, execution_id: str) -> int:
-        """The highest event sequence recorded for ``execution_id`` (0 if none).
-
-        An execution numbers its events in the order it writes them, so this reads
-        its journal rows newest first and stops at the first that holds events.
-        """
+        """An execution numbers its events in the order it writes them, so this reads its
+        journal rows newest first and stops at the first that holds events."""
         rows = self._conn.execute(_SELECT_EXECUTION_BATCHES + " DESC", (execution_id, 0))
         with closing(rows):
             for _, _, body in rows:
@@ -326,20 +307,7 @@ class SQLiteStateStore:
 
 def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
     """The first 12 values of :data:`_UPSERT_EXECUTION` (the journal range follows)."""
-    return (
-        r.execution_id,
-        r.workflow_id,
-        r.bot_id,
-        r.strategy_id,
-        r.status.value,
-        r.started_at,
-        r.finished_at,
-        r.correlation_id,
-        r.request_id,
-        r.error,
-        definition,
-        to_json_or_null(r.result),
-    )
+    return (*_execution_fields(r), definition, to_json_or_null(r.result))
 
 
 def _execution_update_row(r: ExecutionRecord) -> _Row:
@@ -418,24 +386,10 @@ def _journal_body(
 def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
     """The ``(cursor, event)`` pairs of one journal row."""
     (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(body)
+    ids = (correlation_id, execution_id, workflow_id, bot_id, strategy_id)
     base = batch_id * _ROW_EVENTS
     return [
-        (
-            base + i,
-            Event(
-                type_,
-                event_id,
-                sequence,
-                float(timestamp),
-                correlation_id,
-                execution_id,
-                workflow_id,
-                bot_id,
-                strategy_id,
-                node_id,
-                data or {},
-            ),
-        )
+        (base + i, Event(type_, event_id, sequence, float(timestamp), *ids, node_id, data or {}))
         for i, (type_, event_id, sequence, timestamp, node_id, data) in enumerate(events)
     ]
 
