@@ -467,6 +467,47 @@ async def test_cancel_stops_scheduling(infra: Infrastructure) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_cancelled_task_stays_resumable_and_leaves_no_log_context(
+    infra: Infrastructure,
+) -> None:
+    """Cancelling the task of a durable run raises CancelledError (nothing replaces it), keeps
+    what ran (the execution stays running), unbinds its ids from the log context, and a
+    resume finishes it without running the completed nodes again."""
+    entered = asyncio.Event()
+    calls: list[str] = []
+
+    async def hang(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        calls.append(ctx.execution_id)
+        if len(calls) == 1:
+            entered.set()
+            await asyncio.Event().wait()
+        return {"x": 1}
+
+    registry = registry_with(NodeSpec("providers", "hang", hang, outputs=("x",)))
+    workflow = {
+        "blocks": [
+            block("s", "providers", "static", {"values": {"v": 1}}),
+            block("h", "providers", "hang", inputs={"when": "s.v"}),
+        ]
+    }
+    executor = EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry)
+    task = asyncio.create_task(executor.execute())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    [record] = (await infra.state.list_executions(ExecutionQuery())).executions
+    assert record.status is ExecutionStatus.RUNNING
+    checkpoints = await infra.state.get_checkpoints(record.execution_id)
+    assert checkpoints["s"].state is CheckpointState.COMPLETED
+    assert "execution_id" not in structlog.contextvars.get_contextvars()
+    resumed = await executor.resume(record.execution_id)
+    assert resumed["status"] == "completed"
+    assert calls == [record.execution_id, record.execution_id]
+
+
+@pytest.mark.asyncio
 async def test_every_log_line_carries_correlation_ids(infra: Infrastructure) -> None:
     """JSON logs of an execution carry correlation_id, execution_id and workflow_id."""
     stream = io.StringIO()

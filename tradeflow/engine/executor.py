@@ -193,8 +193,12 @@ class Executor:
             ).run(restored)
         except BaseException:
             # Interrupted (task cancelled, shutdown): keep what ran, leave the
-            # execution "running" so it can be resumed.
-            await asyncio.shield(journal.interrupted())
+            # execution "running" so it can be resumed. The flush is shielded (it runs
+            # in a task of its own); the log context is reset here, where it was bound.
+            try:
+                await asyncio.shield(journal.interrupted())
+            finally:
+                journal.unbind()
             raise
         finally:
             self._cancelled = asyncio.Event()

@@ -95,6 +95,10 @@ class NullJournal:
     async def interrupted(self) -> None:
         """The run was interrupted (task cancelled, shutdown)."""
 
+    def unbind(self) -> None:
+        """The run is over: its ids leave the log context (called in the run's own task,
+        where they were bound)."""
+
     async def finish(self, result: ExecutionResult) -> ExecutionResult:
         """The run ended: ``result``, carrying the final record when one was written."""
         return result
@@ -247,10 +251,10 @@ class DurableJournal(NullJournal):
 
     async def interrupted(self) -> None:
         """Keep what ran: the execution stays ``running``, resumable."""
-        try:
-            await self.flush()
-        finally:
-            structlog.contextvars.reset_contextvars(**self.bound)
+        await self.flush()
+
+    def unbind(self) -> None:
+        structlog.contextvars.reset_contextvars(**self.bound)
 
     async def finish(self, result: ExecutionResult) -> ExecutionResult:
         """Write the final record (built here, once) with the final event; the result
@@ -278,5 +282,5 @@ class DurableJournal(NullJournal):
             else:
                 self.log.warning("execution.finished", status=status.value, error=error)
         finally:
-            structlog.contextvars.reset_contextvars(**self.bound)
+            self.unbind()
         return replace(result, record=record)
