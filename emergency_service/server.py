@@ -16,15 +16,14 @@ from __future__ import annotations
 import contextlib
 
 import grpc
-import redis.asyncio as aioredis
 
 from emergency_service.servicer import SERVICE_NAME, EmergencyServicer
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
+from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.errors import ConfigurationError
 from tradeflow.observability.metrics import Metrics
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
@@ -36,10 +35,7 @@ async def build(settings: ServiceSettings) -> Service:
     ``settings.nats_url``."""
     metrics = Metrics()
     async with contextlib.AsyncExitStack() as stack:
-        try:
-            client = aioredis.from_url(settings.redis_url)
-        except ValueError as exc:
-            raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
+        client = connect(settings.redis_url)
         stack.push_async_callback(client.aclose)
         bus = await NatsEventBus.connect(
             settings.nats_url, NatsOptions(name="tradeflow-emergency-service"), metrics=metrics

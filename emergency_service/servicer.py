@@ -28,17 +28,13 @@ import grpc
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
-from tradeflow.domain.emergency import MAX_AUDIT_PAGE, EmergencySnapshot, assess_limit
-from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE, EmergencySnapshot
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
-__all__ = ["DEFAULT_AUDIT_PAGE", "SERVICE_NAME", "EmergencyServicer"]
+__all__ = ["SERVICE_NAME", "EmergencyServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
-
-DEFAULT_AUDIT_PAGE: Final = 100
-"""Entries per ``ListAuditEntries`` call when the request leaves ``limit`` at 0."""
 _UNKNOWN_ACTOR: Final = "unknown"
 
 
@@ -95,12 +91,12 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     ) -> pb.CheckRiskLimitResponse:
         threshold = request.threshold if request.HasField("threshold") else None
         auto_halt = request.auto_halt if request.HasField("auto_halt") else True
+        ids = wire.scope_ids_from_proto(request)
 
         async def run() -> pb.CheckRiskLimitResponse:
-            limits = self._controller.snapshot().limits
-            verdict = assess_limit(limits, request.limit_type, request.value, threshold, auto_halt)
-            if verdict.breached:
-                await self._controller.breached(verdict, wire.scope_ids_from_proto(request))
+            verdict = await self._controller.check(
+                request.limit_type, request.value, threshold, auto_halt, ids
+            )
             return wire.limit_verdict_to_proto(verdict)
 
         return await self._requests.once(
@@ -135,11 +131,8 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAuditEntriesResponse:
-        if request.limit > MAX_AUDIT_PAGE:
-            raise InvalidRequest(
-                "limit", f"at most {MAX_AUDIT_PAGE} (0 for the default)", request.limit
-            )
-        entries = await self._controller.audit_entries(limit=request.limit or DEFAULT_AUDIT_PAGE)
+        limit = wire.at_most("limit", request.limit, MAX_AUDIT_PAGE) or DEFAULT_AUDIT_PAGE
+        entries = await self._controller.audit_entries(limit=limit)
         return pb.ListAuditEntriesResponse(
             entries=[wire.audit_entry_to_proto(entry) for entry in entries]
         )

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import grpc
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 from state_service.servicer import SERVICE_NAME, StateServicer
 from tradeflow.adapters.grpc.server import Service
+from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.app.settings import ServiceSettings
-from tradeflow.domain.errors import ConfigurationError
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
 __all__ = ["build"]
@@ -22,10 +21,7 @@ async def build(settings: ServiceSettings) -> Service:
     Redis is not contacted here: the client connects on the first call, so the
     service starts (and answers UNAVAILABLE per call) while Redis comes up.
     """
-    try:
-        client = aioredis.from_url(settings.redis_url)
-    except ValueError as exc:
-        raise ConfigurationError(f"TRADEFLOW_REDIS_URL is malformed: {exc}") from None
+    client = connect(settings.redis_url)
     store = RedisStateStore(client, prefix=settings.redis_prefix, max_events=settings.max_events)
     servicer = StateServicer(store)
 

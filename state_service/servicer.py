@@ -87,8 +87,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
             if request.HasField("execution_id")
             else None
         )
-        # A limit left at 0 asks for a full page.
-        limit = _bounded("limit", request.limit, MAX_EVENTS_PAGE) or MAX_EVENTS_PAGE
+        limit = wire.at_most("limit", request.limit, MAX_EVENTS_PAGE) or MAX_EVENTS_PAGE
         history = await self._store.read_events(
             after=request.after, execution_id=execution_id, limit=limit
         )
@@ -106,12 +105,6 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
 def _required(field: str, value: str) -> str:
     if not value:
         raise InvalidRequest(field, _NON_EMPTY, value)
-    return value
-
-
-def _bounded(field: str, value: int, most: int) -> int:
-    if value > most:
-        raise InvalidRequest(field, f"at most {most} (0 for the default)", value)
     return value
 
 
@@ -196,7 +189,7 @@ def _event(msg: common_pb2.Event, owner: str) -> Event:
 
 
 def _query(msg: common_pb2.ExecutionQuery) -> ExecutionQuery:
-    _bounded("query.page_size", msg.page_size, MAX_PAGE_SIZE)
+    wire.at_most("query.page_size", msg.page_size, MAX_PAGE_SIZE)
     query = _at("query", wire.execution_query_from_proto, msg)
     after, before = query.started_after, query.started_before
     if after is not None and before is not None and before <= after:

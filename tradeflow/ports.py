@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
-from tradeflow.domain.emergency import NO_IDS, ScopeIds
+from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
 from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
@@ -29,6 +29,7 @@ from tradeflow.domain.trading import Order, OrderRequest, Quote
 
 __all__ = [
     "EmergencyControl",
+    "EmergencyStore",
     "EventBus",
     "EventHandler",
     "Exchange",
@@ -206,12 +207,52 @@ class EmergencyControl(Protocol):
         """Every configured limit, by limit type."""
         ...
 
-    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+    async def audit_entries(self, *, limit: int = DEFAULT_AUDIT_PAGE) -> list[AuditEntry]:
         """Newest audit entries first; ``limit`` is clamped to 1..``MAX_AUDIT_PAGE``."""
         ...
 
     async def close(self) -> None:
         """Release resources."""
+        ...
+
+
+class EmergencyStore(Protocol):
+    """Where :class:`~tradeflow.engine.emergency.EmergencyController` keeps halts, risk
+    limits and the audit log.
+
+    Audit entries passed in carry ``entry_id=0``: the store assigns the id.
+    Each write method changes the state and appends its audit entry atomically,
+    and is visible in :meth:`snapshot` once it returns.
+    """
+
+    def snapshot(self) -> EmergencySnapshot:
+        """The current state, from memory (called before every action, so cheap); raises
+        ``UnavailableError`` when the state cannot be confirmed."""
+        ...
+
+    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+        """Insert or update the halt on ``halt.scope``/``halt.target``, keeping the stored
+        ``since`` of an existing one; returns the halt as stored."""
+        ...
+
+    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
+        """Remove the halt and append ``audit``; False (and no audit entry) if there was none."""
+        ...
+
+    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
+        """Insert or replace the limit on ``limit.limit_type``."""
+        ...
+
+    async def append_audit(self, audit: AuditEntry) -> None:
+        """Append an audit entry that changes no state (a risk breach)."""
+        ...
+
+    async def audit_entries(self, limit: int) -> list[AuditEntry]:
+        """The newest ``limit`` audit entries, newest first."""
+        ...
+
+    async def close(self) -> None:
+        """Release the store; later snapshots raise ``UnavailableError``."""
         ...
 
 

@@ -13,8 +13,9 @@ import redis.asyncio as aioredis
 from kit import checkpoint, event, execution
 from servers import ServerProcess
 
+from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.state import RedisStateStore
-from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.domain.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -350,3 +351,10 @@ async def test_max_events_trims_only_the_global_stream(client: aioredis.Redis, p
     assert everything[-1][1] == event("e1", 599)
     own = await capped.read_events(execution_id="e1", limit=1000)
     assert [e.sequence for _, e in own] == list(range(600))
+
+
+@pytest.mark.parametrize("url", ["not-a-url", "redis://127.0.0.1:no-port"])
+def test_a_malformed_url_names_its_setting(url: str) -> None:
+    """connect() turns a malformed Redis URL into a ConfigurationError naming the variable."""
+    with pytest.raises(ConfigurationError, match="TRADEFLOW_REDIS_URL is malformed"):
+        connect(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -420,3 +421,16 @@ def test_sigterm_exits_cleanly(redis_server: ServerProcess, tmp_path: Path) -> N
     assert process is not None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
+
+
+def test_lifecycle_log_lines_name_the_service(redis_server: ServerProcess, tmp_path: Path) -> None:
+    """service.started, service.draining and service.stopped name the service, "state"."""
+    start_state_service(redis_server.url, tmp_path).process.stop()
+    log = (tmp_path / "state.log").read_text().splitlines()
+    lines = [json.loads(line) for line in log if line.startswith("{")]
+    named = {line["event"]: line["service"] for line in lines if "service" in line}
+    assert named == {
+        "service.started": "state",
+        "service.draining": "state",
+        "service.stopped": "state",
+    }

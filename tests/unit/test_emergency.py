@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import stamina
 from kit import DEADLINE_SECONDS, ManualClock
 
 from tradeflow.adapters.sqlite.database import open_database
@@ -521,3 +522,27 @@ async def test_watched_view_reopens_its_link_until_closed() -> None:
         view.current()
     with pytest.raises(errors.UnavailableError, match="view closed"):
         await view.wait_until(lambda _: True)
+
+
+@pytest.mark.asyncio
+async def test_watched_view_keeps_following_when_stamina_gives_up() -> None:
+    """A link failing more often than stamina's attempts is still re-opened until it confirms."""
+    view = WatchedView("test feed", clock=ManualClock(), max_staleness=None, backoff=(0.001, 0.001))
+    calls = itertools.count(1)
+
+    async def link() -> None:
+        call = next(calls)
+        if call > 3:
+            view.confirm(snapshot_with(call))
+            await asyncio.Event().wait()
+        raise errors.UnavailableError(f"link {call} broke")
+
+    stamina.set_testing(True, attempts=1)
+    try:
+        view.start(link, name="test-view")
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            current = await view.wait_until(lambda _: True)
+    finally:
+        stamina.set_testing(False)
+        await view.close("view closed")
+    assert current.version == 4

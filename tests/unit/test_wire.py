@@ -1,16 +1,25 @@
-"""Records survive the trip through protobuf bytes and back, exactly."""
+"""Records and errors survive the trip through protobuf bytes and back, exactly."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from google.protobuf.message import Message
 
 from tradeflow.adapters.grpc import wire
-from tradeflow.domain.errors import InvalidRequest, ValidationIssue
+from tradeflow.adapters.grpc.errors import ERROR_METADATA_KEY, error_from_rpc, status_of
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+    TradeflowError,
+    ValidationIssue,
+)
 from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
@@ -370,3 +379,26 @@ def test_json_that_is_not_an_object_names_the_field(text: str) -> None:
 def test_empty_json_text_reads_as_empty_object() -> None:
     """A non-optional JSON field left empty reads as {} (proto3's default string)."""
     assert wire.decode_json_object("", "data_json") == {}
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        EmergencyHalted("desk call", scope="bot", target="bot-1"),
+        RiskLimitExceeded("daily_loss", -600.0, -500.0, halted=True),
+    ],
+)
+def test_an_error_with_details_this_client_does_not_know_keeps_its_class(
+    error: TradeflowError,
+) -> None:
+    """Detail keys from a newer server are ignored: the same domain error comes back."""
+    code, message, _ = status_of(error)
+    details = {**error.details(), "added_later": 1}
+    body = json.dumps({"type": type(error).__name__, "message": message, "details": details})
+    trailing = grpc.aio.Metadata((ERROR_METADATA_KEY, body.encode()))
+    rpc_error = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, message)
+
+    rebuilt = error_from_rpc(rpc_error, service="emergency")
+
+    assert type(rebuilt) is type(error)
+    assert (rebuilt.message, rebuilt.details()) == (error.message, error.details())

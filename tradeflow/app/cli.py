@@ -179,8 +179,10 @@ async def cmd_run(args: argparse.Namespace) -> int:
         for index in range(args.count):
             if index:
                 await asyncio.sleep(args.interval)
-            result = await executor.execute()
-            code = EXIT[ExecutionStatus(result["status"])]
+            result = await executor.run()
+            if result.halt is not None:
+                raise result.halt
+            code = EXIT[result.status]
             if code:
                 break
     return code
@@ -189,10 +191,8 @@ async def cmd_run(args: argparse.Namespace) -> int:
 async def cmd_resume_execution(args: argparse.Namespace) -> int:
     async with await _infra(args) as infra:
         record = await infra.state.get_execution(args.execution_id)
-        await infra.events.subscribe(
-            "workflow_events",
-            Progress(sys.stdout, as_json=args.json, workflow_id=record.workflow_id),
-        )
+        progress = Progress(sys.stdout, as_json=args.json, workflow_id=record.workflow_id)
+        await infra.events.subscribe("workflow_events", progress)
         executor = EnhancedWorkflowExecutor(
             record.definition,
             infra,
@@ -201,7 +201,7 @@ async def cmd_resume_execution(args: argparse.Namespace) -> int:
             strategy_id=record.strategy_id,
         )
         result = await executor.resume(args.execution_id)
-    return EXIT[ExecutionStatus(result["status"])]
+    return EXIT[result["status"]]  # the seed's dict: its status string equals the StrEnum key
 
 
 async def cmd_validate(args: argparse.Namespace) -> int:
@@ -253,9 +253,7 @@ async def cmd_events(args: argparse.Namespace) -> int:
         progress = Progress(sys.stdout, as_json=args.json)
         cursor = 0
         while True:
-            batch = await infra.state.read_events(
-                after=cursor, execution_id=args.execution, limit=1000
-            )
+            batch = await infra.state.read_events(after=cursor, execution_id=args.execution)
             for position, event in batch:
                 await progress(event.to_dict())
                 cursor = position

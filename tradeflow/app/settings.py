@@ -196,17 +196,17 @@ class CliSettings:
 
 
 def _number(e: Mapping[str, str], key: str, default: N, *, positive: bool = False) -> N:
-    """``e[key]`` read as the type of ``default``."""
+    """``e[key]`` read as the type of ``default``; an integer is ASCII digits only."""
     raw = e.get(key)
     if raw is None:
         return default
     kind = type(default)
     expected = ("an integer" if kind is int else "a number") + (" > 0" if positive else "")
     try:
-        value = kind(raw)
+        value = kind(raw) if kind is float or (raw.isascii() and raw.isdigit()) else None
     except ValueError:
-        raise ConfigurationError(f"{key} must be {expected}, found {raw!r}") from None
-    if positive and not 0 < value < float("inf"):
+        value = None
+    if value is None or (positive and not 0 < value < float("inf")):
         raise ConfigurationError(f"{key} must be {expected}, found {raw!r}")
     return value
 

@@ -18,6 +18,7 @@ from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
 
 __all__ = [
+    "DEFAULT_AUDIT_PAGE",
     "DEFAULT_DIRECTIONS",
     "MAX_AUDIT_PAGE",
     "NO_IDS",
@@ -43,6 +44,8 @@ DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
 )
 """Breach direction of the well-known limit types (a configured limit overrides it)."""
 
+DEFAULT_AUDIT_PAGE: Final = 100
+"""Entries one ``audit_entries`` call returns unless told otherwise."""
 MAX_AUDIT_PAGE: Final = 1000
 """Most entries one ``audit_entries`` call returns."""
 

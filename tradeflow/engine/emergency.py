@@ -2,8 +2,8 @@
 
 :class:`EmergencyController` applies the rules of :mod:`tradeflow.domain.emergency`
 (scope checks, which halt covers which ids, limit directions) and acts on a breach
-(audit, publish, halt); an :class:`EmergencyStore` only keeps the state. The
-embedded store is SQLite (:mod:`tradeflow.adapters.sqlite.emergency`), the
+(audit, publish, halt); an :class:`~tradeflow.ports.EmergencyStore` only keeps the
+state. The embedded store is SQLite (:mod:`tradeflow.adapters.sqlite.emergency`), the
 emergency service's is Redis (:mod:`tradeflow.adapters.redis.emergency`).
 
 The pre-action check is synchronous and reads an in-memory
@@ -21,13 +21,14 @@ import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import stamina
 import structlog
 
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
+    DEFAULT_AUDIT_PAGE,
     MAX_AUDIT_PAGE,
     NO_IDS,
     EmergencySnapshot,
@@ -54,11 +55,11 @@ from tradeflow.domain.records import (
     Scope,
 )
 from tradeflow.observability.metrics import Metrics
+from tradeflow.ports import EmergencyStore
 
 __all__ = [
     "EmergencyController",
     "EmergencyHalted",
-    "EmergencyStore",
     "LocalRiskChecker",
     "RiskLimitExceeded",
     "WatchedView",
@@ -76,47 +77,6 @@ def fail_closed(read: Callable[[], EmergencySnapshot]) -> EmergencySnapshot:
         return read()
     except UnavailableError as exc:
         raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
-
-
-class EmergencyStore(Protocol):
-    """Where an :class:`EmergencyController` keeps halts, risk limits and the audit log.
-
-    Audit entries passed in carry ``entry_id=0``: the store assigns the id.
-    Each write method changes the state and appends its audit entry atomically,
-    and is visible in :meth:`snapshot` once it returns.
-    """
-
-    def snapshot(self) -> EmergencySnapshot:
-        """The current state, from memory (called before every action, so cheap).
-
-        Raises ``UnavailableError`` when the state cannot be confirmed.
-        """
-        ...
-
-    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
-        """Insert or update the halt on ``halt.scope``/``halt.target``, keeping the stored
-        ``since`` of an existing one; returns the halt as stored."""
-        ...
-
-    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        """Remove the halt and append ``audit``; False (and no audit entry) if there was none."""
-        ...
-
-    async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
-        """Insert or replace the limit on ``limit.limit_type``."""
-        ...
-
-    async def append_audit(self, audit: AuditEntry) -> None:
-        """Append an audit entry that changes no state (a risk breach)."""
-        ...
-
-    async def audit_entries(self, limit: int) -> list[AuditEntry]:
-        """The newest ``limit`` audit entries, newest first."""
-        ...
-
-    async def close(self) -> None:
-        """Release the store; later snapshots raise ``UnavailableError``."""
-        ...
 
 
 class EmergencyController:
@@ -207,15 +167,27 @@ class EmergencyController:
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Judged by :func:`~tradeflow.domain.emergency.assess_limit`; a breach is handled
-        by :meth:`breached`."""
-        verdict = assess_limit(self.state().limits, limit_type, value, threshold, auto_halt)
+        """:meth:`check` on the :meth:`state` (so it fails closed); a breach raises."""
+        verdict = await self.check(limit_type, value, threshold, auto_halt, ids, self.state())
         if verdict.breached:
-            await self.breached(verdict, ids)
             raise verdict.exceeded()
 
-    async def breached(self, verdict: LimitVerdict, ids: ScopeIds) -> None:
-        """Audit, count and publish a breach of ``ids``' check; halt globally if it halts."""
+    async def check(
+        self,
+        limit_type: str,
+        value: float,
+        threshold: float | None,
+        auto_halt: bool,
+        ids: ScopeIds,
+        state: EmergencySnapshot | None = None,
+    ) -> LimitVerdict:
+        """Judge ``value`` by :func:`~tradeflow.domain.emergency.assess_limit` on the limits
+        of ``state`` (default: the :meth:`snapshot`). A breach is audited, counted and
+        published with ``ids``, and halts globally if the verdict says so."""
+        limits = (self.snapshot() if state is None else state).limits
+        verdict = assess_limit(limits, limit_type, value, threshold, auto_halt)
+        if not verdict.breached:
+            return verdict
         now = self._clock.time()
         actor = f"risk:{verdict.limit_type}"
         reason = verdict.reason()
@@ -236,6 +208,7 @@ class EmergencyController:
         self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, ids)
         if verdict.halts:
             await self.halt(Scope.GLOBAL, reason=reason, actor=actor)
+        return verdict
 
     async def set_risk_limit(
         self,
@@ -266,7 +239,7 @@ class EmergencyController:
     async def list_risk_limits(self) -> list[RiskLimit]:
         return self.state().limit_list()
 
-    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+    async def audit_entries(self, *, limit: int = DEFAULT_AUDIT_PAGE) -> list[AuditEntry]:
         return await self._store.audit_entries(max(1, min(limit, MAX_AUDIT_PAGE)))
 
     async def close(self) -> None:
@@ -413,26 +386,35 @@ class WatchedView:
     async def _follow(self, link: Callable[[], Awaitable[None]]) -> None:
         first, longest = self._backoff
         while not self._closed:
-            async for attempt in stamina.retry_context(
-                on=UnavailableError,
-                attempts=None,
-                timeout=None,
-                wait_initial=first,
-                wait_max=longest,
-                wait_jitter=first,
-            ):
-                with attempt:
-                    confirmations = self._confirmations
-                    try:
-                        await link()
-                    except UnavailableError as exc:
-                        # close() cancels the link; a client may turn that into its error.
-                        if self._closed:
-                            return
-                        self.lose(exc.message)
-                        _log.warning("emergency.view_lost", source=self._source, error=exc.message)
-                        if self._confirmations == confirmations:
-                            raise
+            try:
+                async for attempt in stamina.retry_context(
+                    on=UnavailableError,
+                    attempts=None,
+                    timeout=None,
+                    wait_initial=first,
+                    wait_max=longest,
+                    wait_jitter=first,
+                ):
+                    with attempt:
+                        await self._run(link)
+            except UnavailableError:
+                # stamina gave up (switched off, or capped in its test mode): the view must
+                # still follow, never faster than the longest back-off.
+                await asyncio.sleep(longest)
+
+    async def _run(self, link: Callable[[], Awaitable[None]]) -> None:
+        """Run ``link`` once; raise ``UnavailableError`` if it broke before confirming."""
+        confirmations = self._confirmations
+        try:
+            await link()
+        except UnavailableError as exc:
+            # close() cancels the link; a client may turn that into its error.
+            if self._closed:
+                return
+            self.lose(exc.message)
+            _log.warning("emergency.view_lost", source=self._source, error=exc.message)
+            if self._confirmations == confirmations:
+                raise
 
     def _notify(self) -> None:
         waking, self._changed = self._changed, asyncio.Event()

@@ -1,6 +1,6 @@
 """Public path of :class:`Infrastructure` (the seed's API); see :mod:`tradeflow.app.infrastructure`."""
 
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.app.settings import Settings
+from tradeflow.app.settings import ENVIRONMENTS, Settings, default_sqlite_path
 
-__all__ = ["Infrastructure", "Settings"]
+__all__ = ["ENVIRONMENTS", "Infrastructure", "Settings", "default_sqlite_path"]

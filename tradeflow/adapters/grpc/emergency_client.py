@@ -33,6 +33,7 @@ from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.adapters.grpc.errors import error_from_rpc
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
+    DEFAULT_AUDIT_PAGE,
     MAX_AUDIT_PAGE,
     NO_IDS,
     EmergencySnapshot,
@@ -265,7 +266,7 @@ class RemoteEmergencyControl:
         )
         return [wire.risk_limit_from_proto(limit) for limit in response.limits]
 
-    async def audit_entries(self, *, limit: int = 100) -> list[AuditEntry]:
+    async def audit_entries(self, *, limit: int = DEFAULT_AUDIT_PAGE) -> list[AuditEntry]:
         response: pb.ListAuditEntriesResponse = await self._call(
             self._stub.ListAuditEntries,
             pb.ListAuditEntriesRequest(limit=max(1, min(limit, MAX_AUDIT_PAGE))),

@@ -8,6 +8,7 @@ client turns that back into the same exception class.
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -47,7 +48,8 @@ def error_from_rpc(err: grpc.aio.AioRpcError, *, service: str) -> TradeflowError
     return TradeflowError(f"{service} failed: {code.name}: {err.details()}")
 
 
-# Errors whose constructor takes exactly the fields their details() carry.
+# Errors whose constructor takes the fields their details() carry (a newer server may
+# send more: only the constructor's are passed).
 _BY_DETAILS: dict[str, type[TradeflowError]] = {
     cls.__name__: cls
     for cls in (
@@ -72,7 +74,8 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
         return invalid
     rebuilt = _BY_DETAILS.get(name)
     if rebuilt is not None:
-        return rebuilt(**details)
+        known = inspect.signature(rebuilt).parameters
+        return rebuilt(**{key: value for key, value in details.items() if key in known})
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, TradeflowError)):
         cls = TradeflowError

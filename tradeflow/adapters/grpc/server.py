@@ -38,7 +38,7 @@ __all__ = ["CORRELATION_KEY", "Service", "serve"]
 CORRELATION_KEY = "x-correlation-id"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 
-_log = get_logger("tradeflow.rpc")
+_log = get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,8 +194,8 @@ async def serve(
                     f"cannot serve /metrics on port {metrics_port}: {exc.strerror}"
                 ) from exc
         await server.start()
-        for name in ("", *names):
-            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for health_name in ("", *names):
+            await health.set(health_name, health_pb2.HealthCheckResponse.SERVING)
         _log.info("service.started", service=name, listen=listen, metrics_port=metrics_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -58,6 +58,7 @@ __all__ = [
     "LIMIT_DIRECTION",
     "SCOPE",
     "EnumCodec",
+    "at_most",
     "audit_entry_from_proto",
     "audit_entry_to_proto",
     "checkpoint_from_proto",
@@ -110,6 +111,13 @@ def encode_json(value: Any) -> str:
 def _optional(msg: Message, field: str, convert: Callable[[Any], T] = lambda v: v) -> T | None:
     """``convert(msg.<field>)``, or ``None`` where the optional ``field`` is unset."""
     return convert(getattr(msg, field)) if msg.HasField(field) else None
+
+
+def at_most(field: str, value: int, most: int) -> int:
+    """A request's page bound (0 asks for the default); ``InvalidRequest`` above ``most``."""
+    if value > most:
+        raise InvalidRequest(field, f"at most {most} (0 for the default)", value)
+    return value
 
 
 class EnumCodec(Generic[E, V]):

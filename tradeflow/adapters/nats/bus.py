@@ -113,8 +113,9 @@ class _Unacknowledged(Exception):
     """A batch went back to the queue unacknowledged."""
 
 
+_RESEND_WAIT_MAX: Final = 2.0
 _RESEND: Final = stamina.AsyncRetryingCaller(
-    attempts=None, timeout=None, wait_initial=0.05, wait_max=2.0, wait_jitter=0.05
+    attempts=None, timeout=None, wait_initial=0.05, wait_max=_RESEND_WAIT_MAX, wait_jitter=0.05
 ).on(_Unacknowledged)
 """Back-off while JetStream does not acknowledge: forever, at most about 2 s apart."""
 
@@ -453,10 +454,12 @@ class NatsEventBus:
                 await self._send_next()
             except _Unacknowledged:
                 # Connected but not acknowledged (JetStream still recovering after a
-                # restart, say): back off. stamina's test mode caps the attempts; the
-                # loop then goes round again.
-                with contextlib.suppress(_Unacknowledged):
+                # restart, say): back off. If stamina gives up (switched off, or capped in
+                # its test mode), wait its longest before the loop goes round again.
+                try:
                     await _RESEND(self._send_next)
+                except _Unacknowledged:
+                    await asyncio.sleep(_RESEND_WAIT_MAX)
 
     async def _send_next(self) -> None:
         """Send the next batch once connected; raises ``_Unacknowledged`` if it went back

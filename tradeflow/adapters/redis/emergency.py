@@ -1,7 +1,6 @@
 """Emergency state in Redis: the store behind the emergency service.
 
-:class:`RedisEmergencyStore` implements
-:class:`~tradeflow.engine.emergency.EmergencyStore`;
+:class:`RedisEmergencyStore` implements :class:`~tradeflow.ports.EmergencyStore`;
 :class:`RedisEmergencyController` is the one
 :class:`~tradeflow.engine.emergency.EmergencyController` on it, plus
 what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.wait_for_change`).
@@ -39,10 +38,9 @@ from typing import Any, Final, TypeVar, cast
 import redis.asyncio as aioredis
 import structlog
 from google.protobuf.message import Message
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.emergency import EmergencySnapshot
@@ -249,12 +247,9 @@ class RedisEmergencyStore:
         argv = (*head, self._channel, *args)
         async with self._lock:
             try:
-                try:
-                    reply = await call(keys=self._keys, args=argv)
-                except (RedisConnectionError, RedisTimeoutError):
-                    # Usually a pooled connection the server dropped when it restarted.
-                    if script not in _REPEATABLE:
-                        raise
+                if script in _REPEATABLE:
+                    reply = await reconnecting(call, keys=self._keys, args=argv)
+                else:
                     reply = await call(keys=self._keys, args=argv)
                 result, snapshot = _parse_state(reply)
             except RedisError as exc:

@@ -43,10 +43,8 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
-import stamina
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from tradeflow.adapters.redis.connection import CONNECTION_ERRORS, reconnecting
 from tradeflow.domain.codec import (
     MAX_EVENTS_PAGE,
     MAX_PAGE_SIZE,
@@ -174,8 +172,6 @@ _UINT64: Final = struct.Struct(">Q")
 _ALL_BITS: Final = 0xFFFF_FFFF_FFFF_FFFF
 _SIGN_BIT: Final = 1 << 63
 
-_CONNECTION_ERRORS: Final = (RedisConnectionError, RedisTimeoutError)
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -185,20 +181,14 @@ _Hash = dict[bytes, bytes]
 
 
 def _retried(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Run ``method`` once more after a connection error, then raise ``UnavailableError``.
-
-    Safe because every store operation is idempotent; the usual cause is a pooled
-    connection the server dropped (a restart) that the pool had not noticed yet.
-    """
-    again = stamina.retry(
-        on=_CONNECTION_ERRORS, attempts=2, timeout=None, wait_initial=0.0, wait_jitter=0.0
-    )(method)
+    """``method`` through ``reconnecting`` (every store operation is idempotent); a second
+    connection error raises ``UnavailableError``."""
 
     @functools.wraps(method)
     async def retrying(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
-            return await again(*args, **kwargs)
-        except _CONNECTION_ERRORS as exc:
+            return await reconnecting(method, *args, **kwargs)
+        except CONNECTION_ERRORS as exc:
             raise UnavailableError(f"redis state store: {describe(exc)}") from exc
 
     return retrying
