@@ -2,9 +2,12 @@
 
 Requests become controller calls here: enums are checked (``InvalidRequest``
 naming ``scope`` or ``direction``), unset optionals become ``None`` or their
-documented default. Every other rule (targets, reasons, finite numbers, what a
-breach does, auditing, publishing) is the domain's and the controller's, and
-every error becomes a status code in the server's interceptor.
+documented default. Every other rule (well-formed ids, bounded reasons and
+actors, finite numbers, how many halts and limits, what a breach does, auditing,
+publishing) is the domain's and the controller's, the ``request_id`` is the
+request log's, and every error becomes a status code in the server's interceptor
+(a malformed value ``INVALID_ARGUMENT``, one halt or limit type too many
+``FAILED_PRECONDITION``).
 
 - The state is read with ``snapshot()``: one the controller cannot confirm is
   ``UnavailableError`` (``UNAVAILABLE``), not the pre-action check's ``EmergencyHalted``.

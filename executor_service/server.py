@@ -28,5 +28,11 @@ async def build(config: ServiceSettings) -> Service:
         await manager.drain(config.grace_seconds)
 
     return Service(
-        register=register, registry=infra.metrics.registry, drain=drain, close=infra.close
+        register=register,
+        registry=infra.metrics.registry,
+        drain=drain,
+        close=infra.close,
+        # Health follows the event bus: executions whose events cannot reach the stream
+        # would run unseen.
+        healthy=infra.events.healthy,
     )

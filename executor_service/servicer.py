@@ -10,6 +10,7 @@ import grpc
 from tradeflow.adapters.grpc import wire
 from tradeflow.app.manager import ExecutionManager, Submission
 from tradeflow.domain.errors import describe
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES, check_cursor, check_id
 from tradeflow.domain.records import Event
 from tradeflow.observability.logging import get_logger
 from tradeflow.ports import EventBus
@@ -25,9 +26,15 @@ def _optional(message: Any, field: str) -> str | None:
     return getattr(message, field) if message.HasField(field) else None
 
 
+def _definition(text: str) -> dict[str, Any]:
+    """The definition's JSON object, its size checked before it is parsed."""
+    checked = wire.bytes_at_most("definition_json", text, DEFINITION_MAX_BYTES)
+    return wire.decode_json_object(checked, "definition_json")
+
+
 def _submission(request: pb.ExecuteWorkflowRequest | pb.SubmitWorkflowRequest) -> Submission:
     return Submission(
-        definition=wire.decode_json_object(request.definition_json, "definition_json"),
+        definition=_definition(request.definition_json),
         workflow_id=request.workflow_id,
         bot_id=_optional(request, "bot_id"),
         strategy_id=_optional(request, "strategy_id"),
@@ -67,7 +74,9 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def ListExecutions(
         self, request: pb.ListExecutionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListExecutionsResponse:
-        page = await self._manager.list(wire.execution_query_from_proto(request.query))
+        page = await self._manager.list(
+            wire.within("query", wire.execution_query_from_proto, request.query)
+        )
         return pb.ListExecutionsResponse(page=wire.execution_page_to_proto(page))
 
     async def CancelExecution(
@@ -81,8 +90,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def ValidateWorkflow(
         self, request: pb.ValidateWorkflowRequest, context: grpc.aio.ServicerContext
     ) -> pb.ValidateWorkflowResponse:
-        definition = wire.decode_json_object(request.definition_json, "definition_json")
-        issues = self._manager.validate(definition)
+        issues = self._manager.validate(_definition(request.definition_json))
         return pb.ValidateWorkflowResponse(
             valid=not issues, issues=[wire.validation_issue_to_proto(i) for i in issues]
         )
@@ -90,17 +98,15 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
     async def StreamEvents(
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
+        filters = {
+            field: check_id(field, _optional(request, field), optional=True)
+            for field in ("execution_id", "workflow_id", "bot_id", "strategy_id")
+        }
         if request.HasField("after_sequence"):
-            after = request.after_sequence
+            after = check_cursor("after_sequence", request.after_sequence)
         else:
             after = await self._bus.last_sequence()
-        async for sequence, event in self._bus.replay(
-            after_sequence=after,
-            execution_id=_optional(request, "execution_id"),
-            workflow_id=_optional(request, "workflow_id"),
-            bot_id=_optional(request, "bot_id"),
-            strategy_id=_optional(request, "strategy_id"),
-        ):
+        async for sequence, event in self._bus.replay(after_sequence=after, **filters):
             try:
                 message = wire.event_to_proto(Event.from_dict(event))
             except (KeyError, TypeError, ValueError) as exc:

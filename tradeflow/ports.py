@@ -96,6 +96,10 @@ class EventBus(Protocol):
         gives live events only."""
         ...
 
+    def healthy(self) -> bool:
+        """Whether published events reach their destination right now (health checks)."""
+        ...
+
     async def close(self) -> None:
         """Deliver what is queued (bounded wait), then stop."""
         ...
@@ -162,7 +166,9 @@ class EmergencyControl(Protocol):
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
         """Halt trading for ``scope``/``target`` (``None`` for global); re-halting updates the
-        reason. Raises ``InvalidRequest`` naming a bad scope, target or reason."""
+        reason. Raises ``InvalidRequest`` naming a bad scope, target, reason or actor, and
+        ``CapacityExceeded`` for a new halt of a scope kind that has ``HALTS_PER_SCOPE_KIND_MAX``
+        (a global halt never)."""
         ...
 
     async def resume(
@@ -200,7 +206,8 @@ class EmergencyControl(Protocol):
         actor: str = "unknown",
     ) -> RiskLimit:
         """Configure (or replace, audited) the limit on ``limit_type``; ``direction`` defaults
-        to the known one for the type and is required for others (``InvalidRequest``)."""
+        to the known one for the type and is required for others (``InvalidRequest``); a new
+        type past ``RISK_LIMITS_MAX`` is ``CapacityExceeded``."""
         ...
 
     async def list_risk_limits(self) -> list[RiskLimit]:

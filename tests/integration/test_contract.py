@@ -713,6 +713,14 @@ async def test_subscriber_receives_contract_dicts_in_publish_order(
     assert subscription.dropped == 0
 
 
+async def test_a_bus_is_healthy_while_open_and_not_once_closed(event_bus: EventBus) -> None:
+    """healthy() (what the executor's health check follows) holds while the bus can deliver,
+    and no longer once it is closed."""
+    assert event_bus.healthy()
+    await event_bus.close()
+    assert not event_bus.healthy()
+
+
 async def test_unknown_topic_is_invalid_request(event_bus: EventBus) -> None:
     """Subscribing to a topic other than workflow_events raises InvalidRequest naming topic."""
     with pytest.raises(InvalidRequest) as caught:

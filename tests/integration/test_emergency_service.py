@@ -33,10 +33,17 @@ from tradeflow.adapters.grpc.errors import error_from_rpc
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import (
+    CapacityExceeded,
     EmergencyHalted,
     InvalidRequest,
     RiskLimitExceeded,
+    TradeflowError,
     UnavailableError,
+)
+from tradeflow.domain.limits import (
+    ERROR_MESSAGE_MAX_BYTES,
+    HALTS_PER_SCOPE_KIND_MAX,
+    TEXT_MAX_LENGTH,
 )
 from tradeflow.domain.records import LimitDirection, Scope
 from tradeflow.proto.common.v1 import common_pb2
@@ -241,6 +248,7 @@ async def test_invalid_requests_are_invalid_argument_naming_the_field(
     attempts = {
         "target": client.halt(Scope.BOT, None, reason="x"),
         "reason": client.halt(Scope.GLOBAL, reason=" "),
+        "actor": client.resume(Scope.GLOBAL, reason="x", actor="\x1b[2J"),
         "value": client.check_risk_limit("daily_loss", math.nan, -1.0),
         "direction": client.set_risk_limit("custom_limit", 1.0),
         "limit_type": client.check_risk_limit("no_such_limit", 1.0, 2.0),
@@ -257,6 +265,80 @@ async def test_invalid_requests_are_invalid_argument_naming_the_field(
     assert isinstance(error, InvalidRequest)
     assert error.field == "scope"
     assert await client.audit_entries() == []
+
+
+async def refused(
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub, request: pb.HaltRequest
+) -> tuple[grpc.StatusCode, TradeflowError, str]:
+    """The status code, rebuilt error and status message of a Halt the service refuses."""
+    with pytest.raises(grpc.aio.AioRpcError) as raw:
+        await stub.Halt(request, timeout=DEADLINE_SECONDS)
+    error = error_from_rpc(raw.value, service="emergency")
+    return raw.value.code(), error, raw.value.details() or ""
+
+
+@pytest.mark.asyncio
+async def test_hostile_halts_are_refused_and_an_unrelated_bot_keeps_trading(
+    make_emergency_client: ClientFactory,
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """Huge reasons and targets, control characters and malformed request ids are
+    INVALID_ARGUMENT naming the field; one bot halt past the bound is FAILED_PRECONDITION.
+    Through it all another bot's executor view stays confirmed and lets it trade."""
+    ops, executor = await make_emergency_client(), await make_emergency_client()
+    bot = common_pb2.SCOPE_BOT
+    hostile = {
+        "reason": [
+            pb.HaltRequest(scope=bot, target=f"made-up-{n}", reason="r" * 3_000_000)
+            for n in range(3)
+        ]
+        + [
+            pb.HaltRequest(scope=common_pb2.SCOPE_GLOBAL, reason="\x1b[2J\x1b[31mhalted"),
+            pb.HaltRequest(scope=bot, target="bot-9", reason="nul\x00"),
+        ],
+        "target": [
+            pb.HaltRequest(scope=bot, target="b" * 1_000_000, reason="r"),
+            pb.HaltRequest(scope=bot, target="bot\x00", reason="r"),
+            pb.HaltRequest(scope=bot, target="\x1b]0;owned\x07", reason="r"),
+        ],
+        "actor": [pb.HaltRequest(scope=bot, target="bot-9", reason="r", actor="a" * 100_000)],
+        "request_id": [
+            pb.HaltRequest(request_id="id with spaces", scope=bot, target="bot-9", reason="r"),
+            pb.HaltRequest(request_id="q" * 1_000_000, scope=bot, target="bot-9", reason="r"),
+        ],
+    }
+    for field, requests in hostile.items():
+        for request in requests:
+            code, error, message = await refused(stub, request)
+            assert code is grpc.StatusCode.INVALID_ARGUMENT
+            assert isinstance(error, InvalidRequest)
+            assert error.field == field
+            assert len(message.encode()) <= ERROR_MESSAGE_MAX_BYTES
+
+    longest = "r" * TEXT_MAX_LENGTH
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        for n in range(HALTS_PER_SCOPE_KIND_MAX):
+            await ops.halt(Scope.BOT, f"bot-{n:03}", reason=longest, actor="ops")
+    code, error, _ = await refused(
+        stub, pb.HaltRequest(scope=bot, target="one-too-many", reason="r")
+    )
+    assert code is grpc.StatusCode.FAILED_PRECONDITION
+    assert isinstance(error, CapacityExceeded)
+    assert (error.what, error.capacity) == ("active bot halts", HALTS_PER_SCOPE_KIND_MAX)
+
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        await executor.wait_for_version()
+    assert executor.available
+    executor.ensure_trading_allowed(ScopeIds(workflow_id="wf-x", bot_id="unrelated-bot"))
+    with pytest.raises(EmergencyHalted):
+        executor.ensure_trading_allowed(ScopeIds(bot_id="bot-007"))
+    assert len(await executor.halts()) == HALTS_PER_SCOPE_KIND_MAX
+
+    await ops.halt(Scope.GLOBAL, reason="a global halt is never one too many", actor="ops")
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        await executor.wait_for_version()
+    with pytest.raises(EmergencyHalted, match="never one too many"):
+        executor.ensure_trading_allowed(ScopeIds(bot_id="unrelated-bot"))
 
 
 @pytest.mark.asyncio

@@ -10,17 +10,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import re
 import types
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
+import grpc
 import nats
 import pytest
 import pytest_asyncio
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from kit import DEADLINE_SECONDS, eventually
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from tradeflow.adapters.grpc.server import follow_health
 from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
     NatsEventBus,
@@ -31,6 +37,7 @@ from tradeflow.adapters.nats.bus import (
     subject_for,
 )
 from tradeflow.domain.errors import InvalidRequest, UnavailableError
+from tradeflow.domain.limits import ID_MAX_LENGTH
 from tradeflow.domain.records import Event, EventType, rfc3339
 from tradeflow.observability.metrics import Metrics
 
@@ -147,6 +154,22 @@ def test_missing_ids_use_the_placeholder_and_filters_use_wildcards() -> None:
     assert subject_filter(bot_id="b.1", type="node_failed") == (
         "tradeflow.v1.events.b%2E1.*.*.node_failed"
     )
+
+
+def test_overlong_ids_become_a_fixed_length_digest_token() -> None:
+    """An id whose token would pass ID_MAX_LENGTH becomes '#' and 32 hex digits (one per
+    id), so a subject stays far below the server's 4 KiB control line; a well-formed
+    id of the maximum length is its own token."""
+    longest = "a" * ID_MAX_LENGTH
+    assert encode_token(longest) == longest
+    huge = "w" * 5000
+    token = encode_token(huge)
+    assert re.fullmatch("#[0-9a-f]{32}", token)
+    assert encode_token("ü" * 50) != encode_token("ü" * 51) and encode_token("ü" * 50)[0] == "#"
+    assert encode_token(huge) == token != encode_token(huge + "x")
+    event = make_event(huge, 1, bot_id="b" * 5000, strategy_id="\ud800" * 5000)
+    assert len(subject_for(event)) < 540
+    assert subject_filter(workflow_id=huge) == f"tradeflow.v1.events.*.*.{token}.*"
 
 
 def test_emergency_events_have_their_own_subjects() -> None:
@@ -266,6 +289,109 @@ async def test_odd_ids_round_trip_through_nats(
     assert items[0][1]["bot_id"] == odd
 
 
+def publish_failures(metrics: Metrics) -> dict[str, float]:
+    """``tradeflow_events_publish_failures_total`` by reason (the reasons seen so far)."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "tradeflow_events_publish_failures"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+@pytest.mark.asyncio
+async def test_a_5kb_id_keeps_the_connection_and_later_events_arrive(
+    nats_server: Server, workflow_id: str
+) -> None:
+    """An event with 5 KB ids (it closed the connection for good) reaches the stream
+    under digest tokens, the connection stays up, the next event arrives, and replay by
+    the long id and by a well-formed id both find theirs; nothing failed."""
+    metrics = Metrics()
+    bus = await NatsEventBus.connect(nats_server.url, metrics=metrics)
+    try:
+        huge = workflow_id + "-" + "w" * 5000
+        bus.publish(make_event(huge, 1, bot_id="b" * 5000, execution_id="e" * 5000))
+        bus.publish(make_event(workflow_id, 2))
+        assert await bus.flush(DEADLINE_SECONDS)
+        assert bus.healthy() and bus._nc.stats["reconnects"] == 0
+        ((_, long_one),) = await replayed(bus, 1, workflow_id=huge, bot_id="b" * 5000)
+        assert long_one["workflow_id"] == huge and long_one["sequence"] == 1
+        ((_, normal),) = await replayed(bus, 1, workflow_id=workflow_id)
+        assert normal["sequence"] == 2
+        assert publish_failures(metrics) == {}
+    finally:
+        await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_an_event_that_cannot_be_sent_is_counted_logged_and_dropped(
+    bus: NatsEventBus, workflow_id: str
+) -> None:
+    """An event over NATS max_payload is dropped, counted by reason and logged; the
+    connection stays healthy and the next event reaches the stream."""
+    metrics = bus._metrics
+    assert metrics is not None
+    too_big = make_event(workflow_id, 1)
+    too_big.data["blob"] = "x" * bus._nc.max_payload
+    with structlog.testing.capture_logs() as logs:
+        bus.publish(too_big)
+        bus.publish(make_event(workflow_id, 2))
+        assert await bus.flush(DEADLINE_SECONDS)
+    assert publish_failures(metrics) == {"too_large": 1.0}
+    assert bus.dropped == 1
+    (rejected,) = [log for log in logs if log["event"] == "events.publish_rejected"]
+    assert rejected["reason"] == "too_large" and rejected["event_id"] == repr(too_big.event_id)
+    assert bus.healthy()
+    ((_, item),) = await replayed(bus, 1, workflow_id=workflow_id)
+    assert item["sequence"] == 2
+
+
+@pytest.mark.asyncio
+async def test_grpc_health_follows_the_bus_through_an_outage(
+    nats_server: Server, workflow_id: str
+) -> None:
+    """The health hook the executor service uses turns NOT_SERVING while nats-server is
+    down and SERVING again once the bus is back (checked over gRPC)."""
+    bus = await NatsEventBus.connect(
+        nats_server.url, NatsOptions(reconnect_backoff=(0.02, 0.2)), metrics=Metrics()
+    )
+    health = HealthServicer()
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    follower = asyncio.create_task(follow_health(health, [""], bus.healthy, poll=0.01))
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+
+    async def status_is(expected: int) -> bool:
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+        return bool(reply.status == expected)
+
+    try:
+        assert await status_is(health_pb2.HealthCheckResponse.SERVING)
+        nats_server.kill()
+        try:
+            await eventually(
+                lambda: status_is(health_pb2.HealthCheckResponse.NOT_SERVING),
+                "health reported NOT_SERVING",
+            )
+        finally:
+            nats_server.start()
+        await eventually(
+            lambda: status_is(health_pb2.HealthCheckResponse.SERVING), "health recovered"
+        )
+        bus.publish(make_event(workflow_id, 1))
+        assert await bus.flush(DEADLINE_SECONDS)
+    finally:
+        follower.cancel()
+        await channel.close()
+        await server.stop(None)
+        await bus.close()
+
+
 # -- subscribers -------------------------------------------------------------------
 
 
@@ -357,7 +483,7 @@ async def test_events_published_during_an_outage_arrive_after_restart(
     )
     try:
         nats_server.kill()
-        await eventually(lambda: not bus.connected, "the bus noticed the outage")
+        await eventually(lambda: not bus.healthy(), "the bus noticed the outage")
         for n in range(8):
             bus.publish(make_event(workflow_id, n))
         assert bus.dropped == 3

@@ -17,12 +17,14 @@ import pytest
 import pytest_asyncio
 import seed_examples as seed
 from gate import GateServer
+from google.protobuf.timestamp_pb2 import Timestamp
 from kit import DEADLINE_SECONDS, eventually
 from servers import Stack
 from workflows import block, gated_orders, trading_workflow
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES
 from tradeflow.domain.records import ExecutionStatus, Scope
 from tradeflow.engine.emergency import EmergencyHalted
 from tradeflow.proto.common.v1 import common_pb2
@@ -249,6 +251,109 @@ async def test_bad_requests_are_invalid_argument_naming_the_field(
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert named in (caught.value.details() or "")
+
+
+_HOSTILE = [
+    ("ExecuteWorkflow", pb.ExecuteWorkflowRequest(workflow_id="w" * 5000), "workflow_id"),
+    ("ExecuteWorkflow", pb.ExecuteWorkflowRequest(workflow_id="ok", bot_id="b" * 5000), "bot_id"),
+    (
+        "SubmitWorkflow",
+        pb.SubmitWorkflowRequest(workflow_id="ok", strategy_id="s.1"),
+        "strategy_id",
+    ),
+    (
+        "SubmitWorkflow",
+        pb.SubmitWorkflowRequest(workflow_id="ok", request_id="r" * 129),
+        "request_id",
+    ),
+    (
+        "ExecuteWorkflow",
+        pb.ExecuteWorkflowRequest(workflow_id="ok", correlation_id="c\x1b[0m"),
+        "correlation_id",
+    ),
+    ("GetExecution", pb.GetExecutionRequest(execution_id="e" * 20_000), "execution_id"),
+    ("CancelExecution", pb.CancelExecutionRequest(execution_id="e" * 20_000), "execution_id"),
+    ("StreamEvents", pb.StreamEventsRequest(after_sequence=2**64 - 1), "after_sequence"),
+    ("StreamEvents", pb.StreamEventsRequest(bot_id="b" * 5000), "bot_id"),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(
+            query=common_pb2.ExecutionQuery(started_after=Timestamp(seconds=2**62))
+        ),
+        "query.started_after",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(page_token="t" * 100_000)),
+        "query.page_token",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(status=42)),  # type: ignore[arg-type]
+        "query.status",
+    ),
+    (
+        "ValidateWorkflow",
+        # Not JSON at all: refused for its size, so it was never parsed.
+        pb.ValidateWorkflowRequest(definition_json="[" * (DEFINITION_MAX_BYTES + 1)),
+        "definition_json",
+    ),
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("method", "request_", "field"), _HOSTILE)
+async def test_hostile_requests_are_invalid_argument_naming_the_field(
+    executor_stub: pb_grpc.ExecutorServiceStub, method: str, request_: Any, field: str
+) -> None:
+    """Ids, cursors, queries and sizes past their limits answer INVALID_ARGUMENT naming the
+    field, with a bounded message (issue 7)."""
+    call = getattr(executor_stub, method)(request_)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            await (call.read() if method == "StreamEvents" else call)
+    details = caught.value.details() or ""
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"invalid field {field!r}" in details and len(details) < 1000
+
+
+@pytest.mark.asyncio
+async def test_oversized_definition_is_refused_before_it_is_parsed(
+    executor_stub: pb_grpc.ExecutorServiceStub,
+) -> None:
+    """A definition over DEFINITION_MAX_BYTES is refused for its size, not its content."""
+    text = json.dumps({"blocks": [], "pad": "x" * DEFINITION_MAX_BYTES})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await executor_stub.ExecuteWorkflow(
+            pb.ExecuteWorkflowRequest(workflow_id="big", definition_json=text)
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {DEFINITION_MAX_BYTES} bytes" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_events_still_flow_after_a_long_bot_id_is_refused(
+    executor_stub: pb_grpc.ExecutorServiceStub,
+) -> None:
+    """After a 5 KB bot_id is refused, a later execution's events still reach the stream."""
+    definition_json = json.dumps(trading_workflow())
+    with pytest.raises(grpc.aio.AioRpcError):
+        await executor_stub.ExecuteWorkflow(
+            pb.ExecuteWorkflowRequest(
+                workflow_id="wf", bot_id="b" * 5000, definition_json=definition_json
+            )
+        )
+    done = await executor_stub.ExecuteWorkflow(
+        pb.ExecuteWorkflowRequest(workflow_id="wf", bot_id="bot-7", definition_json=definition_json)
+    )
+    execution_id = done.execution.record.execution_id
+    stream = executor_stub.StreamEvents(
+        pb.StreamEventsRequest(after_sequence=0, execution_id=execution_id)
+    )
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        first = await stream.read()
+    stream.cancel()
+    assert (first.event.type, first.event.bot_id) == ("execution_started", "bot-7")
 
 
 @pytest.mark.asyncio

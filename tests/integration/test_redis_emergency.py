@@ -16,7 +16,12 @@ from servers import ServerProcess, free_port
 from tradeflow.adapters.redis.emergency import RedisEmergencyController
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import ScopeIds
-from tradeflow.domain.errors import ConfigurationError, EmergencyHalted, RiskLimitExceeded
+from tradeflow.domain.errors import (
+    CapacityExceeded,
+    ConfigurationError,
+    EmergencyHalted,
+    RiskLimitExceeded,
+)
 from tradeflow.domain.records import Event, LimitDirection, Scope
 from tradeflow.observability.metrics import Metrics
 
@@ -252,3 +257,23 @@ def test_refuses_a_client_that_decodes_responses() -> None:
         RedisEmergencyController(
             aioredis.Redis(decode_responses=True), clock=SystemClock(), id_factory=new_id
         )
+
+
+@pytest.mark.asyncio
+async def test_concurrent_halts_never_pass_the_bound_of_their_scope_kind(
+    make_controller: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty bot halts at once against a bound of five: five are stored, fifteen are
+    CapacityExceeded (the count and the write happen under one lock)."""
+    monkeypatch.setattr("tradeflow.domain.emergency.HALTS_PER_SCOPE_KIND_MAX", 5)
+    controller = await make_controller()
+
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        results = await asyncio.gather(
+            *(controller.halt(Scope.BOT, f"bot-{n}", reason="r") for n in range(20)),
+            return_exceptions=True,
+        )
+
+    refused = [r for r in results if isinstance(r, CapacityExceeded)]
+    assert (len(refused), len(results)) == (15, 20)
+    assert len(await (await make_controller()).halts()) == 5

@@ -29,6 +29,7 @@ from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
 from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_PATTERN
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -303,6 +304,65 @@ BAD_REQUESTS = [
     ("ReadEvents", pb.ReadEventsRequest(limit=MAX_EVENTS_PAGE + 1), "limit"),
     ("ReadEvents", pb.ReadEventsRequest(execution_id=""), "execution_id"),
     ("GetLastSequence", pb.GetLastSequenceRequest(), "execution_id"),
+    # Issue 7: ids, cursors, timestamps and sizes past their limits.
+    ("GetExecution", pb.GetExecutionRequest(execution_id="e" * 20_000), "execution_id"),
+    ("GetCheckpoints", pb.GetCheckpointsRequest(execution_id="a.b"), "execution_id"),
+    ("GetLastSequence", pb.GetLastSequenceRequest(execution_id="a\x1bb"), "execution_id"),
+    (
+        "FindExecutionByRequestId",
+        pb.FindExecutionByRequestIdRequest(request_id="r " * 9),
+        "request_id",
+    ),
+    ("ReadEvents", pb.ReadEventsRequest(after=2**64 - 1), "after"),
+    ("ReadEvents", pb.ReadEventsRequest(execution_id="e" * 5000), "execution_id"),
+    ("WriteBatch", _batch(execution={"bot_id": "b" * 5000}), "execution.bot_id"),
+    ("WriteBatch", _batch(execution={"correlation_id": ""}), "execution.correlation_id"),
+    ("WriteBatch", _batch(execution={"request_id": "r.1"}), "execution.request_id"),
+    (
+        "WriteBatch",
+        _batch(execution={"definition_json": "x" * (DEFINITION_MAX_BYTES + 1)}),
+        "execution.definition_json",
+    ),
+    ("WriteBatch", _batch(checkpoint={"node_id": "n" * 5000}), "checkpoints[0].node_id"),
+    ("WriteBatch", _batch(event={"workflow_id": "w" * 5000}), "events[0].workflow_id"),
+    ("WriteBatch", _batch(event={"type": "a b"}), "events[0].type"),
+    ("WriteBatch", _batch(event={"sequence": 2**64 - 1}), "events[0].sequence"),
+    (
+        "WriteBatch",
+        _batch(execution={"started_at": {"seconds": 2**63 - 1}}),
+        "execution.started_at",
+    ),
+    ("WriteBatch", _batch(execution={"finished_at": {"seconds": -1}}), "execution.finished_at"),
+    (
+        "WriteBatch",
+        _batch(checkpoint={"updated_at": {"seconds": 2**62}}),
+        "checkpoints[0].updated_at",
+    ),
+    ("WriteBatch", _batch(event={"timestamp": {"seconds": -(2**62)}}), "events[0].timestamp"),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(
+            query=common_pb2.ExecutionQuery(started_after=Timestamp(seconds=2**62))
+        ),
+        "query.started_after",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(
+            query=common_pb2.ExecutionQuery(started_before=Timestamp(seconds=-(2**62)))
+        ),
+        "query.started_before",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(page_token="t" * 100_000)),
+        "query.page_token",
+    ),
+    (
+        "ListExecutions",
+        pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(bot_id="b" * 5000)),
+        "query.bot_id",
+    ),
 ]
 
 
@@ -316,6 +376,18 @@ async def test_bad_request_is_invalid_argument_naming_the_field(
         await getattr(stub, method)(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"invalid field {field!r}" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_malformed_correlation_id_is_replaced_not_echoed(stub: Any) -> None:
+    """A malformed x-correlation-id is not echoed: the trailers carry a fresh, well-formed id."""
+    sent = "c" * 5000
+    call = stub.GetLastSequence(
+        pb.GetLastSequenceRequest(execution_id=new_id()), metadata=(("x-correlation-id", sent),)
+    )
+    await call
+    echoed = dict(await call.trailing_metadata())["x-correlation-id"]
+    assert echoed != sent and ID_PATTERN.fullmatch(echoed)
 
 
 @pytest.mark.asyncio

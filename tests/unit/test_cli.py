@@ -12,6 +12,7 @@ import pytest
 from workflows import block, trading_workflow
 
 from tradeflow.app.cli import main
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -59,6 +60,45 @@ def test_unreadable_and_malformed_files_are_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("error: cannot read workflow file")
     assert lines[1].startswith(f"error: {broken}:1:")
+
+
+@pytest.mark.parametrize("command", [["validate"], ["run"]])
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, ":1:1026: not valid JSON: depth limit exceeded"),
+        (b'{"blocks": []} trailing', ":1:16: not valid JSON: unexpected content after document"),
+        (b'{"blocks": "\xff"}', ":1:1: not valid JSON: str is not valid UTF-8"),
+        (b" " * (DEFINITION_MAX_BYTES + 1), f"at most {DEFINITION_MAX_BYTES} bytes"),
+    ],
+    ids=["100000-deep", "trailing-garbage", "not-utf8", "over-DEFINITION_MAX_BYTES"],
+)
+def test_deep_huge_or_invalid_json_is_a_one_line_input_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    content: bytes,
+    complaint: str,
+) -> None:
+    """validate and run: a deep, huge or invalid JSON file exits 2 with one line naming it."""
+    path = tmp_path / "hostile.json"
+    path.write_bytes(content)
+    assert main([*command, str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {path}") and complaint in err
+
+
+def test_run_with_a_deep_price_file_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run --prices: a 100000-deep price file exits 2 with one line naming it."""
+    prices = tmp_path / "prices.json"
+    prices.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert main(["run", write(tmp_path, trading_workflow()), "--prices", str(prices)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"price file {str(prices)!r}: not valid JSON" in err
 
 
 @pytest.mark.parametrize("example", ["mean_reversion.json", "arbitrage.json"])

@@ -17,12 +17,22 @@ import pytest
 import stamina
 from kit import DEADLINE_SECONDS, ManualClock
 
+from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.server import MAX_MESSAGE_BYTES
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.domain import errors
 from tradeflow.domain.clock import new_id
-from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
-from tradeflow.domain.records import Event, HaltState, LimitDirection, Scope
+from tradeflow.domain.emergency import MAX_AUDIT_PAGE, EmergencySnapshot, ScopeIds
+from tradeflow.domain.limits import (
+    ACTOR_MAX_LENGTH,
+    FOUND_MAX_CHARS,
+    HALTS_PER_SCOPE_KIND_MAX,
+    ID_MAX_LENGTH,
+    TEXT_MAX_LENGTH,
+    TIMESTAMP_MAX,
+)
+from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, Scope
 from tradeflow.engine.emergency import (
     EmergencyHalted,
     LocalRiskChecker,
@@ -30,6 +40,7 @@ from tradeflow.engine.emergency import (
     WatchedView,
 )
 from tradeflow.observability.metrics import Metrics
+from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 
 IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 
@@ -422,6 +433,33 @@ Call = Callable[[LocalEmergencyController], Awaitable[object]]
         (lambda c: c.set_risk_limit("daily_loss", 1.0, "sideways"), "direction"),
         (lambda c: c.set_risk_limit("daily_loss", None), "threshold"),
         (lambda c: c.set_risk_limit("", 1.0), "limit_type"),
+        (lambda c: c.halt(Scope.BOT, "b" * 1_000_000, reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, "bot\x00", reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, "\x1b[2Jbot", reason="r"), "target"),
+        (lambda c: c.halt(Scope.BOT, "bot.1", reason="r"), "target"),
+        (lambda c: c.halt(Scope.GLOBAL, reason="r" * 1025), "reason"),
+        (lambda c: c.halt(Scope.GLOBAL, reason="\x1b[31mred"), "reason"),
+        (lambda c: c.halt(Scope.GLOBAL, reason="nul\x00"), "reason"),
+        (lambda c: c.halt(Scope.GLOBAL, reason="r", actor="a" * 129), "actor"),
+        (lambda c: c.halt(Scope.GLOBAL, reason="r", actor="line\nbreak"), "actor"),
+        (lambda c: c.resume(Scope.BOT, "b" * 129, reason="r"), "target"),
+        (lambda c: c.resume(Scope.GLOBAL, reason="\x9bcsi"), "reason"),
+        (lambda c: c.check_risk_limit("daily loss", -1.0, 2.0), "limit_type"),
+        (lambda c: c.check_risk_limit("l" * 129, -1.0, 2.0), "limit_type"),
+        (
+            lambda c: c.check_risk_limit("daily_loss", -1.0, 2.0, ids=ScopeIds(bot_id="a.b")),
+            "bot_id",
+        ),
+        (
+            lambda c: c.check_risk_limit("daily_loss", -1.0, 2.0, ids=ScopeIds(workflow_id="")),
+            "workflow_id",
+        ),
+        (
+            lambda c: c.check_risk_limit("daily_loss", 1, 2, ids=ScopeIds(strategy_id="s" * 129)),
+            "strategy_id",
+        ),
+        (lambda c: c.set_risk_limit("max\x00position", 1.0), "limit_type"),
+        (lambda c: c.set_risk_limit("daily_loss", -1.0, actor="\x1b]0;title\x07"), "actor"),
     ],
 )
 @pytest.mark.asyncio
@@ -433,7 +471,98 @@ async def test_invalid_requests_name_the_field(
         await call(controller)
 
     assert caught.value.field == field
+    assert len(caught.value.message) < 2 * FOUND_MAX_CHARS + len(caught.value.expected)
     assert await controller.audit_entries() == []
+    assert await controller.halts() == []
+
+
+@pytest.mark.asyncio
+async def test_halts_per_scope_kind_are_bounded_and_a_global_halt_never_refused(
+    controller: LocalEmergencyController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One more halt of a full scope kind is CapacityExceeded; re-halts, other kinds and a
+    global halt still go through, and a resume makes room again."""
+    monkeypatch.setattr("tradeflow.domain.emergency.HALTS_PER_SCOPE_KIND_MAX", 2)
+    for bot in ("bot-1", "bot-2"):
+        await controller.halt(Scope.BOT, bot, reason="r")
+
+    with pytest.raises(errors.CapacityExceeded) as caught:
+        await controller.halt(Scope.BOT, "bot-3", reason="r")
+    assert (caught.value.grpc_status, caught.value.what, caught.value.capacity) == (
+        "FAILED_PRECONDITION",
+        "active bot halts",
+        2,
+    )
+    await controller.halt(Scope.BOT, "bot-2", reason="again")
+    await controller.halt(Scope.STRATEGY, "strat-1", reason="r")
+    await controller.halt(Scope.GLOBAL, reason="r")
+    assert await controller.resume(Scope.BOT, "bot-1", reason="r")
+    await controller.halt(Scope.BOT, "bot-3", reason="r")
+
+    halts = await controller.halts()
+    assert [(h.scope, h.target) for h in halts] == [
+        (Scope.GLOBAL, None),
+        (Scope.STRATEGY, "strat-1"),
+        (Scope.BOT, "bot-2"),
+        (Scope.BOT, "bot-3"),
+    ]
+    assert len(await controller.audit_entries()) == 7
+
+
+@pytest.mark.asyncio
+async def test_risk_limit_types_are_bounded_and_replacing_one_never_refused(
+    controller: LocalEmergencyController, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A limit type past RISK_LIMITS_MAX is CapacityExceeded; a configured one is replaced."""
+    monkeypatch.setattr("tradeflow.domain.emergency.RISK_LIMITS_MAX", 2)
+    await controller.set_risk_limit("daily_loss", -500.0)
+    await controller.set_risk_limit("max_position", 10.0)
+
+    with pytest.raises(errors.CapacityExceeded, match="risk limit types"):
+        await controller.set_risk_limit("max_exposure", 1.0)
+    await controller.set_risk_limit("daily_loss", -100.0)
+
+    limits = await controller.list_risk_limits()
+    assert [(x.limit_type, x.threshold) for x in limits] == [
+        ("daily_loss", -100.0),
+        ("max_position", 10.0),
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_breach_of_the_longest_limit_type_still_halts(
+    controller: LocalEmergencyController,
+) -> None:
+    """The breach's own halt (actor ``risk:<limit type>``) is not refused for its length."""
+    limit_type = "l" * ID_MAX_LENGTH
+    await controller.set_risk_limit(limit_type, -500.0, LimitDirection.BELOW, actor="a" * 128)
+
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await controller.check_risk_limit(limit_type, -600.0)
+
+    assert caught.value.halted
+    assert [h.actor for h in await controller.halts()] == [f"risk:{limit_type}"]
+
+
+def test_the_largest_emergency_state_fits_one_grpc_message() -> None:
+    """Every halt at its bound, with the longest target, reason and actor in 4-byte UTF-8,
+    fits gRPC's default 4 MiB message (what every watcher can receive), and the largest
+    audit page fits the services' message limit."""
+    since = float(TIMESTAMP_MAX)
+    reason, actor = "\U0001f600" * TEXT_MAX_LENGTH, "\U0001f600" * ACTOR_MAX_LENGTH
+    halts = [HaltState(Scope.GLOBAL, None, reason, actor, since)] + [
+        HaltState(scope, f"{n:x}".rjust(ID_MAX_LENGTH, "t"), reason, actor, since)
+        for scope in (Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW)
+        for n in range(HALTS_PER_SCOPE_KIND_MAX)
+    ]
+    state = pb.WatchStateResponse(state=wire.emergency_state_to_proto(halts, 2**64 - 1))
+    size = state.ByteSize()
+    assert size <= 4 * 1024 * 1024
+
+    entry = AuditEntry(2**63 - 1, since, actor, "resume", Scope.BOT, "t" * ID_MAX_LENGTH, reason)
+    page = pb.ListAuditEntriesResponse(entries=[wire.audit_entry_to_proto(entry)] * MAX_AUDIT_PAGE)
+    size = page.ByteSize()
+    assert size <= MAX_MESSAGE_BYTES
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import structlog
 from workflows import block, trading_workflow, two_orders_workflow
 
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.domain.errors import EmergencyHalted, RiskLimitExceeded
+from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -607,3 +607,43 @@ def test_importing_the_enhanced_executor_loads_no_adapter_technology() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("ids", "field"),
+    [
+        ({"workflow_id": "w" * 5000}, "workflow_id"),
+        ({"workflow_id": ""}, "workflow_id"),
+        ({"bot_id": "b" * 5000}, "bot_id"),
+        ({"bot_id": "bot.1"}, "bot_id"),
+        ({"strategy_id": "s\x1b[0m"}, "strategy_id"),
+    ],
+)
+async def test_enhanced_executor_refuses_a_malformed_id(
+    infra: Infrastructure, ids: dict[str, str], field: str
+) -> None:
+    """The enhanced executor checks its workflow, bot and strategy ids where they enter."""
+    arguments = {"workflow_id": "wf", **ids}
+    with pytest.raises(InvalidRequest) as caught:
+        EnhancedWorkflowExecutor(trading_workflow(), infra, **arguments)
+    assert caught.value.field == field
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("field", ["correlation_id", "request_id", "execution_id"])
+async def test_run_refuses_a_malformed_id_it_is_given(field: str) -> None:
+    """run/execute check the ids a caller passes (None still means "make one up")."""
+    executor = WorkflowExecutor(trading_workflow())
+    with pytest.raises(InvalidRequest) as caught:
+        await executor.execute(**{field: "x" * 129})
+    assert caught.value.field == field
+    assert (await executor.execute(**{field: None}))["status"] == "completed"
+
+
+@pytest.mark.asyncio
+async def test_resume_refuses_a_malformed_execution_id(infra: Infrastructure) -> None:
+    """resume checks the execution id before it asks the state store."""
+    with pytest.raises(InvalidRequest) as caught:
+        await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf").resume("e" * 20_000)
+    assert caught.value.field == "execution_id"

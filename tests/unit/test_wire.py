@@ -8,17 +8,26 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+import kit
 import pytest
 from google.protobuf.message import Message
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.errors import ERROR_METADATA_KEY, error_from_rpc, status_of
+from tradeflow.domain.codec import decode_page_token
 from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
     RiskLimitExceeded,
     TradeflowError,
     ValidationIssue,
+    WorkflowValidationError,
+)
+from tradeflow.domain.limits import (
+    ERROR_DETAILS_MAX_BYTES,
+    ERROR_MESSAGE_MAX_BYTES,
+    PAGE_MAX_BYTES,
+    PAGE_TOKEN_MAX_LENGTH,
 )
 from tradeflow.domain.records import (
     AuditEntry,
@@ -205,6 +214,22 @@ def test_execution_page_round_trip(page: ExecutionPage) -> None:
     """A page of executions comes back equal, in order, with its token."""
     back = round_trip(page, wire.execution_page_to_proto, wire.execution_page_from_proto)
     assert back == page
+
+
+def test_a_page_over_the_byte_bound_ends_early_and_its_token_continues_after_it() -> None:
+    """A page of large records is cut at PAGE_MAX_BYTES (never below one record), and its
+    token names the last record sent, so the next page starts right after it."""
+    big = {"blocks": [], "note": "x" * (PAGE_MAX_BYTES // 3)}
+    records = tuple(
+        kit.execution(f"e{n}", started_at=1_000.0 - n, definition=big) for n in range(5)
+    )
+    msg = wire.execution_page_to_proto(ExecutionPage(executions=records, next_page_token=None))
+    sent = len(msg.executions)
+    assert 1 <= sent < len(records)
+    assert msg.ByteSize() <= PAGE_MAX_BYTES + 1024
+    assert decode_page_token(msg.next_page_token) == (records[sent - 1].started_at, f"e{sent - 1}")
+    one = wire.execution_page_to_proto(ExecutionPage(executions=records[:1], next_page_token="t"))
+    assert len(one.executions) == 1 and one.next_page_token == "t"
 
 
 @pytest.mark.parametrize(
@@ -402,3 +427,71 @@ def test_an_error_with_details_this_client_does_not_know_keeps_its_class(
 
     assert type(rebuilt) is type(error)
     assert (rebuilt.message, rebuilt.details()) == (error.message, error.details())
+
+
+def _rpc_error(error: TradeflowError) -> tuple[str, bytes, grpc.aio.AioRpcError]:
+    """The status message and details ``status_of`` makes, and the RPC error carrying them."""
+    code, message, ((key, body),) = status_of(error)
+    trailing = grpc.aio.Metadata((key, body))
+    return message, body, grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailing, message)
+
+
+def test_error_message_and_details_stay_within_transport_limits() -> None:
+    """A huge message and details are cut to their bounds; class and field survive."""
+    error = InvalidRequest("execution_id", "x" * 50_000, "y" * 50_000)
+    error.message = "é" * 100_000
+    message, body, rpc_error = _rpc_error(error)
+    # gRPC percent-encodes every byte outside printable ASCII (and "%") as three.
+    sent = sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in message.encode())
+    assert sent <= ERROR_MESSAGE_MAX_BYTES and message.endswith("...")
+    assert len(body) <= ERROR_DETAILS_MAX_BYTES
+    rebuilt = error_from_rpc(rpc_error, service="state")
+    assert isinstance(rebuilt, InvalidRequest) and rebuilt.field == "execution_id"
+
+
+def test_many_validation_issues_are_cut_and_counted_in_a_last_issue() -> None:
+    """Issues past what fits the details travel as one last issue counting them."""
+    issues = [ValidationIssue(f"b{i}", "properties.x", "e" * 300, "f" * 300) for i in range(100)]
+    _, body, rpc_error = _rpc_error(WorkflowValidationError(issues))
+    rebuilt = error_from_rpc(rpc_error, service="executor")
+    assert len(body) <= ERROR_DETAILS_MAX_BYTES
+    assert isinstance(rebuilt, WorkflowValidationError)
+    *kept, last = rebuilt.issues
+    assert [i.block_id for i in kept] == [f"b{i}" for i in range(len(kept))]
+    assert last.found == f"{100 - len(kept)} more problems not sent"
+
+
+def test_a_short_error_travels_unchanged() -> None:
+    """Within the bounds nothing is cut."""
+    error = InvalidRequest("bot_id", "an id", "a.b")
+    message, body, _ = _rpc_error(error)
+    assert message == error.message
+    assert json.loads(body)["details"] == error.details()
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        (common_pb2.ExecutionQuery(started_after={"seconds": 2**62}), "started_after"),
+        (common_pb2.ExecutionQuery(started_before={"seconds": -1}), "started_before"),
+        (common_pb2.ExecutionQuery(bot_id="b" * 5000), "bot_id"),
+        (common_pb2.ExecutionQuery(workflow_id=""), "workflow_id"),
+        (common_pb2.ExecutionQuery(page_token="t" * (PAGE_TOKEN_MAX_LENGTH + 1)), "page_token"),
+        (common_pb2.ExecutionQuery(page_size=1001), "page_size"),
+        (common_pb2.ExecutionQuery(status=42), "status"),  # type: ignore[arg-type]
+    ],
+)
+def test_query_past_its_limits_is_refused_naming_the_field(
+    query: common_pb2.ExecutionQuery, field: str
+) -> None:
+    """Ids, time range, page size, page token length and status are checked on decoding."""
+    with pytest.raises(InvalidRequest) as caught:
+        wire.execution_query_from_proto(query)
+    assert caught.value.field == field
+
+
+def test_size_is_checked_in_utf8_bytes() -> None:
+    """bytes_at_most counts UTF-8 bytes, not characters."""
+    assert wire.bytes_at_most("definition_json", "é" * 5, 10) == "é" * 5
+    with pytest.raises(InvalidRequest, match="12 bytes"):
+        wire.bytes_at_most("definition_json", "é" * 6, 11)

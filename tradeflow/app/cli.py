@@ -17,6 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
@@ -27,6 +29,7 @@ from tradeflow.domain.errors import (
     UnavailableError,
     WorkflowValidationError,
 )
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES
 from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
@@ -53,15 +56,25 @@ EXIT_INTERNAL = 70
 
 
 def load_definition(path: str) -> dict[str, Any]:
-    """Read a workflow JSON file, with errors that say what is wrong where."""
-    file = Path(path)
+    """Read a workflow JSON file, with errors that say what is wrong where.
+
+    At most ``DEFINITION_MAX_BYTES`` are read, so a huge file costs nothing; orjson
+    refuses nesting deeper than 1024 levels with a ``JSONDecodeError``, where ``json``
+    would overflow the stack.
+    """
     try:
-        text = file.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(DEFINITION_MAX_BYTES + 1)
     except OSError as exc:
         raise TradeflowError(f"cannot read workflow file {path!r}: {exc.strerror}") from None
+    if len(data) > DEFINITION_MAX_BYTES:
+        raise TradeflowError(
+            f"{path}: a workflow file may hold at most {DEFINITION_MAX_BYTES} bytes; "
+            "this one is larger"
+        )
     try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as exc:
+        loaded = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise TradeflowError(
             f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}"
         ) from None

@@ -17,12 +17,12 @@ import orjson
 
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.errors import (
-    InvalidRequest,
     UnavailableError,
     ValidationIssue,
     WorkflowValidationError,
     describe,
 )
+from tradeflow.domain.limits import check_id
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -48,7 +48,7 @@ _CACHED_PLANS = 256
 
 @dataclass(frozen=True, slots=True)
 class Submission:
-    """A request to run a workflow."""
+    """A request to run a workflow; every id is checked when it is built."""
 
     definition: Mapping[str, Any]
     workflow_id: str
@@ -56,6 +56,11 @@ class Submission:
     strategy_id: str | None = None
     request_id: str | None = None
     correlation_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_id("workflow_id", self.workflow_id)
+        for field in ("bot_id", "strategy_id", "request_id", "correlation_id"):
+            check_id(field, getattr(self, field), optional=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +110,7 @@ class ExecutionManager:
 
     async def _start(self, submission: Submission) -> _Running:
         self._refuse_if_draining()
-        if not submission.workflow_id:
-            raise InvalidRequest("workflow_id", "a non-empty string", submission.workflow_id)
-        request_id = submission.request_id or None
+        request_id = submission.request_id
         if request_id is None:
             return await self._launch(submission, None)
         # Concurrent requests with one key wait for the first: looking the key up in the
@@ -202,8 +205,7 @@ class ExecutionManager:
 
     async def get(self, execution_id: str) -> ExecutionView:
         """An execution from the state store; raises ``ExecutionNotFound``."""
-        if not execution_id:
-            raise InvalidRequest("execution_id", "a non-empty string", execution_id)
+        check_id("execution_id", execution_id)
         record = await self.infra.state.get_execution(execution_id)
         checkpoints = await self.infra.state.get_checkpoints(execution_id)
         order = [b.get("id") for b in record.definition.get("blocks", []) if isinstance(b, dict)]
@@ -217,6 +219,7 @@ class ExecutionManager:
         """Ask a running execution to stop (it ends ``cancelled`` once the nodes already
         running finish). ``(False, status)`` when it already ended or runs in another
         executor process (which owns it)."""
+        check_id("execution_id", execution_id)
         running = self._running.get(execution_id)
         if running is not None and running.executor is not None and not running.task.done():
             running.executor.cancel()

@@ -3,7 +3,10 @@
 :class:`EmergencySnapshot` is one consistent view of halts and limits; every
 emergency control (embedded, Redis-backed, remote) answers the pre-action check
 with it. :func:`assess_limit` decides a risk check; the controller acts on its
-:class:`LimitVerdict` (audit, publish, halt).
+:class:`LimitVerdict` (audit, publish, halt). Targets, limit types and the ids of a
+check are well-formed ids, reasons and actors bounded text, and the number of halts
+per scope kind and of limit types is bounded (:mod:`tradeflow.domain.limits`), so the
+whole state always fits one message to every watcher.
 """
 
 from __future__ import annotations
@@ -13,7 +16,19 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
 
-from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
+from tradeflow.domain.errors import (
+    CapacityExceeded,
+    EmergencyHalted,
+    InvalidRequest,
+    RiskLimitExceeded,
+)
+from tradeflow.domain.limits import (
+    ACTOR_MAX_LENGTH,
+    HALTS_PER_SCOPE_KIND_MAX,
+    RISK_LIMITS_MAX,
+    check_id,
+    check_text,
+)
 from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
 
@@ -27,9 +42,11 @@ __all__ = [
     "LimitVerdict",
     "ScopeIds",
     "assess_limit",
+    "check_scope_ids",
     "checked_direction",
     "checked_number",
     "checked_scope",
+    "checked_scope_change",
     "require_text",
 ]
 
@@ -97,6 +114,21 @@ class EmergencySnapshot:
         if halt is not None:
             raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
 
+    def ensure_room_for_halt(self, scope: Scope, target: str | None) -> None:
+        """``CapacityExceeded`` if halting ``target`` would make more than
+        :data:`~tradeflow.domain.limits.HALTS_PER_SCOPE_KIND_MAX` active halts of ``scope``;
+        a global halt and a halt already active always have room."""
+        if scope is Scope.GLOBAL or (scope, target) in self.halts:
+            return
+        if sum(1 for kind, _ in self.halts if kind is scope) >= HALTS_PER_SCOPE_KIND_MAX:
+            raise CapacityExceeded(f"active {scope.value} halts", HALTS_PER_SCOPE_KIND_MAX)
+
+    def ensure_room_for_limit(self, limit_type: str) -> None:
+        """``CapacityExceeded`` if a new ``limit_type`` would make more than
+        :data:`~tradeflow.domain.limits.RISK_LIMITS_MAX` limits; replacing one always has room."""
+        if limit_type not in self.limits and len(self.limits) >= RISK_LIMITS_MAX:
+            raise CapacityExceeded("risk limit types", RISK_LIMITS_MAX)
+
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
         """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any."""
         halts = self.halts
@@ -162,10 +194,10 @@ def assess_limit(
     The direction comes from the configured limit in ``limits``, else from
     :data:`DEFAULT_DIRECTIONS`; ``threshold=None`` uses the configured
     threshold. A limit configured not to halt overrides ``auto_halt``.
-    Raises ``InvalidRequest`` for an unknown limit type, a missing threshold
-    or a value that is not a finite number.
+    Raises ``InvalidRequest`` for a limit type that is no id or unknown, a missing
+    threshold or a value that is not a finite number.
     """
-    require_text("limit_type", limit_type)
+    check_id("limit_type", limit_type)
     checked_value = checked_number("value", value)
     configured = limits.get(limit_type)
     direction = (
@@ -196,9 +228,25 @@ def checked_scope(scope: Scope | str, target: str | None) -> Scope:
     if checked is Scope.GLOBAL:
         if target is not None:
             raise InvalidRequest("target", "None for a global halt", target)
-    elif not isinstance(target, str) or not target.strip():
-        raise InvalidRequest("target", f"a non-empty {checked.value} id", target)
+    else:
+        check_id("target", target)
     return checked
+
+
+def checked_scope_change(scope: Scope | str, target: str | None, reason: str, actor: str) -> Scope:
+    """:func:`checked_scope` of a halt or resume whose reason is non-blank text and whose
+    actor is text of at most ``ACTOR_MAX_LENGTH``; ``InvalidRequest`` naming the field."""
+    checked = checked_scope(scope, target)
+    require_text("reason", reason)
+    check_text("actor", actor, max_length=ACTOR_MAX_LENGTH)
+    return checked
+
+
+def check_scope_ids(ids: ScopeIds) -> None:
+    """``InvalidRequest`` naming the first of ``ids`` that is neither ``None`` nor an id."""
+    check_id("workflow_id", ids.workflow_id, optional=True)
+    check_id("bot_id", ids.bot_id, optional=True)
+    check_id("strategy_id", ids.strategy_id, optional=True)
 
 
 def checked_direction(limit_type: str, direction: LimitDirection | str | None) -> LimitDirection:
@@ -218,10 +266,13 @@ def checked_direction(limit_type: str, direction: LimitDirection | str | None) -
         raise InvalidRequest("direction", f"one of {_DIRECTIONS}", direction) from None
 
 
-def require_text(field: str, value: object) -> None:
-    """``InvalidRequest`` naming ``field`` unless ``value`` is a non-blank string."""
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidRequest(field, "a non-empty string", value)
+def require_text(field: str, value: object) -> str:
+    """``value`` if :func:`~tradeflow.domain.limits.check_text` accepts it and it is not
+    blank; else ``InvalidRequest`` naming ``field``."""
+    text = check_text(field, value)
+    if not text.strip():
+        raise InvalidRequest(field, "a non-blank text", value)
+    return text
 
 
 def checked_number(field: str, value: object) -> float:

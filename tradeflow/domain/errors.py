@@ -12,7 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from tradeflow.domain.limits import shown
+
 __all__ = [
+    "CapacityExceeded",
     "CircuitOpenError",
     "ConfigurationError",
     "EmergencyHalted",
@@ -56,18 +59,35 @@ class ConfigurationError(TradeflowError):
 
 
 class InvalidRequest(TradeflowError):
-    """A request is malformed: a field is missing, of the wrong type or out of range."""
+    """A request is malformed: a field is missing, of the wrong type or out of range.
+
+    ``found`` is quoted through :func:`~tradeflow.domain.limits.shown`: truncated, so no
+    message or detail carries a huge value.
+    """
 
     grpc_status = "INVALID_ARGUMENT"
 
     def __init__(self, field: str, expected: str, found: object) -> None:
-        super().__init__(f"invalid field {field!r}: expected {expected}, found {found!r}")
+        super().__init__(f"invalid field {field!r}: expected {expected}, found {shown(found)}")
         self.field = field
         self.expected = expected
         self.found = found
 
     def details(self) -> dict[str, Any]:
-        return {"field": self.field, "expected": self.expected, "found": repr(self.found)}
+        return {"field": self.field, "expected": self.expected, "found": shown(self.found)}
+
+
+class CapacityExceeded(TradeflowError):
+    """Adding one more would pass a count bound (active halts of one scope kind, risk limit
+    types); the caller must free one first, so a retry alone cannot succeed."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("what", "capacity")
+
+    def __init__(self, what: str, capacity: int) -> None:
+        super().__init__(f"too many {what}: at most {capacity} (remove one before adding another)")
+        self.what = what
+        self.capacity = capacity
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,16 +35,17 @@ from tradeflow.domain.emergency import (
     LimitVerdict,
     ScopeIds,
     assess_limit,
+    check_scope_ids,
     checked_direction,
     checked_number,
-    checked_scope,
-    require_text,
+    checked_scope_change,
 )
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
     UnavailableError,
 )
+from tradeflow.domain.limits import ACTOR_MAX_LENGTH, check_id, check_text
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -85,9 +86,22 @@ class EmergencyController:
 
     ``publish`` receives ``emergency_halted``, ``emergency_resumed`` and
     ``risk_limit_exceeded`` events (typically an event bus's ``publish``).
+
+    Every input is checked here, for the embedded controller and the service alike
+    (:mod:`tradeflow.domain.emergency`). A new scoped halt or limit type is counted
+    against its bound and written under one lock, so the bound is exact in one process;
+    writers in several processes at the same instant may each add one more.
     """
 
-    __slots__ = ("_clock", "_id_factory", "_metrics", "_publish", "_sequence", "_store")
+    __slots__ = (
+        "_clock",
+        "_id_factory",
+        "_metrics",
+        "_publish",
+        "_sequence",
+        "_store",
+        "_writing",
+    )
 
     def __init__(
         self,
@@ -104,6 +118,7 @@ class EmergencyController:
         self._clock = clock
         self._id_factory = id_factory
         self._sequence = itertools.count(1)
+        self._writing = asyncio.Lock()
 
     def snapshot(self) -> EmergencySnapshot:
         """The current halts and limits; ``UnavailableError`` if they cannot be confirmed."""
@@ -127,13 +142,21 @@ class EmergencyController:
     async def halt(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> HaltState:
-        scope = checked_scope(scope, target)
-        require_text("reason", reason)
-        now = self._clock.time()
-        state = await self._store.save_halt(
-            HaltState(scope=scope, target=target, reason=reason, actor=actor, since=now),
-            AuditEntry(0, now, actor, "halt", scope, target, reason),
+        return await self._halt(
+            checked_scope_change(scope, target, reason, actor), target, reason, actor
         )
+
+    async def _halt(self, scope: Scope, target: str | None, reason: str, actor: str) -> HaltState:
+        """Store, count, log and announce a halt whose fields are checked (or generated:
+        a breach's actor is ``risk:<limit type>``, a little longer than an actor may be)."""
+        now = self._clock.time()
+        async with self._writing:
+            if scope is not Scope.GLOBAL:  # a global halt is never refused, even unconfirmed
+                self.snapshot().ensure_room_for_halt(scope, target)
+            state = await self._store.save_halt(
+                HaltState(scope=scope, target=target, reason=reason, actor=actor, since=now),
+                AuditEntry(0, now, actor, "halt", scope, target, reason),
+            )
         if self._metrics is not None:
             self._metrics.halts.labels(scope.value).inc()
         data = _halt_data(scope, target, reason, actor)
@@ -144,8 +167,7 @@ class EmergencyController:
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
-        scope = checked_scope(scope, target)
-        require_text("reason", reason)
+        scope = checked_scope_change(scope, target, reason, actor)
         now = self._clock.time()
         audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
         if not await self._store.delete_halt(scope, target, audit):
@@ -184,6 +206,7 @@ class EmergencyController:
         """Judge ``value`` by :func:`~tradeflow.domain.emergency.assess_limit` on the limits
         of ``state`` (default: the :meth:`snapshot`). A breach is audited, counted and
         published with ``ids``, and halts globally if the verdict says so."""
+        check_scope_ids(ids)
         limits = (self.snapshot() if state is None else state).limits
         verdict = assess_limit(limits, limit_type, value, threshold, auto_halt)
         if not verdict.breached:
@@ -207,7 +230,7 @@ class EmergencyController:
         _log.warning("emergency.risk_breach", reason=reason, auto_halt=verdict.halts, **id_fields)
         self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, ids)
         if verdict.halts:
-            await self.halt(Scope.GLOBAL, reason=reason, actor=actor)
+            await self._halt(Scope.GLOBAL, None, reason, actor)
         return verdict
 
     async def set_risk_limit(
@@ -219,9 +242,10 @@ class EmergencyController:
         auto_halt: bool = True,
         actor: str = "unknown",
     ) -> RiskLimit:
-        require_text("limit_type", limit_type)
+        check_id("limit_type", limit_type)
         checked = checked_number("threshold", threshold)
         direction = checked_direction(limit_type, direction)
+        check_text("actor", actor, max_length=ACTOR_MAX_LENGTH)
         now = self._clock.time()
         limit = RiskLimit(limit_type, checked, direction, bool(auto_halt), now, actor)
         details = {
@@ -231,9 +255,11 @@ class EmergencyController:
             "auto_halt": limit.auto_halt,
         }
         reason = f"limit {limit_type!r}: {direction.value} {limit.threshold}"
-        await self._store.save_risk_limit(
-            limit, AuditEntry(0, now, actor, "set_risk_limit", None, None, reason, details)
-        )
+        async with self._writing:
+            self.snapshot().ensure_room_for_limit(limit_type)
+            await self._store.save_risk_limit(
+                limit, AuditEntry(0, now, actor, "set_risk_limit", None, None, reason, details)
+            )
         return limit
 
     async def list_risk_limits(self) -> list[RiskLimit]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.limits import check_id
 from tradeflow.domain.records import Checkpoint, ExecutionRecord, ExecutionStatus
 from tradeflow.engine.journal import NULL_JOURNAL, DurableJournal, NullJournal
 from tradeflow.engine.model import Workflow
@@ -118,8 +119,16 @@ class Executor:
 
         ``request_id`` is an idempotency key recorded with the execution;
         ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
-        start) before the run starts.
+        start) before the run starts. An id that is given must be well-formed
+        (:func:`~tradeflow.domain.limits.check_id`).
         """
+        # Checked only when given: the base executor's hot path passes none of them.
+        if correlation_id is not None:
+            check_id("correlation_id", correlation_id)
+        if request_id is not None:
+            check_id("request_id", request_id)
+        if execution_id is not None:
+            check_id("execution_id", execution_id)
         execution_id = execution_id or self.runtime.ids()
         start = _Start(
             execution_id,
@@ -139,6 +148,7 @@ class Executor:
         Completed nodes are not run again; an action whose intent was recorded is
         re-placed with the same client order id, which the exchange deduplicates.
         """
+        check_id("execution_id", execution_id)
         await self.initialize()
         assert self.plan is not None
         durability = self.runtime.durability

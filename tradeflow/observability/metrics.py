@@ -170,6 +170,14 @@ class Metrics:
             "Events lost: a slow subscriber's buffer was full, or the bus could not send them.",
             registry=r,
         )
+        self.events_publish_failures = Counter(
+            "tradeflow_events_publish_failures_total",
+            "Failed attempts to hand events to JetStream, by reason. The event is dropped "
+            "for unserialisable, too_large, refused; the batch is sent again for "
+            "unacknowledged, no_stream, server_error, error.",
+            ["reason"],
+            registry=r,
+        )
         self.subscriber_errors = Counter(
             "tradeflow_subscriber_errors_total",
             "Exceptions raised by event subscribers.",

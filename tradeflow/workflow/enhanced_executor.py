@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.limits import check_id
 from tradeflow.engine.executor import Executor
 from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes.registry import NodeRegistry
@@ -44,8 +44,9 @@ class EnhancedWorkflowExecutor(Executor):
         registry: NodeRegistry | None = None,
         max_concurrency: int = 16,
     ) -> None:
-        if not isinstance(workflow_id, str) or not workflow_id:
-            raise InvalidRequest("workflow_id", "a non-empty string", workflow_id)
+        check_id("workflow_id", workflow_id)
+        check_id("bot_id", bot_id, optional=True)
+        check_id("strategy_id", strategy_id, optional=True)
         super().__init__(
             workflow,
             infra.runtime,

@@ -39,6 +39,7 @@ from tradeflow.domain.emergency import (
     EmergencySnapshot,
     ScopeIds,
     checked_number,
+    checked_scope_change,
 )
 from tradeflow.domain.errors import RiskLimitExceeded, TradeflowError, UnavailableError, describe
 from tradeflow.domain.records import (
@@ -288,10 +289,12 @@ class RemoteEmergencyControl:
     def _scope_change(
         self, scope: Scope, target: str | None, reason: str, actor: str
     ) -> dict[str, Any]:
-        """The fields of a halt or resume request, with a fresh ``request_id``."""
+        """The fields of a halt or resume request, with a fresh ``request_id``; checked
+        here as the service checks them, so a malformed one is never sent."""
+        checked = checked_scope_change(scope, target, reason, actor)
         return {
             "request_id": self._id_factory(),
-            "scope": wire.SCOPE.to_proto(scope, "scope"),
+            "scope": wire.SCOPE.to_proto(checked, "scope"),
             "target": target,
             "reason": reason,
             "actor": actor,

@@ -2,10 +2,13 @@
 graceful shutdown. Each service's ``server.py`` hands :func:`serve` its servicers.
 
 - Every call: the correlation id is taken from the ``x-correlation-id`` metadata
-  (or made up), bound to the logs, and returned in the trailing metadata; domain
-  errors become status codes (:mod:`tradeflow.adapters.grpc.errors`); anything else becomes
+  (or made up when absent or not a well-formed id, since it is echoed and logged),
+  bound to the logs, and returned in the trailing metadata; domain errors become
+  status codes (:mod:`tradeflow.adapters.grpc.errors`); anything else becomes
   ``INTERNAL`` with the correlation id, logged with its traceback, never sent.
 - ``tradeflow_rpc_server_handled_seconds{method, code}`` times every call.
+- Health is SERVING while the service's ``healthy`` hook (if any) holds, NOT_SERVING
+  while it does not (polled every :data:`HEALTH_POLL_SECONDS`).
 - SIGTERM/SIGINT: health turns NOT_SERVING (load balancers stop routing), the
   service's drain hook finishes or checkpoints in-flight work, then the server
   stops with a grace period.
@@ -30,13 +33,15 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from tradeflow.adapters.grpc.errors import status_of
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ConfigurationError, TradeflowError
+from tradeflow.domain.limits import ID_PATTERN
 from tradeflow.observability.logging import get_logger
 from tradeflow.observability.metrics import LATENCY_BUCKETS
 
-__all__ = ["CORRELATION_KEY", "Service", "serve"]
+__all__ = ["CORRELATION_KEY", "HEALTH_POLL_SECONDS", "Service", "follow_health", "serve"]
 
 CORRELATION_KEY = "x-correlation-id"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+HEALTH_POLL_SECONDS = 1.0
 
 _log = get_logger(__name__)
 
@@ -53,6 +58,8 @@ class Service:
     """Finish or checkpoint in-flight work (called once, on shutdown)."""
     close: Callable[[], Awaitable[None]] | None = None
     """Release connections after the server stopped."""
+    healthy: Callable[[], bool] | None = None
+    """Whether the service can do its work right now (say, its events reach the stream)."""
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
@@ -123,8 +130,8 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 def _correlation_id(context: grpc.aio.ServicerContext) -> str:
     for key, value in context.invocation_metadata() or ():
-        if key == CORRELATION_KEY and value:
-            correlation_id = str(value)
+        if key == CORRELATION_KEY and isinstance(value, str) and ID_PATTERN.fullmatch(value):
+            correlation_id = value
             break
     else:
         correlation_id = new_id()
@@ -147,6 +154,33 @@ async def _abort(
         grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})"
     )
     raise AssertionError("unreachable")  # pragma: no cover - abort raises
+
+
+async def follow_health(
+    health: HealthServicer,
+    names: Sequence[str],
+    healthy: Callable[[], bool] | None,
+    poll: float = HEALTH_POLL_SECONDS,
+) -> None:
+    """Set ``names`` SERVING while ``healthy()`` holds and NOT_SERVING while it does not,
+    checking every ``poll`` seconds until cancelled; ``names`` start SERVING (and stay so
+    without a ``healthy``)."""
+    if healthy is None:
+        return
+    serving = True
+    while True:
+        await asyncio.sleep(poll)
+        if healthy() == serving:
+            continue
+        serving = not serving
+        _log.warning("service.health_changed", serving=serving)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in names:
+            await health.set(name, status)
 
 
 async def serve(
@@ -196,6 +230,7 @@ async def serve(
         await server.start()
         for health_name in ("", *names):
             await health.set(health_name, health_pb2.HealthCheckResponse.SERVING)
+        watcher = asyncio.create_task(follow_health(health, ("", *names), service.healthy))
         _log.info("service.started", service=name, listen=listen, metrics_port=metrics_port)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -203,6 +238,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         _log.info("service.draining", service=name)
+        watcher.cancel()
         await health.enter_graceful_shutdown()
         if service.drain is not None:
             await service.drain()

@@ -25,9 +25,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tradeflow.domain.codec import from_json, to_json_bytes
+from tradeflow.domain.codec import MAX_PAGE_SIZE, encode_page_token, from_json, to_json_bytes
 from tradeflow.domain.emergency import LimitVerdict, ScopeIds
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
+from tradeflow.domain.limits import (
+    PAGE_MAX_BYTES,
+    PAGE_TOKEN_MAX_LENGTH,
+    check_id,
+    check_timestamp,
+)
 from tradeflow.domain.records import (
     SCHEMA_VERSION,
     AuditEntry,
@@ -61,6 +67,7 @@ __all__ = [
     "at_most",
     "audit_entry_from_proto",
     "audit_entry_to_proto",
+    "bytes_at_most",
     "checkpoint_from_proto",
     "checkpoint_to_proto",
     "decode_json_object",
@@ -91,15 +98,15 @@ __all__ = [
     "timestamp_to_proto",
     "validation_issue_from_proto",
     "validation_issue_to_proto",
+    "within",
 ]
 
 E = TypeVar("E", bound=StrEnum)
 V = TypeVar("V", bound=int)
 T = TypeVar("T")
+M = TypeVar("M")
 
 _NANOS_PER_SECOND = 1_000_000_000
-_SHOWN_JSON_CHARS = 200
-"""How much of malformed JSON text an error message quotes."""
 
 
 def encode_json(value: Any) -> str:
@@ -177,8 +184,25 @@ def decode_json_object(text: str, field: str) -> dict[str, Any]:
     except ValueError:
         value = None
     if not isinstance(value, dict):
-        raise InvalidRequest(field, "a JSON object", text[:_SHOWN_JSON_CHARS])
+        raise InvalidRequest(field, "a JSON object", text)
     return value
+
+
+def bytes_at_most(field: str, text: str, most: int) -> str:
+    """``text`` if its UTF-8 encoding has at most ``most`` bytes; checked before a JSON
+    text is parsed, which costs many times its size."""
+    size = len(text.encode())
+    if size > most:
+        raise InvalidRequest(field, f"at most {most} bytes", f"{size} bytes")
+    return text
+
+
+def within(path: str, convert: Callable[[M], T], msg: M) -> T:
+    """``convert(msg)``, with the field of an ``InvalidRequest`` prefixed by ``path``."""
+    try:
+        return convert(msg)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"{path}.{exc.field}", exc.expected, exc.found) from None
 
 
 def timestamp_to_proto(ts: float) -> Timestamp:
@@ -310,25 +334,45 @@ def execution_query_to_proto(query: ExecutionQuery) -> common_pb2.ExecutionQuery
 
 
 def execution_query_from_proto(msg: common_pb2.ExecutionQuery) -> ExecutionQuery:
-    """Inverse of :func:`execution_query_to_proto`; page size 0 keeps the default."""
+    """Inverse of :func:`execution_query_to_proto`, refusing a query past the limits
+    (ids, time range, page size, page token length); page size 0 keeps the default."""
+    at_most("page_size", msg.page_size, MAX_PAGE_SIZE)
+    if len(msg.page_token) > PAGE_TOKEN_MAX_LENGTH:
+        expected = f"a page token of at most {PAGE_TOKEN_MAX_LENGTH} characters"
+        raise InvalidRequest("page_token", expected, msg.page_token)
     query = ExecutionQuery(
-        workflow_id=_optional(msg, "workflow_id"),
-        bot_id=_optional(msg, "bot_id"),
-        strategy_id=_optional(msg, "strategy_id"),
+        workflow_id=check_id("workflow_id", _optional(msg, "workflow_id"), optional=True),
+        bot_id=check_id("bot_id", _optional(msg, "bot_id"), optional=True),
+        strategy_id=check_id("strategy_id", _optional(msg, "strategy_id"), optional=True),
         status=EXECUTION_STATUS.from_proto_optional(msg.status, "status"),
-        started_after=_optional(msg, "started_after", timestamp_from_proto),
-        started_before=_optional(msg, "started_before", timestamp_from_proto),
+        started_after=_optional(msg, "started_after", _query_time("started_after")),
+        started_before=_optional(msg, "started_before", _query_time("started_before")),
         page_token=msg.page_token or None,
     )
+    after, before = query.started_after, query.started_before
+    if after is not None and before is not None and before <= after:
+        raise InvalidRequest("started_before", f"a time after started_after ({after})", before)
     return replace(query, limit=msg.page_size) if msg.page_size else query
 
 
+def _query_time(field: str) -> Callable[[Timestamp], float]:
+    return lambda msg: check_timestamp(field, timestamp_from_proto(msg))
+
+
 def execution_page_to_proto(page: ExecutionPage) -> common_pb2.ExecutionPage:
-    """A page of executions as its protobuf message."""
-    return common_pb2.ExecutionPage(
-        executions=[execution_record_to_proto(record) for record in page.executions],
-        next_page_token=page.next_page_token or "",
-    )
+    """A page of executions as its protobuf message, of at most ``PAGE_MAX_BYTES``: a
+    larger page ends early, its token continuing after the last record sent."""
+    msg = common_pb2.ExecutionPage(next_page_token=page.next_page_token or "")
+    size = 0
+    for record in page.executions:
+        item = execution_record_to_proto(record)
+        size += item.ByteSize()
+        if size > PAGE_MAX_BYTES and msg.executions:
+            last = page.executions[len(msg.executions) - 1]
+            msg.next_page_token = encode_page_token(last.started_at, last.execution_id)
+            break
+        msg.executions.append(item)
+    return msg
 
 
 def execution_page_from_proto(msg: common_pb2.ExecutionPage) -> ExecutionPage:

@@ -72,6 +72,9 @@ class InProcessEventBus(Fanout):
     async def last_sequence(self) -> int:
         return self._sequence
 
+    def healthy(self) -> bool:
+        return not self._closed
+
     def replay(
         self,
         *,

@@ -8,13 +8,14 @@ paper-trading run is reproducible end to end.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import ConfigurationError, ExchangeError
@@ -125,7 +126,8 @@ class ReplayPriceFeed:
         the venue, symbol and tick index at fault.
         """
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+            # orjson: a file nested too deep is a ValueError, not a RecursionError.
+            raw = orjson.loads(Path(path).read_bytes())
         except OSError as exc:
             raise ConfigurationError(f"price file {str(path)!r}: cannot read it: {exc}") from exc
         except ValueError as exc:

@@ -14,17 +14,27 @@ Ids in subjects
     ``%5F``; in any other id every other character (``.``, ``*``, ``>``, whitespace,
     ``%``, non-ASCII ...) becomes ``%XX`` per UTF-8 byte, upper-case hex. So
     ``bot.1`` is published as ``bot%2E1`` and ``subject_filter(bot_id="bot.1")``
-    matches it. Nothing is rejected.
+    matches it. A token that would be longer than ``ID_MAX_LENGTH`` (128) characters
+    becomes ``#`` and the 32 hex digits of its id's BLAKE2b-128 digest instead (one way:
+    :func:`decode_token` gives it back as is; ``#`` never appears in the other tokens).
+    So every subject stays under 540 bytes, far below the server's 4 KiB control line,
+    which a longer one would exceed, and the server would close the connection. Nothing
+    is rejected: a well-formed id (``tradeflow.domain.limits.ID_PATTERN``) other than
+    ``_`` is its own token, and filters by any id match, since they encode it the same way.
 
 Publishing
     :meth:`NatsEventBus.publish` appends to a bounded queue and returns; a background
-    task sends batches with a ``Nats-Msg-Id: <event_id>`` header (JetStream drops
+    task sends batches with a ``Nats-Msg-Id: <encoded event_id>`` header (JetStream drops
     duplicates within the stream's ``duplicate_window``), then waits for one
     acknowledgement per batch. A batch not acknowledged (NATS down, JetStream not
     ready) goes back to the front of the queue and is sent again once reconnected;
     when the queue is full the oldest events are dropped and counted. Delivery is
     therefore at least once: live subscribers may see a resent event twice (dedupe
     by ``event_id``); the stream holds it once (within the duplicate window).
+    Every failed attempt is counted in ``tradeflow_events_publish_failures_total{reason}``;
+    an event that can never be sent (``unserialisable``, ``too_large``, ``refused``) is
+    dropped and logged; while batches go unacknowledged the bus logs it once and
+    :meth:`NatsEventBus.healthy` is False (the executor's gRPC health follows it).
 
 Subscribing and replay
     :meth:`~NatsEventBus.subscribe` listens on core NATS (low latency, no history) and
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import random
 import re
@@ -59,6 +70,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
+from tradeflow.domain.limits import ID_MAX_LENGTH, shown
 from tradeflow.domain.records import Event
 from tradeflow.engine.fanout import (
     SCOPE_EVENTS,
@@ -103,8 +115,10 @@ _EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
 _PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]+")
 _MSG_ID: Final = api.Header.MSG_ID.value
 _STATUS: Final = api.Header.STATUS.value
+_DIGEST_MARK: Final = "#"
 _HEADER_ALLOWANCE: Final = 512
-"""Bytes kept free of max_payload for the headers (the server counts them, the client not)."""
+"""Bytes kept free of max_payload for the headers (the server counts them, the client not;
+ours are under 200: the message id is an encoded token)."""
 _STREAM_NAME_IN_USE: Final = 10058
 """JetStream error code: a stream by that name exists with another configuration."""
 
@@ -124,23 +138,41 @@ _ServerChooser = Callable[[list[Server], dict[str, Any]], tuple[Server | None, f
 _log = structlog.get_logger(__name__)
 
 
-@lru_cache(maxsize=1024)
 def encode_token(value: str | None) -> str:
     """One subject token for an id (see the module docstring for the scheme)."""
+    if value is not None and len(value) > ID_MAX_LENGTH:
+        # Its token would be too long too; and not cached, so a huge id is not kept.
+        return _digest(value)
+    return _encode_short(value)
+
+
+@lru_cache(maxsize=1024)
+def _encode_short(value: str | None) -> str:
     if not value:
         return MISSING_TOKEN
     if value == MISSING_TOKEN:
         return "%5F"
     if _PLAIN_TOKEN.fullmatch(value):
         return value
-    return "".join(
-        ch if _PLAIN_TOKEN.fullmatch(ch) else "".join(f"%{b:02X}" for b in ch.encode())
+    token = "".join(
+        ch if _PLAIN_TOKEN.fullmatch(ch) else "".join(f"%{b:02X}" for b in _utf8(ch))
         for ch in value
     )
+    return token if len(token) <= ID_MAX_LENGTH else _digest(value)
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (which UTF-8 cannot carry) still gets a token.
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _digest(value: str) -> str:
+    return _DIGEST_MARK + hashlib.blake2b(_utf8(value), digest_size=16).hexdigest()
 
 
 def decode_token(token: str) -> str | None:
-    """Inverse of :func:`encode_token` (a missing id comes back as ``None``)."""
+    """Inverse of :func:`encode_token` (a missing id comes back as ``None``, a digest
+    token as it is)."""
     return None if token == MISSING_TOKEN else unquote(token, errors="strict")
 
 
@@ -257,6 +289,7 @@ class NatsEventBus:
         "_connected",
         "_dropping",
         "_event_subs",
+        "_failure",
         "_in_flight",
         "_js",
         "_local",
@@ -297,6 +330,8 @@ class NatsEventBus:
         self._connected = asyncio.Event()
         self._connected.set()
         self._in_flight = 0
+        self._failure: str | None = None
+        """Why the last batch went back to the queue; None once one is acknowledged."""
         self._dropping = False
         self._closed = False
         # Each batch gets a fresh reply subject, so a late ack of an abandoned batch
@@ -401,10 +436,10 @@ class NatsEventBus:
             raise UnavailableError(f"cannot read the event stream: {describe(exc)}") from exc
         return int(info.state.last_seq)
 
-    @property
-    def connected(self) -> bool:
-        """Whether the NATS connection is up right now (for health checks)."""
-        return bool(self._nc.is_connected)
+    def healthy(self) -> bool:
+        """Whether events reach JetStream right now: connected, and the last batch sent
+        was acknowledged (for health checks)."""
+        return bool(self._nc.is_connected) and self._failure is None
 
     # -- publishing ---------------------------------------------------------------
 
@@ -475,7 +510,7 @@ class NatsEventBus:
             retry = await self._send(batch)
         except Exception as exc:  # the publisher must outlive any surprise
             _log.error("events.publish_failed", error=describe(exc), events=len(batch))
-            retry = batch
+            retry = self._unsent(batch, "error")
         finally:
             self._in_flight = 0
         self._progress.set()
@@ -496,18 +531,7 @@ class NatsEventBus:
         the cost of one reply per batch instead of one per event.
         """
         nc = self._nc
-        limit = nc.max_payload - _HEADER_ALLOWANCE
-        encoded: list[tuple[Event, str, bytes]] = []
-        for event in batch:
-            try:
-                payload = orjson.dumps(event.to_dict())
-            except (TypeError, ValueError) as exc:
-                self._reject(event, f"data is not JSON-serialisable: {describe(exc)}")
-                continue
-            if len(payload) > limit:
-                self._reject(event, f"{len(payload)} bytes exceed NATS max_payload {limit}")
-                continue
-            encoded.append((event, subject_for(event), payload))
+        encoded = self._encode(batch)
         if not encoded:
             return []
         everything = [event for event, _, _ in encoded]
@@ -521,27 +545,46 @@ class NatsEventBus:
                     subject,
                     payload,
                     reply=reply if index == last else "",
-                    headers={_MSG_ID: event.event_id},
+                    headers={_MSG_ID: encode_token(event.event_id)},
                 )
             async with asyncio.timeout(self._options.ack_timeout):
                 msg = await answer
         except (TimeoutError, nats.errors.Error):
             # Connection lost or no answer: resend all; the stream drops duplicates.
-            return everything
+            return self._unsent(everything, "unacknowledged")
         finally:
             self._pending_ack = None
         if msg.headers and msg.headers.get(_STATUS) == "503":
             # No responders: no stream captures the subjects (deleted, or JetStream
             # not up yet after a restart).
             self._stream_missing = True
-            return everything
+            return self._unsent(everything, "no_stream")
         if b'"error"' in msg.data:
             error = orjson.loads(msg.data).get("error") or {}
             if int(error.get("code", 500)) >= 500:
-                return everything
+                return self._unsent(everything, "server_error")
             # A refusal of this message itself (not of the stream): retrying cannot help.
-            self._reject(encoded[last][0], str(error.get("description", error)))
+            self._reject(encoded[last][0], "refused", str(error.get("description", error)))
+        if self._failure is not None:
+            _log.info("events.publish_recovered", failure=self._failure)
+            self._failure = None
         return []
+
+    def _encode(self, batch: Sequence[Event]) -> list[tuple[Event, str, bytes]]:
+        """``(event, subject, payload)`` of each event that can be sent; drops the others."""
+        limit = self._nc.max_payload - _HEADER_ALLOWANCE
+        encoded: list[tuple[Event, str, bytes]] = []
+        for event in batch:
+            try:
+                payload = orjson.dumps(event.to_dict())
+            except (TypeError, ValueError) as exc:
+                self._reject(event, "unserialisable", f"data is not JSON: {describe(exc)}")
+                continue
+            if len(payload) > limit:
+                self._reject(event, "too_large", f"{len(payload)} bytes exceed {limit}")
+                continue
+            encoded.append((event, subject_for(event), payload))
+        return encoded
 
     async def _on_ack(self, msg: Msg) -> None:
         pending = self._pending_ack
@@ -549,15 +592,30 @@ class NatsEventBus:
         if pending is not None and msg.subject == pending[0] and not pending[1].done():
             pending[1].set_result(msg)
 
-    def _reject(self, event: Event, reason: str) -> None:
+    def _count_failure(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.events_publish_failures.labels(reason).inc()
+
+    def _reject(self, event: Event, reason: str, detail: str) -> None:
+        """Drop an event that can never be sent."""
+        self._count_failure(reason)
         self._lose(1)
         _log.error(
             "events.publish_rejected",
-            event_id=event.event_id,
-            event_type=event.type,
-            execution_id=event.execution_id,
+            event_id=shown(event.event_id),
+            event_type=shown(event.type),
+            execution_id=shown(event.execution_id),
             reason=reason,
+            detail=detail,
         )
+
+    def _unsent(self, batch: list[Event], reason: str) -> list[Event]:
+        """Record that ``batch`` goes back to the queue; logged once until one gets through."""
+        self._count_failure(reason)
+        if self._failure is None:
+            _log.warning("events.publish_failing", reason=reason, events=len(batch))
+        self._failure = reason
+        return batch
 
     def _requeue(self, events: list[Event]) -> None:
         # Unacknowledged events are older than anything queued, so they go first;

@@ -45,6 +45,7 @@ from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
+from tradeflow.domain.limits import check_id
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -331,7 +332,8 @@ class RedisRequestLog:
     ``ttl`` seconds; a repeat within that time gets the stored answer and does
     not act again. A repeat while the first is still running is refused with
     ``UnavailableError`` (retry it); a request that fails releases its id.
-    Bounded by the TTL: Redis forgets each id on its own.
+    Bounded by the TTL: Redis forgets each id on its own. ``""`` is no id (the
+    request is not deduplicated); any other ``request_id`` must be a well-formed id.
     """
 
     __slots__ = ("_client", "_prefix", "_ttl_ms")
@@ -350,6 +352,7 @@ class RedisRequestLog:
     ) -> M:
         if not request_id:
             return await run()
+        check_id("request_id", request_id)
         key = f"{self._prefix}{method}:{request_id}"
         try:
             claimed = await self._client.set(

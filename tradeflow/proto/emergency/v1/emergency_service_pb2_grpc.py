@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class EmergencyServiceStub:
     """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def __init__(self, channel):
@@ -79,6 +83,10 @@ class EmergencyServiceStub:
 
 class EmergencyServiceServicer:
     """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def Halt(self, request, context):
@@ -86,8 +94,11 @@ class EmergencyServiceServicer:
         Halting what is already halted replaces the reason and actor.
 
         Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
-        halt, a missing target on any other, or an empty reason, and UNAVAILABLE
-        when the emergency state cannot be stored.
+        halt, a missing target on any other, a target or request_id that is not an
+        id (docs/LIMITS.md), an empty reason, a reason over 1024 characters or an
+        actor over 128, or either with control characters; FAILED_PRECONDITION when
+        the scope kind already has its maximum of halts (never for a global halt);
+        and UNAVAILABLE when the emergency state cannot be stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,10 +129,10 @@ class EmergencyServiceServicer:
         (breached = true), not an error; with auto_halt it halts trading globally
         first, and it is audited and published either way.
 
-        Fails with INVALID_ARGUMENT for an empty limit_type, a value or threshold that
-        is not a finite number, a limit type with no configured limit and no known
-        direction, or no threshold when none is configured, and UNAVAILABLE when
-        the emergency state cannot be read or stored.
+        Fails with INVALID_ARGUMENT for a limit_type or scope id that is not an id,
+        a value or threshold that is not a finite number, a limit type with no
+        configured limit and no known direction, or no threshold when none is
+        configured, and UNAVAILABLE when the emergency state cannot be read or stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,9 +141,10 @@ class EmergencyServiceServicer:
     def SetRiskLimit(self, request, context):
         """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
 
-        Fails with INVALID_ARGUMENT for an empty limit_type, a threshold that is not
-        a finite number, or an unspecified direction on a limit type with no known
-        direction, and UNAVAILABLE when the limit cannot be stored.
+        Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
+        that is not a finite number, or an unspecified direction on a limit type with
+        no known direction; FAILED_PRECONDITION past the maximum number of limit
+        types; and UNAVAILABLE when the limit cannot be stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -220,6 +232,10 @@ def add_EmergencyServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class EmergencyService:
     """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     @staticmethod

@@ -32,7 +32,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class EmergencyServiceStub:
-    """Halts and resumes trading by scope and checks risk limits."""
+    """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -43,8 +48,11 @@ class EmergencyServiceStub:
     Halting what is already halted replaces the reason and actor.
 
     Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
-    halt, a missing target on any other, or an empty reason, and UNAVAILABLE
-    when the emergency state cannot be stored.
+    halt, a missing target on any other, a target or request_id that is not an
+    id (docs/LIMITS.md), an empty reason, a reason over 1024 characters or an
+    actor over 128, or either with control characters; FAILED_PRECONDITION when
+    the scope kind already has its maximum of halts (never for a global halt);
+    and UNAVAILABLE when the emergency state cannot be stored.
     """
     Resume: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.ResumeRequest, _emergency_service_pb2.ResumeResponse]
     """Resume lifts the halt on a scope; resuming what is not halted is not an
@@ -63,17 +71,18 @@ class EmergencyServiceStub:
     (breached = true), not an error; with auto_halt it halts trading globally
     first, and it is audited and published either way.
 
-    Fails with INVALID_ARGUMENT for an empty limit_type, a value or threshold that
-    is not a finite number, a limit type with no configured limit and no known
-    direction, or no threshold when none is configured, and UNAVAILABLE when
-    the emergency state cannot be read or stored.
+    Fails with INVALID_ARGUMENT for a limit_type or scope id that is not an id,
+    a value or threshold that is not a finite number, a limit type with no
+    configured limit and no known direction, or no threshold when none is
+    configured, and UNAVAILABLE when the emergency state cannot be read or stored.
     """
     SetRiskLimit: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.SetRiskLimitRequest, _emergency_service_pb2.SetRiskLimitResponse]
     """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
 
-    Fails with INVALID_ARGUMENT for an empty limit_type, a threshold that is not
-    a finite number, or an unspecified direction on a limit type with no known
-    direction, and UNAVAILABLE when the limit cannot be stored.
+    Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
+    that is not a finite number, or an unspecified direction on a limit type with
+    no known direction; FAILED_PRECONDITION past the maximum number of limit
+    types; and UNAVAILABLE when the limit cannot be stored.
     """
     ListRiskLimits: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.ListRiskLimitsRequest, _emergency_service_pb2.ListRiskLimitsResponse]
     """ListRiskLimits returns every configured limit, by limit type.
@@ -95,7 +104,12 @@ class EmergencyServiceStub:
 
 @_typing.type_check_only
 class EmergencyServiceAsyncStub(EmergencyServiceStub):
-    """Halts and resumes trading by scope and checks risk limits."""
+    """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Halt: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.HaltRequest, _emergency_service_pb2.HaltResponse]  # type: ignore[assignment]
@@ -103,8 +117,11 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     Halting what is already halted replaces the reason and actor.
 
     Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
-    halt, a missing target on any other, or an empty reason, and UNAVAILABLE
-    when the emergency state cannot be stored.
+    halt, a missing target on any other, a target or request_id that is not an
+    id (docs/LIMITS.md), an empty reason, a reason over 1024 characters or an
+    actor over 128, or either with control characters; FAILED_PRECONDITION when
+    the scope kind already has its maximum of halts (never for a global halt);
+    and UNAVAILABLE when the emergency state cannot be stored.
     """
     Resume: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.ResumeRequest, _emergency_service_pb2.ResumeResponse]  # type: ignore[assignment]
     """Resume lifts the halt on a scope; resuming what is not halted is not an
@@ -123,17 +140,18 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     (breached = true), not an error; with auto_halt it halts trading globally
     first, and it is audited and published either way.
 
-    Fails with INVALID_ARGUMENT for an empty limit_type, a value or threshold that
-    is not a finite number, a limit type with no configured limit and no known
-    direction, or no threshold when none is configured, and UNAVAILABLE when
-    the emergency state cannot be read or stored.
+    Fails with INVALID_ARGUMENT for a limit_type or scope id that is not an id,
+    a value or threshold that is not a finite number, a limit type with no
+    configured limit and no known direction, or no threshold when none is
+    configured, and UNAVAILABLE when the emergency state cannot be read or stored.
     """
     SetRiskLimit: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.SetRiskLimitRequest, _emergency_service_pb2.SetRiskLimitResponse]  # type: ignore[assignment]
     """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
 
-    Fails with INVALID_ARGUMENT for an empty limit_type, a threshold that is not
-    a finite number, or an unspecified direction on a limit type with no known
-    direction, and UNAVAILABLE when the limit cannot be stored.
+    Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
+    that is not a finite number, or an unspecified direction on a limit type with
+    no known direction; FAILED_PRECONDITION past the maximum number of limit
+    types; and UNAVAILABLE when the limit cannot be stored.
     """
     ListRiskLimits: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.ListRiskLimitsRequest, _emergency_service_pb2.ListRiskLimitsResponse]  # type: ignore[assignment]
     """ListRiskLimits returns every configured limit, by limit type.
@@ -154,7 +172,12 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     """
 
 class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Halts and resumes trading by scope and checks risk limits."""
+    """Halts and resumes trading by scope and checks risk limits.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     @_abc_1.abstractmethod
     def Halt(
@@ -166,8 +189,11 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         Halting what is already halted replaces the reason and actor.
 
         Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
-        halt, a missing target on any other, or an empty reason, and UNAVAILABLE
-        when the emergency state cannot be stored.
+        halt, a missing target on any other, a target or request_id that is not an
+        id (docs/LIMITS.md), an empty reason, a reason over 1024 characters or an
+        actor over 128, or either with control characters; FAILED_PRECONDITION when
+        the scope kind already has its maximum of halts (never for a global halt);
+        and UNAVAILABLE when the emergency state cannot be stored.
         """
 
     @_abc_1.abstractmethod
@@ -204,10 +230,10 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         (breached = true), not an error; with auto_halt it halts trading globally
         first, and it is audited and published either way.
 
-        Fails with INVALID_ARGUMENT for an empty limit_type, a value or threshold that
-        is not a finite number, a limit type with no configured limit and no known
-        direction, or no threshold when none is configured, and UNAVAILABLE when
-        the emergency state cannot be read or stored.
+        Fails with INVALID_ARGUMENT for a limit_type or scope id that is not an id,
+        a value or threshold that is not a finite number, a limit type with no
+        configured limit and no known direction, or no threshold when none is
+        configured, and UNAVAILABLE when the emergency state cannot be read or stored.
         """
 
     @_abc_1.abstractmethod
@@ -218,9 +244,10 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_emergency_service_pb2.SetRiskLimitResponse, _abc.Awaitable[_emergency_service_pb2.SetRiskLimitResponse]]:
         """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
 
-        Fails with INVALID_ARGUMENT for an empty limit_type, a threshold that is not
-        a finite number, or an unspecified direction on a limit type with no known
-        direction, and UNAVAILABLE when the limit cannot be stored.
+        Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
+        that is not a finite number, or an unspecified direction on a limit type with
+        no known direction; FAILED_PRECONDITION past the maximum number of limit
+        types; and UNAVAILABLE when the limit cannot be stored.
         """
 
     @_abc_1.abstractmethod

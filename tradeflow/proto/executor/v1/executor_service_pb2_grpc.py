@@ -28,6 +28,10 @@ if _version_not_supported:
 class ExecutorServiceStub:
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def __init__(self, channel):
@@ -76,6 +80,10 @@ class ExecutorServiceStub:
 class ExecutorServiceServicer:
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def ExecuteWorkflow(self, request, context):
@@ -206,6 +214,10 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
 class ExecutorService:
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     @staticmethod

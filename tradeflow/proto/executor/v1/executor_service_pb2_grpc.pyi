@@ -33,6 +33,10 @@ GRPC_VERSION: str
 class ExecutorServiceStub:
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     @_typing.overload
@@ -95,6 +99,10 @@ class ExecutorServiceStub:
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -153,6 +161,10 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs workflow definitions (DAGs of blocks) with emergency halt, risk limits,
     resilience and durable state.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     @_abc_1.abstractmethod

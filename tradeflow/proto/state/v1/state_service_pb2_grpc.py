@@ -27,6 +27,10 @@ if _version_not_supported:
 
 class StateServiceStub:
     """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def __init__(self, channel):
@@ -74,6 +78,10 @@ class StateServiceStub:
 
 class StateServiceServicer:
     """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     def WriteBatch(self, request, context):
@@ -197,6 +205,10 @@ def add_StateServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class StateService:
     """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
     """
 
     @staticmethod

@@ -29,7 +29,12 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class StateServiceStub:
-    """Durable executions, checkpoints and event history."""
+    """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -83,7 +88,12 @@ class StateServiceStub:
 
 @_typing.type_check_only
 class StateServiceAsyncStub(StateServiceStub):
-    """Durable executions, checkpoints and event history."""
+    """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     WriteBatch: _aio.UnaryUnaryMultiCallable[_state_service_pb2.WriteBatchRequest, _state_service_pb2.WriteBatchResponse]  # type: ignore[assignment]
@@ -133,7 +143,12 @@ class StateServiceAsyncStub(StateServiceStub):
     """
 
 class StateServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Durable executions, checkpoints and event history."""
+    """Durable executions, checkpoints and event history.
+
+    Every request is bounded (docs/LIMITS.md): an id field that is not an id (1-128
+    characters of A-Z a-z 0-9 _ - : ~ @ + =), text, sizes, cursors and timestamps out
+    of range fail with INVALID_ARGUMENT naming the field, never INTERNAL.
+    """
 
     @_abc_1.abstractmethod
     def WriteBatch(
