@@ -40,6 +40,8 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
     async def WriteBatch(
         self, request: pb.WriteBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.WriteBatchResponse:
+        if request.request_id:
+            check_id("request_id", request.request_id)
         await self._store.write(_batch(request))
         return pb.WriteBatchResponse()
 
@@ -81,9 +83,7 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
         limit = wire.at_most("limit", request.limit, MAX_EVENTS_PAGE) or MAX_EVENTS_PAGE
         after = check_cursor("after", request.after)
         history = await self._store.read_events(after=after, execution_id=execution_id, limit=limit)
-        return pb.ReadEventsResponse(
-            events=[wire.history_event_to_proto(cursor, event) for cursor, event in history]
-        )
+        return wire.events_page_to_proto(history)
 
     async def GetLastSequence(
         self, request: pb.GetLastSequenceRequest, context: grpc.aio.ServicerContext

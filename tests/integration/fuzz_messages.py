@@ -77,6 +77,8 @@ JSON_KINDS: Mapping[str, Value] = {
     "JSON array": _fixed("[]"),
     "JSON NaN": _fixed('{"x": NaN, "y": Infinity}'),
     "JSON huge number": _fixed('{"x": 1e999, "y": ' + "9" * 5000 + "}"),
+    "1 MiB JSON": _fixed(json.dumps({"x": "a" * 1024 * 1024})),
+    "3 MiB JSON": _fixed(json.dumps({"x": "a" * 3 * 1024 * 1024})),
     "deep JSON array": _fixed("[" * _DEEP + "]" * _DEEP),
     "deep JSON object": _fixed('{"a":' * _DEEP + "1" + "}" * _DEEP),
     "60k blocks": _fixed(

@@ -216,6 +216,19 @@ def test_execution_page_round_trip(page: ExecutionPage) -> None:
     assert back == page
 
 
+def test_a_history_page_over_the_byte_bound_ends_early_at_a_cursor() -> None:
+    """ReadEvents answers at most PAGE_MAX_BYTES of events (never fewer than one): the
+    events sent are the first ones, so a reader continues after the last cursor it got."""
+    data = {"blob": "x" * (PAGE_MAX_BYTES // 3)}
+    history = [(n, kit.event("e", n, data=data)) for n in range(1, 6)]
+    msg = wire.events_page_to_proto(history)
+    sent = [wire.history_event_from_proto(item) for item in msg.events]
+    assert 1 <= len(sent) < len(history)
+    assert sent == history[: len(sent)]
+    assert msg.ByteSize() <= PAGE_MAX_BYTES + 1024
+    assert len(wire.events_page_to_proto(history[:1]).events) == 1
+
+
 def test_a_page_over_the_byte_bound_ends_early_and_its_token_continues_after_it() -> None:
     """A page of large records is cut at PAGE_MAX_BYTES (never below one record), and its
     token names the last record sent, so the next page starts right after it."""

@@ -17,7 +17,7 @@ required, text that is not a JSON object) raises
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -357,6 +357,22 @@ def execution_query_from_proto(msg: common_pb2.ExecutionQuery) -> ExecutionQuery
 
 def _query_time(field: str) -> Callable[[Timestamp], float]:
     return lambda msg: check_timestamp(field, timestamp_from_proto(msg))
+
+
+def events_page_to_proto(
+    history: Sequence[tuple[int, Event]],
+) -> state_service_pb2.ReadEventsResponse:
+    """A page of history of at most ``PAGE_MAX_BYTES`` (never fewer than one event): a
+    reader continues after the cursor of the last event it got, as after any page."""
+    msg = state_service_pb2.ReadEventsResponse()
+    size = 0
+    for cursor, event in history:
+        item = history_event_to_proto(cursor, event)
+        size += item.ByteSize()
+        if size > PAGE_MAX_BYTES and msg.events:
+            break
+        msg.events.append(item)
+    return msg
 
 
 def execution_page_to_proto(page: ExecutionPage) -> common_pb2.ExecutionPage:
