@@ -35,8 +35,27 @@ class ExecutionResult:
     """The final record as the state store holds it (its ``result`` is :meth:`as_dict`),
     built once by a durable journal; None when the journal records nothing."""
 
+    def with_record(self, record: ExecutionRecord) -> ExecutionResult:
+        """This result carrying the final record its journal wrote."""
+        return ExecutionResult(
+            self.status,
+            self.execution_id,
+            self.workflow_id,
+            self.correlation_id,
+            self.results,
+            self.errors,
+            self.skipped,
+            self.error,
+            self.started_at,
+            self.finished_at,
+            self.halt,
+            record,
+        )
+
     def as_dict(self) -> dict[str, Any]:
-        """The seed's result dict."""
+        """The seed's result dict (the one the final record holds, when there is one)."""
+        if self.record is not None and self.record.result is not None:
+            return self.record.result
         return {
             "status": self.status.value,
             "execution_id": self.execution_id,

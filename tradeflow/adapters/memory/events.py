@@ -53,7 +53,8 @@ class InProcessEventBus(Fanout):
 
     def publish(self, event: Event) -> None:
         self._sequence += 1
-        self._history.append((self._sequence, event))
+        if self._history.maxlen:
+            self._history.append((self._sequence, event))
         appended = self._appended
         if appended is not None:
             self._appended = None
