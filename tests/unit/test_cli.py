@@ -114,6 +114,19 @@ def test_run_examples_show_progress_and_summary(
     assert "  ok   " in out
 
 
+def test_a_file_name_that_is_no_id_still_runs_under_an_id_made_of_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """run FILE defaults the workflow id to the file name: characters an id may not hold
+    (dots, spaces) become _, so "my bot.v2.json" runs as workflow my_bot_v2."""
+    path = tmp_path / "my bot.v2.json"
+    path.write_text(json.dumps(trading_workflow()))
+    assert main(["run", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["executions", "list", "--workflow", "my_bot_v2"]) == 0
+    assert "my_bot_v2" in capsys.readouterr().out
+
+
 def test_halt_status_resume_round_trip(capsys: pytest.CaptureFixture[str]) -> None:
     """halt, status and resume work against the same state file."""
     assert main(["halt", "--scope", "bot", "--target", "bot7", "--reason", "fat finger"]) == 0

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -29,7 +30,7 @@ from tradeflow.domain.errors import (
     UnavailableError,
     WorkflowValidationError,
 )
-from tradeflow.domain.limits import DEFINITION_MAX_BYTES
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_MAX_LENGTH
 from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
@@ -53,6 +54,12 @@ STACK_DIR = ".stack"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 5
 EXIT_INTERNAL = 70
+
+
+def _id_of_file(path: Path) -> str:
+    """The default workflow id of a file: its name without extension, each character an
+    id may not hold (a dot, a space...) as ``_``, at most ``ID_MAX_LENGTH`` long."""
+    return re.sub(r"[^A-Za-z0-9_\-:~@+=]", "_", path.stem)[:ID_MAX_LENGTH] or "workflow"
 
 
 def load_definition(path: str) -> dict[str, Any]:
@@ -180,7 +187,7 @@ async def _infra(args: argparse.Namespace) -> Infrastructure:
 
 async def cmd_run(args: argparse.Namespace) -> int:
     definition = load_definition(args.file)
-    workflow_id = args.workflow_id or Path(args.file).stem
+    workflow_id = args.workflow_id or _id_of_file(Path(args.file))
     async with await _infra(args) as infra:
         progress = Progress(sys.stdout, as_json=args.json, workflow_id=workflow_id)
         await infra.events.subscribe("workflow_events", progress)
@@ -363,7 +370,10 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run a workflow file, showing live progress")
     run.add_argument("file")
-    run.add_argument("--workflow-id", help="default: the file name without extension")
+    run.add_argument(
+        "--workflow-id",
+        help="default: the file name without extension, other characters than an id allows as _",
+    )
     run.add_argument("--bot-id")
     run.add_argument("--strategy-id")
     run.add_argument("--prices", help="JSON price ticks replayed by price_feed nodes")

@@ -31,6 +31,7 @@ __all__ = [
     "ID_EXPECTED",
     "ID_MAX_LENGTH",
     "ID_PATTERN",
+    "PAGE_MAX_BYTES",
     "PAGE_TOKEN_MAX_LENGTH",
     "RISK_LIMITS_MAX",
     "TEXT_MAX_LENGTH",
