@@ -30,7 +30,7 @@ from tradeflow.domain.errors import (
     UnavailableError,
     WorkflowValidationError,
 )
-from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_MAX_LENGTH
+from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_CHARACTERS, ID_MAX_LENGTH
 from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
@@ -59,7 +59,7 @@ EXIT_INTERNAL = 70
 def _id_of_file(path: Path) -> str:
     """The default workflow id of a file: its name without extension, each character an
     id may not hold (a dot, a space...) as ``_``, at most ``ID_MAX_LENGTH`` long."""
-    return re.sub(r"[^A-Za-z0-9_\-:~@+=]", "_", path.stem)[:ID_MAX_LENGTH] or "workflow"
+    return re.sub(f"[^{ID_CHARACTERS}]", "_", path.stem)[:ID_MAX_LENGTH] or "workflow"
 
 
 def load_definition(path: str) -> dict[str, Any]:

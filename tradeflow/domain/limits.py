@@ -28,6 +28,7 @@ __all__ = [
     "ERROR_MESSAGE_MAX_BYTES",
     "FOUND_MAX_CHARS",
     "HALTS_PER_SCOPE_KIND_MAX",
+    "ID_CHARACTERS",
     "ID_EXPECTED",
     "ID_MAX_LENGTH",
     "ID_PATTERN",
@@ -47,7 +48,9 @@ __all__ = [
 ID_MAX_LENGTH: Final = 128
 """Characters in an id (execution, workflow, bot, strategy, request, correlation,
 scope target): 128, room for a UUID with a prefix, short enough for a subject and a log line."""
-ID_PATTERN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]{1,128}")
+ID_CHARACTERS: Final = r"A-Za-z0-9_\-:~@+="
+"""The characters an id may hold, as the body of a regular-expression class."""
+ID_PATTERN: Final = re.compile(f"[{ID_CHARACTERS}]{{1,{ID_MAX_LENGTH}}}")
 """A well-formed id, matched whole: the NATS adapter's plain-token characters, so an id
 is a subject token as it is, and safe in a log line and a terminal (no dot, no space,
 no control character)."""

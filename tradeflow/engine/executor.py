@@ -98,14 +98,8 @@ class Executor:
         """Run the workflow once (as :meth:`run`). Returns the result dict; raises
         ``EmergencyHalted`` or ``RiskLimitExceeded`` (with ``execution_id``) when a halt
         stopped the run."""
-        return _seed_edge(
-            await self.run(
-                correlation_id=correlation_id,
-                request_id=request_id,
-                execution_id=execution_id,
-                started_at=started_at,
-            )
-        )
+        start = self._start(correlation_id, request_id, execution_id, started_at)
+        return _seed_edge(await self._run(start, {}, 0))
 
     async def run(
         self,
@@ -122,6 +116,17 @@ class Executor:
         start) before the run starts. An id that is given must be well-formed
         (:func:`~tradeflow.domain.limits.check_id`).
         """
+        start = self._start(correlation_id, request_id, execution_id, started_at)
+        return await self._run(start, {}, 0)
+
+    def _start(
+        self,
+        correlation_id: str | None,
+        request_id: str | None,
+        execution_id: str | None,
+        started_at: float | None,
+    ) -> _Start:
+        # Synchronous, called by both run() and execute(): one coroutine layer less per run.
         # Checked only when given: the base executor's hot path passes none of them.
         if correlation_id is not None:
             check_id("correlation_id", correlation_id)
@@ -130,7 +135,7 @@ class Executor:
         if execution_id is not None:
             check_id("execution_id", execution_id)
         execution_id = execution_id or self.runtime.ids()
-        start = _Start(
+        return _Start(
             execution_id,
             self.workflow_id,
             correlation_id or execution_id,
@@ -139,7 +144,6 @@ class Executor:
             started_at if started_at is not None else self.runtime.clock.time(),
             request_id,
         )
-        return await self._run(start, {}, 0)
 
     async def resume(self, execution_id: str) -> dict[str, Any]:
         """Continue an interrupted execution from its checkpoints; the result dict, or the

@@ -70,7 +70,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
-from tradeflow.domain.limits import ID_MAX_LENGTH, shown
+from tradeflow.domain.limits import ID_CHARACTERS, ID_MAX_LENGTH, shown
 from tradeflow.domain.records import Event
 from tradeflow.engine.fanout import (
     SCOPE_EVENTS,
@@ -112,7 +112,7 @@ DEFAULT_STREAM: Final = "TRADEFLOW_EVENTS"
 _EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
     kind: EMERGENCY_PREFIX + kind.removeprefix("emergency_") for kind in SCOPE_EVENTS
 }
-_PLAIN_TOKEN: Final = re.compile(r"[A-Za-z0-9_\-:~@+=]+")
+_PLAIN_TOKEN: Final = re.compile(f"[{ID_CHARACTERS}]+")
 _MSG_ID: Final = api.Header.MSG_ID.value
 _STATUS: Final = api.Header.STATUS.value
 _DIGEST_MARK: Final = "#"
