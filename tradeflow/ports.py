@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
 from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
+from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
@@ -142,6 +143,47 @@ class StateStore(Protocol):
     async def last_sequence(self, execution_id: str) -> int:
         """The highest event ``sequence`` recorded for an execution (0 if none), where
         its resumed run continues numbering."""
+        ...
+
+    # Ownership (domain.ownership): the store is the one authority on who runs what.
+    # ``write`` refuses a batch whose ``fence`` is not the live lease the execution
+    # records (``LeaseLost``), in the same atomic step that would have written it.
+
+    async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
+        """A new lease for ``info.owner`` with a fresh epoch (larger than every epoch
+        granted before), live for ``ttl`` seconds unless renewed; replaces any lease
+        that owner held (whose executions then are orphans)."""
+        ...
+
+    async def renew_lease(self, lease: Lease) -> Heartbeat:
+        """Extend ``lease`` by its ttl and collect the cancellations requested of its
+        executions; raises ``LeaseLost`` once it lapsed or was replaced."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> None:
+        """End ``lease`` now (its executions that are still ``running`` become orphans at
+        once); no error if it already lapsed."""
+        ...
+
+    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+        """Make ``lease`` the owner of an execution that is not running under another live
+        lease: an orphan (``running`` or ``interrupted`` with a lapsed owner), or an ended
+        one that did not complete (a manual resume). Atomic: of two concurrent claims,
+        one wins. Raises ``ExecutionNotFound``; ``OwnerAlive`` naming the live owner;
+        ``InvalidRequest`` (``execution_id``) for a completed execution; ``LeaseLost``
+        if ``lease`` is not live. The status is left as stored: the claimer's first
+        write sets it."""
+        ...
+
+    async def orphans(self, limit: int) -> list[ExecutionRecord]:
+        """Up to ``limit`` executions ``running`` or ``interrupted`` whose owner's lease
+        is not live (oldest first), for a live owner to claim."""
+        ...
+
+    async def request_cancel(self, execution_id: str) -> ExecutionRecord:
+        """Ask an execution's owner to cancel it: delivered with that lease's next
+        heartbeat. An orphan (no live owner) is ended ``cancelled`` here. Returns the
+        record as it stands; raises ``ExecutionNotFound``."""
         ...
 
     async def close(self) -> None:

@@ -24,9 +24,11 @@ __all__ = [
     "ExternalRequestRejected",
     "ExternalServiceError",
     "InvalidRequest",
+    "LeaseLost",
     "NodeExecutionError",
     "NodeTimeoutError",
     "OrderRejected",
+    "OwnerAlive",
     "RiskLimitExceeded",
     "TradeflowError",
     "UnavailableError",
@@ -249,6 +251,43 @@ class ExecutionNotFound(TradeflowError):
     def __init__(self, execution_id: str) -> None:
         super().__init__(f"execution {execution_id!r} not found")
         self.execution_id = execution_id
+
+
+class LeaseLost(TradeflowError):
+    """This process's lease lapsed or was superseded (it was paused, partitioned or slow
+    past its lease, and another owner may have taken its executions): it may neither
+    write nor trade for them. The run stops where it is; nothing more is recorded."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("owner", "epoch", "execution_id")
+
+    def __init__(
+        self, owner: str, epoch: int, execution_id: str | None = None, why: str = ""
+    ) -> None:
+        about = f" for execution {execution_id!r}" if execution_id else ""
+        super().__init__(
+            f"lease of {owner!r} (epoch {epoch}) is no longer valid{about}"
+            + (f": {why}" if why else "")
+        )
+        self.owner = owner
+        self.epoch = epoch
+        self.execution_id = execution_id
+
+
+class OwnerAlive(TradeflowError):
+    """An execution cannot be claimed (resumed) because a live owner is running it."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("execution_id", "owner")
+
+    def __init__(self, execution_id: str, owner: str, detail: str = "") -> None:
+        super().__init__(
+            f"execution {execution_id!r} is running under a live lease held by {owner}"
+            + (f" {detail}" if detail else "")
+            + "; stop that process or wait for it to end (a dead owner's lease lapses by itself)"
+        )
+        self.execution_id = execution_id
+        self.owner = owner
 
 
 class UnavailableError(TradeflowError):

@@ -140,13 +140,23 @@ class Event(NamedTuple):
 
 
 class ExecutionStatus(StrEnum):
-    """Lifecycle of an execution; the last four are final."""
+    """Lifecycle of an execution: ``running`` and ``interrupted`` (stopped by SIGTERM or
+    Ctrl-C, resumable) are not final; the other four are, and are the seed's result
+    statuses."""
 
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
     HALTED = "halted"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def final(self) -> bool:
+        return self not in _NOT_FINAL
+
+
+_NOT_FINAL = frozenset({ExecutionStatus.RUNNING, ExecutionStatus.INTERRUPTED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +175,14 @@ class ExecutionRecord:
     error: str | None = None
     result: dict[str, Any] | None = None
     request_id: str | None = None
+    owner: str | None = None
+    """The lease holder running it (set by the store from the write's fence or a claim)."""
+    epoch: int = 0
+    """The owner's lease epoch when it took the execution (0: never owned)."""
+    takeovers: int = 0
+    """How many times an owner died while running it."""
+    owner_live: bool = False
+    """Read-only, computed by the store when read: the owner's lease is live."""
 
 
 class CheckpointState(StrEnum):
@@ -195,6 +213,10 @@ class StateBatch:
     execution: ExecutionRecord | None = None
     checkpoints: tuple[Checkpoint, ...] = ()
     events: tuple[Event, ...] = ()
+    fence: tuple[str, int] | None = None
+    """``(owner, epoch)`` (a ``domain.ownership.Fence``): the store writes the batch only
+    if that lease is live and the execution records that epoch (or is new, and then
+    records it). ``None``: only for an execution no lease owns."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,4 +144,7 @@ def _rebuild(payload: dict[str, Any]) -> TradeflowError:
         cls = TradeflowError
     error = cls.__new__(cls)
     TradeflowError.__init__(error, message)
+    for key in cls._detail_fields:
+        if key in details:
+            setattr(error, key, details[key])
     return error

@@ -34,6 +34,7 @@ from tradeflow.domain.limits import (
     check_id,
     check_timestamp,
 )
+from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
     SCHEMA_VERSION,
     AuditEntry,
@@ -269,6 +270,10 @@ def execution_record_to_proto(record: ExecutionRecord) -> common_pb2.ExecutionRe
         error=record.error,
         result_json=None if record.result is None else encode_json(record.result),
         request_id=record.request_id,
+        owner=record.owner,
+        epoch=record.epoch,
+        takeovers=record.takeovers,
+        owner_live=record.owner_live,
     )
 
 
@@ -287,6 +292,10 @@ def execution_record_from_proto(msg: common_pb2.ExecutionRecord) -> ExecutionRec
         error=_optional(msg, "error"),
         result=_optional(msg, "result_json", lambda t: decode_json_object(t, "result_json")),
         request_id=_optional(msg, "request_id"),
+        owner=_optional(msg, "owner"),
+        epoch=msg.epoch,
+        takeovers=msg.takeovers,
+        owner_live=msg.owner_live,
     )
 
 
@@ -550,7 +559,21 @@ def state_batch_to_proto(
         execution=None if execution is None else execution_record_to_proto(execution),
         checkpoints=[checkpoint_to_proto(checkpoint) for checkpoint in batch.checkpoints],
         events=[event_to_proto(event) for event in batch.events],
+        fence=None if batch.fence is None else fence_to_proto(batch.fence),
     )
+
+
+def fence_to_proto(fence: tuple[str, int]) -> state_service_pb2.Fence:
+    owner, epoch = fence
+    return state_service_pb2.Fence(owner=owner, epoch=epoch)
+
+
+def fence_from_proto(msg: state_service_pb2.Fence) -> Fence:
+    """The fence a request carries; its owner must be an id and its epoch > 0."""
+    check_id("fence.owner", msg.owner)
+    if msg.epoch <= 0:
+        raise InvalidRequest("fence.epoch", "an epoch > 0 from AcquireLease", msg.epoch)
+    return Fence(msg.owner, int(msg.epoch))
 
 
 def state_batch_from_proto(msg: state_service_pb2.WriteBatchRequest) -> StateBatch:
@@ -559,6 +582,7 @@ def state_batch_from_proto(msg: state_service_pb2.WriteBatchRequest) -> StateBat
         execution=_optional(msg, "execution", execution_record_from_proto),
         checkpoints=tuple(checkpoint_from_proto(checkpoint) for checkpoint in msg.checkpoints),
         events=tuple(event_from_proto(event) for event in msg.events),
+        fence=_optional(msg, "fence", fence_from_proto),
     )
 
 

@@ -39,6 +39,10 @@ class _ExecutionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Execu
     EXECUTION_STATUS_FAILED: _ExecutionStatus.ValueType  # 3
     EXECUTION_STATUS_HALTED: _ExecutionStatus.ValueType  # 4
     EXECUTION_STATUS_CANCELLED: _ExecutionStatus.ValueType  # 5
+    EXECUTION_STATUS_INTERRUPTED: _ExecutionStatus.ValueType  # 6
+    """Stopped by SIGTERM or Ctrl-C with its lease released: resumable, and taken over
+    by a live executor replica in production.
+    """
 
 class ExecutionStatus(_ExecutionStatus, metaclass=_ExecutionStatusEnumTypeWrapper):
     """Lifecycle of an execution; every value but RUNNING is final."""
@@ -49,6 +53,10 @@ EXECUTION_STATUS_COMPLETED: ExecutionStatus.ValueType  # 2
 EXECUTION_STATUS_FAILED: ExecutionStatus.ValueType  # 3
 EXECUTION_STATUS_HALTED: ExecutionStatus.ValueType  # 4
 EXECUTION_STATUS_CANCELLED: ExecutionStatus.ValueType  # 5
+EXECUTION_STATUS_INTERRUPTED: ExecutionStatus.ValueType  # 6
+"""Stopped by SIGTERM or Ctrl-C with its lease released: resumable, and taken over
+by a live executor replica in production.
+"""
 Global___ExecutionStatus: _TypeAlias = ExecutionStatus  # noqa: Y015
 
 class _Scope:
@@ -200,6 +208,10 @@ class ExecutionRecord(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    TAKEOVERS_FIELD_NUMBER: _builtins.int
+    OWNER_LIVE_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
     workflow_id: _builtins.str
     status: Global___ExecutionStatus.ValueType
@@ -213,6 +225,14 @@ class ExecutionRecord(_message.Message):
     """The result dict of a finished execution, as JSON."""
     request_id: _builtins.str
     """Idempotency key of the request that started the execution."""
+    owner: _builtins.str
+    """The lease holder that runs (or last ran) it: an executor replica or a process."""
+    epoch: _builtins.int
+    """The owner's lease epoch when it took the execution (its fencing token)."""
+    takeovers: _builtins.int
+    """How many times an owner died while running it."""
+    owner_live: _builtins.bool
+    """Read-only: whether the owner's lease was live when the record was read."""
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -234,15 +254,21 @@ class ExecutionRecord(_message.Message):
         error: _builtins.str | None = ...,
         result_json: _builtins.str | None = ...,
         request_id: _builtins.str | None = ...,
+        owner: _builtins.str | None = ...,
+        epoch: _builtins.int = ...,
+        takeovers: _builtins.int = ...,
+        owner_live: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_error", b"_error", "_request_id", b"_request_id", "_result_json", b"_result_json", "_strategy_id", b"_strategy_id", "bot_id", b"bot_id", "error", b"error", "finished_at", b"finished_at", "request_id", b"request_id", "result_json", b"result_json", "started_at", b"started_at", "strategy_id", b"strategy_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_error", b"_error", "_owner", b"_owner", "_request_id", b"_request_id", "_result_json", b"_result_json", "_strategy_id", b"_strategy_id", "bot_id", b"bot_id", "error", b"error", "finished_at", b"finished_at", "owner", b"owner", "request_id", b"request_id", "result_json", b"result_json", "started_at", b"started_at", "strategy_id", b"strategy_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_error", b"_error", "_request_id", b"_request_id", "_result_json", b"_result_json", "_strategy_id", b"_strategy_id", "bot_id", b"bot_id", "correlation_id", b"correlation_id", "definition_json", b"definition_json", "error", b"error", "execution_id", b"execution_id", "finished_at", b"finished_at", "request_id", b"request_id", "result_json", b"result_json", "started_at", b"started_at", "status", b"status", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_error", b"_error", "_owner", b"_owner", "_request_id", b"_request_id", "_result_json", b"_result_json", "_strategy_id", b"_strategy_id", "bot_id", b"bot_id", "correlation_id", b"correlation_id", "definition_json", b"definition_json", "epoch", b"epoch", "error", b"error", "execution_id", b"execution_id", "finished_at", b"finished_at", "owner", b"owner", "owner_live", b"owner_live", "request_id", b"request_id", "result_json", b"result_json", "started_at", b"started_at", "status", b"status", "strategy_id", b"strategy_id", "takeovers", b"takeovers", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__bot_id: _TypeAlias = _typing.Literal["bot_id"]  # noqa: Y015
     _WhichOneofArgType__bot_id: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id"]  # noqa: Y015
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
+    _WhichOneofReturnType__owner: _TypeAlias = _typing.Literal["owner"]  # noqa: Y015
+    _WhichOneofArgType__owner: _TypeAlias = _typing.Literal["_owner", b"_owner"]  # noqa: Y015
     _WhichOneofReturnType__request_id: _TypeAlias = _typing.Literal["request_id"]  # noqa: Y015
     _WhichOneofArgType__request_id: _TypeAlias = _typing.Literal["_request_id", b"_request_id"]  # noqa: Y015
     _WhichOneofReturnType__result_json: _TypeAlias = _typing.Literal["result_json"]  # noqa: Y015
@@ -253,6 +279,8 @@ class ExecutionRecord(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__bot_id) -> _WhichOneofReturnType__bot_id | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__error) -> _WhichOneofReturnType__error | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__owner) -> _WhichOneofReturnType__owner | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__request_id) -> _WhichOneofReturnType__request_id | None: ...
     @_typing.overload

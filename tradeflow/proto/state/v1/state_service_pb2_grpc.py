@@ -44,6 +44,36 @@ class StateServiceStub:
                 request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.FromString,
                 _registered_method=True)
+        self.AcquireLease = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/AcquireLease',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseResponse.FromString,
+                _registered_method=True)
+        self.RenewLease = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/RenewLease',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseResponse.FromString,
+                _registered_method=True)
+        self.ReleaseLease = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/ReleaseLease',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseResponse.FromString,
+                _registered_method=True)
+        self.ClaimExecution = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/ClaimExecution',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionResponse.FromString,
+                _registered_method=True)
+        self.ListOrphans = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/ListOrphans',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansResponse.FromString,
+                _registered_method=True)
+        self.RequestCancel = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/RequestCancel',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelResponse.FromString,
+                _registered_method=True)
         self.GetExecution = channel.unary_unary(
                 '/tradeflow.state.v1.StateService/GetExecution',
                 request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetExecutionRequest.SerializeToString,
@@ -86,10 +116,81 @@ class StateServiceServicer:
 
     def WriteBatch(self, request, context):
         """WriteBatch persists an execution upsert, checkpoints and events atomically:
-        all of them or none. Repeating a request_id is a no-op.
+        all of them or none. Repeating a request_id is a no-op. With a fence, the
+        batch is written only if that lease is live and the execution records its
+        epoch (or is new, and then records it), checked in the same atomic step.
 
         Fails with INVALID_ARGUMENT for a record with a missing id or malformed
-        JSON, and UNAVAILABLE when the store cannot be reached (nothing was written).
+        JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
+        live lease, and UNAVAILABLE when the store cannot be reached (nothing was
+        written).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcquireLease(self, request, context):
+        """AcquireLease grants the owner a new lease with a fresh epoch, larger than
+        every epoch granted before; a lease the owner held before is replaced.
+
+        Fails with INVALID_ARGUMENT for a malformed owner or ttl and UNAVAILABLE
+        when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewLease(self, request, context):
+        """RenewLease extends a live lease by its ttl (the heartbeat) and returns the
+        cancellations requested of its executions since the last one.
+
+        Fails with FAILED_PRECONDITION (LeaseLost) once the lease lapsed or was
+        replaced, and UNAVAILABLE when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReleaseLease(self, request, context):
+        """ReleaseLease ends a lease now; its running executions become orphans.
+        Releasing a lapsed lease is not an error.
+
+        Fails with UNAVAILABLE when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimExecution(self, request, context):
+        """ClaimExecution makes a live lease the owner of an execution that no other
+        live lease runs: an orphan, or an ended one that did not complete. Of two
+        concurrent claims, one wins.
+
+        Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
+        (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
+        is not live, INVALID_ARGUMENT for a completed execution, and UNAVAILABLE
+        when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOrphans(self, request, context):
+        """ListOrphans returns executions running or interrupted whose owner's lease
+        is not live, oldest first.
+
+        Fails with UNAVAILABLE when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestCancel(self, request, context):
+        """RequestCancel asks an execution's owner to cancel it (delivered with the
+        owner's next heartbeat); an orphan is ended cancelled at once.
+
+        Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
+        store cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -165,6 +266,36 @@ def add_StateServiceServicer_to_server(servicer, server):
                     request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.FromString,
                     response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.SerializeToString,
             ),
+            'AcquireLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcquireLease,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseResponse.SerializeToString,
+            ),
+            'RenewLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewLease,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseResponse.SerializeToString,
+            ),
+            'ReleaseLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReleaseLease,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseResponse.SerializeToString,
+            ),
+            'ClaimExecution': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimExecution,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionResponse.SerializeToString,
+            ),
+            'ListOrphans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrphans,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansResponse.SerializeToString,
+            ),
+            'RequestCancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestCancel,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelResponse.SerializeToString,
+            ),
             'GetExecution': grpc.unary_unary_rpc_method_handler(
                     servicer.GetExecution,
                     request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.GetExecutionRequest.FromString,
@@ -228,6 +359,168 @@ class StateService:
             '/tradeflow.state.v1.StateService/WriteBatch',
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.SerializeToString,
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcquireLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/AcquireLease',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/RenewLease',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.RenewLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReleaseLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/ReleaseLease',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ReleaseLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimExecution(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/ClaimExecution',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ClaimExecutionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrphans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/ListOrphans',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.ListOrphansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestCancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/RequestCancel',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.RequestCancelResponse.FromString,
             options,
             channel_credentials,
             insecure,

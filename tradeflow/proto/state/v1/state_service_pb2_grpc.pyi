@@ -42,10 +42,57 @@ class StateServiceStub:
     def __new__(cls, channel: _aio.Channel) -> StateServiceAsyncStub: ...
     WriteBatch: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.WriteBatchRequest, _state_service_pb2.WriteBatchResponse]
     """WriteBatch persists an execution upsert, checkpoints and events atomically:
-    all of them or none. Repeating a request_id is a no-op.
+    all of them or none. Repeating a request_id is a no-op. With a fence, the
+    batch is written only if that lease is live and the execution records its
+    epoch (or is new, and then records it), checked in the same atomic step.
 
     Fails with INVALID_ARGUMENT for a record with a missing id or malformed
-    JSON, and UNAVAILABLE when the store cannot be reached (nothing was written).
+    JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
+    live lease, and UNAVAILABLE when the store cannot be reached (nothing was
+    written).
+    """
+    AcquireLease: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.AcquireLeaseRequest, _state_service_pb2.AcquireLeaseResponse]
+    """AcquireLease grants the owner a new lease with a fresh epoch, larger than
+    every epoch granted before; a lease the owner held before is replaced.
+
+    Fails with INVALID_ARGUMENT for a malformed owner or ttl and UNAVAILABLE
+    when the store cannot be reached.
+    """
+    RenewLease: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.RenewLeaseRequest, _state_service_pb2.RenewLeaseResponse]
+    """RenewLease extends a live lease by its ttl (the heartbeat) and returns the
+    cancellations requested of its executions since the last one.
+
+    Fails with FAILED_PRECONDITION (LeaseLost) once the lease lapsed or was
+    replaced, and UNAVAILABLE when the store cannot be reached.
+    """
+    ReleaseLease: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.ReleaseLeaseRequest, _state_service_pb2.ReleaseLeaseResponse]
+    """ReleaseLease ends a lease now; its running executions become orphans.
+    Releasing a lapsed lease is not an error.
+
+    Fails with UNAVAILABLE when the store cannot be reached.
+    """
+    ClaimExecution: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.ClaimExecutionRequest, _state_service_pb2.ClaimExecutionResponse]
+    """ClaimExecution makes a live lease the owner of an execution that no other
+    live lease runs: an orphan, or an ended one that did not complete. Of two
+    concurrent claims, one wins.
+
+    Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
+    (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
+    is not live, INVALID_ARGUMENT for a completed execution, and UNAVAILABLE
+    when the store cannot be reached.
+    """
+    ListOrphans: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.ListOrphansRequest, _state_service_pb2.ListOrphansResponse]
+    """ListOrphans returns executions running or interrupted whose owner's lease
+    is not live, oldest first.
+
+    Fails with UNAVAILABLE when the store cannot be reached.
+    """
+    RequestCancel: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.RequestCancelRequest, _state_service_pb2.RequestCancelResponse]
+    """RequestCancel asks an execution's owner to cancel it (delivered with the
+    owner's next heartbeat); an orphan is ended cancelled at once.
+
+    Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
+    store cannot be reached.
     """
     GetExecution: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.GetExecutionRequest, _state_service_pb2.GetExecutionResponse]
     """GetExecution returns the record of one execution.
@@ -98,10 +145,57 @@ class StateServiceAsyncStub(StateServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     WriteBatch: _aio.UnaryUnaryMultiCallable[_state_service_pb2.WriteBatchRequest, _state_service_pb2.WriteBatchResponse]  # type: ignore[assignment]
     """WriteBatch persists an execution upsert, checkpoints and events atomically:
-    all of them or none. Repeating a request_id is a no-op.
+    all of them or none. Repeating a request_id is a no-op. With a fence, the
+    batch is written only if that lease is live and the execution records its
+    epoch (or is new, and then records it), checked in the same atomic step.
 
     Fails with INVALID_ARGUMENT for a record with a missing id or malformed
-    JSON, and UNAVAILABLE when the store cannot be reached (nothing was written).
+    JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
+    live lease, and UNAVAILABLE when the store cannot be reached (nothing was
+    written).
+    """
+    AcquireLease: _aio.UnaryUnaryMultiCallable[_state_service_pb2.AcquireLeaseRequest, _state_service_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
+    """AcquireLease grants the owner a new lease with a fresh epoch, larger than
+    every epoch granted before; a lease the owner held before is replaced.
+
+    Fails with INVALID_ARGUMENT for a malformed owner or ttl and UNAVAILABLE
+    when the store cannot be reached.
+    """
+    RenewLease: _aio.UnaryUnaryMultiCallable[_state_service_pb2.RenewLeaseRequest, _state_service_pb2.RenewLeaseResponse]  # type: ignore[assignment]
+    """RenewLease extends a live lease by its ttl (the heartbeat) and returns the
+    cancellations requested of its executions since the last one.
+
+    Fails with FAILED_PRECONDITION (LeaseLost) once the lease lapsed or was
+    replaced, and UNAVAILABLE when the store cannot be reached.
+    """
+    ReleaseLease: _aio.UnaryUnaryMultiCallable[_state_service_pb2.ReleaseLeaseRequest, _state_service_pb2.ReleaseLeaseResponse]  # type: ignore[assignment]
+    """ReleaseLease ends a lease now; its running executions become orphans.
+    Releasing a lapsed lease is not an error.
+
+    Fails with UNAVAILABLE when the store cannot be reached.
+    """
+    ClaimExecution: _aio.UnaryUnaryMultiCallable[_state_service_pb2.ClaimExecutionRequest, _state_service_pb2.ClaimExecutionResponse]  # type: ignore[assignment]
+    """ClaimExecution makes a live lease the owner of an execution that no other
+    live lease runs: an orphan, or an ended one that did not complete. Of two
+    concurrent claims, one wins.
+
+    Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
+    (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
+    is not live, INVALID_ARGUMENT for a completed execution, and UNAVAILABLE
+    when the store cannot be reached.
+    """
+    ListOrphans: _aio.UnaryUnaryMultiCallable[_state_service_pb2.ListOrphansRequest, _state_service_pb2.ListOrphansResponse]  # type: ignore[assignment]
+    """ListOrphans returns executions running or interrupted whose owner's lease
+    is not live, oldest first.
+
+    Fails with UNAVAILABLE when the store cannot be reached.
+    """
+    RequestCancel: _aio.UnaryUnaryMultiCallable[_state_service_pb2.RequestCancelRequest, _state_service_pb2.RequestCancelResponse]  # type: ignore[assignment]
+    """RequestCancel asks an execution's owner to cancel it (delivered with the
+    owner's next heartbeat); an orphan is ended cancelled at once.
+
+    Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
+    store cannot be reached.
     """
     GetExecution: _aio.UnaryUnaryMultiCallable[_state_service_pb2.GetExecutionRequest, _state_service_pb2.GetExecutionResponse]  # type: ignore[assignment]
     """GetExecution returns the record of one execution.
@@ -157,10 +251,93 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_state_service_pb2.WriteBatchResponse, _abc.Awaitable[_state_service_pb2.WriteBatchResponse]]:
         """WriteBatch persists an execution upsert, checkpoints and events atomically:
-        all of them or none. Repeating a request_id is a no-op.
+        all of them or none. Repeating a request_id is a no-op. With a fence, the
+        batch is written only if that lease is live and the execution records its
+        epoch (or is new, and then records it), checked in the same atomic step.
 
         Fails with INVALID_ARGUMENT for a record with a missing id or malformed
-        JSON, and UNAVAILABLE when the store cannot be reached (nothing was written).
+        JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
+        live lease, and UNAVAILABLE when the store cannot be reached (nothing was
+        written).
+        """
+
+    @_abc_1.abstractmethod
+    def AcquireLease(
+        self,
+        request: _state_service_pb2.AcquireLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.AcquireLeaseResponse, _abc.Awaitable[_state_service_pb2.AcquireLeaseResponse]]:
+        """AcquireLease grants the owner a new lease with a fresh epoch, larger than
+        every epoch granted before; a lease the owner held before is replaced.
+
+        Fails with INVALID_ARGUMENT for a malformed owner or ttl and UNAVAILABLE
+        when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewLease(
+        self,
+        request: _state_service_pb2.RenewLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.RenewLeaseResponse, _abc.Awaitable[_state_service_pb2.RenewLeaseResponse]]:
+        """RenewLease extends a live lease by its ttl (the heartbeat) and returns the
+        cancellations requested of its executions since the last one.
+
+        Fails with FAILED_PRECONDITION (LeaseLost) once the lease lapsed or was
+        replaced, and UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def ReleaseLease(
+        self,
+        request: _state_service_pb2.ReleaseLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.ReleaseLeaseResponse, _abc.Awaitable[_state_service_pb2.ReleaseLeaseResponse]]:
+        """ReleaseLease ends a lease now; its running executions become orphans.
+        Releasing a lapsed lease is not an error.
+
+        Fails with UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def ClaimExecution(
+        self,
+        request: _state_service_pb2.ClaimExecutionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.ClaimExecutionResponse, _abc.Awaitable[_state_service_pb2.ClaimExecutionResponse]]:
+        """ClaimExecution makes a live lease the owner of an execution that no other
+        live lease runs: an orphan, or an ended one that did not complete. Of two
+        concurrent claims, one wins.
+
+        Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
+        (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
+        is not live, INVALID_ARGUMENT for a completed execution, and UNAVAILABLE
+        when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOrphans(
+        self,
+        request: _state_service_pb2.ListOrphansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.ListOrphansResponse, _abc.Awaitable[_state_service_pb2.ListOrphansResponse]]:
+        """ListOrphans returns executions running or interrupted whose owner's lease
+        is not live, oldest first.
+
+        Fails with UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def RequestCancel(
+        self,
+        request: _state_service_pb2.RequestCancelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.RequestCancelResponse, _abc.Awaitable[_state_service_pb2.RequestCancelResponse]]:
+        """RequestCancel asks an execution's owner to cancel it (delivered with the
+        owner's next heartbeat); an orphan is ended cancelled at once.
+
+        Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
+        store cannot be reached.
         """
 
     @_abc_1.abstractmethod
