@@ -15,9 +15,12 @@ __all__ = ["build"]
 
 
 async def build(config: ServiceSettings) -> Service:
-    """The executor service: runs workflows on ``Infrastructure.create("production")``."""
-    infra = await Infrastructure.create("production")
+    """The executor service: runs workflows on ``Infrastructure.create("production")`` as
+    one replica among any number: it holds a lease and takes over the orphans of dead
+    replicas."""
+    infra = await Infrastructure.create("production", owner_kind="executor")
     manager = ExecutionManager(infra)
+    manager.start_takeover(infra.settings.takeover_interval)
     servicer = ExecutorServicer(manager, infra.events)
 
     def register(server: grpc.aio.Server) -> list[str]:

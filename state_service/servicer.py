@@ -3,7 +3,9 @@
 Requests become records here, and are rejected here when they cannot: every
 ``InvalidRequest`` names the request field by its path (``checkpoints[2].state``),
 so a caller knows which value to fix. Every id must be well-formed and every
-bound of :mod:`tradeflow.domain.limits` hold. Everything else is the store's business.
+bound of :mod:`tradeflow.domain.limits` hold, a lease time and an orphan count too
+(each store would otherwise meet a value it cannot use: a zero or an overflowing
+``PEXPIRE``). Everything else is the store's business.
 """
 
 from __future__ import annotations
@@ -16,16 +18,38 @@ import grpc
 from tradeflow.adapters.grpc import wire
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
 from tradeflow.domain.errors import InvalidRequest
-from tradeflow.domain.limits import DEFINITION_MAX_BYTES, check_cursor, check_id, check_timestamp
+from tradeflow.domain.limits import (
+    DEFINITION_MAX_BYTES,
+    PAGE_MAX_BYTES,
+    check_cursor,
+    check_id,
+    check_timestamp,
+)
+from tradeflow.domain.ownership import Lease, OwnerInfo
 from tradeflow.domain.records import Checkpoint, Event, ExecutionRecord, StateBatch
 from tradeflow.ports import StateStore
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "StateServicer"]
+__all__ = [
+    "LEASE_TTL_MAX_MS",
+    "LEASE_TTL_MIN_MS",
+    "ORPHANS_DEFAULT",
+    "ORPHANS_MAX",
+    "SERVICE_NAME",
+    "StateServicer",
+]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["StateService"].full_name
+
+LEASE_TTL_MIN_MS: Final = 100
+"""Shortest lease a request may ask for: a heartbeat every third of it stays feasible."""
+LEASE_TTL_MAX_MS: Final = 3_600_000
+"""Longest lease (an hour): a dead owner's executions wait at most this for a takeover."""
+ORPHANS_MAX: Final = 1000
+ORPHANS_DEFAULT: Final = 100
+"""Orphans a ``ListOrphans`` with ``limit`` 0 returns."""
 
 M = TypeVar("M")
 R = TypeVar("R")
@@ -44,6 +68,59 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
             check_id("request_id", request.request_id)
         await self._store.write(_batch(request))
         return pb.WriteBatchResponse()
+
+    async def AcquireLease(
+        self, request: pb.AcquireLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcquireLeaseResponse:
+        info = wire.within("owner", _owner_info, request.owner)
+        lease = await self._store.acquire_lease(info, _ttl(request.ttl_ms))
+        return pb.AcquireLeaseResponse(epoch=lease.epoch)
+
+    async def RenewLease(
+        self, request: pb.RenewLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewLeaseResponse:
+        lease = _lease(request.fence, _ttl(request.ttl_ms))
+        heartbeat = await self._store.renew_lease(lease)
+        return pb.RenewLeaseResponse(cancel_execution_ids=heartbeat.cancel)
+
+    async def ReleaseLease(
+        self, request: pb.ReleaseLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseLeaseResponse:
+        await self._store.release_lease(_lease(request.fence))
+        return pb.ReleaseLeaseResponse()
+
+    async def ClaimExecution(
+        self, request: pb.ClaimExecutionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClaimExecutionResponse:
+        execution_id = check_id("execution_id", request.execution_id)
+        claim = await self._store.claim(execution_id, _lease(request.fence))
+        return pb.ClaimExecutionResponse(
+            previous_owner=claim.previous_owner,
+            takeover=claim.takeover,
+            takeovers=claim.takeovers,
+        )
+
+    async def ListOrphans(
+        self, request: pb.ListOrphansRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOrphansResponse:
+        limit = wire.at_most("limit", request.limit, ORPHANS_MAX) or ORPHANS_DEFAULT
+        response = pb.ListOrphansResponse()
+        size = 0
+        # Bounded like a page of executions: the orphans left out are still orphans on
+        # the next call (a claimed one no longer is).
+        for record in await self._store.orphans(limit):
+            item = wire.execution_record_to_proto(record)
+            size += item.ByteSize()
+            if size > PAGE_MAX_BYTES and response.executions:
+                break
+            response.executions.append(item)
+        return response
+
+    async def RequestCancel(
+        self, request: pb.RequestCancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RequestCancelResponse:
+        record = await self._store.request_cancel(check_id("execution_id", request.execution_id))
+        return pb.RequestCancelResponse(execution=wire.execution_record_to_proto(record))
 
     async def GetExecution(
         self, request: pb.GetExecutionRequest, context: grpc.aio.ServicerContext
@@ -92,6 +169,32 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
         return pb.GetLastSequenceResponse(sequence=sequence)
 
 
+def _owner_info(msg: pb.OwnerInfo) -> OwnerInfo:
+    """Who asks for a lease: each text an id (shown to operators, and bounded)."""
+    return OwnerInfo(
+        check_id("owner", msg.owner),
+        check_id("kind", msg.kind),
+        check_id("host", msg.host),
+        msg.pid,
+    )
+
+
+def _ttl(ttl_ms: int) -> float:
+    """A request's lease time, in seconds."""
+    if not LEASE_TTL_MIN_MS <= ttl_ms <= LEASE_TTL_MAX_MS:
+        raise InvalidRequest(
+            "ttl_ms", f"{LEASE_TTL_MIN_MS} .. {LEASE_TTL_MAX_MS} milliseconds", ttl_ms
+        )
+    return ttl_ms / 1000
+
+
+def _lease(fence: pb.Fence, ttl: float = 0.0) -> Lease:
+    """The lease a request's fence names (the store needs only its owner, epoch and
+    ``ttl``); an unset fence fails on its owner."""
+    owner, epoch = wire.fence_from_proto(fence)
+    return Lease(OwnerInfo(owner, "", "", 0), epoch, ttl)
+
+
 def _optional_id(msg: Any, field: str) -> str | None:
     """The id in an optional field (``None`` when unset); a set one must be well-formed."""
     return check_id(field, getattr(msg, field)) if msg.HasField(field) else None
@@ -121,6 +224,7 @@ def _batch(request: pb.WriteBatchRequest) -> StateBatch:
         execution=record,
         checkpoints=_each("checkpoints", request.checkpoints, _checkpoint, owner),
         events=_each("events", request.events, _event, owner),
+        fence=wire.fence_from_proto(request.fence) if request.HasField("fence") else None,
     )
 
 

@@ -110,6 +110,25 @@ def event(
     )
 
 
+def run_event(
+    record: ExecutionRecord, sequence: int, node_id: str | None, data: dict[str, Any]
+) -> Event:
+    """Event number ``sequence`` of ``record``'s run, carrying the record's ids."""
+    return Event(
+        type=EventType.NODE_COMPLETED.value,
+        event_id=f"{record.execution_id}-{sequence}",
+        sequence=sequence,
+        timestamp=record.started_at + sequence / 1000,
+        correlation_id=record.correlation_id,
+        execution_id=record.execution_id,
+        workflow_id=record.workflow_id,
+        bot_id=record.bot_id,
+        strategy_id=record.strategy_id,
+        node_id=node_id,
+        data=data,
+    )
+
+
 def checkpoint(
     execution_id: str,
     node_id: str,

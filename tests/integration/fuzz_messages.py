@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from google.protobuf.timestamp_pb2 import Timestamp
 
-__all__ = ["MAX_REQUEST_BYTES", "Case", "cases"]
+__all__ = ["MAX_REQUEST_BYTES", "Case", "base", "cases"]
 
 MAX_REQUEST_BYTES = 7 * 1024 * 1024
 """Every case stays under the services' 8 MiB message limit (with room for framing), so a
@@ -172,13 +172,14 @@ and events belong to its execution)."""
 
 @dataclass
 class _Base:
-    """What a base message being built shares: its random source, string overrides by field
-    name, its owner ids, and a clock so later timestamps come later (started_after <
-    started_before, started_at < finished_at)."""
+    """What a base message being built shares: its random source, scalar overrides by field
+    name, the message fields left unset (by full name), its owner ids, and a clock so later
+    timestamps come later (started_after < started_before, started_at < finished_at)."""
 
     rng: random.Random
-    overrides: Mapping[str, str]
+    overrides: Mapping[str, object]
     ids: dict[str, str]
+    unset: Collection[str] = ()
     clock: int = 1_700_000_000
 
     def timestamp(self) -> Timestamp:
@@ -188,9 +189,9 @@ class _Base:
 
 def _base_scalar(field: Any, base: _Base) -> Any:
     rng = base.rng
+    if field.name in base.overrides:
+        return base.overrides[field.name]
     if field.type == _T.TYPE_STRING:
-        if field.name in base.overrides:
-            return base.overrides[field.name]
         if field.name == "page_token":
             return ""  # the first page: anything else must come from a previous page
         if field.name.endswith("_json"):
@@ -207,10 +208,16 @@ def _base_scalar(field: Any, base: _Base) -> Any:
     return 1.0 if field.type in (_T.TYPE_DOUBLE, _T.TYPE_FLOAT) else 1
 
 
-def base(descriptor: Descriptor, rng: random.Random, overrides: Mapping[str, str]) -> Message:
-    """A plausible message of ``descriptor``; ``overrides`` gives string fields by name."""
+def base(
+    descriptor: Descriptor,
+    rng: random.Random,
+    overrides: Mapping[str, object],
+    unset: Collection[str] = (),
+) -> Message:
+    """A plausible message of ``descriptor``; ``overrides`` gives scalar fields by name, and
+    the message fields named (by full name) in ``unset`` stay unset."""
     message = GetMessageClass(descriptor)()
-    _fill(message, _Base(rng, overrides, {}), DEPTH)
+    _fill(message, _Base(rng, overrides, {}, unset), DEPTH)
     return message
 
 
@@ -223,15 +230,19 @@ def _fill(message: Message, base: _Base, depth: int) -> None:
             else:
                 getattr(message, field.name).CopyFrom(stamp)
         elif field.message_type is not None:
-            if depth > 0:
-                child = getattr(message, field.name)
-                _fill(child.add() if field.is_repeated else child, base, depth - 1)
+            if depth > 0 and field.full_name not in base.unset:
+                _fill_child(message, field, base, depth - 1)
         else:
             value = _base_scalar(field, base)
             if field.is_repeated:
                 getattr(message, field.name).append(value)
             else:
                 setattr(message, field.name, value)
+
+
+def _fill_child(message: Message, field: Any, base: _Base, depth: int) -> None:
+    child = getattr(message, field.name)
+    _fill(child.add() if field.is_repeated else child, base, depth)
 
 
 def _encoded(make: Value) -> Value:
@@ -315,17 +326,23 @@ def _unknown_field() -> bytes:
 
 
 def cases(
-    descriptor: Descriptor, count: int, seed: int, overrides: Mapping[str, str] | None = None
+    descriptor: Descriptor,
+    count: int,
+    seed: int,
+    overrides: Mapping[str, object] | None = None,
+    unset: Collection[str] = (),
 ) -> list[Case]:
     """The message-level cases, then every (path, kind) once in a seeded order, cycling with
     fresh bases up to ``count`` cases in all (a request with no fields gets just the two
-    message-level ones); the same for the same ``seed``. ``overrides`` sets base string
-    fields by name (e.g. a real definition for ``definition_json``)."""
+    message-level ones); the same for the same ``seed``. ``overrides`` sets base scalar
+    fields by name (e.g. a real definition for ``definition_json``); a top-level message
+    field in ``unset`` (full names) is left out of the base, except in the cases that fuzz
+    a path inside it (a WriteBatch fence no live lease holds would refuse every batch)."""
     rng = random.Random(seed)
     names = overrides or {}
-    empty = base(descriptor, rng, names)
+    empty = base(descriptor, rng, names, unset)
     empty.Clear()
-    unknown = base(descriptor, rng, names)
+    unknown = base(descriptor, rng, names, unset)
     unknown.MergeFromString(_unknown_field())
     found = [Case("(message)", "all default", empty), Case("(message)", "unknown field", unknown)]
     combos = list(_paths(descriptor, "", DEPTH))
@@ -333,9 +350,12 @@ def cases(
     total = max(count, len(found) + len(combos)) if combos else len(found)
     for index in range(total - len(found)):
         path, kind = combos[index % len(combos)]
-        building = _Base(rng, names, {})
+        building = _Base(rng, names, {}, unset)
         message = GetMessageClass(descriptor)()
         _fill(message, building, DEPTH)
+        head: Any = descriptor.fields_by_name[path.partition(".")[0].removesuffix("[0]")]
+        if head.full_name in unset and head.message_type is not None and kind != "unset":
+            _fill_child(message, head, building, DEPTH - 1)
         _apply(message, path, kind, building)
         if message.ByteSize() <= MAX_REQUEST_BYTES:
             found.append(Case(path, kind, message))

@@ -84,19 +84,8 @@ def finished(record: ExecutionRecord, status: ExecutionStatus) -> ExecutionRecor
 
 def event(record: ExecutionRecord, sequence: int, node_id: str | None = "quote") -> Event:
     """Event number ``sequence`` of ``record``'s run."""
-    return Event(
-        type=EventType.NODE_COMPLETED.value,
-        event_id=f"{record.execution_id}-{sequence}",
-        sequence=sequence,
-        timestamp=record.started_at + sequence / 1000,
-        correlation_id=record.correlation_id,
-        execution_id=record.execution_id,
-        workflow_id=record.workflow_id,
-        bot_id=record.bot_id,
-        strategy_id=record.strategy_id,
-        node_id=node_id,
-        data={"price": 101.25, "n": sequence, "tags": ["a", "b"], "none": None},
-    )
+    data = {"price": 101.25, "n": sequence, "tags": ["a", "b"], "none": None}
+    return kit.run_event(record, sequence, node_id, data)
 
 
 def checkpoint(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 import grpc
 import pytest
 import pytest_asyncio
-from fuzz_messages import Case, cases
+from fuzz_messages import Case, base, cases
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -81,9 +82,29 @@ SERVICES: tuple[tuple[str, ModuleType], ...] = (
     ("executor", executor_pb),
     ("emergency", emergency_pb),
 )
-OVERRIDES = {"definition_json": json.dumps(trading_workflow()), "limit_type": "max_exposure"}
-"""Base string values by field name: a real one-order workflow where a definition goes, a
-known limit type (one the unrelated bot's workflow does not check)."""
+DEFINITION_JSON = json.dumps(trading_workflow())
+OVERRIDES: dict[str, object] = {
+    "definition_json": DEFINITION_JSON,
+    "limit_type": "max_exposure",
+    "ttl_ms": 3000,
+}
+"""Base values by field name: a real one-order workflow where a definition goes, a known
+limit type (one the unrelated bot's workflow does not check), a lease time the state
+service accepts (so AcquireLease and RenewLease cases reach the store)."""
+UNSET = frozenset({state_pb.WriteBatchRequest.DESCRIPTOR.fields_by_name["fence"].full_name})
+"""Message fields the base requests leave out: a fuzzed fence names no live lease, so a
+fenced WriteBatch would stop at LeaseLost before the store's write path (its own cases,
+fence.owner and fence.epoch, still carry one)."""
+OWNERSHIP_RPCS = frozenset(
+    {
+        "AcquireLease",
+        "RenewLease",
+        "ReleaseLease",
+        "ClaimExecution",
+        "ListOrphans",
+        "RequestCancel",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +140,16 @@ def rpcs() -> Iterator[tuple[str, MethodDescriptor]]:
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 yield name, method
+
+
+def test_the_ownership_rpcs_are_fuzzed_with_requests_that_reach_the_store() -> None:
+    """The six lease RPCs are among those fuzzed, and their base requests carry a lease time
+    the service accepts, so their cases get past validation to the store."""
+    names = {method.name for service, method in rpcs() if service == "state"}
+    assert names >= OWNERSHIP_RPCS
+    for name in ("AcquireLease", "RenewLease"):
+        request: Any = base(_method(state_pb, name).input_type, random.Random(SEED), OVERRIDES)
+        assert 100 <= request.ttl_ms <= 3_600_000, name
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +241,7 @@ async def _fuzz(channels: dict[str, grpc.aio.Channel]) -> tuple[list[Violation],
             if found is not None:
                 violations.append(found)
 
-        batch = cases(method.input_type, PER_RPC, SEED + number, OVERRIDES)
+        batch = cases(method.input_type, PER_RPC, SEED + number, OVERRIDES, UNSET)
         sent += len(batch)
         await asyncio.gather(*(one(case) for case in batch))
         calls = [(label, call) for label, call in _normal_calls(channels) if label not in broken]
@@ -264,7 +295,7 @@ async def _unrelated_bot_trades(channel: grpc.aio.Channel, retry_halted: bool) -
                 workflow_id="unrelated-workflow",
                 bot_id="unrelated-bot",
                 strategy_id="unrelated-strategy",
-                definition_json=OVERRIDES["definition_json"],
+                definition_json=DEFINITION_JSON,
             ),
             timeout=DEADLINE_SECONDS,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 from collections.abc import AsyncIterator
@@ -10,12 +11,19 @@ from typing import Any
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from kit import checkpoint, event, execution
+from kit import DEADLINE_SECONDS, checkpoint, event, execution
 from servers import ServerProcess
 
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.state import RedisStateStore
-from tradeflow.domain.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
+from tradeflow.domain.errors import (
+    ConfigurationError,
+    ExecutionNotFound,
+    InvalidRequest,
+    LeaseLost,
+    OwnerAlive,
+)
+from tradeflow.domain.ownership import Claim, Heartbeat, OwnerInfo
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -351,6 +359,219 @@ async def test_max_events_trims_only_the_global_stream(client: aioredis.Redis, p
     assert everything[-1][1] == event("e1", 599)
     own = await capped.read_events(execution_id="e1", limit=1000)
     assert [e.sequence for _, e in own] == list(range(600))
+
+
+def owner(name: str) -> OwnerInfo:
+    return OwnerInfo(name, "executor", "host", 1)
+
+
+LEASE_SECONDS = 30.0
+"""Long enough never to lapse during a test unless the test means it to."""
+
+
+@pytest.mark.asyncio
+async def test_a_fenced_write_is_one_script_call_that_records_its_owner(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """The fence is checked inside the write script: a fenced first write and a fenced later
+    write (the store's cached, state-only path) are one script call each."""
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    first = StateBatch(
+        execution=execution("e1"), checkpoints=(checkpoint("e1", "a"),), fence=lease.fence
+    )
+    before = await script_calls(client)
+
+    await store.write(first)
+    await store.write(StateBatch(execution=execution("e1"), fence=lease.fence))
+
+    assert await script_calls(client) == before + 2
+    stored = await store.get_execution("e1")
+    assert (stored.owner, stored.epoch, stored.takeovers, stored.owner_live) == (
+        "a",
+        lease.epoch,
+        0,
+        True,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_write_racing_its_lease_expiry_lands_whole_or_not_at_all(
+    store: RedisStateStore,
+) -> None:
+    """Batches written back to back while a short lease runs out: every accepted one is
+    stored whole, the first refused one (LeaseLost, lapsed) left nothing."""
+    lease = await store.acquire_lease(owner("a"), 0.2)
+    accepted = 0
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        while True:
+            n = accepted + 1
+            batch = StateBatch(
+                execution=execution("e1", result={"batch": n}),
+                checkpoints=(checkpoint("e1", f"n{n}"),),
+                events=(event("e1", n),),
+                fence=lease.fence,
+            )
+            try:
+                await store.write(batch)
+            except LeaseLost as lost:
+                refused = lost
+                break
+            accepted = n
+
+    assert accepted > 0
+    assert (refused.owner, refused.epoch, refused.execution_id) == ("a", lease.epoch, "e1")
+    assert str(refused).endswith(": lapsed")
+    assert set(await store.get_checkpoints("e1")) == {f"n{n}" for n in range(1, accepted + 1)}
+    stored_events = await store.read_events(execution_id="e1", limit=accepted + 1)
+    assert [e.sequence for _, e in stored_events] == list(range(1, accepted + 1))
+    stored = await store.get_execution("e1")
+    assert stored.result == {"batch": accepted}
+    assert not stored.owner_live
+
+
+@pytest.mark.asyncio
+async def test_cached_executions_are_fenced_too(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A store that created an execution still has its later (state-only) writes refused once
+    its lease is replaced, and a fresh lease must claim the execution before writing it."""
+    old = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    await store.write(StateBatch(execution=execution("e1"), fence=old.fence))
+    new = await RedisStateStore(client, prefix=prefix).acquire_lease(owner("a"), LEASE_SECONDS)
+    done = execution("e1", status=ExecutionStatus.COMPLETED)
+
+    with pytest.raises(LeaseLost, match=f"replaced by epoch {new.epoch}"):
+        await store.write(StateBatch(execution=done, fence=old.fence))
+    with pytest.raises(LeaseLost, match=rf"owned by a \(epoch {old.epoch}\)"):
+        await store.write(StateBatch(execution=done, fence=new.fence))
+    with pytest.raises(LeaseLost, match="carries no fence") as unfenced:
+        await store.write(StateBatch(execution=done, checkpoints=(checkpoint("e1", "x"),)))
+
+    assert (unfenced.value.owner, unfenced.value.epoch) == ("", 0)
+    assert (await store.get_execution("e1")).status is ExecutionStatus.RUNNING
+    assert await store.get_checkpoints("e1") == {}
+    # The same owner reclaiming under a new epoch did not die: not a takeover.
+    assert await store.claim("e1", new) == Claim(previous_owner="a", takeover=False, takeovers=0)
+    await store.write(StateBatch(execution=done, fence=new.fence))
+    assert await ids(store, status=ExecutionStatus.COMPLETED) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_listing_fills_owner_liveness_in_one_script_call(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """A page of records owned by a live, a released and no lease says which owner is live,
+    read with one script call for the whole page."""
+    live = await store.acquire_lease(owner("live"), LEASE_SECONDS)
+    gone = await store.acquire_lease(owner("gone"), LEASE_SECONDS)
+    for name, lease in (("e-live", live), ("e-gone", gone), ("e-none", None)):
+        fence = None if lease is None else lease.fence
+        await store.write(StateBatch(execution=execution(name), fence=fence))
+    await store.release_lease(gone)
+    before = await script_calls(client)
+
+    page = await store.list_executions(ExecutionQuery())
+
+    assert await script_calls(client) == before + 1
+    seen = {r.execution_id: (r.owner, r.owner_live) for r in page.executions}
+    assert seen == {"e-live": ("live", True), "e-gone": ("gone", False), "e-none": (None, False)}
+
+
+@pytest.mark.asyncio
+async def test_orphans_walk_both_status_indexes_oldest_first(store: RedisStateStore) -> None:
+    """Orphans come from the running and interrupted indexes merged in (started_at, id) byte
+    order, past one chunk of either, without executions of a live owner or final ones."""
+    live = await store.acquire_lease(owner("live"), LEASE_SECONDS)
+    expected = []
+    for i in range(300):
+        for status, name in (
+            (ExecutionStatus.RUNNING, f"r-{i}"),
+            (ExecutionStatus.INTERRUPTED, f"r_{i}"),
+        ):
+            await store.write(StateBatch(execution=execution(name, started_at=i, status=status)))
+            expected.append(name)
+    await store.write(StateBatch(execution=execution("owned", started_at=0.5), fence=live.fence))
+    done = execution("done", started_at=0.5, status=ExecutionStatus.FAILED)
+    await store.write(StateBatch(execution=done))
+
+    found = await store.orphans(1000)
+
+    assert [r.execution_id for r in found] == expected
+    assert [r.execution_id for r in await store.orphans(3)] == ["r-0", "r_0", "r-1"]
+    assert await store.orphans(0) == []
+
+
+@pytest.mark.asyncio
+async def test_cancel_of_an_orphan_ends_it_in_the_script(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """An orphan is ended cancelled at the server's time with its result kept exactly (the
+    script splices the stored JSON) and moved to the cancelled index; a live owner's
+    execution is left running and delivered with its next renewal, once."""
+    error = 'quote " comma , bracket ] \u00fc newline \n ends with a backslash \\'
+    result = {"filled": 0.1 + 0.2, "note": '"],[', "nested": {"list": [1, None]}}
+    orphan = execution("e1", status=ExecutionStatus.INTERRUPTED, error=error, result=result)
+    await store.write(StateBatch(execution=orphan))
+    seconds, micros = await client.time()
+
+    cancelled = await store.request_cancel("e1")
+
+    assert cancelled.status is ExecutionStatus.CANCELLED
+    assert cancelled.error == "cancelled while no executor ran it"
+    assert cancelled.result == result
+    assert cancelled.finished_at is not None
+    assert cancelled.finished_at >= seconds + micros / 1e6
+    assert await store.get_execution("e1") == cancelled
+    assert await ids(store, status=ExecutionStatus.INTERRUPTED) == []
+    assert await ids(store, status=ExecutionStatus.CANCELLED) == ["e1"]
+    assert await store.request_cancel("e1") == cancelled
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    await store.write(StateBatch(execution=execution("e2"), fence=lease.fence))
+    assert (await store.request_cancel("e2")).status is ExecutionStatus.RUNNING
+    assert (await store.renew_lease(lease)).cancel == ("e2",)
+    assert (await store.renew_lease(lease)).cancel == ()
+    with pytest.raises(ExecutionNotFound):
+        await store.request_cancel("nope")
+
+
+@pytest.mark.asyncio
+async def test_epochs_come_from_one_counter_that_outlives_leases(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Epochs grow across owners and re-acquisitions, even once every lease key is gone; a
+    replaced lease learns which epoch replaced it."""
+    first = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    second = await store.acquire_lease(owner("b"), LEASE_SECONDS)
+    leases = [key async for key in client.scan_iter(match=f"{prefix}:lease:*")]
+    await client.delete(*leases)
+    third = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    fourth = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+
+    assert first.epoch < second.epoch < third.epoch < fourth.epoch
+    with pytest.raises(LeaseLost, match=f"replaced by epoch {fourth.epoch}"):
+        await store.renew_lease(third)
+    with pytest.raises(LeaseLost, match="lapsed"):
+        await store.renew_lease(second)
+    await store.release_lease(third)  # not the owner's epoch: nothing happens
+    assert await store.renew_lease(fourth) == Heartbeat()
+
+
+@pytest.mark.asyncio
+async def test_of_concurrent_claims_exactly_one_wins(store: RedisStateStore) -> None:
+    """Eight live leases claiming one orphan at once: one claim, seven OwnerAlive naming it."""
+    await store.write(StateBatch(execution=execution("e1")))
+    leases = [await store.acquire_lease(owner(f"o{i}"), LEASE_SECONDS) for i in range(8)]
+
+    outcomes = await asyncio.gather(
+        *(store.claim("e1", lease) for lease in leases), return_exceptions=True
+    )
+
+    claims = [o for o in outcomes if isinstance(o, Claim)]
+    assert claims == [Claim(previous_owner=None, takeover=False, takeovers=0)]
+    refused = [o for o in outcomes if isinstance(o, OwnerAlive)]
+    assert len(refused) == 7
+    winner = (await store.get_execution("e1")).owner
+    assert all(r.owner == f"{winner} (executor, pid 1 on host)" for r in refused)
 
 
 @pytest.mark.parametrize("url", ["not-a-url", "redis://127.0.0.1:no-port"])

@@ -26,10 +26,11 @@ from workflows import trading_workflow
 
 from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.domain.clock import new_id
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
-from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest
+from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest, LeaseLost, OwnerAlive
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_PATTERN
+from tradeflow.domain.ownership import Claim, Heartbeat, OwnerInfo
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -40,6 +41,7 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
+from tradeflow.engine.ownership import LeaseKeeper
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
@@ -194,8 +196,14 @@ async def test_enhanced_executor_runs_unchanged_on_the_client(
     """An enhanced executor whose state store is a StateClient persists its run in the service."""
     monkeypatch.setenv("TRADEFLOW_SQLITE_PATH", ":memory:")
     async with await Infrastructure.create("test") as infra:
-        # Replaces the embedded store; closing the infrastructure closes the client.
+        # Replaces the embedded store, and the lease taken on it by one on the service;
+        # closing the infrastructure releases that lease and closes the client.
         infra.state = StateClient(state_service.address)
+        await infra.owner.stop()
+        infra.owner = LeaseKeeper(
+            infra.state, infra.owner.info, ttl=30.0, clock=SystemClock(), log=infra.log
+        )
+        await infra.owner.start()
         result = await EnhancedWorkflowExecutor(trading_workflow(), infra, "remote").execute()
     eid = result["execution_id"]
     assert result["status"] == "completed"
@@ -248,6 +256,19 @@ def _batch(
             )
         ],
     )
+
+
+def _owner_info(**fields: Any) -> pb.OwnerInfo:
+    return pb.OwnerInfo(**{"owner": "o", "kind": "executor", "host": "h", "pid": 1, **fields})
+
+
+GOOD_FENCE = pb.Fence(owner="o", epoch=1)
+
+
+def _fenced(fence: pb.Fence) -> pb.WriteBatchRequest:
+    request = _batch()
+    request.fence.CopyFrom(fence)
+    return request
 
 
 def _second_event_bad() -> pb.WriteBatchRequest:
@@ -363,6 +384,33 @@ BAD_REQUESTS = [
         pb.ListExecutionsRequest(query=common_pb2.ExecutionQuery(bot_id="b" * 5000)),
         "query.bot_id",
     ),
+    ("WriteBatch", _fenced(pb.Fence(owner="o", epoch=0)), "fence.epoch"),
+    ("WriteBatch", _fenced(pb.Fence(owner="o o", epoch=1)), "fence.owner"),
+    ("AcquireLease", pb.AcquireLeaseRequest(ttl_ms=1000), "owner.owner"),
+    (
+        "AcquireLease",
+        pb.AcquireLeaseRequest(owner=_owner_info(owner="x" * 129), ttl_ms=1000),
+        "owner.owner",
+    ),
+    ("AcquireLease", pb.AcquireLeaseRequest(owner=_owner_info(kind=""), ttl_ms=1000), "owner.kind"),
+    (
+        "AcquireLease",
+        pb.AcquireLeaseRequest(owner=_owner_info(host="\x1b[2J"), ttl_ms=1000),
+        "owner.host",
+    ),
+    ("AcquireLease", pb.AcquireLeaseRequest(owner=_owner_info(), ttl_ms=99), "ttl_ms"),
+    ("AcquireLease", pb.AcquireLeaseRequest(owner=_owner_info(), ttl_ms=3_600_001), "ttl_ms"),
+    ("RenewLease", pb.RenewLeaseRequest(ttl_ms=1000), "fence.owner"),
+    ("RenewLease", pb.RenewLeaseRequest(fence=GOOD_FENCE, ttl_ms=0), "ttl_ms"),
+    ("ReleaseLease", pb.ReleaseLeaseRequest(fence=pb.Fence(owner="o", epoch=0)), "fence.epoch"),
+    (
+        "ClaimExecution",
+        pb.ClaimExecutionRequest(execution_id="a b", fence=GOOD_FENCE),
+        "execution_id",
+    ),
+    ("ClaimExecution", pb.ClaimExecutionRequest(execution_id="e"), "fence.owner"),
+    ("ListOrphans", pb.ListOrphansRequest(limit=1001), "limit"),
+    ("RequestCancel", pb.RequestCancelRequest(), "execution_id"),
 ]
 
 
@@ -376,6 +424,81 @@ async def test_bad_request_is_invalid_argument_naming_the_field(
         await getattr(stub, method)(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"invalid field {field!r}" in (caught.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_lease_errors_arrive_as_their_classes_with_their_fields(
+    state_client: StateClient,
+) -> None:
+    """Through the service a refused fence is LeaseLost (owner, epoch, execution), a claim of a
+    live owner's execution OwnerAlive naming it, a lapsed renewal LeaseLost."""
+    eid, name = new_id(), f"a-{new_id()}"
+    holder = await state_client.acquire_lease(OwnerInfo(name, "cli", "box", 42), 30.0)
+    other = await state_client.acquire_lease(OwnerInfo(f"b-{eid}", "executor", "box", 7), 30.0)
+    await state_client.write(StateBatch(record(eid), fence=holder.fence))
+
+    with pytest.raises(OwnerAlive) as alive:
+        await state_client.claim(eid, other)
+    with pytest.raises(LeaseLost) as lost:
+        await state_client.write(StateBatch(record(eid), fence=other.fence))
+    await state_client.release_lease(holder)
+    with pytest.raises(LeaseLost) as lapsed:
+        await state_client.renew_lease(holder)
+
+    assert (alive.value.execution_id, alive.value.owner) == (eid, f"{name} (cli, pid 42 on box)")
+    assert (lost.value.owner, lost.value.epoch, lost.value.execution_id) == (
+        other.info.owner,
+        other.epoch,
+        eid,
+    )
+    assert f"owned by {name} (epoch {holder.epoch})" in lost.value.message
+    assert (lapsed.value.owner, lapsed.value.epoch, lapsed.value.execution_id) == (
+        name,
+        holder.epoch,
+        None,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_dead_owners_execution_is_listed_claimed_and_cancelled_through_the_service(
+    state_client: StateClient,
+) -> None:
+    """Each lease RPC end to end: a released owner's execution is an orphan, a claim takes it
+    over, a cancel request reaches the new owner's next heartbeat once."""
+    eid = new_id()
+    dead = await state_client.acquire_lease(OwnerInfo(f"dead-{eid}", "cli", "h", 1), 30.0)
+    alive = await state_client.acquire_lease(OwnerInfo(f"alive-{eid}", "executor", "h", 2), 30.0)
+    await state_client.write(StateBatch(record(eid, started_at=1.0), fence=dead.fence))
+    await state_client.release_lease(dead)
+
+    orphans = {r.execution_id: r for r in await state_client.orphans(1000)}
+    claim = await state_client.claim(eid, alive)
+    cancelled = await state_client.request_cancel(eid)
+
+    assert (orphans[eid].owner, orphans[eid].owner_live) == (dead.info.owner, False)
+    assert claim == Claim(previous_owner=dead.info.owner, takeover=True, takeovers=1)
+    assert (cancelled.status, cancelled.owner, cancelled.owner_live) == (
+        ExecutionStatus.RUNNING,
+        alive.info.owner,
+        True,
+    )
+    assert await state_client.renew_lease(alive) == Heartbeat(cancel=(eid,))
+    assert await state_client.renew_lease(alive) == Heartbeat()
+    assert await state_client.claim(eid, alive) == Claim(alive.info.owner, False, 1)
+    assert eid not in {r.execution_id for r in await state_client.orphans(1000)}
+
+
+@pytest.mark.asyncio
+async def test_list_orphans_without_a_limit_returns_a_hundred(
+    stub: Any, state_client: StateClient
+) -> None:
+    """ListOrphans with limit 0 answers the default 100 when more orphans exist."""
+    for _ in range(101):
+        await state_client.write(StateBatch(record(new_id(), started_at=2.0)))
+
+    response = await stub.ListOrphans(pb.ListOrphansRequest())
+
+    assert len(response.executions) == 100
 
 
 @pytest.mark.asyncio

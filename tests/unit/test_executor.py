@@ -426,10 +426,16 @@ async def test_resume_replaces_an_intended_order_exactly_once(infra: Infrastruct
                     {"client_order_id": f"{execution_id}:second"},
                 ),
             ),
+            fence=infra.owner.lease.fence,
         )
     )
     record = await infra.state.get_execution(execution_id)
-    await infra.state.write(StateBatch(execution=replace(record, status=ExecutionStatus.RUNNING)))
+    await infra.state.write(
+        StateBatch(
+            execution=replace(record, status=ExecutionStatus.RUNNING),
+            fence=infra.owner.lease.fence,
+        )
+    )
     resumed = await EnhancedWorkflowExecutor(two_orders_workflow(), infra, "wf").resume(
         execution_id
     )
@@ -498,7 +504,7 @@ async def test_a_cancelled_task_stays_resumable_and_leaves_no_log_context(
         await task
 
     [record] = (await infra.state.list_executions(ExecutionQuery())).executions
-    assert record.status is ExecutionStatus.RUNNING
+    assert record.status is ExecutionStatus.INTERRUPTED
     checkpoints = await infra.state.get_checkpoints(record.execution_id)
     assert checkpoints["s"].state is CheckpointState.COMPLETED
     assert "execution_id" not in structlog.contextvars.get_contextvars()

@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import ManualClock
+from kit import START, ManualClock
 
 from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ExchangeError, OrderRejected
-from tradeflow.domain.trading import OrderRequest, OrderStatus, OrderType, Quote, Side
+from tradeflow.domain.trading import (
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Quote,
+    Side,
+    average_cost,
+    utc_day,
+)
 
 BTC = "BTC/USDT"
 Ticks = Mapping[tuple[str, str], Sequence[tuple[float, float]]]
@@ -289,19 +297,95 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
 
 @pytest.mark.asyncio
 async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any) -> None:
-    """The exchange keeps its state in paper_* tables: one order, its balances, one fill."""
+    """The ledger keeps its state in paper_* tables: one order, its balances, one fill,
+    one position and one day of P&L."""
     conn = connect()
-    exchange = _exchange(ledger=SQLitePaperLedger(conn))
+    exchange = _exchange(ledger=SQLitePaperLedger(conn), fee_rate=0.001)
     await exchange.place_order(_order("c1"))
     tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"paper_orders", "paper_balances", "paper_fills"}
+    assert tables == {
+        "paper_orders",
+        "paper_balances",
+        "paper_fills",
+        "paper_positions",
+        "paper_daily_pnl",
+    }
     counts = [
         conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("paper_orders", "paper_fills")
+        for table in ("paper_orders", "paper_fills", "paper_positions", "paper_daily_pnl")
     ]
-    assert counts == [1, 1]
+    assert counts == [1, 1, 1, 1]
     stored = dict(conn.execute("SELECT asset, amount FROM paper_balances WHERE venue = 'paper'"))
-    assert stored == pytest.approx({**DEFAULT_BALANCES, "USDT": 99_898.0, "BTC": 3.0})
+    assert stored == pytest.approx({**DEFAULT_BALANCES, "USDT": 100_000 - 102 * 1.001, "BTC": 3.0})
+    assert conn.execute(
+        "SELECT venue, symbol, quantity, avg_price FROM paper_positions"
+    ).fetchall() == [("paper", BTC, 1.0, 102.0)]
+    assert conn.execute("SELECT day, realized FROM paper_daily_pnl").fetchall() == [
+        (utc_day(START), -102 * 0.001)
+    ]
+
+
+@pytest.mark.asyncio
+async def test_a_file_with_fills_but_no_positions_is_rebuilt_from_its_fills(
+    connect: Any,
+) -> None:
+    """A file written before positions and daily P&L were tables gets both rebuilt from
+    paper_fills, equal to what the fills had produced one by one."""
+    clock = ManualClock()
+    ticks = {("paper", BTC): [(100.0, 100.1), (110.3, 110.4), (95.7, 95.9)]}
+    feed = ReplayPriceFeed(ticks, clock=clock)
+    exchange = PaperExchange(
+        feed,
+        ledger=SQLitePaperLedger(connect()),
+        fee_rate=0.001,
+        allow_short=True,
+        clock=clock,
+        id_factory=new_id,
+    )
+    for client_order_id, side, quantity in (("a", Side.BUY, 0.3), ("b", Side.SELL, 0.7)):
+        await feed.quote("paper", BTC)
+        await exchange.place_order(_order(client_order_id, side, quantity))
+        clock.advance(86_400)
+    await feed.quote("paper", BTC)
+    await exchange.place_order(_order("c", Side.BUY, 0.1))
+    conn = connect()
+    tables = ("paper_positions", "paper_daily_pnl")
+    before = [conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in tables]
+    for table in tables:
+        conn.execute(f"DROP TABLE {table}")
+
+    SQLitePaperLedger(connect())
+
+    after = [conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall() for table in tables]
+    assert after == before
+    assert len(before[1]) == 3 and before[0][0][2] == pytest.approx(-0.3)
+
+
+@pytest.mark.asyncio
+async def test_exchanges_on_one_ledger_share_one_state(connect: Any) -> None:
+    """Two exchanges on one file keep no copy: each sees the other's orders, balances,
+    position and P&L at once, and an id one placed is not placed again by the other."""
+    clock = ManualClock()
+    ticks = {("paper", BTC): [(100.0, 102.0)]}
+    one, two = (
+        PaperExchange(
+            ReplayPriceFeed(ticks, clock=clock),
+            ledger=SQLitePaperLedger(connect()),
+            fee_rate=0.01,
+            clock=clock,
+            id_factory=new_id,
+        )
+        for _ in range(2)
+    )
+    first = await one.place_order(_order("c1"))
+    assert await two.place_order(_order("c1", quantity=5.0)) == first
+    await two.place_order(_order("c2", Side.SELL, 0.5))
+    assert await one.get_order("paper", "c2") == await two.get_order("paper", "c2")
+    assert await one.position("paper", BTC) == await two.position("paper", BTC) == 0.5
+    assert await one.balances("paper") == await two.balances("paper")
+    assert (await one.balances("paper"))["USDT"] == pytest.approx(100_000 - 102 * 1.01 + 50 * 0.99)
+    assert await one.realized_pnl_today() == await two.realized_pnl_today()
+    assert await one.realized_pnl_today() == pytest.approx(0.5 * (100 - 102) - 1.02 - 0.5)
 
 
 @pytest.mark.asyncio
@@ -319,3 +403,23 @@ async def test_a_failed_write_changes_nothing(connect: Any) -> None:
     assert await exchange.balances("paper") == dict(DEFAULT_BALANCES)
     assert conn.execute("SELECT COUNT(*) FROM paper_orders").fetchone()[0] == 0
     assert not conn.in_transaction
+
+
+@pytest.mark.parametrize(
+    ("held", "avg_price", "signed", "price", "expected"),
+    [
+        (0.0, 0.0, 0.5, 100.0, (0.5, 100.0, 0.0)),  # opens at the fill price
+        (1.0, 100.0, 1.0, 110.0, (2.0, 105.0, 0.0)),  # adds: averages
+        (2.0, 105.0, -0.5, 120.0, (1.5, 105.0, 7.5)),  # reduces: realizes, keeps the average
+        (1.5, 105.0, -1.5, 90.0, (0.0, 0.0, -22.5)),  # closes: flat
+        (1.0, 100.0, -3.0, 120.0, (-2.0, 120.0, 20.0)),  # flips: the rest opens at the price
+        (-2.0, 120.0, -2.0, 100.0, (-4.0, 110.0, 0.0)),  # adds to a short
+        (-4.0, 110.0, 1.0, 100.0, (-3.0, 110.0, 10.0)),  # covers part of a short at a profit
+        (0.3, 100.0, -0.3 + 1e-12, 101.0, (0.0, 0.0, pytest.approx(0.3))),  # dust counts as flat
+    ],
+)
+def test_average_cost(
+    held: float, avg_price: float, signed: float, price: float, expected: tuple[Any, ...]
+) -> None:
+    """The position math: averaging on adds, realizing on reductions and flips, short too."""
+    assert average_cost(held, avg_price, signed, price) == expected

@@ -2,7 +2,9 @@
 
 Errors are one line on stderr, never a traceback (set ``TRADEFLOW_DEBUG=1`` to
 see one). Exit codes: 0 completed, 1 failed, 2 bad input or usage, 3 halted,
-4 cancelled, 5 a backing service is unavailable, 70 internal error.
+4 cancelled, 5 a backing service is unavailable, 70 internal error, 130 interrupted
+by Ctrl-C, 143 by SIGTERM. An interrupted run is recorded ``interrupted`` (resumable
+with ``tradeflow executions resume``) and this process's lease is released.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -182,7 +185,7 @@ async def _infra(args: argparse.Namespace) -> Infrastructure:
         settings = replace(settings, sqlite_path=args.db)
     if getattr(args, "prices", None):
         settings = replace(settings, prices_file=args.prices)
-    return await Infrastructure.create(args.env, settings=settings)
+    return await Infrastructure.create(args.env, settings=settings, owner_kind="cli")
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -343,9 +346,21 @@ def _stack(args: argparse.Namespace) -> int:
 def _execution_line(rec: ExecutionRecord) -> str:
     ids = " ".join(f"{k}={v}" for k, v in (("bot", rec.bot_id), ("strategy", rec.strategy_id)) if v)
     return (
-        f"{rec.execution_id}  {rec.status.value:<9} {rfc3339(rec.started_at)}  "
+        f"{rec.execution_id}  {rec.status.value:<11} {rfc3339(rec.started_at)}  "
         f"workflow={rec.workflow_id} {ids}".rstrip()
+        + _ownership(rec)
     )
+
+
+def _ownership(rec: ExecutionRecord) -> str:
+    """Who runs an unfinished execution, and whether that owner is alive."""
+    if rec.status.final:
+        return ""
+    if rec.owner is not None and rec.owner_live and rec.status is ExecutionStatus.RUNNING:
+        return f"  owner={rec.owner} (live)"
+    why = "interrupted" if rec.status is ExecutionStatus.INTERRUPTED else "owner's lease lapsed"
+    owner = f"owner={rec.owner} " if rec.owner else ""
+    return f"  {owner}(orphan: {why}; `tradeflow executions resume {rec.execution_id}`)"
 
 
 def _where(scope: Scope, target: str | None) -> str:
@@ -444,16 +459,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+async def _until_signalled(args: argparse.Namespace) -> int:
+    """Run the command; SIGTERM cancels it as Ctrl-C does, so a run in progress records
+    itself ``interrupted`` and the lease is released on the way out."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return int(await args.handler(args))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tradeflow`` console script."""
     cli = CliSettings.from_env()
     args = build_parser(cli.env).parse_args(argv)
     try:
         configure_logging(json=cli.log_json, level=cli.log_level)
-        return int(asyncio.run(args.handler(args)))
+        return int(asyncio.run(_until_signalled(args)))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except asyncio.CancelledError:
+        print("terminated", file=sys.stderr)
+        return 143
     except WorkflowValidationError as exc:
         print(
             f"error: {exc.issues and len(exc.issues)} problem(s) in the workflow:", file=sys.stderr

@@ -9,18 +9,25 @@ executor runs on, embedded or remote, and hands them to the engine as one
 - ``"test"``: the same, on an in-memory database, quiet logs.
 - ``"production"``: the gRPC services, NATS and Redis (see ``tradeflow.app.remote``).
 
-One instance is meant to be shared by many concurrent executors.
+One instance is meant to be shared by many concurrent executors. It holds this
+process's lease on the state store (:class:`~tradeflow.engine.ownership.LeaseKeeper`),
+under which every execution it runs is owned: acquired here, renewed by heartbeat,
+released by :meth:`Infrastructure.close`.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import inspect
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 
 import structlog
 
 from tradeflow.adapters.memory.events import InProcessEventBus
+from tradeflow.adapters.memory.paper import PaperLedger
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
@@ -28,8 +35,10 @@ from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.app.settings import ENVIRONMENTS, Settings
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.domain.errors import ConfigurationError
+from tradeflow.domain.ownership import OwnerInfo
 from tradeflow.domain.records import Event, EventType
 from tradeflow.engine.nodes.registry import HttpPool
+from tradeflow.engine.ownership import LeaseKeeper
 from tradeflow.engine.resilience import BreakerRegistry, BreakerState
 from tradeflow.engine.runtime import Durability, Runtime
 from tradeflow.observability.logging import configure_logging, get_logger
@@ -47,7 +56,8 @@ _BREAKER_EVENTS = {
 
 class Infrastructure:
     """The adapters behind an enhanced executor: ``events``, ``emergency``, ``state``,
-    ``exchange``, ``prices``, ``metrics``, ``breakers``."""
+    ``exchange``, ``prices``, ``metrics``, ``breakers``, and ``owner``, the lease they
+    run under."""
 
     def __init__(
         self,
@@ -67,6 +77,8 @@ class Infrastructure:
         self.emergency = durability.emergency
         self.state = durability.state
         self.metrics = durability.metrics
+        self.owner = durability.owner
+        self._max_takeovers = durability.max_takeovers
         self.exchange = exchange
         self.prices = prices
         self.clock = clock
@@ -91,7 +103,14 @@ class Infrastructure:
             breakers=self.breakers,
             http=self.http,
             log=self.log,
-            durability=Durability(self.events, self.state, self.emergency, self.metrics),
+            durability=Durability(
+                self.events,
+                self.state,
+                self.emergency,
+                self.metrics,
+                self.owner,
+                self._max_takeovers,
+            ),
         )
 
     @classmethod
@@ -104,35 +123,48 @@ class Infrastructure:
         id_factory: IdFactory = new_id,
         prices: PriceFeed | None = None,
         exchange: Exchange | None = None,
+        owner_kind: str = "library",
     ) -> Infrastructure:
-        """Build the infrastructure for ``env`` (``development``, ``test``, ``production``)."""
+        """Build the infrastructure for ``env`` (``development``, ``test``, ``production``)
+        and take this process's lease (``owner_kind``: ``library``, ``cli``, ``executor``)."""
         if env not in ENVIRONMENTS:
             raise ConfigurationError(f"environment must be one of {ENVIRONMENTS}, found {env!r}")
         settings = settings if settings is not None else Settings.from_env(env)
         if not structlog.is_configured():
             configure_logging(json=settings.log_json, level=settings.log_level)
         clock = clock if clock is not None else SystemClock()
+        _load_node_types(settings.node_modules)
         metrics = Metrics()
         # Everything that can fail on bad input first: connections and the database last.
         prices = prices if prices is not None else settings.price_feed(clock)
-        ledger: SQLitePaperLedger | None = None
+        ledger: PaperLedger | None = None
         closers: tuple[Callable[[], object], ...] = ()
         if env == "production":
-            # Imported here: embedded use never loads NATS or gRPC.
-            from tradeflow.app.remote import connect_services
+            # Imported here: embedded use never loads NATS, gRPC or Redis.
+            from tradeflow.app.remote import connect_ledger, connect_services
 
-            durability = await connect_services(
+            bus, state, emergency = await connect_services(
                 settings, clock=clock, id_factory=id_factory, metrics=metrics
             )
+            ledger, close_ledger = connect_ledger(settings)
+            closers = (close_ledger,)
         else:
             bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
             conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
             emergency = LocalEmergencyController(
                 conn, publish=bus.publish, metrics=metrics, clock=clock, id_factory=id_factory
             )
-            durability = Durability(bus, SQLiteStateStore(conn), emergency, metrics)
+            state = SQLiteStateStore(conn)
             closers, ledger = (conn.close,), SQLitePaperLedger(conn)
-        return cls(
+        owner = LeaseKeeper(
+            state,
+            OwnerInfo.of_this_process(owner_kind, id_factory()),
+            ttl=settings.lease_seconds,
+            clock=SystemClock(),  # leases live in real time, whatever clock the runs see
+            log=get_logger("tradeflow.lease"),
+        )
+        durability = Durability(bus, state, emergency, metrics, owner, settings.max_takeovers)
+        infra = cls(
             env=env,
             settings=settings,
             durability=durability,
@@ -144,6 +176,12 @@ class Infrastructure:
             id_factory=id_factory,
             closers=closers,
         )
+        try:
+            await owner.start()
+        except BaseException:
+            await infra.close()
+            raise
+        return infra
 
     def _breaker_moved(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self.metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[new.value])
@@ -164,12 +202,15 @@ class Infrastructure:
         if self._closed:
             return
         self._closed = True
+        await self.owner.stop()
         await self.events.close()
         await self.http.aclose()
         await self.emergency.close()
         await self.state.close()
         for close in self._closers:
-            close()
+            done = close()
+            if inspect.isawaitable(done):
+                await done
 
     async def __aenter__(self) -> Infrastructure:
         return self
@@ -181,3 +222,17 @@ class Infrastructure:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _load_node_types(modules: Sequence[str]) -> None:
+    """Import the modules (and ``tradeflow.nodes`` entry points) registering custom node
+    types: a replica that takes over an execution must know every type it uses."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"TRADEFLOW_NODE_MODULES: cannot import node module {name!r}: {exc}"
+            ) from exc
+    for entry in importlib.metadata.entry_points(group="tradeflow.nodes"):
+        entry.load()

@@ -1,8 +1,13 @@
 """Executions run on behalf of remote callers: what the executor service serves.
 
 It owns the in-flight executions of this process: submit (idempotent by request
-id), wait, cancel, drain on shutdown. Halted, failed and cancelled executions are
-results, not errors. The service's servicer only translates protobuf.
+id, durable before it returns), wait, cancel, drain on shutdown, and takeover: every
+``takeover_interval`` it claims the orphans of dead replicas (those whose node types it
+knows) and resumes them from their checkpoints. Whatever replica a call reaches, it
+sees the truth: a retried request waits for the execution's final status wherever it
+runs, and a cancel reaches the owner through the state store (with the owner's next
+heartbeat). Halted, failed and cancelled executions are results, not errors. The
+service's servicer only translates protobuf.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import orjson
 
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.errors import (
+    LeaseLost,
+    OwnerAlive,
+    TradeflowError,
     UnavailableError,
     ValidationIssue,
     WorkflowValidationError,
@@ -44,6 +52,12 @@ __all__ = ["ExecutionManager", "ExecutionView", "Submission"]
 _log = get_logger("tradeflow.manager")
 
 _CACHED_PLANS = 256
+_TAKEOVER_BATCH = 32
+"""Orphans claimed per look: the rest wait for the next (or for another replica)."""
+_UNKNOWN_TYPES_KEPT = 1024
+"""Orphans remembered as not runnable here (their node types are unknown to this replica)."""
+_POLL_FIRST, _POLL_MAX = 0.02, 0.5
+"""Back-off, in seconds, of a wait for an execution that runs in another process."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +104,14 @@ class ExecutionManager:
         self._claims: dict[str, asyncio.Future[_Running]] = {}
         self._by_request: dict[str, str] = {}
         self._draining = False
+        self._takeover: asyncio.Task[None] | None = None
+        self._unknown_types: OrderedDict[str, None] = OrderedDict()
+        infra.owner.on_cancel = self._cancel_requested
+
+    def start_takeover(self, interval: float) -> None:
+        """Look for orphans every ``interval`` seconds and take them over (until drained)."""
+        if self._takeover is None:
+            self._takeover = asyncio.create_task(self._take_over(interval), name="takeover")
 
     def validate(self, definition: object) -> tuple[ValidationIssue, ...]:
         """Every problem in ``definition`` (empty when it is valid)."""
@@ -100,19 +122,21 @@ class ExecutionManager:
         return ()
 
     async def submit(self, submission: Submission) -> str:
-        """Start an execution and return its id; a repeated request id returns the first."""
-        return (await self._start(submission)).execution_id
+        """Start an execution and return its id once its start is durable (a replica dying
+        right after leaves an orphan that another takes over, never a lost submission); a
+        repeated request id returns the first."""
+        return (await self._start(submission, durable=True)).execution_id
 
     async def execute(self, submission: Submission) -> ExecutionView:
         """Run an execution to its end. If the caller goes away the execution goes on."""
-        running = await self._start(submission)
+        running = await self._start(submission, durable=False)
         return await asyncio.shield(running.task)
 
-    async def _start(self, submission: Submission) -> _Running:
+    async def _start(self, submission: Submission, *, durable: bool) -> _Running:
         self._refuse_if_draining()
         request_id = submission.request_id
         if request_id is None:
-            return await self._launch(submission, None)
+            return await self._launch(submission, None, durable)
         # Concurrent requests with one key wait for the first: looking the key up in the
         # store is a round trip, and the second must not start its own execution meanwhile.
         claim = self._claims.get(request_id)
@@ -123,7 +147,7 @@ class ExecutionManager:
         try:
             running = await self._known_request(request_id)
             if running is None:
-                running = await self._launch(submission, request_id)
+                running = await self._launch(submission, request_id, durable)
         except BaseException as exc:
             claim.set_exception(exc)
             claim.exception()  # the waiters, if any, re-raise it; none is not an error
@@ -139,7 +163,9 @@ class ExecutionManager:
             # UNAVAILABLE at the edge: the caller retries on another replica.
             raise UnavailableError("executor is shutting down")
 
-    async def _launch(self, submission: Submission, request_id: str | None) -> _Running:
+    async def _launch(
+        self, submission: Submission, request_id: str | None, durable: bool
+    ) -> _Running:
         executor = EnhancedWorkflowExecutor(
             self._plan(submission.definition),
             self.infra,
@@ -153,13 +179,29 @@ class ExecutionManager:
         # Checked again with no await before the task exists: a drain that began while this
         # request was looked up must not see a task appear after it took its snapshot.
         self._refuse_if_draining()
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run = executor.run(
             correlation_id=submission.correlation_id,
             request_id=request_id,
             execution_id=execution_id,
             started_at=self.infra.clock.time(),
+            on_started=(lambda: started.set_result(None)) if durable else None,
         )
-        task = asyncio.create_task(_view(executor, run))
+        running = self._track(executor, execution_id, request_id, run)
+        if durable:
+            await asyncio.wait((started, running.task), return_when=asyncio.FIRST_COMPLETED)
+            if not started.done():
+                running.task.result()  # the start could not be written: say why
+        return running
+
+    def _track(
+        self,
+        executor: EnhancedWorkflowExecutor,
+        execution_id: str,
+        request_id: str | None,
+        run: Coroutine[Any, Any, ExecutionResult],
+    ) -> _Running:
+        task = asyncio.create_task(self._outcome(executor, execution_id, run))
         running = _Running(executor, execution_id, task)
         self._running[execution_id] = running
         if request_id is not None:
@@ -167,11 +209,82 @@ class ExecutionManager:
         task.add_done_callback(lambda done: self._finished(done, execution_id, request_id))
         return running
 
+    async def _outcome(
+        self,
+        executor: EnhancedWorkflowExecutor,
+        execution_id: str,
+        run: Coroutine[Any, Any, ExecutionResult],
+    ) -> ExecutionView:
+        """The final view of a run here or, once another owner has it (this replica lost
+        its lease, or another claimed the orphan first), of that owner's run."""
+        try:
+            return _view(executor, await run)
+        except (LeaseLost, OwnerAlive) as exc:
+            _log.warning("execution.moved", execution_id=execution_id, reason=exc.message)
+            # No longer runs here: the takeover loop may claim it again (under this
+            # replica's new lease) if no live owner has it, as any orphan.
+            running = self._running.get(execution_id)
+            if running is not None and running.executor is executor:
+                del self._running[execution_id]
+            return await self._final(execution_id)
+
+    async def _final(self, execution_id: str) -> ExecutionView:
+        """Wait until an execution running in another process is final (polling the store
+        with back-off: its owner may itself die and be replaced meanwhile)."""
+        wait = _POLL_FIRST
+        while not (await self.infra.state.get_execution(execution_id)).status.final:
+            await asyncio.sleep(wait)
+            wait = min(wait * 1.5, _POLL_MAX)
+        return await self.get(execution_id)
+
+    async def _take_over(self, interval: float) -> None:
+        while not self._draining:
+            try:
+                for record in await self.infra.state.orphans(_TAKEOVER_BATCH):
+                    self._adopt(record)
+            except TradeflowError as exc:
+                _log.warning("takeover.failed", error=describe(exc))
+            await asyncio.sleep(interval)
+
+    def _adopt(self, record: ExecutionRecord) -> None:
+        """Resume an orphan here, unless it runs here already or uses unknown node types."""
+        execution_id = record.execution_id
+        if self._draining or execution_id in self._running or execution_id in self._unknown_types:
+            return
+        try:
+            plan = self._plan(record.definition)
+        except WorkflowValidationError as exc:
+            # Another replica may know its node types: leave it to them.
+            self._unknown_types[execution_id] = None
+            if len(self._unknown_types) > _UNKNOWN_TYPES_KEPT:
+                self._unknown_types.popitem(last=False)
+            _log.warning("takeover.skipped", execution_id=execution_id, error=describe(exc))
+            return
+        executor = EnhancedWorkflowExecutor(
+            plan,
+            self.infra,
+            record.workflow_id,
+            record.bot_id,
+            record.strategy_id,
+            registry=self.registry,
+        )
+        _log.info("takeover.claiming", execution_id=execution_id, previous_owner=record.owner)
+        self._track(executor, execution_id, record.request_id, executor.resume_run(execution_id))
+
+    def _cancel_requested(self, execution_ids: tuple[str, ...]) -> None:
+        """Cancellations another replica recorded for executions running here."""
+        for execution_id in execution_ids:
+            running = self._running.get(execution_id)
+            if running is not None and running.executor is not None:
+                running.executor.cancel()
+
     def _finished(
         self, task: asyncio.Future[ExecutionView], execution_id: str, request_id: str | None
     ) -> None:
-        self._running.pop(execution_id, None)
-        if request_id is not None:
+        running = self._running.get(execution_id)
+        if running is not None and running.task is task:
+            del self._running[execution_id]
+        if request_id is not None and execution_id not in self._running:
             self._by_request.pop(request_id, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             # A submitted execution has nobody awaiting it: say what happened.
@@ -198,6 +311,10 @@ class ExecutionManager:
         record = await self.infra.state.find_by_request_id(request_id)
         if record is None:
             return None
+        if not record.status.final:
+            # Running elsewhere (or an orphan about to be taken over): wait for its end.
+            task = asyncio.create_task(self._final(record.execution_id))
+            return _Running(None, record.execution_id, task)
         view = await self.get(record.execution_id)
         done: asyncio.Future[ExecutionView] = asyncio.get_running_loop().create_future()
         done.set_result(view)
@@ -216,21 +333,27 @@ class ExecutionManager:
         return await self.infra.state.list_executions(query)
 
     async def cancel(self, execution_id: str) -> tuple[bool, ExecutionStatus]:
-        """Ask a running execution to stop (it ends ``cancelled`` once the nodes already
-        running finish). ``(False, status)`` when it already ended or runs in another
-        executor process (which owns it)."""
+        """Ask an execution to stop, wherever it runs (it ends ``cancelled`` once the nodes
+        already running finish): here at once, in another replica with its owner's next
+        heartbeat; an orphan is ended ``cancelled`` now. ``(False, status)`` when it had
+        already ended."""
         check_id("execution_id", execution_id)
         running = self._running.get(execution_id)
         if running is not None and running.executor is not None and not running.task.done():
             running.executor.cancel()
             return True, ExecutionStatus.RUNNING
         record = await self.infra.state.get_execution(execution_id)
-        return False, record.status
+        if record.status.final:
+            return False, record.status
+        record = await self.infra.state.request_cancel(execution_id)
+        return True, record.status
 
     async def drain(self, grace: float) -> None:
         """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
         interrupt the rest, which keeps their checkpoints and leaves them resumable."""
         self._draining = True
+        if self._takeover is not None:
+            self._takeover.cancel()
         tasks = [r.task for r in self._running.values()]
         if not tasks:
             return
@@ -243,11 +366,8 @@ class ExecutionManager:
             _log.warning("executor.interrupted", executions=len(pending))
 
 
-async def _view(
-    executor: EnhancedWorkflowExecutor, run: Coroutine[Any, Any, ExecutionResult]
-) -> ExecutionView:
+def _view(executor: EnhancedWorkflowExecutor, result: ExecutionResult) -> ExecutionView:
     """The final view, as the state store now holds it, built from the result (no round trip)."""
-    result = await run
     record, skipped = result.record, set(result.skipped)
     # A durable journal built the record, finished.
     assert executor.plan is not None and record is not None and record.finished_at is not None

@@ -7,8 +7,9 @@ services, and :func:`run_service`, the entry point of each service.
 - emergency: :class:`~tradeflow.adapters.grpc.emergency_client.RemoteEmergencyControl` (a local
   view pushed by the emergency service; fails closed when it cannot be confirmed).
 
-Orders go to the paper exchange of this process (a venue adapter implementing
-:class:`~tradeflow.ports.Exchange` replaces it in a real deployment).
+Orders go to the paper exchange, whose ledger is in the Redis every replica shares (a
+venue adapter implementing :class:`~tradeflow.ports.Exchange` replaces it in a real
+deployment).
 """
 
 from __future__ import annotations
@@ -22,19 +23,21 @@ from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.server import Service, serve
 from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
+from tradeflow.adapters.redis.connection import connect
+from tradeflow.adapters.redis.ledger import RedisPaperLedger
 from tradeflow.app.settings import ServiceSettings, Settings
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import TradeflowError, UnavailableError
-from tradeflow.engine.runtime import Durability
 from tradeflow.observability.logging import configure_logging
 from tradeflow.observability.metrics import Metrics
+from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
-__all__ = ["connect_services", "run_service"]
+__all__ = ["connect_ledger", "connect_services", "run_service"]
 
 
 async def connect_services(
     settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
-) -> Durability:
+) -> tuple[EventBus, StateStore, EmergencyControl]:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
     try:
         bus = await NatsEventBus.connect(
@@ -51,7 +54,14 @@ async def connect_services(
     except BaseException:
         await bus.close()
         raise
-    return Durability(bus, StateClient(settings.state_address), emergency, metrics)
+    return bus, StateClient(settings.state_address), emergency
+
+
+def connect_ledger(settings: Settings) -> tuple[RedisPaperLedger, Callable[[], Awaitable[None]]]:
+    """The paper exchange's ledger in the Redis every replica shares (so an order is placed
+    once whichever replica places it), and how to close its client. Connects lazily."""
+    client = connect(settings.redis_url)
+    return RedisPaperLedger(client, prefix=settings.redis_prefix), client.aclose
 
 
 def run_service(name: str, build: Callable[[ServiceSettings], Awaitable[Service]]) -> int:

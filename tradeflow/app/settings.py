@@ -17,6 +17,7 @@ from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange, Pap
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ConfigurationError
+from tradeflow.domain.ownership import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_TAKEOVERS
 from tradeflow.ports import PriceFeed
 
 __all__ = ["ENVIRONMENTS", "CliSettings", "ServiceSettings", "Settings", "default_sqlite_path"]
@@ -26,6 +27,9 @@ SERVICE_PORTS: Final = {"executor": 50051, "emergency": 50052, "state": 50053}
 """Default gRPC port of each service; its metrics port is 1000 higher."""
 
 N = TypeVar("N", int, float)
+_LEASE_MIN_SECONDS: Final = 0.1
+_LEASE_MAX_SECONDS: Final = 3600.0
+"""The state service's bounds on a lease's ttl."""
 
 
 def default_sqlite_path() -> Path:
@@ -61,6 +65,24 @@ class Settings:
     paper_balances: dict[str, float] | None = None
     """``TRADEFLOW_PAPER_BALANCES``: starting balances of each paper venue, as a JSON
     object (e.g. ``{"USDT": 50000, "BTC": 1}``); the paper exchange's defaults if unset."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """``TRADEFLOW_REDIS_URL``: in production, where the paper exchange's ledger lives
+    (shared by every replica, so an order is placed once whoever places it)."""
+    redis_prefix: str = "tradeflow"
+    """``TRADEFLOW_REDIS_PREFIX``: namespace of the paper ledger's Redis keys."""
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
+    """``TRADEFLOW_LEASE_SECONDS``: how long this process's lease on its executions lives
+    without a heartbeat (renewed every third of it). A killed owner's executions are
+    taken over after at most this long."""
+    takeover_interval: float = 0.5
+    """``TRADEFLOW_TAKEOVER_INTERVAL``: how often an executor replica looks for orphans."""
+    max_takeovers: int = DEFAULT_MAX_TAKEOVERS
+    """``TRADEFLOW_MAX_TAKEOVERS``: an execution whose owner died more often than this is
+    ended ``failed`` (quarantined) instead of being taken over again."""
+    node_modules: tuple[str, ...] = ()
+    """``TRADEFLOW_NODE_MODULES``: comma-separated modules imported at start, which
+    register custom node types (every replica must know every type it may take over);
+    entry points of group ``tradeflow.nodes`` are loaded too."""
 
     @classmethod
     def from_env(cls, env: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +99,12 @@ class Settings:
             )
         default_path = ":memory:" if env == "test" else str(default_sqlite_path())
         defaults = cls()
+        lease = _number(e, "TRADEFLOW_LEASE_SECONDS", defaults.lease_seconds, positive=True)
+        if not _LEASE_MIN_SECONDS <= lease <= _LEASE_MAX_SECONDS:
+            raise ConfigurationError(
+                f"TRADEFLOW_LEASE_SECONDS must be between {_LEASE_MIN_SECONDS} and "
+                f"{_LEASE_MAX_SECONDS}, found {lease!r}"
+            )
         return cls(
             sqlite_path=e.get("TRADEFLOW_SQLITE_PATH", default_path),
             sqlite_synchronous="FULL" if synchronous == "FULL" else "NORMAL",
@@ -87,6 +115,18 @@ class Settings:
             state_address=e.get("TRADEFLOW_STATE_ADDR", defaults.state_address),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
             paper_balances=_balances(e.get("TRADEFLOW_PAPER_BALANCES")),
+            redis_url=e.get("TRADEFLOW_REDIS_URL", defaults.redis_url),
+            redis_prefix=e.get("TRADEFLOW_REDIS_PREFIX") or defaults.redis_prefix,
+            lease_seconds=lease,
+            takeover_interval=_number(
+                e, "TRADEFLOW_TAKEOVER_INTERVAL", defaults.takeover_interval, positive=True
+            ),
+            max_takeovers=_number(e, "TRADEFLOW_MAX_TAKEOVERS", defaults.max_takeovers),
+            node_modules=tuple(
+                name.strip()
+                for name in e.get("TRADEFLOW_NODE_MODULES", "").split(",")
+                if name.strip()
+            ),
         )
 
     def price_feed(self, clock: Clock) -> ReplayPriceFeed:

@@ -34,7 +34,7 @@ DEFAULT_LEASE_SECONDS = 3.0
 DEFAULT_MAX_TAKEOVERS = 3
 """An execution whose owner died this many times is quarantined (ended ``failed``)."""
 
-_NOT_ID = re.compile(f"[^{re.escape(ID_CHARACTERS)}]")
+_NOT_ID = re.compile(f"[^{ID_CHARACTERS}]")
 
 
 class Fence(NamedTuple):

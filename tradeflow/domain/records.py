@@ -44,6 +44,7 @@ class EventType(StrEnum):
     EXECUTION_FAILED = "execution_failed"
     EXECUTION_HALTED = "execution_halted"
     EXECUTION_CANCELLED = "execution_cancelled"
+    EXECUTION_INTERRUPTED = "execution_interrupted"
     NODE_STARTED = "node_started"
     NODE_COMPLETED = "node_completed"
     NODE_FAILED = "node_failed"

@@ -13,12 +13,12 @@ durable journal, :mod:`tradeflow.engine.journal`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.errors import InvalidRequest, LeaseLost
 from tradeflow.domain.limits import check_id
-from tradeflow.domain.records import Checkpoint, ExecutionRecord, ExecutionStatus
+from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionRecord, ExecutionStatus
 from tradeflow.engine.journal import NULL_JOURNAL, DurableJournal, NullJournal
 from tradeflow.engine.model import Workflow
 from tradeflow.engine.nodes import default_registry
@@ -43,6 +43,7 @@ class _Start(NamedTuple):
     strategy_id: str | None
     started_at: float
     request_id: str | None
+    takeovers: int = 0
 
 
 class Executor:
@@ -108,16 +109,18 @@ class Executor:
         request_id: str | None = None,
         execution_id: str | None = None,
         started_at: float | None = None,
+        on_started: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         """Run the workflow once; the typed result, whatever its status.
 
         ``request_id`` is an idempotency key recorded with the execution;
         ``execution_id`` and ``started_at`` let a caller hand out the id (and record the
         start) before the run starts. An id that is given must be well-formed
-        (:func:`~tradeflow.domain.limits.check_id`).
+        (:func:`~tradeflow.domain.limits.check_id`). ``on_started`` is called once the
+        execution's start is durable (it is written first then), before any node runs.
         """
         start = self._start(correlation_id, request_id, execution_id, started_at)
-        return await self._run(start, {}, 0)
+        return await self._run(start, {}, 0, on_started)
 
     def _start(
         self,
@@ -149,9 +152,17 @@ class Executor:
         """Continue an interrupted execution from its checkpoints; the result dict, or the
         halt raised, as :meth:`execute`.
 
-        Completed nodes are not run again; an action whose intent was recorded is
-        re-placed with the same client order id, which the exchange deduplicates.
+        The execution is first claimed under this process's lease: ``OwnerAlive`` (naming
+        the owner) while a live process runs it; of two concurrent resumes one runs.
+        Completed nodes are not run again; an action whose intent was recorded first asks
+        the exchange for the order by its client order id and adopts it if it exists
+        (else places it with that id, which the exchange deduplicates). An execution
+        whose owners died more than ``max_takeovers`` times ends ``failed`` instead.
         """
+        return _seed_edge(await self.resume_run(execution_id))
+
+    async def resume_run(self, execution_id: str) -> ExecutionResult:
+        """:meth:`resume`, returning the typed result whatever its status."""
         check_id("execution_id", execution_id)
         await self.initialize()
         assert self.plan is not None
@@ -168,6 +179,7 @@ class Executor:
                 "an execution of this executor's workflow definition",
                 f"{execution_id} (recorded with another definition)",
             )
+        claim = await durability.state.claim(execution_id, durability.owner.lease)
         start = _Start(
             record.execution_id,
             record.workflow_id,
@@ -176,19 +188,58 @@ class Executor:
             record.strategy_id,
             record.started_at,
             record.request_id,
+            claim.takeovers,
         )
         checkpoints = await durability.state.get_checkpoints(execution_id)
         last_sequence = await durability.state.last_sequence(execution_id)
-        return _seed_edge(await self._run(start, checkpoints, last_sequence))
+        if claim.takeover and claim.takeovers > durability.max_takeovers:
+            return await self._quarantine(start, last_sequence, claim.takeovers)
+        return await self._run(start, checkpoints, last_sequence)
+
+    async def _quarantine(
+        self, start: _Start, last_sequence: int, takeovers: int
+    ) -> ExecutionResult:
+        """End an execution that kept killing its owners ``failed``, running nothing."""
+        assert self.runtime.durability is not None
+        error = (
+            f"quarantined: its owner died {takeovers} times while running it (more than "
+            f"max_takeovers={self.runtime.durability.max_takeovers}); resume it by hand "
+            "once the cause is fixed"
+        )
+        journal = self._journal(start, last_sequence)
+        now = self.runtime.clock.time()
+        result = ExecutionResult(
+            ExecutionStatus.FAILED,
+            start.execution_id,
+            start.workflow_id or None,
+            start.correlation_id,
+            {},
+            {},
+            [],
+            error,
+            start.started_at,
+            now,
+            None,
+        )
+        return await journal.finish(result)
 
     async def _run(
-        self, start: _Start, restored: Mapping[str, Checkpoint], last_sequence: int
+        self,
+        start: _Start,
+        restored: Mapping[str, Checkpoint],
+        last_sequence: int,
+        on_started: Callable[[], None] | None = None,
     ) -> ExecutionResult:
         if self.plan is None:
             await self.initialize()
         assert self.plan is not None
         runtime = self.runtime
         journal = self._journal(start, last_sequence)
+        intents = frozenset(
+            node_id
+            for node_id, checkpoint in restored.items()
+            if checkpoint.state is CheckpointState.INTENT
+        )
         ctx = ExecutionContext(
             start.execution_id,
             start.workflow_id,
@@ -200,14 +251,22 @@ class Executor:
             runtime.risk,
             runtime.http,
             runtime.log,
+            intents,
         )
         try:
+            if on_started is not None:
+                await journal.begin()
+                on_started()
             outcome = await Runner(
                 self.plan, ctx, runtime.breakers, journal, self.max_concurrency, self._cancelled
             ).run(restored)
+        except LeaseLost:
+            # Another owner has (or will have) the execution: write nothing more here.
+            journal.unbind()
+            raise
         except BaseException:
-            # Interrupted (task cancelled, shutdown): keep what ran, leave the
-            # execution "running" so it can be resumed. The flush is shielded (it runs
+            # Interrupted (task cancelled, shutdown): keep what ran and mark the
+            # execution "interrupted", resumable here or by another owner. The flush is shielded (it runs
             # in a task of its own); the log context is reset here, where it was bound.
             try:
                 await asyncio.shield(journal.interrupted())
@@ -247,6 +306,10 @@ class Executor:
             start.bot_id,
             start.strategy_id,
             request_id=start.request_id,
+            owner=durability.owner.info.owner,
+            epoch=durability.owner.lease.epoch,
+            takeovers=start.takeovers,
+            owner_live=True,
         )
         return DurableJournal(
             durability,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from tradeflow.domain.emergency import ScopeIds
-from tradeflow.domain.errors import EmergencyHalted, describe
+from tradeflow.domain.errors import EmergencyHalted, LeaseLost, describe
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -46,6 +46,7 @@ _NODE_COMPLETED = EventType.NODE_COMPLETED.value
 _NODE_SKIPPED = EventType.NODE_SKIPPED.value
 _NODE_FAILED = EventType.NODE_FAILED.value
 _NODE_RETRYING = EventType.NODE_RETRYING.value
+_INTERRUPTED = EventType.EXECUTION_INTERRUPTED.value
 _COMPLETED = CheckpointState.COMPLETED
 _SKIPPED = CheckpointState.SKIPPED
 _FAILED = CheckpointState.FAILED
@@ -68,6 +69,9 @@ class NullJournal:
     def node_started(self, node: NodePlan) -> float:
         """Returns the start mark that ``node_completed``/``node_failed`` are given back."""
         return 0.0
+
+    async def begin(self) -> None:
+        """Make the execution's start durable now (a submission accepted is never lost)."""
 
     async def before_io(self, node: NodePlan) -> None:
         """Before an action or external call: persist progress; for an action, first record
@@ -121,9 +125,11 @@ class DurableJournal(NullJournal):
         "durability",
         "events",
         "execution_id",
+        "fence",
         "ids",
         "log",
         "node_seconds",
+        "owner",
         "publish",
         "record",
         "sequence",
@@ -150,6 +156,9 @@ class DurableJournal(NullJournal):
         self.log = log
         self.node_seconds = node_seconds
         self.publish = durability.events.publish
+        self.owner = durability.owner
+        self.fence = durability.owner.lease.fence
+        """Carried by every write: the store refuses it once another owner took over."""
         self.correlation_id = record.correlation_id
         self.execution_id = record.execution_id
         self.workflow_id = record.workflow_id
@@ -211,9 +220,12 @@ class DurableJournal(NullJournal):
     async def flush(self) -> None:
         if not self.events and not self.checkpoints and self.record is None:
             return
-        batch = StateBatch(self.record, tuple(self.checkpoints), tuple(self.events))
+        batch = StateBatch(self.record, tuple(self.checkpoints), tuple(self.events), self.fence)
         self.record, self.events, self.checkpoints = None, [], []
         await self.durability.state.write(batch)
+
+    async def begin(self) -> None:
+        await self.flush()
 
     def node_started(self, node: NodePlan) -> float:
         self.emit(_NODE_STARTED, node.block.id)
@@ -227,6 +239,7 @@ class DurableJournal(NullJournal):
 
     def guard_action(self, node: NodePlan) -> None:
         # After the durable intent, before each attempt: the last moment before the side effect.
+        self.owner.check(self.fence.epoch)
         try:
             self.durability.emergency.ensure_trading_allowed(self.ids)
         except EmergencyHalted:
@@ -273,8 +286,31 @@ class DurableJournal(NullJournal):
         )
 
     async def interrupted(self) -> None:
-        """Keep what ran: the execution stays ``running``, resumable."""
-        await self.flush()
+        """Keep what ran and mark the execution ``interrupted``: resumable, and claimable
+        by another owner at once (the lease need not lapse first)."""
+        start = self.start
+        self.emit(_INTERRUPTED, data={"status": ExecutionStatus.INTERRUPTED.value})
+        self.record = ExecutionRecord(
+            start.execution_id,
+            start.workflow_id,
+            ExecutionStatus.INTERRUPTED,
+            start.started_at,
+            start.definition,
+            start.correlation_id,
+            start.bot_id,
+            start.strategy_id,
+            request_id=start.request_id,
+            owner=start.owner,
+            epoch=start.epoch,
+            takeovers=start.takeovers,
+            owner_live=True,
+        )
+        try:
+            await self.flush()
+        except LeaseLost:
+            # Another owner has it already: nothing of this run may be written.
+            return
+        self.log.warning("execution.interrupted")
 
     def unbind(self) -> None:
         structlog.contextvars.reset_contextvars(**self.bound)
@@ -297,6 +333,10 @@ class DurableJournal(NullJournal):
             error,
             result.as_dict(),
             start.request_id,
+            start.owner,
+            start.epoch,
+            start.takeovers,
+            True,
         )
         seconds = self.clock.monotonic() - self.began
         data: dict[str, Any] = {"status": status.value, "duration_ms": seconds * 1000.0}

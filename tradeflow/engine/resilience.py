@@ -19,6 +19,7 @@ from tradeflow.domain.errors import (
     EmergencyHalted,
     ExternalRequestRejected,
     InvalidRequest,
+    LeaseLost,
     NodeTimeoutError,
     OrderRejected,
     RiskLimitExceeded,
@@ -39,6 +40,7 @@ _NOT_A_DEPENDENCY_FAILURE: tuple[type[BaseException], ...] = (
     EmergencyHalted,
     InvalidRequest,
     WorkflowValidationError,
+    LeaseLost,
 )
 _NEVER_RETRIED: tuple[type[BaseException], ...] = (*_NOT_A_DEPENDENCY_FAILURE, CircuitOpenError)
 

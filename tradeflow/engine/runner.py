@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tradeflow.domain.errors import (
     EmergencyHalted,
+    LeaseLost,
     NodeExecutionError,
     RiskLimitExceeded,
     TradeflowError,
@@ -262,12 +263,10 @@ class Runner:
                 if node.is_action:
                     journal.guard_action(node)
                 outputs = await node.spec.run(self.ctx, block, inputs)
-            for name in block.outputs:
-                if name not in outputs:
-                    raise TradeflowError(
-                        f"node type {block.category}/{block.type} returned no value for "
-                        f"declared output {name!r}"
-                    )
+            _check_outputs(block, outputs)
+        except LeaseLost:
+            # Not the node's failure: this process may no longer act for the execution.
+            raise
         except (EmergencyHalted, RiskLimitExceeded) as halt:
             self._fail(node, halt, started)
             if self.halt is None:
@@ -317,3 +316,12 @@ class Runner:
         else:
             status, error = ExecutionStatus.COMPLETED, None
         return RunOutcome(status, self.results, self.errors, self.skipped, self.halt, error)
+
+
+def _check_outputs(block: Block, outputs: dict[str, Any]) -> None:
+    for name in block.outputs:
+        if name not in outputs:
+            raise TradeflowError(
+                f"node type {block.category}/{block.type} returned no value for "
+                f"declared output {name!r}"
+            )

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from tradeflow.domain.clock import Clock, IdFactory
     from tradeflow.engine.nodes.registry import HttpPool, RiskChecker
+    from tradeflow.engine.ownership import LeaseKeeper
     from tradeflow.engine.resilience import BreakerRegistry
     from tradeflow.observability.metrics import Metrics
     from tradeflow.ports import EmergencyControl, EventBus, Exchange, PriceFeed, StateStore
@@ -25,13 +26,18 @@ __all__ = ["Durability", "Runtime"]
 
 @dataclass(frozen=True, slots=True)
 class Durability:
-    """What a durable execution adds: it emits events, persists its progress, asks the
-    emergency controller before each action and counts itself in the metrics."""
+    """What a durable execution adds: it emits events, persists its progress under its
+    owner's lease, asks the emergency controller before each action and counts itself in
+    the metrics."""
 
     events: EventBus
     state: StateStore
     emergency: EmergencyControl
     metrics: Metrics
+    owner: LeaseKeeper
+    """This process's lease: every write carries its fence, every action checks it."""
+    max_takeovers: int = 3
+    """A resumed execution whose owners died more often than this ends ``failed``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from typing import Any, Final
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.domain.codec import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
+from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     Checkpoint,
     Event,
@@ -29,6 +30,9 @@ from tradeflow.proto.state.v1 import state_service_pb2_grpc
 __all__ = ["StateClient"]
 
 _SERVICE: Final = "state"
+_ORPHANS_MAX: Final = 1000
+"""The most orphans one ``ListOrphans`` returns (the service refuses more)."""
+_UINT32_MAX: Final = 0xFFFF_FFFF
 
 
 class StateClient:
@@ -108,6 +112,57 @@ class StateClient:
         )
         return int(response.sequence)
 
+    async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
+        """``ttl`` travels in whole milliseconds; the service refuses one outside 0.1 s .. 1 h."""
+        owner = pb.OwnerInfo(owner=info.owner, kind=info.kind, host=info.host, pid=info.pid)
+        response: pb.AcquireLeaseResponse = await self._call(
+            self._stub.AcquireLease, pb.AcquireLeaseRequest(owner=owner, ttl_ms=_ms(ttl))
+        )
+        return Lease(info, int(response.epoch), ttl)
+
+    async def renew_lease(self, lease: Lease) -> Heartbeat:
+        response: pb.RenewLeaseResponse = await self._call(
+            self._stub.RenewLease,
+            pb.RenewLeaseRequest(fence=wire.fence_to_proto(lease.fence), ttl_ms=_ms(lease.ttl)),
+        )
+        return Heartbeat(tuple(response.cancel_execution_ids))
+
+    async def release_lease(self, lease: Lease) -> None:
+        await self._call(
+            self._stub.ReleaseLease, pb.ReleaseLeaseRequest(fence=wire.fence_to_proto(lease.fence))
+        )
+
+    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+        response: pb.ClaimExecutionResponse = await self._call(
+            self._stub.ClaimExecution,
+            pb.ClaimExecutionRequest(
+                execution_id=execution_id, fence=wire.fence_to_proto(lease.fence)
+            ),
+        )
+        previous = response.previous_owner if response.HasField("previous_owner") else None
+        return Claim(previous, response.takeover, response.takeovers)
+
+    async def orphans(self, limit: int) -> list[ExecutionRecord]:
+        """At most 1000 (one call; the service may return fewer to bound its answer)."""
+        if limit <= 0:
+            return []
+        response: pb.ListOrphansResponse = await self._call(
+            self._stub.ListOrphans, pb.ListOrphansRequest(limit=min(limit, _ORPHANS_MAX))
+        )
+        return [wire.execution_record_from_proto(record) for record in response.executions]
+
+    async def request_cancel(self, execution_id: str) -> ExecutionRecord:
+        response: pb.RequestCancelResponse = await self._call(
+            self._stub.RequestCancel, pb.RequestCancelRequest(execution_id=execution_id)
+        )
+        return wire.execution_record_from_proto(response.execution)
+
     async def close(self) -> None:
         """Close the channel; calls still in flight are cancelled."""
         await self._channel.close()
+
+
+def _ms(seconds: float) -> int:
+    """A lease time as the wire carries it (whole milliseconds within a uint32: the service
+    refuses one out of its range by name)."""
+    return min(max(0, round(seconds * 1000)), _UINT32_MAX)

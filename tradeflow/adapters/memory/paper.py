@@ -1,18 +1,23 @@
-"""A paper exchange: deterministic fills against a price feed, optionally durable.
+"""A paper exchange: deterministic fills against a price feed, its state in a ledger.
 
 :class:`PaperExchange` fills market orders at the touch (buys at the ask, sells
 at the bid) of the feed's latest quote, fills marketable limit orders the same
-way and leaves the others resting until cancelled. It keeps balances per venue,
-net positions and average-cost realized P&L. Given a :class:`PaperLedger` it
-persists every accepted order with its balance changes and fill atomically
-before answering, so a restarted process sees the same orders and
-re-placing a ``client_order_id`` still trades nothing.
+way and leaves the others resting until cancelled. It prices and validates;
+everything it knows of orders, balances, positions and realized P&L lives in
+its :class:`PaperLedger` and is read from there on every call. It keeps no
+copy: processes sharing one ledger (a SQLite file, a Redis) see one truth, and
+a copy is what once let concurrent processes lose updates and fill one client
+order id twice.
+
+:class:`MemoryPaperLedger`, the default, lives and dies with its process;
+``tradeflow.adapters.sqlite.ledger`` and ``tradeflow.adapters.redis.ledger``
+are shared and durable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import NoReturn, Protocol
 
@@ -20,18 +25,25 @@ from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.numbers import is_positive
 from tradeflow.domain.trading import (
+    FLAT,
     Fill,
     Order,
     OrderRequest,
     OrderStatus,
     OrderType,
+    Position,
     Quote,
     Side,
+    average_cost,
+    require_balance,
+    settle,
+    signed_quantity,
     split_symbol,
+    utc_day,
 )
 from tradeflow.ports import PriceFeed
 
-__all__ = ["DEFAULT_BALANCES", "PaperExchange", "PaperLedger"]
+__all__ = ["DEFAULT_BALANCES", "MemoryPaperLedger", "PaperExchange", "PaperLedger"]
 
 DEFAULT_BALANCES: Mapping[str, float] = MappingProxyType(
     {"USDT": 100_000.0, "BTC": 2.0, "ETH": 20.0, "SOL": 500.0}
@@ -40,71 +52,152 @@ DEFAULT_BALANCES: Mapping[str, float] = MappingProxyType(
 
 _SIDES = frozenset(Side)
 _ORDER_TYPES = frozenset(OrderType)
-_SECONDS_PER_DAY = 86_400
-_TOLERANCE = 1e-9
-"""Float slack in balance checks, so selling exactly what was bought is allowed."""
 
 
 class PaperLedger(Protocol):
-    """Where a durable :class:`PaperExchange` keeps its orders, balances and fills."""
+    """Where a :class:`PaperExchange` keeps its orders, balances, positions and P&L.
 
-    def load(self) -> tuple[list[Order], dict[str, dict[str, float]], list[Fill]]:
-        """Every stored order, the balances by venue, and the fills in the order they happened."""
+    Every method sees what every other user of the same ledger wrote before it
+    (other tasks, other processes). ``accept`` and ``cancel`` are each one atomic
+    step; the readers read committed state. Failures to reach the storage raise
+    ``ExchangeError``.
+    """
+
+    async def accept(
+        self,
+        order: Order,
+        fill: Fill | None,
+        *,
+        opening: Mapping[str, float],
+        require: tuple[str, float] | None,
+    ) -> Order:
+        """Store ``order`` and apply ``fill``, all or nothing; return the order stored.
+
+        If ``(order.venue, order.client_order_id)`` is stored already, return that
+        order and change nothing (the deduplication that makes placing idempotent
+        across processes and restarts). Else, if ``require`` is ``(asset, amount)``
+        and the venue holds less of ``asset``, raise ``OrderRejected`` ("insufficient
+        ...") and change nothing. Else store the order and, with a fill, move the
+        quote and base balances (a venue's first fill starts from ``opening``), the
+        ``(venue, symbol)`` position at average cost and the realized P&L (minus the
+        fee) of the fill's UTC day, and append the fill.
+        """
         ...
 
-    def persist(
-        self, order: Order, balances: Mapping[str, float] | None, fill: Fill | None
-    ) -> None:
-        """Store one order change with its balances and fill, all or nothing; raises
-        ``ExchangeError`` if it cannot."""
+    async def cancel(self, venue: str, client_order_id: str) -> Order | None:
+        """Mark an open order cancelled and return it; a finished order comes back
+        unchanged; ``None`` if there is no such order. One atomic step."""
+        ...
+
+    async def get_order(self, venue: str, client_order_id: str) -> Order | None:
+        """The order stored under this client order id, if any."""
+        ...
+
+    async def balances(self, venue: str) -> dict[str, float] | None:
+        """Asset -> amount of ``venue``; ``None`` until its first fill."""
+        ...
+
+    async def position(self, venue: str, symbol: str) -> Position:
+        """The net position of ``symbol`` on ``venue`` and its average price."""
+        ...
+
+    async def realized_pnl(self, day: int) -> float:
+        """Realized P&L minus fees of the fills of UTC day ``day`` (see
+        :func:`~tradeflow.domain.trading.utc_day`), all venues."""
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class _Book:
-    """Net position of one ``(venue, symbol)`` and the average price it was opened at."""
+class MemoryPaperLedger:
+    """A :class:`PaperLedger` in this process's memory, for one exchange or several.
 
-    quantity: float = 0.0
-    avg_price: float = 0.0
+    Nothing in a method awaits, so on one event loop each call is atomic. Fills are
+    applied, not kept (orders are: deduplication needs them).
+    """
 
-    def after(self, signed_quantity: float, price: float) -> tuple[_Book, float]:
-        """The book after a fill, and the P&L (before fees) the fill realized."""
-        held = self.quantity
-        total = held + signed_quantity
-        if held == 0 or (held > 0) == (signed_quantity > 0):
-            return _Book(total, (held * self.avg_price + signed_quantity * price) / total), 0.0
-        closed = min(abs(signed_quantity), abs(held))
-        realized = closed * (price - self.avg_price) * (1 if held > 0 else -1)
-        if abs(total) <= _TOLERANCE:
-            return _Book(), realized
-        if (total > 0) == (held > 0):
-            return _Book(total, self.avg_price), realized
-        return _Book(total, price), realized
+    __slots__ = ("_balances", "_orders", "_pnl", "_positions")
 
+    def __init__(self) -> None:
+        self._orders: dict[tuple[str, str], Order] = {}
+        self._balances: dict[str, dict[str, float]] = {}
+        self._positions: dict[tuple[str, str], Position] = {}
+        self._pnl: dict[int, float] = {}
 
-_FLAT = _Book()
+    async def accept(
+        self,
+        order: Order,
+        fill: Fill | None,
+        *,
+        opening: Mapping[str, float],
+        require: tuple[str, float] | None,
+    ) -> Order:
+        venue = order.venue
+        key = (venue, order.client_order_id)
+        existing = self._orders.get(key)
+        if existing is not None:
+            return existing
+        held = self._balances.get(venue)
+        if require is not None:
+            asset, needed = require
+            have = (opening if held is None else held).get(asset, 0.0)
+            require_balance(order.client_order_id, venue, asset, needed, have)
+        self._orders[key] = order
+        if fill is None:
+            return order
+        if held is None:
+            held = self._balances[venue] = dict(opening)
+        base, quote = fill.symbol.split("/")
+        held[quote], held[base] = settle(fill, held.get(quote, 0.0), held.get(base, 0.0))
+        book = (venue, fill.symbol)
+        position = self._positions.get(book, FLAT)
+        quantity, avg_price, realized = average_cost(
+            position.quantity, position.avg_price, signed_quantity(fill), fill.price
+        )
+        self._positions[book] = Position(quantity, avg_price)
+        day = utc_day(fill.at)
+        self._pnl[day] = self._pnl.get(day, 0.0) + (realized - fill.fee)
+        return order
+
+    async def cancel(self, venue: str, client_order_id: str) -> Order | None:
+        key = (venue, client_order_id)
+        order = self._orders.get(key)
+        if order is None or order.status is not OrderStatus.OPEN:
+            return order
+        cancelled = self._orders[key] = replace(order, status=OrderStatus.CANCELLED)
+        return cancelled
+
+    async def get_order(self, venue: str, client_order_id: str) -> Order | None:
+        return self._orders.get((venue, client_order_id))
+
+    async def balances(self, venue: str) -> dict[str, float] | None:
+        held = self._balances.get(venue)
+        return None if held is None else dict(held)
+
+    async def position(self, venue: str, symbol: str) -> Position:
+        return self._positions.get((venue, symbol), FLAT)
+
+    async def realized_pnl(self, day: int) -> float:
+        return self._pnl.get(day, 0.0)
 
 
 class PaperExchange:
     """An :class:`~tradeflow.ports.Exchange` that trades on paper.
 
     ``balances`` sets the starting balances of named venues; any other venue
-    starts with ``default_balances``. ``fee_rate`` is charged in the quote asset
-    on every fill. Without ``allow_short`` a sell needs the base asset in the
-    balance. ``ledger`` makes the state durable: it is loaded here.
+    starts with ``default_balances`` (they apply from a venue's first fill in the
+    ledger on, and every process sharing the ledger must configure the same).
+    ``fee_rate`` is charged in the quote asset on every fill. Without
+    ``allow_short`` a sell needs the base asset in the balance. ``ledger`` holds
+    the state (a fresh :class:`MemoryPaperLedger` if omitted).
     """
 
     __slots__ = (
         "_allow_short",
-        "_balances",
-        "_books",
         "_clock",
         "_default_balances",
         "_fee_rate",
         "_ledger",
         "_new_id",
-        "_orders",
-        "_pnl_by_day",
+        "_opening",
         "_prices",
     )
 
@@ -121,56 +214,101 @@ class PaperExchange:
         id_factory: IdFactory,
     ) -> None:
         self._prices = prices
-        self._default_balances = dict(default_balances)
+        self._default_balances = MappingProxyType(dict(default_balances))
+        self._opening = {
+            venue: MappingProxyType(dict(assets)) for venue, assets in (balances or {}).items()
+        }
         self._fee_rate = fee_rate
         self._allow_short = allow_short
-        self._ledger = ledger
+        self._ledger: PaperLedger = MemoryPaperLedger() if ledger is None else ledger
         self._clock = clock
         self._new_id = id_factory
-        self._balances = {venue: dict(assets) for venue, assets in (balances or {}).items()}
-        self._orders: dict[tuple[str, str], Order] = {}
-        self._books: dict[tuple[str, str], _Book] = {}
-        self._pnl_by_day: dict[int, float] = {}
-        if ledger is not None:
-            self._load(ledger)
+
+    @property
+    def ledger(self) -> PaperLedger:
+        """Where this exchange's state lives."""
+        return self._ledger
 
     async def place_order(self, request: OrderRequest) -> Order:
         """Fill or rest ``request``; re-placing a known ``client_order_id`` returns that order."""
-        key = (request.venue, request.client_order_id)
-        existing = self._orders.get(key)
+        # Asked first so that a known order comes back without pricing (a replay feed
+        # would advance, or be exhausted); the ledger asks again inside its atomic step.
+        existing = await self._ledger.get_order(request.venue, request.client_order_id)
         if existing is not None:
             return existing
         base, quote_asset = _validate(request)
         quote = await self._quote(request)
-        # The await let other tasks run; one of them may have placed this id meanwhile.
-        existing = self._orders.get(key)
-        if existing is not None:
-            return existing
-        return self._accept(request, base, quote_asset, quote)
+        buy = request.side == Side.BUY
+        touch = quote.ask if buy else quote.bid
+        limit = request.limit_price
+        fills = request.order_type == OrderType.MARKET or (
+            limit is not None and (limit >= touch if buy else limit <= touch)
+        )
+        price = touch if fills or limit is None else limit
+        quantity = request.quantity
+        notional = quantity * price
+        fee = notional * self._fee_rate
+        require: tuple[str, float] | None = None
+        if buy:
+            require = (quote_asset, notional + fee)
+        elif not self._allow_short:
+            require = (base, quantity)
+        now = self._clock.time()
+        order = Order(
+            order_id=self._new_id(),
+            client_order_id=request.client_order_id,
+            venue=request.venue,
+            symbol=request.symbol,
+            side=Side(request.side),
+            quantity=quantity,
+            order_type=OrderType(request.order_type),
+            limit_price=limit,
+            status=OrderStatus.FILLED if fills else OrderStatus.OPEN,
+            filled_quantity=quantity if fills else 0.0,
+            avg_price=price if fills else None,
+            created_at=now,
+        )
+        fill = (
+            Fill(
+                request.venue,
+                request.symbol,
+                request.client_order_id,
+                order.side,
+                quantity,
+                price,
+                fee,
+                now,
+            )
+            if fills
+            else None
+        )
+        return await self._ledger.accept(
+            order, fill, opening=self._opening_of(request.venue), require=require
+        )
 
     async def cancel_order(self, venue: str, client_order_id: str) -> Order:
         """Cancel a resting order; a finished one is returned unchanged."""
-        order = self._orders.get((venue, client_order_id))
+        order = await self._ledger.cancel(venue, client_order_id)
         if order is None:
             raise OrderRejected(client_order_id, f"no such order on venue {venue!r}")
-        if order.status is not OrderStatus.OPEN:
-            return order
-        cancelled = replace(order, status=OrderStatus.CANCELLED)
-        self._commit(cancelled)
-        return cancelled
+        return order
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
-        return self._orders.get((venue, client_order_id))
+        return await self._ledger.get_order(venue, client_order_id)
 
     async def position(self, venue: str, symbol: str) -> float:
-        return self._books.get((venue, symbol), _FLAT).quantity
+        return (await self._ledger.position(venue, symbol)).quantity
 
     async def balances(self, venue: str) -> dict[str, float]:
-        return dict(self._venue_balances(venue))
+        held = await self._ledger.balances(venue)
+        return dict(self._opening_of(venue)) if held is None else held
 
     async def realized_pnl_today(self) -> float:
         """Average-cost realized P&L minus fees of today's fills (UTC day of the clock)."""
-        return self._pnl_by_day.get(_utc_day(self._clock.time()), 0.0)
+        return await self._ledger.realized_pnl(utc_day(self._clock.time()))
+
+    def _opening_of(self, venue: str) -> Mapping[str, float]:
+        return self._opening.get(venue, self._default_balances)
 
     async def _quote(self, request: OrderRequest) -> Quote:
         quote = self._prices.last_quote(request.venue, request.symbol)
@@ -183,86 +321,6 @@ class PaperExchange:
                 request.client_order_id,
                 f"no price for {request.symbol!r} on venue {request.venue!r}: {exc.message}",
             ) from exc
-
-    def _accept(self, request: OrderRequest, base: str, quote_asset: str, quote: Quote) -> Order:
-        buy = request.side == Side.BUY
-        touch = quote.ask if buy else quote.bid
-        limit = request.limit_price
-        fills = request.order_type == OrderType.MARKET or (
-            limit is not None and (limit >= touch if buy else limit <= touch)
-        )
-        price = touch if fills or limit is None else limit
-        held = self._venue_balances(request.venue)
-        quantity = request.quantity
-        notional = quantity * price
-        fee = notional * self._fee_rate
-        if buy:
-            _require(request, held, quote_asset, notional + fee)
-        elif not self._allow_short:
-            _require(request, held, base, quantity)
-        order = Order(
-            order_id=self._new_id(),
-            client_order_id=request.client_order_id,
-            venue=request.venue,
-            symbol=request.symbol,
-            side=Side(request.side),
-            quantity=quantity,
-            order_type=OrderType(request.order_type),
-            limit_price=request.limit_price,
-            status=OrderStatus.FILLED if fills else OrderStatus.OPEN,
-            filled_quantity=quantity if fills else 0.0,
-            avg_price=price if fills else None,
-            created_at=self._clock.time(),
-        )
-        if not fills:
-            self._commit(order)
-            return order
-        sign = 1 if buy else -1
-        after = dict(held)
-        after[quote_asset] = held.get(quote_asset, 0.0) - sign * notional - fee
-        after[base] = held.get(base, 0.0) + sign * quantity
-        fill = Fill(
-            request.venue,
-            request.symbol,
-            request.client_order_id,
-            order.side,
-            quantity,
-            price,
-            fee,
-            order.created_at,
-        )
-        self._commit(order, after, fill)
-        return order
-
-    def _venue_balances(self, venue: str) -> Mapping[str, float]:
-        return self._balances.get(venue, self._default_balances)
-
-    def _commit(
-        self, order: Order, balances: dict[str, float] | None = None, fill: Fill | None = None
-    ) -> None:
-        """Make an order (and its balance changes and fill) durable, then visible."""
-        if self._ledger is not None:
-            self._ledger.persist(order, balances, fill)
-        self._orders[order.venue, order.client_order_id] = order
-        if balances is not None:
-            self._balances[order.venue] = balances
-        if fill is not None:
-            self._apply_fill(fill)
-
-    def _apply_fill(self, fill: Fill) -> None:
-        key = (fill.venue, fill.symbol)
-        signed = fill.quantity if fill.side == Side.BUY else -fill.quantity
-        self._books[key], realized = self._books.get(key, _FLAT).after(signed, fill.price)
-        day = _utc_day(fill.at)
-        self._pnl_by_day[day] = self._pnl_by_day.get(day, 0.0) + realized - fill.fee
-
-    def _load(self, ledger: PaperLedger) -> None:
-        orders, balances, fills = ledger.load()
-        for order in orders:
-            self._orders[order.venue, order.client_order_id] = order
-        self._balances.update(balances)
-        for fill in fills:
-            self._apply_fill(fill)
 
 
 def _validate(request: OrderRequest) -> tuple[str, str]:
@@ -281,18 +339,5 @@ def _validate(request: OrderRequest) -> tuple[str, str]:
     return assets
 
 
-def _require(request: OrderRequest, held: Mapping[str, float], asset: str, needed: float) -> None:
-    have = held.get(asset, 0.0)
-    if needed - have > _TOLERANCE:
-        _reject(
-            request,
-            f"insufficient {asset} on venue {request.venue!r}: needs {needed:.8g}, has {have:.8g}",
-        )
-
-
 def _reject(request: OrderRequest, reason: str) -> NoReturn:
     raise OrderRejected(request.client_order_id, reason)
-
-
-def _utc_day(ts: float) -> int:
-    return int(ts // _SECONDS_PER_DAY)

@@ -4,7 +4,8 @@ Layout (``p`` is the prefix):
 
 - ``p:execution:<id>`` hash: ``meta`` -> JSON ``[workflow_id, bot_id, strategy_id,
   started_at, correlation_id, request_id]`` (fixed when the run starts),
-  ``definition`` -> JSON, ``state`` -> JSON ``[status, finished_at, error, result]``;
+  ``definition`` -> JSON, ``state`` -> JSON ``[status, finished_at, error, result]``,
+  and once a lease owns it ``owner``, ``epoch`` (that lease's) and ``takeovers``;
 - ``p:checkpoints:<id>`` hash ``node_id`` -> JSON ``[state, updated_at, outputs,
   error, attempt]``;
 - ``p:events`` stream (every event) and ``p:execution_events:<id>`` stream (one
@@ -17,16 +18,23 @@ Layout (``p`` is the prefix):
   lexicographic: that orders by ``(started_at, execution_id)`` exactly, so keyset
   pages break ties by id and concurrent inserts cannot shift them, which score
   ranges with offsets cannot promise;
-- ``p:request:<request_id>`` -> the execution id created for that key.
+- ``p:request:<request_id>`` -> the execution id created for that key;
+- ``p:lease:<owner>`` hash ``epoch``, ``kind``, ``host``, ``pid``: an owner's lease,
+  expiring by itself (``PEXPIRE`` of its ttl, so liveness is the server's clock);
+  ``p:lease_epoch`` the one counter every epoch comes from (``INCR``: never reused);
+  ``p:lease_cancels:<owner>`` set: the cancellations its next renewal collects.
 
 ``write`` is one ``EVALSHA`` of a Lua script: nothing runs in between its
-commands, and its one refusal, a ``request_id`` another execution holds, is
-decided before its first write, so the record and its index moves, the
-checkpoints and the events with their cursors land together or not at all.
-Python packs one command and parses one reply (redis-py loads the script again
-when a restarted server lost its cache). Indexes move only on a status change,
-out of the index of the status stored before: a brand-new execution is only
-added.
+commands, and its refusals (a fence that is not the execution's live lease, a
+``request_id`` another execution holds) are decided before its first write, so
+the record and its index moves, the checkpoints and the events with their cursors
+land together or not at all, and a write racing its lease's expiry either lands
+whole before it or is refused whole. Python packs one command and parses one
+reply (redis-py loads the script again when a restarted server lost its cache).
+Indexes move only on a status change, out of the index of the status stored
+before: a brand-new execution is only added. Every other ownership operation
+(acquire, renew, release, claim, orphans, cancel) is one script too; reads of
+records are one script that adds each owner's liveness.
 
 Writing a batch twice stores it once: an event whose ``sequence`` is not above
 the last one stored for its execution is skipped (events without an execution
@@ -57,9 +65,12 @@ from tradeflow.domain.errors import (
     ConfigurationError,
     ExecutionNotFound,
     InvalidRequest,
+    LeaseLost,
+    OwnerAlive,
     UnavailableError,
     describe,
 )
+from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -75,25 +86,51 @@ __all__ = ["RedisStateStore"]
 
 # One write (see the module docstring). Keys are built here from the prefix, so the store
 # needs a standalone Redis (as MULTI over these keys did).
-# ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, checkpoints, events]:
+# ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, checkpoints, events,
+#   fence, target]:
 #   record: false, or [execution id, index member, status, full, indexes, request id or false]
 #     (full: this store's first write of it, which also stores meta and definition and
 #     joins the indexes);
 #   owners: the execution ids the checkpoints and events belong to, each once;
 #   checkpoints: flat [owner, node id, ...]; events: flat [owner or 0, sequence, ...],
-#     owners as positions in owners (flat and deduplicated: cjson decodes this per write).
+#     owners as positions in owners (flat and deduplicated: cjson decodes this per write);
+#   fence: false, or [lease owner, epoch as text]; target: the batch's execution or false.
 # ARGV[2]: the JSON texts to store, newline-separated (compact JSON never holds a raw
 #   newline): the record's (meta, definition and state if full, else state), then one per
 #   checkpoint, then one per event.
-# Returns nil, or the execution holding the record's request id (then nothing is written).
+# Returns nil; the execution holding the record's request id; or, for a refused fence,
+#   {1, the owner's live epoch or nil} (the fence's lease is not live), {2, epoch, owner}
+#   (the target is another lease's) or {3, epoch, owner} (it is owned, the batch has no
+#   fence). Nothing is written when something is returned.
 _WRITE: Final = r"""
-local p, cap, record, owners, checkpoints, events = unpack(cjson.decode(ARGV[1]))
+local p, cap, record, owners, checkpoints, events, fence, target =
+  unpack(cjson.decode(ARGV[1]))
 local texts, at = ARGV[2], 1
 local function take()
   local stop = string.find(texts, '\n', at, true) or #texts + 1
   local text = string.sub(texts, at, stop - 1)
   at = stop + 1
   return text
+end
+-- The fence, before the first write: the same script as the write, so a lease cannot
+-- lapse (nor the execution change hands) between the check and the write.
+local stored, owned = false, {}
+if fence then
+  local held = redis.call('HGET', p .. 'lease:' .. fence[1], 'epoch')
+  if held ~= fence[2] then return {1, held} end
+end
+if target then
+  local found = redis.call('HMGET', p .. 'execution:' .. target, 'state', 'epoch', 'owner')
+  stored = found[1]
+  local epoch = found[2] or '0'
+  if fence then
+    if epoch ~= '0' and epoch ~= fence[2] then return {2, epoch, found[3]} end
+    -- Unowned or new: it becomes the fence's (a batch without its record can only mark
+    -- an execution that exists).
+    if epoch ~= fence[2] and (record or stored) then owned = {'owner', fence[1], 'epoch', fence[2]} end
+  elseif epoch ~= '0' then
+    return {3, epoch, found[3]}
+  end
 end
 if record then
   local id, member, status, full = record[1], record[2], record[3], record[4]
@@ -105,18 +142,19 @@ if record then
     redis.call('SET', claim, id)
   end
   -- The status is the first element of the stored state: a plain word, never escaped.
-  local stored = redis.call('HGET', key, 'state')
   local was = stored and string.match(stored, '^%["([^"]*)"')
   if full then
-    redis.call('HSET', key, 'meta', take(), 'definition', take(), 'state', take())
+    redis.call('HSET', key, 'meta', take(), 'definition', take(), 'state', take(), unpack(owned))
     for _, index in ipairs(record[5]) do redis.call('ZADD', p .. index, 0, member) end
   else
-    redis.call('HSET', key, 'state', take())
+    redis.call('HSET', key, 'state', take(), unpack(owned))
   end
   if was ~= status then
     if was then redis.call('ZREM', p .. 'index:status:' .. was, member) end
     redis.call('ZADD', p .. 'index:status:' .. status, 0, member)
   end
+elseif #owned > 0 then
+  redis.call('HSET', p .. 'execution:' .. target, unpack(owned))
 end
 local fields = {}
 for i = 1, #checkpoints, 2 do
@@ -165,6 +203,211 @@ end
 return false
 """
 
+# What the scripts that return records share: a record is its hash, flat, plus the
+# pseudo-field owner_live ('1' or '0'); a missing one is an empty list.
+_RECORDS: Final = r"""
+local leases = {}
+local function live(p, owner, epoch)
+  if not owner or not epoch or epoch == '0' then return false end
+  local held = leases[owner]
+  if held == nil then
+    held = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
+    leases[owner] = held
+  end
+  return held == epoch
+end
+local function load(p, id)
+  local flat = redis.call('HGETALL', p .. 'execution:' .. id)
+  if #flat == 0 then return flat end
+  local owner, epoch = false, false
+  for i = 1, #flat, 2 do
+    if flat[i] == 'owner' then owner = flat[i + 1] elseif flat[i] == 'epoch' then epoch = flat[i + 1] end
+  end
+  flat[#flat + 1] = 'owner_live'
+  flat[#flat + 1] = live(p, owner, epoch) and '1' or '0'
+  return flat
+end
+local function status_of(state) return string.match(state, '^%["([^"]*)"') end
+"""
+
+# ARGV: prefix, execution ids. Returns one record (or empty list) per id.
+_READ: Final = (
+    _RECORDS
+    + r"""
+local p, out = ARGV[1], {}
+for i = 2, #ARGV do out[i - 1] = load(p, ARGV[i]) end
+return out
+"""
+)
+
+# ARGV: prefix, request id. Returns nil, or {execution id, its record}.
+_FIND: Final = (
+    _RECORDS
+    + r"""
+local p = ARGV[1]
+local id = redis.call('GET', p .. 'request:' .. ARGV[2])
+if not id then return false end
+return {id, load(p, id)}
+"""
+)
+
+# ARGV: prefix, owner, kind, host, pid, ttl in ms. Returns the new epoch.
+_ACQUIRE: Final = r"""
+local p, owner = ARGV[1], ARGV[2]
+local lease = p .. 'lease:' .. owner
+local epoch = redis.call('INCR', p .. 'lease_epoch')
+redis.call('DEL', lease, p .. 'lease_cancels:' .. owner)
+redis.call('HSET', lease, 'epoch', epoch, 'kind', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
+redis.call('PEXPIRE', lease, ARGV[6])
+return epoch
+"""
+
+# ARGV: prefix, owner, epoch, ttl in ms. Returns {1, cancelled execution ids...}, or
+# {0, the owner's live epoch or nil} when the lease is not live.
+_RENEW: Final = r"""
+local p, owner, epoch = ARGV[1], ARGV[2], ARGV[3]
+local lease = p .. 'lease:' .. owner
+local held = redis.call('HGET', lease, 'epoch')
+if held ~= epoch then return {0, held} end
+redis.call('PEXPIRE', lease, ARGV[4])
+local cancels = p .. 'lease_cancels:' .. owner
+local out = redis.call('SMEMBERS', cancels)
+if #out > 0 then redis.call('DEL', cancels) end
+table.insert(out, 1, 1)
+return out
+"""
+
+# ARGV: prefix, owner, epoch.
+_RELEASE: Final = r"""
+local p, owner = ARGV[1], ARGV[2]
+local lease = p .. 'lease:' .. owner
+if redis.call('HGET', lease, 'epoch') == ARGV[3] then
+  redis.call('DEL', lease, p .. 'lease_cancels:' .. owner)
+end
+return false
+"""
+
+# ARGV: prefix, execution id, owner, epoch. Returns {'lost', live epoch or nil},
+# {'missing'}, {'completed'}, {'alive', owner, kind, host, pid}, or
+# {'claimed', previous owner or nil, takeover 0/1, takeovers}.
+_CLAIM: Final = r"""
+local p, id, owner, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local held = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
+if held ~= epoch then return {'lost', held} end
+local key = p .. 'execution:' .. id
+local found = redis.call('HMGET', key, 'state', 'owner', 'epoch', 'takeovers')
+if not found[1] then return {'missing'} end
+local status, previous, stored = string.match(found[1], '^%["([^"]*)"'), found[2], found[3] or '0'
+local takeovers = tonumber(found[4] or '0')
+if status == 'completed' then return {'completed'} end
+if stored == epoch then return {'claimed', owner, 0, takeovers} end
+-- Running or interrupted under a live lease: that owner has it (an interrupted one is
+-- claimable once its owner released or lost its lease, so two claims cannot both win).
+local unfinished = status == 'running' or status == 'interrupted'
+if unfinished and stored ~= '0' and previous then
+  local other = redis.call('HMGET', p .. 'lease:' .. previous, 'epoch', 'kind', 'host', 'pid')
+  if other[1] == stored then return {'alive', previous, other[2], other[3], other[4]} end
+end
+-- The same process reclaiming under a new epoch (its lease lapsed in a stall) did not die.
+local takeover = status == 'running' and stored ~= '0' and previous and previous ~= owner
+if takeover then takeovers = takeovers + 1 end
+redis.call('HSET', key, 'owner', owner, 'epoch', epoch, 'takeovers', takeovers)
+return {'claimed', previous, takeover and 1 or 0, takeovers}
+"""
+
+# ARGV: prefix, limit. Walks the running and interrupted indexes together in member
+# order (oldest first), looking leases up once per owner. Returns {execution id, record}
+# pairs.
+_ORPHANS: Final = (
+    _RECORDS
+    + r"""
+local p, limit, chunk = ARGV[1], tonumber(ARGV[2]), 256
+local indexes = {p .. 'index:status:running', p .. 'index:status:interrupted'}
+local buffers, cursor, lower, ended = {{}, {}}, {1, 1}, {'-', '-'}, {false, false}
+local function peek(k)
+  if cursor[k] > #buffers[k] then
+    if ended[k] then return nil end
+    buffers[k] = redis.call('ZRANGEBYLEX', indexes[k], lower[k], '+', 'LIMIT', 0, chunk)
+    cursor[k] = 1
+    ended[k] = #buffers[k] < chunk
+    if #buffers[k] == 0 then return nil end
+    lower[k] = '(' .. buffers[k][#buffers[k]]
+  end
+  return buffers[k][cursor[k]]
+end
+-- Byte order, as Redis orders members (Lua's < follows the server's locale).
+local function before(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local out = {}
+while #out < limit do
+  local a, b = peek(1), peek(2)
+  if not a and not b then break end
+  local k = (not b or (a and before(a, b))) and 1 or 2
+  local member = buffers[k][cursor[k]]
+  cursor[k] = cursor[k] + 1
+  -- The member is '<16 hex digits>:<execution id>'.
+  local id = string.sub(member, 18)
+  local found = redis.call('HMGET', p .. 'execution:' .. id, 'owner', 'epoch')
+  if not live(p, found[1], found[2]) then
+    local record = load(p, id)
+    if #record > 0 then out[#out + 1] = {id, record} end
+  end
+end
+return out
+"""
+)
+
+# ARGV: prefix, execution id, its index member, the error (JSON) of an orphan cancelled
+# here. Returns the record as it stands after (empty when there is none).
+_CANCEL: Final = (
+    _RECORDS
+    + r"""
+local p, id, member = ARGV[1], ARGV[2], ARGV[3]
+local key = p .. 'execution:' .. id
+local found = redis.call('HMGET', key, 'state', 'owner', 'epoch')
+if not found[1] then return {} end
+local state = found[1]
+local status = status_of(state)
+if status ~= 'running' and status ~= 'interrupted' then return load(p, id) end
+if live(p, found[2], found[3]) then
+  local cancels = p .. 'lease_cancels:' .. found[2]
+  redis.call('SADD', cancels, id)
+  -- Gone with the lease it waits for (a renewal collects it, a new lease drops it).
+  local ttl = redis.call('PTTL', p .. 'lease:' .. found[2])
+  if ttl > 0 then redis.call('PEXPIRE', cancels, ttl) end
+  return load(p, id)
+end
+-- The state is compact JSON [status, finished_at, error, result]: the result is what
+-- follows the error (null, or a string whose quotes and backslashes are escaped).
+local at = string.find(state, ',', string.find(state, ',', 1, true) + 1, true) + 1
+if string.sub(state, at, at) == '"' then
+  at = at + 1
+  while true do
+    local stop = string.find(state, '["\\]', at)
+    if string.sub(state, stop, stop) == '"' then at = stop + 1 break end
+    at = stop + 2
+  end
+else
+  at = at + 4
+end
+local now = redis.call('TIME')
+local finished = string.format('%.17g', tonumber(now[1]) + tonumber(now[2]) / 1000000)
+local result = string.sub(state, at + 1, -2)
+redis.call('HSET', key, 'state', '["cancelled",' .. finished .. ',' .. ARGV[4] .. ',' .. result .. ']')
+redis.call('ZREM', p .. 'index:status:' .. status, member)
+redis.call('ZADD', p .. 'index:status:cancelled', 0, member)
+return load(p, id)
+"""
+)
+
+_ORPHAN_CANCELLED: Final = to_json_bytes("cancelled while no executor ran it")
+"""The error of an orphan ended ``cancelled`` by ``request_cancel``."""
+
 _MAX_SCAN_CHUNK: Final = 1000
 _START_KEY_LENGTH: Final = 16
 _DOUBLE: Final = struct.Struct(">d")
@@ -202,7 +445,21 @@ class RedisStateStore:
     (approximately; per-execution streams are never trimmed); ``None`` keeps all.
     """
 
-    __slots__ = ("_client", "_events_cap", "_live", "_p", "_write_script")
+    __slots__ = (
+        "_acquire_script",
+        "_cancel_script",
+        "_claim_script",
+        "_client",
+        "_events_cap",
+        "_find_script",
+        "_live",
+        "_orphans_script",
+        "_p",
+        "_read_script",
+        "_release_script",
+        "_renew_script",
+        "_write_script",
+    )
 
     def __init__(
         self, client: aioredis.Redis, *, prefix: str = "tradeflow", max_events: int | None = None
@@ -215,19 +472,32 @@ class RedisStateStore:
         self._p = f"{prefix}:"
         self._events_cap = "" if max_events is None else str(max_events)
         self._write_script = client.register_script(_WRITE)
+        self._read_script = client.register_script(_READ)
+        self._find_script = client.register_script(_FIND)
+        self._acquire_script = client.register_script(_ACQUIRE)
+        self._renew_script = client.register_script(_RENEW)
+        self._release_script = client.register_script(_RELEASE)
+        self._claim_script = client.register_script(_CLAIM)
+        self._orphans_script = client.register_script(_ORPHANS)
+        self._cancel_script = client.register_script(_CANCEL)
         self._live: set[str] = set()
         """Executions this store created and that are not final yet: their later
-        writes update only the ``state`` field and the status index."""
+        writes update only the ``state`` field and the status index (still fenced: the
+        fence is checked in the script whichever fields it writes)."""
 
     @_retried
     async def write(self, batch: StateBatch) -> None:
         """Raises ``InvalidRequest`` (field ``request_id``) when another execution
-        already holds the execution's ``request_id``; nothing is written then."""
+        already holds the execution's ``request_id``, and ``LeaseLost`` when the batch's
+        fence is not the live lease its execution records (or it has none and the
+        execution is owned); nothing is written then."""
         texts: list[bytes] = []
         execution = batch.execution
         record: list[Any] | bool = False
+        target: str | None = None
         if execution is not None:
             record = self._describe(execution, texts)
+            target = execution.execution_id
         owners: dict[str, int] = {}
         checkpoints: list[str | int] = []
         for c in batch.checkpoints:
@@ -243,41 +513,54 @@ class RedisStateStore:
                 str(event.sequence),
             )
             texts.append(to_json_bytes(tuple(event)))
-        header = [self._p, self._events_cap, record, list(owners), checkpoints, events]
-        holder = cast(
-            bytes | None,
-            await self._write_script(args=(to_json_bytes(header), b"\n".join(texts))),
-        )
-        if execution is None:
+        if target is None and owners:
+            # The first checkpoint's execution, else the first event's that has one.
+            target = next(iter(owners))
+        fence = batch.fence
+        header = [
+            self._p,
+            self._events_cap,
+            record,
+            list(owners),
+            checkpoints,
+            events,
+            False if fence is None else (fence[0], str(fence[1])),
+            False if target is None else target,
+        ]
+        refused = await self._write_script(args=(to_json_bytes(header), b"\n".join(texts)))
+        if refused is None:
+            if execution is not None:
+                if execution.status is ExecutionStatus.RUNNING:
+                    self._live.add(execution.execution_id)
+                else:
+                    self._live.discard(execution.execution_id)
             return
-        if holder is not None:
+        if isinstance(refused, bytes):
+            assert execution is not None  # only a record claims a request id
             raise InvalidRequest(
                 "request_id",
-                f"an idempotency key no other execution holds (execution {holder.decode()!r}"
+                f"an idempotency key no other execution holds (execution {refused.decode()!r}"
                 " holds it)",
                 execution.request_id,
             )
-        if execution.status is ExecutionStatus.RUNNING:
-            self._live.add(execution.execution_id)
-        else:
-            self._live.discard(execution.execution_id)
+        if target is not None:
+            # Another owner's now (or never this writer's): its next write here is a full one.
+            self._live.discard(target)
+        raise _fence_refused(cast(list[Any], refused), fence, target)
 
     @_retried
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        raw = cast(_Hash, await self._client.hgetall(self._p + "execution:" + execution_id))
-        if not raw:
+        (row,) = await self._read_script(args=(self._p, execution_id))
+        if not row:
             raise ExecutionNotFound(execution_id)
-        return _record(execution_id, raw)
+        return _record(execution_id, row)
 
     @_retried
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
-        owner = cast(bytes | None, await self._client.get(self._p + "request:" + request_id))
-        if owner is None:
+        found = await self._find_script(args=(self._p, request_id))
+        if not found or not found[1]:
             return None
-        try:
-            return await self.get_execution(owner.decode())
-        except ExecutionNotFound:
-            return None
+        return _record(found[0].decode(), found[1])
 
     @_retried
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
@@ -350,6 +633,69 @@ class RedisStateStore:
         )
         return int(rows[0][1][b"sequence"]) if rows else 0
 
+    @_retried
+    async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
+        """The lease expires by itself ``ttl`` seconds on (Redis's clock)."""
+        epoch = await self._acquire_script(
+            args=(self._p, info.owner, info.kind, info.host, info.pid, _milliseconds(ttl))
+        )
+        return Lease(info, int(epoch), ttl)
+
+    @_retried
+    async def renew_lease(self, lease: Lease) -> Heartbeat:
+        owner, epoch = lease.info.owner, lease.epoch
+        reply = await self._renew_script(args=(self._p, owner, epoch, _milliseconds(lease.ttl)))
+        if reply[0] == 0:
+            raise LeaseLost(owner, epoch, why=_lapsed_or_replaced(reply[1]))
+        return Heartbeat(tuple(execution_id.decode() for execution_id in reply[1:]))
+
+    @_retried
+    async def release_lease(self, lease: Lease) -> None:
+        await self._release_script(args=(self._p, lease.info.owner, lease.epoch))
+
+    @_retried
+    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+        owner, epoch = lease.info.owner, lease.epoch
+        reply = await self._claim_script(args=(self._p, execution_id, owner, epoch))
+        outcome = reply[0]
+        if outcome == b"claimed":
+            previous = None if reply[1] is None else reply[1].decode()
+            return Claim(previous_owner=previous, takeover=reply[2] == 1, takeovers=reply[3])
+        if outcome == b"lost":
+            raise LeaseLost(owner, epoch, execution_id, why=_lapsed_or_replaced(reply[1]))
+        if outcome == b"missing":
+            raise ExecutionNotFound(execution_id)
+        if outcome == b"completed":
+            raise InvalidRequest(
+                "execution_id", "an execution that did not complete", f"{execution_id} (completed)"
+            )
+        alive, kind, host, pid = (value.decode() for value in reply[1:])
+        raise OwnerAlive(execution_id, OwnerInfo(alive, kind, host, int(pid)).describe())
+
+    @_retried
+    async def orphans(self, limit: int) -> list[ExecutionRecord]:
+        if limit <= 0:
+            return []
+        rows = await self._orphans_script(args=(self._p, limit))
+        return [_record(execution_id.decode(), row) for execution_id, row in rows]
+
+    @_retried
+    async def request_cancel(self, execution_id: str) -> ExecutionRecord:
+        """An orphan is ended ``cancelled`` in the same script that finds it has no live
+        owner (Redis's clock for its ``finished_at``)."""
+        # started_at is fixed: the index member read here is still the one the script moves.
+        meta = await self._client.hget(self._p + "execution:" + execution_id, "meta")
+        if meta is None:
+            raise ExecutionNotFound(execution_id)
+        member = _member(from_json(meta)[3], execution_id)
+        row = await self._cancel_script(args=(self._p, execution_id, member, _ORPHAN_CANCELLED))
+        if not row:
+            raise ExecutionNotFound(execution_id)
+        record = _record(execution_id, row)
+        if record.status.final:
+            self._live.discard(execution_id)
+        return record
+
     async def close(self) -> None:
         """Forget per-run caches; the client stays open for its owner to close."""
         self._live.clear()
@@ -403,21 +749,22 @@ class RedisStateStore:
         return min(zip(sizes, candidates, strict=True))[1]
 
     async def _load(self, execution_ids: list[bytes]) -> list[ExecutionRecord | None]:
-        pipe = self._client.pipeline(transaction=False)
-        for execution_id in execution_ids:
-            pipe.hgetall(self._p.encode() + b"execution:" + execution_id)
-        raws = await pipe.execute()
+        """The records of ``execution_ids`` with their owners' liveness: one script call."""
+        rows = await self._read_script(args=(self._p, *execution_ids))
         return [
-            _record(execution_id.decode(), raw) if raw else None
-            for execution_id, raw in zip(execution_ids, raws, strict=True)
+            _record(execution_id.decode(), row) if row else None
+            for execution_id, row in zip(execution_ids, rows, strict=True)
         ]
 
 
-def _record(execution_id: str, raw: _Hash) -> ExecutionRecord:
+def _record(execution_id: str, flat: list[bytes]) -> ExecutionRecord:
+    """A record from its hash as a script returns it (flat, with ``owner_live``)."""
+    raw = dict(zip(flat[::2], flat[1::2], strict=True))
     workflow_id, bot_id, strategy_id, started_at, correlation_id, request_id = from_json(
         raw[b"meta"]
     )
     status, finished_at, error, result = from_json(raw[b"state"])
+    owner = raw.get(b"owner")
     return ExecutionRecord(
         execution_id=execution_id,
         workflow_id=workflow_id,
@@ -431,7 +778,41 @@ def _record(execution_id: str, raw: _Hash) -> ExecutionRecord:
         error=error,
         result=result,
         request_id=request_id,
+        owner=None if owner is None else owner.decode(),
+        epoch=int(raw.get(b"epoch", 0)),
+        takeovers=int(raw.get(b"takeovers", 0)),
+        owner_live=raw[b"owner_live"] == b"1",
     )
+
+
+def _fence_refused(
+    reply: list[Any], fence: tuple[str, int] | None, execution_id: str | None
+) -> LeaseLost:
+    """The ``LeaseLost`` of a write the script refused (its reply: see ``_WRITE``)."""
+    code = reply[0]
+    if code == 1:
+        assert fence is not None
+        return LeaseLost(*fence, execution_id, why=_lapsed_or_replaced(reply[1]))
+    epoch, owner = int(reply[1]), reply[2].decode()
+    if code == 2:
+        assert fence is not None
+        return LeaseLost(*fence, execution_id, why=f"owned by {owner} (epoch {epoch})")
+    return LeaseLost(
+        "",
+        0,
+        execution_id,
+        why=f"the execution is owned by {owner} (epoch {epoch}) and the write carries no fence",
+    )
+
+
+def _lapsed_or_replaced(held: bytes | None) -> str:
+    """Why a lease is not live, from the epoch its owner holds now (``None``: none)."""
+    return "lapsed" if held is None else f"replaced by epoch {int(held)}"
+
+
+def _milliseconds(ttl: float) -> int:
+    """A lease time for ``PEXPIRE`` (which refuses 0)."""
+    return max(1, round(ttl * 1000))
 
 
 def _matches(record: ExecutionRecord, query: ExecutionQuery) -> bool:

@@ -35,14 +35,20 @@ from tradeflow.domain.errors import ConfigurationError, describe
 
 __all__ = ["DB_SCHEMA_VERSION", "Database", "WriteTransaction", "open_database"]
 
-DB_SCHEMA_VERSION: Final = 3
+DB_SCHEMA_VERSION: Final = 4
 """Layout version stored in ``PRAGMA user_version``.
 
 Version 3 keeps an execution's checkpoints and events as one JSON journal row
 per written batch, found through the range of rows each execution records (see
 :mod:`tradeflow.adapters.sqlite.state`), and each distinct workflow definition
-once. Files of versions 1 and 2 (unreleased development layouts) are refused
-rather than migrated."""
+once. Version 4 adds ownership (:mod:`tradeflow.domain.ownership`): each
+execution's ``owner``, lease ``epoch`` and ``takeovers``, the ``leases`` table and
+the ``counters`` row that hands out epochs. A version 3 file (released) is
+migrated to 4 in place, in one transaction, when it is opened; files of versions
+1 and 2 (unreleased development layouts) are refused rather than migrated."""
+
+_MIGRATES_FROM: Final = 3
+"""The oldest layout :func:`open_database` migrates (to :data:`DB_SCHEMA_VERSION`)."""
 
 _BUSY_TIMEOUT_MS: Final = 5000
 _RESTART_WAIT_MS: Final = 100
@@ -77,14 +83,19 @@ _log = structlog.get_logger(__name__)
 #
 # Global halts store target '' (never NULL): NULLs are distinct in a primary
 # key, so a NULL target would let two global halts coexist.
-_SCHEMA: Final = f"""
-BEGIN IMMEDIATE;
-CREATE TABLE IF NOT EXISTS definitions (
+#
+# Ownership: ``leases`` holds one row per owner (its latest lease); ``expires_at`` is
+# store-clock seconds and ``cancels`` the ids (space-separated) requested since the
+# owner's last heartbeat. ``counters`` row 'epoch' is the last epoch granted, so an
+# epoch is never reused, even once its lease row is gone. An execution's ``epoch`` 0
+# means no lease ever owned it. Version 3 files gain the three ownership columns by
+# ALTER TABLE (appended, hence last here too) and the two tables from this schema.
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS definitions (
     digest     BLOB PRIMARY KEY,
     definition TEXT NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS executions (
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS executions (
     execution_id   TEXT NOT NULL UNIQUE,
     workflow_id    TEXT NOT NULL,
     bot_id         TEXT,
@@ -98,41 +109,53 @@ CREATE TABLE IF NOT EXISTS executions (
     definition     BLOB NOT NULL REFERENCES definitions (digest),
     first_batch    INTEGER,
     last_batch     INTEGER,
-    result         TEXT
-);
-CREATE INDEX IF NOT EXISTS executions_by_start
-    ON executions (started_at, execution_id);
-CREATE UNIQUE INDEX IF NOT EXISTS executions_by_request
-    ON executions (request_id) WHERE request_id IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS batches (
+    result         TEXT,
+    owner          TEXT,
+    epoch          INTEGER NOT NULL DEFAULT 0,
+    takeovers      INTEGER NOT NULL DEFAULT 0
+)""",
+    """CREATE INDEX IF NOT EXISTS executions_by_start
+    ON executions (started_at, execution_id)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS executions_by_request
+    ON executions (request_id) WHERE request_id IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS batches (
     batch_id     INTEGER PRIMARY KEY,
     execution_id TEXT,
     orphan       INTEGER,
     body         BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batches_orphaned
-    ON batches (execution_id) WHERE orphan IS NOT NULL;
-
-CREATE TABLE IF NOT EXISTS halts (
+)""",
+    """CREATE INDEX IF NOT EXISTS batches_orphaned
+    ON batches (execution_id) WHERE orphan IS NOT NULL""",
+    """CREATE TABLE IF NOT EXISTS leases (
+    owner      TEXT PRIMARY KEY,
+    epoch      INTEGER NOT NULL,
+    kind       TEXT NOT NULL,
+    host       TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    expires_at REAL NOT NULL,
+    cancels    TEXT
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS halts (
     scope  TEXT NOT NULL,
     target TEXT NOT NULL,
     reason TEXT NOT NULL,
     actor  TEXT NOT NULL,
     since  REAL NOT NULL,
     PRIMARY KEY (scope, target)
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS risk_limits (
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS risk_limits (
     limit_type TEXT PRIMARY KEY,
     threshold  REAL NOT NULL,
     direction  TEXT NOT NULL,
     auto_halt  INTEGER NOT NULL,
     updated_at REAL NOT NULL,
     updated_by TEXT NOT NULL
-) WITHOUT ROWID;
-
-CREATE TABLE IF NOT EXISTS audit (
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS audit (
     entry_id INTEGER PRIMARY KEY,
     at       REAL NOT NULL,
     actor    TEXT NOT NULL,
@@ -141,11 +164,18 @@ CREATE TABLE IF NOT EXISTS audit (
     target   TEXT,
     reason   TEXT NOT NULL,
     details  TEXT
-);
+)""",
+    f"PRAGMA user_version = {DB_SCHEMA_VERSION}",
+)
+"""Run in order in one ``BEGIN IMMEDIATE`` transaction on every open (idempotent)."""
 
-PRAGMA user_version = {DB_SCHEMA_VERSION};
-COMMIT;
-"""
+_MIGRATE_FROM_3: Final = (
+    "ALTER TABLE executions ADD COLUMN owner TEXT",
+    "ALTER TABLE executions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE executions ADD COLUMN takeovers INTEGER NOT NULL DEFAULT 0",
+)
+"""Run before :data:`_SCHEMA`, in its transaction, on a version 3 file (which then
+creates the new tables and sets the version)."""
 
 
 class Database(sqlite3.Connection):
@@ -317,9 +347,11 @@ def open_database(
     ``synchronous="FULL"`` also survives power loss at the cost of an fsync
     per commit.
 
-    Raises ``ConfigurationError`` if ``synchronous`` is unknown, the file
-    cannot use WAL, or its layout is not :data:`DB_SCHEMA_VERSION` (newer, or
-    an old development layout).
+    A file of layout version 3 is migrated to :data:`DB_SCHEMA_VERSION` first (one
+    transaction: all of it or none of it). Raises ``ConfigurationError`` if
+    ``synchronous`` is unknown, the file cannot use WAL, or its layout is neither
+    :data:`DB_SCHEMA_VERSION` nor migrated to it (newer, an old development layout,
+    or a migration that failed).
     """
     if synchronous not in ("NORMAL", "FULL"):
         raise ConfigurationError(
@@ -362,24 +394,48 @@ def _open(location: str, synchronous: str) -> Database:
 
 
 def _ensure_schema(conn: sqlite3.Connection, location: str) -> None:
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    _check_version(conn, location)
+    cursor = conn.cursor()
+    cursor.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have created or migrated the file since the first check:
+        # only the version read under the write lock decides whether to migrate.
+        version = _check_version(conn, location)
+        if version == _MIGRATES_FROM:
+            try:
+                for statement in _MIGRATE_FROM_3:
+                    cursor.execute(statement)
+            except sqlite3.Error as exc:
+                raise ConfigurationError(
+                    f"sqlite database {location!r}: expected schema version "
+                    f"{DB_SCHEMA_VERSION}, found {version}, and migrating it failed: "
+                    f"{describe(exc)}"
+                ) from exc
+        for statement in _SCHEMA:
+            cursor.execute(statement)
+        cursor.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            cursor.execute("ROLLBACK")
+        raise
+
+
+def _check_version(conn: sqlite3.Connection, location: str) -> int:
+    """The file's layout version, if this code opens it (0: a new file); raises
+    ``ConfigurationError`` for a newer one or an unmigrated development layout."""
+    ((version,),) = conn.execute("PRAGMA user_version").fetchall()
     if version > DB_SCHEMA_VERSION:
         raise ConfigurationError(
             f"sqlite database {location!r}: expected schema version <= {DB_SCHEMA_VERSION}, "
             f"found {version} (written by a newer tradeflow)"
         )
-    if 0 < version < DB_SCHEMA_VERSION:
+    if 0 < version < _MIGRATES_FROM:
         raise ConfigurationError(
             f"sqlite database {location!r}: expected schema version {DB_SCHEMA_VERSION}, "
             f"found {version} (a development layout that is not migrated); move the file "
             "away to start a new one"
         )
-    try:
-        conn.executescript(_SCHEMA)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    return int(version)
 
 
 class WriteTransaction:

@@ -1,19 +1,55 @@
-"""The paper exchange's ledger in SQLite: orders, balances and fills in ``paper_*`` tables."""
+"""The paper exchange's ledger in SQLite, shared by every process on the file.
+
+Tables (created if missing; the first three are the layout earlier versions wrote,
+kept as they were):
+
+- ``paper_orders``: one row per ``(venue, client_order_id)``, the order as placed
+  (its status moves to cancelled);
+- ``paper_balances``: ``(venue, asset) -> amount``, rows from a venue's first fill on;
+- ``paper_fills``: every fill, in the order they happened (``fill_id``);
+- ``paper_positions``: ``(venue, symbol) -> quantity, avg_price`` (average cost);
+- ``paper_daily_pnl``: ``day`` (UTC days since the epoch) -> realized P&L minus fees.
+
+A file written before the last two tables existed has fills but no positions: the
+constructor then rebuilds both from ``paper_fills``, in the transaction that creates
+them (so two processes opening the file do it once).
+
+Every ``accept`` and ``cancel`` is one ``BEGIN IMMEDIATE`` transaction: it takes the
+file's write lock before reading, so what it decides (the client order id is new, the
+balance suffices, the position it averages) holds until it commits, whichever other
+process writes the file. That lock is what the copy kept in each process lacked
+(lost balance updates, one id filled by two processes). The reads read committed
+state, without a lock (WAL readers never block).
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
+from dataclasses import replace
 from operator import attrgetter
-from typing import Any
+from typing import Any, Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
-from tradeflow.domain.errors import ExchangeError
-from tradeflow.domain.trading import Fill, Order, OrderStatus, OrderType, Side
+from tradeflow.domain.errors import ConfigurationError, ExchangeError, describe
+from tradeflow.domain.trading import (
+    FLAT,
+    Fill,
+    Order,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    average_cost,
+    require_balance,
+    settle,
+    signed_quantity,
+    utc_day,
+)
 
 __all__ = ["SQLitePaperLedger"]
 
-_SCHEMA = (
+_SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS paper_orders (
         venue TEXT NOT NULL,
         client_order_id TEXT NOT NULL,
@@ -43,74 +79,214 @@ _SCHEMA = (
         price REAL NOT NULL,
         fee REAL NOT NULL,
         at REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS paper_positions (
+        venue TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        quantity REAL NOT NULL,
+        avg_price REAL NOT NULL,
+        PRIMARY KEY (venue, symbol)) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS paper_daily_pnl (
+        day INTEGER PRIMARY KEY,
+        realized REAL NOT NULL)""",
 )
-_ORDER_COLUMNS = (
+_ORDER_COLUMNS: Final = (
     "order_id, client_order_id, venue, symbol, side, quantity, order_type, limit_price, "
     "status, filled_quantity, avg_price, created_at"
 )
-_FILL_COLUMNS = "venue, symbol, client_order_id, side, quantity, price, fee, at"
+_FILL_COLUMNS: Final = "venue, symbol, client_order_id, side, quantity, price, fee, at"
 # The columns are named after the records' fields, so binding reads those attributes.
 _order_values = attrgetter(*_ORDER_COLUMNS.split(", "))
 _fill_values = attrgetter(*_FILL_COLUMNS.split(", "))
 
+_INSERT_ORDER: Final = (
+    f"INSERT INTO paper_orders ({_ORDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (venue, client_order_id) DO NOTHING"
+)
+_SELECT_ORDER: Final = (
+    f"SELECT {_ORDER_COLUMNS} FROM paper_orders WHERE venue = ? AND client_order_id = ?"
+)
+_CANCEL_ORDER: Final = (
+    "UPDATE paper_orders SET status = 'cancelled' WHERE venue = ? AND client_order_id = ?"
+)
+_SELECT_BALANCES: Final = "SELECT asset, amount FROM paper_balances WHERE venue = ?"
+_SET_BALANCE: Final = (
+    "INSERT INTO paper_balances (venue, asset, amount) VALUES (?, ?, ?) "
+    "ON CONFLICT (venue, asset) DO UPDATE SET amount = excluded.amount"
+)
+_SELECT_POSITION: Final = (
+    "SELECT quantity, avg_price FROM paper_positions WHERE venue = ? AND symbol = ?"
+)
+_SET_POSITION: Final = (
+    "INSERT INTO paper_positions (venue, symbol, quantity, avg_price) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (venue, symbol) DO UPDATE "
+    "SET quantity = excluded.quantity, avg_price = excluded.avg_price"
+)
+_ADD_PNL: Final = (
+    "INSERT INTO paper_daily_pnl (day, realized) VALUES (?, ?) "
+    "ON CONFLICT (day) DO UPDATE SET realized = realized + excluded.realized"
+)
+_SELECT_PNL: Final = "SELECT realized FROM paper_daily_pnl WHERE day = ?"
+_INSERT_FILL: Final = f"INSERT INTO paper_fills ({_FILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
 
 class SQLitePaperLedger:
-    """The durable state of a ``PaperExchange`` on ``conn`` (opened with ``isolation_level=None``).
+    """The :class:`~tradeflow.adapters.memory.paper.PaperLedger` on ``conn`` (opened
+    with ``isolation_level=None``, as :func:`~tradeflow.adapters.sqlite.database.open_database`
+    does; the state store may share it).
 
-    Creates its tables if missing. Writes are synchronous, which suits a local
-    paper file.
+    Creates its tables if missing, and rebuilds positions and daily P&L from the
+    fills of a file that predates them (raises ``ConfigurationError`` if it cannot).
+    Calls are synchronous underneath, like the other embedded adapters (see
+    :mod:`tradeflow.adapters.sqlite.database`); a failure of the file raises
+    ``ExchangeError``.
     """
 
-    __slots__ = ("_conn", "_write")
+    __slots__ = ("_conn", "_cursor", "_write")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
-        for statement in _SCHEMA:
-            conn.execute(statement)
         self._conn = conn
         self._write = WriteTransaction(conn)
-
-    def load(self) -> tuple[list[Order], dict[str, dict[str, float]], list[Fill]]:
-        conn = self._conn
-        orders = [
-            _order_from_row(row)
-            for row in conn.execute(f"SELECT {_ORDER_COLUMNS} FROM paper_orders")
-        ]
-        balances: dict[str, dict[str, float]] = {}
-        for venue, asset, amount in conn.execute("SELECT venue, asset, amount FROM paper_balances"):
-            balances.setdefault(venue, {})[asset] = amount
-        rows = conn.execute(f"SELECT {_FILL_COLUMNS} FROM paper_fills ORDER BY fill_id")
-        fills = [
-            Fill(venue, symbol, client_order_id, Side(side), quantity, price, fee, at)
-            for venue, symbol, client_order_id, side, quantity, price, fee, at in rows
-        ]
-        return orders, balances, fills
-
-    def persist(
-        self, order: Order, balances: Mapping[str, float] | None, fill: Fill | None
-    ) -> None:
-        conn = self._conn
+        self._cursor = conn.cursor()
+        cursor = self._cursor
         try:
             with self._write:
-                conn.execute(
-                    f"INSERT OR REPLACE INTO paper_orders ({_ORDER_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    _order_values(order),
+                for statement in _SCHEMA:
+                    cursor.execute(statement)
+                ((positions, fills),) = cursor.execute(
+                    "SELECT EXISTS (SELECT 1 FROM paper_positions), "
+                    "EXISTS (SELECT 1 FROM paper_fills)"
+                ).fetchall()
+                if fills and not positions:
+                    _rebuild(cursor)
+        except sqlite3.Error as exc:
+            raise ConfigurationError(
+                f"paper ledger in the state file: cannot set up its tables: {describe(exc)}"
+            ) from exc
+
+    async def accept(
+        self,
+        order: Order,
+        fill: Fill | None,
+        *,
+        opening: Mapping[str, float],
+        require: tuple[str, float] | None,
+    ) -> Order:
+        venue = order.venue
+        cursor = self._cursor
+        try:
+            with self._write:
+                cursor.execute(_INSERT_ORDER, _order_values(order))
+                if cursor.rowcount == 0:  # the client order id is taken: that order stands
+                    stored = self._order(venue, order.client_order_id)
+                    assert stored is not None  # the write lock is held since the insert
+                    return stored
+                held: Mapping[str, float] = dict(
+                    cursor.execute(_SELECT_BALANCES, (venue,)).fetchall()
                 )
-                if balances is not None:
-                    conn.executemany(
-                        "INSERT OR REPLACE INTO paper_balances (venue, asset, amount) "
-                        "VALUES (?, ?, ?)",
-                        [(order.venue, asset, amount) for asset, amount in balances.items()],
+                fresh = not held
+                if fresh:
+                    held = opening
+                if require is not None:
+                    asset, needed = require
+                    require_balance(
+                        order.client_order_id, venue, asset, needed, held.get(asset, 0.0)
                     )
-                if fill is not None:
-                    conn.execute(
-                        f"INSERT INTO paper_fills ({_FILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        _fill_values(fill),
-                    )
+                if fill is None:
+                    return order
+                self._apply(fill, held, fresh)
         except sqlite3.Error as exc:
             raise ExchangeError(
                 f"paper exchange could not persist order {order.client_order_id!r}: {exc}"
             ) from exc
+        return order
+
+    async def cancel(self, venue: str, client_order_id: str) -> Order | None:
+        try:
+            with self._write:
+                order = self._order(venue, client_order_id)
+                if order is None or order.status is not OrderStatus.OPEN:
+                    return order
+                self._cursor.execute(_CANCEL_ORDER, (venue, client_order_id))
+        except sqlite3.Error as exc:
+            raise ExchangeError(
+                f"paper exchange could not cancel order {client_order_id!r}: {exc}"
+            ) from exc
+        return replace(order, status=OrderStatus.CANCELLED)
+
+    async def get_order(self, venue: str, client_order_id: str) -> Order | None:
+        try:
+            return self._order(venue, client_order_id)
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+
+    async def balances(self, venue: str) -> dict[str, float] | None:
+        try:
+            rows = self._cursor.execute(_SELECT_BALANCES, (venue,)).fetchall()
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+        return dict(rows) if rows else None
+
+    async def position(self, venue: str, symbol: str) -> Position:
+        try:
+            row = self._cursor.execute(_SELECT_POSITION, (venue, symbol)).fetchone()
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+        return FLAT if row is None else Position(*row)
+
+    async def realized_pnl(self, day: int) -> float:
+        try:
+            row = self._cursor.execute(_SELECT_PNL, (day,)).fetchone()
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+        return 0.0 if row is None else float(row[0])
+
+    def _order(self, venue: str, client_order_id: str) -> Order | None:
+        row = self._cursor.execute(_SELECT_ORDER, (venue, client_order_id)).fetchone()
+        return None if row is None else _order_from_row(row)
+
+    def _apply(self, fill: Fill, held: Mapping[str, float], fresh: bool) -> None:
+        """Balances, position, day P&L and the fill row, inside ``accept``'s transaction."""
+        cursor = self._cursor
+        venue, symbol = fill.venue, fill.symbol
+        base, _, quote = symbol.partition("/")
+        quote_after, base_after = settle(fill, held.get(quote, 0.0), held.get(base, 0.0))
+        # A venue's first fill stores its opening balances too; later ones the two it moves.
+        rows = [(venue, asset, amount) for asset, amount in held.items()] if fresh else []
+        rows += ((venue, quote, quote_after), (venue, base, base_after))
+        cursor.executemany(_SET_BALANCE, rows)
+        row = cursor.execute(_SELECT_POSITION, (venue, symbol)).fetchone()
+        held_quantity, avg_price = FLAT.quantity, FLAT.avg_price
+        if row is not None:
+            held_quantity, avg_price = row
+        quantity, avg_price, realized = average_cost(
+            held_quantity, avg_price, signed_quantity(fill), fill.price
+        )
+        cursor.execute(_SET_POSITION, (venue, symbol, quantity, avg_price))
+        cursor.execute(_ADD_PNL, (utc_day(fill.at), realized - fill.fee))
+        cursor.execute(_INSERT_FILL, _fill_values(fill))
+
+
+def _rebuild(cursor: sqlite3.Cursor) -> None:
+    """Positions and daily P&L from every fill, replayed in order (as ``accept`` would
+    have applied them, to the same bits)."""
+    positions: dict[tuple[str, str], tuple[float, float]] = {}
+    pnl: dict[int, float] = {}
+    fills = cursor.execute(
+        "SELECT venue, symbol, side, quantity, price, fee, at FROM paper_fills ORDER BY fill_id"
+    ).fetchall()
+    for venue, symbol, side, quantity, price, fee, at in fills:
+        held, avg_price = positions.get((venue, symbol), (FLAT.quantity, FLAT.avg_price))
+        signed = quantity if side == Side.BUY else -quantity
+        held, avg_price, realized = average_cost(held, avg_price, signed, price)
+        positions[venue, symbol] = (held, avg_price)
+        day = utc_day(at)
+        pnl[day] = pnl.get(day, 0.0) + (realized - fee)
+    cursor.executemany(_SET_POSITION, [(*key, *book) for key, book in positions.items()])
+    cursor.executemany(_ADD_PNL, list(pnl.items()))
+
+
+def _unreadable(exc: sqlite3.Error) -> ExchangeError:
+    return ExchangeError(f"paper exchange could not read its ledger: {describe(exc)}")
 
 
 def _order_from_row(row: Any) -> Order:

@@ -46,19 +46,40 @@ a write touches as few pages as it can (6 for the executor's first write of a
   workflow encodes its definition once, not once per execution. Definitions are
   treated as immutable once written. ``result`` is stored as given: it is what
   ``get_execution`` returns.
+
+Ownership (:mod:`tradeflow.domain.ownership`, the rules in ``StateStore``) lives in
+the same file, so one transaction both checks a fence and writes:
+
+- ``leases`` has a row per owner (its latest lease) with its epoch and expiry in
+  this store's clock (wall time, shared by every process on the machine); a lease
+  is live while ``expires_at > now``. Epochs come from the ``counters`` row
+  ``epoch``, incremented in the transaction that grants a lease.
+- A fenced write adds one primary-key lookup of the lease to its transaction, and
+  the execution statement it runs anyway carries the epoch condition: a row owned
+  by another epoch is left unchanged, and the write raises ``LeaseLost`` and rolls
+  back. ``BEGIN IMMEDIATE`` serializes the check and the write against every other
+  process's claims and writes, so nothing lands between them.
+- Every read joins the record's lease (a primary-key lookup) to tell whether its
+  owner is live. :meth:`SQLiteStateStore.orphans` scans the start-time index: an
+  index on status would cost a page write at the start and the end of every run.
+- A cancellation for a live owner waits in its lease row (``cancels``) until the
+  next heartbeat takes it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import sqlite3
 from collections.abc import Sequence
 from contextlib import closing
+from dataclasses import replace
 from itertools import groupby
 from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
+from tradeflow.domain.clock import Clock, SystemClock
 from tradeflow.domain.codec import (
     MAX_EVENTS_PAGE,
     MAX_PAGE_SIZE,
@@ -68,7 +89,8 @@ from tradeflow.domain.codec import (
     to_json_bytes,
     to_json_or_null,
 )
-from tradeflow.domain.errors import ExecutionNotFound
+from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest, LeaseLost, OwnerAlive
+from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -90,36 +112,89 @@ _KNOWN_DEFINITIONS: Final = 64
 
 _EXECUTION_COLUMNS: Final = (
     "execution_id, workflow_id, bot_id, strategy_id, status, started_at, finished_at,"
-    " correlation_id, request_id, error, definition, result, first_batch, last_batch"
+    " correlation_id, request_id, error, definition, result, first_batch, last_batch,"
+    " owner, epoch"
 )
 # Only the mutable columns change on conflict: the rest is fixed when the run starts.
 # A journal range only widens: its first row stays, its last moves to this write's.
+# The fence is the last two values (owner, epoch; NULL and 0 unfenced): a row of epoch
+# 0 or the fence's takes them, a row owned by another epoch is left unchanged (no row
+# changed: the write raises LeaseLost and rolls back).
 _UPSERT_EXECUTION: Final = (
-    f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    f"INSERT INTO executions ({_EXECUTION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     " ON CONFLICT (execution_id) DO UPDATE SET status = excluded.status,"
     " finished_at = excluded.finished_at, error = excluded.error, result = excluded.result,"
     " first_batch = coalesce(first_batch, excluded.first_batch),"
-    " last_batch = coalesce(excluded.last_batch, last_batch)"
+    " last_batch = coalesce(excluded.last_batch, last_batch),"
+    " owner = excluded.owner, epoch = excluded.epoch"
+    " WHERE executions.epoch IN (0, excluded.epoch)"
 )
 _UPDATE_EXECUTION: Final = (
     "UPDATE executions SET status = ?2, finished_at = ?3, error = ?4, result = ?5,"
-    " first_batch = coalesce(first_batch, ?6), last_batch = coalesce(?7, last_batch)"
-    " WHERE execution_id = ?1"
+    " first_batch = coalesce(first_batch, ?6), last_batch = coalesce(?7, last_batch),"
+    " owner = ?8, epoch = ?9 WHERE execution_id = ?1 AND epoch IN (0, ?9)"
 )
+# ?3, ?4: the fence. SET reads the row as it was, so an unowned row takes the fence and
+# the epoch returned differs from the fence's only for a row owned by another epoch.
 _EXTEND_RANGE: Final = (
-    "UPDATE executions SET first_batch = coalesce(first_batch, ?1), last_batch = ?1"
-    " WHERE execution_id = ?2"
+    "UPDATE executions SET first_batch = coalesce(first_batch, ?1), last_batch = ?1,"
+    " owner = iif(epoch = 0, ?3, owner), epoch = iif(epoch = 0, ?4, epoch)"
+    " WHERE execution_id = ?2 RETURNING epoch"
 )
 _INSERT_DEFINITION: Final = (
     "INSERT INTO definitions (digest, definition) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
 )
+# The first parameter is the store's time: the owner is live if its lease joins.
 _SELECT_EXECUTIONS: Final = (
     "SELECT e.execution_id, e.workflow_id, e.bot_id, e.strategy_id, e.status, e.started_at,"
-    " e.finished_at, e.correlation_id, e.request_id, e.error, d.definition, e.result"
+    " e.finished_at, e.correlation_id, e.request_id, e.error, d.definition, e.result,"
+    " e.owner, e.epoch, e.takeovers, l.owner IS NOT NULL"
     " FROM executions AS e JOIN definitions AS d ON d.digest = e.definition"
+    " LEFT JOIN leases AS l ON l.owner = e.owner AND l.epoch = e.epoch AND l.expires_at > ?"
 )
 _SELECT_EXECUTION: Final = _SELECT_EXECUTIONS + " WHERE e.execution_id = ?"
 _SELECT_BY_REQUEST: Final = _SELECT_EXECUTIONS + " WHERE e.request_id = ?"
+_NOT_FINAL: Final = tuple(status.value for status in ExecutionStatus if not status.final)
+_SELECT_ORPHANS: Final = (
+    _SELECT_EXECUTIONS
+    + f" WHERE e.status IN {_NOT_FINAL!r} AND l.owner IS NULL"
+    + " ORDER BY e.started_at, e.execution_id LIMIT ?"
+)
+_SELECT_OWNER: Final = "SELECT owner, epoch FROM executions WHERE execution_id = ?"
+
+_SELECT_LEASE: Final = "SELECT epoch, expires_at FROM leases WHERE owner = ?"
+_NEXT_EPOCH: Final = (
+    "INSERT INTO counters (name, value) VALUES ('epoch', 1)"
+    " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
+)
+_PUT_LEASE: Final = (
+    "INSERT OR REPLACE INTO leases (owner, epoch, kind, host, pid, expires_at, cancels)"
+    " VALUES (?, ?, ?, ?, ?, ?, NULL)"
+)
+_SELECT_RENEWED: Final = "SELECT epoch, expires_at, cancels FROM leases WHERE owner = ?"
+_RENEW_LEASE: Final = "UPDATE leases SET expires_at = ?, cancels = NULL WHERE owner = ?"
+_RELEASE_LEASE: Final = "DELETE FROM leases WHERE owner = ? AND epoch = ?"
+# Ids hold no spaces (domain.limits.ID_CHARACTERS); an id already pending is not added
+# again, so the list stays bounded by the executions the lease owns.
+_ADD_CANCEL: Final = (
+    "UPDATE leases SET cancels = coalesce(cancels || ' ', '') || ?1"
+    " WHERE owner = ?2 AND epoch = ?3"
+    " AND instr(' ' || coalesce(cancels, '') || ' ', ' ' || ?1 || ' ') = 0"
+)
+_SELECT_CLAIMED: Final = (
+    "SELECT e.status, e.owner, e.epoch, e.takeovers, l.kind, l.host, l.pid"
+    " FROM executions AS e LEFT JOIN leases AS l"
+    " ON l.owner = e.owner AND l.epoch = e.epoch AND l.expires_at > ?1"
+    " WHERE e.execution_id = ?2"
+)
+_CLAIM: Final = (
+    "UPDATE executions SET owner = ?2, epoch = ?3, takeovers = ?4 WHERE execution_id = ?1"
+)
+_CANCEL_ORPHAN: Final = (
+    "UPDATE executions SET status = ?2, finished_at = ?3, error = ?4 WHERE execution_id = ?1"
+)
+_ORPHAN_CANCELLED: Final = "cancelled while no executor ran it"
+_SYSTEM_CLOCK: Final = SystemClock()
 
 _INSERT_BATCH: Final = "INSERT INTO batches (execution_id, body) VALUES (?, ?)"
 _MARK_ORPHAN: Final = "UPDATE batches SET orphan = 1 WHERE batch_id = ?"
@@ -156,12 +231,16 @@ _checkpoint_fields = itemgetter(slice(1, None))
 
 
 class SQLiteStateStore:
-    """Executions, checkpoints and event history in the tradeflow SQLite database."""
+    """Executions, checkpoints, event history and leases in the tradeflow SQLite database.
 
-    __slots__ = ("_conn", "_definitions", "_live", "_txn", "_writer")
+    ``clock`` tells lease expiry (wall time, so every process on the machine agrees).
+    """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    __slots__ = ("_clock", "_conn", "_definitions", "_live", "_txn", "_writer")
+
+    def __init__(self, conn: sqlite3.Connection, *, clock: Clock = _SYSTEM_CLOCK) -> None:
         self._conn = conn
+        self._clock = clock
         self._txn = WriteTransaction(conn)
         self._writer = conn.cursor()
         """Runs the write statements: a kept cursor saves ``conn.execute`` creating one."""
@@ -173,8 +252,11 @@ class SQLiteStateStore:
         entry holds the object, so its id cannot be reused by another one meanwhile."""
 
     async def write(self, batch: StateBatch) -> None:
+        """See the port; a refused fence raises ``LeaseLost`` with nothing written."""
         execution = batch.execution
         own = None if execution is None else execution.execution_id
+        fence = batch.fence
+        owner, epoch = (None, 0) if fence is None else fence
         record: tuple[str, _Row] | None = None
         definition: tuple[bytes, str] | None = None
         if execution is not None:
@@ -184,15 +266,21 @@ class SQLiteStateStore:
                 digest, definition = self._definition_digest(execution.definition)
                 record = _UPSERT_EXECUTION, _execution_row(execution, digest)
         rows = _journal_rows(batch.events, batch.checkpoints)
+        writer = self._writer
         # Everything is encoded before the transaction starts: the write lock, which
         # other processes wait on, is held only for the statements themselves.
         with self._txn:
+            if owner is not None:
+                # The time is read under the write lock: a lease that lapsed while this
+                # write waited for the lock has lapsed.
+                _check_fence(writer, batch, owner, epoch, self._clock.time())
             if definition is not None:
-                self._writer.execute(_INSERT_DEFINITION, definition)
-            first, last = _insert_journal(self._writer, rows, own)
+                writer.execute(_INSERT_DEFINITION, definition)
+            first, last = _insert_journal(writer, rows, own, owner, epoch)
             if record is not None:
                 sql, values = record
-                self._writer.execute(sql, (*values, first, last))
+                if not writer.execute(sql, (*values, first, last, owner, epoch)).rowcount:
+                    raise _owned_elsewhere(writer, own, owner, epoch)
         if execution is not None:
             # Only after the commit: what was rolled back must be written again.
             if definition is not None:
@@ -203,19 +291,19 @@ class SQLiteStateStore:
                 self._live.discard(execution.execution_id)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
-        row = self._conn.execute(_SELECT_EXECUTION, (execution_id,)).fetchone()
+        row = self._conn.execute(_SELECT_EXECUTION, (self._clock.time(), execution_id)).fetchone()
         if row is None:
             raise ExecutionNotFound(execution_id)
         return _execution_record(row)
 
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
-        row = self._conn.execute(_SELECT_BY_REQUEST, (request_id,)).fetchone()
+        row = self._conn.execute(_SELECT_BY_REQUEST, (self._clock.time(), request_id)).fetchone()
         return None if row is None else _execution_record(row)
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
         """See the port. The filters other than time have no index: they scan newest first."""
         where: list[str] = []
-        params: list[Any] = []
+        params: list[Any] = [self._clock.time()]
         for condition, value in (
             ("e.workflow_id = ?", query.workflow_id),
             ("e.bot_id = ?", query.bot_id),
@@ -281,6 +369,93 @@ class SQLiteStateStore:
                     return int(max(sequence for _, _, sequence, *_ in events))
         return 0
 
+    async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
+        """See the port. Raises ``InvalidRequest`` (``ttl``) unless ttl is positive."""
+        _check_ttl(ttl)
+        writer = self._writer
+        with self._txn:
+            ((epoch,),) = writer.execute(_NEXT_EPOCH).fetchall()
+            expires_at = self._clock.time() + ttl
+            writer.execute(
+                _PUT_LEASE, (info.owner, epoch, info.kind, info.host, info.pid, expires_at)
+            )
+        return Lease(info, epoch, ttl)
+
+    async def renew_lease(self, lease: Lease) -> Heartbeat:
+        _check_ttl(lease.ttl)
+        owner, epoch = lease.info.owner, lease.epoch
+        writer = self._writer
+        with self._txn:
+            now = self._clock.time()
+            held = writer.execute(_SELECT_RENEWED, (owner,)).fetchone()
+            why = _lease_problem(None if held is None else held[:2], epoch, now)
+            if why is not None:
+                raise LeaseLost(owner, epoch, None, why)
+            writer.execute(_RENEW_LEASE, (now + lease.ttl, owner))
+        cancels = held[2]
+        return Heartbeat(tuple(cancels.split()) if cancels else ())
+
+    async def release_lease(self, lease: Lease) -> None:
+        with self._txn:
+            self._writer.execute(_RELEASE_LEASE, (lease.info.owner, lease.epoch))
+
+    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+        """See the port: ``OwnerAlive`` if the execution is running or interrupted under
+        another live lease. The write lock makes it atomic across processes: a second
+        claim reads the first one's live lease and raises ``OwnerAlive``."""
+        owner, epoch = lease.info.owner, lease.epoch
+        writer = self._writer
+        with self._txn:
+            now = self._clock.time()
+            why = _lease_problem(writer.execute(_SELECT_LEASE, (owner,)).fetchone(), epoch, now)
+            if why is not None:
+                raise LeaseLost(owner, epoch, execution_id, why)
+            row = writer.execute(_SELECT_CLAIMED, (now, execution_id)).fetchone()
+            if row is None:
+                raise ExecutionNotFound(execution_id)
+            status, held_by, held_epoch, takeovers, kind, host, pid = row
+            if status == ExecutionStatus.COMPLETED:
+                raise InvalidRequest(
+                    "execution_id",
+                    "an execution that did not complete",
+                    f"{execution_id} (completed)",
+                )
+            if held_epoch == epoch:
+                return Claim(previous_owner=owner, takeover=False, takeovers=takeovers)
+            # Interrupted too: between a claim and the claimer's first write the record
+            # still says interrupted, and a second claim must not take it from the first.
+            if status in _NOT_FINAL and kind is not None:
+                raise OwnerAlive(execution_id, OwnerInfo(held_by, kind, host, pid).describe())
+            # The same process reclaiming under a new epoch (its lease lapsed) did not die.
+            takeover = status == ExecutionStatus.RUNNING and held_epoch != 0 and held_by != owner
+            takeovers += takeover
+            writer.execute(_CLAIM, (execution_id, owner, epoch, takeovers))
+        return Claim(previous_owner=held_by, takeover=takeover, takeovers=takeovers)
+
+    async def orphans(self, limit: int) -> list[ExecutionRecord]:
+        """See the port; ``limit`` is clamped to 1..``MAX_PAGE_SIZE``. Scans the runs
+        oldest first (module docstring)."""
+        limit = max(1, min(limit, MAX_PAGE_SIZE))
+        rows = self._conn.execute(_SELECT_ORPHANS, (self._clock.time(), limit)).fetchall()
+        return [_execution_record(row) for row in rows]
+
+    async def request_cancel(self, execution_id: str) -> ExecutionRecord:
+        writer = self._writer
+        with self._txn:
+            now = self._clock.time()
+            row = writer.execute(_SELECT_EXECUTION, (now, execution_id)).fetchone()
+            if row is None:
+                raise ExecutionNotFound(execution_id)
+            record = _execution_record(row)
+            if record.status.final:
+                return record
+            if record.owner_live:
+                writer.execute(_ADD_CANCEL, (execution_id, record.owner, record.epoch))
+                return record
+            cancelled = ExecutionStatus.CANCELLED
+            writer.execute(_CANCEL_ORPHAN, (execution_id, cancelled.value, now, _ORPHAN_CANCELLED))
+        return replace(record, status=cancelled, finished_at=now, error=_ORPHAN_CANCELLED)
+
     async def close(self) -> None:
         """Forget per-run caches; the connection stays open for its owner to close."""
         self._live.clear()
@@ -316,6 +491,7 @@ def _execution_update_row(r: ExecutionRecord) -> _Row:
 
 
 def _execution_record(row: _Row) -> ExecutionRecord:
+    """The record of a :data:`_SELECT_EXECUTIONS` row."""
     return ExecutionRecord(
         execution_id=row[0],
         workflow_id=row[1],
@@ -329,7 +505,63 @@ def _execution_record(row: _Row) -> ExecutionRecord:
         error=row[9],
         definition=from_json(row[10]),
         result=from_json(row[11]),
+        owner=row[12],
+        epoch=row[13],
+        takeovers=row[14],
+        owner_live=bool(row[15]),
     )
+
+
+def _check_ttl(ttl: float) -> None:
+    if not 0 < ttl < math.inf:
+        raise InvalidRequest("ttl", "a positive finite number of seconds", ttl)
+
+
+def _lease_problem(held: _Row | None, epoch: int, now: float) -> str | None:
+    """Why the lease of ``epoch`` is not live, given its owner's ``(epoch, expires_at)``
+    row (``None``: the owner holds no lease); ``None`` if it is live."""
+    if held is None:
+        return "lapsed"
+    held_epoch, expires_at = held
+    if held_epoch != epoch:
+        return f"replaced by epoch {held_epoch}"
+    return None if expires_at > now else "lapsed"
+
+
+def _check_fence(
+    cursor: sqlite3.Cursor, batch: StateBatch, owner: str, epoch: int, now: float
+) -> None:
+    """Raise ``LeaseLost`` unless the lease ``owner``/``epoch`` is live at ``now``."""
+    why = _lease_problem(cursor.execute(_SELECT_LEASE, (owner,)).fetchone(), epoch, now)
+    if why is not None:
+        raise LeaseLost(owner, epoch, _batch_execution(batch), why)
+
+
+def _batch_execution(batch: StateBatch) -> str | None:
+    """The execution a fenced batch writes for: its record's, else its first
+    checkpoint's or event's."""
+    if batch.execution is not None:
+        return batch.execution.execution_id
+    if batch.checkpoints:
+        return batch.checkpoints[0].execution_id
+    return batch.events[0].execution_id if batch.events else None
+
+
+def _owned_elsewhere(
+    cursor: sqlite3.Cursor, execution_id: str | None, owner: str | None, epoch: int
+) -> LeaseLost:
+    """The error for a write of ``execution_id`` (fenced by ``owner``/``epoch``, or not:
+    ``None``/0) that its stored epoch refused."""
+    held_by, held_epoch = cursor.execute(_SELECT_OWNER, (execution_id,)).fetchone()
+    if owner is None:
+        return LeaseLost(
+            "",
+            0,
+            execution_id,
+            f"the execution is owned by {held_by} (epoch {held_epoch})"
+            " and the write carries no fence",
+        )
+    return LeaseLost(owner, epoch, execution_id, f"owned by {held_by} (epoch {held_epoch})")
 
 
 def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) -> list[_JournalRow]:
@@ -357,9 +589,11 @@ def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) ->
 
 
 def _insert_journal(
-    cursor: sqlite3.Cursor, rows: list[_JournalRow], own: str | None
+    cursor: sqlite3.Cursor, rows: list[_JournalRow], own: str | None, owner: str | None, epoch: int
 ) -> tuple[int | None, int | None]:
-    """Insert ``rows``; returns the range of ``own``'s. Others widen theirs, or are orphans."""
+    """Insert ``rows``; returns the range of ``own``'s. Others widen theirs (under the
+    fence ``owner``/``epoch``: raises ``LeaseLost`` for one owned by another epoch), or
+    are orphans."""
     first = last = None
     for execution_id, body in rows:
         batch_id = cursor.execute(_INSERT_BATCH, (execution_id, body)).lastrowid
@@ -369,8 +603,13 @@ def _insert_journal(
             if first is None:
                 first = batch_id
             last = batch_id
-        elif not cursor.execute(_EXTEND_RANGE, (batch_id, execution_id)).rowcount:
+            continue
+        # fetchall: the UPDATE must run to its end (reset) before the COMMIT.
+        stored = cursor.execute(_EXTEND_RANGE, (batch_id, execution_id, owner, epoch)).fetchall()
+        if not stored:
             cursor.execute(_MARK_ORPHAN, (batch_id,))
+        elif stored[0][0] != epoch:
+            raise _owned_elsewhere(cursor, execution_id, owner, epoch)
     return first, last
 
 

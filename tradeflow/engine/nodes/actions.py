@@ -1,8 +1,10 @@
 """Action nodes: they change the world (orders) or report on it (``log``).
 
 Orders are idempotent per execution and block: ``place_order`` sends
-``ctx.client_order_id(block.id)``, so re-running a block after a crash returns
-the order already placed instead of trading twice.
+``ctx.client_order_id(block.id)``. When a previous run recorded the block's intent,
+the order may exist already: ``place_order`` first asks the exchange for it by that
+client order id (what real venues allow) and adopts it, so a resumed or taken-over
+execution never trades twice, even on a venue that does not deduplicate.
 """
 
 from __future__ import annotations
@@ -75,17 +77,23 @@ async def place_order(
     problem = _order_problem(side, quantity, order_type, limit_price)
     if problem is not None:
         raise OrderRejected(client_order_id, f"block {block.id!r}: {problem}")
-    order = await ctx.exchange.place_order(
-        OrderRequest(
-            client_order_id=client_order_id,
-            venue=props["venue"],
-            symbol=props["symbol"],
-            side=Side(side),
-            quantity=float(quantity),
-            order_type=OrderType(order_type),
-            limit_price=None if limit_price is None else float(limit_price),
+    order = None
+    if block.id in ctx.intents:
+        order = await ctx.exchange.get_order(props["venue"], client_order_id)
+        if order is not None:
+            ctx.log.info("order.adopted", block_id=block.id, client_order_id=client_order_id)
+    if order is None:
+        order = await ctx.exchange.place_order(
+            OrderRequest(
+                client_order_id=client_order_id,
+                venue=props["venue"],
+                symbol=props["symbol"],
+                side=Side(side),
+                quantity=float(quantity),
+                order_type=OrderType(order_type),
+                limit_price=None if limit_price is None else float(limit_price),
+            )
         )
-    )
     return {
         "order_id": order.order_id,
         "client_order_id": order.client_order_id,

@@ -115,6 +115,9 @@ class ExecutionContext:
     risk: RiskChecker
     http_pool: HttpPool
     log: structlog.typing.FilteringBoundLogger
+    intents: frozenset[str] = frozenset()
+    """Action blocks whose write-ahead intent a previous run recorded: their order may
+    exist already, so they ask the exchange before placing it."""
 
     @property
     def ids(self) -> ScopeIds:

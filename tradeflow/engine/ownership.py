@@ -1,0 +1,157 @@
+"""This process's lease on the state store: acquired once, renewed by heartbeat, checked
+before every action.
+
+A :class:`LeaseKeeper` is the owner every durable execution of a process runs under
+(:mod:`tradeflow.domain.ownership`). It renews the lease every third of its ttl. The
+store decides whether the lease lives (every fenced write checks it there, atomically);
+the keeper only keeps a conservative local deadline, the moment the lease was last
+*sent* for renewal plus its ttl, so that an action is refused locally as soon as the
+store may already have given the lease away. A pause (SIGSTOP, a long GC, a frozen VM)
+past that deadline therefore costs the process its actions before its first write
+finds out. When a renewal answers ``LeaseLost`` the keeper takes a new lease (a new
+epoch) for executions started from then on; executions begun under the lost one stop
+at their next write or action, and a live owner takes them over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tradeflow.domain.errors import LeaseLost, TradeflowError, describe
+from tradeflow.domain.ownership import Lease, OwnerInfo
+
+if TYPE_CHECKING:
+    from structlog.typing import FilteringBoundLogger
+
+    from tradeflow.domain.clock import Clock
+    from tradeflow.ports import StateStore
+
+__all__ = ["LeaseKeeper"]
+
+CancelHook = Callable[[tuple[str, ...]], None]
+"""Called with the executions whose cancellation another process requested."""
+
+
+class LeaseKeeper:
+    """Holds ``info``'s lease on ``store`` for ``ttl`` seconds at a time."""
+
+    __slots__ = (
+        "_clock",
+        "_deadline",
+        "_heartbeat",
+        "_lease",
+        "_log",
+        "_lost",
+        "_store",
+        "_task",
+        "info",
+        "on_cancel",
+        "ttl",
+    )
+
+    def __init__(
+        self,
+        store: StateStore,
+        info: OwnerInfo,
+        *,
+        ttl: float,
+        clock: Clock,
+        log: FilteringBoundLogger,
+    ) -> None:
+        self._store = store
+        self.info = info
+        self.ttl = ttl
+        self._clock = clock
+        self._log = log
+        self._lease: Lease | None = None
+        self._deadline = 0.0
+        self._lost: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._heartbeat = ttl / 3
+        self.on_cancel: CancelHook | None = None
+        """Set by whoever runs the executions (the manager, an executor)."""
+
+    @property
+    def lease(self) -> Lease:
+        """The current lease; raises ``LeaseLost`` before :meth:`start` or after :meth:`stop`."""
+        if self._lease is None:
+            raise LeaseLost(self.info.owner, 0, why="no lease held (not started, or stopped)")
+        return self._lease
+
+    async def start(self) -> Lease:
+        """Acquire the lease and start the heartbeat (idempotent)."""
+        if self._lease is None:
+            await self._acquire()
+        if self._task is None:
+            self._task = asyncio.create_task(self._beat(), name=f"lease {self.info.owner}")
+        return self.lease
+
+    def check(self, epoch: int) -> None:
+        """Raise ``LeaseLost`` unless the lease of ``epoch`` is the current one and within
+        its local deadline: called right before each action's side effect."""
+        lease = self._lease
+        if lease is None or lease.epoch != epoch or epoch in self._lost:
+            raise LeaseLost(self.info.owner, epoch, why="superseded")
+        if self._clock.monotonic() >= self._deadline:
+            raise LeaseLost(
+                self.info.owner, epoch, why="not renewed within its ttl (paused or cut off)"
+            )
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop the heartbeat and (unless ``release`` is false) end the lease now, so this
+        owner's unfinished executions are orphans at once."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        lease, self._lease = self._lease, None
+        if lease is not None and release:
+            try:
+                await self._store.release_lease(lease)
+            except TradeflowError as exc:
+                # The lease then lapses by itself within its ttl.
+                self._log.warning(
+                    "lease.release_failed", owner=lease.info.owner, error=describe(exc)
+                )
+
+    async def _acquire(self) -> None:
+        sent = self._clock.monotonic()
+        self._lease = await self._store.acquire_lease(self.info, self.ttl)
+        self._deadline = sent + self.ttl
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat)
+            lease = self._lease
+            if lease is None:
+                return
+            sent = self._clock.monotonic()
+            try:
+                heartbeat = await self._store.renew_lease(lease)
+            except LeaseLost as exc:
+                self._lost.add(lease.epoch)
+                self._log.error(
+                    "lease.lost", owner=lease.info.owner, epoch=lease.epoch, error=exc.message
+                )
+                await self._reacquire()
+                continue
+            except TradeflowError as exc:
+                # The store is unreachable: keep trying; actions stop at the deadline.
+                self._log.warning("lease.renew_failed", owner=lease.info.owner, error=describe(exc))
+                continue
+            if self._lease is lease:
+                self._deadline = sent + self.ttl
+            if heartbeat.cancel and self.on_cancel is not None:
+                self.on_cancel(heartbeat.cancel)
+
+    async def _reacquire(self) -> None:
+        try:
+            await self._acquire()
+        except TradeflowError as exc:
+            self._log.warning("lease.acquire_failed", owner=self.info.owner, error=describe(exc))
+        else:
+            self._log.info("lease.acquired", owner=self.info.owner, epoch=self.lease.epoch)
