@@ -67,7 +67,7 @@ class Cli:
         self.name = name
         self.out_path = tmp_path / f"{name}.out"
         self.err_path = tmp_path / f"{name}.err"
-        env = {**os.environ, "TRADEFLOW_LOG_LEVEL": os.environ.get("EO_LOG", "warning")}
+        env = {**os.environ, "TRADEFLOW_LOG_LEVEL": "warning"}
         env.pop("TRADEFLOW_LEASE_SECONDS", None)
         if lease is not None:
             env["TRADEFLOW_LEASE_SECONDS"] = lease

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tradeflow.domain.errors import LeaseLost, TradeflowError, describe
+from tradeflow.domain.errors import LeaseLost, describe
 from tradeflow.domain.ownership import Lease, OwnerInfo
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class LeaseKeeper:
         if lease is not None and release:
             try:
                 await self._store.release_lease(lease)
-            except TradeflowError as exc:
+            except Exception as exc:
                 # The lease then lapses by itself within its ttl.
                 self._log.warning(
                     "lease.release_failed", owner=lease.info.owner, error=describe(exc)
@@ -139,8 +139,9 @@ class LeaseKeeper:
                 )
                 await self._reacquire()
                 continue
-            except TradeflowError as exc:
-                # The store is unreachable: keep trying; actions stop at the deadline.
+            except Exception as exc:
+                # The store unreachable, its file locked past its busy timeout...: keep
+                # trying (nothing else would renew the lease); actions stop at the deadline.
                 self._log.warning("lease.renew_failed", owner=lease.info.owner, error=describe(exc))
                 continue
             if self._lease is lease:
@@ -151,7 +152,7 @@ class LeaseKeeper:
     async def _reacquire(self) -> None:
         try:
             await self._acquire()
-        except TradeflowError as exc:
+        except Exception as exc:
             self._log.warning("lease.acquire_failed", owner=self.info.owner, error=describe(exc))
         else:
             self._log.info("lease.acquired", owner=self.info.owner, epoch=self.lease.epoch)
