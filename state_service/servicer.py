@@ -93,11 +93,14 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
         self, request: pb.ClaimExecutionRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClaimExecutionResponse:
         execution_id = check_id("execution_id", request.execution_id)
-        claim = await self._store.claim(execution_id, _lease(request.fence))
+        claim = await self._store.claim(
+            execution_id, _lease(request.fence), takeover=request.takeover
+        )
         return pb.ClaimExecutionResponse(
             previous_owner=claim.previous_owner,
             takeover=claim.takeover,
             takeovers=claim.takeovers,
+            cancel_requested=claim.cancel_requested,
         )
 
     async def ListOrphans(

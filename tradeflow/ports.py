@@ -165,25 +165,27 @@ class StateStore(Protocol):
         once); no error if it already lapsed."""
         ...
 
-    async def claim(self, execution_id: str, lease: Lease) -> Claim:
-        """Make ``lease`` the owner of an execution that is not running under another live
-        lease: an orphan (``running`` or ``interrupted`` with a lapsed owner), or an ended
-        one that did not complete (a manual resume). Atomic: of two concurrent claims,
-        one wins. Raises ``ExecutionNotFound``; ``OwnerAlive`` naming the live owner;
-        ``InvalidRequest`` (``execution_id``) for a completed execution; ``LeaseLost``
-        if ``lease`` is not live. The status is left as stored: the claimer's first
-        write sets it."""
+    async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
+        """Make ``lease`` the owner of an execution not running under another live lease:
+        an orphan (``running`` with a lapsed owner, or ``interrupted``), or, unless
+        ``takeover``, an ended one that did not complete (a manual resume). The status
+        becomes ``running`` in the same atomic step (so a claimer dying before it writes
+        counts as a death), and of two concurrent claims one wins. Raises
+        ``ExecutionNotFound``; ``OwnerAlive`` naming the live owner; ``InvalidRequest``
+        (``execution_id``) for a completed execution, or any ended one when
+        ``takeover``; ``LeaseLost`` if ``lease`` is not live."""
         ...
 
     async def orphans(self, limit: int) -> list[ExecutionRecord]:
-        """Up to ``limit`` executions ``running`` or ``interrupted`` whose owner's lease
-        is not live (oldest first), for a live owner to claim."""
+        """Up to ``limit`` executions ``interrupted``, or ``running`` with an owner whose
+        lease is not live (oldest first), for a live owner to claim."""
         ...
 
     async def request_cancel(self, execution_id: str) -> ExecutionRecord:
         """Ask an execution's owner to cancel it: delivered with that lease's next
-        heartbeat. An orphan (no live owner) is ended ``cancelled`` here. Returns the
-        record as it stands; raises ``ExecutionNotFound``."""
+        heartbeat, and kept on the execution, so that whoever claims it next ends it
+        ``cancelled`` (``Claim.cancel_requested``). An orphan (no live owner) is ended
+        ``cancelled`` here. Returns the record as it stands; raises ``ExecutionNotFound``."""
         ...
 
     async def close(self) -> None:

@@ -124,6 +124,28 @@ async def orphan_ids(store: StateStore, uid: str) -> list[str]:
     return [r.execution_id for r in await store.orphans(100) if r.execution_id.startswith(uid)]
 
 
+async def listed_with_status(store: StateStore, uid: str, status: ExecutionStatus) -> list[str]:
+    """The test's executions (started at ``STARTED_AT``) a listing by ``status`` finds: the
+    status filter alone, so Redis reads its status index."""
+    query = ExecutionQuery(
+        status=status, started_after=STARTED_AT, started_before=STARTED_AT + 1, limit=100
+    )
+    page = await store.list_executions(query)
+    return [r.execution_id for r in page.executions if r.execution_id.startswith(uid)]
+
+
+async def stopped(
+    store: StateStore, uid: str, name: str, status: ExecutionStatus, *, owner_lives: bool
+) -> tuple[ExecutionRecord, Lease]:
+    """An execution its owner wrote with ``status`` (not running); that owner's lease is
+    released unless ``owner_lives``."""
+    lease = await store.acquire_lease(owner(uid, f"{name}-first"), LIVE_TTL)
+    record = await started(store, execution(uid, name, status=status), lease)
+    if not owner_lives:
+        await store.release_lease(lease)
+    return record, lease
+
+
 # -- leases -----------------------------------------------------------------------------
 
 
@@ -380,7 +402,7 @@ async def test_every_read_of_a_record_carries_its_ownership(
 
 async def test_claim_of_an_orphan_takes_it_over(state_store: StateStore, uid: str) -> None:
     """Claiming a running execution whose owner is gone is a takeover: the claimer owns it
-    (status unchanged), takeovers counts it, and only the claimer's writes are accepted."""
+    (still running), takeovers counts it, and only the claimer's writes are accepted."""
     dead = await state_store.acquire_lease(owner(uid, "dead"), LIVE_TTL)
     record = await started(state_store, execution(uid, "e"), dead)
     await state_store.release_lease(dead)
@@ -434,21 +456,105 @@ async def test_its_own_owner_reclaiming_under_a_new_epoch_is_no_takeover(
         ExecutionStatus.CANCELLED,
     ],
 )
-async def test_claim_of_a_stopped_execution_is_no_takeover(
+async def test_claim_of_a_stopped_execution_makes_it_running_with_no_takeover(
     state_store: StateStore, uid: str, status: ExecutionStatus
 ) -> None:
-    """An interrupted or ended (not completed) execution can be claimed (resumed), with its
-    status unchanged: its owner did not die running it, so it is no takeover."""
-    previous = await state_store.acquire_lease(owner(uid, "first"), LIVE_TTL)
-    record = await started(state_store, execution(uid, "e", status=status), previous)
-    await state_store.release_lease(previous)
+    """An interrupted or ended (not completed) execution can be claimed (resumed): its owner
+    did not die running it, so it is no takeover, and the claim makes it running at once
+    (a listing by status finds it running, not as it was), the rest of the record as it
+    was."""
+    record, previous = await stopped(state_store, uid, "e", status, owner_lives=False)
+    assert await listed_with_status(state_store, uid, status) == [record.execution_id]
     taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
 
     claim = await state_store.claim(record.execution_id, taker)
 
     assert claim == Claim(previous_owner=previous.info.owner, takeover=False, takeovers=0)
     stored = await state_store.get_execution(record.execution_id)
-    assert (stored.status, stored.owner, stored.epoch) == (status, taker.info.owner, taker.epoch)
+    assert stored == replace(
+        record,
+        status=ExecutionStatus.RUNNING,
+        owner=taker.info.owner,
+        epoch=taker.epoch,
+        owner_live=True,
+    )
+    assert await listed_with_status(state_store, uid, ExecutionStatus.RUNNING) == [
+        record.execution_id
+    ]
+    assert await listed_with_status(state_store, uid, status) == []
+
+
+async def test_a_claimer_dying_before_it_writes_counts_as_a_takeover_next_time(
+    state_store: StateStore, uid: str
+) -> None:
+    """A claimer of an interrupted execution that dies before its first write leaves it
+    running with a dead owner: an orphan, and the next claim is a takeover (so an
+    execution that kills its runners is quarantined even when it starts interrupted)."""
+    record, _ = await stopped(state_store, uid, "e", ExecutionStatus.INTERRUPTED, owner_lives=False)
+    doomed = await state_store.acquire_lease(owner(uid, "doomed"), LIVE_TTL)
+    first = await state_store.claim(record.execution_id, doomed, takeover=True)
+    await state_store.release_lease(doomed)
+    assert await orphan_ids(state_store, uid) == [record.execution_id]
+    taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
+
+    second = await state_store.claim(record.execution_id, taker, takeover=True)
+
+    assert (first.takeover, first.takeovers) == (False, 0)
+    assert second == Claim(previous_owner=doomed.info.owner, takeover=True, takeovers=1)
+    stored = await state_store.get_execution(record.execution_id)
+    assert (stored.status, stored.owner, stored.takeovers) == (
+        ExecutionStatus.RUNNING,
+        taker.info.owner,
+        1,
+    )
+
+
+async def test_an_interrupted_execution_of_a_live_owner_is_an_orphan_it_can_lose(
+    state_store: StateStore, uid: str
+) -> None:
+    """Nobody runs an interrupted execution, even while the owner that interrupted it lives
+    on: it is listed as an orphan (its owner shown live) and another owner's claim takes it,
+    with no takeover; the previous owner's writes are refused from then on."""
+    record, first = await stopped(
+        state_store, uid, "e", ExecutionStatus.INTERRUPTED, owner_lives=True
+    )
+    (listed,) = [r for r in await state_store.orphans(100) if r.execution_id.startswith(uid)]
+    assert (listed.execution_id, listed.owner, listed.owner_live) == (
+        record.execution_id,
+        first.info.owner,
+        True,
+    )
+    taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
+
+    claim = await state_store.claim(record.execution_id, taker, takeover=True)
+
+    assert claim == Claim(previous_owner=first.info.owner, takeover=False, takeovers=0)
+    assert await orphan_ids(state_store, uid) == []
+    with pytest.raises(LeaseLost) as caught:
+        await state_store.write(StateBatch(checkpoints=(checkpoint(record),), fence=first.fence))
+    assert f"owned by {taker.info.owner} (epoch {taker.epoch})" in str(caught.value)
+
+
+@pytest.mark.parametrize("owner_lives", [False, True])
+async def test_an_interrupted_execution_once_claimed_is_refused_to_another(
+    state_store: StateStore, uid: str, owner_lives: bool
+) -> None:
+    """The first claim of an interrupted execution makes it running under the claimer's live
+    lease, so a second claim (takeover or not) is OwnerAlive naming the first claimer, and
+    changes nothing."""
+    record, _ = await stopped(
+        state_store, uid, "e", ExecutionStatus.INTERRUPTED, owner_lives=owner_lives
+    )
+    first = await state_store.acquire_lease(owner(uid, "first"), LIVE_TTL)
+    await state_store.claim(record.execution_id, first)
+    claimed = await state_store.get_execution(record.execution_id)
+    second = await state_store.acquire_lease(owner(uid, "second"), LIVE_TTL)
+
+    for takeover in (False, True):
+        with pytest.raises(OwnerAlive) as caught:
+            await state_store.claim(record.execution_id, second, takeover=takeover)
+        assert caught.value.owner == first.info.describe()
+    assert await state_store.get_execution(record.execution_id) == claimed
 
 
 async def test_claim_of_a_failed_execution_needs_no_dead_owner(
@@ -491,22 +597,41 @@ async def test_claim_by_its_own_owner_changes_nothing(state_store: StateStore, u
     assert await state_store.get_execution(record.execution_id) == before
 
 
-@pytest.mark.parametrize("status", [ExecutionStatus.RUNNING, ExecutionStatus.INTERRUPTED])
-async def test_claim_of_a_live_owners_execution_raises_owner_alive(
-    state_store: StateStore, uid: str, status: ExecutionStatus
+async def test_claim_by_its_own_owner_of_its_interrupted_execution_makes_it_running(
+    state_store: StateStore, uid: str
 ) -> None:
-    """A running or interrupted execution whose owner is live cannot be claimed (an
-    interrupted one a resume claimed still says interrupted until the resume writes):
-    OwnerAlive names the execution and the owner (id, kind, pid and host), and the
-    record is unchanged."""
+    """An owner resuming the execution it interrupted, under the same lease, gets it back
+    running (no takeover), like any other claimer."""
+    record, lease = await stopped(
+        state_store, uid, "e", ExecutionStatus.INTERRUPTED, owner_lives=True
+    )
+
+    claim = await state_store.claim(record.execution_id, lease, takeover=True)
+
+    assert claim == Claim(previous_owner=lease.info.owner, takeover=False, takeovers=0)
+    stored = await state_store.get_execution(record.execution_id)
+    assert (stored.status, stored.owner, stored.epoch) == (
+        ExecutionStatus.RUNNING,
+        lease.info.owner,
+        lease.epoch,
+    )
+    assert await listed_with_status(state_store, uid, ExecutionStatus.INTERRUPTED) == []
+
+
+@pytest.mark.parametrize("takeover", [False, True])
+async def test_claim_of_a_live_owners_running_execution_raises_owner_alive(
+    state_store: StateStore, uid: str, takeover: bool
+) -> None:
+    """A running execution whose owner is live cannot be claimed: OwnerAlive names the
+    execution and the owner (id, kind, pid and host), and the record is unchanged."""
     running = owner(uid, "runner")
     lease = await state_store.acquire_lease(running, LIVE_TTL)
-    record = await started(state_store, execution(uid, "e", status=status), lease)
+    record = await started(state_store, execution(uid, "e"), lease)
     before = await state_store.get_execution(record.execution_id)
     taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
 
     with pytest.raises(OwnerAlive) as caught:
-        await state_store.claim(record.execution_id, taker)
+        await state_store.claim(record.execution_id, taker, takeover=takeover)
 
     assert caught.value.execution_id == record.execution_id
     assert caught.value.owner == running.describe()
@@ -525,6 +650,35 @@ async def test_claim_of_a_completed_execution_is_invalid_request(
         await state_store.claim(record.execution_id, taker)
     assert caught.value.field == "execution_id"
     assert record.execution_id in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.HALTED,
+        ExecutionStatus.CANCELLED,
+    ],
+)
+async def test_a_takeover_claim_of_an_ended_execution_is_invalid_request(
+    state_store: StateStore, uid: str, status: ExecutionStatus
+) -> None:
+    """A takeover claims only an unfinished execution: one that ended (however) is an
+    InvalidRequest naming the execution_id field, the execution and its status, and nothing
+    changes (owner, epoch, status, its status listing)."""
+    record, _ = await stopped(state_store, uid, "e", status, owner_lives=False)
+    taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
+    before = await history(state_store, record.execution_id)
+
+    with pytest.raises(InvalidRequest) as caught:
+        await state_store.claim(record.execution_id, taker, takeover=True)
+
+    assert caught.value.field == "execution_id"
+    assert caught.value.expected == "an unfinished execution (running or interrupted)"
+    assert f"{record.execution_id} ({status.value})" in str(caught.value)
+    assert await history(state_store, record.execution_id) == before
+    assert await listed_with_status(state_store, uid, status) == [record.execution_id]
 
 
 async def test_claim_of_an_unknown_execution_raises_not_found(
@@ -551,18 +705,34 @@ async def test_claim_with_a_lease_that_is_not_live_raises_lease_lost(
     assert await orphan_ids(state_store, uid) == [record.execution_id]
 
 
-async def test_of_two_concurrent_claims_exactly_one_wins(state_store: StateStore, uid: str) -> None:
-    """Two owners claiming the same orphan (running or interrupted) at once: one gets it,
-    the other OwnerAlive naming the winner, and the record names the winner."""
+@pytest.mark.parametrize(
+    ("status", "owner_lives"),
+    [
+        (ExecutionStatus.RUNNING, False),
+        (ExecutionStatus.INTERRUPTED, False),
+        (ExecutionStatus.INTERRUPTED, True),
+    ],
+)
+async def test_of_two_concurrent_claims_exactly_one_wins(
+    state_store: StateStore, uid: str, status: ExecutionStatus, owner_lives: bool
+) -> None:
+    """Two owners claiming the same orphan (running with a dead owner, interrupted with a
+    dead or a live one) at once, as takeovers or not: one gets it, the other OwnerAlive
+    naming the winner, and the record names the winner, running."""
     first = await state_store.acquire_lease(owner(uid, "first"), LIVE_TTL)
     second = await state_store.acquire_lease(owner(uid, "second"), LIVE_TTL)
     for trial in range(8):
-        status = (ExecutionStatus.RUNNING, ExecutionStatus.INTERRUPTED)[trial // 2 % 2]
-        record = await orphan(state_store, uid, f"e{trial}", status=status)
+        previous = await state_store.acquire_lease(owner(uid, f"previous{trial}"), LIVE_TTL)
+        record = await started(state_store, execution(uid, f"e{trial}", status=status), previous)
+        if not owner_lives:
+            await state_store.release_lease(previous)
         leases = (first, second) if trial % 2 else (second, first)
 
         outcomes = await asyncio.gather(
-            *(state_store.claim(record.execution_id, lease) for lease in leases),
+            *(
+                state_store.claim(record.execution_id, lease, takeover=trial // 2 % 2 == 1)
+                for lease in leases
+            ),
             return_exceptions=True,
         )
 
@@ -570,17 +740,19 @@ async def test_of_two_concurrent_claims_exactly_one_wins(state_store: StateStore
         refused = [o for o in outcomes if isinstance(o, OwnerAlive)]
         assert len(won) == 1 and len(refused) == 1, outcomes
         assert refused[0].owner == won[0].info.describe()
-        assert (await state_store.get_execution(record.execution_id)).epoch == won[0].epoch
+        stored = await state_store.get_execution(record.execution_id)
+        assert (stored.epoch, stored.status) == (won[0].epoch, ExecutionStatus.RUNNING)
 
 
 # -- orphans ----------------------------------------------------------------------------
 
 
-async def test_orphans_are_the_running_and_interrupted_executions_without_a_live_owner(
+async def test_orphans_are_the_interrupted_and_the_running_without_a_live_owner(
     state_store: StateStore, uid: str
 ) -> None:
-    """orphans lists running and interrupted executions whose owner is not live (or that
-    never had one), oldest first, up to the limit; not ended ones nor live owners' ones."""
+    """orphans lists the interrupted executions (whatever their owner) and the running ones
+    whose owner is not live (or that never had one), oldest first, up to the limit; not
+    ended ones nor those a live owner runs."""
     dead = await state_store.acquire_lease(owner(uid, "dead"), LIVE_TTL)
     live = await state_store.acquire_lease(owner(uid, "live"), LIVE_TTL)
     # Older than anything other tests write, so these come first even on a shared store.
@@ -588,6 +760,10 @@ async def test_orphans_are_the_running_and_interrupted_executions_without_a_live
     interrupted = execution(uid, "interrupted", started_at=2.0, status=ExecutionStatus.INTERRUPTED)
     await started(state_store, interrupted, dead)
     unowned = await started(state_store, execution(uid, "unowned", started_at=3.0), None)
+    stopped_live = execution(
+        uid, "stopped-live", started_at=4.0, status=ExecutionStatus.INTERRUPTED
+    )
+    await started(state_store, stopped_live, live)
     await started(
         state_store, execution(uid, "failed", started_at=0.5, status=ExecutionStatus.FAILED), dead
     )
@@ -598,6 +774,7 @@ async def test_orphans_are_the_running_and_interrupted_executions_without_a_live
         oldest.execution_id,
         interrupted.execution_id,
         unowned.execution_id,
+        stopped_live.execution_id,
     ]
     first_two = await state_store.orphans(2)
     assert [r.execution_id for r in first_two] == [oldest.execution_id, interrupted.execution_id]
@@ -629,13 +806,24 @@ async def test_cancel_of_a_live_owners_execution_comes_with_its_next_heartbeat_o
     assert await state_store.get_execution(one.execution_id) == before
 
 
-@pytest.mark.parametrize("status", [ExecutionStatus.RUNNING, ExecutionStatus.INTERRUPTED])
+@pytest.mark.parametrize(
+    ("status", "owner_lives"),
+    [
+        (ExecutionStatus.RUNNING, False),
+        (ExecutionStatus.INTERRUPTED, False),
+        (ExecutionStatus.INTERRUPTED, True),
+    ],
+)
 async def test_cancel_of_an_orphan_ends_it_cancelled(
-    state_store: StateStore, uid: str, status: ExecutionStatus
+    state_store: StateStore, uid: str, status: ExecutionStatus, owner_lives: bool
 ) -> None:
-    """With no live owner to tell, request_cancel ends the execution cancelled itself (with
-    its finish time and why) and it is no orphan any more."""
-    record = await orphan(state_store, uid, "e", status=status)
+    """With no owner running it (a dead owner, or an interrupted execution) request_cancel
+    ends the execution cancelled itself (with its finish time and why), it is no orphan any
+    more, and the owner's heartbeat has nothing to deliver."""
+    lease = await state_store.acquire_lease(owner(uid, "first"), LIVE_TTL)
+    record = await started(state_store, execution(uid, "e", status=status), lease)
+    if not owner_lives:
+        await state_store.release_lease(lease)
 
     cancelled = await state_store.request_cancel(record.execution_id)
 
@@ -644,6 +832,51 @@ async def test_cancel_of_an_orphan_ends_it_cancelled(
     assert cancelled.error == "cancelled while no executor ran it"
     assert await state_store.get_execution(record.execution_id) == cancelled
     assert await orphan_ids(state_store, uid) == []
+    if owner_lives:
+        assert await state_store.renew_lease(lease) == Heartbeat()
+
+
+@pytest.mark.parametrize("delivered", [False, True])
+async def test_a_cancel_request_outlives_the_owner_it_was_asked_of(
+    state_store: StateStore, uid: str, delivered: bool
+) -> None:
+    """A cancel asked of a live owner stays on the execution: when that owner dies (whether
+    or not its heartbeat took the request), whoever claims the execution next is told
+    (cancel_requested) so that it ends it cancelled; claims of other executions are not."""
+    lease = await state_store.acquire_lease(owner(uid, "doomed"), LIVE_TTL)
+    asked = await started(state_store, execution(uid, "asked"), lease)
+    spared = await started(state_store, execution(uid, "spared"), lease)
+    await state_store.request_cancel(asked.execution_id)
+    if delivered:
+        assert await state_store.renew_lease(lease) == Heartbeat(cancel=(asked.execution_id,))
+    await state_store.release_lease(lease)
+    taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
+
+    claim = await state_store.claim(asked.execution_id, taker, takeover=True)
+    other = await state_store.claim(spared.execution_id, taker, takeover=True)
+
+    assert claim == Claim(lease.info.owner, takeover=True, takeovers=1, cancel_requested=True)
+    assert other == Claim(lease.info.owner, takeover=True, takeovers=1, cancel_requested=False)
+    assert await state_store.renew_lease(taker) == Heartbeat()
+
+
+async def test_an_owner_acquiring_again_keeps_its_pending_cancels(
+    state_store: StateStore, uid: str
+) -> None:
+    """Cancels waiting for an owner's heartbeat survive that owner acquiring a new lease
+    (a stall replaced its lease): the new lease's next renewal delivers them once, and
+    reclaiming the execution says its cancel was requested."""
+    name = owner(uid, "stalled")
+    old = await state_store.acquire_lease(name, LIVE_TTL)
+    record = await started(state_store, execution(uid, "e"), old)
+    await state_store.request_cancel(record.execution_id)
+
+    new = await state_store.acquire_lease(name, LIVE_TTL)
+
+    assert await state_store.renew_lease(new) == Heartbeat(cancel=(record.execution_id,))
+    assert await state_store.renew_lease(new) == Heartbeat()
+    claim = await state_store.claim(record.execution_id, new)
+    assert claim == Claim(name.owner, takeover=False, takeovers=0, cancel_requested=True)
 
 
 async def test_cancel_of_an_ended_execution_changes_nothing(

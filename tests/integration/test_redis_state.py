@@ -480,7 +480,8 @@ async def test_listing_fills_owner_liveness_in_one_script_call(
 @pytest.mark.asyncio
 async def test_orphans_walk_both_status_indexes_oldest_first(store: RedisStateStore) -> None:
     """Orphans come from the running and interrupted indexes merged in (started_at, id) byte
-    order, past one chunk of either, without executions of a live owner or final ones."""
+    order, past one chunk of either: every interrupted one (a live owner's too), no running
+    one of a live owner, no final one."""
     live = await store.acquire_lease(owner("live"), LEASE_SECONDS)
     expected = []
     for i in range(300):
@@ -491,13 +492,16 @@ async def test_orphans_walk_both_status_indexes_oldest_first(store: RedisStateSt
             await store.write(StateBatch(execution=execution(name, started_at=i, status=status)))
             expected.append(name)
     await store.write(StateBatch(execution=execution("owned", started_at=0.5), fence=live.fence))
+    stopped = execution("stopped", started_at=0.5, status=ExecutionStatus.INTERRUPTED)
+    await store.write(StateBatch(execution=stopped, fence=live.fence))
+    expected.insert(2, "stopped")
     done = execution("done", started_at=0.5, status=ExecutionStatus.FAILED)
     await store.write(StateBatch(execution=done))
 
     found = await store.orphans(1000)
 
     assert [r.execution_id for r in found] == expected
-    assert [r.execution_id for r in await store.orphans(3)] == ["r-0", "r_0", "r-1"]
+    assert [r.execution_id for r in await store.orphans(3)] == ["r-0", "r_0", "stopped"]
     assert await store.orphans(0) == []
 
 
@@ -557,9 +561,13 @@ async def test_epochs_come_from_one_counter_that_outlives_leases(
 
 
 @pytest.mark.asyncio
-async def test_of_concurrent_claims_exactly_one_wins(store: RedisStateStore) -> None:
-    """Eight live leases claiming one orphan at once: one claim, seven OwnerAlive naming it."""
-    await store.write(StateBatch(execution=execution("e1")))
+@pytest.mark.parametrize("status", [ExecutionStatus.RUNNING, ExecutionStatus.INTERRUPTED])
+async def test_of_concurrent_claims_exactly_one_wins(
+    store: RedisStateStore, status: ExecutionStatus
+) -> None:
+    """Eight live leases claiming one orphan (running or interrupted) at once: one claim,
+    seven OwnerAlive naming it."""
+    await store.write(StateBatch(execution=execution("e1", status=status)))
     leases = [await store.acquire_lease(owner(f"o{i}"), LEASE_SECONDS) for i in range(8)]
 
     outcomes = await asyncio.gather(
@@ -572,6 +580,51 @@ async def test_of_concurrent_claims_exactly_one_wins(store: RedisStateStore) -> 
     assert len(refused) == 7
     winner = (await store.get_execution("e1")).owner
     assert all(r.owner == f"{winner} (executor, pid 1 on host)" for r in refused)
+
+
+@pytest.mark.asyncio
+async def test_a_claim_rewrites_only_the_status_word_and_moves_the_status_index(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Claiming a failed execution makes it running in the claim's script: the stored state
+    text changes only in its leading status (error and result kept byte for byte), and it
+    moves from the failed index to the running one, where listings by status find it."""
+    error = 'quote " comma , bracket ] \u00fc newline \n ends with a backslash \\'
+    result = {"filled": 0.1 + 0.2, "note": '"],[', "nested": {"list": [1, None]}}
+    failed = execution(
+        "e1", status=ExecutionStatus.FAILED, finished_at=1001.5, error=error, result=result
+    )
+    await store.write(StateBatch(execution=failed))
+    key = f"{prefix}:execution:e1"
+    before = await client.hget(key, "state")
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+
+    claim = await store.claim("e1", lease)
+
+    assert claim == Claim(previous_owner=None, takeover=False, takeovers=0)
+    assert before is not None and before.startswith(b'["failed",')
+    assert await client.hget(key, "state") == b'["running",' + before[len(b'["failed",') :]
+    stored = await store.get_execution("e1")
+    assert (stored.status, stored.finished_at, stored.error, stored.result) == (
+        ExecutionStatus.RUNNING,
+        1001.5,
+        error,
+        result,
+    )
+    assert await ids(store, status=ExecutionStatus.FAILED) == []
+    assert await ids(store, status=ExecutionStatus.RUNNING) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_a_claim_of_an_unknown_execution_creates_nothing(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A claim of an execution never written raises ExecutionNotFound and leaves no key
+    for it behind."""
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    with pytest.raises(ExecutionNotFound):
+        await store.claim("e1", lease)
+    assert await client.exists(f"{prefix}:execution:e1") == 0
 
 
 @pytest.mark.parametrize("url", ["not-a-url", "redis://127.0.0.1:no-port"])

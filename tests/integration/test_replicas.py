@@ -4,8 +4,7 @@ a replica is killed, paused or stopped mid-execution and the others must finish 
 work, trading each order exactly once.
 
 Fault moments are random (the seed is printed); the measured takeover times are
-printed too (``pytest -s``), never asserted on but in the SIGTERM test, where taking
-over before the lease could lapse is the property. Each test is bounded in time.
+printed too (``pytest -s``), never asserted on. Each test is bounded in time.
 """
 
 from __future__ import annotations
@@ -345,7 +344,9 @@ async def test_state_stall_then_owner_killed_then_takeover_trades_each_order_onc
 # -- 5. graceful stop --------------------------------------------------------------------
 
 
-LONG_LEASE = 6.0
+LONG_LEASE = TEST_SECONDS
+"""A lease that cannot lapse within the test's bound: whatever moved the executions or
+removed the lease, it was not expiry."""
 
 
 @bounded
@@ -358,9 +359,12 @@ async def test_sigterm_interrupts_and_the_survivor_takes_over_before_the_lease_l
     workflow = order_workflow(pre=1.5, marker_dir=cluster.markers)
     executions = [await submit(a, workflow, f"term{i}") for i in range(3)]
     await wait_started(cluster, executions, a)
+    assert await cluster.leases_of(a), "a holds no lease while it runs executions"
     terminated_at = a.signal(signal.SIGTERM)
     assert a.process.process is not None
     assert await asyncio.to_thread(a.process.process.wait, DEADLINE_SECONDS) == 0
+    # Gone though it cannot have lapsed: a released it on its way out.
+    assert not await cluster.leases_of(a)
     times = []
     for execution_id in executions:
         record = await final_record(b, execution_id)
@@ -372,9 +376,6 @@ async def test_sigterm_interrupts_and_the_survivor_takes_over_before_the_lease_l
         assert taken is not None
         times.append(taken)
     print(f"SIGTERM: {describe_times(times)} (lease {LONG_LEASE}s)")
-    # A lease not released would lapse no sooner than a ttl after its last renewal, which
-    # came at most a third of a ttl before the SIGTERM.
-    assert max(times) < LONG_LEASE * 2 / 3, times
     await cluster.assert_orders_once(executions)
 
 

@@ -464,7 +464,8 @@ async def test_a_dead_owners_execution_is_listed_claimed_and_cancelled_through_t
     state_client: StateClient,
 ) -> None:
     """Each lease RPC end to end: a released owner's execution is an orphan, a claim takes it
-    over, a cancel request reaches the new owner's next heartbeat once."""
+    over, a cancel request reaches the new owner's next heartbeat once and stays on the
+    execution."""
     eid = new_id()
     dead = await state_client.acquire_lease(OwnerInfo(f"dead-{eid}", "cli", "h", 1), 30.0)
     alive = await state_client.acquire_lease(OwnerInfo(f"alive-{eid}", "executor", "h", 2), 30.0)
@@ -484,8 +485,37 @@ async def test_a_dead_owners_execution_is_listed_claimed_and_cancelled_through_t
     )
     assert await state_client.renew_lease(alive) == Heartbeat(cancel=(eid,))
     assert await state_client.renew_lease(alive) == Heartbeat()
-    assert await state_client.claim(eid, alive) == Claim(alive.info.owner, False, 1)
+    # The request stays on the execution: a claim (its own owner's too) is told of it.
+    assert await state_client.claim(eid, alive) == Claim(alive.info.owner, False, 1, True)
     assert eid not in {r.execution_id for r in await state_client.orphans(1000)}
+
+
+@pytest.mark.asyncio
+async def test_a_claims_takeover_flag_and_cancel_request_cross_the_service(
+    state_client: StateClient,
+) -> None:
+    """ClaimExecution carries takeover both ways: a takeover of a failed execution is refused
+    (InvalidRequest naming execution_id), a plain claim of it is not; and a cancel asked of
+    a live owner that then died comes back with the next claim (cancel_requested)."""
+    failed, running = new_id(), new_id()
+    first = await state_client.acquire_lease(OwnerInfo(f"first-{failed}", "cli", "h", 1), 30.0)
+    taker = await state_client.acquire_lease(OwnerInfo(f"taker-{failed}", "cli", "h", 2), 30.0)
+    ended = record(failed, status=ExecutionStatus.FAILED, finished_at=T0 + 1)
+    await state_client.write(StateBatch(ended, fence=first.fence))
+    await state_client.write(StateBatch(record(running), fence=first.fence))
+    await state_client.request_cancel(running)
+    await state_client.release_lease(first)
+
+    with pytest.raises(InvalidRequest) as refused:
+        await state_client.claim(failed, taker, takeover=True)
+    resumed = await state_client.claim(failed, taker)
+    cancelled = await state_client.claim(running, taker, takeover=True)
+
+    assert refused.value.field == "execution_id"
+    assert f"{failed} (failed)" in refused.value.message
+    assert resumed == Claim(first.info.owner, takeover=False, takeovers=0)
+    assert cancelled == Claim(first.info.owner, takeover=True, takeovers=1, cancel_requested=True)
+    assert (await state_client.get_execution(failed)).status is ExecutionStatus.RUNNING
 
 
 @pytest.mark.asyncio

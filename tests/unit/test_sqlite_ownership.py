@@ -116,8 +116,8 @@ async def main(path, name):
     print(json.dumps({"owner": lease.info.describe()}), flush=True)
     for line in sys.stdin:
         try:
-            claim = await store.claim(line.strip(), lease)
-            answer = {"won": claim.takeover}
+            claim = await store.claim(line.strip(), lease, takeover=True)
+            answer = {"won": claim.takeovers}
         except OwnerAlive as exc:
             answer = {"refused": exc.owner}
         print(json.dumps(answer), flush=True)
@@ -125,8 +125,8 @@ async def main(path, name):
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))
 """
-"""A process with a lease of its own that claims each execution id read from stdin and
-answers one JSON line per claim."""
+"""A process with a lease of its own that claims (takes over) each execution id read from
+stdin and answers one JSON line per claim: the takeovers it counted, or who refused it."""
 
 OPENER: Final = """
 import sys
@@ -392,6 +392,24 @@ async def test_a_lapsed_lease_can_neither_write_nor_claim_and_its_work_is_taken_
 
 
 @pytest.mark.asyncio
+async def test_cancels_pending_when_a_lease_lapsed_reach_the_owners_next_lease(
+    store: SQLiteStateStore, clock: ManualClock
+) -> None:
+    """A cancel asked of a live owner whose lease then lapses (a stall) waits in its lease
+    row: the same owner acquiring again gets it with the new lease's first renewal, and
+    its reclaim says the cancel was requested."""
+    stalled = await store.acquire_lease(ALICE, TTL)
+    await store.write(StateBatch(execution=execution("e"), fence=stalled.fence))
+    await store.request_cancel("e")
+    clock.advance(TTL)
+
+    again = await store.acquire_lease(ALICE, TTL)
+
+    assert await store.renew_lease(again) == Heartbeat(cancel=("e",))
+    assert await store.claim("e", again) == Claim(ALICE.owner, False, 0, cancel_requested=True)
+
+
+@pytest.mark.asyncio
 async def test_epochs_are_never_reused_after_leases_are_gone(db_path: Path) -> None:
     """The epoch counter lives in the file: released leases and a reopened file never give
     an epoch out twice."""
@@ -506,13 +524,17 @@ async def test_two_processes_claiming_the_same_orphan_at_once_one_wins(
     db_path: Path, conn: sqlite3.Connection
 ) -> None:
     """Two processes, each with its own lease, are told to claim the same orphan at the
-    same moment, 300 times: every time exactly one takes it over and the other is refused
-    with OwnerAlive naming the winner, which the record names too."""
+    same moment, 300 times (a running execution whose owner died, or an interrupted one of
+    an owner still alive): every time exactly one takes it over and the other is refused
+    with OwnerAlive naming the winner, which the record names too, running."""
     trials = 300
     store = SQLiteStateStore(conn)
     dead = await store.acquire_lease(ALICE, 600.0)
+    alive = await store.acquire_lease(BOB, 600.0)
     for n in range(trials):
-        await store.write(StateBatch(execution=execution(f"e{n}"), fence=dead.fence))
+        status = ExecutionStatus.INTERRUPTED if n % 4 >= 2 else ExecutionStatus.RUNNING
+        fence = (alive if status is ExecutionStatus.INTERRUPTED else dead).fence
+        await store.write(StateBatch(execution=execution(f"e{n}", status=status), fence=fence))
     await store.release_lease(dead)
 
     async with AsyncExitStack() as stack:
@@ -530,12 +552,18 @@ async def test_two_processes_claiming_the_same_orphan_at_once_one_wins(
                     await claimer.stdin.drain()
                 answers = [await answer(c) for c in claimers]
 
-                winners = [i for i, a in enumerate(answers) if a == {"won": True}]
+                # A running one's owner died (a takeover); an interrupted one's did not.
+                takeovers = 0 if n % 4 >= 2 else 1
+                winners = [i for i, a in enumerate(answers) if a == {"won": takeovers}]
                 assert len(winners) == 1, answers
                 (winner,) = winners
                 assert answers[1 - winner] == {"refused": owners[winner]}
                 record = await store.get_execution(f"e{n}")
-                assert (record.owner, record.takeovers) == (f"crowd-{winner}", 1)
+                assert (record.owner, record.takeovers, record.status) == (
+                    f"crowd-{winner}",
+                    takeovers,
+                    ExecutionStatus.RUNNING,
+                )
             for claimer in claimers:
                 assert claimer.stdin is not None
                 claimer.stdin.close()

@@ -11,8 +11,9 @@ executor runs on, embedded or remote, and hands them to the engine as one
 
 One instance is meant to be shared by many concurrent executors. It holds this
 process's lease on the state store (:class:`~tradeflow.engine.ownership.LeaseKeeper`),
-under which every execution it runs is owned: acquired here, renewed by heartbeat,
-released by :meth:`Infrastructure.close`.
+under which every execution it runs is owned: acquired by the first execution (so a
+process that runs none, such as ``tradeflow halt``, never needs the state store),
+renewed by heartbeat, released by :meth:`Infrastructure.close`.
 """
 
 from __future__ import annotations
@@ -143,11 +144,17 @@ class Infrastructure:
             # Imported here: embedded use never loads NATS, gRPC or Redis.
             from tradeflow.app.remote import connect_ledger, connect_services
 
-            bus, state, emergency = await connect_services(
-                settings, clock=clock, id_factory=id_factory, metrics=metrics
-            )
+            # The ledger's client first: it connects lazily, and a malformed URL must
+            # fail before any connection is open.
             ledger, close_ledger = connect_ledger(settings)
             closers = (close_ledger,)
+            try:
+                bus, state, emergency = await connect_services(
+                    settings, clock=clock, id_factory=id_factory, metrics=metrics
+                )
+            except BaseException:
+                await close_ledger()
+                raise
         else:
             bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
             conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
@@ -164,7 +171,7 @@ class Infrastructure:
             log=get_logger("tradeflow.lease"),
         )
         durability = Durability(bus, state, emergency, metrics, owner, settings.max_takeovers)
-        infra = cls(
+        return cls(
             env=env,
             settings=settings,
             durability=durability,
@@ -176,12 +183,6 @@ class Infrastructure:
             id_factory=id_factory,
             closers=closers,
         )
-        try:
-            await owner.start()
-        except BaseException:
-            await infra.close()
-            raise
-        return infra
 
     def _breaker_moved(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self.metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[new.value])
@@ -235,4 +236,10 @@ def _load_node_types(modules: Sequence[str]) -> None:
                 f"TRADEFLOW_NODE_MODULES: cannot import node module {name!r}: {exc}"
             ) from exc
     for entry in importlib.metadata.entry_points(group="tradeflow.nodes"):
-        entry.load()
+        try:
+            entry.load()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"entry point {entry.name!r} of group tradeflow.nodes ({entry.value}) "
+                f"cannot be loaded: {exc}"
+            ) from exc

@@ -21,7 +21,10 @@ from typing import Any
 import orjson
 
 from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.domain.codec import MAX_PAGE_SIZE
 from tradeflow.domain.errors import (
+    ExecutionNotFound,
+    InvalidRequest,
     LeaseLost,
     OwnerAlive,
     TradeflowError,
@@ -56,6 +59,8 @@ _TAKEOVER_BATCH = 32
 """Orphans claimed per look: the rest wait for the next (or for another replica)."""
 _UNKNOWN_TYPES_KEPT = 1024
 """Orphans remembered as not runnable here (their node types are unknown to this replica)."""
+_STRANDED_TRIES = 20
+"""Retries of a run that failed on the way before it is left to an operator."""
 _POLL_FIRST, _POLL_MAX = 0.02, 0.5
 """Back-off, in seconds, of a wait for an execution that runs in another process."""
 
@@ -105,8 +110,13 @@ class ExecutionManager:
         self._by_request: dict[str, str] = {}
         self._draining = False
         self._takeover: asyncio.Task[None] | None = None
-        self._unknown_types: OrderedDict[str, None] = OrderedDict()
-        infra.owner.on_cancel = self._cancel_requested
+        self._unrunnable: OrderedDict[str, None] = OrderedDict()
+        self._waits: dict[str, asyncio.Task[ExecutionView]] = {}
+        """One poller per execution running elsewhere that a caller waits for."""
+        self._stranded: dict[str, tuple[EnhancedWorkflowExecutor, str | None, int]] = {}
+        """Runs here that failed on the way (the store unreachable at their last write):
+        still ``running`` under this replica's live lease, so no other replica would take
+        them over; the takeover loop resumes them here. Value: executor, request id, tries."""
 
     def start_takeover(self, interval: float) -> None:
         """Look for orphans every ``interval`` seconds and take them over (until drained)."""
@@ -187,7 +197,14 @@ class ExecutionManager:
             started_at=self.infra.clock.time(),
             on_started=(lambda: started.set_result(None)) if durable else None,
         )
-        running = self._track(executor, execution_id, request_id, run)
+        running = self._track(
+            executor,
+            execution_id,
+            request_id,
+            run,
+            takeover=False,
+            started=started if durable else None,
+        )
         if durable:
             await asyncio.wait((started, running.task), return_when=asyncio.FIRST_COMPLETED)
             if not started.done():
@@ -200,8 +217,22 @@ class ExecutionManager:
         execution_id: str,
         request_id: str | None,
         run: Coroutine[Any, Any, ExecutionResult],
+        *,
+        takeover: bool,
+        tries: int = 0,
+        started: asyncio.Future[None] | None = None,
     ) -> _Running:
-        task = asyncio.create_task(self._outcome(executor, execution_id, run))
+        task = asyncio.create_task(
+            self._outcome(
+                executor,
+                execution_id,
+                request_id,
+                run,
+                takeover=takeover,
+                tries=tries,
+                started=started,
+            )
+        )
         running = _Running(executor, execution_id, task)
         self._running[execution_id] = running
         if request_id is not None:
@@ -213,24 +244,67 @@ class ExecutionManager:
         self,
         executor: EnhancedWorkflowExecutor,
         execution_id: str,
+        request_id: str | None,
         run: Coroutine[Any, Any, ExecutionResult],
+        *,
+        takeover: bool,
+        tries: int = 0,
+        started: asyncio.Future[None] | None = None,
     ) -> ExecutionView:
         """The final view of a run here or, once another owner has it (this replica lost
         its lease, or another claimed the orphan first), of that owner's run."""
         try:
             return _view(executor, await run)
-        except (LeaseLost, OwnerAlive) as exc:
-            _log.warning("execution.moved", execution_id=execution_id, reason=exc.message)
-            # No longer runs here: the takeover loop may claim it again (under this
-            # replica's new lease) if no live owner has it, as any orphan.
-            running = self._running.get(execution_id)
-            if running is not None and running.executor is executor:
-                del self._running[execution_id]
+        except (LeaseLost, OwnerAlive, InvalidRequest, ExecutionNotFound) as exc:
+            if isinstance(exc, InvalidRequest | ExecutionNotFound) and not takeover:
+                raise
+            if isinstance(exc, InvalidRequest):
+                # Ended meanwhile, or recorded with another definition: not for this
+                # replica to run, now or at the next look.
+                self._remember_unrunnable(execution_id)
+            # No longer runs here (another owner has it, or it ended before this replica
+            # could take it over): the takeover loop may claim it again under this
+            # replica's new lease if it is an orphan once more.
+            _log.info("execution.moved", execution_id=execution_id, reason=exc.message)
+            self._forget(execution_id, executor)
+            if takeover and request_id is None:
+                return await self.get(execution_id)  # nobody can be waiting for it
             return await self._final(execution_id)
+        except Exception as exc:
+            if started is not None and not started.done():
+                raise  # a submission refused before its start was stored: nothing to retry
+            # Most likely the store was unreachable at a write: the execution is still
+            # ``running`` under this replica's live lease, so retry it here.
+            tries += 1
+            if tries <= _STRANDED_TRIES:
+                self._stranded[execution_id] = (executor, request_id, tries)
+            _log.error(
+                "execution.stranded", execution_id=execution_id, error=describe(exc), tries=tries
+            )
+            raise
+
+    def _remember_unrunnable(self, execution_id: str) -> None:
+        self._unrunnable[execution_id] = None
+        if len(self._unrunnable) > _UNKNOWN_TYPES_KEPT:
+            self._unrunnable.popitem(last=False)
+
+    def _forget(self, execution_id: str, executor: EnhancedWorkflowExecutor) -> None:
+        running = self._running.get(execution_id)
+        if running is not None and running.executor is executor:
+            del self._running[execution_id]
 
     async def _final(self, execution_id: str) -> ExecutionView:
-        """Wait until an execution running in another process is final (polling the store
-        with back-off: its owner may itself die and be replaced meanwhile)."""
+        """Wait until an execution running in another process is final; every caller
+        waiting for one execution shares one poller."""
+        wait = self._waits.get(execution_id)
+        if wait is None:
+            wait = asyncio.create_task(self._poll_final(execution_id))
+            self._waits[execution_id] = wait
+            wait.add_done_callback(lambda _: self._waits.pop(execution_id, None))
+        return await asyncio.shield(wait)
+
+    async def _poll_final(self, execution_id: str) -> ExecutionView:
+        """Poll the store with back-off (the owner may itself die and be replaced)."""
         wait = _POLL_FIRST
         while not (await self.infra.state.get_execution(execution_id)).status.final:
             await asyncio.sleep(wait)
@@ -239,27 +313,40 @@ class ExecutionManager:
 
     async def _take_over(self, interval: float) -> None:
         while not self._draining:
+            self._retry_stranded()
+            # Past the orphans this replica cannot run, so they never hide runnable ones.
+            limit = min(_TAKEOVER_BATCH + len(self._unrunnable), MAX_PAGE_SIZE)
             try:
-                for record in await self.infra.state.orphans(_TAKEOVER_BATCH):
-                    self._adopt(record)
+                orphans = await self.infra.state.orphans(limit)
             except TradeflowError as exc:
                 _log.warning("takeover.failed", error=describe(exc))
-            await asyncio.sleep(interval)
+                orphans = []
+            adopted = sum(self._adopt(record) for record in orphans)
+            if adopted < _TAKEOVER_BATCH or len(orphans) < limit:
+                await asyncio.sleep(interval)
+            else:
+                await asyncio.sleep(0)  # a full batch: look again at once
 
-    def _adopt(self, record: ExecutionRecord) -> None:
-        """Resume an orphan here, unless it runs here already or uses unknown node types."""
+    def _retry_stranded(self) -> None:
+        for execution_id, (executor, request_id, tries) in list(self._stranded.items()):
+            if execution_id not in self._running:
+                del self._stranded[execution_id]
+                run = executor.resume_run(execution_id, takeover=True)
+                self._track(executor, execution_id, request_id, run, takeover=True, tries=tries)
+
+    def _adopt(self, record: ExecutionRecord) -> bool:
+        """Resume an orphan here, unless it runs here already or uses unknown node types;
+        whether it was taken."""
         execution_id = record.execution_id
-        if self._draining or execution_id in self._running or execution_id in self._unknown_types:
-            return
+        if self._draining or execution_id in self._running or execution_id in self._unrunnable:
+            return False
         try:
             plan = self._plan(record.definition)
         except WorkflowValidationError as exc:
             # Another replica may know its node types: leave it to them.
-            self._unknown_types[execution_id] = None
-            if len(self._unknown_types) > _UNKNOWN_TYPES_KEPT:
-                self._unknown_types.popitem(last=False)
+            self._remember_unrunnable(execution_id)
             _log.warning("takeover.skipped", execution_id=execution_id, error=describe(exc))
-            return
+            return False
         executor = EnhancedWorkflowExecutor(
             plan,
             self.infra,
@@ -269,14 +356,9 @@ class ExecutionManager:
             registry=self.registry,
         )
         _log.info("takeover.claiming", execution_id=execution_id, previous_owner=record.owner)
-        self._track(executor, execution_id, record.request_id, executor.resume_run(execution_id))
-
-    def _cancel_requested(self, execution_ids: tuple[str, ...]) -> None:
-        """Cancellations another replica recorded for executions running here."""
-        for execution_id in execution_ids:
-            running = self._running.get(execution_id)
-            if running is not None and running.executor is not None:
-                running.executor.cancel()
+        run = executor.resume_run(execution_id, takeover=True)
+        self._track(executor, execution_id, record.request_id, run, takeover=True)
+        return True
 
     def _finished(
         self, task: asyncio.Future[ExecutionView], execution_id: str, request_id: str | None
@@ -296,7 +378,9 @@ class ExecutionManager:
         key = orjson.dumps(definition, option=orjson.OPT_SORT_KEYS)
         plan = self._plans.get(key)
         if plan is None:
-            plan = Plan.of(definition, self.registry)
+            # Planned from a private copy: a caller may change its dict afterwards, and the
+            # plan's definition is what executions record and resumes compare.
+            plan = Plan.of(orjson.loads(key), self.registry)
             self._plans[key] = plan
             if len(self._plans) > _CACHED_PLANS:
                 self._plans.popitem(last=False)
@@ -354,6 +438,8 @@ class ExecutionManager:
         self._draining = True
         if self._takeover is not None:
             self._takeover.cancel()
+        for wait in list(self._waits.values()):
+            wait.cancel()
         tasks = [r.task for r in self._running.values()]
         if not tasks:
             return

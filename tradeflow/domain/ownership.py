@@ -32,7 +32,8 @@ __all__ = [
 DEFAULT_LEASE_SECONDS = 3.0
 """How long a lease lives without a heartbeat (renewed every third of it)."""
 DEFAULT_MAX_TAKEOVERS = 3
-"""An execution whose owner died this many times is quarantined (ended ``failed``)."""
+"""An execution whose owners died more than this many times while running it is
+quarantined (ended ``failed``) instead of being taken over again."""
 
 _NOT_ID = re.compile(f"[^{ID_CHARACTERS}]")
 
@@ -97,3 +98,6 @@ class Claim:
     """The previous owner died holding it running (counted in ``takeovers``)."""
     takeovers: int
     """How many times an owner died holding it, this one included."""
+    cancel_requested: bool = False
+    """Its cancellation was requested (of a previous owner, or while it had none): the
+    claimer ends it ``cancelled`` without running anything."""

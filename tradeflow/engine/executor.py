@@ -161,8 +161,10 @@ class Executor:
         """
         return _seed_edge(await self.resume_run(execution_id))
 
-    async def resume_run(self, execution_id: str) -> ExecutionResult:
-        """:meth:`resume`, returning the typed result whatever its status."""
+    async def resume_run(self, execution_id: str, *, takeover: bool = False) -> ExecutionResult:
+        """:meth:`resume`, returning the typed result whatever its status. A ``takeover``
+        (by a replica, of an orphan) claims only an unfinished execution: one that ended
+        meanwhile (say, cancelled) raises ``InvalidRequest`` and is left as it is."""
         check_id("execution_id", execution_id)
         await self.initialize()
         assert self.plan is not None
@@ -179,7 +181,8 @@ class Executor:
                 "an execution of this executor's workflow definition",
                 f"{execution_id} (recorded with another definition)",
             )
-        claim = await durability.state.claim(execution_id, durability.owner.lease)
+        lease = await durability.owner.start()
+        claim = await durability.state.claim(execution_id, lease, takeover=takeover)
         start = _Start(
             record.execution_id,
             record.workflow_id,
@@ -194,6 +197,9 @@ class Executor:
         last_sequence = await durability.state.last_sequence(execution_id)
         if claim.takeover and claim.takeovers > durability.max_takeovers:
             return await self._quarantine(start, last_sequence, claim.takeovers)
+        if claim.cancel_requested:
+            # Asked of a previous owner (or while it had none): end it, running nothing.
+            self._cancelled.set()
         return await self._run(start, checkpoints, last_sequence)
 
     async def _quarantine(
@@ -234,11 +240,18 @@ class Executor:
             await self.initialize()
         assert self.plan is not None
         runtime = self.runtime
+        durability = runtime.durability
+        if durability is not None:
+            if not durability.owner.started:
+                await durability.owner.start()
+            # A cancellation requested through another process reaches this run.
+            durability.owner.watch(start.execution_id, self.cancel)
         journal = self._journal(start, last_sequence)
+        # An action that recorded its intent, or failed after it, may have placed its order.
         intents = frozenset(
             node_id
             for node_id, checkpoint in restored.items()
-            if checkpoint.state is CheckpointState.INTENT
+            if checkpoint.state in _MAY_HAVE_ACTED
         )
         ctx = ExecutionContext(
             start.execution_id,
@@ -253,10 +266,17 @@ class Executor:
             runtime.log,
             intents,
         )
-        try:
-            if on_started is not None:
+        if on_started is not None:
+            try:
                 await journal.begin()
-                on_started()
+            except BaseException:
+                # Not accepted: nothing more is written (an "interrupted" record would
+                # make a refused submission run after all).
+                journal.unbind()
+                self._unwatch(start.execution_id)
+                raise
+            on_started()
+        try:
             outcome = await Runner(
                 self.plan, ctx, runtime.breakers, journal, self.max_concurrency, self._cancelled
             ).run(restored)
@@ -275,6 +295,7 @@ class Executor:
             raise
         finally:
             self._cancelled = asyncio.Event()
+            self._unwatch(start.execution_id)
         status, results, errors, skipped, halt, error = outcome
         result = ExecutionResult(
             status,
@@ -290,6 +311,10 @@ class Executor:
             halt,
         )
         return await journal.finish(result)
+
+    def _unwatch(self, execution_id: str) -> None:
+        if self.runtime.durability is not None:
+            self.runtime.durability.owner.unwatch(execution_id)
 
     def _journal(self, start: _Start, last_sequence: int) -> NullJournal:
         durability = self.runtime.durability
@@ -319,6 +344,9 @@ class Executor:
             node_seconds=self._node_seconds,
             last_sequence=last_sequence,
         )
+
+
+_MAY_HAVE_ACTED = frozenset({CheckpointState.INTENT, CheckpointState.FAILED})
 
 
 def _seed_edge(result: ExecutionResult) -> dict[str, Any]:

@@ -31,9 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["LeaseKeeper"]
 
-CancelHook = Callable[[tuple[str, ...]], None]
-"""Called with the executions whose cancellation another process requested."""
-
 
 class LeaseKeeper:
     """Holds ``info``'s lease on ``store`` for ``ttl`` seconds at a time."""
@@ -45,10 +42,12 @@ class LeaseKeeper:
         "_lease",
         "_log",
         "_lost",
+        "_starting",
         "_store",
         "_task",
+        "_wake",
+        "_watchers",
         "info",
-        "on_cancel",
         "ttl",
     )
 
@@ -70,9 +69,10 @@ class LeaseKeeper:
         self._deadline = 0.0
         self._lost: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self._starting: asyncio.Lock | None = None
+        self._wake: asyncio.Event | None = None
         self._heartbeat = ttl / 3
-        self.on_cancel: CancelHook | None = None
-        """Set by whoever runs the executions (the manager, an executor)."""
+        self._watchers: dict[str, Callable[[], None]] = {}
 
     @property
     def lease(self) -> Lease:
@@ -81,24 +81,53 @@ class LeaseKeeper:
             raise LeaseLost(self.info.owner, 0, why="no lease held (not started, or stopped)")
         return self._lease
 
+    @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    @property
+    def deadline(self) -> float:
+        """The keeper clock's monotonic time from which :meth:`check` refuses the lease."""
+        return self._deadline
+
     async def start(self) -> Lease:
-        """Acquire the lease and start the heartbeat (idempotent)."""
-        if self._lease is None:
-            await self._acquire()
-        if self._task is None:
-            self._task = asyncio.create_task(self._beat(), name=f"lease {self.info.owner}")
+        """Acquire the lease and start the heartbeat; idempotent, and concurrent callers
+        share one acquisition. Called by the first execution (a process that runs none,
+        say ``tradeflow halt``, never takes a lease)."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._lease is None:
+                await self._acquire()
+            if self._task is None:
+                self._wake = asyncio.Event()
+                self._task = asyncio.create_task(self._beat(), name=f"lease {self.info.owner}")
         return self.lease
 
     def check(self, epoch: int) -> None:
         """Raise ``LeaseLost`` unless the lease of ``epoch`` is the current one and within
-        its local deadline: called right before each action's side effect."""
+        its local deadline: called right before each action's side effect. A lease past
+        its deadline is given up for good (released, and a new one taken), so the
+        executions refused here become orphans that a live owner resumes, rather than
+        stay ``running`` under a lease the store still thinks live."""
         lease = self._lease
         if lease is None or lease.epoch != epoch or epoch in self._lost:
             raise LeaseLost(self.info.owner, epoch, why="superseded")
         if self._clock.monotonic() >= self._deadline:
+            self._lost.add(epoch)
+            if self._wake is not None:
+                self._wake.set()
             raise LeaseLost(
                 self.info.owner, epoch, why="not renewed within its ttl (paused or cut off)"
             )
+
+    def watch(self, execution_id: str, cancel: Callable[[], None]) -> None:
+        """Call ``cancel`` when another process requests the cancellation of
+        ``execution_id`` (it comes with a heartbeat) until :meth:`unwatch`."""
+        self._watchers[execution_id] = cancel
+
+    def unwatch(self, execution_id: str) -> None:
+        self._watchers.pop(execution_id, None)
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop the heartbeat and (unless ``release`` is false) end the lease now, so this
@@ -110,13 +139,14 @@ class LeaseKeeper:
                 await task
         lease, self._lease = self._lease, None
         if lease is not None and release:
-            try:
-                await self._store.release_lease(lease)
-            except Exception as exc:
-                # The lease then lapses by itself within its ttl.
-                self._log.warning(
-                    "lease.release_failed", owner=lease.info.owner, error=describe(exc)
-                )
+            await self._release(lease)
+
+    async def _release(self, lease: Lease) -> None:
+        try:
+            await self._store.release_lease(lease)
+        except Exception as exc:
+            # The lease then lapses by itself within its ttl.
+            self._log.warning("lease.release_failed", owner=lease.info.owner, error=describe(exc))
 
     async def _acquire(self) -> None:
         sent = self._clock.monotonic()
@@ -124,30 +154,49 @@ class LeaseKeeper:
         self._deadline = sent + self.ttl
 
     async def _beat(self) -> None:
+        wake = self._wake
+        assert wake is not None
         while True:
-            await asyncio.sleep(self._heartbeat)
+            # Not wait_for: on 3.11 it swallows a cancel (stop()) that arrives as the
+            # wake-up completes, and stop() would wait forever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat):
+                    await wake.wait()
+            wake.clear()
             lease = self._lease
             if lease is None:
                 return
-            sent = self._clock.monotonic()
-            try:
-                heartbeat = await self._store.renew_lease(lease)
-            except LeaseLost as exc:
-                self._lost.add(lease.epoch)
-                self._log.error(
-                    "lease.lost", owner=lease.info.owner, epoch=lease.epoch, error=exc.message
-                )
+            if lease.epoch in self._lost:
+                # Past its local deadline: actions were refused under it; end it in the
+                # store too, so its executions become orphans now.
+                self._log.error("lease.expired_locally", owner=lease.info.owner, epoch=lease.epoch)
+                await self._release(lease)
                 await self._reacquire()
                 continue
-            except Exception as exc:
-                # The store unreachable, its file locked past its busy timeout...: keep
-                # trying (nothing else would renew the lease); actions stop at the deadline.
-                self._log.warning("lease.renew_failed", owner=lease.info.owner, error=describe(exc))
-                continue
-            if self._lease is lease:
-                self._deadline = sent + self.ttl
-            if heartbeat.cancel and self.on_cancel is not None:
-                self.on_cancel(heartbeat.cancel)
+            await self._renew(lease)
+
+    async def _renew(self, lease: Lease) -> None:
+        sent = self._clock.monotonic()
+        try:
+            heartbeat = await self._store.renew_lease(lease)
+        except LeaseLost as exc:
+            self._lost.add(lease.epoch)
+            self._log.error(
+                "lease.lost", owner=lease.info.owner, epoch=lease.epoch, error=exc.message
+            )
+            await self._reacquire()
+            return
+        except Exception as exc:
+            # The store unreachable, its file locked past its busy timeout...: keep
+            # trying (nothing else would renew the lease); actions stop at the deadline.
+            self._log.warning("lease.renew_failed", owner=lease.info.owner, error=describe(exc))
+            return
+        if self._lease is lease and lease.epoch not in self._lost:
+            self._deadline = sent + self.ttl
+        for execution_id in heartbeat.cancel:
+            cancel = self._watchers.get(execution_id)
+            if cancel is not None:
+                cancel()
 
     async def _reacquire(self) -> None:
         try:

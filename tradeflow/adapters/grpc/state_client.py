@@ -132,15 +132,15 @@ class StateClient:
             self._stub.ReleaseLease, pb.ReleaseLeaseRequest(fence=wire.fence_to_proto(lease.fence))
         )
 
-    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+    async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
         response: pb.ClaimExecutionResponse = await self._call(
             self._stub.ClaimExecution,
             pb.ClaimExecutionRequest(
-                execution_id=execution_id, fence=wire.fence_to_proto(lease.fence)
+                execution_id=execution_id, fence=wire.fence_to_proto(lease.fence), takeover=takeover
             ),
         )
         previous = response.previous_owner if response.HasField("previous_owner") else None
-        return Claim(previous, response.takeover, response.takeovers)
+        return Claim(previous, response.takeover, response.takeovers, response.cancel_requested)
 
     async def orphans(self, limit: int) -> list[ExecutionRecord]:
         """At most 1000 (one call; the service may return fewer to bound its answer)."""

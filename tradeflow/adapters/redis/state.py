@@ -5,7 +5,8 @@ Layout (``p`` is the prefix):
 - ``p:execution:<id>`` hash: ``meta`` -> JSON ``[workflow_id, bot_id, strategy_id,
   started_at, correlation_id, request_id]`` (fixed when the run starts),
   ``definition`` -> JSON, ``state`` -> JSON ``[status, finished_at, error, result]``,
-  and once a lease owns it ``owner``, ``epoch`` (that lease's) and ``takeovers``;
+  and once a lease owns it ``owner``, ``epoch`` (that lease's) and ``takeovers``, and
+  ``cancel_requested`` (``1``) once a cancel was asked of its live owner;
 - ``p:checkpoints:<id>`` hash ``node_id`` -> JSON ``[state, updated_at, outputs,
   error, attempt]``;
 - ``p:events`` stream (every event) and ``p:execution_events:<id>`` stream (one
@@ -22,7 +23,8 @@ Layout (``p`` is the prefix):
 - ``p:lease:<owner>`` hash ``epoch``, ``kind``, ``host``, ``pid``: an owner's lease,
   expiring by itself (``PEXPIRE`` of its ttl, so liveness is the server's clock);
   ``p:lease_epoch`` the one counter every epoch comes from (``INCR``: never reused);
-  ``p:lease_cancels:<owner>`` set: the cancellations its next renewal collects.
+  ``p:lease_cancels:<owner>`` set: the cancellations its next renewal collects
+  (expiring with the owner's lease; a new lease of the same owner keeps them).
 
 ``write`` is one ``EVALSHA`` of a Lua script: nothing runs in between its
 commands, and its refusals (a fence that is not the execution's live lease, a
@@ -33,8 +35,10 @@ whole before it or is refused whole. Python packs one command and parses one
 reply (redis-py loads the script again when a restarted server lost its cache).
 Indexes move only on a status change, out of the index of the status stored
 before: a brand-new execution is only added. Every other ownership operation
-(acquire, renew, release, claim, orphans, cancel) is one script too; reads of
-records are one script that adds each owner's liveness.
+(acquire, renew, release, claim, orphans, cancel) is one script too (claim and
+cancel first read the execution's fixed ``meta`` for its index member, as the status
+they may change moves it); reads of records are one script that adds each owner's
+liveness.
 
 Writing a batch twice stores it once: an event whose ``sequence`` is not above
 the last one stored for its execution is skipped (events without an execution
@@ -251,14 +255,16 @@ return {id, load(p, id)}
 """
 )
 
-# ARGV: prefix, owner, kind, host, pid, ttl in ms. Returns the new epoch.
+# ARGV: prefix, owner, kind, host, pid, ttl in ms. Returns the new epoch. The owner's
+# pending cancels stay, for the new lease's next renewal (and live as long as it).
 _ACQUIRE: Final = r"""
 local p, owner = ARGV[1], ARGV[2]
 local lease = p .. 'lease:' .. owner
 local epoch = redis.call('INCR', p .. 'lease_epoch')
-redis.call('DEL', lease, p .. 'lease_cancels:' .. owner)
+redis.call('DEL', lease)
 redis.call('HSET', lease, 'epoch', epoch, 'kind', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
 redis.call('PEXPIRE', lease, ARGV[6])
+redis.call('PEXPIRE', p .. 'lease_cancels:' .. owner, ARGV[6])
 return epoch
 """
 
@@ -287,37 +293,50 @@ end
 return false
 """
 
-# ARGV: prefix, execution id, owner, epoch. Returns {'lost', live epoch or nil},
-# {'missing'}, {'completed'}, {'alive', owner, kind, host, pid}, or
-# {'claimed', previous owner or nil, takeover 0/1, takeovers}.
+# ARGV: prefix, execution id, its index member, owner, epoch, takeover ('1' or '0').
+# Returns {'lost', live epoch or nil}, {'missing'}, {'ended', status} (refused: completed,
+# or any final status for a takeover), {'alive', owner, kind, host, pid}, or
+# {'claimed', previous owner or nil, takeover 0/1, takeovers, cancel requested 0/1}.
 _CLAIM: Final = r"""
-local p, id, owner, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local p, id, member, owner, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local held = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
 if held ~= epoch then return {'lost', held} end
 local key = p .. 'execution:' .. id
-local found = redis.call('HMGET', key, 'state', 'owner', 'epoch', 'takeovers')
+local found = redis.call('HMGET', key, 'state', 'owner', 'epoch', 'takeovers', 'cancel_requested')
 if not found[1] then return {'missing'} end
-local status, previous, stored = string.match(found[1], '^%["([^"]*)"'), found[2], found[3] or '0'
-local takeovers = tonumber(found[4] or '0')
-if status == 'completed' then return {'completed'} end
-if stored == epoch then return {'claimed', owner, 0, takeovers} end
--- Running or interrupted under a live lease: that owner has it (an interrupted one is
--- claimable once its owner released or lost its lease, so two claims cannot both win).
-local unfinished = status == 'running' or status == 'interrupted'
-if unfinished and stored ~= '0' and previous then
-  local other = redis.call('HMGET', p .. 'lease:' .. previous, 'epoch', 'kind', 'host', 'pid')
-  if other[1] == stored then return {'alive', previous, other[2], other[3], other[4]} end
+local state, previous, stored = found[1], found[2], found[3] or '0'
+local status = string.match(state, '^%["([^"]*)"')
+local running = status == 'running'
+if status == 'completed' or (ARGV[6] == '1' and not running and status ~= 'interrupted') then
+  return {'ended', status}
 end
--- The same process reclaiming under a new epoch (its lease lapsed in a stall) did not die.
-local takeover = status == 'running' and stored ~= '0' and previous and previous ~= owner
-if takeover then takeovers = takeovers + 1 end
-redis.call('HSET', key, 'owner', owner, 'epoch', epoch, 'takeovers', takeovers)
-return {'claimed', previous, takeover and 1 or 0, takeovers}
+local takeovers, died = tonumber(found[4] or '0'), false
+if stored == epoch then
+  previous = owner
+else
+  -- Running under a live lease: that owner has it.
+  if running and stored ~= '0' and previous then
+    local other = redis.call('HMGET', p .. 'lease:' .. previous, 'epoch', 'kind', 'host', 'pid')
+    if other[1] == stored then return {'alive', previous, other[2], other[3], other[4]} end
+  end
+  -- The same process reclaiming under a new epoch (its lease lapsed in a stall) did not die.
+  died = running and stored ~= '0' and previous and previous ~= owner
+  if died then takeovers = takeovers + 1 end
+  redis.call('HSET', key, 'owner', owner, 'epoch', epoch, 'takeovers', takeovers)
+end
+if not running then
+  -- Running from now on (a claimer dying before it writes is then a death): only the
+  -- status word of the state text changes, the rest is kept byte for byte.
+  redis.call('HSET', key, 'state', '["running"' .. string.sub(state, #status + 4))
+  redis.call('ZREM', p .. 'index:status:' .. status, member)
+  redis.call('ZADD', p .. 'index:status:running', 0, member)
+end
+return {'claimed', previous, died and 1 or 0, takeovers, found[5] and 1 or 0}
 """
 
 # ARGV: prefix, limit. Walks the running and interrupted indexes together in member
-# order (oldest first), looking leases up once per owner. Returns {execution id, record}
-# pairs.
+# order (oldest first): every interrupted execution, and the running ones whose owner is
+# not live (leases looked up once per owner). Returns {execution id, record} pairs.
 _ORPHANS: Final = (
     _RECORDS
     + r"""
@@ -352,8 +371,8 @@ while #out < limit do
   cursor[k] = cursor[k] + 1
   -- The member is '<16 hex digits>:<execution id>'.
   local id = string.sub(member, 18)
-  local found = redis.call('HMGET', p .. 'execution:' .. id, 'owner', 'epoch')
-  if not live(p, found[1], found[2]) then
+  local found = k == 1 and redis.call('HMGET', p .. 'execution:' .. id, 'owner', 'epoch')
+  if not found or not live(p, found[1], found[2]) then
     local record = load(p, id)
     if #record > 0 then out[#out + 1] = {id, record} end
   end
@@ -374,12 +393,15 @@ if not found[1] then return {} end
 local state = found[1]
 local status = status_of(state)
 if status ~= 'running' and status ~= 'interrupted' then return load(p, id) end
-if live(p, found[2], found[3]) then
+-- Interrupted: no owner runs it (an orphan, its owner live or not).
+if status == 'running' and live(p, found[2], found[3]) then
   local cancels = p .. 'lease_cancels:' .. found[2]
   redis.call('SADD', cancels, id)
-  -- Gone with the lease it waits for (a renewal collects it, a new lease drops it).
+  -- Gone with the lease it waits for (a renewal collects it, a new lease of the owner
+  -- keeps it); the execution keeps the request for whoever claims it next.
   local ttl = redis.call('PTTL', p .. 'lease:' .. found[2])
   if ttl > 0 then redis.call('PEXPIRE', cancels, ttl) end
+  redis.call('HSET', key, 'cancel_requested', '1')
   return load(p, id)
 end
 -- The state is compact JSON [status, finished_at, error, result]: the result is what
@@ -654,18 +676,33 @@ class RedisStateStore:
         await self._release_script(args=(self._p, lease.info.owner, lease.epoch))
 
     @_retried
-    async def claim(self, execution_id: str, lease: Lease) -> Claim:
+    async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
+        """One script that also makes it running and moves its status index (whose member
+        it is given: read first, as ``started_at`` never changes)."""
         owner, epoch = lease.info.owner, lease.epoch
-        reply = await self._claim_script(args=(self._p, execution_id, owner, epoch))
+        meta = await self._client.hget(self._p + "execution:" + execution_id, "meta")
+        if meta is None:
+            raise ExecutionNotFound(execution_id)
+        member = _member(from_json(meta)[3], execution_id)
+        reply = await self._claim_script(
+            args=(self._p, execution_id, member, owner, epoch, "1" if takeover else "0")
+        )
         outcome = reply[0]
         if outcome == b"claimed":
             previous = None if reply[1] is None else reply[1].decode()
-            return Claim(previous_owner=previous, takeover=reply[2] == 1, takeovers=reply[3])
+            return Claim(previous, reply[2] == 1, reply[3], cancel_requested=reply[4] == 1)
         if outcome == b"lost":
             raise LeaseLost(owner, epoch, execution_id, why=_lapsed_or_replaced(reply[1]))
         if outcome == b"missing":
             raise ExecutionNotFound(execution_id)
-        if outcome == b"completed":
+        if outcome == b"ended":
+            refused = ExecutionStatus(reply[1].decode())
+            if takeover:
+                raise InvalidRequest(
+                    "execution_id",
+                    "an unfinished execution (running or interrupted)",
+                    f"{execution_id} ({refused.value})",
+                )
             raise InvalidRequest(
                 "execution_id", "an execution that did not complete", f"{execution_id} (completed)"
             )
@@ -681,8 +718,8 @@ class RedisStateStore:
 
     @_retried
     async def request_cancel(self, execution_id: str) -> ExecutionRecord:
-        """An orphan is ended ``cancelled`` in the same script that finds it has no live
-        owner (Redis's clock for its ``finished_at``)."""
+        """An orphan (interrupted, or running with no live owner) is ended ``cancelled`` in
+        the same script that finds it so (Redis's clock for its ``finished_at``)."""
         # started_at is fixed: the index member read here is still the one the script moves.
         meta = await self._client.hget(self._p + "execution:" + execution_id, "meta")
         if meta is None:

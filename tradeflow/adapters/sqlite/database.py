@@ -42,10 +42,11 @@ Version 3 keeps an execution's checkpoints and events as one JSON journal row
 per written batch, found through the range of rows each execution records (see
 :mod:`tradeflow.adapters.sqlite.state`), and each distinct workflow definition
 once. Version 4 adds ownership (:mod:`tradeflow.domain.ownership`): each
-execution's ``owner``, lease ``epoch`` and ``takeovers``, the ``leases`` table and
-the ``counters`` row that hands out epochs. A version 3 file (released) is
-migrated to 4 in place, in one transaction, when it is opened; files of versions
-1 and 2 (unreleased development layouts) are refused rather than migrated."""
+execution's ``owner``, lease ``epoch``, ``takeovers`` and ``cancel_requested``, the
+``leases`` table and the ``counters`` row that hands out epochs. A version 3 file
+(released) is migrated to 4 in place, in one transaction, when it is opened; files
+of versions 1 and 2 (unreleased development layouts) are refused rather than
+migrated."""
 
 _MIGRATES_FROM: Final = 3
 """The oldest layout :func:`open_database` migrates (to :data:`DB_SCHEMA_VERSION`)."""
@@ -88,8 +89,10 @@ _log = structlog.get_logger(__name__)
 # store-clock seconds and ``cancels`` the ids (space-separated) requested since the
 # owner's last heartbeat. ``counters`` row 'epoch' is the last epoch granted, so an
 # epoch is never reused, even once its lease row is gone. An execution's ``epoch`` 0
-# means no lease ever owned it. Version 3 files gain the three ownership columns by
-# ALTER TABLE (appended, hence last here too) and the two tables from this schema.
+# means no lease ever owned it; ``cancel_requested`` 1: a cancel was asked of its live
+# owner (kept for whoever claims it next). Version 3 files gain the four ownership
+# columns by ALTER TABLE (appended, hence last here too) and the two tables from this
+# schema.
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS definitions (
     digest     BLOB PRIMARY KEY,
@@ -112,7 +115,8 @@ _SCHEMA: Final = (
     result         TEXT,
     owner          TEXT,
     epoch          INTEGER NOT NULL DEFAULT 0,
-    takeovers      INTEGER NOT NULL DEFAULT 0
+    takeovers      INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
 )""",
     """CREATE INDEX IF NOT EXISTS executions_by_start
     ON executions (started_at, execution_id)""",
@@ -173,6 +177,7 @@ _MIGRATE_FROM_3: Final = (
     "ALTER TABLE executions ADD COLUMN owner TEXT",
     "ALTER TABLE executions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE executions ADD COLUMN takeovers INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
 )
 """Run before :data:`_SCHEMA`, in its transaction, on a version 3 file (which then
 creates the new tables and sets the version)."""

@@ -63,7 +63,11 @@ the same file, so one transaction both checks a fence and writes:
   owner is live. :meth:`SQLiteStateStore.orphans` scans the start-time index: an
   index on status would cost a page write at the start and the end of every run.
 - A cancellation for a live owner waits in its lease row (``cancels``) until the
-  next heartbeat takes it.
+  next heartbeat takes it (acquiring the lease again keeps it), and sets the
+  execution's ``cancel_requested``, which stays for whoever claims it next.
+- A claim sets the status to ``running``: a claimer that dies before its first
+  write leaves a running execution with a lapsed owner (a takeover next time),
+  and a second claim meets a live owner.
 """
 
 from __future__ import annotations
@@ -154,10 +158,10 @@ _SELECT_EXECUTIONS: Final = (
 )
 _SELECT_EXECUTION: Final = _SELECT_EXECUTIONS + " WHERE e.execution_id = ?"
 _SELECT_BY_REQUEST: Final = _SELECT_EXECUTIONS + " WHERE e.request_id = ?"
-_NOT_FINAL: Final = tuple(status.value for status in ExecutionStatus if not status.final)
+# Interrupted: stopped, nobody runs it (a claim makes it running), whoever its owner.
 _SELECT_ORPHANS: Final = (
     _SELECT_EXECUTIONS
-    + f" WHERE e.status IN {_NOT_FINAL!r} AND l.owner IS NULL"
+    + " WHERE (e.status = 'interrupted' OR (e.status = 'running' AND l.owner IS NULL))"
     + " ORDER BY e.started_at, e.execution_id LIMIT ?"
 )
 _SELECT_OWNER: Final = "SELECT owner, epoch FROM executions WHERE execution_id = ?"
@@ -167,9 +171,12 @@ _NEXT_EPOCH: Final = (
     "INSERT INTO counters (name, value) VALUES ('epoch', 1)"
     " ON CONFLICT (name) DO UPDATE SET value = value + 1 RETURNING value"
 )
+# The owner's pending cancels stay: a process acquiring again (its lease lapsed in a
+# stall) still gets them with its next heartbeat.
 _PUT_LEASE: Final = (
-    "INSERT OR REPLACE INTO leases (owner, epoch, kind, host, pid, expires_at, cancels)"
-    " VALUES (?, ?, ?, ?, ?, ?, NULL)"
+    "INSERT INTO leases (owner, epoch, kind, host, pid, expires_at) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (owner) DO UPDATE SET epoch = excluded.epoch, kind = excluded.kind,"
+    " host = excluded.host, pid = excluded.pid, expires_at = excluded.expires_at"
 )
 _SELECT_RENEWED: Final = "SELECT epoch, expires_at, cancels FROM leases WHERE owner = ?"
 _RENEW_LEASE: Final = "UPDATE leases SET expires_at = ?, cancels = NULL WHERE owner = ?"
@@ -182,14 +189,16 @@ _ADD_CANCEL: Final = (
     " AND instr(' ' || coalesce(cancels, '') || ' ', ' ' || ?1 || ' ') = 0"
 )
 _SELECT_CLAIMED: Final = (
-    "SELECT e.status, e.owner, e.epoch, e.takeovers, l.kind, l.host, l.pid"
+    "SELECT e.status, e.owner, e.epoch, e.takeovers, e.cancel_requested, l.kind, l.host, l.pid"
     " FROM executions AS e LEFT JOIN leases AS l"
     " ON l.owner = e.owner AND l.epoch = e.epoch AND l.expires_at > ?1"
     " WHERE e.execution_id = ?2"
 )
 _CLAIM: Final = (
-    "UPDATE executions SET owner = ?2, epoch = ?3, takeovers = ?4 WHERE execution_id = ?1"
+    "UPDATE executions SET owner = ?2, epoch = ?3, takeovers = ?4, status = 'running'"
+    " WHERE execution_id = ?1"
 )
+_REQUEST_CANCEL: Final = "UPDATE executions SET cancel_requested = 1 WHERE execution_id = ?"
 _CANCEL_ORPHAN: Final = (
     "UPDATE executions SET status = ?2, finished_at = ?3, error = ?4 WHERE execution_id = ?1"
 )
@@ -399,10 +408,11 @@ class SQLiteStateStore:
         with self._txn:
             self._writer.execute(_RELEASE_LEASE, (lease.info.owner, lease.epoch))
 
-    async def claim(self, execution_id: str, lease: Lease) -> Claim:
-        """See the port: ``OwnerAlive`` if the execution is running or interrupted under
-        another live lease. The write lock makes it atomic across processes: a second
-        claim reads the first one's live lease and raises ``OwnerAlive``."""
+    async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
+        """See the port: ``OwnerAlive`` if the execution is running under another live
+        lease. The write lock makes it atomic across processes, and the claim sets the
+        status to running: a second claim reads the first one's live lease and raises
+        ``OwnerAlive``."""
         owner, epoch = lease.info.owner, lease.epoch
         writer = self._writer
         with self._txn:
@@ -413,24 +423,22 @@ class SQLiteStateStore:
             row = writer.execute(_SELECT_CLAIMED, (now, execution_id)).fetchone()
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            status, held_by, held_epoch, takeovers, kind, host, pid = row
-            if status == ExecutionStatus.COMPLETED:
-                raise InvalidRequest(
-                    "execution_id",
-                    "an execution that did not complete",
-                    f"{execution_id} (completed)",
-                )
+            status, held_by, held_epoch, takeovers, cancel, kind, host, pid = row
+            _check_claimable(execution_id, ExecutionStatus(status), takeover=takeover)
+            running = status == ExecutionStatus.RUNNING
             if held_epoch == epoch:
-                return Claim(previous_owner=owner, takeover=False, takeovers=takeovers)
-            # Interrupted too: between a claim and the claimer's first write the record
-            # still says interrupted, and a second claim must not take it from the first.
-            if status in _NOT_FINAL and kind is not None:
+                if not running:
+                    writer.execute(_CLAIM, (execution_id, owner, epoch, takeovers))
+                return Claim(
+                    owner, takeover=False, takeovers=takeovers, cancel_requested=bool(cancel)
+                )
+            if running and kind is not None:
                 raise OwnerAlive(execution_id, OwnerInfo(held_by, kind, host, pid).describe())
             # The same process reclaiming under a new epoch (its lease lapsed) did not die.
-            takeover = status == ExecutionStatus.RUNNING and held_epoch != 0 and held_by != owner
-            takeovers += takeover
+            died = running and held_epoch != 0 and held_by != owner
+            takeovers += died
             writer.execute(_CLAIM, (execution_id, owner, epoch, takeovers))
-        return Claim(previous_owner=held_by, takeover=takeover, takeovers=takeovers)
+        return Claim(held_by, takeover=died, takeovers=takeovers, cancel_requested=bool(cancel))
 
     async def orphans(self, limit: int) -> list[ExecutionRecord]:
         """See the port; ``limit`` is clamped to 1..``MAX_PAGE_SIZE``. Scans the runs
@@ -440,6 +448,7 @@ class SQLiteStateStore:
         return [_execution_record(row) for row in rows]
 
     async def request_cancel(self, execution_id: str) -> ExecutionRecord:
+        """See the port: an interrupted execution is an orphan, its owner live or not."""
         writer = self._writer
         with self._txn:
             now = self._clock.time()
@@ -449,8 +458,10 @@ class SQLiteStateStore:
             record = _execution_record(row)
             if record.status.final:
                 return record
-            if record.owner_live:
+            # Interrupted: no owner runs it, whether or not its owner lives on.
+            if record.owner_live and record.status is ExecutionStatus.RUNNING:
                 writer.execute(_ADD_CANCEL, (execution_id, record.owner, record.epoch))
+                writer.execute(_REQUEST_CANCEL, (execution_id,))
                 return record
             cancelled = ExecutionStatus.CANCELLED
             writer.execute(_CANCEL_ORPHAN, (execution_id, cancelled.value, now, _ORPHAN_CANCELLED))
@@ -510,6 +521,21 @@ def _execution_record(row: _Row) -> ExecutionRecord:
         takeovers=row[14],
         owner_live=bool(row[15]),
     )
+
+
+def _check_claimable(execution_id: str, status: ExecutionStatus, *, takeover: bool) -> None:
+    """Raise ``InvalidRequest`` unless an execution of ``status`` may be claimed: never a
+    completed one, and for a takeover only an unfinished one."""
+    if takeover and status.final:
+        raise InvalidRequest(
+            "execution_id",
+            "an unfinished execution (running or interrupted)",
+            f"{execution_id} ({status.value})",
+        )
+    if status is ExecutionStatus.COMPLETED:
+        raise InvalidRequest(
+            "execution_id", "an execution that did not complete", f"{execution_id} (completed)"
+        )
 
 
 def _check_ttl(ttl: float) -> None:

@@ -287,7 +287,12 @@ class ClaimExecutionRequest(_message.Message):
 
     EXECUTION_ID_FIELD_NUMBER: _builtins.int
     FENCE_FIELD_NUMBER: _builtins.int
+    TAKEOVER_FIELD_NUMBER: _builtins.int
     execution_id: _builtins.str
+    takeover: _builtins.bool
+    """A takeover: only an unfinished execution (running or interrupted) may be
+    claimed, never an ended one (a manual resume may claim a failed one).
+    """
     @_builtins.property
     def fence(self) -> Global___Fence: ...
     def __init__(
@@ -295,10 +300,11 @@ class ClaimExecutionRequest(_message.Message):
         *,
         execution_id: _builtins.str = ...,
         fence: Global___Fence | None = ...,
+        takeover: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fence", b"fence"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "fence", b"fence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution_id", b"execution_id", "fence", b"fence", "takeover", b"takeover"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -311,22 +317,26 @@ class ClaimExecutionResponse(_message.Message):
     PREVIOUS_OWNER_FIELD_NUMBER: _builtins.int
     TAKEOVER_FIELD_NUMBER: _builtins.int
     TAKEOVERS_FIELD_NUMBER: _builtins.int
+    CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     previous_owner: _builtins.str
     """The owner it was taken from; unset when it had none."""
     takeover: _builtins.bool
     """The previous owner died holding it running."""
     takeovers: _builtins.int
     """How many times an owner died holding it, this one included."""
+    cancel_requested: _builtins.bool
+    """Its cancellation was requested: the claimer ends it cancelled, running nothing."""
     def __init__(
         self,
         *,
         previous_owner: _builtins.str | None = ...,
         takeover: _builtins.bool = ...,
         takeovers: _builtins.int = ...,
+        cancel_requested: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_previous_owner", b"_previous_owner", "previous_owner", b"previous_owner"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_owner", b"_previous_owner", "previous_owner", b"previous_owner", "takeover", b"takeover", "takeovers", b"takeovers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_previous_owner", b"_previous_owner", "cancel_requested", b"cancel_requested", "previous_owner", b"previous_owner", "takeover", b"takeover", "takeovers", b"takeovers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__previous_owner: _TypeAlias = _typing.Literal["previous_owner"]  # noqa: Y015
     _WhichOneofArgType__previous_owner: _TypeAlias = _typing.Literal["_previous_owner", b"_previous_owner"]  # noqa: Y015

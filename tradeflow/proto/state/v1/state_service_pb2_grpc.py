@@ -163,8 +163,9 @@ class StateServiceServicer:
 
     def ClaimExecution(self, request, context):
         """ClaimExecution makes a live lease the owner of an execution that no other
-        live lease runs: an orphan, or an ended one that did not complete. Of two
-        concurrent claims, one wins.
+        live lease runs: an orphan (running with a lapsed owner, or interrupted), or,
+        unless it is a takeover, an ended one that did not complete. The claim sets
+        the status to running. Of two concurrent claims, one wins.
 
         Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
         (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
@@ -176,8 +177,8 @@ class StateServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOrphans(self, request, context):
-        """ListOrphans returns executions running or interrupted whose owner's lease
-        is not live, oldest first.
+        """ListOrphans returns the executions interrupted, or running with an owner
+        whose lease is not live, oldest first.
 
         Fails with UNAVAILABLE when the store cannot be reached.
         """
@@ -187,7 +188,8 @@ class StateServiceServicer:
 
     def RequestCancel(self, request, context):
         """RequestCancel asks an execution's owner to cancel it (delivered with the
-        owner's next heartbeat); an orphan is ended cancelled at once.
+        owner's next heartbeat, and kept on the execution so that whoever claims it
+        next ends it cancelled); an orphan is ended cancelled at once.
 
         Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
         store cannot be reached.

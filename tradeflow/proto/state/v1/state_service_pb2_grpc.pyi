@@ -73,8 +73,9 @@ class StateServiceStub:
     """
     ClaimExecution: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.ClaimExecutionRequest, _state_service_pb2.ClaimExecutionResponse]
     """ClaimExecution makes a live lease the owner of an execution that no other
-    live lease runs: an orphan, or an ended one that did not complete. Of two
-    concurrent claims, one wins.
+    live lease runs: an orphan (running with a lapsed owner, or interrupted), or,
+    unless it is a takeover, an ended one that did not complete. The claim sets
+    the status to running. Of two concurrent claims, one wins.
 
     Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
     (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
@@ -82,14 +83,15 @@ class StateServiceStub:
     when the store cannot be reached.
     """
     ListOrphans: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.ListOrphansRequest, _state_service_pb2.ListOrphansResponse]
-    """ListOrphans returns executions running or interrupted whose owner's lease
-    is not live, oldest first.
+    """ListOrphans returns the executions interrupted, or running with an owner
+    whose lease is not live, oldest first.
 
     Fails with UNAVAILABLE when the store cannot be reached.
     """
     RequestCancel: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.RequestCancelRequest, _state_service_pb2.RequestCancelResponse]
     """RequestCancel asks an execution's owner to cancel it (delivered with the
-    owner's next heartbeat); an orphan is ended cancelled at once.
+    owner's next heartbeat, and kept on the execution so that whoever claims it
+    next ends it cancelled); an orphan is ended cancelled at once.
 
     Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
     store cannot be reached.
@@ -176,8 +178,9 @@ class StateServiceAsyncStub(StateServiceStub):
     """
     ClaimExecution: _aio.UnaryUnaryMultiCallable[_state_service_pb2.ClaimExecutionRequest, _state_service_pb2.ClaimExecutionResponse]  # type: ignore[assignment]
     """ClaimExecution makes a live lease the owner of an execution that no other
-    live lease runs: an orphan, or an ended one that did not complete. Of two
-    concurrent claims, one wins.
+    live lease runs: an orphan (running with a lapsed owner, or interrupted), or,
+    unless it is a takeover, an ended one that did not complete. The claim sets
+    the status to running. Of two concurrent claims, one wins.
 
     Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
     (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
@@ -185,14 +188,15 @@ class StateServiceAsyncStub(StateServiceStub):
     when the store cannot be reached.
     """
     ListOrphans: _aio.UnaryUnaryMultiCallable[_state_service_pb2.ListOrphansRequest, _state_service_pb2.ListOrphansResponse]  # type: ignore[assignment]
-    """ListOrphans returns executions running or interrupted whose owner's lease
-    is not live, oldest first.
+    """ListOrphans returns the executions interrupted, or running with an owner
+    whose lease is not live, oldest first.
 
     Fails with UNAVAILABLE when the store cannot be reached.
     """
     RequestCancel: _aio.UnaryUnaryMultiCallable[_state_service_pb2.RequestCancelRequest, _state_service_pb2.RequestCancelResponse]  # type: ignore[assignment]
     """RequestCancel asks an execution's owner to cancel it (delivered with the
-    owner's next heartbeat); an orphan is ended cancelled at once.
+    owner's next heartbeat, and kept on the execution so that whoever claims it
+    next ends it cancelled); an orphan is ended cancelled at once.
 
     Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
     store cannot be reached.
@@ -306,8 +310,9 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_state_service_pb2.ClaimExecutionResponse, _abc.Awaitable[_state_service_pb2.ClaimExecutionResponse]]:
         """ClaimExecution makes a live lease the owner of an execution that no other
-        live lease runs: an orphan, or an ended one that did not complete. Of two
-        concurrent claims, one wins.
+        live lease runs: an orphan (running with a lapsed owner, or interrupted), or,
+        unless it is a takeover, an ended one that did not complete. The claim sets
+        the status to running. Of two concurrent claims, one wins.
 
         Fails with NOT_FOUND for an unknown execution, FAILED_PRECONDITION
         (OwnerAlive) naming its live owner, or (LeaseLost) when the claimer's lease
@@ -321,8 +326,8 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _state_service_pb2.ListOrphansRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_state_service_pb2.ListOrphansResponse, _abc.Awaitable[_state_service_pb2.ListOrphansResponse]]:
-        """ListOrphans returns executions running or interrupted whose owner's lease
-        is not live, oldest first.
+        """ListOrphans returns the executions interrupted, or running with an owner
+        whose lease is not live, oldest first.
 
         Fails with UNAVAILABLE when the store cannot be reached.
         """
@@ -334,7 +339,8 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_state_service_pb2.RequestCancelResponse, _abc.Awaitable[_state_service_pb2.RequestCancelResponse]]:
         """RequestCancel asks an execution's owner to cancel it (delivered with the
-        owner's next heartbeat); an orphan is ended cancelled at once.
+        owner's next heartbeat, and kept on the execution so that whoever claims it
+        next ends it cancelled); an orphan is ended cancelled at once.
 
         Fails with NOT_FOUND for an unknown execution and UNAVAILABLE when the
         store cannot be reached.
