@@ -461,8 +461,8 @@ async def test_claim_of_a_stopped_execution_makes_it_running_with_no_takeover(
 ) -> None:
     """An interrupted or ended (not completed) execution can be claimed (resumed): its owner
     did not die running it, so it is no takeover, and the claim makes it running at once
-    (a listing by status finds it running, not as it was), the rest of the record as it
-    was."""
+    (a listing by status finds it running, not as it was), from a clean slate: no finish
+    time, error or result of its end."""
     record, previous = await stopped(state_store, uid, "e", status, owner_lives=False)
     assert await listed_with_status(state_store, uid, status) == [record.execution_id]
     taker = await state_store.acquire_lease(owner(uid, "taker"), LIVE_TTL)
@@ -474,6 +474,9 @@ async def test_claim_of_a_stopped_execution_makes_it_running_with_no_takeover(
     assert stored == replace(
         record,
         status=ExecutionStatus.RUNNING,
+        finished_at=None,
+        error=None,
+        result=None,
         owner=taker.info.owner,
         epoch=taker.epoch,
         owner_live=True,
@@ -858,6 +861,27 @@ async def test_a_cancel_request_outlives_the_owner_it_was_asked_of(
     assert claim == Claim(lease.info.owner, takeover=True, takeovers=1, cancel_requested=True)
     assert other == Claim(lease.info.owner, takeover=True, takeovers=1, cancel_requested=False)
     assert await state_store.renew_lease(taker) == Heartbeat()
+
+
+async def test_a_cancel_asked_before_an_execution_ended_does_not_cancel_its_resume(
+    state_store: StateStore, uid: str
+) -> None:
+    """A cancel asked of a running execution that then ended otherwise (failed before the
+    owner saw it) is history: a later manual resume of it is not told to cancel."""
+    lease = await state_store.acquire_lease(owner(uid, "owner"), LIVE_TTL)
+    record = await started(state_store, execution(uid, "e"), lease)
+    await state_store.request_cancel(record.execution_id)
+    await state_store.write(
+        StateBatch(execution=ended(record, ExecutionStatus.FAILED), fence=lease.fence)
+    )
+    resumer = await state_store.acquire_lease(owner(uid, "resumer"), LIVE_TTL)
+
+    claim = await state_store.claim(record.execution_id, resumer)
+
+    assert claim.cancel_requested is False
+    # Running again: a new cancel counts, as for any running execution.
+    await state_store.request_cancel(record.execution_id)
+    assert await state_store.renew_lease(resumer) == Heartbeat(cancel=(record.execution_id,))
 
 
 async def test_an_owner_acquiring_again_keeps_its_pending_cancels(

@@ -583,34 +583,31 @@ async def test_of_concurrent_claims_exactly_one_wins(
 
 
 @pytest.mark.asyncio
-async def test_a_claim_rewrites_only_the_status_word_and_moves_the_status_index(
+async def test_a_claim_of_an_ended_execution_starts_it_clean_and_moves_the_status_index(
     store: RedisStateStore, client: aioredis.Redis, prefix: str
 ) -> None:
-    """Claiming a failed execution makes it running in the claim's script: the stored state
-    text changes only in its leading status (error and result kept byte for byte), and it
-    moves from the failed index to the running one, where listings by status find it."""
+    """Claiming a failed execution makes it running in the claim's script, from a clean
+    slate (no finish time, error, result or cancel asked before it ended), and moves it
+    from the failed index to the running one, where listings by status find it."""
     error = 'quote " comma , bracket ] \u00fc newline \n ends with a backslash \\'
-    result = {"filled": 0.1 + 0.2, "note": '"],[', "nested": {"list": [1, None]}}
     failed = execution(
-        "e1", status=ExecutionStatus.FAILED, finished_at=1001.5, error=error, result=result
+        "e1", status=ExecutionStatus.FAILED, finished_at=1001.5, error=error, result={"x": 1}
     )
     await store.write(StateBatch(execution=failed))
-    key = f"{prefix}:execution:e1"
-    before = await client.hget(key, "state")
+    await client.hset(f"{prefix}:execution:e1", "cancel_requested", "1")
     lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
 
     claim = await store.claim("e1", lease)
 
     assert claim == Claim(previous_owner=None, takeover=False, takeovers=0)
-    assert before is not None and before.startswith(b'["failed",')
-    assert await client.hget(key, "state") == b'["running",' + before[len(b'["failed",') :]
     stored = await store.get_execution("e1")
     assert (stored.status, stored.finished_at, stored.error, stored.result) == (
         ExecutionStatus.RUNNING,
-        1001.5,
-        error,
-        result,
+        None,
+        None,
+        None,
     )
+    assert await client.hexists(f"{prefix}:execution:e1", "cancel_requested") == 0
     assert await ids(store, status=ExecutionStatus.FAILED) == []
     assert await ids(store, status=ExecutionStatus.RUNNING) == ["e1"]
 

@@ -59,8 +59,8 @@ _TAKEOVER_BATCH = 32
 """Orphans claimed per look: the rest wait for the next (or for another replica)."""
 _UNKNOWN_TYPES_KEPT = 1024
 """Orphans remembered as not runnable here (their node types are unknown to this replica)."""
-_STRANDED_TRIES = 20
-"""Retries of a run that failed on the way before it is left to an operator."""
+_STRANDED_WAIT_MAX = 30.0
+"""Most seconds between two retries of a run that failed on the way (back-off doubles)."""
 _POLL_FIRST, _POLL_MAX = 0.02, 0.5
 """Back-off, in seconds, of a wait for an execution that runs in another process."""
 
@@ -110,17 +110,20 @@ class ExecutionManager:
         self._by_request: dict[str, str] = {}
         self._draining = False
         self._takeover: asyncio.Task[None] | None = None
+        self._interval = 0.5
         self._unrunnable: OrderedDict[str, None] = OrderedDict()
         self._waits: dict[str, asyncio.Task[ExecutionView]] = {}
         """One poller per execution running elsewhere that a caller waits for."""
-        self._stranded: dict[str, tuple[EnhancedWorkflowExecutor, str | None, int]] = {}
+        self._stranded: dict[str, tuple[EnhancedWorkflowExecutor, str | None, int, float]] = {}
         """Runs here that failed on the way (the store unreachable at their last write):
         still ``running`` under this replica's live lease, so no other replica would take
-        them over; the takeover loop resumes them here. Value: executor, request id, tries."""
+        them over; the takeover loop resumes them here, with back-off, until they end.
+        Value: executor, request id, tries, monotonic time of the next try."""
 
     def start_takeover(self, interval: float) -> None:
         """Look for orphans every ``interval`` seconds and take them over (until drained)."""
         if self._takeover is None:
+            self._interval = interval
             self._takeover = asyncio.create_task(self._take_over(interval), name="takeover")
 
     def validate(self, definition: object) -> tuple[ValidationIssue, ...]:
@@ -256,12 +259,11 @@ class ExecutionManager:
         try:
             return _view(executor, await run)
         except (LeaseLost, OwnerAlive, InvalidRequest, ExecutionNotFound) as exc:
+            if started is not None and not started.done():
+                # A submission whose start was not stored under this lease: not accepted.
+                raise UnavailableError(f"submission not accepted: {exc.message}") from exc
             if isinstance(exc, InvalidRequest | ExecutionNotFound) and not takeover:
                 raise
-            if isinstance(exc, InvalidRequest):
-                # Ended meanwhile, or recorded with another definition: not for this
-                # replica to run, now or at the next look.
-                self._remember_unrunnable(execution_id)
             # No longer runs here (another owner has it, or it ended before this replica
             # could take it over): the takeover loop may claim it again under this
             # replica's new lease if it is an orphan once more.
@@ -274,10 +276,12 @@ class ExecutionManager:
             if started is not None and not started.done():
                 raise  # a submission refused before its start was stored: nothing to retry
             # Most likely the store was unreachable at a write: the execution is still
-            # ``running`` under this replica's live lease, so retry it here.
+            # ``running`` under this replica's live lease, so retry it here (for as long
+            # as it takes the store to come back: no other replica may take it over).
             tries += 1
-            if tries <= _STRANDED_TRIES:
-                self._stranded[execution_id] = (executor, request_id, tries)
+            wait = min(self._interval * 2**tries, _STRANDED_WAIT_MAX)
+            next_try = asyncio.get_running_loop().time() + wait
+            self._stranded[execution_id] = (executor, request_id, tries, next_try)
             _log.error(
                 "execution.stranded", execution_id=execution_id, error=describe(exc), tries=tries
             )
@@ -328,8 +332,9 @@ class ExecutionManager:
                 await asyncio.sleep(0)  # a full batch: look again at once
 
     def _retry_stranded(self) -> None:
-        for execution_id, (executor, request_id, tries) in list(self._stranded.items()):
-            if execution_id not in self._running:
+        now = asyncio.get_running_loop().time()
+        for execution_id, (executor, request_id, tries, at) in list(self._stranded.items()):
+            if execution_id not in self._running and at <= now:
                 del self._stranded[execution_id]
                 run = executor.resume_run(execution_id, takeover=True)
                 self._track(executor, execution_id, request_id, run, takeover=True, tries=tries)
@@ -355,6 +360,7 @@ class ExecutionManager:
             record.strategy_id,
             registry=self.registry,
         )
+        self._stranded.pop(execution_id, None)
         _log.info("takeover.claiming", execution_id=execution_id, previous_owner=record.owner)
         run = executor.resume_run(execution_id, takeover=True)
         self._track(executor, execution_id, record.request_id, run, takeover=True)
@@ -425,6 +431,12 @@ class ExecutionManager:
         running = self._running.get(execution_id)
         if running is not None and running.executor is not None and not running.task.done():
             running.executor.cancel()
+            try:
+                # Also on the execution: if this replica dies before the run sees it,
+                # whoever takes it over ends it cancelled.
+                await self.infra.state.request_cancel(execution_id)
+            except TradeflowError as exc:
+                _log.warning("cancel.not_recorded", execution_id=execution_id, error=describe(exc))
             return True, ExecutionStatus.RUNNING
         record = await self.infra.state.get_execution(execution_id)
         if record.status.final:

@@ -13,10 +13,12 @@ durable journal, :mod:`tradeflow.engine.journal`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from tradeflow.domain.errors import InvalidRequest, LeaseLost
+from tradeflow.domain.errors import InvalidRequest, LeaseLost, describe
 from tradeflow.domain.limits import check_id
 from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionRecord, ExecutionStatus
 from tradeflow.engine.journal import NULL_JOURNAL, DurableJournal, NullJournal
@@ -182,7 +184,14 @@ class Executor:
                 f"{execution_id} (recorded with another definition)",
             )
         lease = await durability.owner.start()
-        claim = await durability.state.claim(execution_id, lease, takeover=takeover)
+        # Watched from before the claim: a cancel delivered by a heartbeat between the claim
+        # and the run must not be lost (_run watches again, the same callback).
+        durability.owner.watch(execution_id, self.cancel)
+        try:
+            claim = await durability.state.claim(execution_id, lease, takeover=takeover)
+        except BaseException:
+            durability.owner.unwatch(execution_id)
+            raise
         start = _Start(
             record.execution_id,
             record.workflow_id,
@@ -212,9 +221,11 @@ class Executor:
             f"max_takeovers={self.runtime.durability.max_takeovers}); resume it by hand "
             "once the cause is fixed"
         )
-        journal = self._journal(start, last_sequence)
-        now = self.runtime.clock.time()
-        result = ExecutionResult(
+        return await self._journal(start, last_sequence).finish(self._failed(start, error))
+
+    def _failed(self, start: _Start, error: str) -> ExecutionResult:
+        """The result of an execution ended ``failed`` before any node ran."""
+        return ExecutionResult(
             ExecutionStatus.FAILED,
             start.execution_id,
             start.workflow_id or None,
@@ -224,10 +235,9 @@ class Executor:
             [],
             error,
             start.started_at,
-            now,
+            self.runtime.clock.time(),
             None,
         )
-        return await journal.finish(result)
 
     async def _run(
         self,
@@ -269,11 +279,15 @@ class Executor:
         if on_started is not None:
             try:
                 await journal.begin()
-            except BaseException:
-                # Not accepted: nothing more is written (an "interrupted" record would
-                # make a refused submission run after all).
-                journal.unbind()
+            except BaseException as exc:
+                # Not accepted. The start may have been stored all the same (a reply lost
+                # after the commit): end it failed, best effort, rather than leave it
+                # running under this live lease or "interrupted" for another to run.
                 self._unwatch(start.execution_id)
+                if not isinstance(exc, Exception):
+                    journal.unbind()
+                    raise
+                await self._refuse(journal, start, exc)
                 raise
             on_started()
         try:
@@ -311,6 +325,17 @@ class Executor:
             halt,
         )
         return await journal.finish(result)
+
+    async def _refuse(self, journal: NullJournal, start: _Start, error: Exception) -> None:
+        """Best effort: record a submission whose start could not be confirmed as failed."""
+        why = f"submission not accepted: its start could not be stored ({describe(error)})"
+        if isinstance(journal, DurableJournal):
+            # Without the idempotency key: the caller was told the submission failed, so a
+            # retry with the same key must start it (a start stored after all keeps it).
+            journal.start = replace(journal.start, request_id=None)
+        # If this fails too, the start was most likely not stored either: nothing to end.
+        with contextlib.suppress(Exception):
+            await journal.finish(self._failed(start, why))
 
     def _unwatch(self, execution_id: str) -> None:
         if self.runtime.durability is not None:

@@ -83,7 +83,9 @@ class LeaseKeeper:
 
     @property
     def started(self) -> bool:
-        return self._task is not None
+        """The heartbeat runs and the current lease has not been given up."""
+        lease = self._lease
+        return self._task is not None and lease is not None and lease.epoch not in self._lost
 
     @property
     def deadline(self) -> float:
@@ -97,6 +99,11 @@ class LeaseKeeper:
         if self._starting is None:
             self._starting = asyncio.Lock()
         async with self._starting:
+            lease = self._lease
+            if lease is not None and lease.epoch in self._lost:
+                # Given up (past its deadline, or lost), not yet replaced: no new work under it.
+                await self._release(lease)
+                self._lease = None
             if self._lease is None:
                 await self._acquire()
             if self._task is None:

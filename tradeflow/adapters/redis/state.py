@@ -324,14 +324,19 @@ else
   if died then takeovers = takeovers + 1 end
   redis.call('HSET', key, 'owner', owner, 'epoch', epoch, 'takeovers', takeovers)
 end
+local cancel = found[5] and 1 or 0
 if not running then
-  -- Running from now on (a claimer dying before it writes is then a death): only the
-  -- status word of the state text changes, the rest is kept byte for byte.
-  redis.call('HSET', key, 'state', '["running"' .. string.sub(state, #status + 4))
+  -- Running from now on (a claimer dying before it writes is then a death), from a clean
+  -- slate: an ended one's end, and a cancel asked before it ended, are history.
+  redis.call('HSET', key, 'state', '["running",null,null,null]')
   redis.call('ZREM', p .. 'index:status:' .. status, member)
   redis.call('ZADD', p .. 'index:status:running', 0, member)
+  if status ~= 'interrupted' then
+    redis.call('HDEL', key, 'cancel_requested')
+    cancel = 0
+  end
 end
-return {'claimed', previous, died and 1 or 0, takeovers, found[5] and 1 or 0}
+return {'claimed', previous, died and 1 or 0, takeovers, cancel}
 """
 
 # ARGV: prefix, limit. Walks the running and interrupted indexes together in member

@@ -194,8 +194,12 @@ _SELECT_CLAIMED: Final = (
     " ON l.owner = e.owner AND l.epoch = e.epoch AND l.expires_at > ?1"
     " WHERE e.execution_id = ?2"
 )
+# An ended execution claimed (a manual resume) runs again from a clean slate: its end,
+# and a cancel it was asked before it ended, are history.
 _CLAIM: Final = (
-    "UPDATE executions SET owner = ?2, epoch = ?3, takeovers = ?4, status = 'running'"
+    "UPDATE executions SET owner = ?2, epoch = ?3, takeovers = ?4, status = 'running',"
+    " finished_at = NULL, error = NULL, result = NULL,"
+    " cancel_requested = iif(status IN ('running', 'interrupted'), cancel_requested, 0)"
     " WHERE execution_id = ?1"
 )
 _REQUEST_CANCEL: Final = "UPDATE executions SET cancel_requested = 1 WHERE execution_id = ?"
@@ -425,6 +429,7 @@ class SQLiteStateStore:
                 raise ExecutionNotFound(execution_id)
             status, held_by, held_epoch, takeovers, cancel, kind, host, pid = row
             _check_claimable(execution_id, ExecutionStatus(status), takeover=takeover)
+            cancel = cancel and not ExecutionStatus(status).final
             running = status == ExecutionStatus.RUNNING
             if held_epoch == epoch:
                 if not running:
