@@ -230,12 +230,9 @@ class PaperExchange:
         return self._ledger
 
     async def place_order(self, request: OrderRequest) -> Order:
-        """Fill or rest ``request``; re-placing a known ``client_order_id`` returns that order."""
-        # Asked first so that a known order comes back without pricing (a replay feed
-        # would advance, or be exhausted); the ledger asks again inside its atomic step.
-        existing = await self._ledger.get_order(request.venue, request.client_order_id)
-        if existing is not None:
-            return existing
+        """Fill or rest ``request``; re-placing a known ``client_order_id`` returns that order
+        (the ledger's atomic step finds it; the engine asks ``get_order`` first only for an
+        action resumed from its intent, so a new order costs one ledger round trip)."""
         base, quote_asset = _validate(request)
         quote = await self._quote(request)
         buy = request.side == Side.BUY
