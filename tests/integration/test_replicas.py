@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
 P = ParamSpec("P")
 TEST_SECONDS = 60.0
 """Bound on one test (its waits are bounded one by one as well)."""
-KILL_TRIALS = 3
+KILL_TRIALS = 6
 SUBMISSIONS_PER_TRIAL = 6
 
 
