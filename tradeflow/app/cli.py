@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,6 +27,7 @@ import orjson
 from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -43,6 +45,7 @@ from tradeflow.domain.records import (
 )
 from tradeflow.engine.validation import parse_workflow
 from tradeflow.observability.logging import configure_logging
+from tradeflow.ports import EmergencyControl
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 __all__ = ["main"]
@@ -179,13 +182,35 @@ def _stack_env(env: str) -> dict[str, str]:
     return values
 
 
-async def _infra(args: argparse.Namespace) -> Infrastructure:
+def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env(args.env, _stack_env(args.env))
     if getattr(args, "db", None):
         settings = replace(settings, sqlite_path=args.db)
     if getattr(args, "prices", None):
         settings = replace(settings, prices_file=args.prices)
-    return await Infrastructure.create(args.env, settings=settings, owner_kind="cli")
+    return settings
+
+
+async def _infra(args: argparse.Namespace) -> Infrastructure:
+    return await Infrastructure.create(args.env, settings=_settings(args), owner_kind="cli")
+
+
+@contextlib.asynccontextmanager
+async def _kill_switch(args: argparse.Namespace) -> AsyncIterator[EmergencyControl]:
+    """What ``halt``, ``resume`` and ``status`` use: in production the emergency service
+    alone (no NATS, no state service: the kill switch must work while they are down);
+    embedded, the state file's emergency tables."""
+    if args.env != "production":
+        async with await _infra(args) as infra:
+            yield infra.emergency
+        return
+    from tradeflow.app.remote import connect_emergency  # embedded use never loads gRPC
+
+    control = await connect_emergency(_settings(args), clock=SystemClock(), id_factory=new_id)
+    try:
+        yield control
+    finally:
+        await control.close()
 
 
 async def cmd_run(args: argparse.Namespace) -> int:
@@ -235,8 +260,8 @@ async def cmd_validate(args: argparse.Namespace) -> int:
 
 
 async def cmd_halt(args: argparse.Namespace) -> int:
-    async with await _infra(args) as infra:
-        state = await infra.emergency.halt(
+    async with _kill_switch(args) as emergency:
+        state = await emergency.halt(
             Scope(args.scope), args.target, reason=args.reason, actor=args.actor
         )
     print(f"halted {_where(state.scope, state.target)}: {state.reason}")
@@ -245,8 +270,8 @@ async def cmd_halt(args: argparse.Namespace) -> int:
 
 async def cmd_resume(args: argparse.Namespace) -> int:
     scope, target = Scope(args.scope), args.target
-    async with await _infra(args) as infra:
-        lifted = await infra.emergency.resume(scope, target, reason=args.reason, actor=args.actor)
+    async with _kill_switch(args) as emergency:
+        lifted = await emergency.resume(scope, target, reason=args.reason, actor=args.actor)
     print(
         f"resumed {_where(scope, target)}" if lifted else f"{_where(scope, target)} was not halted"
     )
@@ -254,9 +279,9 @@ async def cmd_resume(args: argparse.Namespace) -> int:
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
-    async with await _infra(args) as infra:
-        halts = await infra.emergency.halts()
-        limits = await infra.emergency.list_risk_limits()
+    async with _kill_switch(args) as emergency:
+        halts = await emergency.halts()
+        limits = await emergency.list_risk_limits()
     if not halts:
         print("trading: ACTIVE (no halts)")
     for h in halts:

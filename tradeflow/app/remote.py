@@ -32,7 +32,7 @@ from tradeflow.observability.logging import configure_logging
 from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EmergencyControl, EventBus, StateStore
 
-__all__ = ["connect_ledger", "connect_services", "run_service"]
+__all__ = ["connect_emergency", "connect_ledger", "connect_services", "run_service"]
 
 
 async def connect_services(
@@ -48,13 +48,21 @@ async def connect_services(
     except Exception as exc:
         raise UnavailableError(f"NATS at {settings.nats_url}: {exc}") from exc
     try:
-        emergency = await RemoteEmergencyControl.connect(
-            settings.emergency_address, clock=clock, id_factory=id_factory
-        )
+        emergency = await connect_emergency(settings, clock=clock, id_factory=id_factory)
     except BaseException:
         await bus.close()
         raise
     return bus, StateClient(settings.state_address), emergency
+
+
+async def connect_emergency(
+    settings: Settings, *, clock: Clock, id_factory: IdFactory
+) -> RemoteEmergencyControl:
+    """The emergency service alone: all the kill switch (halt, resume, status) needs, so
+    it works while NATS or the state service is down."""
+    return await RemoteEmergencyControl.connect(
+        settings.emergency_address, clock=clock, id_factory=id_factory
+    )
 
 
 def connect_ledger(settings: Settings) -> tuple[RedisPaperLedger, Callable[[], Awaitable[None]]]:
