@@ -247,6 +247,59 @@ async def test_halt_stops_the_next_action_but_not_data_nodes(infra: Infrastructu
 
 
 @pytest.mark.asyncio
+async def test_a_halt_lets_cancels_and_logs_through_and_refuses_orders(
+    infra: Infrastructure,
+) -> None:
+    """While halted, the way out stays open: a cancel of a resting order and a log run, an
+    order is refused, and the run ends halted (the seed's EmergencyHalted is raised)."""
+    resting = {
+        "blocks": [
+            block(
+                "bid",
+                "actions",
+                "place_order",
+                {
+                    "symbol": "BTC/USDT",
+                    "side": "buy",
+                    "quantity": 0.001,
+                    "order_type": "limit",
+                    "limit_price": 1.0,
+                },
+            )
+        ]
+    }
+    placed = await EnhancedWorkflowExecutor(resting, infra, "rest").execute()
+    client_order_id = placed["results"]["bid"]["client_order_id"]
+    assert placed["results"]["bid"]["status"] == "open"
+    await infra.emergency.halt(Scope.GLOBAL, reason="unwind")
+    unwind = {
+        "blocks": [
+            block("note", "actions", "log", {"message": "unwinding"}),
+            block(
+                "pull",
+                "actions",
+                "cancel_order",
+                {"client_order_id": client_order_id},
+            ),
+            block(
+                "buy",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "buy", "quantity": 0.001},
+            ),
+        ]
+    }
+    with pytest.raises(EmergencyHalted):
+        await EnhancedWorkflowExecutor(unwind, infra, "unwind").execute()
+    order = await infra.exchange.get_order("paper", client_order_id)
+    assert order is not None and order.status.value == "cancelled"
+    [record] = (await infra.state.list_executions(ExecutionQuery(workflow_id="unwind"))).executions
+    assert record.status is ExecutionStatus.HALTED
+    assert record.result is not None and set(record.result["results"]) == {"note", "pull"}
+    assert infra.metrics.actions_refused._value.get() == 1
+
+
+@pytest.mark.asyncio
 async def test_risk_node_breach_raises_and_halts_everything(infra: Infrastructure) -> None:
     """A max_position breach raises RiskLimitExceeded and auto-halts: the next run is refused."""
     workflow = {

@@ -13,6 +13,7 @@ from tradeflow.domain.errors import OrderRejected
 __all__ = [
     "BALANCE_TOLERANCE",
     "FLAT",
+    "ActionEffect",
     "Fill",
     "Order",
     "OrderRequest",
@@ -34,6 +35,17 @@ BALANCE_TOLERANCE: Final = 1e-9
 and below which a position counts as flat."""
 
 _SECONDS_PER_DAY: Final = 86_400
+
+
+class ActionEffect(StrEnum):
+    """What an action does at a venue, which decides whether a halt stops it."""
+
+    ORDER = "order"
+    """Places an order, which may open or grow exposure: refused while trading is halted."""
+    CANCEL = "cancel"
+    """Withdraws an order: always allowed, the way out of a position while halted."""
+    NONE = "none"
+    """Changes nothing at a venue (``log``): always runs."""
 
 
 class Side(StrEnum):

@@ -78,8 +78,9 @@ class NullJournal:
         the write-ahead intent."""
 
     def guard_action(self, node: NodePlan) -> None:
-        """Right before each attempt of an action: raise ``EmergencyHalted`` if trading is
-        halted (or the halt state cannot be confirmed)."""
+        """Right before each attempt of an action: raise ``LeaseLost`` if this process may
+        no longer act for the execution, and, for an action that may place an order,
+        ``EmergencyHalted`` if trading is halted (or the halt state cannot be confirmed)."""
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
         return None
@@ -240,6 +241,8 @@ class DurableJournal(NullJournal):
     def guard_action(self, node: NodePlan) -> None:
         # After the durable intent, before each attempt: the last moment before the side effect.
         self.owner.check(self.fence.epoch)
+        if not node.halts:
+            return  # a cancel or an effect-free action: the way out of a halt stays open
         try:
             self.durability.emergency.ensure_trading_allowed(self.ids)
         except EmergencyHalted:

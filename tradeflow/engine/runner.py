@@ -32,6 +32,7 @@ from tradeflow.domain.errors import (
     describe,
 )
 from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionStatus
+from tradeflow.domain.trading import ActionEffect
 from tradeflow.engine.model import Block, BreakerConfig, Workflow
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
 from tradeflow.engine.resilience import BreakerRegistry, run_protected
@@ -58,6 +59,9 @@ class NodePlan:
     position: int
     """Index in the topological order."""
     is_action: bool
+    halts: bool
+    """An action a halt refuses (it may place an order); cancels and effect-free actions
+    run while halted."""
     does_io: bool
     """An action or an external call: the journal is told before it starts."""
     protected: bool
@@ -106,6 +110,7 @@ class Plan:
                 upstream=workflow.upstream.get(block.id, ()),
                 position=position,
                 is_action=block.category == "actions",
+                halts=block.category == "actions" and spec.effect is ActionEffect.ORDER,
                 does_io=block.category == "actions" or spec.breaker is not None,
                 protected=(
                     config.timeout is not None

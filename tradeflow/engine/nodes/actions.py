@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tradeflow.domain.errors import InvalidRequest, OrderRejected
-from tradeflow.domain.trading import OrderRequest, OrderType, Side
+from tradeflow.domain.trading import ActionEffect, OrderRequest, OrderType, Side
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes._checks import (
     Problems,
@@ -124,6 +124,7 @@ def _order_problem(side: Any, quantity: Any, order_type: str, limit_price: Any) 
     inputs={"client_order_id": False},
     outputs=("status", "client_order_id"),
     check=require_given("client_order_id"),
+    effect=ActionEffect.CANCEL,
 )
 async def cancel_order(
     ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
@@ -145,6 +146,7 @@ async def cancel_order(
     },
     variadic_inputs=True,
     outputs=("message",),
+    effect=ActionEffect.NONE,
 )
 async def log(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
     """Log ``message`` with each ``{name}`` replaced by input ``name`` (unknown ones kept)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
+from tradeflow.domain.trading import ActionEffect
 
 if TYPE_CHECKING:
     import httpx
@@ -170,6 +171,9 @@ class NodeSpec:
     pure: bool = False
     """Computes from its inputs alone, never waits on I/O: always run inline. Leave False
     for anything that calls out (the runner then overlaps independent calls)."""
+    effect: ActionEffect = ActionEffect.ORDER
+    """For actions: what it does at a venue. Only ``ORDER`` actions are refused while
+    trading is halted; a custom action is taken to place orders unless it says otherwise."""
     doc: str = ""
 
     def output_names(self, properties: Mapping[str, Any]) -> tuple[str, ...]:
@@ -218,6 +222,7 @@ class _Options(TypedDict, total=False):
     breaker: Callable[[Mapping[str, Any]], str]
     check: PropsCheck
     pure: bool
+    effect: ActionEffect
 
 
 def node(
