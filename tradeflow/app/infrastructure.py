@@ -18,11 +18,12 @@ renewed by heartbeat, released by :meth:`Infrastructure.close`.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 
 import structlog
@@ -225,9 +226,12 @@ class Infrastructure:
         await self.close()
 
 
-def _load_node_types(modules: Sequence[str]) -> None:
+@functools.cache
+def _load_node_types(modules: tuple[str, ...]) -> None:
     """Import the modules (and ``tradeflow.nodes`` entry points) registering custom node
-    types: a replica that takes over an execution must know every type it uses."""
+    types: a replica that takes over an execution must know every type it uses. Once per
+    process and module list: scanning the installed packages' entry points costs a few
+    milliseconds, which every ``Infrastructure.create`` would pay again."""
     for name in modules:
         try:
             importlib.import_module(name)

@@ -57,7 +57,7 @@ _log = get_logger("tradeflow.manager")
 _CACHED_PLANS = 256
 _TAKEOVER_BATCH = 32
 """Orphans claimed per look: the rest wait for the next (or for another replica)."""
-_UNKNOWN_TYPES_KEPT = 1024
+_UNRUNNABLE_KEPT = 1024
 """Orphans remembered as not runnable here (their node types are unknown to this replica)."""
 _STRANDED_WAIT_MAX = 30.0
 """Most seconds between two retries of a run that failed on the way (back-off doubles)."""
@@ -91,6 +91,15 @@ class ExecutionView:
 
 
 @dataclass(frozen=True, slots=True)
+class _Job:
+    """An execution run (or resumed) here: what running it again needs."""
+
+    executor: EnhancedWorkflowExecutor
+    execution_id: str
+    request_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class _Running:
     executor: EnhancedWorkflowExecutor | None
     """None for an ended execution found by its request id in the state store."""
@@ -114,11 +123,11 @@ class ExecutionManager:
         self._unrunnable: OrderedDict[str, None] = OrderedDict()
         self._waits: dict[str, asyncio.Task[ExecutionView]] = {}
         """One poller per execution running elsewhere that a caller waits for."""
-        self._stranded: dict[str, tuple[EnhancedWorkflowExecutor, str | None, int, float]] = {}
+        self._stranded: dict[str, tuple[_Job, int, float]] = {}
         """Runs here that failed on the way (the store unreachable at their last write):
         still ``running`` under this replica's live lease, so no other replica would take
         them over; the takeover loop resumes them here, with back-off, until they end.
-        Value: executor, request id, tries, monotonic time of the next try."""
+        Value: the job, its tries, the loop time of the next try."""
 
     def start_takeover(self, interval: float) -> None:
         """Look for orphans every ``interval`` seconds and take them over (until drained)."""
@@ -201,9 +210,7 @@ class ExecutionManager:
             on_started=(lambda: started.set_result(None)) if durable else None,
         )
         running = self._track(
-            executor,
-            execution_id,
-            request_id,
+            _Job(executor, execution_id, request_id),
             run,
             takeover=False,
             started=started if durable else None,
@@ -216,9 +223,7 @@ class ExecutionManager:
 
     def _track(
         self,
-        executor: EnhancedWorkflowExecutor,
-        execution_id: str,
-        request_id: str | None,
+        job: _Job,
         run: Coroutine[Any, Any, ExecutionResult],
         *,
         takeover: bool,
@@ -226,17 +231,10 @@ class ExecutionManager:
         started: asyncio.Future[None] | None = None,
     ) -> _Running:
         task = asyncio.create_task(
-            self._outcome(
-                executor,
-                execution_id,
-                request_id,
-                run,
-                takeover=takeover,
-                tries=tries,
-                started=started,
-            )
+            self._outcome(job, run, takeover=takeover, tries=tries, started=started)
         )
-        running = _Running(executor, execution_id, task)
+        execution_id, request_id = job.execution_id, job.request_id
+        running = _Running(job.executor, execution_id, task)
         self._running[execution_id] = running
         if request_id is not None:
             self._by_request[request_id] = execution_id
@@ -245,9 +243,7 @@ class ExecutionManager:
 
     async def _outcome(
         self,
-        executor: EnhancedWorkflowExecutor,
-        execution_id: str,
-        request_id: str | None,
+        job: _Job,
         run: Coroutine[Any, Any, ExecutionResult],
         *,
         takeover: bool,
@@ -256,8 +252,9 @@ class ExecutionManager:
     ) -> ExecutionView:
         """The final view of a run here or, once another owner has it (this replica lost
         its lease, or another claimed the orphan first), of that owner's run."""
+        execution_id = job.execution_id
         try:
-            return _view(executor, await run)
+            return _view(job.executor, await run)
         except (LeaseLost, OwnerAlive, InvalidRequest, ExecutionNotFound) as exc:
             if started is not None and not started.done():
                 # A submission whose start was not stored under this lease: not accepted.
@@ -268,8 +265,8 @@ class ExecutionManager:
             # could take it over): the takeover loop may claim it again under this
             # replica's new lease if it is an orphan once more.
             _log.info("execution.moved", execution_id=execution_id, reason=exc.message)
-            self._forget(execution_id, executor)
-            if takeover and request_id is None:
+            self._forget(job)
+            if takeover and job.request_id is None:
                 return await self.get(execution_id)  # nobody can be waiting for it
             return await self._final(execution_id)
         except Exception as exc:
@@ -281,21 +278,16 @@ class ExecutionManager:
             tries += 1
             wait = min(self._interval * 2**tries, _STRANDED_WAIT_MAX)
             next_try = asyncio.get_running_loop().time() + wait
-            self._stranded[execution_id] = (executor, request_id, tries, next_try)
+            self._stranded[execution_id] = (job, tries, next_try)
             _log.error(
                 "execution.stranded", execution_id=execution_id, error=describe(exc), tries=tries
             )
             raise
 
-    def _remember_unrunnable(self, execution_id: str) -> None:
-        self._unrunnable[execution_id] = None
-        if len(self._unrunnable) > _UNKNOWN_TYPES_KEPT:
-            self._unrunnable.popitem(last=False)
-
-    def _forget(self, execution_id: str, executor: EnhancedWorkflowExecutor) -> None:
-        running = self._running.get(execution_id)
-        if running is not None and running.executor is executor:
-            del self._running[execution_id]
+    def _forget(self, job: _Job) -> None:
+        running = self._running.get(job.execution_id)
+        if running is not None and running.executor is job.executor:
+            del self._running[job.execution_id]
 
     async def _final(self, execution_id: str) -> ExecutionView:
         """Wait until an execution running in another process is final; every caller
@@ -333,11 +325,11 @@ class ExecutionManager:
 
     def _retry_stranded(self) -> None:
         now = asyncio.get_running_loop().time()
-        for execution_id, (executor, request_id, tries, at) in list(self._stranded.items()):
+        for execution_id, (job, tries, at) in list(self._stranded.items()):
             if execution_id not in self._running and at <= now:
                 del self._stranded[execution_id]
-                run = executor.resume_run(execution_id, takeover=True)
-                self._track(executor, execution_id, request_id, run, takeover=True, tries=tries)
+                run = job.executor.resume_run(execution_id, takeover=True)
+                self._track(job, run, takeover=True, tries=tries)
 
     def _adopt(self, record: ExecutionRecord) -> bool:
         """Resume an orphan here, unless it runs here already or uses unknown node types;
@@ -349,7 +341,9 @@ class ExecutionManager:
             plan = self._plan(record.definition)
         except WorkflowValidationError as exc:
             # Another replica may know its node types: leave it to them.
-            self._remember_unrunnable(execution_id)
+            self._unrunnable[execution_id] = None
+            if len(self._unrunnable) > _UNRUNNABLE_KEPT:
+                self._unrunnable.popitem(last=False)
             _log.warning("takeover.skipped", execution_id=execution_id, error=describe(exc))
             return False
         executor = EnhancedWorkflowExecutor(
@@ -363,7 +357,7 @@ class ExecutionManager:
         self._stranded.pop(execution_id, None)
         _log.info("takeover.claiming", execution_id=execution_id, previous_owner=record.owner)
         run = executor.resume_run(execution_id, takeover=True)
-        self._track(executor, execution_id, record.request_id, run, takeover=True)
+        self._track(_Job(executor, execution_id, record.request_id), run, takeover=True)
         return True
 
     def _finished(

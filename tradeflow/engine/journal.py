@@ -291,23 +291,8 @@ class DurableJournal(NullJournal):
     async def interrupted(self) -> None:
         """Keep what ran and mark the execution ``interrupted``: resumable, and claimable
         by another owner at once (the lease need not lapse first)."""
-        start = self.start
         self.emit(_INTERRUPTED, data={"status": ExecutionStatus.INTERRUPTED.value})
-        self.record = ExecutionRecord(
-            start.execution_id,
-            start.workflow_id,
-            ExecutionStatus.INTERRUPTED,
-            start.started_at,
-            start.definition,
-            start.correlation_id,
-            start.bot_id,
-            start.strategy_id,
-            request_id=start.request_id,
-            owner=start.owner,
-            epoch=start.epoch,
-            takeovers=start.takeovers,
-            owner_live=True,
-        )
+        self.record = self._ended(ExecutionStatus.INTERRUPTED, None, None, None)
         try:
             await self.flush()
         except LeaseLost:
@@ -318,12 +303,17 @@ class DurableJournal(NullJournal):
     def unbind(self) -> None:
         structlog.contextvars.reset_contextvars(**self.bound)
 
-    async def finish(self, result: ExecutionResult) -> ExecutionResult:
-        """Write the final record (built here, once) with the final event; the result
-        carrying that record."""
-        status, error, start = result.status, result.error, self.start
-        # Constructors, not dataclasses.replace: it costs ~3 us a call on this path.
-        record = ExecutionRecord(
+    def _ended(
+        self,
+        status: ExecutionStatus,
+        finished_at: float | None,
+        error: str | None,
+        result: dict[str, Any] | None,
+    ) -> ExecutionRecord:
+        """The start record with how the run stopped, owned by this run's lease."""
+        start = self.start
+        # A constructor, not dataclasses.replace: it costs ~3 us a call on this path.
+        return ExecutionRecord(
             start.execution_id,
             start.workflow_id,
             status,
@@ -332,15 +322,21 @@ class DurableJournal(NullJournal):
             start.correlation_id,
             start.bot_id,
             start.strategy_id,
-            result.finished_at,
+            finished_at,
             error,
-            result.as_dict(),
+            result,
             start.request_id,
             start.owner,
             start.epoch,
             start.takeovers,
             True,
         )
+
+    async def finish(self, result: ExecutionResult) -> ExecutionResult:
+        """Write the final record (built here, once) with the final event; the result
+        carrying that record."""
+        status, error = result.status, result.error
+        record = self._ended(status, result.finished_at, error, result.as_dict())
         seconds = self.clock.monotonic() - self.began
         data: dict[str, Any] = {"status": status.value, "duration_ms": seconds * 1000.0}
         if error is not None:
