@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
 from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
-from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
+from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     AuditEntry,
     Checkpoint,
@@ -26,7 +26,7 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
-from tradeflow.domain.trading import Order, OrderRequest, Quote
+from tradeflow.domain.trading import Order, OrderEffect, OrderRequest, Quote, TradingState
 
 __all__ = [
     "EmergencyControl",
@@ -34,6 +34,7 @@ __all__ = [
     "EventBus",
     "EventHandler",
     "Exchange",
+    "LeaseRegistry",
     "PriceFeed",
     "StateStore",
     "Subscription",
@@ -193,26 +194,64 @@ class StateStore(Protocol):
         ...
 
 
+class LeaseRegistry(Protocol):
+    """Who holds a live lease, and revoking one: how a halt barrier fences an executor
+    that did not acknowledge (the state stores implement it)."""
+
+    async def live_leases(self) -> list[Fence]:
+        """Every lease live now, as ``(owner, epoch)``."""
+        ...
+
+    async def revoke_lease(self, fence: Fence) -> bool:
+        """End the lease ``fence`` names now, as if it had lapsed (its next write or
+        renewal raises ``LeaseLost``, its running executions become orphans); False if
+        that lease was no longer live."""
+        ...
+
+
 class EmergencyControl(Protocol):
     """Halt/resume by scope, risk limits, and the pre-action check."""
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        """Raise ``EmergencyHalted`` if any halt covers ``ids``, or if the current
-        state cannot be confirmed (fail closed). Reads a local view: no round trip."""
+        """Raise ``EmergencyHalted`` unless an order opening a position may start for
+        ``ids``: :meth:`ensure_allowed` of ``OrderEffect.OPENS``."""
+        ...
+
+    def ensure_allowed(self, ids: ScopeIds, effect: OrderEffect) -> None:
+        """Raise ``EmergencyHalted`` unless the trading state of ``ids`` admits ``effect``.
+        A state that cannot be confirmed counts as ``CANCEL_ONLY`` for every scope (fail
+        closed: only cancels and effect-free actions pass). Reads a local view: no round
+        trip."""
+        ...
+
+    def trading_state(self, ids: ScopeIds) -> TradingState:
+        """The most restrictive state covering ``ids``; ``CANCEL_ONLY`` when the state
+        cannot be confirmed."""
         ...
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
-        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any;
-        fails closed like :meth:`ensure_trading_allowed`."""
+        """The halt that decides what ``ids`` may do (the most restrictive covering them,
+        the broadest on a tie), if any; raises ``EmergencyHalted`` when the state cannot be
+        confirmed."""
         ...
 
     async def halt(
-        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
     ) -> HaltState:
-        """Halt trading for ``scope``/``target`` (``None`` for global); re-halting updates the
-        reason. Raises ``InvalidRequest`` naming a bad scope, target, reason or actor, and
-        ``CapacityExceeded`` for a new halt of a scope kind that has ``HALTS_PER_SCOPE_KIND_MAX``
-        (a global halt never)."""
+        """Restrict trading for ``scope``/``target`` (``None`` for global) to ``state``;
+        re-halting updates the reason and state. ``cancel_orders`` asks for every resting
+        order of the scope to be cancelled. When it returns the change is committed: no
+        action's intent in the scope that the state refuses commits after it. Raises
+        ``InvalidRequest`` naming a bad scope, target, reason, actor or state (``ACTIVE``
+        is a resume), and ``CapacityExceeded`` for a new halt of a scope kind that has
+        ``HALTS_PER_SCOPE_KIND_MAX`` (a global halt never)."""
         ...
 
     async def resume(
@@ -322,6 +361,11 @@ class Exchange(Protocol):
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
         """The order placed with this client order id, if any."""
+        ...
+
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        """The resting orders on ``venue`` placed for ``scope``/``target`` (by the scope ids
+        the order request carried; every one for ``Scope.GLOBAL``)."""
         ...
 
     async def position(self, venue: str, symbol: str) -> float:

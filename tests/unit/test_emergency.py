@@ -168,6 +168,8 @@ async def test_halt_and_resume_are_published_counted_and_audited(
         "target": "bot-1",
         "reason": "maintenance",
         "actor": "alice",
+        "state": "halted",
+        "cancel_orders": False,
     }
     assert metrics.registry.get_sample_value("tradeflow_halts_total", {"scope": "bot"}) == 1
     audit = await controller.audit_entries()
@@ -273,7 +275,9 @@ async def test_fails_closed_after_close_and_on_unreadable_rows(
         controller.ensure_trading_allowed(IDS)
 
     writer = sqlite3.connect(db_path, isolation_level=None)
-    writer.execute("INSERT INTO halts VALUES ('galaxy', 'x', 'r', 'a', 0)")
+    writer.execute(
+        "INSERT INTO halts (scope, target, reason, actor, since) VALUES ('galaxy', 'x', 'r', 'a', 0)"
+    )
     writer.close()
     with pytest.raises(EmergencyHalted, match="emergency state unavailable"):
         second.ensure_trading_allowed(IDS)

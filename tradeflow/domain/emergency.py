@@ -31,14 +31,17 @@ from tradeflow.domain.limits import (
 )
 from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
+from tradeflow.domain.trading import OrderEffect, TradingState
 
 __all__ = [
     "DEFAULT_AUDIT_PAGE",
     "DEFAULT_DIRECTIONS",
     "MAX_AUDIT_PAGE",
     "NO_IDS",
+    "BarrierReport",
     "EmergencySnapshot",
     "HaltKey",
+    "InFlightAction",
     "LimitVerdict",
     "ScopeIds",
     "assess_limit",
@@ -47,6 +50,8 @@ __all__ = [
     "checked_number",
     "checked_scope",
     "checked_scope_change",
+    "deciding_halt",
+    "refusal",
     "require_text",
 ]
 
@@ -109,10 +114,22 @@ class EmergencySnapshot:
         )
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        """Raise ``EmergencyHalted`` (broadest halt's reason and scope) if a halt covers ``ids``."""
+        """Raise ``EmergencyHalted`` unless an order that opens a position may start for
+        ``ids`` (:meth:`ensure_allowed` of ``OPENS``)."""
+        self.ensure_allowed(ids, OrderEffect.OPENS)
+
+    def ensure_allowed(self, ids: ScopeIds, effect: OrderEffect) -> None:
+        """Raise ``EmergencyHalted`` (the deciding halt's reason, scope and state) unless
+        the trading state of ``ids`` admits ``effect``."""
         halt = self.active_halt(ids)
-        if halt is not None:
-            raise EmergencyHalted(halt.reason, scope=halt.scope.value, target=halt.target)
+        if halt is not None and not halt.state.allows(effect):
+            raise refusal(halt)
+
+    def trading_state(self, ids: ScopeIds) -> TradingState:
+        """The most restrictive state of the scopes ``ids`` belong to (``ACTIVE`` if none
+        is restricted)."""
+        halt = self.active_halt(ids)
+        return TradingState.ACTIVE if halt is None else halt.state
 
     def ensure_room_for_halt(self, scope: Scope, target: str | None) -> None:
         """``CapacityExceeded`` if halting ``target`` would make more than
@@ -130,18 +147,19 @@ class EmergencySnapshot:
             raise CapacityExceeded("risk limit types", RISK_LIMITS_MAX)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
-        """The broadest halt covering ``ids`` (global > strategy > bot > workflow), if any."""
+        """The halt that decides what ``ids`` may do: the most restrictive of those
+        covering them, the broadest on a tie (global > strategy > bot > workflow)."""
         halts = self.halts
         if not halts:
             return None
-        found = halts.get(_GLOBAL_KEY)
-        if found is None and ids.strategy_id is not None:
-            found = halts.get((Scope.STRATEGY, ids.strategy_id))
-        if found is None and ids.bot_id is not None:
-            found = halts.get((Scope.BOT, ids.bot_id))
-        if found is None and ids.workflow_id is not None:
-            found = halts.get((Scope.WORKFLOW, ids.workflow_id))
-        return found
+        return deciding_halt(
+            (
+                halts.get(_GLOBAL_KEY),
+                None if ids.strategy_id is None else halts.get((Scope.STRATEGY, ids.strategy_id)),
+                None if ids.bot_id is None else halts.get((Scope.BOT, ids.bot_id)),
+                None if ids.workflow_id is None else halts.get((Scope.WORKFLOW, ids.workflow_id)),
+            )
+        )
 
     def halt_list(self) -> list[HaltState]:
         """Every halt, broadest scope first, then by target."""
@@ -150,6 +168,53 @@ class EmergencySnapshot:
     def limit_list(self) -> list[RiskLimit]:
         """Every configured limit, by limit type."""
         return sorted(self.limits.values(), key=lambda limit: limit.limit_type)
+
+
+def deciding_halt(covering: Iterable[HaltState | None]) -> HaltState | None:
+    """Of the halts ``covering`` an action, broadest scope first (``None`` where a scope has
+    none), the one that decides: the most restrictive, the broadest on a tie. Every store
+    that checks an intent applies this rule (the Redis script mirrors it)."""
+    found: HaltState | None = None
+    for halt in covering:
+        if halt is not None and (found is None or halt.state.rank > found.state.rank):
+            found = halt
+    return found
+
+
+def refusal(halt: HaltState) -> EmergencyHalted:
+    """The error for an action ``halt`` does not admit."""
+    return EmergencyHalted(
+        halt.reason, scope=halt.scope.value, target=halt.target, state=halt.state.value
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class InFlightAction:
+    """An action whose intent was committed and whose outcome is not yet recorded: it may
+    still reach its venue. An executor reports these when it acknowledges a new state."""
+
+    owner: str
+    """The lease owner (executor) running it."""
+    execution_id: str
+    node_id: str
+    client_order_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BarrierReport:
+    """How a change that restricts trading was confirmed by the live executors."""
+
+    version: int
+    """The emergency state version every executor had to acknowledge."""
+    live: tuple[str, ...] = ()
+    """The lease owners live when the change was committed."""
+    acknowledged: tuple[str, ...] = ()
+    """Those that acknowledged ``version`` (or a later one) in time."""
+    in_flight: tuple[InFlightAction, ...] = ()
+    """What the acknowledging executors reported still in flight."""
+    fenced: tuple[str, ...] = ()
+    """Those that did not acknowledge in time: their leases were revoked, so their
+    executions move to other owners and nothing more of theirs is written."""
 
 
 @dataclass(frozen=True, slots=True)

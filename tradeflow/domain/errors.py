@@ -137,14 +137,24 @@ class EmergencyHalted(TradeflowError):
     """
 
     grpc_status = "FAILED_PRECONDITION"
-    _detail_fields = ("reason", "scope", "target")
+    _detail_fields = ("reason", "scope", "target", "state")
 
-    def __init__(self, reason: str, *, scope: str = "global", target: str | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        scope: str = "global",
+        target: str | None = None,
+        state: str = "halted",
+    ) -> None:
         where = scope if target is None else f"{scope} {target!r}"
-        super().__init__(f"trading halted ({where}): {reason}")
+        what = "trading halted" if state == "halted" else f"trading {state}"
+        super().__init__(f"{what} ({where}): {reason}")
         self.reason = reason
         self.scope = scope
         self.target = target
+        self.state = state
+        """The trading state that refused: ``halted``, ``cancel_only`` or ``reduce_only``."""
         self.execution_id: str | None = None
 
 

@@ -13,8 +13,11 @@ from enum import StrEnum
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from tradeflow.domain.trading import OrderEffect, TradingState
+
 __all__ = [
     "SCHEMA_VERSION",
+    "ActionGuard",
     "AuditEntry",
     "Checkpoint",
     "CheckpointState",
@@ -218,6 +221,21 @@ class StateBatch:
     """``(owner, epoch)`` (a ``domain.ownership.Fence``): the store writes the batch only
     if that lease is live and the execution records that epoch (or is new, and then
     records it). ``None``: only for an execution no lease owns."""
+    guard: ActionGuard | None = None
+    """The batch carries an action's write-ahead intent: the store writes it only if the
+    trading state of the guard's scopes, read in the same transaction or script, admits
+    the guard's effect, and otherwise refuses the whole batch with ``EmergencyHalted``."""
+
+
+@dataclass(frozen=True, slots=True)
+class ActionGuard:
+    """What the store checks before committing an action's intent: its scope ids (the
+    halts that may cover it) and what it does to exposure."""
+
+    workflow_id: str | None
+    bot_id: str | None
+    strategy_id: str | None
+    effect: OrderEffect
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +280,11 @@ class HaltState:
     reason: str
     actor: str
     since: float
+    state: TradingState = TradingState.HALTED
+    """What the scope still admits (a halt in the seed's sense is ``HALTED``)."""
+    cancel_orders: bool = False
+    """The halt asked for every resting order of the scope to be cancelled (a job a
+    leased executor runs, reported in the audit)."""
 
 
 class LimitDirection(StrEnum):

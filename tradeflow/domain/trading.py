@@ -16,13 +16,16 @@ __all__ = [
     "ActionEffect",
     "Fill",
     "Order",
+    "OrderEffect",
     "OrderRequest",
     "OrderStatus",
     "OrderType",
     "Position",
     "Quote",
     "Side",
+    "TradingState",
     "average_cost",
+    "order_effect",
     "require_balance",
     "settle",
     "signed_quantity",
@@ -51,6 +54,68 @@ class ActionEffect(StrEnum):
 class Side(StrEnum):
     BUY = "buy"
     SELL = "sell"
+
+
+class OrderEffect(StrEnum):
+    """What one action does to exposure, the thing a trading state admits or refuses."""
+
+    OPENS = "opens"
+    """Opens a position from flat, or flips one through zero (an order whose effect was
+    not worked out against the position counts as this, the strictest)."""
+    GROWS = "grows"
+    """Adds to a position on its own side."""
+    REDUCES = "reduces"
+    """Shrinks a position without crossing zero."""
+    CANCELS = "cancels"
+    """Withdraws a resting order."""
+    NONE = "none"
+    """Changes nothing at a venue (``log``)."""
+
+
+_RANKS: Final = {"active": 0, "reduce_only": 1, "cancel_only": 2, "halted": 3}
+
+
+class TradingState(StrEnum):
+    """How much trading a scope admits; of the states covering an action, the most
+    restrictive (highest :attr:`rank`) decides."""
+
+    ACTIVE = "active"
+    """Everything."""
+    REDUCE_ONLY = "reduce_only"
+    """Only orders that shrink a position, cancels and effect-free actions."""
+    CANCEL_ONLY = "cancel_only"
+    """Only cancels and effect-free actions: a controlled wind-down (also what an executor
+    assumes of every scope while it cannot confirm the emergency state)."""
+    HALTED = "halted"
+    """An emergency stop: admits what ``CANCEL_ONLY`` admits (cancels are the way out),
+    and is what an operator's halt and a risk breach set."""
+
+    @property
+    def rank(self) -> int:
+        """0 for ``ACTIVE`` up to 3 for ``HALTED``: the higher, the more restrictive."""
+        return _RANKS[self.value]
+
+    def allows(self, effect: OrderEffect) -> bool:
+        """Whether an action with ``effect`` may start in this state."""
+        if effect is OrderEffect.CANCELS or effect is OrderEffect.NONE:
+            return True
+        if self is TradingState.ACTIVE:
+            return True
+        return self is TradingState.REDUCE_ONLY and effect is OrderEffect.REDUCES
+
+
+def order_effect(side: Side | str, quantity: float, position: float) -> OrderEffect:
+    """The effect of an order of ``quantity`` on ``side`` against a signed ``position``:
+    a position within :data:`BALANCE_TOLERANCE` of zero is flat, and an opposite order
+    larger than the position flips it (``OPENS``)."""
+    if abs(position) <= BALANCE_TOLERANCE:
+        return OrderEffect.OPENS
+    buying = side == Side.BUY
+    if buying == (position > 0):
+        return OrderEffect.GROWS
+    if quantity <= abs(position) + BALANCE_TOLERANCE:
+        return OrderEffect.REDUCES
+    return OrderEffect.OPENS
 
 
 class OrderType(StrEnum):
@@ -92,6 +157,10 @@ class OrderRequest:
     quantity: float
     order_type: OrderType = OrderType.MARKET
     limit_price: float | None = None
+    workflow_id: str | None = None
+    """The scope ids of the execution placing it: what a halt's cancel-on-halt finds."""
+    bot_id: str | None = None
+    strategy_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +179,10 @@ class Order:
     filled_quantity: float
     avg_price: float | None
     created_at: float
+    workflow_id: str | None = None
+    """The scope ids its request carried."""
+    bot_id: str | None = None
+    strategy_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

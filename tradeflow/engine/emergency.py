@@ -31,6 +31,7 @@ from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
     MAX_AUDIT_PAGE,
     NO_IDS,
+    BarrierReport,
     EmergencySnapshot,
     LimitVerdict,
     ScopeIds,
@@ -42,6 +43,7 @@ from tradeflow.domain.emergency import (
 )
 from tradeflow.domain.errors import (
     EmergencyHalted,
+    InvalidRequest,
     RiskLimitExceeded,
     UnavailableError,
 )
@@ -55,6 +57,7 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
 from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EmergencyStore
 
@@ -64,6 +67,9 @@ __all__ = [
     "LocalRiskChecker",
     "RiskLimitExceeded",
     "WatchedView",
+    "check_allowed",
+    "checked_restriction",
+    "current_state",
     "fail_closed",
 ]
 
@@ -78,6 +84,32 @@ def fail_closed(read: Callable[[], EmergencySnapshot]) -> EmergencySnapshot:
         return read()
     except UnavailableError as exc:
         raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
+
+
+def check_allowed(
+    read: Callable[[], EmergencySnapshot], ids: ScopeIds, effect: OrderEffect
+) -> None:
+    """The pre-action check on the snapshot ``read()`` returns: ``EmergencyHalted`` unless
+    the state of ``ids`` admits ``effect``. A state that cannot be confirmed
+    (``UnavailableError``) counts as ``CANCEL_ONLY`` for every scope: cancels and
+    effect-free actions pass without reading it, anything else is refused."""
+    if effect is OrderEffect.CANCELS or effect is OrderEffect.NONE:
+        return
+    try:
+        snapshot = read()
+    except UnavailableError as exc:
+        raise EmergencyHalted(
+            f"emergency state unavailable: {exc.message}", state=TradingState.CANCEL_ONLY.value
+        ) from exc
+    snapshot.ensure_allowed(ids, effect)
+
+
+def current_state(read: Callable[[], EmergencySnapshot], ids: ScopeIds) -> TradingState:
+    """The trading state of ``ids`` in ``read()``; ``CANCEL_ONLY`` when it cannot be confirmed."""
+    try:
+        return read().trading_state(ids)
+    except UnavailableError:
+        return TradingState.CANCEL_ONLY
 
 
 class EmergencyController:
@@ -134,35 +166,83 @@ class EmergencyController:
         return self.state().version
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        self.state().ensure_trading_allowed(ids)
+        check_allowed(self._store.snapshot, ids, OrderEffect.OPENS)
+
+    def ensure_allowed(self, ids: ScopeIds, effect: OrderEffect) -> None:
+        check_allowed(self._store.snapshot, ids, effect)
+
+    def trading_state(self, ids: ScopeIds) -> TradingState:
+        return current_state(self._store.snapshot, ids)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
         return self.state().active_halt(ids)
 
     async def halt(
-        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
     ) -> HaltState:
         return await self._halt(
-            checked_scope_change(scope, target, reason, actor), target, reason, actor
+            checked_scope_change(scope, target, reason, actor),
+            target,
+            reason,
+            actor,
+            checked_restriction(state),
+            bool(cancel_orders),
         )
 
-    async def _halt(self, scope: Scope, target: str | None, reason: str, actor: str) -> HaltState:
+    async def _halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        reason: str,
+        actor: str,
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
+    ) -> HaltState:
         """Store, count, log and announce a halt whose fields are checked (or generated:
         a breach's actor is ``risk:<limit type>``, a little longer than an actor may be)."""
         now = self._clock.time()
+        details = {"state": state.value, "cancel_orders": cancel_orders}
         async with self._writing:
             if scope is not Scope.GLOBAL:  # a global halt is never refused, even unconfirmed
                 self.snapshot().ensure_room_for_halt(scope, target)
-            state = await self._store.save_halt(
-                HaltState(scope=scope, target=target, reason=reason, actor=actor, since=now),
-                AuditEntry(0, now, actor, "halt", scope, target, reason),
+            halt = await self._store.save_halt(
+                HaltState(scope, target, reason, actor, now, state, cancel_orders),
+                AuditEntry(0, now, actor, "halt", scope, target, reason, details),
             )
         if self._metrics is not None:
             self._metrics.halts.labels(scope.value).inc()
-        data = _halt_data(scope, target, reason, actor)
+        data = {**_halt_data(scope, target, reason, actor), **details}
         _log.warning("emergency.halted", **data)
         self._announce(EventType.EMERGENCY_HALTED, now, data)
-        return state
+        return halt
+
+    async def audit_barrier(self, halt: HaltState, report: BarrierReport) -> None:
+        """Audit how the live executors confirmed ``halt`` (action ``halt_barrier``): who
+        acknowledged, what they had in flight, who was fenced."""
+        reason = (
+            f"{len(report.acknowledged)} of {len(report.live)} executors acknowledged"
+            f" version {report.version}"
+            + (f"; fenced {', '.join(report.fenced)}" if report.fenced else "")
+        )
+        await self._store.append_audit(
+            AuditEntry(
+                0,
+                self._clock.time(),
+                halt.actor,
+                "halt_barrier",
+                halt.scope,
+                halt.target,
+                reason,
+                asdict(report),
+            )
+        )
 
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
@@ -289,6 +369,19 @@ class EmergencyController:
                 data=data,
             )
         )
+
+
+def checked_restriction(state: TradingState | str) -> TradingState:
+    """``state`` as a :class:`TradingState` a halt may set; ``InvalidRequest`` naming
+    ``state`` otherwise (``ACTIVE`` restricts nothing: lifting a halt is a resume)."""
+    try:
+        checked = TradingState(state)
+    except (ValueError, TypeError):
+        checked = None
+    if checked is None or checked is TradingState.ACTIVE:
+        allowed = ", ".join(s.value for s in TradingState if s is not TradingState.ACTIVE)
+        raise InvalidRequest("state", f"one of {allowed} (active is a resume)", state)
+    return checked
 
 
 def _halt_data(scope: Scope, target: str | None, reason: str, actor: str) -> dict[str, Any]:

@@ -13,13 +13,15 @@ workflow size limit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, LeaseLost, describe
 from tradeflow.domain.records import (
+    ActionGuard,
     Checkpoint,
     CheckpointState,
     Event,
@@ -28,6 +30,7 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -51,6 +54,12 @@ _COMPLETED = CheckpointState.COMPLETED
 _SKIPPED = CheckpointState.SKIPPED
 _FAILED = CheckpointState.FAILED
 _INTENT = CheckpointState.INTENT
+_REDUCE_ONLY = TradingState.REDUCE_ONLY
+_FREE: Final = frozenset({OrderEffect.CANCELS, OrderEffect.NONE})
+"""Effects every trading state admits: neither the local view nor the store is asked."""
+
+Classify = Callable[[], Awaitable[OrderEffect]]
+"""Works out what an order does against the current position (the node's ``order_effect``)."""
 
 _FINAL_EVENT = {
     ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED.value,
@@ -73,14 +82,18 @@ class NullJournal:
     async def begin(self) -> None:
         """Make the execution's start durable now (a submission accepted is never lost)."""
 
-    async def before_io(self, node: NodePlan) -> None:
+    async def before_io(self, node: NodePlan, classify: Classify | None = None) -> None:
         """Before an action or external call: persist progress; for an action, first record
-        the write-ahead intent."""
+        the write-ahead intent, which the store commits only if the trading state of the
+        execution's scopes admits the action (else ``EmergencyHalted``, and no intent).
+        ``classify`` tells what an order does to the position, asked only when that
+        matters (the scope is ``REDUCE_ONLY``)."""
 
     def guard_action(self, node: NodePlan) -> None:
         """Right before each attempt of an action: raise ``LeaseLost`` if this process may
-        no longer act for the execution, and, for an action that may place an order,
-        ``EmergencyHalted`` if trading is halted (or the halt state cannot be confirmed)."""
+        no longer act for the execution, and ``EmergencyHalted`` if the trading state of
+        its scopes no longer admits the action (or cannot be confirmed, unless it only
+        cancels or changes nothing at a venue)."""
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
         return None
@@ -117,6 +130,7 @@ class DurableJournal(NullJournal):
     # Slots and plain attributes, not a tuple of ids unpacked per event: emit() runs about
     # twenty times per execution and this is the enhanced executor's hot path.
     __slots__ = (
+        "acting",
         "began",
         "bot_id",
         "bound",
@@ -124,6 +138,8 @@ class DurableJournal(NullJournal):
         "clock",
         "correlation_id",
         "durability",
+        "effects",
+        "emergency",
         "events",
         "execution_id",
         "fence",
@@ -166,6 +182,11 @@ class DurableJournal(NullJournal):
         self.bot_id = record.bot_id
         self.strategy_id = record.strategy_id
         self.ids = ScopeIds(record.workflow_id, record.bot_id, record.strategy_id)
+        self.emergency = durability.emergency
+        self.effects: dict[str, OrderEffect] = {}
+        """What each action begun so far does to exposure, as its intent recorded it."""
+        self.acting: set[str] = set()
+        """Actions whose intent committed and whose outcome is not yet recorded."""
         self.sequence = last_sequence
         self.events: list[Event] = []
         self.checkpoints: list[Checkpoint] = []
@@ -218,12 +239,24 @@ class DurableJournal(NullJournal):
     ) -> None:
         self.checkpoints.append(Checkpoint(self.execution_id, node_id, state, now, outputs, error))
 
-    async def flush(self) -> None:
+    async def flush(self, guard: ActionGuard | None = None) -> None:
         if not self.events and not self.checkpoints and self.record is None:
             return
-        batch = StateBatch(self.record, tuple(self.checkpoints), tuple(self.events), self.fence)
+        batch = StateBatch(
+            self.record, tuple(self.checkpoints), tuple(self.events), self.fence, guard
+        )
         self.record, self.events, self.checkpoints = None, [], []
-        await self.durability.state.write(batch)
+        try:
+            await self.durability.state.write(batch)
+        except EmergencyHalted:
+            if guard is None:
+                raise
+            # The store refused the intent and wrote nothing: everything else of the batch
+            # goes with the next one (before what was buffered since, to keep the order).
+            self.record = batch.execution if self.record is None else self.record
+            self.events[:0] = batch.events
+            self.checkpoints[:0] = batch.checkpoints[:-1]
+            raise
 
     async def begin(self) -> None:
         await self.flush()
@@ -232,22 +265,47 @@ class DurableJournal(NullJournal):
         self.emit(_NODE_STARTED, node.block.id)
         return self.clock.monotonic()
 
-    async def before_io(self, node: NodePlan) -> None:
-        if node.is_action:
-            intent = {"client_order_id": f"{self.execution_id}:{node.block.id}"}
-            self._checkpoint(node.block.id, _INTENT, self.clock.time(), intent)
-        await self.flush()
+    async def before_io(self, node: NodePlan, classify: Classify | None = None) -> None:
+        effect = node.effect
+        if effect is None:
+            await self.flush()
+            return
+        node_id = node.block.id
+        guard = None
+        if effect not in _FREE:
+            if classify is not None and self.emergency.trading_state(self.ids) is _REDUCE_ONLY:
+                effect = await classify()
+            self.effects[node_id] = effect
+            self._allowed(effect)  # a refusal the local view already knows costs no write
+            guard = ActionGuard(self.workflow_id, self.bot_id, self.strategy_id, effect)
+        client_order_id = f"{self.execution_id}:{node_id}"
+        self._checkpoint(node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id})
+        try:
+            await self.flush(guard)
+        except EmergencyHalted:
+            self.durability.metrics.actions_refused.inc()
+            raise
+        self.acting.add(node_id)
+        self.owner.acting(self.execution_id, node_id, client_order_id)
 
     def guard_action(self, node: NodePlan) -> None:
         # After the durable intent, before each attempt: the last moment before the side effect.
         self.owner.check(self.fence.epoch)
-        if not node.halts:
-            return  # a cancel or an effect-free action: the way out of a halt stays open
+        effect = self.effects.get(node.block.id)
+        if effect is not None:  # cancels and effect-free actions: the way out stays open
+            self._allowed(effect)
+
+    def _allowed(self, effect: OrderEffect) -> None:
         try:
-            self.durability.emergency.ensure_trading_allowed(self.ids)
+            self.emergency.ensure_allowed(self.ids, effect)
         except EmergencyHalted:
             self.durability.metrics.actions_refused.inc()
             raise
+
+    def _acted(self, node_id: str) -> None:
+        if node_id in self.acting:
+            self.acting.discard(node_id)
+            self.owner.acted(self.execution_id, node_id)
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
         node_id = node.block.id
@@ -257,6 +315,7 @@ class DurableJournal(NullJournal):
             _NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": seconds * 1000.0}
         )
         self._checkpoint(node_id, _COMPLETED, now, outputs)
+        self._acted(node_id)
 
     def node_skipped(self, node: NodePlan, reason: str) -> None:
         node_id = node.block.id
@@ -276,6 +335,7 @@ class DurableJournal(NullJournal):
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
         self._checkpoint(node_id, _FAILED, now, error=message)
+        self._acted(node_id)
         self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
 
     def node_retrying(
@@ -301,6 +361,8 @@ class DurableJournal(NullJournal):
         self.log.warning("execution.interrupted")
 
     def unbind(self) -> None:
+        for node_id in tuple(self.acting):
+            self._acted(node_id)
         structlog.contextvars.reset_contextvars(**self.bound)
 
     def _ended(

@@ -20,8 +20,9 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tradeflow.domain.emergency import InFlightAction
 from tradeflow.domain.errors import LeaseLost, describe
-from tradeflow.domain.ownership import Lease, OwnerInfo
+from tradeflow.domain.ownership import Fence, Lease, OwnerInfo
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -39,6 +40,7 @@ class LeaseKeeper:
         "_clock",
         "_deadline",
         "_heartbeat",
+        "_in_flight",
         "_lease",
         "_log",
         "_lost",
@@ -73,6 +75,7 @@ class LeaseKeeper:
         self._wake: asyncio.Event | None = None
         self._heartbeat = ttl / 3
         self._watchers: dict[str, Callable[[], None]] = {}
+        self._in_flight: dict[tuple[str, str], InFlightAction] = {}
 
     @property
     def lease(self) -> Lease:
@@ -135,6 +138,23 @@ class LeaseKeeper:
 
     def unwatch(self, execution_id: str) -> None:
         self._watchers.pop(execution_id, None)
+
+    def acting(self, execution_id: str, node_id: str, client_order_id: str) -> None:
+        """An action's intent committed: it is in flight until :meth:`acted`."""
+        self._in_flight[execution_id, node_id] = InFlightAction(
+            self.info.owner, execution_id, node_id, client_order_id
+        )
+
+    def acted(self, execution_id: str, node_id: str) -> None:
+        """The action's outcome is recorded (or its run ended)."""
+        self._in_flight.pop((execution_id, node_id), None)
+
+    def acknowledgement(self) -> tuple[Fence, tuple[InFlightAction, ...]] | None:
+        """What this process tells a halt barrier: its lease and its actions in flight;
+        ``None`` while it holds no lease (it runs no execution, so it owes no answer)."""
+        if not self.started:
+            return None
+        return self.lease.fence, tuple(self._in_flight.values())
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop the heartbeat and (unless ``release`` is false) end the lease now, so this

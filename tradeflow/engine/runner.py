@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from tradeflow.domain.errors import (
     EmergencyHalted,
@@ -32,7 +32,7 @@ from tradeflow.domain.errors import (
     describe,
 )
 from tradeflow.domain.records import Checkpoint, CheckpointState, ExecutionStatus
-from tradeflow.domain.trading import ActionEffect
+from tradeflow.domain.trading import ActionEffect, OrderEffect
 from tradeflow.engine.model import Block, BreakerConfig, Workflow
 from tradeflow.engine.nodes.registry import ExecutionContext, NodeRegistry, NodeSpec
 from tradeflow.engine.resilience import BreakerRegistry, run_protected
@@ -42,6 +42,12 @@ if TYPE_CHECKING:
     from tradeflow.engine.journal import NullJournal
 
 __all__ = ["HaltError", "NodePlan", "Plan", "RunOutcome", "Runner"]
+
+_EFFECTS: Final = {
+    ActionEffect.ORDER: OrderEffect.OPENS,
+    ActionEffect.CANCEL: OrderEffect.CANCELS,
+    ActionEffect.NONE: OrderEffect.NONE,
+}
 
 HaltError = EmergencyHalted | RiskLimitExceeded
 
@@ -59,9 +65,10 @@ class NodePlan:
     position: int
     """Index in the topological order."""
     is_action: bool
-    halts: bool
-    """An action a halt refuses (it may place an order); cancels and effect-free actions
-    run while halted."""
+    effect: OrderEffect | None
+    """For an action, what it does to exposure as far as its type tells: ``OPENS`` for
+    one that may place an order (the journal may refine it against the position),
+    ``CANCELS`` or ``NONE``; ``None`` for any other node."""
     does_io: bool
     """An action or an external call: the journal is told before it starts."""
     protected: bool
@@ -110,7 +117,7 @@ class Plan:
                 upstream=workflow.upstream.get(block.id, ()),
                 position=position,
                 is_action=block.category == "actions",
-                halts=block.category == "actions" and spec.effect is ActionEffect.ORDER,
+                effect=_EFFECTS[spec.effect] if block.category == "actions" else None,
                 does_io=block.category == "actions" or spec.breaker is not None,
                 protected=(
                     config.timeout is not None
@@ -260,7 +267,10 @@ class Runner:
         started = 0.0
         try:
             if node.does_io:
-                await journal.before_io(node)
+                classify = node.spec.order_effect
+                await journal.before_io(
+                    node, None if classify is None else partial(classify, self.ctx, block, inputs)
+                )
             started = journal.node_started(node)
             if node.protected:
                 outputs = await self._run_protected(node, inputs)

@@ -35,7 +35,7 @@ from tradeflow.domain.errors import ConfigurationError, describe
 
 __all__ = ["DB_SCHEMA_VERSION", "Database", "WriteTransaction", "open_database"]
 
-DB_SCHEMA_VERSION: Final = 4
+DB_SCHEMA_VERSION: Final = 5
 """Layout version stored in ``PRAGMA user_version``.
 
 Version 3 keeps an execution's checkpoints and events as one JSON journal row
@@ -43,10 +43,11 @@ per written batch, found through the range of rows each execution records (see
 :mod:`tradeflow.adapters.sqlite.state`), and each distinct workflow definition
 once. Version 4 adds ownership (:mod:`tradeflow.domain.ownership`): each
 execution's ``owner``, lease ``epoch``, ``takeovers`` and ``cancel_requested``, the
-``leases`` table and the ``counters`` row that hands out epochs. A version 3 file
-(released) is migrated to 4 in place, in one transaction, when it is opened; files
-of versions 1 and 2 (unreleased development layouts) are refused rather than
-migrated."""
+``leases`` table and the ``counters`` row that hands out epochs. Version 5 adds each
+halt's trading ``state`` and ``cancel_orders`` (:class:`~tradeflow.domain.trading.TradingState`).
+Files of versions 3 and 4 (released) are migrated to 5 in place, in one transaction,
+when they are opened; files of versions 1 and 2 (unreleased development layouts) are
+refused rather than migrated."""
 
 _MIGRATES_FROM: Final = 3
 """The oldest layout :func:`open_database` migrates (to :data:`DB_SCHEMA_VERSION`)."""
@@ -149,6 +150,8 @@ _SCHEMA: Final = (
     reason TEXT NOT NULL,
     actor  TEXT NOT NULL,
     since  REAL NOT NULL,
+    state  TEXT NOT NULL DEFAULT 'halted',
+    cancel_orders INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, target)
 ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS risk_limits (
@@ -173,14 +176,20 @@ _SCHEMA: Final = (
 )
 """Run in order in one ``BEGIN IMMEDIATE`` transaction on every open (idempotent)."""
 
+_MIGRATE_FROM_4: Final = (
+    "ALTER TABLE halts ADD COLUMN state TEXT NOT NULL DEFAULT 'halted'",
+    "ALTER TABLE halts ADD COLUMN cancel_orders INTEGER NOT NULL DEFAULT 0",
+)
 _MIGRATE_FROM_3: Final = (
     "ALTER TABLE executions ADD COLUMN owner TEXT",
     "ALTER TABLE executions ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE executions ADD COLUMN takeovers INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
+    *_MIGRATE_FROM_4,
 )
-"""Run before :data:`_SCHEMA`, in its transaction, on a version 3 file (which then
-creates the new tables and sets the version)."""
+_MIGRATIONS: Final = {3: _MIGRATE_FROM_3, 4: _MIGRATE_FROM_4}
+"""Run before :data:`_SCHEMA`, in its transaction, on a file of the version they are keyed
+by (which :data:`_SCHEMA` then completes with any new tables, and marks current)."""
 
 
 class Database(sqlite3.Connection):
@@ -406,9 +415,9 @@ def _ensure_schema(conn: sqlite3.Connection, location: str) -> None:
         # Another process may have created or migrated the file since the first check:
         # only the version read under the write lock decides whether to migrate.
         version = _check_version(conn, location)
-        if version == _MIGRATES_FROM:
+        if version in _MIGRATIONS:
             try:
-                for statement in _MIGRATE_FROM_3:
+                for statement in _MIGRATIONS[version]:
                     cursor.execute(statement)
             except sqlite3.Error as exc:
                 raise ConfigurationError(

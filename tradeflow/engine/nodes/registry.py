@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
-from tradeflow.domain.trading import ActionEffect
+from tradeflow.domain.trading import ActionEffect, OrderEffect
 
 if TYPE_CHECKING:
     import httpx
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATEGORIES",
     "CONTROL_INPUT",
+    "EffectFn",
     "ExecutionContext",
     "HttpPool",
     "NodeFn",
@@ -141,6 +142,9 @@ class ExecutionContext:
 NodeFn = Callable[["ExecutionContext", "Block", dict[str, Any]], Awaitable[dict[str, Any]]]
 """``async def run(ctx, block, inputs) -> outputs``."""
 
+EffectFn = Callable[["ExecutionContext", "Block", dict[str, Any]], Awaitable[OrderEffect]]
+"""``async def order_effect(ctx, block, inputs) -> OrderEffect``."""
+
 PropsCheck = Callable[[Mapping[str, Any], frozenset[str]], list[tuple[str, str, str]]]
 """Cross-field check of ``(properties with defaults, wired input names)``:
 returns ``(field, expected, found)`` problems."""
@@ -174,6 +178,10 @@ class NodeSpec:
     effect: ActionEffect = ActionEffect.ORDER
     """For actions: what it does at a venue. Only ``ORDER`` actions are refused while
     trading is halted; a custom action is taken to place orders unless it says otherwise."""
+    order_effect: EffectFn | None = None
+    """For ``ORDER`` actions: ``async def (ctx, block, inputs) -> OrderEffect``, what the
+    order does to the position (asked only while its scope is ``REDUCE_ONLY``, where a
+    reducing order may still run). Without it an order counts as opening exposure."""
     doc: str = ""
 
     def output_names(self, properties: Mapping[str, Any]) -> tuple[str, ...]:
@@ -223,6 +231,7 @@ class _Options(TypedDict, total=False):
     check: PropsCheck
     pure: bool
     effect: ActionEffect
+    order_effect: EffectFn
 
 
 def node(

@@ -26,6 +26,36 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _TradingState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TradingStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TradingState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRADING_STATE_UNSPECIFIED: _TradingState.ValueType  # 0
+    """Read as HALTED in a HaltRequest."""
+    TRADING_STATE_ACTIVE: _TradingState.ValueType  # 1
+    TRADING_STATE_REDUCE_ONLY: _TradingState.ValueType  # 2
+    """Only orders that shrink a position, cancels and effect-free actions."""
+    TRADING_STATE_CANCEL_ONLY: _TradingState.ValueType  # 3
+    """Only cancels and effect-free actions."""
+    TRADING_STATE_HALTED: _TradingState.ValueType  # 4
+    """An emergency stop: admits what CANCEL_ONLY admits."""
+
+class TradingState(_TradingState, metaclass=_TradingStateEnumTypeWrapper):
+    """How much trading a scope admits; the most restrictive covering state wins."""
+
+TRADING_STATE_UNSPECIFIED: TradingState.ValueType  # 0
+"""Read as HALTED in a HaltRequest."""
+TRADING_STATE_ACTIVE: TradingState.ValueType  # 1
+TRADING_STATE_REDUCE_ONLY: TradingState.ValueType  # 2
+"""Only orders that shrink a position, cancels and effect-free actions."""
+TRADING_STATE_CANCEL_ONLY: TradingState.ValueType  # 3
+"""Only cancels and effect-free actions."""
+TRADING_STATE_HALTED: TradingState.ValueType  # 4
+"""An emergency stop: admits what CANCEL_ONLY admits."""
+Global___TradingState: _TypeAlias = TradingState  # noqa: Y015
+
 class _LimitDirection:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -53,6 +83,37 @@ LIMIT_DIRECTION_ABS_ABOVE: LimitDirection.ValueType  # 3
 Global___LimitDirection: _TypeAlias = LimitDirection  # noqa: Y015
 
 @_typing.final
+class InFlightAction(_message.Message):
+    """An action whose intent was committed and whose outcome is not yet recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """The executor (lease owner) running it."""
+    execution_id: _builtins.str
+    node_id: _builtins.str
+    client_order_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        execution_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        client_order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_order_id", b"client_order_id", "execution_id", b"execution_id", "node_id", b"node_id", "owner", b"owner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InFlightAction: _TypeAlias = InFlightAction  # noqa: Y015
+
+@_typing.final
 class HaltState(_message.Message):
     """An active halt."""
 
@@ -63,11 +124,16 @@ class HaltState(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CANCEL_ORDERS_FIELD_NUMBER: _builtins.int
     scope: _common_pb2.Scope.ValueType
     target: _builtins.str
     """The strategy, bot or workflow id halted; unset for a global halt."""
     reason: _builtins.str
     actor: _builtins.str
+    state: Global___TradingState.ValueType
+    cancel_orders: _builtins.bool
+    """Every resting order of the scope is to be cancelled (a job an executor runs)."""
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -78,10 +144,12 @@ class HaltState(_message.Message):
         reason: _builtins.str = ...,
         actor: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___TradingState.ValueType = ...,
+        cancel_orders: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "since", b"since", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "actor", b"actor", "reason", b"reason", "scope", b"scope", "since", b"since", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "actor", b"actor", "cancel_orders", b"cancel_orders", "reason", b"reason", "scope", b"scope", "since", b"since", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
     _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
@@ -210,6 +278,8 @@ class HaltRequest(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CANCEL_ORDERS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key."""
     scope: _common_pb2.Scope.ValueType
@@ -218,6 +288,10 @@ class HaltRequest(_message.Message):
     reason: _builtins.str
     actor: _builtins.str
     """Who asks, for the audit trail."""
+    state: Global___TradingState.ValueType
+    """Unspecified means HALTED; ACTIVE is refused (that is a Resume)."""
+    cancel_orders: _builtins.bool
+    """Cancel every resting order of the scope (reported in the audit)."""
     def __init__(
         self,
         *,
@@ -226,10 +300,12 @@ class HaltRequest(_message.Message):
         target: _builtins.str | None = ...,
         reason: _builtins.str = ...,
         actor: _builtins.str = ...,
+        state: Global___TradingState.ValueType = ...,
+        cancel_orders: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "actor", b"actor", "reason", b"reason", "request_id", b"request_id", "scope", b"scope", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "actor", b"actor", "cancel_orders", b"cancel_orders", "reason", b"reason", "request_id", b"request_id", "scope", b"scope", "state", b"state", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
     _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
@@ -242,16 +318,44 @@ class HaltResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HALT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    ACKNOWLEDGED_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    FENCED_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The state version every live executor had to acknowledge."""
     @_builtins.property
     def halt(self) -> Global___HaltState: ...
+    @_builtins.property
+    def live(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The lease owners live when the halt was committed."""
+
+    @_builtins.property
+    def acknowledged(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Those that acknowledged in time."""
+
+    @_builtins.property
+    def in_flight(self) -> _containers.RepeatedCompositeFieldContainer[Global___InFlightAction]:
+        """What they reported still in flight (intent committed, outcome not yet recorded)."""
+
+    @_builtins.property
+    def fenced(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Those that did not acknowledge in time: their leases were revoked."""
+
     def __init__(
         self,
         *,
         halt: Global___HaltState | None = ...,
+        version: _builtins.int = ...,
+        live: _abc.Iterable[_builtins.str] | None = ...,
+        acknowledged: _abc.Iterable[_builtins.str] | None = ...,
+        in_flight: _abc.Iterable[Global___InFlightAction] | None = ...,
+        fenced: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["halt", b"halt"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["halt", b"halt"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged", b"acknowledged", "fenced", b"fenced", "halt", b"halt", "in_flight", b"in_flight", "live", b"live", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -570,6 +674,52 @@ class WatchStateResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchStateResponse: _TypeAlias = WatchStateResponse  # noqa: Y015
+
+@_typing.final
+class AcknowledgeStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    IN_FLIGHT_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """The executor's lease: owner and epoch."""
+    epoch: _builtins.int
+    version: _builtins.int
+    """The state version its view now enforces."""
+    @_builtins.property
+    def in_flight(self) -> _containers.RepeatedCompositeFieldContainer[Global___InFlightAction]: ...
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        version: _builtins.int = ...,
+        in_flight: _abc.Iterable[Global___InFlightAction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "in_flight", b"in_flight", "owner", b"owner", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeStateRequest: _TypeAlias = AcknowledgeStateRequest  # noqa: Y015
+
+@_typing.final
+class AcknowledgeStateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcknowledgeStateResponse: _TypeAlias = AcknowledgeStateResponse  # noqa: Y015
 
 @_typing.final
 class ListAuditEntriesRequest(_message.Message):

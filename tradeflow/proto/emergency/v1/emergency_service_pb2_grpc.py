@@ -79,6 +79,11 @@ class EmergencyServiceStub:
                 request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesResponse.FromString,
                 _registered_method=True)
+        self.AcknowledgeState = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/AcknowledgeState',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.FromString,
+                _registered_method=True)
 
 
 class EmergencyServiceServicer:
@@ -90,8 +95,14 @@ class EmergencyServiceServicer:
     """
 
     def Halt(self, request, context):
-        """Halt stops trading for a scope (global, or one strategy, bot or workflow).
-        Halting what is already halted replaces the reason and actor.
+        """Halt restricts trading for a scope (global, or one strategy, bot or workflow)
+        to a trading state (HALTED unless told). Halting what is already halted
+        replaces the reason, actor and state.
+
+        It returns once the new state is committed (no intent the state refuses
+        commits after that) and every live executor acknowledged it, reporting the
+        actions it had in flight; an executor that did not acknowledge within the
+        barrier deadline has its lease revoked and is named in `fenced`.
 
         Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
         halt, a missing target on any other, a target or request_id that is not an
@@ -179,6 +190,17 @@ class EmergencyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AcknowledgeState(self, request, context):
+        """AcknowledgeState is an executor telling that its local view has reached a
+        state version (so its own checks enforce it), with the actions it has in flight.
+
+        Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
+        id, or more in-flight actions than an executor may run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmergencyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -221,6 +243,11 @@ def add_EmergencyServiceServicer_to_server(servicer, server):
                     servicer.ListAuditEntries,
                     request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesRequest.FromString,
                     response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesResponse.SerializeToString,
+            ),
+            'AcknowledgeState': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcknowledgeState,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -444,6 +471,33 @@ class EmergencyService:
             '/tradeflow.emergency.v1.EmergencyService/ListAuditEntries',
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesRequest.SerializeToString,
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ListAuditEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcknowledgeState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/AcknowledgeState',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.FromString,
             options,
             channel_credentials,
             insecure,

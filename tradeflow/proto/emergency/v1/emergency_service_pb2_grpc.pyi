@@ -44,8 +44,14 @@ class EmergencyServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> EmergencyServiceAsyncStub: ...
     Halt: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.HaltRequest, _emergency_service_pb2.HaltResponse]
-    """Halt stops trading for a scope (global, or one strategy, bot or workflow).
-    Halting what is already halted replaces the reason and actor.
+    """Halt restricts trading for a scope (global, or one strategy, bot or workflow)
+    to a trading state (HALTED unless told). Halting what is already halted
+    replaces the reason, actor and state.
+
+    It returns once the new state is committed (no intent the state refuses
+    commits after that) and every live executor acknowledged it, reporting the
+    actions it had in flight; an executor that did not acknowledge within the
+    barrier deadline has its lease revoked and is named in `fenced`.
 
     Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
     halt, a missing target on any other, a target or request_id that is not an
@@ -101,6 +107,13 @@ class EmergencyServiceStub:
 
     Fails with UNAVAILABLE when the audit trail cannot be read.
     """
+    AcknowledgeState: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.AcknowledgeStateRequest, _emergency_service_pb2.AcknowledgeStateResponse]
+    """AcknowledgeState is an executor telling that its local view has reached a
+    state version (so its own checks enforce it), with the actions it has in flight.
+
+    Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
+    id, or more in-flight actions than an executor may run.
+    """
 
 @_typing.type_check_only
 class EmergencyServiceAsyncStub(EmergencyServiceStub):
@@ -113,8 +126,14 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Halt: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.HaltRequest, _emergency_service_pb2.HaltResponse]  # type: ignore[assignment]
-    """Halt stops trading for a scope (global, or one strategy, bot or workflow).
-    Halting what is already halted replaces the reason and actor.
+    """Halt restricts trading for a scope (global, or one strategy, bot or workflow)
+    to a trading state (HALTED unless told). Halting what is already halted
+    replaces the reason, actor and state.
+
+    It returns once the new state is committed (no intent the state refuses
+    commits after that) and every live executor acknowledged it, reporting the
+    actions it had in flight; an executor that did not acknowledge within the
+    barrier deadline has its lease revoked and is named in `fenced`.
 
     Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
     halt, a missing target on any other, a target or request_id that is not an
@@ -170,6 +189,13 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
 
     Fails with UNAVAILABLE when the audit trail cannot be read.
     """
+    AcknowledgeState: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.AcknowledgeStateRequest, _emergency_service_pb2.AcknowledgeStateResponse]  # type: ignore[assignment]
+    """AcknowledgeState is an executor telling that its local view has reached a
+    state version (so its own checks enforce it), with the actions it has in flight.
+
+    Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
+    id, or more in-flight actions than an executor may run.
+    """
 
 class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Halts and resumes trading by scope and checks risk limits.
@@ -185,8 +211,14 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _emergency_service_pb2.HaltRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_emergency_service_pb2.HaltResponse, _abc.Awaitable[_emergency_service_pb2.HaltResponse]]:
-        """Halt stops trading for a scope (global, or one strategy, bot or workflow).
-        Halting what is already halted replaces the reason and actor.
+        """Halt restricts trading for a scope (global, or one strategy, bot or workflow)
+        to a trading state (HALTED unless told). Halting what is already halted
+        replaces the reason, actor and state.
+
+        It returns once the new state is committed (no intent the state refuses
+        commits after that) and every live executor acknowledged it, reporting the
+        actions it had in flight; an executor that did not acknowledge within the
+        barrier deadline has its lease revoked and is named in `fenced`.
 
         Fails with INVALID_ARGUMENT for an unspecified scope, a target on a global
         halt, a missing target on any other, a target or request_id that is not an
@@ -283,6 +315,19 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListAuditEntries returns the newest audit entries first.
 
         Fails with UNAVAILABLE when the audit trail cannot be read.
+        """
+
+    @_abc_1.abstractmethod
+    def AcknowledgeState(
+        self,
+        request: _emergency_service_pb2.AcknowledgeStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.AcknowledgeStateResponse, _abc.Awaitable[_emergency_service_pb2.AcknowledgeStateResponse]]:
+        """AcknowledgeState is an executor telling that its local view has reached a
+        state version (so its own checks enforce it), with the actions it has in flight.
+
+        Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
+        id, or more in-flight actions than an executor may run.
         """
 
 def add_EmergencyServiceServicer_to_server(servicer: EmergencyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

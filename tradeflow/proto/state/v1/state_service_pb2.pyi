@@ -9,6 +9,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tradeflow.proto.common.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -20,6 +21,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OrderEffect:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrderEffectEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrderEffect.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORDER_EFFECT_UNSPECIFIED: _OrderEffect.ValueType  # 0
+    ORDER_EFFECT_OPENS: _OrderEffect.ValueType  # 1
+    """Opens a position from flat, or flips one (the strictest; also an unknown effect)."""
+    ORDER_EFFECT_GROWS: _OrderEffect.ValueType  # 2
+    ORDER_EFFECT_REDUCES: _OrderEffect.ValueType  # 3
+    ORDER_EFFECT_CANCELS: _OrderEffect.ValueType  # 4
+    ORDER_EFFECT_NONE: _OrderEffect.ValueType  # 5
+
+class OrderEffect(_OrderEffect, metaclass=_OrderEffectEnumTypeWrapper):
+    """What one action does to exposure."""
+
+ORDER_EFFECT_UNSPECIFIED: OrderEffect.ValueType  # 0
+ORDER_EFFECT_OPENS: OrderEffect.ValueType  # 1
+"""Opens a position from flat, or flips one (the strictest; also an unknown effect)."""
+ORDER_EFFECT_GROWS: OrderEffect.ValueType  # 2
+ORDER_EFFECT_REDUCES: OrderEffect.ValueType  # 3
+ORDER_EFFECT_CANCELS: OrderEffect.ValueType  # 4
+ORDER_EFFECT_NONE: OrderEffect.ValueType  # 5
+Global___OrderEffect: _TypeAlias = OrderEffect  # noqa: Y015
 
 @_typing.final
 class HistoryEvent(_message.Message):
@@ -56,6 +83,7 @@ class WriteBatchRequest(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
     FENCE_FIELD_NUMBER: _builtins.int
+    GUARD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key: a retried batch is written once."""
     @_builtins.property
@@ -70,6 +98,13 @@ class WriteBatchRequest(_message.Message):
     def fence(self) -> Global___Fence:
         """The writer's lease: unset only for an execution no lease owns."""
 
+    @_builtins.property
+    def guard(self) -> Global___ActionGuard:
+        """Set when the batch carries an action's write-ahead intent: the batch is written
+        only if the trading state of these scopes admits the effect, checked in the same
+        atomic step (else FAILED_PRECONDITION, EmergencyHalted, and nothing is written).
+        """
+
     def __init__(
         self,
         *,
@@ -78,14 +113,57 @@ class WriteBatchRequest(_message.Message):
         checkpoints: _abc.Iterable[_common_pb2.Checkpoint] | None = ...,
         events: _abc.Iterable[_common_pb2.Event] | None = ...,
         fence: Global___Fence | None = ...,
+        guard: Global___ActionGuard | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "fence", b"fence"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "fence", b"fence", "guard", b"guard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "events", b"events", "execution", b"execution", "fence", b"fence", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoints", b"checkpoints", "events", b"events", "execution", b"execution", "fence", b"fence", "guard", b"guard", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteBatchRequest: _TypeAlias = WriteBatchRequest  # noqa: Y015
+
+@_typing.final
+class ActionGuard(_message.Message):
+    """What the store checks before committing an action's intent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_ID_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    bot_id: _builtins.str
+    strategy_id: _builtins.str
+    effect: Global___OrderEffect.ValueType
+    """What the action does to exposure."""
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str | None = ...,
+        bot_id: _builtins.str | None = ...,
+        strategy_id: _builtins.str | None = ...,
+        effect: Global___OrderEffect.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "effect", b"effect", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bot_id: _TypeAlias = _typing.Literal["bot_id"]  # noqa: Y015
+    _WhichOneofArgType__bot_id: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id"]  # noqa: Y015
+    _WhichOneofReturnType__strategy_id: _TypeAlias = _typing.Literal["strategy_id"]  # noqa: Y015
+    _WhichOneofArgType__strategy_id: _TypeAlias = _typing.Literal["_strategy_id", b"_strategy_id"]  # noqa: Y015
+    _WhichOneofReturnType__workflow_id: _TypeAlias = _typing.Literal["workflow_id"]  # noqa: Y015
+    _WhichOneofArgType__workflow_id: _TypeAlias = _typing.Literal["_workflow_id", b"_workflow_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bot_id) -> _WhichOneofReturnType__bot_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strategy_id) -> _WhichOneofReturnType__strategy_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workflow_id) -> _WhichOneofReturnType__workflow_id | None: ...
+
+Global___ActionGuard: _TypeAlias = ActionGuard  # noqa: Y015
 
 @_typing.final
 class WriteBatchResponse(_message.Message):
