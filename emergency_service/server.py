@@ -1,4 +1,5 @@
-"""Wiring of the emergency service: Redis, NATS, the emergency controller, the servicer.
+"""Wiring of the emergency service: Redis, NATS, the emergency controller, the halt
+barrier, the servicer.
 
 Halts, risk limits and the audit trail live in Redis
 (:class:`~tradeflow.adapters.redis.emergency.RedisEmergencyController`), so
@@ -9,6 +10,11 @@ to mutating requests are kept by ``request_id`` in Redis
 
 Redis and NATS must be reachable at start: the service refuses to serve a state
 it cannot load (exit status 2, the orchestrator restarts it).
+
+The halt barrier lists and revokes executors' leases through a
+:class:`~tradeflow.adapters.redis.state.RedisStateStore` on the same Redis and prefix as
+the state service's (``TRADEFLOW_REDIS_PREFIX``): the leases it reads are the ones every
+intent commit is fenced by.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
+from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.observability.metrics import Metrics
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
@@ -53,9 +61,11 @@ async def build(settings: ServiceSettings) -> Service:
         stack.push_async_callback(controller.close)
         resources = stack.pop_all()
 
+    leases = RedisStateStore(client, prefix=settings.redis_prefix)
     servicer = EmergencyServicer(
         controller,
         RedisRequestLog(client, prefix=settings.redis_prefix, ttl=settings.request_ttl_seconds),
+        HaltBarrier(leases, timeout=settings.halt_ack_timeout),
         heartbeat=settings.heartbeat_seconds,
     )
 

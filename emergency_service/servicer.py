@@ -11,6 +11,10 @@ request log's, and every error becomes a status code in the server's interceptor
 
 - The state is read with ``snapshot()``: one the controller cannot confirm is
   ``UnavailableError`` (``UNAVAILABLE``), not the pre-action check's ``EmergencyHalted``.
+- ``Halt`` returns once the halt is committed and the
+  :class:`~tradeflow.engine.barrier.HaltBarrier` has confirmed it: every live executor
+  acknowledged the new version (``AcknowledgeState``) or had its lease revoked. The
+  barrier's report is the answer and is audited (``halt_barrier``).
 - A risk breach is a result (``breached``), not an error.
 - Mutating calls pass through a
   :class:`~tradeflow.adapters.redis.emergency.RedisRequestLog`: a repeated
@@ -32,6 +36,7 @@ import grpc
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
 from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE, EmergencySnapshot
+from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
@@ -42,13 +47,19 @@ _UNKNOWN_ACTOR: Final = "unknown"
 
 
 class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
-    """Translates each RPC to calls on ``controller``."""
+    """Translates each RPC to calls on ``controller``; halts wait on ``barrier``."""
 
     def __init__(
-        self, controller: RedisEmergencyController, requests: RedisRequestLog, *, heartbeat: float
+        self,
+        controller: RedisEmergencyController,
+        requests: RedisRequestLog,
+        barrier: HaltBarrier,
+        *,
+        heartbeat: float,
     ) -> None:
         self._controller = controller
         self._requests = requests
+        self._barrier = barrier
         self._heartbeat = heartbeat
         self._draining = asyncio.Event()
 
@@ -61,12 +72,21 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     ) -> pb.HaltResponse:
         scope = wire.SCOPE.from_proto(request.scope, "scope")
         target = request.target if request.HasField("target") else None
+        state = wire.restriction_from_proto(request.state)
 
         async def run() -> pb.HaltResponse:
             halt = await self._controller.halt(
-                scope, target, reason=request.reason, actor=request.actor or _UNKNOWN_ACTOR
+                scope,
+                target,
+                reason=request.reason,
+                actor=request.actor or _UNKNOWN_ACTOR,
+                state=state,
+                cancel_orders=request.cancel_orders,
             )
-            return pb.HaltResponse(halt=wire.halt_state_to_proto(halt))
+            # The version the halt made (or a later one): what executors must have reached.
+            report = await self._barrier.wait(self._controller.snapshot().version)
+            await self._controller.audit_barrier(halt, report)
+            return wire.halt_response_to_proto(halt, report)
 
         return await self._requests.once("Halt", request.request_id, run, pb.HaltResponse)
 
@@ -139,6 +159,24 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         return pb.ListAuditEntriesResponse(
             entries=[wire.audit_entry_to_proto(entry) for entry in entries]
         )
+
+    async def AcknowledgeState(
+        self, request: pb.AcknowledgeStateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcknowledgeStateResponse:
+        self._barrier.acknowledge(*wire.acknowledgement_from_proto(request))
+        return pb.AcknowledgeStateResponse()
+
+    async def RecordCancelOnHalt(
+        self, request: pb.RecordCancelOnHaltRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordCancelOnHaltResponse:
+        await self._controller.record_cancel_on_halt(
+            wire.SCOPE.from_proto(request.scope, "scope"),
+            request.target if request.HasField("target") else None,
+            execution_id=request.execution_id,
+            status=request.status,
+            cancelled=request.cancelled,
+        )
+        return pb.RecordCancelOnHaltResponse()
 
     async def WatchState(
         self, request: pb.WatchStateRequest, context: grpc.aio.ServicerContext

@@ -5,7 +5,8 @@ Requests become records here, and are rejected here when they cannot: every
 so a caller knows which value to fix. Every id must be well-formed and every
 bound of :mod:`tradeflow.domain.limits` hold, a lease time and an orphan count too
 (each store would otherwise meet a value it cannot use: a zero or an overflowing
-``PEXPIRE``). Everything else is the store's business.
+``PEXPIRE``). Everything else is the store's business, the trading-state check of an
+intent's ``guard`` too: a refusal is ``EmergencyHalted`` (``FAILED_PRECONDITION``).
 """
 
 from __future__ import annotations
@@ -228,6 +229,11 @@ def _batch(request: pb.WriteBatchRequest) -> StateBatch:
         checkpoints=_each("checkpoints", request.checkpoints, _checkpoint, owner),
         events=_each("events", request.events, _event, owner),
         fence=wire.fence_from_proto(request.fence) if request.HasField("fence") else None,
+        guard=(
+            wire.within("guard", wire.action_guard_from_proto, request.guard)
+            if request.HasField("guard")
+            else None
+        ),
     )
 
 

@@ -260,6 +260,20 @@ class EmergencyControl(Protocol):
         """Lift the halt on ``scope``/``target``; False (and no audit entry) if there was none."""
         ...
 
+    async def record_cancel_on_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        *,
+        execution_id: str,
+        status: str,
+        cancelled: Sequence[str],
+    ) -> None:
+        """Audit (action ``cancel_on_halt``) what the cancel-on-halt job of the halt on
+        ``scope``/``target`` did: its execution, final status and the client order ids it
+        cancelled. ``InvalidRequest`` naming a bad field."""
+        ...
+
     async def halts(self) -> list[HaltState]:
         """Every active halt, broadest scope first."""
         ...

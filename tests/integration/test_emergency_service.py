@@ -8,8 +8,9 @@ import asyncio
 import json
 import math
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -17,25 +18,31 @@ import httpx
 import nats
 import pytest
 import pytest_asyncio
+import redis
+import redis.asyncio as aioredis
 from emergency_fixtures import (
     EMERGENCY_SERVICE_NAME,
+    HEARTBEAT_SECONDS,
     ClientFactory,
 )
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kit import DEADLINE_SECONDS, ManualClock
 from nats.aio.msg import Msg
-from servers import ServerProcess, Service, free_port
+from servers import ServerProcess, Service, Stack, free_port, start_service
+from workflows import trading_workflow
 
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import NO_IDS, ScopeIds
+from tradeflow.domain.emergency import NO_IDS, InFlightAction, ScopeIds
 from tradeflow.domain.errors import (
     CapacityExceeded,
     EmergencyHalted,
     InvalidRequest,
+    LeaseLost,
     RiskLimitExceeded,
     TradeflowError,
     UnavailableError,
@@ -45,10 +52,15 @@ from tradeflow.domain.limits import (
     HALTS_PER_SCOPE_KIND_MAX,
     TEXT_MAX_LENGTH,
 )
+from tradeflow.domain.ownership import OwnerInfo
 from tradeflow.domain.records import LimitDirection, Scope
+from tradeflow.domain.trading import OrderEffect, TradingState
+from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
+from tradeflow.proto.executor.v1 import executor_service_pb2 as executor_pb
+from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as executor_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +171,8 @@ async def test_risk_breach_is_a_result_that_halts_everyone(
 async def test_every_change_is_audited_newest_first(
     make_emergency_client: ClientFactory,
 ) -> None:
-    """Halts, resumes, limit changes and breaches each leave one audit entry: who, why, values."""
+    """Halts, resumes, limit changes and breaches each leave one audit entry (a halt a
+    second one, its barrier's report): who, why, values."""
     client = await make_emergency_client()
     await client.halt(Scope.STRATEGY, "strat-1", reason="news", actor="alice")
     await client.resume(Scope.STRATEGY, "strat-1", reason="news over", actor="bob")
@@ -175,9 +188,10 @@ async def test_every_change_is_audited_newest_first(
         ("risk_breach", "risk:max_position"),
         ("set_risk_limit", "carol"),
         ("resume", "bob"),
+        ("halt_barrier", "alice"),
         ("halt", "alice"),
     ]
-    assert (entries[3].scope, entries[3].target, entries[3].reason) == (
+    assert (entries[4].scope, entries[4].target, entries[4].reason) == (
         Scope.STRATEGY,
         "strat-1",
         "news",
@@ -213,7 +227,12 @@ async def test_a_repeated_request_id_acts_and_audits_once(
         pb.LIMIT_DIRECTION_ABOVE,
     )
     audit = await stub.ListAuditEntries(pb.ListAuditEntriesRequest())
-    assert sorted(entry.action for entry in audit.entries) == ["halt", "halt", "risk_breach"]
+    assert sorted(entry.action for entry in audit.entries) == [
+        "halt",
+        "halt",
+        "halt_barrier",
+        "risk_breach",
+    ]
 
 
 @pytest.mark.asyncio
@@ -379,6 +398,8 @@ async def test_changes_are_published_on_nats_emergency_subjects(
         "target": "strat-ev",
         "reason": "news",
         "actor": "ops",
+        "state": "halted",
+        "cancel_orders": False,
     }
     assert events[2]["bot_id"] == "bot-ev"
     assert events[2]["data"]["value"] == 2.0
@@ -487,3 +508,220 @@ async def test_view_fails_closed_once_older_than_max_staleness(
         assert client.available is False
     finally:
         await client.close()
+
+
+# -- trading states and the halt barrier ---------------------------------------------------
+
+PATIENT_ACK_SECONDS = 2.0
+"""The barrier deadline of ``patient_service``: an executor that answers is never late
+on a loaded machine, while the silent one costs the test this long."""
+
+
+@pytest.fixture
+def patient_service(
+    redis_server: ServerProcess, nats_server: ServerProcess, tmp_path: Path
+) -> Iterator[Service]:
+    """An emergency service of this test alone whose barrier waits PATIENT_ACK_SECONDS;
+    its Redis keys (halts and leases) are deleted afterwards."""
+    env = {
+        "TRADEFLOW_REDIS_URL": redis_server.url,
+        "TRADEFLOW_NATS_URL": nats_server.url,
+        "TRADEFLOW_EMERGENCY_HEARTBEAT": str(HEARTBEAT_SECONDS),
+        "TRADEFLOW_HALT_ACK_TIMEOUT": str(PATIENT_ACK_SECONDS),
+    }
+    service = start_service("emergency", EMERGENCY_SERVICE_NAME, tmp_path, env)
+    yield service
+    service.process.stop()
+    with redis.Redis.from_url(redis_server.url) as cleanup:
+        keys = list(cleanup.scan_iter(match=f"*{service.redis_prefix}*"))
+        if keys:
+            cleanup.delete(*keys)
+
+
+async def connect_client(service: Service) -> RemoteEmergencyControl:
+    """A client of ``service`` that waits for its first snapshot."""
+    return await RemoteEmergencyControl.connect(
+        service.address,
+        timeout=DEADLINE_SECONDS,
+        max_staleness=HEARTBEAT_SECONDS * 10,
+        reconnect_backoff=(0.05, 0.5),
+        clock=SystemClock(),
+        id_factory=new_id,
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_halt_sets_its_trading_state_and_views_refuse_by_effect(
+    make_emergency_client: ClientFactory,
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """A REDUCE_ONLY halt with cancel-on-halt comes back as asked, reaches another view,
+    which then lets reducing orders, cancels and effect-free actions through and refuses
+    opening ones; an unspecified state is HALTED. With no executor holding a lease the
+    answer's barrier report lists no one."""
+    ops, executor = await make_emergency_client(), await make_emergency_client()
+
+    halt, report = await ops.halt_with_report(
+        Scope.BOT,
+        "bot-1",
+        reason="wind down",
+        actor="ops",
+        state=TradingState.REDUCE_ONLY,
+        cancel_orders=True,
+    )
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        await executor.wait_for_version(report.version)
+
+    assert (halt.state, halt.cancel_orders) == (TradingState.REDUCE_ONLY, True)
+    assert (report.live, report.acknowledged, report.in_flight, report.fenced) == ((), (), (), ())
+    assert executor.active_halt(IDS) == halt
+    assert await executor.halts() == [halt]
+    assert executor.trading_state(IDS) is TradingState.REDUCE_ONLY
+    assert executor.trading_state(OTHER_BOT) is TradingState.ACTIVE
+    for effect in (OrderEffect.REDUCES, OrderEffect.CANCELS, OrderEffect.NONE):
+        executor.ensure_allowed(IDS, effect)
+    with pytest.raises(EmergencyHalted) as caught:
+        executor.ensure_allowed(IDS, OrderEffect.OPENS)
+    assert (caught.value.state, caught.value.scope, caught.value.target) == (
+        "reduce_only",
+        "bot",
+        "bot-1",
+    )
+
+    unspecified = await stub.Halt(
+        pb.HaltRequest(scope=common_pb2.SCOPE_BOT, target="b2", reason="x")
+    )
+    assert unspecified.halt.state == pb.TRADING_STATE_HALTED
+
+
+@pytest.mark.asyncio
+async def test_a_halt_to_active_is_refused_naming_the_state(
+    make_emergency_client: ClientFactory,
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """ACTIVE is a resume: the client refuses it before sending, the service (for a raw
+    request, or a state no enum has) with INVALID_ARGUMENT naming ``state``."""
+    client = await make_emergency_client()
+    with pytest.raises(InvalidRequest) as local:
+        await client.halt(Scope.GLOBAL, reason="x", state=TradingState.ACTIVE)
+    assert local.value.field == "state"
+
+    for state in (pb.TRADING_STATE_ACTIVE, 42):
+        code, error, _ = await refused(
+            stub,
+            pb.HaltRequest(scope=common_pb2.SCOPE_GLOBAL, reason="x", state=state),  # type: ignore[arg-type]
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+        assert isinstance(error, InvalidRequest)
+        assert error.field == "state"
+    assert await client.halts() == []
+
+
+@pytest.mark.asyncio
+async def test_acknowledge_state_checks_its_request(
+    stub: emergency_service_pb2_grpc.EmergencyServiceAsyncStub,
+) -> None:
+    """A well-formed acknowledgement is OK; a malformed owner, epoch, version, too many
+    in-flight actions or one of another owner are INVALID_ARGUMENT naming the field."""
+    action = pb.InFlightAction(owner="exec-a", execution_id="run-1", node_id="buy")
+    await stub.AcknowledgeState(
+        pb.AcknowledgeStateRequest(owner="exec-a", epoch=1, version=3, in_flight=[action])
+    )
+    hostile = {
+        "owner": pb.AcknowledgeStateRequest(owner="exec a", epoch=1),
+        "epoch": pb.AcknowledgeStateRequest(owner="exec-a", epoch=0),
+        "version": pb.AcknowledgeStateRequest(owner="exec-a", epoch=1, version=2**64 - 1),
+        "in_flight": pb.AcknowledgeStateRequest(
+            owner="exec-a", epoch=1, in_flight=[action] * (IN_FLIGHT_MAX + 1)
+        ),
+        "in_flight[0].owner": pb.AcknowledgeStateRequest(
+            owner="exec-b", epoch=1, in_flight=[action]
+        ),
+        "in_flight[0].node_id": pb.AcknowledgeStateRequest(
+            owner="exec-a",
+            epoch=1,
+            in_flight=[pb.InFlightAction(owner="exec-a", execution_id="run-1", node_id="\x1b[2J")],
+        ),
+    }
+    for field, request in hostile.items():
+        with pytest.raises(grpc.aio.AioRpcError) as raw:
+            await stub.AcknowledgeState(request, timeout=DEADLINE_SECONDS)
+        assert raw.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        error = error_from_rpc(raw.value, service="emergency")
+        assert isinstance(error, InvalidRequest)
+        assert error.field == field
+
+
+@pytest.mark.asyncio
+async def test_a_halt_waits_for_the_executor_that_answers_and_fences_the_silent_one(
+    patient_service: Service, redis_server: ServerProcess
+) -> None:
+    """Two executors hold leases; one follows the state and acknowledges it, reporting its
+    order in flight, the other never answers. The halt's answer lists both live, the
+    first acknowledged with its order, the second fenced: its lease is revoked (its next
+    renewal is LeaseLost) while the first keeps its own, and the audit says so."""
+    client = aioredis.from_url(redis_server.url)
+    store = RedisStateStore(client, prefix=patient_service.redis_prefix)
+    answering = await store.acquire_lease(OwnerInfo("exec-answers", "executor", "h", 1), 60)
+    silent = await store.acquire_lease(OwnerInfo("exec-silent", "executor", "h", 2), 60)
+    order = InFlightAction("exec-answers", "run-1", "buy", "co-1")
+    executor, ops = await connect_client(patient_service), await connect_client(patient_service)
+    executor.acknowledge_with(lambda: (answering.fence, (order,)))
+    try:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            halt, report = await ops.halt_with_report(
+                Scope.GLOBAL, reason="barrier", actor="ops", state=TradingState.CANCEL_ONLY
+            )
+
+        assert report.live == ("exec-answers", "exec-silent")
+        assert (report.acknowledged, report.in_flight, report.fenced) == (
+            ("exec-answers",),
+            (order,),
+            ("exec-silent",),
+        )
+        assert executor.trading_state(NO_IDS) is TradingState.CANCEL_ONLY
+        with pytest.raises(LeaseLost):
+            await store.renew_lease(silent)
+        await store.renew_lease(answering)
+        barrier, halted = await ops.audit_entries(limit=2)
+        assert (barrier.action, halted.action) == ("halt_barrier", "halt")
+        assert (barrier.scope, barrier.actor) == (halt.scope, "ops")
+        assert barrier.details["fenced"] == ["exec-silent"]
+        assert barrier.details["acknowledged"] == ["exec-answers"]
+        assert "exec-silent" in barrier.reason
+    finally:
+        await executor.close()
+        await ops.close()
+        await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_halt_is_acknowledged_by_a_running_executor_service(production: Stack) -> None:
+    """The stack's executor service holds a lease once it ran an execution and follows the
+    emergency state: a halt's answer lists it live and acknowledged, never fenced, and
+    everyone live is either acknowledged or fenced."""
+    env = production.client_env()
+    async with open_channel(env["TRADEFLOW_EXECUTOR_ADDR"]) as channel:
+        executed = await executor_grpc.ExecutorServiceStub(channel).ExecuteWorkflow(
+            executor_pb.ExecuteWorkflowRequest(
+                workflow_id="barrier",
+                bot_id="bot-barrier",
+                definition_json=json.dumps(trading_workflow()),
+            ),
+            timeout=DEADLINE_SECONDS,
+        )
+    owner = executed.execution.record.owner
+    assert owner
+
+    async with open_channel(env["TRADEFLOW_EMERGENCY_ADDR"]) as channel:
+        response = await emergency_service_pb2_grpc.EmergencyServiceStub(channel).Halt(
+            pb.HaltRequest(
+                scope=common_pb2.SCOPE_BOT, target="bot-barrier", reason="barrier", actor="pytest"
+            ),
+            timeout=DEADLINE_SECONDS,
+        )
+
+    assert owner in response.live
+    assert owner in response.acknowledged
+    assert owner not in response.fenced
+    assert set(response.live) == set(response.acknowledged) | set(response.fenced)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -9,10 +10,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_cancel_on_halt import resting_bid
 from workflows import block, trading_workflow
 
+from tradeflow.adapters.sqlite.database import open_database
+from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
 from tradeflow.app.cli import main
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES
+from tradeflow.domain.records import Scope
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -202,3 +207,60 @@ def test_halt_from_another_shell_stops_a_running_bot(tmp_path: Path) -> None:
     _, err = bot.communicate(timeout=60)
     assert bot.returncode == 3
     assert "stop now" in err
+
+
+def resting_orders(db_path: Path) -> list[tuple[str | None, str]]:
+    """``(bot id, client order id)`` of every resting order in the state file's ledger."""
+
+    async def read() -> list[tuple[str | None, str]]:
+        conn = open_database(db_path)
+        try:
+            orders = await SQLitePaperLedger(conn).open_orders("paper", Scope.GLOBAL, None)
+        finally:
+            conn.close()
+        return [(order.bot_id, order.client_order_id) for order in orders]
+
+    return asyncio.run(read())
+
+
+def test_halt_cancel_orders_cancels_the_scopes_resting_orders_here(
+    tmp_path: Path, db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Embedded `halt --cancel-orders` cancels the halted bot's resting orders in its own
+    process and prints them, the other bot's stay; status shows the halt's state and that
+    it cancels resting orders."""
+    bid = write(tmp_path, resting_bid())
+    for bot in ("b1", "b2"):
+        assert main(["run", bid, "--bot-id", bot]) == 0
+    (b1, mine), (b2, theirs) = resting_orders(db_path)
+    assert (b1, b2) == ("b1", "b2")
+    capsys.readouterr()
+    halt = ["halt", "--scope", "bot", "--target", "b1", "--reason", "fat finger"]
+    assert main([*halt, "--cancel-orders"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "halted bot 'b1': fat finger"
+    assert out[1].startswith("resting orders: 1 cancelled by execution ")
+    assert out[1].endswith(" (completed)")
+    assert out[2:] == [f"  cancelled {mine}"]
+    assert resting_orders(db_path) == [("b2", theirs)]
+    assert main(["status"]) == 0
+    status = capsys.readouterr().out
+    assert "HALTED bot 'b1' since " in status
+    assert "(cancels resting orders): fat finger" in status
+
+
+def test_halt_states_are_shown_by_halt_and_status(capsys: pytest.CaptureFixture[str]) -> None:
+    """`halt --state` sets cancel_only or reduce_only, which halt and status print; active
+    is no halt state (a usage error)."""
+    assert main(["halt", "--state", "cancel_only", "--reason", "wind down"]) == 0
+    strategy = ["--scope", "strategy", "--target", "s1", "--reason", "unwind"]
+    assert main(["halt", "--state", "reduce_only", *strategy]) == 0
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "cancel_only global: wind down" in out
+    assert "reduce_only strategy 's1': unwind" in out
+    assert "CANCEL_ONLY global since " in out
+    assert "REDUCE_ONLY strategy 's1' since " in out
+    with pytest.raises(SystemExit) as usage:
+        main(["halt", "--state", "active", "--reason", "x"])
+    assert usage.value.code == 2

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tradeflow.app.settings import ServiceSettings
+from tradeflow.app.settings import ServiceSettings, Settings
 from tradeflow.domain.errors import ConfigurationError
 
 INTEGER = ("TRADEFLOW_STATE_MAX_EVENTS", "max_events", "an integer > 0")
@@ -40,3 +40,19 @@ def test_numeric_variables(
     else:
         value = getattr(ServiceSettings.from_env("state", {key: raw}), field)
         assert (value, type(value)) == (expected, type(expected))
+
+
+def test_the_kill_switch_defaults_leave_under_a_second_of_doubt() -> None:
+    """By default an executor fails closed within 1 s of the emergency service's last sign
+    of life: the staleness bound is under a second and a few heartbeats long, and the halt
+    barrier's deadline is short; each is read from its variable."""
+    settings, service = (
+        Settings.from_env("production", {}),
+        ServiceSettings.from_env("emergency", {}),
+    )
+    assert settings.emergency_max_staleness < 1.0
+    assert settings.emergency_max_staleness >= 2 * service.heartbeat_seconds
+    assert service.halt_ack_timeout < 1.0
+    env = {"TRADEFLOW_EMERGENCY_MAX_STALENESS": "0.5", "TRADEFLOW_HALT_ACK_TIMEOUT": "0.1"}
+    assert Settings.from_env("production", env).emergency_max_staleness == 0.5
+    assert ServiceSettings.from_env("emergency", env).halt_ack_timeout == 0.1

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.errors import ERROR_METADATA_KEY, error_from_rpc, status_of
 from tradeflow.domain.codec import decode_page_token
+from tradeflow.domain.emergency import BarrierReport, InFlightAction
 from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
@@ -24,12 +25,15 @@ from tradeflow.domain.errors import (
     WorkflowValidationError,
 )
 from tradeflow.domain.limits import (
+    CURSOR_MAX,
     ERROR_DETAILS_MAX_BYTES,
     ERROR_MESSAGE_MAX_BYTES,
     PAGE_MAX_BYTES,
     PAGE_TOKEN_MAX_LENGTH,
 )
+from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
+    ActionGuard,
     AuditEntry,
     Checkpoint,
     CheckpointState,
@@ -44,8 +48,11 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
+from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
+from tradeflow.proto.state.v1 import state_service_pb2
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -283,6 +290,124 @@ def test_halt_state_round_trip(halt: HaltState) -> None:
     assert round_trip(halt, wire.halt_state_to_proto, wire.halt_state_from_proto) == halt
 
 
+@pytest.mark.parametrize("state", list(TradingState))
+@pytest.mark.parametrize("cancel_orders", [False, True])
+def test_halt_state_keeps_its_trading_state_and_cancel_orders(
+    state: TradingState, cancel_orders: bool
+) -> None:
+    """Every trading state and the cancel-on-halt flag come back as they were sent."""
+    halt = HaltState(Scope.BOT, "bot-1", "wind down", "ops", NOW, state, cancel_orders)
+    assert round_trip(halt, wire.halt_state_to_proto, wire.halt_state_from_proto) == halt
+
+
+def test_a_halt_without_a_state_reads_as_halted() -> None:
+    """A halt from a service that sends no state (unspecified) is HALTED, the strictest."""
+    msg = emergency_service_pb2.HaltState(scope=common_pb2.SCOPE_GLOBAL, reason="x", actor="a")
+    assert wire.halt_state_from_proto(msg).state is TradingState.HALTED
+
+
+@pytest.mark.parametrize(
+    ("number", "state"),
+    [
+        (emergency_service_pb2.TRADING_STATE_UNSPECIFIED, TradingState.HALTED),
+        (emergency_service_pb2.TRADING_STATE_REDUCE_ONLY, TradingState.REDUCE_ONLY),
+        (emergency_service_pb2.TRADING_STATE_CANCEL_ONLY, TradingState.CANCEL_ONLY),
+        (emergency_service_pb2.TRADING_STATE_HALTED, TradingState.HALTED),
+    ],
+)
+def test_a_halt_request_asks_for_a_restricting_state(number: int, state: TradingState) -> None:
+    """A HaltRequest's state decodes to itself; unspecified means HALTED."""
+    assert wire.restriction_from_proto(number) is state
+
+
+@pytest.mark.parametrize("number", [emergency_service_pb2.TRADING_STATE_ACTIVE, 99])
+def test_a_halt_request_for_active_or_no_state_names_the_field(number: int) -> None:
+    """ACTIVE is a resume, not a halt, and a number no state has is no state: both are
+    InvalidRequest naming ``state``."""
+    with pytest.raises(InvalidRequest) as caught:
+        wire.restriction_from_proto(number)
+    assert caught.value.field == "state"
+
+
+def test_barrier_report_round_trip() -> None:
+    """A halt's answer carries the barrier's report whole: version, live, acknowledged,
+    in-flight actions and fenced owners."""
+    halt = HaltState(Scope.GLOBAL, None, "stop", "ops", NOW, TradingState.CANCEL_ONLY, True)
+    report = BarrierReport(
+        version=BIG,
+        live=("exec-a", "exec-b", "exec-c"),
+        acknowledged=("exec-a", "exec-b"),
+        in_flight=(
+            InFlightAction("exec-a", "run-1", "buy", "co-1"),
+            InFlightAction("exec-b", "run-2", "sell", ""),
+        ),
+        fenced=("exec-c",),
+    )
+    msg = through_wire(wire.halt_response_to_proto(halt, report))
+    assert wire.halt_state_from_proto(msg.halt) == halt
+    assert wire.barrier_report_from_proto(msg) == report
+
+
+def test_acknowledgement_round_trip() -> None:
+    """An executor's acknowledgement comes back as lease, version and in-flight actions;
+    an action placing no order of its own has an empty client order id."""
+    actions = (
+        InFlightAction("exec-a", "run-1", "buy", "co-1"),
+        InFlightAction("exec-a", "run-1", "cancel", ""),
+    )
+    msg = through_wire(wire.acknowledgement_to_proto(Fence("exec-a", 4), CURSOR_MAX, actions))
+    assert wire.acknowledgement_from_proto(msg) == (Fence("exec-a", 4), CURSOR_MAX, actions)
+
+
+def _acknowledgement(**changes: Any) -> emergency_service_pb2.AcknowledgeStateRequest:
+    fields: dict[str, Any] = {"owner": "exec-a", "epoch": 1, "version": 1, "in_flight": []}
+    fields.update(changes)
+    return emergency_service_pb2.AcknowledgeStateRequest(**fields)
+
+
+def _action(**changes: str) -> emergency_service_pb2.InFlightAction:
+    fields = {"owner": "exec-a", "execution_id": "run-1", "node_id": "buy", "client_order_id": ""}
+    fields.update(changes)
+    return emergency_service_pb2.InFlightAction(**fields)
+
+
+@pytest.mark.parametrize(
+    ("request_msg", "field"),
+    [
+        (_acknowledgement(owner=""), "owner"),
+        (_acknowledgement(owner="exec a"), "owner"),
+        (_acknowledgement(epoch=0), "epoch"),
+        (_acknowledgement(version=CURSOR_MAX + 1), "version"),
+        (_acknowledgement(in_flight=[_action()] * (IN_FLIGHT_MAX + 1)), "in_flight"),
+        (_acknowledgement(in_flight=[_action(), _action(owner="exec-b")]), "in_flight[1].owner"),
+        (_acknowledgement(in_flight=[_action(execution_id="")]), "in_flight[0].execution_id"),
+        (_acknowledgement(in_flight=[_action(node_id="n" * 129)]), "in_flight[0].node_id"),
+        (
+            _acknowledgement(in_flight=[_action(client_order_id="co\x00")]),
+            "in_flight[0].client_order_id",
+        ),
+    ],
+    ids=[
+        "empty-owner",
+        "owner-not-an-id",
+        "epoch-0",
+        "version-past-cursor-max",
+        "too-many-actions",
+        "action-of-another-owner",
+        "empty-execution-id",
+        "long-node-id",
+        "client-order-id-not-an-id",
+    ],
+)
+def test_a_malformed_acknowledgement_is_refused_naming_the_field(
+    request_msg: emergency_service_pb2.AcknowledgeStateRequest, field: str
+) -> None:
+    """Owner, epoch, version, the number of actions and each action's ids are checked."""
+    with pytest.raises(InvalidRequest) as caught:
+        wire.acknowledgement_from_proto(request_msg)
+    assert caught.value.field == field
+
+
 def test_emergency_state_round_trip() -> None:
     """A snapshot of halts comes back with the same halts, order and version."""
     halts = (
@@ -334,6 +459,41 @@ def test_state_batch_round_trip(batch: StateBatch) -> None:
     assert round_trip(batch, wire.state_batch_to_proto, wire.state_batch_from_proto) == batch
 
 
+@pytest.mark.parametrize("effect", list(OrderEffect))
+def test_state_batch_carries_its_action_guard(effect: OrderEffect) -> None:
+    """An intent's guard (scope ids, unset ones staying None, and effect) comes back equal."""
+    batch = StateBatch(
+        checkpoints=(checkpoint("buy", CheckpointState.INTENT),),
+        fence=Fence("exec-a", 2),
+        guard=ActionGuard("wf-1", None, "strat-1", effect),
+    )
+    assert round_trip(batch, wire.state_batch_to_proto, wire.state_batch_from_proto) == batch
+
+
+def test_a_guard_without_an_effect_is_the_strictest() -> None:
+    """A guard whose effect nobody set is OPENS, which every restricting state refuses."""
+    msg = state_service_pb2.WriteBatchRequest(guard=state_service_pb2.ActionGuard(bot_id="b"))
+    assert wire.state_batch_from_proto(msg).guard == ActionGuard(None, "b", None, OrderEffect.OPENS)
+
+
+@pytest.mark.parametrize(
+    ("guard", "field"),
+    [
+        (state_service_pb2.ActionGuard(bot_id=""), "guard.bot_id"),
+        (state_service_pb2.ActionGuard(workflow_id="w" * 129), "guard.workflow_id"),
+        (state_service_pb2.ActionGuard(strategy_id="s.1"), "guard.strategy_id"),
+        (state_service_pb2.ActionGuard(effect=42), "guard.effect"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_malformed_guard_is_refused_naming_the_field(
+    guard: state_service_pb2.ActionGuard, field: str
+) -> None:
+    """Each set scope id of a guard must be an id, its effect a known one."""
+    with pytest.raises(InvalidRequest) as caught:
+        wire.state_batch_from_proto(state_service_pb2.WriteBatchRequest(guard=guard))
+    assert caught.value.field == field
+
+
 def test_state_batch_carries_request_id() -> None:
     """The write request carries the caller's idempotency key."""
     msg = through_wire(wire.state_batch_to_proto(StateBatch(), request_id="req-9"))
@@ -380,6 +540,8 @@ def test_timestamp_before_epoch() -> None:
         (wire.SCOPE, Scope),
         (wire.CHECKPOINT_STATE, CheckpointState),
         (wire.LIMIT_DIRECTION, LimitDirection),
+        (wire.TRADING_STATE, TradingState),
+        (wire.ORDER_EFFECT, OrderEffect),
     ],
 )
 def test_enum_codecs_map_every_member(codec: wire.EnumCodec[Any, Any], members: Any) -> None:
@@ -423,6 +585,7 @@ def test_empty_json_text_reads_as_empty_object() -> None:
     "error",
     [
         EmergencyHalted("desk call", scope="bot", target="bot-1"),
+        EmergencyHalted("wind down", scope="strategy", target="s-1", state="reduce_only"),
         RiskLimitExceeded("daily_loss", -600.0, -500.0, halted=True),
     ],
 )

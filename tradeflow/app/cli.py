@@ -20,14 +20,16 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 import orjson
 
+from tradeflow.app.cancel_on_halt import JOB_WORKFLOW_ID, cancel_resting_orders, job_request_id
 from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_recorded
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
 from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.domain.emergency import BarrierReport
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -40,9 +42,11 @@ from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
+    HaltState,
     Scope,
     rfc3339,
 )
+from tradeflow.domain.trading import TradingState
 from tradeflow.engine.validation import parse_workflow
 from tradeflow.observability.logging import configure_logging
 from tradeflow.ports import EmergencyControl
@@ -259,13 +263,77 @@ async def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+@runtime_checkable
+class _Confirming(Protocol):
+    """An emergency control that says how the live executors confirmed a halt (the
+    emergency service's client; embedded, the SQLite commit is the barrier)."""
+
+    async def halt_with_report(
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
+    ) -> tuple[HaltState, BarrierReport]: ...
+
+
 async def cmd_halt(args: argparse.Namespace) -> int:
+    """Restrict trading; with ``--cancel-orders`` also cancel the scope's resting orders:
+    embedded, here and now (this process has the state file's ledger); in production an
+    executor runs the job the halt asks for."""
+    scope, state = Scope(args.scope), TradingState(args.state)
     async with _kill_switch(args) as emergency:
-        state = await emergency.halt(
-            Scope(args.scope), args.target, reason=args.reason, actor=args.actor
+        change = (
+            emergency.halt_with_report if isinstance(emergency, _Confirming) else emergency.halt
         )
-    print(f"halted {_where(state.scope, state.target)}: {state.reason}")
-    return 0
+        done = await change(
+            scope,
+            args.target,
+            reason=args.reason,
+            actor=args.actor,
+            state=state,
+            cancel_orders=args.cancel_orders,
+        )
+    halt, report = done if isinstance(done, tuple) else (done, None)
+    print(f"{halt.state.value} {_where(halt.scope, halt.target)}: {halt.reason}")
+    if report is not None:
+        _print_barrier(report)
+    if not args.cancel_orders:
+        return 0
+    if args.env == "production":
+        print(
+            f"resting orders: an executor cancels them (request id {job_request_id(halt)}; "
+            f"`tradeflow executions list --workflow {JOB_WORKFLOW_ID} --env production`)"
+        )
+        return 0
+    async with await _infra(args) as infra:
+        cancelled = await cancel_resting_orders(infra, halt)
+    print(
+        f"resting orders: {len(cancelled.cancelled)} cancelled by execution "
+        f"{cancelled.execution_id} ({cancelled.status.value})"
+        + (f": {cancelled.error}" if cancelled.error else "")
+    )
+    for client_order_id in cancelled.cancelled:
+        print(f"  cancelled {client_order_id}")
+    return EXIT[cancelled.status]
+
+
+def _print_barrier(report: BarrierReport) -> None:
+    """How the live executors confirmed a halt (version ``report.version``)."""
+    print(
+        f"confirmed at version {report.version}: {len(report.acknowledged)} of "
+        f"{len(report.live)} live executor(s) acknowledged"
+    )
+    for action in report.in_flight:
+        print(
+            f"  in flight on {action.owner}: execution {action.execution_id} "
+            f"block {action.node_id} order {action.client_order_id}"
+        )
+    for owner in report.fenced:
+        print(f"  fenced {owner}: no acknowledgement in time, its lease was revoked")
 
 
 async def cmd_resume(args: argparse.Namespace) -> int:
@@ -285,8 +353,10 @@ async def cmd_status(args: argparse.Namespace) -> int:
     if not halts:
         print("trading: ACTIVE (no halts)")
     for h in halts:
+        cancels = " (cancels resting orders)" if h.cancel_orders else ""
         print(
-            f"HALTED {_where(h.scope, h.target)} since {rfc3339(h.since)} by {h.actor}: {h.reason}"
+            f"{h.state.value.upper()} {_where(h.scope, h.target)} since {rfc3339(h.since)} "
+            f"by {h.actor}{cancels}: {h.reason}"
         )
     for limit in limits:
         print(
@@ -438,6 +508,20 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
         p.add_argument("--reason", required=True)
         p.add_argument("--actor", default=os.environ.get("USER", "cli"))
         p.set_defaults(handler=handler)
+    halt = sub.choices["halt"]
+    halt.add_argument(
+        "--state",
+        choices=[s.value for s in TradingState if s is not TradingState.ACTIVE],
+        default=TradingState.HALTED.value,
+        help="what the scope still admits: halted (default) and cancel_only, cancels only; "
+        "reduce_only, also orders that shrink a position",
+    )
+    halt.add_argument(
+        "--cancel-orders",
+        action="store_true",
+        help="also cancel the scope's resting orders (embedded: now, printing them; "
+        "production: an executor does)",
+    )
 
     status = sub.add_parser("status", parents=[common], help="halts and risk limits in force")
     status.set_defaults(handler=cmd_status)

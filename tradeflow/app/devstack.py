@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +71,16 @@ def wait_for_port(
     raise UnavailableError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def redis_ready(port: int) -> bool:
+    """Whether the Redis on ``port`` serves commands (``PING`` answers ``+PONG``, not
+    ``-LOADING`` while it replays its append-only file after a restart)."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5) as conn:
+        conn.settimeout(0.5)
+        conn.sendall(b"PING\r\n")
+        return conn.recv(64).startswith(b"+PONG")
+    return False
+
+
 @dataclass
 class ServerProcess:
     """A server subprocess that can be stopped, killed and started again on the same port."""
@@ -80,6 +90,8 @@ class ServerProcess:
     port: int
     workdir: Path
     env: dict[str, str] | None = None
+    ready: Callable[[int], bool] | None = None
+    """Beyond accepting connections, when the server serves (polled after the port opens)."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> ServerProcess:
@@ -94,6 +106,12 @@ class ServerProcess:
                 start_new_session=True,
             )
         wait_for_port(self.port, process=self.process)
+        if self.ready is not None:
+            deadline = time.monotonic() + 20.0
+            while not self.ready(self.port):
+                if time.monotonic() > deadline:
+                    raise UnavailableError(f"{self.name} on port {self.port} not ready after 20s")
+                time.sleep(0.02)  # loading has no event to wait on
         return self
 
     @property
@@ -141,7 +159,7 @@ def redis_process(workdir: Path, port: int) -> ServerProcess:
     """redis-server with AOF (fsync every second), so a restart keeps the data."""
     options = f"--port {port} --bind 127.0.0.1 --appendonly yes --appendfsync everysec"
     argv = [binary("redis-server"), *options.split(), "--protected-mode", "no", "--save", ""]
-    return ServerProcess("redis", [*argv, "--dir", str(workdir)], port, workdir)
+    return ServerProcess("redis", [*argv, "--dir", str(workdir)], port, workdir, ready=redis_ready)
 
 
 def nats_process(workdir: Path, port: int) -> ServerProcess:

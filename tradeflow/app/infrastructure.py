@@ -25,6 +25,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -45,7 +46,10 @@ from tradeflow.engine.resilience import BreakerRegistry, BreakerState
 from tradeflow.engine.runtime import Durability, Runtime
 from tradeflow.observability.logging import configure_logging, get_logger
 from tradeflow.observability.metrics import BREAKER_STATE_VALUES, Metrics
-from tradeflow.ports import Exchange, PriceFeed
+from tradeflow.ports import EmergencyControl, Exchange, PriceFeed
+
+if TYPE_CHECKING:
+    from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 
 __all__ = ["Infrastructure", "Settings"]
 
@@ -141,6 +145,8 @@ class Infrastructure:
         prices = prices if prices is not None else settings.price_feed(clock)
         ledger: PaperLedger | None = None
         closers: tuple[Callable[[], object], ...] = ()
+        emergency: EmergencyControl
+        remote_emergency: RemoteEmergencyControl | None = None
         if env == "production":
             # Imported here: embedded use never loads NATS, gRPC or Redis.
             from tradeflow.app.remote import connect_ledger, connect_services
@@ -156,6 +162,7 @@ class Infrastructure:
             except BaseException:
                 await close_ledger()
                 raise
+            remote_emergency = emergency
         else:
             bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
             conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
@@ -171,6 +178,9 @@ class Infrastructure:
             clock=SystemClock(),  # leases live in real time, whatever clock the runs see
             log=get_logger("tradeflow.lease"),
         )
+        if remote_emergency is not None:
+            # What the halt barrier waits for: this process's lease and its in-flight actions.
+            remote_emergency.acknowledge_with(owner.acknowledgement)
         durability = Durability(bus, state, emergency, metrics, owner, settings.max_takeovers)
         return cls(
             env=env,

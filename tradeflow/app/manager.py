@@ -8,6 +8,12 @@ sees the truth: a retried request waits for the execution's final status whereve
 runs, and a cancel reaches the owner through the state store (with the owner's next
 heartbeat). Halted, failed and cancelled executions are results, not errors. The
 service's servicer only translates protobuf.
+
+Every replica also watches the halts (every ``takeover_interval``, apart from the
+takeover loop, so a slow emergency service never delays a takeover) and submits the
+cancel-on-halt job of each halt that asks for one (:mod:`tradeflow.app.cancel_on_halt`):
+the job's request id is the halt's, so of all the replicas submitting it one execution
+runs.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from tradeflow.app.cancel_on_halt import JOB_WORKFLOW_ID, audit_job, cancel_job, job_request_id
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.codec import MAX_PAGE_SIZE
 from tradeflow.domain.errors import (
@@ -119,6 +126,10 @@ class ExecutionManager:
         self._by_request: dict[str, str] = {}
         self._draining = False
         self._takeover: asyncio.Task[None] | None = None
+        self._halt_watch: asyncio.Task[None] | None = None
+        self._cancel_jobs: set[str] = set()
+        """Request ids of the cancel-on-halt jobs this replica submitted, of the halts
+        still in force (so each is submitted once here, not at every look)."""
         self._interval = 0.5
         self._unrunnable: OrderedDict[str, None] = OrderedDict()
         self._waits: dict[str, asyncio.Task[ExecutionView]] = {}
@@ -130,10 +141,14 @@ class ExecutionManager:
         Value: the job, its tries, the loop time of the next try."""
 
     def start_takeover(self, interval: float) -> None:
-        """Look for orphans every ``interval`` seconds and take them over (until drained)."""
+        """Look for orphans every ``interval`` seconds and take them over, and for halts
+        asking to cancel resting orders (until drained)."""
         if self._takeover is None:
             self._interval = interval
             self._takeover = asyncio.create_task(self._take_over(interval), name="takeover")
+            self._halt_watch = asyncio.create_task(
+                self._watch_halts(interval), name="cancel-on-halt"
+            )
 
     def validate(self, definition: object) -> tuple[ValidationIssue, ...]:
         """Every problem in ``definition`` (empty when it is valid)."""
@@ -254,7 +269,10 @@ class ExecutionManager:
         its lease, or another claimed the orphan first), of that owner's run."""
         execution_id = job.execution_id
         try:
-            return _view(job.executor, await run)
+            result = await run
+            if job.executor.workflow_id == JOB_WORKFLOW_ID:
+                await self._audit_cancel_job(job.executor, result)
+            return _view(job.executor, result)
         except (LeaseLost, OwnerAlive, InvalidRequest, ExecutionNotFound) as exc:
             if started is not None and not started.done():
                 # A submission whose start was not stored under this lease: not accepted.
@@ -322,6 +340,54 @@ class ExecutionManager:
                 await asyncio.sleep(interval)
             else:
                 await asyncio.sleep(0)  # a full batch: look again at once
+
+    async def _watch_halts(self, interval: float) -> None:
+        while not self._draining:
+            await self._cancel_on_halts()
+            await asyncio.sleep(interval)
+
+    async def _cancel_on_halts(self) -> None:
+        """Submit the cancel-on-halt job of each halt in force that asks for one and whose
+        job this replica has not submitted yet; a failed submission is retried at the next
+        look (another replica's, or this one's, may have won meanwhile: then the submission
+        finds that execution)."""
+        try:
+            halts = await self.infra.emergency.halts()
+        except TradeflowError as exc:
+            _log.warning("cancel_on_halt.halts_unknown", error=describe(exc))
+            return
+        asking = {job_request_id(halt): halt for halt in halts if halt.cancel_orders}
+        self._cancel_jobs.intersection_update(asking)  # a lifted halt's job is forgotten
+        for request_id, halt in asking.items():
+            if request_id in self._cancel_jobs:
+                continue
+            job = cancel_job(halt)
+            try:
+                execution_id = await self.submit(
+                    Submission(job.definition, JOB_WORKFLOW_ID, request_id=request_id)
+                )
+            except Exception as exc:  # whatever it was, the next look tries again
+                _log.warning(
+                    "cancel_on_halt.not_submitted", request_id=request_id, error=describe(exc)
+                )
+                continue
+            self._cancel_jobs.add(request_id)
+            _log.info(
+                "cancel_on_halt.submitted",
+                execution_id=execution_id,
+                scope=halt.scope.value,
+                target=halt.target,
+            )
+
+    async def _audit_cancel_job(
+        self, executor: EnhancedWorkflowExecutor, result: ExecutionResult
+    ) -> None:
+        try:
+            await audit_job(self.infra.emergency, executor, result)
+        except TradeflowError as exc:  # the job's own record still says what it did
+            _log.warning(
+                "cancel_on_halt.not_audited", execution_id=result.execution_id, error=exc.message
+            )
 
     def _retry_stranded(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -442,8 +508,9 @@ class ExecutionManager:
         """Refuse new work; let in-flight executions finish for ``grace`` seconds, then
         interrupt the rest, which keeps their checkpoints and leaves them resumable."""
         self._draining = True
-        if self._takeover is not None:
-            self._takeover.cancel()
+        for loop in (self._takeover, self._halt_watch):
+            if loop is not None:
+                loop.cancel()
         for wait in list(self._waits.values()):
             wait.cancel()
         tasks = [r.task for r in self._running.values()]

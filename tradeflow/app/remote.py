@@ -5,7 +5,9 @@ services, and :func:`run_service`, the entry point of each service.
   the contract, captured by a JetStream stream);
 - state: :class:`~tradeflow.adapters.grpc.state_client.StateClient` (the state service, Redis behind it);
 - emergency: :class:`~tradeflow.adapters.grpc.emergency_client.RemoteEmergencyControl` (a local
-  view pushed by the emergency service; fails closed when it cannot be confirmed).
+  view pushed by the emergency service; fails closed, every scope ``CANCEL_ONLY``, when it
+  cannot be confirmed for ``TRADEFLOW_EMERGENCY_MAX_STALENESS``; it acknowledges each new
+  state version to the service's halt barrier once the process holds a lease).
 
 Orders go to the paper exchange, whose ledger is in the Redis every replica shares (a
 venue adapter implementing :class:`~tradeflow.ports.Exchange` replaces it in a real
@@ -30,14 +32,14 @@ from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import TradeflowError, UnavailableError
 from tradeflow.observability.logging import configure_logging
 from tradeflow.observability.metrics import Metrics
-from tradeflow.ports import EmergencyControl, EventBus, StateStore
+from tradeflow.ports import EventBus, StateStore
 
 __all__ = ["connect_emergency", "connect_ledger", "connect_services", "run_service"]
 
 
 async def connect_services(
     settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
-) -> tuple[EventBus, StateStore, EmergencyControl]:
+) -> tuple[EventBus, StateStore, RemoteEmergencyControl]:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
     try:
         bus = await NatsEventBus.connect(
@@ -61,7 +63,10 @@ async def connect_emergency(
     """The emergency service alone: all the kill switch (halt, resume, status) needs, so
     it works while NATS or the state service is down."""
     return await RemoteEmergencyControl.connect(
-        settings.emergency_address, clock=clock, id_factory=id_factory
+        settings.emergency_address,
+        max_staleness=settings.emergency_max_staleness,
+        clock=clock,
+        id_factory=id_factory,
     )
 
 

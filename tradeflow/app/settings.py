@@ -62,6 +62,12 @@ class Settings:
     """``TRADEFLOW_STATE_ADDR``."""
     nats_url: str = "nats://127.0.0.1:4222"
     """``TRADEFLOW_NATS_URL``."""
+    emergency_max_staleness: float = 0.75
+    """``TRADEFLOW_EMERGENCY_MAX_STALENESS``: in production, how old (seconds) the last
+    snapshot or heartbeat from the emergency service may be before this process treats
+    every scope as ``CANCEL_ONLY`` (fail closed). Keep it a few times the service's
+    ``TRADEFLOW_EMERGENCY_HEARTBEAT``: 0.75 s with the 0.25 s heartbeat bounds the time
+    trading runs on an emergency state nobody confirms to under 1 s."""
     paper_balances: dict[str, float] | None = None
     """``TRADEFLOW_PAPER_BALANCES``: starting balances of each paper venue, as a JSON
     object (e.g. ``{"USDT": 50000, "BTC": 1}``); the paper exchange's defaults if unset."""
@@ -114,6 +120,12 @@ class Settings:
             emergency_address=e.get("TRADEFLOW_EMERGENCY_ADDR", defaults.emergency_address),
             state_address=e.get("TRADEFLOW_STATE_ADDR", defaults.state_address),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
+            emergency_max_staleness=_number(
+                e,
+                "TRADEFLOW_EMERGENCY_MAX_STALENESS",
+                defaults.emergency_max_staleness,
+                positive=True,
+            ),
             paper_balances=_balances(e.get("TRADEFLOW_PAPER_BALANCES")),
             redis_url=e.get("TRADEFLOW_REDIS_URL", defaults.redis_url),
             redis_prefix=e.get("TRADEFLOW_REDIS_PREFIX") or defaults.redis_prefix,
@@ -170,9 +182,14 @@ class ServiceSettings:
     redis_prefix: str = "tradeflow"
     """``TRADEFLOW_REDIS_PREFIX``: namespace of every Redis key the emergency and state
     services write."""
-    heartbeat_seconds: float = 1.0
+    heartbeat_seconds: float = 0.25
     """``TRADEFLOW_EMERGENCY_HEARTBEAT``: an idle ``WatchState`` stream resends the
-    current snapshot this often, so watchers can tell a quiet state from a dead link."""
+    current snapshot this often, so watchers can tell a quiet state from a dead link
+    (executors fail closed after ``TRADEFLOW_EMERGENCY_MAX_STALENESS``, 0.75 s, without one)."""
+    halt_ack_timeout: float = 0.25
+    """``TRADEFLOW_HALT_ACK_TIMEOUT``: the halt barrier's deadline, in seconds: a live
+    executor that has not acknowledged a halt's state version by then loses its lease
+    (fenced), and ``Halt`` returns."""
     request_ttl_seconds: float = 3600.0
     """``TRADEFLOW_EMERGENCY_REQUEST_TTL``: how long the answer to a mutating request is
     kept by its ``request_id``; a retry within it is answered without acting twice."""
@@ -200,6 +217,9 @@ class ServiceSettings:
             redis_prefix=redis_prefix,
             heartbeat_seconds=_number(
                 e, "TRADEFLOW_EMERGENCY_HEARTBEAT", defaults.heartbeat_seconds, positive=True
+            ),
+            halt_ack_timeout=_number(
+                e, "TRADEFLOW_HALT_ACK_TIMEOUT", defaults.halt_ack_timeout, positive=True
             ),
             request_ttl_seconds=_number(
                 e, "TRADEFLOW_EMERGENCY_REQUEST_TTL", defaults.request_ttl_seconds, positive=True

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -39,6 +39,7 @@ from tradeflow.domain.emergency import (
     check_scope_ids,
     checked_direction,
     checked_number,
+    checked_scope,
     checked_scope_change,
 )
 from tradeflow.domain.errors import (
@@ -47,11 +48,12 @@ from tradeflow.domain.errors import (
     RiskLimitExceeded,
     UnavailableError,
 )
-from tradeflow.domain.limits import ACTOR_MAX_LENGTH, check_id, check_text
+from tradeflow.domain.limits import ACTOR_MAX_LENGTH, ID_MAX_LENGTH, check_id, check_text
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
     EventType,
+    ExecutionStatus,
     HaltState,
     LimitDirection,
     RiskLimit,
@@ -62,6 +64,8 @@ from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EmergencyStore
 
 __all__ = [
+    "AUDITED_ITEMS_MAX",
+    "CANCELLED_REPORT_MAX",
     "EmergencyController",
     "EmergencyHalted",
     "LocalRiskChecker",
@@ -74,6 +78,11 @@ __all__ = [
 ]
 
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
+
+AUDITED_ITEMS_MAX: Final = 100
+"""In-flight actions or cancelled orders one audit entry lists (it counts them all)."""
+CANCELLED_REPORT_MAX: Final = 10_000
+"""Client order ids one cancel-on-halt report may carry."""
 
 _log = structlog.get_logger(__name__)
 
@@ -225,12 +234,16 @@ class EmergencyController:
 
     async def audit_barrier(self, halt: HaltState, report: BarrierReport) -> None:
         """Audit how the live executors confirmed ``halt`` (action ``halt_barrier``): who
-        acknowledged, what they had in flight, who was fenced."""
+        acknowledged, who was fenced, how many actions were in flight and the first
+        :data:`AUDITED_ITEMS_MAX` of them (the response lists them all)."""
         reason = (
             f"{len(report.acknowledged)} of {len(report.live)} executors acknowledged"
-            f" version {report.version}"
+            f" version {report.version}, {len(report.in_flight)} actions in flight"
             + (f"; fenced {', '.join(report.fenced)}" if report.fenced else "")
         )
+        details = asdict(report)
+        details["in_flight"] = details["in_flight"][:AUDITED_ITEMS_MAX]
+        details["in_flight_count"] = len(report.in_flight)
         await self._store.append_audit(
             AuditEntry(
                 0,
@@ -240,7 +253,48 @@ class EmergencyController:
                 halt.scope,
                 halt.target,
                 reason,
-                asdict(report),
+                details,
+            )
+        )
+
+    async def record_cancel_on_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        *,
+        execution_id: str,
+        status: str,
+        cancelled: Sequence[str],
+    ) -> None:
+        checked = checked_scope(scope, target)
+        check_id("execution_id", execution_id)
+        try:
+            ended = ExecutionStatus(status)
+        except ValueError:
+            raise InvalidRequest("status", "an execution status", status) from None
+        if len(cancelled) > CANCELLED_REPORT_MAX:
+            raise InvalidRequest(
+                "cancelled", f"at most {CANCELLED_REPORT_MAX} client order ids", len(cancelled)
+            )
+        for client_order_id in cancelled:
+            check_text("cancelled", client_order_id, max_length=ID_MAX_LENGTH * 2 + 1)
+        reason = f"{len(cancelled)} resting orders cancelled by {execution_id} ({ended.value})"
+        details = {
+            "execution_id": execution_id,
+            "status": ended.value,
+            "cancelled_count": len(cancelled),
+            "cancelled": list(cancelled[:AUDITED_ITEMS_MAX]),
+        }
+        await self._store.append_audit(
+            AuditEntry(
+                0,
+                self._clock.time(),
+                "cancel-on-halt",
+                "cancel_on_halt",
+                checked,
+                target,
+                reason,
+                details,
             )
         )
 

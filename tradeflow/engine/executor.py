@@ -327,7 +327,12 @@ class Executor:
         return await journal.finish(result)
 
     async def _refuse(self, journal: NullJournal, start: _Start, error: Exception) -> None:
-        """Best effort: record a submission whose start could not be confirmed as failed."""
+        """Best effort: record a submission whose start could not be confirmed as failed
+        (not one refused because another execution holds its idempotency key: that one
+        wrote nothing, and the key's execution is the submission's)."""
+        if isinstance(error, InvalidRequest) and error.field == "request_id":
+            journal.unbind()
+            return
         why = f"submission not accepted: its start could not be stored ({describe(error)})"
         if isinstance(journal, DurableJournal):
             # Without the idempotency key: the caller was told the submission failed, so a

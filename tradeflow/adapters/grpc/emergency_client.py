@@ -1,15 +1,26 @@
 """The :class:`~tradeflow.ports.EmergencyControl` port over the emergency service.
 
 :class:`RemoteEmergencyControl` is what an executor in another process uses.
-The pre-action check (:meth:`~RemoteEmergencyControl.ensure_trading_allowed`,
-:meth:`~RemoteEmergencyControl.active_halt`) reads a local view of the halts and
-makes no call: a :class:`~tradeflow.engine.emergency.WatchedView` follows the
-service's ``WatchState`` stream and installs each snapshot, matching ids with
-the embedded controller's own rule. The view fails closed
-(``EmergencyHalted("emergency state unavailable: ...")``) before the first
-snapshot, while the stream is down (it reconnects with jittered exponential
-backoff), and when no snapshot, change or heartbeat (the service resends its
-state every second while idle) arrived for ``max_staleness`` seconds.
+The pre-action check (:meth:`~RemoteEmergencyControl.ensure_allowed`,
+:meth:`~RemoteEmergencyControl.trading_state`, :meth:`~RemoteEmergencyControl.active_halt`)
+reads a local view of the halts and makes no call: a
+:class:`~tradeflow.engine.emergency.WatchedView` follows the service's ``WatchState``
+stream and installs each snapshot, matching ids with the embedded controller's own
+rule. The view fails closed before the first snapshot, while the stream is down (it
+reconnects with jittered exponential backoff), and when no snapshot, change or
+heartbeat (the service resends its state every ``TRADEFLOW_EMERGENCY_HEARTBEAT``
+while idle) arrived for ``max_staleness`` seconds: every scope is then
+``CANCEL_ONLY`` (cancels and effect-free actions pass, anything else raises
+``EmergencyHalted("emergency state unavailable: ...")``).
+
+Given a source of acknowledgements (:meth:`~RemoteEmergencyControl.acknowledge_with`:
+this process's lease and its in-flight actions), the client tells the service's halt
+barrier each state version its view enforces (``AcknowledgeState``): after every
+snapshot of a version not yet acknowledged under the current lease, and again after
+every reconnection. A background task sends them one at a time, the latest version
+replacing any not sent yet, so the watch loop never waits on it; a failed one is
+logged (the next snapshot retries it, and the barrier fences an executor that stays
+silent).
 
 Every other method is one call. Halt, resume and set-limit calls carry a fresh
 ``request_id`` (the service keeps the answer, so a caller that re-sends a request
@@ -22,6 +33,7 @@ view is down anyway.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Final
 
@@ -36,12 +48,15 @@ from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
     MAX_AUDIT_PAGE,
     NO_IDS,
+    BarrierReport,
     EmergencySnapshot,
+    InFlightAction,
     ScopeIds,
     checked_number,
     checked_scope_change,
 )
 from tradeflow.domain.errors import RiskLimitExceeded, TradeflowError, UnavailableError, describe
+from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
     AuditEntry,
     HaltState,
@@ -49,11 +64,23 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
-from tradeflow.engine.emergency import WatchedView, fail_closed
+from tradeflow.domain.trading import OrderEffect, TradingState
+from tradeflow.engine.barrier import IN_FLIGHT_MAX
+from tradeflow.engine.emergency import (
+    WatchedView,
+    check_allowed,
+    checked_restriction,
+    current_state,
+    fail_closed,
+)
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
-__all__ = ["RemoteEmergencyControl"]
+__all__ = ["AcknowledgementSource", "RemoteEmergencyControl"]
+
+AcknowledgementSource = Callable[[], tuple[Fence, tuple[InFlightAction, ...]] | None]
+"""This process's lease and its actions in flight; ``None`` while it holds no lease
+(:meth:`tradeflow.engine.ownership.LeaseKeeper.acknowledgement`)."""
 
 _SERVICE: Final = "emergency"
 
@@ -66,19 +93,32 @@ class RemoteEmergencyControl:
 
     Build it with :meth:`connect`. ``max_staleness`` (seconds) bounds how old the
     last snapshot may be before the view fails closed; keep it a few times the
-    service's heartbeat (``TRADEFLOW_EMERGENCY_HEARTBEAT``, 1 s by default).
-    ``call_timeout`` bounds every call; ``reconnect_backoff`` is the first and the
-    longest wait between attempts to re-open the stream. Use it from the event
-    loop it was connected on.
+    service's heartbeat (``TRADEFLOW_EMERGENCY_HEARTBEAT``, 0.25 s by default).
+    ``call_timeout`` bounds every call (an acknowledgement, useless once the barrier's
+    deadline passed, is bounded by ``max_staleness``); ``reconnect_backoff`` is the
+    first and the longest wait between attempts to re-open the stream. Use it from the
+    event loop it was connected on.
     """
 
-    __slots__ = ("_call_timeout", "_channel", "_id_factory", "_max_staleness", "_stub", "_view")
+    __slots__ = (
+        "_ack_task",
+        "_ack_version",
+        "_ack_wake",
+        "_acked",
+        "_call_timeout",
+        "_channel",
+        "_id_factory",
+        "_links",
+        "_max_staleness",
+        "_stub",
+        "_view",
+    )
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         *,
-        max_staleness: float = 5.0,
+        max_staleness: float = 0.75,
         call_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
         clock: Clock,
@@ -96,6 +136,15 @@ class RemoteEmergencyControl:
             max_staleness=max_staleness,
             backoff=reconnect_backoff,
         )
+        self._ack_task: asyncio.Task[None] | None = None
+        self._ack_wake = asyncio.Event()
+        self._ack_version: int | None = None
+        """The version the view last confirmed: the one to acknowledge next."""
+        self._links = 0
+        """Streams opened so far: after a reconnection every acknowledgement is sent again
+        (the service may have restarted and forgotten them)."""
+        self._acked: tuple[int, Fence, int] | None = None
+        """The stream, lease and version of the last acknowledgement sent."""
 
     @classmethod
     async def connect(
@@ -105,7 +154,7 @@ class RemoteEmergencyControl:
         wait_ready: bool = True,
         # Bounds only the wait for the first snapshot, not the client's life.
         timeout: float = 10.0,  # noqa: ASYNC109
-        max_staleness: float = 5.0,
+        max_staleness: float = 0.75,
         call_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
         clock: Clock,
@@ -153,10 +202,25 @@ class RemoteEmergencyControl:
         """Start following the ``WatchState`` stream (idempotent)."""
         self._view.start(self._watch, name="emergency:watch-state")
 
+    def acknowledge_with(self, source: AcknowledgementSource) -> None:
+        """Acknowledge every state version the view reaches to the service's halt barrier,
+        with the lease and in-flight actions ``source`` returns at that moment (nothing
+        while it returns ``None``). Call once, from the client's event loop."""
+        if self._ack_task is None and not self._view.closed:
+            self._ack_task = asyncio.create_task(
+                self._acknowledge(source), name="emergency:acknowledge"
+            )
+
     # -- the local view ---------------------------------------------------------------
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
-        fail_closed(self._view.current).ensure_trading_allowed(ids)
+        check_allowed(self._view.current, ids, OrderEffect.OPENS)
+
+    def ensure_allowed(self, ids: ScopeIds, effect: OrderEffect) -> None:
+        check_allowed(self._view.current, ids, effect)
+
+    def trading_state(self, ids: ScopeIds) -> TradingState:
+        return current_state(self._view.current, ids)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
         return fail_closed(self._view.current).active_halt(ids)
@@ -188,12 +252,40 @@ class RemoteEmergencyControl:
     # -- calls ------------------------------------------------------------------------
 
     async def halt(
-        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
     ) -> HaltState:
-        request = pb.HaltRequest(**self._scope_change(scope, target, reason, actor))
+        halt, _ = await self.halt_with_report(
+            scope, target, reason=reason, actor=actor, state=state, cancel_orders=cancel_orders
+        )
+        return halt
+
+    async def halt_with_report(
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        state: TradingState = TradingState.HALTED,
+        cancel_orders: bool = False,
+    ) -> tuple[HaltState, BarrierReport]:
+        """:meth:`halt`, with how the live executors confirmed it: who acknowledged, what
+        they had in flight, who was fenced for not answering in time."""
+        request = pb.HaltRequest(
+            **self._scope_change(scope, target, reason, actor),
+            state=wire.TRADING_STATE.to_proto(checked_restriction(state), "state"),
+            cancel_orders=bool(cancel_orders),
+        )
         response: pb.HaltResponse = await self._call(self._stub.Halt, request)
         await self._catch_up()
-        return wire.halt_state_from_proto(response.halt)
+        return wire.halt_state_from_proto(response.halt), wire.barrier_report_from_proto(response)
 
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
@@ -261,6 +353,26 @@ class RemoteEmergencyControl:
         )
         return wire.risk_limit_from_proto(response.limit)
 
+    async def record_cancel_on_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        *,
+        execution_id: str,
+        status: str,
+        cancelled: Sequence[str],
+    ) -> None:
+        await self._call(
+            self._stub.RecordCancelOnHalt,
+            pb.RecordCancelOnHaltRequest(
+                scope=wire.SCOPE.to_proto(scope, "scope"),
+                target=target,
+                execution_id=execution_id,
+                status=status,
+                cancelled=cancelled,
+            ),
+        )
+
     async def list_risk_limits(self) -> list[RiskLimit]:
         response: pb.ListRiskLimitsResponse = await self._call(
             self._stub.ListRiskLimits, pb.ListRiskLimitsRequest()
@@ -279,6 +391,10 @@ class RemoteEmergencyControl:
         if self._view.closed:
             return
         await self._view.close("emergency client closed")
+        task, self._ack_task = self._ack_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait((task,))
         await self._channel.close()
 
     # -- internals --------------------------------------------------------------------
@@ -318,6 +434,7 @@ class RemoteEmergencyControl:
     async def _watch(self) -> None:
         """One link for the view: install each ``WatchState`` snapshot until the stream ends."""
         stream = self._stub.WatchState(pb.WatchStateRequest())
+        self._links += 1
         try:
             while True:
                 async with asyncio.timeout(self._max_staleness):
@@ -331,6 +448,8 @@ class RemoteEmergencyControl:
                 # The stream is the one source of the view and ordered: its latest snapshot
                 # is the truth even when its version is lower (the Redis state was rebuilt).
                 self._view.confirm(EmergencySnapshot.of(version, halts, ()))
+                self._ack_version = version
+                self._ack_wake.set()
         except grpc.aio.AioRpcError as err:
             lost = error_from_rpc(err, service=_SERVICE).message
         except TimeoutError:
@@ -341,3 +460,34 @@ class RemoteEmergencyControl:
         finally:
             stream.cancel()
         raise UnavailableError(lost)
+
+    async def _acknowledge(self, source: AcknowledgementSource) -> None:
+        """Send the acknowledgements :meth:`acknowledge_with` asked for, one at a time."""
+        while True:
+            await self._ack_wake.wait()
+            self._ack_wake.clear()
+            try:
+                await self._acknowledge_once(source)
+            except TradeflowError as exc:
+                _log.warning("emergency.acknowledge_failed", error=describe(exc))
+            except Exception:
+                _log.exception("emergency.acknowledge_failed")
+
+    async def _acknowledge_once(self, source: AcknowledgementSource) -> None:
+        """Acknowledge the view's version under the current lease, unless done on this link."""
+        version, held = self._ack_version, source()
+        if version is None or held is None:
+            return
+        fence, in_flight = held
+        done = (self._links, fence, version)
+        if self._acked == done:
+            return  # a heartbeat: nothing new to tell
+        if len(in_flight) > IN_FLIGHT_MAX:
+            _log.warning("emergency.in_flight_cut", in_flight=len(in_flight), sent=IN_FLIGHT_MAX)
+        await call(
+            self._stub.AcknowledgeState,
+            wire.acknowledgement_to_proto(fence, version, in_flight[:IN_FLIGHT_MAX]),
+            service=_SERVICE,
+            deadline=self._max_staleness,
+        )
+        self._acked = done

@@ -54,6 +54,8 @@ class StateClient:
         return await call(method, request, service=_SERVICE, deadline=self._timeout)
 
     async def write(self, batch: StateBatch) -> None:
+        """The batch, fence and guard included, in one call: the service's store checks
+        both in the step that commits it (``LeaseLost``, ``EmergencyHalted``)."""
         await self._call(self._stub.WriteBatch, wire.state_batch_to_proto(batch))
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:

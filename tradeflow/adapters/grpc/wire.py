@@ -26,17 +26,19 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeflow.domain.codec import MAX_PAGE_SIZE, encode_page_token, from_json, to_json_bytes
-from tradeflow.domain.emergency import LimitVerdict, ScopeIds
+from tradeflow.domain.emergency import BarrierReport, InFlightAction, LimitVerdict, ScopeIds
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
 from tradeflow.domain.limits import (
     PAGE_MAX_BYTES,
     PAGE_TOKEN_MAX_LENGTH,
+    check_cursor,
     check_id,
     check_timestamp,
 )
 from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
     SCHEMA_VERSION,
+    ActionGuard,
     AuditEntry,
     Checkpoint,
     CheckpointState,
@@ -51,6 +53,9 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
+from tradeflow.engine.barrier import IN_FLIGHT_MAX
+from tradeflow.engine.emergency import checked_restriction
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
 from tradeflow.proto.executor.v1 import executor_service_pb2
@@ -63,11 +68,18 @@ __all__ = [
     "CHECKPOINT_STATE",
     "EXECUTION_STATUS",
     "LIMIT_DIRECTION",
+    "ORDER_EFFECT",
     "SCOPE",
+    "TRADING_STATE",
     "EnumCodec",
+    "acknowledgement_from_proto",
+    "acknowledgement_to_proto",
+    "action_guard_from_proto",
+    "action_guard_to_proto",
     "at_most",
     "audit_entry_from_proto",
     "audit_entry_to_proto",
+    "barrier_report_from_proto",
     "bytes_at_most",
     "checkpoint_from_proto",
     "checkpoint_to_proto",
@@ -85,11 +97,15 @@ __all__ = [
     "execution_record_from_proto",
     "execution_record_to_proto",
     "execution_to_proto",
+    "halt_response_to_proto",
     "halt_state_from_proto",
     "halt_state_to_proto",
     "history_event_from_proto",
     "history_event_to_proto",
+    "in_flight_action_from_proto",
+    "in_flight_action_to_proto",
     "limit_verdict_to_proto",
+    "restriction_from_proto",
     "risk_limit_from_proto",
     "risk_limit_to_proto",
     "scope_ids_from_proto",
@@ -171,6 +187,8 @@ CHECKPOINT_STATE = EnumCodec(CheckpointState, common_pb2.CheckpointState, "CHECK
 LIMIT_DIRECTION = EnumCodec(
     LimitDirection, emergency_service_pb2.LimitDirection, "LIMIT_DIRECTION_"
 )
+TRADING_STATE = EnumCodec(TradingState, emergency_service_pb2.TradingState, "TRADING_STATE_")
+ORDER_EFFECT = EnumCodec(OrderEffect, state_service_pb2.OrderEffect, "ORDER_EFFECT_")
 
 
 def decode_json_object(text: str, field: str) -> dict[str, Any]:
@@ -451,17 +469,113 @@ def halt_state_to_proto(halt: HaltState) -> emergency_service_pb2.HaltState:
         reason=halt.reason,
         actor=halt.actor,
         since=timestamp_to_proto(halt.since),
+        state=TRADING_STATE.to_proto(halt.state, "state"),
+        cancel_orders=halt.cancel_orders,
     )
 
 
 def halt_state_from_proto(msg: emergency_service_pb2.HaltState) -> HaltState:
-    """Inverse of :func:`halt_state_to_proto`."""
+    """Inverse of :func:`halt_state_to_proto`; an unspecified state is ``HALTED`` (what
+    every halt was before trading states existed)."""
     return HaltState(
         scope=SCOPE.from_proto(msg.scope, "scope"),
         target=_optional(msg, "target"),
         reason=msg.reason,
         actor=msg.actor,
         since=timestamp_from_proto(msg.since),
+        state=TRADING_STATE.from_proto_optional(msg.state, "state") or TradingState.HALTED,
+        cancel_orders=msg.cancel_orders,
+    )
+
+
+def restriction_from_proto(number: int) -> TradingState:
+    """The state a ``HaltRequest`` asks for: unspecified is ``HALTED``; ``ACTIVE`` (that is
+    a resume) and a number no state has are ``InvalidRequest`` naming ``state``."""
+    if number == emergency_service_pb2.TRADING_STATE_UNSPECIFIED:
+        return TradingState.HALTED
+    return checked_restriction(TRADING_STATE.from_proto(number, "state"))
+
+
+def in_flight_action_to_proto(action: InFlightAction) -> emergency_service_pb2.InFlightAction:
+    """An action in flight as its protobuf message."""
+    return emergency_service_pb2.InFlightAction(
+        owner=action.owner,
+        execution_id=action.execution_id,
+        node_id=action.node_id,
+        client_order_id=action.client_order_id,
+    )
+
+
+def in_flight_action_from_proto(msg: emergency_service_pb2.InFlightAction) -> InFlightAction:
+    """Inverse of :func:`in_flight_action_to_proto`: every field an id, but
+    ``client_order_id``, which may be ``""`` (an action placing no order of its own)."""
+    if msg.client_order_id:
+        check_id("client_order_id", msg.client_order_id)
+    return InFlightAction(
+        owner=check_id("owner", msg.owner),
+        execution_id=check_id("execution_id", msg.execution_id),
+        node_id=check_id("node_id", msg.node_id),
+        client_order_id=msg.client_order_id,
+    )
+
+
+def acknowledgement_to_proto(
+    fence: Fence, version: int, in_flight: Sequence[InFlightAction]
+) -> emergency_service_pb2.AcknowledgeStateRequest:
+    """An executor's acknowledgement of state ``version`` under its lease ``fence``."""
+    return emergency_service_pb2.AcknowledgeStateRequest(
+        owner=fence.owner,
+        epoch=fence.epoch,
+        version=version,
+        in_flight=[in_flight_action_to_proto(action) for action in in_flight],
+    )
+
+
+def acknowledgement_from_proto(
+    msg: emergency_service_pb2.AcknowledgeStateRequest,
+) -> tuple[Fence, int, tuple[InFlightAction, ...]]:
+    """Inverse of :func:`acknowledgement_to_proto`, refusing (``InvalidRequest`` naming the
+    field) an owner that is no id, an epoch of 0, a version past ``CURSOR_MAX``, more than
+    :data:`~tradeflow.engine.barrier.IN_FLIGHT_MAX` actions or an action of another owner."""
+    owner = check_id("owner", msg.owner)
+    if msg.epoch <= 0:
+        raise InvalidRequest("epoch", "an epoch > 0 from AcquireLease", msg.epoch)
+    version = check_cursor("version", msg.version)
+    if len(msg.in_flight) > IN_FLIGHT_MAX:
+        raise InvalidRequest(
+            "in_flight", f"at most {IN_FLIGHT_MAX} actions", f"{len(msg.in_flight)} actions"
+        )
+    actions = []
+    for index, item in enumerate(msg.in_flight):
+        action = within(f"in_flight[{index}]", in_flight_action_from_proto, item)
+        if action.owner != owner:
+            raise InvalidRequest(f"in_flight[{index}].owner", f"the owner {owner!r}", action.owner)
+        actions.append(action)
+    return Fence(owner, int(msg.epoch)), version, tuple(actions)
+
+
+def halt_response_to_proto(
+    halt: HaltState, report: BarrierReport
+) -> emergency_service_pb2.HaltResponse:
+    """A committed halt and how the live executors confirmed it."""
+    return emergency_service_pb2.HaltResponse(
+        halt=halt_state_to_proto(halt),
+        version=report.version,
+        live=report.live,
+        acknowledged=report.acknowledged,
+        in_flight=[in_flight_action_to_proto(action) for action in report.in_flight],
+        fenced=report.fenced,
+    )
+
+
+def barrier_report_from_proto(msg: emergency_service_pb2.HaltResponse) -> BarrierReport:
+    """The barrier's report a :func:`halt_response_to_proto` answer carries."""
+    return BarrierReport(
+        version=msg.version,
+        live=tuple(msg.live),
+        acknowledged=tuple(msg.acknowledged),
+        in_flight=tuple(map(in_flight_action_from_proto, msg.in_flight)),
+        fenced=tuple(msg.fenced),
     )
 
 
@@ -560,6 +674,29 @@ def state_batch_to_proto(
         checkpoints=[checkpoint_to_proto(checkpoint) for checkpoint in batch.checkpoints],
         events=[event_to_proto(event) for event in batch.events],
         fence=None if batch.fence is None else fence_to_proto(batch.fence),
+        guard=None if batch.guard is None else action_guard_to_proto(batch.guard),
+    )
+
+
+def action_guard_to_proto(guard: ActionGuard) -> state_service_pb2.ActionGuard:
+    """What the store checks before committing an intent, as its protobuf message."""
+    return state_service_pb2.ActionGuard(
+        workflow_id=guard.workflow_id,
+        bot_id=guard.bot_id,
+        strategy_id=guard.strategy_id,
+        effect=ORDER_EFFECT.to_proto(guard.effect, "effect"),
+    )
+
+
+def action_guard_from_proto(msg: state_service_pb2.ActionGuard) -> ActionGuard:
+    """Inverse of :func:`action_guard_to_proto`; each set id must be an id. An unspecified
+    effect is ``OPENS``, the strictest (an effect nobody worked out)."""
+    effect = ORDER_EFFECT.from_proto_optional(msg.effect, "effect")
+    return ActionGuard(
+        workflow_id=check_id("workflow_id", _optional(msg, "workflow_id"), optional=True),
+        bot_id=check_id("bot_id", _optional(msg, "bot_id"), optional=True),
+        strategy_id=check_id("strategy_id", _optional(msg, "strategy_id"), optional=True),
+        effect=OrderEffect.OPENS if effect is None else effect,
     )
 
 
@@ -583,6 +720,7 @@ def state_batch_from_proto(msg: state_service_pb2.WriteBatchRequest) -> StateBat
         checkpoints=tuple(checkpoint_from_proto(checkpoint) for checkpoint in msg.checkpoints),
         events=tuple(event_from_proto(event) for event in msg.events),
         fence=_optional(msg, "fence", fence_from_proto),
+        guard=_optional(msg, "guard", lambda g: within("guard", action_guard_from_proto, g)),
     )
 
 

@@ -16,14 +16,16 @@ are shared and durable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from operator import attrgetter
 from types import MappingProxyType
 from typing import NoReturn, Protocol
 
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.numbers import is_positive
+from tradeflow.domain.records import Scope
 from tradeflow.domain.trading import (
     FLAT,
     Fill,
@@ -93,6 +95,13 @@ class PaperLedger(Protocol):
         """The order stored under this client order id, if any."""
         ...
 
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        """The resting (``OPEN``) orders of ``venue`` whose scope id for ``scope`` (the
+        ``workflow_id``, ``bot_id`` or ``strategy_id`` their request carried) is
+        ``target``; every resting one for ``Scope.GLOBAL``. Oldest first. Reads the
+        resting orders only (an index of them), never every order ever placed."""
+        ...
+
     async def balances(self, venue: str) -> dict[str, float] | None:
         """Asset -> amount of ``venue``; ``None`` until its first fill."""
         ...
@@ -114,10 +123,12 @@ class MemoryPaperLedger:
     applied, not kept (orders are: deduplication needs them).
     """
 
-    __slots__ = ("_balances", "_orders", "_pnl", "_positions")
+    __slots__ = ("_balances", "_open", "_orders", "_pnl", "_positions")
 
     def __init__(self) -> None:
         self._orders: dict[tuple[str, str], Order] = {}
+        self._open: dict[str, dict[str, None]] = {}
+        """Venue -> the client order ids of its resting orders, oldest first."""
         self._balances: dict[str, dict[str, float]] = {}
         self._positions: dict[tuple[str, str], Position] = {}
         self._pnl: dict[int, float] = {}
@@ -141,6 +152,8 @@ class MemoryPaperLedger:
             have = (opening if held is None else held).get(asset, 0.0)
             require_balance(order.client_order_id, venue, asset, needed, have)
         self._orders[key] = order
+        if order.status is OrderStatus.OPEN:
+            self._open.setdefault(venue, {})[order.client_order_id] = None
         if fill is None:
             return order
         if held is None:
@@ -163,10 +176,15 @@ class MemoryPaperLedger:
         if order is None or order.status is not OrderStatus.OPEN:
             return order
         cancelled = self._orders[key] = replace(order, status=OrderStatus.CANCELLED)
+        del self._open[venue][client_order_id]
         return cancelled
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
         return self._orders.get((venue, client_order_id))
+
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        resting = (self._orders[venue, key] for key in self._open.get(venue, ()))
+        return list(_of_scope(resting, scope, target))
 
     async def balances(self, venue: str) -> dict[str, float] | None:
         held = self._balances.get(venue)
@@ -264,6 +282,9 @@ class PaperExchange:
             filled_quantity=quantity if fills else 0.0,
             avg_price=price if fills else None,
             created_at=now,
+            workflow_id=request.workflow_id,
+            bot_id=request.bot_id,
+            strategy_id=request.strategy_id,
         )
         fill = (
             Fill(
@@ -293,6 +314,11 @@ class PaperExchange:
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
         return await self._ledger.get_order(venue, client_order_id)
 
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        """The resting orders of ``venue`` placed for ``scope``/``target`` (see
+        :meth:`PaperLedger.open_orders`)."""
+        return await self._ledger.open_orders(venue, scope, target)
+
     async def position(self, venue: str, symbol: str) -> float:
         return (await self._ledger.position(venue, symbol)).quantity
 
@@ -318,6 +344,14 @@ class PaperExchange:
                 request.client_order_id,
                 f"no price for {request.symbol!r} on venue {request.venue!r}: {exc.message}",
             ) from exc
+
+
+def _of_scope(orders: Iterable[Order], scope: Scope, target: str | None) -> Iterable[Order]:
+    """Those of ``orders`` placed for ``scope``/``target`` (all of them for global)."""
+    if scope is Scope.GLOBAL:
+        return orders
+    scope_id = attrgetter(f"{scope.value}_id")  # Order.workflow_id, .bot_id, .strategy_id
+    return (order for order in orders if scope_id(order) == target)
 
 
 def _validate(request: OrderRequest) -> tuple[str, str]:

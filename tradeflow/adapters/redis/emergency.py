@@ -9,9 +9,11 @@ what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.wait_for_ch
 Layout (``{p}`` is ``{prefix:emergency}``, a hash tag keeping every key in one
 cluster slot so one script may touch them all):
 
-- ``{p}:halts`` hash ``"<scope>:<target>"`` -> JSON ``[reason, actor]``, and
-  ``{p}:halt_since`` hash, same fields -> ``since`` (kept apart so a re-halt
-  keeps it with a plain ``HSETNX``);
+- ``{p}:halts`` hash ``"<scope>:<target>"`` (:func:`halt_field`) -> JSON
+  ``[reason, actor, state, cancel_orders]`` (a value of the seed's, ``[reason,
+  actor]``, reads as ``halted`` without cancel), and ``{p}:halt_since`` hash, same
+  fields -> ``since`` (kept apart so a re-halt keeps it with a plain ``HSETNX``);
+  :func:`halt_keys` names both for the state store, whose write script reads them;
 - ``{p}:limits`` hash ``limit_type`` -> JSON ``[threshold, direction, auto_halt,
   updated_at, updated_by]``;
 - ``{p}:audit`` stream, approximately capped, entry ids ``<n>-0`` from the
@@ -32,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from dataclasses import astuple
+from dataclasses import astuple, replace
 from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -54,10 +56,18 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
+from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import EmergencyController, WatchedView
 from tradeflow.observability.metrics import Metrics
 
-__all__ = ["RedisEmergencyController", "RedisEmergencyStore", "RedisRequestLog"]
+__all__ = [
+    "RedisEmergencyController",
+    "RedisEmergencyStore",
+    "RedisRequestLog",
+    "halt_field",
+    "halt_keys",
+    "stored_halt",
+]
 
 M = TypeVar("M", bound=Message)
 
@@ -169,11 +179,7 @@ class RedisEmergencyStore:
             max_staleness=max_staleness,
             backoff=_RECONNECT_BACKOFF,
         )
-        base = f"{{{prefix}:emergency}}"
-        self._keys = tuple(
-            f"{base}:{name}"
-            for name in ("halts", "halt_since", "limits", "version", "audit", "audit_id")
-        )
+        self._keys = _keys(prefix)
         self._channel = f"{prefix}:emergency:changed"
         self._scripts = {
             script: client.register_script(script)
@@ -205,14 +211,14 @@ class RedisEmergencyStore:
         since = await self._run(
             _SAVE_HALT,
             audit,
-            _halt_field(halt.scope, halt.target),
+            halt_field(halt.scope, halt.target),
             repr(halt.since),
-            to_json_bytes([halt.reason, halt.actor]),
+            to_json_bytes([halt.reason, halt.actor, halt.state.value, halt.cancel_orders]),
         )
-        return HaltState(halt.scope, halt.target, halt.reason, halt.actor, float(since))
+        return replace(halt, since=float(since))
 
     async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        return bool(await self._run(_DELETE_HALT, audit, _halt_field(scope, target)))
+        return bool(await self._run(_DELETE_HALT, audit, halt_field(scope, target)))
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
         await self._run(
@@ -381,8 +387,45 @@ class RedisRequestLog:
         return response
 
 
-def _halt_field(scope: Scope, target: str | None) -> str:
+def _keys(prefix: str) -> tuple[str, ...]:
+    """The store's keys, in the order its scripts' ``KEYS`` take them."""
+    base = f"{{{prefix}:emergency}}"
+    return tuple(
+        f"{base}:{name}"
+        for name in ("halts", "halt_since", "limits", "version", "audit", "audit_id")
+    )
+
+
+def halt_keys(prefix: str) -> tuple[str, str]:
+    """The halts hash and the halt_since hash of the emergency state under ``prefix``
+    (fields: :func:`halt_field`; values: see :func:`stored_halt`)."""
+    halts, since = _keys(prefix)[:2]
+    return halts, since
+
+
+def halt_field(scope: Scope, target: str | None) -> str:
+    """The field of the halt of ``scope``/``target`` in both halt hashes (a global
+    halt's is ``"global:"``)."""
     return f"{scope.value}:{target or ''}"
+
+
+def stored_halt(field: bytes, payload: bytes, since: bytes) -> HaltState:
+    """The halt stored under ``field`` with JSON ``payload`` and ``since``; a seed's
+    two-element payload is a ``HALTED`` halt that cancels nothing. Raises ``ValueError``
+    (or ``KeyError``, ``TypeError``) for a value tradeflow did not write."""
+    scope_name, _, target = field.decode().partition(":")
+    scope = Scope(scope_name)
+    reason, actor, *rest = from_json(payload)
+    state, cancel_orders = rest or (TradingState.HALTED.value, False)
+    return HaltState(
+        scope,
+        None if scope is Scope.GLOBAL else target,
+        reason,
+        actor,
+        float(since),
+        TradingState(state),
+        bool(cancel_orders),
+    )
 
 
 def _audit_entry(entry_id: bytes, payload: bytes) -> AuditEntry:
@@ -407,16 +450,9 @@ def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
     """``(script result, snapshot)`` from a script's ``state(result)`` reply."""
     result, version, halt_rows, since_rows, limit_rows = reply
     since = _pairs(since_rows)
-    halts = []
-    for field, payload in _pairs(halt_rows).items():
-        scope_name, _, target = field.decode().partition(":")
-        scope = Scope(scope_name)
-        reason, actor = from_json(payload)
-        halts.append(
-            HaltState(
-                scope, None if scope is Scope.GLOBAL else target, reason, actor, float(since[field])
-            )
-        )
+    halts = [
+        stored_halt(field, payload, since[field]) for field, payload in _pairs(halt_rows).items()
+    ]
     limits = []
     for limit_type, payload in _pairs(limit_rows).items():
         threshold, direction, auto_halt, at, by = from_json(payload)

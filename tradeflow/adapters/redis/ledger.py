@@ -4,7 +4,11 @@ Layout (``p`` is ``<prefix>:paper:``):
 
 - ``p:orders:<venue>`` hash: client order id -> ``<status>\\n<JSON>``, the JSON an array
   of the order's other fields (its venue and client order id are in the key and the
-  field). The status leads so that cancelling rewrites it without decoding the rest;
+  field), the scope ids last (absent from orders stored before they were kept). The
+  status leads so that cancelling rewrites it without decoding the rest;
+- ``p:open:<venue>`` set: the client order ids of the venue's resting orders (what
+  cancel-on-halt reads: never every order ever placed). Orders left resting by a
+  version that did not keep this set are not in it;
 - ``p:balances:<venue>`` hash: asset -> amount, from the venue's first fill on;
 - ``p:positions:<venue>`` hash: symbol -> ``"<quantity> <avg_price>"``;
 - ``p:pnl`` hash: UTC day (days since the epoch) -> realized P&L minus fees;
@@ -36,6 +40,7 @@ from redis.exceptions import RedisError
 from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.errors import ConfigurationError, ExchangeError, describe
+from tradeflow.domain.records import Scope
 from tradeflow.domain.trading import (
     BALANCE_TOLERANCE,
     FLAT,
@@ -52,7 +57,7 @@ from tradeflow.domain.trading import (
 
 __all__ = ["RedisPaperLedger"]
 
-# KEYS: orders, balances, positions (of the order's venue), pnl, fills.
+# KEYS: orders, balances, positions (of the order's venue), pnl, fills, open (of the venue).
 # ARGV: [1] client order id, [2] the order as stored, [3] asset required ('' for none),
 #   [4] amount required, [5] the fill's JSON ('' when the order rests), [6] symbol,
 #   [7] quote asset, [8] base asset, [9] signed quantity, [10] price, [11] fee, [12] day,
@@ -78,6 +83,7 @@ if ARGV[3] ~= '' then
   if tonumber(ARGV[4]) - have > TOLERANCE then return {2, string.format('%.17g', have)} end
 end
 redis.call('HSET', orders, ARGV[1], ARGV[2])
+if string.sub(ARGV[2], 1, 5) == 'open\n' then redis.call('SADD', KEYS[6], ARGV[1]) end
 if ARGV[5] == '' then return {1} end
 local symbol, quote, base = ARGV[6], ARGV[7], ARGV[8]
 local signed, price, fee = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
@@ -126,8 +132,8 @@ return {1}
 """
 )
 
-# KEYS: orders (of the venue). ARGV: client order id. Returns the order as stored after
-# the call, or nil.
+# KEYS: orders, open (of the venue). ARGV: client order id. Returns the order as stored
+# after the call, or nil.
 _CANCEL: Final = r"""
 local order = redis.call('HGET', KEYS[1], ARGV[1])
 if not order then return false end
@@ -135,7 +141,25 @@ if string.sub(order, 1, 5) == 'open\n' then
   order = 'cancelled\n' .. string.sub(order, 6)
   redis.call('HSET', KEYS[1], ARGV[1], order)
 end
+redis.call('SREM', KEYS[2], ARGV[1])
 return order
+"""
+
+# KEYS: orders, open (of the venue). ARGV: [1] the position (1-based) in the order's JSON
+# array of the scope id to match, 0 for every order; [2] the id it must equal.
+# Returns client order id, stored order, ... of the resting orders that match. cjson only
+# reads the ids here: the amounts go back as stored.
+_OPEN: Final = r"""
+local field, out = tonumber(ARGV[1]), {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local order = redis.call('HGET', KEYS[1], id)
+  if order and string.sub(order, 1, 5) == 'open\n'
+      and (field == 0 or cjson.decode(string.sub(order, 6))[field] == ARGV[2]) then
+    out[#out + 1] = id
+    out[#out + 1] = order
+  end
+end
+return out
 """
 
 _TAKEN, _ACCEPTED, _INSUFFICIENT = 0, 1, 2
@@ -149,7 +173,7 @@ class RedisPaperLedger:
     its owner's to close; the state store's client and prefix fit.
     """
 
-    __slots__ = ("_accept", "_cancel", "_client", "_fills", "_p", "_pnl")
+    __slots__ = ("_accept", "_cancel", "_client", "_fills", "_open", "_p", "_pnl")
 
     def __init__(self, client: aioredis.Redis, *, prefix: str = "tradeflow") -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
@@ -162,6 +186,7 @@ class RedisPaperLedger:
         self._fills = f"{self._p}fills"
         self._accept = client.register_script(_ACCEPT)
         self._cancel = client.register_script(_CANCEL)
+        self._open = client.register_script(_OPEN)
 
     async def accept(
         self,
@@ -207,6 +232,7 @@ class RedisPaperLedger:
             f"{self._p}positions:{venue}",
             self._pnl,
             self._fills,
+            f"{self._p}open:{venue}",
         )
         reply = await self._call(
             f"accept order {order.client_order_id!r}", self._accept, keys=keys, args=args
@@ -222,10 +248,23 @@ class RedisPaperLedger:
         stored = await self._call(
             f"cancel order {client_order_id!r}",
             self._cancel,
-            keys=(f"{self._p}orders:{venue}",),
+            keys=(f"{self._p}orders:{venue}", f"{self._p}open:{venue}"),
             args=(client_order_id,),
         )
         return None if stored is None else _decode_order(venue, client_order_id, stored)
+
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        found = await self._call(
+            f"list the open orders of venue {venue!r}",
+            self._open,
+            keys=(f"{self._p}orders:{venue}", f"{self._p}open:{venue}"),
+            args=(_SCOPE_FIELDS.get(scope, 0), "" if target is None else target),
+        )
+        orders = [
+            _decode_order(venue, client_order_id.decode(), stored)
+            for client_order_id, stored in zip(found[::2], found[1::2], strict=True)
+        ]
+        return sorted(orders, key=_age)
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
         stored = await self._call(
@@ -274,6 +313,16 @@ class RedisPaperLedger:
             raise ExchangeError(f"paper ledger in redis: cannot {what}: {describe(exc)}") from exc
 
 
+_SCOPE_FIELDS: Final = {Scope.WORKFLOW: 10, Scope.BOT: 11, Scope.STRATEGY: 12}
+"""Where :func:`_encode_order` puts each scope id in its JSON array, counted from 1 (Lua's
+way, for ``_OPEN``)."""
+
+
+def _age(order: Order) -> tuple[float, str]:
+    """Oldest first; placed at one instant, by client order id (a set has no order)."""
+    return order.created_at, order.client_order_id
+
+
 def _encode_order(order: Order) -> bytes:
     body = to_json_bytes(
         [
@@ -286,6 +335,9 @@ def _encode_order(order: Order) -> bytes:
             order.filled_quantity,
             order.avg_price,
             order.created_at,
+            order.workflow_id,
+            order.bot_id,
+            order.strategy_id,
         ]
     )
     return f"{order.status.value}\n".encode() + body
@@ -293,7 +345,8 @@ def _encode_order(order: Order) -> bytes:
 
 def _decode_order(venue: str, client_order_id: str, stored: bytes) -> Order:
     status, _, body = stored.partition(b"\n")
-    order_id, symbol, side, quantity, kind, limit, filled, avg, at = from_json(body)
+    # ``scope``: the three scope ids, or nothing for an order stored before they were kept.
+    order_id, symbol, side, quantity, kind, limit, filled, avg, at, *scope = from_json(body)
     return Order(
         order_id,
         client_order_id,
@@ -307,4 +360,5 @@ def _decode_order(venue: str, client_order_id: str, stored: bytes) -> Order:
         filled,
         avg,
         at,
+        *scope,
     )

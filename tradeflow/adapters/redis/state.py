@@ -21,21 +21,31 @@ Layout (``p`` is the prefix):
   ranges with offsets cannot promise;
 - ``p:request:<request_id>`` -> the execution id created for that key;
 - ``p:lease:<owner>`` hash ``epoch``, ``kind``, ``host``, ``pid``: an owner's lease,
-  expiring by itself (``PEXPIRE`` of its ttl, so liveness is the server's clock);
+  expiring by itself (``PEXPIREAT`` its ttl past the server's ``TIME``, so liveness is
+  the server's clock);
   ``p:lease_epoch`` the one counter every epoch comes from (``INCR``: never reused);
   ``p:lease_cancels:<owner>`` set: the cancellations its next renewal collects
-  (expiring with the owner's lease; a new lease of the same owner keeps them).
+  (expiring with the owner's lease; a new lease of the same owner keeps them);
+- ``p:leases`` sorted set: the owners, scored by their lease's expiry (ms, the same
+  instant): the registry :meth:`~RedisStateStore.live_leases` lists without scanning
+  the keyspace (pruned of expired owners as it lists).
+
+``write`` also reads the emergency state's halts (``{<prefix>:emergency}:halts`` and
+``:halt_since``, named by :func:`~tradeflow.adapters.redis.emergency.halt_keys`) when
+its batch carries a guard.
 
 ``write`` is one ``EVALSHA`` of a Lua script: nothing runs in between its
 commands, and its refusals (a fence that is not the execution's live lease, a
-``request_id`` another execution holds) are decided before its first write, so
+trading state that does not admit the batch's guarded action, a ``request_id``
+another execution holds) are decided before its first write, so
 the record and its index moves, the checkpoints and the events with their cursors
 land together or not at all, and a write racing its lease's expiry either lands
 whole before it or is refused whole. Python packs one command and parses one
 reply (redis-py loads the script again when a restarted server lost its cache).
 Indexes move only on a status change, out of the index of the status stored
 before: a brand-new execution is only added. Every other ownership operation
-(acquire, renew, release, claim, orphans, cancel) is one script too (claim and
+(acquire, renew, release or revoke, list the live leases, claim, orphans, cancel) is
+one script too (claim and
 cancel first read the execution's fixed ``meta`` for its index member, as the status
 they may change moves it); reads of records are one script that adds each owner's
 liveness.
@@ -57,6 +67,7 @@ from typing import Any, Final, ParamSpec, TypeVar, cast
 import redis.asyncio as aioredis
 
 from tradeflow.adapters.redis.connection import CONNECTION_ERRORS, reconnecting
+from tradeflow.adapters.redis.emergency import halt_field, halt_keys, stored_halt
 from tradeflow.domain.codec import (
     MAX_EVENTS_PAGE,
     MAX_PAGE_SIZE,
@@ -65,17 +76,20 @@ from tradeflow.domain.codec import (
     from_json,
     to_json_bytes,
 )
+from tradeflow.domain.emergency import refusal
 from tradeflow.domain.errors import (
     ConfigurationError,
     ExecutionNotFound,
     InvalidRequest,
     LeaseLost,
     OwnerAlive,
+    TradeflowError,
     UnavailableError,
     describe,
 )
-from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
+from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    ActionGuard,
     Checkpoint,
     CheckpointState,
     Event,
@@ -83,31 +97,38 @@ from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
+    Scope,
     StateBatch,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
 
 __all__ = ["RedisStateStore"]
 
 # One write (see the module docstring). Keys are built here from the prefix, so the store
 # needs a standalone Redis (as MULTI over these keys did).
 # ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, checkpoints, events,
-#   fence, target]:
+#   fence, target, guard]:
 #   record: false, or [execution id, index member, status, full, indexes, request id or false]
 #     (full: this store's first write of it, which also stores meta and definition and
 #     joins the indexes);
 #   owners: the execution ids the checkpoints and events belong to, each once;
 #   checkpoints: flat [owner, node id, ...]; events: flat [owner or 0, sequence, ...],
 #     owners as positions in owners (flat and deduplicated: cjson decodes this per write);
-#   fence: false, or [lease owner, epoch as text]; target: the batch's execution or false.
+#   fence: false, or [lease owner, epoch as text]; target: the batch's execution or false;
+#   guard: false (no guard, or one every state admits), or [halts key, halt_since key,
+#     the highest rank admitting the guard's effect, halt fields of its scopes broadest
+#     first] (keys and fields of adapters.redis.emergency).
 # ARGV[2]: the JSON texts to store, newline-separated (compact JSON never holds a raw
 #   newline): the record's (meta, definition and state if full, else state), then one per
 #   checkpoint, then one per event.
-# Returns nil; the execution holding the record's request id; or, for a refused fence,
+# Returns nil; the execution holding the record's request id; for a refused fence,
 #   {1, the owner's live epoch or nil} (the fence's lease is not live), {2, epoch, owner}
 #   (the target is another lease's) or {3, epoch, owner} (it is owned, the batch has no
-#   fence). Nothing is written when something is returned.
+#   fence); or {4, halt field, halt JSON, since} (the deciding halt refuses the guard's
+#   effect). Nothing is written when something is returned.
+# RANKS (prepended) maps each trading state to its rank, from TradingState.
 _WRITE: Final = r"""
-local p, cap, record, owners, checkpoints, events, fence, target =
+local p, cap, record, owners, checkpoints, events, fence, target, guard =
   unpack(cjson.decode(ARGV[1]))
 local texts, at = ARGV[2], 1
 local function take()
@@ -134,6 +155,24 @@ if target then
     if epoch ~= fence[2] and (record or stored) then owned = {'owner', fence[1], 'epoch', fence[2]} end
   elseif epoch ~= '0' then
     return {3, epoch, found[3]}
+  end
+end
+-- The trading state, in the same script as the intent it admits: a halt committed
+-- before this script refuses it, one committed after it finds it committed.
+if guard then
+  local found = redis.call('HMGET', guard[1], unpack(guard, 4))
+  -- The deciding halt: the most restrictive, the broadest on a tie (a seed's halt,
+  -- [reason, actor], is halted).
+  local decided, rank = 0, -1
+  for i = 1, #found do
+    if found[i] then
+      local r = RANKS[cjson.decode(found[i])[3] or 'halted']
+      if r > rank then decided, rank = i, r end
+    end
+  end
+  if rank > guard[3] then
+    local field = guard[decided + 3]
+    return {4, field, found[decided], redis.call('HGET', guard[2], field)}
   end
 end
 if record then
@@ -255,42 +294,81 @@ return {id, load(p, id)}
 """
 )
 
+# What the scripts that start or extend a lease share: its expiry, the same instant on
+# its hash and in the registry.
+_EXTEND: Final = r"""
+local function extend(p, owner, ttl)
+  local now = redis.call('TIME')
+  local expiry = string.format('%d', now[1] * 1000 + math.floor(now[2] / 1000) + ttl)
+  redis.call('PEXPIREAT', p .. 'lease:' .. owner, expiry)
+  redis.call('ZADD', p .. 'leases', expiry, owner)
+  return expiry
+end
+"""
+
 # ARGV: prefix, owner, kind, host, pid, ttl in ms. Returns the new epoch. The owner's
 # pending cancels stay, for the new lease's next renewal (and live as long as it).
-_ACQUIRE: Final = r"""
+_ACQUIRE: Final = (
+    _EXTEND
+    + r"""
 local p, owner = ARGV[1], ARGV[2]
 local lease = p .. 'lease:' .. owner
 local epoch = redis.call('INCR', p .. 'lease_epoch')
 redis.call('DEL', lease)
 redis.call('HSET', lease, 'epoch', epoch, 'kind', ARGV[3], 'host', ARGV[4], 'pid', ARGV[5])
-redis.call('PEXPIRE', lease, ARGV[6])
-redis.call('PEXPIRE', p .. 'lease_cancels:' .. owner, ARGV[6])
+redis.call('PEXPIREAT', p .. 'lease_cancels:' .. owner, extend(p, owner, ARGV[6]))
 return epoch
 """
+)
 
 # ARGV: prefix, owner, epoch, ttl in ms. Returns {1, cancelled execution ids...}, or
 # {0, the owner's live epoch or nil} when the lease is not live.
-_RENEW: Final = r"""
+_RENEW: Final = (
+    _EXTEND
+    + r"""
 local p, owner, epoch = ARGV[1], ARGV[2], ARGV[3]
-local lease = p .. 'lease:' .. owner
-local held = redis.call('HGET', lease, 'epoch')
+local held = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
 if held ~= epoch then return {0, held} end
-redis.call('PEXPIRE', lease, ARGV[4])
+extend(p, owner, ARGV[4])
 local cancels = p .. 'lease_cancels:' .. owner
 local out = redis.call('SMEMBERS', cancels)
 if #out > 0 then redis.call('DEL', cancels) end
 table.insert(out, 1, 1)
 return out
 """
+)
 
-# ARGV: prefix, owner, epoch.
+# ARGV: prefix, owner, epoch. Ends that lease now, as a lapse would: returns 1, or 0 if
+# the owner's live lease (if any) has another epoch.
 _RELEASE: Final = r"""
 local p, owner = ARGV[1], ARGV[2]
 local lease = p .. 'lease:' .. owner
-if redis.call('HGET', lease, 'epoch') == ARGV[3] then
-  redis.call('DEL', lease, p .. 'lease_cancels:' .. owner)
+if redis.call('HGET', lease, 'epoch') ~= ARGV[3] then return 0 end
+redis.call('DEL', lease, p .. 'lease_cancels:' .. owner)
+redis.call('ZREM', p .. 'leases', owner)
+return 1
+"""
+
+# ARGV: prefix. Returns flat {owner, epoch, ...}: every live lease. Drops from the
+# registry the owners whose lease expired (by its score, or gone by other means).
+_LIVE: Final = r"""
+local p = ARGV[1]
+local registry = p .. 'leases'
+local now = redis.call('TIME')
+-- A key expires once the clock is past its expiry: an owner scored now is still live.
+local before = string.format('(%d', now[1] * 1000 + math.floor(now[2] / 1000))
+redis.call('ZREMRANGEBYSCORE', registry, '-inf', before)
+local out = {}
+for _, owner in ipairs(redis.call('ZRANGE', registry, 0, -1)) do
+  local epoch = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
+  if epoch then
+    out[#out + 1] = owner
+    out[#out + 1] = epoch
+  else
+    redis.call('ZREM', registry, owner)
+  end
 end
-return false
+return out
 """
 
 # ARGV: prefix, execution id, its index member, owner, epoch, takeover ('1' or '0').
@@ -432,6 +510,17 @@ return load(p, id)
 """
 )
 
+_RANKS: Final = f"local RANKS = {{{', '.join(f'{s.value} = {s.rank}' for s in TradingState)}}}\n"
+"""The Lua table of each trading state's rank, which the write script starts with."""
+_ADMITTING: Final = {
+    effect: max(state.rank for state in TradingState if state.allows(effect))
+    for effect in OrderEffect
+}
+"""The highest rank of a state that admits each effect: the write refuses a guarded
+batch whose deciding halt ranks above it."""
+_NO_GUARD: Final = max(state.rank for state in TradingState)
+"""An effect every state admits (a cancel, an effect-free action) needs no guard."""
+
 _ORPHAN_CANCELLED: Final = to_json_bytes("cancelled while no executor ran it")
 """The error of an orphan ended ``cancelled`` by ``request_cancel``."""
 
@@ -479,7 +568,9 @@ class RedisStateStore:
         "_client",
         "_events_cap",
         "_find_script",
+        "_halts",
         "_live",
+        "_live_script",
         "_orphans_script",
         "_p",
         "_read_script",
@@ -498,12 +589,14 @@ class RedisStateStore:
         self._client = client
         self._p = f"{prefix}:"
         self._events_cap = "" if max_events is None else str(max_events)
-        self._write_script = client.register_script(_WRITE)
+        self._halts = halt_keys(prefix)
+        self._write_script = client.register_script(_RANKS + _WRITE)
         self._read_script = client.register_script(_READ)
         self._find_script = client.register_script(_FIND)
         self._acquire_script = client.register_script(_ACQUIRE)
         self._renew_script = client.register_script(_RENEW)
         self._release_script = client.register_script(_RELEASE)
+        self._live_script = client.register_script(_LIVE)
         self._claim_script = client.register_script(_CLAIM)
         self._orphans_script = client.register_script(_ORPHANS)
         self._cancel_script = client.register_script(_CANCEL)
@@ -515,9 +608,11 @@ class RedisStateStore:
     @_retried
     async def write(self, batch: StateBatch) -> None:
         """Raises ``InvalidRequest`` (field ``request_id``) when another execution
-        already holds the execution's ``request_id``, and ``LeaseLost`` when the batch's
+        already holds the execution's ``request_id``, ``LeaseLost`` when the batch's
         fence is not the live lease its execution records (or it has none and the
-        execution is owned); nothing is written then."""
+        execution is owned), and ``EmergencyHalted`` when the batch's guard is refused by
+        the trading state of its scopes (read from the emergency state's halts under the
+        same prefix, after the fence); nothing is written then."""
         texts: list[bytes] = []
         execution = batch.execution
         record: list[Any] | bool = False
@@ -553,6 +648,7 @@ class RedisStateStore:
             events,
             False if fence is None else (fence[0], str(fence[1])),
             False if target is None else target,
+            self._guard(batch.guard),
         ]
         refused = await self._write_script(args=(to_json_bytes(header), b"\n".join(texts)))
         if refused is None:
@@ -562,18 +658,7 @@ class RedisStateStore:
                 else:
                     self._live.discard(execution.execution_id)
             return
-        if isinstance(refused, bytes):
-            assert execution is not None  # only a record claims a request id
-            raise InvalidRequest(
-                "request_id",
-                f"an idempotency key no other execution holds (execution {refused.decode()!r}"
-                " holds it)",
-                execution.request_id,
-            )
-        if target is not None:
-            # Another owner's now (or never this writer's): its next write here is a full one.
-            self._live.discard(target)
-        raise _fence_refused(cast(list[Any], refused), fence, target)
+        raise self._refused(refused, batch, target)
 
     @_retried
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
@@ -681,6 +766,20 @@ class RedisStateStore:
         await self._release_script(args=(self._p, lease.info.owner, lease.epoch))
 
     @_retried
+    async def live_leases(self) -> list[Fence]:
+        """From the registry of owners (no keyspace scan), each checked against its lease."""
+        flat = await self._live_script(args=(self._p,))
+        return [
+            Fence(owner.decode(), int(epoch))
+            for owner, epoch in zip(flat[::2], flat[1::2], strict=True)
+        ]
+
+    @_retried
+    async def revoke_lease(self, fence: Fence) -> bool:
+        """A release of ``fence``'s lease by someone else."""
+        return bool(await self._release_script(args=(self._p, fence.owner, fence.epoch)))
+
+    @_retried
     async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
         """One script that also makes it running and moves its status index (whose member
         it is given: read first, as ``started_at`` never changes)."""
@@ -766,6 +865,41 @@ class RedisStateStore:
             indexes.append("index:strategy:" + r.strategy_id)
         request_id = False if r.request_id is None else r.request_id
         return [r.execution_id, member, r.status.value, True, indexes, request_id]
+
+    def _refused(self, reply: Any, batch: StateBatch, target: str | None) -> TradeflowError:
+        """The error for the write script's refusal ``reply`` of ``batch`` (see ``_WRITE``)."""
+        if isinstance(reply, bytes):
+            assert batch.execution is not None  # only a record claims a request id
+            return InvalidRequest(
+                "request_id",
+                f"an idempotency key no other execution holds (execution {reply.decode()!r}"
+                " holds it)",
+                batch.execution.request_id,
+            )
+        if reply[0] == 4:
+            _, field, payload, since = reply
+            return refusal(stored_halt(field, payload, since))
+        if target is not None:
+            # Another owner's now (or never this writer's): its next write here is a full one.
+            self._live.discard(target)
+        return _fence_refused(cast(list[Any], reply), batch.fence, target)
+
+    def _guard(self, guard: ActionGuard | None) -> list[Any] | bool:
+        """The script's header entry for ``guard`` (see ``_WRITE``): ``False`` for none, or
+        for one whose effect every state admits (the script then reads no halt)."""
+        if guard is None or _ADMITTING[guard.effect] >= _NO_GUARD:
+            return False
+        scopes = (
+            (Scope.STRATEGY, guard.strategy_id),
+            (Scope.BOT, guard.bot_id),
+            (Scope.WORKFLOW, guard.workflow_id),
+        )
+        return [
+            *self._halts,
+            _ADMITTING[guard.effect],
+            halt_field(Scope.GLOBAL, None),
+            *(halt_field(scope, target) for scope, target in scopes if target is not None),
+        ]
 
     async def _index_for(self, query: ExecutionQuery) -> str:
         """The smallest index that covers one of the query's filters."""

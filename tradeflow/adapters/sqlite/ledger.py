@@ -4,7 +4,8 @@ Tables (created if missing; the first three are the layout earlier versions wrot
 kept as they were):
 
 - ``paper_orders``: one row per ``(venue, client_order_id)``, the order as placed
-  (its status moves to cancelled);
+  (its status moves to cancelled), with the scope ids its request carried, and an
+  index of the resting ones by venue (what cancel-on-halt reads);
 - ``paper_balances``: ``(venue, asset) -> amount``, rows from a venue's first fill on;
 - ``paper_fills``: every fill, in the order they happened (``fill_id``);
 - ``paper_positions``: ``(venue, symbol) -> quantity, avg_price`` (average cost);
@@ -12,7 +13,9 @@ kept as they were):
 
 A file written before the last two tables existed has fills but no positions: the
 constructor then rebuilds both from ``paper_fills``, in the transaction that creates
-them (so two processes opening the file do it once).
+them (so two processes opening the file do it once). One written before orders kept
+their scope ids gains the three columns in that transaction too (``NULL`` in the
+orders already there).
 
 Every ``accept`` and ``cancel`` is one ``BEGIN IMMEDIATE`` transaction: it takes the
 file's write lock before reading, so what it decides (the client order id is new, the
@@ -32,6 +35,7 @@ from typing import Any, Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.errors import ConfigurationError, ExchangeError, describe
+from tradeflow.domain.records import Scope
 from tradeflow.domain.trading import (
     FLAT,
     Fill,
@@ -63,6 +67,9 @@ _SCHEMA: Final = (
         filled_quantity REAL NOT NULL,
         avg_price REAL,
         created_at REAL NOT NULL,
+        workflow_id TEXT,
+        bot_id TEXT,
+        strategy_id TEXT,
         PRIMARY KEY (venue, client_order_id))""",
     """CREATE TABLE IF NOT EXISTS paper_balances (
         venue TEXT NOT NULL,
@@ -88,10 +95,15 @@ _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS paper_daily_pnl (
         day INTEGER PRIMARY KEY,
         realized REAL NOT NULL)""",
+    # The resting orders only (a partial index): listing them reads no finished order.
+    """CREATE INDEX IF NOT EXISTS paper_orders_open
+        ON paper_orders (venue) WHERE status = 'open'""",
 )
+_SCOPE_COLUMNS: Final = ("workflow_id", "bot_id", "strategy_id")
+"""Added to ``paper_orders`` after its first layout: a file without them gains them."""
 _ORDER_COLUMNS: Final = (
     "order_id, client_order_id, venue, symbol, side, quantity, order_type, limit_price, "
-    "status, filled_quantity, avg_price, created_at"
+    "status, filled_quantity, avg_price, created_at, " + ", ".join(_SCOPE_COLUMNS)
 )
 _FILL_COLUMNS: Final = "venue, symbol, client_order_id, side, quantity, price, fee, at"
 # The columns are named after the records' fields, so binding reads those attributes.
@@ -99,12 +111,20 @@ _order_values = attrgetter(*_ORDER_COLUMNS.split(", "))
 _fill_values = attrgetter(*_FILL_COLUMNS.split(", "))
 
 _INSERT_ORDER: Final = (
-    f"INSERT INTO paper_orders ({_ORDER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    f"INSERT INTO paper_orders ({_ORDER_COLUMNS}) "
+    f"VALUES ({', '.join(['?'] * len(_ORDER_COLUMNS.split(', ')))}) "
     "ON CONFLICT (venue, client_order_id) DO NOTHING"
 )
 _SELECT_ORDER: Final = (
     f"SELECT {_ORDER_COLUMNS} FROM paper_orders WHERE venue = ? AND client_order_id = ?"
 )
+# ``status = 'open'`` as a literal, so that the partial index applies; rowid: placement order.
+_SELECT_OPEN: Final = {
+    scope: f"SELECT {_ORDER_COLUMNS} FROM paper_orders WHERE venue = ? AND status = 'open'"
+    + ("" if scope is Scope.GLOBAL else f" AND {scope.value}_id = ?")
+    + " ORDER BY rowid"
+    for scope in Scope
+}
 _CANCEL_ORDER: Final = (
     "UPDATE paper_orders SET status = 'cancelled' WHERE venue = ? AND client_order_id = ?"
 )
@@ -152,6 +172,10 @@ class SQLitePaperLedger:
             with self._write:
                 for statement in _SCHEMA:
                     cursor.execute(statement)
+                columns = {row[1] for row in cursor.execute("PRAGMA table_info(paper_orders)")}
+                for column in _SCOPE_COLUMNS:
+                    if column not in columns:
+                        cursor.execute(f"ALTER TABLE paper_orders ADD COLUMN {column} TEXT")
                 ((positions, fills),) = cursor.execute(
                     "SELECT EXISTS (SELECT 1 FROM paper_positions), "
                     "EXISTS (SELECT 1 FROM paper_fills)"
@@ -218,6 +242,16 @@ class SQLitePaperLedger:
             return self._order(venue, client_order_id)
         except sqlite3.Error as exc:
             raise _unreadable(exc) from exc
+
+    async def open_orders(self, venue: str, scope: Scope, target: str | None) -> list[Order]:
+        query = _SELECT_OPEN[scope]
+        try:
+            rows = self._cursor.execute(
+                query, (venue,) if scope is Scope.GLOBAL else (venue, target)
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+        return [_order_from_row(row) for row in rows]
 
     async def balances(self, venue: str) -> dict[str, float] | None:
         try:
@@ -292,7 +326,16 @@ def _unreadable(exc: sqlite3.Error) -> ExchangeError:
 def _order_from_row(row: Any) -> Order:
     # Columns are selected in Order's field order (see _ORDER_COLUMNS).
     ids: tuple[str, str, str, str] = row[:4]  # order_id, client_order_id, venue, symbol
-    side, qty, kind, limit, status, filled, avg, at = row[4:]
+    side, qty, kind, limit, status, filled, avg, at = row[4:12]
     return Order(
-        *ids, Side(side), qty, OrderType(kind), limit, OrderStatus(status), filled, avg, at
+        *ids,
+        Side(side),
+        qty,
+        OrderType(kind),
+        limit,
+        OrderStatus(status),
+        filled,
+        avg,
+        at,
+        *row[12:],  # the scope ids
     )

@@ -13,8 +13,19 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from tradeflow.domain.emergency import checked_scope
 from tradeflow.domain.errors import InvalidRequest, OrderRejected
-from tradeflow.domain.trading import ActionEffect, OrderRequest, OrderType, Side
+from tradeflow.domain.limits import shown
+from tradeflow.domain.records import Scope
+from tradeflow.domain.trading import (
+    ActionEffect,
+    OrderEffect,
+    OrderRequest,
+    OrderStatus,
+    OrderType,
+    Side,
+    order_effect,
+)
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes._checks import (
     Problems,
@@ -26,7 +37,7 @@ from tradeflow.engine.nodes._checks import (
 )
 from tradeflow.engine.nodes.registry import ExecutionContext, Prop, node
 
-__all__ = ["cancel_order", "log", "place_order"]
+__all__ = ["cancel_open_orders", "cancel_order", "log", "place_order"]
 
 _SIDES = ("buy", "sell")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
@@ -42,6 +53,20 @@ def _check_limit_price(props: Mapping[str, Any], wired: frozenset[str]) -> Probl
             "neither",
         )
     ]
+
+
+async def _place_order_effect(
+    ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
+) -> OrderEffect:
+    """What the order would do to the venue's position (an order the node will reject
+    anyway counts as opening)."""
+    props = block.properties
+    side = inputs.get("side", props["side"])
+    quantity = inputs.get("quantity", props["quantity"])
+    if side not in _SIDES or not is_positive(quantity):
+        return OrderEffect.OPENS
+    position = await ctx.exchange.position(props["venue"], props["symbol"])
+    return order_effect(side, float(quantity), position)
 
 
 @node(
@@ -63,6 +88,7 @@ def _check_limit_price(props: Mapping[str, Any], wired: frozenset[str]) -> Probl
         require_positive("quantity", "limit_price"),
         _check_limit_price,
     ),
+    order_effect=_place_order_effect,
 )
 async def place_order(
     ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
@@ -92,6 +118,11 @@ async def place_order(
                 quantity=float(quantity),
                 order_type=OrderType(order_type),
                 limit_price=None if limit_price is None else float(limit_price),
+                # What a halt's cancel-on-halt finds the order by (the base executor's
+                # executions have no workflow id: "").
+                workflow_id=ctx.workflow_id or None,
+                bot_id=ctx.bot_id,
+                strategy_id=ctx.strategy_id,
             )
         )
     return {
@@ -135,6 +166,44 @@ async def cancel_order(
         raise InvalidRequest(f"{block.id}.client_order_id", "a client order id", client_order_id)
     order = await ctx.exchange.cancel_order(block.properties["venue"], client_order_id)
     return {"status": str(order.status), "client_order_id": order.client_order_id}
+
+
+def _check_scope_target(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
+    """``target`` fits ``scope`` as in a halt (none for global, an id otherwise)."""
+    try:
+        checked_scope(props["scope"], props["target"])
+    except InvalidRequest as exc:
+        return [(f"properties.{exc.field}", exc.expected, shown(exc.found))]
+    return []
+
+
+@node(
+    "actions",
+    "cancel_open_orders",
+    properties={
+        "venue": Prop("string", default="paper"),
+        "scope": Prop("string", required=True, choices=tuple(s.value for s in Scope)),
+        "target": Prop("string", doc="The strategy, bot or workflow id; none for global."),
+    },
+    outputs=("cancelled", "count"),
+    check=_check_scope_target,
+    effect=ActionEffect.CANCEL,
+)
+async def cancel_open_orders(
+    ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
+) -> dict[str, Any]:
+    """Cancel every resting order on ``venue`` placed for ``scope``/``target`` (every one
+    for global): what a halt with ``cancel_orders`` runs. ``cancelled`` lists the client
+    order ids it cancelled (one that filled meanwhile is left as it is). Run again, it
+    finds only what still rests."""
+    props = block.properties
+    venue = props["venue"]
+    cancelled = []
+    for order in await ctx.exchange.open_orders(venue, Scope(props["scope"]), props["target"]):
+        done = await ctx.exchange.cancel_order(venue, order.client_order_id)
+        if done.status is OrderStatus.CANCELLED:
+            cancelled.append(done.client_order_id)
+    return {"cancelled": cancelled, "count": len(cancelled)}
 
 
 @node(

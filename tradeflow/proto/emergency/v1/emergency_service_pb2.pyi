@@ -722,6 +722,59 @@ class AcknowledgeStateResponse(_message.Message):
 Global___AcknowledgeStateResponse: _TypeAlias = AcknowledgeStateResponse  # noqa: Y015
 
 @_typing.final
+class RecordCancelOnHaltRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    scope: _common_pb2.Scope.ValueType
+    target: _builtins.str
+    """Unset for a global halt."""
+    execution_id: _builtins.str
+    status: _builtins.str
+    """The job's final status: completed, failed, halted or cancelled."""
+    @_builtins.property
+    def cancelled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The client order ids it cancelled."""
+
+    def __init__(
+        self,
+        *,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+        execution_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        cancelled: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "cancelled", b"cancelled", "execution_id", b"execution_id", "scope", b"scope", "status", b"status", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+
+Global___RecordCancelOnHaltRequest: _TypeAlias = RecordCancelOnHaltRequest  # noqa: Y015
+
+@_typing.final
+class RecordCancelOnHaltResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCancelOnHaltResponse: _TypeAlias = RecordCancelOnHaltResponse  # noqa: Y015
+
+@_typing.final
 class ListAuditEntriesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -84,6 +84,11 @@ class EmergencyServiceStub:
                 request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.FromString,
                 _registered_method=True)
+        self.RecordCancelOnHalt = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/RecordCancelOnHalt',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.FromString,
+                _registered_method=True)
 
 
 class EmergencyServiceServicer:
@@ -201,6 +206,19 @@ class EmergencyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordCancelOnHalt(self, request, context):
+        """RecordCancelOnHalt audits what a halt's cancel-on-halt job did (action
+        "cancel_on_halt"): the executor that ran it reports the execution, its status
+        and the client order ids it cancelled.
+
+        Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
+        cancelled orders than one report may list, and UNAVAILABLE when the audit
+        trail cannot be written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmergencyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -248,6 +266,11 @@ def add_EmergencyServiceServicer_to_server(servicer, server):
                     servicer.AcknowledgeState,
                     request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.FromString,
                     response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.SerializeToString,
+            ),
+            'RecordCancelOnHalt': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCancelOnHalt,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -498,6 +521,33 @@ class EmergencyService:
             '/tradeflow.emergency.v1.EmergencyService/AcknowledgeState',
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateRequest.SerializeToString,
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.AcknowledgeStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCancelOnHalt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/RecordCancelOnHalt',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,6 +114,15 @@ class EmergencyServiceStub:
     Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
     id, or more in-flight actions than an executor may run.
     """
+    RecordCancelOnHalt: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.RecordCancelOnHaltRequest, _emergency_service_pb2.RecordCancelOnHaltResponse]
+    """RecordCancelOnHalt audits what a halt's cancel-on-halt job did (action
+    "cancel_on_halt"): the executor that ran it reports the execution, its status
+    and the client order ids it cancelled.
+
+    Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
+    cancelled orders than one report may list, and UNAVAILABLE when the audit
+    trail cannot be written.
+    """
 
 @_typing.type_check_only
 class EmergencyServiceAsyncStub(EmergencyServiceStub):
@@ -195,6 +204,15 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
 
     Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
     id, or more in-flight actions than an executor may run.
+    """
+    RecordCancelOnHalt: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.RecordCancelOnHaltRequest, _emergency_service_pb2.RecordCancelOnHaltResponse]  # type: ignore[assignment]
+    """RecordCancelOnHalt audits what a halt's cancel-on-halt job did (action
+    "cancel_on_halt"): the executor that ran it reports the execution, its status
+    and the client order ids it cancelled.
+
+    Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
+    cancelled orders than one report may list, and UNAVAILABLE when the audit
+    trail cannot be written.
     """
 
 class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -328,6 +346,21 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
 
         Fails with INVALID_ARGUMENT for an owner, execution or node id that is not an
         id, or more in-flight actions than an executor may run.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordCancelOnHalt(
+        self,
+        request: _emergency_service_pb2.RecordCancelOnHaltRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.RecordCancelOnHaltResponse, _abc.Awaitable[_emergency_service_pb2.RecordCancelOnHaltResponse]]:
+        """RecordCancelOnHalt audits what a halt's cancel-on-halt job did (action
+        "cancel_on_halt"): the executor that ran it reports the execution, its status
+        and the client order ids it cancelled.
+
+        Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
+        cancelled orders than one report may list, and UNAVAILABLE when the audit
+        trail cannot be written.
         """
 
 def add_EmergencyServiceServicer_to_server(servicer: EmergencyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

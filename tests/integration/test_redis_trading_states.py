@@ -1,0 +1,491 @@
+"""Trading states in the Redis state store's write script, and its lease registry, against
+a real redis-server: a guarded intent commits only if the halts stored by the emergency
+store (same Redis, same prefix) admit its effect, decided in the same script as the commit;
+``live_leases`` and ``revoke_lease`` are what the halt barrier fences with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Any, Final, cast
+
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kit import DEADLINE_SECONDS, checkpoint, event, eventually, execution
+from servers import ServerProcess
+
+from tradeflow.adapters.redis.emergency import (
+    RedisEmergencyController,
+    RedisEmergencyStore,
+    halt_field,
+    halt_keys,
+)
+from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.domain.emergency import EmergencySnapshot, HaltKey, ScopeIds
+from tradeflow.domain.errors import EmergencyHalted, ExecutionNotFound, LeaseLost
+from tradeflow.domain.ownership import Fence, OwnerInfo
+from tradeflow.domain.records import (
+    ActionGuard,
+    AuditEntry,
+    ExecutionStatus,
+    HaltState,
+    Scope,
+    StateBatch,
+)
+from tradeflow.domain.trading import OrderEffect, TradingState
+
+pytestmark = pytest.mark.integration
+
+IDS: Final = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
+TARGETS: Final = {
+    Scope.GLOBAL: None,
+    Scope.STRATEGY: IDS.strategy_id,
+    Scope.BOT: IDS.bot_id,
+    Scope.WORKFLOW: IDS.workflow_id,
+}
+"""The target of each scope that covers ``IDS``."""
+RESTRICTED: Final = (TradingState.REDUCE_ONLY, TradingState.CANCEL_ONLY, TradingState.HALTED)
+LEASE_SECONDS: Final = 30.0
+CROWD_TRIALS: Final = 100
+CROWD_WRITERS: Final = 8
+
+
+@pytest_asyncio.fixture
+async def client(redis_server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
+    """A bytes client on the session's redis-server."""
+    connection = aioredis.from_url(redis_server.url)
+    yield connection
+    await connection.aclose()
+
+
+@pytest_asyncio.fixture
+async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """This test's own key prefix; its state and emergency keys are deleted afterwards."""
+    # Only word characters: SCAN MATCH would read [] in parametrized names as a pattern.
+    name = "test:" + re.sub(r"\W", "_", request.node.name)
+    yield name
+    for pattern in (f"{name}:*", f"{{{name}:emergency}}*"):
+        keys = [key async for key in client.scan_iter(match=pattern)]
+        if keys:
+            await client.delete(*keys)
+
+
+@pytest.fixture
+def store(client: aioredis.Redis, prefix: str) -> RedisStateStore:
+    return RedisStateStore(client, prefix=prefix)
+
+
+@pytest_asyncio.fixture
+async def emergency(redis_server: ServerProcess, prefix: str) -> AsyncIterator[RedisEmergencyStore]:
+    """The emergency store of the same prefix, on a client of its own (another writer)."""
+    connection = aioredis.from_url(redis_server.url)
+    emergency_store = RedisEmergencyStore(connection, prefix=prefix, clock=SystemClock())
+    await emergency_store.start()
+    yield emergency_store
+    await emergency_store.close()
+    await connection.aclose()
+
+
+@pytest_asyncio.fixture
+async def controller(
+    redis_server: ServerProcess, prefix: str
+) -> AsyncIterator[RedisEmergencyController]:
+    """The emergency controller of the same prefix, on a client of its own."""
+    connection = aioredis.from_url(redis_server.url)
+    emergency_controller = RedisEmergencyController(
+        connection, prefix=prefix, clock=SystemClock(), id_factory=new_id
+    )
+    await emergency_controller.start()
+    yield emergency_controller
+    await emergency_controller.close()
+    await connection.aclose()
+
+
+def owner(name: str) -> OwnerInfo:
+    return OwnerInfo(name, "executor", "host", 1)
+
+
+def guard(ids: ScopeIds, effect: OrderEffect) -> ActionGuard:
+    return ActionGuard(ids.workflow_id, ids.bot_id, ids.strategy_id, effect)
+
+
+def intent(
+    execution_id: str, action: ActionGuard, fence: Fence | None = None, **fields: Any
+) -> StateBatch:
+    """A new execution's first batch carrying an action's intent: its record (claiming a
+    request id), a checkpoint and an event, guarded by ``action``."""
+    return StateBatch(
+        execution=execution(execution_id, request_id=f"req-{execution_id}", **fields),
+        checkpoints=(checkpoint(execution_id, "order"),),
+        events=(event(execution_id, 1),),
+        fence=fence,
+        guard=action,
+    )
+
+
+async def save_halt(
+    emergency: RedisEmergencyStore, scope: Scope, target: str | None, state: TradingState
+) -> HaltState:
+    """Store a halt of ``state`` through the emergency store (reason ``"<scope>:<target>"``)."""
+    reason = f"{scope.value}:{target}"
+    return await emergency.save_halt(
+        HaltState(scope, target, reason, "test", 1.0, state),
+        AuditEntry(0, 1.0, "test", "halt", scope, target, reason),
+    )
+
+
+async def nothing_written(store: RedisStateStore, execution_id: str) -> bool:
+    """No trace of ``execution_id``: no record, request id, checkpoint or event."""
+    with contextlib.suppress(ExecutionNotFound):
+        await store.get_execution(execution_id)
+        return False
+    return (
+        await store.find_by_request_id(f"req-{execution_id}") is None
+        and await store.get_checkpoints(execution_id) == {}
+        and await store.read_events(execution_id=execution_id) == []
+    )
+
+
+def outcome(error: EmergencyHalted | None) -> tuple[str, str, str | None, str] | None:
+    return None if error is None else (error.reason, error.scope, error.target, error.state)
+
+
+def expected_refusal(
+    snapshot: EmergencySnapshot, ids: ScopeIds, effect: OrderEffect
+) -> EmergencyHalted | None:
+    """What ``ensure_allowed`` of ``snapshot`` raises for ``ids`` and ``effect``, if anything."""
+    try:
+        snapshot.ensure_allowed(ids, effect)
+    except EmergencyHalted as exc:
+        return exc
+    return None
+
+
+@pytest.mark.parametrize("state", RESTRICTED)
+@pytest.mark.parametrize("scope", list(Scope))
+@pytest.mark.asyncio
+async def test_each_state_at_each_scope_admits_exactly_its_effects(
+    store: RedisStateStore,
+    controller: RedisEmergencyController,
+    scope: Scope,
+    state: TradingState,
+) -> None:
+    """A halt of ``state`` set through the controller refuses, in the write script, every
+    effect the state does not allow for the ids it covers (naming reason, scope, target and
+    state, writing nothing) and admits the rest; ids outside the scope are not refused."""
+    target = TARGETS[scope]
+    await controller.halt(scope, target, reason="wind down", actor="ops", state=state)
+    outside = ScopeIds(workflow_id="wf-2", bot_id="bot-2", strategy_id="strat-2")
+
+    for n, effect in enumerate(OrderEffect):
+        covered, free = f"in-{n}", f"out-{n}"
+        if state.allows(effect):
+            await store.write(intent(covered, guard(IDS, effect)))
+            assert (await store.get_execution(covered)).status is ExecutionStatus.RUNNING
+        else:
+            with pytest.raises(EmergencyHalted) as refused:
+                await store.write(intent(covered, guard(IDS, effect)))
+            assert outcome(refused.value) == ("wind down", scope.value, target, state.value)
+            assert await nothing_written(store, covered)
+        if scope is not Scope.GLOBAL:
+            await store.write(intent(free, guard(outside, effect)))
+            assert (await store.get_execution(free)).status is ExecutionStatus.RUNNING
+
+
+keys_strategy = st.just((Scope.GLOBAL, None)) | st.tuples(
+    st.sampled_from((Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW)), st.sampled_from(("a", "b"))
+)
+halts_strategy = st.dictionaries(keys_strategy, st.sampled_from(TradingState), max_size=7)
+"""Halts as ``(scope, target) -> state``, few targets so that they often cover the ids
+(``ACTIVE`` included: a stored state that restricts nothing)."""
+ids_strategy = st.builds(
+    ScopeIds,
+    workflow_id=st.none() | st.sampled_from(("a", "b")),
+    bot_id=st.none() | st.sampled_from(("a", "b")),
+    strategy_id=st.none() | st.sampled_from(("a", "b")),
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(halts=halts_strategy, ids=ids_strategy, effect=st.sampled_from(OrderEffect))
+@pytest.mark.asyncio
+async def test_the_script_decides_as_ensure_allowed_does(
+    store: RedisStateStore,
+    client: aioredis.Redis,
+    emergency: RedisEmergencyStore,
+    prefix: str,
+    halts: dict[HaltKey, TradingState],
+    ids: ScopeIds,
+    effect: OrderEffect,
+) -> None:
+    """For any halts over the four scopes, any ids and any effect, the write script refuses
+    a guarded intent exactly when ``EmergencySnapshot.ensure_allowed`` of the same halts
+    does, with the same reason, scope, target and state (and then writes nothing)."""
+    await client.delete(*halt_keys(prefix))
+    for (scope, target), state in halts.items():
+        await save_halt(emergency, scope, target, state)
+    expected = expected_refusal(await emergency.refresh(), ids, effect)
+    execution_id = new_id()
+
+    try:
+        await store.write(intent(execution_id, guard(ids, effect)))
+    except EmergencyHalted as exc:
+        refused: EmergencyHalted | None = exc
+    else:
+        refused = None
+
+    assert outcome(refused) == outcome(expected)
+    assert await nothing_written(store, execution_id) == (expected is not None)
+
+
+@pytest.mark.asyncio
+async def test_a_refused_batch_of_a_live_execution_writes_nothing(
+    store: RedisStateStore, client: aioredis.Redis, emergency: RedisEmergencyStore, prefix: str
+) -> None:
+    """A fenced, guarded batch of a running execution (its state, a checkpoint, an event)
+    refused by a bot halt leaves the record, checkpoints, events and the event cursor as
+    they were."""
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    opens = guard(IDS, OrderEffect.OPENS)
+    await store.write(intent("e1", opens, lease.fence, bot_id=IDS.bot_id))
+    await save_halt(emergency, Scope.BOT, IDS.bot_id, TradingState.CANCEL_ONLY)
+    cursor = await client.get(f"{prefix}:event_cursor")
+
+    with pytest.raises(EmergencyHalted, match="cancel_only"):
+        await store.write(
+            StateBatch(
+                execution=execution("e1", status=ExecutionStatus.FAILED, bot_id=IDS.bot_id),
+                checkpoints=(checkpoint("e1", "second"),),
+                events=(event("e1", 2),),
+                fence=lease.fence,
+                guard=opens,
+            )
+        )
+
+    assert (await store.get_execution("e1")).status is ExecutionStatus.RUNNING
+    assert set(await store.get_checkpoints("e1")) == {"order"}
+    assert [e.sequence for _, e in await store.read_events(execution_id="e1")] == [1]
+    assert await client.get(f"{prefix}:event_cursor") == cursor
+    # The same batch as a cancel passes: the execution is still the writer's.
+    await store.write(
+        StateBatch(
+            events=(event("e1", 2),), fence=lease.fence, guard=guard(IDS, OrderEffect.CANCELS)
+        )
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_lost_lease_is_reported_before_the_trading_state(
+    store: RedisStateStore, emergency: RedisEmergencyStore
+) -> None:
+    """Under a global halt, a guarded write whose fence is no longer live, or that carries
+    no fence for an owned execution, is refused with LeaseLost, not EmergencyHalted."""
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    await store.write(intent("e1", guard(IDS, OrderEffect.OPENS), lease.fence))
+    await save_halt(emergency, Scope.GLOBAL, None, TradingState.HALTED)
+    opens = guard(IDS, OrderEffect.OPENS)
+
+    with pytest.raises(LeaseLost, match="carries no fence"):
+        await store.write(StateBatch(events=(event("e1", 2),), guard=opens))
+    await store.release_lease(lease)
+    with pytest.raises(LeaseLost, match="lapsed"):
+        await store.write(StateBatch(events=(event("e1", 2),), fence=lease.fence, guard=opens))
+
+
+@pytest.mark.asyncio
+async def test_a_seed_halt_value_still_reads_as_halted(
+    store: RedisStateStore, client: aioredis.Redis, emergency: RedisEmergencyStore, prefix: str
+) -> None:
+    """A halt stored in the seed's format (``[reason, actor]``) reads as HALTED without
+    cancel-on-halt, in the emergency store's snapshot and in the write script alike."""
+    halts, since = halt_keys(prefix)
+    field = halt_field(Scope.BOT, IDS.bot_id)
+    await client.hset(halts, field, '["old halt","ops"]')
+    await client.hset(since, field, "12.5")
+
+    snapshot = await emergency.refresh()
+
+    assert snapshot.halt_list() == [
+        HaltState(Scope.BOT, IDS.bot_id, "old halt", "ops", 12.5, TradingState.HALTED, False)
+    ]
+    for effect in (OrderEffect.OPENS, OrderEffect.REDUCES):
+        with pytest.raises(EmergencyHalted) as refused:
+            await store.write(intent(f"e-{effect.value}", guard(IDS, effect)))
+        assert outcome(refused.value) == ("old halt", "bot", IDS.bot_id, "halted")
+    await store.write(intent("e-cancel", guard(IDS, OrderEffect.CANCELS)))
+
+
+@pytest.mark.asyncio
+async def test_a_rehalt_replaces_state_and_cancel_but_keeps_since(
+    emergency: RedisEmergencyStore, redis_server: ServerProcess, prefix: str
+) -> None:
+    """Saving a halt again replaces its reason, actor, state and cancel-on-halt and keeps its
+    start; another store reading the same Redis sees the same."""
+    first = await emergency.save_halt(
+        HaltState(Scope.BOT, "bot-1", "first", "alice", 10.0, TradingState.REDUCE_ONLY, True),
+        AuditEntry(0, 10.0, "alice", "halt", Scope.BOT, "bot-1", "first"),
+    )
+    again = await emergency.save_halt(
+        HaltState(Scope.BOT, "bot-1", "second", "bob", 20.0, TradingState.CANCEL_ONLY, False),
+        AuditEntry(0, 20.0, "bob", "halt", Scope.BOT, "bot-1", "second"),
+    )
+    stored = HaltState(Scope.BOT, "bot-1", "second", "bob", 10.0, TradingState.CANCEL_ONLY, False)
+    connection = aioredis.from_url(redis_server.url)
+    other = RedisEmergencyStore(connection, prefix=prefix, clock=SystemClock())
+    try:
+        assert (await other.refresh()).halt_list() == [stored]
+    finally:
+        await other.close()
+        await connection.aclose()
+
+    assert first.cancel_orders and first.state is TradingState.REDUCE_ONLY
+    assert again == stored
+    assert emergency.snapshot().halt_list() == [stored]
+
+
+@pytest.mark.asyncio
+async def test_live_leases_lists_exactly_the_live_ones(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Leases acquired, renewed, released, expired, replaced and deleted behind the store's
+    back: only the live ones are listed, each with its current epoch, and the registry is
+    pruned of the others as it lists."""
+    a = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    b = await store.acquire_lease(owner("b"), LEASE_SECONDS)
+    c = await store.acquire_lease(owner("c"), LEASE_SECONDS)
+    await store.acquire_lease(owner("short"), 0.05)
+    await store.acquire_lease(owner("gone"), LEASE_SECONDS)
+    a_again = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    await store.renew_lease(b)
+    await store.release_lease(c)
+    await client.delete(f"{prefix}:lease:gone")
+    expected = {a_again.fence, b.fence}
+
+    await eventually(
+        lambda: _listed(store, expected), "the short lease is no longer listed", poll=0.01
+    )
+    assert a.fence not in await store.live_leases()
+    assert await client.zcard(f"{prefix}:leases") == len(expected)
+
+
+async def _listed(store: RedisStateStore, expected: set[Fence]) -> bool:
+    listed = await store.live_leases()
+    assert len(listed) == len(set(listed))
+    return set(listed) == expected
+
+
+@pytest.mark.asyncio
+async def test_a_revoked_lease_is_lost_and_its_executions_are_orphans(
+    store: RedisStateStore,
+) -> None:
+    """revoke_lease of another epoch changes nothing; of the live one it ends the lease at
+    once: no longer listed, its running execution an orphan another owner may claim, its
+    next write and renewal LeaseLost, a second revoke False."""
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    other = await store.acquire_lease(owner("b"), LEASE_SECONDS)
+    opens = guard(IDS, OrderEffect.OPENS)
+    await store.write(intent("e1", opens, lease.fence))
+
+    assert not await store.revoke_lease(Fence("a", other.epoch))
+    assert await store.orphans(10) == []
+    assert await store.revoke_lease(lease.fence)
+
+    assert await store.live_leases() == [other.fence]
+    assert [r.execution_id for r in await store.orphans(10)] == ["e1"]
+    with pytest.raises(LeaseLost, match="lapsed"):
+        await store.write(StateBatch(events=(event("e1", 2),), fence=lease.fence, guard=opens))
+    with pytest.raises(LeaseLost):
+        await store.renew_lease(lease)
+    assert not await store.revoke_lease(lease.fence)
+    assert (await store.claim("e1", other)).previous_owner == "a"
+
+
+@pytest.mark.asyncio
+async def test_no_guarded_intent_commits_after_save_halt_returned(
+    store: RedisStateStore, client: aioredis.Redis, emergency: RedisEmergencyStore, prefix: str
+) -> None:
+    """Trials of writers committing guarded opening intents of one scope back to back while
+    another client halts the scope (strategy, bot or workflow; reduce-only, cancel-only or
+    halted) through the emergency store: no write begun after save_halt returned commits,
+    and the event stream holds nothing past the cursor read after it returned."""
+    kinds = (Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW)
+    for trial in range(CROWD_TRIALS):
+        ids = ScopeIds(f"wf-{trial}", f"bot-{trial}", f"strat-{trial}")
+        scope = kinds[trial % len(kinds)]
+        target = {
+            Scope.STRATEGY: ids.strategy_id,
+            Scope.BOT: ids.bot_id,
+            Scope.WORKFLOW: ids.workflow_id,
+        }[scope]
+        state = RESTRICTED[trial // len(kinds) % len(RESTRICTED)]
+        halt = partial(save_halt, emergency, scope, target, state)
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            cursor, late = await _crowd(store, client, prefix, trial, ids, halt)
+
+        assert late == [], f"trial {trial}: committed after the halt returned"
+        assert await store.read_events(after=cursor) == [], f"trial {trial}"
+
+
+async def _crowd(
+    store: RedisStateStore,
+    client: aioredis.Redis,
+    prefix: str,
+    trial: int,
+    ids: ScopeIds,
+    halt: Callable[[], Awaitable[HaltState]],
+) -> tuple[int, list[str]]:
+    """One trial: ``CROWD_WRITERS`` writers of guarded intents for ``ids``, each until a
+    write it began after ``halt()`` returned was refused (or committed), while ``halt()``
+    runs once they have committed some. Returns the event cursor read after ``halt()`` returned and the
+    executions whose write began after it and committed."""
+    returned, warm = asyncio.Event(), asyncio.Event()
+    committed = 0
+    late: list[str] = []
+    action = guard(ids, OrderEffect.OPENS)
+
+    async def writer(w: int) -> None:
+        nonlocal committed
+        for n in itertools.count():
+            execution_id = f"t{trial}-w{w}-{n}"
+            begun_after = returned.is_set()
+            batch = StateBatch(
+                execution=execution(
+                    execution_id,
+                    ids.workflow_id or "wf",
+                    bot_id=ids.bot_id,
+                    strategy_id=ids.strategy_id,
+                ),
+                events=(event(execution_id, 1),),
+                guard=action,
+            )
+            try:
+                await store.write(batch)
+            except EmergencyHalted:
+                if begun_after:
+                    return
+                continue
+            if begun_after:
+                late.append(execution_id)
+                return
+            committed += 1
+            if committed >= CROWD_WRITERS:
+                warm.set()
+
+    async with asyncio.TaskGroup() as writers:
+        for w in range(CROWD_WRITERS):
+            writers.create_task(writer(w))
+        await warm.wait()
+        await halt()
+        cursor = int(cast(bytes, await client.get(f"{prefix}:event_cursor")))
+        returned.set()
+    return cursor, late
