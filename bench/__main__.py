@@ -1,7 +1,22 @@
-"""``make bench``: print the figures (nothing here is a pass/fail test)."""
+"""``make bench``: print the figures (nothing here is a pass/fail test).
 
-from bench import embedded, services, sqlite_write, state_service
+``python -m bench [name ...]`` prints only the named parts (all of them by default)."""
 
-for module in (embedded, sqlite_write, state_service, services):
-    module.main()
+import sys
+
+from bench import barrier, embedded, services, sqlite_write, state_service
+
+PARTS = {
+    "embedded": embedded,
+    "sqlite_write": sqlite_write,
+    "state_service": state_service,
+    "services": services,
+    "barrier": barrier,
+}
+
+unknown = [name for name in sys.argv[1:] if name not in PARTS]
+if unknown:
+    sys.exit(f"unknown benchmark part(s) {', '.join(unknown)}: choose from {', '.join(PARTS)}")
+for name in sys.argv[1:] or PARTS:
+    PARTS[name].main()
     print()

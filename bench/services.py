@@ -114,15 +114,20 @@ async def run(stack: Stack) -> None:
     print("  targets: p50 <= 1 ms, p99 <= 3 ms, >= 1000 executions/s, halt visible <= 2 ms p99")
 
 
+def bench_stack(workdir: Path) -> Stack:
+    """The stack every service benchmark measures: quiet logs, funded paper balances."""
+    return Stack(
+        workdir,
+        extra_env={
+            "TRADEFLOW_LOG_LEVEL": "warning",
+            "TRADEFLOW_PAPER_BALANCES": json.dumps(BALANCES),
+        },
+    )
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        stack = Stack(
-            Path(tmp),
-            extra_env={
-                "TRADEFLOW_LOG_LEVEL": "warning",
-                "TRADEFLOW_PAPER_BALANCES": json.dumps(BALANCES),
-            },
-        )
+        stack = bench_stack(Path(tmp))
         stack.start()
         try:
             asyncio.run(run(stack))

@@ -9,7 +9,12 @@ import pytest
 from gate import GateServer
 
 # Fixture modules of the integration suite (tests/integration is on the path).
-pytest_plugins = ["contract_fixtures", "emergency_fixtures", "state_fixtures"]
+pytest_plugins = [
+    "contract_fixtures",
+    "emergency_fixtures",
+    "replica_fixtures",
+    "state_fixtures",
+]
 
 
 @pytest.fixture

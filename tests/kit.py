@@ -11,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
+from tradeflow.domain.errors import EmergencyHalted
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -19,6 +21,7 @@ from tradeflow.domain.records import (
     ExecutionRecord,
     ExecutionStatus,
 )
+from tradeflow.domain.trading import OrderEffect
 
 START = 1_700_000_000.0
 """2023-11-14T22:13:20Z: mid-day, so an hour either way stays on the same UTC day."""
@@ -145,3 +148,20 @@ def checkpoint(
         outputs={"price": 101.5} if outputs is None else outputs,
         **fields,
     )
+
+
+def refusal_of(
+    snapshot: EmergencySnapshot, ids: ScopeIds, effect: OrderEffect
+) -> EmergencyHalted | None:
+    """The error ``snapshot.ensure_allowed`` raises for ``ids`` and ``effect``, or None if
+    it lets the action start: the domain's answer, which every store must give too."""
+    try:
+        snapshot.ensure_allowed(ids, effect)
+    except EmergencyHalted as exc:
+        return exc
+    return None
+
+
+def refusal_fields(error: EmergencyHalted | None) -> tuple[Any, ...] | None:
+    """What a refusal says: reason, scope, target and state (None: no refusal)."""
+    return None if error is None else (error.reason, error.scope, error.target, error.state)

@@ -16,13 +16,14 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest_asyncio
 import redis.asyncio as aioredis
 from kit import DEADLINE_SECONDS, eventually
 from servers import REPO_ROOT, ServerProcess, Service, start_nats, start_redis, start_service
@@ -51,9 +52,12 @@ __all__ = [
     "LedgerView",
     "Replica",
     "final_record",
+    "make_cluster",
     "order_workflow",
     "resumed_at",
+    "submit",
     "submit_request",
+    "wait_started",
 ]
 
 PLUGINS_DIR = REPO_ROOT / "tests" / "plugins"
@@ -402,3 +406,39 @@ def submit_request(
     return pb.SubmitWorkflowRequest(
         request_id=request_id, workflow_id=workflow_id, definition_json=json.dumps(workflow)
     )
+
+
+@pytest_asyncio.fixture
+async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Cluster]]:
+    """Starts this test's cluster with ``replicas`` executor replicas (``replica_env``
+    over their settings); stops every process of it afterwards."""
+    clusters: list[Cluster] = []
+
+    def make(replicas: int = 2, *, replica_env: dict[str, str] | None = None) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", replica_env=replica_env)
+        clusters.append(cluster)
+        cluster.start()
+        if replicas:
+            cluster.start_replicas(replicas)
+        return cluster
+
+    yield make
+    for cluster in clusters:
+        await cluster.close()
+
+
+async def submit(replica: Replica, workflow: dict[str, Any], request_id: str) -> str:
+    reply = await replica.stub.SubmitWorkflow(
+        submit_request(workflow, request_id), timeout=DEADLINE_SECONDS
+    )
+    return str(reply.execution_id)
+
+
+async def wait_started(cluster: Cluster, execution_ids: Sequence[str], replica: Replica) -> None:
+    """Until ``replica`` runs the ``pre`` wait of every execution (its markers exist)."""
+
+    def started() -> bool:
+        markers = cluster.started_markers()
+        return all(markers.get(e) == replica.pid for e in execution_ids)
+
+    await eventually(started, f"{replica.name} runs the wait of {list(execution_ids)}")

@@ -18,7 +18,15 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kit import DEADLINE_SECONDS, checkpoint, event, eventually, execution
+from kit import (
+    DEADLINE_SECONDS,
+    checkpoint,
+    event,
+    eventually,
+    execution,
+    refusal_fields,
+    refusal_of,
+)
 from servers import ServerProcess
 
 from tradeflow.adapters.redis.emergency import (
@@ -29,7 +37,7 @@ from tradeflow.adapters.redis.emergency import (
 )
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import EmergencySnapshot, HaltKey, ScopeIds
+from tradeflow.domain.emergency import HaltKey, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, ExecutionNotFound, LeaseLost
 from tradeflow.domain.ownership import Fence, OwnerInfo
 from tradeflow.domain.records import (
@@ -154,21 +162,6 @@ async def nothing_written(store: RedisStateStore, execution_id: str) -> bool:
     )
 
 
-def outcome(error: EmergencyHalted | None) -> tuple[str, str, str | None, str] | None:
-    return None if error is None else (error.reason, error.scope, error.target, error.state)
-
-
-def expected_refusal(
-    snapshot: EmergencySnapshot, ids: ScopeIds, effect: OrderEffect
-) -> EmergencyHalted | None:
-    """What ``ensure_allowed`` of ``snapshot`` raises for ``ids`` and ``effect``, if anything."""
-    try:
-        snapshot.ensure_allowed(ids, effect)
-    except EmergencyHalted as exc:
-        return exc
-    return None
-
-
 @pytest.mark.parametrize("state", RESTRICTED)
 @pytest.mark.parametrize("scope", list(Scope))
 @pytest.mark.asyncio
@@ -193,7 +186,7 @@ async def test_each_state_at_each_scope_admits_exactly_its_effects(
         else:
             with pytest.raises(EmergencyHalted) as refused:
                 await store.write(intent(covered, guard(IDS, effect)))
-            assert outcome(refused.value) == ("wind down", scope.value, target, state.value)
+            assert refusal_fields(refused.value) == ("wind down", scope.value, target, state.value)
             assert await nothing_written(store, covered)
         if scope is not Scope.GLOBAL:
             await store.write(intent(free, guard(outside, effect)))
@@ -234,7 +227,7 @@ async def test_the_script_decides_as_ensure_allowed_does(
     await client.delete(*halt_keys(prefix))
     for (scope, target), state in halts.items():
         await save_halt(emergency, scope, target, state)
-    expected = expected_refusal(await emergency.refresh(), ids, effect)
+    expected = refusal_of(await emergency.refresh(), ids, effect)
     execution_id = new_id()
 
     try:
@@ -244,7 +237,7 @@ async def test_the_script_decides_as_ensure_allowed_does(
     else:
         refused = None
 
-    assert outcome(refused) == outcome(expected)
+    assert refusal_fields(refused) == refusal_fields(expected)
     assert await nothing_written(store, execution_id) == (expected is not None)
 
 
@@ -321,7 +314,7 @@ async def test_a_seed_halt_value_still_reads_as_halted(
     for effect in (OrderEffect.OPENS, OrderEffect.REDUCES):
         with pytest.raises(EmergencyHalted) as refused:
             await store.write(intent(f"e-{effect.value}", guard(IDS, effect)))
-        assert outcome(refused.value) == ("old halt", "bot", IDS.bot_id, "halted")
+        assert refusal_fields(refused.value) == ("old halt", "bot", IDS.bot_id, "halted")
     await store.write(intent("e-cancel", guard(IDS, OrderEffect.CANCELS)))
 
 

@@ -14,14 +14,12 @@ import functools
 import json
 import random
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from pathlib import Path
+from collections.abc import Awaitable, Callable, Sequence
 from statistics import median
 from typing import Any, ParamSpec
 
 import grpc
 import pytest
-import pytest_asyncio
 from kit import DEADLINE_SECONDS, eventually
 from replica_fixtures import (
     BUY,
@@ -30,7 +28,8 @@ from replica_fixtures import (
     final_record,
     order_workflow,
     resumed_at,
-    submit_request,
+    submit,
+    wait_started,
 )
 
 from tradeflow.adapters.grpc import wire
@@ -57,25 +56,6 @@ def bounded(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[None]]:
     return run
 
 
-@pytest_asyncio.fixture
-async def make_cluster(tmp_path: Path) -> AsyncIterator[Callable[..., Cluster]]:
-    """Starts this test's cluster with ``replicas`` executor replicas (``replica_env``
-    over their settings); stops every process of it afterwards."""
-    clusters: list[Cluster] = []
-
-    def make(replicas: int = 2, *, replica_env: dict[str, str] | None = None) -> Cluster:
-        cluster = Cluster(tmp_path / f"cluster{len(clusters)}", replica_env=replica_env)
-        clusters.append(cluster)
-        cluster.start()
-        if replicas:
-            cluster.start_replicas(replicas)
-        return cluster
-
-    yield make
-    for cluster in clusters:
-        await cluster.close()
-
-
 def seeded() -> random.Random:
     seed = random.randrange(2**32)
     print(f"random seed {seed}")
@@ -91,13 +71,6 @@ def describe_times(times: Sequence[float]) -> str:
     )
 
 
-async def submit(replica: Replica, workflow: dict[str, Any], request_id: str) -> str:
-    reply = await replica.stub.SubmitWorkflow(
-        submit_request(workflow, request_id), timeout=DEADLINE_SECONDS
-    )
-    return str(reply.execution_id)
-
-
 async def submit_or_none(replica: Replica, workflow: dict[str, Any], request_id: str) -> str | None:
     """:func:`submit`, or ``None`` when the replica died before it answered (it may still
     have accepted the submission)."""
@@ -107,16 +80,6 @@ async def submit_or_none(replica: Replica, workflow: dict[str, Any], request_id:
         if exc.code() is not grpc.StatusCode.UNAVAILABLE:
             raise
         return None
-
-
-async def wait_started(cluster: Cluster, execution_ids: Sequence[str], replica: Replica) -> None:
-    """Until ``replica`` runs the ``pre`` wait of every execution (its markers exist)."""
-
-    def started() -> bool:
-        markers = cluster.started_markers()
-        return all(markers.get(e) == replica.pid for e in execution_ids)
-
-    await eventually(started, f"{replica.name} runs the wait of {list(execution_ids)}")
 
 
 async def takeover_seconds(cluster: Cluster, record: ExecutionRecord, since: float) -> float | None:

@@ -286,7 +286,14 @@ class ExecutionManager:
             self._forget(job)
             if takeover and job.request_id is None:
                 return await self.get(execution_id)  # nobody can be waiting for it
-            return await self._final(execution_id)
+            try:
+                return await self._final(execution_id)
+            except ExecutionNotFound:
+                # Its start was refused (this replica's lease was revoked or lapsed first):
+                # nothing of it was stored, so running it again elsewhere is safe.
+                raise UnavailableError(
+                    f"execution not started, nothing stored ({exc.message}): retry"
+                ) from exc
         except Exception as exc:
             if started is not None and not started.done():
                 raise  # a submission refused before its start was stored: nothing to retry

@@ -75,6 +75,7 @@ __all__ = [
     "checked_restriction",
     "current_state",
     "fail_closed",
+    "unconfirmed",
 ]
 
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
@@ -88,11 +89,19 @@ _log = structlog.get_logger(__name__)
 
 
 def fail_closed(read: Callable[[], EmergencySnapshot]) -> EmergencySnapshot:
-    """``read()``, with a state that cannot be confirmed raised as ``EmergencyHalted``."""
+    """``read()``, with a state that cannot be confirmed raised as ``EmergencyHalted``
+    (state ``cancel_only``: what every scope counts as meanwhile)."""
     try:
         return read()
     except UnavailableError as exc:
-        raise EmergencyHalted(f"emergency state unavailable: {exc.message}") from exc
+        raise unconfirmed(exc) from exc
+
+
+def unconfirmed(error: UnavailableError) -> EmergencyHalted:
+    """The refusal of anything but a cancel while the state cannot be confirmed."""
+    return EmergencyHalted(
+        f"emergency state unavailable: {error.message}", state=TradingState.CANCEL_ONLY.value
+    )
 
 
 def check_allowed(
@@ -104,13 +113,7 @@ def check_allowed(
     effect-free actions pass without reading it, anything else is refused."""
     if effect is OrderEffect.CANCELS or effect is OrderEffect.NONE:
         return
-    try:
-        snapshot = read()
-    except UnavailableError as exc:
-        raise EmergencyHalted(
-            f"emergency state unavailable: {exc.message}", state=TradingState.CANCEL_ONLY.value
-        ) from exc
-    snapshot.ensure_allowed(ids, effect)
+    fail_closed(read).ensure_allowed(ids, effect)
 
 
 def current_state(read: Callable[[], EmergencySnapshot], ids: ScopeIds) -> TradingState:

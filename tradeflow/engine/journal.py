@@ -248,6 +248,9 @@ class DurableJournal(NullJournal):
         self.record, self.events, self.checkpoints = None, [], []
         try:
             await self.durability.state.write(batch)
+        except LeaseLost:
+            self.owner.suspect(self.fence.epoch)
+            raise
         except EmergencyHalted:
             if guard is None:
                 raise

@@ -131,6 +131,13 @@ class LeaseKeeper:
                 self.info.owner, epoch, why="not renewed within its ttl (paused or cut off)"
             )
 
+    def suspect(self, epoch: int) -> None:
+        """A write under ``epoch`` was refused: renew now rather than at the next beat, so
+        a lease revoked or lost in the store is replaced at once (the renewal tells)."""
+        lease = self._lease
+        if lease is not None and lease.epoch == epoch and self._wake is not None:
+            self._wake.set()
+
     def watch(self, execution_id: str, cancel: Callable[[], None]) -> None:
         """Call ``cancel`` when another process requests the cancellation of
         ``execution_id`` (it comes with a heartbeat) until :meth:`unwatch`."""

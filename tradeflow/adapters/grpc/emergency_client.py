@@ -72,6 +72,7 @@ from tradeflow.engine.emergency import (
     checked_restriction,
     current_state,
     fail_closed,
+    unconfirmed,
 )
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
@@ -310,19 +311,28 @@ class RemoteEmergencyControl:
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Judged, audited and published by the service."""
-        response: pb.CheckRiskLimitResponse = await self._call(
-            self._stub.CheckRiskLimit,
+        """Judged, audited and published by the service. Fails closed like the pre-action
+        check: with the state unconfirmed (no round trip then), or the service not answering
+        within twice the staleness bound, it raises ``EmergencyHalted``."""
+        request = pb.CheckRiskLimitRequest(
+            limit_type=limit_type,
+            value=checked_number("value", value),
+            threshold=None if threshold is None else checked_number("threshold", threshold),
+            auto_halt=auto_halt,
+            **asdict(ids),
+        )
+        fail_closed(self._view.current)
+        try:
             # No request_id: this client never retries a check, and the service would
             # otherwise store an answer in Redis for every risk node of every execution.
-            pb.CheckRiskLimitRequest(
-                limit_type=limit_type,
-                value=checked_number("value", value),
-                threshold=None if threshold is None else checked_number("threshold", threshold),
-                auto_halt=auto_halt,
-                **asdict(ids),
-            ),
-        )
+            response: pb.CheckRiskLimitResponse = await call(
+                self._stub.CheckRiskLimit,
+                request,
+                service=_SERVICE,
+                deadline=min(self._call_timeout, 2 * self._max_staleness),
+            )
+        except UnavailableError as exc:
+            raise unconfirmed(exc) from exc
         if not response.breached:
             return
         if response.halted:

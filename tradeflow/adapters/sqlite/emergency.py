@@ -8,9 +8,10 @@ stops a bot at its next action.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
-from dataclasses import astuple
-from typing import Final
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, replace
+from typing import Any, Final, TypeVar
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.clock import Clock, IdFactory
@@ -18,20 +19,31 @@ from tradeflow.domain.codec import from_json, to_json_or_null
 from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import UnavailableError, describe
 from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, RiskLimit, Scope
+from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import EmergencyController
 from tradeflow.observability.metrics import Metrics
 
-__all__ = ["LocalEmergencyController", "SQLiteEmergencyStore"]
+__all__ = ["HALT_COLUMNS", "LocalEmergencyController", "SQLiteEmergencyStore", "halt_of_row"]
 
+HALT_COLUMNS: Final = "scope, target, reason, actor, since, state, cancel_orders"
+"""The columns of a ``halts`` row that :func:`halt_of_row` reads, in its order."""
+
+_T = TypeVar("_T")
+
+_LOCK_POLL_SECONDS: Final = 0.00005
+"""How often a halt or resume tries the file's write lock again while another process holds
+it (see :meth:`SQLiteEmergencyStore._promptly`)."""
 _DATA_VERSION: Final = "PRAGMA data_version"
-_SELECT_HALTS: Final = "SELECT scope, target, reason, actor, since FROM halts"
+_SELECT_HALTS: Final = f"SELECT {HALT_COLUMNS} FROM halts"
 _SELECT_LIMITS: Final = (
     "SELECT limit_type, threshold, direction, auto_halt, updated_at, updated_by FROM risk_limits"
 )
-# Re-halting keeps ``since`` (the halt has lasted since then) and takes the new reason.
+# Re-halting keeps ``since`` (the scope has been restricted since then) and takes the new
+# reason, actor, state and cancel_orders.
 _UPSERT_HALT: Final = (
-    "INSERT INTO halts (scope, target, reason, actor, since) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason, actor = excluded.actor"
+    f"INSERT INTO halts ({HALT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (scope, target) DO UPDATE SET reason = excluded.reason,"
+    " actor = excluded.actor, state = excluded.state, cancel_orders = excluded.cancel_orders"
     " RETURNING since"
 )
 _DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
@@ -81,27 +93,45 @@ class SQLiteEmergencyStore:
                 self._snapshot = self._load()
                 self._seen_version = version
         except (sqlite3.Error, ValueError) as exc:
-            # ValueError: a row no tradeflow wrote (unknown scope or direction).
+            # ValueError: a row no tradeflow wrote (unknown scope, state or direction).
             raise UnavailableError(describe(exc)) from exc
         return self._snapshot
 
     async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
-        with self._txn:
+        """See the port; takes the write lock promptly (:meth:`_promptly`)."""
+
+        def save() -> float:
             ((since,),) = self._conn.execute(
                 _UPSERT_HALT,
-                (halt.scope.value, halt.target or "", halt.reason, halt.actor, halt.since),
+                (
+                    halt.scope.value,
+                    halt.target or "",
+                    halt.reason,
+                    halt.actor,
+                    halt.since,
+                    halt.state.value,
+                    halt.cancel_orders,
+                ),
             ).fetchall()
             self._audit(audit)
+            return float(since)
+
+        since = self._promptly(save)
         self._seen_version = None
-        return HaltState(halt.scope, halt.target, halt.reason, halt.actor, since)
+        return replace(halt, since=since)
 
     async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        with self._txn:
+        """See the port; takes the write lock promptly (:meth:`_promptly`)."""
+
+        def delete() -> bool:
             removed = self._conn.execute(_DELETE_HALT, (scope.value, target or "")).rowcount
             if removed:
                 self._audit(audit)
+            return bool(removed)
+
+        removed = self._promptly(delete)
         self._seen_version = None
-        return bool(removed)
+        return removed
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
         with self._txn:
@@ -133,12 +163,36 @@ class SQLiteEmergencyStore:
         """Stop reading the database: later snapshots fail. The connection stays open."""
         self._cursor.close()
 
+    def _promptly(self, change: Callable[[], _T]) -> _T:
+        """``change()`` in one write transaction that takes the write lock as soon as it is
+        free, within the connection's ``busy_timeout`` as any write.
+
+        SQLite's busy handler tries again after sleeps growing to 100 ms, so processes
+        committing back to back (executors writing intents, refused ones included) can
+        hold a halt off for seconds, or fail it past ``busy_timeout``: against one such
+        writer, 1000 halts took p50 0.4 ms, p99 448 ms, max 1.5 s. Trying again every
+        :data:`_LOCK_POLL_SECONDS` takes the lock in the writer's next gap instead. The
+        transaction is run again only when the lock was busy (nothing of it was written).
+        """
+        conn = self._conn
+        ((timeout_ms,),) = conn.execute("PRAGMA busy_timeout").fetchall()
+        deadline = time.monotonic() + timeout_ms / 1000
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            while True:
+                try:
+                    with self._txn:
+                        return change()
+                except sqlite3.OperationalError as exc:
+                    busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() >= deadline:
+                        raise
+                time.sleep(_LOCK_POLL_SECONDS)
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+
     def _load(self) -> EmergencySnapshot:
-        halts = []
-        for scope_name, stored_target, reason, actor, since in self._conn.execute(_SELECT_HALTS):
-            scope = Scope(scope_name)
-            target = None if scope is Scope.GLOBAL else stored_target
-            halts.append(HaltState(scope, target, reason, actor, since))
+        halts = [halt_of_row(row) for row in self._conn.execute(_SELECT_HALTS)]
         limits = [
             RiskLimit(row[0], row[1], LimitDirection(row[2]), bool(row[3]), row[4], row[5])
             for row in self._conn.execute(_SELECT_LIMITS)
@@ -150,6 +204,22 @@ class SQLiteEmergencyStore:
         # The columns are the entry's fields after its id; a Scope (StrEnum) binds as its text.
         *fields, details = astuple(entry)[1:]
         self._conn.execute(_INSERT_AUDIT, (*fields, to_json_or_null(details)))
+
+
+def halt_of_row(row: Sequence[Any]) -> HaltState:
+    """The halt of a ``halts`` row of :data:`HALT_COLUMNS` (a global halt's stored target
+    ``''`` reads as ``None``); ``ValueError`` for a scope or state no tradeflow wrote."""
+    scope_name, target, reason, actor, since, state, cancel_orders = row
+    scope = Scope(scope_name)
+    return HaltState(
+        scope,
+        None if scope is Scope.GLOBAL else target,
+        reason,
+        actor,
+        since,
+        TradingState(state),
+        bool(cancel_orders),
+    )
 
 
 class LocalEmergencyController(EmergencyController):

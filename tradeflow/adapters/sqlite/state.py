@@ -68,6 +68,18 @@ the same file, so one transaction both checks a fence and writes:
 - A claim sets the status to ``running``: a claimer that dies before its first
   write leaves a running execution with a lapsed owner (a takeover next time),
   and a second claim meets a live owner.
+- Revoking a lease (a halt barrier fencing an executor that did not acknowledge)
+  ends it the way a lapse does: its expiry moves to now, so its executions are
+  orphans, its next write or renewal raises ``LeaseLost`` and its pending cancels
+  wait for its next lease.
+
+The emergency halts live in the same file too (:mod:`tradeflow.adapters.sqlite.emergency`),
+so a batch carrying an action's intent (``StateBatch.guard``) is checked against them in
+its own transaction: after the fence, before anything is written, one statement looks the
+covering halts up by primary key (at most four), and a refusal raises ``EmergencyHalted``
+and rolls back. ``BEGIN IMMEDIATE`` orders that check against every halt committed by any
+process: once a halt's commit returned, no intent it refuses commits. A batch without a
+guard, or whose effect every state admits, does not read the halts at all.
 """
 
 from __future__ import annotations
@@ -83,6 +95,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
+from tradeflow.adapters.sqlite.emergency import HALT_COLUMNS, halt_of_row
 from tradeflow.domain.clock import Clock, SystemClock
 from tradeflow.domain.codec import (
     MAX_EVENTS_PAGE,
@@ -93,9 +106,18 @@ from tradeflow.domain.codec import (
     to_json_bytes,
     to_json_or_null,
 )
-from tradeflow.domain.errors import ExecutionNotFound, InvalidRequest, LeaseLost, OwnerAlive
-from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
+from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
+from tradeflow.domain.errors import (
+    ExecutionNotFound,
+    InvalidRequest,
+    LeaseLost,
+    OwnerAlive,
+    UnavailableError,
+    describe,
+)
+from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    ActionGuard,
     Checkpoint,
     CheckpointState,
     Event,
@@ -105,6 +127,7 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
+from tradeflow.domain.trading import TradingState
 
 __all__ = ["SQLiteStateStore"]
 
@@ -181,6 +204,12 @@ _PUT_LEASE: Final = (
 _SELECT_RENEWED: Final = "SELECT epoch, expires_at, cancels FROM leases WHERE owner = ?"
 _RENEW_LEASE: Final = "UPDATE leases SET expires_at = ?, cancels = NULL WHERE owner = ?"
 _RELEASE_LEASE: Final = "DELETE FROM leases WHERE owner = ? AND epoch = ?"
+_SELECT_LIVE_LEASES: Final = "SELECT owner, epoch FROM leases WHERE expires_at > ? ORDER BY owner"
+# ?3: the store's time. Only a live lease of that epoch lapses; its row (and its pending
+# cancels) stays, as after a lapse.
+_REVOKE_LEASE: Final = (
+    "UPDATE leases SET expires_at = ?3 WHERE owner = ?1 AND epoch = ?2 AND expires_at > ?3"
+)
 # Ids hold no spaces (domain.limits.ID_CHARACTERS); an id already pending is not added
 # again, so the list stays bounded by the executions the lease owns.
 _ADD_CANCEL: Final = (
@@ -208,6 +237,19 @@ _CANCEL_ORPHAN: Final = (
 )
 _ORPHAN_CANCELLED: Final = "cancelled while no executor ran it"
 _SYSTEM_CLOCK: Final = SystemClock()
+
+# ?1 strategy, ?2 bot, ?3 workflow id: an id that is None (NULL) matches no halt. One
+# primary-key search per scope; UNION ALL, as the keys differ (an OR would make SQLite
+# build a temporary index to drop duplicates, twice the cost).
+_SELECT_COVERING_HALTS: Final = " UNION ALL ".join(
+    f"SELECT {HALT_COLUMNS} FROM halts WHERE scope = '{scope}' AND target = {target}"
+    for scope, target in (
+        ("global", "''"),
+        ("strategy", "?1"),
+        ("bot", "?2"),
+        ("workflow", "?3"),
+    )
+)
 
 _INSERT_BATCH: Final = "INSERT INTO batches (execution_id, body) VALUES (?, ?)"
 _MARK_ORPHAN: Final = "UPDATE batches SET orphan = 1 WHERE batch_id = ?"
@@ -265,7 +307,8 @@ class SQLiteStateStore:
         entry holds the object, so its id cannot be reused by another one meanwhile."""
 
     async def write(self, batch: StateBatch) -> None:
-        """See the port; a refused fence raises ``LeaseLost`` with nothing written."""
+        """See the port; a refused fence raises ``LeaseLost``, and a guard the halts refuse
+        ``EmergencyHalted`` (checked after the fence), with nothing written."""
         execution = batch.execution
         own = None if execution is None else execution.execution_id
         fence = batch.fence
@@ -283,10 +326,7 @@ class SQLiteStateStore:
         # Everything is encoded before the transaction starts: the write lock, which
         # other processes wait on, is held only for the statements themselves.
         with self._txn:
-            if owner is not None:
-                # The time is read under the write lock: a lease that lapsed while this
-                # write waited for the lock has lapsed.
-                _check_fence(writer, batch, owner, epoch, self._clock.time())
+            _admit(writer, batch, self._clock)
             if definition is not None:
                 writer.execute(_INSERT_DEFINITION, definition)
             first, last = _insert_journal(writer, rows, own, owner, epoch)
@@ -411,6 +451,20 @@ class SQLiteStateStore:
     async def release_lease(self, lease: Lease) -> None:
         with self._txn:
             self._writer.execute(_RELEASE_LEASE, (lease.info.owner, lease.epoch))
+
+    async def live_leases(self) -> list[Fence]:
+        """See :class:`~tradeflow.ports.LeaseRegistry`: the leases unexpired on the store
+        clock, by owner."""
+        rows = self._conn.execute(_SELECT_LIVE_LEASES, (self._clock.time(),)).fetchall()
+        return [Fence(owner, epoch) for owner, epoch in rows]
+
+    async def revoke_lease(self, fence: Fence) -> bool:
+        """See :class:`~tradeflow.ports.LeaseRegistry`: the lease lapses now (module
+        docstring); False unless it was live with that epoch."""
+        with self._txn:
+            now = self._clock.time()
+            revoked = self._writer.execute(_REVOKE_LEASE, (fence.owner, fence.epoch, now))
+        return bool(revoked.rowcount)
 
     async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
         """See the port: ``OwnerAlive`` if the execution is running under another live
@@ -559,6 +613,19 @@ def _lease_problem(held: _Row | None, epoch: int, now: float) -> str | None:
     return None if expires_at > now else "lapsed"
 
 
+def _admit(cursor: sqlite3.Cursor, batch: StateBatch, clock: Clock) -> None:
+    """What a write checks under the write lock before it writes anything: ``LeaseLost``
+    unless its fence (if any) is live, then ``EmergencyHalted`` unless the halts admit
+    its guard (if any)."""
+    if batch.fence is not None:
+        owner, epoch = batch.fence
+        # The time is read under the write lock: a lease that lapsed while this write
+        # waited for the lock has lapsed.
+        _check_fence(cursor, batch, owner, epoch, clock.time())
+    if batch.guard is not None:
+        _check_guard(cursor, batch.guard)
+
+
 def _check_fence(
     cursor: sqlite3.Cursor, batch: StateBatch, owner: str, epoch: int, now: float
 ) -> None:
@@ -566,6 +633,27 @@ def _check_fence(
     why = _lease_problem(cursor.execute(_SELECT_LEASE, (owner,)).fetchone(), epoch, now)
     if why is not None:
         raise LeaseLost(owner, epoch, _batch_execution(batch), why)
+
+
+def _check_guard(cursor: sqlite3.Cursor, guard: ActionGuard) -> None:
+    """Raise ``EmergencyHalted`` unless the halts covering ``guard``'s scopes admit its
+    effect (the domain's rule, on a snapshot of just those halts); ``UnavailableError`` for
+    a halt row no tradeflow wrote. An effect the most restrictive state admits reads
+    nothing."""
+    if TradingState.HALTED.allows(guard.effect):
+        return
+    rows = cursor.execute(
+        _SELECT_COVERING_HALTS, (guard.strategy_id, guard.bot_id, guard.workflow_id)
+    ).fetchall()
+    if not rows:
+        return
+    try:
+        covering = EmergencySnapshot.of(0, map(halt_of_row, rows), ())
+    except ValueError as exc:
+        raise UnavailableError(describe(exc)) from exc
+    covering.ensure_allowed(
+        ScopeIds(guard.workflow_id, guard.bot_id, guard.strategy_id), guard.effect
+    )
 
 
 def _batch_execution(batch: StateBatch) -> str | None:
