@@ -50,12 +50,12 @@ from tradeflow.domain.errors import (
 from tradeflow.domain.limits import (
     ERROR_MESSAGE_MAX_BYTES,
     HALTS_PER_SCOPE_KIND_MAX,
+    IN_FLIGHT_MAX,
     TEXT_MAX_LENGTH,
 )
 from tradeflow.domain.ownership import OwnerInfo
 from tradeflow.domain.records import LimitDirection, Scope
 from tradeflow.domain.trading import OrderEffect, TradingState
-from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc

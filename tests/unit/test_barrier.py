@@ -15,8 +15,9 @@ from kit import DEADLINE_SECONDS
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import BarrierReport, InFlightAction
+from tradeflow.domain.limits import REPORTED_IN_FLIGHT_MAX, TRACKED_OWNERS_MAX
 from tradeflow.domain.ownership import Fence
-from tradeflow.engine.barrier import REPORTED_IN_FLIGHT_MAX, TRACKED_OWNERS_MAX, HaltBarrier
+from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 
 SHORT = 0.01

@@ -679,3 +679,39 @@ async def test_watched_view_keeps_following_when_stamina_gives_up() -> None:
         stamina.set_testing(False)
         await view.close("view closed")
     assert current.version == 4
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"scope": "galaxy"}, "scope"),
+        ({"target": None}, "target"),
+        ({"execution_id": "no spaces allowed"}, "execution_id"),
+        ({"status": "exploded"}, "status"),
+        ({"cancelled": ["ok", "bad\x00id"]}, "cancelled"),
+        ({"cancelled": ["c"] * 10_001}, "cancelled"),
+    ],
+)
+async def test_a_cancel_on_halt_report_is_audited_and_a_bad_one_names_its_field(
+    controller: LocalEmergencyController, change: dict[str, object], field: str
+) -> None:
+    """A job's report becomes one cancel_on_halt audit entry listing (at most 100 of) the
+    cancelled orders and counting all; a malformed one is InvalidRequest naming the field
+    and audits nothing."""
+    report: dict[str, object] = {
+        "scope": Scope.BOT,
+        "target": "bot-1",
+        "execution_id": "job-1",
+        "status": "completed",
+        "cancelled": [f"e:{n}" for n in range(150)],
+    }
+    with pytest.raises(errors.InvalidRequest) as caught:
+        await controller.record_cancel_on_halt(**{**report, **change})  # type: ignore[arg-type]
+    assert caught.value.field == field
+    assert await controller.audit_entries() == []
+    await controller.record_cancel_on_halt(**report)  # type: ignore[arg-type]
+    [entry] = await controller.audit_entries()
+    assert (entry.action, entry.scope, entry.target) == ("cancel_on_halt", Scope.BOT, "bot-1")
+    assert entry.details["cancelled_count"] == 150
+    assert entry.details["cancelled"] == [f"e:{n}" for n in range(100)]

@@ -28,6 +28,7 @@ from tradeflow.domain.limits import (
     CURSOR_MAX,
     ERROR_DETAILS_MAX_BYTES,
     ERROR_MESSAGE_MAX_BYTES,
+    IN_FLIGHT_MAX,
     PAGE_MAX_BYTES,
     PAGE_TOKEN_MAX_LENGTH,
 )
@@ -49,7 +50,6 @@ from tradeflow.domain.records import (
     StateBatch,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
-from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
 from tradeflow.proto.state.v1 import state_service_pb2

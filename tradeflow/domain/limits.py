@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ACTOR_MAX_LENGTH",
+    "AUDITED_ITEMS_MAX",
+    "CANCELLED_REPORT_MAX",
     "CURSOR_MAX",
     "DEFINITION_MAX_BYTES",
     "ERROR_DETAILS_MAX_BYTES",
@@ -32,12 +34,15 @@ __all__ = [
     "ID_EXPECTED",
     "ID_MAX_LENGTH",
     "ID_PATTERN",
+    "IN_FLIGHT_MAX",
     "PAGE_MAX_BYTES",
     "PAGE_TOKEN_MAX_LENGTH",
+    "REPORTED_IN_FLIGHT_MAX",
     "RISK_LIMITS_MAX",
     "TEXT_MAX_LENGTH",
     "TIMESTAMP_MAX",
     "TIMESTAMP_MIN",
+    "TRACKED_OWNERS_MAX",
     "check_cursor",
     "check_id",
     "check_text",
@@ -85,6 +90,19 @@ longest target, reason and actor (4.8 KB each in 4-byte UTF-8) make 3.6 MB. A gl
 is never refused for being one too many."""
 RISK_LIMITS_MAX: Final = 1000
 """Configured risk limit types: 1000 (replacing an existing type is never refused)."""
+IN_FLIGHT_MAX: Final = 1000
+"""In-flight actions one halt acknowledgement carries (about 0.5 MB of the longest ids):
+an executor with more reports the first ones, a request with more is refused."""
+REPORTED_IN_FLIGHT_MAX: Final = 5000
+"""In-flight actions one halt barrier report lists, whatever the number of executors
+(the rest are counted in a log line)."""
+TRACKED_OWNERS_MAX: Final = 10_000
+"""Executors whose last acknowledgement the barrier keeps; past it the oldest is
+forgotten (still live, it is fenced by the next barrier, as if it had not answered)."""
+AUDITED_ITEMS_MAX: Final = 100
+"""In-flight actions or cancelled orders one audit entry lists (it counts them all)."""
+CANCELLED_REPORT_MAX: Final = 10_000
+"""Client order ids one cancel-on-halt report may carry."""
 ERROR_MESSAGE_MAX_BYTES: Final = 2048
 """Bytes of a gRPC status message as sent (percent-encoding counted): 2 KiB."""
 ERROR_DETAILS_MAX_BYTES: Final = 3072

@@ -18,25 +18,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final
 
 import structlog
 
 from tradeflow.domain.emergency import BarrierReport, InFlightAction
+from tradeflow.domain.limits import REPORTED_IN_FLIGHT_MAX, TRACKED_OWNERS_MAX
 from tradeflow.domain.ownership import Fence
 from tradeflow.ports import LeaseRegistry
 
-__all__ = ["IN_FLIGHT_MAX", "REPORTED_IN_FLIGHT_MAX", "TRACKED_OWNERS_MAX", "HaltBarrier"]
-
-IN_FLIGHT_MAX: Final = 1000
-"""In-flight actions one acknowledgement carries at most (about 0.5 MB of the longest
-ids): an executor with more reports the first ones, a request with more is refused."""
-REPORTED_IN_FLIGHT_MAX: Final = 5000
-"""In-flight actions one report lists at most, so a halt's answer stays a few MB
-whatever the number of executors (the rest are counted in a log line)."""
-TRACKED_OWNERS_MAX: Final = 10_000
-"""Owners whose last acknowledgement is kept; past it the oldest is forgotten (an owner
-forgotten and still live is fenced by the next barrier, as if it had not answered)."""
+__all__ = ["HaltBarrier"]
 
 _log = structlog.get_logger(__name__)
 

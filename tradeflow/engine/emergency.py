@@ -48,7 +48,14 @@ from tradeflow.domain.errors import (
     RiskLimitExceeded,
     UnavailableError,
 )
-from tradeflow.domain.limits import ACTOR_MAX_LENGTH, ID_MAX_LENGTH, check_id, check_text
+from tradeflow.domain.limits import (
+    ACTOR_MAX_LENGTH,
+    AUDITED_ITEMS_MAX,
+    CANCELLED_REPORT_MAX,
+    ID_MAX_LENGTH,
+    check_id,
+    check_text,
+)
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -64,8 +71,6 @@ from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EmergencyStore
 
 __all__ = [
-    "AUDITED_ITEMS_MAX",
-    "CANCELLED_REPORT_MAX",
     "EmergencyController",
     "EmergencyHalted",
     "LocalRiskChecker",
@@ -79,11 +84,6 @@ __all__ = [
 ]
 
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
-
-AUDITED_ITEMS_MAX: Final = 100
-"""In-flight actions or cancelled orders one audit entry lists (it counts them all)."""
-CANCELLED_REPORT_MAX: Final = 10_000
-"""Client order ids one cancel-on-halt report may carry."""
 
 _log = structlog.get_logger(__name__)
 

@@ -56,6 +56,7 @@ from tradeflow.domain.emergency import (
     checked_scope_change,
 )
 from tradeflow.domain.errors import RiskLimitExceeded, TradeflowError, UnavailableError, describe
+from tradeflow.domain.limits import IN_FLIGHT_MAX
 from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
     AuditEntry,
@@ -65,7 +66,6 @@ from tradeflow.domain.records import (
     Scope,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
-from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.engine.emergency import (
     WatchedView,
     check_allowed,

@@ -29,6 +29,7 @@ from tradeflow.domain.codec import MAX_PAGE_SIZE, encode_page_token, from_json, 
 from tradeflow.domain.emergency import BarrierReport, InFlightAction, LimitVerdict, ScopeIds
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
 from tradeflow.domain.limits import (
+    IN_FLIGHT_MAX,
     PAGE_MAX_BYTES,
     PAGE_TOKEN_MAX_LENGTH,
     check_cursor,
@@ -54,7 +55,6 @@ from tradeflow.domain.records import (
     StateBatch,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
-from tradeflow.engine.barrier import IN_FLIGHT_MAX
 from tradeflow.engine.emergency import checked_restriction
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
@@ -536,7 +536,7 @@ def acknowledgement_from_proto(
 ) -> tuple[Fence, int, tuple[InFlightAction, ...]]:
     """Inverse of :func:`acknowledgement_to_proto`, refusing (``InvalidRequest`` naming the
     field) an owner that is no id, an epoch of 0, a version past ``CURSOR_MAX``, more than
-    :data:`~tradeflow.engine.barrier.IN_FLIGHT_MAX` actions or an action of another owner."""
+    :data:`~tradeflow.domain.limits.IN_FLIGHT_MAX` actions or an action of another owner."""
     owner = check_id("owner", msg.owner)
     if msg.epoch <= 0:
         raise InvalidRequest("epoch", "an epoch > 0 from AcquireLease", msg.epoch)
