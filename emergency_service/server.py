@@ -19,6 +19,7 @@ intent commit is fenced by.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import grpc
@@ -27,7 +28,11 @@ from emergency_service.servicer import SERVICE_NAME, EmergencyServicer
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.connection import connect
-from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
+from tradeflow.adapters.redis.emergency import (
+    RedisAckRelay,
+    RedisEmergencyController,
+    RedisRequestLog,
+)
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
@@ -62,11 +67,17 @@ async def build(settings: ServiceSettings) -> Service:
         resources = stack.pop_all()
 
     leases = RedisStateStore(client, prefix=settings.redis_prefix)
+    barrier = HaltBarrier(leases, timeout=settings.halt_ack_timeout)
+    relay = RedisAckRelay(client, prefix=settings.redis_prefix)
+    # Every replica's barrier hears every acknowledgement, whichever replica received it.
+    following = asyncio.create_task(relay.follow(barrier.acknowledge), name="emergency:acks")
+    resources.push_async_callback(_cancelled, following)
     servicer = EmergencyServicer(
         controller,
         RedisRequestLog(client, prefix=settings.redis_prefix, ttl=settings.request_ttl_seconds),
-        HaltBarrier(leases, timeout=settings.halt_ack_timeout),
+        barrier,
         heartbeat=settings.heartbeat_seconds,
+        relay=relay,
     )
 
     def register(server: grpc.aio.Server) -> list[str]:
@@ -79,3 +90,8 @@ async def build(settings: ServiceSettings) -> Service:
         drain=servicer.drain,
         close=resources.aclose,
     )
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.wait((task,))

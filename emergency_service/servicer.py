@@ -32,10 +32,22 @@ from collections.abc import AsyncIterator
 from typing import Final
 
 import grpc
+import structlog
 
 from tradeflow.adapters.grpc import wire
-from tradeflow.adapters.redis.emergency import RedisEmergencyController, RedisRequestLog
-from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, MAX_AUDIT_PAGE, EmergencySnapshot
+from tradeflow.adapters.redis.emergency import (
+    RedisAckRelay,
+    RedisEmergencyController,
+    RedisRequestLog,
+)
+from tradeflow.domain.emergency import (
+    DEFAULT_AUDIT_PAGE,
+    MAX_AUDIT_PAGE,
+    BarrierReport,
+    EmergencySnapshot,
+)
+from tradeflow.domain.errors import TradeflowError
+from tradeflow.domain.records import HaltState
 from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
@@ -44,6 +56,8 @@ __all__ = ["SERVICE_NAME", "EmergencyServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
 _UNKNOWN_ACTOR: Final = "unknown"
+
+_log = structlog.get_logger(__name__)
 
 
 class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
@@ -56,10 +70,13 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         barrier: HaltBarrier,
         *,
         heartbeat: float,
+        relay: RedisAckRelay | None = None,
     ) -> None:
         self._controller = controller
         self._requests = requests
         self._barrier = barrier
+        self._relay = relay
+        """Shares acknowledgements with the other replicas (``None``: this one is alone)."""
         self._heartbeat = heartbeat
         self._draining = asyncio.Event()
 
@@ -83,12 +100,25 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 state=state,
                 cancel_orders=request.cancel_orders,
             )
-            # The version the halt made (or a later one): what executors must have reached.
-            report = await self._barrier.wait(self._controller.snapshot().version)
-            await self._controller.audit_barrier(halt, report)
+            # The halt is committed: its barrier runs to its end (fencing included) even if
+            # the caller goes away, and a failure of it does not make the halt look failed.
+            report = await asyncio.shield(self._confirm(halt))
             return wire.halt_response_to_proto(halt, report)
 
         return await self._requests.once("Halt", request.request_id, run, pb.HaltResponse)
+
+    async def _confirm(self, halt: HaltState) -> BarrierReport:
+        """Wait for the live executors to enforce ``halt`` (the version it made, or a later
+        one) and audit how they did; a barrier that cannot run (the leases unreadable) is
+        logged and reported empty: the store's own check still refuses every intent."""
+        version = self._controller.snapshot().version
+        try:
+            report = await self._barrier.wait(version)
+            await self._controller.audit_barrier(halt, report)
+        except TradeflowError as exc:
+            _log.error("emergency.barrier_failed", version=version, error=exc.message)
+            return BarrierReport(version)
+        return report
 
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
@@ -163,7 +193,14 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def AcknowledgeState(
         self, request: pb.AcknowledgeStateRequest, context: grpc.aio.ServicerContext
     ) -> pb.AcknowledgeStateResponse:
-        self._barrier.acknowledge(*wire.acknowledgement_from_proto(request))
+        fence, version, in_flight = wire.acknowledgement_from_proto(request)
+        self._barrier.acknowledge(fence, version, in_flight)
+        if self._relay is not None:
+            try:
+                await self._relay.publish(fence, version, in_flight)
+            except TradeflowError as exc:
+                # This replica's barrier has it; another's may fence the executor.
+                _log.warning("emergency.ack_not_relayed", owner=fence.owner, error=exc.message)
         return pb.AcknowledgeStateResponse()
 
     async def RecordCancelOnHalt(

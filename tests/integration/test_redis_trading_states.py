@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import itertools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, cast
 
@@ -30,6 +30,7 @@ from kit import (
 from servers import ServerProcess
 
 from tradeflow.adapters.redis.emergency import (
+    RedisAckRelay,
     RedisEmergencyController,
     RedisEmergencyStore,
     halt_field,
@@ -37,7 +38,7 @@ from tradeflow.adapters.redis.emergency import (
 )
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import HaltKey, ScopeIds
+from tradeflow.domain.emergency import HaltKey, InFlightAction, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, ExecutionNotFound, LeaseLost
 from tradeflow.domain.ownership import Fence, OwnerInfo
 from tradeflow.domain.records import (
@@ -49,6 +50,7 @@ from tradeflow.domain.records import (
     StateBatch,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
+from tradeflow.engine.barrier import HaltBarrier
 
 pytestmark = pytest.mark.integration
 
@@ -482,3 +484,54 @@ async def _crowd(
         cursor = int(cast(bytes, await client.get(f"{prefix}:event_cursor")))
         returned.set()
     return cursor, late
+
+
+# -- acknowledgements across emergency service replicas ----------------------------------
+
+
+@pytest.mark.asyncio
+async def test_a_barrier_hears_acknowledgements_another_replica_received(
+    client: aioredis.Redis, prefix: str, store: RedisStateStore
+) -> None:
+    """Two replicas' barriers on one Redis: an executor acknowledges to replica A only,
+    and a halt served by replica B counts it (relayed on Redis) instead of fencing it; an
+    older acknowledgement relayed late does not undo a newer one; an executor nobody heard
+    from is fenced and its lease revoked."""
+    heard = await store.acquire_lease(OwnerInfo("exec-a", "executor", "host", 1), 60.0)
+    silent = await store.acquire_lease(OwnerInfo("exec-b", "executor", "host", 2), 60.0)
+    relay_a, relay_b = RedisAckRelay(client, prefix=prefix), RedisAckRelay(client, prefix=prefix)
+    barrier_a = HaltBarrier(store, timeout=DEADLINE_SECONDS)
+    barrier_b = HaltBarrier(store, timeout=0.5)
+    delivered: list[tuple[str, int]] = []
+
+    def deliver_to_b(fence: Fence, version: int, in_flight: Sequence[InFlightAction]) -> None:
+        delivered.append((fence.owner, version))
+        barrier_b.acknowledge(fence, version, in_flight)
+
+    following = [
+        asyncio.create_task(relay_a.follow(barrier_a.acknowledge)),
+        asyncio.create_task(relay_b.follow(deliver_to_b)),
+    ]
+    channel = f"{prefix}:emergency:acks"
+    try:
+
+        async def both_subscribed() -> bool:
+            [(_, subscribers)] = await client.pubsub_numsub(channel)
+            return bool(subscribers == 2)
+
+        await eventually(both_subscribed, "both replicas follow the acknowledgements")
+        action = InFlightAction("exec-a", "e1", "buy", "e1:buy")
+        for version, in_flight in ((7, (action,)), (2, ())):  # the older one relayed late
+            barrier_a.acknowledge(heard.fence, version, in_flight)  # what A's servicer does
+            await relay_a.publish(heard.fence, version, in_flight)
+        await eventually(lambda: ("exec-a", 2) in delivered, "replica B heard both")
+        report = await barrier_b.wait(7)
+        assert report.acknowledged == ("exec-a",)
+        assert report.in_flight == (action,)
+        assert report.fenced == ("exec-b",)
+        assert await store.live_leases() == [heard.fence]
+        assert not await store.revoke_lease(silent.fence)  # already revoked by the barrier
+    finally:
+        for task in following:
+            task.cancel()
+        await asyncio.wait(following)

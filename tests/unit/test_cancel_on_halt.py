@@ -319,3 +319,29 @@ async def test_replicas_run_one_job_per_halt(db_path: Path) -> None:
             ]
         finally:
             await asyncio.gather(*(manager.drain(DEADLINE_SECONDS) for manager in managers))
+
+
+@pytest.mark.asyncio
+async def test_a_cancel_that_fails_does_not_leave_the_others_resting(
+    infra: Infrastructure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One resting order's cancel fails once (the venue hiccups): the sweep still cancels
+    the others, a second sweep cancels the one left; the job completes and reports every
+    order."""
+    orders = [await bid(infra, "b1") for _ in range(3)]
+    exchange = type(infra.exchange)
+    real_cancel = exchange.cancel_order
+    failures = {orders[1]: 1}
+
+    async def flaky_cancel(self: Any, venue: str, client_order_id: str) -> Order:
+        if failures.get(client_order_id, 0) > 0:
+            failures[client_order_id] -= 1
+            raise ConnectionError("venue hiccup")
+        return await real_cancel(self, venue, client_order_id)
+
+    monkeypatch.setattr(exchange, "cancel_order", flaky_cancel)
+    halt = await infra.emergency.halt(Scope.BOT, "b1", reason="unwind", cancel_orders=True)
+    report = await cancel_resting_orders(infra, halt)
+    assert report.status is ExecutionStatus.COMPLETED
+    assert sorted(report.cancelled) == sorted(orders)
+    assert await statuses(infra, orders) == [OrderStatus.CANCELLED] * 3

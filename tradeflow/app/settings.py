@@ -186,7 +186,7 @@ class ServiceSettings:
     """``TRADEFLOW_EMERGENCY_HEARTBEAT``: an idle ``WatchState`` stream resends the
     current snapshot this often, so watchers can tell a quiet state from a dead link
     (executors fail closed after ``TRADEFLOW_EMERGENCY_MAX_STALENESS``, 0.75 s, without one)."""
-    halt_ack_timeout: float = 0.25
+    halt_ack_timeout: float = 0.5
     """``TRADEFLOW_HALT_ACK_TIMEOUT``: the halt barrier's deadline, in seconds: a live
     executor that has not acknowledged a halt's state version by then loses its lease
     (fenced), and ``Halt`` returns."""

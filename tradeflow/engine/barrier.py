@@ -59,6 +59,9 @@ class HaltBarrier:
         whose intent is committed and whose outcome is not recorded yet."""
         owner, epoch = fence
         acks = self._acks
+        known = acks.get(owner)
+        if known is not None and (known.epoch, known.version) > (epoch, version):
+            return  # relayed late, after a newer one: it tells nothing new
         acks.pop(owner, None)  # re-inserted last: the oldest is what the bound drops
         acks[owner] = _Ack(epoch, version, tuple(in_flight))
         while len(acks) > TRACKED_OWNERS_MAX:

@@ -83,6 +83,8 @@ AcknowledgementSource = Callable[[], tuple[Fence, tuple[InFlightAction, ...]] | 
 """This process's lease and its actions in flight; ``None`` while it holds no lease
 (:meth:`tradeflow.engine.ownership.LeaseKeeper.acknowledgement`)."""
 
+_ACK_RETRY_SECONDS: Final = 0.05
+"""Pause before sending a failed acknowledgement again."""
 _SERVICE: Final = "emergency"
 
 _log = structlog.get_logger(__name__)
@@ -478,10 +480,14 @@ class RemoteEmergencyControl:
             self._ack_wake.clear()
             try:
                 await self._acknowledge_once(source)
-            except TradeflowError as exc:
-                _log.warning("emergency.acknowledge_failed", error=describe(exc))
-            except Exception:
-                _log.exception("emergency.acknowledge_failed")
+            except Exception as exc:
+                if isinstance(exc, TradeflowError):
+                    _log.warning("emergency.acknowledge_failed", error=describe(exc))
+                else:
+                    _log.exception("emergency.acknowledge_failed")
+                # Again soon, not at the next snapshot: a barrier is waiting for it.
+                await asyncio.sleep(_ACK_RETRY_SECONDS)
+                self._ack_wake.set()
 
     async def _acknowledge_once(self, source: AcknowledgementSource) -> None:
         """Acknowledge the view's version under the current lease, unless done on this link."""

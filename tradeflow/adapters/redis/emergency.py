@@ -24,16 +24,17 @@ cluster slot so one script may touch them all):
 Every change is one Lua script (atomic, one round trip) that also returns the
 whole new state, so the local view is current when the call returns. Other
 writers are followed by a :class:`~tradeflow.engine.emergency.WatchedView`: it
-re-reads on each published change and at least every ``poll_interval`` seconds,
-and fails closed when Redis is unreachable or the state was not confirmed for
-``max_staleness`` seconds.
+re-reads on each published change and at least every ``poll_interval`` seconds
+(0.1 s), and fails closed when Redis is unreachable or the state was not confirmed for
+``max_staleness`` seconds (0.25 s: with the executors' own bound, a service cut off
+from Redis leaves them at most a second of doubt).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import astuple, replace
 from typing import Any, Final, TypeVar, cast
 
@@ -45,9 +46,10 @@ from redis.exceptions import RedisError
 from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes
-from tradeflow.domain.emergency import EmergencySnapshot
+from tradeflow.domain.emergency import EmergencySnapshot, InFlightAction
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
 from tradeflow.domain.limits import check_id
+from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -163,8 +165,8 @@ class RedisEmergencyStore:
         prefix: str = "tradeflow",
         clock: Clock,
         audit_cap: int = 100_000,
-        poll_interval: float = 1.0,
-        max_staleness: float | None = 5.0,
+        poll_interval: float = 0.1,
+        max_staleness: float | None = 0.25,
     ) -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
             raise ConfigurationError(
@@ -301,8 +303,8 @@ class RedisEmergencyController(EmergencyController):
         metrics: Metrics | None = None,
         clock: Clock,
         id_factory: IdFactory,
-        poll_interval: float = 1.0,
-        max_staleness: float | None = 5.0,
+        poll_interval: float = 0.1,
+        max_staleness: float | None = 0.25,
     ) -> None:
         store = RedisEmergencyStore(
             client,
@@ -328,6 +330,56 @@ class RedisEmergencyController(EmergencyController):
         """The first state whose version differs from ``after_version``; waits for a change
         by any writer. For ``WatchState``: send :meth:`state`, then loop on this."""
         return await self._redis.wait_for_change(after_version)
+
+
+class RedisAckRelay:
+    """Halt barrier acknowledgements shared by every emergency service replica.
+
+    An executor sends its acknowledgements to the one replica its channel reaches, while
+    a halt may be served by another: each replica publishes the acknowledgements it
+    receives on ``<prefix>:emergency:acks`` and :meth:`follow` delivers everyone's
+    (its own included: acknowledging twice changes nothing) to its barrier. A message
+    lost while a replica resubscribes costs at most that executor's fencing by that
+    replica's next halt, the safe side.
+    """
+
+    __slots__ = ("_channel", "_client")
+
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "tradeflow") -> None:
+        self._client = client
+        self._channel = f"{prefix}:emergency:acks"
+
+    async def publish(
+        self, fence: Fence, version: int, in_flight: Sequence[InFlightAction]
+    ) -> None:
+        """Tell every replica (``UnavailableError`` if Redis cannot be reached)."""
+        message = to_json_bytes(
+            [fence.owner, fence.epoch, version, [astuple(a) for a in in_flight]]
+        )
+        try:
+            await self._client.publish(self._channel, message)
+        except RedisError as exc:
+            raise UnavailableError(f"redis ack relay: {describe(exc)}") from exc
+
+    async def follow(self, deliver: Callable[[Fence, int, Sequence[InFlightAction]], None]) -> None:
+        """Deliver every published acknowledgement until cancelled; a broken link is
+        re-opened after a pause."""
+        while True:
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    async for message in pubsub.listen():
+                        owner, epoch, version, in_flight = from_json(message["data"])
+                        deliver(
+                            Fence(owner, epoch),
+                            version,
+                            tuple(InFlightAction(*action) for action in in_flight),
+                        )
+            except RedisError as exc:
+                _log.warning("emergency.ack_relay_lost", error=describe(exc))
+                await asyncio.sleep(_RECONNECT_BACKOFF[0])
+            except (ValueError, TypeError) as exc:
+                _log.warning("emergency.ack_relay_unreadable", error=describe(exc))
 
 
 class RedisRequestLog:

@@ -9,12 +9,13 @@ execution never trades twice, even on a venue that does not deduplicate.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from tradeflow.domain.emergency import checked_scope
-from tradeflow.domain.errors import InvalidRequest, OrderRejected
+from tradeflow.domain.errors import InvalidRequest, OrderRejected, TradeflowError, describe
 from tradeflow.domain.limits import shown
 from tradeflow.domain.records import Scope
 from tradeflow.domain.trading import (
@@ -40,6 +41,11 @@ from tradeflow.engine.nodes.registry import ExecutionContext, Prop, node
 __all__ = ["cancel_open_orders", "cancel_order", "log", "place_order"]
 
 _SIDES = ("buy", "sell")
+_SWEEPS = 4
+"""Sweeps ``cancel_open_orders`` makes while some cancel fails (each finds only what
+still rests)."""
+_SWEEP_PAUSE = 0.1
+"""Seconds before the second sweep, doubling before each further one."""
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -197,13 +203,26 @@ async def cancel_open_orders(
     order ids it cancelled (one that filled meanwhile is left as it is). Run again, it
     finds only what still rests."""
     props = block.properties
-    venue = props["venue"]
-    cancelled = []
-    for order in await ctx.exchange.open_orders(venue, Scope(props["scope"]), props["target"]):
-        done = await ctx.exchange.cancel_order(venue, order.client_order_id)
-        if done.status is OrderStatus.CANCELLED:
-            cancelled.append(done.client_order_id)
-    return {"cancelled": cancelled, "count": len(cancelled)}
+    venue, scope, target = props["venue"], Scope(props["scope"]), props["target"]
+    cancelled: list[str] = []
+    for sweep in range(_SWEEPS):
+        failed = []
+        for order in await ctx.exchange.open_orders(venue, scope, target):
+            try:
+                done = await ctx.exchange.cancel_order(venue, order.client_order_id)
+            except Exception as exc:  # one order's failure must not leave the others resting
+                failed.append(f"{order.client_order_id}: {describe(exc)}")
+                continue
+            if done.status is OrderStatus.CANCELLED:
+                cancelled.append(done.client_order_id)
+        if not failed:
+            return {"cancelled": cancelled, "count": len(cancelled)}
+        ctx.log.warning("cancel_open_orders.retrying", block_id=block.id, failed=len(failed))
+        await asyncio.sleep(_SWEEP_PAUSE * 2**sweep)  # a pause between sweeps, not a sync
+    raise TradeflowError(
+        f"block {block.id!r}: {len(failed)} resting orders not cancelled after {_SWEEPS}"
+        f" sweeps ({len(cancelled)} were): {'; '.join(failed[:5])}"
+    )
 
 
 @node(
