@@ -276,10 +276,12 @@ class DurableJournal(NullJournal):
         node_id = node.block.id
         guard = None
         if effect not in _FREE:
-            if classify is not None and self.emergency.trading_state(self.ids) is _REDUCE_ONLY:
+            state = self.emergency.trading_state(self.ids)
+            if classify is not None and state is _REDUCE_ONLY:
                 effect = await classify()
             self.effects[node_id] = effect
-            self._allowed(effect)  # a refusal the local view already knows costs no write
+            if not state.allows(effect):
+                self._allowed(effect)  # a refusal the local view knows costs no write
             guard = ActionGuard(self.workflow_id, self.bot_id, self.strategy_id, effect)
         client_order_id = f"{self.execution_id}:{node_id}"
         self._checkpoint(node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id})
