@@ -68,7 +68,7 @@ async def build(settings: ServiceSettings) -> Service:
 
     leases = RedisStateStore(client, prefix=settings.redis_prefix)
     barrier = HaltBarrier(leases, timeout=settings.halt_ack_timeout)
-    relay = RedisAckRelay(client, prefix=settings.redis_prefix)
+    relay = RedisAckRelay(client, prefix=settings.redis_prefix, origin=new_id())
     # Every replica's barrier hears every acknowledgement, whichever replica received it.
     following = asyncio.create_task(relay.follow(barrier.acknowledge), name="emergency:acks")
     resources.push_async_callback(_cancelled, following)

@@ -79,6 +79,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         """Shares acknowledgements with the other replicas (``None``: this one is alone)."""
         self._heartbeat = heartbeat
         self._draining = asyncio.Event()
+        self._watched: tuple[int, pb.WatchStateResponse] | None = None
 
     async def drain(self) -> None:
         """End every ``WatchState`` stream cleanly (later ones end after their first snapshot)."""
@@ -119,6 +120,15 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             _log.error("emergency.barrier_failed", version=version, error=exc.message)
             return BarrierReport(version)
         return report
+
+    def _watch_response(self, snapshot: EmergencySnapshot) -> pb.WatchStateResponse:
+        """The ``WatchState`` message of ``snapshot``, built once per version for every
+        stream and heartbeat (a version names one state of the store)."""
+        cached = self._watched
+        if cached is None or cached[0] != snapshot.version:
+            cached = (snapshot.version, pb.WatchStateResponse(state=_state_message(snapshot)))
+            self._watched = cached
+        return cached[1]
 
     async def Resume(
         self, request: pb.ResumeRequest, context: grpc.aio.ServicerContext
@@ -219,7 +229,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         self, request: pb.WatchStateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchStateResponse]:
         snapshot = self._controller.snapshot()
-        yield pb.WatchStateResponse(state=_state_message(snapshot))
+        yield self._watch_response(snapshot)
         version = snapshot.version
         drained = asyncio.ensure_future(self._draining.wait())
         change: asyncio.Future[EmergencySnapshot] | None = None
@@ -244,7 +254,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                     if change is not None:
                         change.cancel()
                         change = None
-                yield pb.WatchStateResponse(state=_state_message(snapshot))
+                yield self._watch_response(snapshot)
         finally:
             drained.cancel()
             if change is not None:
@@ -252,4 +262,5 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
 
 def _state_message(snapshot: EmergencySnapshot) -> pb.EmergencyState:
+    """The state as sent (``GetState``; ``WatchState`` through its per-version cache)."""
     return wire.emergency_state_to_proto(snapshot.halt_list(), snapshot.version)

@@ -495,11 +495,12 @@ async def test_a_barrier_hears_acknowledgements_another_replica_received(
 ) -> None:
     """Two replicas' barriers on one Redis: an executor acknowledges to replica A only,
     and a halt served by replica B counts it (relayed on Redis) instead of fencing it; an
-    older acknowledgement relayed late does not undo a newer one; an executor nobody heard
-    from is fenced and its lease revoked."""
+    older acknowledgement relayed late does not undo a newer one; an unreadable message is
+    skipped; an executor nobody heard from is fenced and its lease revoked."""
     heard = await store.acquire_lease(OwnerInfo("exec-a", "executor", "host", 1), 60.0)
     silent = await store.acquire_lease(OwnerInfo("exec-b", "executor", "host", 2), 60.0)
-    relay_a, relay_b = RedisAckRelay(client, prefix=prefix), RedisAckRelay(client, prefix=prefix)
+    relay_a = RedisAckRelay(client, prefix=prefix, origin="replica-a")
+    relay_b = RedisAckRelay(client, prefix=prefix, origin="replica-b")
     barrier_a = HaltBarrier(store, timeout=DEADLINE_SECONDS)
     barrier_b = HaltBarrier(store, timeout=0.5)
     delivered: list[tuple[str, int]] = []
@@ -520,6 +521,7 @@ async def test_a_barrier_hears_acknowledgements_another_replica_received(
             return bool(subscribers == 2)
 
         await eventually(both_subscribed, "both replicas follow the acknowledgements")
+        await client.publish(channel, b"[not an acknowledgement")  # skipped, link kept
         action = InFlightAction("exec-a", "e1", "buy", "e1:buy")
         for version, in_flight in ((7, (action,)), (2, ())):  # the older one relayed late
             barrier_a.acknowledge(heard.fence, version, in_flight)  # what A's servicer does

@@ -337,24 +337,26 @@ class RedisAckRelay:
 
     An executor sends its acknowledgements to the one replica its channel reaches, while
     a halt may be served by another: each replica publishes the acknowledgements it
-    receives on ``<prefix>:emergency:acks`` and :meth:`follow` delivers everyone's
-    (its own included: acknowledging twice changes nothing) to its barrier. A message
+    receives on ``<prefix>:emergency:acks`` and :meth:`follow` delivers the others' to
+    its barrier (``origin`` tells its own apart: its servicer delivered those). A message
     lost while a replica resubscribes costs at most that executor's fencing by that
     replica's next halt, the safe side.
     """
 
-    __slots__ = ("_channel", "_client")
+    __slots__ = ("_channel", "_client", "_origin")
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str = "tradeflow") -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str = "tradeflow", origin: str) -> None:
         self._client = client
         self._channel = f"{prefix}:emergency:acks"
+        self._origin = origin
+        """This replica's id: what it published it has delivered already."""
 
     async def publish(
         self, fence: Fence, version: int, in_flight: Sequence[InFlightAction]
     ) -> None:
         """Tell every replica (``UnavailableError`` if Redis cannot be reached)."""
         message = to_json_bytes(
-            [fence.owner, fence.epoch, version, [astuple(a) for a in in_flight]]
+            [self._origin, fence.owner, fence.epoch, version, [astuple(a) for a in in_flight]]
         )
         try:
             await self._client.publish(self._channel, message)
@@ -362,24 +364,34 @@ class RedisAckRelay:
             raise UnavailableError(f"redis ack relay: {describe(exc)}") from exc
 
     async def follow(self, deliver: Callable[[Fence, int, Sequence[InFlightAction]], None]) -> None:
-        """Deliver every published acknowledgement until cancelled; a broken link is
-        re-opened after a pause."""
+        """Deliver every acknowledgement another replica published, until cancelled; a
+        broken link is re-opened after a pause, an unreadable message skipped."""
         while True:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
                     async for message in pubsub.listen():
-                        owner, epoch, version, in_flight = from_json(message["data"])
-                        deliver(
-                            Fence(owner, epoch),
-                            version,
-                            tuple(InFlightAction(*action) for action in in_flight),
-                        )
+                        self._deliver(message["data"], deliver)
             except RedisError as exc:
                 _log.warning("emergency.ack_relay_lost", error=describe(exc))
                 await asyncio.sleep(_RECONNECT_BACKOFF[0])
-            except (ValueError, TypeError) as exc:
-                _log.warning("emergency.ack_relay_unreadable", error=describe(exc))
+
+    def _deliver(
+        self, data: bytes, deliver: Callable[[Fence, int, Sequence[InFlightAction]], None]
+    ) -> None:
+        try:
+            origin, owner, epoch, version, in_flight = from_json(data)
+            if origin == self._origin:
+                return
+            acknowledged = (
+                Fence(owner, epoch),
+                version,
+                tuple(InFlightAction(*action) for action in in_flight),
+            )
+        except (ValueError, TypeError) as exc:
+            _log.warning("emergency.ack_relay_unreadable", error=describe(exc))
+            return
+        deliver(*acknowledged)
 
 
 class RedisRequestLog:
