@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from typing import Final
 
 import grpc
@@ -79,7 +80,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         """Shares acknowledgements with the other replicas (``None``: this one is alone)."""
         self._heartbeat = heartbeat
         self._draining = asyncio.Event()
-        self._watched: tuple[int, pb.WatchStateResponse] | None = None
+        self._watched: tuple[EmergencySnapshot, pb.WatchStateResponse] | None = None
 
     async def drain(self) -> None:
         """End every ``WatchState`` stream cleanly (later ones end after their first snapshot)."""
@@ -110,23 +111,28 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
     async def _confirm(self, halt: HaltState) -> BarrierReport:
         """Wait for the live executors to enforce ``halt`` (the version it made, or a later
-        one) and audit how they did; a barrier that cannot run (the leases unreadable) is
-        logged and reported empty: the store's own check still refuses every intent."""
-        version = self._controller.snapshot().version
+        one) and audit how they did. A barrier that cannot run (the leases unreadable) is
+        logged and reported empty, and an audit that cannot be written is logged: the
+        store's own check still refuses every intent, and the halt stands."""
         try:
+            version = self._controller.snapshot().version
             report = await self._barrier.wait(version)
+        except TradeflowError as exc:
+            _log.error("emergency.barrier_failed", error=exc.message)
+            return BarrierReport(0)
+        try:
             await self._controller.audit_barrier(halt, report)
         except TradeflowError as exc:
-            _log.error("emergency.barrier_failed", version=version, error=exc.message)
-            return BarrierReport(version)
+            _log.error("emergency.barrier_not_audited", report=asdict(report), error=exc.message)
         return report
 
     def _watch_response(self, snapshot: EmergencySnapshot) -> pb.WatchStateResponse:
-        """The ``WatchState`` message of ``snapshot``, built once per version for every
-        stream and heartbeat (a version names one state of the store)."""
+        """The ``WatchState`` message of ``snapshot``, built once per state for every
+        stream and heartbeat."""
         cached = self._watched
-        if cached is None or cached[0] != snapshot.version:
-            cached = (snapshot.version, pb.WatchStateResponse(state=_state_message(snapshot)))
+        # The halts compared too: a Redis that lost its last writes may reuse a version.
+        if cached is None or not _same(cached[0], snapshot):
+            cached = (snapshot, pb.WatchStateResponse(state=_state_message(snapshot)))
             self._watched = cached
         return cached[1]
 
@@ -259,6 +265,12 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             drained.cancel()
             if change is not None:
                 change.cancel()
+
+
+def _same(known: EmergencySnapshot, snapshot: EmergencySnapshot) -> bool:
+    return known is snapshot or (
+        known.version == snapshot.version and known.halts == snapshot.halts
+    )
 
 
 def _state_message(snapshot: EmergencySnapshot) -> pb.EmergencyState:

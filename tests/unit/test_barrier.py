@@ -375,3 +375,17 @@ async def test_a_new_lease_acknowledges_the_same_version_again(
     fence[0] = Fence("exec-a", 4)
     stub.watch.send(7)
     assert await stub.next_ack() == ("exec-a", 4, 7, 0)
+
+
+@pytest.mark.asyncio
+async def test_an_acknowledgement_of_another_epoch_never_masks_the_current_one() -> None:
+    """Only a newer acknowledgement of the same lease wins over an older one: an
+    acknowledgement claiming a huge epoch (forged, or of a lease long gone) is replaced by
+    the owner's next real one, which the barrier then counts."""
+    fence = Fence("exec-a", 3)
+    barrier = HaltBarrier(FakeLeases(fence), timeout=LONG)
+    barrier.acknowledge(Fence("exec-a", 10**9), 10**9, ())
+    barrier.acknowledge(fence, 5, (ORDER_A,))
+    barrier.acknowledge(fence, 4, ())  # relayed late: older, same lease
+    report = await bounded_wait(barrier, 5)
+    assert (report.acknowledged, report.in_flight, report.fenced) == (("exec-a",), (ORDER_A,), ())

@@ -671,3 +671,19 @@ def test_size_is_checked_in_utf8_bytes() -> None:
     assert wire.bytes_at_most("definition_json", "é" * 5, 10) == "é" * 5
     with pytest.raises(InvalidRequest, match="12 bytes"):
         wire.bytes_at_most("definition_json", "é" * 6, 11)
+
+
+def test_an_acknowledgement_carries_client_order_ids_of_the_longest_ids() -> None:
+    """A client order id is an execution id, ':' and a block id: up to 257 id characters
+    pass (an executor running such an action can still acknowledge), one more is refused
+    naming the field."""
+    longest = f"{'e' * 128}:{'b' * 128}"
+    _, _, in_flight = wire.acknowledgement_from_proto(
+        _acknowledgement(in_flight=[_action(client_order_id=longest)])
+    )
+    assert in_flight[0].client_order_id == longest
+    with pytest.raises(InvalidRequest) as caught:
+        wire.acknowledgement_from_proto(
+            _acknowledgement(in_flight=[_action(client_order_id=longest + "x")])
+        )
+    assert caught.value.field.endswith("client_order_id")

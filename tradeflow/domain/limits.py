@@ -24,6 +24,7 @@ __all__ = [
     "ACTOR_MAX_LENGTH",
     "AUDITED_ITEMS_MAX",
     "CANCELLED_REPORT_MAX",
+    "CLIENT_ORDER_ID_MAX_LENGTH",
     "CURSOR_MAX",
     "DEFINITION_MAX_BYTES",
     "ERROR_DETAILS_MAX_BYTES",
@@ -43,6 +44,7 @@ __all__ = [
     "TIMESTAMP_MAX",
     "TIMESTAMP_MIN",
     "TRACKED_OWNERS_MAX",
+    "check_client_order_id",
     "check_cursor",
     "check_id",
     "check_text",
@@ -60,6 +62,13 @@ ID_PATTERN: Final = re.compile(f"[{ID_CHARACTERS}]{{1,{ID_MAX_LENGTH}}}")
 is a subject token as it is, and safe in a log line and a terminal (no dot, no space,
 no control character)."""
 ID_EXPECTED: Final = "an id of 1 to 128 characters from A-Z a-z 0-9 _ - : ~ @ + ="
+CLIENT_ORDER_ID_MAX_LENGTH: Final = 2 * ID_MAX_LENGTH + 1
+"""An execution id, ``:`` and a block id (``ExecutionContext.client_order_id``)."""
+CLIENT_ORDER_ID_PATTERN: Final = re.compile(f"[{ID_CHARACTERS}]{{1,{CLIENT_ORDER_ID_MAX_LENGTH}}}")
+CLIENT_ORDER_ID_EXPECTED: Final = (
+    f"a client order id of 1 to {CLIENT_ORDER_ID_MAX_LENGTH} characters from"
+    " A-Z a-z 0-9 _ - : ~ @ + ="
+)
 TEXT_MAX_LENGTH: Final = 1024
 """Characters in a free text: a halt reason, a message, a description (1024)."""
 ACTOR_MAX_LENGTH: Final = 128
@@ -150,6 +159,15 @@ def check_id(field: str, value: object, *, optional: bool = False) -> str | None
     if value is None and optional:
         return None
     raise _invalid(field, ID_EXPECTED + (" (or none)" if optional else ""), value)
+
+
+def check_client_order_id(field: str, value: object) -> str:
+    """``value`` if it is a client order id as executions make them (an execution id, ``:``,
+    a block id: at most :data:`CLIENT_ORDER_ID_MAX_LENGTH` id characters); else
+    ``InvalidRequest`` naming ``field``."""
+    if isinstance(value, str) and CLIENT_ORDER_ID_PATTERN.fullmatch(value):
+        return value
+    raise _invalid(field, CLIENT_ORDER_ID_EXPECTED, value)
 
 
 def check_text(field: str, value: object, *, max_length: int = TEXT_MAX_LENGTH) -> str:

@@ -60,8 +60,8 @@ class HaltBarrier:
         owner, epoch = fence
         acks = self._acks
         known = acks.get(owner)
-        if known is not None and (known.epoch, known.version) > (epoch, version):
-            return  # relayed late, after a newer one: it tells nothing new
+        if known is not None and known.epoch == epoch and known.version > version:
+            return  # relayed late, after a newer one of the same lease: nothing new
         acks.pop(owner, None)  # re-inserted last: the oldest is what the bound drops
         acks[owner] = _Ack(epoch, version, tuple(in_flight))
         while len(acks) > TRACKED_OWNERS_MAX:

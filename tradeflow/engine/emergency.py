@@ -52,7 +52,7 @@ from tradeflow.domain.limits import (
     ACTOR_MAX_LENGTH,
     AUDITED_ITEMS_MAX,
     CANCELLED_REPORT_MAX,
-    ID_MAX_LENGTH,
+    check_client_order_id,
     check_id,
     check_text,
 )
@@ -280,7 +280,7 @@ class EmergencyController:
                 "cancelled", f"at most {CANCELLED_REPORT_MAX} client order ids", len(cancelled)
             )
         for client_order_id in cancelled:
-            check_text("cancelled", client_order_id, max_length=ID_MAX_LENGTH * 2 + 1)
+            check_client_order_id("cancelled", client_order_id)
         reason = f"{len(cancelled)} resting orders cancelled by {execution_id} ({ended.value})"
         details = {
             "execution_id": execution_id,

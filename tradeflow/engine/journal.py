@@ -13,6 +13,7 @@ workflow size limit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 
@@ -143,6 +144,7 @@ class DurableJournal(NullJournal):
         "events",
         "execution_id",
         "fence",
+        "flushing",
         "ids",
         "log",
         "node_seconds",
@@ -187,6 +189,7 @@ class DurableJournal(NullJournal):
         """What each action begun so far does to exposure, as its intent recorded it."""
         self.acting: set[str] = set()
         """Actions whose intent committed and whose outcome is not yet recorded."""
+        self.flushing = asyncio.Lock()
         self.sequence = last_sequence
         self.events: list[Event] = []
         self.checkpoints: list[Checkpoint] = []
@@ -236,10 +239,26 @@ class DurableJournal(NullJournal):
         now: float,
         outputs: dict[str, Any] | None = None,
         error: str | None = None,
-    ) -> None:
-        self.checkpoints.append(Checkpoint(self.execution_id, node_id, state, now, outputs, error))
+    ) -> Checkpoint:
+        checkpoint = Checkpoint(self.execution_id, node_id, state, now, outputs, error)
+        self.checkpoints.append(checkpoint)
+        return checkpoint
 
-    async def flush(self, guard: ActionGuard | None = None) -> None:
+    async def flush(
+        self, guard: ActionGuard | None = None, intent: Checkpoint | None = None
+    ) -> None:
+        """Write what is buffered as one batch; with ``guard``, the batch carries the
+        action's ``intent`` and the store may refuse it (``EmergencyHalted``: then the
+        rest goes with the next batch)."""
+        if not self.events and not self.checkpoints and self.record is None:
+            return
+        # One batch of an execution at a time, in order: a store keeps an execution's
+        # events once by sequence, so a batch written after a later one (a refused intent's
+        # events written again, or two writes reordered on the wire) would lose its events.
+        async with self.flushing:
+            await self._flush(guard, intent)
+
+    async def _flush(self, guard: ActionGuard | None, intent: Checkpoint | None) -> None:
         if not self.events and not self.checkpoints and self.record is None:
             return
         batch = StateBatch(
@@ -258,7 +277,7 @@ class DurableJournal(NullJournal):
             # goes with the next one (before what was buffered since, to keep the order).
             self.record = batch.execution if self.record is None else self.record
             self.events[:0] = batch.events
-            self.checkpoints[:0] = batch.checkpoints[:-1]
+            self.checkpoints[:0] = [c for c in batch.checkpoints if c is not intent]
             raise
 
     async def begin(self) -> None:
@@ -284,9 +303,11 @@ class DurableJournal(NullJournal):
                 self._allowed(effect)  # a refusal the local view knows costs no write
             guard = ActionGuard(self.workflow_id, self.bot_id, self.strategy_id, effect)
         client_order_id = f"{self.execution_id}:{node_id}"
-        self._checkpoint(node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id})
+        intent = self._checkpoint(
+            node_id, _INTENT, self.clock.time(), {"client_order_id": client_order_id}
+        )
         try:
-            await self.flush(guard)
+            await self.flush(guard, intent)
         except EmergencyHalted:
             self.durability.metrics.actions_refused.inc()
             raise

@@ -55,7 +55,13 @@ from tradeflow.domain.emergency import (
     checked_number,
     checked_scope_change,
 )
-from tradeflow.domain.errors import RiskLimitExceeded, TradeflowError, UnavailableError, describe
+from tradeflow.domain.errors import (
+    InvalidRequest,
+    RiskLimitExceeded,
+    TradeflowError,
+    UnavailableError,
+    describe,
+)
 from tradeflow.domain.limits import IN_FLIGHT_MAX
 from tradeflow.domain.ownership import Fence
 from tradeflow.domain.records import (
@@ -84,7 +90,8 @@ AcknowledgementSource = Callable[[], tuple[Fence, tuple[InFlightAction, ...]] | 
 (:meth:`tradeflow.engine.ownership.LeaseKeeper.acknowledgement`)."""
 
 _ACK_RETRY_SECONDS: Final = 0.05
-"""Pause before sending a failed acknowledgement again."""
+"""Pause before sending a failed acknowledgement again (doubling up to the next)."""
+_ACK_RETRY_MAX_SECONDS: Final = 1.0
 _SERVICE: Final = "emergency"
 
 _log = structlog.get_logger(__name__)
@@ -474,20 +481,27 @@ class RemoteEmergencyControl:
         raise UnavailableError(lost)
 
     async def _acknowledge(self, source: AcknowledgementSource) -> None:
-        """Send the acknowledgements :meth:`acknowledge_with` asked for, one at a time."""
+        """Send the acknowledgements :meth:`acknowledge_with` asked for, one at a time; a
+        failed one again soon (a barrier is waiting for it), backing off while the service
+        stays unreachable; one the service refused as malformed only with the next state."""
+        pause = _ACK_RETRY_SECONDS
         while True:
             await self._ack_wake.wait()
             self._ack_wake.clear()
             try:
                 await self._acknowledge_once(source)
+            except InvalidRequest as exc:
+                _log.error("emergency.acknowledge_refused", error=describe(exc))
             except Exception as exc:
                 if isinstance(exc, TradeflowError):
                     _log.warning("emergency.acknowledge_failed", error=describe(exc))
                 else:
                     _log.exception("emergency.acknowledge_failed")
-                # Again soon, not at the next snapshot: a barrier is waiting for it.
-                await asyncio.sleep(_ACK_RETRY_SECONDS)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _ACK_RETRY_MAX_SECONDS)
                 self._ack_wake.set()
+            else:
+                pause = _ACK_RETRY_SECONDS
 
     async def _acknowledge_once(self, source: AcknowledgementSource) -> None:
         """Acknowledge the view's version under the current lease, unless done on this link."""

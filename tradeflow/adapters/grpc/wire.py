@@ -32,6 +32,7 @@ from tradeflow.domain.limits import (
     IN_FLIGHT_MAX,
     PAGE_MAX_BYTES,
     PAGE_TOKEN_MAX_LENGTH,
+    check_client_order_id,
     check_cursor,
     check_id,
     check_timestamp,
@@ -510,7 +511,7 @@ def in_flight_action_from_proto(msg: emergency_service_pb2.InFlightAction) -> In
     """Inverse of :func:`in_flight_action_to_proto`: every field an id, but
     ``client_order_id``, which may be ``""`` (an action placing no order of its own)."""
     if msg.client_order_id:
-        check_id("client_order_id", msg.client_order_id)
+        check_client_order_id("client_order_id", msg.client_order_id)
     return InFlightAction(
         owner=check_id("owner", msg.owner),
         execution_id=check_id("execution_id", msg.execution_id),

@@ -81,6 +81,8 @@ _RUNNING: Final = b"running"
 _ANSWER: Final = b"="
 """Prefix of a stored answer (a serialized answer may be empty, so it needs one)."""
 _CLAIM_SECONDS: Final = 60.0
+_RELAY_IDLE_SECONDS: Final = 1.0
+"""How long the acknowledgement relay waits for a message before it pings its link."""
 """How long a claimed id stays blocked if its service dies before answering."""
 
 # KEYS: 1 halts, 2 halt_since, 3 limits, 4 version, 5 audit, 6 audit_id.
@@ -370,9 +372,16 @@ class RedisAckRelay:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self._channel)
-                    async for message in pubsub.listen():
-                        self._deliver(message["data"], deliver)
-            except RedisError as exc:
+                    while True:
+                        message = await pubsub.get_message(timeout=_RELAY_IDLE_SECONDS)
+                        if message is not None:
+                            self._deliver(message["data"], deliver)
+                            continue
+                        # Quiet for a while: a link that died without a reset (the server
+                        # moved) would stay quiet forever; a ping finds out.
+                        async with asyncio.timeout(_RELAY_IDLE_SECONDS):
+                            await pubsub.ping()
+            except (RedisError, TimeoutError) as exc:
                 _log.warning("emergency.ack_relay_lost", error=describe(exc))
                 await asyncio.sleep(_RECONNECT_BACKOFF[0])
 
@@ -391,7 +400,10 @@ class RedisAckRelay:
         except (ValueError, TypeError) as exc:
             _log.warning("emergency.ack_relay_unreadable", error=describe(exc))
             return
-        deliver(*acknowledged)
+        try:
+            deliver(*acknowledged)
+        except Exception:  # the relay must outlive whatever one message does
+            _log.exception("emergency.ack_relay_delivery_failed")
 
 
 class RedisRequestLog:

@@ -217,8 +217,9 @@ async def cancel_open_orders(
                 cancelled.append(done.client_order_id)
         if not failed:
             return {"cancelled": cancelled, "count": len(cancelled)}
-        ctx.log.warning("cancel_open_orders.retrying", block_id=block.id, failed=len(failed))
-        await asyncio.sleep(_SWEEP_PAUSE * 2**sweep)  # a pause between sweeps, not a sync
+        if sweep + 1 < _SWEEPS:
+            ctx.log.warning("cancel_open_orders.retrying", block_id=block.id, failed=len(failed))
+            await asyncio.sleep(_SWEEP_PAUSE * 2**sweep)  # a pause between sweeps, not a sync
     raise TradeflowError(
         f"block {block.id!r}: {len(failed)} resting orders not cancelled after {_SWEEPS}"
         f" sweeps ({len(cancelled)} were): {'; '.join(failed[:5])}"
