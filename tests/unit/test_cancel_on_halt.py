@@ -345,3 +345,47 @@ async def test_a_cancel_that_fails_does_not_leave_the_others_resting(
     assert report.status is ExecutionStatus.COMPLETED
     assert sorted(report.cancelled) == sorted(orders)
     assert await statuses(infra, orders) == [OrderStatus.CANCELLED] * 3
+
+
+@pytest.mark.asyncio
+async def test_a_job_failed_by_a_venue_outage_is_started_again_until_it_completes(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The venue refuses every cancel for longer than one job's sweeps: the job ends
+    failed, the replica starts it again while the halt holds, and once the venue is back
+    the same execution completes with the order cancelled (and is audited so)."""
+    settings = replace(Settings.from_env("test"), takeover_interval=0.02)
+    assert settings.sqlite_path == str(db_path)
+    async with await Infrastructure.create("test", settings=settings) as infra:
+        resting = await bid(infra, "b1")
+        exchange = type(infra.exchange)
+        real_cancel = exchange.cancel_order
+        outage = {"calls": 0}
+
+        async def down_then_up(self: Any, venue: str, client_order_id: str) -> Order:
+            outage["calls"] += 1
+            if outage["calls"] <= 6:  # more than one job's four sweeps
+                raise ConnectionError("venue down")
+            return await real_cancel(self, venue, client_order_id)
+
+        monkeypatch.setattr(exchange, "cancel_order", down_then_up)
+        manager = ExecutionManager(infra)
+        manager.start_takeover(settings.takeover_interval)
+        try:
+            halt = await infra.emergency.halt(
+                Scope.BOT, "b1", reason="outage", actor="ops", cancel_orders=True
+            )
+
+            async def completed() -> bool:
+                record = await infra.state.find_by_request_id(job_request_id(halt))
+                return record is not None and record.status is ExecutionStatus.COMPLETED
+
+            await eventually(completed, "the restarted job completed")
+            assert await statuses(infra, [resting]) == [OrderStatus.CANCELLED]
+            assert await jobs(infra) == [ExecutionStatus.COMPLETED]
+            audited = [
+                a for a in await infra.emergency.audit_entries() if a.action == "cancel_on_halt"
+            ]
+            assert [a.details["status"] for a in audited] == ["completed", "failed"]
+        finally:
+            await manager.drain(DEADLINE_SECONDS)

@@ -128,8 +128,8 @@ class ExecutionManager:
         self._takeover: asyncio.Task[None] | None = None
         self._halt_watch: asyncio.Task[None] | None = None
         self._cancel_jobs: set[str] = set()
-        """Request ids of the cancel-on-halt jobs this replica submitted, of the halts
-        still in force (so each is submitted once here, not at every look)."""
+        """Request ids of the cancel-on-halt jobs seen completed, of the halts
+        still in force (not looked up again)."""
         self._interval = 0.5
         self._unrunnable: OrderedDict[str, None] = OrderedDict()
         self._waits: dict[str, asyncio.Task[ExecutionView]] = {}
@@ -354,10 +354,11 @@ class ExecutionManager:
             await asyncio.sleep(interval)
 
     async def _cancel_on_halts(self) -> None:
-        """Submit the cancel-on-halt job of each halt in force that asks for one and whose
-        job this replica has not submitted yet; a failed submission is retried at the next
-        look (another replica's, or this one's, may have won meanwhile: then the submission
-        finds that execution)."""
+        """See that each halt in force that asks for it has its cancel-on-halt job
+        completed: submit it (a failed submission is tried again at the next look; another
+        replica's may have won meanwhile, and then the submission finds that execution),
+        and start a job that ended ``failed`` again (its venue was down longer than its
+        sweeps), until it completes or the halt is lifted."""
         try:
             halts = await self.infra.emergency.halts()
         except TradeflowError as exc:
@@ -368,23 +369,29 @@ class ExecutionManager:
         for request_id, halt in asking.items():
             if request_id in self._cancel_jobs:
                 continue
-            job = cancel_job(halt)
             try:
-                execution_id = await self.submit(
-                    Submission(job.definition, JOB_WORKFLOW_ID, request_id=request_id)
-                )
+                record = await self.infra.state.find_by_request_id(request_id)
+                if record is None:
+                    job = cancel_job(halt)
+                    execution_id = await self.submit(
+                        Submission(job.definition, JOB_WORKFLOW_ID, request_id=request_id)
+                    )
+                    _log.info(
+                        "cancel_on_halt.submitted",
+                        execution_id=execution_id,
+                        scope=halt.scope.value,
+                        target=halt.target,
+                    )
+                elif record.status is ExecutionStatus.COMPLETED:
+                    self._cancel_jobs.add(request_id)
+                elif record.status is ExecutionStatus.FAILED and self._adopt(
+                    record, takeover=False
+                ):
+                    _log.warning("cancel_on_halt.restarted", execution_id=record.execution_id)
             except Exception as exc:  # whatever it was, the next look tries again
                 _log.warning(
                     "cancel_on_halt.not_submitted", request_id=request_id, error=describe(exc)
                 )
-                continue
-            self._cancel_jobs.add(request_id)
-            _log.info(
-                "cancel_on_halt.submitted",
-                execution_id=execution_id,
-                scope=halt.scope.value,
-                target=halt.target,
-            )
 
     async def _audit_cancel_job(
         self, executor: EnhancedWorkflowExecutor, result: ExecutionResult
@@ -404,8 +411,9 @@ class ExecutionManager:
                 run = job.executor.resume_run(execution_id, takeover=True)
                 self._track(job, run, takeover=True, tries=tries)
 
-    def _adopt(self, record: ExecutionRecord) -> bool:
-        """Resume an orphan here, unless it runs here already or uses unknown node types;
+    def _adopt(self, record: ExecutionRecord, *, takeover: bool = True) -> bool:
+        """Resume an orphan here (or, not as a ``takeover``, an execution that ended
+        without completing), unless it runs here already or uses unknown node types;
         whether it was taken."""
         execution_id = record.execution_id
         if self._draining or execution_id in self._running or execution_id in self._unrunnable:
@@ -429,8 +437,8 @@ class ExecutionManager:
         )
         self._stranded.pop(execution_id, None)
         _log.info("takeover.claiming", execution_id=execution_id, previous_owner=record.owner)
-        run = executor.resume_run(execution_id, takeover=True)
-        self._track(_Job(executor, execution_id, record.request_id), run, takeover=True)
+        run = executor.resume_run(execution_id, takeover=takeover)
+        self._track(_Job(executor, execution_id, record.request_id), run, takeover=takeover)
         return True
 
     def _finished(
