@@ -48,7 +48,7 @@ from tradeflow.domain.emergency import (
     EmergencySnapshot,
 )
 from tradeflow.domain.errors import TradeflowError
-from tradeflow.domain.records import HaltState
+from tradeflow.domain.records import HaltState, Scope
 from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
@@ -166,6 +166,12 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             verdict = await self._controller.check(
                 request.limit_type, request.value, threshold, auto_halt, ids
             )
+            if verdict.breached and verdict.halts:
+                # The breach halted trading globally: a change that restricts trading,
+                # confirmed by every live executor like an operator's halt.
+                halt = self._controller.snapshot().halts.get((Scope.GLOBAL, None))
+                if halt is not None:
+                    await asyncio.shield(self._confirm(halt))
             return wire.limit_verdict_to_proto(verdict)
 
         return await self._requests.once(

@@ -141,7 +141,8 @@ async def test_own_halt_is_in_the_local_view_when_the_call_returns(
 async def test_risk_breach_is_a_result_that_halts_everyone(
     make_emergency_client: ClientFactory,
 ) -> None:
-    """A breach raises RiskLimitExceeded and, with auto_halt, halts globally in every view."""
+    """A breach raises RiskLimitExceeded and, with auto_halt, halts globally in every view,
+    through the halt barrier as any halt."""
     risk, executor = await make_emergency_client(), await make_emergency_client()
     limit = await risk.set_risk_limit("daily_loss", -500.0, actor="risk-desk")
     assert limit.direction is LimitDirection.BELOW
@@ -165,6 +166,13 @@ async def test_risk_breach_is_a_result_that_halts_everyone(
     halt = executor.active_halt(OTHER_BOT)
     assert halt is not None
     assert (halt.scope, halt.actor) == (Scope.GLOBAL, "risk:daily_loss")
+    # Like an operator's halt, the breach's waited for the live executors (its report).
+    actions = [(a.action, a.actor) for a in await risk.audit_entries(limit=3)]
+    assert actions == [
+        ("halt_barrier", "risk:daily_loss"),
+        ("halt", "risk:daily_loss"),
+        ("risk_breach", "risk:daily_loss"),
+    ]
 
 
 @pytest.mark.asyncio
@@ -231,6 +239,7 @@ async def test_a_repeated_request_id_acts_and_audits_once(
         "halt",
         "halt",
         "halt_barrier",
+        "halt_barrier",  # the breach's global halt has its barrier too
         "risk_breach",
     ]
 
