@@ -158,8 +158,13 @@ class Replica:
         return sent
 
     async def restart(self) -> None:
-        """Start the process again (same ports, same settings) and wait until it serves."""
+        """Start the process again (same ports, same settings) and wait until it serves;
+        calls go on a new channel (the old one may sit in its reconnect back-off, failing
+        every call fast with the last "connection refused" until the back-off ends)."""
         await asyncio.to_thread(self.service.start)
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
 
     def log(self) -> str:
         return (self.process.workdir / f"{self.process.name}.log").read_text(errors="replace")
