@@ -108,3 +108,15 @@ def _buy_then_sell(quantity: float, gate: dict[str, Any] | None = None) -> dict[
             ),
         ]
     }
+
+
+def resting_bid() -> dict[str, Any]:
+    """One limit buy far below the market: it rests."""
+    properties = {
+        "symbol": "BTC/USDT",
+        "side": "buy",
+        "quantity": 0.001,
+        "order_type": "limit",
+        "limit_price": 1.0,
+    }
+    return {"blocks": [block("bid", "actions", "place_order", properties)]}

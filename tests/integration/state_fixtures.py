@@ -6,11 +6,13 @@ they need the ``redis_server`` session fixture from ``conftest.py``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import redis.asyncio as aioredis
 from servers import ServerProcess, Service, start_service
 
 from tradeflow.adapters.grpc.state_client import StateClient
@@ -18,6 +20,8 @@ from tradeflow.proto.state.v1 import state_service_pb2
 
 __all__ = [
     "STATE_SERVICE_NAME",
+    "client",
+    "prefix",
     "start_state_service",
     "state_client",
     "state_service",
@@ -47,3 +51,23 @@ async def state_client(state_service: Service) -> AsyncIterator[StateClient]:
     client = StateClient(state_service.address)
     yield client
     await client.close()
+
+
+@pytest_asyncio.fixture
+async def client(redis_server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
+    """A bytes client on the session's redis-server."""
+    connection = aioredis.from_url(redis_server.url)
+    yield connection
+    await connection.aclose()
+
+
+@pytest_asyncio.fixture
+async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """This test's own key prefix; its state and emergency keys are deleted afterwards."""
+    # Only word characters: SCAN MATCH would read [] in parametrized names as a pattern.
+    name = "test:" + re.sub(r"\W", "_", request.node.name)
+    yield name
+    for pattern in (f"{name}:*", f"{{{name}:emergency}}*"):
+        keys = [key async for key in client.scan_iter(match=pattern)]
+        if keys:
+            await client.delete(*keys)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 import redis.asyncio as aioredis
 from kit import DEADLINE_SECONDS, checkpoint, event, execution
 from servers import ServerProcess
@@ -33,25 +30,6 @@ from tradeflow.domain.records import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest_asyncio.fixture
-async def client(redis_server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
-    """A bytes client on the session's redis-server."""
-    connection = aioredis.from_url(redis_server.url)
-    yield connection
-    await connection.aclose()
-
-
-@pytest_asyncio.fixture
-async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """This test's own key prefix, deleted afterwards."""
-    # Only word characters: SCAN MATCH would read [] in parametrized names as a pattern.
-    name = "test:" + re.sub(r"\W", "_", request.node.name)
-    yield name
-    keys = [key async for key in client.scan_iter(match=f"{name}:*")]
-    if keys:
-        await client.delete(*keys)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any, Final, cast
@@ -66,26 +65,6 @@ RESTRICTED: Final = (TradingState.REDUCE_ONLY, TradingState.CANCEL_ONLY, Trading
 LEASE_SECONDS: Final = 30.0
 CROWD_TRIALS: Final = 100
 CROWD_WRITERS: Final = 8
-
-
-@pytest_asyncio.fixture
-async def client(redis_server: ServerProcess) -> AsyncIterator[aioredis.Redis]:
-    """A bytes client on the session's redis-server."""
-    connection = aioredis.from_url(redis_server.url)
-    yield connection
-    await connection.aclose()
-
-
-@pytest_asyncio.fixture
-async def prefix(client: aioredis.Redis, request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    """This test's own key prefix; its state and emergency keys are deleted afterwards."""
-    # Only word characters: SCAN MATCH would read [] in parametrized names as a pattern.
-    name = "test:" + re.sub(r"\W", "_", request.node.name)
-    yield name
-    for pattern in (f"{name}:*", f"{{{name}:emergency}}*"):
-        keys = [key async for key in client.scan_iter(match=pattern)]
-        if keys:
-            await client.delete(*keys)
 
 
 @pytest.fixture

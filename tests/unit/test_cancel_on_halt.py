@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from kit import DEADLINE_SECONDS, START, eventually
-from workflows import block
+from workflows import block, resting_bid
 
 from tradeflow.adapters.memory.paper import MemoryPaperLedger, PaperLedger
 from tradeflow.adapters.sqlite.database import open_database
@@ -200,18 +200,6 @@ def test_cancel_open_orders_needs_a_target_that_fits_its_scope(
 
 
 # --- the job, embedded -----------------------------------------------------------------
-
-
-def resting_bid() -> dict[str, Any]:
-    """One limit buy far below the market: it rests."""
-    properties = {
-        "symbol": "BTC/USDT",
-        "side": "buy",
-        "quantity": 0.001,
-        "order_type": "limit",
-        "limit_price": 1.0,
-    }
-    return {"blocks": [block("bid", "actions", "place_order", properties)]}
 
 
 async def bid(infra: Infrastructure, bot: str) -> str:

@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_cancel_on_halt import resting_bid
-from workflows import block, trading_workflow
+from workflows import block, resting_bid, trading_workflow
 
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 import stamina
 import structlog
-from workflows import block, trading_workflow, two_orders_workflow
+from workflows import block, resting_bid, trading_workflow, two_orders_workflow
 
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
@@ -252,23 +252,7 @@ async def test_a_halt_lets_cancels_and_logs_through_and_refuses_orders(
 ) -> None:
     """While halted, the way out stays open: a cancel of a resting order and a log run, an
     order is refused, and the run ends halted (the seed's EmergencyHalted is raised)."""
-    resting = {
-        "blocks": [
-            block(
-                "bid",
-                "actions",
-                "place_order",
-                {
-                    "symbol": "BTC/USDT",
-                    "side": "buy",
-                    "quantity": 0.001,
-                    "order_type": "limit",
-                    "limit_price": 1.0,
-                },
-            )
-        ]
-    }
-    placed = await EnhancedWorkflowExecutor(resting, infra, "rest").execute()
+    placed = await EnhancedWorkflowExecutor(resting_bid(), infra, "rest").execute()
     client_order_id = placed["results"]["bid"]["client_order_id"]
     assert placed["results"]["bid"]["status"] == "open"
     await infra.emergency.halt(Scope.GLOBAL, reason="unwind")

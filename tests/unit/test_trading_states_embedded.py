@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from kit import ManualClock
-from workflows import block
+from workflows import block, resting_bid
 
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, UnavailableError
@@ -42,25 +42,6 @@ def order(side: str, quantity: float, *, block_id: str = "order") -> dict[str, A
                 {"symbol": "BTC/USDT", "side": side, "quantity": quantity},
             ),
             block("note", "actions", "log", {"message": "done"}, {"after": f"{block_id}.status"}),
-        ]
-    }
-
-
-def resting_bid() -> dict[str, Any]:
-    return {
-        "blocks": [
-            block(
-                "bid",
-                "actions",
-                "place_order",
-                {
-                    "symbol": "BTC/USDT",
-                    "side": "buy",
-                    "quantity": 0.001,
-                    "order_type": "limit",
-                    "limit_price": 1.0,
-                },
-            )
         ]
     }
 

@@ -67,12 +67,16 @@ async def _place_order_effect(
     """What the order would do to the venue's position (an order the node will reject
     anyway counts as opening)."""
     props = block.properties
-    side = inputs.get("side", props["side"])
-    quantity = inputs.get("quantity", props["quantity"])
+    side, quantity = _side_and_quantity(props, inputs)
     if side not in _SIDES or not is_positive(quantity):
         return OrderEffect.OPENS
     position = await ctx.exchange.position(props["venue"], props["symbol"])
     return order_effect(side, float(quantity), position)
+
+
+def _side_and_quantity(props: Mapping[str, Any], inputs: dict[str, Any]) -> tuple[Any, Any]:
+    """The order's side and quantity: the wired inputs, else the properties (unchecked)."""
+    return inputs.get("side", props["side"]), inputs.get("quantity", props["quantity"])
 
 
 @node(
@@ -102,8 +106,7 @@ async def place_order(
     """Place an order; wired ``side``, ``quantity`` and ``price`` override the properties."""
     props = block.properties
     client_order_id = ctx.client_order_id(block.id)
-    side = inputs.get("side", props["side"])
-    quantity = inputs.get("quantity", props["quantity"])
+    side, quantity = _side_and_quantity(props, inputs)
     order_type = props["order_type"]
     limit_price = inputs.get("price", props["limit_price"]) if order_type == "limit" else None
     problem = _order_problem(side, quantity, order_type, limit_price)
