@@ -8,6 +8,14 @@ they survive a restart of the service; every change is published on NATS
 to mutating requests are kept by ``request_id`` in Redis
 (:class:`~tradeflow.adapters.redis.emergency.RedisRequestLog`).
 
+Loss triggers and dead-man's switches are evaluated here, every
+``TRADEFLOW_TRIGGER_INTERVAL`` seconds, by a
+:class:`~tradeflow.engine.triggers.TriggerEvaluator` that reads each scope's equity from
+the paper exchange's ledger in the same Redis (``TRADEFLOW_REDIS_PREFIX``, the executors'
+ledger) and puts a trigger's halt through the halt barrier like an operator's. Replicas
+of the service each run one: the triggers' progress is compared and set in Redis, so a
+breach is counted once and acted on by one of them.
+
 Redis and NATS must be reachable at start: the service refuses to serve a state
 it cannot load (exit status 2, the orchestrator restarts it).
 
@@ -33,10 +41,12 @@ from tradeflow.adapters.redis.emergency import (
     RedisEmergencyController,
     RedisRequestLog,
 )
+from tradeflow.adapters.redis.ledger import RedisPaperLedger
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.engine.barrier import HaltBarrier
+from tradeflow.engine.triggers import TriggerEvaluator
 from tradeflow.observability.metrics import Metrics
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
@@ -47,6 +57,7 @@ async def build(settings: ServiceSettings) -> Service:
     """The emergency service on the Redis at ``settings.redis_url`` and the NATS at
     ``settings.nats_url``."""
     metrics = Metrics()
+    clock = SystemClock()
     async with contextlib.AsyncExitStack() as stack:
         client = connect(settings.redis_url)
         stack.push_async_callback(client.aclose)
@@ -59,7 +70,7 @@ async def build(settings: ServiceSettings) -> Service:
             prefix=settings.redis_prefix,
             publish=bus.publish,
             metrics=metrics,
-            clock=SystemClock(),
+            clock=clock,
             id_factory=new_id,
         )
         await controller.start()
@@ -79,6 +90,16 @@ async def build(settings: ServiceSettings) -> Service:
         heartbeat=settings.heartbeat_seconds,
         relay=relay,
     )
+    triggers = TriggerEvaluator(
+        controller,
+        RedisPaperLedger(client, prefix=settings.redis_prefix),
+        clock=clock,
+        interval=settings.trigger_interval,
+        confirm=servicer.confirm,
+    )
+    triggers.start()
+    # Closed first: no trigger acts on a controller or barrier being torn down.
+    resources.push_async_callback(triggers.close)
 
     def register(server: grpc.aio.Server) -> list[str]:
         emergency_service_pb2_grpc.add_EmergencyServiceServicer_to_server(servicer, server)

@@ -16,7 +16,16 @@ request log's, and every error becomes a status code in the server's interceptor
   acknowledged the new version (``AcknowledgeState``) or had its lease revoked. The
   barrier's report is the answer and is audited (``halt_barrier``).
 - A risk breach is a result (``breached``), not an error.
-- Mutating calls pass through a
+- Risk limits are set and deleted per scope (an unspecified scope is global), with the
+  options of a pre-trade check or a trigger; ``ExplainRiskLimits`` says what applies to
+  some ids, ``Heartbeat`` beats a dead-man's switch, ``RecordOrderDenied`` audits an
+  executor's denial. The limits travel with every snapshot (``GetState``, ``WatchState``):
+  executors check orders against them locally.
+- A trigger's halt (the service's
+  :class:`~tradeflow.engine.triggers.TriggerEvaluator`) goes through :meth:`confirm`, the
+  barrier an operator's halt goes through.
+- Mutating calls (``Halt``, ``Resume``, ``CheckRiskLimit``, ``SetRiskLimit``,
+  ``DeleteRiskLimit``) pass through a
   :class:`~tradeflow.adapters.redis.emergency.RedisRequestLog`: a repeated
   ``request_id`` gets the first answer back and acts (and audits) once.
 - ``WatchState`` sends the current snapshot, then one per change, and resends
@@ -104,16 +113,17 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             )
             # The halt is committed: its barrier runs to its end (fencing included) even if
             # the caller goes away, and a failure of it does not make the halt look failed.
-            report = await asyncio.shield(self._confirm(halt))
+            report = await asyncio.shield(self.confirm(halt))
             return wire.halt_response_to_proto(halt, report)
 
         return await self._requests.once("Halt", request.request_id, run, pb.HaltResponse)
 
-    async def _confirm(self, halt: HaltState) -> BarrierReport:
+    async def confirm(self, halt: HaltState) -> BarrierReport:
         """Wait for the live executors to enforce ``halt`` (the version it made, or a later
-        one) and audit how they did. A barrier that cannot run (the leases unreadable) is
-        logged and reported empty, and an audit that cannot be written is logged: the
-        store's own check still refuses every intent, and the halt stands."""
+        one) and audit how they did: after an operator's halt, a breach's and a trigger's.
+        A barrier that cannot run (the leases unreadable) is logged and reported empty, and
+        an audit that cannot be written is logged: the store's own check still refuses
+        every intent, and the halt stands."""
         try:
             version = self._controller.snapshot().version
             report = await self._barrier.wait(version)
@@ -171,7 +181,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 # confirmed by every live executor like an operator's halt.
                 halt = self._controller.snapshot().halts.get((Scope.GLOBAL, None))
                 if halt is not None:
-                    await asyncio.shield(self._confirm(halt))
+                    await asyncio.shield(self.confirm(halt))
             return wire.limit_verdict_to_proto(verdict)
 
         return await self._requests.once(
@@ -182,6 +192,8 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         self, request: pb.SetRiskLimitRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetRiskLimitResponse:
         direction = wire.LIMIT_DIRECTION.from_proto_optional(request.direction, "direction")
+        scope, target = wire.limit_scope_from_proto(request)
+        options = wire.limit_options_from_proto(request)
 
         async def run() -> pb.SetRiskLimitResponse:
             limit = await self._controller.set_risk_limit(
@@ -190,6 +202,9 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 direction,
                 auto_halt=request.auto_halt if request.HasField("auto_halt") else True,
                 actor=request.actor or _UNKNOWN_ACTOR,
+                scope=scope,
+                target=target,
+                options=options,
             )
             return pb.SetRiskLimitResponse(limit=wire.risk_limit_to_proto(limit))
 
@@ -197,11 +212,52 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             "SetRiskLimit", request.request_id, run, pb.SetRiskLimitResponse
         )
 
+    async def DeleteRiskLimit(
+        self, request: pb.DeleteRiskLimitRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteRiskLimitResponse:
+        scope, target = wire.limit_scope_from_proto(request)
+
+        async def run() -> pb.DeleteRiskLimitResponse:
+            deleted = await self._controller.delete_risk_limit(
+                request.limit_type, scope, target, actor=request.actor or _UNKNOWN_ACTOR
+            )
+            return pb.DeleteRiskLimitResponse(deleted=deleted)
+
+        return await self._requests.once(
+            "DeleteRiskLimit", request.request_id, run, pb.DeleteRiskLimitResponse
+        )
+
     async def ListRiskLimits(
         self, request: pb.ListRiskLimitsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRiskLimitsResponse:
         limits = self._controller.snapshot().limit_list()
         return pb.ListRiskLimitsResponse(limits=[wire.risk_limit_to_proto(x) for x in limits])
+
+    async def ExplainRiskLimits(
+        self, request: pb.ExplainRiskLimitsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExplainRiskLimitsResponse:
+        explanation = await self._controller.explain_limits(wire.scope_ids_from_proto(request))
+        return wire.limit_explanation_to_proto(explanation)
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        scope, target = wire.limit_scope_from_proto(request)
+        expires_at = await self._controller.heartbeat(scope, target)
+        return pb.HeartbeatResponse(expires_at=wire.timestamp_to_proto(expires_at))
+
+    async def RecordOrderDenied(
+        self, request: pb.RecordOrderDeniedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordOrderDeniedResponse:
+        denial, ids = wire.order_denied_from_proto(request)
+        await self._controller.record_order_denied(
+            denial,
+            ids=ids,
+            execution_id=request.execution_id,
+            node_id=request.node_id,
+            client_order_id=request.client_order_id,
+        )
+        return pb.RecordOrderDeniedResponse()
 
     async def ListAuditEntries(
         self, request: pb.ListAuditEntriesRequest, context: grpc.aio.ServicerContext
@@ -275,10 +331,15 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
 def _same(known: EmergencySnapshot, snapshot: EmergencySnapshot) -> bool:
     return known is snapshot or (
-        known.version == snapshot.version and known.halts == snapshot.halts
+        known.version == snapshot.version
+        and known.halts == snapshot.halts
+        and known.limits == snapshot.limits
     )
 
 
 def _state_message(snapshot: EmergencySnapshot) -> pb.EmergencyState:
-    """The state as sent (``GetState``; ``WatchState`` through its per-version cache)."""
-    return wire.emergency_state_to_proto(snapshot.halt_list(), snapshot.version)
+    """The state as sent (``GetState``; ``WatchState`` through its per-version cache): the
+    halts and the limits, which executors check orders against with no round trip."""
+    return wire.emergency_state_to_proto(
+        snapshot.halt_list(), snapshot.version, snapshot.limit_list()
+    )

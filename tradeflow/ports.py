@@ -11,7 +11,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
-from tradeflow.domain.emergency import DEFAULT_AUDIT_PAGE, NO_IDS, EmergencySnapshot, ScopeIds
+from tradeflow.domain.emergency import (
+    DEFAULT_AUDIT_PAGE,
+    NO_IDS,
+    EmergencySnapshot,
+    LimitExplanation,
+    ScopeIds,
+)
 from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
     AuditEntry,
@@ -26,6 +32,13 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.risk import (
+    NO_OPTIONS,
+    Denial,
+    LimitOptions,
+    PreTradeLimits,
+    TriggerProgress,
+)
 from tradeflow.domain.trading import Order, OrderEffect, OrderRequest, Quote, TradingState
 
 __all__ = [
@@ -35,6 +48,7 @@ __all__ = [
     "EventHandler",
     "Exchange",
     "LeaseRegistry",
+    "PnlSource",
     "PriceFeed",
     "StateStore",
     "Subscription",
@@ -301,14 +315,60 @@ class EmergencyControl(Protocol):
         *,
         auto_halt: bool = True,
         actor: str = "unknown",
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        options: LimitOptions = NO_OPTIONS,
     ) -> RiskLimit:
-        """Configure (or replace, audited) the limit on ``limit_type``; ``direction`` defaults
-        to the known one for the type and is required for others (``InvalidRequest``); a new
-        type past ``RISK_LIMITS_MAX`` is ``CapacityExceeded``."""
+        """Configure (or replace, audited) the limit on ``limit_type`` of ``scope``/``target``
+        (see :class:`~tradeflow.domain.risk.LimitOptions` for the options and
+        :mod:`tradeflow.domain.risk` for what each type checks); ``direction`` defaults to
+        the known one for the type and is required for others (``InvalidRequest``); a new
+        limit past ``RISK_LIMITS_MAX`` is ``CapacityExceeded``. Executors apply a change
+        to the orders they start after it reaches them (pushed with the trading state)."""
+        ...
+
+    async def delete_risk_limit(
+        self,
+        limit_type: str,
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        *,
+        actor: str = "unknown",
+    ) -> bool:
+        """Remove a limit (and a trigger's progress), audited; False if there was none."""
         ...
 
     async def list_risk_limits(self) -> list[RiskLimit]:
-        """Every configured limit, by limit type."""
+        """Every configured limit, by key (type, then scope)."""
+        ...
+
+    async def explain_limits(self, ids: ScopeIds) -> LimitExplanation:
+        """What applies to an action of ``ids``: its trading state and deciding halt,
+        every limit of its scopes, the strictest of each type, and each trigger's
+        progress. ``InvalidRequest`` for malformed ids."""
+        ...
+
+    async def heartbeat(self, scope: Scope, target: str | None = None) -> float:
+        """A beat of the dead-man's switch of ``scope``/``target``: returns when it lapses
+        (epoch seconds) unless beaten again. ``InvalidRequest`` (field ``scope``) when no
+        ``heartbeat`` limit is configured there."""
+        ...
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        """The limits an order of ``ids`` is checked against, from the local view (no
+        round trip); raises ``EmergencyHalted`` when the state cannot be confirmed."""
+        ...
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
+    ) -> None:
+        """Audit (action ``order_denied``) an order a pre-trade check denied."""
         ...
 
     async def audit_entries(self, *, limit: int = DEFAULT_AUDIT_PAGE) -> list[AuditEntry]:
@@ -344,7 +404,25 @@ class EmergencyStore(Protocol):
         ...
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
-        """Insert or replace the limit on ``limit.limit_type``."""
+        """Insert or replace the limit ``limit.key`` names."""
+        ...
+
+    async def delete_risk_limit(self, key: str, audit: AuditEntry) -> bool:
+        """Remove the limit ``key`` names and its trigger progress, and append ``audit``;
+        False (and no audit entry) if there was none."""
+        ...
+
+    async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
+        """The stored progress of the triggers ``keys`` name (absent: never evaluated)."""
+        ...
+
+    async def save_trigger_progress(
+        self, key: str, progress: TriggerProgress, expected_version: int
+    ) -> bool:
+        """Store ``progress`` (its ``version`` is ``expected_version + 1``) for trigger
+        ``key`` if the stored version is ``expected_version`` (0: none stored) and the
+        limit still exists; False (nothing written) otherwise: compare-and-set, so two
+        evaluators never both count one evaluation."""
         ...
 
     async def append_audit(self, audit: AuditEntry) -> None:
@@ -392,6 +470,16 @@ class Exchange(Protocol):
 
     async def realized_pnl_today(self) -> float:
         """Realized P&L (in quote currency) of today's fills (UTC day), all venues."""
+        ...
+
+
+class PnlSource(Protocol):
+    """Where loss triggers read a scope's equity: the exchange ledger."""
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        """Realized P&L minus fees of every fill of ``scope``/``target`` (all of them for
+        global) since the ledger began, plus its open positions marked to each symbol's
+        last fill price (quote currency)."""
         ...
 
 

@@ -173,7 +173,8 @@ and events belong to its execution)."""
 @dataclass
 class _Base:
     """What a base message being built shares: its random source, scalar overrides by field
-    name, the message fields left unset (by full name), its owner ids, and a clock so later
+    full name or name, the fields left unset (by full name: messages, and scalars that have
+    presence), its owner ids, and a clock so later
     timestamps come later (started_after < started_before, started_at < finished_at)."""
 
     rng: random.Random
@@ -189,6 +190,8 @@ class _Base:
 
 def _base_scalar(field: Any, base: _Base) -> Any:
     rng = base.rng
+    if field.full_name in base.overrides:
+        return base.overrides[field.full_name]
     if field.name in base.overrides:
         return base.overrides[field.name]
     if field.type == _T.TYPE_STRING:
@@ -214,8 +217,9 @@ def base(
     overrides: Mapping[str, object],
     unset: Collection[str] = (),
 ) -> Message:
-    """A plausible message of ``descriptor``; ``overrides`` gives scalar fields by name, and
-    the message fields named (by full name) in ``unset`` stay unset."""
+    """A plausible message of ``descriptor``; ``overrides`` gives scalar fields by full name
+    (``pkg.Message.field``, for one message) or by name (for every message), and the fields
+    named (by full name) in ``unset`` stay unset."""
     message = GetMessageClass(descriptor)()
     _fill(message, _Base(rng, overrides, {}, unset), DEPTH)
     return message
@@ -232,6 +236,8 @@ def _fill(message: Message, base: _Base, depth: int) -> None:
         elif field.message_type is not None:
             if depth > 0 and field.full_name not in base.unset:
                 _fill_child(message, field, base, depth - 1)
+        elif field.has_presence and field.full_name in base.unset:
+            continue
         else:
             value = _base_scalar(field, base)
             if field.is_repeated:
@@ -335,9 +341,9 @@ def cases(
     """The message-level cases, then every (path, kind) once in a seeded order, cycling with
     fresh bases up to ``count`` cases in all (a request with no fields gets just the two
     message-level ones); the same for the same ``seed``. ``overrides`` sets base scalar
-    fields by name (e.g. a real definition for ``definition_json``); a top-level message
-    field in ``unset`` (full names) is left out of the base, except in the cases that fuzz
-    a path inside it (a WriteBatch fence no live lease holds would refuse every batch)."""
+    fields by full name or name (e.g. a real definition for ``definition_json``); a field in
+    ``unset`` (full names) is left out of the base, except in the cases that fuzz it or a
+    path inside it (a WriteBatch fence no live lease holds would refuse every batch)."""
     rng = random.Random(seed)
     names = overrides or {}
     empty = base(descriptor, rng, names, unset)

@@ -7,7 +7,8 @@ as it exists; the requests come from ``fuzz_messages`` (150 per RPC, or every fi
 value kind once where that is more; 2 for a request with no fields: all default, and an
 unknown field). After each RPC's requests, a few normal calls show whether what they
 stored broke a later read (and name the RPC that did).
-About 3,100 requests: 7-12 s on 2 cores, plus ~2 s to start and stop the stack.
+About 5,000 requests (with the limit, heartbeat and denial RPCs of issue 10), plus ~2 s
+to start and stop the stack.
 
 A well-formed GLOBAL halt (a fuzzed ``Halt``, or a ``CheckRiskLimit`` breach with
 auto-halt) legitimately stops all trading: such halts are resumed after the fuzzing,
@@ -21,7 +22,7 @@ import json
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from types import ModuleType
@@ -39,10 +40,13 @@ from kit import DEADLINE_SECONDS
 from servers import Stack
 from workflows import trading_workflow
 
+from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.errors import ERROR_METADATA_KEY
 from tradeflow.domain.clock import new_id
-from tradeflow.domain.limits import ERROR_DETAILS_MAX_BYTES, ERROR_MESSAGE_MAX_BYTES
+from tradeflow.domain.limits import ERROR_DETAILS_MAX_BYTES, ERROR_MESSAGE_MAX_BYTES, check_id
+from tradeflow.domain.records import LimitDirection, RiskLimit, Scope
+from tradeflow.domain.risk import NO_OPTIONS, checked_limit_options
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as emergency_pb
 from tradeflow.proto.executor.v1 import executor_service_pb2 as executor_pb
@@ -83,18 +87,33 @@ SERVICES: tuple[tuple[str, ModuleType], ...] = (
     ("emergency", emergency_pb),
 )
 DEFINITION_JSON = json.dumps(trading_workflow())
+_SET_LIMIT = emergency_pb.SetRiskLimitRequest.DESCRIPTOR.full_name
 OVERRIDES: dict[str, object] = {
     "definition_json": DEFINITION_JSON,
     "limit_type": "max_exposure",
     "ttl_ms": 3000,
+    f"{_SET_LIMIT}.scope": common_pb2.SCOPE_BOT,
+    f"{_SET_LIMIT}.state": emergency_pb.TRADING_STATE_UNSPECIFIED,
+    f"{_SET_LIMIT}.consecutive": 0,
+    f"{_SET_LIMIT}.timezone": "",
+    f"{_SET_LIMIT}.reset_time": "",
+    f"{_SET_LIMIT}.lift_on_reset": False,
+    f"{_SET_LIMIT}.cancel_orders": False,
 }
-"""Base values by field name: a real one-order workflow where a definition goes, a known
-limit type (one the unrelated bot's workflow does not check), a lease time the state
-service accepts (so AcquireLease and RenewLease cases reach the store)."""
-UNSET = frozenset({state_pb.WriteBatchRequest.DESCRIPTOR.fields_by_name["fence"].full_name})
-"""Message fields the base requests leave out: a fuzzed fence names no live lease, so a
-fenced WriteBatch would stop at LeaseLost before the store's write path (its own cases,
-fence.owner and fence.epoch, still carry one)."""
+"""Base values by field full name or name: a real one-order workflow where a definition
+goes, a known limit type (one the unrelated bot's workflow does not check), a lease time
+the state service accepts (so AcquireLease and RenewLease cases reach the store), and a
+SetRiskLimit of one bot with no trigger options (which max_exposure does not take), so its
+cases reach the store."""
+UNSET = frozenset(
+    {
+        state_pb.WriteBatchRequest.DESCRIPTOR.fields_by_name["fence"].full_name,
+        f"{_SET_LIMIT}.window",
+    }
+)
+"""Fields the base requests leave out: a fuzzed fence names no live lease, so a fenced
+WriteBatch would stop at LeaseLost before the store's write path (its own cases,
+fence.owner and fence.epoch, still carry one); a window only order_rate takes."""
 OWNERSHIP_RPCS = frozenset(
     {
         "AcquireLease",
@@ -150,6 +169,21 @@ def test_the_ownership_rpcs_are_fuzzed_with_requests_that_reach_the_store() -> N
     for name in ("AcquireLease", "RenewLease"):
         request: Any = base(_method(state_pb, name).input_type, random.Random(SEED), OVERRIDES)
         assert 100 <= request.ttl_ms <= 3_600_000, name
+
+
+def test_a_set_risk_limit_base_request_is_one_the_service_accepts() -> None:
+    """The SetRiskLimit cases start from a request the service would store (a bot's limit
+    with default options), so each fuzzed field is what gets judged."""
+    request: Any = base(
+        _method(emergency_pb, "SetRiskLimit").input_type, random.Random(SEED), OVERRIDES, UNSET
+    )
+    options = wire.limit_options_from_proto(request)
+    assert options == NO_OPTIONS
+    scope, target = wire.limit_scope_from_proto(request)
+    limit = RiskLimit(request.limit_type, request.threshold, LimitDirection.ABOVE)
+    limit = checked_limit_options(replace(limit, scope=scope, target=target))
+    assert (limit.scope, limit.state, limit.window) == (Scope.BOT, None, None)
+    check_id("target", target)
 
 
 @pytest.fixture(scope="module")

@@ -1,23 +1,28 @@
-"""The paper ledgers: one contract for memory, SQLite and Redis, and crowds of real
-processes on one SQLite file or one Redis, whose ledger must equal the sum of its fills.
+"""The paper ledgers: one contract for memory, SQLite and Redis (the shared pre-trade
+checks and the per-scope books included), and crowds of real processes on one SQLite
+file or one Redis, whose ledger must equal the sum of its fills and never overshoot a
+shared limit.
 
-Run as ``python -m test_paper_ledger BACKEND TARGET PREFIX ID_PREFIX COUNT`` (with
-``tests`` and ``tests/integration`` on ``PYTHONPATH``) this module is one process of a
-crowd: it prints ``ready``, waits for ``go`` on stdin, places COUNT orders and prints
-what each placement returned, as JSON.
+Run as ``python -m test_paper_ledger BACKEND TARGET PREFIX ID_PREFIX COUNT [MODE]``
+(with ``tests``, ``tests/unit`` and ``tests/integration`` on ``PYTHONPATH``) this module
+is one process of a crowd: it prints ``ready``, waits for ``go`` on stdin, places COUNT
+orders (MODE ``shared``: under shared limits, see :data:`CROWD_RULES`) and prints what
+each placement returned, as JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+import math
 import os
 import re
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +31,10 @@ import pytest
 import pytest_asyncio
 import redis
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
 from kit import DEADLINE_SECONDS, START, ManualClock
 from servers import ServerProcess
+from test_pretrade_rules import Cancel, Place, decide_alike, rule_lists, steps
 
 from tradeflow.adapters.memory.paper import (
     DEFAULT_BALANCES,
@@ -39,7 +46,9 @@ from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.adapters.redis.ledger import RedisPaperLedger
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
-from tradeflow.domain.errors import OrderRejected
+from tradeflow.domain.errors import OrderDenied, OrderRejected
+from tradeflow.domain.records import Scope
+from tradeflow.domain.risk import ScopeBook, ScopeRule, scope_keys
 from tradeflow.domain.trading import (
     FLAT,
     Fill,
@@ -65,6 +74,15 @@ CROWD_FEE_RATE = 0.001
 CROWD_TICKS = [(59_990.5, 60_010.25), (60_100.125, 60_120.0), (59_900.3, 59_910.7)]
 CROWD_DEADLINE = 3 * DEADLINE_SECONDS
 """Bound on a whole crowd (starting Python processes is most of it)."""
+CROWD_RULES: dict[str, ScopeRule] = {
+    "position": ScopeRule(Scope.STRATEGY, "crowd-position", max_position=1.0),
+    "open": ScopeRule(Scope.BOT, "crowd-open", max_open_orders=3),
+    "rate": ScopeRule(Scope.WORKFLOW, "crowd-rate", rate=5.0, window=3600.0),
+}
+"""A worker in mode ``shared`` places order ``i`` of kind ``list(CROWD_RULES)[i % 3]``,
+carrying that kind's scope id and rule: market buys of 0.1 under a max_position of 1.0,
+resting limit buys under a max_open_orders of 3, market buys of 0.01 under an order_rate
+of 5 per hour (every worker's clock stands still)."""
 
 
 # --- the contract, on every ledger -------------------------------------------------
@@ -72,6 +90,8 @@ CROWD_DEADLINE = 3 * DEADLINE_SECONDS
 
 Ledgers = Callable[[], PaperLedger]
 """Opens a ledger on the test's storage: each one sees what the others wrote."""
+Storages = Callable[[], Ledgers]
+"""A new, empty storage of the test's backend, and how to open ledgers on it."""
 
 
 @pytest.fixture
@@ -88,35 +108,62 @@ def redis_prefix(redis_server: ServerProcess, request: pytest.FixtureRequest) ->
 
 
 @pytest_asyncio.fixture(params=["memory", "sqlite", "redis"])
-async def ledgers(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledgers]:
-    """Ledgers of one backend on one storage: the memory ledger itself, connections to one
-    SQLite file, or clients of the session's redis-server under the test's own prefix."""
+async def storages(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storages]:
+    """New storages of one backend: a memory ledger, a SQLite file, or a prefix of the
+    session's redis-server under the test's own; ledgers opened on one storage are the
+    memory ledger itself, connections to the file, or clients under the prefix."""
     backend = request.param
-    if backend == "memory":
+    numbers = itertools.count()
+    connections: list[sqlite3.Connection] = []
+    clients: list[aioredis.Redis] = []
+
+    def memory() -> Ledgers:
         shared = MemoryPaperLedger()
-        yield lambda: shared
-    elif backend == "sqlite":
-        connections: list[sqlite3.Connection] = []
+        return lambda: shared
+
+    def sqlite_file() -> Ledgers:
+        path = tmp_path / f"ledger{next(numbers)}.db"
 
         def open_sqlite() -> PaperLedger:
-            connections.append(open_database(tmp_path / "ledger.db"))
+            connections.append(open_database(path))
             return SQLitePaperLedger(connections[-1])
 
-        yield open_sqlite
-        for connection in connections:
-            connection.close()
-    else:
+        return open_sqlite
+
+    def redis_prefix() -> Ledgers:
         url = request.getfixturevalue("redis_server").url
-        prefix = request.getfixturevalue("redis_prefix")
-        clients: list[aioredis.Redis] = []
+        prefix = f"{request.getfixturevalue('redis_prefix')}:{next(numbers)}"
 
         def open_redis() -> PaperLedger:
             clients.append(aioredis.from_url(url))
             return RedisPaperLedger(clients[-1], prefix=prefix)
 
-        yield open_redis
-        for client in clients:
-            await client.aclose()
+        return open_redis
+
+    yield {"memory": memory, "sqlite": sqlite_file, "redis": redis_prefix}[backend]
+    for connection in connections:
+        connection.close()
+    for client in clients:
+        await client.aclose()
+
+
+@pytest.fixture
+def ledgers(storages: Storages) -> Ledgers:
+    """Ledgers of one backend on one storage (see ``storages``)."""
+    return storages()
+
+
+def bounded(
+    test: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    """``test`` failing after :data:`DEADLINE_SECONDS` instead of hanging."""
+
+    @functools.wraps(test)
+    async def run(*args: Any, **kwargs: Any) -> None:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            await test(*args, **kwargs)
+
+    return run
 
 
 _order_ids = itertools.count(1)
@@ -132,9 +179,10 @@ def trade(
     fee: float = 0.0,
     at: float = START,
     rests: bool = False,
+    **ids: str,
 ) -> tuple[Order, Fill | None]:
     """An order on ``book`` (venue, symbol) and its fill, as the paper exchange builds
-    them (``rests``: no fill)."""
+    them (``rests``: no fill); ``ids``: its ``workflow_id``, ``bot_id``, ``strategy_id``."""
     venue, symbol = book
     order = Order(
         order_id=f"o{next(_order_ids)}",
@@ -149,6 +197,9 @@ def trade(
         filled_quantity=0.0 if rests else quantity,
         avg_price=None if rests else price,
         created_at=at,
+        workflow_id=ids.get("workflow_id"),
+        bot_id=ids.get("bot_id"),
+        strategy_id=ids.get("strategy_id"),
     )
     fill = None if rests else Fill(venue, symbol, client_order_id, side, quantity, price, fee, at)
     return order, fill
@@ -286,6 +337,353 @@ async def test_balances_positions_and_pnl_follow_the_domain_math_exactly(
     assert positions["other", BTC].avg_price == 61_234.5
 
 
+# --- shared pre-trade checks and per-scope books, on every ledger ---------------------
+
+SCOPES: Sequence[tuple[Scope, str | None]] = (
+    (Scope.GLOBAL, None),
+    (Scope.STRATEGY, "s1"),
+    (Scope.BOT, "b1"),
+    (Scope.BOT, "b2"),
+    (Scope.WORKFLOW, "w1"),
+)
+"""Every scope the tests below book orders under."""
+
+
+async def denied(
+    ledger: PaperLedger, placed: tuple[Order, Fill | None], rules: Sequence[ScopeRule]
+) -> OrderDenied:
+    """The denial of ``placed`` under ``rules`` (fails if it was accepted)."""
+    order, fill = placed
+    with pytest.raises(OrderDenied) as caught:
+        await ledger.accept(order, fill, opening=OPENING, require=None, rules=rules)
+    assert caught.value.client_order_id == order.client_order_id
+    return caught.value
+
+
+async def accepted(
+    ledger: PaperLedger, placed: tuple[Order, Fill | None], rules: Sequence[ScopeRule]
+) -> None:
+    order, fill = placed
+    assert await ledger.accept(order, fill, opening=OPENING, require=None, rules=rules) == order
+
+
+async def everything(ledger: PaperLedger) -> tuple[Any, ...]:
+    """All a ledger shows of the book ``paper`` BTC and of every scope in ``SCOPES``."""
+    return (
+        await ledger.balances("paper"),
+        await ledger.position("paper", BTC),
+        await ledger.realized_pnl(utc_day(START)),
+        [await ledger.scope_book(scope, target) for scope, target in SCOPES],
+        [order.client_order_id for order in await ledger.open_orders("paper", Scope.GLOBAL, None)],
+    )
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_max_position_allows_up_to_its_limit_and_denies_beyond(ledgers: Ledgers) -> None:
+    """max_position of a scope admits orders up to the limit (within the tolerance) and
+    denies one that would grow the scope's position past it, whatever other scopes hold;
+    an order that reduces the position always passes, even above a lowered limit."""
+    ledger = ledgers()
+    # Another bot's position is its own: the limit of b1 does not see it.
+    await accepted(
+        ledger,
+        trade("b2", Side.BUY, 0.5, 100.0, bot_id="b2"),
+        [ScopeRule(Scope.BOT, "b2", max_position=1.0)],
+    )
+    rules = [ScopeRule(Scope.BOT, "b1", max_position=1.0)]
+    for n, quantity in enumerate((0.4, 0.4, 0.2)):
+        await accepted(ledger, trade(f"b1-{n}", Side.BUY, quantity, 100.0, bot_id="b1"), rules)
+    error = await denied(ledger, trade("over", Side.BUY, 0.1, 100.0, bot_id="b1"), rules)
+    assert (error.check, error.scope, error.target, error.threshold) == (
+        "max_position",
+        "bot",
+        "b1",
+        1.0,
+    )
+    assert error.value == pytest.approx(1.1)
+    assert "beyond max_position 1 of bot 'b1'" in error.reason
+    # A resting order counts as if it filled.
+    await denied(ledger, trade("rest", Side.BUY, 0.1, 90.0, bot_id="b1", rests=True), rules)
+
+    lowered = [ScopeRule(Scope.BOT, "b1", max_position=0.25)]
+    await accepted(ledger, trade("reduce", Side.SELL, 0.2, 100.0, bot_id="b1"), lowered)
+    await denied(ledger, trade("grow", Side.BUY, 0.1, 100.0, bot_id="b1"), lowered)
+    flip = await denied(ledger, trade("flip", Side.SELL, 1.9, 100.0, bot_id="b1"), lowered)
+    assert flip.value == pytest.approx(-1.1)
+    view = ledgers()
+    assert (await view.scope_book(Scope.BOT, "b1")).positions["paper", BTC].quantity == 0.8
+    assert await view.position("paper", BTC) == Position(1.3, 100.0)
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_max_open_orders_counts_resting_orders_and_a_cancel_frees_a_place(
+    ledgers: Ledgers,
+) -> None:
+    """max_open_orders denies a resting order past the limit, never an order that fills;
+    a cancel frees a place (also through another ledger on the storage); counts are kept
+    per scope, for every scope of each order."""
+    ledger = ledgers()
+    rules = [ScopeRule(Scope.GLOBAL, None, max_open_orders=2)]
+    await accepted(ledger, trade("r1", Side.BUY, 0.1, 90.0, rests=True, bot_id="b1"), rules)
+    await accepted(ledger, trade("r2", Side.BUY, 0.1, 91.0, rests=True), rules)
+    error = await denied(ledger, trade("r3", Side.BUY, 0.1, 92.0, rests=True), rules)
+    assert (error.check, error.value, error.threshold) == ("max_open_orders", 3.0, 2.0)
+    assert error.reason == "3 resting orders with this one, above max_open_orders 2 of global"
+    await accepted(ledger, trade("fills", Side.BUY, 0.1, 100.0), rules)
+    assert (await ledger.scope_book(Scope.BOT, "b1")).resting == 1
+
+    view = ledgers()
+    await view.cancel("paper", "r1")
+    await view.cancel("paper", "r1")  # cancelling again counts nothing down
+    await view.cancel("paper", "fills")
+    assert [(await view.scope_book(s, t)).resting for s, t in SCOPES[:3]] == [1, 0, 0]
+    await accepted(ledger, trade("r3", Side.BUY, 0.1, 92.0, rests=True), rules)
+    await denied(ledger, trade("r4", Side.BUY, 0.1, 93.0, rests=True), rules)
+    assert (await view.scope_book(Scope.GLOBAL, None)).resting == 2
+    listed = await view.open_orders("paper", Scope.GLOBAL, None)
+    assert [order.client_order_id for order in listed] == ["r2", "r3"]
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_order_rate_is_a_token_bucket_on_the_orders_clock(ledgers: Ledgers) -> None:
+    """order_rate admits ``rate`` orders at once, then one per ``window / rate`` seconds of
+    the orders' own time; a denied order takes no token; the bucket is the scope's."""
+    ledger = ledgers()
+    rules = [ScopeRule(Scope.STRATEGY, "s1", rate=2.0, window=10.0)]
+    for name in ("a", "b"):
+        await accepted(ledger, trade(name, Side.BUY, 0.01, 100.0, strategy_id="s1"), rules)
+    error = await denied(ledger, trade("c", Side.BUY, 0.01, 100.0, strategy_id="s1"), rules)
+    assert (error.check, error.scope, error.target, error.value, error.threshold) == (
+        "order_rate",
+        "strategy",
+        "s1",
+        0.0,
+        2.0,
+    )
+    assert error.reason == "order rate of strategy 's1' above 2 orders per 10s"
+    later = START + 2.5
+    error = await denied(
+        ledger, trade("d", Side.BUY, 0.01, 100.0, at=later, strategy_id="s1"), rules
+    )
+    assert error.value == 0.5
+    assert (await ledger.scope_book(Scope.STRATEGY, "s1")).bucket == (0.0, START)
+    await accepted(ledger, trade("e", Side.BUY, 0.01, 100.0, at=START + 5, strategy_id="s1"), rules)
+    # An order stamped earlier (another replica's clock) refills nothing.
+    await denied(ledger, trade("f", Side.BUY, 0.01, 100.0, at=START + 4, strategy_id="s1"), rules)
+    assert (await ledgers().scope_book(Scope.STRATEGY, "s1")).bucket == (0.0, START + 5)
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_a_denied_order_writes_nothing(ledgers: Ledgers) -> None:
+    """Whichever check denies it, a denied order leaves no order, balance, position, P&L,
+    scope book, resting count, bucket or fill behind."""
+    ledger = ledgers()
+    ids = {"workflow_id": "w1", "bot_id": "b1", "strategy_id": "s1"}
+    await accepted(ledger, trade("fill", Side.BUY, 0.5, 100.0, fee=0.1, **ids), [])
+    await accepted(ledger, trade("rest", Side.SELL, 0.1, 120.0, rests=True, **ids), [])
+    rate = ScopeRule(Scope.WORKFLOW, "w1", rate=1.0, window=60.0)
+    await accepted(ledger, trade("rated", Side.BUY, 0.1, 101.0, **ids), [rate])
+    before = await everything(ledger)
+    cases = [
+        (ScopeRule(Scope.STRATEGY, "s1", max_position=0.5), trade("x1", Side.BUY, 0.1, 1.0, **ids)),
+        (
+            ScopeRule(Scope.BOT, "b1", max_open_orders=1),
+            trade("x2", Side.SELL, 0.1, 130.0, rests=True, **ids),
+        ),
+        (rate, trade("x3", Side.BUY, 0.1, 100.0, **ids)),
+    ]
+    for rule, placed in cases:
+        await denied(ledger, placed, [ScopeRule(Scope.GLOBAL, None, max_open_orders=5), rule])
+    view = ledgers()
+    assert await everything(view) == before
+    for client_order_id in ("x1", "x2", "x3"):
+        assert await view.get_order("paper", client_order_id) is None
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_an_order_already_stored_comes_back_and_is_never_denied(ledgers: Ledgers) -> None:
+    """Placing a stored client order id again returns the stored order under any rules,
+    even rules that would deny every new order, and changes nothing."""
+    ledger = ledgers()
+    await accepted(ledger, trade("c1", Side.BUY, 1.0, 100.0, rests=True, bot_id="b1"), [])
+    stored = await ledger.get_order("paper", "c1")
+    before = await everything(ledger)
+    deny_all = [
+        ScopeRule(Scope.GLOBAL, None, max_position=0.001, max_open_orders=0, rate=1.0, window=1e9),
+        ScopeRule(Scope.BOT, "b1", max_position=0.001, max_open_orders=0),
+    ]
+    for again in (ledger, ledgers()):
+        order, fill = trade("c1", Side.BUY, 5.0, 100.0, rests=True, bot_id="b1")
+        assert await again.accept(order, fill, opening=OPENING, require=None, rules=deny_all) == (
+            stored
+        )
+    assert await everything(ledger) == before
+
+
+# Trades over two venues, two symbols and mixed scope ids (some of none), with adds,
+# partial reductions, flips through zero and shorts, and fees.
+_SCOPED_TRADES: Sequence[tuple[str, str, Side, float, float, dict[str, str]]] = (
+    ("paper", BTC, Side.BUY, 0.1, 60_000.1, {"bot_id": "b1", "strategy_id": "s1"}),
+    ("paper", BTC, Side.BUY, 0.2, 60_010.3, {"bot_id": "b2", "strategy_id": "s1"}),
+    ("paper", ETH, Side.BUY, 1.3, 3_000.7, {"workflow_id": "w1", "bot_id": "b1"}),
+    ("paper", BTC, Side.SELL, 0.07, 61_000.9, {"bot_id": "b1"}),
+    ("other", BTC, Side.SELL, 0.3, 59_000.3, {"strategy_id": "s1"}),
+    ("paper", BTC, Side.SELL, 0.5, 60_500.7, {"bot_id": "b2", "strategy_id": "s1"}),
+    ("paper", ETH, Side.SELL, 1.3, 2_999.9, {}),
+    ("other", BTC, Side.BUY, 0.1, 58_000.1, {"workflow_id": "w1", "strategy_id": "s1"}),
+    ("paper", BTC, Side.BUY, 0.27, 59_999.99, {"bot_id": "b1", "workflow_id": "w1"}),
+    ("other", BTC, Side.BUY, 0.7, 61_234.5, {"strategy_id": "s1"}),
+)
+"""(venue, symbol, side, quantity, price, scope ids)."""
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_scope_books_and_equity_follow_average_cost_exactly(ledgers: Ledgers) -> None:
+    """Each scope's positions (per venue and symbol), realized P&L minus fees and equity
+    (marked to each book's last fill price) are what average_cost gives, to the bit, on
+    every backend; global's positions are the venues'."""
+    ledger = ledgers()
+    books: dict[str, dict[tuple[str, str], Position]] = {}
+    realized: dict[str, float] = {}
+    marks: dict[tuple[str, str], float] = {}
+    for n, (venue, symbol, side, quantity, price, ids) in enumerate(_SCOPED_TRADES):
+        fee = quantity * price * 0.00075
+        placed = trade(f"c{n}", side, quantity, price, book=(venue, symbol), fee=fee, **ids)
+        await accepted(ledger, placed, [])
+        signed = quantity if side is Side.BUY else -quantity
+        for key in scope_keys(ids.get("workflow_id"), ids.get("bot_id"), ids.get("strategy_id")):
+            book = books.setdefault(key, {}).get((venue, symbol), FLAT)
+            *after, gain = average_cost(book.quantity, book.avg_price, signed, price)
+            books[key][venue, symbol] = Position(*after)
+            realized[key] = realized.get(key, 0.0) + (gain - fee)
+        marks[venue, symbol] = price
+    view = ledgers()
+    for (scope, target), key in zip(
+        SCOPES, ("global", "strategy:s1", "bot:b1", "bot:b2", "workflow:w1"), strict=True
+    ):
+        expected = ScopeBook(
+            realized[key], books[key], {book: marks[book] for book in books[key]}, 0, None
+        )
+        assert await view.scope_book(scope, target) == expected
+        equity = math.fsum(
+            [realized[key]]
+            + [p.quantity * (marks[book] - p.avg_price) for book, p in books[key].items()]
+        )
+        assert await view.equity(scope, target) == equity == expected.equity
+    for (venue, symbol), position in books["global"].items():
+        assert await view.position(venue, symbol) == position
+    assert await view.scope_book(Scope.BOT, "nobody") == ScopeBook()
+    assert await view.equity(Scope.BOT, "nobody") == 0.0
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_the_exchange_judges_its_requests_rules_and_reports_equity(
+    ledgers: Ledgers,
+) -> None:
+    """PaperExchange hands each request's rules to its ledger, stamped with its clock (a
+    denial raises OrderDenied and places nothing), and its equity is the ledger's."""
+    clock = ManualClock()
+    feed = ReplayPriceFeed({("paper", BTC): [(100.0, 101.0)]}, clock=clock)
+    ledger = ledgers()
+    exchange = PaperExchange(
+        feed, ledger=ledger, fee_rate=0.001, clock=clock, id_factory=_worker_ids()
+    )
+    rules = (ScopeRule(Scope.BOT, "b1", rate=1.0, window=60.0),)
+    request = functools.partial(OrderRequest, venue="paper", symbol=BTC, bot_id="b1", rules=rules)
+    await exchange.place_order(request("a", side=Side.BUY, quantity=0.5))
+    with pytest.raises(OrderDenied, match="order rate of bot 'b1'"):
+        await exchange.place_order(request("b", side=Side.BUY, quantity=0.5))
+    assert await exchange.get_order("paper", "b") is None
+    clock.advance(60.0)
+    await exchange.place_order(request("b", side=Side.SELL, quantity=0.2))
+    equity = await exchange.equity(Scope.BOT, "b1")
+    assert equity == await ledger.equity(Scope.BOT, "b1")
+    # Bought 0.5 at 101, sold 0.2 at 100 (the mark): -0.2 realized, -0.3 unrealized, fees.
+    assert equity == pytest.approx(-0.2 - 0.3 - 0.001 * (50.5 + 20.0))
+    assert await exchange.equity(Scope.GLOBAL, None) == equity
+
+
+@pytest.mark.asyncio
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(rules=rule_lists, plan=steps)
+async def test_every_ledger_decides_exactly_as_shared_denial(
+    storages: Storages, rules: list[ScopeRule], plan: list[Place | Cancel]
+) -> None:
+    """On random sequences of orders and cancels under random shared rules, each backend
+    (each example on a new storage) denies exactly what shared_denial of the figures it
+    holds denies, with the same denial, and ends with the positions, resting counts and
+    buckets the domain functions give: the three ledgers agree."""
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        await decide_alike(storages()(), rules, plan)
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_a_sqlite_file_without_the_scope_tables_gets_them_from_its_fills(
+    tmp_path: Path,
+) -> None:
+    """A file written before the per-scope tables existed gets them in the transaction
+    that creates them: positions, realized P&L and marks replayed from its fills with the
+    orders' scope ids (an order without them counts under global only), resting counts
+    from its resting orders; equal to what accept had booked."""
+    path = tmp_path / "ledger.db"
+    conn = open_database(path)
+    try:
+        ledger = SQLitePaperLedger(conn)
+        for n, (venue, symbol, side, quantity, price, ids) in enumerate(_SCOPED_TRADES):
+            placed = trade(f"c{n}", side, quantity, price, book=(venue, symbol), fee=0.01, **ids)
+            await accepted(ledger, placed, [])
+        await accepted(ledger, trade("r1", Side.BUY, 0.1, 50.0, rests=True, bot_id="b1"), [])
+        await accepted(ledger, trade("r2", Side.BUY, 0.1, 50.0, rests=True), [])
+        await accepted(ledger, trade("r3", Side.BUY, 0.1, 50.0, rests=True, bot_id="b2"), [])
+        await ledger.cancel("paper", "r3")
+        before = [await ledger.scope_book(scope, target) for scope, target in SCOPES]
+        for table in ("paper_scope_positions", "paper_scopes", "paper_marks"):
+            conn.execute(f"DROP TABLE {table}")
+        reopened = SQLitePaperLedger(open_database(path))
+        after = [await reopened.scope_book(scope, target) for scope, target in SCOPES]
+        assert after == before
+        assert before[2].resting == 1
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+@bounded
+async def test_redis_cancel_counts_down_the_scopes_a_stored_order_names(
+    redis_server: ServerProcess, redis_prefix: str
+) -> None:
+    """Cancel reads the scope ids from the stored order: one written before orders kept
+    them counts down global only, and a count never goes below zero."""
+    client = aioredis.from_url(redis_server.url)
+    try:
+        ledger = RedisPaperLedger(client, prefix=redis_prefix)
+        await accepted(ledger, trade("new", Side.BUY, 0.1, 50.0, rests=True, bot_id="b1"), [])
+        old_layout = b'open\n["o-old","BTC/USDT","buy",0.1,"limit",50.0,0.0,null,1700000000.0]'
+        p = f"{redis_prefix}:paper:"
+        await client.hset(f"{p}orders:paper", mapping={"old": old_layout, "older": old_layout})
+        await client.sadd(f"{p}open:paper", "old", "older")
+        await ledger.cancel("paper", "old")
+        assert (await ledger.scope_book(Scope.GLOBAL, None)).resting == 0
+        assert (await ledger.scope_book(Scope.BOT, "b1")).resting == 1
+        cancelled = await ledger.cancel("paper", "older")
+        assert cancelled is not None and cancelled.status is OrderStatus.CANCELLED
+        assert (await ledger.scope_book(Scope.GLOBAL, None)).resting == 0
+        await ledger.cancel("paper", "new")
+        assert (await ledger.scope_book(Scope.BOT, "b1")).resting == 0
+    finally:
+        await client.aclose()
+
+
 # --- crowds of processes -------------------------------------------------------------
 
 
@@ -391,7 +789,7 @@ def assert_ledger_is_the_sum_of_its_fills(snapshot: Snapshot, client_order_ids: 
 
 
 def crowd_env() -> dict[str, str]:
-    paths = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "integration")]
+    paths = [str(REPO), *(str(REPO / "tests" / sub) for sub in ("", "unit", "integration"))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "TRADEFLOW_LOG_LEVEL": "warning"}
 
 
@@ -497,6 +895,81 @@ async def test_two_processes_placing_the_same_ids_on_redis_fill_each_once(
     assert_each_id_got_the_stored_order(placed, snapshot)
 
 
+async def assert_no_shared_limit_overshot(
+    placed: list[list[dict[str, Any]]], snapshot: Snapshot, ledger: PaperLedger
+) -> None:
+    """Of a ``shared`` crowd: every placement was accepted or denied by its own rule's
+    check, and exactly as many were accepted as each limit allows (no overshoot, no
+    needless denial): 10 buys of 0.1 under max_position 1.0, 3 resting orders, 5 orders
+    at one instant under order_rate 5 per hour. The ledger stored the accepted ones and
+    is the sum of their fills; each scope's book agrees."""
+    results = [result for worker in placed for result in worker]
+    accepted_ids = {r["client_order_id"] for r in results if r["denied"] is None}
+    for kind, rule in CROWD_RULES.items():
+        of_kind = [r for r in results if r["kind"] == kind]
+        checks = {r["denied"] for r in of_kind} - {None}
+        assert checks == {
+            {"position": "max_position", "open": "max_open_orders"}.get(kind, "order_rate")
+        }
+        accepted_of_kind = sum(r["denied"] is None for r in of_kind)
+        assert accepted_of_kind == {"position": 10, "open": 3, "rate": 5}[kind], kind
+        book = await ledger.scope_book(rule.scope, rule.target)
+        if kind == "position":
+            quantity = book.positions["paper", BTC].quantity
+            assert abs(quantity) <= 1.0 + 1e-9
+            assert quantity == pytest.approx(1.0)
+        if kind == "open":
+            assert book.resting == 3
+            resting = await ledger.open_orders("paper", rule.scope, rule.target)
+            assert len(resting) == 3
+        if kind == "rate":
+            assert book.bucket == (0.0, START)
+    assert_ledger_is_the_sum_of_its_fills(snapshot, accepted_ids)
+    assert len(snapshot.fills) == 15
+    assert_each_id_got_the_stored_order(
+        [[r for r in worker if r["denied"] is None] for worker in placed], snapshot
+    )
+
+
+@pytest.mark.asyncio
+async def test_three_processes_on_one_sqlite_file_never_overshoot_a_shared_limit(
+    tmp_path: Path,
+) -> None:
+    """3 processes x 18 orders at once on one file under shared max_position,
+    max_open_orders and order_rate limits: each limit admits exactly what it allows,
+    never more, and every order is either accepted or denied."""
+    db = tmp_path / "crowd.db"
+    placed = await run_crowd([("sqlite", str(db), "-", f"p{n}-", "18", "shared") for n in range(3)])
+    assert sum(map(len, placed)) == 54
+    conn = open_database(db)
+    try:
+        await assert_no_shared_limit_overshot(placed, sqlite_snapshot(db), SQLitePaperLedger(conn))
+    finally:
+        conn.close()
+
+
+@pytest.mark.asyncio
+async def test_three_processes_on_one_redis_never_overshoot_a_shared_limit(
+    redis_server: ServerProcess, redis_prefix: str
+) -> None:
+    """3 processes x 18 concurrent orders on one Redis under shared limits: no overshoot,
+    accepted plus denied is every order placed."""
+    workers = [
+        ("redis", redis_server.url, redis_prefix, f"p{n}-", "18", "shared") for n in range(3)
+    ]
+    placed = await run_crowd(workers)
+    assert sum(map(len, placed)) == 54
+    client = aioredis.from_url(redis_server.url)
+    try:
+        await assert_no_shared_limit_overshot(
+            placed,
+            await redis_snapshot(redis_server.url, redis_prefix),
+            RedisPaperLedger(client, prefix=redis_prefix),
+        )
+    finally:
+        await client.aclose()
+
+
 def test_three_cli_bots_on_one_state_file_keep_the_ledger_equal_to_its_fills(
     tmp_path: Path,
 ) -> None:
@@ -557,7 +1030,9 @@ def test_three_cli_bots_on_one_state_file_keep_the_ledger_equal_to_its_fills(
 # --- one process of a crowd ----------------------------------------------------------
 
 
-async def _worker(backend: str, target: str, prefix: str, id_prefix: str, count: int) -> None:
+async def _worker(
+    backend: str, target: str, prefix: str, id_prefix: str, count: int, mode: str
+) -> None:
     clock = ManualClock()
     feed = ReplayPriceFeed({("paper", BTC): CROWD_TICKS}, clock=clock)
     close: Callable[[], Any]
@@ -578,11 +1053,34 @@ async def _worker(backend: str, target: str, prefix: str, id_prefix: str, count:
 
     async def place(i: int) -> dict[str, Any]:
         await feed.quote("paper", BTC)
+        if mode == "shared":
+            return await place_shared(i)
         side = Side.SELL if i % 3 == 2 else Side.BUY
         order = await exchange.place_order(
             OrderRequest(f"{id_prefix}{i}", "paper", BTC, side, 0.01 * (1 + i % 4))
         )
         return {"client_order_id": order.client_order_id, "order_id": order.order_id}
+
+    async def place_shared(i: int) -> dict[str, Any]:
+        kind = list(CROWD_RULES)[i % len(CROWD_RULES)]
+        rule = CROWD_RULES[kind]
+        request = OrderRequest(
+            f"{id_prefix}{i}",
+            "paper",
+            BTC,
+            Side.BUY,
+            0.1 if kind == "position" else 0.01,
+            OrderType.LIMIT if kind == "open" else OrderType.MARKET,
+            50_000.0 if kind == "open" else None,
+            rules=(rule,),
+            **{f"{rule.scope.value}_id": rule.target},
+        )
+        outcome: dict[str, Any] = {"client_order_id": request.client_order_id, "kind": kind}
+        try:
+            order = await exchange.place_order(request)
+        except OrderDenied as exc:
+            return {**outcome, "order_id": None, "denied": exc.check}
+        return {**outcome, "order_id": order.order_id, "denied": None}
 
     if backend == "sqlite":  # one connection: its calls run one after the other anyway
         results = [await place(i) for i in range(count)]
@@ -601,5 +1099,7 @@ def _worker_ids() -> Callable[[], str]:
 
 
 if __name__ == "__main__":
-    backend_, target_, prefix_, id_prefix_, count_ = sys.argv[1:]
-    asyncio.run(_worker(backend_, target_, prefix_, id_prefix_, int(count_)))
+    backend_, target_, prefix_, id_prefix_, count_, *mode_ = sys.argv[1:]
+    asyncio.run(
+        _worker(backend_, target_, prefix_, id_prefix_, int(count_), mode_[0] if mode_ else "plain")
+    )

@@ -25,6 +25,7 @@ from tradeflow.domain.clock import new_id
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.errors import RiskLimitExceeded
 from tradeflow.domain.records import LimitDirection
+from tradeflow.domain.risk import NO_LIMITS, Denial, PreTradeLimits
 from tradeflow.engine.model import Block, NodeConfig, Ref
 from tradeflow.engine.nodes import ExecutionContext, NodeSpec, default_registry
 from tradeflow.engine.nodes.registry import HttpPool
@@ -70,6 +71,22 @@ class RecordingRisk:
     def __init__(self) -> None:
         self.calls: list[RiskCall] = []
         self.halted = False
+        self.limits: PreTradeLimits = NO_LIMITS
+        self.denials: list[tuple[Denial, str]] = []
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        return self.limits
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
+    ) -> None:
+        self.denials.append((denial, client_order_id))
 
     async def check_risk_limit(
         self,

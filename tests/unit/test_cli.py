@@ -263,3 +263,258 @@ def test_halt_states_are_shown_by_halt_and_status(capsys: pytest.CaptureFixture[
     with pytest.raises(SystemExit) as usage:
         main(["halt", "--state", "active", "--reason", "x"])
     assert usage.value.code == 2
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """``tradeflow ARGV`` in this process: exit code, stdout, stderr."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_limits_set_list_delete_per_scope(capsys: pytest.CaptureFixture[str]) -> None:
+    """`limits set` configures a limit per scope (global, strategy, bot) with its options,
+    `limits list` shows each (--json too, with its key), `limits delete` removes one and
+    says so when there was none."""
+    code, out, _ = run_cli(capsys, "limits", "set", "max_position", "5", "--bot", "b1")
+    assert code == 0
+    assert out.startswith("set max_position bot 'b1': abs_above 5; set by ")
+    assert run_cli(capsys, "limits", "set", "max_position", "50")[0] == 0
+    rate = ["limits", "set", "order_rate", "10", "--window", "60", "--strategy", "s1"]
+    assert run_cli(capsys, *rate)[0] == 0
+    daily = [
+        *("limits", "set", "daily_loss", "-500", "--workflow", "wf1", "--state", "halted"),
+        *("--consecutive", "3", "--timezone", "Europe/London", "--reset-time", "17:00"),
+        *("--lift-on-reset", "--cancel-orders", "--actor", "risk-desk"),
+    ]
+    code, out, _ = run_cli(capsys, *daily)
+    assert code == 0
+    assert out.startswith(
+        "set daily_loss workflow 'wf1': below -500 (moves the scope to halted after 3 "
+        "breaches in a row, day from 17:00 Europe/London, lifted at the next day, cancels "
+        "resting orders); set by risk-desk at "
+    )
+
+    code, out, _ = run_cli(capsys, "limits", "list")
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 4
+    assert lines[0].startswith("daily_loss workflow 'wf1': below -500 (")
+    assert lines[1].startswith("max_position global: abs_above 50; set by ")
+    assert lines[2].startswith("max_position bot 'b1': abs_above 5; set by ")
+    assert lines[3].startswith("order_rate strategy 's1': above 10 (per 60s); set by ")
+    code, out, _ = run_cli(capsys, "limits", "list", "--json")
+    listed = {item["key"]: item for item in map(json.loads, out.splitlines())}
+    assert set(listed) == {
+        "daily_loss@workflow:wf1",
+        "max_position",
+        "max_position@bot:b1",
+        "order_rate@strategy:s1",
+    }
+    assert listed["daily_loss@workflow:wf1"]["timezone"] == "Europe/London"
+    assert listed["daily_loss@workflow:wf1"]["state"] == "halted"
+    assert listed["order_rate@strategy:s1"]["window"] == 60.0
+
+    assert run_cli(capsys, "limits", "delete", "max_position", "--bot", "b1") == (
+        0,
+        "deleted max_position bot 'b1'\n",
+        "",
+    )
+    assert run_cli(capsys, "limits", "delete", "max_position", "--bot", "b1") == (
+        0,
+        "no max_position limit on bot 'b1'\n",
+        "",
+    )
+    code, out, _ = run_cli(capsys, "status")
+    assert "limit max_position global: abs_above 50" in out
+    assert "max_position bot" not in out
+
+
+def test_limits_list_says_when_there_are_none(capsys: pytest.CaptureFixture[str]) -> None:
+    """`limits list` with nothing configured says so (and --json prints nothing)."""
+    assert run_cli(capsys, "limits", "list") == (0, "no limits\n", "")
+    assert run_cli(capsys, "limits", "list", "--json") == (0, "", "")
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["daily_loss", "-5", "--state", "halted", "--timezone", "Mars/Olympus"], "timezone"),
+        (["daily_loss", "-5", "--state", "halted", "--reset-time", "25:00"], "reset_time"),
+        (["max_position", "5", "--window", "10"], "window"),
+        (["order_rate", "5"], "window"),
+        (["max_position", "5", "--state", "halted"], "state"),
+        (["max_position", "5", "--consecutive", "3"], "consecutive"),
+        (["heartbeat", "-1", "--bot", "b1"], "threshold"),
+        (["heartbeat", "nan", "--bot", "b1"], "threshold"),
+        (["max_position", "5", "--bot", "not an id"], "--bot"),
+        (["max_position", "5", "--direction", "below"], "direction"),
+    ],
+    ids=[
+        "bad-timezone",
+        "bad-reset-time",
+        "window-on-a-non-rate-limit",
+        "rate-without-window",
+        "state-on-a-pre-trade-type",
+        "consecutive-without-state",
+        "negative-ttl",
+        "nan-threshold",
+        "target-no-id",
+        "direction-of-a-fixed-type",
+    ],
+)
+def test_bad_limit_options_are_a_one_line_error_naming_the_field(
+    capsys: pytest.CaptureFixture[str], argv: list[str], field: str
+) -> None:
+    """`limits set` with an option its type does not take, or a malformed one, exits 2
+    with one line naming the field; nothing is configured."""
+    code, out, err = run_cli(capsys, "limits", "set", *argv)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"error: invalid field {field!r}: expected ")
+    assert run_cli(capsys, "limits", "list")[1] == "no limits\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["limits", "set", "max_position", "5", "--bot", "b1", "--strategy", "s1"],
+        ["limits", "set", "max_position", "five"],
+        ["limits", "set", "daily_loss", "-5", "--state", "active"],
+        ["limits", "set", "daily_loss", "-5", "--consecutive", "0"],
+        ["limits", "delete", "max_position", "--bot", "b1", "--workflow", "w"],
+        ["heartbeat"],
+        ["heartbeat", "--global", "--bot", "b1"],
+        ["heartbeat", "--global", "--every", "0"],
+        ["heartbeat", "--global", "--every", "inf"],
+    ],
+    ids=[
+        "two-scopes",
+        "threshold-no-number",
+        "state-active",
+        "consecutive-0",
+        "delete-two-scopes",
+        "heartbeat-no-scope",
+        "heartbeat-two-scopes",
+        "every-0",
+        "every-inf",
+    ],
+)
+def test_limit_and_heartbeat_usage_errors_exit_2(argv: list[str]) -> None:
+    """Usage errors of the new commands (two scopes, no scope, a non-number, a state that
+    is no restriction, a non-positive count or period) exit 2 as argparse does."""
+    with pytest.raises(SystemExit) as usage:
+        main(argv)
+    assert usage.value.code == 2
+
+
+def test_limits_explain_shows_state_limits_deciding_and_triggers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`limits explain` for some ids shows their state and deciding halt, every limit of
+    their scopes with the strictest of each type marked, and each trigger's progress;
+    --json carries the same, the deciding limits by key."""
+    for argv in (
+        ["max_order_notional", "1000"],
+        ["max_order_notional", "500", "--bot", "b1"],
+        ["max_order_notional", "100", "--bot", "b2"],
+        ["heartbeat", "30", "--bot", "b1"],
+    ):
+        assert run_cli(capsys, "limits", "set", *argv)[0] == 0
+    halt = ["halt", "--scope", "bot", "--target", "b1", "--state", "reduce_only"]
+    assert run_cli(capsys, *halt, "--reason", "wind down")[0] == 0
+    assert run_cli(capsys, "heartbeat", "--bot", "b1")[0] == 0
+
+    code, out, _ = run_cli(capsys, "limits", "explain", "--bot", "b1", "--workflow", "wf1")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "for workflow 'wf1', bot 'b1'"
+    assert lines[1].startswith("trading: REDUCE_ONLY by the halt of bot 'b1' since ")
+    assert lines[1].endswith(": wind down")
+    assert lines[2] == "limits (* the strictest of its type, which decides):"
+    assert lines[3].startswith(
+        "  * heartbeat bot 'b1': no beat for 30s (moves the scope to cancel_only)"
+    )
+    assert lines[4].startswith("    max_order_notional global: above 1000;")
+    assert lines[5].startswith("  * max_order_notional bot 'b1': above 500;")
+    assert lines[6] == "triggers:"
+    assert lines[7].startswith("    heartbeat bot 'b1': ")
+    assert "last beat " in lines[7] and "armed" in lines[7]
+    assert "b2" not in out
+
+    code, out, _ = run_cli(capsys, "limits", "explain", "--bot", "b1", "--json")
+    explained = json.loads(out)
+    assert explained["state"] == "reduce_only"
+    assert explained["halt"]["reason"] == "wind down"
+    assert [limit["key"] for limit in explained["deciding"]] == [
+        "heartbeat@bot:b1",
+        "max_order_notional@bot:b1",
+    ]
+    assert explained["triggers"][0]["progress"]["last_beat"] is not None
+
+    code, out, _ = run_cli(capsys, "limits", "explain")
+    assert out.splitlines()[:2] == [
+        "for no workflow, bot or strategy (global only)",
+        "trading: ACTIVE",
+    ]
+
+
+def test_heartbeat_beats_a_configured_switch_and_refuses_a_scope_without_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`heartbeat` on a scope with a heartbeat limit beats once and says when it lapses;
+    on a scope without one it exits 2 with one line saying so."""
+    code, out, err = run_cli(capsys, "heartbeat", "--bot", "b1")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: invalid field 'scope': expected a scope with a heartbeat limit")
+    assert run_cli(capsys, "limits", "set", "heartbeat", "30")[0] == 0
+    code, out, _ = run_cli(capsys, "heartbeat", "--global")
+    assert code == 0
+    assert out.startswith("heartbeat global: lapses at ") and out.endswith(" unless beaten again\n")
+    code, out, _ = run_cli(capsys, "heartbeat", "--global", "--json")
+    beat = json.loads(out)
+    assert (beat["scope"], beat["target"]) == ("global", None)
+
+
+def _beating(*argv: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "TRADEFLOW_LOG_LEVEL": "warning"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tradeflow.app.cli", "heartbeat", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_heartbeat_every_beats_until_terminated(capsys: pytest.CaptureFixture[str]) -> None:
+    """`heartbeat --every S` beats again and again until SIGTERM, then exits 143 without a
+    traceback."""
+    assert run_cli(capsys, "limits", "set", "heartbeat", "60", "--bot", "b1")[0] == 0
+    beating = _beating("--bot", "b1", "--every", "0.01")
+    assert beating.stdout is not None
+    beats = []
+    for line in beating.stdout:
+        assert line.startswith("heartbeat bot 'b1': lapses at "), line
+        beats.append(line)
+        if len(beats) == 3:
+            break
+    assert len(beats) == 3
+    beating.terminate()
+    _, err = beating.communicate(timeout=60)
+    assert beating.returncode == 143
+    assert "Traceback" not in err and "warning: --every" not in err
+
+
+def test_heartbeat_every_warns_when_the_period_is_not_under_the_ttl(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`heartbeat --every S` with S not under the switch's time to live warns, once, that
+    the switch lapses between beats."""
+    assert run_cli(capsys, "limits", "set", "heartbeat", "1", "--strategy", "s1")[0] == 0
+    beating = _beating("--strategy", "s1", "--every", "30")
+    assert beating.stdout is not None and beating.stderr is not None
+    assert beating.stdout.readline().startswith("heartbeat strategy 's1': lapses at ")
+    warning = beating.stderr.readline()
+    beating.terminate()
+    beating.communicate(timeout=60)
+    assert warning.startswith("warning: --every 30 is not shorter than the time to live")

@@ -522,7 +522,7 @@ async def test_risk_limit_types_are_bounded_and_replacing_one_never_refused(
     await controller.set_risk_limit("daily_loss", -500.0)
     await controller.set_risk_limit("max_position", 10.0)
 
-    with pytest.raises(errors.CapacityExceeded, match="risk limit types"):
+    with pytest.raises(errors.CapacityExceeded, match="risk limits"):
         await controller.set_risk_limit("max_exposure", 1.0)
     await controller.set_risk_limit("daily_loss", -100.0)
 

@@ -372,6 +372,8 @@ async def test_place_order_fills_once_per_execution_and_block() -> None:
         "status": "filled",
         "filled_quantity": 0.5,
         "avg_price": 102.0,
+        "reason": None,
+        "denial": None,
     }
     assert again == first
     assert position == 0.5

@@ -298,7 +298,8 @@ async def test_state_survives_a_restart_on_the_same_file(connect: Any) -> None:
 @pytest.mark.asyncio
 async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any) -> None:
     """The ledger keeps its state in paper_* tables: one order, its balances, one fill,
-    one position and one day of P&L."""
+    one position, one day of P&L, the global scope's realized P&L and the symbol's mark
+    (an order without scope ids has no per-scope position beyond the global one)."""
     conn = connect()
     exchange = _exchange(ledger=SQLitePaperLedger(conn), fee_rate=0.001)
     await exchange.place_order(_order("c1"))
@@ -309,12 +310,22 @@ async def test_tables_are_prefixed_and_one_fill_writes_one_row_each(connect: Any
         "paper_fills",
         "paper_positions",
         "paper_daily_pnl",
+        "paper_scope_positions",
+        "paper_scopes",
+        "paper_marks",
     }
     counts = [
         conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        for table in ("paper_orders", "paper_fills", "paper_positions", "paper_daily_pnl")
+        for table in (
+            "paper_orders",
+            "paper_fills",
+            "paper_positions",
+            "paper_daily_pnl",
+            "paper_marks",
+            "paper_scope_positions",
+        )
     ]
-    assert counts == [1, 1, 1, 1]
+    assert counts == [1, 1, 1, 1, 1, 0]
     stored = dict(conn.execute("SELECT asset, amount FROM paper_balances WHERE venue = 'paper'"))
     assert stored == pytest.approx({**DEFAULT_BALANCES, "USDT": 100_000 - 102 * 1.001, "BTC": 3.0})
     assert conn.execute(

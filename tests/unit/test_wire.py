@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import grpc
 import kit
 import pytest
 from google.protobuf.message import Message
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.errors import ERROR_METADATA_KEY, error_from_rpc, status_of
 from tradeflow.domain.codec import decode_page_token
-from tradeflow.domain.emergency import BarrierReport, InFlightAction
+from tradeflow.domain.emergency import (
+    BarrierReport,
+    EmergencySnapshot,
+    InFlightAction,
+    LimitExplanation,
+    ScopeIds,
+)
 from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
@@ -49,6 +59,7 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.risk import NO_OPTIONS, Denial, LimitOptions, TriggerProgress
 from tradeflow.domain.trading import OrderEffect, TradingState
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2
@@ -409,13 +420,30 @@ def test_a_malformed_acknowledgement_is_refused_naming_the_field(
 
 
 def test_emergency_state_round_trip() -> None:
-    """A snapshot of halts comes back with the same halts, order and version."""
+    """A snapshot of halts and limits comes back with the same halts, limits and version."""
     halts = (
         HaltState(Scope.GLOBAL, None, "kill switch", "ops", NOW),
         HaltState(Scope.BOT, "bot-1", "drawdown", "risk", NOW + 1),
     )
-    msg = through_wire(wire.emergency_state_to_proto(halts, 42))
-    assert wire.emergency_state_from_proto(msg) == (halts, 42)
+    limits = (
+        RiskLimit("max_position", 5.0, LimitDirection.ABS_ABOVE, True, NOW, "ops"),
+        RiskLimit(
+            "order_rate", 10, LimitDirection.ABOVE, True, NOW, "ops", Scope.BOT, "bot-1", 60.0
+        ),
+    )
+    msg = through_wire(wire.emergency_state_to_proto(halts, 42, limits))
+    snapshot = wire.emergency_state_from_proto(msg)
+    assert snapshot == EmergencySnapshot.of(42, halts, limits)
+    assert set(snapshot.limits) == {"max_position", "order_rate@bot:bot-1"}
+
+
+def test_a_snapshot_with_a_malformed_limit_names_the_limit_and_field() -> None:
+    """An unreadable limit in a pushed snapshot is refused naming its index and field."""
+    msg = wire.emergency_state_to_proto((), 1, [RiskLimit("x", 1.0, LimitDirection.ABOVE)])
+    msg.limits[0].state = 99
+    with pytest.raises(InvalidRequest) as caught:
+        wire.emergency_state_from_proto(msg)
+    assert caught.value.field == "limits[0].state"
 
 
 @pytest.mark.parametrize("direction", list(LimitDirection))
@@ -423,6 +451,232 @@ def test_risk_limit_round_trip(direction: LimitDirection) -> None:
     """A risk limit in every direction comes back equal."""
     limit = RiskLimit("daily_pnl", -500.25, direction, False, NOW, "ops")
     assert round_trip(limit, wire.risk_limit_to_proto, wire.risk_limit_from_proto) == limit
+
+
+ids_st = st.from_regex(r"[A-Za-z0-9_\-:~@+=]{1,128}", fullmatch=True)
+scopes_st = st.one_of(
+    st.just((Scope.GLOBAL, None)),
+    st.tuples(st.sampled_from([Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW]), ids_st),
+)
+finite_st = st.floats(allow_nan=False, allow_infinity=False)
+options_st = st.builds(
+    LimitOptions,
+    window=st.none() | st.floats(min_value=1e-3, max_value=86_400.0),
+    state=st.none() | st.sampled_from(TradingState),
+    consecutive=st.integers(min_value=1, max_value=1000),
+    timezone=st.sampled_from(["UTC", "Europe/London", "America/New_York", "Asia/Tokyo"]),
+    reset_time=st.from_regex(r"([01]\d|2[0-3]):[0-5]\d", fullmatch=True),
+    lift_on_reset=st.booleans(),
+    cancel_orders=st.booleans(),
+)
+
+
+@st.composite
+def risk_limits(draw: st.DrawFn) -> RiskLimit:
+    scope, target = draw(scopes_st)
+    options = draw(options_st)
+    return RiskLimit(
+        limit_type=draw(ids_st),
+        threshold=draw(finite_st),
+        direction=draw(st.sampled_from(LimitDirection)),
+        auto_halt=draw(st.booleans()),
+        # Whole microseconds: what a Timestamp carries exactly for any time we store.
+        updated_at=NOW + draw(st.integers(0, 10**9)) / 1e6,
+        updated_by=draw(st.text(max_size=20)),
+        scope=scope,
+        target=target,
+        window=options.window,
+        state=options.state,
+        consecutive=options.consecutive,
+        timezone=options.timezone,
+        reset_time=options.reset_time,
+        lift_on_reset=options.lift_on_reset,
+        cancel_orders=options.cancel_orders,
+    )
+
+
+@given(limit=risk_limits())
+def test_a_scoped_limit_with_every_option_round_trips(limit: RiskLimit) -> None:
+    """Any limit of any scope with any options (window, trigger state, consecutive, time
+    zone, reset time, lift on reset, cancel orders) comes back equal, key included."""
+    back = round_trip(limit, wire.risk_limit_to_proto, wire.risk_limit_from_proto)
+    assert back == limit
+    assert back.key == limit.key
+
+
+def test_a_limit_stored_before_scopes_reads_as_global_with_default_options() -> None:
+    """A RiskLimit message without fields 7-15 (an older service) is a global limit, not a
+    trigger, with a consecutive of 1, UTC and 00:00."""
+    old = emergency_service_pb2.RiskLimit(
+        limit_type="max_position",
+        threshold=5.0,
+        direction=emergency_service_pb2.LIMIT_DIRECTION_ABS_ABOVE,
+        auto_halt=True,
+        updated_at=wire.timestamp_to_proto(NOW),
+        updated_by="ops",
+    )
+    limit = wire.risk_limit_from_proto(through_wire(old))
+    assert limit == RiskLimit("max_position", 5.0, LimitDirection.ABS_ABOVE, True, NOW, "ops")
+    assert (limit.scope, limit.target, limit.key) == (Scope.GLOBAL, None, "max_position")
+    assert wire.limit_options_from_proto(old) == NO_OPTIONS
+
+
+@given(options=options_st)
+def test_set_risk_limit_options_round_trip(options: LimitOptions) -> None:
+    """The options a SetRiskLimitRequest carries come back as the LimitOptions sent."""
+    msg = emergency_service_pb2.SetRiskLimitRequest(**wire.limit_options_fields(options))
+    assert wire.limit_options_from_proto(through_wire(msg)) == options
+
+
+def test_unset_limit_options_are_the_defaults() -> None:
+    """Unset options read as the documented defaults: no window, no trigger state, one
+    breach, UTC, 00:00; an unspecified scope is global."""
+    request = emergency_service_pb2.SetRiskLimitRequest(limit_type="max_position", threshold=1)
+    assert wire.limit_options_from_proto(request) == NO_OPTIONS
+    assert wire.limit_scope_from_proto(request) == (Scope.GLOBAL, None)
+    delete = emergency_service_pb2.DeleteRiskLimitRequest(
+        scope=common_pb2.SCOPE_BOT, target="bot-1"
+    )
+    assert wire.limit_scope_from_proto(delete) == (Scope.BOT, "bot-1")
+
+
+@pytest.mark.parametrize(
+    ("read", "changes", "field"),
+    [
+        (wire.limit_options_from_proto, {"state": 99}, "state"),
+        (wire.limit_scope_from_proto, {"scope": 42}, "scope"),
+    ],
+    ids=["unknown-state", "unknown-scope"],
+)
+def test_a_limit_request_with_an_unknown_enum_names_the_field(
+    read: Callable[[Any], object], changes: dict[str, int], field: str
+) -> None:
+    """A state or scope number no member has is refused naming the field."""
+    request = emergency_service_pb2.SetRiskLimitRequest(limit_type="heartbeat", **changes)
+    with pytest.raises(InvalidRequest) as caught:
+        read(request)
+    assert caught.value.field == field
+
+
+progress_st = st.builds(
+    TriggerProgress,
+    version=st.just(0),
+    breaches=st.integers(0, 1000),
+    fired=st.booleans(),
+    peak=st.none() | finite_st,
+    day=st.none() | st.dates().map(lambda d: d.isoformat()),
+    anchor=st.none() | finite_st,
+    last_beat=st.none() | st.integers(0, 10**9).map(lambda us: NOW + us / 1e6),
+    evaluated_at=st.just(0.0) | st.integers(0, 10**9).map(lambda us: NOW + us / 1e6),
+    value=st.none() | finite_st,
+)
+
+
+@given(limit=risk_limits(), progress=progress_st)
+def test_trigger_status_round_trip(limit: RiskLimit, progress: TriggerProgress) -> None:
+    """A trigger and its progress (breaches, fired, peak, day and anchor, last beat, value,
+    when evaluated or never) come back equal; the store's version does not travel."""
+    msg = through_wire(wire.trigger_status_to_proto(limit, progress))
+    assert wire.trigger_status_from_proto(msg) == (limit, progress)
+
+
+@pytest.mark.parametrize("halted", [True, False], ids=["halted", "active"])
+def test_limit_explanation_round_trip(halted: bool) -> None:
+    """An explanation (state, deciding halt or none, applicable and deciding limits, each
+    trigger's progress) comes back equal for the ids it was asked for."""
+    ids = ScopeIds("wf-1", "bot-1", "strat-1")
+    broad = RiskLimit("max_position", 10, LimitDirection.ABS_ABOVE, True, NOW, "ops")
+    narrow = replace(broad, scope=Scope.BOT, target="bot-1", threshold=5)
+    switch = RiskLimit(
+        "heartbeat",
+        30,
+        LimitDirection.ABOVE,
+        True,
+        NOW,
+        "ops",
+        Scope.BOT,
+        "bot-1",
+        state=TradingState.CANCEL_ONLY,
+    )
+    halt = HaltState(
+        Scope.BOT,
+        "bot-1",
+        "no heartbeat",
+        "trigger:heartbeat@bot:bot-1",
+        NOW,
+        TradingState.CANCEL_ONLY,
+    )
+    explanation = LimitExplanation(
+        ids=ids,
+        state=TradingState.CANCEL_ONLY if halted else TradingState.ACTIVE,
+        halt=halt if halted else None,
+        applicable=(switch, broad, narrow),
+        deciding=(switch, narrow),
+        triggers=((switch, TriggerProgress(breaches=1, fired=halted, last_beat=NOW)),),
+    )
+    msg = through_wire(wire.limit_explanation_to_proto(explanation))
+    assert wire.limit_explanation_from_proto(msg, ids) == explanation
+
+
+@pytest.mark.parametrize(
+    "denial",
+    [
+        Denial("max_position", Scope.BOT, "bot-1", 12.5, 10.0, "position beyond max_position"),
+        Denial("order_rate", Scope.GLOBAL, None, 0.25, 5.0, "order rate of global above 5"),
+    ],
+    ids=["scoped", "global"],
+)
+def test_order_denied_round_trip(denial: Denial) -> None:
+    """A denial report (the denial, ids, execution, node and client order id) comes back
+    equal."""
+    ids = ScopeIds("wf-1", "bot-1", None)
+    msg = through_wire(
+        wire.order_denied_to_proto(
+            denial, ids=ids, execution_id="ex-1", node_id="buy", client_order_id="ex-1:buy"
+        )
+    )
+    assert wire.order_denied_from_proto(msg) == (denial, ids)
+    assert (msg.execution_id, msg.node_id, msg.client_order_id) == ("ex-1", "buy", "ex-1:buy")
+
+
+def test_a_denial_without_a_price_keeps_its_nan_value() -> None:
+    """A check that had no price to judge denies with value NaN, which the wire keeps."""
+    denial = Denial("max_order_notional", Scope.GLOBAL, None, math.nan, 100.0, "no price")
+    back = round_trip(denial, wire.denial_to_proto, wire.denial_from_proto)
+    assert math.isnan(back.value)
+    assert (back.check, back.threshold, back.reason) == ("max_order_notional", 100.0, "no price")
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"scope": common_pb2.SCOPE_UNSPECIFIED}, "denial.scope"),
+        ({"target": "bot-1"}, "denial.target"),
+        ({"scope": common_pb2.SCOPE_BOT}, "denial.target"),
+        ({"check": "not an id"}, "denial.check"),
+        ({"reason": "two\nlines"}, "denial.reason"),
+    ],
+    ids=["no-scope", "global-with-target", "bot-without-target", "check", "reason"],
+)
+def test_a_malformed_denial_report_is_refused_naming_the_field(
+    changes: dict[str, Any], field: str
+) -> None:
+    """A denial's scope must be given and fit its target, its check be an id and its reason
+    one line of bounded text."""
+    fields: dict[str, Any] = {
+        "check": "max_position",
+        "scope": common_pb2.SCOPE_GLOBAL,
+        "value": 1.0,
+        "threshold": 0.5,
+        "reason": "too big",
+        **changes,
+    }
+    msg = emergency_service_pb2.RecordOrderDeniedRequest(
+        denial=emergency_service_pb2.OrderDenial(**fields)
+    )
+    with pytest.raises(InvalidRequest) as caught:
+        wire.order_denied_from_proto(msg)
+    assert caught.value.field == field
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Protocol, TextIO, runtime_checkable
 
@@ -29,7 +30,7 @@ from tradeflow.app.devstack import DEFAULT_PORTS, Stack, load_env_file, stop_rec
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import BarrierReport
+from tradeflow.domain.emergency import BarrierReport, LimitExplanation, ScopeIds
 from tradeflow.domain.errors import (
     EmergencyHalted,
     RiskLimitExceeded,
@@ -37,15 +38,23 @@ from tradeflow.domain.errors import (
     UnavailableError,
     WorkflowValidationError,
 )
-from tradeflow.domain.limits import DEFINITION_MAX_BYTES, ID_CHARACTERS, ID_MAX_LENGTH
+from tradeflow.domain.limits import (
+    DEFINITION_MAX_BYTES,
+    ID_CHARACTERS,
+    ID_MAX_LENGTH,
+    check_id,
+)
 from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
     HaltState,
+    LimitDirection,
+    RiskLimit,
     Scope,
     rfc3339,
 )
+from tradeflow.domain.risk import NO_OPTIONS, LimitOptions, TriggerProgress
 from tradeflow.domain.trading import TradingState
 from tradeflow.engine.validation import parse_workflow
 from tradeflow.observability.logging import configure_logging
@@ -359,11 +368,256 @@ async def cmd_status(args: argparse.Namespace) -> int:
             f"by {h.actor}{cancels}: {h.reason}"
         )
     for limit in limits:
-        print(
-            f"limit {limit.limit_type}: {limit.direction.value} {limit.threshold} "
-            f"(auto_halt={limit.auto_halt})"
-        )
+        print(f"limit {_limit_line(limit)}")
     return 0
+
+
+_SCOPE_FLAGS = (("strategy", Scope.STRATEGY), ("bot", Scope.BOT), ("workflow", Scope.WORKFLOW))
+
+
+def _limit_scope(args: argparse.Namespace) -> tuple[Scope, str | None]:
+    """The scope ``--strategy``, ``--bot`` or ``--workflow`` names (at most one: argparse
+    sees to it); global without any."""
+    for flag, scope in _SCOPE_FLAGS:
+        value = getattr(args, flag, None)
+        if value is not None:
+            return scope, check_id(f"--{flag}", value)
+    return Scope.GLOBAL, None
+
+
+def _number(value: float) -> str:
+    return f"{value:.10g}"
+
+
+def _limit_line(limit: RiskLimit) -> str:
+    """One limit, its options that differ from the defaults and who set it."""
+    extras: list[str] = []
+    if limit.window is not None:
+        extras.append(f"per {_number(limit.window)}s")
+    if limit.state is not None:
+        after = f" after {limit.consecutive} breaches in a row" if limit.consecutive > 1 else ""
+        extras.append(f"moves the scope to {limit.state.value}{after}")
+    if limit.limit_type == "daily_loss":
+        extras.append(f"day from {limit.reset_time} {limit.timezone}")
+    if limit.lift_on_reset:
+        extras.append("lifted at the next day")
+    if limit.cancel_orders:
+        extras.append("cancels resting orders")
+    if not limit.auto_halt:
+        extras.append("no auto halt")
+    options = f" ({', '.join(extras)})" if extras else ""
+    by = f" by {limit.updated_by}" if limit.updated_by else ""
+    if limit.limit_type == "heartbeat":
+        rule = f"no beat for {_number(limit.threshold)}s"
+    else:
+        rule = f"{limit.direction.value} {_number(limit.threshold)}"
+    return (
+        f"{limit.limit_type} {_where(limit.scope, limit.target)}: {rule}{options}; "
+        f"set{by} at {rfc3339(limit.updated_at)}"
+    )
+
+
+def _limit_json(limit: RiskLimit) -> dict[str, Any]:
+    return {"key": limit.key, **asdict(limit)}
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, separators=(",", ":"), default=str), flush=True)
+
+
+async def cmd_limits(args: argparse.Namespace) -> int:
+    """Set, list, delete or explain the risk limits (pre-trade checks and triggers)."""
+    if args.action == "set":
+        return await _set_limit(args)
+    if args.action == "delete":
+        scope, target = _limit_scope(args)
+        async with _kill_switch(args) as emergency:
+            deleted = await emergency.delete_risk_limit(
+                args.limit_type, scope, target, actor=args.actor
+            )
+        where = _where(scope, target)
+        if args.json:
+            _print_json(
+                {
+                    "limit_type": args.limit_type,
+                    "scope": scope,
+                    "target": target,
+                    "deleted": deleted,
+                }
+            )
+        else:
+            print(
+                f"deleted {args.limit_type} {where}"
+                if deleted
+                else f"no {args.limit_type} limit on {where}"
+            )
+        return 0
+    if args.action == "explain":
+        ids = ScopeIds(
+            workflow_id=check_id("--workflow", args.workflow, optional=True),
+            bot_id=check_id("--bot", args.bot, optional=True),
+            strategy_id=check_id("--strategy", args.strategy, optional=True),
+        )
+        async with _kill_switch(args) as emergency:
+            explanation = await emergency.explain_limits(ids)
+        if args.json:
+            _print_json(_explanation_json(explanation))
+        else:
+            _print_explanation(explanation)
+        return 0
+    async with _kill_switch(args) as emergency:
+        limits = await emergency.list_risk_limits()
+    for limit in limits:
+        if args.json:
+            _print_json(_limit_json(limit))
+        else:
+            print(_limit_line(limit))
+    if not limits and not args.json:
+        print("no limits")
+    return 0
+
+
+async def _set_limit(args: argparse.Namespace) -> int:
+    scope, target = _limit_scope(args)
+    options = LimitOptions(
+        window=args.window,
+        state=None if args.state is None else TradingState(args.state),
+        consecutive=args.consecutive,
+        timezone=args.timezone,
+        reset_time=args.reset_time,
+        lift_on_reset=args.lift_on_reset,
+        cancel_orders=args.cancel_orders,
+    )
+    async with _kill_switch(args) as emergency:
+        limit = await emergency.set_risk_limit(
+            args.limit_type,
+            args.threshold,
+            None if args.direction is None else LimitDirection(args.direction),
+            auto_halt=not args.no_auto_halt,
+            actor=args.actor,
+            scope=scope,
+            target=target,
+            options=options,
+        )
+    if args.json:
+        _print_json(_limit_json(limit))
+    else:
+        print(f"set {_limit_line(limit)}")
+    return 0
+
+
+def _explanation_json(explanation: LimitExplanation) -> dict[str, Any]:
+    halt = explanation.halt
+    return {
+        "ids": asdict(explanation.ids),
+        "state": explanation.state,
+        "halt": None if halt is None else asdict(halt),
+        "applicable": [_limit_json(limit) for limit in explanation.applicable],
+        "deciding": [_limit_json(limit) for limit in explanation.deciding],
+        "triggers": [
+            {"limit": _limit_json(limit), "progress": asdict(progress)}
+            for limit, progress in explanation.triggers
+        ],
+    }
+
+
+def _print_explanation(explanation: LimitExplanation) -> None:
+    ids = explanation.ids
+    named = [
+        f"{label} {value!r}"
+        for label, value in (
+            ("workflow", ids.workflow_id),
+            ("bot", ids.bot_id),
+            ("strategy", ids.strategy_id),
+        )
+        if value is not None
+    ]
+    print(f"for {', '.join(named) if named else 'no workflow, bot or strategy (global only)'}")
+    halt = explanation.halt
+    if halt is None:
+        print(f"trading: {explanation.state.value.upper()}")
+    else:
+        print(
+            f"trading: {explanation.state.value.upper()} by the halt of "
+            f"{_where(halt.scope, halt.target)} since {rfc3339(halt.since)} by {halt.actor}: "
+            f"{halt.reason}"
+        )
+    if not explanation.applicable:
+        print("limits: none")
+    else:
+        print("limits (* the strictest of its type, which decides):")
+        deciding = {limit.key for limit in explanation.deciding}
+        for limit in explanation.applicable:
+            mark = "*" if limit.key in deciding else " "
+            print(f"  {mark} {_limit_line(limit)}")
+    if explanation.triggers:
+        print("triggers:")
+        for limit, progress in explanation.triggers:
+            print(
+                f"    {limit.limit_type} {_where(limit.scope, limit.target)}: "
+                f"{_progress(limit, progress)}"
+            )
+
+
+def _progress(limit: RiskLimit, progress: TriggerProgress) -> str:
+    """A trigger's progress in words."""
+    if not progress.evaluated_at:
+        seen = "not evaluated yet"
+    elif limit.limit_type == "heartbeat":
+        since = _number(progress.value or 0.0)
+        seen = f"{since}s since the last beat (ttl {_number(limit.threshold)}s)"
+    else:
+        seen = f"{_number(progress.value or 0.0)} against {_number(limit.threshold)}"
+    parts = [seen]
+    if progress.last_beat is not None:
+        parts.append(f"last beat {rfc3339(progress.last_beat)}")
+    if progress.day is not None:
+        parts.append(f"trading day {progress.day} from equity {_number(progress.anchor or 0.0)}")
+    if progress.peak is not None:
+        parts.append(f"peak equity {_number(progress.peak)}")
+    parts.append(f"{progress.breaches} of {limit.consecutive} breach(es) in a row")
+    parts.append("FIRED" if progress.fired else "armed")
+    return "; ".join(parts)
+
+
+async def cmd_heartbeat(args: argparse.Namespace) -> int:
+    """One beat of a scope's dead-man's switch, or one every ``--every`` seconds until
+    interrupted (a beat the emergency control could not take is reported and the next one
+    tried: if they keep failing, the switch lapses, which is its point)."""
+    scope, target = (Scope.GLOBAL, None) if args.global_scope else _limit_scope(args)
+    where = _where(scope, target)
+    clock = SystemClock()
+    warned = False
+    async with _kill_switch(args) as emergency:
+        while True:
+            sent = clock.time()
+            try:
+                expires_at = await emergency.heartbeat(scope, target)
+            except UnavailableError as exc:
+                if args.every is None:
+                    raise
+                print(f"heartbeat {where} failed: {exc}", file=sys.stderr, flush=True)
+            else:
+                if args.json:
+                    _print_json(
+                        {"scope": scope, "target": target, "expires_at": rfc3339(expires_at)}
+                    )
+                else:
+                    print(
+                        f"heartbeat {where}: lapses at {rfc3339(expires_at)} unless beaten again",
+                        flush=True,
+                    )
+                if args.every is not None and args.every >= expires_at - sent and not warned:
+                    warned = True
+                    print(
+                        f"warning: --every {_number(args.every)} is not shorter than the time "
+                        f"to live of {where}'s switch: it lapses between beats",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+            if args.every is None:
+                return 0
+            await asyncio.sleep(args.every)
 
 
 async def cmd_events(args: argparse.Namespace) -> int:
@@ -526,6 +780,8 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="halts and risk limits in force")
     status.set_defaults(handler=cmd_status)
 
+    _add_limit_commands(sub, common)
+
     events = sub.add_parser(
         "events", parents=[common], help="print recorded events; --follow tails them"
     )
@@ -559,6 +815,141 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
     stack.add_argument("--dir", default=STACK_DIR, help="where logs, data and stack.json go")
     stack.set_defaults(handler=cmd_stack)
     return parser
+
+
+def _add_scope_flags(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    """``--strategy``, ``--bot``, ``--workflow`` (one at most; none: global), plus
+    ``--global`` where one is required."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    for flag, _ in _SCOPE_FLAGS:
+        group.add_argument(f"--{flag}", metavar="ID", help=f"of one {flag} (default: global)")
+    if required:
+        group.add_argument("--global", dest="global_scope", action="store_true", help="global")
+
+
+def _add_limit_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    actor = os.environ.get("USER", "cli")
+    limits = sub.add_parser(
+        "limits", help="risk limits per scope: pre-trade checks, loss triggers, dead-man's switches"
+    )
+    actions = limits.add_subparsers(dest="action", required=True)
+
+    set_ = actions.add_parser(
+        "set",
+        parents=[common],
+        help="set (or replace) the limit on TYPE of a scope (global unless one is named)",
+    )
+    set_.add_argument(
+        "limit_type",
+        metavar="TYPE",
+        help="max_order_notional, price_collar_bps, max_position, max_open_orders, "
+        "order_rate, daily_loss, max_drawdown, heartbeat, or a type risk nodes check",
+    )
+    set_.add_argument(
+        "threshold",
+        metavar="THRESHOLD",
+        type=float,
+        help="the limit (a loss trigger's is negative; a heartbeat's is its time to live, s)",
+    )
+    _add_scope_flags(set_)
+    set_.add_argument(
+        "--direction",
+        choices=[d.value for d in LimitDirection],
+        help="which side breaches (default: the type's own)",
+    )
+    set_.add_argument(
+        "--no-auto-halt",
+        action="store_true",
+        help="a breach found by a risk check does not halt trading globally",
+    )
+    set_.add_argument(
+        "--window", type=float, metavar="S", help="order_rate: THRESHOLD orders per S seconds"
+    )
+    set_.add_argument(
+        "--state",
+        choices=[s.value for s in TradingState if s is not TradingState.ACTIVE],
+        help="a trigger (daily_loss, max_drawdown, heartbeat): what a breach moves the scope "
+        "to (heartbeat: cancel_only unless given)",
+    )
+    set_.add_argument(
+        "--consecutive",
+        type=_positive_int,
+        default=NO_OPTIONS.consecutive,
+        metavar="N",
+        help="a trigger acts after N breaching evaluations in a row (default 1)",
+    )
+    set_.add_argument(
+        "--timezone",
+        default=NO_OPTIONS.timezone,
+        metavar="TZ",
+        help="daily_loss: the trading day's IANA time zone (default UTC)",
+    )
+    set_.add_argument(
+        "--reset-time",
+        default=NO_OPTIONS.reset_time,
+        metavar="HH:MM",
+        help="daily_loss: local time the trading day starts (default 00:00)",
+    )
+    set_.add_argument(
+        "--lift-on-reset",
+        action="store_true",
+        help="daily_loss: lift the state it set when the next trading day starts",
+    )
+    set_.add_argument(
+        "--cancel-orders",
+        action="store_true",
+        help="a trigger: also cancel the scope's resting orders when it acts",
+    )
+    set_.add_argument("--actor", default=actor)
+    set_.set_defaults(handler=cmd_limits)
+
+    list_ = actions.add_parser("list", parents=[common], help="every configured limit")
+    list_.set_defaults(handler=cmd_limits)
+
+    delete = actions.add_parser(
+        "delete", parents=[common], help="remove the limit on TYPE of a scope (global unless named)"
+    )
+    delete.add_argument("limit_type", metavar="TYPE")
+    _add_scope_flags(delete)
+    delete.add_argument("--actor", default=actor)
+    delete.set_defaults(handler=cmd_limits)
+
+    explain = actions.add_parser(
+        "explain",
+        parents=[common],
+        help="what applies to an order of these ids: state, limits, the deciding ones, triggers",
+    )
+    explain.add_argument("--workflow", metavar="ID")
+    explain.add_argument("--bot", metavar="ID")
+    explain.add_argument("--strategy", metavar="ID")
+    explain.set_defaults(handler=cmd_limits)
+
+    heartbeat = sub.add_parser(
+        "heartbeat",
+        parents=[common],
+        help="beat a scope's dead-man's switch (a heartbeat limit set there): once, or --every S",
+    )
+    _add_scope_flags(heartbeat, required=True)
+    heartbeat.add_argument(
+        "--every",
+        type=_positive_float,
+        metavar="S",
+        help="beat every S seconds until interrupted (keep S well under the time to live)",
+    )
+    heartbeat.set_defaults(handler=cmd_heartbeat)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, found {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -5,9 +5,13 @@ executor runs on, embedded or remote, and hands them to the engine as one
 - ``"development"``: everything in this process: in-process event bus, a SQLite
   state file (``TRADEFLOW_SQLITE_PATH``), a local emergency controller whose halts
   live in that file (so ``tradeflow halt`` from another shell stops a running bot),
-  a paper exchange whose ledger is in that file too, readable console logs.
+  a paper exchange whose ledger is in that file too, readable console logs, and the
+  trigger evaluator (``infra.triggers``: loss triggers and dead-man's switches every
+  ``TRADEFLOW_TRIGGER_INTERVAL`` seconds, on the paper exchange's equity; every process
+  on one file runs one, and they count each evaluation once between them).
 - ``"test"``: the same, on an in-memory database, quiet logs.
-- ``"production"``: the gRPC services, NATS and Redis (see ``tradeflow.app.remote``).
+- ``"production"``: the gRPC services, NATS and Redis (see ``tradeflow.app.remote``); the
+  emergency service evaluates the triggers (``infra.triggers`` is ``None``).
 
 One instance is meant to be shared by many concurrent executors. It holds this
 process's lease on the state store (:class:`~tradeflow.engine.ownership.LeaseKeeper`),
@@ -25,7 +29,7 @@ import inspect
 import itertools
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
@@ -44,9 +48,10 @@ from tradeflow.engine.nodes.registry import HttpPool
 from tradeflow.engine.ownership import LeaseKeeper
 from tradeflow.engine.resilience import BreakerRegistry, BreakerState
 from tradeflow.engine.runtime import Durability, Runtime
+from tradeflow.engine.triggers import TriggerEvaluator
 from tradeflow.observability.logging import configure_logging, get_logger
 from tradeflow.observability.metrics import BREAKER_STATE_VALUES, Metrics
-from tradeflow.ports import EmergencyControl, Exchange, PriceFeed
+from tradeflow.ports import EmergencyControl, Exchange, PnlSource, PriceFeed
 
 if TYPE_CHECKING:
     from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
@@ -62,8 +67,8 @@ _BREAKER_EVENTS = {
 
 class Infrastructure:
     """The adapters behind an enhanced executor: ``events``, ``emergency``, ``state``,
-    ``exchange``, ``prices``, ``metrics``, ``breakers``, and ``owner``, the lease they
-    run under."""
+    ``exchange``, ``prices``, ``metrics``, ``breakers``, ``owner``, the lease they
+    run under, and ``triggers``, the embedded trigger evaluator (``None`` in production)."""
 
     def __init__(
         self,
@@ -96,6 +101,8 @@ class Infrastructure:
         """Breaker events belong to no execution: they are numbered here, once per process."""
         self._closers = closers
         self._closed = False
+        self.triggers: TriggerEvaluator | None = None
+        """Embedded: the trigger evaluator (started); call ``evaluate()`` for one round."""
 
     @property
     def runtime(self) -> Runtime:
@@ -147,6 +154,7 @@ class Infrastructure:
         closers: tuple[Callable[[], object], ...] = ()
         emergency: EmergencyControl
         remote_emergency: RemoteEmergencyControl | None = None
+        local_emergency: LocalEmergencyController | None = None
         if env == "production":
             # Imported here: embedded use never loads NATS, gRPC or Redis.
             from tradeflow.app.remote import connect_ledger, connect_services
@@ -166,7 +174,7 @@ class Infrastructure:
         else:
             bus = InProcessEventBus(buffer_size=settings.event_buffer, metrics=metrics)
             conn = open_database(settings.sqlite_path, synchronous=settings.sqlite_synchronous)
-            emergency = LocalEmergencyController(
+            emergency = local_emergency = LocalEmergencyController(
                 conn, publish=bus.publish, metrics=metrics, clock=clock, id_factory=id_factory
             )
             state = SQLiteStateStore(conn)
@@ -182,18 +190,27 @@ class Infrastructure:
             # What the halt barrier waits for: this process's lease and its in-flight actions.
             remote_emergency.acknowledge_with(owner.acknowledgement)
         durability = Durability(bus, state, emergency, metrics, owner, settings.max_takeovers)
-        return cls(
+        if exchange is None:
+            exchange = settings.paper_exchange(prices, ledger=ledger, clock=clock, ids=id_factory)
+        infra = cls(
             env=env,
             settings=settings,
             durability=durability,
-            exchange=exchange
-            if exchange is not None
-            else settings.paper_exchange(prices, ledger=ledger, clock=clock, ids=id_factory),
+            exchange=exchange,
             prices=prices,
             clock=clock,
             id_factory=id_factory,
             closers=closers,
         )
+        if local_emergency is not None:
+            infra.triggers = TriggerEvaluator(
+                local_emergency,
+                _pnl_source(exchange),
+                clock=clock,
+                interval=settings.trigger_interval,
+            )
+            infra.triggers.start()
+        return infra
 
     def _breaker_moved(self, name: str, old: BreakerState, new: BreakerState) -> None:
         self.metrics.breaker_state.labels(name).set(BREAKER_STATE_VALUES[new.value])
@@ -214,6 +231,8 @@ class Infrastructure:
         if self._closed:
             return
         self._closed = True
+        if self.triggers is not None:
+            await self.triggers.close()
         await self.owner.stop()
         await self.events.close()
         await self.http.aclose()
@@ -234,6 +253,14 @@ class Infrastructure:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+def _pnl_source(exchange: Exchange) -> PnlSource | None:
+    """Where the embedded loss triggers read equity: the exchange, when it keeps a ledger
+    that knows it (the paper exchange); ``None`` otherwise (loss triggers are skipped)."""
+    if callable(getattr(exchange, "equity", None)):
+        return cast(PnlSource, exchange)
+    return None
 
 
 @functools.cache

@@ -85,6 +85,10 @@ class Settings:
     max_takeovers: int = DEFAULT_MAX_TAKEOVERS
     """``TRADEFLOW_MAX_TAKEOVERS``: an execution whose owner died more often than this is
     ended ``failed`` (quarantined) instead of being taken over again."""
+    trigger_interval: float = 1.0
+    """``TRADEFLOW_TRIGGER_INTERVAL``: seconds between evaluations of the loss triggers and
+    dead-man's switches (embedded: in every process of the infrastructure; with services:
+    in the emergency service). A trigger's ``consecutive`` counts these evaluations."""
     node_modules: tuple[str, ...] = ()
     """``TRADEFLOW_NODE_MODULES``: comma-separated modules imported at start, which
     register custom node types (every replica must know every type it may take over);
@@ -134,6 +138,9 @@ class Settings:
                 e, "TRADEFLOW_TAKEOVER_INTERVAL", defaults.takeover_interval, positive=True
             ),
             max_takeovers=_number(e, "TRADEFLOW_MAX_TAKEOVERS", defaults.max_takeovers),
+            trigger_interval=_number(
+                e, "TRADEFLOW_TRIGGER_INTERVAL", defaults.trigger_interval, positive=True
+            ),
             node_modules=tuple(
                 name.strip()
                 for name in e.get("TRADEFLOW_NODE_MODULES", "").split(",")
@@ -190,6 +197,9 @@ class ServiceSettings:
     """``TRADEFLOW_HALT_ACK_TIMEOUT``: the halt barrier's deadline, in seconds: a live
     executor that has not acknowledged a halt's state version by then loses its lease
     (fenced), and ``Halt`` returns."""
+    trigger_interval: float = 1.0
+    """``TRADEFLOW_TRIGGER_INTERVAL``: seconds between the emergency service's evaluations
+    of loss triggers and dead-man's switches."""
     request_ttl_seconds: float = 3600.0
     """``TRADEFLOW_EMERGENCY_REQUEST_TTL``: how long the answer to a mutating request is
     kept by its ``request_id``; a retry within it is answered without acting twice."""
@@ -220,6 +230,9 @@ class ServiceSettings:
             ),
             halt_ack_timeout=_number(
                 e, "TRADEFLOW_HALT_ACK_TIMEOUT", defaults.halt_ack_timeout, positive=True
+            ),
+            trigger_interval=_number(
+                e, "TRADEFLOW_TRIGGER_INTERVAL", defaults.trigger_interval, positive=True
             ),
             request_ttl_seconds=_number(
                 e, "TRADEFLOW_EMERGENCY_REQUEST_TTL", defaults.request_ttl_seconds, positive=True

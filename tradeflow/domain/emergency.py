@@ -12,7 +12,7 @@ whole state always fits one message to every watcher.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Final
 
@@ -31,6 +31,15 @@ from tradeflow.domain.limits import (
 )
 from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
+from tradeflow.domain.risk import (
+    NO_LIMITS,
+    PreTradeLimits,
+    TriggerProgress,
+    covering,
+    pre_trade_limits,
+    stricter,
+    strictest,
+)
 from tradeflow.domain.trading import OrderEffect, TradingState
 
 __all__ = [
@@ -42,6 +51,7 @@ __all__ = [
     "EmergencySnapshot",
     "HaltKey",
     "InFlightAction",
+    "LimitExplanation",
     "LimitVerdict",
     "ScopeIds",
     "assess_limit",
@@ -62,6 +72,10 @@ DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
         "max_position": LimitDirection.ABS_ABOVE,
         "max_order_notional": LimitDirection.ABOVE,
         "max_exposure": LimitDirection.ABOVE,
+        "price_collar_bps": LimitDirection.ABOVE,
+        "max_open_orders": LimitDirection.ABOVE,
+        "order_rate": LimitDirection.ABOVE,
+        "heartbeat": LimitDirection.ABOVE,
     }
 )
 """Breach direction of the well-known limit types (a configured limit overrides it)."""
@@ -70,6 +84,9 @@ DEFAULT_AUDIT_PAGE: Final = 100
 """Entries one ``audit_entries`` call returns unless told otherwise."""
 MAX_AUDIT_PAGE: Final = 1000
 """Most entries one ``audit_entries`` call returns."""
+
+_PRE_TRADE_CACHE_MAX: Final = 4096
+"""Ids whose pre-trade limits one snapshot remembers (then it starts over)."""
 
 HaltKey = tuple[Scope, str | None]
 """How a snapshot keys its halts: scope and target (``None`` for global)."""
@@ -101,6 +118,11 @@ class EmergencySnapshot:
     """Differs between snapshots of one store whenever halts or limits differ."""
     halts: Mapping[HaltKey, HaltState]
     limits: Mapping[str, RiskLimit]
+    """By :attr:`RiskLimit.key <tradeflow.domain.records.RiskLimit.key>`."""
+    _pre_trade: dict[ScopeIds, PreTradeLimits] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """:meth:`pre_trade_limits` by ids: a snapshot never changes, so each is worked out once."""
 
     @classmethod
     def of(
@@ -110,7 +132,7 @@ class EmergencySnapshot:
         return cls(
             version,
             {(h.scope, h.target): h for h in halts},
-            {limit.limit_type: limit for limit in limits},
+            {limit.key: limit for limit in limits},
         )
 
     def ensure_trading_allowed(self, ids: ScopeIds) -> None:
@@ -140,11 +162,11 @@ class EmergencySnapshot:
         if sum(1 for kind, _ in self.halts if kind is scope) >= HALTS_PER_SCOPE_KIND_MAX:
             raise CapacityExceeded(f"active {scope.value} halts", HALTS_PER_SCOPE_KIND_MAX)
 
-    def ensure_room_for_limit(self, limit_type: str) -> None:
-        """``CapacityExceeded`` if a new ``limit_type`` would make more than
+    def ensure_room_for_limit(self, key: str) -> None:
+        """``CapacityExceeded`` if a new limit ``key`` would make more than
         :data:`~tradeflow.domain.limits.RISK_LIMITS_MAX` limits; replacing one always has room."""
-        if limit_type not in self.limits and len(self.limits) >= RISK_LIMITS_MAX:
-            raise CapacityExceeded("risk limit types", RISK_LIMITS_MAX)
+        if key not in self.limits and len(self.limits) >= RISK_LIMITS_MAX:
+            raise CapacityExceeded("risk limits", RISK_LIMITS_MAX)
 
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
         """The halt that decides what ``ids`` may do: the most restrictive of those
@@ -166,8 +188,40 @@ class EmergencySnapshot:
         return sorted(self.halts.values(), key=lambda h: (_SCOPE_RANK[h.scope], h.target or ""))
 
     def limit_list(self) -> list[RiskLimit]:
-        """Every configured limit, by limit type."""
-        return sorted(self.limits.values(), key=lambda limit: limit.limit_type)
+        """Every configured limit, by limit type, then scope (broadest first) and target."""
+        return sorted(
+            self.limits.values(),
+            key=lambda limit: (limit.limit_type, _SCOPE_RANK[limit.scope], limit.target or ""),
+        )
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        """The limits an order of ``ids`` is checked against (worked out once per ids)."""
+        if not self.limits:
+            return NO_LIMITS
+        cache = self._pre_trade
+        found = cache.get(ids)
+        if found is None:
+            if len(cache) >= _PRE_TRADE_CACHE_MAX:
+                cache.clear()
+            found = cache[ids] = pre_trade_limits(
+                self.limits, ids.workflow_id, ids.bot_id, ids.strategy_id
+            )
+        return found
+
+    def covering_limits(self, ids: ScopeIds) -> list[RiskLimit]:
+        """Every limit of a scope ``ids`` belong to, by limit type, broadest scope first."""
+        wanted = {
+            (Scope.GLOBAL, None),
+            (Scope.STRATEGY, ids.strategy_id),
+            (Scope.BOT, ids.bot_id),
+            (Scope.WORKFLOW, ids.workflow_id),
+        }
+        return [
+            limit
+            for limit in self.limit_list()
+            if (limit.scope, limit.target) in wanted
+            and (limit.scope is Scope.GLOBAL or limit.target is not None)
+        ]
 
 
 def deciding_halt(covering: Iterable[HaltState | None]) -> HaltState | None:
@@ -253,18 +307,24 @@ def assess_limit(
     value: float,
     threshold: float | None,
     auto_halt: bool,
+    ids: ScopeIds = NO_IDS,
 ) -> LimitVerdict:
     """Judge ``value`` against the limit on ``limit_type``.
 
-    The direction comes from the configured limit in ``limits``, else from
-    :data:`DEFAULT_DIRECTIONS`; ``threshold=None`` uses the configured
-    threshold. A limit configured not to halt overrides ``auto_halt``.
+    The configured limit is the strictest of those on ``limit_type`` of every scope
+    ``ids`` belong to (global, strategy, bot, workflow). Its direction wins, else the
+    type's in :data:`DEFAULT_DIRECTIONS`; with both a ``threshold`` given and a
+    configured one, the stricter applies (a caller can tighten a limit, never loosen
+    it); ``threshold=None`` uses the configured one. A limit configured not to halt
+    overrides ``auto_halt``.
     Raises ``InvalidRequest`` for a limit type that is no id or unknown, a missing
     threshold or a value that is not a finite number.
     """
     check_id("limit_type", limit_type)
     checked_value = checked_number("value", value)
-    configured = limits.get(limit_type)
+    configured = strictest(
+        covering(limits, limit_type, ids.workflow_id, ids.bot_id, ids.strategy_id)
+    )
     direction = (
         configured.direction if configured is not None else DEFAULT_DIRECTIONS.get(limit_type)
     )
@@ -274,6 +334,8 @@ def assess_limit(
         )
     if threshold is not None:
         used = checked_number("threshold", threshold)
+        if configured is not None:
+            used = stricter(direction, used, configured.threshold)
     elif configured is not None:
         used = configured.threshold
     else:
@@ -282,6 +344,23 @@ def assess_limit(
         )
     halts = bool(auto_halt) and (configured is None or configured.auto_halt)
     return LimitVerdict(limit_type, checked_value, used, direction, halts)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitExplanation:
+    """What applies to an action of ``ids`` (``EmergencyControl.explain_limits``)."""
+
+    ids: ScopeIds
+    state: TradingState
+    halt: HaltState | None
+    """The halt that decides ``state``, if any."""
+    applicable: tuple[RiskLimit, ...]
+    """Every limit of a scope ``ids`` belong to, by type, broadest scope first."""
+    deciding: tuple[RiskLimit, ...]
+    """Of those, the strictest of each type: the one that decides."""
+    triggers: tuple[tuple[RiskLimit, TriggerProgress], ...]
+    """Each applicable trigger and its progress (breaches in a row, peak, day anchor,
+    last beat)."""
 
 
 def checked_scope(scope: Scope | str, target: str | None) -> Scope:

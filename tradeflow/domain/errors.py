@@ -27,6 +27,7 @@ __all__ = [
     "LeaseLost",
     "NodeExecutionError",
     "NodeTimeoutError",
+    "OrderDenied",
     "OrderRejected",
     "OwnerAlive",
     "RiskLimitExceeded",
@@ -232,6 +233,36 @@ class OrderRejected(ExchangeError):
     def __init__(self, client_order_id: str, reason: str) -> None:
         TradeflowError.__init__(self, f"order {client_order_id!r} rejected: {reason}")
         self.client_order_id = client_order_id
+        self.reason = reason
+
+
+class OrderDenied(TradeflowError):
+    """A pre-trade check denied an order before it reached the venue (a configured limit
+    of ``scope``/``target``). Not an exchange failure: a retry cannot pass it, and the
+    ``place_order`` node turns it into its ``denied`` outcome."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("client_order_id", "check", "scope", "target", "value", "threshold")
+
+    def __init__(
+        self,
+        client_order_id: str,
+        *,
+        check: str,
+        scope: str,
+        target: str | None,
+        value: float,
+        threshold: float,
+        reason: str,
+    ) -> None:
+        super().__init__(f"order {client_order_id!r} denied: {reason}")
+        self.client_order_id = client_order_id
+        self.check = check
+        """The limit type that denied it (``max_position``, ``order_rate``...)."""
+        self.scope = scope
+        self.target = target
+        self.value = value
+        self.threshold = threshold
         self.reason = reason
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "RiskLimit",
     "Scope",
     "StateBatch",
+    "limit_key",
     "parse_rfc3339",
     "rfc3339",
 ]
@@ -59,6 +60,7 @@ class EventType(StrEnum):
     EMERGENCY_HALTED = "emergency_halted"
     EMERGENCY_RESUMED = "emergency_resumed"
     RISK_LIMIT_EXCEEDED = "risk_limit_exceeded"
+    ORDER_DENIED = "order_denied"
 
 
 def rfc3339(ts: float) -> str:
@@ -308,7 +310,11 @@ class LimitDirection(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RiskLimit:
-    """A configured risk limit."""
+    """A configured risk limit of one scope (``global`` unless a strategy, bot or workflow
+    is named); :mod:`tradeflow.domain.risk` says what each limit type checks.
+
+    The fields after ``updated_by`` serve the pre-trade checks and the triggers; the
+    defaults leave a limit as the seed knew it (global, checked when asked)."""
 
     limit_type: str
     threshold: float
@@ -316,6 +322,38 @@ class RiskLimit:
     auto_halt: bool = True
     updated_at: float = 0.0
     updated_by: str = ""
+    scope: Scope = Scope.GLOBAL
+    target: str | None = None
+    """The strategy, bot or workflow id the limit applies to; ``None`` for global."""
+    window: float | None = None
+    """``order_rate``: seconds in which ``threshold`` orders may be placed (a token bucket
+    of ``threshold`` tokens refilled over ``window``)."""
+    state: TradingState | None = None
+    """A trigger (``daily_loss``, ``max_drawdown``, ``heartbeat``): the trading state a
+    breach moves the scope to; ``None``: not a trigger (checked only when asked)."""
+    consecutive: int = 1
+    """A trigger acts after this many breaching evaluations in a row (debounce)."""
+    timezone: str = "UTC"
+    """``daily_loss``: the IANA time zone of the trading day."""
+    reset_time: str = "00:00"
+    """``daily_loss``: the local ``HH:MM`` at which the trading day starts."""
+    lift_on_reset: bool = False
+    """``daily_loss``: at the next day's start, lift the state this trigger set."""
+    cancel_orders: bool = False
+    """A trigger: also cancel the scope's resting orders when it acts."""
+
+    @property
+    def key(self) -> str:
+        """What identifies the limit: its type for a global one (as stored before limits
+        had scopes), ``<type>@<scope>:<target>`` otherwise."""
+        return limit_key(self.limit_type, self.scope, self.target)
+
+
+def limit_key(limit_type: str, scope: Scope, target: str | None) -> str:
+    """The :attr:`RiskLimit.key` of ``limit_type`` on ``scope``/``target``."""
+    if scope is Scope.GLOBAL:
+        return limit_type
+    return f"{limit_type}@{scope.value}:{target}"
 
 
 @dataclass(frozen=True, slots=True)

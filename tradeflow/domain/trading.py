@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from tradeflow.domain.errors import OrderRejected
+
+if TYPE_CHECKING:
+    from tradeflow.domain.risk import ScopeRule
 
 __all__ = [
     "BALANCE_TOLERANCE",
@@ -161,6 +164,10 @@ class OrderRequest:
     """The scope ids of the execution placing it: what a halt's cancel-on-halt finds."""
     bot_id: str | None = None
     strategy_id: str | None = None
+    rules: tuple[ScopeRule, ...] = ()
+    """The shared pre-trade limits of its scopes (:func:`tradeflow.domain.risk.shared_denial`):
+    the ledger denies the order (``OrderDenied``) in the same atomic step that would store
+    it. The engine fills them in from the configured limits."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
 """Emergency control over ports: the controller on a store, and the watched view.
 
 :class:`EmergencyController` applies the rules of :mod:`tradeflow.domain.emergency`
-(scope checks, which halt covers which ids, limit directions) and acts on a breach
-(audit, publish, halt); an :class:`~tradeflow.ports.EmergencyStore` only keeps the
-state. The embedded store is SQLite (:mod:`tradeflow.adapters.sqlite.emergency`), the
+and :mod:`tradeflow.domain.risk` (scope checks, which halt covers which ids, limits per
+scope and their options) and acts on a breach (audit, publish, halt); an
+:class:`~tradeflow.ports.EmergencyStore` only keeps the state. The loss triggers and
+dead-man's switches are evaluated by :class:`~tradeflow.engine.triggers.TriggerEvaluator`
+through the controller's ``*_for_trigger`` methods. The embedded store is SQLite (:mod:`tradeflow.adapters.sqlite.emergency`), the
 emergency service's is Redis (:mod:`tradeflow.adapters.redis.emergency`).
 
 The pre-action check is synchronous and reads an in-memory
@@ -20,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Final
 
 import stamina
@@ -29,10 +31,12 @@ import structlog
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
+    DEFAULT_DIRECTIONS,
     MAX_AUDIT_PAGE,
     NO_IDS,
     BarrierReport,
     EmergencySnapshot,
+    LimitExplanation,
     LimitVerdict,
     ScopeIds,
     assess_limit,
@@ -41,6 +45,7 @@ from tradeflow.domain.emergency import (
     checked_number,
     checked_scope,
     checked_scope_change,
+    require_text,
 )
 from tradeflow.domain.errors import (
     EmergencyHalted,
@@ -65,6 +70,20 @@ from tradeflow.domain.records import (
     LimitDirection,
     RiskLimit,
     Scope,
+    limit_key,
+)
+from tradeflow.domain.risk import (
+    NO_LIMITS,
+    NO_OPTIONS,
+    PRE_TRADE_TYPES,
+    TRIGGER_TYPES,
+    Denial,
+    LimitOptions,
+    PreTradeLimits,
+    TriggerProgress,
+    checked_limit_options,
+    is_trigger,
+    strictest,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
 from tradeflow.observability.metrics import Metrics
@@ -80,10 +99,19 @@ __all__ = [
     "checked_restriction",
     "current_state",
     "fail_closed",
+    "trigger_actor",
     "unconfirmed",
 ]
 
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
+_FIXED_DIRECTIONS: Final = {
+    kind: DEFAULT_DIRECTIONS[kind] for kind in PRE_TRADE_TYPES + TRIGGER_TYPES
+}
+"""Limit types whose direction is part of their rule: a different one is refused."""
+_TIMEZONE_MAX_LENGTH: Final = 64
+_BEAT_ATTEMPTS: Final = 16
+"""Compare-and-set attempts of one heartbeat before it gives up (``UnavailableError``):
+it only competes with evaluations, one per trigger interval."""
 
 _log = structlog.get_logger(__name__)
 
@@ -219,21 +247,41 @@ class EmergencyController:
     ) -> HaltState:
         """Store, count, log and announce a halt whose fields are checked (or generated:
         a breach's actor is ``risk:<limit type>``, a little longer than an actor may be)."""
+        async with self._writing:
+            halt = await self._save_halt(scope, target, reason, actor, state, cancel_orders)
+        self._halted(halt)
+        return halt
+
+    async def _save_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        reason: str,
+        actor: str,
+        state: TradingState,
+        cancel_orders: bool,
+    ) -> HaltState:
+        """Store a halt (the caller holds ``_writing``; :meth:`_halted` announces it)."""
         now = self._clock.time()
         details = {"state": state.value, "cancel_orders": cancel_orders}
-        async with self._writing:
-            if scope is not Scope.GLOBAL:  # a global halt is never refused, even unconfirmed
-                self.snapshot().ensure_room_for_halt(scope, target)
-            halt = await self._store.save_halt(
-                HaltState(scope, target, reason, actor, now, state, cancel_orders),
-                AuditEntry(0, now, actor, "halt", scope, target, reason, details),
-            )
+        if scope is not Scope.GLOBAL:  # a global halt is never refused, even unconfirmed
+            self.snapshot().ensure_room_for_halt(scope, target)
+        return await self._store.save_halt(
+            HaltState(scope, target, reason, actor, now, state, cancel_orders),
+            AuditEntry(0, now, actor, "halt", scope, target, reason, details),
+        )
+
+    def _halted(self, halt: HaltState) -> None:
+        """Count, log and announce a stored halt."""
         if self._metrics is not None:
-            self._metrics.halts.labels(scope.value).inc()
-        data = {**_halt_data(scope, target, reason, actor), **details}
+            self._metrics.halts.labels(halt.scope.value).inc()
+        data = {
+            **_halt_data(halt.scope, halt.target, halt.reason, halt.actor),
+            "state": halt.state.value,
+            "cancel_orders": halt.cancel_orders,
+        }
         _log.warning("emergency.halted", **data)
-        self._announce(EventType.EMERGENCY_HALTED, now, data)
-        return halt
+        self._announce(EventType.EMERGENCY_HALTED, self._clock.time(), data)
 
     async def audit_barrier(self, halt: HaltState, report: BarrierReport) -> None:
         """Audit how the live executors confirmed ``halt`` (action ``halt_barrier``): who
@@ -304,7 +352,12 @@ class EmergencyController:
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
-        scope = checked_scope_change(scope, target, reason, actor)
+        return await self._resume(
+            checked_scope_change(scope, target, reason, actor), target, reason, actor
+        )
+
+    async def _resume(self, scope: Scope, target: str | None, reason: str, actor: str) -> bool:
+        """Remove, log and announce the halt of checked ``scope``/``target``."""
         now = self._clock.time()
         audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
         if not await self._store.delete_halt(scope, target, audit):
@@ -313,6 +366,54 @@ class EmergencyController:
         _log.warning("emergency.resumed", **data)
         self._announce(EventType.EMERGENCY_RESUMED, now, data)
         return True
+
+    async def halt_for_trigger(self, limit: RiskLimit, reason: str) -> HaltState | None:
+        """Move the scope of the trigger ``limit`` to its ``state`` (actor
+        ``trigger:<key>``, cancelling resting orders if it says so), unless a halt of that
+        same scope already sets an equal or more restrictive state: then nothing (a
+        trigger never loosens a halt) and ``None``. The check and the write hold this
+        controller's write lock; a halt another process writes in between can still be
+        replaced."""
+        assert limit.state is not None, "only a trigger acts"
+        async with self._writing:
+            standing = self.state().halts.get((limit.scope, limit.target))
+            if standing is not None and standing.state.rank >= limit.state.rank:
+                return None
+            halt = await self._save_halt(
+                limit.scope,
+                limit.target,
+                reason,
+                trigger_actor(limit),
+                limit.state,
+                limit.cancel_orders,
+            )
+        self._halted(halt)
+        return halt
+
+    async def lift_for_trigger(self, limit: RiskLimit, reason: str) -> bool:
+        """Resume the scope of the trigger ``limit`` if the halt standing there is the one
+        this trigger set (actor ``trigger:<key>``); an operator's halt, or another
+        trigger's, stays. True if lifted."""
+        async with self._writing:
+            standing = self.state().halts.get((limit.scope, limit.target))
+            if standing is None or standing.actor != trigger_actor(limit):
+                return False
+            return await self._resume(limit.scope, limit.target, reason, trigger_actor(limit))
+
+    async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
+        """The stored progress of the triggers ``keys`` name (absent: never evaluated)."""
+        return await self._store.trigger_progress(keys)
+
+    async def save_trigger_progress(
+        self, key: str, progress: TriggerProgress, expected_version: int
+    ) -> bool:
+        """Compare-and-set a trigger's progress (see the store port)."""
+        return await self._store.save_trigger_progress(key, progress, expected_version)
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """Where this controller counts (the trigger evaluator counts there too)."""
+        return self._metrics
 
     async def halts(self) -> list[HaltState]:
         return self.state().halt_list()
@@ -345,7 +446,7 @@ class EmergencyController:
         published with ``ids``, and halts globally if the verdict says so."""
         check_scope_ids(ids)
         limits = (self.snapshot() if state is None else state).limits
-        verdict = assess_limit(limits, limit_type, value, threshold, auto_halt)
+        verdict = assess_limit(limits, limit_type, value, threshold, auto_halt, ids)
         if not verdict.breached:
             return verdict
         now = self._clock.time()
@@ -378,29 +479,157 @@ class EmergencyController:
         *,
         auto_halt: bool = True,
         actor: str = "unknown",
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        options: LimitOptions = NO_OPTIONS,
     ) -> RiskLimit:
-        check_id("limit_type", limit_type)
+        """See the port. The audit entry (``set_risk_limit``) names the scope and target
+        (none for a global limit, as before limits had scopes) and carries every option;
+        replacing a trigger keeps its progress (breaches, peak, day anchor, last beat)."""
+        scope = checked_scope(scope, target)
+        _check_limit_type(limit_type)
         checked = checked_number("threshold", threshold)
-        direction = checked_direction(limit_type, direction)
+        direction = _checked_limit_direction(limit_type, direction)
         check_text("actor", actor, max_length=ACTOR_MAX_LENGTH)
         now = self._clock.time()
-        limit = RiskLimit(limit_type, checked, direction, bool(auto_halt), now, actor)
-        details = {
-            "limit_type": limit_type,
-            "threshold": limit.threshold,
-            "direction": direction.value,
-            "auto_halt": limit.auto_halt,
-        }
-        reason = f"limit {limit_type!r}: {direction.value} {limit.threshold}"
+        limit = checked_limit_options(
+            replace(
+                _with_options(RiskLimit(limit_type, checked, direction), options),
+                auto_halt=bool(auto_halt),
+                updated_at=now,
+                updated_by=actor,
+                scope=scope,
+                target=target,
+            )
+        )
+        details = _limit_details(limit)
+        reason = f"limit {limit.key!r}: {direction.value} {limit.threshold}" + (
+            f", moves its scope to {limit.state.value}" if limit.state is not None else ""
+        )
+        audit_scope = None if scope is Scope.GLOBAL else scope
         async with self._writing:
-            self.snapshot().ensure_room_for_limit(limit_type)
+            self.snapshot().ensure_room_for_limit(limit.key)
             await self._store.save_risk_limit(
-                limit, AuditEntry(0, now, actor, "set_risk_limit", None, None, reason, details)
+                limit,
+                AuditEntry(0, now, actor, "set_risk_limit", audit_scope, target, reason, details),
             )
         return limit
 
+    async def delete_risk_limit(
+        self,
+        limit_type: str,
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        *,
+        actor: str = "unknown",
+    ) -> bool:
+        """See the port (audit entry ``delete_risk_limit``)."""
+        scope = checked_scope(scope, target)
+        check_id("limit_type", limit_type)
+        check_text("actor", actor, max_length=ACTOR_MAX_LENGTH)
+        key = limit_key(limit_type, scope, target)
+        now = self._clock.time()
+        details = {"limit_type": limit_type, "scope": scope.value, "target": target}
+        audit = AuditEntry(
+            0,
+            now,
+            actor,
+            "delete_risk_limit",
+            None if scope is Scope.GLOBAL else scope,
+            target,
+            f"limit {key!r} removed",
+            details,
+        )
+        async with self._writing:
+            return await self._store.delete_risk_limit(key, audit)
+
     async def list_risk_limits(self) -> list[RiskLimit]:
         return self.state().limit_list()
+
+    async def explain_limits(self, ids: ScopeIds) -> LimitExplanation:
+        check_scope_ids(ids)
+        state = self.state()
+        applicable = state.covering_limits(ids)
+        by_type: dict[str, list[RiskLimit]] = {}
+        for limit in applicable:
+            by_type.setdefault(limit.limit_type, []).append(limit)
+        deciding = [strictest(limits) for limits in by_type.values()]
+        triggers = [limit for limit in applicable if is_trigger(limit)]
+        progress = await self._store.trigger_progress([limit.key for limit in triggers])
+        return LimitExplanation(
+            ids,
+            state.trading_state(ids),
+            state.active_halt(ids),
+            tuple(applicable),
+            tuple(limit for limit in deciding if limit is not None),
+            tuple((limit, progress.get(limit.key, TriggerProgress())) for limit in triggers),
+        )
+
+    async def heartbeat(self, scope: Scope, target: str | None = None) -> float:
+        """See the port: the beat re-arms the switch (breaches and ``fired`` cleared); a
+        halt the switch set stays until resumed."""
+        scope = checked_scope(scope, target)
+        key = limit_key("heartbeat", scope, target)
+        for _ in range(_BEAT_ATTEMPTS):
+            limit = self.state().limits.get(key)
+            if limit is None:
+                where = "global" if scope is Scope.GLOBAL else f"{scope.value}:{target}"
+                raise InvalidRequest("scope", "a scope with a heartbeat limit", where)
+            now = self._clock.time()
+            progress = (await self._store.trigger_progress([key])).get(key, TriggerProgress())
+            beaten = replace(
+                progress, version=progress.version + 1, last_beat=now, fired=False, breaches=0
+            )
+            if await self._store.save_trigger_progress(key, beaten, progress.version):
+                return now + limit.threshold
+        raise UnavailableError(f"heartbeat of {key!r}: lost {_BEAT_ATTEMPTS} races in a row")
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        return self.state().pre_trade_limits(ids)
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
+    ) -> None:
+        """See the port: one audit entry, action ``order_denied``, actor ``risk:<check>``,
+        on the denial's scope (the engine counts denials, once per order, in
+        ``tradeflow_orders_denied_total``)."""
+        check_scope_ids(ids)
+        check_id("execution_id", execution_id)
+        check_id("node_id", node_id)
+        check_client_order_id("client_order_id", client_order_id)
+        check_id("check", denial.check)
+        scope = checked_scope(denial.scope, denial.target)
+        value = _checked_value("value", denial.value)
+        threshold = checked_number("threshold", denial.threshold)
+        reason = require_text("reason", denial.reason)
+        details = {
+            "check": denial.check,
+            "value": value,
+            "threshold": threshold,
+            **asdict(ids),
+            "execution_id": execution_id,
+            "node_id": node_id,
+            "client_order_id": client_order_id,
+        }
+        await self._store.append_audit(
+            AuditEntry(
+                0,
+                self._clock.time(),
+                f"risk:{denial.check}",
+                "order_denied",
+                scope,
+                denial.target,
+                reason,
+                details,
+            )
+        )
+        _log.info("emergency.order_denied", reason=reason, **details)
 
     async def audit_entries(self, *, limit: int = DEFAULT_AUDIT_PAGE) -> list[AuditEntry]:
         return await self._store.audit_entries(max(1, min(limit, MAX_AUDIT_PAGE)))
@@ -426,6 +655,81 @@ class EmergencyController:
                 data=data,
             )
         )
+
+
+def trigger_actor(limit: RiskLimit) -> str:
+    """The actor of the halts a trigger sets and lifts: ``trigger:<key>`` (generated, so
+    it may be longer than an actor an operator gives)."""
+    return f"trigger:{limit.key}"
+
+
+def _check_limit_type(limit_type: str) -> None:
+    """An id without ``@``: the key of a scoped limit is ``<type>@<scope>:<target>``, so a
+    type with one could name another type's scoped limit."""
+    check_id("limit_type", limit_type)
+    if "@" in limit_type:
+        raise InvalidRequest("limit_type", "an id without '@'", limit_type)
+
+
+def _checked_limit_direction(
+    limit_type: str, direction: LimitDirection | str | None
+) -> LimitDirection:
+    """:func:`checked_direction`, and the only one a pre-trade or trigger type has."""
+    checked = checked_direction(limit_type, direction)
+    fixed = _FIXED_DIRECTIONS.get(limit_type)
+    if fixed is not None and checked is not fixed:
+        raise InvalidRequest("direction", f"{fixed.value} (the rule of {limit_type})", direction)
+    return checked
+
+
+def _with_options(limit: RiskLimit, options: LimitOptions) -> RiskLimit:
+    """``limit`` with ``options``, each of the type its field needs (``InvalidRequest``
+    naming it otherwise); :func:`checked_limit_options` then checks what they mean."""
+    if not isinstance(options, LimitOptions):
+        raise InvalidRequest("options", "LimitOptions", options)
+    window = None if options.window is None else checked_number("window", options.window)
+    state = None if options.state is None else checked_restriction(options.state)
+    consecutive = options.consecutive
+    if isinstance(consecutive, bool) or not isinstance(consecutive, int):
+        raise InvalidRequest("consecutive", "a whole number", consecutive)
+    timezone = check_text("timezone", options.timezone, max_length=_TIMEZONE_MAX_LENGTH)
+    reset_time = check_text("reset_time", options.reset_time, max_length=5)
+    return replace(
+        limit,
+        window=window,
+        state=state,
+        consecutive=consecutive,
+        timezone=timezone,
+        reset_time=reset_time,
+        lift_on_reset=bool(options.lift_on_reset),
+        cancel_orders=bool(options.cancel_orders),
+    )
+
+
+def _limit_details(limit: RiskLimit) -> dict[str, Any]:
+    """What the audit entry of setting ``limit`` records: every field but who and when."""
+    return {
+        "limit_type": limit.limit_type,
+        "threshold": limit.threshold,
+        "direction": limit.direction.value,
+        "auto_halt": limit.auto_halt,
+        "scope": limit.scope.value,
+        "target": limit.target,
+        "window": limit.window,
+        "state": None if limit.state is None else limit.state.value,
+        "consecutive": limit.consecutive,
+        "timezone": limit.timezone,
+        "reset_time": limit.reset_time,
+        "lift_on_reset": limit.lift_on_reset,
+        "cancel_orders": limit.cancel_orders,
+    }
+
+
+def _checked_value(field: str, value: object) -> float:
+    """A denial's judged value: a finite number, or NaN (no price to judge by)."""
+    if isinstance(value, float) and value != value:
+        return value
+    return checked_number(field, value)
 
 
 def checked_restriction(state: TradingState | str) -> TradingState:
@@ -613,3 +917,17 @@ class LocalRiskChecker:
         verdict = assess_limit({}, limit_type, value, threshold, auto_halt=False)
         if verdict.breached:
             raise verdict.exceeded()
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        return NO_LIMITS
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
+    ) -> None:
+        """Nothing to audit to: the denial is in the execution's own record and events."""

@@ -9,6 +9,11 @@ through a circuit breaker such as ``api_call`` (which may be slow, so progress u
 is on disk), and when the execution ends. A crash loses at most the record of pure
 computation since the last batch; resume re-runs it. The buffer is bounded by the
 workflow size limit.
+
+An action that ends with ``status`` ``denied`` (``place_order`` refused by a pre-trade
+check, :mod:`tradeflow.engine.pretrade`) completed normally; its completion is preceded by
+an ``order_denied`` event (the denial, the client order id and the reason) and counted in
+``tradeflow_orders_denied_total{check}``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     StateBatch,
 )
+from tradeflow.domain.risk import PRE_TRADE_TYPES
 from tradeflow.domain.trading import OrderEffect, TradingState
 
 if TYPE_CHECKING:
@@ -51,6 +57,9 @@ _NODE_SKIPPED = EventType.NODE_SKIPPED.value
 _NODE_FAILED = EventType.NODE_FAILED.value
 _NODE_RETRYING = EventType.NODE_RETRYING.value
 _INTERRUPTED = EventType.EXECUTION_INTERRUPTED.value
+_ORDER_DENIED = EventType.ORDER_DENIED.value
+_DENIED: Final = "denied"
+"""The ``status`` output of an action a pre-trade check denied."""
 _COMPLETED = CheckpointState.COMPLETED
 _SKIPPED = CheckpointState.SKIPPED
 _FAILED = CheckpointState.FAILED
@@ -337,11 +346,26 @@ class DurableJournal(NullJournal):
         node_id = node.block.id
         seconds = self.clock.monotonic() - started
         self.node_seconds[node_id].observe(seconds)
+        if node.is_action and outputs.get("status") == _DENIED:
+            self._denied(node_id, outputs)
         now = self.emit(
             _NODE_COMPLETED, node_id, {"outputs": outputs, "duration_ms": seconds * 1000.0}
         )
         self._checkpoint(node_id, _COMPLETED, now, outputs)
         self._acted(node_id)
+
+    def _denied(self, node_id: str, outputs: dict[str, Any]) -> None:
+        """The ``order_denied`` event of an action's denied outcome, and its count."""
+        denial = outputs.get("denial")
+        data: dict[str, Any] = dict(denial) if isinstance(denial, dict) else {}
+        data["client_order_id"] = outputs.get("client_order_id")
+        data["reason"] = outputs.get("reason")
+        check = data.get("check")
+        # Bounded labels: a custom action's own denials count as "other".
+        self.durability.metrics.orders_denied.labels(
+            check if check in PRE_TRADE_TYPES else "other"
+        ).inc()
+        self.emit(_ORDER_DENIED, node_id, data)
 
     def node_skipped(self, node: NodePlan, reason: str) -> None:
         node_id = node.block.id

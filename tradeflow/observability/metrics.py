@@ -1,7 +1,7 @@
 """Prometheus metrics, kept in-process on one registry per infrastructure.
 
 Names start with ``tradeflow_``; labels are bounded (node type, status, scope,
-limit type, breaker name: all from finite, operator-controlled sets).
+limit type, pre-trade check, breaker name: all from finite, operator-controlled sets).
 """
 
 from __future__ import annotations
@@ -162,6 +162,26 @@ class Metrics:
         self.risk_breaches = Counter(
             "tradeflow_risk_breaches_total",
             "Risk limit breaches, by limit type.",
+            ["limit_type"],
+            registry=r,
+        )
+        self.orders_denied = Counter(
+            "tradeflow_orders_denied_total",
+            "Orders a pre-trade check denied before they reached the venue, by check.",
+            ["check"],
+            registry=r,
+        )
+        self.triggers_fired = Counter(
+            "tradeflow_trigger_fired_total",
+            "Loss triggers and dead-man's switches that fired (moved, or found already"
+            " restricted, their scope), by limit type.",
+            ["limit_type"],
+            registry=r,
+        )
+        self.trigger_errors = Counter(
+            "tradeflow_trigger_errors_total",
+            "Trigger evaluations that failed (equity unreadable, store unavailable, a halt"
+            " refused), by limit type.",
             ["limit_type"],
             registry=r,
         )

@@ -22,12 +22,17 @@ replacing any not sent yet, so the watch loop never waits on it; a failed one is
 logged (the next snapshot retries it, and the barrier fences an executor that stays
 silent).
 
-Every other method is one call. Halt, resume and set-limit calls carry a fresh
-``request_id`` (the service keeps the answer, so a caller that re-sends a request
+The snapshots carry the configured risk limits too:
+:meth:`~RemoteEmergencyControl.pre_trade_limits` reads an order's limits from the view
+with no call, and fails closed like the pre-action check.
+
+Every other method is one call. Halt, resume, set-limit and delete-limit calls carry a
+fresh ``request_id`` (the service keeps the answer, so a caller that re-sends a request
 with the same id gets it instead of a second change; this client does not retry
-by itself); risk checks carry none. A change to the halts made through this client
-is in its local view before the call returns (read-your-writes), unless the
-view is down anyway.
+by itself); risk checks carry none. A change to the halts or limits made through this
+client is in its local view before the call returns (read-your-writes), unless the
+view is down anyway. A denied order's audit (:meth:`~RemoteEmergencyControl.record_order_denied`)
+is sent again once if the service was unreachable.
 """
 
 from __future__ import annotations
@@ -49,8 +54,8 @@ from tradeflow.domain.emergency import (
     MAX_AUDIT_PAGE,
     NO_IDS,
     BarrierReport,
-    EmergencySnapshot,
     InFlightAction,
+    LimitExplanation,
     ScopeIds,
     checked_number,
     checked_scope_change,
@@ -71,6 +76,7 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
+from tradeflow.domain.risk import NO_OPTIONS, Denial, LimitOptions, PreTradeLimits
 from tradeflow.domain.trading import OrderEffect, TradingState
 from tradeflow.engine.emergency import (
     WatchedView,
@@ -235,6 +241,10 @@ class RemoteEmergencyControl:
     def active_halt(self, ids: ScopeIds) -> HaltState | None:
         return fail_closed(self._view.current).active_halt(ids)
 
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits:
+        """From the view's limits, with no call; ``EmergencyHalted`` while it is down."""
+        return fail_closed(self._view.current).pre_trade_limits(ids)
+
     @property
     def available(self) -> bool:
         """Whether the local view is current (the pre-action check can answer)."""
@@ -358,6 +368,9 @@ class RemoteEmergencyControl:
         *,
         auto_halt: bool = True,
         actor: str = "unknown",
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        options: LimitOptions = NO_OPTIONS,
     ) -> RiskLimit:
         response: pb.SetRiskLimitResponse = await self._call(
             self._stub.SetRiskLimit,
@@ -368,9 +381,72 @@ class RemoteEmergencyControl:
                 direction=wire.LIMIT_DIRECTION.to_proto(direction, "direction"),
                 auto_halt=auto_halt,
                 actor=actor,
+                scope=wire.SCOPE.to_proto(scope, "scope"),
+                target=target,
+                **wire.limit_options_fields(options),
             ),
         )
+        await self._catch_up()
         return wire.risk_limit_from_proto(response.limit)
+
+    async def delete_risk_limit(
+        self,
+        limit_type: str,
+        scope: Scope = Scope.GLOBAL,
+        target: str | None = None,
+        *,
+        actor: str = "unknown",
+    ) -> bool:
+        response: pb.DeleteRiskLimitResponse = await self._call(
+            self._stub.DeleteRiskLimit,
+            pb.DeleteRiskLimitRequest(
+                request_id=self._id_factory(),
+                limit_type=limit_type,
+                scope=wire.SCOPE.to_proto(scope, "scope"),
+                target=target,
+                actor=actor,
+            ),
+        )
+        if response.deleted:
+            await self._catch_up()
+        return response.deleted
+
+    async def explain_limits(self, ids: ScopeIds) -> LimitExplanation:
+        response: pb.ExplainRiskLimitsResponse = await self._call(
+            self._stub.ExplainRiskLimits, pb.ExplainRiskLimitsRequest(**asdict(ids))
+        )
+        return wire.limit_explanation_from_proto(response, ids)
+
+    async def heartbeat(self, scope: Scope, target: str | None = None) -> float:
+        response: pb.HeartbeatResponse = await self._call(
+            self._stub.Heartbeat,
+            pb.HeartbeatRequest(scope=wire.SCOPE.to_proto(scope, "scope"), target=target),
+        )
+        return wire.timestamp_from_proto(response.expires_at)
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
+    ) -> None:
+        """Audited by the service; sent a second time (at most) if it was unreachable, so
+        a lost answer may audit the denial twice rather than not at all."""
+        request = wire.order_denied_to_proto(
+            denial,
+            ids=ids,
+            execution_id=execution_id,
+            node_id=node_id,
+            client_order_id=client_order_id,
+        )
+        try:
+            await self._call(self._stub.RecordOrderDenied, request)
+        except UnavailableError as exc:
+            _log.warning("emergency.order_denied_retried", error=describe(exc))
+            await self._call(self._stub.RecordOrderDenied, request)
 
     async def record_cancel_on_halt(
         self,
@@ -463,11 +539,11 @@ class RemoteEmergencyControl:
                     break
                 if self._view.problem is not None:
                     _log.info("emergency.watch_established", version=response.state.version)
-                halts, version = wire.emergency_state_from_proto(response.state)
+                snapshot = wire.emergency_state_from_proto(response.state)
                 # The stream is the one source of the view and ordered: its latest snapshot
                 # is the truth even when its version is lower (the Redis state was rebuilt).
-                self._view.confirm(EmergencySnapshot.of(version, halts, ()))
-                self._ack_version = version
+                self._view.confirm(snapshot)
+                self._ack_version = snapshot.version
                 self._ack_wake.set()
         except grpc.aio.AioRpcError as err:
             lost = error_from_rpc(err, service=_SERVICE).message

@@ -26,7 +26,15 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tradeflow.domain.codec import MAX_PAGE_SIZE, encode_page_token, from_json, to_json_bytes
-from tradeflow.domain.emergency import BarrierReport, InFlightAction, LimitVerdict, ScopeIds
+from tradeflow.domain.emergency import (
+    BarrierReport,
+    EmergencySnapshot,
+    InFlightAction,
+    LimitExplanation,
+    LimitVerdict,
+    ScopeIds,
+    checked_scope,
+)
 from tradeflow.domain.errors import InvalidRequest, ValidationIssue
 from tradeflow.domain.limits import (
     IN_FLIGHT_MAX,
@@ -35,6 +43,7 @@ from tradeflow.domain.limits import (
     check_client_order_id,
     check_cursor,
     check_id,
+    check_text,
     check_timestamp,
 )
 from tradeflow.domain.ownership import Fence
@@ -55,6 +64,7 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.risk import NO_OPTIONS, Denial, LimitOptions, TriggerProgress
 from tradeflow.domain.trading import OrderEffect, TradingState
 from tradeflow.engine.emergency import checked_restriction
 from tradeflow.proto.common.v1 import common_pb2
@@ -85,6 +95,8 @@ __all__ = [
     "checkpoint_from_proto",
     "checkpoint_to_proto",
     "decode_json_object",
+    "denial_from_proto",
+    "denial_to_proto",
     "emergency_state_from_proto",
     "emergency_state_to_proto",
     "encode_json",
@@ -105,7 +117,14 @@ __all__ = [
     "history_event_to_proto",
     "in_flight_action_from_proto",
     "in_flight_action_to_proto",
+    "limit_explanation_from_proto",
+    "limit_explanation_to_proto",
+    "limit_options_fields",
+    "limit_options_from_proto",
+    "limit_scope_from_proto",
     "limit_verdict_to_proto",
+    "order_denied_from_proto",
+    "order_denied_to_proto",
     "restriction_from_proto",
     "risk_limit_from_proto",
     "risk_limit_to_proto",
@@ -114,6 +133,8 @@ __all__ = [
     "state_batch_to_proto",
     "timestamp_from_proto",
     "timestamp_to_proto",
+    "trigger_status_from_proto",
+    "trigger_status_to_proto",
     "validation_issue_from_proto",
     "validation_issue_to_proto",
     "within",
@@ -581,23 +602,30 @@ def barrier_report_from_proto(msg: emergency_service_pb2.HaltResponse) -> Barrie
 
 
 def emergency_state_to_proto(
-    halts: Iterable[HaltState], version: int
+    halts: Iterable[HaltState], version: int, limits: Iterable[RiskLimit] = ()
 ) -> emergency_service_pb2.EmergencyState:
-    """A snapshot of every active halt, with the state's version."""
+    """A snapshot of every active halt and every configured limit, with the state's version."""
     return emergency_service_pb2.EmergencyState(
-        halts=[halt_state_to_proto(halt) for halt in halts], version=version
+        halts=[halt_state_to_proto(halt) for halt in halts],
+        version=version,
+        limits=[risk_limit_to_proto(limit) for limit in limits],
     )
 
 
-def emergency_state_from_proto(
-    msg: emergency_service_pb2.EmergencyState,
-) -> tuple[tuple[HaltState, ...], int]:
-    """Inverse of :func:`emergency_state_to_proto`: the halts and the version."""
-    return tuple(halt_state_from_proto(halt) for halt in msg.halts), msg.version
+def emergency_state_from_proto(msg: emergency_service_pb2.EmergencyState) -> EmergencySnapshot:
+    """Inverse of :func:`emergency_state_to_proto`: the snapshot (halts, limits, version)."""
+    halts = (within(f"halts[{i}]", halt_state_from_proto, h) for i, h in enumerate(msg.halts))
+    limits = (within(f"limits[{i}]", risk_limit_from_proto, x) for i, x in enumerate(msg.limits))
+    return EmergencySnapshot.of(msg.version, tuple(halts), tuple(limits))
 
 
-def scope_ids_from_proto(msg: emergency_service_pb2.CheckRiskLimitRequest) -> ScopeIds:
-    """The ids a risk check belongs to (an unset one is ``None``)."""
+def scope_ids_from_proto(
+    msg: emergency_service_pb2.CheckRiskLimitRequest
+    | emergency_service_pb2.ExplainRiskLimitsRequest
+    | emergency_service_pb2.RecordOrderDeniedRequest,
+) -> ScopeIds:
+    """The ids a risk check, an explanation or a denied order belongs to (an unset one is
+    ``None``)."""
     return ScopeIds(*(_optional(msg, field) for field in ("workflow_id", "bot_id", "strategy_id")))
 
 
@@ -612,6 +640,54 @@ def limit_verdict_to_proto(verdict: LimitVerdict) -> emergency_service_pb2.Check
     )
 
 
+_LimitFields = (
+    emergency_service_pb2.RiskLimit
+    | emergency_service_pb2.SetRiskLimitRequest
+    | emergency_service_pb2.DeleteRiskLimitRequest
+    | emergency_service_pb2.HeartbeatRequest
+)
+"""Messages naming a limit's scope (``scope``, ``target``); the first two carry its options
+too (fields 9 to 15, named as in :class:`~tradeflow.domain.risk.LimitOptions`)."""
+
+
+def limit_scope_from_proto(msg: _LimitFields) -> tuple[Scope, str | None]:
+    """The scope and target a limit message names: an unspecified scope is global (as every
+    limit was before limits had scopes). Whether the target fits the scope is the
+    controller's to check (``checked_scope``), as for a halt."""
+    return SCOPE.from_proto_optional(msg.scope, "scope") or Scope.GLOBAL, _optional(msg, "target")
+
+
+def limit_options_fields(options: LimitOptions) -> dict[str, Any]:
+    """The option fields of a ``RiskLimit`` or ``SetRiskLimitRequest`` message."""
+    return {
+        "window": options.window,
+        "state": TRADING_STATE.to_proto(options.state, "state"),
+        "consecutive": options.consecutive,
+        "timezone": options.timezone,
+        "reset_time": options.reset_time,
+        "lift_on_reset": options.lift_on_reset,
+        "cancel_orders": options.cancel_orders,
+    }
+
+
+def limit_options_from_proto(
+    msg: emergency_service_pb2.RiskLimit | emergency_service_pb2.SetRiskLimitRequest,
+) -> LimitOptions:
+    """Inverse of :func:`limit_options_fields`: an unspecified state is ``None`` (not a
+    trigger), a ``consecutive`` of 0 is 1, an empty time zone or reset time is the default
+    (UTC, 00:00). What each option admits for which limit type is the domain's to check
+    (:func:`~tradeflow.domain.risk.checked_limit_options`)."""
+    return LimitOptions(
+        window=_optional(msg, "window"),
+        state=TRADING_STATE.from_proto_optional(msg.state, "state"),
+        consecutive=msg.consecutive or NO_OPTIONS.consecutive,
+        timezone=msg.timezone or NO_OPTIONS.timezone,
+        reset_time=msg.reset_time or NO_OPTIONS.reset_time,
+        lift_on_reset=msg.lift_on_reset,
+        cancel_orders=msg.cancel_orders,
+    )
+
+
 def risk_limit_to_proto(limit: RiskLimit) -> emergency_service_pb2.RiskLimit:
     """A risk limit as its protobuf message."""
     return emergency_service_pb2.RiskLimit(
@@ -621,11 +697,16 @@ def risk_limit_to_proto(limit: RiskLimit) -> emergency_service_pb2.RiskLimit:
         auto_halt=limit.auto_halt,
         updated_at=timestamp_to_proto(limit.updated_at),
         updated_by=limit.updated_by,
+        scope=SCOPE.to_proto(limit.scope, "scope"),
+        target=limit.target,
+        **limit_options_fields(LimitOptions.of(limit)),
     )
 
 
 def risk_limit_from_proto(msg: emergency_service_pb2.RiskLimit) -> RiskLimit:
-    """Inverse of :func:`risk_limit_to_proto`."""
+    """Inverse of :func:`risk_limit_to_proto` (an unspecified scope is global)."""
+    scope, target = limit_scope_from_proto(msg)
+    options = limit_options_from_proto(msg)
     return RiskLimit(
         limit_type=msg.limit_type,
         threshold=msg.threshold,
@@ -633,7 +714,137 @@ def risk_limit_from_proto(msg: emergency_service_pb2.RiskLimit) -> RiskLimit:
         auto_halt=msg.auto_halt,
         updated_at=timestamp_from_proto(msg.updated_at),
         updated_by=msg.updated_by,
+        scope=scope,
+        target=target,
+        window=options.window,
+        state=options.state,
+        consecutive=options.consecutive,
+        timezone=options.timezone,
+        reset_time=options.reset_time,
+        lift_on_reset=options.lift_on_reset,
+        cancel_orders=options.cancel_orders,
     )
+
+
+def trigger_status_to_proto(
+    limit: RiskLimit, progress: TriggerProgress
+) -> emergency_service_pb2.TriggerStatus:
+    """A trigger and its progress (never evaluated: no ``evaluated_at``)."""
+    return emergency_service_pb2.TriggerStatus(
+        limit=risk_limit_to_proto(limit),
+        breaches=progress.breaches,
+        fired=progress.fired,
+        peak=progress.peak,
+        day=progress.day,
+        anchor=progress.anchor,
+        last_beat=None if progress.last_beat is None else timestamp_to_proto(progress.last_beat),
+        value=progress.value,
+        evaluated_at=timestamp_to_proto(progress.evaluated_at) if progress.evaluated_at else None,
+    )
+
+
+def trigger_status_from_proto(
+    msg: emergency_service_pb2.TriggerStatus,
+) -> tuple[RiskLimit, TriggerProgress]:
+    """Inverse of :func:`trigger_status_to_proto` (the progress's store ``version`` does not
+    travel: 0)."""
+    return within("limit", risk_limit_from_proto, msg.limit), TriggerProgress(
+        breaches=msg.breaches,
+        fired=msg.fired,
+        peak=_optional(msg, "peak"),
+        day=_optional(msg, "day"),
+        anchor=_optional(msg, "anchor"),
+        last_beat=_optional(msg, "last_beat", timestamp_from_proto),
+        evaluated_at=_optional(msg, "evaluated_at", timestamp_from_proto) or 0.0,
+        value=_optional(msg, "value"),
+    )
+
+
+def limit_explanation_to_proto(
+    explanation: LimitExplanation,
+) -> emergency_service_pb2.ExplainRiskLimitsResponse:
+    """What applies to an action of some ids (the ids are the request's)."""
+    halt = explanation.halt
+    return emergency_service_pb2.ExplainRiskLimitsResponse(
+        state=TRADING_STATE.to_proto(explanation.state, "state"),
+        halt=None if halt is None else halt_state_to_proto(halt),
+        applicable=[risk_limit_to_proto(limit) for limit in explanation.applicable],
+        deciding=[risk_limit_to_proto(limit) for limit in explanation.deciding],
+        triggers=[trigger_status_to_proto(limit, p) for limit, p in explanation.triggers],
+    )
+
+
+def limit_explanation_from_proto(
+    msg: emergency_service_pb2.ExplainRiskLimitsResponse, ids: ScopeIds
+) -> LimitExplanation:
+    """Inverse of :func:`limit_explanation_to_proto` for the request of ``ids``."""
+    return LimitExplanation(
+        ids=ids,
+        state=TRADING_STATE.from_proto(msg.state, "state"),
+        halt=_optional(msg, "halt", lambda h: within("halt", halt_state_from_proto, h)),
+        applicable=tuple(
+            within(f"applicable[{i}]", risk_limit_from_proto, x)
+            for i, x in enumerate(msg.applicable)
+        ),
+        deciding=tuple(
+            within(f"deciding[{i}]", risk_limit_from_proto, x) for i, x in enumerate(msg.deciding)
+        ),
+        triggers=tuple(
+            within(f"triggers[{i}]", trigger_status_from_proto, x)
+            for i, x in enumerate(msg.triggers)
+        ),
+    )
+
+
+def denial_to_proto(denial: Denial) -> emergency_service_pb2.OrderDenial:
+    """Why a pre-trade check denied an order, as its protobuf message."""
+    return emergency_service_pb2.OrderDenial(
+        check=denial.check,
+        scope=SCOPE.to_proto(denial.scope, "scope"),
+        target=denial.target,
+        value=denial.value,
+        threshold=denial.threshold,
+        reason=denial.reason,
+    )
+
+
+def denial_from_proto(msg: emergency_service_pb2.OrderDenial) -> Denial:
+    """Inverse of :func:`denial_to_proto`, refusing (``InvalidRequest`` naming the field) a
+    check that is no id, an unspecified scope, a target that does not fit the scope and a
+    reason that is not bounded text. ``value`` may be NaN: a check that had no price."""
+    target = _optional(msg, "target")
+    scope = checked_scope(SCOPE.from_proto(msg.scope, "scope"), target)
+    return Denial(
+        check=check_id("check", msg.check),
+        scope=scope,
+        target=target,
+        value=msg.value,
+        threshold=msg.threshold,
+        reason=check_text("reason", msg.reason),
+    )
+
+
+def order_denied_to_proto(
+    denial: Denial, *, ids: ScopeIds, execution_id: str, node_id: str, client_order_id: str
+) -> emergency_service_pb2.RecordOrderDeniedRequest:
+    """An executor's report of an order a pre-trade check denied."""
+    return emergency_service_pb2.RecordOrderDeniedRequest(
+        denial=denial_to_proto(denial),
+        execution_id=execution_id,
+        node_id=node_id,
+        client_order_id=client_order_id,
+        workflow_id=ids.workflow_id,
+        bot_id=ids.bot_id,
+        strategy_id=ids.strategy_id,
+    )
+
+
+def order_denied_from_proto(
+    msg: emergency_service_pb2.RecordOrderDeniedRequest,
+) -> tuple[Denial, ScopeIds]:
+    """The denial and the ids of :func:`order_denied_to_proto`'s request (its execution,
+    node and client order id are the caller's to read; the controller checks every id)."""
+    return within("denial", denial_from_proto, msg.denial), scope_ids_from_proto(msg)
 
 
 def audit_entry_to_proto(entry: AuditEntry) -> emergency_service_pb2.AuditEntry:

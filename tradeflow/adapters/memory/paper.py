@@ -7,7 +7,9 @@ everything it knows of orders, balances, positions and realized P&L lives in
 its :class:`PaperLedger` and is read from there on every call. It keeps no
 copy: processes sharing one ledger (a SQLite file, a Redis) see one truth, and
 a copy is what once let concurrent processes lose updates and fill one client
-order id twice.
+order id twice. For the same reason the ledger, not the exchange, judges an
+order against the shared pre-trade limits its request carries
+(:func:`~tradeflow.domain.risk.shared_denial`), in the step that stores it.
 
 :class:`MemoryPaperLedger`, the default, lives and dies with its process;
 ``tradeflow.adapters.sqlite.ledger`` and ``tradeflow.adapters.redis.ledger``
@@ -16,7 +18,7 @@ are shared and durable.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from operator import attrgetter
 from types import MappingProxyType
@@ -26,6 +28,14 @@ from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ExchangeError, OrderRejected
 from tradeflow.domain.numbers import is_positive
 from tradeflow.domain.records import Scope
+from tradeflow.domain.risk import (
+    Bucket,
+    ScopeBook,
+    ScopeRule,
+    scope_key,
+    scope_keys,
+    shared_denial,
+)
 from tradeflow.domain.trading import (
     FLAT,
     Fill,
@@ -63,6 +73,13 @@ class PaperLedger(Protocol):
     (other tasks, other processes). ``accept`` and ``cancel`` are each one atomic
     step; the readers read committed state. Failures to reach the storage raise
     ``ExchangeError``.
+
+    Besides the venue's books, every order is booked under each scope it belongs to
+    (:func:`~tradeflow.domain.risk.scope_keys` of its scope ids: ``global`` and its
+    strategy, bot and workflow), whether or not a limit applies: a position per
+    ``(venue, symbol)`` at average cost, the realized P&L minus fees since the ledger
+    began, the resting orders and, once judged, an ``order_rate`` token bucket; and the
+    last fill price ("mark") of each ``(venue, symbol)``. See :meth:`scope_book`.
     """
 
     async def accept(
@@ -72,23 +89,34 @@ class PaperLedger(Protocol):
         *,
         opening: Mapping[str, float],
         require: tuple[str, float] | None,
+        rules: Sequence[ScopeRule] = (),
     ) -> Order:
         """Store ``order`` and apply ``fill``, all or nothing; return the order stored.
 
         If ``(order.venue, order.client_order_id)`` is stored already, return that
         order and change nothing (the deduplication that makes placing idempotent
-        across processes and restarts). Else, if ``require`` is ``(asset, amount)``
-        and the venue holds less of ``asset``, raise ``OrderRejected`` ("insufficient
-        ...") and change nothing. Else store the order and, with a fill, move the
-        quote and base balances (a venue's first fill starts from ``opening``), the
-        ``(venue, symbol)`` position at average cost and the realized P&L (minus the
-        fee) of the fill's UTC day, and append the fill.
+        across processes and restarts: an order already stored is never denied).
+        Else judge it against ``rules`` exactly as
+        :func:`~tradeflow.domain.risk.shared_denial` does, from the scopes' figures
+        stored now (their positions in the order's venue and symbol, resting orders
+        and buckets; the order adding ``+quantity`` for a buy, ``-quantity`` for a
+        sell, resting if it is ``OPEN``, at ``order.created_at``): on a denial raise
+        its ``OrderDenied`` and change nothing. Else, if ``require`` is ``(asset,
+        amount)`` and the venue holds less of ``asset``, raise ``OrderRejected``
+        ("insufficient ...") and change nothing. Else store the order, the buckets the
+        judgement took a token from and, if it rests, one more resting order of each
+        of its scopes; with a fill, move the quote and base balances (a venue's first
+        fill starts from ``opening``), the ``(venue, symbol)`` position of the venue
+        and of each of the order's scopes at average cost, the realized P&L (minus
+        the fee) of the fill's UTC day and of each scope, the book's mark, and append
+        the fill.
         """
         ...
 
     async def cancel(self, venue: str, client_order_id: str) -> Order | None:
-        """Mark an open order cancelled and return it; a finished order comes back
-        unchanged; ``None`` if there is no such order. One atomic step."""
+        """Mark an open order cancelled (one resting order less for each of its scopes)
+        and return it; a finished order comes back unchanged; ``None`` if there is no
+        such order. One atomic step."""
         ...
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
@@ -115,6 +143,17 @@ class PaperLedger(Protocol):
         :func:`~tradeflow.domain.trading.utc_day`), all venues."""
         ...
 
+    async def scope_book(self, scope: Scope, target: str | None) -> ScopeBook:
+        """What is booked under ``scope``/``target`` (``global``: every order), read in
+        one consistent step: one scope's rows or hash, never every order or fill."""
+        ...
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        """The :class:`~tradeflow.ports.PnlSource` figure: the scope's realized P&L minus
+        fees plus its positions marked to each book's last fill price
+        (:attr:`ScopeBook.equity <tradeflow.domain.risk.ScopeBook.equity>`)."""
+        ...
+
 
 class MemoryPaperLedger:
     """A :class:`PaperLedger` in this process's memory, for one exchange or several.
@@ -123,15 +162,30 @@ class MemoryPaperLedger:
     applied, not kept (orders are: deduplication needs them).
     """
 
-    __slots__ = ("_balances", "_open", "_orders", "_pnl", "_positions")
+    __slots__ = (
+        "_balances",
+        "_books",
+        "_buckets",
+        "_marks",
+        "_open",
+        "_orders",
+        "_pnl",
+        "_realized",
+        "_resting",
+    )
 
     def __init__(self) -> None:
         self._orders: dict[tuple[str, str], Order] = {}
         self._open: dict[str, dict[str, None]] = {}
         """Venue -> the client order ids of its resting orders, oldest first."""
         self._balances: dict[str, dict[str, float]] = {}
-        self._positions: dict[tuple[str, str], Position] = {}
         self._pnl: dict[int, float] = {}
+        self._books: dict[str, dict[tuple[str, str], Position]] = {}
+        """Scope key -> ``(venue, symbol)`` -> position; ``global``'s are the venues'."""
+        self._realized: dict[str, float] = {}
+        self._resting: dict[str, int] = {}
+        self._buckets: dict[str, Bucket] = {}
+        self._marks: dict[tuple[str, str], float] = {}
 
     async def accept(
         self,
@@ -140,35 +194,70 @@ class MemoryPaperLedger:
         *,
         opening: Mapping[str, float],
         require: tuple[str, float] | None,
+        rules: Sequence[ScopeRule] = (),
     ) -> Order:
         venue = order.venue
         key = (venue, order.client_order_id)
         existing = self._orders.get(key)
         if existing is not None:
             return existing
+        taken = self._judge(order, rules) if rules else {}
         held = self._balances.get(venue)
         if require is not None:
             asset, needed = require
             have = (opening if held is None else held).get(asset, 0.0)
             require_balance(order.client_order_id, venue, asset, needed, have)
         self._orders[key] = order
+        self._buckets.update(taken)
+        scopes = scope_keys(order.workflow_id, order.bot_id, order.strategy_id)
         if order.status is OrderStatus.OPEN:
             self._open.setdefault(venue, {})[order.client_order_id] = None
-        if fill is None:
-            return order
-        if held is None:
-            held = self._balances[venue] = dict(opening)
-        base, quote = fill.symbol.split("/")
-        held[quote], held[base] = settle(fill, held.get(quote, 0.0), held.get(base, 0.0))
-        book = (venue, fill.symbol)
-        position = self._positions.get(book, FLAT)
-        quantity, avg_price, realized = average_cost(
-            position.quantity, position.avg_price, signed_quantity(fill), fill.price
-        )
-        self._positions[book] = Position(quantity, avg_price)
-        day = utc_day(fill.at)
-        self._pnl[day] = self._pnl.get(day, 0.0) + (realized - fill.fee)
+            for scope in scopes:
+                self._resting[scope] = self._resting.get(scope, 0) + 1
+        if fill is not None:
+            if held is None:
+                held = self._balances[venue] = dict(opening)
+            base, quote = fill.symbol.split("/")
+            held[quote], held[base] = settle(fill, held.get(quote, 0.0), held.get(base, 0.0))
+            self._book(fill, scopes)
         return order
+
+    def _judge(self, order: Order, rules: Sequence[ScopeRule]) -> Mapping[str, Bucket]:
+        """:func:`shared_denial` of ``order`` on the figures stored now: the buckets to
+        store, or ``OrderDenied``."""
+        book = (order.venue, order.symbol)
+        denial, taken = shared_denial(
+            rules,
+            positions={
+                rule.key: self._books.get(rule.key, {}).get(book, FLAT).quantity for rule in rules
+            },
+            open_orders=self._resting,
+            buckets=self._buckets,
+            signed_quantity=order.quantity if order.side is Side.BUY else -order.quantity,
+            rests=order.status is OrderStatus.OPEN,
+            now=order.created_at,
+        )
+        if denial is not None:
+            raise denial.error(order.client_order_id)
+        return taken
+
+    def _book(self, fill: Fill, scopes: Sequence[str]) -> None:
+        """``fill`` into the position and realized P&L of each of ``scopes`` (``global``
+        first: the venue's, whose realized also goes to the day), and its book's mark."""
+        book = (fill.venue, fill.symbol)
+        signed = signed_quantity(fill)
+        for scope in scopes:
+            positions = self._books.setdefault(scope, {})
+            position = positions.get(book, FLAT)
+            quantity, avg_price, realized = average_cost(
+                position.quantity, position.avg_price, signed, fill.price
+            )
+            positions[book] = Position(quantity, avg_price)
+            self._realized[scope] = self._realized.get(scope, 0.0) + (realized - fill.fee)
+            if scope == "global":
+                day = utc_day(fill.at)
+                self._pnl[day] = self._pnl.get(day, 0.0) + (realized - fill.fee)
+        self._marks[book] = fill.price
 
     async def cancel(self, venue: str, client_order_id: str) -> Order | None:
         key = (venue, client_order_id)
@@ -177,6 +266,8 @@ class MemoryPaperLedger:
             return order
         cancelled = self._orders[key] = replace(order, status=OrderStatus.CANCELLED)
         del self._open[venue][client_order_id]
+        for scope in scope_keys(order.workflow_id, order.bot_id, order.strategy_id):
+            self._resting[scope] = max(0, self._resting.get(scope, 0) - 1)
         return cancelled
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
@@ -191,10 +282,24 @@ class MemoryPaperLedger:
         return None if held is None else dict(held)
 
     async def position(self, venue: str, symbol: str) -> Position:
-        return self._positions.get((venue, symbol), FLAT)
+        return self._books.get("global", {}).get((venue, symbol), FLAT)
 
     async def realized_pnl(self, day: int) -> float:
         return self._pnl.get(day, 0.0)
+
+    async def scope_book(self, scope: Scope, target: str | None) -> ScopeBook:
+        key = scope_key(scope, target)
+        positions = dict(self._books.get(key, {}))
+        return ScopeBook(
+            self._realized.get(key, 0.0),
+            positions,
+            {book: self._marks[book] for book in positions},
+            self._resting.get(key, 0),
+            self._buckets.get(key),
+        )
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        return (await self.scope_book(scope, target)).equity
 
 
 class PaperExchange:
@@ -301,7 +406,11 @@ class PaperExchange:
             else None
         )
         return await self._ledger.accept(
-            order, fill, opening=self._opening_of(request.venue), require=require
+            order,
+            fill,
+            opening=self._opening_of(request.venue),
+            require=require,
+            rules=request.rules,
         )
 
     async def cancel_order(self, venue: str, client_order_id: str) -> Order:
@@ -329,6 +438,11 @@ class PaperExchange:
     async def realized_pnl_today(self) -> float:
         """Average-cost realized P&L minus fees of today's fills (UTC day of the clock)."""
         return await self._ledger.realized_pnl(utc_day(self._clock.time()))
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        """The scope's equity, from the ledger (:meth:`PaperLedger.equity`): this
+        exchange is a :class:`~tradeflow.ports.PnlSource`."""
+        return await self._ledger.equity(scope, target)
 
     def _opening_of(self, venue: str) -> Mapping[str, float]:
         return self._opening.get(venue, self._default_balances)

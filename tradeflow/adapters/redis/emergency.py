@@ -14,8 +14,16 @@ cluster slot so one script may touch them all):
   actor]``, reads as ``halted`` without cancel), and ``{p}:halt_since`` hash, same
   fields -> ``since`` (kept apart so a re-halt keeps it with a plain ``HSETNX``);
   :func:`halt_keys` names both for the state store, whose write script reads them;
-- ``{p}:limits`` hash ``limit_type`` -> JSON ``[threshold, direction, auto_halt,
-  updated_at, updated_by]``;
+- ``{p}:limits`` hash :attr:`RiskLimit.key <tradeflow.domain.records.RiskLimit.key>` (the
+  type for a global limit) -> JSON of the limit's fields after ``limit_type``:
+  ``[threshold, direction, auto_halt, updated_at, updated_by, scope, target, window,
+  state, consecutive, timezone, reset_time, lift_on_reset, cancel_orders]`` (a value of
+  version 5's, the first five only, reads as a global limit without options);
+- ``{p}:trigger_progress`` hash limit key -> JSON object of a
+  :class:`~tradeflow.domain.risk.TriggerProgress` (``version`` included), written only by a
+  compare-and-set script that also requires the limit to exist (plus the ``nonce`` of the
+  write, which makes a repeated write recognisable), removed with the limit;
+  not part of the state (its changes bump no version and wake no watcher);
 - ``{p}:audit`` stream, approximately capped, entry ids ``<n>-0`` from the
   ``{p}:audit_id`` counter, field ``entry`` -> JSON;
 - ``{p}:version`` counter, incremented by every change of halts or limits,
@@ -34,8 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import astuple, replace
+from dataclasses import asdict, astuple, fields, replace
 from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -58,6 +67,7 @@ from tradeflow.domain.records import (
     RiskLimit,
     Scope,
 )
+from tradeflow.domain.risk import TriggerProgress
 from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import EmergencyController, WatchedView
 from tradeflow.observability.metrics import Metrics
@@ -68,7 +78,9 @@ __all__ = [
     "RedisRequestLog",
     "halt_field",
     "halt_keys",
+    "limit_of",
     "stored_halt",
+    "stored_limit",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -85,7 +97,7 @@ _RELAY_IDLE_SECONDS: Final = 1.0
 """How long the acknowledgement relay waits for a message before it pings its link."""
 """How long a claimed id stays blocked if its service dies before answering."""
 
-# KEYS: 1 halts, 2 halt_since, 3 limits, 4 version, 5 audit, 6 audit_id.
+# KEYS: 1 halts, 2 halt_since, 3 limits, 4 version, 5 audit, 6 audit_id, 7 trigger_progress.
 # ARGV: 1 audit entry JSON, 2 audit cap, 3 change channel, 4.. per script.
 _PRELUDE: Final = """
 local function audit()
@@ -123,7 +135,7 @@ changed()
 return state(1)
 """
 )
-# ARGV 4 limit type, 5 limit JSON.
+# ARGV 4 limit key, 5 limit JSON. A trigger's progress stays (replacing keeps it).
 _SAVE_LIMIT: Final = (
     _PRELUDE
     + """
@@ -133,6 +145,35 @@ changed()
 return state(1)
 """
 )
+# ARGV 4 limit key; returns 1 if a limit was removed (its progress goes with it).
+_DELETE_LIMIT: Final = (
+    _PRELUDE
+    + """
+if redis.call('HDEL', KEYS[3], ARGV[4]) == 0 then return state(0) end
+redis.call('HDEL', KEYS[7], ARGV[4])
+audit()
+changed()
+return state(1)
+"""
+)
+# KEYS 1 limits, 2 trigger_progress; ARGV 1 limit key, 2 expected version, 3 progress JSON
+# (its version is the expected one plus one, and a nonce of this write). Returns 1 if
+# written. Finding exactly this value stored already is this very write repeated after a
+# lost reply (the nonce tells it from another evaluator's equal progress): it counts as
+# done, which makes the script safe to repeat.
+_SAVE_PROGRESS: Final = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local stored = redis.call('HGET', KEYS[2], ARGV[1])
+local version = 0
+if stored then
+  if stored == ARGV[3] then return 1 end
+  version = cjson.decode(stored)['version']
+end
+if version ~= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+_PROGRESS_FIELDS: Final = frozenset(f.name for f in fields(TriggerProgress))
 _APPEND_AUDIT: Final = _PRELUDE + "audit()\nreturn state(1)"
 _REPEATABLE: Final = frozenset((_LOAD, _SAVE_HALT, _SAVE_LIMIT))
 """Scripts whose second run changes no state (at most it repeats an audit entry)."""
@@ -156,6 +197,7 @@ class RedisEmergencyStore:
         "_keys",
         "_lock",
         "_poll_interval",
+        "_save_progress",
         "_scripts",
         "_view",
     )
@@ -187,8 +229,16 @@ class RedisEmergencyStore:
         self._channel = f"{prefix}:emergency:changed"
         self._scripts = {
             script: client.register_script(script)
-            for script in (_LOAD, _SAVE_HALT, _DELETE_HALT, _SAVE_LIMIT, _APPEND_AUDIT)
+            for script in (
+                _LOAD,
+                _SAVE_HALT,
+                _DELETE_HALT,
+                _SAVE_LIMIT,
+                _DELETE_LIMIT,
+                _APPEND_AUDIT,
+            )
         }
+        self._save_progress = client.register_script(_SAVE_PROGRESS)
         # One script at a time: replies are installed in the order Redis applied them.
         self._lock = asyncio.Lock()
 
@@ -225,12 +275,46 @@ class RedisEmergencyStore:
         return bool(await self._run(_DELETE_HALT, audit, halt_field(scope, target)))
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
-        await self._run(
-            _SAVE_LIMIT,
-            audit,
-            limit.limit_type,
-            to_json_bytes(astuple(limit)[1:]),
-        )
+        await self._run(_SAVE_LIMIT, audit, limit.key, stored_limit(limit))
+
+    async def delete_risk_limit(self, key: str, audit: AuditEntry) -> bool:
+        return bool(await self._run(_DELETE_LIMIT, audit, key))
+
+    async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
+        """See the port: one ``HMGET`` (``UnavailableError`` if Redis cannot be reached or
+        holds a value tradeflow did not write)."""
+        if not keys:
+            return {}
+        try:
+            values = cast(
+                list[bytes | None],
+                await reconnecting(self._client.hmget, self._keys[6], list(keys)),
+            )
+            return {
+                key: _progress(value)
+                for key, value in zip(keys, values, strict=True)
+                if value is not None
+            }
+        except RedisError as exc:
+            raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnavailableError(f"unreadable trigger progress: {describe(exc)}") from exc
+
+    async def save_trigger_progress(
+        self, key: str, progress: TriggerProgress, expected_version: int
+    ) -> bool:
+        """See the port: one script checks the limit and the stored version and writes."""
+        stored = {**asdict(progress), "version": expected_version + 1}
+        stored["nonce"] = secrets.token_hex(8)
+        try:
+            written = await reconnecting(
+                self._save_progress,
+                keys=(self._keys[2], self._keys[6]),
+                args=(key, str(expected_version), to_json_bytes(stored)),
+            )
+        except RedisError as exc:
+            raise UnavailableError(f"redis emergency store: {describe(exc)}") from exc
+        return bool(written)
 
     async def append_audit(self, audit: AuditEntry) -> None:
         await self._run(_APPEND_AUDIT, audit)
@@ -468,7 +552,15 @@ def _keys(prefix: str) -> tuple[str, ...]:
     base = f"{{{prefix}:emergency}}"
     return tuple(
         f"{base}:{name}"
-        for name in ("halts", "halt_since", "limits", "version", "audit", "audit_id")
+        for name in (
+            "halts",
+            "halt_since",
+            "limits",
+            "version",
+            "audit",
+            "audit_id",
+            "trigger_progress",
+        )
     )
 
 
@@ -504,6 +596,66 @@ def stored_halt(field: bytes, payload: bytes, since: bytes) -> HaltState:
     )
 
 
+def stored_limit(limit: RiskLimit) -> bytes:
+    """The ``{p}:limits`` value of ``limit`` (see the module docstring)."""
+    return to_json_bytes(
+        [
+            limit.threshold,
+            limit.direction.value,
+            limit.auto_halt,
+            limit.updated_at,
+            limit.updated_by,
+            limit.scope.value,
+            limit.target,
+            limit.window,
+            None if limit.state is None else limit.state.value,
+            limit.consecutive,
+            limit.timezone,
+            limit.reset_time,
+            limit.lift_on_reset,
+            limit.cancel_orders,
+        ]
+    )
+
+
+def limit_of(field: bytes, payload: bytes) -> RiskLimit:
+    """The limit stored under ``field`` (its key) with JSON ``payload``; a value of
+    version 5 (five fields, a global limit keyed by type) reads with the default options.
+    Raises ``ValueError`` (or ``TypeError``) for a value tradeflow did not write."""
+    key = field.decode()
+    threshold, direction, auto_halt, at, by, *rest = from_json(payload)
+    limit = RiskLimit(key, threshold, LimitDirection(direction), auto_halt, at, by)
+    if rest:
+        scope_name, target, window, state, consecutive, timezone, reset, lift, cancel = rest
+        scope = Scope(scope_name)
+        # The type is the key less its scope's suffix (see limit_key).
+        suffix = "" if scope is Scope.GLOBAL else f"@{scope.value}:{target}"
+        limit = replace(
+            limit,
+            limit_type=key[: len(key) - len(suffix)],
+            scope=scope,
+            target=None if scope is Scope.GLOBAL else target,
+            window=window,
+            state=None if state is None else TradingState(state),
+            consecutive=int(consecutive),
+            timezone=timezone,
+            reset_time=reset,
+            lift_on_reset=bool(lift),
+            cancel_orders=bool(cancel),
+        )
+    if limit.key != key:
+        raise ValueError(f"risk limit field {key!r} holds the limit {limit.key!r}")
+    return limit
+
+
+def _progress(payload: bytes) -> TriggerProgress:
+    """Progress as stored: fields this code does not know (a newer writer's) are ignored."""
+    stored = from_json(payload)
+    if not isinstance(stored, dict):
+        raise ValueError("trigger progress is not a JSON object")
+    return TriggerProgress(**{k: v for k, v in stored.items() if k in _PROGRESS_FIELDS})
+
+
 def _audit_entry(entry_id: bytes, payload: bytes) -> AuditEntry:
     at, actor, action, scope, target, reason, details = from_json(payload)
     return AuditEntry(
@@ -529,10 +681,5 @@ def _parse_state(reply: list[Any]) -> tuple[Any, EmergencySnapshot]:
     halts = [
         stored_halt(field, payload, since[field]) for field, payload in _pairs(halt_rows).items()
     ]
-    limits = []
-    for limit_type, payload in _pairs(limit_rows).items():
-        threshold, direction, auto_halt, at, by = from_json(payload)
-        limits.append(
-            RiskLimit(limit_type.decode(), threshold, LimitDirection(direction), auto_halt, at, by)
-        )
+    limits = [limit_of(field, payload) for field, payload in _pairs(limit_rows).items()]
     return result, EmergencySnapshot.of(int(version), halts, limits)

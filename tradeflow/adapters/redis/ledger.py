@@ -12,16 +12,44 @@ Layout (``p`` is ``<prefix>:paper:``):
 - ``p:balances:<venue>`` hash: asset -> amount, from the venue's first fill on;
 - ``p:positions:<venue>`` hash: symbol -> ``"<quantity> <avg_price>"``;
 - ``p:pnl`` hash: UTC day (days since the epoch) -> realized P&L minus fees;
-- ``p:fills`` list: every fill as a JSON array of :class:`Fill`'s fields, oldest first.
+- ``p:fills`` list: every fill as a JSON array of :class:`Fill`'s fields, oldest first;
+- ``p:books:<scope>`` hash, one per scope (``<scope>`` is
+  :func:`~tradeflow.domain.risk.scope_key`: ``global``, ``bot:b1``...): ``<book>`` ->
+  ``"<quantity> <avg_price>"``, the scope's position in each book it traded, a book
+  being the JSON array ``[venue, symbol]``; ``global``'s repeat the venues' positions;
+- ``p:marks`` hash: ``<book>`` -> its last fill price;
+- ``p:realized`` hash: scope -> realized P&L minus fees since the ledger began;
+- ``p:resting`` hash: scope -> its resting orders (all venues);
+- ``p:buckets`` hash: scope -> ``"<tokens> <at>"``, its ``order_rate`` token bucket,
+  from the first order judged against one.
+
+A Redis written before the per-scope keys existed keeps what it holds: its scope books,
+realized P&L and marks count the fills from then on (a position held before is marked
+from its book's next fill on), and its resting orders are not counted (cancelling one
+never takes a count below zero).
 
 ``accept`` and ``cancel`` are each one Lua script, so nothing runs between the
-deduplication, the balance check and the writes: of two replicas placing one client
-order id, one stores it and the other gets that order back. The script does the
-ledger arithmetic itself, repeating :func:`~tradeflow.domain.trading.settle` and
+deduplication, the shared pre-trade checks, the balance check and the writes: of two
+replicas placing one client order id, one stores it and the other gets that order
+back, and N replicas cannot overshoot a shared limit N times. The script does the
+ledger arithmetic itself, repeating :func:`~tradeflow.domain.risk.shared_denial`,
+:func:`~tradeflow.domain.trading.settle` and
 :func:`~tradeflow.domain.trading.average_cost` operation for operation; every amount
 crosses as text that round-trips exactly (Python's ``repr`` in, ``'%.17g'`` stored),
-never through ``cjson``, which keeps 14 digits. The order and fill JSON is written and
-read by Python only (orjson, exact).
+never through ``cjson``, which keeps 14 digits. A denial comes back as (check, rule,
+value) and Python words it (:func:`~tradeflow.domain.risk.rule_denial`). The order and
+fill JSON is written and read by Python only (orjson, exact), but for ``cancel``, which
+decodes a cancelled order's scope ids (only ids) to count its resting orders down.
+
+What the per-scope books cost each ``accept`` (commands inside the one script call):
+a fill adds ``HSET`` of the ``global`` book and of the mark, ``HMGET`` + ``HSET`` of
+the realized P&L, and ``HGET`` + ``HSET`` of the book of each other scope the order
+names (up to three); an order that rests adds ``HMGET`` + ``HSET`` of the resting
+counts; an ``order_rate`` rule adds ``HMGET`` + ``HSET`` of the buckets. The checks
+read nothing else: a position is read once, and the fill's average cost reuses it
+(only a resting order under a ``max_position`` rule of a scope other than global reads
+that scope's book for the check alone). ``cancel`` adds ``HMGET`` + ``HSET`` of the
+resting counts when it cancels.
 
 Both scripts are safe to run twice, so every call is retried once after a connection
 error (see :data:`~tradeflow.adapters.redis.connection.reconnecting`); a Redis that
@@ -31,7 +59,7 @@ stays unreachable or refuses raises ``ExchangeError``. The keys are passed as
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
@@ -41,6 +69,7 @@ from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.codec import from_json, to_json_bytes
 from tradeflow.domain.errors import ConfigurationError, ExchangeError, describe
 from tradeflow.domain.records import Scope
+from tradeflow.domain.risk import ScopeBook, ScopeRule, rule_denial, scope_key, scope_keys
 from tradeflow.domain.trading import (
     BALANCE_TOLERANCE,
     FLAT,
@@ -57,92 +86,210 @@ from tradeflow.domain.trading import (
 
 __all__ = ["RedisPaperLedger"]
 
-# KEYS: orders, balances, positions (of the order's venue), pnl, fills, open (of the venue).
+# KEYS: [1] orders, [2] balances, [3] positions (of the order's venue), [4] pnl, [5] fills,
+#   [6] open (of the venue), [7] realized, [8] marks, [9] resting, [10] buckets, then
+#   [10 + i] the books of scope i, for each scope the script reads: the order's (global
+#   first), then any other a rule names.
 # ARGV: [1] client order id, [2] the order as stored, [3] asset required ('' for none),
 #   [4] amount required, [5] the fill's JSON ('' when the order rests), [6] symbol,
-#   [7] quote asset, [8] base asset, [9] signed quantity, [10] price, [11] fee, [12] day,
-#   [13...] the venue's opening balances as asset, amount pairs.
-# Returns {0, stored order} (the id was taken), {1} (accepted) or {2, amount held}
-# (insufficient: nothing written).
+#   [7] quote asset, [8] base asset, [9] the fill's signed quantity, [10] price, [11] fee,
+#   [12] day, [13] the book's field, [14] the order's signed quantity, [15] its time,
+#   [16] how many of the scopes are the order's, [17] how many rules, [18...] the scope
+#   keys, then 5 per rule (its scope's index, max_position, max_open_orders, rate,
+#   window; '' for none), then the venue's opening balances as asset, amount pairs.
+# Returns {0, stored order} (the id was taken), {1} (accepted), {2, amount held}
+# (insufficient: nothing written) or {3, check, rule (1-based), value} (denied: nothing
+# written).
 _ACCEPT: Final = (
     f"local TOLERANCE = {BALANCE_TOLERANCE!r}\n"
     + r"""
 local orders, balances, positions = KEYS[1], KEYS[2], KEYS[3]
 local stored = redis.call('HGET', orders, ARGV[1])
 if stored then return {0, stored} end
+local function fmt(x) return string.format('%.17g', x) end
+local symbol, field, now = ARGV[6], ARGV[13], tonumber(ARGV[15])
+local rests = string.sub(ARGV[2], 1, 5) == 'open\n'
+local n_scopes, n_own, n_rules = #KEYS - 10, tonumber(ARGV[16]), tonumber(ARGV[17])
+local scopes = {}
+for i = 1, n_scopes do scopes[i] = ARGV[17 + i] end
+local rules_at = 18 + n_scopes
+local opening_at = rules_at + 5 * n_rules
+local function rule(k, j) return ARGV[rules_at + 5 * (k - 1) + j] end
+
+-- The position of scope i in the order's book (global's is the venue's), read once.
+local quantities, averages = {}, {}
+local function book(i)
+  if quantities[i] == nil then
+    local stored
+    if i == 1 then stored = redis.call('HGET', positions, symbol)
+    else stored = redis.call('HGET', KEYS[10 + i], field) end
+    quantities[i], averages[i] = 0, 0
+    if stored then
+      local q, a = string.match(stored, '^(%S+) (%S+)$')
+      quantities[i], averages[i] = tonumber(q), tonumber(a)
+    end
+  end
+  return quantities[i], averages[i]
+end
+
+-- shared_denial(): positions, then resting orders, then rates, each in the rules' order.
+local signed_order = tonumber(ARGV[14])
+for k = 1, n_rules do
+  if rule(k, 1) ~= '' then
+    local before = book(tonumber(rule(k, 0)))
+    local after = before + signed_order
+    if math.abs(after) > tonumber(rule(k, 1)) + TOLERANCE and math.abs(after) > math.abs(before) then
+      return {3, 'max_position', k, fmt(after)}
+    end
+  end
+end
+local resting = {}
+if rests then
+  local counts = redis.call('HMGET', KEYS[9], unpack(scopes))
+  for i = 1, n_scopes do resting[i] = tonumber(counts[i] or '0') end
+  for k = 1, n_rules do
+    local i = tonumber(rule(k, 0))
+    if rule(k, 2) ~= '' and resting[i] + 1 > tonumber(rule(k, 2)) then
+      return {3, 'max_open_orders', k, fmt(resting[i] + 1)}
+    end
+  end
+end
+local buckets, taken = nil, {}
+for k = 1, n_rules do
+  if rule(k, 3) ~= '' then
+    if not buckets then buckets = redis.call('HMGET', KEYS[10], unpack(scopes)) end
+    local i = tonumber(rule(k, 0))
+    local capacity, window = tonumber(rule(k, 3)), tonumber(rule(k, 4))
+    -- take_token()
+    local tokens, at = capacity, now
+    if buckets[i] then
+      local held, since = string.match(buckets[i], '^(%S+) (%S+)$')
+      held, since = tonumber(held), tonumber(since)
+      tokens = math.min(capacity, held + math.max(0, now - since) * capacity / window)
+      at = math.max(since, now)
+    end
+    if tokens < 1 then return {3, 'order_rate', k, fmt(tokens)} end
+    taken[#taken + 1] = scopes[i]
+    taken[#taken + 1] = fmt(tokens - 1) .. ' ' .. fmt(at)
+  end
+end
+
 local fresh = redis.call('EXISTS', balances) == 0
 local function held(asset)
   if not fresh then return tonumber(redis.call('HGET', balances, asset) or '0') end
-  for i = 13, #ARGV - 1, 2 do
+  for i = opening_at, #ARGV - 1, 2 do
     if ARGV[i] == asset then return tonumber(ARGV[i + 1]) end
   end
   return 0
 end
 if ARGV[3] ~= '' then
   local have = held(ARGV[3])
-  if tonumber(ARGV[4]) - have > TOLERANCE then return {2, string.format('%.17g', have)} end
+  if tonumber(ARGV[4]) - have > TOLERANCE then return {2, fmt(have)} end
 end
 redis.call('HSET', orders, ARGV[1], ARGV[2])
-if string.sub(ARGV[2], 1, 5) == 'open\n' then redis.call('SADD', KEYS[6], ARGV[1]) end
+if rests then
+  redis.call('SADD', KEYS[6], ARGV[1])
+  local counts = {}
+  for i = 1, n_own do
+    counts[#counts + 1] = scopes[i]
+    counts[#counts + 1] = string.format('%d', resting[i] + 1)
+  end
+  redis.call('HSET', KEYS[9], unpack(counts))
+end
+if #taken > 0 then redis.call('HSET', KEYS[10], unpack(taken)) end
 if ARGV[5] == '' then return {1} end
-local symbol, quote, base = ARGV[6], ARGV[7], ARGV[8]
+local quote, base = ARGV[7], ARGV[8]
 local signed, price, fee = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 -- settle()
 local quote_after = held(quote) - signed * price - fee
 local base_after = held(base) + signed
 if fresh then
-  for i = 13, #ARGV - 1, 2 do
-    redis.call('HSET', balances, ARGV[i], string.format('%.17g', tonumber(ARGV[i + 1])))
+  for i = opening_at, #ARGV - 1, 2 do
+    redis.call('HSET', balances, ARGV[i], fmt(tonumber(ARGV[i + 1])))
   end
 end
-redis.call('HSET', balances, quote, string.format('%.17g', quote_after),
-  base, string.format('%.17g', base_after))
+redis.call('HSET', balances, quote, fmt(quote_after), base, fmt(base_after))
 -- average_cost()
-local quantity, avg, realized = 0, 0, 0
-local book = redis.call('HGET', positions, symbol)
-if book then
-  local q, a = string.match(book, '^(%S+) (%S+)$')
-  quantity, avg = tonumber(q), tonumber(a)
-end
-if quantity == 0 then
-  quantity, avg = signed, price
-else
+local function average_cost(quantity, avg)
+  if quantity == 0 then return signed, price, 0 end
   local total = quantity + signed
   if (quantity > 0) == (signed > 0) then
-    quantity, avg = total, (quantity * avg + signed * price) / total
-  else
-    local closed = math.min(math.abs(signed), math.abs(quantity))
-    local direction = -1
-    if quantity > 0 then direction = 1 end
-    realized = closed * (price - avg) * direction
-    if math.abs(total) <= TOLERANCE then
-      quantity, avg = 0, 0
-    elseif (total > 0) == (quantity > 0) then
-      quantity = total
-    else
-      quantity, avg = total, price
-    end
+    return total, (quantity * avg + signed * price) / total, 0
   end
+  local closed = math.min(math.abs(signed), math.abs(quantity))
+  local direction = -1
+  if quantity > 0 then direction = 1 end
+  local realized = closed * (price - avg) * direction
+  if math.abs(total) <= TOLERANCE then return 0, 0, realized end
+  if (total > 0) == (quantity > 0) then return total, avg, realized end
+  return total, price, realized
 end
-redis.call('HSET', positions, symbol, string.format('%.17g %.17g', quantity, avg))
-local pnl = tonumber(redis.call('HGET', KEYS[4], ARGV[12]) or '0') + (realized - fee)
-redis.call('HSET', KEYS[4], ARGV[12], string.format('%.17g', pnl))
+-- Each of the order's books, global (the venue's) first.
+local before = redis.call('HMGET', KEYS[7], unpack(scopes, 1, n_own))
+local gains, day_realized = {}, 0
+for i = 1, n_own do
+  local quantity, avg, realized = average_cost(book(i))
+  local position = fmt(quantity) .. ' ' .. fmt(avg)
+  if i == 1 then
+    redis.call('HSET', positions, symbol, position)
+    day_realized = realized
+  end
+  redis.call('HSET', KEYS[10 + i], field, position)
+  gains[#gains + 1] = scopes[i]
+  gains[#gains + 1] = fmt(tonumber(before[i] or '0') + (realized - fee))
+end
+redis.call('HSET', KEYS[7], unpack(gains))
+redis.call('HSET', KEYS[8], field, fmt(price))
+local pnl = tonumber(redis.call('HGET', KEYS[4], ARGV[12]) or '0') + (day_realized - fee)
+redis.call('HSET', KEYS[4], ARGV[12], fmt(pnl))
 redis.call('RPUSH', KEYS[5], ARGV[5])
 return {1}
 """
 )
 
-# KEYS: orders, open (of the venue). ARGV: client order id. Returns the order as stored
-# after the call, or nil.
+# KEYS: orders, open (of the venue), resting. ARGV: client order id. Returns the order as
+# stored after the call, or nil. cjson only reads the scope ids (10 to 12 of the JSON
+# array: workflow, bot, strategy), absent from orders stored before they were kept.
 _CANCEL: Final = r"""
 local order = redis.call('HGET', KEYS[1], ARGV[1])
 if not order then return false end
 if string.sub(order, 1, 5) == 'open\n' then
+  local fields = cjson.decode(string.sub(order, 6))
   order = 'cancelled\n' .. string.sub(order, 6)
   redis.call('HSET', KEYS[1], ARGV[1], order)
+  local scopes = {'global'}
+  for i, scope in ipairs({'workflow', 'bot', 'strategy'}) do
+    if type(fields[9 + i]) == 'string' then scopes[#scopes + 1] = scope .. ':' .. fields[9 + i] end
+  end
+  local counts = redis.call('HMGET', KEYS[3], unpack(scopes))
+  local after = {}
+  for i = 1, #scopes do
+    after[#after + 1] = scopes[i]
+    after[#after + 1] = string.format('%d', math.max(0, tonumber(counts[i] or '0') - 1))
+  end
+  redis.call('HSET', KEYS[3], unpack(after))
 end
 redis.call('SREM', KEYS[2], ARGV[1])
 return order
+"""
+
+# KEYS: realized, resting, buckets, the scope's books, marks. ARGV: the scope key.
+# Returns realized, resting, bucket ('' for none), then book, position, mark ('' for
+# none) of each of its books.
+_SCOPE_BOOK: Final = r"""
+local out = {}
+for i = 1, 3 do out[i] = redis.call('HGET', KEYS[i], ARGV[1]) or '' end
+local books = redis.call('HGETALL', KEYS[4])
+if #books == 0 then return out end
+local fields = {}
+for i = 1, #books, 2 do fields[#fields + 1] = books[i] end
+local marks = redis.call('HMGET', KEYS[5], unpack(fields))
+for i = 1, #fields do
+  out[#out + 1] = books[2 * i - 1]
+  out[#out + 1] = books[2 * i]
+  out[#out + 1] = marks[i] or ''
+end
+return out
 """
 
 # KEYS: orders, open (of the venue). ARGV: [1] the position (1-based) in the order's JSON
@@ -162,7 +309,9 @@ end
 return out
 """
 
-_TAKEN, _ACCEPTED, _INSUFFICIENT = 0, 1, 2
+_TAKEN, _ACCEPTED, _INSUFFICIENT, _DENIED = 0, 1, 2, 3
+_FIXED_KEYS: Final = 10
+"""Keys of ``_ACCEPT`` before the scopes' books."""
 
 
 class RedisPaperLedger:
@@ -173,7 +322,20 @@ class RedisPaperLedger:
     its owner's to close; the state store's client and prefix fit.
     """
 
-    __slots__ = ("_accept", "_cancel", "_client", "_fills", "_open", "_p", "_pnl")
+    __slots__ = (
+        "_accept",
+        "_buckets",
+        "_cancel",
+        "_client",
+        "_fills",
+        "_marks",
+        "_open",
+        "_p",
+        "_pnl",
+        "_realized",
+        "_resting",
+        "_scope_book",
+    )
 
     def __init__(self, client: aioredis.Redis, *, prefix: str = "tradeflow") -> None:
         if client.connection_pool.connection_kwargs.get("decode_responses"):
@@ -184,9 +346,14 @@ class RedisPaperLedger:
         self._p = f"{prefix}:paper:"
         self._pnl = f"{self._p}pnl"
         self._fills = f"{self._p}fills"
+        self._realized = f"{self._p}realized"
+        self._marks = f"{self._p}marks"
+        self._resting = f"{self._p}resting"
+        self._buckets = f"{self._p}buckets"
         self._accept = client.register_script(_ACCEPT)
         self._cancel = client.register_script(_CANCEL)
         self._open = client.register_script(_OPEN)
+        self._scope_book = client.register_script(_SCOPE_BOOK)
 
     async def accept(
         self,
@@ -195,6 +362,7 @@ class RedisPaperLedger:
         *,
         opening: Mapping[str, float],
         require: tuple[str, float] | None,
+        rules: Sequence[ScopeRule] = (),
     ) -> Order:
         venue, symbol = order.venue, order.symbol
         asset, needed = require if require is not None else ("", 0.0)
@@ -224,16 +392,38 @@ class RedisPaperLedger:
                 repr(fill.fee),
                 str(utc_day(fill.at)),
             )
+        # The order's scopes (global first), then any other a rule names (judged only).
+        scopes = list(scope_keys(order.workflow_id, order.bot_id, order.strategy_id))
+        own = len(scopes)
+        for rule in rules:
+            if rule.key not in scopes:
+                scopes.append(rule.key)
+        signed_order = order.quantity if order.side is Side.BUY else -order.quantity
+        args += (
+            _book_field(venue, symbol),
+            repr(signed_order),
+            repr(order.created_at),
+            str(own),
+            str(len(rules)),
+            *scopes,
+        )
+        for rule in rules:
+            args += (str(scopes.index(rule.key) + 1), *_rule_args(rule))
         for name, amount in opening.items():
             args += (name, repr(float(amount)))
-        keys = (
+        keys = [
             f"{self._p}orders:{venue}",
             f"{self._p}balances:{venue}",
             f"{self._p}positions:{venue}",
             self._pnl,
             self._fills,
             f"{self._p}open:{venue}",
-        )
+            self._realized,
+            self._marks,
+            self._resting,
+            self._buckets,
+        ]
+        keys += (self._books(scope) for scope in scopes)
         reply = await self._call(
             f"accept order {order.client_order_id!r}", self._accept, keys=keys, args=args
         )
@@ -242,13 +432,17 @@ class RedisPaperLedger:
             return _decode_order(venue, order.client_order_id, reply[1])
         if outcome == _INSUFFICIENT:
             require_balance(order.client_order_id, venue, asset, needed, float(reply[1]))
+        if outcome == _DENIED:
+            check, index, value = reply[1:]
+            denial = rule_denial(check.decode(), rules[index - 1], float(value))
+            raise denial.error(order.client_order_id)
         return order
 
     async def cancel(self, venue: str, client_order_id: str) -> Order | None:
         stored = await self._call(
             f"cancel order {client_order_id!r}",
             self._cancel,
-            keys=(f"{self._p}orders:{venue}", f"{self._p}open:{venue}"),
+            keys=(f"{self._p}orders:{venue}", f"{self._p}open:{venue}", self._resting),
             args=(client_order_id,),
         )
         return None if stored is None else _decode_order(venue, client_order_id, stored)
@@ -302,6 +496,39 @@ class RedisPaperLedger:
         stored = await self._call("read the realized P&L", self._client.hget, self._pnl, day)
         return 0.0 if stored is None else float(stored)
 
+    async def scope_book(self, scope: Scope, target: str | None) -> ScopeBook:
+        key = scope_key(scope, target)
+        reply = await self._call(
+            f"read the books of scope {key!r}",
+            self._scope_book,
+            keys=(self._realized, self._resting, self._buckets, self._books(key), self._marks),
+            args=(key,),
+        )
+        realized, resting, bucket = reply[:3]
+        positions: dict[tuple[str, str], Position] = {}
+        marks: dict[tuple[str, str], float] = {}
+        rest = reply[3:]
+        for field, stored, mark in zip(rest[::3], rest[1::3], rest[2::3], strict=True):
+            venue, symbol = from_json(field)
+            quantity, avg_price = stored.split()
+            positions[venue, symbol] = Position(float(quantity), float(avg_price))
+            if mark:
+                marks[venue, symbol] = float(mark)
+        tokens_at = bucket.split()
+        return ScopeBook(
+            float(realized) if realized else 0.0,
+            positions,
+            marks,
+            int(resting) if resting else 0,
+            (float(tokens_at[0]), float(tokens_at[1])) if tokens_at else None,
+        )
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        return (await self.scope_book(scope, target)).equity
+
+    def _books(self, scope: str) -> str:
+        return f"{self._p}books:{scope}"
+
     async def _call(
         self, what: str, call: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any
     ) -> Any:
@@ -316,6 +543,22 @@ class RedisPaperLedger:
 _SCOPE_FIELDS: Final = {Scope.WORKFLOW: 10, Scope.BOT: 11, Scope.STRATEGY: 12}
 """Where :func:`_encode_order` puts each scope id in its JSON array, counted from 1 (Lua's
 way, for ``_OPEN``)."""
+
+
+def _book_field(venue: str, symbol: str) -> bytes:
+    """A book's field in ``p:books:<scope>`` and ``p:marks``: unambiguous whatever the
+    names hold."""
+    return to_json_bytes([venue, symbol])
+
+
+def _rule_args(rule: ScopeRule) -> tuple[str, str, str, str]:
+    """max_position, max_open_orders, rate, window of ``rule`` for ``_ACCEPT`` ('' for none)."""
+    return (
+        "" if rule.max_position is None else repr(float(rule.max_position)),
+        "" if rule.max_open_orders is None else str(int(rule.max_open_orders)),
+        "" if rule.rate is None else repr(float(rule.rate)),
+        "" if rule.window is None else repr(float(rule.window)),
+    )
 
 
 def _age(order: Order) -> tuple[float, str]:

@@ -35,7 +35,7 @@ from tradeflow.domain.errors import ConfigurationError, describe
 
 __all__ = ["DB_SCHEMA_VERSION", "Database", "WriteTransaction", "open_database"]
 
-DB_SCHEMA_VERSION: Final = 5
+DB_SCHEMA_VERSION: Final = 6
 """Layout version stored in ``PRAGMA user_version``.
 
 Version 3 keeps an execution's checkpoints and events as one JSON journal row
@@ -45,8 +45,10 @@ once. Version 4 adds ownership (:mod:`tradeflow.domain.ownership`): each
 execution's ``owner``, lease ``epoch``, ``takeovers`` and ``cancel_requested``, the
 ``leases`` table and the ``counters`` row that hands out epochs. Version 5 adds each
 halt's trading ``state`` and ``cancel_orders`` (:class:`~tradeflow.domain.trading.TradingState`).
-Files of versions 3 and 4 (released) are migrated to 5 in place, in one transaction,
-when they are opened; files of versions 1 and 2 (unreleased development layouts) are
+Version 6 keys ``risk_limits`` by :attr:`~tradeflow.domain.records.RiskLimit.key` (limits
+per scope) with a column per option, and adds ``trigger_progress``
+(:class:`~tradeflow.domain.risk.TriggerProgress`). Files of versions 3, 4 and 5 (released)
+are migrated to 6 in place, in one transaction, when they are opened; files of versions 1 and 2 (unreleased development layouts) are
 refused rather than migrated."""
 
 _MIGRATES_FROM: Final = 3
@@ -94,6 +96,35 @@ _log = structlog.get_logger(__name__)
 # owner (kept for whoever claims it next). Version 3 files gain the four ownership
 # columns by ALTER TABLE (appended, hence last here too) and the two tables from this
 # schema.
+#
+# Risk limits: ``limit_key`` is RiskLimit.key (the type alone for a global limit, as
+# version 5 keyed them), so a version 5 row keeps its key; ``target`` is NULL for a
+# global limit (the key, not the target, is unique). ``trigger_progress`` holds one row
+# per trigger ever evaluated or beaten: its compare-and-set ``version`` and the rest of
+# its progress as a JSON object by field name; it is removed with its limit.
+_RISK_LIMITS: Final = """risk_limits (
+    limit_key  TEXT PRIMARY KEY,
+    limit_type TEXT NOT NULL,
+    threshold  REAL NOT NULL,
+    direction  TEXT NOT NULL,
+    auto_halt  INTEGER NOT NULL,
+    updated_at REAL NOT NULL,
+    updated_by TEXT NOT NULL,
+    scope      TEXT NOT NULL DEFAULT 'global',
+    target     TEXT,
+    window_seconds REAL,
+    state      TEXT,
+    consecutive INTEGER NOT NULL DEFAULT 1,
+    timezone   TEXT NOT NULL DEFAULT 'UTC',
+    reset_time TEXT NOT NULL DEFAULT '00:00',
+    lift_on_reset INTEGER NOT NULL DEFAULT 0,
+    cancel_orders INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID"""
+_TRIGGER_PROGRESS: Final = """trigger_progress (
+    limit_key TEXT PRIMARY KEY,
+    version   INTEGER NOT NULL,
+    progress  TEXT NOT NULL
+) WITHOUT ROWID"""
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS definitions (
     digest     BLOB PRIMARY KEY,
@@ -154,14 +185,8 @@ _SCHEMA: Final = (
     cancel_orders INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (scope, target)
 ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS risk_limits (
-    limit_type TEXT PRIMARY KEY,
-    threshold  REAL NOT NULL,
-    direction  TEXT NOT NULL,
-    auto_halt  INTEGER NOT NULL,
-    updated_at REAL NOT NULL,
-    updated_by TEXT NOT NULL
-) WITHOUT ROWID""",
+    f"CREATE TABLE IF NOT EXISTS {_RISK_LIMITS}",
+    f"CREATE TABLE IF NOT EXISTS {_TRIGGER_PROGRESS}",
     """CREATE TABLE IF NOT EXISTS audit (
     entry_id INTEGER PRIMARY KEY,
     at       REAL NOT NULL,
@@ -176,9 +201,23 @@ _SCHEMA: Final = (
 )
 """Run in order in one ``BEGIN IMMEDIATE`` transaction on every open (idempotent)."""
 
+# A new primary key means a new table: version 5's rows are copied (global limits, keyed
+# by type). trigger_progress is created first, without IF NOT EXISTS: on a file that
+# already has it (one claiming an older version than it is) the migration fails at once.
+_MIGRATE_FROM_5: Final = (
+    f"CREATE TABLE {_TRIGGER_PROGRESS}",
+    "ALTER TABLE risk_limits RENAME TO risk_limits_v5",
+    f"CREATE TABLE {_RISK_LIMITS}",
+    "INSERT INTO risk_limits"
+    " (limit_key, limit_type, threshold, direction, auto_halt, updated_at, updated_by)"
+    " SELECT limit_type, limit_type, threshold, direction, auto_halt, updated_at, updated_by"
+    " FROM risk_limits_v5",
+    "DROP TABLE risk_limits_v5",
+)
 _MIGRATE_FROM_4: Final = (
     "ALTER TABLE halts ADD COLUMN state TEXT NOT NULL DEFAULT 'halted'",
     "ALTER TABLE halts ADD COLUMN cancel_orders INTEGER NOT NULL DEFAULT 0",
+    *_MIGRATE_FROM_5,
 )
 _MIGRATE_FROM_3: Final = (
     "ALTER TABLE executions ADD COLUMN owner TEXT",
@@ -187,7 +226,7 @@ _MIGRATE_FROM_3: Final = (
     "ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
     *_MIGRATE_FROM_4,
 )
-_MIGRATIONS: Final = {3: _MIGRATE_FROM_3, 4: _MIGRATE_FROM_4}
+_MIGRATIONS: Final = {3: _MIGRATE_FROM_3, 4: _MIGRATE_FROM_4, 5: _MIGRATE_FROM_5}
 """Run before :data:`_SCHEMA`, in its transaction, on a file of the version they are keyed
 by (which :data:`_SCHEMA` then completes with any new tables, and marks current)."""
 
@@ -361,7 +400,7 @@ def open_database(
     ``synchronous="FULL"`` also survives power loss at the cost of an fsync
     per commit.
 
-    A file of layout version 3 is migrated to :data:`DB_SCHEMA_VERSION` first (one
+    A file of layout version 3, 4 or 5 is migrated to :data:`DB_SCHEMA_VERSION` first (one
     transaction: all of it or none of it). Raises ``ConfigurationError`` if
     ``synchronous`` is unknown, the file cannot use WAL, or its layout is neither
     :data:`DB_SCHEMA_VERSION` nor migrated to it (newer, an old development layout,

@@ -1,4 +1,5 @@
-"""The embedded emergency store: halts, risk limits and the audit log in the tradeflow SQLite file.
+"""The embedded emergency store: halts, risk limits, trigger progress and the audit log in
+the tradeflow SQLite file.
 
 :class:`LocalEmergencyController` is the emergency controller on a
 :class:`SQLiteEmergencyStore`, so ``tradeflow halt`` run in another process
@@ -10,20 +11,27 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import astuple, replace
+from dataclasses import asdict, astuple, fields, replace
 from typing import Any, Final, TypeVar
 
 from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.clock import Clock, IdFactory
-from tradeflow.domain.codec import from_json, to_json_or_null
+from tradeflow.domain.codec import from_json, to_json_bytes, to_json_or_null
 from tradeflow.domain.emergency import EmergencySnapshot
 from tradeflow.domain.errors import UnavailableError, describe
 from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, RiskLimit, Scope
+from tradeflow.domain.risk import TriggerProgress
 from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import EmergencyController
 from tradeflow.observability.metrics import Metrics
 
-__all__ = ["HALT_COLUMNS", "LocalEmergencyController", "SQLiteEmergencyStore", "halt_of_row"]
+__all__ = [
+    "HALT_COLUMNS",
+    "LocalEmergencyController",
+    "SQLiteEmergencyStore",
+    "halt_of_row",
+    "limit_of_row",
+]
 
 HALT_COLUMNS: Final = "scope, target, reason, actor, since, state, cancel_orders"
 """The columns of a ``halts`` row that :func:`halt_of_row` reads, in its order."""
@@ -35,9 +43,12 @@ _LOCK_POLL_SECONDS: Final = 0.00005
 it (see :meth:`SQLiteEmergencyStore._promptly`)."""
 _DATA_VERSION: Final = "PRAGMA data_version"
 _SELECT_HALTS: Final = f"SELECT {HALT_COLUMNS} FROM halts"
-_SELECT_LIMITS: Final = (
-    "SELECT limit_type, threshold, direction, auto_halt, updated_at, updated_by FROM risk_limits"
+_LIMIT_COLUMNS: Final = (
+    "limit_type, threshold, direction, auto_halt, updated_at, updated_by, scope, target,"
+    " window_seconds, state, consecutive, timezone, reset_time, lift_on_reset, cancel_orders"
 )
+"""The columns of a ``risk_limits`` row after its key: the fields of a RiskLimit, in order."""
+_SELECT_LIMITS: Final = f"SELECT limit_key, {_LIMIT_COLUMNS} FROM risk_limits"
 # Re-halting keeps ``since`` (the scope has been restricted since then) and takes the new
 # reason, actor, state and cancel_orders.
 _UPSERT_HALT: Final = (
@@ -48,12 +59,15 @@ _UPSERT_HALT: Final = (
 )
 _DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
 _UPSERT_LIMIT: Final = (
-    "INSERT INTO risk_limits (limit_type, threshold, direction, auto_halt, updated_at, updated_by)"
-    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (limit_type) DO UPDATE SET"
-    " threshold = excluded.threshold, direction = excluded.direction,"
-    " auto_halt = excluded.auto_halt, updated_at = excluded.updated_at,"
-    " updated_by = excluded.updated_by"
+    f"INSERT OR REPLACE INTO risk_limits (limit_key, {_LIMIT_COLUMNS})"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_DELETE_LIMIT: Final = "DELETE FROM risk_limits WHERE limit_key = ?"
+_DELETE_PROGRESS: Final = "DELETE FROM trigger_progress WHERE limit_key = ?"
+_LIMIT_EXISTS: Final = "SELECT 1 FROM risk_limits WHERE limit_key = ?"
+_PROGRESS_VERSION: Final = "SELECT version FROM trigger_progress WHERE limit_key = ?"
+_UPSERT_PROGRESS: Final = "INSERT OR REPLACE INTO trigger_progress VALUES (?, ?, ?)"
+_PROGRESS_FIELDS: Final = frozenset(f.name for f in fields(TriggerProgress)) - {"version"}
 _INSERT_AUDIT: Final = (
     "INSERT INTO audit (at, actor, action, scope, target, reason, details)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -65,13 +79,14 @@ _SELECT_AUDIT: Final = (
 
 
 class SQLiteEmergencyStore:
-    """Halts, risk limits and the audit log in the tradeflow SQLite file.
+    """Halts, risk limits, trigger progress and the audit log in the tradeflow SQLite file.
 
     ``conn`` comes from :func:`tradeflow.adapters.sqlite.database.open_database`
     and stays its opener's to close. The snapshot is reloaded only when
     ``PRAGMA data_version`` says another connection committed, or after this
-    store's own writes (which do not move ``data_version``). Its version counts
-    the reloads of this store.
+    store's own writes of halts and limits (which do not move ``data_version``). Its
+    version counts the reloads that found halts or limits changed: a commit of anything
+    else (executions, trigger progress) reloads the same snapshot, version included.
     """
 
     __slots__ = ("_conn", "_cursor", "_loads", "_seen_version", "_snapshot", "_txn")
@@ -134,10 +149,54 @@ class SQLiteEmergencyStore:
         return removed
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
+        """See the port; a trigger's progress stays (replacing a limit keeps it)."""
+        row = (limit.key, *astuple(limit))
         with self._txn:
-            self._conn.execute(_UPSERT_LIMIT, astuple(limit))
+            self._conn.execute(_UPSERT_LIMIT, row)
             self._audit(audit)
         self._seen_version = None
+
+    async def delete_risk_limit(self, key: str, audit: AuditEntry) -> bool:
+        with self._txn:
+            removed = self._conn.execute(_DELETE_LIMIT, (key,)).rowcount
+            if removed:
+                self._conn.execute(_DELETE_PROGRESS, (key,))
+                self._audit(audit)
+        self._seen_version = None
+        return bool(removed)
+
+    async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
+        """See the port (``UnavailableError`` if the file cannot be read)."""
+        if not keys:
+            return {}
+        marks = ", ".join("?" * len(keys))
+        try:
+            rows = self._conn.execute(
+                "SELECT limit_key, version, progress FROM trigger_progress"
+                f" WHERE limit_key IN ({marks})",
+                tuple(keys),
+            ).fetchall()
+            return {key: _progress(version, body) for key, version, body in rows}
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise UnavailableError(describe(exc)) from exc
+
+    async def save_trigger_progress(
+        self, key: str, progress: TriggerProgress, expected_version: int
+    ) -> bool:
+        """See the port: one write transaction reads the limit and the stored version and
+        writes only if both are as expected, so evaluators in several processes sharing
+        the file never both count one evaluation."""
+        body = {name: value for name, value in asdict(progress).items() if name != "version"}
+        with self._txn:
+            if self._conn.execute(_LIMIT_EXISTS, (key,)).fetchone() is None:
+                return False
+            stored = self._conn.execute(_PROGRESS_VERSION, (key,)).fetchone()
+            if (0 if stored is None else stored[0]) != expected_version:
+                return False
+            self._conn.execute(
+                _UPSERT_PROGRESS, (key, expected_version + 1, to_json_bytes(body).decode())
+            )
+        return True
 
     async def append_audit(self, audit: AuditEntry) -> None:
         with self._txn:
@@ -193,17 +252,56 @@ class SQLiteEmergencyStore:
 
     def _load(self) -> EmergencySnapshot:
         halts = [halt_of_row(row) for row in self._conn.execute(_SELECT_HALTS)]
-        limits = [
-            RiskLimit(row[0], row[1], LimitDirection(row[2]), bool(row[3]), row[4], row[5])
-            for row in self._conn.execute(_SELECT_LIMITS)
-        ]
+        limits = [limit_of_row(row) for row in self._conn.execute(_SELECT_LIMITS)]
+        loaded = EmergencySnapshot.of(self._loads + 1, halts, limits)
+        previous = self._snapshot
+        if self._loads and loaded.halts == previous.halts and loaded.limits == previous.limits:
+            return previous
         self._loads += 1
-        return EmergencySnapshot.of(self._loads, halts, limits)
+        return loaded
 
     def _audit(self, entry: AuditEntry) -> None:
         # The columns are the entry's fields after its id; a Scope (StrEnum) binds as its text.
         *fields, details = astuple(entry)[1:]
         self._conn.execute(_INSERT_AUDIT, (*fields, to_json_or_null(details)))
+
+
+def limit_of_row(row: Sequence[Any]) -> RiskLimit:
+    """The limit of a ``risk_limits`` row (``limit_key``, then the limit's fields);
+    ``ValueError`` for a value no tradeflow wrote, or a key that is not the limit's."""
+    key, limit_type, threshold, direction, auto_halt, at, by, scope_name, target, *options = row
+    window, state, consecutive, timezone, reset_time, lift_on_reset, cancel_orders = options
+    scope = Scope(scope_name)
+    limit = RiskLimit(
+        limit_type,
+        threshold,
+        LimitDirection(direction),
+        bool(auto_halt),
+        at,
+        by,
+        scope,
+        None if scope is Scope.GLOBAL else target,
+        window,
+        None if state is None else TradingState(state),
+        int(consecutive),
+        timezone,
+        reset_time,
+        bool(lift_on_reset),
+        bool(cancel_orders),
+    )
+    if limit.key != key:
+        raise ValueError(f"risk limit row {key!r} holds the limit {limit.key!r}")
+    return limit
+
+
+def _progress(version: int, body: str) -> TriggerProgress:
+    """Progress as stored: fields this code does not know (a newer writer's) are ignored."""
+    stored = from_json(body)
+    if not isinstance(stored, dict):
+        raise ValueError(f"trigger progress is not a JSON object: {body[:80]!r}")
+    return TriggerProgress(
+        version=int(version), **{k: v for k, v in stored.items() if k in _PROGRESS_FIELDS}
+    )
 
 
 def halt_of_row(row: Sequence[Any]) -> HaltState:

@@ -8,27 +8,43 @@ kept as they were):
   index of the resting ones by venue (what cancel-on-halt reads);
 - ``paper_balances``: ``(venue, asset) -> amount``, rows from a venue's first fill on;
 - ``paper_fills``: every fill, in the order they happened (``fill_id``);
-- ``paper_positions``: ``(venue, symbol) -> quantity, avg_price`` (average cost);
-- ``paper_daily_pnl``: ``day`` (UTC days since the epoch) -> realized P&L minus fees.
+- ``paper_positions``: ``(venue, symbol) -> quantity, avg_price`` (average cost): the
+  venues' positions, which are also the ``global`` scope's;
+- ``paper_daily_pnl``: ``day`` (UTC days since the epoch) -> realized P&L minus fees;
+- ``paper_scope_positions``: ``(scope, venue, symbol) -> quantity, avg_price``, the
+  position of every other scope (``scope`` is :func:`~tradeflow.domain.risk.scope_key`,
+  e.g. ``bot:b1``) an order was booked under;
+- ``paper_scopes``: ``scope -> realized, resting, tokens, at``: the scope's realized P&L
+  minus fees since the ledger began, its resting orders, and its ``order_rate`` token
+  bucket (``NULL`` until an order was judged against one);
+- ``paper_marks``: ``(venue, symbol) -> price``, the book's last fill price.
 
-A file written before the last two tables existed has fills but no positions: the
-constructor then rebuilds both from ``paper_fills``, in the transaction that creates
-them (so two processes opening the file do it once). One written before orders kept
-their scope ids gains the three columns in that transaction too (``NULL`` in the
-orders already there).
+A file written before ``paper_positions`` and ``paper_daily_pnl`` existed has fills but
+no positions: the constructor then rebuilds both from ``paper_fills``, in the
+transaction that creates them (so two processes opening the file do it once). One
+written before orders kept their scope ids gains the three columns in that transaction
+too (``NULL`` in the orders already there). One written before the last three tables
+existed gets them filled the same way, once: positions and realized P&L per scope by
+replaying ``paper_fills`` joined with the orders' scope ids (an order without them
+counts under ``global`` only), marks from the last fill of each book, resting counts
+from the resting orders. Buckets start full.
 
 Every ``accept`` and ``cancel`` is one ``BEGIN IMMEDIATE`` transaction: it takes the
 file's write lock before reading, so what it decides (the client order id is new, the
-balance suffices, the position it averages) holds until it commits, whichever other
-process writes the file. That lock is what the copy kept in each process lacked
-(lost balance updates, one id filled by two processes). The reads read committed
-state, without a lock (WAL readers never block).
+shared pre-trade limits pass, the balance suffices, the position it averages) holds
+until it commits, whichever other process writes the file. That lock is what the copy
+kept in each process lacked (lost balance updates, one id filled by two processes),
+and what keeps N processes from overshooting a shared limit N times. ``accept``
+inserts the order first (the insert is the deduplication); a denial or refusal after
+it rolls the transaction back, so nothing it wrote is ever seen. The reads read
+committed state, without a lock (WAL readers never block); :meth:`scope_book` is one
+statement, so one snapshot.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from operator import attrgetter
 from typing import Any, Final
@@ -36,6 +52,14 @@ from typing import Any, Final
 from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.errors import ConfigurationError, ExchangeError, describe
 from tradeflow.domain.records import Scope
+from tradeflow.domain.risk import (
+    Bucket,
+    ScopeBook,
+    ScopeRule,
+    scope_key,
+    scope_keys,
+    shared_denial,
+)
 from tradeflow.domain.trading import (
     FLAT,
     Fill,
@@ -99,6 +123,27 @@ _SCHEMA: Final = (
     """CREATE INDEX IF NOT EXISTS paper_orders_open
         ON paper_orders (venue) WHERE status = 'open'""",
 )
+_SCOPE_SCHEMA: Final = (
+    """CREATE TABLE paper_scope_positions (
+        scope TEXT NOT NULL,
+        venue TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        quantity REAL NOT NULL,
+        avg_price REAL NOT NULL,
+        PRIMARY KEY (scope, venue, symbol)) WITHOUT ROWID""",
+    """CREATE TABLE paper_scopes (
+        scope TEXT PRIMARY KEY,
+        realized REAL NOT NULL DEFAULT 0,
+        resting INTEGER NOT NULL DEFAULT 0,
+        tokens REAL,
+        at REAL) WITHOUT ROWID""",
+    """CREATE TABLE paper_marks (
+        venue TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        price REAL NOT NULL,
+        PRIMARY KEY (venue, symbol)) WITHOUT ROWID""",
+)
+"""The per-scope tables: created (and filled from what the file holds) together, once."""
 _SCOPE_COLUMNS: Final = ("workflow_id", "bot_id", "strategy_id")
 """Added to ``paper_orders`` after its first layout: a file without them gains them."""
 _ORDER_COLUMNS: Final = (
@@ -147,6 +192,49 @@ _ADD_PNL: Final = (
 )
 _SELECT_PNL: Final = "SELECT realized FROM paper_daily_pnl WHERE day = ?"
 _INSERT_FILL: Final = f"INSERT INTO paper_fills ({_FILL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT_SCOPE_POSITION: Final = (
+    "SELECT quantity, avg_price FROM paper_scope_positions "
+    "WHERE scope = ? AND venue = ? AND symbol = ?"
+)
+_SET_SCOPE_POSITION: Final = (
+    "INSERT INTO paper_scope_positions (scope, venue, symbol, quantity, avg_price) "
+    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (scope, venue, symbol) DO UPDATE "
+    "SET quantity = excluded.quantity, avg_price = excluded.avg_price"
+)
+_SELECT_SCOPE: Final = "SELECT resting, tokens, at FROM paper_scopes WHERE scope = ?"
+_ADD_REALIZED: Final = (
+    "INSERT INTO paper_scopes (scope, realized) VALUES (?, ?) "
+    "ON CONFLICT (scope) DO UPDATE SET realized = realized + excluded.realized"
+)
+_ADD_RESTING: Final = (
+    "INSERT INTO paper_scopes (scope, resting) VALUES (?, 1) "
+    "ON CONFLICT (scope) DO UPDATE SET resting = resting + 1"
+)
+# Never below zero: an order left resting by a version that kept no counts was not counted.
+_REMOVE_RESTING: Final = (
+    "INSERT INTO paper_scopes (scope) VALUES (?) "
+    "ON CONFLICT (scope) DO UPDATE SET resting = max(0, resting - 1)"
+)
+_SET_BUCKET: Final = (
+    "INSERT INTO paper_scopes (scope, tokens, at) VALUES (?, ?, ?) "
+    "ON CONFLICT (scope) DO UPDATE SET tokens = excluded.tokens, at = excluded.at"
+)
+_SET_MARK: Final = (
+    "INSERT INTO paper_marks (venue, symbol, price) VALUES (?, ?, ?) "
+    "ON CONFLICT (venue, symbol) DO UPDATE SET price = excluded.price"
+)
+# One statement (one snapshot): the scope's row, then one row per book with its mark.
+_BOOKS_OF: Final = (
+    "SELECT 1, NULL, NULL, realized, resting, tokens, at FROM paper_scopes WHERE scope = ?1 "
+    "UNION ALL SELECT 2, p.venue, p.symbol, p.quantity, p.avg_price, m.price, NULL FROM {} p "
+    "LEFT JOIN paper_marks m ON m.venue = p.venue AND m.symbol = p.symbol"
+)
+_SELECT_BOOK: Final = {
+    scope: _BOOKS_OF.format("paper_positions")
+    if scope is Scope.GLOBAL
+    else _BOOKS_OF.format("paper_scope_positions") + " WHERE p.scope = ?1"
+    for scope in Scope
+}
 
 
 class SQLitePaperLedger:
@@ -182,6 +270,12 @@ class SQLitePaperLedger:
                 ).fetchall()
                 if fills and not positions:
                     _rebuild(cursor)
+                if not cursor.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'paper_scopes'"
+                ).fetchone():
+                    for statement in _SCOPE_SCHEMA:
+                        cursor.execute(statement)
+                    _rebuild_scopes(cursor)
         except sqlite3.Error as exc:
             raise ConfigurationError(
                 f"paper ledger in the state file: cannot set up its tables: {describe(exc)}"
@@ -194,6 +288,7 @@ class SQLitePaperLedger:
         *,
         opening: Mapping[str, float],
         require: tuple[str, float] | None,
+        rules: Sequence[ScopeRule] = (),
     ) -> Order:
         venue = order.venue
         cursor = self._cursor
@@ -204,6 +299,7 @@ class SQLitePaperLedger:
                     stored = self._order(venue, order.client_order_id)
                     assert stored is not None  # the write lock is held since the insert
                     return stored
+                taken = self._judge(order, rules) if rules else {}
                 held: Mapping[str, float] = dict(
                     cursor.execute(_SELECT_BALANCES, (venue,)).fetchall()
                 )
@@ -215,9 +311,13 @@ class SQLitePaperLedger:
                     require_balance(
                         order.client_order_id, venue, asset, needed, held.get(asset, 0.0)
                     )
-                if fill is None:
-                    return order
-                self._apply(fill, held, fresh)
+                scopes = scope_keys(order.workflow_id, order.bot_id, order.strategy_id)
+                if taken:
+                    cursor.executemany(_SET_BUCKET, [(k, *bucket) for k, bucket in taken.items()])
+                if order.status is OrderStatus.OPEN:
+                    cursor.executemany(_ADD_RESTING, [(scope,) for scope in scopes])
+                if fill is not None:
+                    self._apply(fill, held, fresh, scopes)
         except sqlite3.Error as exc:
             raise ExchangeError(
                 f"paper exchange could not persist order {order.client_order_id!r}: {exc}"
@@ -231,6 +331,13 @@ class SQLitePaperLedger:
                 if order is None or order.status is not OrderStatus.OPEN:
                     return order
                 self._cursor.execute(_CANCEL_ORDER, (venue, client_order_id))
+                self._cursor.executemany(
+                    _REMOVE_RESTING,
+                    [
+                        (scope,)
+                        for scope in scope_keys(order.workflow_id, order.bot_id, order.strategy_id)
+                    ],
+                )
         except sqlite3.Error as exc:
             raise ExchangeError(
                 f"paper exchange could not cancel order {client_order_id!r}: {exc}"
@@ -274,12 +381,73 @@ class SQLitePaperLedger:
             raise _unreadable(exc) from exc
         return 0.0 if row is None else float(row[0])
 
+    async def scope_book(self, scope: Scope, target: str | None) -> ScopeBook:
+        key = scope_key(scope, target)
+        try:
+            rows = self._cursor.execute(_SELECT_BOOK[scope], (key,)).fetchall()
+        except sqlite3.Error as exc:
+            raise _unreadable(exc) from exc
+        realized, resting, bucket = 0.0, 0, None
+        positions: dict[tuple[str, str], Position] = {}
+        marks: dict[tuple[str, str], float] = {}
+        for kind, venue, symbol, *values in rows:
+            if kind == 1:
+                realized, resting, tokens, at = values
+                bucket = None if tokens is None else (tokens, at)
+                continue
+            quantity, avg_price, mark, _ = values
+            positions[venue, symbol] = Position(quantity, avg_price)
+            if mark is not None:
+                marks[venue, symbol] = mark
+        return ScopeBook(realized, positions, marks, resting, bucket)
+
+    async def equity(self, scope: Scope, target: str | None) -> float:
+        return (await self.scope_book(scope, target)).equity
+
+    def _judge(self, order: Order, rules: Sequence[ScopeRule]) -> Mapping[str, Bucket]:
+        """:func:`shared_denial` of ``order`` on the figures stored now, inside ``accept``'s
+        transaction: the buckets to store, or ``OrderDenied`` (rolling it back)."""
+        cursor = self._cursor
+        venue, symbol = order.venue, order.symbol
+        positions: dict[str, float] = {}
+        open_orders: dict[str, int] = {}
+        buckets: dict[str, Bucket] = {}
+        for rule in rules:
+            if rule.max_position is not None:
+                row = (
+                    cursor.execute(_SELECT_POSITION, (venue, symbol))
+                    if rule.key == "global"
+                    else cursor.execute(_SELECT_SCOPE_POSITION, (rule.key, venue, symbol))
+                ).fetchone()
+                positions[rule.key] = FLAT.quantity if row is None else row[0]
+            if rule.max_open_orders is not None or rule.rate is not None:
+                row = cursor.execute(_SELECT_SCOPE, (rule.key,)).fetchone()
+                if row is not None:
+                    open_orders[rule.key] = row[0]
+                    if row[1] is not None:
+                        buckets[rule.key] = (row[1], row[2])
+        denial, taken = shared_denial(
+            rules,
+            positions=positions,
+            open_orders=open_orders,
+            buckets=buckets,
+            signed_quantity=order.quantity if order.side is Side.BUY else -order.quantity,
+            rests=order.status is OrderStatus.OPEN,
+            now=order.created_at,
+        )
+        if denial is not None:
+            raise denial.error(order.client_order_id)
+        return taken
+
     def _order(self, venue: str, client_order_id: str) -> Order | None:
         row = self._cursor.execute(_SELECT_ORDER, (venue, client_order_id)).fetchone()
         return None if row is None else _order_from_row(row)
 
-    def _apply(self, fill: Fill, held: Mapping[str, float], fresh: bool) -> None:
-        """Balances, position, day P&L and the fill row, inside ``accept``'s transaction."""
+    def _apply(
+        self, fill: Fill, held: Mapping[str, float], fresh: bool, scopes: Sequence[str]
+    ) -> None:
+        """Balances, positions (the venue's and each of ``scopes``'), day and scope P&L,
+        the book's mark and the fill row, inside ``accept``'s transaction."""
         cursor = self._cursor
         venue, symbol = fill.venue, fill.symbol
         base, _, quote = symbol.partition("/")
@@ -298,6 +466,17 @@ class SQLitePaperLedger:
         cursor.execute(_SET_POSITION, (venue, symbol, quantity, avg_price))
         cursor.execute(_ADD_PNL, (utc_day(fill.at), realized - fill.fee))
         cursor.execute(_INSERT_FILL, _fill_values(fill))
+        gains = [("global", realized - fill.fee)]
+        for scope in scopes[1:]:  # the first is global, whose position is the venue's
+            row = cursor.execute(_SELECT_SCOPE_POSITION, (scope, venue, symbol)).fetchone()
+            held_quantity, avg_price = (FLAT.quantity, FLAT.avg_price) if row is None else row
+            quantity, avg_price, realized = average_cost(
+                held_quantity, avg_price, signed_quantity(fill), fill.price
+            )
+            cursor.execute(_SET_SCOPE_POSITION, (scope, venue, symbol, quantity, avg_price))
+            gains.append((scope, realized - fill.fee))
+        cursor.executemany(_ADD_REALIZED, gains)
+        cursor.execute(_SET_MARK, (venue, symbol, fill.price))
 
 
 def _rebuild(cursor: sqlite3.Cursor) -> None:
@@ -317,6 +496,39 @@ def _rebuild(cursor: sqlite3.Cursor) -> None:
         pnl[day] = pnl.get(day, 0.0) + (realized - fee)
     cursor.executemany(_SET_POSITION, [(*key, *book) for key, book in positions.items()])
     cursor.executemany(_ADD_PNL, list(pnl.items()))
+
+
+def _rebuild_scopes(cursor: sqlite3.Cursor) -> None:
+    """The per-scope tables from what the file holds (see the module docstring): each
+    fill replayed, in order, into the books of its order's scopes, as ``accept`` would
+    have applied it."""
+    positions: dict[tuple[str, str, str], tuple[float, float]] = {}
+    realized: dict[str, float] = {}
+    marks: dict[tuple[str, str], float] = {}
+    fills = cursor.execute(
+        "SELECT f.venue, f.symbol, f.side, f.quantity, f.price, f.fee, "
+        "o.workflow_id, o.bot_id, o.strategy_id FROM paper_fills f "
+        "LEFT JOIN paper_orders o ON o.venue = f.venue AND o.client_order_id = f.client_order_id "
+        "ORDER BY f.fill_id"
+    ).fetchall()
+    for venue, symbol, side, quantity, price, fee, *ids in fills:
+        signed = quantity if side == Side.BUY else -quantity
+        for scope in scope_keys(*ids):
+            held, avg_price = positions.get((scope, venue, symbol), (FLAT.quantity, FLAT.avg_price))
+            held, avg_price, gain = average_cost(held, avg_price, signed, price)
+            positions[scope, venue, symbol] = (held, avg_price)
+            realized[scope] = realized.get(scope, 0.0) + (gain - fee)
+        marks[venue, symbol] = price
+    cursor.executemany(
+        _SET_SCOPE_POSITION,
+        [(*key, *book) for key, book in positions.items() if key[0] != "global"],
+    )
+    cursor.executemany(_ADD_REALIZED, list(realized.items()))
+    cursor.executemany(_SET_MARK, [(*book, price) for book, price in marks.items()])
+    resting = cursor.execute(
+        "SELECT workflow_id, bot_id, strategy_id FROM paper_orders WHERE status = 'open'"
+    ).fetchall()
+    cursor.executemany(_ADD_RESTING, [(scope,) for ids in resting for scope in scope_keys(*ids)])
 
 
 def _unreadable(exc: sqlite3.Error) -> ExchangeError:

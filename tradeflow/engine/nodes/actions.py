@@ -5,6 +5,11 @@ Orders are idempotent per execution and block: ``place_order`` sends
 the order may exist already: ``place_order`` first asks the exchange for it by that
 client order id (what real venues allow) and adopts it, so a resumed or taken-over
 execution never trades twice, even on a venue that does not deduplicate.
+
+Every order the engine places passes the pre-trade checks of its scopes first (see
+:mod:`tradeflow.engine.pretrade`): a denied one never reaches the venue, and the node
+ends normally with ``status: "denied"``, its ``reason`` and ``denial`` (never an error,
+so never retried); an adopted order is not checked again.
 """
 
 from __future__ import annotations
@@ -12,14 +17,23 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from tradeflow.domain.emergency import checked_scope
-from tradeflow.domain.errors import InvalidRequest, OrderRejected, TradeflowError, describe
+from tradeflow.domain.errors import (
+    InvalidRequest,
+    OrderDenied,
+    OrderRejected,
+    TradeflowError,
+    describe,
+)
 from tradeflow.domain.limits import shown
 from tradeflow.domain.records import Scope
+from tradeflow.domain.risk import Denial
 from tradeflow.domain.trading import (
     ActionEffect,
+    Order,
     OrderEffect,
     OrderRequest,
     OrderStatus,
@@ -37,6 +51,7 @@ from tradeflow.engine.nodes._checks import (
     require_symbol,
 )
 from tradeflow.engine.nodes.registry import ExecutionContext, Prop, node
+from tradeflow.engine.pretrade import deny, local_check
 
 __all__ = ["cancel_open_orders", "cancel_order", "log", "place_order"]
 
@@ -91,7 +106,15 @@ def _side_and_quantity(props: Mapping[str, Any], inputs: dict[str, Any]) -> tupl
         "venue": Prop("string", default="paper"),
     },
     inputs={"side": False, "quantity": False, "price": False},
-    outputs=("order_id", "client_order_id", "status", "filled_quantity", "avg_price"),
+    outputs=(
+        "order_id",
+        "client_order_id",
+        "status",
+        "filled_quantity",
+        "avg_price",
+        "reason",
+        "denial",
+    ),
     check=all_checks(
         require_symbol,
         require_given("side", "quantity"),
@@ -103,7 +126,12 @@ def _side_and_quantity(props: Mapping[str, Any], inputs: dict[str, Any]) -> tupl
 async def place_order(
     ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
 ) -> dict[str, Any]:
-    """Place an order; wired ``side``, ``quantity`` and ``price`` override the properties."""
+    """Place an order; wired ``side``, ``quantity`` and ``price`` override the properties.
+
+    The configured pre-trade limits of the execution's scopes apply first: an order they
+    deny never reaches the venue and ends the node with ``status`` ``denied``, the
+    ``reason`` and the ``denial`` (check, scope, target, value, threshold), both ``None``
+    otherwise. Branch on ``status`` downstream."""
     props = block.properties
     client_order_id = ctx.client_order_id(block.id)
     side, quantity = _side_and_quantity(props, inputs)
@@ -112,35 +140,70 @@ async def place_order(
     problem = _order_problem(side, quantity, order_type, limit_price)
     if problem is not None:
         raise OrderRejected(client_order_id, f"block {block.id!r}: {problem}")
+    venue, symbol = props["venue"], props["symbol"]
+    quantity = float(quantity)
+    limit_price = None if limit_price is None else float(limit_price)
     order = None
     if block.id in ctx.intents:
-        order = await ctx.exchange.get_order(props["venue"], client_order_id)
+        # Adopted before any check: the order a previous run placed stands as it is.
+        order = await ctx.exchange.get_order(venue, client_order_id)
         if order is not None:
             ctx.log.info("order.adopted", block_id=block.id, client_order_id=client_order_id)
     if order is None:
-        order = await ctx.exchange.place_order(
+        placed = await _checked_place(
+            ctx,
             OrderRequest(
                 client_order_id=client_order_id,
-                venue=props["venue"],
-                symbol=props["symbol"],
+                venue=venue,
+                symbol=symbol,
                 side=Side(side),
-                quantity=float(quantity),
+                quantity=quantity,
                 order_type=OrderType(order_type),
-                limit_price=None if limit_price is None else float(limit_price),
+                limit_price=limit_price,
                 # What a halt's cancel-on-halt finds the order by (the base executor's
                 # executions have no workflow id: "").
                 workflow_id=ctx.workflow_id or None,
                 bot_id=ctx.bot_id,
                 strategy_id=ctx.strategy_id,
-            )
+            ),
         )
+        if isinstance(placed, Denial):
+            return await deny(ctx, block.id, client_order_id, placed)
+        order = placed
     return {
         "order_id": order.order_id,
         "client_order_id": order.client_order_id,
         "status": str(order.status),
         "filled_quantity": order.filled_quantity,
         "avg_price": order.avg_price,
+        "reason": None,
+        "denial": None,
     }
+
+
+async def _checked_place(ctx: ExecutionContext, request: OrderRequest) -> Order | Denial:
+    """``request`` placed if the pre-trade limits of the execution's scopes allow it: the
+    local checks here, the shared ones by the exchange's ledger (``request`` carries their
+    rules) in the step that would store it. The order, or why it was denied."""
+    limits = ctx.risk.pre_trade_limits(ctx.ids)
+    if limits.local:
+        denial = await local_check(
+            ctx,
+            limits.local,
+            venue=request.venue,
+            symbol=request.symbol,
+            side=request.side.value,
+            quantity=request.quantity,
+            limit_price=request.limit_price,
+        )
+        if denial is not None:
+            return denial
+    if limits.rules:
+        request = replace(request, rules=limits.rules)
+    try:
+        return await ctx.exchange.place_order(request)
+    except OrderDenied as denied:
+        return Denial.of(denied)
 
 
 def _order_problem(side: Any, quantity: Any, order_type: str, limit_price: Any) -> str | None:

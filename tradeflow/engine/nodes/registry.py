@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
+from tradeflow.domain.risk import Denial, PreTradeLimits
 from tradeflow.domain.trading import ActionEffect, OrderEffect
 
 if TYPE_CHECKING:
@@ -68,7 +69,9 @@ class Prop:
 
 
 class RiskChecker(Protocol):
-    """What risk nodes call; the enhanced executor passes ``infra.emergency``."""
+    """What risk nodes and the pre-trade checks of ``place_order`` call; the enhanced
+    executor passes ``infra.emergency`` (see :class:`~tradeflow.ports.EmergencyControl`
+    for each method), the base one local checks with nothing configured."""
 
     async def check_risk_limit(
         self,
@@ -78,6 +81,18 @@ class RiskChecker(Protocol):
         auto_halt: bool = True,
         *,
         ids: ScopeIds = NO_IDS,
+    ) -> None: ...
+
+    def pre_trade_limits(self, ids: ScopeIds) -> PreTradeLimits: ...
+
+    async def record_order_denied(
+        self,
+        denial: Denial,
+        *,
+        ids: ScopeIds,
+        execution_id: str,
+        node_id: str,
+        client_order_id: str,
     ) -> None: ...
 
 

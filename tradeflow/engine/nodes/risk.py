@@ -1,11 +1,22 @@
 """Risk nodes: each checks one limit through ``ctx.risk.check_risk_limit``.
 
-A breach raises ``RiskLimitExceeded`` (after halting trading when ``auto_halt``
-is set); the node lets it propagate so the execution stops. A passing check
-outputs ``ok`` (always true), the ``value`` checked and the ``threshold``.
-The risk checker knows each limit's direction: ``max_position`` breaches when
+The node's threshold meets the limits configured on the same type for the execution's
+scopes (global, its strategy, bot and workflow; ``SetRiskLimit``): the strictest of them
+all applies, so a node can tighten a configured limit, never loosen it (a node allowing
+a position of 5 under a bot limit of 2 checks against 2; a node allowing 1 under it
+checks against 1). A breach's ``RiskLimitExceeded`` names the threshold that applied;
+the ``threshold`` output of a pass is the node's own.
+
+A breach raises ``RiskLimitExceeded`` (after halting trading when ``auto_halt`` is set
+and the deciding configured limit does not say otherwise); the node lets it propagate so
+the execution stops. A passing check outputs ``ok`` (always true), the ``value`` checked
+and the ``threshold``. Each limit type has its direction: ``max_position`` breaches when
 the absolute value is above the threshold, ``max_order_notional`` when above,
 ``daily_loss`` when below.
+
+The engine checks every order against the configured pre-trade limits anyway (see
+:mod:`tradeflow.engine.pretrade`), whether or not the workflow has risk nodes: these
+nodes are for workflows that want to stop, or branch, before they get to an order.
 """
 
 from __future__ import annotations

@@ -165,19 +165,25 @@ class EmergencyState(_message.Message):
 
     HALTS_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """Grows with every change: a watcher drops a snapshot no newer than its last."""
     @_builtins.property
     def halts(self) -> _containers.RepeatedCompositeFieldContainer[Global___HaltState]: ...
+    @_builtins.property
+    def limits(self) -> _containers.RepeatedCompositeFieldContainer[Global___RiskLimit]:
+        """Every configured limit: executors check orders against them with no round trip."""
+
     def __init__(
         self,
         *,
         halts: _abc.Iterable[Global___HaltState] | None = ...,
         version: _builtins.int = ...,
+        limits: _abc.Iterable[Global___RiskLimit] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["halts", b"halts", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["halts", b"halts", "limits", b"limits", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,12 +201,39 @@ class RiskLimit(_message.Message):
     AUTO_HALT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_BY_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    LIFT_ON_RESET_FIELD_NUMBER: _builtins.int
+    CANCEL_ORDERS_FIELD_NUMBER: _builtins.int
     limit_type: _builtins.str
     threshold: _builtins.float
     direction: Global___LimitDirection.ValueType
     auto_halt: _builtins.bool
     """Whether a breach halts trading globally."""
     updated_by: _builtins.str
+    scope: _common_pb2.Scope.ValueType
+    """The strategy, bot or workflow the limit applies to (global: unset)."""
+    target: _builtins.str
+    window: _builtins.float
+    """order_rate: seconds in which threshold orders may be placed."""
+    state: Global___TradingState.ValueType
+    """A trigger (daily_loss, max_drawdown, heartbeat): the state a breach moves the scope
+    to; unspecified: not a trigger (a heartbeat defaults to cancel_only).
+    """
+    consecutive: _builtins.int
+    """A trigger acts after this many breaching evaluations in a row (0 or unset: 1)."""
+    timezone: _builtins.str
+    """daily_loss: IANA time zone and local HH:MM of the trading day's start (unset: UTC, 00:00)."""
+    reset_time: _builtins.str
+    lift_on_reset: _builtins.bool
+    """daily_loss: lift the state this trigger set when the next trading day starts."""
+    cancel_orders: _builtins.bool
+    """A trigger: also cancel the scope's resting orders when it acts."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -212,12 +245,28 @@ class RiskLimit(_message.Message):
         auto_halt: _builtins.bool = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         updated_by: _builtins.str = ...,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+        window: _builtins.float | None = ...,
+        state: Global___TradingState.ValueType = ...,
+        consecutive: _builtins.int = ...,
+        timezone: _builtins.str = ...,
+        reset_time: _builtins.str = ...,
+        lift_on_reset: _builtins.bool = ...,
+        cancel_orders: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "_window", b"_window", "target", b"target", "updated_at", b"updated_at", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_halt", b"auto_halt", "direction", b"direction", "limit_type", b"limit_type", "threshold", b"threshold", "updated_at", b"updated_at", "updated_by", b"updated_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "_window", b"_window", "auto_halt", b"auto_halt", "cancel_orders", b"cancel_orders", "consecutive", b"consecutive", "direction", b"direction", "lift_on_reset", b"lift_on_reset", "limit_type", b"limit_type", "reset_time", b"reset_time", "scope", b"scope", "state", b"state", "target", b"target", "threshold", b"threshold", "timezone", b"timezone", "updated_at", b"updated_at", "updated_by", b"updated_by", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    _WhichOneofReturnType__window: _TypeAlias = _typing.Literal["window"]  # noqa: Y015
+    _WhichOneofArgType__window: _TypeAlias = _typing.Literal["_window", b"_window"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window) -> _WhichOneofReturnType__window | None: ...
 
 Global___RiskLimit: _TypeAlias = RiskLimit  # noqa: Y015
 
@@ -238,7 +287,9 @@ class AuditEntry(_message.Message):
     entry_id: _builtins.int
     actor: _builtins.str
     action: _builtins.str
-    """"halt", "resume", "risk_breach" or "set_risk_limit"."""
+    """"halt", "resume", "risk_breach", "set_risk_limit", "delete_risk_limit",
+    "halt_barrier", "cancel_on_halt" or "order_denied".
+    """
     scope: _common_pb2.Scope.ValueType
     """SCOPE_UNSPECIFIED for entries about no scope (risk limit changes)."""
     target: _builtins.str
@@ -555,6 +606,15 @@ class SetRiskLimitRequest(_message.Message):
     DIRECTION_FIELD_NUMBER: _builtins.int
     AUTO_HALT_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FIELD_NUMBER: _builtins.int
+    TIMEZONE_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    LIFT_ON_RESET_FIELD_NUMBER: _builtins.int
+    CANCEL_ORDERS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key."""
     limit_type: _builtins.str
@@ -565,6 +625,24 @@ class SetRiskLimitRequest(_message.Message):
     """Halt trading globally on a breach; unset means true (the safe default)."""
     actor: _builtins.str
     """Who asks, for the audit trail."""
+    scope: _common_pb2.Scope.ValueType
+    """The strategy, bot or workflow the limit applies to (global: unset)."""
+    target: _builtins.str
+    window: _builtins.float
+    """order_rate: seconds in which threshold orders may be placed."""
+    state: Global___TradingState.ValueType
+    """A trigger (daily_loss, max_drawdown, heartbeat): the state a breach moves the scope
+    to; unspecified: not a trigger (a heartbeat defaults to cancel_only).
+    """
+    consecutive: _builtins.int
+    """A trigger acts after this many breaching evaluations in a row (0 or unset: 1)."""
+    timezone: _builtins.str
+    """daily_loss: IANA time zone and local HH:MM of the trading day's start (unset: UTC, 00:00)."""
+    reset_time: _builtins.str
+    lift_on_reset: _builtins.bool
+    """daily_loss: lift the state this trigger set when the next trading day starts."""
+    cancel_orders: _builtins.bool
+    """A trigger: also cancel the scope's resting orders when it acts."""
     def __init__(
         self,
         *,
@@ -574,14 +652,32 @@ class SetRiskLimitRequest(_message.Message):
         direction: Global___LimitDirection.ValueType = ...,
         auto_halt: _builtins.bool | None = ...,
         actor: _builtins.str = ...,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+        window: _builtins.float | None = ...,
+        state: Global___TradingState.ValueType = ...,
+        consecutive: _builtins.int = ...,
+        timezone: _builtins.str = ...,
+        reset_time: _builtins.str = ...,
+        lift_on_reset: _builtins.bool = ...,
+        cancel_orders: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_halt", b"_auto_halt", "auto_halt", b"auto_halt"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_halt", b"_auto_halt", "_target", b"_target", "_window", b"_window", "auto_halt", b"auto_halt", "target", b"target", "window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_halt", b"_auto_halt", "actor", b"actor", "auto_halt", b"auto_halt", "direction", b"direction", "limit_type", b"limit_type", "request_id", b"request_id", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_halt", b"_auto_halt", "_target", b"_target", "_window", b"_window", "actor", b"actor", "auto_halt", b"auto_halt", "cancel_orders", b"cancel_orders", "consecutive", b"consecutive", "direction", b"direction", "lift_on_reset", b"lift_on_reset", "limit_type", b"limit_type", "request_id", b"request_id", "reset_time", b"reset_time", "scope", b"scope", "state", b"state", "target", b"target", "threshold", b"threshold", "timezone", b"timezone", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__auto_halt: _TypeAlias = _typing.Literal["auto_halt"]  # noqa: Y015
     _WhichOneofArgType__auto_halt: _TypeAlias = _typing.Literal["_auto_halt", b"_auto_halt"]  # noqa: Y015
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    _WhichOneofReturnType__window: _TypeAlias = _typing.Literal["window"]  # noqa: Y015
+    _WhichOneofArgType__window: _TypeAlias = _typing.Literal["_window", b"_window"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_halt) -> _WhichOneofReturnType__auto_halt | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__window) -> _WhichOneofReturnType__window | None: ...
 
 Global___SetRiskLimitRequest: _TypeAlias = SetRiskLimitRequest  # noqa: Y015
 
@@ -815,3 +911,363 @@ class ListAuditEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListAuditEntriesResponse: _TypeAlias = ListAuditEntriesResponse  # noqa: Y015
+
+@_typing.final
+class DeleteRiskLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_TYPE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key."""
+    limit_type: _builtins.str
+    scope: _common_pb2.Scope.ValueType
+    target: _builtins.str
+    actor: _builtins.str
+    """Who asks, for the audit trail."""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        limit_type: _builtins.str = ...,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+        actor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "actor", b"actor", "limit_type", b"limit_type", "request_id", b"request_id", "scope", b"scope", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+
+Global___DeleteRiskLimitRequest: _TypeAlias = DeleteRiskLimitRequest  # noqa: Y015
+
+@_typing.final
+class DeleteRiskLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteRiskLimitResponse: _TypeAlias = DeleteRiskLimitResponse  # noqa: Y015
+
+@_typing.final
+class ExplainRiskLimitsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_ID_FIELD_NUMBER: _builtins.int
+    workflow_id: _builtins.str
+    bot_id: _builtins.str
+    strategy_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        workflow_id: _builtins.str | None = ...,
+        bot_id: _builtins.str | None = ...,
+        strategy_id: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bot_id: _TypeAlias = _typing.Literal["bot_id"]  # noqa: Y015
+    _WhichOneofArgType__bot_id: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id"]  # noqa: Y015
+    _WhichOneofReturnType__strategy_id: _TypeAlias = _typing.Literal["strategy_id"]  # noqa: Y015
+    _WhichOneofArgType__strategy_id: _TypeAlias = _typing.Literal["_strategy_id", b"_strategy_id"]  # noqa: Y015
+    _WhichOneofReturnType__workflow_id: _TypeAlias = _typing.Literal["workflow_id"]  # noqa: Y015
+    _WhichOneofArgType__workflow_id: _TypeAlias = _typing.Literal["_workflow_id", b"_workflow_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bot_id) -> _WhichOneofReturnType__bot_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strategy_id) -> _WhichOneofReturnType__strategy_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workflow_id) -> _WhichOneofReturnType__workflow_id | None: ...
+
+Global___ExplainRiskLimitsRequest: _TypeAlias = ExplainRiskLimitsRequest  # noqa: Y015
+
+@_typing.final
+class TriggerStatus(_message.Message):
+    """A trigger's progress between evaluations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    BREACHES_FIELD_NUMBER: _builtins.int
+    FIRED_FIELD_NUMBER: _builtins.int
+    PEAK_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    ANCHOR_FIELD_NUMBER: _builtins.int
+    LAST_BEAT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EVALUATED_AT_FIELD_NUMBER: _builtins.int
+    breaches: _builtins.int
+    """Breaching evaluations in a row."""
+    fired: _builtins.bool
+    """It acted and the breach has not cleared since."""
+    peak: _builtins.float
+    """max_drawdown: the highest equity seen."""
+    day: _builtins.str
+    """daily_loss: the trading day and the equity at its first evaluation."""
+    anchor: _builtins.float
+    value: _builtins.float
+    """What the last evaluation judged (P&L of the day, drawdown, seconds since a beat)."""
+    @_builtins.property
+    def limit(self) -> Global___RiskLimit: ...
+    @_builtins.property
+    def last_beat(self) -> _timestamp_pb2.Timestamp:
+        """heartbeat: when the last beat arrived."""
+
+    @_builtins.property
+    def evaluated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        limit: Global___RiskLimit | None = ...,
+        breaches: _builtins.int = ...,
+        fired: _builtins.bool = ...,
+        peak: _builtins.float | None = ...,
+        day: _builtins.str | None = ...,
+        anchor: _builtins.float | None = ...,
+        last_beat: _timestamp_pb2.Timestamp | None = ...,
+        value: _builtins.float | None = ...,
+        evaluated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_anchor", b"_anchor", "_day", b"_day", "_evaluated_at", b"_evaluated_at", "_last_beat", b"_last_beat", "_peak", b"_peak", "_value", b"_value", "anchor", b"anchor", "day", b"day", "evaluated_at", b"evaluated_at", "last_beat", b"last_beat", "limit", b"limit", "peak", b"peak", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_anchor", b"_anchor", "_day", b"_day", "_evaluated_at", b"_evaluated_at", "_last_beat", b"_last_beat", "_peak", b"_peak", "_value", b"_value", "anchor", b"anchor", "breaches", b"breaches", "day", b"day", "evaluated_at", b"evaluated_at", "fired", b"fired", "last_beat", b"last_beat", "limit", b"limit", "peak", b"peak", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__anchor: _TypeAlias = _typing.Literal["anchor"]  # noqa: Y015
+    _WhichOneofArgType__anchor: _TypeAlias = _typing.Literal["_anchor", b"_anchor"]  # noqa: Y015
+    _WhichOneofReturnType__day: _TypeAlias = _typing.Literal["day"]  # noqa: Y015
+    _WhichOneofArgType__day: _TypeAlias = _typing.Literal["_day", b"_day"]  # noqa: Y015
+    _WhichOneofReturnType__evaluated_at: _TypeAlias = _typing.Literal["evaluated_at"]  # noqa: Y015
+    _WhichOneofArgType__evaluated_at: _TypeAlias = _typing.Literal["_evaluated_at", b"_evaluated_at"]  # noqa: Y015
+    _WhichOneofReturnType__last_beat: _TypeAlias = _typing.Literal["last_beat"]  # noqa: Y015
+    _WhichOneofArgType__last_beat: _TypeAlias = _typing.Literal["_last_beat", b"_last_beat"]  # noqa: Y015
+    _WhichOneofReturnType__peak: _TypeAlias = _typing.Literal["peak"]  # noqa: Y015
+    _WhichOneofArgType__peak: _TypeAlias = _typing.Literal["_peak", b"_peak"]  # noqa: Y015
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__anchor) -> _WhichOneofReturnType__anchor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__day) -> _WhichOneofReturnType__day | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__evaluated_at) -> _WhichOneofReturnType__evaluated_at | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__last_beat) -> _WhichOneofReturnType__last_beat | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__peak) -> _WhichOneofReturnType__peak | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___TriggerStatus: _TypeAlias = TriggerStatus  # noqa: Y015
+
+@_typing.final
+class ExplainRiskLimitsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    HALT_FIELD_NUMBER: _builtins.int
+    APPLICABLE_FIELD_NUMBER: _builtins.int
+    DECIDING_FIELD_NUMBER: _builtins.int
+    TRIGGERS_FIELD_NUMBER: _builtins.int
+    state: Global___TradingState.ValueType
+    @_builtins.property
+    def halt(self) -> Global___HaltState:
+        """The halt that decides the state, if any."""
+
+    @_builtins.property
+    def applicable(self) -> _containers.RepeatedCompositeFieldContainer[Global___RiskLimit]:
+        """Every limit of a scope the ids belong to, by type, broadest scope first."""
+
+    @_builtins.property
+    def deciding(self) -> _containers.RepeatedCompositeFieldContainer[Global___RiskLimit]:
+        """Of those, the strictest of each type."""
+
+    @_builtins.property
+    def triggers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TriggerStatus]: ...
+    def __init__(
+        self,
+        *,
+        state: Global___TradingState.ValueType = ...,
+        halt: Global___HaltState | None = ...,
+        applicable: _abc.Iterable[Global___RiskLimit] | None = ...,
+        deciding: _abc.Iterable[Global___RiskLimit] | None = ...,
+        triggers: _abc.Iterable[Global___TriggerStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_halt", b"_halt", "halt", b"halt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_halt", b"_halt", "applicable", b"applicable", "deciding", b"deciding", "halt", b"halt", "state", b"state", "triggers", b"triggers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__halt: _TypeAlias = _typing.Literal["halt"]  # noqa: Y015
+    _WhichOneofArgType__halt: _TypeAlias = _typing.Literal["_halt", b"_halt"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__halt) -> _WhichOneofReturnType__halt | None: ...
+
+Global___ExplainRiskLimitsResponse: _TypeAlias = ExplainRiskLimitsResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    scope: _common_pb2.Scope.ValueType
+    target: _builtins.str
+    def __init__(
+        self,
+        *,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "scope", b"scope", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the switch lapses unless beaten again."""
+
+    def __init__(
+        self,
+        *,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class OrderDenial(_message.Message):
+    """Why a pre-trade check denied an order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECK_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    check: _builtins.str
+    """The limit type that denied it (max_position, order_rate, ...)."""
+    scope: _common_pb2.Scope.ValueType
+    target: _builtins.str
+    value: _builtins.float
+    threshold: _builtins.float
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        check: _builtins.str = ...,
+        scope: _common_pb2.Scope.ValueType = ...,
+        target: _builtins.str | None = ...,
+        value: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "check", b"check", "reason", b"reason", "scope", b"scope", "target", b"target", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
+    _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__target) -> _WhichOneofReturnType__target | None: ...
+
+Global___OrderDenial: _TypeAlias = OrderDenial  # noqa: Y015
+
+@_typing.final
+class RecordOrderDeniedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DENIAL_FIELD_NUMBER: _builtins.int
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    CLIENT_ORDER_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    BOT_ID_FIELD_NUMBER: _builtins.int
+    STRATEGY_ID_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    node_id: _builtins.str
+    client_order_id: _builtins.str
+    workflow_id: _builtins.str
+    bot_id: _builtins.str
+    strategy_id: _builtins.str
+    @_builtins.property
+    def denial(self) -> Global___OrderDenial: ...
+    def __init__(
+        self,
+        *,
+        denial: Global___OrderDenial | None = ...,
+        execution_id: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        client_order_id: _builtins.str = ...,
+        workflow_id: _builtins.str | None = ...,
+        bot_id: _builtins.str | None = ...,
+        strategy_id: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "denial", b"denial", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id", "_strategy_id", b"_strategy_id", "_workflow_id", b"_workflow_id", "bot_id", b"bot_id", "client_order_id", b"client_order_id", "denial", b"denial", "execution_id", b"execution_id", "node_id", b"node_id", "strategy_id", b"strategy_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__bot_id: _TypeAlias = _typing.Literal["bot_id"]  # noqa: Y015
+    _WhichOneofArgType__bot_id: _TypeAlias = _typing.Literal["_bot_id", b"_bot_id"]  # noqa: Y015
+    _WhichOneofReturnType__strategy_id: _TypeAlias = _typing.Literal["strategy_id"]  # noqa: Y015
+    _WhichOneofArgType__strategy_id: _TypeAlias = _typing.Literal["_strategy_id", b"_strategy_id"]  # noqa: Y015
+    _WhichOneofReturnType__workflow_id: _TypeAlias = _typing.Literal["workflow_id"]  # noqa: Y015
+    _WhichOneofArgType__workflow_id: _TypeAlias = _typing.Literal["_workflow_id", b"_workflow_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__bot_id) -> _WhichOneofReturnType__bot_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__strategy_id) -> _WhichOneofReturnType__strategy_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__workflow_id) -> _WhichOneofReturnType__workflow_id | None: ...
+
+Global___RecordOrderDeniedRequest: _TypeAlias = RecordOrderDeniedRequest  # noqa: Y015
+
+@_typing.final
+class RecordOrderDeniedResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordOrderDeniedResponse: _TypeAlias = RecordOrderDeniedResponse  # noqa: Y015

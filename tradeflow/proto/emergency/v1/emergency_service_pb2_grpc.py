@@ -89,6 +89,26 @@ class EmergencyServiceStub:
                 request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.FromString,
                 _registered_method=True)
+        self.DeleteRiskLimit = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/DeleteRiskLimit',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitResponse.FromString,
+                _registered_method=True)
+        self.ExplainRiskLimits = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/ExplainRiskLimits',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/Heartbeat',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.RecordOrderDenied = channel.unary_unary(
+                '/tradeflow.emergency.v1.EmergencyService/RecordOrderDenied',
+                request_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedResponse.FromString,
+                _registered_method=True)
 
 
 class EmergencyServiceServicer:
@@ -155,12 +175,16 @@ class EmergencyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetRiskLimit(self, request, context):
-        """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
+        """SetRiskLimit configures (or replaces) the limit on one limit type of one scope
+        (global unless a strategy, bot or workflow is named); audited, and pushed to
+        executors with the state (pre-trade checks, triggers: docs/RISK.md).
 
-        Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
-        that is not a finite number, or an unspecified direction on a limit type with
-        no known direction; FAILED_PRECONDITION past the maximum number of limit
-        types; and UNAVAILABLE when the limit cannot be stored.
+        Fails with INVALID_ARGUMENT naming the field for a limit_type that is not an id, a
+        threshold that is not a finite number or out of the type's range, an unspecified
+        direction on a limit type with no known direction, or an option the type does not
+        take (a window on a non-rate limit, a state on a pre-trade limit, a bad time zone);
+        FAILED_PRECONDITION past the maximum number of limits; and UNAVAILABLE when the
+        limit cannot be stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +243,39 @@ class EmergencyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteRiskLimit(self, request, context):
+        """Removes a limit (and a trigger's progress), audited; deleted is false if there was
+        none. INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainRiskLimits(self, request, context):
+        """What applies to an action of the given ids: its trading state and deciding halt,
+        every limit of its scopes, the strictest of each type and each trigger's progress.
+        INVALID_ARGUMENT for a malformed id; UNAVAILABLE when the state cannot be read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """A beat of the dead-man's switch of a scope (a "heartbeat" limit configured there);
+        INVALID_ARGUMENT when none is; UNAVAILABLE when the beat cannot be stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordOrderDenied(self, request, context):
+        """An executor reports an order a pre-trade check denied (audited as order_denied).
+        INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmergencyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -271,6 +328,26 @@ def add_EmergencyServiceServicer_to_server(servicer, server):
                     servicer.RecordCancelOnHalt,
                     request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.FromString,
                     response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.SerializeToString,
+            ),
+            'DeleteRiskLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteRiskLimit,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitResponse.SerializeToString,
+            ),
+            'ExplainRiskLimits': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainRiskLimits,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'RecordOrderDenied': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOrderDenied,
+                    request_deserializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedRequest.FromString,
+                    response_serializer=tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -548,6 +625,114 @@ class EmergencyService:
             '/tradeflow.emergency.v1.EmergencyService/RecordCancelOnHalt',
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltRequest.SerializeToString,
             tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordCancelOnHaltResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteRiskLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/DeleteRiskLimit',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.DeleteRiskLimitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainRiskLimits(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/ExplainRiskLimits',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.ExplainRiskLimitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/Heartbeat',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOrderDenied(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.emergency.v1.EmergencyService/RecordOrderDenied',
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedRequest.SerializeToString,
+            tradeflow_dot_emergency_dot_v1_dot_emergency__service__pb2.RecordOrderDeniedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -83,12 +83,16 @@ class EmergencyServiceStub:
     configured, and UNAVAILABLE when the emergency state cannot be read or stored.
     """
     SetRiskLimit: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.SetRiskLimitRequest, _emergency_service_pb2.SetRiskLimitResponse]
-    """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
+    """SetRiskLimit configures (or replaces) the limit on one limit type of one scope
+    (global unless a strategy, bot or workflow is named); audited, and pushed to
+    executors with the state (pre-trade checks, triggers: docs/RISK.md).
 
-    Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
-    that is not a finite number, or an unspecified direction on a limit type with
-    no known direction; FAILED_PRECONDITION past the maximum number of limit
-    types; and UNAVAILABLE when the limit cannot be stored.
+    Fails with INVALID_ARGUMENT naming the field for a limit_type that is not an id, a
+    threshold that is not a finite number or out of the type's range, an unspecified
+    direction on a limit type with no known direction, or an option the type does not
+    take (a window on a non-rate limit, a state on a pre-trade limit, a bad time zone);
+    FAILED_PRECONDITION past the maximum number of limits; and UNAVAILABLE when the
+    limit cannot be stored.
     """
     ListRiskLimits: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.ListRiskLimitsRequest, _emergency_service_pb2.ListRiskLimitsResponse]
     """ListRiskLimits returns every configured limit, by limit type.
@@ -122,6 +126,23 @@ class EmergencyServiceStub:
     Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
     cancelled orders than one report may list, and UNAVAILABLE when the audit
     trail cannot be written.
+    """
+    DeleteRiskLimit: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.DeleteRiskLimitRequest, _emergency_service_pb2.DeleteRiskLimitResponse]
+    """Removes a limit (and a trigger's progress), audited; deleted is false if there was
+    none. INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
+    """
+    ExplainRiskLimits: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.ExplainRiskLimitsRequest, _emergency_service_pb2.ExplainRiskLimitsResponse]
+    """What applies to an action of the given ids: its trading state and deciding halt,
+    every limit of its scopes, the strictest of each type and each trigger's progress.
+    INVALID_ARGUMENT for a malformed id; UNAVAILABLE when the state cannot be read.
+    """
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.HeartbeatRequest, _emergency_service_pb2.HeartbeatResponse]
+    """A beat of the dead-man's switch of a scope (a "heartbeat" limit configured there);
+    INVALID_ARGUMENT when none is; UNAVAILABLE when the beat cannot be stored.
+    """
+    RecordOrderDenied: _grpc.UnaryUnaryMultiCallable[_emergency_service_pb2.RecordOrderDeniedRequest, _emergency_service_pb2.RecordOrderDeniedResponse]
+    """An executor reports an order a pre-trade check denied (audited as order_denied).
+    INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
     """
 
 @_typing.type_check_only
@@ -174,12 +195,16 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     configured, and UNAVAILABLE when the emergency state cannot be read or stored.
     """
     SetRiskLimit: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.SetRiskLimitRequest, _emergency_service_pb2.SetRiskLimitResponse]  # type: ignore[assignment]
-    """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
+    """SetRiskLimit configures (or replaces) the limit on one limit type of one scope
+    (global unless a strategy, bot or workflow is named); audited, and pushed to
+    executors with the state (pre-trade checks, triggers: docs/RISK.md).
 
-    Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
-    that is not a finite number, or an unspecified direction on a limit type with
-    no known direction; FAILED_PRECONDITION past the maximum number of limit
-    types; and UNAVAILABLE when the limit cannot be stored.
+    Fails with INVALID_ARGUMENT naming the field for a limit_type that is not an id, a
+    threshold that is not a finite number or out of the type's range, an unspecified
+    direction on a limit type with no known direction, or an option the type does not
+    take (a window on a non-rate limit, a state on a pre-trade limit, a bad time zone);
+    FAILED_PRECONDITION past the maximum number of limits; and UNAVAILABLE when the
+    limit cannot be stored.
     """
     ListRiskLimits: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.ListRiskLimitsRequest, _emergency_service_pb2.ListRiskLimitsResponse]  # type: ignore[assignment]
     """ListRiskLimits returns every configured limit, by limit type.
@@ -213,6 +238,23 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
     cancelled orders than one report may list, and UNAVAILABLE when the audit
     trail cannot be written.
+    """
+    DeleteRiskLimit: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.DeleteRiskLimitRequest, _emergency_service_pb2.DeleteRiskLimitResponse]  # type: ignore[assignment]
+    """Removes a limit (and a trigger's progress), audited; deleted is false if there was
+    none. INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
+    """
+    ExplainRiskLimits: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.ExplainRiskLimitsRequest, _emergency_service_pb2.ExplainRiskLimitsResponse]  # type: ignore[assignment]
+    """What applies to an action of the given ids: its trading state and deciding halt,
+    every limit of its scopes, the strictest of each type and each trigger's progress.
+    INVALID_ARGUMENT for a malformed id; UNAVAILABLE when the state cannot be read.
+    """
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.HeartbeatRequest, _emergency_service_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """A beat of the dead-man's switch of a scope (a "heartbeat" limit configured there);
+    INVALID_ARGUMENT when none is; UNAVAILABLE when the beat cannot be stored.
+    """
+    RecordOrderDenied: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.RecordOrderDeniedRequest, _emergency_service_pb2.RecordOrderDeniedResponse]  # type: ignore[assignment]
+    """An executor reports an order a pre-trade check denied (audited as order_denied).
+    INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
     """
 
 class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -292,12 +334,16 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _emergency_service_pb2.SetRiskLimitRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_emergency_service_pb2.SetRiskLimitResponse, _abc.Awaitable[_emergency_service_pb2.SetRiskLimitResponse]]:
-        """SetRiskLimit configures (or replaces) the limit on one limit type; audited.
+        """SetRiskLimit configures (or replaces) the limit on one limit type of one scope
+        (global unless a strategy, bot or workflow is named); audited, and pushed to
+        executors with the state (pre-trade checks, triggers: docs/RISK.md).
 
-        Fails with INVALID_ARGUMENT for a limit_type that is not an id, a threshold
-        that is not a finite number, or an unspecified direction on a limit type with
-        no known direction; FAILED_PRECONDITION past the maximum number of limit
-        types; and UNAVAILABLE when the limit cannot be stored.
+        Fails with INVALID_ARGUMENT naming the field for a limit_type that is not an id, a
+        threshold that is not a finite number or out of the type's range, an unspecified
+        direction on a limit type with no known direction, or an option the type does not
+        take (a window on a non-rate limit, a state on a pre-trade limit, a bad time zone);
+        FAILED_PRECONDITION past the maximum number of limits; and UNAVAILABLE when the
+        limit cannot be stored.
         """
 
     @_abc_1.abstractmethod
@@ -361,6 +407,47 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
         Fails with INVALID_ARGUMENT for a scope, target or id that is not valid, or more
         cancelled orders than one report may list, and UNAVAILABLE when the audit
         trail cannot be written.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteRiskLimit(
+        self,
+        request: _emergency_service_pb2.DeleteRiskLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.DeleteRiskLimitResponse, _abc.Awaitable[_emergency_service_pb2.DeleteRiskLimitResponse]]:
+        """Removes a limit (and a trigger's progress), audited; deleted is false if there was
+        none. INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
+        """
+
+    @_abc_1.abstractmethod
+    def ExplainRiskLimits(
+        self,
+        request: _emergency_service_pb2.ExplainRiskLimitsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.ExplainRiskLimitsResponse, _abc.Awaitable[_emergency_service_pb2.ExplainRiskLimitsResponse]]:
+        """What applies to an action of the given ids: its trading state and deciding halt,
+        every limit of its scopes, the strictest of each type and each trigger's progress.
+        INVALID_ARGUMENT for a malformed id; UNAVAILABLE when the state cannot be read.
+        """
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _emergency_service_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.HeartbeatResponse, _abc.Awaitable[_emergency_service_pb2.HeartbeatResponse]]:
+        """A beat of the dead-man's switch of a scope (a "heartbeat" limit configured there);
+        INVALID_ARGUMENT when none is; UNAVAILABLE when the beat cannot be stored.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordOrderDenied(
+        self,
+        request: _emergency_service_pb2.RecordOrderDeniedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_emergency_service_pb2.RecordOrderDeniedResponse, _abc.Awaitable[_emergency_service_pb2.RecordOrderDeniedResponse]]:
+        """An executor reports an order a pre-trade check denied (audited as order_denied).
+        INVALID_ARGUMENT naming a bad field; UNAVAILABLE when it cannot be stored.
         """
 
 def add_EmergencyServiceServicer_to_server(servicer: EmergencyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
