@@ -11,6 +11,7 @@ from gate import GateServer
 # Fixture modules of the integration suite (tests/integration is on the path).
 pytest_plugins = [
     "contract_fixtures",
+    "controller_fixtures",
     "emergency_fixtures",
     "replica_fixtures",
     "state_fixtures",

@@ -8,7 +8,8 @@ starts from an empty emergency state whatever other tests halted.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ __all__ = [
     "EMERGENCY_SERVICE_NAME",
     "HEARTBEAT_SECONDS",
     "ClientFactory",
+    "emergency_clients",
     "emergency_service",
     "make_emergency_client",
     "start_emergency_service",
@@ -38,12 +40,16 @@ HEARTBEAT_SECONDS = 0.2
 ClientFactory = Callable[[], Awaitable[RemoteEmergencyControl]]
 
 
-def start_emergency_service(redis_url: str, nats_url: str, workdir: Path) -> Service:
-    """An emergency service on ``redis_url`` and ``nats_url``, logging to ``workdir``."""
+def start_emergency_service(
+    redis_url: str, nats_url: str, workdir: Path, extra_env: Mapping[str, str] | None = None
+) -> Service:
+    """An emergency service on ``redis_url`` and ``nats_url``, logging to ``workdir``, with
+    ``extra_env`` added to its environment."""
     env = {
         "TRADEFLOW_REDIS_URL": redis_url,
         "TRADEFLOW_NATS_URL": nats_url,
         "TRADEFLOW_EMERGENCY_HEARTBEAT": str(HEARTBEAT_SECONDS),
+        **(extra_env or {}),
     }
     return start_service("emergency", EMERGENCY_SERVICE_NAME, workdir, env)
 
@@ -64,11 +70,19 @@ async def make_emergency_client(
 ) -> AsyncIterator[ClientFactory]:
     """Connects clients to the test's service (each waits for its first snapshot); closes
     them and deletes the test's Redis keys afterwards."""
+    async with emergency_clients(emergency_service, redis_server.url) as make:
+        yield make
+
+
+@asynccontextmanager
+async def emergency_clients(service: Service, redis_url: str) -> AsyncIterator[ClientFactory]:
+    """A factory of clients of ``service`` (each waits for its first snapshot); on exit
+    closes them and deletes the service's Redis keys from ``redis_url``."""
     clients: list[RemoteEmergencyControl] = []
 
     async def make() -> RemoteEmergencyControl:
         client = await RemoteEmergencyControl.connect(
-            emergency_service.address,
+            service.address,
             timeout=DEADLINE_SECONDS,
             max_staleness=HEARTBEAT_SECONDS * 10,
             reconnect_backoff=(0.05, 0.5),
@@ -78,11 +92,13 @@ async def make_emergency_client(
         clients.append(client)
         return client
 
-    yield make
-    for client in clients:
-        await client.close()
-    cleanup = aioredis.from_url(redis_server.url)
-    keys = [key async for key in cleanup.scan_iter(match=f"*{emergency_service.redis_prefix}*")]
-    if keys:
-        await cleanup.delete(*keys)
-    await cleanup.aclose()
+    try:
+        yield make
+    finally:
+        for client in clients:
+            await client.close()
+        cleanup = aioredis.from_url(redis_url)
+        keys = [key async for key in cleanup.scan_iter(match=f"*{service.redis_prefix}*")]
+        if keys:
+            await cleanup.delete(*keys)
+        await cleanup.aclose()

@@ -15,17 +15,20 @@ import grpc
 import pytest
 import pytest_asyncio
 import redis
-import redis.asyncio as aioredis
-from emergency_fixtures import EMERGENCY_SERVICE_NAME, HEARTBEAT_SECONDS, ClientFactory
+from emergency_fixtures import (
+    ClientFactory,
+    emergency_clients,
+    start_emergency_service,
+)
 from kit import DEADLINE_SECONDS
-from servers import ServerProcess, Service, start_service
+from servers import ServerProcess, Service
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.errors import error_from_rpc
 from tradeflow.app.cli import main
-from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.domain.clock import new_id
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, InvalidRequest
 from tradeflow.domain.records import LimitDirection, RiskLimit, Scope
@@ -52,16 +55,11 @@ def risk_service(
 ) -> Iterator[Service]:
     """An emergency service of this test alone, evaluating triggers every
     :data:`TRIGGER_INTERVAL` seconds."""
-    service = start_service(
-        "emergency",
-        EMERGENCY_SERVICE_NAME,
+    service = start_emergency_service(
+        redis_server.url,
+        nats_server.url,
         tmp_path,
-        {
-            "TRADEFLOW_REDIS_URL": redis_server.url,
-            "TRADEFLOW_NATS_URL": nats_server.url,
-            "TRADEFLOW_EMERGENCY_HEARTBEAT": str(HEARTBEAT_SECONDS),
-            "TRADEFLOW_TRIGGER_INTERVAL": str(TRIGGER_INTERVAL),
-        },
+        {"TRADEFLOW_TRIGGER_INTERVAL": str(TRIGGER_INTERVAL)},
     )
     yield service
     service.process.stop()
@@ -73,28 +71,8 @@ async def connect(
 ) -> AsyncIterator[ClientFactory]:
     """Connects clients to the test's service (each waits for its first snapshot); closes
     them and deletes the test's Redis keys afterwards."""
-    clients: list[RemoteEmergencyControl] = []
-
-    async def make() -> RemoteEmergencyControl:
-        client = await RemoteEmergencyControl.connect(
-            risk_service.address,
-            timeout=DEADLINE_SECONDS,
-            max_staleness=HEARTBEAT_SECONDS * 10,
-            reconnect_backoff=(0.05, 0.5),
-            clock=SystemClock(),
-            id_factory=new_id,
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
-    cleanup = aioredis.from_url(redis_server.url)
-    keys = [key async for key in cleanup.scan_iter(match=f"*{risk_service.redis_prefix}*")]
-    if keys:
-        await cleanup.delete(*keys)
-    await cleanup.aclose()
+    async with emergency_clients(risk_service, redis_server.url) as make:
+        yield make
 
 
 @pytest_asyncio.fixture

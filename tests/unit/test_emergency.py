@@ -46,35 +46,6 @@ IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 
 
 @pytest.fixture
-def published() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def controller(
-    conn: sqlite3.Connection, published: list[Event], metrics: Metrics, clock: ManualClock
-) -> LocalEmergencyController:
-    counter = itertools.count(1)
-    return LocalEmergencyController(
-        conn,
-        publish=published.append,
-        metrics=metrics,
-        clock=clock,
-        id_factory=lambda: f"id-{next(counter)}",
-    )
-
-
-@pytest.fixture
 def second(db_path: Path) -> Iterator[LocalEmergencyController]:
     """A controller on its own connection: what another process sees."""
     connection = open_database(db_path)

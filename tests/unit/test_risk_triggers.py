@@ -5,9 +5,7 @@ infrastructure's own evaluator on the paper exchange, and properties of the rule
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
@@ -69,35 +67,6 @@ class Pnl:
         if isinstance(value, Exception):
             raise value
         return value
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def published() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
-
-
-@pytest.fixture
-def controller(
-    conn: sqlite3.Connection, published: list[Event], metrics: Metrics, clock: ManualClock
-) -> LocalEmergencyController:
-    counter = itertools.count(1)
-    return LocalEmergencyController(
-        conn,
-        publish=published.append,
-        metrics=metrics,
-        clock=clock,
-        id_factory=lambda: f"id-{next(counter)}",
-    )
 
 
 @pytest.fixture

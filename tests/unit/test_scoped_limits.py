@@ -4,7 +4,6 @@ files migrate) and the trigger progress compare-and-set."""
 
 from __future__ import annotations
 
-import itertools
 import math
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
@@ -20,7 +19,7 @@ from tradeflow.adapters.sqlite.emergency import LocalEmergencyController, SQLite
 from tradeflow.domain import errors
 from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.limits import FOUND_MAX_CHARS
-from tradeflow.domain.records import Event, LimitDirection, RiskLimit, Scope
+from tradeflow.domain.records import LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import (
     NO_LIMITS,
     Denial,
@@ -30,34 +29,9 @@ from tradeflow.domain.risk import (
 )
 from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import RiskLimitExceeded
-from tradeflow.observability.metrics import Metrics
 
 IDS = ScopeIds(workflow_id="wf-1", bot_id="bot-1", strategy_id="strat-1")
 TRIGGER = LimitOptions(state=TradingState.REDUCE_ONLY, consecutive=3)
-
-
-@pytest.fixture
-def published() -> list[Event]:
-    return []
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-def controller(
-    conn: sqlite3.Connection, published: list[Event], clock: ManualClock
-) -> LocalEmergencyController:
-    counter = itertools.count(1)
-    return LocalEmergencyController(
-        conn,
-        publish=published.append,
-        metrics=Metrics(),
-        clock=clock,
-        id_factory=lambda: f"id-{next(counter)}",
-    )
 
 
 @pytest.fixture

@@ -39,7 +39,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tradeflow.domain.errors import InvalidRequest, OrderDenied
 from tradeflow.domain.records import LimitDirection, RiskLimit, Scope, limit_key
-from tradeflow.domain.trading import BALANCE_TOLERANCE, Position, TradingState
+from tradeflow.domain.trading import (
+    BALANCE_TOLERANCE,
+    Order,
+    OrderStatus,
+    Position,
+    Side,
+    TradingState,
+)
 
 __all__ = [
     "HEARTBEAT_TTL_MAX",
@@ -57,6 +64,7 @@ __all__ = [
     "ScopeRule",
     "TriggerOutcome",
     "TriggerProgress",
+    "admit",
     "checked_limit_options",
     "covering",
     "evaluate_trigger",
@@ -481,6 +489,31 @@ def rule_denial(check: str, rule: ScopeRule, value: float) -> Denial:
     else:
         raise ValueError(f"not a shared check: {check!r}")
     return Denial(check, rule.scope, rule.target, value, threshold, reason)
+
+
+def admit(
+    order: Order,
+    rules: Sequence[ScopeRule],
+    *,
+    positions: Mapping[str, float],
+    open_orders: Mapping[str, int],
+    buckets: Mapping[str, Bucket],
+) -> dict[str, Bucket]:
+    """:func:`shared_denial` of a stored-to-be ``order`` on a ledger's figures (its
+    scopes' positions in its venue and symbol, resting orders, buckets), at the order's
+    ``created_at``: the buckets to store, or ``OrderDenied``."""
+    denial, taken = shared_denial(
+        rules,
+        positions=positions,
+        open_orders=open_orders,
+        buckets=buckets,
+        signed_quantity=order.quantity if order.side is Side.BUY else -order.quantity,
+        rests=order.status is OrderStatus.OPEN,
+        now=order.created_at,
+    )
+    if denial is not None:
+        raise denial.error(order.client_order_id)
+    return taken
 
 
 def _position_denial(rule: ScopeRule, before: float, signed_quantity: float) -> Denial | None:

@@ -32,9 +32,9 @@ from tradeflow.domain.risk import (
     Bucket,
     ScopeBook,
     ScopeRule,
+    admit,
     scope_key,
     scope_keys,
-    shared_denial,
 )
 from tradeflow.domain.trading import (
     FLAT,
@@ -226,20 +226,15 @@ class MemoryPaperLedger:
         """:func:`shared_denial` of ``order`` on the figures stored now: the buckets to
         store, or ``OrderDenied``."""
         book = (order.venue, order.symbol)
-        denial, taken = shared_denial(
+        return admit(
+            order,
             rules,
             positions={
                 rule.key: self._books.get(rule.key, {}).get(book, FLAT).quantity for rule in rules
             },
             open_orders=self._resting,
             buckets=self._buckets,
-            signed_quantity=order.quantity if order.side is Side.BUY else -order.quantity,
-            rests=order.status is OrderStatus.OPEN,
-            now=order.created_at,
         )
-        if denial is not None:
-            raise denial.error(order.client_order_id)
-        return taken
 
     def _book(self, fill: Fill, scopes: Sequence[str]) -> None:
         """``fill`` into the position and realized P&L of each of ``scopes`` (``global``

@@ -56,9 +56,9 @@ from tradeflow.domain.risk import (
     Bucket,
     ScopeBook,
     ScopeRule,
+    admit,
     scope_key,
     scope_keys,
-    shared_denial,
 )
 from tradeflow.domain.trading import (
     FLAT,
@@ -426,18 +426,13 @@ class SQLitePaperLedger:
                     open_orders[rule.key] = row[0]
                     if row[1] is not None:
                         buckets[rule.key] = (row[1], row[2])
-        denial, taken = shared_denial(
+        return admit(
+            order,
             rules,
             positions=positions,
             open_orders=open_orders,
             buckets=buckets,
-            signed_quantity=order.quantity if order.side is Side.BUY else -order.quantity,
-            rests=order.status is OrderStatus.OPEN,
-            now=order.created_at,
         )
-        if denial is not None:
-            raise denial.error(order.client_order_id)
-        return taken
 
     def _order(self, venue: str, client_order_id: str) -> Order | None:
         row = self._cursor.execute(_SELECT_ORDER, (venue, client_order_id)).fetchone()
