@@ -29,10 +29,19 @@ from tradeflow.domain.limits import (
     FOUND_MAX_CHARS,
     HALTS_PER_SCOPE_KIND_MAX,
     ID_MAX_LENGTH,
+    RISK_LIMITS_MAX,
     TEXT_MAX_LENGTH,
     TIMESTAMP_MAX,
 )
-from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, Scope
+from tradeflow.domain.records import (
+    AuditEntry,
+    Event,
+    HaltState,
+    LimitDirection,
+    RiskLimit,
+    Scope,
+)
+from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import (
     EmergencyHalted,
     LocalRiskChecker,
@@ -520,9 +529,10 @@ async def test_a_breach_of_the_longest_limit_type_still_halts(
 
 
 def test_the_largest_emergency_state_fits_one_grpc_message() -> None:
-    """Every halt at its bound, with the longest target, reason and actor in 4-byte UTF-8,
-    fits gRPC's default 4 MiB message (what every watcher can receive), and the largest
-    audit page fits the services' message limit."""
+    """Every halt and every risk limit at its bound, with the longest target, reason,
+    actor (4-byte UTF-8), limit type and options, fits gRPC's default 4 MiB message (what
+    every watcher can receive), and the largest audit page fits the services' message
+    limit."""
     since = float(TIMESTAMP_MAX)
     reason, actor = "\U0001f600" * TEXT_MAX_LENGTH, "\U0001f600" * ACTOR_MAX_LENGTH
     halts = [HaltState(Scope.GLOBAL, None, reason, actor, since)] + [
@@ -530,7 +540,27 @@ def test_the_largest_emergency_state_fits_one_grpc_message() -> None:
         for scope in (Scope.STRATEGY, Scope.BOT, Scope.WORKFLOW)
         for n in range(HALTS_PER_SCOPE_KIND_MAX)
     ]
-    state = pb.WatchStateResponse(state=wire.emergency_state_to_proto(halts, 2**64 - 1))
+    limits = [
+        RiskLimit(
+            f"{n:x}".rjust(ID_MAX_LENGTH, "l"),
+            -1e300,
+            LimitDirection.ABS_ABOVE,
+            True,
+            since,
+            actor,
+            Scope.WORKFLOW,
+            "t" * ID_MAX_LENGTH,
+            window=86_400.0,
+            state=TradingState.CANCEL_ONLY,
+            consecutive=1000,
+            timezone="z" * 64,
+            reset_time="23:59",
+            lift_on_reset=True,
+            cancel_orders=True,
+        )
+        for n in range(RISK_LIMITS_MAX)
+    ]
+    state = pb.WatchStateResponse(state=wire.emergency_state_to_proto(halts, 2**64 - 1, limits))
     size = state.ByteSize()
     assert size <= 4 * 1024 * 1024
 

@@ -97,8 +97,11 @@ HALTS_PER_SCOPE_KIND_MAX: Final = 250
 state fits gRPC's default 4 MiB message, which any watcher can receive: 751 halts of the
 longest target, reason and actor (4.8 KB each in 4-byte UTF-8) make 3.6 MB. A global halt
 is never refused for being one too many."""
-RISK_LIMITS_MAX: Final = 1000
-"""Configured risk limit types: 1000 (replacing an existing type is never refused)."""
+RISK_LIMITS_MAX: Final = 500
+"""Configured risk limits, of every type and scope together: 500 (replacing an existing
+one is never refused). They travel with the halts in every ``WatchState`` message: 500
+limits of the longest fields (about 0.9 kB each) and 751 halts (3.6 MB) stay under gRPC's
+default 4 MiB message."""
 IN_FLIGHT_MAX: Final = 1000
 """In-flight actions one halt acknowledgement carries (about 0.5 MB of the longest ids):
 an executor with more reports the first ones, a request with more is refused."""
