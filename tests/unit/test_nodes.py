@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
+from kit import DEADLINE_SECONDS
 from nodekit import EXECUTION_ID, make_block, node_kit, problems, run_node, spec
 
 from tradeflow.domain.errors import (
@@ -19,6 +20,8 @@ from tradeflow.domain.errors import (
     OrderRejected,
     RiskLimitExceeded,
 )
+from tradeflow.domain.records import LimitDirection, RiskLimit
+from tradeflow.domain.risk import PreTradeLimits
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes import ExecutionContext, NodeRegistry, Prop, default_registry, node
 
@@ -356,6 +359,64 @@ def _place(inputs: Iterable[str] = (), block_id: str = "b1", **properties: Any) 
     return make_block(
         "actions", "place_order", {"symbol": BTC, **properties}, inputs=inputs, block_id=block_id
     )
+
+
+def _local(limit_type: str, threshold: float) -> PreTradeLimits:
+    return PreTradeLimits(local=(RiskLimit(limit_type, threshold, LimitDirection.ABOVE),))
+
+
+@pytest.mark.asyncio
+async def test_a_sell_limited_below_the_bid_is_valued_at_the_bid_it_fills_at() -> None:
+    """max_order_notional 150: selling 1.9 limited at 1.0 (notional 1.9 at its limit)
+    would fill at the bid, 100, a notional of 190: denied, never placed."""
+    block = _place(side="sell", quantity=1.9, order_type="limit", limit_price=1.0)
+    async with node_kit() as kit:
+        kit.risk.limits = _local("max_order_notional", 150.0)
+        outputs = await run_node(kit, block)
+        await asyncio.gather(*kit.ctx.audits)
+        stored = await kit.exchange.get_order("paper", f"{EXECUTION_ID}:b1")
+    assert (outputs["status"], outputs["denial"]["value"]) == ("denied", 190.0)
+    assert stored is None
+    assert [d.check for d, _ in kit.risk.denials] == ["max_order_notional"]
+
+
+@pytest.mark.asyncio
+async def test_a_retry_whose_order_was_placed_adopts_it_instead_of_a_denial() -> None:
+    """An attempt whose reply was lost placed the order; the retry's local check now
+    denies (the limit tightened): the placed order is the outcome, not a denial beside
+    it, and nothing is audited as denied."""
+    block = _place(side="buy", quantity=0.5)
+    async with node_kit() as kit:
+        first = await run_node(kit, block)
+        kit.risk.limits = _local("max_order_notional", 1.0)
+        retried = await run_node(kit, block)
+    assert retried == first
+    assert first["status"] == "filled"
+    assert kit.risk.denials == []
+
+
+@pytest.mark.asyncio
+async def test_a_denials_audit_runs_outside_the_node() -> None:
+    """The node returns its denied outcome while the audit is still running (a slow
+    emergency service cannot turn a denial into a timed-out, retried node); the task
+    completes the audit."""
+    block = _place(side="buy", quantity=0.5)
+    release = asyncio.Event()
+    async with node_kit() as kit:
+        recorded = kit.risk.record_order_denied
+
+        async def slow(denial: Any, **call: Any) -> None:
+            await release.wait()
+            await recorded(denial, **call)
+
+        kit.risk.record_order_denied = slow  # type: ignore[method-assign]
+        kit.risk.limits = _local("max_order_notional", 1.0)
+        outputs = await run_node(kit, block)
+        assert outputs["status"] == "denied"
+        assert kit.risk.denials == []
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*kit.ctx.audits), DEADLINE_SECONDS)
+    assert [d.check for d, _ in kit.risk.denials] == ["max_order_notional"]
 
 
 @pytest.mark.asyncio

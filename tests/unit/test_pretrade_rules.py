@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from tradeflow.adapters.memory.paper import MemoryPaperLedger, PaperLedger
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
+from tradeflow.domain.emergency import DEFAULT_DIRECTIONS
 from tradeflow.domain.errors import OrderDenied
 from tradeflow.domain.records import LimitDirection, RiskLimit, Scope, limit_key
 from tradeflow.domain.risk import (
@@ -326,7 +327,7 @@ def limit(limit_type: str, threshold: float, scope: Scope, target: str | None) -
     return RiskLimit(
         limit_type,
         threshold,
-        LimitDirection.ABOVE,
+        DEFAULT_DIRECTIONS[limit_type],
         scope=scope,
         target=target,
         window=60.0 if limit_type == "order_rate" else None,
@@ -385,6 +386,23 @@ def test_pre_trade_limits_are_those_of_the_orders_scopes_broadest_first(
         )
     assert list(found.rules) == expected_rules
     assert bool(found) == bool(expected_local or expected_rules)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        RiskLimit("order_rate", 10.0, LimitDirection.ABOVE),  # no window
+        RiskLimit("price_collar_bps", 0.0, LimitDirection.ABOVE),
+        RiskLimit("max_position", 1.0, LimitDirection.BELOW),
+        RiskLimit("max_open_orders", 2.5, LimitDirection.ABOVE),
+    ],
+)
+def test_a_stored_limit_that_breaks_its_types_rules_is_not_enforced(stored: RiskLimit) -> None:
+    """An earlier version took any limit type with a direction (a risk node's
+    ``order_rate`` without a window, a collar of 0, a ``max_position`` below): such a row,
+    loaded as it was, is not enforced before orders rather than breaking or blocking
+    every order."""
+    assert not pre_trade_limits({stored.key: stored}, "w1", "b1", "s1")
 
 
 def _scope_of(key: str) -> tuple[Scope, str | None]:

@@ -24,7 +24,7 @@ from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController
 from tradeflow.app.settings import Settings
 from tradeflow.domain.emergency import ScopeIds
-from tradeflow.domain.errors import UnavailableError
+from tradeflow.domain.errors import RiskLimitExceeded, UnavailableError
 from tradeflow.domain.records import Event, HaltState, LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import (
     LimitOptions,
@@ -126,7 +126,8 @@ async def test_daily_loss_acts_on_the_nth_consecutive_breach_not_before_and_once
     metrics: Metrics,
 ) -> None:
     """With consecutive=3, two breaching rounds leave the bot trading, the third moves it
-    to the trigger's state (event, audit, metric), and later breaching rounds act no more."""
+    to the trigger's state (event, audit, metric); later breaching rounds still ask for
+    that state (level-triggered) but find it standing and write nothing more."""
     await controller.set_risk_limit(
         "daily_loss", -100.0, scope=BOT[0], target=BOT[1], options=trigger(consecutive=3)
     )
@@ -141,7 +142,7 @@ async def test_daily_loss_acts_on_the_nth_consecutive_breach_not_before_and_once
 
     assert [o.progress.breaches for r in before for _, o in r] == [1, 2]
     assert (outcome.fire, outcome.value, outcome.progress.breaches) == (True, -150.0, 3)
-    assert not any(o.fire for r in after for _, o in r)
+    assert all(o.fire for r in after for _, o in r)
     halt = halt_of(controller, BOT)
     assert halt is not None
     assert (halt.state, halt.actor) == (TradingState.REDUCE_ONLY, "trigger:daily_loss@bot:bot-1")
@@ -328,7 +329,7 @@ async def test_a_trigger_tightens_a_looser_halt_forwards_cancel_orders_and_never
         "trigger:max_drawdown@strategy:strat-1",
     )
     assert (kept.state, kept.actor, kept.reason) == (TradingState.HALTED, "ops", "stop")
-    assert fired(metrics, "max_drawdown") == 2
+    assert fired(metrics, "max_drawdown") == 1  # halts written: the bot's stood
 
 
 # --- two evaluators ---------------------------------------------------------------------
@@ -623,23 +624,22 @@ def loss_limit(kind: str, threshold: float, consecutive: int) -> RiskLimit:
     consecutive=st.integers(1, 5),
     equities=st.lists(st.floats(-2000, 2000), min_size=1, max_size=40),
 )
-def test_a_trigger_fires_only_after_n_breaches_in_a_row_and_once_per_run(
+def test_a_trigger_fires_exactly_while_a_run_of_n_breaches_lasts(
     kind: str, threshold: float, consecutive: int, equities: list[float]
 ) -> None:
-    """Over any equity series within one trading day: a fire's evaluation ends a run of
-    at least ``consecutive`` breaches, the first such evaluation of its run fires, and no
-    run fires twice."""
+    """Over any equity series within one trading day: an evaluation fires (asks for the
+    trigger's state) exactly when it ends a run of at least ``consecutive`` breaches, so
+    never before the debounce and at every evaluation after it while the breach lasts;
+    ``fired`` says a fire happened in the current run."""
     limit = loss_limit(kind, threshold, consecutive)
     progress = TriggerProgress()
-    run, fired_in_run = 0, False
+    run = 0
     for step, equity in enumerate(equities):
         outcome = evaluate_trigger(limit, progress, equity, START + step)
         progress = outcome.progress
         run = run + 1 if outcome.breached else 0
-        if not outcome.breached:
-            fired_in_run = False
-        assert outcome.fire == (run >= consecutive and not fired_in_run)
-        fired_in_run = fired_in_run or outcome.fire
+        assert outcome.fire == (run >= consecutive)
+        assert progress.fired == (run >= consecutive)
         assert progress.breaches == run
 
 
@@ -684,3 +684,131 @@ def test_a_trading_day_is_one_calendar_day_long_from_its_reset_time(
     assert trading_day(start, zone, reset) == trading_day(
         start + min(offset, 3600 * 23), zone, reset
     )
+
+
+# --- found by review: level-triggered firing, days that only move forward, restore ------
+
+
+@pytest.mark.asyncio
+async def test_a_lapsed_switch_whose_halt_was_lost_or_lifted_restricts_again_next_round(
+    controller: LocalEmergencyController, clock: ManualClock
+) -> None:
+    """Firing is level-triggered: progress stored as fired with no halt written (the
+    process died between the two) halts at the next round; an operator who resumes a
+    scope whose switch is still lapsed sees it restricted again; a beat ends that."""
+    evaluator = TriggerEvaluator(controller, None, clock=clock, interval=INTERVAL)
+    await controller.set_risk_limit("heartbeat", 5.0, scope=BOT[0], target=BOT[1])
+    key = "heartbeat@bot:bot-1"
+    clock.advance(6.0)
+    died = TriggerProgress(version=1, breaches=1, fired=True, evaluated_at=clock.now)
+    assert await controller.save_trigger_progress(key, died, 0)
+    assert halt_of(controller, BOT) is None
+
+    await rounds(evaluator, clock)
+    assert halt_of(controller, BOT) is not None
+
+    await controller.resume(*BOT, reason="I know better", actor="ops")
+    await rounds(evaluator, clock)
+    again = halt_of(controller, BOT)
+    assert again is not None and again.state is TradingState.CANCEL_ONLY
+
+    await controller.heartbeat(*BOT)
+    await controller.resume(*BOT, reason="the bot is back", actor="ops")
+    await rounds(evaluator, clock)
+    assert halt_of(controller, BOT) is None
+
+
+@pytest.mark.asyncio
+async def test_a_clock_set_back_does_not_silence_a_trigger(
+    controller: LocalEmergencyController, clock: ManualClock
+) -> None:
+    """Evaluations are per interval slot: after the clock goes back an hour, the next
+    round still evaluates, and a lapsed switch fires."""
+    evaluator = TriggerEvaluator(controller, None, clock=clock, interval=INTERVAL)
+    await controller.set_risk_limit("heartbeat", 5.0, scope=BOT[0], target=BOT[1])
+    await rounds(evaluator, clock)
+    clock.advance(-3600.0)
+    await controller.heartbeat(*BOT)  # beaten "an hour ago" by the new clock
+    clock.advance(6.0)
+    ((_, outcome),) = await evaluator.evaluate()
+    assert outcome.fire
+    assert halt_of(controller, BOT) is not None
+
+
+def test_a_repeated_local_hour_never_reopens_a_trading_day() -> None:
+    """New York, reset 01:30: fired at 01:40 EDT on the day clocks go back; at 01:10 EST
+    (an hour and a half later) the local date-and-time is earlier, but the day stays, so
+    nothing is forgiven or lifted."""
+    limit = RiskLimit(
+        "daily_loss",
+        -100.0,
+        LimitDirection.BELOW,
+        scope=Scope.BOT,
+        target="bot-1",
+        state=TradingState.HALTED,
+        timezone="America/New_York",
+        reset_time="01:30",
+        lift_on_reset=True,
+    )
+    zone = ZoneInfo("America/New_York")
+    first = datetime(2026, 11, 1, 1, 35, tzinfo=zone).timestamp()  # 01:35 EDT
+    progress = evaluate_trigger(limit, TriggerProgress(), 1000.0, first).progress
+    fired_at = datetime(2026, 11, 1, 1, 40, tzinfo=zone).timestamp()  # 01:40 EDT
+    outcome = evaluate_trigger(limit, progress, 800.0, fired_at)
+    assert outcome.fire and outcome.progress.day is not None
+    repeated = datetime(2026, 11, 1, 1, 10, tzinfo=zone, fold=1).timestamp()  # 01:10 EST
+    assert repeated > fired_at
+    later = evaluate_trigger(limit, outcome.progress, 800.0, repeated)
+    assert (later.lift, later.progress.day, later.progress.anchor) == (
+        False,
+        outcome.progress.day,
+        outcome.progress.anchor,
+    )
+    assert later.fire
+
+
+@pytest.mark.asyncio
+async def test_lift_on_reset_puts_back_the_operators_weaker_halt_it_replaced(
+    controller: LocalEmergencyController, evaluator: TriggerEvaluator, pnl: Pnl, clock: ManualClock
+) -> None:
+    """An operator's REDUCE_ONLY, replaced by the trigger's HALTED, comes back (not
+    ACTIVE) when the next trading day lifts the trigger's halt."""
+    await controller.set_risk_limit(
+        "daily_loss",
+        -100.0,
+        scope=BOT[0],
+        target=BOT[1],
+        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
+    )
+    await controller.halt(*BOT, reason="careful", actor="ops", state=TradingState.REDUCE_ONLY)
+    pnl.set(1000.0)
+    await rounds(evaluator, clock)
+    pnl.set(800.0)
+    await rounds(evaluator, clock)
+    halted = halt_of(controller, BOT)
+    assert halted is not None and halted.state is TradingState.HALTED
+
+    clock.advance(86_400.0)
+    await rounds(evaluator, clock)
+    restored = halt_of(controller, BOT)
+    assert restored is not None
+    assert (restored.state, restored.actor, restored.reason) == (
+        TradingState.REDUCE_ONLY,
+        "ops",
+        "careful",
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_risk_check_against_a_scoped_trigger_never_halts_everything(
+    controller: LocalEmergencyController,
+) -> None:
+    """A bot's daily_loss trigger tightens that bot's risk node (the check is breached),
+    but the breach halts nothing globally: the trigger moves its own scope."""
+    await controller.set_risk_limit(
+        "daily_loss", -100.0, scope=BOT[0], target=BOT[1], options=trigger()
+    )
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await controller.check_risk_limit("daily_loss", -150.0, -500.0, True, ids=IDS)
+    assert (caught.value.threshold, caught.value.halted) == (-100.0, False)
+    assert halt_of(controller, (Scope.GLOBAL, None)) is None

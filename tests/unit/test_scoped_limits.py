@@ -479,7 +479,7 @@ async def test_a_denied_order_is_audited_on_its_scope_with_its_ids(
     [
         (Denial("max position", Scope.BOT, "b", 1.0, 1.0, "r"), {}, "check"),
         (Denial("max_position", Scope.BOT, None, 1.0, 1.0, "r"), {}, "target"),
-        (Denial("max_position", Scope.GLOBAL, None, math.inf, 1.0, "r"), {}, "value"),
+        (Denial("max_position", Scope.GLOBAL, None, "1", 1.0, "r"), {}, "value"),  # type: ignore[arg-type]
         (Denial("max_position", Scope.GLOBAL, None, 1.0, math.nan, "r"), {}, "threshold"),
         (Denial("max_position", Scope.GLOBAL, None, 1.0, 1.0, " "), {}, "reason"),
         (Denial("max_position", Scope.GLOBAL, None, 1.0, 1.0, "r"), {"node_id": "a b"}, "node_id"),

@@ -316,7 +316,8 @@ def assess_limit(
     type's in :data:`DEFAULT_DIRECTIONS`; with both a ``threshold`` given and a
     configured one, the stricter applies (a caller can tighten a limit, never loosen
     it); ``threshold=None`` uses the configured one. A limit configured not to halt
-    overrides ``auto_halt``.
+    overrides ``auto_halt``, and so does a trigger (a limit that names a state: it moves
+    its own scope, never everything).
     Raises ``InvalidRequest`` for a limit type that is no id or unknown, a missing
     threshold or a value that is not a finite number.
     """
@@ -342,7 +343,11 @@ def assess_limit(
         raise InvalidRequest(
             "threshold", f"a number (no {limit_type!r} limit is configured)", threshold
         )
-    halts = bool(auto_halt) and (configured is None or configured.auto_halt)
+    # A trigger (a limit that names a state) acts on its own scope through the evaluator:
+    # a check against it never halts everything.
+    halts = bool(auto_halt) and (
+        configured is None or (configured.auto_halt and configured.state is None)
+    )
     return LimitVerdict(limit_type, checked_value, used, direction, halts)
 
 

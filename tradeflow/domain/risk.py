@@ -20,8 +20,9 @@ workflow); the first that fails denies it (:class:`Denial`).
   since the trading day began, in a configured time zone and reset time),
   ``max_drawdown`` (equity below its durable peak) and ``heartbeat`` (the dead-man's
   switch: no beat within ``threshold`` seconds). A breach counted ``consecutive`` times
-  in a row moves the scope to the limit's ``state``; it fires once per breach and is
-  re-armed when the breach clears (a new beat, a recovered P&L, a new trading day).
+  in a row moves the scope to the limit's ``state``, and keeps it there while the
+  breach lasts (level-triggered: a halt lifted or lost meanwhile is set again) until
+  the breach clears (a new beat, a recovered P&L, a new trading day).
 
 Equity (realized P&L minus fees plus positions marked to the last fill price) comes from
 the exchange ledger; see :class:`~tradeflow.ports.PnlSource`.
@@ -34,7 +35,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from tradeflow.domain.errors import InvalidRequest, OrderDenied
@@ -71,6 +72,7 @@ __all__ = [
     "is_trigger",
     "local_denial",
     "marked_equity",
+    "notional_price",
     "pre_trade_limits",
     "rule_denial",
     "scope_key",
@@ -94,8 +96,15 @@ HEARTBEAT_TTL_MAX: Final = 86_400.0
 """Longest heartbeat time to live (seconds)."""
 CONSECUTIVE_MAX: Final = 1000
 
+_PRE_TRADE_DIRECTIONS: Final = {
+    "max_order_notional": LimitDirection.ABOVE,
+    "price_collar_bps": LimitDirection.ABOVE,
+    "max_position": LimitDirection.ABS_ABOVE,
+    "max_open_orders": LimitDirection.ABOVE,
+    "order_rate": LimitDirection.ABOVE,
+}
 _TIMEZONE_MAX_LENGTH: Final = 64
-_RESET_TIME: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_RESET_TIME: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,12 +286,12 @@ def pre_trade_limits(
     rules: list[ScopeRule] = []
     for scope, target in _scopes(workflow_id, bot_id, strategy_id):
         for limit_type in LOCAL_CHECKS:
-            limit = limits.get(limit_key(limit_type, scope, target))
+            limit = _enforceable(limits.get(limit_key(limit_type, scope, target)))
             if limit is not None:
                 local.append(limit)
-        position = limits.get(limit_key("max_position", scope, target))
-        open_orders = limits.get(limit_key("max_open_orders", scope, target))
-        rate = limits.get(limit_key("order_rate", scope, target))
+        position = _enforceable(limits.get(limit_key("max_position", scope, target)))
+        open_orders = _enforceable(limits.get(limit_key("max_open_orders", scope, target)))
+        rate = _enforceable(limits.get(limit_key("order_rate", scope, target)))
         if position is None and open_orders is None and rate is None:
             continue
         rules.append(
@@ -300,6 +309,29 @@ def pre_trade_limits(
     return PreTradeLimits(tuple(local), tuple(rules))
 
 
+def notional_price(limit_price: float | None, touch: float | None, *, sell: bool) -> float | None:
+    """The highest price an order can trade at (what its notional is valued at), or
+    ``None`` when that needs the ``touch`` and there is none: see :func:`local_denial`."""
+    if limit_price is None:
+        return touch
+    if not sell:
+        return limit_price
+    return None if touch is None else max(limit_price, touch)
+
+
+def _enforceable(limit: RiskLimit | None) -> RiskLimit | None:
+    """``limit`` if it fits its type's rules: a limit of a pre-trade type's name stored
+    by an earlier version (which took any type with a direction: an ``order_rate`` with no
+    window, a collar of 0) is not enforced before orders (``explain`` still lists it)."""
+    if limit is None or limit.direction is not _PRE_TRADE_DIRECTIONS[limit.limit_type]:
+        return None
+    try:
+        checked_limit_options(limit)
+    except InvalidRequest:
+        return None
+    return limit
+
+
 def local_denial(
     local: Sequence[RiskLimit],
     *,
@@ -307,16 +339,19 @@ def local_denial(
     limit_price: float | None,
     touch: float | None,
     mid: float | None,
+    sell: bool = False,
 ) -> Denial | None:
     """The first local check ``local`` denies, or ``None``.
 
-    The notional is ``quantity`` times the limit price, or for a market order the
-    ``touch`` it would fill at (the ask for a buy, the bid for a sell). The collar
+    The notional is ``quantity`` times the highest price the order can trade at: a market
+    order's ``touch`` (the ask for a buy, the bid for a ``sell``); a buy limit's limit
+    price (it fills at the ask when that is lower); a sell limit's limit price or the
+    bid, whichever is higher (a sell limited below the bid fills at the bid). The collar
     applies to limit orders: ``|limit_price - mid| / mid`` in basis points. A check that
     needs a price nobody knows denies (fail closed)."""
     for limit in local:
         if limit.limit_type == "max_order_notional":
-            price = limit_price if limit_price is not None else touch
+            price = notional_price(limit_price, touch, sell=sell)
             if price is None:
                 return Denial(
                     limit.limit_type,
@@ -544,7 +579,7 @@ class TriggerProgress:
     breaches: int = 0
     """Breaching evaluations in a row."""
     fired: bool = False
-    """It acted and the breach has not cleared since."""
+    """It acted (asked for its state) and the breach has not cleared since."""
     peak: float | None = None
     """``max_drawdown``: the highest equity seen."""
     day: str | None = None
@@ -556,6 +591,10 @@ class TriggerProgress:
     evaluated_at: float = 0.0
     value: float | None = None
     """What the last evaluation judged (P&L of the day, drawdown, seconds since a beat)."""
+    replaced: dict[str, Any] | None = None
+    """The weaker halt of another actor this trigger's halt replaced on its scope
+    (``state``, ``actor``, ``reason``, ``cancel_orders``): what a ``lift_on_reset``
+    puts back instead of lifting the scope to active."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,7 +605,9 @@ class TriggerOutcome:
     value: float
     breached: bool
     fire: bool
-    """Move the scope to the limit's state now."""
+    """The scope must be in the limit's state now: true at every evaluation while the
+    breach has lasted ``consecutive`` evaluations (level-triggered: a halt that failed, or
+    was lifted while the breach lasts, is asked for again)."""
     lift: bool
     """A new trading day began and the limit lifts the state it set (``lift_on_reset``)."""
 
@@ -604,8 +645,10 @@ def evaluate_trigger(
             raise ValueError(f"trigger {limit.key!r} needs its scope's equity")
         if limit.limit_type == "daily_loss":
             day = trading_day(now, limit.timezone, limit.reset_time)
-            if progress.day != day:
-                lift = progress.fired and limit.lift_on_reset and progress.day is not None
+            # Days only move forward: a repeated local hour (a DST change), a clock set
+            # back or a changed reset time never reopens a day that ended.
+            if progress.day is None or day > progress.day:
+                lift = limit.lift_on_reset and progress.day is not None
                 progress = replace(progress, day=day, anchor=equity, breaches=0, fired=False)
             anchor = equity if progress.anchor is None else progress.anchor
             value = equity - anchor
@@ -617,7 +660,7 @@ def evaluate_trigger(
         progress = replace(progress, value=value)
     if breached:
         breaches = min(progress.breaches + 1, CONSECUTIVE_MAX)
-        fire = not progress.fired and breaches >= limit.consecutive
+        fire = breaches >= limit.consecutive
         progress = replace(progress, breaches=breaches, fired=progress.fired or fire)
     else:
         fire = False

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any, Final
@@ -367,18 +368,21 @@ class EmergencyController:
         self._announce(EventType.EMERGENCY_RESUMED, now, data)
         return True
 
-    async def halt_for_trigger(self, limit: RiskLimit, reason: str) -> HaltState | None:
+    async def halt_for_trigger(
+        self, limit: RiskLimit, reason: str
+    ) -> tuple[HaltState | None, HaltState | None]:
         """Move the scope of the trigger ``limit`` to its ``state`` (actor
         ``trigger:<key>``, cancelling resting orders if it says so), unless a halt of that
-        same scope already sets an equal or more restrictive state: then nothing (a
-        trigger never loosens a halt) and ``None``. The check and the write hold this
-        controller's write lock; a halt another process writes in between can still be
-        replaced."""
+        same scope already sets an equal or more restrictive state (a trigger never
+        loosens a halt). Returns the halt written (``None``: none was needed) and the
+        weaker halt of another actor it replaced, if any. The check and the write hold
+        this controller's write lock; a halt another process writes in between can still
+        be replaced."""
         assert limit.state is not None, "only a trigger acts"
         async with self._writing:
             standing = self.state().halts.get((limit.scope, limit.target))
             if standing is not None and standing.state.rank >= limit.state.rank:
-                return None
+                return None, None
             halt = await self._save_halt(
                 limit.scope,
                 limit.target,
@@ -388,17 +392,32 @@ class EmergencyController:
                 limit.cancel_orders,
             )
         self._halted(halt)
-        return halt
+        replaced = None if standing is None or standing.actor == halt.actor else standing
+        return halt, replaced
 
-    async def lift_for_trigger(self, limit: RiskLimit, reason: str) -> bool:
-        """Resume the scope of the trigger ``limit`` if the halt standing there is the one
-        this trigger set (actor ``trigger:<key>``); an operator's halt, or another
-        trigger's, stays. True if lifted."""
+    async def lift_for_trigger(
+        self, limit: RiskLimit, reason: str, restore: HaltState | None = None
+    ) -> bool:
+        """Undo the halt the trigger ``limit`` set on its scope, if the halt standing there
+        is still its own (actor ``trigger:<key>``; an operator's halt, or another
+        trigger's, stays): put back ``restore`` (the weaker halt it had replaced), else
+        resume the scope. True if it changed the scope."""
         async with self._writing:
             standing = self.state().halts.get((limit.scope, limit.target))
             if standing is None or standing.actor != trigger_actor(limit):
                 return False
-            return await self._resume(limit.scope, limit.target, reason, trigger_actor(limit))
+            if restore is None:
+                return await self._resume(limit.scope, limit.target, reason, standing.actor)
+            halt = await self._save_halt(
+                restore.scope,
+                restore.target,
+                restore.reason,
+                restore.actor,
+                restore.state,
+                restore.cancel_orders,
+            )
+        self._halted(halt)
+        return True
 
     async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
         """The stored progress of the triggers ``keys`` name (absent: never evaluated)."""
@@ -525,7 +544,7 @@ class EmergencyController:
     ) -> bool:
         """See the port (audit entry ``delete_risk_limit``)."""
         scope = checked_scope(scope, target)
-        check_id("limit_type", limit_type)
+        _check_limit_type(limit_type)
         check_text("actor", actor, max_length=ACTOR_MAX_LENGTH)
         key = limit_key(limit_type, scope, target)
         now = self._clock.time()
@@ -548,7 +567,7 @@ class EmergencyController:
 
     async def explain_limits(self, ids: ScopeIds) -> LimitExplanation:
         check_scope_ids(ids)
-        state = self.state()
+        state = self.snapshot()  # unconfirmed: UnavailableError (the caller may retry)
         applicable = state.covering_limits(ids)
         by_type: dict[str, list[RiskLimit]] = {}
         for limit in applicable:
@@ -571,7 +590,8 @@ class EmergencyController:
         scope = checked_scope(scope, target)
         key = limit_key("heartbeat", scope, target)
         for _ in range(_BEAT_ATTEMPTS):
-            limit = self.state().limits.get(key)
+            # Unconfirmed: UnavailableError, which a beating client retries.
+            limit = self.snapshot().limits.get(key)
             if limit is None:
                 where = "global" if scope is Scope.GLOBAL else f"{scope.value}:{target}"
                 raise InvalidRequest("scope", "a scope with a heartbeat limit", where)
@@ -726,8 +746,9 @@ def _limit_details(limit: RiskLimit) -> dict[str, Any]:
 
 
 def _checked_value(field: str, value: object) -> float:
-    """A denial's judged value: a finite number, or NaN (no price to judge by)."""
-    if isinstance(value, float) and value != value:
+    """A denial's judged value: a number, NaN when there was no price to judge by, or
+    infinite (a notional past the float range); stored as null when not finite."""
+    if isinstance(value, float) and not math.isfinite(value):
         return value
     return checked_number(field, value)
 

@@ -32,7 +32,10 @@ if TYPE_CHECKING:
     from tradeflow.engine.runtime import Runtime
     from tradeflow.observability.metrics import Series
 
-__all__ = ["Executor"]
+__all__ = ["AUDIT_WAIT_SECONDS", "Executor"]
+
+AUDIT_WAIT_SECONDS = 2.0
+"""How long a run waits, once its nodes are done, for the audits of its denied orders."""
 
 
 class _Start(NamedTuple):
@@ -310,6 +313,9 @@ class Executor:
         finally:
             self._cancelled = asyncio.Event()
             self._unwatch(start.execution_id)
+        if ctx.audits:
+            # Denied orders' audits: bounded, and one still running goes on by itself.
+            await asyncio.wait(ctx.audits, timeout=AUDIT_WAIT_SECONDS)
         status, results, errors, skipped, halt, error = outcome
         result = ExecutionResult(
             status,

@@ -7,9 +7,10 @@ test). :mod:`tradeflow.domain.risk` holds the rules:
 
 - the **local checks** (``max_order_notional``, ``price_collar_bps``) are judged here, by
   :func:`local_check`, against the last quote of the order's venue and symbol (the price
-  the paper exchange fills at): a market order is valued at the touch (the ask for a buy,
-  the bid for a sell), a limit order at its limit price, and the collar measures a limit
-  price's distance from the mid. No price to be had (the feed fails) denies (fail closed);
+  the paper exchange fills at): an order is valued at the highest price it can trade at
+  (:func:`~tradeflow.domain.risk.notional_price`: a market order at the touch, a buy
+  limit at its limit price, a sell limit at its limit price or the bid, whichever is
+  higher), and the collar measures a limit price's distance from the mid. No price to be had (the feed fails) denies (fail closed);
 - the **shared checks** (``max_position``, ``max_open_orders``, ``order_rate``) go with
   the order to the exchange (``OrderRequest.rules``), whose ledger judges them in the step
   that would store it and raises ``OrderDenied``; N replicas cannot overshoot a limit.
@@ -17,12 +18,13 @@ test). :mod:`tradeflow.domain.risk` holds the rules:
 A denial is an outcome, not a failure: the node ends normally with
 :func:`denied_outputs` (``status: "denied"``, the ``reason`` and the ``denial``), so no
 retry or breaker ever sees it, and its dependents decide what follows. :func:`deny` logs
-it and audits it (``ctx.risk.record_order_denied``); the durable journal adds the
+it and audits it (``ctx.risk.record_order_denied``, in the background); the durable journal adds the
 ``order_denied`` event and counts it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -54,18 +56,25 @@ async def local_check(
     """The first of the ``local`` limits (``max_order_notional``, ``price_collar_bps``)
     the order fails, or ``None``. The last quote is asked for only when a check needs it."""
     touch = mid = None
-    if _needs_price(local, limit_price):
+    sell = side == "sell"
+    if _needs_price(local, limit_price, sell=sell):
         quote = await _reference_quote(ctx, venue, symbol)
         if quote is not None:
-            touch = quote.ask if side == "buy" else quote.bid
+            touch = quote.bid if sell else quote.ask
             mid = quote.mid
-    return local_denial(local, quantity=quantity, limit_price=limit_price, touch=touch, mid=mid)
+    return local_denial(
+        local, quantity=quantity, limit_price=limit_price, touch=touch, mid=mid, sell=sell
+    )
 
 
-def _needs_price(local: Sequence[RiskLimit], limit_price: float | None) -> bool:
-    """A market order's notional needs the touch; a limit order's collar needs the mid."""
-    wanted = "max_order_notional" if limit_price is None else "price_collar_bps"
-    return any(limit.limit_type == wanted for limit in local)
+def _needs_price(local: Sequence[RiskLimit], limit_price: float | None, *, sell: bool) -> bool:
+    """A market order's notional needs the touch, and so does a sell limit's (it fills at
+    the bid when that is higher); a limit order's collar needs the mid."""
+    if limit_price is not None and any(limit.limit_type == "price_collar_bps" for limit in local):
+        return True
+    return (limit_price is None or sell) and any(
+        limit.limit_type == "max_order_notional" for limit in local
+    )
 
 
 async def _reference_quote(ctx: ExecutionContext, venue: str, symbol: str) -> Quote | None:
@@ -107,11 +116,13 @@ def denied_outputs(client_order_id: str, denial: Denial) -> dict[str, Any]:
     }
 
 
-async def deny(
+def deny(
     ctx: ExecutionContext, block_id: str, client_order_id: str, denial: Denial
 ) -> dict[str, Any]:
-    """Log and audit ``denial``; the node's outputs. A failed audit is logged and changes
-    nothing: the denial stands, and it is in the execution's own record and events."""
+    """Log ``denial`` and start its audit in the background (``ctx.audits``: outside the
+    node's timeout, so a slow emergency service never turns a denial into a retried
+    failure); the node's outputs. A failed audit is logged and changes nothing: the
+    denial stands, and it is in the execution's own record and events."""
     ctx.log.warning(
         "order.denied",
         block_id=block_id,
@@ -121,6 +132,17 @@ async def deny(
         target=denial.target,
         reason=denial.reason,
     )
+    ctx.audits.append(
+        asyncio.create_task(
+            _audit(ctx, block_id, client_order_id, denial), name=f"audit-{client_order_id}"
+        )
+    )
+    return denied_outputs(client_order_id, denial)
+
+
+async def _audit(
+    ctx: ExecutionContext, block_id: str, client_order_id: str, denial: Denial
+) -> None:
     try:
         await ctx.risk.record_order_denied(
             denial,
@@ -136,4 +158,3 @@ async def deny(
             client_order_id=client_order_id,
             error=describe(exc),
         )
-    return denied_outputs(client_order_id, denial)

@@ -8,26 +8,30 @@ compare-and-set, so several evaluators on one store (processes on one SQLite fil
 emergency replicas on one Redis) count each evaluation once and only the one that
 stored it acts:
 
-- on a fire, the trigger's scope moves to the trigger's state (actor ``trigger:<key>``,
-  resting orders cancelled if the trigger says so), unless a halt of that scope is
-  already as restrictive: a trigger never loosens a halt; then ``confirm`` (the service's
-  halt barrier) is awaited;
+- while a breach has lasted ``consecutive`` evaluations (every round of it: firing is
+  level-triggered), the trigger's scope is put in the trigger's state (actor
+  ``trigger:<key>``, resting orders cancelled if the trigger says so) unless a halt of
+  that scope is already as restrictive: a trigger never loosens a halt, a halt that
+  could not be written is asked for again next round, and an operator who resumes a
+  scope whose breach lasts sees it restricted again (beat again, or change the limit);
+  then ``confirm`` (the service's halt barrier) is awaited;
 - on a new trading day of a ``daily_loss`` trigger with ``lift_on_reset``, the halt it
-  set is lifted, and only that one (never an operator's).
+  set is undone, and only that one (never an operator's): the weaker halt it replaced,
+  if any, is put back, else the scope resumes.
 
 What a trigger judges: ``daily_loss`` and ``max_drawdown`` read their scope's equity from
 the :class:`~tradeflow.ports.PnlSource` (one read per scope and round); without one, or
 when the read fails, they are skipped (logged). ``heartbeat`` needs none.
 
-Known limit: the progress is stored before the halt is written. A halt that fails (the
-store unreachable, too many halts) puts the trigger back to unfired so the next round
-tries again, but a process that dies between the two leaves the trigger fired without
-its halt until the breach clears.
+Evaluations are counted per slot of ``interval`` seconds of the clock: one evaluation
+per trigger and slot, whichever evaluator makes it (so several evaluators do not speed
+the debounce up), and a clock set back never silences a trigger.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Final
@@ -38,6 +42,7 @@ from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import EmergencyHalted, TradeflowError
 from tradeflow.domain.records import HaltState, RiskLimit, Scope
 from tradeflow.domain.risk import TriggerOutcome, TriggerProgress, evaluate_trigger, is_trigger
+from tradeflow.domain.trading import TradingState
 from tradeflow.engine.emergency import EmergencyController
 from tradeflow.ports import PnlSource
 
@@ -54,8 +59,7 @@ class TriggerEvaluator:
     or one round when asked (:meth:`evaluate`).
 
     ``pnl`` gives the equity of a scope (``None``: loss triggers are skipped); ``clock``
-    dates the evaluations (a trigger evaluated by anyone less than ``interval / 2`` ago is
-    left alone); ``confirm`` is awaited with each halt a trigger sets. Counts fires in
+    dates the evaluations (one per trigger per ``interval`` slot of it, whoever makes it); ``confirm`` is awaited with each halt a trigger sets. Counts fires in
     ``tradeflow_trigger_fired_total`` and failures in ``tradeflow_trigger_errors_total``
     of the controller's metrics.
     """
@@ -154,8 +158,8 @@ class TriggerEvaluator:
         equities: dict[tuple[Scope, str | None], float],
     ) -> TriggerOutcome | None:
         now = self._clock.time()
-        if now - progress.evaluated_at < self._interval / 2:
-            return None  # evaluated just now (by another evaluator, or a round ago)
+        if progress.evaluated_at and self._slot(now) == self._slot(progress.evaluated_at):
+            return None  # this slot's evaluation is done (by another evaluator, or a round ago)
         equity: float | None = None
         if limit.limit_type != "heartbeat":
             if self._pnl is None:
@@ -170,10 +174,13 @@ class TriggerEvaluator:
             return None  # another evaluator stored this evaluation (or the limit went)
         outcome = replace(outcome, progress=saved)
         if outcome.lift:
-            await self._lift(limit, saved)
+            saved = await self._lift(limit, saved)
         if outcome.fire:
-            await self._fire(limit, outcome)
-        return outcome
+            saved = await self._fire(limit, outcome, saved)
+        return replace(outcome, progress=saved)
+
+    def _slot(self, at: float) -> int:
+        return math.floor(at / self._interval)
 
     async def _equity(
         self,
@@ -193,40 +200,66 @@ class TriggerEvaluator:
         equities[(scope, target)] = equity
         return equity
 
-    async def _fire(self, limit: RiskLimit, outcome: TriggerOutcome) -> None:
+    async def _fire(
+        self, limit: RiskLimit, outcome: TriggerOutcome, saved: TriggerProgress
+    ) -> TriggerProgress:
+        """Put the scope in the trigger's state (nothing if it is already as restrictive);
+        a halt that fails is asked for again next round (the breach still counts). The
+        progress as stored after it (with the weaker halt it replaced, if any)."""
         reason = outcome.reason(limit)
-        try:
-            halt = await self._controller.halt_for_trigger(limit, reason)
-        except BaseException:
-            await self._unfire(limit, outcome.progress)
-            raise
+        halt, replaced = await self._controller.halt_for_trigger(limit, reason)
+        if halt is None:
+            return saved
         metrics = self._controller.metrics
         if metrics is not None:
             metrics.triggers_fired.labels(limit.limit_type).inc()
-        if halt is None:
-            _log.info("trigger.fired_already_restricted", limit=limit.key, reason=reason)
-            return
         _log.warning("trigger.fired", limit=limit.key, state=halt.state.value, reason=reason)
+        if replaced is not None:
+            kept = replace(
+                saved,
+                version=saved.version + 1,
+                replaced={
+                    "state": replaced.state.value,
+                    "actor": replaced.actor,
+                    "reason": replaced.reason,
+                    "cancel_orders": replaced.cancel_orders,
+                },
+            )
+            if await self._controller.save_trigger_progress(limit.key, kept, saved.version):
+                saved = kept
+            else:  # a beat or another evaluator moved it: the replaced halt is not restored
+                _log.error("trigger.replaced_not_kept", limit=limit.key, actor=replaced.actor)
         if self._confirm is not None:
             try:
                 await self._confirm(halt)
             except Exception as exc:  # the halt stands; only its confirmation failed
                 self._failed(limit, "trigger.confirm_failed", exc)
+        return saved
 
-    async def _unfire(self, limit: RiskLimit, saved: TriggerProgress) -> None:
-        """After a halt that failed: mark the trigger unfired, so the next round (its
-        breach still counted) fires again; best effort."""
-        try:
-            await self._controller.save_trigger_progress(
-                limit.key, replace(saved, version=saved.version + 1, fired=False), saved.version
-            )
-        except Exception as exc:
-            _log.error("trigger.unfire_failed", limit=limit.key, error=str(exc))
-
-    async def _lift(self, limit: RiskLimit, saved: TriggerProgress) -> None:
+    async def _lift(self, limit: RiskLimit, saved: TriggerProgress) -> TriggerProgress:
+        """At a new trading day: undo this trigger's halt (putting back the one it
+        replaced); the progress as stored after it."""
         reason = f"{limit.key}: trading day {saved.day} began (lift_on_reset)"
-        if await self._controller.lift_for_trigger(limit, reason):
+        restore = None
+        if saved.replaced is not None:
+            kept = saved.replaced
+            restore = HaltState(
+                limit.scope,
+                limit.target,
+                str(kept["reason"]),
+                str(kept["actor"]),
+                self._clock.time(),
+                TradingState(kept["state"]),
+                bool(kept["cancel_orders"]),
+            )
+        if await self._controller.lift_for_trigger(limit, reason, restore):
             _log.warning("trigger.lifted", limit=limit.key, day=saved.day)
+        if saved.replaced is None:
+            return saved
+        cleared = replace(saved, version=saved.version + 1, replaced=None)
+        if await self._controller.save_trigger_progress(limit.key, cleared, saved.version):
+            return cleared
+        return saved
 
     def _failed(self, limit: RiskLimit | None, event: str, error: BaseException) -> None:
         self.failures += 1

@@ -168,7 +168,7 @@ async def place_order(
             ),
         )
         if isinstance(placed, Denial):
-            return await deny(ctx, block.id, client_order_id, placed)
+            return deny(ctx, block.id, client_order_id, placed)
         order = placed
     return {
         "order_id": order.order_id,
@@ -197,7 +197,10 @@ async def _checked_place(ctx: ExecutionContext, request: OrderRequest) -> Order 
             limit_price=request.limit_price,
         )
         if denial is not None:
-            return denial
+            # A retry of this block after an ambiguous failure (a timeout, a lost reply)
+            # may find its order placed: the order stands, never a denial beside it.
+            placed = await ctx.exchange.get_order(request.venue, request.client_order_id)
+            return denial if placed is None else placed
     if limits.rules:
         request = replace(request, rules=limits.rules)
     try:

@@ -14,6 +14,7 @@ the engine calls the function. Register your own with :func:`node`::
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
@@ -135,6 +136,9 @@ class ExecutionContext:
     intents: frozenset[str] = frozenset()
     """Action blocks whose write-ahead intent a previous run recorded: their order may
     exist already, so they ask the exchange before placing it."""
+    audits: list[asyncio.Task[None]] = field(default_factory=list)
+    """Audits of denied orders, written in the background (outside the node's timeout);
+    the executor waits a bounded time for them before the execution ends."""
 
     @property
     def ids(self) -> ScopeIds:
