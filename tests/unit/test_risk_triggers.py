@@ -471,9 +471,9 @@ async def test_a_failing_trigger_never_stops_the_round(
     blind = TriggerEvaluator(controller, None, clock=clock, interval=INTERVAL)
     (seen,) = await rounds(blind, clock)
 
-    assert [limit.key for limit, _ in evaluated] == [
-        "daily_loss@strategy:strat-1",
+    assert [limit.key for limit, _ in evaluated] == [  # switches first
         "heartbeat@bot:bot-1",
+        "daily_loss@strategy:strat-1",
     ]
     assert evaluator.failures == 1
     assert (
@@ -596,7 +596,7 @@ async def test_the_embedded_infrastructure_evaluates_triggers_on_the_paper_ledge
 
     evaluated = {limit.key: outcome for limit, outcome in await infra.triggers.evaluate()}
 
-    assert [limit.key for limit, _ in anchored] == ["daily_loss@bot:bot-1", "heartbeat@bot:bot-2"]
+    assert [limit.key for limit, _ in anchored] == ["heartbeat@bot:bot-2", "daily_loss@bot:bot-1"]
     loss = evaluated["daily_loss@bot:bot-1"]
     assert loss.fire and loss.value < 0
     assert infra.emergency.trading_state(IDS) is TradingState.HALTED

@@ -108,7 +108,11 @@ class TriggerEvaluator:
         except EmergencyHalted as exc:
             self._failed(None, "trigger.state_unavailable", exc)
             return []
-        triggers = [limit for limit in snapshot.limit_list() if is_trigger(limit)]
+        # Dead-man's switches first: they need no equity read, and none should wait on one.
+        triggers = sorted(
+            (limit for limit in snapshot.limit_list() if is_trigger(limit)),
+            key=lambda limit: limit.limit_type != "heartbeat",
+        )
         if not triggers:
             return []
         try:
