@@ -29,9 +29,10 @@ from workflows import block
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.records import ExecutionStatus, Scope
 from tradeflow.domain.risk import NO_OPTIONS, LimitOptions
-from tradeflow.domain.trading import OrderStatus
+from tradeflow.domain.trading import OrderStatus, TradingState
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio]
@@ -205,3 +206,78 @@ async def test_two_replicas_never_overshoot_shared_limits(control: ControlledClu
                 assert len(resting) == MAX_OPEN, resting
         # Only the market buys filled (the probes' and the resting bids rest).
         assert ledger.position.quantity == pytest.approx(MAX_POSITION + RATE * QUANTITY)
+
+
+LOSER: Final = "loser"
+
+
+def round_trip() -> dict[str, Any]:
+    """Buy :data:`QUANTITY` at the ask, then sell it at the bid: a realized loss of the
+    spread."""
+    buy = {"symbol": SYMBOL, "side": "buy", "quantity": QUANTITY}
+    sell = {**buy, "side": "sell"}
+    return {
+        "blocks": [
+            block("buy", "actions", "place_order", buy),
+            block("sell", "actions", "place_order", sell, inputs={"when": "buy.status"}),
+        ]
+    }
+
+
+async def test_a_loss_on_the_shared_ledger_moves_its_bot_through_the_services_trigger(
+    control: ControlledCluster,
+) -> None:
+    """A daily_loss trigger on one bot, set on the emergency service: once its first
+    evaluation anchored the day, a losing round trip through a replica (the spread, on the
+    shared Redis ledger the service reads its equity from) moves that bot, and only it, to
+    REDUCE_ONLY, by the service's own evaluator and through its halt barrier; the replicas
+    then refuse the bot's opening orders."""
+    cluster, emergency = control.cluster, control.emergency
+    ids = ScopeIds(workflow_id="pretrade", bot_id=LOSER)
+    async with asyncio.timeout(TEST_SECONDS):
+        await emergency.set_risk_limit(
+            "daily_loss",
+            -1e-9,
+            actor="tests",
+            scope=Scope.BOT,
+            target=LOSER,
+            options=LimitOptions(state=TradingState.REDUCE_ONLY),
+        )
+
+        async def anchored() -> bool:
+            ((_, progress),) = (await emergency.explain_limits(ids)).triggers
+            return progress.day is not None
+
+        await eventually(anchored, "the trigger's day is anchored", poll=0.05)
+        assert emergency.trading_state(ids) is TradingState.ACTIVE
+
+        run = await cluster.replicas[0].stub.ExecuteWorkflow(
+            pb.ExecuteWorkflowRequest(
+                workflow_id="pretrade", bot_id=LOSER, definition_json=json.dumps(round_trip())
+            ),
+            timeout=DEADLINE_SECONDS,
+        )
+        record, checkpoints = wire.execution_from_proto(run.execution)
+        assert record.status is ExecutionStatus.COMPLETED, record
+        assert [checkpoints[n].outputs["status"] for n in ("buy", "sell")] == ["filled"] * 2
+
+        await eventually(
+            lambda: emergency.trading_state(ids) is TradingState.REDUCE_ONLY,
+            "the loser is reduce-only",
+            poll=0.05,
+        )
+        halt = emergency.active_halt(ids)
+        assert halt is not None
+        assert (halt.scope, halt.target, halt.actor) == (
+            Scope.BOT,
+            LOSER,
+            "trigger:daily_loss@bot:loser",
+        )
+        assert emergency.trading_state(ScopeIds(bot_id="someone-else")) is TradingState.ACTIVE
+        refused = await cluster.replicas[1].stub.ExecuteWorkflow(
+            pb.ExecuteWorkflowRequest(
+                workflow_id="pretrade", bot_id=LOSER, definition_json=json.dumps(one_order())
+            ),
+            timeout=DEADLINE_SECONDS,
+        )
+        assert wire.execution_from_proto(refused.execution)[0].status is ExecutionStatus.HALTED

@@ -690,3 +690,24 @@ async def test_resume_refuses_a_malformed_execution_id(infra: Infrastructure) ->
     with pytest.raises(InvalidRequest) as caught:
         await EnhancedWorkflowExecutor(trading_workflow(), infra, "wf").resume("e" * 20_000)
     assert caught.value.field == "execution_id"
+
+
+@pytest.mark.asyncio
+async def test_a_bot_running_back_to_back_keeps_its_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Embedded stores answer without suspending, so runs back to back once starved the
+    lease's renewal: with a 0.2 s lease, executions run one after another for three
+    lease times all complete (the lease was renewed in between), none lost its lease."""
+    monkeypatch.setenv("TRADEFLOW_LEASE_SECONDS", "0.2")
+    async with await Infrastructure.create("test") as infra:
+        executor = EnhancedWorkflowExecutor(trading_workflow(), infra, workflow_id="busy")
+        await executor.initialize()
+        loop = asyncio.get_running_loop()
+        until, runs = loop.time() + 0.6, 0
+        async with asyncio.timeout(30):
+            while loop.time() < until:
+                result = await executor.execute()
+                assert result["status"] == "completed", result
+                runs += 1
+    assert runs > 1

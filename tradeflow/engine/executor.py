@@ -257,6 +257,11 @@ class Executor:
         if durability is not None:
             if not durability.owner.started:
                 await durability.owner.start()
+            else:
+                # Embedded stores answer without suspending: runs back to back would never
+                # let the lease's renewal (or the emergency view, or the trigger evaluator)
+                # run, and the lease would lapse under a busy bot. One turn per run.
+                await asyncio.sleep(0)
             # A cancellation requested through another process reaches this run.
             durability.owner.watch(start.execution_id, self.cancel)
         journal = self._journal(start, last_sequence)
