@@ -157,11 +157,20 @@ class Replica:
         self.process.process.wait(DEADLINE_SECONDS)
         return sent
 
-    async def restart(self) -> None:
+    async def restart(self, *, may_die: bool = False) -> None:
         """Start the process again (same ports, same settings) and wait until it serves;
         calls go on a new channel (the old one may sit in its reconnect back-off, failing
-        every call fast with the last "connection refused" until the back-off ends)."""
-        await asyncio.to_thread(self.service.start)
+        every call fast with the last "connection refused" until the back-off ends).
+
+        ``may_die``: the test expects the process may die at once (it takes over an
+        execution that kills its owner), possibly while its health is still being asked:
+        then a health check cut short by its exit is no failure."""
+        try:
+            await asyncio.to_thread(self.service.start)
+        except grpc.RpcError:
+            if not may_die:
+                raise
+            await eventually(lambda: not self.alive(), f"{self.name} died while starting")
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -499,7 +499,8 @@ async def test_a_halt_that_fails_is_tried_again_next_round(
     await controller.halt(Scope.BOT, "bot-2", reason="full")
     clock.advance(6.0)
 
-    assert await evaluator.evaluate() == []
+    ((_, refused),) = await evaluator.evaluate()
+    assert refused.fire  # asked for, refused: asked for again next round
     assert halt_of(controller, BOT) is None
     await controller.resume(Scope.BOT, "bot-2", reason="room")
     ((_, outcome),) = (await rounds(evaluator, clock))[0]
@@ -812,3 +813,93 @@ async def test_a_risk_check_against_a_scoped_trigger_never_halts_everything(
         await controller.check_risk_limit("daily_loss", -150.0, -500.0, True, ids=IDS)
     assert (caught.value.threshold, caught.value.halted) == (-100.0, False)
     assert halt_of(controller, (Scope.GLOBAL, None)) is None
+
+
+@pytest.mark.asyncio
+async def test_a_scoped_trigger_never_disables_a_global_limit_that_halts(
+    controller: LocalEmergencyController,
+) -> None:
+    """A global daily_loss of -1000 that halts, and a stricter bot trigger at -500: a
+    check at -2000 breaches the global limit too, so it halts everything; at -700 only the
+    trigger's threshold is breached, so nothing halts globally."""
+    await controller.set_risk_limit("daily_loss", -1000.0)
+    await controller.set_risk_limit(
+        "daily_loss", -500.0, scope=BOT[0], target=BOT[1], options=trigger()
+    )
+    with pytest.raises(RiskLimitExceeded) as mild:
+        await controller.check_risk_limit("daily_loss", -700.0, ids=IDS)
+    assert (mild.value.threshold, mild.value.halted) == (-500.0, False)
+    assert halt_of(controller, (Scope.GLOBAL, None)) is None
+    with pytest.raises(RiskLimitExceeded) as severe:
+        await controller.check_risk_limit("daily_loss", -2000.0, ids=IDS)
+    assert severe.value.halted
+    assert halt_of(controller, (Scope.GLOBAL, None)) is not None
+
+
+@pytest.mark.asyncio
+async def test_a_lift_that_fails_is_tried_again_and_a_lasting_breach_restricts_at_once(
+    controller: LocalEmergencyController,
+    evaluator: TriggerEvaluator,
+    pnl: Pnl,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the new day the daily_loss trigger's lift fails once (the store blips): the next
+    round lifts it. A dead-man's switch on the same bot, lapsed meanwhile under the
+    trigger's HALTED, restricts the bot in the very round of the lift (fires come after
+    lifts), so the bot is never active while its switch is lapsed."""
+    await controller.set_risk_limit(
+        "daily_loss",
+        -100.0,
+        scope=BOT[0],
+        target=BOT[1],
+        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
+    )
+    pnl.set(1000.0)
+    await rounds(evaluator, clock)
+    pnl.set(800.0)
+    await rounds(evaluator, clock)
+    assert halt_of(controller, BOT) is not None
+
+    real = LocalEmergencyController.lift_for_trigger
+    calls = 0
+
+    async def blip(self: LocalEmergencyController, *args: Any, **kwargs: Any) -> bool:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise UnavailableError("store blip")
+        return await real(self, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEmergencyController, "lift_for_trigger", blip)
+    clock.advance(86_400.0)
+    await rounds(evaluator, clock)
+    assert (halt_of(controller, BOT) or HaltState).state is TradingState.HALTED  # type: ignore[union-attr]
+    await rounds(evaluator, clock)
+    assert halt_of(controller, BOT) is None
+    assert calls == 2
+
+    await controller.set_risk_limit("heartbeat", 0.5, scope=BOT[0], target=BOT[1])
+    await controller.halt(*BOT, reason="again", actor="ops")
+    await controller.set_risk_limit(
+        "daily_loss",
+        -100.0,
+        scope=BOT[0],
+        target=BOT[1],
+        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
+    )
+    await rounds(evaluator, clock)  # the switch lapsed: the ops halt stands over it
+    await controller.resume(*BOT, reason="handing over", actor="ops")
+    pnl.set(600.0)
+    await rounds(evaluator, clock)
+    assert halt_of(controller, BOT) is not None  # the daily_loss trigger halted it
+    clock.advance(86_400.0)
+    ((first, _), (second, lifted)) = (await rounds(evaluator, clock))[0]
+    assert (first.limit_type, second.limit_type) == ("heartbeat", "daily_loss")
+    assert not lifted.progress.lifting
+    standing = halt_of(controller, BOT)
+    assert standing is not None
+    assert (standing.state, standing.actor) == (
+        TradingState.CANCEL_ONLY,
+        "trigger:heartbeat@bot:bot-1",
+    )

@@ -323,9 +323,8 @@ def assess_limit(
     """
     check_id("limit_type", limit_type)
     checked_value = checked_number("value", value)
-    configured = strictest(
-        covering(limits, limit_type, ids.workflow_id, ids.bot_id, ids.strategy_id)
-    )
+    found = covering(limits, limit_type, ids.workflow_id, ids.bot_id, ids.strategy_id)
+    configured = strictest(found)
     direction = (
         configured.direction if configured is not None else DEFAULT_DIRECTIONS.get(limit_type)
     )
@@ -333,22 +332,37 @@ def assess_limit(
         raise InvalidRequest(
             "limit_type", f"a configured limit type or one of {_KNOWN_TYPES}", limit_type
         )
-    if threshold is not None:
-        used = checked_number("threshold", threshold)
-        if configured is not None:
-            used = stricter(direction, used, configured.threshold)
-    elif configured is not None:
-        used = configured.threshold
-    else:
+    given = None if threshold is None else checked_number("threshold", threshold)
+    if given is None and configured is None:
         raise InvalidRequest(
             "threshold", f"a number (no {limit_type!r} limit is configured)", threshold
         )
+    used = _stricter_of(direction, given, configured)
     # A trigger (a limit that names a state) acts on its own scope through the evaluator:
-    # a check against it never halts everything.
-    halts = bool(auto_halt) and (
-        configured is None or (configured.auto_halt and configured.state is None)
+    # a breach of its threshold alone never halts everything. What may halt is judged on
+    # the given threshold and the limits that are not triggers, as if no trigger existed.
+    plain = strictest(limit for limit in found if limit.state is None)
+    halting = _stricter_of(direction, given, plain) if given is not None or plain else None
+    halts = (
+        bool(auto_halt)
+        and (plain is None or plain.auto_halt)
+        and halting is not None
+        and direction.breached(checked_value, halting)
     )
     return LimitVerdict(limit_type, checked_value, used, direction, halts)
+
+
+def _stricter_of(
+    direction: LimitDirection, given: float | None, configured: RiskLimit | None
+) -> float:
+    """The stricter of a given threshold and a configured limit's (either may be absent,
+    not both)."""
+    if configured is None:
+        assert given is not None
+        return given
+    return (
+        configured.threshold if given is None else stricter(direction, given, configured.threshold)
+    )
 
 
 @dataclass(frozen=True, slots=True)

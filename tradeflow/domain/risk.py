@@ -591,6 +591,9 @@ class TriggerProgress:
     evaluated_at: float = 0.0
     value: float | None = None
     """What the last evaluation judged (P&L of the day, drawdown, seconds since a beat)."""
+    lifting: bool = False
+    """``daily_loss`` with ``lift_on_reset``: a new day began and undoing this trigger's
+    halt is pending (kept until done, so a failed lift is tried again)."""
     replaced: dict[str, Any] | None = None
     """The weaker halt of another actor this trigger's halt replaced on its scope
     (``state``, ``actor``, ``reason``, ``cancel_orders``): what a ``lift_on_reset``
@@ -649,7 +652,14 @@ def evaluate_trigger(
             # back or a changed reset time never reopens a day that ended.
             if progress.day is None or day > progress.day:
                 lift = limit.lift_on_reset and progress.day is not None
-                progress = replace(progress, day=day, anchor=equity, breaches=0, fired=False)
+                progress = replace(
+                    progress,
+                    day=day,
+                    anchor=equity,
+                    breaches=0,
+                    fired=False,
+                    lifting=progress.lifting or lift,
+                )
             anchor = equity if progress.anchor is None else progress.anchor
             value = equity - anchor
         else:  # max_drawdown

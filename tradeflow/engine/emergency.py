@@ -368,21 +368,18 @@ class EmergencyController:
         self._announce(EventType.EMERGENCY_RESUMED, now, data)
         return True
 
-    async def halt_for_trigger(
-        self, limit: RiskLimit, reason: str
-    ) -> tuple[HaltState | None, HaltState | None]:
+    async def halt_for_trigger(self, limit: RiskLimit, reason: str) -> HaltState | None:
         """Move the scope of the trigger ``limit`` to its ``state`` (actor
         ``trigger:<key>``, cancelling resting orders if it says so), unless a halt of that
         same scope already sets an equal or more restrictive state (a trigger never
-        loosens a halt). Returns the halt written (``None``: none was needed) and the
-        weaker halt of another actor it replaced, if any. The check and the write hold
-        this controller's write lock; a halt another process writes in between can still
-        be replaced."""
+        loosens a halt): then nothing, and ``None``. The check and the write hold this
+        controller's write lock; a halt another process writes in between can still be
+        replaced."""
         assert limit.state is not None, "only a trigger acts"
         async with self._writing:
             standing = self.state().halts.get((limit.scope, limit.target))
             if standing is not None and standing.state.rank >= limit.state.rank:
-                return None, None
+                return None
             halt = await self._save_halt(
                 limit.scope,
                 limit.target,
@@ -392,8 +389,7 @@ class EmergencyController:
                 limit.cancel_orders,
             )
         self._halted(halt)
-        replaced = None if standing is None or standing.actor == halt.actor else standing
-        return halt, replaced
+        return halt
 
     async def lift_for_trigger(
         self, limit: RiskLimit, reason: str, restore: HaltState | None = None

@@ -302,6 +302,9 @@ class Executor:
             outcome = await Runner(
                 self.plan, ctx, runtime.breakers, journal, self.max_concurrency, self._cancelled
             ).run(restored)
+            if ctx.audits:
+                # Denied orders' audits: bounded, and one still running goes on by itself.
+                await asyncio.wait(ctx.audits, timeout=AUDIT_WAIT_SECONDS)
         except LeaseLost:
             # Another owner has (or will have) the execution: write nothing more here.
             journal.unbind()
@@ -318,9 +321,6 @@ class Executor:
         finally:
             self._cancelled = asyncio.Event()
             self._unwatch(start.execution_id)
-        if ctx.audits:
-            # Denied orders' audits: bounded, and one still running goes on by itself.
-            await asyncio.wait(ctx.audits, timeout=AUDIT_WAIT_SECONDS)
         status, results, errors, skipped, halt, error = outcome
         result = ExecutionResult(
             status,

@@ -42,6 +42,9 @@ __all__ = ["DENIED", "denial_data", "denied_outputs", "deny", "local_check"]
 DENIED = "denied"
 """The ``status`` output of a denied order."""
 
+_AUDITING: set[asyncio.Task[None]] = set()
+"""Denial audits in flight, in this process."""
+
 
 async def local_check(
     ctx: ExecutionContext,
@@ -132,11 +135,14 @@ def deny(
         target=denial.target,
         reason=denial.reason,
     )
-    ctx.audits.append(
-        asyncio.create_task(
-            _audit(ctx, block_id, client_order_id, denial), name=f"audit-{client_order_id}"
-        )
+    task = asyncio.create_task(
+        _audit(ctx, block_id, client_order_id, denial), name=f"audit-{client_order_id}"
     )
+    # Held until done (the loop keeps only weak references): one still running when its
+    # execution stops waiting for it goes on by itself.
+    _AUDITING.add(task)
+    task.add_done_callback(_AUDITING.discard)
+    ctx.audits.append(task)
     return denied_outputs(client_order_id, denial)
 
 

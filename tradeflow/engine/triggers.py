@@ -43,7 +43,7 @@ from tradeflow.domain.errors import EmergencyHalted, TradeflowError
 from tradeflow.domain.records import HaltState, RiskLimit, Scope
 from tradeflow.domain.risk import TriggerOutcome, TriggerProgress, evaluate_trigger, is_trigger
 from tradeflow.domain.trading import TradingState
-from tradeflow.engine.emergency import EmergencyController
+from tradeflow.engine.emergency import EmergencyController, trigger_actor
 from tradeflow.ports import PnlSource
 
 __all__ = ["TriggerEvaluator"]
@@ -132,6 +132,15 @@ class TriggerEvaluator:
                 continue
             if outcome is not None:
                 done.append((limit, outcome))
+        # Fires after every lift of the round: a trigger whose state stood under another's
+        # halt, lifted just now, restricts its scope again in the same round.
+        for n, (limit, outcome) in enumerate(done):
+            if not outcome.fire:
+                continue
+            try:
+                done[n] = (limit, replace(outcome, progress=await self._fire(limit, outcome)))
+            except Exception as exc:
+                self._failed(limit, "trigger.failed", exc)
         return done
 
     def start(self) -> None:
@@ -176,11 +185,8 @@ class TriggerEvaluator:
         saved = replace(outcome.progress, version=progress.version + 1)
         if not await self._controller.save_trigger_progress(limit.key, saved, progress.version):
             return None  # another evaluator stored this evaluation (or the limit went)
-        outcome = replace(outcome, progress=saved)
-        if outcome.lift:
+        if saved.lifting:  # a new day's lift, or one that failed before: until it is done
             saved = await self._lift(limit, saved)
-        if outcome.fire:
-            saved = await self._fire(limit, outcome, saved)
         return replace(outcome, progress=saved)
 
     def _slot(self, at: float) -> int:
@@ -204,35 +210,39 @@ class TriggerEvaluator:
         equities[(scope, target)] = equity
         return equity
 
-    async def _fire(
-        self, limit: RiskLimit, outcome: TriggerOutcome, saved: TriggerProgress
-    ) -> TriggerProgress:
+    async def _fire(self, limit: RiskLimit, outcome: TriggerOutcome) -> TriggerProgress:
         """Put the scope in the trigger's state (nothing if it is already as restrictive);
         a halt that fails is asked for again next round (the breach still counts). The
-        progress as stored after it (with the weaker halt it replaced, if any)."""
+        weaker halt of another actor it will replace is stored first (what a
+        ``lift_on_reset`` puts back), so it is never lost; the progress as stored."""
+        saved = outcome.progress
+        standing = self._controller.state().halts.get((limit.scope, limit.target))
+        assert limit.state is not None
+        if standing is not None and standing.state.rank >= limit.state.rank:
+            return saved  # nothing to write (checked again under the controller's lock)
+        replaced = (
+            None
+            if standing is None or standing.actor == trigger_actor(limit)
+            else {
+                "state": standing.state.value,
+                "actor": standing.actor,
+                "reason": standing.reason,
+                "cancel_orders": standing.cancel_orders,
+            }
+        )
+        if replaced != saved.replaced:
+            kept = replace(saved, version=saved.version + 1, replaced=replaced)
+            if not await self._controller.save_trigger_progress(limit.key, kept, saved.version):
+                return saved  # a beat or another evaluator moved it: next round asks again
+            saved = kept
         reason = outcome.reason(limit)
-        halt, replaced = await self._controller.halt_for_trigger(limit, reason)
+        halt = await self._controller.halt_for_trigger(limit, reason)
         if halt is None:
             return saved
         metrics = self._controller.metrics
         if metrics is not None:
             metrics.triggers_fired.labels(limit.limit_type).inc()
         _log.warning("trigger.fired", limit=limit.key, state=halt.state.value, reason=reason)
-        if replaced is not None:
-            kept = replace(
-                saved,
-                version=saved.version + 1,
-                replaced={
-                    "state": replaced.state.value,
-                    "actor": replaced.actor,
-                    "reason": replaced.reason,
-                    "cancel_orders": replaced.cancel_orders,
-                },
-            )
-            if await self._controller.save_trigger_progress(limit.key, kept, saved.version):
-                saved = kept
-            else:  # a beat or another evaluator moved it: the replaced halt is not restored
-                _log.error("trigger.replaced_not_kept", limit=limit.key, actor=replaced.actor)
         if self._confirm is not None:
             try:
                 await self._confirm(halt)
@@ -242,7 +252,8 @@ class TriggerEvaluator:
 
     async def _lift(self, limit: RiskLimit, saved: TriggerProgress) -> TriggerProgress:
         """At a new trading day: undo this trigger's halt (putting back the one it
-        replaced); the progress as stored after it."""
+        replaced) and mark the lift done; a lift that fails stays pending and is tried
+        again next round. The progress as stored after it."""
         reason = f"{limit.key}: trading day {saved.day} began (lift_on_reset)"
         restore = None
         if saved.replaced is not None:
@@ -258,11 +269,9 @@ class TriggerEvaluator:
             )
         if await self._controller.lift_for_trigger(limit, reason, restore):
             _log.warning("trigger.lifted", limit=limit.key, day=saved.day)
-        if saved.replaced is None:
-            return saved
-        cleared = replace(saved, version=saved.version + 1, replaced=None)
-        if await self._controller.save_trigger_progress(limit.key, cleared, saved.version):
-            return cleared
+        done = replace(saved, version=saved.version + 1, replaced=None, lifting=False)
+        if await self._controller.save_trigger_progress(limit.key, done, saved.version):
+            return done
         return saved
 
     def _failed(self, limit: RiskLimit | None, event: str, error: BaseException) -> None:

@@ -199,7 +199,15 @@ async def _checked_place(ctx: ExecutionContext, request: OrderRequest) -> Order 
         if denial is not None:
             # A retry of this block after an ambiguous failure (a timeout, a lost reply)
             # may find its order placed: the order stands, never a denial beside it.
-            placed = await ctx.exchange.get_order(request.venue, request.client_order_id)
+            try:
+                placed = await ctx.exchange.get_order(request.venue, request.client_order_id)
+            except Exception as exc:  # no answer: the denial stands (nothing was sent now)
+                ctx.log.warning(
+                    "order.lookup_failed",
+                    client_order_id=request.client_order_id,
+                    error=describe(exc),
+                )
+                return denial
             return denial if placed is None else placed
     if limits.rules:
         request = replace(request, rules=limits.rules)
