@@ -98,6 +98,17 @@ def trigger(**options: Any) -> LimitOptions:
     return LimitOptions(**{"state": TradingState.REDUCE_ONLY, **options})
 
 
+async def halting_daily_loss(controller: LocalEmergencyController) -> None:
+    """The bot's daily_loss trigger at -100: HALTED, lifted at the next trading day."""
+    await controller.set_risk_limit(
+        "daily_loss",
+        -100.0,
+        scope=BOT[0],
+        target=BOT[1],
+        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
+    )
+
+
 def halt_of(
     controller: LocalEmergencyController, scope: tuple[Scope, str | None]
 ) -> HaltState | None:
@@ -774,13 +785,7 @@ async def test_lift_on_reset_puts_back_the_operators_weaker_halt_it_replaced(
 ) -> None:
     """An operator's REDUCE_ONLY, replaced by the trigger's HALTED, comes back (not
     ACTIVE) when the next trading day lifts the trigger's halt."""
-    await controller.set_risk_limit(
-        "daily_loss",
-        -100.0,
-        scope=BOT[0],
-        target=BOT[1],
-        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
-    )
+    await halting_daily_loss(controller)
     await controller.halt(*BOT, reason="careful", actor="ops", state=TradingState.REDUCE_ONLY)
     pnl.set(1000.0)
     await rounds(evaluator, clock)
@@ -848,13 +853,7 @@ async def test_a_lift_that_fails_is_tried_again_and_a_lasting_breach_restricts_a
     round lifts it. A dead-man's switch on the same bot, lapsed meanwhile under the
     trigger's HALTED, restricts the bot in the very round of the lift (fires come after
     lifts), so the bot is never active while its switch is lapsed."""
-    await controller.set_risk_limit(
-        "daily_loss",
-        -100.0,
-        scope=BOT[0],
-        target=BOT[1],
-        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
-    )
+    await halting_daily_loss(controller)
     pnl.set(1000.0)
     await rounds(evaluator, clock)
     pnl.set(800.0)
@@ -881,13 +880,7 @@ async def test_a_lift_that_fails_is_tried_again_and_a_lasting_breach_restricts_a
 
     await controller.set_risk_limit("heartbeat", 0.5, scope=BOT[0], target=BOT[1])
     await controller.halt(*BOT, reason="again", actor="ops")
-    await controller.set_risk_limit(
-        "daily_loss",
-        -100.0,
-        scope=BOT[0],
-        target=BOT[1],
-        options=trigger(state=TradingState.HALTED, lift_on_reset=True),
-    )
+    await halting_daily_loss(controller)
     await rounds(evaluator, clock)  # the switch lapsed: the ops halt stands over it
     await controller.resume(*BOT, reason="handing over", actor="ops")
     pnl.set(600.0)
