@@ -15,6 +15,7 @@ from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
     NO_IDS,
     EmergencySnapshot,
+    HaltCondition,
     LimitExplanation,
     ScopeIds,
 )
@@ -394,13 +395,24 @@ class EmergencyStore(Protocol):
         ``UnavailableError`` when the state cannot be confirmed."""
         ...
 
-    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+    async def save_halt(
+        self, halt: HaltState, audit: AuditEntry, condition: HaltCondition | None = None
+    ) -> HaltState | None:
         """Insert or update the halt on ``halt.scope``/``halt.target``, keeping the stored
-        ``since`` of an existing one; returns the halt as stored."""
+        ``since`` of an existing one; returns the halt as stored. With ``condition``,
+        checked against the standing halt in the same atomic step: ``None`` (nothing
+        written, no audit entry) when it does not hold."""
         ...
 
-    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        """Remove the halt and append ``audit``; False (and no audit entry) if there was none."""
+    async def delete_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        audit: AuditEntry,
+        condition: HaltCondition | None = None,
+    ) -> bool:
+        """Remove the halt and append ``audit``; False (and no audit entry) if there was
+        none, or ``condition`` (checked in the same atomic step) does not hold."""
         ...
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:

@@ -27,6 +27,7 @@ from kit import (
     refusal_of,
 )
 from servers import ServerProcess
+from test_sqlite_trading_states import CONDITIONAL_CASES
 
 from tradeflow.adapters.redis.emergency import (
     RedisAckRelay,
@@ -37,7 +38,7 @@ from tradeflow.adapters.redis.emergency import (
 )
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import HaltKey, InFlightAction, ScopeIds
+from tradeflow.domain.emergency import HaltCondition, HaltKey, InFlightAction, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, ExecutionNotFound, LeaseLost
 from tradeflow.domain.ownership import Fence, OwnerInfo
 from tradeflow.domain.records import (
@@ -516,3 +517,38 @@ async def test_a_barrier_hears_acknowledgements_another_replica_received(
         for task in following:
             task.cancel()
         await asyncio.wait(following)
+
+
+@pytest.mark.parametrize(("standing", "condition", "state"), CONDITIONAL_CASES)
+@pytest.mark.asyncio
+async def test_a_conditional_halt_write_decides_in_the_script_as_the_domain_rule(
+    emergency: RedisEmergencyStore,
+    standing: tuple[TradingState, str] | None,
+    condition: HaltCondition,
+    state: TradingState | None,
+) -> None:
+    """The Redis scripts check a trigger's halt (only stricter) and lift or restore (only
+    over its own halt) against the halt stored now, as the domain rule does: refused,
+    nothing is written and nothing audited."""
+    before = None
+    if standing is not None:
+        before = await emergency.save_halt(
+            HaltState(Scope.BOT, "b1", "standing", standing[1], 1.0, standing[0]),
+            AuditEntry(0, 1.0, standing[1], "halt", Scope.BOT, "b1", "standing"),
+        )
+    entries = len(await emergency.audit_entries(100))
+    admitted = condition.admits(before, state)
+    if state is None:
+        audit = AuditEntry(0, 2.0, "writer", "resume", Scope.BOT, "b1", "lift")
+        assert await emergency.delete_halt(Scope.BOT, "b1", audit, condition) is admitted
+        expected = None if admitted else before
+    else:
+        written = await emergency.save_halt(
+            HaltState(Scope.BOT, "b1", "new", "writer", 2.0, state),
+            AuditEntry(0, 2.0, "writer", "halt", Scope.BOT, "b1", "new"),
+            condition,
+        )
+        assert (written is not None) is admitted
+        expected = written if admitted else before
+    assert emergency.snapshot().halts.get((Scope.BOT, "b1")) == expected
+    assert len(await emergency.audit_entries(100)) == entries + (1 if admitted else 0)

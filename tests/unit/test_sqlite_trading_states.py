@@ -37,7 +37,7 @@ from tradeflow.adapters.sqlite.database import DB_SCHEMA_VERSION, open_database
 from tradeflow.adapters.sqlite.emergency import LocalEmergencyController, SQLiteEmergencyStore
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import HaltKey, ScopeIds
+from tradeflow.domain.emergency import HaltCondition, HaltKey, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, LeaseLost
 from tradeflow.domain.ownership import Claim, Fence, Heartbeat
 from tradeflow.domain.records import (
@@ -573,3 +573,53 @@ async def test_no_intent_of_a_halted_scope_commits_after_the_halt(
     assert [b["refused"] for b in bursts] == [
         {"halted-opens": 1, "halted-cancels": 0, "other-opens": 0}
     ] * CROWD_TRIALS
+
+
+# -- conditional halt writes (a trigger's halt and lift) ----------------------------------
+
+OPS, TRIGGER = "ops", "trigger:daily_loss@bot:b1"
+CONDITIONAL_CASES: Final = [
+    # (standing state and actor or None, condition, written state or None for a delete)
+    (None, HaltCondition(stricter=True), TradingState.REDUCE_ONLY),
+    ((TradingState.REDUCE_ONLY, OPS), HaltCondition(stricter=True), TradingState.HALTED),
+    ((TradingState.HALTED, OPS), HaltCondition(stricter=True), TradingState.REDUCE_ONLY),
+    ((TradingState.CANCEL_ONLY, OPS), HaltCondition(stricter=True), TradingState.CANCEL_ONLY),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
+    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
+    (None, HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), None),
+    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), None),
+]
+"""Shared with the Redis store's test: each store decides as ``HaltCondition.admits``."""
+
+
+@pytest.mark.parametrize(("standing", "condition", "state"), CONDITIONAL_CASES)
+@pytest.mark.asyncio
+async def test_a_conditional_halt_write_decides_in_the_store_as_the_domain_rule(
+    emergency: SQLiteEmergencyStore,
+    standing: tuple[TradingState, str] | None,
+    condition: HaltCondition,
+    state: TradingState | None,
+) -> None:
+    """A trigger's halt (only stricter) and lift or restore (only over its own halt) are
+    checked against the halt stored now, in the write's transaction: refused, nothing is
+    written and nothing audited."""
+    before = None
+    if standing is not None:
+        before = await emergency.save_halt(
+            halt_of(Scope.BOT, "b1", standing[0], actor=standing[1]), audit()
+        )
+    entries = len(await emergency.audit_entries(100))
+    admitted = condition.admits(before, state)
+    if state is None:
+        done = await emergency.delete_halt(Scope.BOT, "b1", audit("resume"), condition)
+        assert done is admitted
+        expected = None if admitted else before
+    else:
+        written = await emergency.save_halt(
+            halt_of(Scope.BOT, "b1", state, actor="writer"), audit(), condition
+        )
+        assert (written is not None) is admitted
+        expected = written if admitted else before
+    assert emergency.snapshot().halts.get((Scope.BOT, "b1")) == expected
+    assert len(await emergency.audit_entries(100)) == entries + (1 if admitted else 0)

@@ -49,6 +49,7 @@ __all__ = [
     "NO_IDS",
     "BarrierReport",
     "EmergencySnapshot",
+    "HaltCondition",
     "HaltKey",
     "InFlightAction",
     "LimitExplanation",
@@ -240,6 +241,29 @@ def refusal(halt: HaltState) -> EmergencyHalted:
     return EmergencyHalted(
         halt.reason, scope=halt.scope.value, target=halt.target, state=halt.state.value
     )
+
+
+@dataclass(frozen=True, slots=True)
+class HaltCondition:
+    """What must hold of the halt standing on a scope for a store to write over it or
+    delete it, checked in the same atomic step as the write (a trigger's halt and lift:
+    another replica may have changed the scope since the caller's view)."""
+
+    stricter: bool = False
+    """Write only if no halt stands there or the standing one is less restrictive."""
+    over: str | None = None
+    """Write or delete only if a halt stands there and its actor is this one."""
+
+    def admits(self, standing: HaltState | None, state: TradingState | None) -> bool:
+        """Whether a write of ``state`` (``None``: a delete) may go over ``standing``."""
+        if self.over is not None and (standing is None or standing.actor != self.over):
+            return False
+        return not (
+            self.stricter
+            and standing is not None
+            and state is not None
+            and standing.state.rank >= state.rank
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from tradeflow.domain.emergency import (
     NO_IDS,
     BarrierReport,
     EmergencySnapshot,
+    HaltCondition,
     LimitExplanation,
     LimitVerdict,
     ScopeIds,
@@ -250,6 +251,7 @@ class EmergencyController:
         a breach's actor is ``risk:<limit type>``, a little longer than an actor may be)."""
         async with self._writing:
             halt = await self._save_halt(scope, target, reason, actor, state, cancel_orders)
+        assert halt is not None, "an unconditional save always writes"
         self._halted(halt)
         return halt
 
@@ -261,8 +263,10 @@ class EmergencyController:
         actor: str,
         state: TradingState,
         cancel_orders: bool,
-    ) -> HaltState:
-        """Store a halt (the caller holds ``_writing``; :meth:`_halted` announces it)."""
+        condition: HaltCondition | None = None,
+    ) -> HaltState | None:
+        """Store a halt (the caller holds ``_writing``; :meth:`_halted` announces it);
+        ``None`` when ``condition`` did not hold in the store."""
         now = self._clock.time()
         details = {"state": state.value, "cancel_orders": cancel_orders}
         if scope is not Scope.GLOBAL:  # a global halt is never refused, even unconfirmed
@@ -270,6 +274,7 @@ class EmergencyController:
         return await self._store.save_halt(
             HaltState(scope, target, reason, actor, now, state, cancel_orders),
             AuditEntry(0, now, actor, "halt", scope, target, reason, details),
+            condition,
         )
 
     def _halted(self, halt: HaltState) -> None:
@@ -357,11 +362,19 @@ class EmergencyController:
             checked_scope_change(scope, target, reason, actor), target, reason, actor
         )
 
-    async def _resume(self, scope: Scope, target: str | None, reason: str, actor: str) -> bool:
-        """Remove, log and announce the halt of checked ``scope``/``target``."""
+    async def _resume(
+        self,
+        scope: Scope,
+        target: str | None,
+        reason: str,
+        actor: str,
+        condition: HaltCondition | None = None,
+    ) -> bool:
+        """Remove, log and announce the halt of checked ``scope``/``target`` (if
+        ``condition`` holds in the store)."""
         now = self._clock.time()
         audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
-        if not await self._store.delete_halt(scope, target, audit):
+        if not await self._store.delete_halt(scope, target, audit, condition):
             return False
         data = _halt_data(scope, target, reason, actor)
         _log.warning("emergency.resumed", **data)
@@ -372,9 +385,8 @@ class EmergencyController:
         """Move the scope of the trigger ``limit`` to its ``state`` (actor
         ``trigger:<key>``, cancelling resting orders if it says so), unless a halt of that
         same scope already sets an equal or more restrictive state (a trigger never
-        loosens a halt): then nothing, and ``None``. The check and the write hold this
-        controller's write lock; a halt another process writes in between can still be
-        replaced."""
+        loosens a halt): then nothing, and ``None``. The store checks that again in the
+        step that writes, so a halt another replica wrote meanwhile is never replaced."""
         assert limit.state is not None, "only a trigger acts"
         async with self._writing:
             standing = self.state().halts.get((limit.scope, limit.target))
@@ -387,8 +399,11 @@ class EmergencyController:
                 trigger_actor(limit),
                 limit.state,
                 limit.cancel_orders,
+                # Checked again by the store: another replica may have halted it since.
+                HaltCondition(stricter=True),
             )
-        self._halted(halt)
+        if halt is not None:
+            self._halted(halt)
         return halt
 
     async def lift_for_trigger(
@@ -402,8 +417,10 @@ class EmergencyController:
             standing = self.state().halts.get((limit.scope, limit.target))
             if standing is None or standing.actor != trigger_actor(limit):
                 return False
+            # Checked again by the store: another replica may have halted it since.
+            own = HaltCondition(over=standing.actor)
             if restore is None:
-                return await self._resume(limit.scope, limit.target, reason, standing.actor)
+                return await self._resume(limit.scope, limit.target, reason, standing.actor, own)
             halt = await self._save_halt(
                 restore.scope,
                 restore.target,
@@ -411,7 +428,10 @@ class EmergencyController:
                 restore.actor,
                 restore.state,
                 restore.cancel_orders,
+                own,
             )
+        if halt is None:
+            return False
         self._halted(halt)
         return True
 

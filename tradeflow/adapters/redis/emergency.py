@@ -55,7 +55,7 @@ from redis.exceptions import RedisError
 from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes
-from tradeflow.domain.emergency import EmergencySnapshot, InFlightAction
+from tradeflow.domain.emergency import EmergencySnapshot, HaltCondition, InFlightAction
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
 from tradeflow.domain.limits import check_id
 from tradeflow.domain.ownership import Fence
@@ -113,10 +113,27 @@ local function state(result)
 end
 """
 _LOAD: Final = _PRELUDE + "return state(0)"
-# ARGV 4 halt field, 5 since, 6 halt JSON; returns the stored since.
+# The condition on the standing halt of a field (HaltCondition): ARGV[c] the rank the
+# written state must exceed ('' for none), ARGV[c + 1] the actor it must have ('').
+_STANDING: Final = """
+local RANKS = {active = 0, reduce_only = 1, cancel_only = 2, halted = 3}
+local function admitted(field, c)
+  if ARGV[c] == '' and ARGV[c + 1] == '' then return true end
+  local stored = redis.call('HGET', KEYS[1], field)
+  if not stored then return ARGV[c + 1] == '' end
+  local halt = cjson.decode(stored)
+  if ARGV[c + 1] ~= '' and halt[2] ~= ARGV[c + 1] then return false end
+  -- A halt stored before halts had states is a halt.
+  return ARGV[c] == '' or (RANKS[halt[3] or 'halted'] or 3) < tonumber(ARGV[c])
+end
+"""
+# ARGV 4 halt field, 5 since, 6 halt JSON, 7-8 the condition; returns the stored since,
+# or -1 (nothing written) when the condition does not hold.
 _SAVE_HALT: Final = (
     _PRELUDE
+    + _STANDING
     + """
+if not admitted(ARGV[4], 7) then return state(-1) end
 redis.call('HSETNX', KEYS[2], ARGV[4], ARGV[5])
 redis.call('HSET', KEYS[1], ARGV[4], ARGV[6])
 audit()
@@ -124,10 +141,12 @@ changed()
 return state(redis.call('HGET', KEYS[2], ARGV[4]))
 """
 )
-# ARGV 4 halt field; returns 1 if a halt was removed.
+# ARGV 4 halt field, 5-6 the condition; returns 1 if a halt was removed.
 _DELETE_HALT: Final = (
     _PRELUDE
+    + _STANDING
     + """
+if not admitted(ARGV[4], 5) then return state(0) end
 if redis.call('HDEL', KEYS[1], ARGV[4]) == 0 then return state(0) end
 redis.call('HDEL', KEYS[2], ARGV[4])
 audit()
@@ -261,18 +280,35 @@ class RedisEmergencyStore:
         await self._run(_LOAD)
         return self._view.current()
 
-    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
+    async def save_halt(
+        self, halt: HaltState, audit: AuditEntry, condition: HaltCondition | None = None
+    ) -> HaltState | None:
+        """See the port: the condition is checked by the script that writes."""
         since = await self._run(
             _SAVE_HALT,
             audit,
             halt_field(halt.scope, halt.target),
             repr(halt.since),
             to_json_bytes([halt.reason, halt.actor, halt.state.value, halt.cancel_orders]),
+            *_condition_args(condition, halt.state),
         )
+        if since == -1:
+            return None
         return replace(halt, since=float(since))
 
-    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        return bool(await self._run(_DELETE_HALT, audit, halt_field(scope, target)))
+    async def delete_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        audit: AuditEntry,
+        condition: HaltCondition | None = None,
+    ) -> bool:
+        """See the port: the condition is checked by the script that deletes."""
+        return bool(
+            await self._run(
+                _DELETE_HALT, audit, halt_field(scope, target), *_condition_args(condition, None)
+            )
+        )
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
         await self._run(_SAVE_LIMIT, audit, limit.key, stored_limit(limit))
@@ -646,6 +682,14 @@ def limit_of(field: bytes, payload: bytes) -> RiskLimit:
     if limit.key != key:
         raise ValueError(f"risk limit field {key!r} holds the limit {limit.key!r}")
     return limit
+
+
+def _condition_args(condition: HaltCondition | None, state: TradingState | None) -> tuple[str, str]:
+    """``condition`` as the scripts' two arguments (see ``_STANDING``)."""
+    if condition is None:
+        return "", ""
+    rank = str(state.rank) if condition.stricter and state is not None else ""
+    return rank, condition.over or ""
 
 
 def _progress(payload: bytes) -> TriggerProgress:

@@ -17,7 +17,7 @@ from typing import Any, Final, TypeVar
 from tradeflow.adapters.sqlite.database import WriteTransaction
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes, to_json_or_null
-from tradeflow.domain.emergency import EmergencySnapshot
+from tradeflow.domain.emergency import EmergencySnapshot, HaltCondition
 from tradeflow.domain.errors import UnavailableError, describe
 from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import TriggerProgress
@@ -58,6 +58,7 @@ _UPSERT_HALT: Final = (
     " RETURNING since"
 )
 _DELETE_HALT: Final = "DELETE FROM halts WHERE scope = ? AND target = ?"
+_SELECT_HALT: Final = f"SELECT {HALT_COLUMNS} FROM halts WHERE scope = ? AND target = ?"
 _UPSERT_LIMIT: Final = (
     f"INSERT OR REPLACE INTO risk_limits (limit_key, {_LIMIT_COLUMNS})"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -112,10 +113,17 @@ class SQLiteEmergencyStore:
             raise UnavailableError(describe(exc)) from exc
         return self._snapshot
 
-    async def save_halt(self, halt: HaltState, audit: AuditEntry) -> HaltState:
-        """See the port; takes the write lock promptly (:meth:`_promptly`)."""
+    async def save_halt(
+        self, halt: HaltState, audit: AuditEntry, condition: HaltCondition | None = None
+    ) -> HaltState | None:
+        """See the port; takes the write lock promptly (:meth:`_promptly`), and checks
+        ``condition`` under it."""
 
-        def save() -> float:
+        def save() -> float | None:
+            if condition is not None and not condition.admits(
+                self._standing(halt.scope, halt.target), halt.state
+            ):
+                return None
             ((since,),) = self._conn.execute(
                 _UPSERT_HALT,
                 (
@@ -133,12 +141,21 @@ class SQLiteEmergencyStore:
 
         since = self._promptly(save)
         self._seen_version = None
-        return replace(halt, since=since)
+        return None if since is None else replace(halt, since=since)
 
-    async def delete_halt(self, scope: Scope, target: str | None, audit: AuditEntry) -> bool:
-        """See the port; takes the write lock promptly (:meth:`_promptly`)."""
+    async def delete_halt(
+        self,
+        scope: Scope,
+        target: str | None,
+        audit: AuditEntry,
+        condition: HaltCondition | None = None,
+    ) -> bool:
+        """See the port; takes the write lock promptly (:meth:`_promptly`), and checks
+        ``condition`` under it."""
 
         def delete() -> bool:
+            if condition is not None and not condition.admits(self._standing(scope, target), None):
+                return False
             removed = self._conn.execute(_DELETE_HALT, (scope.value, target or "")).rowcount
             if removed:
                 self._audit(audit)
@@ -147,6 +164,11 @@ class SQLiteEmergencyStore:
         removed = self._promptly(delete)
         self._seen_version = None
         return removed
+
+    def _standing(self, scope: Scope, target: str | None) -> HaltState | None:
+        """The halt stored on ``scope``/``target`` now (inside the caller's transaction)."""
+        row = self._conn.execute(_SELECT_HALT, (scope.value, target or "")).fetchone()
+        return None if row is None else halt_of_row(row)
 
     async def save_risk_limit(self, limit: RiskLimit, audit: AuditEntry) -> None:
         """See the port; a trigger's progress stays (replacing a limit keeps it)."""
