@@ -33,6 +33,7 @@ from tradeflow.domain.numbers import finite
 from tradeflow.domain.records import HaltState, LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import (
     NO_LIMITS,
+    RULE_DIRECTIONS,
     PreTradeLimits,
     TriggerProgress,
     covering,
@@ -67,17 +68,7 @@ __all__ = [
 ]
 
 DEFAULT_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
-    {
-        "daily_loss": LimitDirection.BELOW,
-        "max_drawdown": LimitDirection.BELOW,
-        "max_position": LimitDirection.ABS_ABOVE,
-        "max_order_notional": LimitDirection.ABOVE,
-        "max_exposure": LimitDirection.ABOVE,
-        "price_collar_bps": LimitDirection.ABOVE,
-        "max_open_orders": LimitDirection.ABOVE,
-        "order_rate": LimitDirection.ABOVE,
-        "heartbeat": LimitDirection.ABOVE,
-    }
+    {**RULE_DIRECTIONS, "max_exposure": LimitDirection.ABOVE}
 )
 """Breach direction of the well-known limit types (a configured limit overrides it)."""
 

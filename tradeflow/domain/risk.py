@@ -33,8 +33,9 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,7 +56,9 @@ __all__ = [
     "NO_LIMITS",
     "NO_OPTIONS",
     "PRE_TRADE_TYPES",
+    "RULE_DIRECTIONS",
     "SHARED_CHECKS",
+    "TIMEZONE_MAX_LENGTH",
     "TRIGGER_TYPES",
     "Bucket",
     "Denial",
@@ -96,14 +99,23 @@ HEARTBEAT_TTL_MAX: Final = 86_400.0
 """Longest heartbeat time to live (seconds)."""
 CONSECUTIVE_MAX: Final = 1000
 
-_PRE_TRADE_DIRECTIONS: Final = {
-    "max_order_notional": LimitDirection.ABOVE,
-    "price_collar_bps": LimitDirection.ABOVE,
-    "max_position": LimitDirection.ABS_ABOVE,
-    "max_open_orders": LimitDirection.ABOVE,
-    "order_rate": LimitDirection.ABOVE,
-}
-_TIMEZONE_MAX_LENGTH: Final = 64
+RULE_DIRECTIONS: Final[Mapping[str, LimitDirection]] = MappingProxyType(
+    {
+        "daily_loss": LimitDirection.BELOW,
+        "max_drawdown": LimitDirection.BELOW,
+        "max_position": LimitDirection.ABS_ABOVE,
+        "max_order_notional": LimitDirection.ABOVE,
+        "price_collar_bps": LimitDirection.ABOVE,
+        "max_open_orders": LimitDirection.ABOVE,
+        "order_rate": LimitDirection.ABOVE,
+        "heartbeat": LimitDirection.ABOVE,
+    }
+)
+"""The direction of the pre-trade and trigger types: part of their rule (a limit of one
+of them with another direction is refused, or, stored by an earlier version, not
+enforced before orders)."""
+TIMEZONE_MAX_LENGTH: Final = 64
+"""Characters of a ``daily_loss`` time zone name."""
 _RESET_TIME: Final = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
@@ -123,18 +135,15 @@ class LimitOptions:
     @classmethod
     def of(cls, limit: RiskLimit) -> LimitOptions:
         """The options ``limit`` carries."""
-        return cls(
-            limit.window,
-            limit.state,
-            limit.consecutive,
-            limit.timezone,
-            limit.reset_time,
-            limit.lift_on_reset,
-            limit.cancel_orders,
-        )
+        return cls(**{name: getattr(limit, name) for name in _OPTION_FIELDS})
+
+    def fields(self) -> dict[str, Any]:
+        """The options by name: what ``RiskLimit(..., **options.fields())`` takes."""
+        return {name: getattr(self, name) for name in _OPTION_FIELDS}
 
 
 NO_OPTIONS: Final = LimitOptions()
+_OPTION_FIELDS: Final = tuple(f.name for f in fields(LimitOptions))
 
 
 def scope_key(scope: Scope, target: str | None) -> str:
@@ -323,7 +332,7 @@ def _enforceable(limit: RiskLimit | None) -> RiskLimit | None:
     """``limit`` if it fits its type's rules: a limit of a pre-trade type's name stored
     by an earlier version (which took any type with a direction: an ``order_rate`` with no
     window, a collar of 0) is not enforced before orders (``explain`` still lists it)."""
-    if limit is None or limit.direction is not _PRE_TRADE_DIRECTIONS[limit.limit_type]:
+    if limit is None or limit.direction is not RULE_DIRECTIONS[limit.limit_type]:
         return None
     try:
         checked_limit_options(limit)
@@ -754,7 +763,7 @@ def _check_trigger_options(limit: RiskLimit, state: TradingState | None) -> None
             "reset_time", "HH:MM (00:00 to 23:59; only daily_loss has one)", limit.reset_time
         )
     try:
-        if len(limit.timezone) > _TIMEZONE_MAX_LENGTH:
+        if len(limit.timezone) > TIMEZONE_MAX_LENGTH:
             raise ValueError(limit.timezone)
         ZoneInfo(limit.timezone)
     except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a directory

@@ -32,7 +32,6 @@ import structlog
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
-    DEFAULT_DIRECTIONS,
     MAX_AUDIT_PAGE,
     NO_IDS,
     BarrierReport,
@@ -77,8 +76,8 @@ from tradeflow.domain.records import (
 from tradeflow.domain.risk import (
     NO_LIMITS,
     NO_OPTIONS,
-    PRE_TRADE_TYPES,
-    TRIGGER_TYPES,
+    RULE_DIRECTIONS,
+    TIMEZONE_MAX_LENGTH,
     Denial,
     LimitOptions,
     PreTradeLimits,
@@ -106,11 +105,6 @@ __all__ = [
 ]
 
 _EMPTY: Final = EmergencySnapshot(0, {}, {})
-_FIXED_DIRECTIONS: Final = {
-    kind: DEFAULT_DIRECTIONS[kind] for kind in PRE_TRADE_TYPES + TRIGGER_TYPES
-}
-"""Limit types whose direction is part of their rule: a different one is refused."""
-_TIMEZONE_MAX_LENGTH: Final = 64
 _BEAT_ATTEMPTS: Final = 16
 """Compare-and-set attempts of one heartbeat before it gives up (``UnavailableError``):
 it only competes with evaluations, one per trigger interval."""
@@ -712,7 +706,7 @@ def _checked_limit_direction(
 ) -> LimitDirection:
     """:func:`checked_direction`, and the only one a pre-trade or trigger type has."""
     checked = checked_direction(limit_type, direction)
-    fixed = _FIXED_DIRECTIONS.get(limit_type)
+    fixed = RULE_DIRECTIONS.get(limit_type)
     if fixed is not None and checked is not fixed:
         raise InvalidRequest("direction", f"{fixed.value} (the rule of {limit_type})", direction)
     return checked
@@ -728,7 +722,7 @@ def _with_options(limit: RiskLimit, options: LimitOptions) -> RiskLimit:
     consecutive = options.consecutive
     if isinstance(consecutive, bool) or not isinstance(consecutive, int):
         raise InvalidRequest("consecutive", "a whole number", consecutive)
-    timezone = check_text("timezone", options.timezone, max_length=_TIMEZONE_MAX_LENGTH)
+    timezone = check_text("timezone", options.timezone, max_length=TIMEZONE_MAX_LENGTH)
     reset_time = check_text("reset_time", options.reset_time, max_length=5)
     return replace(
         limit,

@@ -658,16 +658,9 @@ def limit_scope_from_proto(msg: _LimitFields) -> tuple[Scope, str | None]:
 
 
 def limit_options_fields(options: LimitOptions) -> dict[str, Any]:
-    """The option fields of a ``RiskLimit`` or ``SetRiskLimitRequest`` message."""
-    return {
-        "window": options.window,
-        "state": TRADING_STATE.to_proto(options.state, "state"),
-        "consecutive": options.consecutive,
-        "timezone": options.timezone,
-        "reset_time": options.reset_time,
-        "lift_on_reset": options.lift_on_reset,
-        "cancel_orders": options.cancel_orders,
-    }
+    """The option fields of a ``RiskLimit`` or ``SetRiskLimitRequest`` message (named as
+    the options are)."""
+    return {**options.fields(), "state": TRADING_STATE.to_proto(options.state, "state")}
 
 
 def limit_options_from_proto(
@@ -706,7 +699,6 @@ def risk_limit_to_proto(limit: RiskLimit) -> emergency_service_pb2.RiskLimit:
 def risk_limit_from_proto(msg: emergency_service_pb2.RiskLimit) -> RiskLimit:
     """Inverse of :func:`risk_limit_to_proto` (an unspecified scope is global)."""
     scope, target = limit_scope_from_proto(msg)
-    options = limit_options_from_proto(msg)
     return RiskLimit(
         limit_type=msg.limit_type,
         threshold=msg.threshold,
@@ -716,13 +708,7 @@ def risk_limit_from_proto(msg: emergency_service_pb2.RiskLimit) -> RiskLimit:
         updated_by=msg.updated_by,
         scope=scope,
         target=target,
-        window=options.window,
-        state=options.state,
-        consecutive=options.consecutive,
-        timezone=options.timezone,
-        reset_time=options.reset_time,
-        lift_on_reset=options.lift_on_reset,
-        cancel_orders=options.cancel_orders,
+        **limit_options_from_proto(msg).fields(),
     )
 
 
