@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -15,6 +16,7 @@ import grpc
 import pytest
 import pytest_asyncio
 import redis
+import redis.asyncio as aioredis
 from emergency_fixtures import (
     ClientFactory,
     emergency_clients,
@@ -27,8 +29,9 @@ from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.adapters.redis.emergency import RedisEmergencyController
 from tradeflow.app.cli import main
-from tradeflow.domain.clock import new_id
+from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import EmergencyHalted, InvalidRequest
 from tradeflow.domain.records import LimitDirection, RiskLimit, Scope
@@ -486,3 +489,52 @@ def test_the_cli_sets_explains_beats_and_deletes_limits_in_production(
     assert err.startswith("error: invalid field 'timezone': ") and err.count("\n") == 1
     code, out, _ = cli("limits", "list", "--json")
     assert [json.loads(line)["key"] for line in out.splitlines()] == ["heartbeat@workflow:wf-1"]
+
+
+@pytest.mark.asyncio
+async def test_a_switch_that_fired_as_its_service_was_killed_restricts_after_a_restart(
+    connect: ClientFactory, risk_service: Service, redis_server: ServerProcess
+) -> None:
+    """SIGKILL the emergency service; while it is dead, leave Redis as a service killed in
+    the middle of a fire leaves it (the switch's progress stored as fired, no halt
+    written) with a lapsed switch. The restarted service's evaluator restricts the bot
+    (level-triggered firing recovers the halt the dead one never wrote): 0 lapsed
+    switches left without their state."""
+    ops = await connect()
+    switch = await ops.set_risk_limit(
+        "heartbeat", 3600, scope=Scope.BOT, target="bot-1", actor="ops"
+    )
+    await ops.heartbeat(Scope.BOT, "bot-1")
+    risk_service.process.kill()
+
+    client = aioredis.from_url(redis_server.url)
+    dead = RedisEmergencyController(
+        client,
+        prefix=risk_service.redis_prefix,
+        clock=SystemClock(),
+        id_factory=new_id,
+        max_staleness=None,
+    )
+    try:
+        await dead.start()
+        await dead.set_risk_limit("heartbeat", 0.05, scope=Scope.BOT, target="bot-1")
+        key = switch.key
+        ((_, progress),) = (await dead.explain_limits(IDS)).triggers
+        assert progress.last_beat is not None
+        died = replace(progress, version=progress.version + 1, breaches=1, fired=True)
+        assert await dead.save_trigger_progress(key, died, progress.version)
+        assert dead.state().halts == {}
+    finally:
+        await dead.close()
+        await client.aclose()
+
+    await asyncio.to_thread(risk_service.start)
+    watcher = await connect()
+    await until(
+        watcher,
+        lambda: watcher.trading_state(IDS) is TradingState.CANCEL_ONLY,
+        "the restarted service restricted bot-1",
+    )
+    halt = watcher.active_halt(IDS)
+    assert halt is not None and halt.actor == f"trigger:{key}"
+    assert watcher.trading_state(OTHER_BOT) is TradingState.ACTIVE
