@@ -32,7 +32,7 @@ import contextlib
 
 import grpc
 
-from emergency_service.servicer import SERVICE_NAME, EmergencyServicer
+from emergency_service.servicer import ACCESS, SERVICE_NAME, EmergencyServicer
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.connection import connect
@@ -40,11 +40,13 @@ from tradeflow.adapters.redis.emergency import (
     RedisAckRelay,
     RedisEmergencyController,
     RedisRequestLog,
+    RedisResumeRequests,
 )
 from tradeflow.adapters.redis.ledger import RedisPaperLedger
 from tradeflow.adapters.redis.state import RedisStateStore
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
+from tradeflow.domain.records import Scope
 from tradeflow.engine.barrier import HaltBarrier
 from tradeflow.engine.triggers import TriggerEvaluator
 from tradeflow.observability.metrics import Metrics
@@ -89,6 +91,13 @@ async def build(settings: ServiceSettings) -> Service:
         barrier,
         heartbeat=settings.heartbeat_seconds,
         relay=relay,
+        resume_requests=RedisResumeRequests(
+            client,
+            prefix=settings.redis_prefix,
+            window=settings.resume_confirm_seconds,
+            clock=clock,
+        ),
+        confirm_scopes=frozenset(Scope(name) for name in settings.resume_confirm_scopes),
     )
     triggers = TriggerEvaluator(
         controller,
@@ -110,6 +119,8 @@ async def build(settings: ServiceSettings) -> Service:
         registry=metrics.registry,
         drain=servicer.drain,
         close=resources.aclose,
+        policy=ACCESS,
+        denied=servicer.denied,
     )
 
 

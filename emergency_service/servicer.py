@@ -45,10 +45,12 @@ import grpc
 import structlog
 
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.security import ANY_ROLE, Policy, Refusal, Rule, optional, own
 from tradeflow.adapters.redis.emergency import (
     RedisAckRelay,
     RedisEmergencyController,
     RedisRequestLog,
+    RedisResumeRequests,
 )
 from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
@@ -57,15 +59,59 @@ from tradeflow.domain.emergency import (
     EmergencySnapshot,
 )
 from tradeflow.domain.errors import TradeflowError
+from tradeflow.domain.principals import Caller, Role, current_caller
 from tradeflow.domain.records import HaltState, Scope
 from tradeflow.engine.barrier import HaltBarrier
+from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
-__all__ = ["SERVICE_NAME", "EmergencyServicer"]
+__all__ = ["ACCESS", "SERVICE_NAME", "EmergencyServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
 _UNKNOWN_ACTOR: Final = "unknown"
+
+
+def _own_scope(request: pb.HaltRequest | pb.HeartbeatRequest) -> str | None:
+    """The bot a request's scope names (``None`` for any other scope)."""
+    return optional(request, "target") if request.scope == common_pb2.SCOPE_BOT else None
+
+
+_OWN_SCOPE = own(_own_scope, "the scope (SCOPE_BOT and its bot_id as target)")
+_EXECUTOR: Final = Rule(frozenset({Role.EXECUTOR}))
+ACCESS: Policy = {
+    # A bot halts itself (never resumes); operators halt and resume anything.
+    "Halt": Rule(frozenset({Role.OPERATOR, Role.BOT}), request=_OWN_SCOPE),
+    "Resume": Rule(frozenset({Role.OPERATOR})),
+    # Limits: admins change them, anyone reads them (executors check orders on them).
+    "SetRiskLimit": Rule(frozenset({Role.ADMIN})),
+    "DeleteRiskLimit": Rule(frozenset({Role.ADMIN})),
+    "ListRiskLimits": Rule(ANY_ROLE),
+    "ExplainRiskLimits": Rule(ANY_ROLE),
+    "GetState": Rule(ANY_ROLE),
+    "WatchState": Rule(ANY_ROLE),
+    "ListAuditEntries": Rule(frozenset({Role.OPERATOR, Role.ADMIN})),
+    # A risk check names the bot it is for; a bot's threshold can only tighten the
+    # configured one (the domain's rule) and its breach halts that bot alone.
+    "CheckRiskLimit": Rule(
+        frozenset({Role.EXECUTOR, Role.BOT}),
+        request=own(lambda request: optional(request, "bot_id"), "bot_id"),
+    ),
+    "Heartbeat": Rule(frozenset({Role.EXECUTOR, Role.OPERATOR, Role.BOT}), request=_OWN_SCOPE),
+    "AcknowledgeState": _EXECUTOR,
+    "RecordCancelOnHalt": _EXECUTOR,
+    "RecordOrderDenied": _EXECUTOR,
+}
+"""Who may call each method (see :mod:`tradeflow.adapters.grpc.security`)."""
+
+
+def _actor(requested: str) -> str:
+    """Who the audit names: the authenticated principal (``operator/alice``), or, on a
+    plaintext server where nobody is authenticated, what the request says."""
+    caller = current_caller()
+    if caller.role is Role.SYSTEM:
+        return requested or _UNKNOWN_ACTOR
+    return str(caller.principal)
 
 _log = structlog.get_logger(__name__)
 
@@ -81,8 +127,14 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         *,
         heartbeat: float,
         relay: RedisAckRelay | None = None,
+        resume_requests: RedisResumeRequests | None = None,
+        confirm_scopes: frozenset[Scope] = frozenset(),
     ) -> None:
         self._controller = controller
+        self._resume_requests = resume_requests
+        """Two-step resumes (``None``: every resume takes one step)."""
+        self._confirm_scopes = confirm_scopes
+        """The scopes whose resume takes two operators (over mutual TLS)."""
         self._requests = requests
         self._barrier = barrier
         self._relay = relay
@@ -107,7 +159,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 scope,
                 target,
                 reason=request.reason,
-                actor=request.actor or _UNKNOWN_ACTOR,
+                actor=_actor(request.actor),
                 state=state,
                 cancel_orders=request.cancel_orders,
             )
@@ -153,12 +205,61 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         target = request.target if request.HasField("target") else None
 
         async def run() -> pb.ResumeResponse:
-            resumed = await self._controller.resume(
-                scope, target, reason=request.reason, actor=request.actor or _UNKNOWN_ACTOR
-            )
-            return pb.ResumeResponse(resumed=resumed)
+            actor = _actor(request.actor)
+            if not self._takes_two(scope, target):
+                resumed = await self._controller.resume(
+                    scope, target, reason=request.reason, actor=actor
+                )
+                return pb.ResumeResponse(resumed=resumed)
+            return await self._two_step_resume(scope, target, request.reason, actor)
 
         return await self._requests.once("Resume", request.request_id, run, pb.ResumeResponse)
+
+    def _takes_two(self, scope: Scope, target: str | None) -> bool:
+        """Whether resuming this halt takes a second operator: over mutual TLS, for a
+        configured scope that is halted (resuming what is not halted changes nothing)."""
+        return (
+            self._resume_requests is not None
+            and scope in self._confirm_scopes
+            and current_caller().role is not Role.SYSTEM
+            and (scope, target) in self._controller.snapshot().halts
+        )
+
+    async def _two_step_resume(
+        self, scope: Scope, target: str | None, reason: str, actor: str
+    ) -> pb.ResumeResponse:
+        """The first operator's call records the request; another operator's, within the
+        window, lifts the halt. Both are audited (``resume_requested``, then ``resume``
+        naming both)."""
+        assert self._resume_requests is not None
+        step = await self._resume_requests.step(scope, target, caller=actor, reason=reason)
+        if step.outcome == "confirmed":
+            resumed = await self._controller.resume(
+                scope,
+                target,
+                reason=reason,
+                actor=actor,
+                details={"requested_by": step.requested_by, "request_reason": step.reason},
+            )
+            return pb.ResumeResponse(resumed=resumed, requested_by=step.requested_by)
+        if step.outcome == "requested":
+            await self._controller.record_audit(
+                "resume_requested",
+                reason,
+                scope=scope,
+                target=target,
+                details={"confirm_before": step.expires_at},
+            )
+        return pb.ResumeResponse(
+            resumed=False,
+            awaiting_confirmation=True,
+            requested_by=step.requested_by,
+            confirm_before=wire.timestamp_to_proto(step.expires_at),
+        )
+
+    async def denied(self, method: str, caller: Caller, reason: str) -> None:
+        """Audit a refused call (``rpc_denied``; the interceptor bound its caller)."""
+        await self._controller.record_audit("rpc_denied", reason, details={"method": method})
 
     async def GetState(
         self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext
@@ -172,14 +273,17 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         auto_halt = request.auto_halt if request.HasField("auto_halt") else True
         ids = wire.scope_ids_from_proto(request)
 
+        halts = _halted_by_check(ids.bot_id)
+
         async def run() -> pb.CheckRiskLimitResponse:
             verdict = await self._controller.check(
-                request.limit_type, request.value, threshold, auto_halt, ids
+                request.limit_type, request.value, threshold, auto_halt, ids, halts=halts
             )
             if verdict.breached and verdict.halts:
-                # The breach halted trading globally: a change that restricts trading,
-                # confirmed by every live executor like an operator's halt.
-                halt = self._controller.snapshot().halts.get((Scope.GLOBAL, None))
+                # The breach halted trading (everything, or the bot that checked): a
+                # change that restricts trading, confirmed by every live executor like an
+                # operator's halt.
+                halt = self._controller.snapshot().halts.get(halts)
                 if halt is not None:
                     await asyncio.shield(self.confirm(halt))
             return wire.limit_verdict_to_proto(verdict)
@@ -201,7 +305,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 request.threshold,
                 direction,
                 auto_halt=request.auto_halt if request.HasField("auto_halt") else True,
-                actor=request.actor or _UNKNOWN_ACTOR,
+                actor=_actor(request.actor),
                 scope=scope,
                 target=target,
                 options=options,
@@ -219,7 +323,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
         async def run() -> pb.DeleteRiskLimitResponse:
             deleted = await self._controller.delete_risk_limit(
-                request.limit_type, scope, target, actor=request.actor or _UNKNOWN_ACTOR
+                request.limit_type, scope, target, actor=_actor(request.actor)
             )
             return pb.DeleteRiskLimitResponse(deleted=deleted)
 
@@ -327,6 +431,20 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
             drained.cancel()
             if change is not None:
                 change.cancel()
+
+
+def _halted_by_check(bot_id: str | None) -> tuple[Scope, str | None]:
+    """What a breach found by a risk check halts: everything for an operator's (or any
+    caller's on a plaintext server), the bot alone for a bot's or its executor's."""
+    if current_caller().role not in (Role.BOT, Role.EXECUTOR):
+        return (Scope.GLOBAL, None)
+    if bot_id is None:
+        raise Refusal(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"{current_caller().principal} CheckRiskLimit: a bot's risk check must name "
+            "its bot_id (its breach halts that bot alone)",
+        )
+    return (Scope.BOT, bot_id)
 
 
 def _same(known: EmergencySnapshot, snapshot: EmergencySnapshot) -> bool:

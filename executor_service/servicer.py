@@ -8,18 +8,39 @@ from typing import Any
 import grpc
 
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.security import ANY_ROLE, Policy, Rule, optional, own
 from tradeflow.app.manager import ExecutionManager, Submission
 from tradeflow.domain.errors import describe
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES, check_cursor, check_id
+from tradeflow.domain.principals import Role
 from tradeflow.domain.records import Event
 from tradeflow.observability.logging import get_logger
 from tradeflow.ports import EventBus
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 
-__all__ = ["ExecutorServicer"]
+__all__ = ["ACCESS", "ExecutorServicer"]
 
 _log = get_logger("tradeflow.executor_service")
+
+_OWN_BOT = own(lambda request: optional(request, "bot_id"), "bot_id")
+ACCESS: Policy = {
+    # A bot runs, lists, reads and follows its own executions: its bot_id is its name.
+    "ExecuteWorkflow": Rule(frozenset({Role.BOT}), request=_OWN_BOT),
+    "SubmitWorkflow": Rule(frozenset({Role.BOT}), request=_OWN_BOT),
+    "GetExecution": Rule(
+        frozenset({Role.BOT, Role.OPERATOR}),
+        response=own(lambda reply: optional(reply.execution.record, "bot_id"), "the bot_id"),
+    ),
+    "ListExecutions": Rule(
+        frozenset({Role.BOT, Role.OPERATOR}),
+        request=own(lambda request: optional(request.query, "bot_id"), "query.bot_id"),
+    ),
+    "StreamEvents": Rule(frozenset({Role.BOT, Role.OPERATOR}), request=_OWN_BOT),
+    "CancelExecution": Rule(frozenset({Role.OPERATOR})),
+    "ValidateWorkflow": Rule(ANY_ROLE),
+}
+"""Who may call each method (see :mod:`tradeflow.adapters.grpc.security`)."""
 
 
 def _optional(message: Any, field: str) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 from prometheus_client import CollectorRegistry
 
-from state_service.servicer import SERVICE_NAME, StateServicer
+from state_service.servicer import ACCESS, SERVICE_NAME, StateServicer
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.state import RedisStateStore
@@ -33,4 +33,4 @@ async def build(settings: ServiceSettings) -> Service:
         await store.close()
         await client.aclose()
 
-    return Service(register=register, registry=CollectorRegistry(), close=close)
+    return Service(register=register, registry=CollectorRegistry(), close=close, policy=ACCESS)

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.security import Policy, Rule
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
 from tradeflow.domain.errors import InvalidRequest
 from tradeflow.domain.limits import (
@@ -27,6 +28,7 @@ from tradeflow.domain.limits import (
     check_timestamp,
 )
 from tradeflow.domain.ownership import Lease, OwnerInfo
+from tradeflow.domain.principals import Role
 from tradeflow.domain.records import Checkpoint, Event, ExecutionRecord, StateBatch
 from tradeflow.ports import StateStore
 from tradeflow.proto.common.v1 import common_pb2
@@ -34,6 +36,7 @@ from tradeflow.proto.state.v1 import state_service_pb2 as pb
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
 __all__ = [
+    "ACCESS",
     "LEASE_TTL_MAX_MS",
     "LEASE_TTL_MIN_MS",
     "ORPHANS_DEFAULT",
@@ -43,6 +46,38 @@ __all__ = [
 ]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["StateService"].full_name
+
+_EXECUTORS: Final = Rule(frozenset({Role.EXECUTOR}))
+_READERS: Final = Rule(frozenset({Role.EXECUTOR, Role.OPERATOR}))
+ACCESS: Policy = {
+    # Only executors write state: no one else can forge an execution or an order.
+    **dict.fromkeys(
+        (
+            "WriteBatch",
+            "AcquireLease",
+            "RenewLease",
+            "ReleaseLease",
+            "ClaimExecution",
+            "ListOrphans",
+            "RequestCancel",
+        ),
+        _EXECUTORS,
+    ),
+    # Executions of every bot: executors and operators (bots read theirs through the
+    # executor service, which checks they are theirs).
+    **dict.fromkeys(
+        (
+            "GetExecution",
+            "FindExecutionByRequestId",
+            "ListExecutions",
+            "GetCheckpoints",
+            "ReadEvents",
+            "GetLastSequence",
+        ),
+        _READERS,
+    ),
+}
+"""Who may call each method (see :mod:`tradeflow.adapters.grpc.security`)."""
 
 LEASE_TTL_MIN_MS: Final = 100
 """Shortest lease a request may ask for: a heartbeat every third of it stays feasible."""

@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kit import DEADLINE_SECONDS
 
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.app.devstack import (
     ServerProcess,
     Stack,
@@ -61,6 +62,8 @@ class Service:
     metrics_port: int
     redis_prefix: str
     health_name: str
+    security: TransportSecurity = PLAINTEXT
+    """What a client needs to reach it (a certificate of the service's CA over TLS)."""
 
     @property
     def address(self) -> str:
@@ -73,7 +76,12 @@ class Service:
     def start(self) -> Service:
         """Start the process (again, on the same ports) and wait until it reports SERVING."""
         self.process.start()
-        with grpc.insecure_channel(self.address) as channel:
+        channel = (
+            grpc.insecure_channel(self.address)
+            if self.security.plaintext
+            else grpc.secure_channel(self.address, self.security.channel_credentials())
+        )
+        with channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=self.health_name),
                 wait_for_ready=True,
@@ -84,10 +92,17 @@ class Service:
         return self
 
 
-def start_service(name: str, health_name: str, workdir: Path, env: Mapping[str, str]) -> Service:
+def start_service(
+    name: str,
+    health_name: str,
+    workdir: Path,
+    env: Mapping[str, str],
+    security: TransportSecurity = PLAINTEXT,
+) -> Service:
     """``python -m {name}_service`` with ``env`` on free ports and a Redis key prefix of
     its own (so services of different tests never see each other's state), logging to
-    ``workdir``; returns once it is SERVING."""
+    ``workdir``; returns once it is SERVING. Plaintext unless ``env`` names TLS files
+    (then ``security`` is a client's, used for the health check)."""
     port, metrics_port = free_port(), free_port()
     prefix = f"test-{name}-{os.getpid()}-{next(_prefixes)}"
     upper = name.upper()
@@ -99,8 +114,9 @@ def start_service(name: str, health_name: str, workdir: Path, env: Mapping[str, 
         f"TRADEFLOW_{upper}_METRICS_PORT": str(metrics_port),
         "TRADEFLOW_REDIS_PREFIX": prefix,
         "TRADEFLOW_LOG_LEVEL": "debug",
+        **({} if "TRADEFLOW_TLS_CA" in env else {"TRADEFLOW_GRPC_PLAINTEXT": "true"}),
         **env,
     }
     argv = [sys.executable, "-m", f"{name}_service"]
     process = ServerProcess(name, argv, port, workdir, env=full_env)
-    return Service(process, metrics_port, prefix, health_name).start()
+    return Service(process, metrics_port, prefix, health_name, security).start()

@@ -484,7 +484,7 @@ async def test_view_fails_closed_before_the_first_snapshot() -> None:
     """With no service to follow, the check refuses and connect() gives up with Unavailable."""
     address = f"127.0.0.1:{free_port()}"
     client = await RemoteEmergencyControl.connect(
-        address, wait_ready=False, clock=SystemClock(), id_factory=new_id
+        address, timeout=None, clock=SystemClock(), id_factory=new_id
     )
     try:
         with pytest.raises(EmergencyHalted, match="emergency state unavailable"):

@@ -120,6 +120,10 @@ async def test_setting_replacing_and_deleting_a_scoped_limit_is_audited_with_its
         "reset_time": "00:00",
         "lift_on_reset": False,
         "cancel_orders": False,
+        # Embedded, the process itself is the caller.
+        "principal": "system/tradeflow",
+        "role": "system",
+        "peer": "",
     }
 
 
@@ -470,6 +474,9 @@ async def test_a_denied_order_is_audited_on_its_scope_with_its_ids(
         "execution_id": "ex-1",
         "node_id": "buy",
         "client_order_id": "ex-1:buy",
+        "principal": "system/tradeflow",
+        "role": "system",
+        "peer": "",
     }
     assert (second.scope, second.target, second.details["value"]) == (Scope.GLOBAL, None, None)
 

@@ -676,12 +676,17 @@ def _stack(args: argparse.Namespace) -> int:
             raise TradeflowError(
                 f"a stack is already recorded in {workdir}: `tradeflow stack down` first"
             )
-        stack = Stack(workdir.resolve(), DEFAULT_PORTS)
+        stack = Stack(workdir.resolve(), DEFAULT_PORTS, tls=True)
         stack.start()
         stack.write_files()
         print(f"stack up in {workdir}: " + ", ".join(f"{k}={v}" for k, v in stack.ports.items()))
         print(
             f"clients: `tradeflow ... --env production` in this directory, or `source {workdir}/env`"
+        )
+        print(
+            f"mutual TLS with a throwaway CA in {stack.certs}: clients act as the operator; "
+            "point TRADEFLOW_TLS_CERT/KEY at admin-admin.* to change limits, bot-bot-1.* to run "
+            "bot-1"
         )
         return 0
     if args.action == "down":

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tradeflow.domain.errors import ConfigurationError, UnavailableError
+from tradeflow.domain.principals import Principal, Role
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -177,9 +178,22 @@ def service_process(name: str, port: int, workdir: Path, env: Mapping[str, str])
 
 
 class Stack:
-    """nats-server, redis-server, state, emergency and executor services."""
+    """nats-server, redis-server, state, emergency and executor services.
+
+    With ``tls`` (``tradeflow stack up``), the services speak mutual TLS with
+    certificates of a throwaway CA made here (``certs/`` in the workdir): the executor
+    service's names the principal ``executor/executor``, and the client certificates
+    ``operator``, ``admin`` and ``bot-1`` are issued for the roles of the same names
+    (:meth:`identity_env` issues more). Without it the services run plaintext, which
+    they only do when told (``TRADEFLOW_GRPC_PLAINTEXT=true``).
+    """
 
     SERVICES = ("state", "emergency", "executor")
+    CLIENTS = (
+        Principal(Role.OPERATOR, "operator"),
+        Principal(Role.ADMIN, "admin"),
+        Principal(Role.BOT, "bot-1"),
+    )
 
     def __init__(
         self,
@@ -187,21 +201,58 @@ class Stack:
         ports: Mapping[str, int] | None = None,
         *,
         extra_env: Mapping[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         self.workdir = workdir
         self.ports = dict(ports or {name: free_port() for name in DEFAULT_PORTS})
         self.nats = nats_process(workdir / "nats", self.ports["nats"])
         self.redis = redis_process(workdir / "redis", self.ports["redis"])
-        env = {**self.client_env(), **(extra_env or {})}
+        self.certs = workdir / "certs"
+        self._authority = None
+        if tls:
+            from tradeflow.app.certs import Authority  # only a TLS stack needs cryptography
+
+            self._authority = Authority()
+            self.certs.mkdir(parents=True, exist_ok=True)
+            (self.certs / "ca.crt").write_bytes(self._authority.cert_pem)
+            for principal in self.CLIENTS:
+                self.identity_env(principal)
+        env = {**self._addresses(), **(extra_env or {})}
         for name in self.SERVICES:
             env[f"TRADEFLOW_{name.upper()}_METRICS_PORT"] = str(self.ports[f"{name}_metrics"])
         self.processes = {
-            name: service_process(name, self.ports[name], workdir / name, env)
+            name: service_process(
+                name, self.ports[name], workdir / name, {**env, **self._service_identity(name)}
+            )
             for name in self.SERVICES
         }
 
-    def client_env(self) -> dict[str, str]:
-        """``TRADEFLOW_*`` settings of a client of this stack."""
+    @property
+    def tls(self) -> bool:
+        return self._authority is not None
+
+    def identity_env(self, principal: Principal) -> dict[str, str]:
+        """The ``TRADEFLOW_TLS_*`` settings of a client acting as ``principal`` (its
+        certificate issued on first use); ``{}`` for a plaintext stack."""
+        if self._authority is None:
+            return {}
+        name = f"{principal.role.value}-{principal.name}"
+        cert, key = self.certs / f"{name}.crt", self.certs / f"{name}.key"
+        if not cert.exists():
+            self._authority.issue(principal).write(self.certs, name)
+        return {
+            "TRADEFLOW_TLS_CA": str(self.certs / "ca.crt"),
+            "TRADEFLOW_TLS_CERT": str(cert),
+            "TRADEFLOW_TLS_KEY": str(key),
+        }
+
+    def _service_identity(self, name: str) -> dict[str, str]:
+        if self._authority is None:
+            return {"TRADEFLOW_GRPC_PLAINTEXT": "true"}
+        # The executor service calls the others as an executor; the others only serve.
+        return self.identity_env(Principal(Role.EXECUTOR, name))
+
+    def _addresses(self) -> dict[str, str]:
         p = self.ports
         return {
             "TRADEFLOW_NATS_URL": f"nats://127.0.0.1:{p['nats']}",
@@ -210,6 +261,12 @@ class Stack:
             "TRADEFLOW_EMERGENCY_ADDR": f"127.0.0.1:{p['emergency']}",
             "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{p['state']}",
         }
+
+    def client_env(self, principal: Principal = CLIENTS[0]) -> dict[str, str]:
+        """``TRADEFLOW_*`` settings of a client of this stack (over TLS: as ``principal``,
+        by default the operator)."""
+        identity = self.identity_env(principal) or {"TRADEFLOW_GRPC_PLAINTEXT": "true"}
+        return {**self._addresses(), **identity}
 
     def start(self) -> Stack:
         """Start everything (dependencies first) and wait until each one listens."""

@@ -22,25 +22,47 @@ from collections.abc import Awaitable, Callable
 import uvloop
 
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
-from tradeflow.adapters.grpc.server import Service, serve
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
+from tradeflow.adapters.grpc.server import Edges, Service, serve
 from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.ledger import RedisPaperLedger
-from tradeflow.app.settings import ServiceSettings, Settings
+from tradeflow.app.settings import ServiceSettings, Settings, TlsFiles
 from tradeflow.domain.clock import Clock, IdFactory
-from tradeflow.domain.errors import TradeflowError, UnavailableError
+from tradeflow.domain.errors import ConfigurationError, TradeflowError, UnavailableError
 from tradeflow.observability.logging import configure_logging
 from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EventBus, StateStore
 
-__all__ = ["connect_emergency", "connect_ledger", "connect_services", "run_service"]
+__all__ = [
+    "connect_emergency",
+    "connect_ledger",
+    "connect_services",
+    "run_service",
+    "transport_security",
+]
+
+
+def transport_security(tls: TlsFiles | None, plaintext: bool) -> TransportSecurity:
+    """The gRPC TLS material ``TRADEFLOW_TLS_*`` name, or plaintext where
+    ``TRADEFLOW_GRPC_PLAINTEXT=true`` chose it; neither is a ``ConfigurationError``:
+    nothing talks to or serves the services unauthenticated by default."""
+    if tls is not None:
+        return TransportSecurity.from_files(tls.ca, tls.cert, tls.key)
+    if plaintext:
+        return PLAINTEXT
+    raise ConfigurationError(
+        "the services need mutual TLS: set TRADEFLOW_TLS_CA, TRADEFLOW_TLS_CERT and "
+        "TRADEFLOW_TLS_KEY (or TRADEFLOW_GRPC_PLAINTEXT=true, local development only)"
+    )
 
 
 async def connect_services(
     settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
 ) -> tuple[EventBus, StateStore, RemoteEmergencyControl]:
     """Connect to NATS and the emergency and state services (raises ``UnavailableError``)."""
+    security = transport_security(settings.tls, settings.grpc_plaintext)
     try:
         bus = await NatsEventBus.connect(
             settings.nats_url, NatsOptions(buffer_size=settings.event_buffer), metrics=metrics
@@ -54,7 +76,7 @@ async def connect_services(
     except BaseException:
         await bus.close()
         raise
-    return bus, StateClient(settings.state_address), emergency
+    return bus, StateClient(settings.state_address, security=security), emergency
 
 
 async def connect_emergency(
@@ -67,6 +89,7 @@ async def connect_emergency(
         max_staleness=settings.emergency_max_staleness,
         clock=clock,
         id_factory=id_factory,
+        security=transport_security(settings.tls, settings.grpc_plaintext),
     )
 
 
@@ -84,15 +107,17 @@ def run_service(name: str, build: Callable[[ServiceSettings], Awaitable[Service]
         settings = ServiceSettings.from_env(name)
         configure_logging(json=settings.log_json, level=settings.log_level)
 
+        edges = Edges(
+            listen=settings.listen,
+            security=transport_security(settings.tls, settings.grpc_plaintext),
+            metrics_port=settings.metrics_port,
+            metrics_host=settings.metrics_host,
+            reflection=settings.reflection,
+        )
+
         async def run() -> None:
             service = await build(settings)
-            await serve(
-                service,
-                name=name,
-                listen=settings.listen,
-                metrics_port=settings.metrics_port,
-                grace_seconds=settings.grace_seconds,
-            )
+            await serve(service, name=name, edges=edges, grace_seconds=settings.grace_seconds)
 
         uvloop.run(run())
     except TradeflowError as exc:

@@ -20,7 +20,14 @@ from tradeflow.domain.errors import ConfigurationError
 from tradeflow.domain.ownership import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_TAKEOVERS
 from tradeflow.ports import PriceFeed
 
-__all__ = ["ENVIRONMENTS", "CliSettings", "ServiceSettings", "Settings", "default_sqlite_path"]
+__all__ = [
+    "ENVIRONMENTS",
+    "CliSettings",
+    "ServiceSettings",
+    "Settings",
+    "TlsFiles",
+    "default_sqlite_path",
+]
 
 ENVIRONMENTS = ("development", "test", "production")
 SERVICE_PORTS: Final = {"executor": 50051, "emergency": 50052, "state": 50053}
@@ -37,6 +44,62 @@ def default_sqlite_path() -> Path:
     user, so ``tradeflow halt`` in any shell reaches bots started in any directory."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "tradeflow" / "tradeflow.db"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """``TRADEFLOW_TLS_CA``, ``TRADEFLOW_TLS_CERT``, ``TRADEFLOW_TLS_KEY``: PEM files of
+    the CA every tradeflow certificate is checked against, and of this process's own
+    certificate and key (its principal is the certificate's URI SAN,
+    ``spiffe://tradeflow/<role>/<name>``). gRPC servers and clients use them for mutual
+    TLS; NATS and Redis too when their URL asks for TLS (``tls://``, ``rediss://``)."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def from_env(cls, e: Mapping[str, str]) -> TlsFiles | None:
+        """The three paths, or ``None`` when none is set; some but not all is an error."""
+        names = ("TRADEFLOW_TLS_CA", "TRADEFLOW_TLS_CERT", "TRADEFLOW_TLS_KEY")
+        paths = [e.get(name) or None for name in names]
+        if not any(paths):
+            return None
+        missing = [name for name, path in zip(names, paths, strict=True) if path is None]
+        if missing:
+            raise ConfigurationError(
+                f"{', '.join(missing)} must be set too: TLS needs a CA, a certificate and a key"
+            )
+        ca, cert, key = (str(path) for path in paths)
+        return cls(ca, cert, key)
+
+
+def _plaintext(e: Mapping[str, str], tls: TlsFiles | None) -> bool:
+    """``TRADEFLOW_GRPC_PLAINTEXT``: ``true`` chooses gRPC without TLS, hence without any
+    authentication (local development only); it cannot be combined with TLS files."""
+    raw = e.get("TRADEFLOW_GRPC_PLAINTEXT", "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise ConfigurationError(f"TRADEFLOW_GRPC_PLAINTEXT must be true or false, found {raw!r}")
+    plaintext = raw in ("true", "1")
+    if plaintext and tls is not None:
+        raise ConfigurationError(
+            "TRADEFLOW_GRPC_PLAINTEXT=true and TRADEFLOW_TLS_* are both set: choose one"
+        )
+    return plaintext
+
+
+def _flag(e: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = e.get(key)
+    if raw is None:
+        return default
+    if raw.lower() not in ("true", "false", "1", "0"):
+        raise ConfigurationError(f"{key} must be true or false, found {raw!r}")
+    return raw.lower() in ("true", "1")
+
+
+def _names(e: Mapping[str, str], key: str, default: str = "") -> tuple[str, ...]:
+    """A comma-separated list (blanks dropped)."""
+    return tuple(part.strip() for part in e.get(key, default).split(",") if part.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +157,19 @@ class Settings:
     register custom node types (every replica must know every type it may take over);
     entry points of group ``tradeflow.nodes`` are loaded too."""
 
+    tls: TlsFiles | None = None
+    """``TRADEFLOW_TLS_*``: this process's identity toward the services (see :class:`TlsFiles`)."""
+    grpc_plaintext: bool = False
+    """``TRADEFLOW_GRPC_PLAINTEXT``: talk to the services without TLS (local development)."""
+    egress_allow: tuple[str, ...] = ()
+    """``TRADEFLOW_EGRESS_ALLOW``: comma-separated hosts (``host`` or ``host:port``) an
+    ``api_call`` may reach even though they resolve to a loopback, private or link-local
+    address (everything else public is allowed; such addresses are refused by default)."""
+    secrets_dir: str | None = None
+    """``TRADEFLOW_SECRETS_DIR``: a directory of mounted secret files; ``{"secret": "NAME"}``
+    in an ``api_call`` is read from the file ``NAME`` there, else from the environment
+    variable ``NAME``."""
+
     @classmethod
     def from_env(cls, env: str, environ: Mapping[str, str] | None = None) -> Settings:
         e = os.environ if environ is None else environ
@@ -141,11 +217,11 @@ class Settings:
             trigger_interval=_number(
                 e, "TRADEFLOW_TRIGGER_INTERVAL", defaults.trigger_interval, positive=True
             ),
-            node_modules=tuple(
-                name.strip()
-                for name in e.get("TRADEFLOW_NODE_MODULES", "").split(",")
-                if name.strip()
-            ),
+            node_modules=_names(e, "TRADEFLOW_NODE_MODULES"),
+            tls=(tls := TlsFiles.from_env(e)),
+            grpc_plaintext=_plaintext(e, tls),
+            egress_allow=_names(e, "TRADEFLOW_EGRESS_ALLOW"),
+            secrets_dir=e.get("TRADEFLOW_SECRETS_DIR") or None,
         )
 
     def price_feed(self, clock: Clock) -> ReplayPriceFeed:
@@ -206,6 +282,23 @@ class ServiceSettings:
     max_events: int | None = None
     """``TRADEFLOW_STATE_MAX_EVENTS``: approximate cap on the state service's stream of
     every event (unset: keep all). Each execution's own history is never trimmed."""
+    tls: TlsFiles | None = None
+    """``TRADEFLOW_TLS_*``: the service's certificate (its server identity and, toward the
+    other services, its principal) and the CA its callers' certificates must chain to."""
+    grpc_plaintext: bool = False
+    """``TRADEFLOW_GRPC_PLAINTEXT=true``: serve without TLS and without authentication, for
+    local development only. A service with neither this nor TLS files refuses to start."""
+    metrics_host: str = "127.0.0.1"
+    """``TRADEFLOW_METRICS_HOST``: the address ``/metrics`` binds (default: the host of
+    the gRPC listen address)."""
+    reflection: bool = True
+    """``TRADEFLOW_GRPC_REFLECTION``: serve gRPC reflection (turn off in production)."""
+    resume_confirm_scopes: tuple[str, ...] = ("global", "strategy")
+    """``TRADEFLOW_RESUME_CONFIRM_SCOPES``: scopes whose resume needs a second operator
+    (comma-separated of ``global``, ``strategy``, ``bot``, ``workflow``; empty: none)."""
+    resume_confirm_seconds: float = 300.0
+    """``TRADEFLOW_RESUME_CONFIRM_SECONDS``: how long a resume request waits for the
+    second operator's confirmation."""
 
     @classmethod
     def from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -215,9 +308,10 @@ class ServiceSettings:
         redis_prefix = e.get("TRADEFLOW_REDIS_PREFIX", defaults.redis_prefix)
         if not redis_prefix:
             raise ConfigurationError("TRADEFLOW_REDIS_PREFIX must not be empty")
+        listen = e.get(f"{var}_ADDR", f"127.0.0.1:{port}")
         return cls(
             name=name,
-            listen=e.get(f"{var}_ADDR", f"127.0.0.1:{port}"),
+            listen=listen,
             metrics_port=_number(e, f"{var}_METRICS_PORT", port + 1000),
             redis_url=e.get("TRADEFLOW_REDIS_URL", defaults.redis_url),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
@@ -239,6 +333,17 @@ class ServiceSettings:
             ),
             # 0 stands for unset: a value read is > 0.
             max_events=_number(e, "TRADEFLOW_STATE_MAX_EVENTS", 0, positive=True) or None,
+            tls=(tls := TlsFiles.from_env(e)),
+            grpc_plaintext=_plaintext(e, tls),
+            metrics_host=e.get("TRADEFLOW_METRICS_HOST") or _host_of(listen),
+            reflection=_flag(e, "TRADEFLOW_GRPC_REFLECTION", defaults.reflection),
+            resume_confirm_scopes=_scopes(e),
+            resume_confirm_seconds=_number(
+                e,
+                "TRADEFLOW_RESUME_CONFIRM_SECONDS",
+                defaults.resume_confirm_seconds,
+                positive=True,
+            ),
         )
 
 
@@ -299,3 +404,23 @@ def _balances(raw: str | None) -> dict[str, float] | None:
             f"TRADEFLOW_PAPER_BALANCES must be a JSON object of asset -> amount, found {raw!r}"
         )
     return {k: float(v) for k, v in value.items()}
+
+
+_CONFIRMABLE_SCOPES: Final = ("global", "strategy", "bot", "workflow")
+
+
+def _scopes(e: Mapping[str, str]) -> tuple[str, ...]:
+    scopes = _names(e, "TRADEFLOW_RESUME_CONFIRM_SCOPES", "global,strategy")
+    bad = [scope for scope in scopes if scope not in _CONFIRMABLE_SCOPES]
+    if bad:
+        raise ConfigurationError(
+            f"TRADEFLOW_RESUME_CONFIRM_SCOPES must name scopes of {_CONFIRMABLE_SCOPES}, "
+            f"found {bad}"
+        )
+    return scopes
+
+
+def _host_of(listen: str) -> str:
+    """The host of ``host:port`` (``[::1]:50051`` -> ``::1``; ``:50051`` -> ``0.0.0.0``)."""
+    host = listen.rpartition(":")[0].strip("[]")
+    return host or "0.0.0.0"

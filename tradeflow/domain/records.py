@@ -7,7 +7,7 @@ between the engine and concurrent subscribers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
@@ -369,3 +369,24 @@ class AuditEntry:
     target: str | None
     reason: str
     details: dict[str, Any] = field(default_factory=dict)
+    """The values of the change, and who asked for it: ``principal`` (``role/name`` of
+    the authenticated caller, ``system/tradeflow`` for the process's own work), ``role``
+    and ``peer`` (its network address, empty in-process), added as the entry is stored
+    (:meth:`attributed`)."""
+
+    def attributed(self, principal: str, role: str, peer: str) -> AuditEntry:
+        """This entry with its caller in ``details``."""
+        who = {"principal": principal, "role": role, "peer": peer}
+        return replace(self, details={**self.details, **who})
+
+    @property
+    def principal(self) -> str:
+        return str(self.details.get("principal", ""))
+
+    @property
+    def role(self) -> str:
+        return str(self.details.get("role", ""))
+
+    @property
+    def peer(self) -> str:
+        return str(self.details.get("peer", ""))

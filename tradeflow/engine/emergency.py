@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from typing import Any, Final
 
@@ -62,6 +62,7 @@ from tradeflow.domain.limits import (
     check_id,
     check_text,
 )
+from tradeflow.domain.principals import current_caller
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -350,10 +351,47 @@ class EmergencyController:
         )
 
     async def resume(
-        self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
+        self,
+        scope: Scope,
+        target: str | None = None,
+        *,
+        reason: str,
+        actor: str = "unknown",
+        details: Mapping[str, Any] | None = None,
     ) -> bool:
+        """See the port; ``details`` go into the audit entry (a two-step resume's
+        requester)."""
         return await self._resume(
-            checked_scope_change(scope, target, reason, actor), target, reason, actor
+            checked_scope_change(scope, target, reason, actor),
+            target,
+            reason,
+            actor,
+            details=details,
+        )
+
+    async def record_audit(
+        self,
+        action: str,
+        reason: str,
+        *,
+        scope: Scope | None = None,
+        target: str | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append an audit entry about no change of state (a resume request awaiting its
+        confirmation, a refused call); its actor is the caller of the work in progress."""
+        caller = current_caller()
+        await self._store.append_audit(
+            AuditEntry(
+                0,
+                self._clock.time(),
+                str(caller.principal),
+                action,
+                scope,
+                target,
+                reason,
+                dict(details or {}),
+            )
         )
 
     async def _resume(
@@ -363,11 +401,13 @@ class EmergencyController:
         reason: str,
         actor: str,
         condition: HaltCondition | None = None,
+        *,
+        details: Mapping[str, Any] | None = None,
     ) -> bool:
         """Remove, log and announce the halt of checked ``scope``/``target`` (if
         ``condition`` holds in the store)."""
         now = self._clock.time()
-        audit = AuditEntry(0, now, actor, "resume", scope, target, reason)
+        audit = AuditEntry(0, now, actor, "resume", scope, target, reason, dict(details or {}))
         if not await self._store.delete_halt(scope, target, audit, condition):
             return False
         data = _halt_data(scope, target, reason, actor)
@@ -469,10 +509,13 @@ class EmergencyController:
         auto_halt: bool,
         ids: ScopeIds,
         state: EmergencySnapshot | None = None,
+        *,
+        halts: tuple[Scope, str | None] = (Scope.GLOBAL, None),
     ) -> LimitVerdict:
         """Judge ``value`` by :func:`~tradeflow.domain.emergency.assess_limit` on the limits
         of ``state`` (default: the :meth:`snapshot`). A breach is audited, counted and
-        published with ``ids``, and halts globally if the verdict says so."""
+        published with ``ids``, and halts the scope ``halts`` (default: everything) if the
+        verdict says so: a bot's own check halts only the bot."""
         check_scope_ids(ids)
         limits = (self.snapshot() if state is None else state).limits
         verdict = assess_limit(limits, limit_type, value, threshold, auto_halt, ids)
@@ -497,7 +540,8 @@ class EmergencyController:
         _log.warning("emergency.risk_breach", reason=reason, auto_halt=verdict.halts, **id_fields)
         self._announce(EventType.RISK_LIMIT_EXCEEDED, now, data, ids)
         if verdict.halts:
-            await self._halt(Scope.GLOBAL, None, reason, actor)
+            scope, target = halts
+            await self._halt(checked_scope(scope, target), target, reason, actor)
         return verdict
 
     async def set_risk_limit(

@@ -10,23 +10,30 @@ import grpc
 import structlog
 
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.adapters.grpc.server import CORRELATION_KEY, MAX_MESSAGE_BYTES
 
 __all__ = ["call", "open_channel"]
 
 
-def open_channel(address: str, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
-    """An insecure channel with tradeflow's message limits and keepalive, plus ``options``."""
-    return grpc.aio.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            *options,
-        ],
-    )
+def open_channel(
+    address: str,
+    *,
+    security: TransportSecurity = PLAINTEXT,
+    options: Sequence[tuple[str, Any]] = (),
+) -> grpc.aio.Channel:
+    """A channel with tradeflow's message limits and keepalive, plus ``options``: mutual
+    TLS with ``security``'s certificate, or plaintext when it holds none."""
+    settings = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        *options,
+    ]
+    if security.plaintext:
+        return grpc.aio.insecure_channel(address, options=settings)
+    return grpc.aio.secure_channel(address, security.channel_credentials(), options=settings)
 
 
 async def call(method: Any, request: Any, *, service: str, deadline: float | None = 10.0) -> Any:

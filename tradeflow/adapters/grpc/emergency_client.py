@@ -48,6 +48,7 @@ import structlog
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
 from tradeflow.adapters.grpc.errors import error_from_rpc
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.emergency import (
     DEFAULT_AUDIT_PAGE,
@@ -167,26 +168,28 @@ class RemoteEmergencyControl:
         cls,
         address: str,
         *,
-        wait_ready: bool = True,
         # Bounds only the wait for the first snapshot, not the client's life.
-        timeout: float = 10.0,  # noqa: ASYNC109
+        timeout: float | None = 10.0,  # noqa: ASYNC109
         max_staleness: float = 0.75,
         call_timeout: float = 10.0,
         reconnect_backoff: tuple[float, float] = (0.05, 2.0),
         clock: Clock,
         id_factory: IdFactory,
+        security: TransportSecurity = PLAINTEXT,
     ) -> RemoteEmergencyControl:
-        """Follow the emergency service at ``address`` (``host:port``).
+        """Follow the emergency service at ``address`` (``host:port``), over mutual TLS
+        with ``security``'s certificate (plaintext when it holds none).
 
-        With ``wait_ready``, return once the first snapshot arrived, or raise
-        ``UnavailableError`` after ``timeout`` seconds; without it, return at
-        once (the view fails closed until the first snapshot).
+        Return once the first snapshot arrived, or raise ``UnavailableError`` after
+        ``timeout`` seconds; with ``timeout=None``, return at once (the view fails closed
+        until the first snapshot).
         """
         first, longest = reconnect_backoff
         # gRPC's own reconnect backoff grows to two minutes by default: all that time the
         # view would stay down (trading refused) after the service is back.
         channel = open_channel(
             address,
+            security=security,
             options=[
                 ("grpc.initial_reconnect_backoff_ms", round(first * 1000)),
                 ("grpc.min_reconnect_backoff_ms", round(first * 1000)),
@@ -202,7 +205,7 @@ class RemoteEmergencyControl:
             id_factory=id_factory,
         )
         control.start()
-        if wait_ready:
+        if timeout is not None:
             try:
                 async with asyncio.timeout(timeout):
                     await control._view.wait_until(lambda _: True)

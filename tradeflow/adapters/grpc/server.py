@@ -6,6 +6,15 @@ graceful shutdown. Each service's ``server.py`` hands :func:`serve` its servicer
   bound to the logs, and returned in the trailing metadata; domain errors become
   status codes (:mod:`tradeflow.adapters.grpc.errors`); anything else becomes
   ``INTERNAL`` with the correlation id, logged with its traceback, never sent.
+- Every call is authorised first (:mod:`tradeflow.adapters.grpc.security`): the caller's
+  principal comes from its client certificate, the service's :class:`Policy` says whether
+  its role may call the method and, for a bot, whether the request (and a read's
+  response) is its own. A refusal is ``UNAUTHENTICATED`` or ``PERMISSION_DENIED``,
+  logged as ``audit.rpc_denied`` with the principal, role and peer, and handed to the
+  service's ``denied`` hook (the emergency service audits it). The caller is bound to
+  the call (:data:`~tradeflow.domain.principals.CALLER`), so whatever the call changes is
+  audited under its principal. A plaintext server (local development) authenticates
+  nobody and authorises everything.
 - ``tradeflow_rpc_server_handled_seconds{method, code}`` times every call.
 - Health is SERVING while the service's ``healthy`` hook (if any) holds, NOT_SERVING
   while it does not (polled every :data:`HEALTH_POLL_SECONDS`).
@@ -21,7 +30,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -31,13 +40,29 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from tradeflow.adapters.grpc.errors import status_of
+from tradeflow.adapters.grpc.security import (
+    ANY_ROLE,
+    Policy,
+    Refusal,
+    Rule,
+    TransportSecurity,
+    caller_of,
+)
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ConfigurationError, TradeflowError
 from tradeflow.domain.limits import ID_PATTERN
+from tradeflow.domain.principals import CALLER, SYSTEM, Caller
 from tradeflow.observability.logging import get_logger
 from tradeflow.observability.metrics import LATENCY_BUCKETS
 
-__all__ = ["CORRELATION_KEY", "HEALTH_POLL_SECONDS", "Service", "follow_health", "serve"]
+__all__ = [
+    "CORRELATION_KEY",
+    "HEALTH_POLL_SECONDS",
+    "Edges",
+    "Service",
+    "follow_health",
+    "serve",
+]
 
 CORRELATION_KEY = "x-correlation-id"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -60,11 +85,61 @@ class Service:
     """Release connections after the server stopped."""
     healthy: Callable[[], bool] | None = None
     """Whether the service can do its work right now (say, its events reach the stream)."""
+    policy: Policy
+    """Who may call each method of the service's servicers (a method not named: nobody)."""
+    denied: Callable[[str, Caller, str], Awaitable[None]] | None = None
+    """Audits a refused call: method, caller, reason (the log line is written anyway)."""
+
+
+_OPEN_SERVICES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+"""Health and reflection: any authenticated caller."""
+_OPEN: Final = Rule(ANY_ROLE)
+_NOBODY: Final = Rule(frozenset())
 
 
 class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    def __init__(self, latency: Histogram) -> None:
+    def __init__(self, latency: Histogram, service: Service, security: TransportSecurity) -> None:
         self._latency = latency
+        self._service = service
+        self._security = security
+
+    def _rule(self, full_method: str) -> Rule:
+        if full_method.startswith(_OPEN_SERVICES):
+            return _OPEN
+        return self._service.policy.get(full_method.rsplit("/", 1)[-1], _NOBODY)
+
+    def _admit(
+        self, context: grpc.aio.ServicerContext, rule: Rule, method: str, request: Any
+    ) -> None:
+        """Bind the authenticated caller to the call, once the rule admits it and its
+        request (raises :class:`Refusal`)."""
+        caller = caller_of(context, self._security)
+        CALLER.set(caller)  # each call runs in a context of its own
+        if not self._security.plaintext:
+            rule.admit(caller, method)
+            rule.check(rule.request, request, caller, method)
+
+    async def _refuse(
+        self, context: grpc.aio.ServicerContext, refusal: Refusal, method: str
+    ) -> None:
+        caller = CALLER.get()
+        known = caller is not SYSTEM  # bound: the caller was authenticated
+        peer = context.peer() or ""
+        _log.warning(
+            "audit.rpc_denied",
+            method=method,
+            code=refusal.code.name,
+            principal=str(caller.principal) if known else "unauthenticated",
+            role=caller.role.value if known else "",
+            peer=peer,
+            reason=refusal.message,
+        )
+        if self._service.denied is not None and known:
+            try:
+                await self._service.denied(method, caller, refusal.message)
+            except TradeflowError as exc:
+                _log.error("audit.rpc_denied_not_recorded", method=method, error=exc.message)
+        await context.abort(refusal.code, refusal.message)
 
     async def intercept_service(
         self,
@@ -74,28 +149,35 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        method = str(details.method).rsplit("/", 1)[-1]
+        full_method = str(details.method)
+        method, rule = full_method.rsplit("/", 1)[-1], self._rule(full_method)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method),
+                self._unary(handler.unary_unary, method, rule),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method),
+                self._stream(handler.unary_stream, method, rule),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
 
-    def _unary(self, behaviour: Any, method: str) -> Any:
+    def _unary(self, behaviour: Any, method: str, rule: Rule) -> Any:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             correlation_id = _correlation_id(context)
             started = time.perf_counter()
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 try:
-                    return await behaviour(request, context)
+                    self._admit(context, rule, method, request)
+                    response = await behaviour(request, context)
+                    if not self._security.plaintext:
+                        rule.check(rule.response, response, CALLER.get(), method)
+                    return response
+                except Refusal as refusal:
+                    await self._refuse(context, refusal, method)
                 except Exception as exc:
                     await _abort(context, exc, method, correlation_id)
                 finally:
@@ -103,14 +185,17 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return call
 
-    def _stream(self, behaviour: Any, method: str) -> Any:
+    def _stream(self, behaviour: Any, method: str, rule: Rule) -> Any:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             correlation_id = _correlation_id(context)
             started = time.perf_counter()
             with structlog.contextvars.bound_contextvars(correlation_id=correlation_id):
                 try:
+                    self._admit(context, rule, method, request)
                     async for response in behaviour(request, context):
                         yield response
+                except Refusal as refusal:
+                    await self._refuse(context, refusal, method)
                 except Exception as exc:
                     await _abort(context, exc, method, correlation_id)
                 finally:
@@ -183,11 +268,50 @@ async def follow_health(
             await health.set(name, status)
 
 
-async def serve(
-    service: Service, *, name: str, listen: str, metrics_port: int, grace_seconds: float
-) -> None:
-    """Serve ``service`` on ``listen`` (host:port) and ``/metrics`` on ``metrics_port``
-    (0: off) until SIGTERM/SIGINT, then shut down, giving in-flight calls ``grace_seconds``."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edges:
+    """Where and how a service is reached."""
+
+    listen: str
+    """host:port of the gRPC server."""
+    security: TransportSecurity
+    """Its TLS material (plaintext only when local development chose it)."""
+    metrics_port: int
+    """``/metrics`` over HTTP (0: off)..."""
+    metrics_host: str = "127.0.0.1"
+    """...bound to this address."""
+    reflection: bool = True
+    """Whether gRPC reflection is served."""
+
+
+def _bind(server: grpc.aio.Server, edges: Edges) -> None:
+    try:
+        if edges.security.plaintext:
+            server.add_insecure_port(edges.listen)
+        else:
+            server.add_secure_port(edges.listen, edges.security.server_credentials())
+    except RuntimeError as exc:
+        raise ConfigurationError(f"cannot listen on {edges.listen}: {exc}") from exc
+
+
+def _serve_metrics(registry: CollectorRegistry, edges: Edges) -> Any:
+    """The ``/metrics`` HTTP server (``None`` when off)."""
+    if not edges.metrics_port:
+        return None
+    try:
+        server, _ = start_http_server(
+            edges.metrics_port, addr=edges.metrics_host, registry=registry
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve /metrics on {edges.metrics_host}:{edges.metrics_port}: {exc.strerror}"
+        ) from exc
+    return server
+
+
+async def serve(service: Service, *, name: str, edges: Edges, grace_seconds: float) -> None:
+    """Serve ``service`` at ``edges`` until SIGTERM/SIGINT, then shut down, giving in-flight
+    calls ``grace_seconds``."""
     latency = Histogram(
         "tradeflow_rpc_server_handled_seconds",
         "gRPC calls handled, by method and status code.",
@@ -196,7 +320,7 @@ async def serve(
         registry=service.registry,
     )
     server = grpc.aio.server(
-        interceptors=[_Interceptor(latency)],
+        interceptors=[_Interceptor(latency, service, edges.security)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -206,32 +330,33 @@ async def serve(
     names = list(service.register(server))
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            *names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    if edges.reflection:
+        reflection.enable_server_reflection(
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+    listen, metrics_port = edges.listen, edges.metrics_port
     metrics_server = None
     try:
-        try:
-            server.add_insecure_port(listen)
-        except RuntimeError as exc:
-            raise ConfigurationError(f"cannot listen on {listen}: {exc}") from exc
-        if metrics_port:
-            try:
-                metrics_server, _ = start_http_server(metrics_port, registry=service.registry)
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"cannot serve /metrics on port {metrics_port}: {exc.strerror}"
-                ) from exc
+        _bind(server, edges)
+        metrics_server = _serve_metrics(service.registry, edges)
         await server.start()
         for health_name in ("", *names):
             await health.set(health_name, health_pb2.HealthCheckResponse.SERVING)
         watcher = asyncio.create_task(follow_health(health, ("", *names), service.healthy))
-        _log.info("service.started", service=name, listen=listen, metrics_port=metrics_port)
+        _log.info(
+            "service.started",
+            service=name,
+            listen=listen,
+            tls=not edges.security.plaintext,
+            metrics=f"{edges.metrics_host}:{metrics_port}" if metrics_port else "off",
+        )
+        if edges.security.plaintext:
+            _log.warning("service.plaintext", detail="no TLS: every caller is unauthenticated")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -14,6 +14,7 @@ from typing import Any, Final
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.domain.codec import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
 from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
@@ -40,13 +41,16 @@ class StateClient:
 
     The channel connects lazily: constructing a client never fails, its first
     call raises ``UnavailableError`` if the service is not there. ``timeout``
-    bounds every call, in seconds.
+    bounds every call, in seconds; ``security`` is this process's certificate (mutual
+    TLS) or none (plaintext).
     """
 
     __slots__ = ("_channel", "_stub", "_timeout")
 
-    def __init__(self, address: str, *, timeout: float = 10.0) -> None:
-        self._channel = open_channel(address)
+    def __init__(
+        self, address: str, *, timeout: float = 10.0, security: TransportSecurity = PLAINTEXT
+    ) -> None:
+        self._channel = open_channel(address, security=security)
         self._stub = state_service_pb2_grpc.StateServiceStub(self._channel)
         self._timeout = timeout
 

@@ -844,6 +844,9 @@ def audit_entry_to_proto(entry: AuditEntry) -> emergency_service_pb2.AuditEntry:
         target=entry.target,
         reason=entry.reason,
         details_json=encode_json(entry.details),
+        principal=entry.principal,
+        role=entry.role,
+        peer=entry.peer,
     )
 
 

@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, astuple, fields, replace
+from dataclasses import asdict, astuple, dataclass, fields, replace
 from typing import Any, Final, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -59,6 +59,7 @@ from tradeflow.domain.emergency import EmergencySnapshot, HaltCondition, InFligh
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
 from tradeflow.domain.limits import check_id
 from tradeflow.domain.ownership import Fence
+from tradeflow.domain.principals import attributed
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -76,6 +77,8 @@ __all__ = [
     "RedisEmergencyController",
     "RedisEmergencyStore",
     "RedisRequestLog",
+    "RedisResumeRequests",
+    "ResumeStep",
     "halt_field",
     "halt_keys",
     "limit_of",
@@ -372,7 +375,9 @@ class RedisEmergencyStore:
             raise UnavailableError("emergency store closed")
         # An audit entry travels as its fields after the id (the store assigns that).
         head: tuple[str | bytes, str] = (
-            ("", "") if audit is None else (to_json_bytes(astuple(audit)[1:]), str(self._audit_cap))
+            ("", "")
+            if audit is None
+            else (to_json_bytes(astuple(attributed(audit))[1:]), str(self._audit_cap))
         )
         call = self._scripts[script]
         argv = (*head, self._channel, *args)
@@ -581,6 +586,73 @@ class RedisRequestLog:
             # The change is made and audited; only a retry of it could act twice.
             _log.warning("emergency.request_log_failed", request_id=request_id, error=describe(exc))
         return response
+
+
+_RESUME_STEP: Final = """
+local current = redis.call('GET', KEYS[1])
+if not current then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {'requested', ARGV[2], tonumber(ARGV[3])}
+end
+if cjson.decode(current)['by'] == ARGV[1] then
+  return {'pending', current, redis.call('PTTL', KEYS[1])}
+end
+redis.call('DEL', KEYS[1])
+return {'confirmed', current, 0}
+"""
+"""KEYS: the scope's request. ARGV: 1 the caller, 2 a new request (JSON), 3 its window (ms).
+No request: this one is recorded. One by the caller: it still waits. One by someone
+else: it is consumed (exactly one confirmation wins it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeStep:
+    """Where a two-step resume stands after a call."""
+
+    outcome: str
+    """``requested`` (recorded now), ``pending`` (the caller's own request still waits)
+    or ``confirmed`` (someone else's request, consumed by this call)."""
+    requested_by: str
+    reason: str
+    expires_at: float
+    """When the request lapses (for ``confirmed``: when the confirmation came)."""
+
+
+class RedisResumeRequests:
+    """Resume requests awaiting a second operator, one per scope, in Redis (so any
+    replica of the emergency service can take the confirmation), each expiring after
+    ``window`` seconds."""
+
+    __slots__ = ("_client", "_clock", "_prefix", "_script", "_window_ms")
+
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, window: float, clock: Clock
+    ) -> None:
+        self._client = client
+        self._clock = clock
+        self._prefix = f"{{{prefix}:emergency}}:resume_request:"
+        self._script = client.register_script(_RESUME_STEP)
+        self._window_ms = max(1, round(window * 1000))
+
+    async def step(
+        self, scope: Scope, target: str | None, *, caller: str, reason: str
+    ) -> ResumeStep:
+        """Record a request by ``caller``, or consume another operator's (atomically)."""
+        key = self._prefix + halt_field(scope, target)
+        request = to_json_bytes({"by": caller, "reason": reason})
+        try:
+            outcome, stored, ttl_ms = await self._script(
+                keys=[key], args=[caller, request, self._window_ms]
+            )
+        except RedisError as exc:
+            raise UnavailableError(f"resume requests in redis: {describe(exc)}") from exc
+        found = from_json(stored)
+        return ResumeStep(
+            outcome.decode() if isinstance(outcome, bytes) else str(outcome),
+            str(found["by"]),
+            str(found["reason"]),
+            self._clock.time() + int(ttl_ms) / 1000,
+        )
 
 
 def _keys(prefix: str) -> tuple[str, ...]:

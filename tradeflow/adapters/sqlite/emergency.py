@@ -19,6 +19,7 @@ from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.codec import from_json, to_json_bytes, to_json_or_null
 from tradeflow.domain.emergency import EmergencySnapshot, HaltCondition
 from tradeflow.domain.errors import UnavailableError, describe
+from tradeflow.domain.principals import attributed
 from tradeflow.domain.records import AuditEntry, Event, HaltState, LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import TriggerProgress
 from tradeflow.domain.trading import TradingState
@@ -284,7 +285,7 @@ class SQLiteEmergencyStore:
 
     def _audit(self, entry: AuditEntry) -> None:
         # The columns are the entry's fields after its id; a Scope (StrEnum) binds as its text.
-        *fields, details = astuple(entry)[1:]
+        *fields, details = astuple(attributed(entry))[1:]
         self._conn.execute(_INSERT_AUDIT, (*fields, to_json_or_null(details)))
 
 

@@ -284,6 +284,9 @@ class AuditEntry(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     DETAILS_JSON_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
     entry_id: _builtins.int
     actor: _builtins.str
     action: _builtins.str
@@ -296,6 +299,13 @@ class AuditEntry(_message.Message):
     reason: _builtins.str
     details_json: _builtins.str
     """The values involved, as a JSON object."""
+    principal: _builtins.str
+    """Who asked: the authenticated principal ("operator/alice"; "system/tradeflow" for
+    the service's own work, "system/unauthenticated" on a plaintext server), its role
+    and its network peer.
+    """
+    role: _builtins.str
+    peer: _builtins.str
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -309,10 +319,13 @@ class AuditEntry(_message.Message):
         target: _builtins.str | None = ...,
         reason: _builtins.str = ...,
         details_json: _builtins.str = ...,
+        principal: _builtins.str = ...,
+        role: _builtins.str = ...,
+        peer: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "at", b"at", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "action", b"action", "actor", b"actor", "at", b"at", "details_json", b"details_json", "entry_id", b"entry_id", "reason", b"reason", "scope", b"scope", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_target", b"_target", "action", b"action", "actor", b"actor", "at", b"at", "details_json", b"details_json", "entry_id", b"entry_id", "peer", b"peer", "principal", b"principal", "reason", b"reason", "role", b"role", "scope", b"scope", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__target: _TypeAlias = _typing.Literal["target"]  # noqa: Y015
     _WhichOneofArgType__target: _TypeAlias = _typing.Literal["_target", b"_target"]  # noqa: Y015
@@ -338,7 +351,9 @@ class HaltRequest(_message.Message):
     """The strategy, bot or workflow id; unset for a global halt."""
     reason: _builtins.str
     actor: _builtins.str
-    """Who asks, for the audit trail."""
+    """Who asks, for the audit trail (over mutual TLS the authenticated principal,
+    "role/name", is recorded instead: a request field proves nothing).
+    """
     state: Global___TradingState.ValueType
     """Unspecified means HALTED; ACTIVE is refused (that is a Resume)."""
     cancel_orders: _builtins.bool
@@ -428,7 +443,9 @@ class ResumeRequest(_message.Message):
     """The strategy, bot or workflow id; unset for a global resume."""
     reason: _builtins.str
     actor: _builtins.str
-    """Who asks, for the audit trail."""
+    """Who asks, for the audit trail (over mutual TLS the authenticated principal,
+    "role/name", is recorded instead: a request field proves nothing).
+    """
     def __init__(
         self,
         *,
@@ -453,18 +470,34 @@ class ResumeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     RESUMED_FIELD_NUMBER: _builtins.int
+    AWAITING_CONFIRMATION_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    CONFIRM_BEFORE_FIELD_NUMBER: _builtins.int
     resumed: _builtins.bool
-    """False when the scope was not halted."""
+    """False when the scope was not halted, or when the resume awaits a confirmation."""
+    awaiting_confirmation: _builtins.bool
+    """The request is recorded and waits for a second operator."""
+    requested_by: _builtins.str
+    """The operator whose request this resume confirmed or awaits ("operator/alice")."""
+    @_builtins.property
+    def confirm_before(self) -> _timestamp_pb2.Timestamp:
+        """Until when the request awaits its confirmation."""
+
     def __init__(
         self,
         *,
         resumed: _builtins.bool = ...,
+        awaiting_confirmation: _builtins.bool = ...,
+        requested_by: _builtins.str = ...,
+        confirm_before: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_confirm_before", b"_confirm_before", "confirm_before", b"confirm_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resumed", b"resumed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_confirm_before", b"_confirm_before", "awaiting_confirmation", b"awaiting_confirmation", "confirm_before", b"confirm_before", "requested_by", b"requested_by", "resumed", b"resumed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__confirm_before: _TypeAlias = _typing.Literal["confirm_before"]  # noqa: Y015
+    _WhichOneofArgType__confirm_before: _TypeAlias = _typing.Literal["_confirm_before", b"_confirm_before"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__confirm_before) -> _WhichOneofReturnType__confirm_before | None: ...
 
 Global___ResumeResponse: _TypeAlias = ResumeResponse  # noqa: Y015
 
@@ -624,7 +657,9 @@ class SetRiskLimitRequest(_message.Message):
     auto_halt: _builtins.bool
     """Halt trading globally on a breach; unset means true (the safe default)."""
     actor: _builtins.str
-    """Who asks, for the audit trail."""
+    """Who asks, for the audit trail (over mutual TLS the authenticated principal,
+    "role/name", is recorded instead: a request field proves nothing).
+    """
     scope: _common_pb2.Scope.ValueType
     """The strategy, bot or workflow the limit applies to (global: unset)."""
     target: _builtins.str
@@ -927,7 +962,9 @@ class DeleteRiskLimitRequest(_message.Message):
     scope: _common_pb2.Scope.ValueType
     target: _builtins.str
     actor: _builtins.str
-    """Who asks, for the audit trail."""
+    """Who asks, for the audit trail (over mutual TLS the authenticated principal,
+    "role/name", is recorded instead: a request field proves nothing).
+    """
     def __init__(
         self,
         *,

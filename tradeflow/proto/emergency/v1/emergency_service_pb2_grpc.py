@@ -144,6 +144,11 @@ class EmergencyServiceServicer:
         """Resume lifts the halt on a scope; resuming what is not halted is not an
         error (resumed = false).
 
+        Over mutual TLS, the resume of a scope configured for it (global and strategy
+        by default) takes two operators: the first call records the request
+        (awaiting_confirmation = true), the same call by a different operator within
+        the window lifts the halt; both are audited.
+
         Fails with INVALID_ARGUMENT like Halt, and UNAVAILABLE when the emergency
         state cannot be stored.
         """

@@ -64,6 +64,11 @@ class EmergencyServiceStub:
     """Resume lifts the halt on a scope; resuming what is not halted is not an
     error (resumed = false).
 
+    Over mutual TLS, the resume of a scope configured for it (global and strategy
+    by default) takes two operators: the first call records the request
+    (awaiting_confirmation = true), the same call by a different operator within
+    the window lifts the halt; both are audited.
+
     Fails with INVALID_ARGUMENT like Halt, and UNAVAILABLE when the emergency
     state cannot be stored.
     """
@@ -175,6 +180,11 @@ class EmergencyServiceAsyncStub(EmergencyServiceStub):
     Resume: _aio.UnaryUnaryMultiCallable[_emergency_service_pb2.ResumeRequest, _emergency_service_pb2.ResumeResponse]  # type: ignore[assignment]
     """Resume lifts the halt on a scope; resuming what is not halted is not an
     error (resumed = false).
+
+    Over mutual TLS, the resume of a scope configured for it (global and strategy
+    by default) takes two operators: the first call records the request
+    (awaiting_confirmation = true), the same call by a different operator within
+    the window lifts the halt; both are audited.
 
     Fails with INVALID_ARGUMENT like Halt, and UNAVAILABLE when the emergency
     state cannot be stored.
@@ -296,6 +306,11 @@ class EmergencyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_emergency_service_pb2.ResumeResponse, _abc.Awaitable[_emergency_service_pb2.ResumeResponse]]:
         """Resume lifts the halt on a scope; resuming what is not halted is not an
         error (resumed = false).
+
+        Over mutual TLS, the resume of a scope configured for it (global and strategy
+        by default) takes two operators: the first call records the request
+        (awaiting_confirmation = true), the same call by a different operator within
+        the window lifts the halt; both are audited.
 
         Fails with INVALID_ARGUMENT like Halt, and UNAVAILABLE when the emergency
         state cannot be stored.
