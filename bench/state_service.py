@@ -35,6 +35,8 @@ def _state_service(workdir: Path, redis_url: str) -> ServerProcess:
         "TRADEFLOW_REDIS_URL": redis_url,
         "TRADEFLOW_REDIS_PREFIX": "bench-service",
         "TRADEFLOW_LOG_LEVEL": "warning",
+        # Measured against a plaintext server: the store's cost, not the handshake's.
+        "TRADEFLOW_GRPC_PLAINTEXT": "true",
     }
     return service_process("state", free_port(), workdir, env)
 

@@ -178,7 +178,9 @@ def test_every_resource_is_in_the_tradeflow_namespace() -> None:
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_service_ports_agree(service: str) -> None:
-    """Listen address, gRPC probes, container and Service ports and scrape port agree."""
+    """Listen address, probes (HTTP /healthz on the metrics port: the kubelet's gRPC probe
+    cannot present a client certificate), container and Service ports and scrape port
+    agree, and the pod mounts its TLS Secret where TRADEFLOW_TLS_* point."""
     deployment = _find("Deployment", service)
     pod = deployment["spec"]["template"]
     container = _container(deployment)
@@ -186,9 +188,16 @@ def test_service_ports_agree(service: str) -> None:
     grpc_port = _port(env[f"TRADEFLOW_{service.upper()}_ADDR"])
     metrics_port = int(env[f"TRADEFLOW_{service.upper()}_METRICS_PORT"])
 
-    assert {probe: container[probe]["grpc"]["port"] for probe in PROBES} == dict.fromkeys(
-        PROBES, grpc_port
-    )
+    assert {
+        probe: (container[probe]["httpGet"]["path"], container[probe]["httpGet"]["port"])
+        for probe in PROBES
+    } == dict.fromkeys(PROBES, ("/healthz", "metrics"))
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secrets = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["spec"]["volumes"]}
+    assert secrets["tls"] == f"tradeflow-{service}-tls"
+    assert {env[f"TRADEFLOW_TLS_{part}"].rpartition("/")[0] for part in ("CA", "CERT", "KEY")} == {
+        mounts["tls"]
+    }
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         "grpc": grpc_port,
         "metrics": metrics_port,

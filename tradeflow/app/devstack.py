@@ -21,9 +21,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tradeflow.domain.errors import ConfigurationError, UnavailableError
 from tradeflow.domain.principals import Principal, Role
+
+if TYPE_CHECKING:
+    from tradeflow.app.certs import Authority
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -208,7 +212,7 @@ class Stack:
         self.nats = nats_process(workdir / "nats", self.ports["nats"])
         self.redis = redis_process(workdir / "redis", self.ports["redis"])
         self.certs = workdir / "certs"
-        self._authority = None
+        self._authority: Authority | None = None
         if tls:
             from tradeflow.app.certs import Authority  # only a TLS stack needs cryptography
 
@@ -230,6 +234,12 @@ class Stack:
     @property
     def tls(self) -> bool:
         return self._authority is not None
+
+    @property
+    def authority(self) -> Authority | None:
+        """The stack's CA (``None`` for a plaintext stack): issues certificates of any
+        kind, say one naming no principal."""
+        return self._authority
 
     def identity_env(self, principal: Principal) -> dict[str, str]:
         """The ``TRADEFLOW_TLS_*`` settings of a client acting as ``principal`` (its

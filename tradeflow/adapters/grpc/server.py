@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from tradeflow.adapters.grpc.errors import status_of
 from tradeflow.adapters.grpc.security import (
@@ -294,18 +298,42 @@ def _bind(server: grpc.aio.Server, edges: Edges) -> None:
         raise ConfigurationError(f"cannot listen on {edges.listen}: {exc}") from exc
 
 
-def _serve_metrics(registry: CollectorRegistry, edges: Edges) -> Any:
-    """The ``/metrics`` HTTP server (``None`` when off)."""
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log line per scrape or probe."""
+
+
+def _serve_http(
+    registry: CollectorRegistry, edges: Edges, serving: Callable[[], bool]
+) -> WSGIServer | None:
+    """``/metrics`` and ``/healthz`` over HTTP on the metrics host and port (``None``
+    when off). ``/healthz`` answers 200 while ``serving()`` holds and 503 otherwise: the
+    probe for orchestrators, whose gRPC probes cannot present a client certificate."""
     if not edges.metrics_port:
         return None
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return list(metrics(environ, start_response))
+        ok = serving()
+        start_response(
+            "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")]
+        )
+        return [b"serving\n" if ok else b"not serving\n"]
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in edges.metrics_host else socket.AF_INET
+
     try:
-        server, _ = start_http_server(
-            edges.metrics_port, addr=edges.metrics_host, registry=registry
+        server = make_server(
+            edges.metrics_host, edges.metrics_port, app, Server, handler_class=_QuietHandler
         )
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve /metrics on {edges.metrics_host}:{edges.metrics_port}: {exc.strerror}"
         ) from exc
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 
@@ -340,10 +368,15 @@ async def serve(service: Service, *, name: str, edges: Edges, grace_seconds: flo
             server,
         )
     listen, metrics_port = edges.listen, edges.metrics_port
+    stop = asyncio.Event()
+
+    def serving() -> bool:
+        return not stop.is_set() and (service.healthy is None or service.healthy())
+
     metrics_server = None
     try:
         _bind(server, edges)
-        metrics_server = _serve_metrics(service.registry, edges)
+        metrics_server = _serve_http(service.registry, edges, serving)
         await server.start()
         for health_name in ("", *names):
             await health.set(health_name, health_pb2.HealthCheckResponse.SERVING)
@@ -357,7 +390,6 @@ async def serve(service: Service, *, name: str, edges: Edges, grace_seconds: flo
         )
         if edges.security.plaintext:
             _log.warning("service.plaintext", detail="no TLS: every caller is unauthenticated")
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -374,4 +406,5 @@ async def serve(service: Service, *, name: str, edges: Edges, grace_seconds: flo
             await service.close()
         if metrics_server is not None:
             metrics_server.shutdown()
+            metrics_server.server_close()
     _log.info("service.stopped", service=name)
