@@ -33,6 +33,7 @@ from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import BarrierReport, LimitExplanation, ScopeIds
 from tradeflow.domain.errors import (
     EmergencyHalted,
+    ResumeAwaitingConfirmation,
     RiskLimitExceeded,
     TradeflowError,
     UnavailableError,
@@ -72,6 +73,8 @@ EXIT = {
 STACK_DIR = ".stack"
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 5
+EXIT_PENDING = 6
+"""``tradeflow resume`` recorded a request that awaits a second operator."""
 EXIT_INTERNAL = 70
 
 
@@ -348,7 +351,14 @@ def _print_barrier(report: BarrierReport) -> None:
 async def cmd_resume(args: argparse.Namespace) -> int:
     scope, target = Scope(args.scope), args.target
     async with _kill_switch(args) as emergency:
-        lifted = await emergency.resume(scope, target, reason=args.reason, actor=args.actor)
+        try:
+            lifted = await emergency.resume(scope, target, reason=args.reason, actor=args.actor)
+        except ResumeAwaitingConfirmation as pending:
+            print(
+                f"{_where(scope, target)} stays halted: {pending.message}, until "
+                f"{rfc3339(pending.confirm_before)}"
+            )
+            return EXIT_PENDING
     print(
         f"resumed {_where(scope, target)}" if lifted else f"{_where(scope, target)} was not halted"
     )

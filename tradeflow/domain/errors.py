@@ -18,6 +18,7 @@ __all__ = [
     "CapacityExceeded",
     "CircuitOpenError",
     "ConfigurationError",
+    "EgressRefused",
     "EmergencyHalted",
     "ExchangeError",
     "ExecutionNotFound",
@@ -341,3 +342,43 @@ def describe(exc: BaseException) -> str:
     """One line naming an exception: its message, or its class when it has none."""
     text = str(exc)
     return text if text else type(exc).__name__
+
+
+class EgressRefused(TradeflowError):
+    """The egress policy refused an ``api_call`` destination (a loopback, private,
+    link-local or cloud metadata address...) before any connection was made. The
+    request is wrong, not the dependency: never retried, never trips a breaker."""
+
+    grpc_status = "PERMISSION_DENIED"
+    _detail_fields = ("host", "reason")
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(
+            f"api_call to {host}: {reason}, refused by the egress policy "
+            "(allow it with TRADEFLOW_EGRESS_ALLOW)"
+        )
+        self.host = host
+        self.reason = reason
+
+
+class AccessDenied(TradeflowError):
+    """A service refused the caller: no tradeflow principal in its certificate
+    (``UNAUTHENTICATED``), or a role or id it may not use (``PERMISSION_DENIED``)."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class ResumeAwaitingConfirmation(TradeflowError):
+    """A resume was recorded, not done: the scope's resume takes a second operator, who
+    must make the same request before ``confirm_before`` (epoch seconds)."""
+
+    grpc_status = "FAILED_PRECONDITION"
+    _detail_fields = ("requested_by", "confirm_before")
+
+    def __init__(self, where: str, requested_by: str, confirm_before: float) -> None:
+        super().__init__(
+            f"resume of {where} requested by {requested_by}: it takes effect when a "
+            "different operator asks for it too (before the request lapses)"
+        )
+        self.requested_by = requested_by
+        self.confirm_before = confirm_before

@@ -63,6 +63,7 @@ from tradeflow.domain.emergency import (
 )
 from tradeflow.domain.errors import (
     InvalidRequest,
+    ResumeAwaitingConfirmation,
     RiskLimitExceeded,
     TradeflowError,
     UnavailableError,
@@ -313,8 +314,17 @@ class RemoteEmergencyControl:
     async def resume(
         self, scope: Scope, target: str | None = None, *, reason: str, actor: str = "unknown"
     ) -> bool:
+        """See the port; a resume that awaits a second operator's confirmation raises
+        ``ResumeAwaitingConfirmation`` (the request is recorded)."""
         request = pb.ResumeRequest(**self._scope_change(scope, target, reason, actor))
         response: pb.ResumeResponse = await self._call(self._stub.Resume, request)
+        if response.awaiting_confirmation:
+            where = scope.value if target is None else f"{scope.value} {target}"
+            raise ResumeAwaitingConfirmation(
+                where,
+                response.requested_by,
+                wire.timestamp_from_proto(response.confirm_before),
+            )
         if response.resumed:
             await self._catch_up()
         return response.resumed

@@ -107,6 +107,8 @@ def error_from_rpc(err: grpc.aio.AioRpcError, *, service: str) -> TradeflowError
     code = err.code()
     if code in _UNAVAILABLE_CODES:
         return UnavailableError(f"{service} unavailable: {code.name}: {err.details()}")
+    if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+        return errors.AccessDenied(f"{service} refused: {code.name}: {err.details()}")
     return TradeflowError(f"{service} failed: {code.name}: {err.details()}")
 
 
