@@ -44,6 +44,7 @@ from tradeflow.adapters.redis.emergency import (
 )
 from tradeflow.adapters.redis.ledger import RedisPaperLedger
 from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.app.remote import broker_tls
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.records import Scope
@@ -61,10 +62,13 @@ async def build(settings: ServiceSettings) -> Service:
     metrics = Metrics()
     clock = SystemClock()
     async with contextlib.AsyncExitStack() as stack:
-        client = connect(settings.redis_url)
+        client = connect(settings.redis_url, tls=broker_tls(settings.tls))
         stack.push_async_callback(client.aclose)
         bus = await NatsEventBus.connect(
-            settings.nats_url, NatsOptions(name="tradeflow-emergency-service"), metrics=metrics
+            settings.nats_url,
+            NatsOptions(name="tradeflow-emergency-service"),
+            metrics=metrics,
+            tls=broker_tls(settings.tls),
         )
         stack.push_async_callback(bus.close)
         controller = RedisEmergencyController(

@@ -9,6 +9,7 @@ from state_service.servicer import ACCESS, SERVICE_NAME, StateServicer
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.app.remote import broker_tls
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
@@ -21,7 +22,7 @@ async def build(settings: ServiceSettings) -> Service:
     Redis is not contacted here: the client connects on the first call, so the
     service starts (and answers UNAVAILABLE per call) while Redis comes up.
     """
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, tls=broker_tls(settings.tls))
     store = RedisStateStore(client, prefix=settings.redis_prefix, max_events=settings.max_events)
     servicer = StateServicer(store)
 

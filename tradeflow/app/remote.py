@@ -16,6 +16,7 @@ deployment).
 
 from __future__ import annotations
 
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -28,6 +29,7 @@ from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.ledger import RedisPaperLedger
+from tradeflow.adapters.tls import client_ssl_context, redact_url
 from tradeflow.app.settings import ServiceSettings, Settings, TlsFiles
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ConfigurationError, TradeflowError, UnavailableError
@@ -36,6 +38,7 @@ from tradeflow.observability.metrics import Metrics
 from tradeflow.ports import EventBus, StateStore
 
 __all__ = [
+    "broker_tls",
     "connect_emergency",
     "connect_ledger",
     "connect_services",
@@ -58,6 +61,12 @@ def transport_security(tls: TlsFiles | None, plaintext: bool) -> TransportSecuri
     )
 
 
+def broker_tls(tls: TlsFiles | None) -> ssl.SSLContext | None:
+    """The client TLS context toward NATS and Redis (used where their URL or server asks
+    for TLS): this process's certificate, verified servers; ``None`` without TLS files."""
+    return None if tls is None else client_ssl_context(tls.ca, tls.cert, tls.key)
+
+
 async def connect_services(
     settings: Settings, *, clock: Clock, id_factory: IdFactory, metrics: Metrics
 ) -> tuple[EventBus, StateStore, RemoteEmergencyControl]:
@@ -65,12 +74,15 @@ async def connect_services(
     security = transport_security(settings.tls, settings.grpc_plaintext)
     try:
         bus = await NatsEventBus.connect(
-            settings.nats_url, NatsOptions(buffer_size=settings.event_buffer), metrics=metrics
+            settings.nats_url,
+            NatsOptions(buffer_size=settings.event_buffer),
+            metrics=metrics,
+            tls=broker_tls(settings.tls),
         )
     except TradeflowError:
         raise
     except Exception as exc:
-        raise UnavailableError(f"NATS at {settings.nats_url}: {exc}") from exc
+        raise UnavailableError(f"NATS at {redact_url(settings.nats_url)}: {exc}") from exc
     try:
         emergency = await connect_emergency(settings, clock=clock, id_factory=id_factory)
     except BaseException:
@@ -96,7 +108,7 @@ async def connect_emergency(
 def connect_ledger(settings: Settings) -> tuple[RedisPaperLedger, Callable[[], Awaitable[None]]]:
     """The paper exchange's ledger in the Redis every replica shares (so an order is placed
     once whichever replica places it), and how to close its client. Connects lazily."""
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, tls=broker_tls(settings.tls))
     return RedisPaperLedger(client, prefix=settings.redis_prefix), client.aclose
 
 

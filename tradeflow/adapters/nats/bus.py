@@ -52,6 +52,7 @@ import hashlib
 import itertools
 import random
 import re
+import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 
+from tradeflow.adapters.tls import redact_url
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
 from tradeflow.domain.limits import ID_CHARACTERS, ID_MAX_LENGTH, shown
 from tradeflow.domain.records import Event
@@ -346,10 +348,21 @@ class NatsEventBus:
 
     @classmethod
     async def connect(
-        cls, url: str, options: NatsOptions = NatsOptions(), *, metrics: Metrics | None = None
+        cls,
+        url: str,
+        options: NatsOptions = NatsOptions(),
+        *,
+        metrics: Metrics | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> NatsEventBus:
         """Connect to NATS at ``url`` and make sure the stream exists, updating an
         existing one to ``options``.
+
+        The user and password, if any, are the URL's (``tls://executor:PASSWORD@nats:4222``);
+        the connection uses TLS when the scheme is ``tls://`` or the server requires it,
+        with ``tls`` (the process's CA and client certificate,
+        :func:`~tradeflow.adapters.tls.client_ssl_context`) when given. Logs and errors
+        show the URL with its password masked.
 
         Raises ``UnavailableError`` if NATS cannot be reached within
         ``options.connect_timeout`` seconds, ``ConfigurationError`` for a stream that
@@ -367,21 +380,22 @@ class NatsEventBus:
             duplicate_window=options.duplicate_window,
         )
         bus: NatsEventBus | None = None
+        shown_url = redact_url(url)
 
         async def disconnected() -> None:
             if bus is not None:
                 if bus._closed:
                     return
                 bus._connected.clear()
-            _log.warning("events.nats_disconnected", url=url)
+            _log.warning("events.nats_disconnected", url=shown_url)
 
         async def reconnected() -> None:
             if bus is not None:
                 bus._connected.set()
-            _log.info("events.nats_reconnected", url=url)
+            _log.info("events.nats_reconnected", url=shown_url)
 
         async def error(exc: Exception) -> None:
-            _log.warning("events.nats_error", url=url, error=describe(exc))
+            _log.warning("events.nats_error", url=shown_url, error=describe(exc))
 
         nc = Client()
         try:
@@ -395,10 +409,11 @@ class NatsEventBus:
                     reconnected_cb=reconnected,
                     error_cb=error,
                     drain_timeout=max(1, round(options.close_timeout)),
+                    tls=tls,
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
-            raise UnavailableError(f"cannot reach NATS at {url}: {describe(exc)}") from exc
+            raise UnavailableError(f"cannot reach NATS at {shown_url}: {describe(exc)}") from exc
         bus = cls(nc, stream_config, local, options, metrics)
         try:
             await bus._ensure_stream()

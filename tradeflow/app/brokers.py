@@ -1,0 +1,246 @@
+"""Who may do what on the brokers: the NATS users' subject permissions and the Redis ACL
+users' keys, channels and commands, from one table each.
+
+``deploy/k8s/nats.yaml`` and ``deploy/k8s/redis.yaml`` hold the text rendered here for
+the default stream and key prefix (``tests/unit/test_broker_config.py`` checks it, and
+that every Redis command the adapters send is granted to the users that run them); the
+integration tests start real servers on the same text (``test_broker_acls.py``).
+
+NATS (:func:`nats_authorization`): only ``executor`` publishes workflow events
+(``tradeflow.v1.events.>``), only ``emergency`` publishes emergency changes
+(``tradeflow.v1.emergency.>``); ``operator`` reads. Each user reaches only the JetStream
+API of the one event stream, and only what it uses of it; every bus makes sure the stream
+exists when it connects, so both publishers may create and update that stream (not
+delete or purge it). Replies come on ``_INBOX.>``. The state service uses no NATS.
+
+Redis (:func:`redis_acl`): ``state`` (the state service) owns the executions, their
+indexes, events and leases and reads the halts its writes are guarded by; ``emergency``
+owns ``{<prefix>:emergency}:*`` and its request log and channels, revokes leases (the
+halt barrier) and reads the scope books its loss triggers judge (the keys of the ledger's
+scope book script, with the commands the emergency adapter has anyway); ``executor`` owns the
+paper ledger; ``probe`` may only ``PING`` (the readiness probe); ``default`` is off.
+Each user gets only the commands of the adapters it runs. A script's declared
+``KEYS`` count as written (Redis cannot tell), so keys a script only reads through
+``KEYS`` are granted read-write; keys read inside a script by name are checked per
+command and may be read-only (``%R~``).
+
+Passwords are never part of this text: NATS reads ``$NATS_<USER>_PASSWORD`` from its
+environment (a Kubernetes Secret), and :data:`REDIS_ACL_SCRIPT` writes each Redis user's
+password, hashed, into the ACL file Redis loads. Passwords are hex (``openssl rand -hex
+32``): they travel in URLs and in the NATS configuration unquoted.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from tradeflow.adapters.nats.bus import DEFAULT_STREAM, EMERGENCY_PREFIX, EVENTS_PREFIX
+from tradeflow.domain.errors import ConfigurationError
+
+__all__ = [
+    "REDIS_ACL_SCRIPT",
+    "REDIS_COMMANDS",
+    "NatsUser",
+    "RedisUser",
+    "nats_authorization",
+    "nats_password_variable",
+    "nats_users",
+    "redis_acl",
+    "redis_users",
+]
+
+_INBOX: Final = "_INBOX.>"
+_ALL_EVENTS: Final = "tradeflow.v1.>"
+
+
+@dataclass(frozen=True, slots=True)
+class NatsUser:
+    """A NATS user and the subjects it may publish and subscribe to."""
+
+    name: str
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def nats_users(stream: str = DEFAULT_STREAM) -> tuple[NatsUser, ...]:
+    """The NATS users, for the JetStream stream ``stream``."""
+    api = f"$JS.API.STREAM.{{}}.{stream}"
+    ensure_stream = ("$JS.API.INFO", *(api.format(verb) for verb in ("CREATE", "UPDATE", "INFO")))
+    # An ordered consumer (a replay): created, recreated after a gap, flow-controlled.
+    read_stream = (
+        api.format("INFO"),
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    )
+    return (
+        NatsUser(
+            "executor",
+            publish=(EVENTS_PREFIX + ">", *ensure_stream, *read_stream[1:]),
+            subscribe=(_ALL_EVENTS, _INBOX),
+        ),
+        NatsUser(
+            "emergency", publish=(EMERGENCY_PREFIX + ">", *ensure_stream), subscribe=(_INBOX,)
+        ),
+        NatsUser(
+            "operator",
+            publish=("$JS.API.INFO", *read_stream, f"$JS.API.STREAM.MSG.GET.{stream}"),
+            subscribe=(_ALL_EVENTS, _INBOX),
+        ),
+    )
+
+
+def nats_password_variable(user: str) -> str:
+    """The environment variable NATS reads ``user``'s password from."""
+    return f"NATS_{user.upper()}_PASSWORD"
+
+
+def nats_authorization(stream: str = DEFAULT_STREAM) -> str:
+    """The ``authorization`` block of ``nats.conf``: no anonymous client, and each user's
+    permissions (an allow-list: anything else is refused)."""
+
+    def subjects(names: tuple[str, ...]) -> str:
+        return ", ".join(f'"{name}"' for name in names)
+
+    lines = ["authorization {", "  users = ["]
+    for user in nats_users(stream):
+        lines += [
+            "    {",
+            f"      user: {user.name}",
+            f"      password: ${nats_password_variable(user.name)}",
+            "      permissions: {",
+            f"        publish: {{ allow: [{subjects(user.publish)}] }}",
+            f"        subscribe: {{ allow: [{subjects(user.subscribe)}] }}",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+REDIS_COMMANDS: Final[dict[str, tuple[str, ...]]] = {
+    # Every adapter's scripts are registered: EVALSHA, loaded again after a server restart.
+    "scripts": ("evalsha", "script|load"),
+    "state": (
+        "del", "get", "hdel", "hget", "hgetall", "hmget", "hset", "incr", "incrby",
+        "pexpire", "pexpireat", "pttl", "sadd", "set", "smembers", "time", "xadd",
+        "xrange", "xrevrange", "zadd", "zcard", "zrange", "zrangebylex", "zrem",
+        "zremrangebyscore", "zrevrangebylex",
+    ),
+    "emergency": (
+        "del", "get", "hdel", "hexists", "hget", "hgetall", "hmget", "hset", "hsetnx",
+        "incr", "pttl", "publish", "set", "xadd", "xrevrange", "subscribe", "ping",
+    ),
+    "ledger": (
+        "exists", "hget", "hgetall", "hmget", "hset", "rpush", "sadd", "smembers", "srem",
+    ),
+    "leases": ("del", "hget", "time", "zrange", "zrem", "zremrangebyscore"),
+    "probe": ("ping",),
+}  # fmt: skip
+"""The commands each adapter sends, by what it is: ``state``, ``emergency`` and
+``ledger`` (the modules of :mod:`tradeflow.adapters.redis`), ``leases`` (what the halt
+barrier runs of the state store: list and revoke leases), ``scripts`` (all of them)."""
+
+_PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisUser:
+    """A Redis ACL user: read-write and read-only key patterns, channels, commands."""
+
+    name: str
+    keys: tuple[str, ...] = ()
+    read_keys: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+
+    @property
+    def rules(self) -> str:
+        """Its ACL rules, after ``user <name>`` and before any password."""
+        granted = sorted({command for group in self.commands for command in REDIS_COMMANDS[group]})
+        return " ".join(
+            [
+                "on",
+                "resetkeys",
+                *(f"~{key}" for key in self.keys),
+                *(f"%R~{key}" for key in self.read_keys),
+                "resetchannels",
+                *(f"&{channel}" for channel in self.channels),
+                "-@all",
+                *(f"+{command}" for command in granted),
+            ]
+        )
+
+
+def redis_users(prefix: str = "tradeflow") -> tuple[RedisUser, ...]:
+    """The Redis users of the services on ``prefix`` (``TRADEFLOW_REDIS_PREFIX``: letters,
+    digits and ``_.:-``, so that it is no pattern itself)."""
+    if not _PREFIX.fullmatch(prefix):
+        raise ConfigurationError(
+            f"TRADEFLOW_REDIS_PREFIX: expected letters, digits and '_.:-' for Redis ACL "
+            f"key patterns, found {prefix!r}"
+        )
+    p = f"{prefix}:"
+    emergency = f"{{{prefix}:emergency}}"
+    leases = (f"{p}lease:*", f"{p}lease_cancels:*", f"{p}leases")
+    # What the emergency service's loss triggers read (the keys of the scope book script).
+    books = (f"{p}paper:{name}" for name in ("realized", "resting", "buckets", "books:*", "marks"))
+    return (
+        RedisUser(
+            "state",
+            keys=(
+                *(f"{p}{name}:*" for name in ("execution", "checkpoints", "execution_events")),
+                f"{p}events",
+                f"{p}event_cursor",
+                f"{p}index:*",
+                f"{p}request:*",
+                *leases,
+                f"{p}lease_epoch",
+            ),
+            read_keys=(f"{emergency}:halts", f"{emergency}:halt_since"),
+            commands=("scripts", "state"),
+        ),
+        RedisUser(
+            "emergency",
+            keys=(f"{emergency}:*", f"{p}emergency:request:*", *leases, *books),
+            channels=(f"{p}emergency:changed", f"{p}emergency:acks"),
+            commands=("scripts", "emergency", "leases"),
+        ),
+        RedisUser("executor", keys=(f"{p}paper:*",), commands=("scripts", "ledger")),
+        RedisUser("probe", commands=("probe",)),
+    )
+
+
+def redis_acl(prefix: str = "tradeflow") -> str:
+    """The rules of Redis's ACL file, one ``user`` line each, without passwords
+    (:data:`REDIS_ACL_SCRIPT` adds them); ``probe`` needs none, ``default`` is off."""
+    lines = [
+        f"user {user.name} {'nopass ' if user.name == 'probe' else ''}{user.rules}"
+        for user in redis_users(prefix)
+    ]
+    lines.append("user default off resetkeys resetchannels -@all")
+    return "\n".join(lines) + "\n"
+
+
+REDIS_ACL_SCRIPT: Final = r"""set -eu
+rules="$1" passwords="$2" out="$3"
+umask 077
+: > "$out"
+while read -r keyword name rest; do
+  [ "$keyword" = user ] || continue
+  if [ -f "$passwords/redis-$name" ]; then
+    hash=$(tr -d '\r\n' < "$passwords/redis-$name" | sha256sum | cut -d ' ' -f 1)
+    echo "user $name #$hash $rest" >> "$out"
+  else
+    echo "user $name $rest" >> "$out"
+  fi
+done < "$rules"
+"""
+"""``sh -c REDIS_ACL_SCRIPT render <rules> <passwords dir> <acl file>``: the ACL file
+Redis loads, from the rules (:func:`redis_acl`) and the password files
+``redis-<user>`` of a mounted Secret, each stored as its SHA-256 (``#<hex>``), never as
+text. A user without a password file keeps no password (it cannot log in, except
+``probe``, which needs none)."""
