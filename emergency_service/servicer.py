@@ -57,6 +57,7 @@ from tradeflow.domain.emergency import (
     MAX_AUDIT_PAGE,
     BarrierReport,
     EmergencySnapshot,
+    ScopeIds,
 )
 from tradeflow.domain.errors import TradeflowError
 from tradeflow.domain.principals import Caller, Role, current_caller
@@ -112,6 +113,7 @@ def _actor(requested: str) -> str:
     if caller.role is Role.SYSTEM:
         return requested or _UNKNOWN_ACTOR
     return str(caller.principal)
+
 
 _log = structlog.get_logger(__name__)
 
@@ -206,33 +208,35 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
         async def run() -> pb.ResumeResponse:
             actor = _actor(request.actor)
-            if not self._takes_two(scope, target):
+            halt = self._taking_two(scope, target)
+            if halt is None:
                 resumed = await self._controller.resume(
                     scope, target, reason=request.reason, actor=actor
                 )
                 return pb.ResumeResponse(resumed=resumed)
-            return await self._two_step_resume(scope, target, request.reason, actor)
+            return await self._two_step_resume(halt, request.reason, actor)
 
         return await self._requests.once("Resume", request.request_id, run, pb.ResumeResponse)
 
-    def _takes_two(self, scope: Scope, target: str | None) -> bool:
-        """Whether resuming this halt takes a second operator: over mutual TLS, for a
-        configured scope that is halted (resuming what is not halted changes nothing)."""
-        return (
-            self._resume_requests is not None
-            and scope in self._confirm_scopes
-            and current_caller().role is not Role.SYSTEM
-            and (scope, target) in self._controller.snapshot().halts
-        )
+    def _taking_two(self, scope: Scope, target: str | None) -> HaltState | None:
+        """The halt of ``scope``/``target`` if resuming it takes a second operator: over
+        mutual TLS, for a configured scope that is halted (resuming what is not halted
+        changes nothing)."""
+        if (
+            self._resume_requests is None
+            or scope not in self._confirm_scopes
+            or current_caller().role is Role.SYSTEM
+        ):
+            return None
+        return self._controller.snapshot().halts.get((scope, target))
 
-    async def _two_step_resume(
-        self, scope: Scope, target: str | None, reason: str, actor: str
-    ) -> pb.ResumeResponse:
-        """The first operator's call records the request; another operator's, within the
-        window, lifts the halt. Both are audited (``resume_requested``, then ``resume``
-        naming both)."""
+    async def _two_step_resume(self, halt: HaltState, reason: str, actor: str) -> pb.ResumeResponse:
+        """The first operator's call records a request to resume ``halt``; another
+        operator's, within the window and while that same halt stands, lifts it. Both are
+        audited (``resume_requested``, then ``resume`` naming both)."""
         assert self._resume_requests is not None
-        step = await self._resume_requests.step(scope, target, caller=actor, reason=reason)
+        scope, target = halt.scope, halt.target
+        step = await self._resume_requests.step(halt, caller=actor, reason=reason)
         if step.outcome == "confirmed":
             resumed = await self._controller.resume(
                 scope,
@@ -273,7 +277,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         auto_halt = request.auto_halt if request.HasField("auto_halt") else True
         ids = wire.scope_ids_from_proto(request)
 
-        halts = _halted_by_check(ids.bot_id)
+        halts = _halted_by_check(ids)
 
         async def run() -> pb.CheckRiskLimitResponse:
             verdict = await self._controller.check(
@@ -433,18 +437,22 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 change.cancel()
 
 
-def _halted_by_check(bot_id: str | None) -> tuple[Scope, str | None]:
+def _halted_by_check(ids: ScopeIds) -> tuple[Scope, str | None]:
     """What a breach found by a risk check halts: everything for an operator's (or any
-    caller's on a plaintext server), the bot alone for a bot's or its executor's."""
-    if current_caller().role not in (Role.BOT, Role.EXECUTOR):
+    caller's on a plaintext server); for a bot's or its executor's, the bot alone (the
+    workflow alone when an executor runs one for no bot)."""
+    caller = current_caller()
+    if caller.role not in (Role.BOT, Role.EXECUTOR):
         return (Scope.GLOBAL, None)
-    if bot_id is None:
-        raise Refusal(
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"{current_caller().principal} CheckRiskLimit: a bot's risk check must name "
-            "its bot_id (its breach halts that bot alone)",
-        )
-    return (Scope.BOT, bot_id)
+    if ids.bot_id is not None:
+        return (Scope.BOT, ids.bot_id)
+    if caller.role is Role.EXECUTOR and ids.workflow_id is not None:
+        return (Scope.WORKFLOW, ids.workflow_id)
+    raise Refusal(
+        grpc.StatusCode.PERMISSION_DENIED,
+        f"{caller.principal} CheckRiskLimit: a risk check must name the bot_id (or, from "
+        "an executor, the workflow_id) whose scope its breach halts",
+    )
 
 
 def _same(known: EmergencySnapshot, snapshot: EmergencySnapshot) -> bool:

@@ -1,7 +1,9 @@
 """A tiny local HTTP price API for the ``http_price.json`` example (no internet needed).
 
     python examples/price_api.py --port 8765 &
-    tradeflow run examples/http_price.json
+    TRADEFLOW_EGRESS_ALLOW=127.0.0.1:8765 tradeflow run examples/http_price.json
+
+(api_call refuses loopback addresses unless the egress allow-list names them.)
 
 GET /api/v3/ticker/bookTicker?symbol=BTCUSDT answers like Binance's book ticker,
 with a price that walks a little on every request. It echoes X-Correlation-ID.

@@ -15,6 +15,8 @@ pytest_plugins = [
     "emergency_fixtures",
     "replica_fixtures",
     "state_fixtures",
+    # The local HTTP server of the api_call tests (tests/unit is on the path).
+    "httpkit",
 ]
 
 

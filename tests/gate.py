@@ -33,6 +33,8 @@ class GateServer:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gate"
+        self.allow = f"127.0.0.1:{self.server.server_address[1]}"
+        """The ``TRADEFLOW_EGRESS_ALLOW`` entry an executor needs to reach this (loopback) gate."""
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self) -> None:

@@ -32,7 +32,10 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The whole service stack (NATS, Redis, state, emergency, executor) on free ports."""
     running = Stack(
-        Path(tmp_path_factory.mktemp("stack")), extra_env={"TRADEFLOW_LOG_LEVEL": "info"}
+        Path(tmp_path_factory.mktemp("stack")),
+        # The local gate servers of the tests: the executor's egress policy allows loopback
+        # explicitly.
+        extra_env={"TRADEFLOW_LOG_LEVEL": "info", "TRADEFLOW_EGRESS_ALLOW": "127.0.0.1"},
     )
     running.start()
     yield running

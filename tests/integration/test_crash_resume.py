@@ -35,7 +35,12 @@ def test_sigkill_between_two_orders_then_resume_trades_each_once(
     path = tmp_path / "bot.json"
     path.write_text(json.dumps(workflow))
     db = tmp_path / "state.db"
-    env = {**os.environ, "TRADEFLOW_SQLITE_PATH": str(db), "TRADEFLOW_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "TRADEFLOW_SQLITE_PATH": str(db),
+        "TRADEFLOW_LOG_LEVEL": "warning",
+        "TRADEFLOW_EGRESS_ALLOW": gate.allow,
+    }
 
     # A long lease: the refused resume below cannot race the lease's expiry.
     bot = cli("run", str(path), env={**env, "TRADEFLOW_LEASE_SECONDS": "30"})

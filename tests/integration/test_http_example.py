@@ -6,12 +6,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from servers import free_port, wait_for_port
 
 from tradeflow.app.infrastructure import Infrastructure
+from tradeflow.app.settings import Settings
 from tradeflow.workflow.enhanced_executor import EnhancedWorkflowExecutor
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -37,7 +39,9 @@ async def test_http_price_example_reads_the_api(price_api: int) -> None:
     definition = json.loads((EXAMPLES / "http_price.json").read_text())
     ticker = definition["blocks"][0]["properties"]
     ticker["url"] = ticker["url"].replace(":8765", f":{price_api}")
-    async with await Infrastructure.create("test") as infra:
+    # The example's API is local: the egress policy must allow it explicitly.
+    settings = replace(Settings.from_env("test"), egress_allow=(f"127.0.0.1:{price_api}",))
+    async with await Infrastructure.create("test", settings=settings) as infra:
         result = await EnhancedWorkflowExecutor(definition, infra, "http").execute()
     assert result["status"] == "completed"
     bid = result["results"]["ticker"]["result"]

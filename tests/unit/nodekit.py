@@ -133,9 +133,12 @@ DEFAULT_TICKS: Mapping[tuple[str, str], Sequence[tuple[float, float]]] = {
 @asynccontextmanager
 async def node_kit(
     ticks: Mapping[tuple[str, str], Sequence[tuple[float, float]]] = DEFAULT_TICKS,
+    *,
+    http_pool: HttpPool | None = None,
     **exchange_options: Any,
 ) -> AsyncIterator[NodeKit]:
-    """A fresh kit; ``exchange_options`` go to :class:`PaperExchange`."""
+    """A fresh kit; ``exchange_options`` go to :class:`PaperExchange`. ``http_pool``
+    (closed with the kit) replaces the default one, which allows no private address."""
     clock = ManualClock()
     prices = ReplayPriceFeed(ticks, clock=clock)
     exchange = PaperExchange(prices, clock=clock, id_factory=new_id, **exchange_options)
@@ -144,7 +147,7 @@ async def node_kit(
     logger = structlog.wrap_logger(
         logs, processors=[], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
     )
-    http_pool = HttpPool()
+    http_pool = http_pool if http_pool is not None else HttpPool()
     try:
         ctx = ExecutionContext(
             execution_id=EXECUTION_ID,

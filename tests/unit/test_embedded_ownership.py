@@ -67,7 +67,12 @@ class Cli:
         self.name = name
         self.out_path = tmp_path / f"{name}.out"
         self.err_path = tmp_path / f"{name}.err"
-        env = {**os.environ, "TRADEFLOW_LOG_LEVEL": "warning"}
+        # The gates are local HTTP servers: the egress policy must allow loopback explicitly.
+        env = {
+            **os.environ,
+            "TRADEFLOW_LOG_LEVEL": "warning",
+            "TRADEFLOW_EGRESS_ALLOW": "127.0.0.1",
+        }
         env.pop("TRADEFLOW_LEASE_SECONDS", None)
         if lease is not None:
             env["TRADEFLOW_LEASE_SECONDS"] = lease

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
-import pytest_asyncio
+from httpkit import HttpServer
 from kit import DEADLINE_SECONDS
 from nodekit import EXECUTION_ID, make_block, node_kit, problems, run_node, spec
 
@@ -24,61 +23,9 @@ from tradeflow.domain.records import LimitDirection, RiskLimit
 from tradeflow.domain.risk import PreTradeLimits
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes import ExecutionContext, NodeRegistry, Prop, default_registry, node
+from tradeflow.engine.nodes.registry import HttpPool
 
 BTC = "BTC/USDT"
-
-
-# -- a real HTTP server for api_call ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    method: str
-    target: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass(slots=True)
-class HttpServer:
-    """A minimal HTTP/1.1 server on a free local port: canned answers by path, one per
-    connection, recording every request it receives."""
-
-    port: int = 0
-    answers: dict[str, tuple[int, bytes]] = field(default_factory=dict)
-    received: list[Received] = field(default_factory=list)
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        request_line, *header_lines = head.split("\r\n")
-        method, target, _ = request_line.split(" ")
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, _, value in (line.partition(":") for line in header_lines if line)
-        }
-        body = await reader.readexactly(int(headers.get("content-length", "0")))
-        self.received.append(Received(method, target, headers, body))
-        status, payload = self.answers.get(target.partition("?")[0], (404, b'{"error": "none"}'))
-        writer.write(
-            f"HTTP/1.1 {status} Canned\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-            + payload
-        )
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-
-
-@pytest_asyncio.fixture
-async def http_server() -> AsyncIterator[HttpServer]:
-    server = HttpServer()
-    listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
-    server.port = listener.sockets[0].getsockname()[1]
-    async with listener:
-        yield server
 
 
 def _api_call(url: str, **properties: Any) -> Block:
@@ -128,7 +75,7 @@ async def test_api_call_sends_correlation_id_and_extracts(http_server: HttpServe
         headers={"X-Api": "k"},
         extract="data.0.price",
     )
-    async with node_kit() as kit:
+    async with node_kit(http_pool=http_server.pool()) as kit:
         outputs = await run_node(kit, block)
     assert outputs == {"result": 42.5, "status_code": 200}
     (request,) = http_server.received
@@ -142,7 +89,7 @@ async def test_api_call_posts_json_and_returns_the_whole_body(http_server: HttpS
     """With a body api_call sends it as JSON; without extract the whole JSON is the result."""
     http_server.answers["/orders"] = (201, b'{"ok": true}')
     block = _api_call(http_server.url("/orders"), method="POST", body={"qty": 1})
-    async with node_kit() as kit:
+    async with node_kit(http_pool=http_server.pool()) as kit:
         outputs = await run_node(kit, block)
     assert outputs == {"result": {"ok": True}, "status_code": 201}
     assert json.loads(http_server.received[0].body) == {"qty": 1}
@@ -157,7 +104,7 @@ async def test_api_call_maps_error_statuses(
 ) -> None:
     """A 5xx answer is a retryable ExternalServiceError, a 4xx an ExternalRequestRejected."""
     http_server.answers["/x"] = (status, b'{"error": "no"}')
-    async with node_kit() as kit:
+    async with node_kit(http_pool=http_server.pool()) as kit:
         with pytest.raises(error, match=str(status)):
             await run_node(kit, _api_call(http_server.url("/x")))
 
@@ -169,7 +116,7 @@ async def test_api_call_transport_failure_is_retryable() -> None:
     port = listener.sockets[0].getsockname()[1]
     listener.close()
     await listener.wait_closed()
-    async with node_kit() as kit:
+    async with node_kit(http_pool=HttpPool(egress_allow=[f"127.0.0.1:{port}"])) as kit:
         with pytest.raises(ExternalServiceError, match="ConnectError"):
             await run_node(kit, _api_call(f"http://127.0.0.1:{port}/x"))
 
@@ -178,7 +125,7 @@ async def test_api_call_transport_failure_is_retryable() -> None:
 async def test_api_call_names_a_missing_extract_path(http_server: HttpServer) -> None:
     """An extract path absent from the response raises InvalidRequest naming the path."""
     http_server.answers["/t"] = (200, b'{"data": [{"bid": 1}]}')
-    async with node_kit() as kit:
+    async with node_kit(http_pool=http_server.pool()) as kit:
         with pytest.raises(InvalidRequest, match=r"b1\.properties\.extract.*'data\.0\.price'"):
             await run_node(kit, _api_call(http_server.url("/t"), extract="data.0.price"))
 

@@ -129,8 +129,14 @@ class FaultyStore(SQLiteStateStore):
 
 @pytest_asyncio.fixture
 async def infra(db_path: Path) -> AsyncIterator[Infrastructure]:
-    """The embedded infrastructure on the test's state file (leases of :data:`LEASE`)."""
-    settings = replace(Settings.from_env("test"), lease_seconds=LEASE, max_takeovers=MAX_TAKEOVERS)
+    """The embedded infrastructure on the test's state file (leases of :data:`LEASE`),
+    allowed to reach the local gates (loopback) explicitly."""
+    settings = replace(
+        Settings.from_env("test"),
+        lease_seconds=LEASE,
+        max_takeovers=MAX_TAKEOVERS,
+        egress_allow=("127.0.0.1",),
+    )
     assert settings.sqlite_path == str(db_path)
     infrastructure = await Infrastructure.create("test", settings=settings)
     yield infrastructure

@@ -193,9 +193,18 @@ def _stack_env(env: str) -> dict[str, str]:
     values = dict(os.environ)
     stack_file = Path(STACK_DIR) / "env"
     if env == "production" and stack_file.exists():
+        # The caller's identity is all or nothing: one chosen in the environment (TLS
+        # files, or plaintext) is never mixed with parts of the file's.
+        chosen = any(key in values for key in _IDENTITY)
         for key, value in load_env_file(stack_file).items():
-            values.setdefault(key, value)
+            if not (chosen and key in _IDENTITY):
+                values.setdefault(key, value)
     return values
+
+
+_IDENTITY = frozenset(
+    {"TRADEFLOW_TLS_CA", "TRADEFLOW_TLS_CERT", "TRADEFLOW_TLS_KEY", "TRADEFLOW_GRPC_PLAINTEXT"}
+)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -186,9 +186,8 @@ class Stack:
 
     With ``tls`` (``tradeflow stack up``), the services speak mutual TLS with
     certificates of a throwaway CA made here (``certs/`` in the workdir): the executor
-    service's names the principal ``executor/executor``, and the client certificates
-    ``operator``, ``admin`` and ``bot-1`` are issued for the roles of the same names
-    (:meth:`identity_env` issues more). Without it the services run plaintext, which
+    service's names the principal ``executor/executor``, and client certificates are
+    issued for :data:`CLIENTS` (:meth:`identity_env` issues more). Without it the services run plaintext, which
     they only do when told (``TRADEFLOW_GRPC_PLAINTEXT=true``).
     """
 
@@ -197,6 +196,8 @@ class Stack:
         Principal(Role.OPERATOR, "operator"),
         Principal(Role.ADMIN, "admin"),
         Principal(Role.BOT, "bot-1"),
+        # `tradeflow run --env production` executes in its own process: an executor.
+        Principal(Role.EXECUTOR, "cli"),
     )
 
     def __init__(
@@ -306,11 +307,20 @@ class Stack:
         }
 
     def write_files(self) -> None:
-        """``stack.json`` (pids, ports) and ``env`` (``export`` lines) in the workdir."""
+        """``stack.json`` (pids, ports) and ``env`` (``export`` lines: the operator's
+        settings) in the workdir; over TLS also ``env-<role>-<name>`` for each of
+        :data:`CLIENTS`."""
         (self.workdir / "stack.json").write_text(json.dumps(self.describe(), indent=2))
-        (self.workdir / "env").write_text(
-            "".join(f"export {k}={v}\n" for k, v in self.client_env().items())
-        )
+        files = {"env": self.client_env()}
+        if self.tls:
+            files |= {
+                f"env-{principal.role.value}-{principal.name}": self.client_env(principal)
+                for principal in self.CLIENTS
+            }
+        for name, values in files.items():
+            (self.workdir / name).write_text(
+                "".join(f"export {k}={v}\n" for k, v in values.items())
+            )
 
 
 def stop_recorded(workdir: Path) -> list[str]:

@@ -16,6 +16,7 @@ import stamina
 from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import (
     CircuitOpenError,
+    EgressRefused,
     EmergencyHalted,
     ExternalRequestRejected,
     InvalidRequest,
@@ -36,6 +37,7 @@ T = TypeVar("T")
 _NOT_A_DEPENDENCY_FAILURE: tuple[type[BaseException], ...] = (
     OrderRejected,
     ExternalRequestRejected,
+    EgressRefused,
     RiskLimitExceeded,
     EmergencyHalted,
     InvalidRequest,

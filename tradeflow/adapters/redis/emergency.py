@@ -500,7 +500,9 @@ class RedisAckRelay:
                     while True:
                         message = await pubsub.get_message(timeout=_RELAY_IDLE_SECONDS)
                         if message is not None:
-                            self._deliver(message["data"], deliver)
+                            # The answer to the ping below arrives here too, as a "pong".
+                            if message["type"] == "message":
+                                self._deliver(message["data"], deliver)
                             continue
                         # Quiet for a while: a link that died without a reset (the server
                         # moved) would stay quiet forever; a ping finds out.
@@ -590,19 +592,24 @@ class RedisRequestLog:
 
 _RESUME_STEP: Final = """
 local current = redis.call('GET', KEYS[1])
-if not current then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return {'requested', ARGV[2], tonumber(ARGV[3])}
+if current then
+  local found = cjson.decode(current)
+  if found['halt'] ~= ARGV[4] then
+    current = false
+  elseif found['by'] == ARGV[1] then
+    return {'pending', current, redis.call('PTTL', KEYS[1])}
+  else
+    redis.call('DEL', KEYS[1])
+    return {'confirmed', current, 0}
+  end
 end
-if cjson.decode(current)['by'] == ARGV[1] then
-  return {'pending', current, redis.call('PTTL', KEYS[1])}
-end
-redis.call('DEL', KEYS[1])
-return {'confirmed', current, 0}
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return {'requested', ARGV[2], tonumber(ARGV[3])}
 """
-"""KEYS: the scope's request. ARGV: 1 the caller, 2 a new request (JSON), 3 its window (ms).
-No request: this one is recorded. One by the caller: it still waits. One by someone
-else: it is consumed (exactly one confirmation wins it)."""
+"""KEYS: the scope's request. ARGV: 1 the caller, 2 a new request (JSON), 3 its window
+(ms), 4 the halt it is about. No request about this halt (none, or one about an earlier
+halt of the scope): this one is recorded. One by the caller: it still waits. One by
+someone else: it is consumed (exactly one confirmation wins it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,24 +632,24 @@ class RedisResumeRequests:
 
     __slots__ = ("_client", "_clock", "_prefix", "_script", "_window_ms")
 
-    def __init__(
-        self, client: aioredis.Redis, *, prefix: str, window: float, clock: Clock
-    ) -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str, window: float, clock: Clock) -> None:
         self._client = client
         self._clock = clock
         self._prefix = f"{{{prefix}:emergency}}:resume_request:"
         self._script = client.register_script(_RESUME_STEP)
         self._window_ms = max(1, round(window * 1000))
 
-    async def step(
-        self, scope: Scope, target: str | None, *, caller: str, reason: str
-    ) -> ResumeStep:
-        """Record a request by ``caller``, or consume another operator's (atomically)."""
-        key = self._prefix + halt_field(scope, target)
-        request = to_json_bytes({"by": caller, "reason": reason})
+    async def step(self, halt: HaltState, *, caller: str, reason: str) -> ResumeStep:
+        """Record a request by ``caller`` to resume ``halt``, or consume another operator's
+        request about that same halt (atomically). A request about an earlier halt of the
+        scope (left by a confirmation that lost a race, or by a halt lifted since) never
+        confirms this one."""
+        key = self._prefix + halt_field(halt.scope, halt.target)
+        about = repr(halt.since)
+        request = to_json_bytes({"by": caller, "reason": reason, "halt": about})
         try:
             outcome, stored, ttl_ms = await self._script(
-                keys=[key], args=[caller, request, self._window_ms]
+                keys=[key], args=[caller, request, self._window_ms, about]
             )
         except RedisError as exc:
             raise UnavailableError(f"resume requests in redis: {describe(exc)}") from exc

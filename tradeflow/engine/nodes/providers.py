@@ -5,10 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
+from tradeflow.domain.egress import (
+    SECRET_NAME,
+    credential_name,
+    credential_shape,
+    is_secret_reference,
+    redacted,
+    redacted_url,
+    secret_name_for,
+)
 from tradeflow.domain.errors import ExternalRequestRejected, ExternalServiceError, InvalidRequest
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes._checks import Problems, require_symbol
@@ -59,24 +68,121 @@ async def price_feed(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
 
 
 def _check_api_call(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
+    """An http(s) URL without userinfo; no credential given literally in the URL's query,
+    the headers, the params or the body (secret references instead); well-formed
+    references. Problems name the field, never echo a value."""
     problems: Problems = []
     url = props["url"]
     if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        problems.append(("properties.url", "an http:// or https:// URL", repr(url)))
+        found = redacted_url(url) if isinstance(url, str) else url
+        problems.append(("properties.url", "an http:// or https:// URL", repr(found)))
+    else:
+        problems += _url_credentials(url)
     headers = props["headers"]
     if isinstance(headers, dict):
-        # Name the offending headers only: their values may be credentials.
-        bad = sorted(name for name, value in headers.items() if not isinstance(value, str))
+        bad = []
+        for name, value in headers.items():
+            if isinstance(value, str) or is_secret_reference(value):
+                problems += _credential_problems(f"properties.headers.{name}", name, value)
+            else:
+                bad.append(name)
         if bad:
-            problems.append(("properties.headers", "string header values", f"non-strings in {bad}"))
+            # Name the offending headers only: their values may be credentials.
+            problems.append(
+                (
+                    "properties.headers",
+                    "string header values or secret references",
+                    f"others in {sorted(bad)}",
+                )
+            )
+    params = props["params"]
+    if isinstance(params, dict):
+        for name, value in params.items():
+            for item in value if isinstance(value, list) else [value]:
+                field = f"properties.params.{name}"
+                if isinstance(item, dict | list) and not is_secret_reference(item):
+                    problems.append((field, _PARAM_VALUE, f"a {type(item).__name__}"))
+                else:
+                    problems += _credential_problems(field, name, item)
+    problems += _body_problems("properties.body", props["body"])
     return problems
 
 
-def _without_secrets(url: str) -> str:
-    """The URL as errors, events and logs show it: no credentials, no query (API keys
-    often travel in either)."""
+_PARAM_VALUE = "a string, number, boolean, a list of those, or a secret reference"
+
+
+def _reference_example(name: str) -> str:
+    return f'a secret reference such as {{"secret": "{secret_name_for(name)}"}}'
+
+
+def _credential_problems(field: str, name: str, value: Any) -> Problems:
+    """A header or query parameter ``name: value``: a well-formed reference, or a literal
+    that neither sits under a credential name nor looks like a credential."""
+    if is_secret_reference(value):
+        return _reference_problems(field, value)
+    shape = credential_shape(value)
+    if credential_name(name) or shape is not None:
+        found = "a literal value" + (f" that looks like {shape}" if shape else "")
+        return [(field, _reference_example(name), found)]
+    return []
+
+
+def _reference_problems(field: str, reference: dict[str, object]) -> Problems:
+    name = reference["secret"]
+    if isinstance(name, str) and SECRET_NAME.fullmatch(name):
+        return []
+    # The name is not echoed: a secret value put where its name belongs must not leak.
+    found = "a name that does not match" if isinstance(name, str) else "a name that is not a string"
+    return [(field, f"a secret name matching {SECRET_NAME.pattern}", found)]
+
+
+def _url_credentials(url: str) -> Problems:
+    """Credentials in the URL itself: userinfo, or a credential in the query string."""
     parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    problems: Problems = []
+    if "@" in parts.netloc:
+        problems.append(
+            (
+                "properties.url",
+                "a URL without user:password@ (send credentials in a header as "
+                + _reference_example("Authorization")
+                + ")",
+                "credentials in the URL",
+            )
+        )
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        shape = credential_shape(value)
+        if credential_name(name) or shape is not None:
+            problems.append(
+                (
+                    "properties.url",
+                    f"no credential in the query string: {name!r} in properties.params as "
+                    + _reference_example(name),
+                    f"a literal value for query parameter {name!r}",
+                )
+            )
+    return problems
+
+
+def _body_problems(field: str, body: Any) -> Problems:
+    """Secret references anywhere in the body are well-formed; no string in it looks
+    like a credential (body keys are not judged by name: ``token`` may be an asset)."""
+    if is_secret_reference(body):
+        return _reference_problems(field, body)
+    if isinstance(body, dict):
+        return [p for key, item in body.items() for p in _body_problems(f"{field}.{key}", item)]
+    if isinstance(body, list):
+        return [p for i, item in enumerate(body) for p in _body_problems(f"{field}.{i}", item)]
+    shape = credential_shape(body)
+    if shape is None:
+        return []
+    return [
+        (
+            field,
+            _reference_example(field.rpartition(".")[2]),
+            f"a literal value that looks like {shape}",
+        )
+    ]
 
 
 def _breaker_name(props: Mapping[str, Any]) -> str:
@@ -88,11 +194,19 @@ def _breaker_name(props: Mapping[str, Any]) -> str:
     "providers",
     "api_call",
     properties={
-        "url": Prop("string", required=True, doc="http:// or https:// URL."),
+        "url": Prop("string", required=True, doc="http:// or https:// URL (no credentials)."),
         "method": Prop("string", default="GET", choices=_METHODS),
-        "headers": Prop("object", default={}, doc="Extra request headers (string values)."),
-        "params": Prop("object", default={}, doc="Query parameters."),
-        "body": Prop("any", doc="Sent as JSON when set."),
+        "headers": Prop(
+            "object",
+            default={},
+            doc='Extra request headers: strings, or {"secret": "NAME"} for credentials.',
+        ),
+        "params": Prop(
+            "object",
+            default={},
+            doc='Query parameters; {"secret": "NAME"} for credentials.',
+        ),
+        "body": Prop("any", doc='Sent as JSON when set; {"secret": "NAME"} at any depth.'),
         "extract": Prop("string", doc="Dotted path into the JSON response, e.g. data.0.price."),
         "as_number": Prop(
             "boolean",
@@ -107,38 +221,55 @@ def _breaker_name(props: Mapping[str, Any]) -> str:
 async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
     """Call an HTTP API; ``result`` is the JSON body, or the part of it ``extract`` names.
 
-    Sends ``X-Correlation-ID``. A 5xx answer or a transport failure raises
-    ``ExternalServiceError`` (worth a retry); any other non-2xx answer raises
-    ``ExternalRequestRejected``.
+    Sends ``X-Correlation-ID``. ``{"secret": "NAME"}`` in ``headers``, ``params`` or
+    ``body`` is replaced by the secret when the node runs. Every connection, each
+    redirect hop included, passes the egress policy (``EgressRefused`` otherwise); a
+    request carrying a secret follows no redirect (its headers would go along). A 5xx
+    answer or a transport failure raises ``ExternalServiceError`` (worth a retry); any
+    other non-2xx answer raises ``ExternalRequestRejected``. Errors show the URL without
+    query or credentials, and never a secret.
     """
     props = block.properties
     method = props["method"]
     url = props["url"]
-    shown = _without_secrets(url)
+    shown = redacted_url(url)
+    secrets: set[str] = set()
+    resolve = ctx.http_pool.secrets.resolve
+    headers = resolve(props["headers"], secrets)
+    params = resolve(props["params"], secrets)
+    body = resolve(props["body"], secrets)
     try:
         response = await ctx.http.request(
             method,
             url,
-            headers={**props["headers"], "X-Correlation-ID": ctx.correlation_id},
-            params=props["params"] or None,
-            json=props["body"],
+            headers={**headers, "X-Correlation-ID": ctx.correlation_id},
+            params=params or None,
+            json=body,
+            follow_redirects=not secrets,
         )
     except httpx.RequestError as exc:
-        reason = str(exc).replace(url, shown)
+        reason = redacted(str(exc), secrets)
         raise ExternalServiceError(
             f"{method} {shown} failed: {type(exc).__name__}: {reason}"
-        ) from exc
+        ) from None
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(
+            f"{block.id}.properties.url", "a valid URL", redacted(str(exc), secrets)
+        ) from None
     status = response.status_code
+    excerpt = redacted(response.text, secrets)[:200]
     if status >= 500:
-        raise ExternalServiceError(f"{method} {shown} answered {status}: {response.text[:200]}")
+        raise ExternalServiceError(f"{method} {shown} answered {status}: {excerpt}")
     if not 200 <= status < 300:
-        raise ExternalRequestRejected(shown, status, response.text)
+        if secrets and response.is_redirect:
+            excerpt = "redirect not followed: the request carries secrets"
+        raise ExternalRequestRejected(shown, status, excerpt)
     try:
-        body: Any = response.json()
+        result: Any = response.json()
     except ValueError:
-        body = response.text
+        result = response.text
     path = props["extract"]
-    result = body if path is None else _extract(block, body, path)
+    result = result if path is None else _extract(block, result, path)
     if props["as_number"]:
         result = _to_number(block, result)
     return {"result": result, "status_code": status}

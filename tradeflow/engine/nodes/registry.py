@@ -15,18 +15,22 @@ the engine calls the function. Register your own with :func:`node`::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
+from tradeflow.domain.egress import AllowList
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.risk import Denial, PreTradeLimits
 from tradeflow.domain.trading import ActionEffect, OrderEffect
+from tradeflow.engine.secrets import SecretReader
 
 if TYPE_CHECKING:
+    import httpcore
     import httpx
     import structlog
 
+    from tradeflow.engine.egress import Resolver
     from tradeflow.engine.model import Block
     from tradeflow.ports import Exchange, PriceFeed
 
@@ -98,19 +102,44 @@ class RiskChecker(Protocol):
 
 
 class HttpPool:
-    """One ``httpx.AsyncClient``, created on first use (building one costs ~20 ms,
-    so workflows without HTTP nodes never pay for it)."""
+    """What ``api_call`` reaches the outside world with: one ``httpx.AsyncClient`` whose
+    connections all pass the egress policy (:mod:`tradeflow.engine.egress`), created on
+    first use (building one costs ~20 ms, so workflows without HTTP nodes never pay for
+    it), and the secrets a request may reference (:attr:`secrets`).
 
-    def __init__(self, *, timeout: float = 10.0) -> None:
+    ``egress_allow`` lists the hosts (``host`` or ``host:port``) that may be reached
+    even at a loopback, private or link-local address (``TRADEFLOW_EGRESS_ALLOW``); a
+    malformed entry raises ``ConfigurationError`` here. ``secrets_dir`` is
+    ``TRADEFLOW_SECRETS_DIR``. ``resolver`` and ``connector`` replace the system's DNS
+    resolver and httpcore's connecting backend (tests inject both)."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        egress_allow: Iterable[str] = (),
+        secrets_dir: str | None = None,
+        resolver: Resolver | None = None,
+        connector: httpcore.AsyncNetworkBackend | None = None,
+    ) -> None:
         self._timeout = timeout
+        self._allow = AllowList.parse(egress_allow)
+        self._resolver = resolver
+        self._connector = connector
+        self.secrets = SecretReader(secrets_dir)
         self._client: httpx.AsyncClient | None = None
 
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            import httpx
+            from tradeflow.engine.egress import egress_client, system_resolver
 
-            self._client = httpx.AsyncClient(timeout=self._timeout)
+            self._client = egress_client(
+                self._allow,
+                timeout=self._timeout,
+                resolver=self._resolver or system_resolver,
+                connector=self._connector,
+            )
         return self._client
 
     async def aclose(self) -> None:
