@@ -355,6 +355,31 @@ async def test_a_bot_halts_its_own_scope_and_no_other(clients: Clients) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_request_id_is_the_callers_own(clients: Clients) -> None:
+    """A bot that claims the request_id an operator will use neither turns the operator's
+    halt into a replay of its own answer nor reads the operator's answer back."""
+    me = await clients.emergency(bot("bot-e7"))
+    ops = await clients.emergency(operator("olga"))
+    mine = await me.Halt(replace_id(halt(common_pb2.SCOPE_BOT, "bot-e7"), "shared-id"))
+    theirs = await ops.Halt(replace_id(halt(common_pb2.SCOPE_BOT, "bot-e8"), "shared-id"))
+    try:
+        assert (mine.halt.target, theirs.halt.target) == ("bot-e7", "bot-e8")
+        now = halted(await ops.GetState(em.GetStateRequest()))
+        assert {(common_pb2.SCOPE_BOT, "bot-e7"), (common_pb2.SCOPE_BOT, "bot-e8")} <= now
+        # Each caller's retry gets its own first answer back.
+        again = await ops.Halt(replace_id(halt(common_pb2.SCOPE_BOT, "bot-e9"), "shared-id"))
+        assert again.halt.target == "bot-e8"
+    finally:
+        for target in ("bot-e7", "bot-e8"):
+            assert (await ops.Resume(resume(common_pb2.SCOPE_BOT, target))).resumed
+
+
+def replace_id(request: em.HaltRequest, request_id: str) -> em.HaltRequest:
+    request.request_id = request_id
+    return request
+
+
+@pytest.mark.asyncio
 async def test_the_audit_names_the_certificate_not_the_request(clients: Clients) -> None:
     """An operator's global halt claiming to be ``bot_001``: the audit names operator/alice."""
     alice = await clients.emergency(operator("alice"))

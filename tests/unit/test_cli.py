@@ -518,3 +518,37 @@ def test_heartbeat_every_warns_when_the_period_is_not_under_the_ttl(
     beating.terminate()
     beating.communicate(timeout=60)
     assert warning.startswith("warning: --every 30 is not shorter than the time to live")
+
+
+def test_production_settings_take_the_stack_file_but_never_half_an_identity(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``.stack/env`` fills what the environment leaves unset, except the identity: TLS
+    files or plaintext chosen in the environment are never mixed with the file's."""
+    from tradeflow.app.cli import _stack_env
+
+    (tmp_path / ".stack").mkdir()
+    (tmp_path / ".stack" / "env").write_text(
+        "export TRADEFLOW_STATE_ADDR=127.0.0.1:1\n"
+        "export TRADEFLOW_TLS_CA=/stack/ca.crt\n"
+        "export TRADEFLOW_TLS_CERT=/stack/operator.crt\n"
+        "export TRADEFLOW_TLS_KEY=/stack/operator.key\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    for key in ("TRADEFLOW_TLS_CA", "TRADEFLOW_TLS_CERT", "TRADEFLOW_TLS_KEY"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("TRADEFLOW_GRPC_PLAINTEXT", raising=False)
+    taken = _stack_env("production")
+    assert taken["TRADEFLOW_TLS_CERT"] == "/stack/operator.crt"
+    assert taken["TRADEFLOW_STATE_ADDR"] == "127.0.0.1:1"
+    monkeypatch.setenv("TRADEFLOW_GRPC_PLAINTEXT", "true")
+    plaintext = _stack_env("production")
+    assert (
+        "TRADEFLOW_TLS_CA" not in plaintext and plaintext["TRADEFLOW_STATE_ADDR"] == "127.0.0.1:1"
+    )
+    monkeypatch.delenv("TRADEFLOW_GRPC_PLAINTEXT")
+    monkeypatch.setenv("TRADEFLOW_TLS_CERT", "/mine/admin.crt")
+    mine = _stack_env("production")
+    assert mine["TRADEFLOW_TLS_CERT"] == "/mine/admin.crt"
+    assert "TRADEFLOW_TLS_KEY" not in mine  # not the operator's key beside the admin's cert
+    assert "TRADEFLOW_TLS_CA" not in _stack_env("development")

@@ -59,7 +59,7 @@ from tradeflow.domain.emergency import EmergencySnapshot, HaltCondition, InFligh
 from tradeflow.domain.errors import ConfigurationError, UnavailableError, describe
 from tradeflow.domain.limits import check_id
 from tradeflow.domain.ownership import Fence
-from tradeflow.domain.principals import attributed
+from tradeflow.domain.principals import attributed, current_caller
 from tradeflow.domain.records import (
     AuditEntry,
     Event,
@@ -534,7 +534,8 @@ class RedisAckRelay:
 
 
 class RedisRequestLog:
-    """The answers to mutating requests, by method and ``request_id``, kept ``ttl`` seconds.
+    """The answers to mutating requests, by method, caller (the authenticated principal)
+    and ``request_id``, kept ``ttl`` seconds.
 
     The first request with an id claims it (``SET NX``, expiring after a minute
     in case the service dies mid-call) and then stores its serialized answer for
@@ -562,7 +563,9 @@ class RedisRequestLog:
         if not request_id:
             return await run()
         check_id("request_id", request_id)
-        key = f"{self._prefix}{method}:{request_id}"
+        # Each caller's ids are its own: another principal's cannot be replayed to read its
+        # answer, nor claimed first to make its request a no-op ("|" is in no name or id).
+        key = f"{self._prefix}{method}:{current_caller().principal}|{request_id}"
         try:
             claimed = await self._client.set(
                 key, _RUNNING, nx=True, px=round(_CLAIM_SECONDS * 1000)
