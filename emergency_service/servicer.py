@@ -208,27 +208,28 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
         async def run() -> pb.ResumeResponse:
             actor = _actor(request.actor)
-            halt = self._taking_two(scope, target)
-            if halt is None:
+            if not self._takes_two(scope):
                 resumed = await self._controller.resume(
                     scope, target, reason=request.reason, actor=actor
                 )
                 return pb.ResumeResponse(resumed=resumed)
+            halt = self._controller.snapshot().halts.get((scope, target))
+            if halt is None:
+                # Nothing to resume as far as this replica knows, and nothing is written:
+                # a halt it has not seen yet is never lifted in one step.
+                return pb.ResumeResponse(resumed=False)
             return await self._two_step_resume(halt, request.reason, actor)
 
         return await self._requests.once("Resume", request.request_id, run, pb.ResumeResponse)
 
-    def _taking_two(self, scope: Scope, target: str | None) -> HaltState | None:
-        """The halt of ``scope``/``target`` if resuming it takes a second operator: over
-        mutual TLS, for a configured scope that is halted (resuming what is not halted
-        changes nothing)."""
-        if (
-            self._resume_requests is None
-            or scope not in self._confirm_scopes
-            or current_caller().role is Role.SYSTEM
-        ):
-            return None
-        return self._controller.snapshot().halts.get((scope, target))
+    def _takes_two(self, scope: Scope) -> bool:
+        """Whether resuming ``scope`` takes a second operator: over mutual TLS, for a
+        configured scope."""
+        return (
+            self._resume_requests is not None
+            and scope in self._confirm_scopes
+            and current_caller().role is not Role.SYSTEM
+        )
 
     async def _two_step_resume(self, halt: HaltState, reason: str, actor: str) -> pb.ResumeResponse:
         """The first operator's call records a request to resume ``halt``; another
@@ -238,12 +239,15 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         scope, target = halt.scope, halt.target
         step = await self._resume_requests.step(halt, caller=actor, reason=reason)
         if step.outcome == "confirmed":
+            # Only the halt the request was about: not one made since it was lifted.
             resumed = await self._controller.resume(
                 scope,
                 target,
                 reason=reason,
                 actor=actor,
                 details={"requested_by": step.requested_by, "request_reason": step.reason},
+                since=halt.since,
+                over=halt.actor,
             )
             return pb.ResumeResponse(resumed=resumed, requested_by=step.requested_by)
         if step.outcome == "requested":

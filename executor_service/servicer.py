@@ -9,8 +9,9 @@ import grpc
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.security import ANY_ROLE, Policy, Rule, optional, own
+from tradeflow.app.cancel_on_halt import JOB_REQUEST_PREFIX
 from tradeflow.app.manager import ExecutionManager, Submission
-from tradeflow.domain.errors import describe
+from tradeflow.domain.errors import InvalidRequest, describe
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES, check_cursor, check_id
 from tradeflow.domain.principals import Role
 from tradeflow.domain.records import Event
@@ -54,6 +55,14 @@ def _definition(text: str) -> dict[str, Any]:
 
 
 def _submission(request: pb.ExecuteWorkflowRequest | pb.SubmitWorkflowRequest) -> Submission:
+    if request.request_id.startswith(JOB_REQUEST_PREFIX):
+        # The executors' own cancel-on-halt jobs: a caller's execution must never stand in
+        # for one (the job would count as done and cancel nothing).
+        raise InvalidRequest(
+            "request_id",
+            f"an id not starting with {JOB_REQUEST_PREFIX!r} (reserved)",
+            request.request_id,
+        )
     return Submission(
         definition=_definition(request.definition_json),
         workflow_id=request.workflow_id,

@@ -33,6 +33,7 @@ def tradeflow(*args: str, service: Service) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "TRADEFLOW_EMERGENCY_ADDR": service.address,
+        "TRADEFLOW_GRPC_PLAINTEXT": "true",  # the fixture's service is plaintext
         "TRADEFLOW_NATS_URL": f"nats://127.0.0.1:{free_port()}",
         "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{free_port()}",
         "TRADEFLOW_LOG_LEVEL": "warning",

@@ -460,6 +460,7 @@ def test_the_cli_sets_explains_beats_and_deletes_limits_in_production(
     talk to the emergency service alone: set, list (--json), explain, beat and delete work,
     and a refused option is one line naming the field, exit 2."""
     monkeypatch.setenv("TRADEFLOW_EMERGENCY_ADDR", risk_service.address)
+    monkeypatch.setenv("TRADEFLOW_GRPC_PLAINTEXT", "true")  # the fixture's service is plaintext
 
     def cli(*argv: str) -> tuple[int, str, str]:
         code = main([*argv, "--env", "production"])

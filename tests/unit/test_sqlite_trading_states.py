@@ -589,6 +589,12 @@ CONDITIONAL_CASES: Final = [
     (None, HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
     ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), None),
     ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), None),
+    # A two-step resume lifts only the halt it was about (halt_of's since is 1.0)...
+    ((TradingState.HALTED, OPS), HaltCondition(since=1.0, over=OPS), None),
+    # ...not one made after it was lifted, nor another actor's, nor none.
+    ((TradingState.HALTED, OPS), HaltCondition(since=1.5, over=OPS), None),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(since=1.0, over=OPS), None),
+    (None, HaltCondition(since=1.0), None),
 ]
 """Shared with the Redis store's test: each store decides as ``HaltCondition.admits``."""
 

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tradeflow.ports import EmergencyControl
 
 __all__ = [
+    "JOB_REQUEST_PREFIX",
     "JOB_VENUES",
     "JOB_WORKFLOW_ID",
     "CancelJob",
@@ -55,7 +56,9 @@ JOB_WORKFLOW_ID: Final = "cancel_on_halt"
 JOB_VENUES: Final = ("paper",)
 """The venues whose resting orders the job cancels: the paper exchange's default."""
 
-_PREFIX: Final = "cancel-on-halt"
+JOB_REQUEST_PREFIX: Final = "cancel-on-halt:"
+"""Request ids of the jobs start with it; no caller's may (the executor service refuses
+them), so nobody can plant an execution in a job's place."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,11 +100,11 @@ def job_request_id(halt: HaltState) -> str:
     same for every executor that sees the halt (a longer target than an id may hold is
     replaced by its digest)."""
     since = round(halt.since * 1_000_000)
-    key = f"{_PREFIX}:{halt.scope.value}:{since}:{'-' if halt.target is None else halt.target}"
+    key = f"{JOB_REQUEST_PREFIX}{halt.scope.value}:{since}:{'-' if halt.target is None else halt.target}"
     if len(key) <= ID_MAX_LENGTH:
         return key
     digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
-    return f"{_PREFIX}:{halt.scope.value}:{since}:{digest}"
+    return f"{JOB_REQUEST_PREFIX}{halt.scope.value}:{since}:{digest}"
 
 
 def cancel_job(halt: HaltState, venues: Sequence[str] = JOB_VENUES) -> CancelJob:

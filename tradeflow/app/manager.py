@@ -114,6 +114,16 @@ class _Running:
     task: asyncio.Future[ExecutionView]
 
 
+def _same_caller(asking: tuple[str | None, str], found: tuple[str | None, str]) -> None:
+    """Refuse a request id already used for another bot or workflow."""
+    if asking != found:
+        raise InvalidRequest(
+            "request_id",
+            "an id not used before by another bot or workflow",
+            "the id of another caller's execution",
+        )
+
+
 class ExecutionManager:
     """Runs submissions on one shared infrastructure."""
 
@@ -182,7 +192,7 @@ class ExecutionManager:
         claim = asyncio.get_running_loop().create_future()
         self._claims[request_id] = claim
         try:
-            running = await self._known_request(request_id)
+            running = await self._known_request(request_id, submission)
             if running is None:
                 running = await self._launch(submission, request_id, durable)
         except BaseException as exc:
@@ -469,13 +479,20 @@ class ExecutionManager:
             self._plans.move_to_end(key)
         return plan
 
-    async def _known_request(self, request_id: str) -> _Running | None:
+    async def _known_request(self, request_id: str, submission: Submission) -> _Running | None:
+        """The execution an earlier request with ``request_id`` started, if it was for the
+        same bot and workflow: a request id names nobody else's execution, so it can
+        neither read one nor stand in for one."""
+        caller = (submission.bot_id, submission.workflow_id)
         execution_id = self._by_request.get(request_id)
-        if execution_id is not None and execution_id in self._running:
-            return self._running[execution_id]
+        running = self._running.get(execution_id) if execution_id is not None else None
+        if running is not None and running.executor is not None:
+            _same_caller(caller, (running.executor.bot_id, running.executor.workflow_id))
+            return running
         record = await self.infra.state.find_by_request_id(request_id)
         if record is None:
             return None
+        _same_caller(caller, (record.bot_id, record.workflow_id))
         if not record.status.final:
             # Running elsewhere (or an orphan about to be taken over): wait for its end.
             task = asyncio.create_task(self._final(record.execution_id))

@@ -244,10 +244,15 @@ class HaltCondition:
     """Write only if no halt stands there or the standing one is less restrictive."""
     over: str | None = None
     """Write or delete only if a halt stands there and its actor is this one."""
+    since: float | None = None
+    """Write or delete only if a halt stands there and has stood since this time: the
+    halt a caller saw, not one made after it was lifted (a two-step resume's)."""
 
     def admits(self, standing: HaltState | None, state: TradingState | None) -> bool:
         """Whether a write of ``state`` (``None``: a delete) may go over ``standing``."""
         if self.over is not None and (standing is None or standing.actor != self.over):
+            return False
+        if self.since is not None and (standing is None or standing.since != self.since):
             return False
         return not (
             self.stricter

@@ -358,14 +358,18 @@ class EmergencyController:
         reason: str,
         actor: str = "unknown",
         details: Mapping[str, Any] | None = None,
+        since: float | None = None,
+        over: str | None = None,
     ) -> bool:
         """See the port; ``details`` go into the audit entry (a two-step resume's
-        requester)."""
+        requester); with ``since`` (``over``), only a halt standing since then (made by
+        that actor) is lifted, checked by the store in the step that deletes it."""
         return await self._resume(
             checked_scope_change(scope, target, reason, actor),
             target,
             reason,
             actor,
+            None if since is None and over is None else HaltCondition(over=over, since=since),
             details=details,
         )
 

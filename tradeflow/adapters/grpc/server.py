@@ -155,19 +155,27 @@ class _Interceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return None
         full_method = str(details.method)
         method, rule = full_method.rsplit("/", 1)[-1], self._rule(full_method)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, rule),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, rule),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        if handler.request_streaming and rule.request is not None:
+            rule = _NOBODY  # a check of the request cannot see a stream of requests
+        # Every kind of method is wrapped (reflection streams both ways): none escapes the
+        # caller's authentication.
+        wrap, make = {
+            (False, False): (self._unary, grpc.unary_unary_rpc_method_handler),
+            (False, True): (self._stream, grpc.unary_stream_rpc_method_handler),
+            (True, False): (self._unary, grpc.stream_unary_rpc_method_handler),
+            (True, True): (self._stream, grpc.stream_stream_rpc_method_handler),
+        }[(bool(handler.request_streaming), bool(handler.response_streaming))]
+        behaviour = (
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream
+        )
+        return make(
+            wrap(behaviour, method, rule),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
     def _unary(self, behaviour: Any, method: str, rule: Rule) -> Any:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:

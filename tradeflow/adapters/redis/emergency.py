@@ -117,20 +117,25 @@ end
 """
 _LOAD: Final = _PRELUDE + "return state(0)"
 # The condition on the standing halt of a field (HaltCondition): ARGV[c] the rank the
-# written state must exceed ('' for none), ARGV[c + 1] the actor it must have ('').
+# written state must exceed ('' for none), ARGV[c + 1] the actor it must have (''),
+# ARGV[c + 2] the time it must have stood since ('').
 _STANDING: Final = """
 local RANKS = {active = 0, reduce_only = 1, cancel_only = 2, halted = 3}
 local function admitted(field, c)
-  if ARGV[c] == '' and ARGV[c + 1] == '' then return true end
+  if ARGV[c] == '' and ARGV[c + 1] == '' and ARGV[c + 2] == '' then return true end
   local stored = redis.call('HGET', KEYS[1], field)
-  if not stored then return ARGV[c + 1] == '' end
+  if not stored then return ARGV[c + 1] == '' and ARGV[c + 2] == '' end
   local halt = cjson.decode(stored)
   if ARGV[c + 1] ~= '' and halt[2] ~= ARGV[c + 1] then return false end
+  if ARGV[c + 2] ~= '' and
+     tonumber(redis.call('HGET', KEYS[2], field)) ~= tonumber(ARGV[c + 2]) then
+    return false
+  end
   -- A halt stored before halts had states is a halt.
   return ARGV[c] == '' or (RANKS[halt[3] or 'halted'] or 3) < tonumber(ARGV[c])
 end
 """
-# ARGV 4 halt field, 5 since, 6 halt JSON, 7-8 the condition; returns the stored since,
+# ARGV 4 halt field, 5 since, 6 halt JSON, 7-9 the condition; returns the stored since,
 # or -1 (nothing written) when the condition does not hold.
 _SAVE_HALT: Final = (
     _PRELUDE
@@ -144,7 +149,7 @@ changed()
 return state(redis.call('HGET', KEYS[2], ARGV[4]))
 """
 )
-# ARGV 4 halt field, 5-6 the condition; returns 1 if a halt was removed.
+# ARGV 4 halt field, 5-7 the condition; returns 1 if a halt was removed.
 _DELETE_HALT: Final = (
     _PRELUDE
     + _STANDING
@@ -648,7 +653,9 @@ class RedisResumeRequests:
         scope (left by a confirmation that lost a race, or by a halt lifted since) never
         confirms this one."""
         key = self._prefix + halt_field(halt.scope, halt.target)
-        about = repr(halt.since)
+        # The halt as the caller saw it: re-issued since (another state, reason or actor),
+        # it is another decision, which takes requests of its own.
+        about = to_json_bytes([halt.since, halt.state.value, halt.actor, halt.reason]).decode()
         request = to_json_bytes({"by": caller, "reason": reason, "halt": about})
         try:
             outcome, stored, ttl_ms = await self._script(
@@ -766,12 +773,15 @@ def limit_of(field: bytes, payload: bytes) -> RiskLimit:
     return limit
 
 
-def _condition_args(condition: HaltCondition | None, state: TradingState | None) -> tuple[str, str]:
-    """``condition`` as the scripts' two arguments (see ``_STANDING``)."""
+def _condition_args(
+    condition: HaltCondition | None, state: TradingState | None
+) -> tuple[str, str, str]:
+    """``condition`` as the scripts' three arguments (see ``_STANDING``)."""
     if condition is None:
-        return "", ""
+        return "", "", ""
     rank = str(state.rank) if condition.stricter and state is not None else ""
-    return rank, condition.over or ""
+    since = "" if condition.since is None else repr(condition.since)
+    return rank, condition.over or "", since
 
 
 def _progress(payload: bytes) -> TriggerProgress:
