@@ -37,6 +37,8 @@ request log's, and every error becomes a status code in the server's interceptor
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Final
@@ -67,10 +69,13 @@ from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as pb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc
 
-__all__ = ["ACCESS", "SERVICE_NAME", "EmergencyServicer"]
+__all__ = ["ACCESS", "DENIAL_AUDIT_SECONDS", "SERVICE_NAME", "EmergencyServicer"]
 
 SERVICE_NAME: Final = pb.DESCRIPTOR.services_by_name["EmergencyService"].full_name
 _UNKNOWN_ACTOR: Final = "unknown"
+DENIAL_AUDIT_SECONDS: Final = 10.0
+"""At most one ``rpc_denied`` audit entry per principal and method this often."""
+_DENIALS_TRACKED: Final = 10_000
 
 
 def _own_scope(request: pb.HaltRequest | pb.HeartbeatRequest) -> str | None:
@@ -144,6 +149,8 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         self._heartbeat = heartbeat
         self._draining = asyncio.Event()
         self._watched: tuple[EmergencySnapshot, pb.WatchStateResponse] | None = None
+        self._denials: dict[tuple[str, str], tuple[float, int]] = {}
+        """Per principal and method: when a refusal was last audited, refusals left out."""
 
     async def drain(self) -> None:
         """End every ``WatchState`` stream cleanly (later ones end after their first snapshot)."""
@@ -266,8 +273,22 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         )
 
     async def denied(self, method: str, caller: Caller, reason: str) -> None:
-        """Audit a refused call (``rpc_denied``; the interceptor bound its caller)."""
-        await self._controller.record_audit("rpc_denied", reason, details={"method": method})
+        """Audit a refused call (``rpc_denied``; the interceptor bound its caller): at most
+        one entry per principal and method every :data:`DENIAL_AUDIT_SECONDS` per replica,
+        counting the refusals left out since the last (each is logged anyway), so a
+        caller hammering refused calls cannot push the changes out of the capped audit."""
+        key = (str(caller.principal), method)
+        now = time.monotonic()
+        last, left_out = self._denials.get(key, (-math.inf, 0))
+        if now - last < DENIAL_AUDIT_SECONDS:
+            self._denials[key] = (last, left_out + 1)
+            return
+        if len(self._denials) >= _DENIALS_TRACKED:
+            self._denials.clear()  # bounded memory: at worst, a few more entries
+        self._denials[key] = (now, 0)
+        await self._controller.record_audit(
+            "rpc_denied", reason, details={"method": method, "left_out": left_out}
+        )
 
     async def GetState(
         self, request: pb.GetStateRequest, context: grpc.aio.ServicerContext
@@ -285,7 +306,14 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
 
         async def run() -> pb.CheckRiskLimitResponse:
             verdict = await self._controller.check(
-                request.limit_type, request.value, threshold, auto_halt, ids, halts=halts
+                request.limit_type,
+                request.value,
+                threshold,
+                auto_halt,
+                ids,
+                halts=halts,
+                # A bot (or its executor) cannot waive a configured limit's halt.
+                binding=current_caller().role in _BOUND_CHECKERS,
             )
             if verdict.breached and verdict.halts:
                 # The breach halted trading (everything, or the bot that checked): a
@@ -441,12 +469,17 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 change.cancel()
 
 
+_BOUND_CHECKERS: Final = (Role.BOT, Role.EXECUTOR)
+"""Callers whose risk checks are a bot's: they halt the bot alone and cannot waive a
+configured limit's halt."""
+
+
 def _halted_by_check(ids: ScopeIds) -> tuple[Scope, str | None]:
     """What a breach found by a risk check halts: everything for an operator's (or any
     caller's on a plaintext server); for a bot's or its executor's, the bot alone (the
     workflow alone when an executor runs one for no bot)."""
     caller = current_caller()
-    if caller.role not in (Role.BOT, Role.EXECUTOR):
+    if caller.role not in _BOUND_CHECKERS:
         return (Scope.GLOBAL, None)
     if ids.bot_id is not None:
         return (Scope.BOT, ids.bot_id)

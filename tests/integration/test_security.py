@@ -457,6 +457,52 @@ async def test_two_confirmations_at_once_resume_once(clients: Clients) -> None:
 
 
 @pytest.mark.asyncio
+async def test_no_single_operator_lifts_a_global_halt_while_hammering_resume(
+    clients: Clients,
+) -> None:
+    """An operator calling Resume(global) in a loop, from four tasks, while another halts:
+    over 5 halts, none of its calls lifts the halt alone (a halt its replica has not seen
+    yet is never resumed in one step); each halt ends with its request recorded."""
+    mallory = await clients.emergency(operator("mallory"))
+    victor = await clients.emergency(operator("victor"))
+    lifted_alone = []
+    for _ in range(5):
+        recorded = asyncio.Event()
+
+        async def hammer(done: asyncio.Event = recorded) -> None:
+            while not done.is_set():
+                reply = await mallory.Resume(resume(common_pb2.SCOPE_GLOBAL))
+                if reply.resumed:
+                    lifted_alone.append(reply)
+                if reply.awaiting_confirmation:
+                    done.set()
+
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            tasks = [asyncio.ensure_future(hammer()) for _ in range(4)]
+            await victor.Halt(halt(common_pb2.SCOPE_GLOBAL))
+            await asyncio.gather(*tasks)
+        assert (common_pb2.SCOPE_GLOBAL, None) in halted(
+            await victor.GetState(em.GetStateRequest())
+        )
+        confirmed = await victor.Resume(resume(common_pb2.SCOPE_GLOBAL))
+        assert (confirmed.resumed, confirmed.requested_by) == (True, "operator/mallory")
+    assert lifted_alone == []
+
+
+@pytest.mark.asyncio
+async def test_refused_calls_are_audited_without_flooding_the_audit(clients: Clients) -> None:
+    """Twenty refused calls in a row from one bot: one rpc_denied entry (the rest counted
+    in the next), so refusals cannot push the changes out of the capped audit."""
+    me = await clients.emergency(bot("bot-flood"))
+    for _ in range(20):
+        await refused(me.Resume(resume(common_pb2.SCOPE_BOT, "bot-flood")))
+    reader = await clients.emergency(operator("auditor"))
+    mine = [e for e in await audit(reader, "rpc_denied") if e.principal == "bot/bot-flood"]
+    assert len(mine) == 1
+    assert json.loads(mine[0].details_json)["method"] == "Resume"
+
+
+@pytest.mark.asyncio
 async def test_a_request_confirms_only_the_halt_it_was_made_for(tls_stack: Stack) -> None:
     """A request left about an earlier halt of the scope (by a confirmation that lost a
     race) is replaced by the next operator's, never consumed as its confirmation."""
@@ -562,8 +608,10 @@ async def test_a_bot_runs_and_reads_only_its_own_executions(clients: Clients) ->
     own = (await bot_a.ListExecutions(query("bot-a"))).page.executions
     assert done.execution_id in {record.execution_id for record in own}
     assert {record.bot_id for record in own} == {"bot-a"}
+    other = (await bot_b.ExecuteWorkflow(execute("bot-b"))).execution.record
     theirs = (await bot_b.ListExecutions(query("bot-b"))).page.executions
-    assert {record.bot_id for record in theirs} <= {"bot-b"}
+    assert other.execution_id in {record.execution_id for record in theirs}
+    assert {record.bot_id for record in theirs} == {"bot-b"}
     every = (await ops.ListExecutions(query())).page.executions
     assert done.execution_id in {record.execution_id for record in every}
 
@@ -691,6 +739,50 @@ def _listeners(port: int) -> set[str]:
 def test_metrics_bind_the_listen_host(tls_stack: Stack, service: str) -> None:
     """TRADEFLOW_METRICS_HOST defaults to the gRPC host (127.0.0.1), never every address."""
     assert _listeners(tls_stack.ports[f"{service}_metrics"]) == {"0100007F"}
+
+
+@pytest.mark.asyncio
+async def test_a_request_id_names_only_its_own_bots_execution(clients: Clients) -> None:
+    """A bot replaying another bot's request_id neither reads that execution nor gets it
+    as its own; the owner's retry still gets its first answer."""
+    bot_a = await clients.executor(bot("bot-ra"))
+    bot_b = await clients.executor(bot("bot-rb"))
+    first = execute("bot-ra")
+    done = (await bot_a.ExecuteWorkflow(first)).execution.record
+    replayed = execute("bot-rb")
+    replayed.request_id = first.request_id
+    details = await refused(bot_b.ExecuteWorkflow(replayed), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "request_id" in details and done.execution_id not in details
+    submitted = ex.SubmitWorkflowRequest(
+        request_id=first.request_id, workflow_id="secured", bot_id="bot-rb", definition_json="{}"
+    )
+    await refused(bot_b.SubmitWorkflow(submitted), grpc.StatusCode.INVALID_ARGUMENT)
+    again = (await bot_a.ExecuteWorkflow(first)).execution.record
+    assert again.execution_id == done.execution_id
+
+
+@pytest.mark.asyncio
+async def test_no_caller_can_plant_a_cancel_on_halt_job(clients: Clients) -> None:
+    """The executors' cancel-on-halt jobs have request ids of their own: a bot submitting
+    under one (to make the job look done) is refused."""
+    me = await clients.executor(bot("bot-planter"))
+    planted = execute("bot-planter")
+    planted.request_id = "cancel-on-halt:bot:1764669440000000:bot-victim"
+    details = await refused(me.ExecuteWorkflow(planted), grpc.StatusCode.INVALID_ARGUMENT)
+    assert "reserved" in details
+
+
+def test_reflection_needs_a_principal(tls_stack: Stack) -> None:
+    """Reflection streams both ways: it is authenticated like every other method."""
+    nobody = authority(tls_stack).issue(None)
+    ca = authority(tls_stack).cert_pem
+    credentials = grpc.ssl_channel_credentials(ca, nobody.key_pem, nobody.cert_pem)
+    with (
+        grpc.secure_channel(address(tls_stack, "state"), credentials) as channel,
+        pytest.raises(grpc.RpcError) as caught,
+    ):
+        reflected_services(channel)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def reflected_services(channel: grpc.Channel) -> set[str]:

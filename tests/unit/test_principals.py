@@ -149,3 +149,28 @@ def test_neither_tls_nor_plaintext_is_refused_and_unreadable_files_are_named(
     security = transport_security(TlsFiles(str(tmp_path / "ca.crt"), str(cert), str(key)), False)
     assert isinstance(security, TransportSecurity) and not security.plaintext
     assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize(
+    ("configured_halts", "value", "auto_halt", "binding", "halts"),
+    [
+        # A configured limit that halts: a bot cannot waive it (binding), anyone else may.
+        (True, 600.0, False, False, False),
+        (True, 600.0, False, True, True),
+        # A configured limit that does not halt never does.
+        (False, 600.0, True, True, False),
+        # Only the caller's own, stricter threshold is breached: its auto_halt decides.
+        (True, 450.0, False, True, False),
+        (True, 450.0, True, True, True),
+    ],
+)
+def test_a_bound_caller_cannot_waive_a_configured_halt(
+    configured_halts: bool, value: float, auto_halt: bool, binding: bool, halts: bool
+) -> None:
+    from tradeflow.domain.emergency import assess_limit
+    from tradeflow.domain.records import LimitDirection, RiskLimit
+
+    limit = RiskLimit("exposure", 500.0, LimitDirection.ABOVE, configured_halts, 1.0, "admin")
+    verdict = assess_limit({limit.key: limit}, "exposure", value, 400.0, auto_halt, binding=binding)
+    assert verdict.breached
+    assert verdict.halts is halts

@@ -328,6 +328,8 @@ def assess_limit(
     threshold: float | None,
     auto_halt: bool,
     ids: ScopeIds = NO_IDS,
+    *,
+    binding: bool = False,
 ) -> LimitVerdict:
     """Judge ``value`` against the limit on ``limit_type``.
 
@@ -338,6 +340,9 @@ def assess_limit(
     it); ``threshold=None`` uses the configured one. A limit configured not to halt
     overrides ``auto_halt``, and so does a trigger (a limit that names a state: it moves
     its own scope, never everything).
+    With ``binding`` (a bot's own check, over mutual TLS) the caller cannot waive a
+    configured halt either: a breach of a configured limit that halts halts, whatever
+    ``auto_halt`` says.
     Raises ``InvalidRequest`` for a limit type that is no id or unknown, a missing
     threshold or a value that is not a finite number.
     """
@@ -368,6 +373,11 @@ def assess_limit(
         and (plain is None or plain.auto_halt)
         and halting is not None
         and direction.breached(checked_value, halting)
+    ) or (
+        binding
+        and plain is not None
+        and plain.auto_halt
+        and direction.breached(checked_value, plain.threshold)
     )
     return LimitVerdict(limit_type, checked_value, used, direction, halts)
 

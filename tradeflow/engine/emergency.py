@@ -515,14 +515,18 @@ class EmergencyController:
         state: EmergencySnapshot | None = None,
         *,
         halts: tuple[Scope, str | None] = (Scope.GLOBAL, None),
+        binding: bool = False,
     ) -> LimitVerdict:
         """Judge ``value`` by :func:`~tradeflow.domain.emergency.assess_limit` on the limits
         of ``state`` (default: the :meth:`snapshot`). A breach is audited, counted and
         published with ``ids``, and halts the scope ``halts`` (default: everything) if the
-        verdict says so: a bot's own check halts only the bot."""
+        verdict says so: a bot's own check halts only the bot, and (``binding``) cannot
+        waive a configured limit's halt."""
         check_scope_ids(ids)
         limits = (self.snapshot() if state is None else state).limits
-        verdict = assess_limit(limits, limit_type, value, threshold, auto_halt, ids)
+        verdict = assess_limit(
+            limits, limit_type, value, threshold, auto_halt, ids, binding=binding
+        )
         if not verdict.breached:
             return verdict
         now = self._clock.time()
