@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from executor_service.servicer import ACCESS, ExecutorServicer
+from executor_service.servicer import ExecutorServicer, access
 from tradeflow.adapters.grpc.server import Service
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.app.manager import ExecutionManager
@@ -38,5 +38,5 @@ async def build(config: ServiceSettings) -> Service:
         # Health follows the event bus: executions whose events cannot reach the stream
         # would run unseen.
         healthy=infra.events.healthy,
-        policy=ACCESS,
+        policy=access(config.bot_strategies),
     )

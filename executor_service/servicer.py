@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -13,35 +13,47 @@ from tradeflow.app.cancel_on_halt import JOB_REQUEST_PREFIX
 from tradeflow.app.manager import ExecutionManager, Submission
 from tradeflow.domain.errors import InvalidRequest, describe
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES, check_cursor, check_id
-from tradeflow.domain.principals import Role
+from tradeflow.domain.principals import Caller, Role
 from tradeflow.domain.records import Event
 from tradeflow.observability.logging import get_logger
 from tradeflow.ports import EventBus
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 
-__all__ = ["ACCESS", "ExecutorServicer"]
+__all__ = ["ExecutorServicer", "access"]
 
 _log = get_logger("tradeflow.executor_service")
 
 _OWN_BOT = own(lambda request: optional(request, "bot_id"), "bot_id")
-ACCESS: Policy = {
-    # A bot runs, lists, reads and follows its own executions: its bot_id is its name.
-    "ExecuteWorkflow": Rule(frozenset({Role.BOT}), request=_OWN_BOT),
-    "SubmitWorkflow": Rule(frozenset({Role.BOT}), request=_OWN_BOT),
-    "GetExecution": Rule(
-        frozenset({Role.BOT, Role.OPERATOR}),
-        response=own(lambda reply: optional(reply.execution.record, "bot_id"), "the bot_id"),
-    ),
-    "ListExecutions": Rule(
-        frozenset({Role.BOT, Role.OPERATOR}),
-        request=own(lambda request: optional(request.query, "bot_id"), "query.bot_id"),
-    ),
-    "StreamEvents": Rule(frozenset({Role.BOT, Role.OPERATOR}), request=_OWN_BOT),
-    "CancelExecution": Rule(frozenset({Role.OPERATOR})),
-    "ValidateWorkflow": Rule(ANY_ROLE),
-}
-"""Who may call each method (see :mod:`tradeflow.adapters.grpc.security`)."""
+
+
+def access(bot_strategies: Mapping[str, str]) -> Policy:
+    """Who may call each method (see :mod:`tradeflow.adapters.grpc.security`): a bot runs,
+    lists, reads and follows its own executions (its bot_id is its name), under the
+    strategy ``bot_strategies`` binds it to, if any."""
+
+    def run_as_itself(request: Any, caller: Caller) -> str | None:
+        bound = bot_strategies.get(caller.name)
+        strategy = optional(request, "strategy_id")
+        if bound is not None and strategy != bound:
+            return f"strategy_id must be {bound!r} (TRADEFLOW_BOT_STRATEGIES), found {strategy!r}"
+        return _OWN_BOT(request, caller)
+
+    return {
+        "ExecuteWorkflow": Rule(frozenset({Role.BOT}), request=run_as_itself),
+        "SubmitWorkflow": Rule(frozenset({Role.BOT}), request=run_as_itself),
+        "GetExecution": Rule(
+            frozenset({Role.BOT, Role.OPERATOR}),
+            response=own(lambda reply: optional(reply.execution.record, "bot_id"), "the bot_id"),
+        ),
+        "ListExecutions": Rule(
+            frozenset({Role.BOT, Role.OPERATOR}),
+            request=own(lambda request: optional(request.query, "bot_id"), "query.bot_id"),
+        ),
+        "StreamEvents": Rule(frozenset({Role.BOT, Role.OPERATOR}), request=_OWN_BOT),
+        "CancelExecution": Rule(frozenset({Role.OPERATOR})),
+        "ValidateWorkflow": Rule(ANY_ROLE),
+    }
 
 
 def _optional(message: Any, field: str) -> str | None:

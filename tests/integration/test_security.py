@@ -78,7 +78,7 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         Path(tmp_path_factory.mktemp("tls-stack")),
         tls=True,
-        extra_env={"TRADEFLOW_LOG_LEVEL": "info"},
+        extra_env={"TRADEFLOW_LOG_LEVEL": "info", "TRADEFLOW_BOT_STRATEGIES": "bot-s1=strat-1"},
     )
     stack.start()
     yield stack
@@ -739,6 +739,26 @@ def _listeners(port: int) -> set[str]:
 def test_metrics_bind_the_listen_host(tls_stack: Stack, service: str) -> None:
     """TRADEFLOW_METRICS_HOST defaults to the gRPC host (127.0.0.1), never every address."""
     assert _listeners(tls_stack.ports[f"{service}_metrics"]) == {"0100007F"}
+
+
+@pytest.mark.asyncio
+async def test_a_bot_bound_to_a_strategy_runs_only_under_it(clients: Clients) -> None:
+    """``TRADEFLOW_BOT_STRATEGIES=bot-s1=strat-1``: bot-s1 cannot escape its strategy's
+    halts and limits by naming another strategy or none; an unbound bot names its own."""
+    me = await clients.executor(bot("bot-s1"))
+
+    def under(strategy: str | None, bot_id: str = "bot-s1") -> ex.ExecuteWorkflowRequest:
+        request = execute(bot_id)
+        if strategy is not None:
+            request.strategy_id = strategy
+        return request
+
+    done = (await me.ExecuteWorkflow(under("strat-1"))).execution.record
+    assert (done.status, done.strategy_id) == (common_pb2.EXECUTION_STATUS_COMPLETED, "strat-1")
+    for escape in (None, "strat-2"):
+        assert "strategy_id must be 'strat-1'" in await refused(me.ExecuteWorkflow(under(escape)))
+    free = await clients.executor(bot("bot-s2"))
+    assert (await free.ExecuteWorkflow(under("any", "bot-s2"))).execution.record.bot_id == "bot-s2"
 
 
 @pytest.mark.asyncio

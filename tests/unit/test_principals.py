@@ -174,3 +174,14 @@ def test_a_bound_caller_cannot_waive_a_configured_halt(
     verdict = assess_limit({limit.key: limit}, "exposure", value, 400.0, auto_halt, binding=binding)
     assert verdict.breached
     assert verdict.halts is halts
+
+
+def test_bot_strategies_are_id_pairs() -> None:
+    chosen = ServiceSettings.from_env(
+        "executor", {"TRADEFLOW_BOT_STRATEGIES": "bot-1=strat-a, bot-2 = strat-b"}
+    )
+    assert chosen.bot_strategies == {"bot-1": "strat-a", "bot-2": "strat-b"}
+    assert ServiceSettings.from_env("executor", {}).bot_strategies == {}
+    for bad in ("bot-1", "bot-1=", "=strat", "bot 1=strat"):
+        with pytest.raises(ConfigurationError, match="TRADEFLOW_BOT_STRATEGIES must be id=id"):
+            ServiceSettings.from_env("executor", {"TRADEFLOW_BOT_STRATEGIES": bad})

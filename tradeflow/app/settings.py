@@ -17,6 +17,7 @@ from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange, Pap
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.domain.clock import Clock, IdFactory
 from tradeflow.domain.errors import ConfigurationError
+from tradeflow.domain.limits import ID_PATTERN
 from tradeflow.domain.ownership import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_TAKEOVERS
 from tradeflow.ports import PriceFeed
 
@@ -299,6 +300,10 @@ class ServiceSettings:
     resume_confirm_seconds: float = 300.0
     """``TRADEFLOW_RESUME_CONFIRM_SECONDS``: how long a resume request waits for the
     second operator's confirmation."""
+    bot_strategies: Mapping[str, str] = field(default_factory=dict)
+    """``TRADEFLOW_BOT_STRATEGIES``: ``bot=strategy`` pairs, comma-separated: the executor
+    service runs such a bot's workflows only under its strategy (a strategy halt or limit
+    cannot be escaped by naming another or none)."""
 
     @classmethod
     def from_env(cls, name: str, environ: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -344,6 +349,7 @@ class ServiceSettings:
                 defaults.resume_confirm_seconds,
                 positive=True,
             ),
+            bot_strategies=_pairs(e, "TRADEFLOW_BOT_STRATEGIES"),
         )
 
 
@@ -424,3 +430,14 @@ def _host_of(listen: str) -> str:
     """The host of ``host:port`` (``[::1]:50051`` -> ``::1``; ``:50051`` -> ``0.0.0.0``)."""
     host = listen.rpartition(":")[0].strip("[]")
     return host or "0.0.0.0"
+
+
+def _pairs(e: Mapping[str, str], key: str) -> dict[str, str]:
+    """``a=x,b=y`` as ``{"a": "x", "b": "y"}``, each side a well-formed id."""
+    pairs = {}
+    for item in _names(e, key):
+        left, sep, right = (part.strip() for part in item.partition("="))
+        if not (sep and ID_PATTERN.fullmatch(left) and ID_PATTERN.fullmatch(right)):
+            raise ConfigurationError(f"{key} must be id=id pairs, comma-separated, found {item!r}")
+        pairs[left] = right
+    return pairs
