@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tradeflow.domain.principals import Principal
+from tradeflow.domain.principals import Principal, Role
 
 __all__ = ["Authority", "Issued"]
 
@@ -87,12 +87,17 @@ class Authority:
         hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
         valid: dt.timedelta = _VALID,
     ) -> Issued:
-        """A certificate for ``principal`` (none: a bare server or client certificate),
-        valid for ``hosts`` as a server and usable as a client."""
+        """A certificate for ``principal`` (none: a bare certificate), usable as a client;
+        a service's (an executor principal's, or a bare one) also serves ``hosts``. A
+        bot's, an operator's or an admin's never serves: it cannot pose as a service."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.UTC)
+        serves = principal is None or principal.role is Role.EXECUTOR
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+        if serves:
+            usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
         cn = principal.uri if principal is not None else hosts[0]
-        names: list[x509.GeneralName] = [_host(host) for host in hosts]
+        names: list[x509.GeneralName] = [_host(host) for host in hosts] if serves else []
         if principal is not None:
             names.append(x509.UniformResourceIdentifier(principal.uri))
         cert = (
@@ -105,12 +110,7 @@ class Authority:
             .not_valid_after(now + valid)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .sign(self._key, hashes.SHA256())
         )
         return Issued(
