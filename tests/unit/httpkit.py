@@ -4,11 +4,12 @@ policy explicitly allows it (loopback is refused by default)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import pytest_asyncio
 
+from tradeflow.domain.egress import SecretHosts
 from tradeflow.engine.nodes.registry import HttpPool
 
 __all__ = ["HttpServer", "Received", "http_server"]
@@ -36,9 +37,14 @@ class HttpServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def pool(self, secrets_dir: str | None = None) -> HttpPool:
-        """An HTTP pool whose egress policy explicitly allows this (loopback) server."""
-        return HttpPool(egress_allow=[f"127.0.0.1:{self.port}"], secrets_dir=secrets_dir)
+    def pool(self, secrets_dir: str | None = None, secrets: Iterable[str] = ()) -> HttpPool:
+        """An HTTP pool whose egress policy explicitly allows this (loopback) server, and
+        which may send the secrets named in ``secrets`` to it."""
+        return HttpPool(
+            egress_allow=[f"127.0.0.1:{self.port}"],
+            secrets_dir=secrets_dir,
+            secret_hosts=SecretHosts.parse(f"{name}=127.0.0.1" for name in secrets),
+        )
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")

@@ -155,10 +155,40 @@ def test_allow_list_matches_host_and_port() -> None:
     assert not allow.permits("localhost", 8080)
 
 
-@pytest.mark.parametrize("entry", ["host:", "host:http", "host:70000", "[::1]x", ":80"])
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "host:",
+        "host:http",
+        "host:70000",
+        "[::1]x",
+        ":80",
+        "a.b:80:90",
+        "*.example.com",
+        "[a.b]:80",
+        "[127.0.0.1]:80",
+        "http://prices.local",
+        "prices.local/v1",
+        "-bad.example",
+        "a..b",
+    ],
+)
 def test_allow_list_refuses_malformed_entries(entry: str) -> None:
-    with pytest.raises(ConfigurationError, match=r"TRADEFLOW_EGRESS_ALLOW.*host:port"):
+    with pytest.raises(ConfigurationError) as refused:
         AllowList.parse([entry])
+    assert str(refused.value) == (
+        "TRADEFLOW_EGRESS_ALLOW: expected comma-separated host or host:port entries (a name "
+        "or an address, no wildcard; port 1-65535, IPv6 as [addr]:port), found " + repr(entry)
+    )
+
+
+def test_allow_list_takes_names_addresses_and_bare_ipv6() -> None:
+    allow = AllowList.parse(["price_api", "prices.local.", "::1", "[fe80::1]", "10.0.0.7:8080"])
+    assert allow.permits("PRICE_API", 80)
+    assert allow.permits("prices.local", 443)
+    assert allow.permits("[::1]", 8080)
+    assert allow.permits("fe80::1", 1)
+    assert allow.permits("10.0.0.7", 8080) and not allow.permits("10.0.0.7", 8081)
 
 
 # -- the backend: resolve, check, connect to the checked address ------------------------------
@@ -179,11 +209,21 @@ class FakeResolver:
 
 
 class RecordingStream(httpcore.AsyncMockStream):
-    """A canned HTTP answer; records the SNI name TLS was started with."""
+    """A canned HTTP answer; records the SNI name TLS was started with and what is
+    written."""
 
-    def __init__(self, answers: list[bytes], tls: list[str | None]) -> None:
+    def __init__(self, answers: list[bytes], tls: list[str | None], written: list[bytes]) -> None:
         super().__init__(list(answers))
         self._tls = tls
+        self._written = written
+
+    async def write(
+        self,
+        buffer: bytes,
+        timeout: float | None = None,  # noqa: ASYNC109 (httpcore's interface)
+    ) -> None:
+        """Records each request (head and body) as sent."""
+        self._written.append(buffer)
 
     async def start_tls(
         self,
@@ -204,6 +244,7 @@ class Connector(httpcore.AsyncNetworkBackend):
         self.answers = dict(answers or {})
         self.connected: list[tuple[str, int]] = []
         self.tls: list[str | None] = []
+        self.written: list[bytes] = []
 
     async def connect_tcp(
         self,
@@ -214,7 +255,7 @@ class Connector(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
         self.connected.append((host, port))
-        return RecordingStream(self.answers[host], self.tls)
+        return RecordingStream(self.answers[host], self.tls, self.written)
 
     async def sleep(self, seconds: float) -> None:
         pass
@@ -414,3 +455,21 @@ async def test_a_local_server_answers_under_an_explicit_allow(http_server: HttpS
         with pytest.raises(EgressRefused, match="loopback address"):
             await run_node(kit, api_call(f"http://127.0.0.1:{http_server.port + 1}/health"))
     assert outputs == {"result": {"up": True}, "status_code": 200}
+
+
+@pytest.mark.asyncio
+async def test_the_shared_client_keeps_no_cookie() -> None:
+    """One client serves every execution and bot of the process: a cookie set by one
+    call's answer is not stored, so no later call sends it."""
+    resolver = FakeResolver({"api.example.test": [PUBLIC]})
+    login = answer(200, b"{}", "Set-Cookie: session=BOT_A_SESSION; Path=/")
+    connector = Connector({PUBLIC: [login, answer(200, b"{}")]})
+    http_pool = pool(resolver, connector)
+    async with node_kit(http_pool=http_pool) as kit:
+        await run_node(kit, api_call("http://api.example.test/login"))
+        await run_node(kit, api_call("http://api.example.test/me"))
+        assert len(http_pool.client.cookies.jar) == 0
+    sent = b"".join(connector.written)
+    login_request, me_request = sent.split(b"\r\n\r\n", 1)[0], sent.split(b"GET /me ", 1)[1]
+    assert login_request.startswith(b"GET /login ") and b"Host: api.example.test" in me_request
+    assert b"cookie" not in me_request.lower()

@@ -56,3 +56,29 @@ def test_the_kill_switch_defaults_leave_under_a_second_of_doubt() -> None:
     env = {"TRADEFLOW_EMERGENCY_MAX_STALENESS": "0.5", "TRADEFLOW_HALT_ACK_TIMEOUT": "0.1"}
     assert Settings.from_env("production", env).emergency_max_staleness == 0.5
     assert ServiceSettings.from_env("emergency", env).halt_ack_timeout == 0.1
+
+
+def test_secret_hosts_are_read_and_a_malformed_binding_refuses_to_start() -> None:
+    """``TRADEFLOW_SECRET_HOSTS`` binds each secret to its hosts; a malformed entry fails
+    ``from_env`` naming the variable; unset, no secret may be sent anywhere."""
+    env = {"TRADEFLOW_SECRET_HOSTS": "BINANCE_KEY=api.binance.com|testnet.binance.vision,O=x.io"}
+    hosts = Settings.from_env("production", env).secret_hosts
+    assert hosts.refusal("BINANCE_KEY", "testnet.binance.vision") is None
+    assert hosts.refusal("O", "x.io") is None
+    assert hosts.refusal("O", "api.binance.com") is not None
+    assert Settings.from_env("production", {}).secret_hosts.refusal("O", "x.io") is not None
+    bad = {"TRADEFLOW_SECRET_HOSTS": "BINANCE_KEY=*.binance.com"}
+    with pytest.raises(ConfigurationError, match=r"^TRADEFLOW_SECRET_HOSTS: expected"):
+        Settings.from_env("production", bad)
+
+
+def test_broker_urls_stay_out_of_the_settings_repr() -> None:
+    """NATS and Redis URLs may carry passwords: ``repr`` (a log line, a traceback) leaves
+    them out."""
+    env = {
+        "TRADEFLOW_NATS_URL": "tls://executor:nats-pw-1@nats:4222",
+        "TRADEFLOW_REDIS_URL": "rediss://executor:redis-pw-2@redis:6379/0",
+    }
+    for settings in (Settings.from_env("production", env), ServiceSettings.from_env("state", env)):
+        assert settings.redis_url == env["TRADEFLOW_REDIS_URL"]
+        assert "nats-pw-1" not in repr(settings) and "redis-pw-2" not in repr(settings)

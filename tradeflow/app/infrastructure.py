@@ -94,7 +94,11 @@ class Infrastructure:
         self.prices = prices
         self.clock = clock
         self.id_factory = id_factory
-        self.http = HttpPool(egress_allow=settings.egress_allow, secrets_dir=settings.secrets_dir)
+        self.http = HttpPool(
+            egress_allow=settings.egress_allow,
+            secrets_dir=settings.secrets_dir,
+            secret_hosts=settings.secret_hosts,
+        )
         self.log = get_logger("tradeflow.executor")
         self.breakers = BreakerRegistry(clock=clock, on_transition=self._breaker_moved)
         self._breaker_sequence = itertools.count(1)

@@ -16,6 +16,7 @@ import orjson
 from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange, PaperLedger
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.domain.clock import Clock, IdFactory
+from tradeflow.domain.egress import SecretHosts
 from tradeflow.domain.errors import ConfigurationError
 from tradeflow.domain.limits import ID_PATTERN
 from tradeflow.domain.ownership import DEFAULT_LEASE_SECONDS, DEFAULT_MAX_TAKEOVERS
@@ -124,8 +125,8 @@ class Settings:
     """``TRADEFLOW_EMERGENCY_ADDR``."""
     state_address: str = "127.0.0.1:50053"
     """``TRADEFLOW_STATE_ADDR``."""
-    nats_url: str = "nats://127.0.0.1:4222"
-    """``TRADEFLOW_NATS_URL``."""
+    nats_url: str = field(default="nats://127.0.0.1:4222", repr=False)
+    """``TRADEFLOW_NATS_URL`` (left out of ``repr``: it may hold a password)."""
     emergency_max_staleness: float = 0.75
     """``TRADEFLOW_EMERGENCY_MAX_STALENESS``: in production, how old (seconds) the last
     snapshot or heartbeat from the emergency service may be before this process treats
@@ -135,9 +136,10 @@ class Settings:
     paper_balances: dict[str, float] | None = None
     """``TRADEFLOW_PAPER_BALANCES``: starting balances of each paper venue, as a JSON
     object (e.g. ``{"USDT": 50000, "BTC": 1}``); the paper exchange's defaults if unset."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """``TRADEFLOW_REDIS_URL``: in production, where the paper exchange's ledger lives
-    (shared by every replica, so an order is placed once whoever places it)."""
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    """``TRADEFLOW_REDIS_URL`` (left out of ``repr``: it may hold a password): in
+    production, where the paper exchange's ledger lives (shared by every replica, so an
+    order is placed once whoever places it)."""
     redis_prefix: str = "tradeflow"
     """``TRADEFLOW_REDIS_PREFIX``: namespace of the paper ledger's Redis keys."""
     lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -169,7 +171,11 @@ class Settings:
     secrets_dir: str | None = None
     """``TRADEFLOW_SECRETS_DIR``: a directory of mounted secret files; ``{"secret": "NAME"}``
     in an ``api_call`` is read from the file ``NAME`` there, else from the environment
-    variable ``NAME``."""
+    variable ``TRADEFLOW_SECRET_NAME``."""
+    secret_hosts: SecretHosts = field(default_factory=SecretHosts)
+    """``TRADEFLOW_SECRET_HOSTS``: the hosts each secret may be sent to, comma-separated
+    ``NAME=host|host`` entries (e.g. ``BINANCE_KEY=api.binance.com|testnet.binance.vision``);
+    a secret bound to no host is sent nowhere."""
 
     @classmethod
     def from_env(cls, env: str, environ: Mapping[str, str] | None = None) -> Settings:
@@ -223,6 +229,7 @@ class Settings:
             grpc_plaintext=_plaintext(e, tls),
             egress_allow=_names(e, "TRADEFLOW_EGRESS_ALLOW"),
             secrets_dir=e.get("TRADEFLOW_SECRETS_DIR") or None,
+            secret_hosts=SecretHosts.parse(_names(e, "TRADEFLOW_SECRET_HOSTS")),
         )
 
     def price_feed(self, clock: Clock) -> ReplayPriceFeed:
@@ -253,10 +260,10 @@ class ServiceSettings:
     by default, ports in :data:`SERVICE_PORTS`)."""
     metrics_port: int
     """``TRADEFLOW_<NAME>_METRICS_PORT``: Prometheus ``/metrics`` over HTTP (0: off)."""
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    """``TRADEFLOW_REDIS_URL``."""
-    nats_url: str = "nats://127.0.0.1:4222"
-    """``TRADEFLOW_NATS_URL``."""
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
+    """``TRADEFLOW_REDIS_URL`` (left out of ``repr``: it may hold a password)."""
+    nats_url: str = field(default="nats://127.0.0.1:4222", repr=False)
+    """``TRADEFLOW_NATS_URL`` (left out of ``repr``: it may hold a password)."""
     grace_seconds: float = 10.0
     """``TRADEFLOW_SHUTDOWN_GRACE``: how long SIGTERM waits for in-flight calls."""
     log_level: str = "info"

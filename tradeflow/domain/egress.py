@@ -10,22 +10,28 @@
   (:func:`is_secret_reference`, names matching :data:`SECRET_NAME`), never literally.
   :func:`credential_name` says which header and query parameter names carry
   credentials; :func:`credential_shape` recognises values that look like one whatever
-  their name. Both are heuristics, deliberately simple (see each).
+  their name, :func:`path_credential` a credential in a URL's path. All are heuristics,
+  deliberately simple (see each). A secret may only be sent to the hosts it is bound
+  to (:class:`SecretHosts`, ``TRADEFLOW_SECRET_HOSTS``).
+- **Headers** (:func:`forbidden_header`): a request may not set those that steer the
+  connection or its routing (``Host``, ``Transfer-Encoding``, ``X-Forwarded-*``...).
 - **Redaction**: errors and logs show URLs without credentials or query string
-  (:func:`redacted_url`) and texts without the secrets a request carried
-  (:func:`redacted`).
+  (:func:`redacted_url`) and texts without the secrets a request carried, in their
+  plain, URL-encoded and JSON-escaped forms (:func:`redacted`, :func:`masked`,
+  :func:`masked_json`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Final, TypeGuard
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 from tradeflow.domain.errors import ConfigurationError
 
@@ -34,10 +40,15 @@ __all__ = [
     "SECRET_NAME",
     "AllowList",
     "IPAddress",
+    "SecretHosts",
     "credential_name",
     "credential_shape",
+    "forbidden_header",
     "is_secret_reference",
     "literal_address",
+    "masked",
+    "masked_json",
+    "path_credential",
     "redacted",
     "redacted_url",
     "refusal",
@@ -170,16 +181,86 @@ def _allow_entry(entry: str) -> tuple[str, int | None]:
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest.removeprefix(":") if rest else None
-        if rest and not rest.startswith(":"):
+        if (rest and not rest.startswith(":")) or not isinstance(
+            literal_address(host), IPv6Address
+        ):
             host = ""
     elif text.count(":") == 1:
         host, port = text.split(":")
-    if not host or (port is not None and not (port.isdecimal() and 0 < int(port) < 65536)):
+    if not _valid_host(host) or (
+        port is not None and not (port.isdecimal() and 0 < int(port) < 65536)
+    ):
         raise ConfigurationError(
             "TRADEFLOW_EGRESS_ALLOW: expected comma-separated host or host:port entries "
-            f"(port 1-65535, IPv6 as [addr]:port), found {entry!r}"
+            f"(a name or an address, no wildcard; port 1-65535, IPv6 as [addr]:port), "
+            f"found {entry!r}"
         )
     return _normal_host(host), None if port is None else int(port)
+
+
+_HOST_NAME: Final = re.compile(
+    r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?"
+)
+"""A host name: dot-separated labels of letters, digits, ``-`` (not at either end) and
+``_`` (container names), one trailing dot at most. No wildcard, no port, no path."""
+
+
+def _valid_host(host: str) -> bool:
+    """Whether ``host`` is a host name (:data:`_HOST_NAME`) or an IP address (IPv6 with or
+    without brackets), as configuration may name one."""
+    return literal_address(host) is not None or (
+        ":" not in host and bool(_HOST_NAME.fullmatch(host))
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SecretHosts:
+    """The hosts each secret may be sent to (``TRADEFLOW_SECRET_HOSTS``): entries
+    ``NAME=host|host`` separated by commas, e.g.
+    ``BINANCE_KEY=api.binance.com|testnet.binance.vision``. A secret with no entry may be
+    sent nowhere: a workflow that can reference a secret cannot carry it to a host of
+    its choosing. Hosts match the URL's host as written (case and a trailing dot aside)."""
+
+    bindings: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, entries: Iterable[str]) -> SecretHosts:
+        """Raises ``ConfigurationError`` naming a malformed or repeated entry."""
+        bindings: dict[str, frozenset[str]] = {}
+        for entry in entries:
+            name, _, hosts = entry.strip().partition("=")
+            name = name.strip()
+            found = [host.strip() for host in hosts.split("|")]
+            if not SECRET_NAME.fullmatch(name) or not all(_valid_host(h) for h in found):
+                # The entry holds names and hosts, never a secret's value: safe to show.
+                raise ConfigurationError(
+                    "TRADEFLOW_SECRET_HOSTS: expected comma-separated NAME=host|host entries "
+                    f"(NAME matching {SECRET_NAME.pattern}, hosts without scheme, port or "
+                    f"wildcard), found {entry.strip()!r}"
+                )
+            if name in bindings:
+                raise ConfigurationError(
+                    f"TRADEFLOW_SECRET_HOSTS: expected each secret once, found {name} twice "
+                    "(list all its hosts in one entry, separated by |)"
+                )
+            bindings[name] = frozenset(_normal_host(host) for host in found)
+        return cls(bindings)
+
+    def refusal(self, name: str, host: str) -> str | None:
+        """Why the secret ``name`` may not be sent to ``host`` (a sentence naming the
+        secret, the host and the setting), or ``None`` when it is bound to it."""
+        hosts = self.bindings.get(name)
+        if hosts is None:
+            return (
+                f"secret {name!r} is bound to no host: expected an entry {name}=<host> in "
+                "TRADEFLOW_SECRET_HOSTS before any request may carry it"
+            )
+        if _normal_host(host) not in hosts:
+            return (
+                f"secret {name!r} may not be sent to {host!r}: TRADEFLOW_SECRET_HOSTS binds "
+                f"it to {'|'.join(sorted(hosts))} only"
+            )
+        return None
 
 
 SECRET_NAME: Final = re.compile(r"[A-Z][A-Z0-9_]{0,127}")
@@ -226,6 +307,56 @@ def credential_name(name: str) -> bool:
     as a secret too."""
     lowered = name.lower()
     return lowered in _CREDENTIAL_NAMES or any(word in lowered for word in _CREDENTIAL_WORDS)
+
+
+_FORBIDDEN_HEADERS: Final = frozenset(
+    {
+        "host",
+        "transfer-encoding",
+        "content-length",
+        "connection",
+        "forwarded",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+    }
+)
+_FORBIDDEN_HEADER_PREFIXES: Final = ("x-forwarded-", "proxy-")
+
+
+def forbidden_header(name: str) -> bool:
+    """Whether a request may not set the header ``name`` (case-insensitive): those that
+    steer the connection, the framing or the routing of a request (``Host``,
+    ``Transfer-Encoding``, ``Content-Length``, ``Connection``, ``Upgrade``, ``TE``,
+    ``Trailer``, ``Keep-Alive``, ``Forwarded``, ``X-Forwarded-*``, ``Proxy-*``). The HTTP
+    client sets the ones a request needs; a workflow setting them could smuggle a request
+    or impersonate a proxy to a server behind the allow-list."""
+    lowered = name.strip().lower()
+    return lowered in _FORBIDDEN_HEADERS or lowered.startswith(_FORBIDDEN_HEADER_PREFIXES)
+
+
+_SECRET_URLS: Final = (
+    ("api.telegram.org", "/bot", "a Telegram bot token"),
+    ("hooks.slack.com", "/services/", "a Slack webhook secret"),
+    ("hooks.slack.com", "/workflows/", "a Slack webhook secret"),
+    ("discord.com", "/api/webhooks/", "a Discord webhook token"),
+    ("discordapp.com", "/api/webhooks/", "a Discord webhook token"),
+)
+"""``(host, path prefix, what)``: services whose URL path is itself the credential."""
+
+
+def path_credential(host: str, path: str) -> str | None:
+    """What a URL's path carries when it carries a credential, or ``None``: a path of a
+    service whose URLs are credentials (Telegram bots, Slack and Discord webhooks), or a
+    path segment, or a ``:``-separated part of one, that looks like a credential
+    (:func:`credential_shape`)."""
+    name = _normal_host(host)
+    for secret_host, prefix, what in _SECRET_URLS:
+        if name == secret_host and path.startswith(prefix) and len(path) > len(prefix):
+            return what
+    parts = (part for segment in path.split("/") for part in segment.split(":"))
+    return next((shape for part in parts if (shape := credential_shape(part)) is not None), None)
 
 
 _AUTH_SCHEME: Final = re.compile(r"(?i)(bearer|basic|digest|token|apikey)\s+\S")
@@ -278,8 +409,34 @@ _URL_IN_TEXT: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 
 def redacted(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` (an error message, a response excerpt) with every URL in it redacted
-    (:func:`redacted_url`) and every one of ``secrets`` replaced by ``***``."""
-    for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
-            text = text.replace(secret, "***")
-    return _URL_IN_TEXT.sub(lambda match: redacted_url(match.group()), text)
+    (:func:`redacted_url`) and every one of ``secrets`` masked (:func:`masked`)."""
+    return _URL_IN_TEXT.sub(lambda match: redacted_url(match.group()), masked(text, secrets))
+
+
+def masked(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every one of ``secrets`` replaced by ``***``, in each form a server
+    may echo it back: as sent, URL-encoded (``quote(s, safe="")``, ``quote_plus(s)``)
+    and escaped inside a JSON string."""
+    forms = {
+        form
+        for secret in secrets
+        if secret
+        for form in (secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1])
+    }
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def masked_json(value: Any, secrets: Iterable[str]) -> Any:
+    """``value`` (a decoded JSON value, or a text) with ``secrets`` masked in every string
+    in it, object keys included (:func:`masked`): what a server echoes back of a request
+    that carried secrets must not reach the workflow's outputs, events or storage."""
+    secrets = tuple(secrets)
+    if isinstance(value, str):
+        return masked(value, secrets)
+    if isinstance(value, dict):
+        return {masked(str(k), secrets): masked_json(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked_json(item, secrets) for item in value]
+    return value

@@ -16,6 +16,9 @@ small ``httpx.AsyncBaseTransport`` around ``httpcore.AsyncConnectionPool(
 network_backend=...)``, both public APIs, translating requests, responses and
 httpcore errors the way httpx's own ``AsyncHTTPTransport`` does. A client with an
 explicit transport ignores proxy environment variables, so no proxy bypasses the check.
+
+The client is shared by every execution and bot of the process, so it keeps no cookies:
+a session one bot's call was given must not ride along with another's.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from ipaddress import ip_address
 from typing import Any
 
@@ -222,11 +226,13 @@ def egress_client(
     connector: httpcore.AsyncNetworkBackend | None = None,
 ) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` whose connections all go through the egress policy; it
-    follows redirects (at most :data:`MAX_REDIRECTS`), each hop checked anew."""
+    follows redirects (at most :data:`MAX_REDIRECTS`), each hop checked anew, and stores
+    no cookie (a jar whose policy accepts none)."""
     _redact_httpx_log()
     backend = EgressBackend(allow, resolver=resolver, connector=connector)
     return httpx.AsyncClient(
         timeout=timeout,
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
         transport=EgressTransport(backend),
         follow_redirects=True,
         max_redirects=MAX_REDIRECTS,

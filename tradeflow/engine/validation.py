@@ -295,7 +295,10 @@ def _properties(raw: object, spec: NodeSpec | None, report: _Report) -> tuple[di
             continue
         wanted = _property_problem(prop, value)
         if wanted is not None:
-            problems.append((f"properties.{name}", wanted, _found(value)))
+            # A sensitive value (a URL, headers...) may hold a credential: its type only.
+            type_only = prop.sensitive and value is not None
+            found = f"a {type(value).__name__}" if type_only else _found(value)
+            problems.append((f"properties.{name}", wanted, found))
     filled = dict(raw)
     for name, prop in accepted.items():
         if name in raw:

@@ -31,7 +31,13 @@ def configure_logging(*, json: bool, level: str = "info", stream: TextIO | None 
     if json:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=False))
+        # Plain tracebacks: rich's (structlog's default when rich is installed) print every
+        # frame's local variables, which may hold a secret an api_call resolved.
+        processors.append(
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        )
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -13,7 +13,10 @@ from tradeflow.domain.egress import (
     SECRET_NAME,
     credential_name,
     credential_shape,
+    forbidden_header,
     is_secret_reference,
+    masked_json,
+    path_credential,
     redacted,
     redacted_url,
     secret_name_for,
@@ -68,47 +71,81 @@ async def price_feed(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]
 
 
 def _check_api_call(props: Mapping[str, Any], wired: frozenset[str]) -> Problems:
-    """An http(s) URL without userinfo; no credential given literally in the URL's query,
-    the headers, the params or the body (secret references instead); well-formed
-    references. Problems name the field, never echo a value."""
-    problems: Problems = []
-    url = props["url"]
-    if not (isinstance(url, str) and url.startswith(("http://", "https://"))):
-        found = redacted_url(url) if isinstance(url, str) else url
-        problems.append(("properties.url", "an http:// or https:// URL", repr(found)))
+    """An http(s) URL (scheme in any case) with a host and without userinfo; no
+    credential given literally in the URL's path, query or fragment, the headers, the
+    params or the body (secret references instead); well-formed references; no header
+    that steers the connection or the routing. Problems name the field, never echo a
+    value."""
+    return [
+        *_url_problems(props["url"]),
+        *_header_problems(props["headers"]),
+        *_param_problems(props["params"]),
+        *_body_problems("properties.body", props["body"]),
+    ]
+
+
+def _url_problems(url: Any) -> Problems:
+    if not isinstance(url, str):
+        return [("properties.url", "an http:// or https:// URL", f"a {type(url).__name__}")]
+    if url.lower().startswith(("http://", "https://")) and urlsplit(url).hostname:
+        return _url_credentials(url)
+    # Only the scheme is shown: the rest of a URL may hold a credential.
+    scheme = urlsplit(url).scheme[:20]
+    if scheme.lower() in ("http", "https"):
+        found = "a URL without a host"
+    elif scheme:
+        found = f"a URL with scheme {scheme!r}"
     else:
-        problems += _url_credentials(url)
-    headers = props["headers"]
-    if isinstance(headers, dict):
-        bad = []
-        for name, value in headers.items():
-            if isinstance(value, str) or is_secret_reference(value):
-                problems += _credential_problems(f"properties.headers.{name}", name, value)
-            else:
-                bad.append(name)
-        if bad:
-            # Name the offending headers only: their values may be credentials.
+        found = "a string that is not a URL"
+    return [("properties.url", "an http:// or https:// URL with a host", found)]
+
+
+def _header_problems(headers: Any) -> Problems:
+    if not isinstance(headers, dict):
+        return []
+    problems: Problems = []
+    bad = []
+    for name, value in headers.items():
+        field = f"properties.headers.{name}"
+        if forbidden_header(str(name)):
             problems.append(
-                (
-                    "properties.headers",
-                    "string header values or secret references",
-                    f"others in {sorted(bad)}",
-                )
+                (field, _HEADER_EXPECTED, "a header that steers the connection or the routing")
             )
-    params = props["params"]
-    if isinstance(params, dict):
-        for name, value in params.items():
-            for item in value if isinstance(value, list) else [value]:
-                field = f"properties.params.{name}"
-                if isinstance(item, dict | list) and not is_secret_reference(item):
-                    problems.append((field, _PARAM_VALUE, f"a {type(item).__name__}"))
-                else:
-                    problems += _credential_problems(field, name, item)
-    problems += _body_problems("properties.body", props["body"])
+        elif isinstance(value, str) or is_secret_reference(value):
+            problems += _credential_problems(field, name, value)
+        else:
+            bad.append(name)
+    if bad:
+        # Name the offending headers only: their values may be credentials.
+        problems.append(
+            (
+                "properties.headers",
+                "string header values or secret references",
+                f"others in {sorted(bad)}",
+            )
+        )
+    return problems
+
+
+def _param_problems(params: Any) -> Problems:
+    if not isinstance(params, dict):
+        return []
+    problems: Problems = []
+    for name, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            field = f"properties.params.{name}"
+            if isinstance(item, dict | list) and not is_secret_reference(item):
+                problems.append((field, _PARAM_VALUE, f"a {type(item).__name__}"))
+            else:
+                problems += _credential_problems(field, name, item)
     return problems
 
 
 _PARAM_VALUE = "a string, number, boolean, a list of those, or a secret reference"
+_HEADER_EXPECTED = (
+    "a header other than Host, Transfer-Encoding, Content-Length, Connection, Upgrade, TE, "
+    "Trailer, Keep-Alive, Forwarded, X-Forwarded-* and Proxy-*"
+)
 
 
 def _reference_example(name: str) -> str:
@@ -137,7 +174,9 @@ def _reference_problems(field: str, reference: dict[str, object]) -> Problems:
 
 
 def _url_credentials(url: str) -> Problems:
-    """Credentials in the URL itself: userinfo, or a credential in the query string."""
+    """Credentials in the URL itself: userinfo, a path that carries one
+    (:func:`~tradeflow.domain.egress.path_credential`), or one in the query string or the
+    fragment (pairs separated by ``&`` or ``;``), by name or by shape."""
     parts = urlsplit(url)
     problems: Problems = []
     if "@" in parts.netloc:
@@ -150,18 +189,44 @@ def _url_credentials(url: str) -> Problems:
                 "credentials in the URL",
             )
         )
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        shape = credential_shape(value)
-        if credential_name(name) or shape is not None:
-            problems.append(
-                (
-                    "properties.url",
-                    f"no credential in the query string: {name!r} in properties.params as "
-                    + _reference_example(name),
-                    f"a literal value for query parameter {name!r}",
-                )
+    carried = path_credential(parts.hostname or "", parts.path)
+    if carried is not None:
+        problems.append(
+            (
+                "properties.url",
+                "a URL without a credential in its path (api_call sends credentials only as "
+                "secret references in headers, params or body)",
+                f"a path that holds {carried}",
             )
+        )
+    for where, text in (("query string", parts.query), ("fragment", parts.fragment)):
+        for piece in text.split(";"):
+            for name, value in parse_qsl(piece, keep_blank_values=True):
+                problems += _query_problems(where, name, value)
     return problems
+
+
+def _query_problems(where: str, name: str, value: str) -> Problems:
+    """A literal ``name=value`` of the URL's query string or fragment: a credential by
+    its name or its value's shape, or a name that itself looks like one (not echoed)."""
+    if (shape := credential_shape(name)) is not None:
+        return [
+            (
+                "properties.url",
+                f"no credential in the {where}",
+                f"a parameter name that looks like {shape}",
+            )
+        ]
+    if not credential_name(name) and credential_shape(value) is None:
+        return []
+    return [
+        (
+            "properties.url",
+            f"no credential in the {where}: {name!r} in properties.params as "
+            + _reference_example(name),
+            f"a literal value for query parameter {name!r}",
+        )
+    ]
 
 
 def _body_problems(field: str, body: Any) -> Problems:
@@ -194,19 +259,30 @@ def _breaker_name(props: Mapping[str, Any]) -> str:
     "providers",
     "api_call",
     properties={
-        "url": Prop("string", required=True, doc="http:// or https:// URL (no credentials)."),
-        "method": Prop("string", default="GET", choices=_METHODS),
+        "url": Prop(
+            "string",
+            required=True,
+            sensitive=True,
+            doc="http:// or https:// URL (no credentials).",
+        ),
+        "method": Prop("string", default="GET", choices=_METHODS, sensitive=True),
         "headers": Prop(
             "object",
             default={},
+            sensitive=True,
             doc='Extra request headers: strings, or {"secret": "NAME"} for credentials.',
         ),
         "params": Prop(
             "object",
             default={},
+            sensitive=True,
             doc='Query parameters; {"secret": "NAME"} for credentials.',
         ),
-        "body": Prop("any", doc='Sent as JSON when set; {"secret": "NAME"} at any depth.'),
+        "body": Prop(
+            "any",
+            sensitive=True,
+            doc='Sent as JSON when set; {"secret": "NAME"} at any depth.',
+        ),
         "extract": Prop("string", doc="Dotted path into the JSON response, e.g. data.0.price."),
         "as_number": Prop(
             "boolean",
@@ -221,23 +297,32 @@ def _breaker_name(props: Mapping[str, Any]) -> str:
 async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) -> dict[str, Any]:
     """Call an HTTP API; ``result`` is the JSON body, or the part of it ``extract`` names.
 
-    Sends ``X-Correlation-ID``. ``{"secret": "NAME"}`` in ``headers``, ``params`` or
-    ``body`` is replaced by the secret when the node runs. Every connection, each
-    redirect hop included, passes the egress policy (``EgressRefused`` otherwise); a
-    request carrying a secret follows no redirect (its headers would go along). A 5xx
-    answer or a transport failure raises ``ExternalServiceError`` (worth a retry); any
-    other non-2xx answer raises ``ExternalRequestRejected``. Errors show the URL without
-    query or credentials, and never a secret.
+    Sends ``X-Correlation-ID``; keeps no cookie between calls. ``{"secret": "NAME"}`` in
+    ``headers``, ``params`` or ``body`` is replaced by the secret when the node runs,
+    only if ``TRADEFLOW_SECRET_HOSTS`` binds it to the URL's host (``ConfigurationError``
+    otherwise, before anything is read or sent). Every connection, each redirect hop
+    included, passes the egress policy (``EgressRefused`` otherwise); a request carrying
+    a secret follows no redirect (its secrets would go along), and the secrets it carried
+    are masked (``***``) wherever the answer echoes them. A 5xx answer or a transport
+    failure raises ``ExternalServiceError`` (worth a retry); any other non-2xx answer
+    raises ``ExternalRequestRejected``. Errors show the URL without query or
+    credentials and never a secret; a failed ``extract`` or ``as_number`` shows no part
+    of the answer.
     """
     props = block.properties
     method = props["method"]
-    url = props["url"]
-    shown = redacted_url(url)
+    shown = redacted_url(props["url"])
+    try:
+        url = httpx.URL(props["url"])
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(
+            f"{block.id}.properties.url", "a valid URL", redacted(str(exc))
+        ) from None
     secrets: set[str] = set()
     resolve = ctx.http_pool.secrets.resolve
-    headers = resolve(props["headers"], secrets)
-    params = resolve(props["params"], secrets)
-    body = resolve(props["body"], secrets)
+    headers = resolve(props["headers"], url.host, secrets)
+    params = resolve(props["params"], url.host, secrets)
+    body = resolve(props["body"], url.host, secrets)
     try:
         response = await ctx.http.request(
             method,
@@ -252,10 +337,6 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
         raise ExternalServiceError(
             f"{method} {shown} failed: {type(exc).__name__}: {reason}"
         ) from None
-    except httpx.InvalidURL as exc:
-        raise InvalidRequest(
-            f"{block.id}.properties.url", "a valid URL", redacted(str(exc), secrets)
-        ) from None
     status = response.status_code
     excerpt = redacted(response.text, secrets)[:200]
     if status >= 500:
@@ -268,6 +349,8 @@ async def api_call(ctx: ExecutionContext, block: Block, inputs: dict[str, Any]) 
         result: Any = response.json()
     except ValueError:
         result = response.text
+    if secrets:
+        result = masked_json(result, secrets)
     path = props["extract"]
     result = result if path is None else _extract(block, result, path)
     if props["as_number"]:
@@ -285,7 +368,9 @@ def _to_number(block: Block, value: Any) -> float:
         else:
             if math.isfinite(number):
                 return number
-    raise InvalidRequest(f"{block.id}.result", "a number or numeric string", value)
+    # The value is not shown: it is the server's, and may echo what the request carried.
+    found = "a str that is not a finite number" if isinstance(value, str) else _shape(value)
+    raise InvalidRequest(f"{block.id}.result", "a number or numeric string", found)
 
 
 def _extract(block: Block, body: Any, path: str) -> Any:
@@ -308,9 +393,10 @@ def _extract(block: Block, body: Any, path: str) -> Any:
 
 
 def _shape(value: Any) -> str:
-    """What sits where a path step failed, without dumping the payload."""
+    """What a value of the response is, without showing any of it (not even an object's
+    keys: a server may echo what the request carried)."""
     if isinstance(value, dict):
-        return f"an object with keys {sorted(value)[:20]}"
+        return "an object"
     if isinstance(value, list):
         return f"a list of length {len(value)}"
     return f"a {type(value).__name__}"

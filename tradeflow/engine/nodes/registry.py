@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypedDict, Unpack
 
-from tradeflow.domain.egress import AllowList
+from tradeflow.domain.egress import AllowList, SecretHosts
 from tradeflow.domain.emergency import NO_IDS, ScopeIds
 from tradeflow.domain.risk import Denial, PreTradeLimits
 from tradeflow.domain.trading import ActionEffect, OrderEffect
@@ -70,6 +70,8 @@ class Prop:
     """When set, the value must be one of these."""
     minimum: float | None = None
     """For numbers: smallest allowed value (inclusive)."""
+    sensitive: bool = False
+    """The value may carry a credential: a validation problem shows its type only."""
     doc: str = ""
 
 
@@ -110,8 +112,9 @@ class HttpPool:
     ``egress_allow`` lists the hosts (``host`` or ``host:port``) that may be reached
     even at a loopback, private or link-local address (``TRADEFLOW_EGRESS_ALLOW``); a
     malformed entry raises ``ConfigurationError`` here. ``secrets_dir`` is
-    ``TRADEFLOW_SECRETS_DIR``. ``resolver`` and ``connector`` replace the system's DNS
-    resolver and httpcore's connecting backend (tests inject both)."""
+    ``TRADEFLOW_SECRETS_DIR``, ``secret_hosts`` the hosts each secret may be sent to
+    (``TRADEFLOW_SECRET_HOSTS``; none by default). ``resolver`` and ``connector`` replace
+    the system's DNS resolver and httpcore's connecting backend (tests inject both)."""
 
     def __init__(
         self,
@@ -119,6 +122,7 @@ class HttpPool:
         timeout: float = 10.0,
         egress_allow: Iterable[str] = (),
         secrets_dir: str | None = None,
+        secret_hosts: SecretHosts | None = None,
         resolver: Resolver | None = None,
         connector: httpcore.AsyncNetworkBackend | None = None,
     ) -> None:
@@ -126,7 +130,7 @@ class HttpPool:
         self._allow = AllowList.parse(egress_allow)
         self._resolver = resolver
         self._connector = connector
-        self.secrets = SecretReader(secrets_dir)
+        self.secrets = SecretReader(secrets_dir, hosts=secret_hosts)
         self._client: httpx.AsyncClient | None = None
 
     @property
