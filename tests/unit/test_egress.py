@@ -409,17 +409,25 @@ async def test_an_unknown_name_is_a_retryable_transport_failure() -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_refusal_is_never_retried() -> None:
-    """EgressRefused under a retry policy fails at the first attempt."""
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        EgressRefused("127.0.0.1", "loopback address"),
+        # A missing or unbound secret: the process is not set up for it, no retry helps.
+        ConfigurationError("secret 'BINANCE_KEY' is bound to no host"),
+    ],
+)
+async def test_a_refusal_is_never_retried(refusal: Exception) -> None:
+    """A refusal under a retry policy fails at the first attempt."""
     attempts = 0
 
     async def call() -> None:
         nonlocal attempts
         attempts += 1
-        raise EgressRefused("127.0.0.1", "loopback address")
+        raise refusal
 
     config = NodeConfig(retry=RetryConfig(max_attempts=3, initial_interval=0.01))
-    with pytest.raises(EgressRefused):
+    with pytest.raises(type(refusal)):
         await run_protected(call, node_id="n", config=config, breaker=None)
     assert attempts == 1
 

@@ -16,6 +16,7 @@ import stamina
 from tradeflow.domain.clock import Clock
 from tradeflow.domain.errors import (
     CircuitOpenError,
+    ConfigurationError,
     EgressRefused,
     EmergencyHalted,
     ExternalRequestRejected,
@@ -32,9 +33,11 @@ __all__ = ["BreakerRegistry", "BreakerState", "CircuitBreaker", "TransitionHook"
 
 T = TypeVar("T")
 
-# Errors that say "your request is wrong" or "you may not": the dependency is
-# healthy, so they neither trip a breaker nor deserve a retry.
+# Errors that say "your request is wrong", "you may not" or "this process is not set up
+# for it" (a missing or unbound secret): the dependency is healthy, so they neither trip
+# a breaker nor deserve a retry.
 _NOT_A_DEPENDENCY_FAILURE: tuple[type[BaseException], ...] = (
+    ConfigurationError,
     OrderRejected,
     ExternalRequestRejected,
     EgressRefused,
