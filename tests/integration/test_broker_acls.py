@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import orjson
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
@@ -29,7 +30,13 @@ from nats.aio.msg import Msg
 from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
 from servers import ServerProcess, free_port
 
-from tradeflow.adapters.nats.bus import NatsEventBus, NatsOptions
+from tradeflow.adapters.nats.bus import (
+    DEFAULT_STREAM,
+    NatsEventBus,
+    NatsOptions,
+    inbox_prefix,
+    subject_for,
+)
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.emergency import (
     RedisAckRelay,
@@ -44,11 +51,18 @@ from tradeflow.app.brokers import (
     REDIS_ACL_SCRIPT,
     nats_authorization,
     nats_password_variable,
+    nats_users,
+    provision_stream,
     redis_acl,
 )
 from tradeflow.app.certs import Authority, Issued
 from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.errors import EmergencyHalted, ExchangeError, UnavailableError
+from tradeflow.domain.errors import (
+    ConfigurationError,
+    EmergencyHalted,
+    ExchangeError,
+    UnavailableError,
+)
 from tradeflow.domain.ownership import Fence, OwnerInfo
 from tradeflow.domain.principals import Principal, Role
 from tradeflow.domain.records import (
@@ -59,13 +73,19 @@ from tradeflow.domain.records import (
     Scope,
     StateBatch,
 )
+from tradeflow.domain.risk import ScopeBook
 from tradeflow.domain.trading import Fill, Order, OrderEffect, OrderStatus, OrderType, Side
+from tradeflow.engine.fanout import WORKFLOW_EVENTS
+from tradeflow.observability.metrics import Metrics
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "tradeflow"
 """The default prefix: the rules these servers run are deploy's, to the character."""
-PASSWORDS = {user: secrets.token_hex(16) for user in ("state", "emergency", "executor", "operator")}
+PASSWORDS = {
+    user: secrets.token_hex(16)
+    for user in ("state", "emergency", "executor", "operator", "provisioner")
+}
 ADMIN = secrets.token_hex(16)
 """The tests' own Redis user (not in deploy/), to read the ACL log."""
 
@@ -194,6 +214,7 @@ def owner(name: str) -> OwnerInfo:
 EMERGENCY_VERSION = f"{{{PREFIX}:emergency}}:version"
 HALTS = halt_keys(PREFIX)[0]
 BALANCES = f"{PREFIX}:paper:balances:paper"
+REALIZED = f"{PREFIX}:paper:realized"
 
 
 @pytest.mark.asyncio
@@ -251,8 +272,9 @@ async def test_the_emergency_user_runs_its_store_barrier_and_triggers_only(
 ) -> None:
     """As ``emergency``: the controller (halts, limits, audit, its change channel), the
     request log, the ack relay, listing and revoking leases and reading scope books work;
-    the state service's executions, the ledger's orders and writes of books are refused.
-    Its halt then refuses the state service's guarded write."""
+    the state service's executions, the ledger's orders and writes of books (directly or
+    through a script) are refused. Its halt then refuses the state service's guarded
+    write."""
     async with asyncio.timeout(DEADLINE_SECONDS):
         client = as_user("emergency")
         controller = RedisEmergencyController(
@@ -301,6 +323,17 @@ async def test_the_emergency_user_runs_its_store_barrier_and_triggers_only(
 
         ledger = RedisPaperLedger(client, prefix=PREFIX)
         assert await ledger.equity(Scope.GLOBAL, None) == 0.0
+        # The scope books it reads are read-only for it, inside a script too.
+        await admin.script_flush()  # the next read loads its script again
+        assert await ledger.scope_book(Scope.BOT, "bot-em") == ScopeBook(0.0, {}, {}, 0, None)
+        with pytest.raises(NoPermissionError):
+            await client.hset(REALIZED, "global", "1000000")
+        with pytest.raises(NoPermissionError):
+            await client.evalsha(
+                await client.script_load("return redis.call('HSET', KEYS[1], 'global', '1')"),
+                1,
+                REALIZED,
+            )
         order, fill = _trade("em-order-1")
         with pytest.raises(ExchangeError, match=r"NOPERM|permissions"):
             await ledger.accept(order, fill, opening={"USDT": 1_000.0}, require=None)
@@ -311,6 +344,7 @@ async def test_the_emergency_user_runs_its_store_barrier_and_triggers_only(
 
     orders = f"{PREFIX}:paper:orders:paper"
     assert await denials(admin) == {
+        ("emergency", REALIZED),
         ("emergency", orders),
         ("emergency", f"{PREFIX}:execution:em-1"),
     }
@@ -419,13 +453,9 @@ def _trade(client_order_id: str, *, rests: bool = False) -> tuple[Order, Fill | 
 # -- NATS -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def nats_acl_server(
-    tmp_path_factory: pytest.TempPathFactory, server_files: tuple[str, str, str]
-) -> Iterator[ServerProcess]:
+def start_nats_acl(workdir: Path, server_files: tuple[str, str, str]) -> ServerProcess:
     """nats-server with JetStream, TLS with client certificates, and deploy's users
     (passwords from the environment, as the StatefulSet passes them)."""
-    workdir = tmp_path_factory.mktemp("nats-acl")
     ca, cert, key = server_files
     port = free_port()
     config = workdir / "nats.conf"
@@ -437,16 +467,32 @@ def nats_acl_server(
     )
     # Quoted, as the StatefulSet passes them: NATS parses a variable's value, and an
     # unquoted hex password may read as a number.
-    users = ("executor", "emergency", "operator")
+    users = [user.name for user in nats_users()]
     env = {**os.environ, **{nats_password_variable(u): f'"{PASSWORDS[u]}"' for u in users}}
     argv = [shutil.which("nats-server") or "nats-server", "-c", str(config)]
-    server = ServerProcess("nats", argv, port, workdir, env=env).start()
+    return ServerProcess("nats", argv, port, workdir, env=env).start()
+
+
+@pytest.fixture(scope="module")
+def nats_acl_server(
+    tmp_path_factory: pytest.TempPathFactory, server_files: tuple[str, str, str]
+) -> Iterator[ServerProcess]:
+    """deploy's NATS, its stream not set up yet (the ``stream`` fixture does)."""
+    server = start_nats_acl(tmp_path_factory.mktemp("nats-acl"), server_files)
     yield server
     server.stop()
 
 
 def nats_url(server: ServerProcess, user: str, password: str | None = None) -> str:
     return f"tls://{user}:{password or PASSWORDS[user]}@127.0.0.1:{server.port}"
+
+
+@pytest_asyncio.fixture
+async def stream(nats_acl_server: ServerProcess, client_tls: Any) -> ServerProcess:
+    """deploy's NATS with the stream set up by the provisioner (as the Job does; a no-op
+    once done)."""
+    await provision_stream(nats_url(nats_acl_server, "provisioner"), tls=client_tls)
+    return nats_acl_server
 
 
 @dataclass
@@ -456,10 +502,18 @@ class Raw:
     client: Client
     errors: asyncio.Queue[Exception]
 
+    async def refusal(self) -> str:
+        """The next error the server reported, a permissions violation (lower case: as
+        nats-py words it)."""
+        error = str(await self.errors.get()).lower()
+        assert "permissions violation" in error, error
+        return error
+
 
 @pytest_asyncio.fixture
-async def raw(nats_acl_server: ServerProcess, client_tls: Any) -> AsyncIterator[Any]:
-    """``await raw(user)``: a plain client logged in as that user (closed afterwards)."""
+async def raw(stream: ServerProcess, client_tls: Any) -> AsyncIterator[Any]:
+    """``await raw(user)``: a plain client logged in as that user, with its replies on
+    its own inbox subjects as the bus's (closed afterwards)."""
     opened: list[Client] = []
 
     async def make(user: str) -> Raw:
@@ -469,7 +523,11 @@ async def raw(nats_acl_server: ServerProcess, client_tls: Any) -> AsyncIterator[
             errors.put_nowait(exc)
 
         client = await nats.connect(
-            nats_url(nats_acl_server, user), tls=client_tls, error_cb=error, allow_reconnect=False
+            nats_url(stream, user),
+            tls=client_tls,
+            error_cb=error,
+            allow_reconnect=False,
+            inbox_prefix=inbox_prefix(user),
         )
         opened.append(client)
         return Raw(client, errors)
@@ -480,12 +538,13 @@ async def raw(nats_acl_server: ServerProcess, client_tls: Any) -> AsyncIterator[
 
 
 @pytest_asyncio.fixture
-async def bus_as(nats_acl_server: ServerProcess, client_tls: Any) -> AsyncIterator[Any]:
+async def bus_as(stream: ServerProcess, client_tls: Any) -> AsyncIterator[Any]:
     """``await bus_as(user)``: a NatsEventBus logged in as that user over TLS."""
     opened: list[NatsEventBus] = []
 
-    async def make(user: str) -> NatsEventBus:
-        opened.append(await NatsEventBus.connect(nats_url(nats_acl_server, user), tls=client_tls))
+    async def make(user: str, metrics: Metrics | None = None) -> NatsEventBus:
+        url = nats_url(stream, user)
+        opened.append(await NatsEventBus.connect(url, tls=client_tls, metrics=metrics))
         return opened[-1]
 
     yield make
@@ -549,8 +608,7 @@ async def test_only_executors_publish_events_and_only_the_emergency_service_chan
         ):
             sender = await raw(user)
             await sender.client.publish(subject, b"{}")
-            error = await sender.errors.get()
-            assert "permissions violation" in str(error).lower()
+            await sender.refusal()
         # The refused messages never arrived: the next one that does is a later, allowed one.
         executor.publish(nats_event(EventType.NODE_COMPLETED, 3))
         assert await executor.flush()
@@ -586,3 +644,108 @@ async def test_tls_needs_the_test_ca_and_the_right_password(
         assert PASSWORDS["executor"] not in str(failed.value)
         assert "f" * 32 not in str(failed.value)
         assert "executor:***@" in str(failed.value)
+
+
+@pytest.mark.asyncio
+async def test_an_executor_cannot_pass_off_an_emergency_event(raw: Any, bus_as: Any) -> None:
+    """An executor may publish on workflow subjects only; an emergency event it publishes
+    there (the server lets it) reaches neither live subscribers nor replays: the bus
+    drops, logs and counts it. The next, genuine event on the same connection arrives."""
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        metrics = Metrics()
+        reader = await bus_as("operator", metrics)
+        received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_event(item: dict[str, Any]) -> None:
+            received.put_nowait(item)
+
+        await reader.subscribe(WORKFLOW_EVENTS, on_event)
+        before = await reader.last_sequence()
+        forged = nats_event(EventType.EMERGENCY_RESUMED, 10).to_dict() | {"scope": "global"}
+        genuine = nats_event(EventType.NODE_COMPLETED, 11)
+        executor = await raw("executor")
+        for subject, payload in (
+            ("tradeflow.v1.events.bot-acl.strat-acl.wf-acl.emergency_resumed", forged),
+            (subject_for(genuine), genuine.to_dict()),
+        ):
+            await executor.client.publish(subject, orjson.dumps(payload))
+        item = await received.get()
+        assert (item["type"], item["event_id"]) == (EventType.NODE_COMPLETED, genuine.event_id)
+        assert received.empty()
+
+        replay = reader.replay(after_sequence=before)
+        try:
+            sequence, item = await anext(replay)
+        finally:
+            await replay.aclose()
+        # The stream holds both; the replay skips the forged one.
+        assert (sequence, item["event_id"]) == (before + 2, genuine.event_id)
+        discarded = "tradeflow_events_discarded_total"
+        assert metrics.registry.get_sample_value(discarded, {"reason": "wrong_subject"}) == 2
+        assert executor.errors.empty()
+
+
+@pytest.mark.asyncio
+async def test_no_runtime_user_can_change_the_stream_or_delete_a_consumer(
+    raw: Any, bus_as: Any, stream: ServerProcess, client_tls: Any
+) -> None:
+    """Executor, emergency and operator are refused updating the stream (a rollup or
+    max_msgs=1 would erase the emergency events), deleting or purging it and deleting a
+    consumer; the stream is unchanged. The executor's bus works on the provisioned stream
+    and refuses, clearly, one configured otherwise, which it may not update."""
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        operator = await raw("operator")
+        jsm = operator.client.jetstream()
+        before = (await jsm.stream_info(DEFAULT_STREAM)).config
+        changed = before.as_dict() | {"allow_rollup_hdrs": True, "max_msgs": 1}
+        for user in ("executor", "emergency", "operator"):
+            client = await raw(user)
+            for verb in ("UPDATE", "DELETE", "PURGE"):
+                body = orjson.dumps(changed) if verb == "UPDATE" else b""
+                await client.client.publish(f"$JS.API.STREAM.{verb}.{DEFAULT_STREAM}", body)
+                assert f"stream.{verb.lower()}" in await client.refusal()
+            await client.client.publish(f"$JS.API.CONSUMER.DELETE.{DEFAULT_STREAM}.any", b"")
+            assert "consumer.delete" in await client.refusal()
+        assert (await jsm.stream_info(DEFAULT_STREAM)).config == before
+
+        executor = await bus_as("executor")
+        executor.publish(nats_event(EventType.NODE_COMPLETED, 20))
+        assert await executor.flush()
+        with pytest.raises(ConfigurationError, match=r"differs in \['max_age'\].*provisioner"):
+            await NatsEventBus.connect(
+                nats_url(stream, "executor"), NatsOptions(max_age=60.0), tls=client_tls
+            )
+        assert (await jsm.stream_info(DEFAULT_STREAM)).config == before
+
+
+@pytest.mark.asyncio
+async def test_each_user_reads_its_own_replies_only(raw: Any) -> None:
+    """Replies come on ``_INBOX_<user>.>``: another user's, or the shared ``_INBOX.>``,
+    cannot be subscribed to."""
+    async with asyncio.timeout(DEADLINE_SECONDS):
+        operator = await raw("operator")
+        for subject in ("_INBOX_executor.>", "_INBOX_emergency.>", "_INBOX.>"):
+            await operator.client.subscribe(subject)
+            assert subject.lower() in await operator.refusal()
+        # Its own inbox serves its requests.
+        assert (await operator.client.jetstream().account_info()).streams >= 1
+
+
+@pytest.mark.asyncio
+async def test_only_the_provisioner_sets_the_stream_up(
+    tmp_path: Path, server_files: tuple[str, str, str], client_tls: Any
+) -> None:
+    """On a NATS without the stream, the services' buses fail to connect, saying why;
+    once the provisioner has set it up (twice: the second is a no-op), they connect."""
+    server = start_nats_acl(tmp_path, server_files)
+    try:
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            with pytest.raises(ConfigurationError, match=r"is missing.*provisioner"):
+                await NatsEventBus.connect(nats_url(server, "emergency"), tls=client_tls)
+            for _ in range(2):
+                await provision_stream(nats_url(server, "provisioner"), tls=client_tls)
+            for user in ("executor", "emergency", "operator"):
+                bus = await NatsEventBus.connect(nats_url(server, user), tls=client_tls)
+                await bus.close()
+    finally:
+        server.stop()

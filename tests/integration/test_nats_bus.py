@@ -8,6 +8,7 @@ without seeing each other's events.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import re
@@ -31,14 +32,17 @@ from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
     NatsEventBus,
     NatsOptions,
+    _url_user,
     decode_token,
     encode_token,
+    inbox_prefix,
     subject_filter,
     subject_for,
 )
 from tradeflow.domain.errors import InvalidRequest, UnavailableError
 from tradeflow.domain.limits import ID_MAX_LENGTH
 from tradeflow.domain.records import Event, EventType, rfc3339
+from tradeflow.engine.fanout import WORKFLOW_EVENTS
 from tradeflow.observability.metrics import Metrics
 
 pytestmark = pytest.mark.integration
@@ -186,6 +190,20 @@ def test_emergency_events_have_their_own_subjects() -> None:
     with pytest.raises(InvalidRequest) as caught:
         subject_filter(bot_id="b", type=EventType.EMERGENCY_HALTED)
     assert caught.value.field == "type"
+
+
+@pytest.mark.parametrize(
+    ("url", "prefix"),
+    [
+        ("tls://executor:s3cret@nats:4222", "_INBOX_executor"),
+        ("nats://a:x@n1:4222,nats://b:y@n2:4222", "_INBOX_a"),
+        ("nats://SECRET-TOKEN@nats:4222", "_INBOX"),
+        ("nats://127.0.0.1:4222", "_INBOX"),
+    ],
+)
+def test_replies_come_on_the_users_own_inbox(url: str, prefix: str) -> None:
+    """A URL's user names its inbox subjects; a token (a secret) never does."""
+    assert inbox_prefix(_url_user(url)) == prefix
 
 
 # -- publishing --------------------------------------------------------------------
@@ -543,3 +561,72 @@ async def test_connect_reuses_the_stream_and_fails_clearly_without_server(
     with pytest.raises(UnavailableError) as caught:
         await NatsEventBus.connect("nats://127.0.0.1:1", NatsOptions(connect_timeout=0.5))
     assert "nats://127.0.0.1:1" in str(caught.value)
+
+
+@pytest.mark.asyncio
+async def test_events_not_on_their_own_subject_reach_no_subscriber_nor_replay(
+    nats_server: Server, raw: Client, workflow_id: str
+) -> None:
+    """An emergency event on a workflow subject (which executors may publish on), a
+    workflow event on another workflow's subject and a payload that is no JSON object
+    are dropped and counted, live and replayed; the genuine event after them arrives."""
+    metrics = Metrics()
+    bus = await NatsEventBus.connect(nats_server.url, metrics=metrics)
+    try:
+        received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+        async def on_event(item: dict[str, Any]) -> None:
+            received.put_nowait(item)
+
+        await bus.subscribe(WORKFLOW_EVENTS, on_event)
+        halted = make_event(workflow_id, 1, EventType.EMERGENCY_HALTED)
+        genuine = make_event(workflow_id, 3)
+        own_subject = subject_for(genuine)
+        for subject, payload in (
+            (own_subject.replace("node_completed", "emergency_halted"), halted.to_dict()),
+            (subject_for(make_event(f"{workflow_id}-other", 2)), genuine.to_dict()),
+            (own_subject, [1]),
+            (own_subject, genuine.to_dict()),
+        ):
+            await raw.publish(subject, json.dumps(payload).encode())
+        async with asyncio.timeout(DEADLINE_SECONDS):
+            assert (await received.get())["event_id"] == genuine.event_id
+        assert received.empty()
+        assert discarded(metrics) == {"wrong_subject": 2, "undecodable": 1}
+
+        items = await replayed(bus, 1, workflow_id=workflow_id)
+        assert [item["event_id"] for _, item in items] == [genuine.event_id]
+        # The replay read (and dropped) the two of them on this workflow's subjects.
+        assert discarded(metrics) == {"wrong_subject": 3, "undecodable": 2}
+    finally:
+        await bus.close()
+
+
+def discarded(metrics: Metrics) -> dict[str, float]:
+    """``tradeflow_events_discarded_total`` by reason (the reasons seen so far)."""
+    return {
+        sample.labels["reason"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "tradeflow_events_discarded"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+
+
+@pytest.mark.asyncio
+async def test_connect_sets_back_a_stream_changed_to_lose_events(
+    nats_server: Server, raw: Client
+) -> None:
+    """Without users (the local stack) the bus may update the stream: one changed to
+    take rollups and to keep few messages per subject is set back when a bus connects;
+    one as configured is left as it is."""
+    jsm = raw.jetstream()
+    configured = (await jsm.stream_info(DEFAULT_STREAM)).config
+    changed = dataclasses.replace(configured, allow_rollup_hdrs=True, max_msgs_per_subject=1000)
+    await jsm.update_stream(changed)
+    for _ in range(2):
+        bus = await NatsEventBus.connect(nats_server.url)
+        await bus.close()
+        config = (await jsm.stream_info(DEFAULT_STREAM)).config
+        assert (config.allow_rollup_hdrs, config.max_msgs_per_subject) == (False, -1)
+        assert config == configured

@@ -13,11 +13,13 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 
 import tradeflow.adapters.redis as redis_adapters
+from tradeflow.adapters.redis import ledger as paper_ledger
 from tradeflow.adapters.redis import state as state_store
 from tradeflow.adapters.tls import redact_url
 from tradeflow.app.brokers import (
     REDIS_ACL_SCRIPT,
     REDIS_COMMANDS,
+    main,
     nats_authorization,
     nats_password_variable,
     nats_users,
@@ -117,6 +119,7 @@ _CLIENT_CALL = re.compile(r"\b(?:self\._client|client|pipe|pubsub)\.(\w+)\b")
 _PYTHON_COMMANDS = {
     "delete": ("del",),
     "register_script": REDIS_COMMANDS["scripts"],
+    "script_load": ("script|load",),
     # Not commands: a pipeline sends what it holds, a pubsub object subscribes.
     "pipeline": (),
     "execute": (),
@@ -147,6 +150,66 @@ def test_the_halt_barrier_is_granted_what_it_runs_of_the_state_store() -> None:
     """The emergency service lists and revokes leases with the state store's scripts."""
     scripts = state_store._LIVE + state_store._RELEASE
     assert {name.lower() for name in _LUA_CALL.findall(scripts)} <= set(REDIS_COMMANDS["leases"])
+
+
+def test_reading_scope_books_is_granted_what_the_script_runs() -> None:
+    """The emergency service reads scope books (its loss triggers) with the ledger's
+    scope book script, run read-only: its commands are in the ``books`` group, and the
+    emergency user reads those keys only."""
+    commands = {name.lower() for name in _LUA_CALL.findall(paper_ledger._SCOPE_BOOK)}
+    assert commands | {"evalsha_ro"} <= set(REDIS_COMMANDS["books"])
+    emergency = next(user for user in redis_users() if user.name == "emergency")
+    assert "books" in emergency.commands
+    assert not [key for key in emergency.keys if ":paper:" in key]
+    assert {key.rsplit(":", 1)[-1] for key in emergency.read_keys} >= {"realized", "marks"}
+
+
+def test_only_the_provisioner_may_change_the_stream_and_inboxes_are_per_user() -> None:
+    """No runtime user may create, update, delete or purge the stream or delete a
+    consumer; the provisioner may create and update it and nothing else. Each user
+    subscribes to its own inbox subjects only."""
+    changes = ("STREAM.CREATE", "STREAM.UPDATE", "STREAM.DELETE", "STREAM.PURGE", "MSG.DELETE")
+    for user in nats_users():
+        granted = [s for s in user.publish if any(c in s for c in (*changes, "CONSUMER.DELETE"))]
+        if user.name == "provisioner":
+            assert sorted(granted) == [
+                "$JS.API.STREAM.CREATE.TRADEFLOW_EVENTS",
+                "$JS.API.STREAM.UPDATE.TRADEFLOW_EVENTS",
+            ]
+            assert all(s.startswith("$JS.API.STREAM.") for s in user.publish)
+        else:
+            assert granted == [], user.name
+        inboxes = [s for s in user.subscribe if s.startswith("_INBOX")]
+        assert inboxes == [f"_INBOX_{user.name}.>"]
+
+
+def test_the_stream_job_provisions_as_the_provisioner_over_tls() -> None:
+    """deploy's Job nats-stream runs this module as ``provisioner`` with its own
+    password, over TLS with a certificate of its own, and may reach NATS."""
+    pod = _pod("Job", "nats-stream")
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "tradeflow.app.brokers"]
+    env = _env(container)
+    url = env["TRADEFLOW_NATS_URL"]["value"]
+    assert url.startswith("tls://provisioner:$(NATS_PASSWORD)@nats.")
+    assert _secret_key(env["NATS_PASSWORD"]) == (PASSWORDS_SECRET, "nats-provisioner")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert {
+        env[f"TRADEFLOW_TLS_{part}"]["value"].rpartition("/")[0] for part in ("CA", "CERT", "KEY")
+    } == {mounts["tls"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "tradeflow-provisioner-tls"
+    labels = _resource("Job", "nats-stream")["spec"]["template"]["metadata"]["labels"]
+    egress = _resource("NetworkPolicy", "nats-stream")["spec"]
+    assert egress["podSelector"]["matchLabels"].items() <= labels.items()
+    assert egress["egress"][0]["to"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "nats"
+    }
+
+
+def test_provisioning_needs_a_nats_url(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main({}) == 1
+    assert "TRADEFLOW_NATS_URL" in capsys.readouterr().err
 
 
 def test_redis_users_refuse_a_prefix_that_is_a_pattern() -> None:

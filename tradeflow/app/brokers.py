@@ -9,20 +9,29 @@ integration tests start real servers on the same text (``test_broker_acls.py``).
 NATS (:func:`nats_authorization`): only ``executor`` publishes workflow events
 (``tradeflow.v1.events.>``), only ``emergency`` publishes emergency changes
 (``tradeflow.v1.emergency.>``); ``operator`` reads. Each user reaches only the JetStream
-API of the one event stream, and only what it uses of it; every bus makes sure the stream
-exists when it connects, so both publishers may create and update that stream (not
-delete or purge it). Replies come on ``_INBOX.>``. The state service uses no NATS.
+API of the one event stream, and only what it uses of it: none of them may create,
+change, delete or purge the stream, nor delete a consumer (another's replay). Only
+``provisioner`` creates and updates the stream (:func:`provision_stream`, deploy's Job
+``nats-stream``); the others' buses find it set up when they connect. Each user's
+replies come on its own inbox subjects, ``_INBOX_<user>.>``
+(:func:`~tradeflow.adapters.nats.bus.inbox_prefix`), which no other user may subscribe
+to. The event bus also drops any message not on the subject its type and ids give, so
+an executor cannot pass an emergency event off on a workflow subject. The state service
+uses no NATS.
 
 Redis (:func:`redis_acl`): ``state`` (the state service) owns the executions, their
 indexes, events and leases and reads the halts its writes are guarded by; ``emergency``
 owns ``{<prefix>:emergency}:*`` and its request log and channels, revokes leases (the
-halt barrier) and reads the scope books its loss triggers judge (the keys of the ledger's
-scope book script, with the commands the emergency adapter has anyway); ``executor`` owns the
+halt barrier) and reads the scope books its loss triggers judge: read-only (``%R~``), with
+the ledger's scope book script run as ``EVALSHA_RO``; ``executor`` owns the
 paper ledger; ``probe`` may only ``PING`` (the readiness probe); ``default`` is off.
 Each user gets only the commands of the adapters it runs. A script's declared
-``KEYS`` count as written (Redis cannot tell), so keys a script only reads through
-``KEYS`` are granted read-write; keys read inside a script by name are checked per
-command and may be read-only (``%R~``).
+``KEYS`` count as written under ``EVALSHA`` (Redis cannot tell) and as read under
+``EVALSHA_RO`` (which refuses writes inside), so a user that only reads keys through a
+script runs it read-only; keys read inside a script by name are checked per command and
+may be read-only (``%R~``). Any user that may load and run scripts can keep Redis busy
+with an endless one: ``busy-reply-threshold`` (deploy: 5 s) makes Redis answer the others
+``BUSY`` meanwhile, and ``SCRIPT KILL`` (not granted to these users) stops it.
 
 Passwords are never part of this text: NATS reads ``$NATS_<USER>_PASSWORD`` from its
 environment (a Kubernetes Secret), and :data:`REDIS_ACL_SCRIPT` writes each Redis user's
@@ -32,12 +41,26 @@ password, hashed, into the ACL file Redis loads. Passwords are hex (``openssl ra
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import ssl
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from tradeflow.adapters.nats.bus import DEFAULT_STREAM, EMERGENCY_PREFIX, EVENTS_PREFIX
-from tradeflow.domain.errors import ConfigurationError
+from tradeflow.adapters.nats.bus import (
+    DEFAULT_STREAM,
+    EMERGENCY_PREFIX,
+    EVENTS_PREFIX,
+    NatsEventBus,
+    NatsOptions,
+    inbox_prefix,
+)
+from tradeflow.adapters.tls import client_ssl_context
+from tradeflow.app.settings import TlsFiles
+from tradeflow.domain.errors import ConfigurationError, TradeflowError
 
 __all__ = [
     "REDIS_ACL_SCRIPT",
@@ -47,11 +70,11 @@ __all__ = [
     "nats_authorization",
     "nats_password_variable",
     "nats_users",
+    "provision_stream",
     "redis_acl",
     "redis_users",
 ]
 
-_INBOX: Final = "_INBOX.>"
 _ALL_EVENTS: Final = "tradeflow.v1.>"
 
 
@@ -67,30 +90,71 @@ class NatsUser:
 def nats_users(stream: str = DEFAULT_STREAM) -> tuple[NatsUser, ...]:
     """The NATS users, for the JetStream stream ``stream``."""
     api = f"$JS.API.STREAM.{{}}.{stream}"
-    ensure_stream = ("$JS.API.INFO", *(api.format(verb) for verb in ("CREATE", "UPDATE", "INFO")))
-    # An ordered consumer (a replay): created, recreated after a gap, flow-controlled.
+    # Every bus reads the stream's configuration when it connects.
+    info = api.format("INFO")
+    # An ordered consumer (a replay): created, recreated after a gap, flow-controlled; the
+    # server deletes it once its subscriber is gone. "$JS.API.INFO" is the bus's check
+    # that the server has its subscriptions.
     read_stream = (
-        api.format("INFO"),
+        "$JS.API.INFO",
+        info,
         f"$JS.API.CONSUMER.CREATE.{stream}",
         f"$JS.API.CONSUMER.CREATE.{stream}.>",
-        f"$JS.API.CONSUMER.DELETE.{stream}.>",
         f"$JS.FC.{stream}.>",
     )
+
+    def inbox(user: str) -> str:
+        return f"{inbox_prefix(user)}.>"
+
     return (
         NatsUser(
-            "executor",
-            publish=(EVENTS_PREFIX + ">", *ensure_stream, *read_stream[1:]),
-            subscribe=(_ALL_EVENTS, _INBOX),
+            "provisioner",
+            publish=(info, api.format("CREATE"), api.format("UPDATE")),
+            subscribe=(inbox("provisioner"),),
         ),
         NatsUser(
-            "emergency", publish=(EMERGENCY_PREFIX + ">", *ensure_stream), subscribe=(_INBOX,)
+            "executor",
+            publish=(EVENTS_PREFIX + ">", *read_stream),
+            subscribe=(_ALL_EVENTS, inbox("executor")),
+        ),
+        NatsUser(
+            "emergency", publish=(EMERGENCY_PREFIX + ">", info), subscribe=(inbox("emergency"),)
         ),
         NatsUser(
             "operator",
-            publish=("$JS.API.INFO", *read_stream, f"$JS.API.STREAM.MSG.GET.{stream}"),
-            subscribe=(_ALL_EVENTS, _INBOX),
+            publish=(*read_stream, f"$JS.API.STREAM.MSG.GET.{stream}"),
+            subscribe=(_ALL_EVENTS, inbox("operator")),
         ),
     )
+
+
+async def provision_stream(url: str, *, tls: ssl.SSLContext | None = None) -> None:
+    """Create the event stream as the services configure it, or update it to that, as the
+    user of ``url`` (the ``provisioner``: the services' users may not); nothing if it is
+    already so.
+
+    Raises ``UnavailableError`` (NATS unreachable) or ``ConfigurationError``."""
+    bus = await NatsEventBus.connect(url, NatsOptions(name="tradeflow-provisioner"), tls=tls)
+    await bus.close()
+
+
+def main(environ: Mapping[str, str] = os.environ) -> int:
+    """``python -m tradeflow.app.brokers``: :func:`provision_stream` with
+    ``TRADEFLOW_NATS_URL`` and, for TLS, ``TRADEFLOW_TLS_CA``/``_CERT``/``_KEY`` (deploy's
+    Job ``nats-stream``); 0 once the stream is set up, 1 with the reason on stderr."""
+    try:
+        url = environ.get("TRADEFLOW_NATS_URL")
+        if not url:
+            raise ConfigurationError(
+                "TRADEFLOW_NATS_URL: expected the provisioner's NATS URL, found none"
+            )
+        files = TlsFiles.from_env(environ)
+        tls = None if files is None else client_ssl_context(files.ca, files.cert, files.key)
+        asyncio.run(provision_stream(url, tls=tls))
+    except TradeflowError as exc:
+        print(f"tradeflow.app.brokers: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def nats_password_variable(user: str) -> str:
@@ -135,14 +199,18 @@ REDIS_COMMANDS: Final[dict[str, tuple[str, ...]]] = {
         "incr", "pttl", "publish", "set", "xadd", "xrevrange", "subscribe", "ping",
     ),
     "ledger": (
-        "exists", "hget", "hgetall", "hmget", "hset", "rpush", "sadd", "smembers", "srem",
+        "evalsha_ro", "exists", "hget", "hgetall", "hmget", "hset", "rpush", "sadd",
+        "smembers", "srem",
     ),
+    # The ledger's scope book script, read-only (the emergency service's loss triggers).
+    "books": ("evalsha_ro", "hget", "hgetall", "hmget"),
     "leases": ("del", "hget", "time", "zrange", "zrem", "zremrangebyscore"),
     "probe": ("ping",),
 }  # fmt: skip
 """The commands each adapter sends, by what it is: ``state``, ``emergency`` and
 ``ledger`` (the modules of :mod:`tradeflow.adapters.redis`), ``leases`` (what the halt
-barrier runs of the state store: list and revoke leases), ``scripts`` (all of them)."""
+barrier runs of the state store: list and revoke leases), ``books`` (what reading a scope's
+books runs of the ledger), ``scripts`` (all of them)."""
 
 _PREFIX: Final = re.compile(r"[A-Za-z0-9_.:-]+")
 
@@ -187,7 +255,9 @@ def redis_users(prefix: str = "tradeflow") -> tuple[RedisUser, ...]:
     emergency = f"{{{prefix}:emergency}}"
     leases = (f"{p}lease:*", f"{p}lease_cancels:*", f"{p}leases")
     # What the emergency service's loss triggers read (the keys of the scope book script).
-    books = (f"{p}paper:{name}" for name in ("realized", "resting", "buckets", "books:*", "marks"))
+    books = tuple(
+        f"{p}paper:{name}" for name in ("realized", "resting", "buckets", "books:*", "marks")
+    )
     return (
         RedisUser(
             "state",
@@ -205,9 +275,10 @@ def redis_users(prefix: str = "tradeflow") -> tuple[RedisUser, ...]:
         ),
         RedisUser(
             "emergency",
-            keys=(f"{emergency}:*", f"{p}emergency:request:*", *leases, *books),
+            keys=(f"{emergency}:*", f"{p}emergency:request:*", *leases),
+            read_keys=books,
             channels=(f"{p}emergency:changed", f"{p}emergency:acks"),
-            commands=("scripts", "emergency", "leases"),
+            commands=("scripts", "emergency", "leases", "books"),
         ),
         RedisUser("executor", keys=(f"{p}paper:*",), commands=("scripts", "ledger")),
         RedisUser("probe", commands=("probe",)),
@@ -244,3 +315,7 @@ Redis loads, from the rules (:func:`redis_acl`) and the password files
 ``redis-<user>`` of a mounted Secret, each stored as its SHA-256 (``#<hex>``), never as
 text. A user without a password file keeps no password (it cannot log in, except
 ``probe``, which needs none)."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -198,6 +198,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.events_discarded = Counter(
+            "tradeflow_events_discarded_total",
+            "Events received from NATS and not delivered, by reason: undecodable (no JSON "
+            "object), wrong_subject (not on the subject its type and ids give: a forgery).",
+            ["reason"],
+            registry=r,
+        )
         self.subscriber_errors = Counter(
             "tradeflow_subscriber_errors_total",
             "Exceptions raised by event subscribers.",

@@ -41,7 +41,18 @@ Subscribing and replay
     hands each decoded dict to the handler through a per-subscriber bounded buffer
     (the shared :class:`~tradeflow.engine.fanout.Fanout`), so subscribers see events from
     every process. :meth:`~NatsEventBus.replay` reads the stream from a sequence
-    number onwards and then follows it live, for resumable streams.
+    number onwards and then follows it live, for resumable streams. Both drop (log
+    ``events.discarded`` and count ``tradeflow_events_discarded_total{reason}``) a
+    message that is no JSON object or did not come on the subject its type and ids give
+    (:func:`subject_for`): the server's publish permissions are per subject, so an
+    emergency event on a workflow subject is a forgery.
+
+The stream
+    Connecting reads the stream's configuration and creates or updates it only when it
+    is missing or differs (in what the bus sets, or in anything that would let one
+    publisher drop, move or copy others' events: rollups, message limits, republishing,
+    sources). With least-privilege users (:mod:`tradeflow.app.brokers`) only the
+    ``provisioner`` may do that; the runtime users find it set up.
 """
 
 from __future__ import annotations
@@ -58,7 +69,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 import nats.errors
 import orjson
@@ -68,7 +79,7 @@ from nats.aio.client import Client, Server
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription as NatsSubscription
 from nats.js import JetStreamContext, api
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from tradeflow.adapters.tls import redact_url
 from tradeflow.domain.errors import ConfigurationError, InvalidRequest, UnavailableError, describe
@@ -95,6 +106,7 @@ __all__ = [
     "NatsOptions",
     "decode_token",
     "encode_token",
+    "inbox_prefix",
     "subject_filter",
     "subject_for",
 ]
@@ -115,6 +127,7 @@ _EMERGENCY_SUBJECTS: Final[dict[str, str]] = {
     kind: EMERGENCY_PREFIX + kind.removeprefix("emergency_") for kind in SCOPE_EVENTS
 }
 _PLAIN_TOKEN: Final = re.compile(f"[{ID_CHARACTERS}]+")
+_INBOX: Final = "_INBOX"
 _MSG_ID: Final = api.Header.MSG_ID.value
 _STATUS: Final = api.Header.STATUS.value
 _DIGEST_MARK: Final = "#"
@@ -123,6 +136,21 @@ _HEADER_ALLOWANCE: Final = 512
 ours are under 200: the message id is an encoded token)."""
 _STREAM_NAME_IN_USE: Final = 10058
 """JetStream error code: a stream by that name exists with another configuration."""
+_STREAM_FIELDS: Final = (
+    "subjects", "retention", "discard", "storage", "max_age", "max_bytes", "duplicate_window",
+    # Anything else that would let one publisher drop, move or copy others' events.
+    "max_msgs", "max_msgs_per_subject", "allow_rollup_hdrs", "sealed", "no_ack",
+    "mirror", "sources", "republish", "subject_transform",
+)  # fmt: skip
+"""What a stream must have as the bus configures it for the bus to use it unchanged."""
+_FIELD_UNSET: Final[dict[str, object]] = {
+    "max_msgs": -1,
+    "max_msgs_per_subject": -1,
+    "allow_rollup_hdrs": False,
+    "sealed": False,
+    "no_ack": False,
+}
+"""What the server's answer leaves out (None) means for these fields."""
 
 
 class _Unacknowledged(Exception):
@@ -180,12 +208,18 @@ def decode_token(token: str) -> str | None:
 
 def subject_for(event: Event) -> str:
     """The subject ``event`` is published on."""
-    emergency = _EMERGENCY_SUBJECTS.get(event.type)
+    return _subject(event.type, event.bot_id, event.strategy_id, event.workflow_id)
+
+
+def _subject(
+    type: str, bot_id: str | None, strategy_id: str | None, workflow_id: str | None
+) -> str:
+    emergency = _EMERGENCY_SUBJECTS.get(type)
     if emergency is not None:
         return emergency
     return (
-        f"{EVENTS_PREFIX}{encode_token(event.bot_id)}.{encode_token(event.strategy_id)}."
-        f"{encode_token(event.workflow_id)}.{encode_token(event.type)}"
+        f"{EVENTS_PREFIX}{encode_token(bot_id)}.{encode_token(strategy_id)}."
+        f"{encode_token(workflow_id)}.{encode_token(type)}"
     )
 
 
@@ -215,6 +249,23 @@ def subject_filter(
         "*" if v is None else encode_token(v) for v in (bot_id, strategy_id, workflow_id, type)
     )
     return EVENTS_PREFIX + ".".join(tokens)
+
+
+def inbox_prefix(user: str | None) -> str:
+    """Where the replies to a client logged in as ``user`` come: ``_INBOX_<user>``, so
+    that each user may be let subscribe to its own replies only
+    (:mod:`tradeflow.app.brokers`); ``_INBOX`` without a user."""
+    return _INBOX if user is None else f"{_INBOX}_{user}"
+
+
+def _url_user(url: str) -> str | None:
+    """The user the (first) URL logs in as; None without one, or for a token (userinfo
+    without a password: a secret, never part of a subject)."""
+    parts = urlsplit(url.split(",", 1)[0].strip())
+    user = parts.username
+    if user and parts.password is not None and _PLAIN_TOKEN.fullmatch(user):
+        return user
+    return None
 
 
 def _reconnect_backoff(base: float, cap: float) -> _ServerChooser:
@@ -355,10 +406,12 @@ class NatsEventBus:
         metrics: Metrics | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> NatsEventBus:
-        """Connect to NATS at ``url`` and make sure the stream exists, updating an
-        existing one to ``options``.
+        """Connect to NATS at ``url`` and make sure the stream exists as ``options``
+        configure it (created, or an existing one updated, only if it is missing or
+        differs: a user without that grant needs it set up already).
 
-        The user and password, if any, are the URL's (``tls://executor:PASSWORD@nats:4222``);
+        The user and password, if any, are the URL's (``tls://executor:PASSWORD@nats:4222``),
+        and replies come on that user's inbox subjects (:func:`inbox_prefix`);
         the connection uses TLS when the scheme is ``tls://`` or the server requires it,
         with ``tls`` (the process's CA and client certificate,
         :func:`~tradeflow.adapters.tls.client_ssl_context`) when given. Logs and errors
@@ -366,7 +419,8 @@ class NatsEventBus:
 
         Raises ``UnavailableError`` if NATS cannot be reached within
         ``options.connect_timeout`` seconds, ``ConfigurationError`` for a stream that
-        cannot take this configuration.
+        cannot take this configuration, or that is missing or differs and this user may
+        not create or update it.
         """
         local = Fanout(buffer_size=options.buffer_size, metrics=metrics)
         stream_config = api.StreamConfig(
@@ -410,6 +464,7 @@ class NatsEventBus:
                     error_cb=error,
                     drain_timeout=max(1, round(options.close_timeout)),
                     tls=tls,
+                    inbox_prefix=inbox_prefix(_url_user(url)),
                 )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             await nc.close()
@@ -425,21 +480,46 @@ class NatsEventBus:
         return bus
 
     async def _ensure_stream(self) -> None:
+        """Make sure the stream exists as configured: read it, and create or update it
+        only when it is missing or differs.
+
+        A user without the grant to create or update it (deploy's runtime users: the
+        ``provisioner`` sets the stream up) is refused those requests; the server answers
+        a refused request with nothing, so it is reported once JetStream's timeout passes.
+        """
         config = self._stream_config
+        name = str(config.name)
         try:
             try:
-                await self._js.add_stream(config)
-            except BadRequestError as exc:
-                if exc.err_code != _STREAM_NAME_IN_USE:
-                    raise
-                await self._js.update_stream(config)
+                differences = _stream_differences((await self._js.stream_info(name)).config, config)
+            except NotFoundError:
+                differences = None
+            if differences == []:
+                return
+            try:
+                if differences is None:
+                    try:
+                        await self._js.add_stream(config)
+                    except BadRequestError as exc:  # created meanwhile, another way
+                        if exc.err_code != _STREAM_NAME_IN_USE:
+                            raise
+                        await self._js.update_stream(config)
+                else:
+                    await self._js.update_stream(config)
+            except TimeoutError as exc:
+                state = "is missing" if differences is None else f"differs in {differences}"
+                raise ConfigurationError(
+                    f"JetStream stream {name!r} {state} and creating or updating it was not "
+                    "answered (the server drops the request of a user without that grant): "
+                    "set the stream up as the provisioner user (docs/SECURITY.md)"
+                ) from exc
         except nats.js.errors.APIError as exc:
             raise ConfigurationError(
-                f"cannot create or update JetStream stream {config.name!r}: {exc.description}"
+                f"cannot create or update JetStream stream {name!r}: {exc.description}"
             ) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             raise UnavailableError(
-                f"cannot set up JetStream stream {config.name!r} (is JetStream enabled on the "
+                f"cannot set up JetStream stream {name!r} (is JetStream enabled on the "
                 f"server?): {describe(exc)}"
             ) from exc
 
@@ -666,9 +746,39 @@ class NatsEventBus:
     async def _on_event(self, msg: Msg) -> None:
         if not self._local.has_subscribers:
             return
-        item = _decode(msg)
+        item = self._decode(msg)
         if item is not None:
             self._local.deliver(item)
+
+    def _decode(self, msg: Msg) -> dict[str, Any] | None:
+        """The event ``msg`` carries (live or replayed), or None, logged and counted, when
+        it is no JSON object or did not come on the subject its type and ids give.
+
+        The server lets only the emergency service publish on ``tradeflow.v1.emergency.>``
+        but every executor on any workflow subject: an emergency type there is a forgery,
+        and a workflow event on another workflow's subject would defeat the subject
+        filters. Checking the subject makes the server's permissions hold for the payload.
+        """
+        try:
+            item = orjson.loads(msg.data)
+        except ValueError as exc:
+            error = describe(exc)
+        else:
+            if not isinstance(item, dict):
+                error = "not a JSON object"
+            elif _subject_of(item) != msg.subject:
+                type_ = shown(item.get("type"))
+                self._discard(msg, "wrong_subject", f"not the subject of type {type_} and its ids")
+                return None
+            else:
+                return item
+        self._discard(msg, "undecodable", error)
+        return None
+
+    def _discard(self, msg: Msg, reason: str, error: str) -> None:
+        if self._metrics is not None:
+            self._metrics.events_discarded.labels(reason).inc()
+        _log.error("events.discarded", subject=shown(msg.subject), reason=reason, error=error)
 
     async def unsubscribe(self, subscription: Subscription) -> None:
         await self._local.unsubscribe(subscription)
@@ -718,7 +828,7 @@ class NatsEventBus:
                     msg = await sub.next_msg(timeout=None)
                 except nats.errors.ConnectionClosedError:
                     return
-                item = _decode(msg)
+                item = self._decode(msg)
                 if item is None:
                     continue
                 if execution_id is not None and item.get("execution_id") != execution_id:
@@ -752,13 +862,22 @@ class NatsEventBus:
         await self._local.close()
 
 
-def _decode(msg: Msg) -> dict[str, Any] | None:
-    try:
-        item = orjson.loads(msg.data)
-    except ValueError as exc:
-        _log.error("events.undecodable", subject=msg.subject, error=describe(exc))
+def _stream_differences(found: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:
+    """The fields of :data:`_STREAM_FIELDS` in which the stream ``found`` differs."""
+
+    def value(config: api.StreamConfig, field: str) -> object:
+        v = getattr(config, field)
+        if v is None:
+            return _FIELD_UNSET.get(field)
+        return sorted(v) if field == "subjects" else v
+
+    return [field for field in _STREAM_FIELDS if value(found, field) != value(wanted, field)]
+
+
+def _subject_of(item: dict[str, Any]) -> str | None:
+    """The subject an event with ``item``'s type and ids is published on; None when its
+    type is no string or an id is neither a string nor null."""
+    type_, *ids = (item.get(name) for name in ("type", "bot_id", "strategy_id", "workflow_id"))
+    if not isinstance(type_, str) or not all(v is None or isinstance(v, str) for v in ids):
         return None
-    if not isinstance(item, dict):
-        _log.error("events.undecodable", subject=msg.subject, error="not a JSON object")
-        return None
-    return item
+    return _subject(type_, *ids)

@@ -63,7 +63,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from tradeflow.adapters.redis.connection import reconnecting
 from tradeflow.domain.codec import from_json, to_json_bytes
@@ -500,9 +500,9 @@ class RedisPaperLedger:
         key = scope_key(scope, target)
         reply = await self._call(
             f"read the books of scope {key!r}",
-            self._scope_book,
-            keys=(self._realized, self._resting, self._buckets, self._books(key), self._marks),
-            args=(key,),
+            self._read_books,
+            (self._realized, self._resting, self._buckets, self._books(key), self._marks),
+            key,
         )
         realized, resting, bucket = reply[:3]
         positions: dict[tuple[str, str], Position] = {}
@@ -525,6 +525,18 @@ class RedisPaperLedger:
 
     async def equity(self, scope: Scope, target: str | None) -> float:
         return (await self.scope_book(scope, target)).equity
+
+    async def _read_books(self, keys: Sequence[str], scope: str) -> Any:
+        """The scope book script, as ``EVALSHA_RO``: Redis runs it read-only and checks its
+        keys as read, so a user granted only reads of them (the emergency service's loss
+        triggers: :mod:`tradeflow.app.brokers`) may run it. Loaded again if the server
+        lost it."""
+        script = self._scope_book
+        try:
+            return await self._client.evalsha_ro(script.sha, len(keys), *keys, scope)
+        except NoScriptError:
+            await self._client.script_load(script.script)
+            return await self._client.evalsha_ro(script.sha, len(keys), *keys, scope)
 
     def _books(self, scope: str) -> str:
         return f"{self._p}books:{scope}"
