@@ -702,10 +702,10 @@ def _stack(args: argparse.Namespace) -> int:
         print(
             f"clients: `tradeflow ... --env production` in this directory, or `source {workdir}/env`"
         )
+        others = ", ".join(f"{workdir}/env-{p.role.value}-{p.name}" for p in stack.CLIENTS[1:])
         print(
             f"mutual TLS with a throwaway CA in {stack.certs}: clients act as the operator; "
-            "point TRADEFLOW_TLS_CERT/KEY at admin-admin.* to change limits, bot-bot-1.* to run "
-            "bot-1"
+            f"source one of {others} to act in another role"
         )
         return 0
     if args.action == "down":

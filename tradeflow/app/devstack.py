@@ -194,6 +194,7 @@ class Stack:
     SERVICES = ("state", "emergency", "executor")
     CLIENTS = (
         Principal(Role.OPERATOR, "operator"),
+        Principal(Role.OPERATOR, "second"),  # confirms what the first asks to resume
         Principal(Role.ADMIN, "admin"),
         Principal(Role.BOT, "bot-1"),
         # `tradeflow run --env production` executes in its own process: an executor.
