@@ -573,6 +573,57 @@ async def test_an_unconfirmed_request_lapses(tls_stack: Stack, tmp_path: Path) -
         await redis.aclose()
 
 
+@pytest.mark.asyncio
+async def test_a_resume_request_outlives_its_replica(tls_stack: Stack, tmp_path: Path) -> None:
+    """Crash: alice's request is recorded by an emergency replica that is then SIGKILLed;
+    a replica started afterwards on the same Redis takes bob's confirmation."""
+    redis_url = f"redis://127.0.0.1:{tls_stack.ports['redis']}/0"
+    prefix = f"test-resume-crash-{new_id()}"
+
+    def replica(name: str) -> Any:
+        return start_service(
+            "emergency",
+            EMERGENCY_SERVICE_NAME,
+            tmp_path / name,
+            {
+                "TRADEFLOW_REDIS_URL": redis_url,
+                "TRADEFLOW_NATS_URL": f"nats://127.0.0.1:{tls_stack.ports['nats']}",
+                "TRADEFLOW_REDIS_PREFIX": prefix,
+                **tls_stack.identity_env(Principal(Role.EXECUTOR, "emergency")),
+            },
+            security=security_of(tls_stack, operator("watcher")),
+        )
+
+    redis = aioredis.from_url(redis_url)
+    first = replica("first")
+    second = None
+    try:
+        async with AsyncExitStack() as exits:
+
+            async def stub(service: Any, name: str) -> em_grpc.EmergencyServiceStub:
+                channel = bounded_channel(service.address, security_of(tls_stack, operator(name)))
+                exits.push_async_callback(channel.close)
+                return em_grpc.EmergencyServiceStub(channel)
+
+            alice = await stub(first, "alice5")
+            await alice.Halt(halt(common_pb2.SCOPE_GLOBAL))
+            assert (await alice.Resume(resume(common_pb2.SCOPE_GLOBAL))).awaiting_confirmation
+            first.process.kill()
+            second = replica("second")
+            bob = await stub(second, "bob5")
+            confirmed = await bob.Resume(resume(common_pb2.SCOPE_GLOBAL))
+            assert (confirmed.resumed, confirmed.requested_by) == (True, "operator/alice5")
+            assert halted(await bob.GetState(em.GetStateRequest())) == set()
+    finally:
+        for service in (first, second):
+            if service is not None:
+                service.process.stop()
+        keys = [key async for key in redis.scan_iter(match=f"*{prefix}*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
 # --- the executor service ---------------------------------------------------------------
 
 
