@@ -171,6 +171,8 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
                 actor=_actor(request.actor),
                 state=state,
                 cancel_orders=request.cancel_orders,
+                # Loosening is resuming: a bot may not, nor one operator a two-step scope.
+                no_looser=current_caller().role is Role.BOT or self._takes_two(scope),
             )
             # The halt is committed: its barrier runs to its end (fencing included) even if
             # the caller goes away, and a failure of it does not make the halt look failed.

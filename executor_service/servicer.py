@@ -56,10 +56,6 @@ def access(bot_strategies: Mapping[str, str]) -> Policy:
     }
 
 
-def _optional(message: Any, field: str) -> str | None:
-    return getattr(message, field) if message.HasField(field) else None
-
-
 def _definition(text: str) -> dict[str, Any]:
     """The definition's JSON object, its size checked before it is parsed."""
     checked = wire.bytes_at_most("definition_json", text, DEFINITION_MAX_BYTES)
@@ -78,10 +74,10 @@ def _submission(request: pb.ExecuteWorkflowRequest | pb.SubmitWorkflowRequest) -
     return Submission(
         definition=_definition(request.definition_json),
         workflow_id=request.workflow_id,
-        bot_id=_optional(request, "bot_id"),
-        strategy_id=_optional(request, "strategy_id"),
+        bot_id=optional(request, "bot_id"),
+        strategy_id=optional(request, "strategy_id"),
         request_id=request.request_id or None,
-        correlation_id=_optional(request, "correlation_id"),
+        correlation_id=optional(request, "correlation_id"),
     )
 
 
@@ -141,7 +137,7 @@ class ExecutorServicer(pb_grpc.ExecutorServiceServicer):
         self, request: pb.StreamEventsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamEventsResponse]:
         filters = {
-            field: check_id(field, _optional(request, field), optional=True)
+            field: check_id(field, optional(request, field), optional=True)
             for field in ("execution_id", "workflow_id", "bot_id", "strategy_id")
         }
         if request.HasField("after_sequence"):

@@ -519,13 +519,14 @@ async def test_a_barrier_hears_acknowledgements_another_replica_received(
         await asyncio.wait(following)
 
 
-@pytest.mark.parametrize(("standing", "condition", "state"), CONDITIONAL_CASES)
+@pytest.mark.parametrize(("standing", "condition", "state", "expected"), CONDITIONAL_CASES)
 @pytest.mark.asyncio
 async def test_a_conditional_halt_write_decides_in_the_script_as_the_domain_rule(
     emergency: RedisEmergencyStore,
     standing: tuple[TradingState, str] | None,
     condition: HaltCondition,
     state: TradingState | None,
+    expected: bool,
 ) -> None:
     """The Redis scripts check a trigger's halt (only stricter) and lift or restore (only
     over its own halt) against the halt stored now, as the domain rule does: refused,
@@ -538,6 +539,7 @@ async def test_a_conditional_halt_write_decides_in_the_script_as_the_domain_rule
         )
     entries = len(await emergency.audit_entries(100))
     admitted = condition.admits(before, state)
+    assert admitted is expected
     if state is None:
         audit = AuditEntry(0, 2.0, "writer", "resume", Scope.BOT, "b1", "lift")
         assert await emergency.delete_halt(Scope.BOT, "b1", audit, condition) is admitted

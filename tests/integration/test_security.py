@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -355,6 +356,43 @@ async def test_a_bot_halts_its_own_scope_and_no_other(clients: Clients) -> None:
 
 
 @pytest.mark.asyncio
+async def test_a_halt_never_loosens_what_its_caller_may_not_resume(clients: Clients) -> None:
+    """Loosening is resuming: a halted bot re-halting itself as reduce_only, or one
+    operator turning a global halt into reduce_only, is refused (FAILED_PRECONDITION) and
+    the halt stands; tightening is a halt like any other."""
+    me = await clients.emergency(bot("bot-e10"))
+    ops = await clients.emergency(operator("otto"))
+    await ops.Halt(halt(common_pb2.SCOPE_BOT, "bot-e10"))
+    await ops.Halt(halt(common_pb2.SCOPE_GLOBAL))
+    try:
+        for stub, scope, target in (
+            (me, common_pb2.SCOPE_BOT, "bot-e10"),
+            (ops, common_pb2.SCOPE_GLOBAL, None),
+        ):
+            looser = halt(scope, target)
+            looser.state = em.TRADING_STATE_REDUCE_ONLY
+            details = await refused(stub.Halt(looser), grpc.StatusCode.FAILED_PRECONDITION)
+            assert "may not loosen" in details
+        now = {
+            (h.scope, h.target if h.HasField("target") else None): h.state
+            for h in (await ops.GetState(em.GetStateRequest())).state.halts
+        }
+        assert now[(common_pb2.SCOPE_BOT, "bot-e10")] == em.TRADING_STATE_HALTED
+        assert now[(common_pb2.SCOPE_GLOBAL, None)] == em.TRADING_STATE_HALTED
+        # The bot may still tighten its own scope from reduce_only to halted.
+        assert (await ops.Resume(resume(common_pb2.SCOPE_BOT, "bot-e10"))).resumed
+        mild = halt(common_pb2.SCOPE_BOT, "bot-e10")
+        mild.state = em.TRADING_STATE_REDUCE_ONLY
+        await me.Halt(mild)
+        assert (await me.Halt(halt(common_pb2.SCOPE_BOT, "bot-e10"))).halt.state == (
+            em.TRADING_STATE_HALTED
+        )
+    finally:
+        await ops.Resume(resume(common_pb2.SCOPE_BOT, "bot-e10"))
+        await lift_global(clients)
+
+
+@pytest.mark.asyncio
 async def test_a_request_id_is_the_callers_own(clients: Clients) -> None:
     """A bot that claims the request_id an operator will use neither turns the operator's
     halt into a replay of its own answer nor reads the operator's answer back."""
@@ -491,8 +529,8 @@ async def test_no_single_operator_lifts_a_global_halt_while_hammering_resume(
 
 @pytest.mark.asyncio
 async def test_refused_calls_are_audited_without_flooding_the_audit(clients: Clients) -> None:
-    """Twenty refused calls in a row from one bot: one rpc_denied entry (the rest counted
-    in the next), so refusals cannot push the changes out of the capped audit."""
+    """Twenty refused calls in a row from one bot (well within the 10 s window): one
+    rpc_denied entry, so refusals cannot push the changes out of the capped audit."""
     me = await clients.emergency(bot("bot-flood"))
     for _ in range(20):
         await refused(me.Resume(resume(common_pb2.SCOPE_BOT, "bot-flood")))
@@ -792,6 +830,59 @@ def test_metrics_bind_the_listen_host(tls_stack: Stack, service: str) -> None:
     assert _listeners(tls_stack.ports[f"{service}_metrics"]) == {"0100007F"}
 
 
+@pytest.mark.parametrize("service", SERVICES)
+def test_health_is_served_over_http_for_probes(tls_stack: Stack, service: str) -> None:
+    """``/healthz`` beside ``/metrics`` answers 200 while the service serves: the probe a
+    kubelet, which has no client certificate, can use."""
+    url = f"http://127.0.0.1:{tls_stack.ports[f'{service}_metrics']}"
+    with urllib.request.urlopen(f"{url}/healthz", timeout=DEADLINE_SECONDS) as reply:
+        assert (reply.status, reply.read()) == (200, b"serving\n")
+    with urllib.request.urlopen(f"{url}/metrics", timeout=DEADLINE_SECONDS) as reply:
+        assert b"tradeflow_rpc_server_handled_seconds" in reply.read()
+
+
+@pytest.mark.asyncio
+async def test_a_bots_api_call_cannot_reach_the_executor_itself(
+    clients: Clients, tls_stack: Stack
+) -> None:
+    """Server-side request forgery through the executor service: a bot's ``api_call`` to
+    the executor's own ``/metrics`` (a literal loopback address: refused before any
+    connection) fails the run and brings nothing back; the credential it references is
+    stored as a reference."""
+    me = await clients.executor(bot("bot-ssrf"))
+    metrics = f"http://127.0.0.1:{tls_stack.ports['executor_metrics']}/metrics"
+
+    async def run(properties: dict[str, Any]) -> Any:
+        definition = {
+            "blocks": [
+                {
+                    "id": "steal",
+                    "category": "providers",
+                    "type": "api_call",
+                    "properties": properties,
+                }
+            ]
+        }
+        request = ex.ExecuteWorkflowRequest(
+            request_id=new_id(),
+            workflow_id="ssrf",
+            bot_id="bot-ssrf",
+            definition_json=json.dumps(definition),
+        )
+        done = (await me.ExecuteWorkflow(request)).execution
+        assert done.record.status == common_pb2.EXECUTION_STATUS_FAILED
+        assert "tradeflow_" not in str(done)  # no metrics text came back
+        return done
+
+    refused_run = await run({"url": metrics})
+    assert "refused by the egress policy" in refused_run.record.error
+    # A secret bound to no host is sent nowhere; what is stored is the reference.
+    keyed = await run({"url": metrics, "headers": {"X-Api-Key": {"secret": "VENUE_KEY"}}})
+    assert "bound to no host" in keyed.record.error
+    stored = json.loads(keyed.record.definition_json)["blocks"][0]["properties"]["headers"]
+    assert stored == {"X-Api-Key": {"secret": "VENUE_KEY"}}
+
+
 @pytest.mark.asyncio
 async def test_a_bot_bound_to_a_strategy_runs_only_under_it(clients: Clients) -> None:
     """``TRADEFLOW_BOT_STRATEGIES=bot-s1=strat-1``: bot-s1 cannot escape its strategy's
@@ -919,3 +1010,45 @@ def test_a_service_without_tls_or_plaintext_refuses_to_start(tmp_path: Path) -> 
     assert lines[0].startswith("state_service: error:")
     for variable in ("TRADEFLOW_TLS_CA", "TRADEFLOW_TLS_CERT", "TRADEFLOW_TLS_KEY"):
         assert variable in lines[0]
+
+
+def cli_as(
+    stack: Stack, principal: Principal, *args: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    """``tradeflow <args> --env production`` acting as ``principal`` on the stack."""
+    environ = {
+        **os.environ,
+        **stack.client_env(principal),
+        "TRADEFLOW_LOG_LEVEL": "warning",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
+        env=environ,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_SECONDS,
+        check=False,
+    )
+
+
+@pytest.mark.asyncio
+async def test_the_cli_resumes_in_two_steps_and_says_when_it_is_refused(
+    clients: Clients, tls_stack: Stack, tmp_path: Path
+) -> None:
+    """The operator's CLI: a global resume exits 6 naming the request, a second operator's
+    resumes (exit 0); a bot's resume is refused by the service (exit 7)."""
+    ops = await clients.emergency(operator("olaf"))
+    await ops.Halt(halt(common_pb2.SCOPE_GLOBAL))
+    try:
+        denied = cli_as(tls_stack, bot("bot-cli"), "resume", "--reason", "r", cwd=tmp_path)
+        assert denied.returncode == 7, denied.stderr
+        assert "PERMISSION_DENIED" in denied.stderr and "bot/bot-cli" in denied.stderr
+        first = cli_as(tls_stack, operator("olaf"), "resume", "--reason", "r", cwd=tmp_path)
+        assert first.returncode == 6, first.stderr
+        assert "global stays halted" in first.stdout and "operator/olaf" in first.stdout
+        second = cli_as(tls_stack, operator("oona"), "resume", "--reason", "r", cwd=tmp_path)
+        assert (second.returncode, second.stdout.strip()) == (0, "resumed global"), second.stderr
+    finally:
+        if (common_pb2.SCOPE_GLOBAL, None) in halted(await ops.GetState(em.GetStateRequest())):
+            await lift_global(clients)

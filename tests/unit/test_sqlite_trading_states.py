@@ -579,33 +579,45 @@ async def test_no_intent_of_a_halted_scope_commits_after_the_halt(
 
 OPS, TRIGGER = "ops", "trigger:daily_loss@bot:b1"
 CONDITIONAL_CASES: Final = [
-    # (standing state and actor or None, condition, written state or None for a delete)
-    (None, HaltCondition(stricter=True), TradingState.REDUCE_ONLY),
-    ((TradingState.REDUCE_ONLY, OPS), HaltCondition(stricter=True), TradingState.HALTED),
-    ((TradingState.HALTED, OPS), HaltCondition(stricter=True), TradingState.REDUCE_ONLY),
-    ((TradingState.CANCEL_ONLY, OPS), HaltCondition(stricter=True), TradingState.CANCEL_ONLY),
-    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
-    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
-    (None, HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY),
-    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), None),
-    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), None),
+    # (standing state and actor or None, condition, written state or None for a delete,
+    # whether the write is admitted)
+    (None, HaltCondition(stricter=True), TradingState.REDUCE_ONLY, True),
+    ((TradingState.REDUCE_ONLY, OPS), HaltCondition(stricter=True), TradingState.HALTED, True),
+    ((TradingState.HALTED, OPS), HaltCondition(stricter=True), TradingState.REDUCE_ONLY, False),
+    (
+        (TradingState.CANCEL_ONLY, OPS),
+        HaltCondition(stricter=True),
+        TradingState.CANCEL_ONLY,
+        False,
+    ),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY, True),
+    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY, False),
+    (None, HaltCondition(over=TRIGGER), TradingState.REDUCE_ONLY, False),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(over=TRIGGER), None, True),
+    ((TradingState.HALTED, OPS), HaltCondition(over=TRIGGER), None, False),
     # A two-step resume lifts only the halt it was about (halt_of's since is 1.0)...
-    ((TradingState.HALTED, OPS), HaltCondition(since=1.0, over=OPS), None),
+    ((TradingState.HALTED, OPS), HaltCondition(since=1.0, over=OPS), None, True),
     # ...not one made after it was lifted, nor another actor's, nor none.
-    ((TradingState.HALTED, OPS), HaltCondition(since=1.5, over=OPS), None),
-    ((TradingState.HALTED, TRIGGER), HaltCondition(since=1.0, over=OPS), None),
-    (None, HaltCondition(since=1.0), None),
+    ((TradingState.HALTED, OPS), HaltCondition(since=1.5, over=OPS), None, False),
+    ((TradingState.HALTED, TRIGGER), HaltCondition(since=1.0, over=OPS), None, False),
+    (None, HaltCondition(since=1.0), None, False),
+    # A bot's own halt, a two-step scope's: never looser than the standing one.
+    ((TradingState.HALTED, OPS), HaltCondition(no_looser=True), TradingState.REDUCE_ONLY, False),
+    ((TradingState.REDUCE_ONLY, OPS), HaltCondition(no_looser=True), TradingState.HALTED, True),
+    ((TradingState.HALTED, OPS), HaltCondition(no_looser=True), TradingState.HALTED, True),
+    (None, HaltCondition(no_looser=True), TradingState.REDUCE_ONLY, True),
 ]
 """Shared with the Redis store's test: each store decides as ``HaltCondition.admits``."""
 
 
-@pytest.mark.parametrize(("standing", "condition", "state"), CONDITIONAL_CASES)
+@pytest.mark.parametrize(("standing", "condition", "state", "expected"), CONDITIONAL_CASES)
 @pytest.mark.asyncio
 async def test_a_conditional_halt_write_decides_in_the_store_as_the_domain_rule(
     emergency: SQLiteEmergencyStore,
     standing: tuple[TradingState, str] | None,
     condition: HaltCondition,
     state: TradingState | None,
+    expected: bool,
 ) -> None:
     """A trigger's halt (only stricter) and lift or restore (only over its own halt) are
     checked against the halt stored now, in the write's transaction: refused, nothing is
@@ -617,6 +629,7 @@ async def test_a_conditional_halt_write_decides_in_the_store_as_the_domain_rule(
         )
     entries = len(await emergency.audit_entries(100))
     admitted = condition.admits(before, state)
+    assert admitted is expected
     if state is None:
         done = await emergency.delete_halt(Scope.BOT, "b1", audit("resume"), condition)
         assert done is admitted

@@ -32,6 +32,7 @@ from tradeflow.app.settings import ENVIRONMENTS, CliSettings, Settings
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import BarrierReport, LimitExplanation, ScopeIds
 from tradeflow.domain.errors import (
+    AccessDenied,
     EmergencyHalted,
     ResumeAwaitingConfirmation,
     RiskLimitExceeded,
@@ -75,6 +76,8 @@ EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 5
 EXIT_PENDING = 6
 """``tradeflow resume`` recorded a request that awaits a second operator."""
+EXIT_DENIED = 7
+"""A service refused this caller (its certificate's principal or role)."""
 EXIT_INTERNAL = 70
 
 
@@ -1016,17 +1019,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Raised through the infrastructure's close: the run's last events are printed.
         print(f"halted: {halt}", file=sys.stderr)
         return EXIT[ExecutionStatus.HALTED]
-    except UnavailableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
     except TradeflowError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _exit_of(exc)
     except Exception as exc:
         if cli.debug:
             raise
         print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def _exit_of(error: TradeflowError) -> int:
+    """The exit status of a command that failed with ``error``."""
+    if isinstance(error, UnavailableError):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, AccessDenied):
+        return EXIT_DENIED
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -186,8 +186,9 @@ class Stack:
 
     With ``tls`` (``tradeflow stack up``), the services speak mutual TLS with
     certificates of a throwaway CA made here (``certs/`` in the workdir): the executor
-    service's names the principal ``executor/executor``, and client certificates are
-    issued for :data:`CLIENTS` (:meth:`identity_env` issues more). Without it the services run plaintext, which
+    service's names the principal ``executor/executor``, the other services' none (they
+    only serve), and client certificates are issued for :data:`CLIENTS`
+    (:meth:`identity_env` issues more). Without it the services run plaintext, which
     they only do when told (``TRADEFLOW_GRPC_PLAINTEXT=true``).
     """
 
@@ -243,12 +244,13 @@ class Stack:
         kind, say one naming no principal."""
         return self._authority
 
-    def identity_env(self, principal: Principal) -> dict[str, str]:
-        """The ``TRADEFLOW_TLS_*`` settings of a client acting as ``principal`` (its
-        certificate issued on first use); ``{}`` for a plaintext stack."""
+    def identity_env(self, principal: Principal | None) -> dict[str, str]:
+        """The ``TRADEFLOW_TLS_*`` settings of a process acting as ``principal`` (its
+        certificate issued on first use; ``None``: a serving certificate naming no
+        principal); ``{}`` for a plaintext stack."""
         if self._authority is None:
             return {}
-        name = f"{principal.role.value}-{principal.name}"
+        name = "server" if principal is None else f"{principal.role.value}-{principal.name}"
         cert, key = self.certs / f"{name}.crt", self.certs / f"{name}.key"
         if not cert.exists():
             self._authority.issue(principal).write(self.certs, name)
@@ -261,8 +263,9 @@ class Stack:
     def _service_identity(self, name: str) -> dict[str, str]:
         if self._authority is None:
             return {"TRADEFLOW_GRPC_PLAINTEXT": "true"}
-        # The executor service calls the others as an executor; the others only serve.
-        return self.identity_env(Principal(Role.EXECUTOR, name))
+        # The executor service calls the others as an executor; the others only serve, so
+        # their certificate names no principal (one naming a role would carry its rights).
+        return self.identity_env(Principal(Role.EXECUTOR, name) if name == "executor" else None)
 
     def _addresses(self) -> dict[str, str]:
         p = self.ports

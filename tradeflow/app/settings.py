@@ -79,10 +79,7 @@ class TlsFiles:
 def _plaintext(e: Mapping[str, str], tls: TlsFiles | None) -> bool:
     """``TRADEFLOW_GRPC_PLAINTEXT``: ``true`` chooses gRPC without TLS, hence without any
     authentication (local development only); it cannot be combined with TLS files."""
-    raw = e.get("TRADEFLOW_GRPC_PLAINTEXT", "false").lower()
-    if raw not in ("true", "false", "1", "0"):
-        raise ConfigurationError(f"TRADEFLOW_GRPC_PLAINTEXT must be true or false, found {raw!r}")
-    plaintext = raw in ("true", "1")
+    plaintext = _flag(e, "TRADEFLOW_GRPC_PLAINTEXT", False)
     if plaintext and tls is not None:
         raise ConfigurationError(
             "TRADEFLOW_GRPC_PLAINTEXT=true and TRADEFLOW_TLS_* are both set: choose one"

@@ -247,12 +247,22 @@ class HaltCondition:
     since: float | None = None
     """Write or delete only if a halt stands there and has stood since this time: the
     halt a caller saw, not one made after it was lifted (a two-step resume's)."""
+    no_looser: bool = False
+    """Write only if no halt stands there or the standing one is not more restrictive: a
+    halt that would loosen a scope (a bot's own, a two-step scope's) is a resume."""
 
     def admits(self, standing: HaltState | None, state: TradingState | None) -> bool:
         """Whether a write of ``state`` (``None``: a delete) may go over ``standing``."""
         if self.over is not None and (standing is None or standing.actor != self.over):
             return False
         if self.since is not None and (standing is None or standing.since != self.since):
+            return False
+        if (
+            self.no_looser
+            and standing is not None
+            and state is not None
+            and standing.state.rank > state.rank
+        ):
             return False
         return not (
             self.stricter

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from tradeflow.domain.limits import shown
 
 __all__ = [
+    "AccessDenied",
     "CapacityExceeded",
     "CircuitOpenError",
     "ConfigurationError",
@@ -26,11 +27,13 @@ __all__ = [
     "ExternalServiceError",
     "InvalidRequest",
     "LeaseLost",
+    "LooserHaltRefused",
     "NodeExecutionError",
     "NodeTimeoutError",
     "OrderDenied",
     "OrderRejected",
     "OwnerAlive",
+    "ResumeAwaitingConfirmation",
     "RiskLimitExceeded",
     "TradeflowError",
     "UnavailableError",
@@ -382,3 +385,16 @@ class ResumeAwaitingConfirmation(TradeflowError):
         )
         self.requested_by = requested_by
         self.confirm_before = confirm_before
+
+
+class LooserHaltRefused(TradeflowError):
+    """A halt that would loosen a scope this caller may not loosen (a bot's own scope, a
+    scope whose resume takes two operators): loosening is a resume."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+    def __init__(self, where: str, standing: str, asked: str) -> None:
+        super().__init__(
+            f"{where} is {standing}: a halt may not loosen it to {asked}; lift it with "
+            "Resume (which may take a second operator)"
+        )

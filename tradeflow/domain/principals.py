@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 PRINCIPAL_PREFIX: Final = "spiffe://tradeflow/"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,118}")
+"""At most 119 characters: ``role/name`` is the actor of every change a principal makes,
+and an actor is at most ``ACTOR_MAX_LENGTH`` (128) long."""
 
 
 class Role(enum.StrEnum):

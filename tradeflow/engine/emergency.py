@@ -51,6 +51,7 @@ from tradeflow.domain.emergency import (
 from tradeflow.domain.errors import (
     EmergencyHalted,
     InvalidRequest,
+    LooserHaltRefused,
     RiskLimitExceeded,
     UnavailableError,
 )
@@ -223,15 +224,33 @@ class EmergencyController:
         actor: str = "unknown",
         state: TradingState = TradingState.HALTED,
         cancel_orders: bool = False,
+        no_looser: bool = False,
     ) -> HaltState:
-        return await self._halt(
-            checked_scope_change(scope, target, reason, actor),
-            target,
-            reason,
-            actor,
-            checked_restriction(state),
-            bool(cancel_orders),
-        )
+        """See the port; with ``no_looser``, a halt that would loosen the standing one is
+        refused (``LooserHaltRefused``), checked by the store in the step that writes."""
+        checked = checked_scope_change(scope, target, reason, actor)
+        wanted = checked_restriction(state)
+        if not no_looser:
+            return await self._halt(checked, target, reason, actor, wanted, bool(cancel_orders))
+        async with self._writing:
+            halt = await self._save_halt(
+                checked,
+                target,
+                reason,
+                actor,
+                wanted,
+                bool(cancel_orders),
+                HaltCondition(no_looser=True),
+            )
+        if halt is None:
+            standing = self.snapshot().halts.get((checked, target))
+            raise LooserHaltRefused(
+                checked.value if target is None else f"{checked.value} {target}",
+                standing.state.value if standing is not None else "more restricted",
+                wanted.value,
+            )
+        self._halted(halt)
+        return halt
 
     async def _halt(
         self,

@@ -27,6 +27,7 @@ from tradeflow.domain.principals import Caller, Principal, Role
 
 __all__ = [
     "ANY_ROLE",
+    "BOUND_ROLES",
     "PLAINTEXT",
     "UNAUTHENTICATED",
     "Check",
@@ -42,6 +43,9 @@ __all__ = [
 UNAUTHENTICATED: Final = Principal(Role.SYSTEM, "unauthenticated")
 """The principal of every call to a plaintext server (local development)."""
 ANY_ROLE: Final = frozenset({Role.BOT, Role.OPERATOR, Role.ADMIN, Role.EXECUTOR})
+BOUND_ROLES: Final = frozenset({Role.BOT})
+"""Roles limited to their own ids: a rule's ``request`` and ``response`` checks apply to
+them alone."""
 _SPIFFE_ID: Final = "peer_spiffe_id"
 
 
@@ -109,8 +113,6 @@ class Rule:
     """Who may call one method."""
 
     roles: frozenset[Role]
-    bound: frozenset[Role] = frozenset({Role.BOT})
-    """Roles limited to their own ids: ``request`` and ``response`` are checked for them."""
     request: Check | None = None
     response: Check | None = None
 
@@ -124,7 +126,7 @@ class Rule:
             )
 
     def check(self, check: Check | None, message: Any, caller: Caller, method: str) -> None:
-        if check is None or caller.role not in self.bound:
+        if check is None or caller.role not in BOUND_ROLES:
             return
         reason = check(message, caller)
         if reason is not None:

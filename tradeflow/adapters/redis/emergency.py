@@ -779,7 +779,16 @@ def _condition_args(
     """``condition`` as the scripts' three arguments (see ``_STANDING``)."""
     if condition is None:
         return "", "", ""
-    rank = str(state.rank) if condition.stricter and state is not None else ""
+    # Ranks are integers: "not looser" is "stricter than one rank below".
+    rank = (
+        ""
+        if state is None
+        else str(state.rank)
+        if condition.stricter
+        else str(state.rank + 1)
+        if condition.no_looser
+        else ""
+    )
     since = "" if condition.since is None else repr(condition.since)
     return rank, condition.over or "", since
 
