@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "Service",
     "Stack",
     "free_port",
+    "production_cli",
     "start_nats",
     "start_redis",
     "start_service",
@@ -120,3 +122,19 @@ def start_service(
     argv = [sys.executable, "-m", f"{name}_service"]
     process = ServerProcess(name, argv, port, workdir, env=full_env)
     return Service(process, metrics_port, prefix, health_name, security).start()
+
+
+def production_cli(
+    env: Mapping[str, str], *args: str, cwd: Path | None = None, timeout: float = DEADLINE_SECONDS
+) -> subprocess.CompletedProcess[str]:
+    """``tradeflow <args> --env production`` as a process, with ``env`` over this one's
+    environment; bounded by ``timeout``, its exit status not checked."""
+    return subprocess.run(
+        [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from emergency_fixtures import start_emergency_service
-from kit import DEADLINE_SECONDS
-from servers import ServerProcess, Service, free_port, start_nats
+from servers import ServerProcess, Service, free_port, production_cli, start_nats
 
 pytestmark = pytest.mark.integration
 
@@ -31,21 +28,13 @@ def tradeflow(*args: str, service: Service) -> subprocess.CompletedProcess[str]:
     """The CLI in production mode, pointed at ``service`` and at a NATS and a state
     service that are not there."""
     env = {
-        **os.environ,
         "TRADEFLOW_EMERGENCY_ADDR": service.address,
         "TRADEFLOW_GRPC_PLAINTEXT": "true",  # the fixture's service is plaintext
         "TRADEFLOW_NATS_URL": f"nats://127.0.0.1:{free_port()}",
         "TRADEFLOW_STATE_ADDR": f"127.0.0.1:{free_port()}",
         "TRADEFLOW_LOG_LEVEL": "warning",
     }
-    return subprocess.run(
-        [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_SECONDS,
-        check=False,
-    )
+    return production_cli(env, *args)
 
 
 def test_halt_status_and_resume_work_with_nats_and_the_state_service_down(

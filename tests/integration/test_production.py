@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +17,7 @@ import seed_examples as seed
 from gate import GateServer
 from google.protobuf.timestamp_pb2 import Timestamp
 from kit import DEADLINE_SECONDS, eventually
-from servers import Stack
+from servers import Stack, production_cli
 from workflows import block, gated_orders, trading_workflow
 
 from tradeflow.adapters.grpc import wire
@@ -465,16 +463,10 @@ def test_cli_runs_and_halts_in_production_mode(production: Stack, tmp_path: Any)
     production` from another process makes the next run exit 3."""
     path = tmp_path / "bot.json"
     path.write_text(json.dumps(trading_workflow()))
-    env = {**os.environ, **production.client_env(), "TRADEFLOW_LOG_LEVEL": "warning"}
+    env = {**production.client_env(), "TRADEFLOW_LOG_LEVEL": "warning"}
 
     def tradeflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        return production_cli(env, *args, timeout=120)
 
     run = tradeflow("run", str(path), "--bot-id", "cli-bot")
     assert run.returncode == 0, run.stderr

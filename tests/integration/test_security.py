@@ -35,7 +35,7 @@ import redis.asyncio as aioredis
 from emergency_fixtures import EMERGENCY_SERVICE_NAME
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from kit import DEADLINE_SECONDS, checkpoint, eventually, execution
-from servers import REPO_ROOT, Stack, start_service
+from servers import REPO_ROOT, Stack, production_cli, start_service
 from state_fixtures import STATE_SERVICE_NAME
 from workflows import trading_workflow
 
@@ -1016,20 +1016,8 @@ def cli_as(
     stack: Stack, principal: Principal, *args: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
     """``tradeflow <args> --env production`` acting as ``principal`` on the stack."""
-    environ = {
-        **os.environ,
-        **stack.client_env(principal),
-        "TRADEFLOW_LOG_LEVEL": "warning",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tradeflow.app.cli", *args, "--env", "production"],
-        env=environ,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_SECONDS,
-        check=False,
-    )
+    env = {**stack.client_env(principal), "TRADEFLOW_LOG_LEVEL": "warning"}
+    return production_cli(env, *args, cwd=cwd)
 
 
 @pytest.mark.asyncio
