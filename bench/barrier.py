@@ -29,7 +29,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.embedded import Timing
+from bench.embedded import Timing, verdict
 from bench.services import bench_stack
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc import wire
@@ -67,10 +67,6 @@ _OPENING = json.dumps(
 )
 """One market buy and nothing else: its risk node would make ``trading_workflow`` wait
 on the (frozen) emergency service for a risk check instead of measuring the local view."""
-
-
-def _verdict(value: float, target: float) -> str:
-    return "ok" if value <= target else "MISSED"
 
 
 def _more_executors(stack: Stack, count: int) -> list[ServerProcess]:
@@ -174,10 +170,10 @@ async def _fail_closed(stub: pb_grpc.ExecutorServiceStub, emergency_pid: int) ->
     return seconds
 
 
-def _halt_line(name: str, timing: Timing, acks: str, *, verdict: bool = True) -> str:
+def _halt_line(name: str, timing: Timing, acks: str, *, judge: bool = True) -> str:
     target = HALT_P99_TARGET * 1e6
-    judged = f"target p99 <= {target / 1e3:.0f} ms: {_verdict(timing.p99_us, target)}"
-    shown = judged if verdict else "(no target)"
+    judged = f"target p99 <= {target / 1e3:.0f} ms: {verdict(timing.p99_us, target)}"
+    shown = judged if judge else "(no target)"
     return (
         f"  {name:<34} p50 {timing.median_us / 1e3:6.2f} ms   "
         f"p99 {timing.p99_us / 1e3:6.2f} ms   {shown:<{len(judged)}}   ({acks})"
@@ -207,7 +203,7 @@ async def _halt_figures(
         await load
     rate = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 else 0.0
     return [
-        _halt_line("no lease holder (baseline)", baseline, baseline_acks, verdict=False),
+        _halt_line("no lease holder (baseline)", baseline, baseline_acks, judge=False),
         _halt_line(f"{REPLICAS} lease holders, idle", idle, idle_acks),
         _halt_line(f"{REPLICAS} lease holders, {rate:.0f} executions/s", loaded, loaded_acks),
     ]
@@ -238,7 +234,7 @@ async def run(stack: Stack, executors: Sequence[str]) -> None:
         print(" Fail closed: emergency service SIGSTOPped -> an opening order refused")
         print(
             f"  {TRIALS} trials: median {statistics.median(closed):.2f} s   max {worst:.2f} s   "
-            f"target <= {FAIL_CLOSED_TARGET:.0f} s: {_verdict(worst, FAIL_CLOSED_TARGET)}"
+            f"target <= {FAIL_CLOSED_TARGET:.0f} s: {verdict(worst, FAIL_CLOSED_TARGET)}"
         )
 
 

@@ -35,6 +35,12 @@ BALANCES = {"USDT": 1e15, "BTC": 1e9}
 BATCH = 10
 
 
+def verdict(value: float, target: float, *, at_least: bool = False) -> str:
+    """``ok`` when ``value`` is at most ``target`` (``at_least``: at least), else
+    ``MISSED``."""
+    return "ok" if (value >= target if at_least else value <= target) else "MISSED"
+
+
 @dataclass(frozen=True, slots=True)
 class Timing:
     median_us: float
