@@ -134,12 +134,12 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         *,
         heartbeat: float,
         relay: RedisAckRelay | None = None,
-        resume_requests: RedisResumeRequests | None = None,
-        confirm_scopes: frozenset[Scope] = frozenset(),
+        resume_requests: RedisResumeRequests,
+        confirm_scopes: frozenset[Scope],
     ) -> None:
         self._controller = controller
         self._resume_requests = resume_requests
-        """Two-step resumes (``None``: every resume takes one step)."""
+        """The requests of two-step resumes awaiting their confirmation."""
         self._confirm_scopes = confirm_scopes
         """The scopes whose resume takes two operators (over mutual TLS)."""
         self._requests = requests
@@ -234,17 +234,12 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     def _takes_two(self, scope: Scope) -> bool:
         """Whether resuming ``scope`` takes a second operator: over mutual TLS, for a
         configured scope."""
-        return (
-            self._resume_requests is not None
-            and scope in self._confirm_scopes
-            and current_caller().role is not Role.SYSTEM
-        )
+        return scope in self._confirm_scopes and current_caller().role is not Role.SYSTEM
 
     async def _two_step_resume(self, halt: HaltState, reason: str, actor: str) -> pb.ResumeResponse:
         """The first operator's call records a request to resume ``halt``; another
         operator's, within the window and while that same halt stands, lifts it. Both are
         audited (``resume_requested``, then ``resume`` naming both)."""
-        assert self._resume_requests is not None
         scope, target = halt.scope, halt.target
         step = await self._resume_requests.step(halt, caller=actor, reason=reason)
         if step.outcome == "confirmed":

@@ -228,29 +228,15 @@ class EmergencyController:
     ) -> HaltState:
         """See the port; with ``no_looser``, a halt that would loosen the standing one is
         refused (``LooserHaltRefused``), checked by the store in the step that writes."""
-        checked = checked_scope_change(scope, target, reason, actor)
-        wanted = checked_restriction(state)
-        if not no_looser:
-            return await self._halt(checked, target, reason, actor, wanted, bool(cancel_orders))
-        async with self._writing:
-            halt = await self._save_halt(
-                checked,
-                target,
-                reason,
-                actor,
-                wanted,
-                bool(cancel_orders),
-                HaltCondition(no_looser=True),
-            )
-        if halt is None:
-            standing = self.snapshot().halts.get((checked, target))
-            raise LooserHaltRefused(
-                checked.value if target is None else f"{checked.value} {target}",
-                standing.state.value if standing is not None else "more restricted",
-                wanted.value,
-            )
-        self._halted(halt)
-        return halt
+        return await self._halt(
+            checked_scope_change(scope, target, reason, actor),
+            target,
+            reason,
+            actor,
+            checked_restriction(state),
+            bool(cancel_orders),
+            HaltCondition(no_looser=True) if no_looser else None,
+        )
 
     async def _halt(
         self,
@@ -260,12 +246,22 @@ class EmergencyController:
         actor: str,
         state: TradingState = TradingState.HALTED,
         cancel_orders: bool = False,
+        condition: HaltCondition | None = None,
     ) -> HaltState:
         """Store, count, log and announce a halt whose fields are checked (or generated:
-        a breach's actor is ``risk:<limit type>``, a little longer than an actor may be)."""
+        a breach's actor is ``risk:<limit type>``, a little longer than an actor may be);
+        ``LooserHaltRefused`` when ``condition`` (never looser) did not hold."""
         async with self._writing:
-            halt = await self._save_halt(scope, target, reason, actor, state, cancel_orders)
-        assert halt is not None, "an unconditional save always writes"
+            halt = await self._save_halt(
+                scope, target, reason, actor, state, cancel_orders, condition
+            )
+        if halt is None:
+            standing = self.snapshot().halts.get((scope, target))
+            raise LooserHaltRefused(
+                scope.value if target is None else f"{scope.value} {target}",
+                standing.state.value if standing is not None else "more restricted",
+                state.value,
+            )
         self._halted(halt)
         return halt
 

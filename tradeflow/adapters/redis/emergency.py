@@ -779,16 +779,11 @@ def _condition_args(
     """``condition`` as the scripts' three arguments (see ``_STANDING``)."""
     if condition is None:
         return "", "", ""
-    # Ranks are integers: "not looser" is "stricter than one rank below".
-    rank = (
-        ""
-        if state is None
-        else str(state.rank)
-        if condition.stricter
-        else str(state.rank + 1)
-        if condition.no_looser
-        else ""
-    )
+    rank = ""
+    if state is not None and condition.stricter:
+        rank = str(state.rank)
+    elif state is not None and condition.no_looser:
+        rank = str(state.rank + 1)  # ranks are integers: "not looser" is "above one below"
     since = "" if condition.since is None else repr(condition.since)
     return rank, condition.over or "", since
 
