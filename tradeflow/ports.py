@@ -19,8 +19,10 @@ from tradeflow.domain.emergency import (
     LimitExplanation,
     ScopeIds,
 )
+from tradeflow.domain.errors import TradeflowError
 from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    PRUNE_LIMIT_DEFAULT,
     AuditEntry,
     Checkpoint,
     Event,
@@ -29,6 +31,7 @@ from tradeflow.domain.records import (
     ExecutionRecord,
     HaltState,
     LimitDirection,
+    PruneReport,
     RiskLimit,
     Scope,
     StateBatch,
@@ -127,6 +130,22 @@ class StateStore(Protocol):
 
     async def write(self, batch: StateBatch) -> None:
         """Persist ``batch`` atomically: all of it or none of it."""
+        ...
+
+    async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
+        """Group commit: each of ``batches`` (no two of one execution) persisted as
+        :meth:`write` would, each on its own, in one round trip or transaction where the
+        store can. One outcome per batch, in order: ``None`` when written, else the
+        error that refused it (``LeaseLost``, ``EmergencyHalted``, ``InvalidRequest`` ...).
+        Raises (``UnavailableError``) only when the store could not be reached: then any
+        of them may or may not be written, and writing one again stores it once."""
+        ...
+
+    async def prune(self, ended_before: float, *, limit: int = PRUNE_LIMIT_DEFAULT) -> PruneReport:
+        """Remove up to ``limit`` executions (oldest first) that ended before
+        ``ended_before`` (epoch seconds) with their checkpoints and events, never one
+        ``running`` or ``interrupted``, nor one with an unresolved intent
+        (:func:`~tradeflow.domain.records.unresolved_intent`)."""
         ...
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:

@@ -157,6 +157,14 @@ class Settings:
     register custom node types (every replica must know every type it may take over);
     entry points of group ``tradeflow.nodes`` are loaded too."""
 
+    retention_days: float = 7.0
+    """``TRADEFLOW_RETENTION_DAYS``: executions that ended longer ago than this are pruned
+    (with their checkpoints and events; never a running or interrupted one, one with an
+    unresolved intent, or the audit log); 0 keeps everything."""
+    retention_interval: float = 600.0
+    """``TRADEFLOW_RETENTION_INTERVAL``: seconds between automatic prunes (the first runs
+    at start)."""
+
     tls: TlsFiles | None = None
     """``TRADEFLOW_TLS_*``: this process's identity toward the services (see :class:`TlsFiles`)."""
     grpc_plaintext: bool = False
@@ -222,6 +230,10 @@ class Settings:
                 e, "TRADEFLOW_TRIGGER_INTERVAL", defaults.trigger_interval, positive=True
             ),
             node_modules=_names(e, "TRADEFLOW_NODE_MODULES"),
+            retention_days=_retention_days(e, defaults.retention_days),
+            retention_interval=_number(
+                e, "TRADEFLOW_RETENTION_INTERVAL", defaults.retention_interval, positive=True
+            ),
             tls=(tls := TlsFiles.from_env(e)),
             grpc_plaintext=_plaintext(e, tls),
             egress_allow=_names(e, "TRADEFLOW_EGRESS_ALLOW"),
@@ -287,6 +299,13 @@ class ServiceSettings:
     max_events: int | None = None
     """``TRADEFLOW_STATE_MAX_EVENTS``: approximate cap on the state service's stream of
     every event (unset: keep all). Each execution's own history is never trimmed."""
+    retention_days: float = 7.0
+    """``TRADEFLOW_RETENTION_DAYS``: executions that ended longer ago than this are pruned
+    (with their checkpoints and events; never a running or interrupted one, one with an
+    unresolved intent, or the audit log); 0 keeps everything."""
+    retention_interval: float = 600.0
+    """``TRADEFLOW_RETENTION_INTERVAL``: seconds between automatic prunes (the first runs
+    at start)."""
     tls: TlsFiles | None = None
     """``TRADEFLOW_TLS_*``: the service's certificate (its server identity and, toward the
     other services, its principal) and the CA its callers' certificates must chain to."""
@@ -342,6 +361,10 @@ class ServiceSettings:
             ),
             # 0 stands for unset: a value read is > 0.
             max_events=_number(e, "TRADEFLOW_STATE_MAX_EVENTS", 0, positive=True) or None,
+            retention_days=_retention_days(e, defaults.retention_days),
+            retention_interval=_number(
+                e, "TRADEFLOW_RETENTION_INTERVAL", defaults.retention_interval, positive=True
+            ),
             tls=(tls := TlsFiles.from_env(e)),
             grpc_plaintext=_plaintext(e, tls),
             metrics_host=e.get("TRADEFLOW_METRICS_HOST") or _host_of(listen),
@@ -397,6 +420,15 @@ def _number(e: Mapping[str, str], key: str, default: N, *, positive: bool = Fals
     if value is None or (positive and not 0 < value < float("inf")):
         raise ConfigurationError(f"{key} must be {expected}, found {raw!r}")
     return value
+
+
+def _retention_days(e: Mapping[str, str], default: float) -> float:
+    days = _number(e, "TRADEFLOW_RETENTION_DAYS", default)
+    if not 0 <= days < float("inf"):
+        raise ConfigurationError(
+            f"TRADEFLOW_RETENTION_DAYS must be a number >= 0 (0 keeps everything), found {days!r}"
+        )
+    return days
 
 
 def _balances(raw: str | None) -> dict[str, float] | None:

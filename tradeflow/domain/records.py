@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from tradeflow.domain.trading import OrderEffect, TradingState
 
@@ -227,6 +227,36 @@ class StateBatch:
     """The batch carries an action's write-ahead intent: the store writes it only if the
     trading state of the guard's scopes, read in the same transaction or script, admits
     the guard's effect, and otherwise refuses the whole batch with ``EmergencyHalted``."""
+
+
+PRUNE_LIMIT_DEFAULT: Final = 1000
+"""Executions one prune call removes at most when not told (``limit`` 0)."""
+PRUNE_LIMIT_MAX: Final = 10_000
+"""The most executions one prune call may be asked to remove."""
+
+
+def unresolved_intent(checkpoint: Checkpoint) -> bool:
+    """Whether ``checkpoint`` leaves an action's outcome unknown: its latest state is the
+    write-ahead intent, or a failure after it (the journal keeps the intent's
+    ``client_order_id`` on such a failure). The venue may hold that order, so the
+    execution is kept by retention until someone resolves it."""
+    return checkpoint.state is CheckpointState.INTENT or (
+        checkpoint.state is CheckpointState.FAILED
+        and bool(checkpoint.outputs)
+        and "client_order_id" in checkpoint.outputs
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PruneReport:
+    """What one prune call did (:meth:`tradeflow.ports.StateStore.prune`)."""
+
+    removed: int
+    """Executions removed, with their checkpoints and events."""
+    kept: int
+    """Executions that ended before the horizon but were kept for an unresolved intent."""
+    more: bool
+    """Whether another call may remove more (the ``limit`` was reached)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,13 @@ from tradeflow.domain.limits import (
     FOUND_MAX_CHARS,
 )
 
-__all__ = ["ERROR_METADATA_KEY", "error_from_rpc", "status_of"]
+__all__ = [
+    "ERROR_METADATA_KEY",
+    "error_from_payload",
+    "error_from_rpc",
+    "error_payload",
+    "status_of",
+]
 
 ERROR_METADATA_KEY = "tradeflow-error-bin"
 
@@ -45,6 +51,17 @@ def status_of(exc: TradeflowError) -> tuple[grpc.StatusCode, str, tuple[tuple[st
     message = _bounded_message(exc.message)
     payload = {"type": type(exc).__name__, "message": message, "details": exc.details()}
     return grpc.StatusCode[exc.grpc_status], message, ((ERROR_METADATA_KEY, _details(payload)),)
+
+
+def error_payload(exc: TradeflowError) -> bytes:
+    """The JSON a failed call's ``tradeflow-error-bin`` trailer carries for ``exc``, bounded
+    the same way: how one item of a call that answers per item (``WriteBatches``) fails."""
+    return status_of(exc)[2][0][1]
+
+
+def error_from_payload(raw: bytes) -> TradeflowError:
+    """The domain error :func:`error_payload` encoded."""
+    return _rebuild(json.loads(raw))
 
 
 _CUT = "..."

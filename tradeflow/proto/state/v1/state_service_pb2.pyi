@@ -8,6 +8,7 @@ history for every executor replica.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from tradeflow.proto.common.v1 import common_pb2 as _common_pb2
@@ -179,6 +180,128 @@ class WriteBatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteBatchResponse: _TypeAlias = WriteBatchResponse  # noqa: Y015
+
+@_typing.final
+class WriteBatchesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCHES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteBatchRequest]:
+        """At most 256; no two of the same execution."""
+
+    def __init__(
+        self,
+        *,
+        batches: _abc.Iterable[Global___WriteBatchRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batches", b"batches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteBatchesRequest: _TypeAlias = WriteBatchesRequest  # noqa: Y015
+
+@_typing.final
+class WriteBatchesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchOutcome]:
+        """One per batch of the request, in its order."""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___BatchOutcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteBatchesResponse: _TypeAlias = WriteBatchesResponse  # noqa: Y015
+
+@_typing.final
+class BatchOutcome(_message.Message):
+    """How one batch of a WriteBatches call went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ERROR_FIELD_NUMBER: _builtins.int
+    error: _builtins.bytes
+    """Empty when the batch was written (or had been, under its request_id); else
+    the error that refused it, as the JSON object the `tradeflow-error-bin`
+    trailer carries for a failed call: {"type", "message", "details"}.
+    """
+    def __init__(
+        self,
+        *,
+        error: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchOutcome: _TypeAlias = BatchOutcome  # noqa: Y015
+
+@_typing.final
+class PruneExecutionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDED_BEFORE_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """The most executions this call removes (0: 1000); call again while `more`."""
+    @_builtins.property
+    def ended_before(self) -> _timestamp_pb2.Timestamp:
+        """Executions that ended at or after this instant are kept."""
+
+    def __init__(
+        self,
+        *,
+        ended_before: _timestamp_pb2.Timestamp | None = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended_before", b"ended_before", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneExecutionsRequest: _TypeAlias = PruneExecutionsRequest  # noqa: Y015
+
+@_typing.final
+class PruneExecutionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    KEPT_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    removed: _builtins.int
+    kept: _builtins.int
+    """Ended before the horizon but kept for an unresolved intent."""
+    more: _builtins.bool
+    """Whether more executions may be removed by another call."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.int = ...,
+        kept: _builtins.int = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kept", b"kept", "more", b"more", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneExecutionsResponse: _TypeAlias = PruneExecutionsResponse  # noqa: Y015
 
 @_typing.final
 class Fence(_message.Message):

@@ -44,6 +44,16 @@ class StateServiceStub:
                 request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.SerializeToString,
                 response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.FromString,
                 _registered_method=True)
+        self.WriteBatches = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/WriteBatches',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesResponse.FromString,
+                _registered_method=True)
+        self.PruneExecutions = channel.unary_unary(
+                '/tradeflow.state.v1.StateService/PruneExecutions',
+                request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsRequest.SerializeToString,
+                response_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsResponse.FromString,
+                _registered_method=True)
         self.AcquireLease = channel.unary_unary(
                 '/tradeflow.state.v1.StateService/AcquireLease',
                 request_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseRequest.SerializeToString,
@@ -124,6 +134,34 @@ class StateServiceServicer:
         JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
         live lease, and UNAVAILABLE when the store cannot be reached (nothing was
         written).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteBatches(self, request, context):
+        """WriteBatches is group commit: several batches (of different executions) in
+        one call, each written as WriteBatch writes it and each on its own: one
+        refused does not stop the others. The response has one outcome per batch,
+        in the order of the request.
+
+        Fails as a whole with INVALID_ARGUMENT for more than 256 batches or a
+        malformed one (naming batches[i] and its field; nothing is written), and
+        UNAVAILABLE when the store cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneExecutions(self, request, context):
+        """PruneExecutions removes, oldest first, executions that ended before
+        `ended_before`, with their checkpoints and events. It never removes a running
+        or interrupted execution, nor one with an unresolved intent (an action whose
+        latest checkpoint is its intent, or a failure after it: the venue may hold
+        the order); the audit log is the emergency service's and is never touched.
+
+        Fails with INVALID_ARGUMENT for a missing ended_before or a limit above
+        10000, and UNAVAILABLE when the store cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -268,6 +306,16 @@ def add_StateServiceServicer_to_server(servicer, server):
                     request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.FromString,
                     response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.SerializeToString,
             ),
+            'WriteBatches': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteBatches,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesResponse.SerializeToString,
+            ),
+            'PruneExecutions': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneExecutions,
+                    request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsRequest.FromString,
+                    response_serializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsResponse.SerializeToString,
+            ),
             'AcquireLease': grpc.unary_unary_rpc_method_handler(
                     servicer.AcquireLease,
                     request_deserializer=tradeflow_dot_state_dot_v1_dot_state__service__pb2.AcquireLeaseRequest.FromString,
@@ -361,6 +409,60 @@ class StateService:
             '/tradeflow.state.v1.StateService/WriteBatch',
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchRequest.SerializeToString,
             tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteBatches(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/WriteBatches',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.WriteBatchesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneExecutions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tradeflow.state.v1.StateService/PruneExecutions',
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsRequest.SerializeToString,
+            tradeflow_dot_state_dot_v1_dot_state__service__pb2.PruneExecutionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,26 @@ class StateServiceStub:
     live lease, and UNAVAILABLE when the store cannot be reached (nothing was
     written).
     """
+    WriteBatches: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.WriteBatchesRequest, _state_service_pb2.WriteBatchesResponse]
+    """WriteBatches is group commit: several batches (of different executions) in
+    one call, each written as WriteBatch writes it and each on its own: one
+    refused does not stop the others. The response has one outcome per batch,
+    in the order of the request.
+
+    Fails as a whole with INVALID_ARGUMENT for more than 256 batches or a
+    malformed one (naming batches[i] and its field; nothing is written), and
+    UNAVAILABLE when the store cannot be reached.
+    """
+    PruneExecutions: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.PruneExecutionsRequest, _state_service_pb2.PruneExecutionsResponse]
+    """PruneExecutions removes, oldest first, executions that ended before
+    `ended_before`, with their checkpoints and events. It never removes a running
+    or interrupted execution, nor one with an unresolved intent (an action whose
+    latest checkpoint is its intent, or a failure after it: the venue may hold
+    the order); the audit log is the emergency service's and is never touched.
+
+    Fails with INVALID_ARGUMENT for a missing ended_before or a limit above
+    10000, and UNAVAILABLE when the store cannot be reached.
+    """
     AcquireLease: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.AcquireLeaseRequest, _state_service_pb2.AcquireLeaseResponse]
     """AcquireLease grants the owner a new lease with a fresh epoch, larger than
     every epoch granted before; a lease the owner held before is replaced.
@@ -155,6 +175,26 @@ class StateServiceAsyncStub(StateServiceStub):
     JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
     live lease, and UNAVAILABLE when the store cannot be reached (nothing was
     written).
+    """
+    WriteBatches: _aio.UnaryUnaryMultiCallable[_state_service_pb2.WriteBatchesRequest, _state_service_pb2.WriteBatchesResponse]  # type: ignore[assignment]
+    """WriteBatches is group commit: several batches (of different executions) in
+    one call, each written as WriteBatch writes it and each on its own: one
+    refused does not stop the others. The response has one outcome per batch,
+    in the order of the request.
+
+    Fails as a whole with INVALID_ARGUMENT for more than 256 batches or a
+    malformed one (naming batches[i] and its field; nothing is written), and
+    UNAVAILABLE when the store cannot be reached.
+    """
+    PruneExecutions: _aio.UnaryUnaryMultiCallable[_state_service_pb2.PruneExecutionsRequest, _state_service_pb2.PruneExecutionsResponse]  # type: ignore[assignment]
+    """PruneExecutions removes, oldest first, executions that ended before
+    `ended_before`, with their checkpoints and events. It never removes a running
+    or interrupted execution, nor one with an unresolved intent (an action whose
+    latest checkpoint is its intent, or a failure after it: the venue may hold
+    the order); the audit log is the emergency service's and is never touched.
+
+    Fails with INVALID_ARGUMENT for a missing ended_before or a limit above
+    10000, and UNAVAILABLE when the store cannot be reached.
     """
     AcquireLease: _aio.UnaryUnaryMultiCallable[_state_service_pb2.AcquireLeaseRequest, _state_service_pb2.AcquireLeaseResponse]  # type: ignore[assignment]
     """AcquireLease grants the owner a new lease with a fresh epoch, larger than
@@ -263,6 +303,38 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         JSON, FAILED_PRECONDITION (LeaseLost) when the fence is not the execution's
         live lease, and UNAVAILABLE when the store cannot be reached (nothing was
         written).
+        """
+
+    @_abc_1.abstractmethod
+    def WriteBatches(
+        self,
+        request: _state_service_pb2.WriteBatchesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.WriteBatchesResponse, _abc.Awaitable[_state_service_pb2.WriteBatchesResponse]]:
+        """WriteBatches is group commit: several batches (of different executions) in
+        one call, each written as WriteBatch writes it and each on its own: one
+        refused does not stop the others. The response has one outcome per batch,
+        in the order of the request.
+
+        Fails as a whole with INVALID_ARGUMENT for more than 256 batches or a
+        malformed one (naming batches[i] and its field; nothing is written), and
+        UNAVAILABLE when the store cannot be reached.
+        """
+
+    @_abc_1.abstractmethod
+    def PruneExecutions(
+        self,
+        request: _state_service_pb2.PruneExecutionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_state_service_pb2.PruneExecutionsResponse, _abc.Awaitable[_state_service_pb2.PruneExecutionsResponse]]:
+        """PruneExecutions removes, oldest first, executions that ended before
+        `ended_before`, with their checkpoints and events. It never removes a running
+        or interrupted execution, nor one with an unresolved intent (an action whose
+        latest checkpoint is its intent, or a failure after it: the venue may hold
+        the order); the audit log is the emergency service's and is never touched.
+
+        Fails with INVALID_ARGUMENT for a missing ended_before or a limit above
+        10000, and UNAVAILABLE when the store cannot be reached.
         """
 
     @_abc_1.abstractmethod
