@@ -209,11 +209,23 @@ def test_replies_come_on_the_users_own_inbox(url: str, prefix: str) -> None:
 # -- publishing --------------------------------------------------------------------
 
 
+@pytest_asyncio.fixture
+async def per_event_bus(nats_server: Server) -> AsyncIterator[NatsEventBus]:
+    """A bus publishing each workflow event on its own contract subject."""
+    connected = await NatsEventBus.connect(
+        nats_server.url, NatsOptions(event_subjects=True), metrics=Metrics()
+    )
+    yield connected
+    await connected.close()
+
+
 @pytest.mark.asyncio
 async def test_events_land_on_documented_subjects_with_contract_json(
-    bus: NatsEventBus, raw: Client, workflow_id: str
+    per_event_bus: NatsEventBus, raw: Client, workflow_id: str
 ) -> None:
-    """Each event arrives once on its subject, as Event.to_dict() JSON, with Nats-Msg-Id."""
+    """With event_subjects, each event arrives once on its contract subject, as
+    Event.to_dict() JSON, with Nats-Msg-Id."""
+    bus = per_event_bus
     received: list[Msg] = []
 
     async def collect(msg: Msg) -> None:
@@ -248,6 +260,103 @@ async def test_events_land_on_documented_subjects_with_contract_json(
 
 
 @pytest.mark.asyncio
+async def test_workflow_events_travel_in_one_batch_per_send(
+    bus: NatsEventBus, raw: Client, workflow_id: str
+) -> None:
+    """By default the events one execution emits between sends go in one message on the
+    batch subject of their ids ({"schema_version": 1, "events": [...]}, each the contract
+    JSON); emergency events still go alone on their own subject."""
+    received: list[Msg] = []
+
+    async def collect(msg: Msg) -> None:
+        received.append(msg)
+
+    await raw.subscribe("tradeflow.v1.>", cb=collect)
+    await subscribed(raw)
+    events = [make_event(workflow_id, n) for n in range(1, 6)]
+    halted = make_event(workflow_id, 6, EventType.EMERGENCY_HALTED)
+    for event in (*events, halted):  # queued in one turn: one send
+        bus.publish(event)
+    batch_subject = f"tradeflow.v1.batches.bot-1.momentum.{workflow_id}.batch"
+
+    def ours() -> list[Msg]:
+        return [m for m in received if m.subject in (batch_subject, subject_for(halted))]
+
+    await eventually(lambda: len(ours()) == 2, "one batch and one emergency message")
+    batch, alone = sorted(ours(), key=lambda m: m.subject != batch_subject)
+    assert json.loads(batch.data) == {
+        "schema_version": 1,
+        "events": [event.to_dict() for event in events],
+    }
+    assert batch.headers == {"Nats-Msg-Id": f"{events[0].event_id}+5"}
+    assert json.loads(alone.data) == halted.to_dict()
+
+
+@pytest.mark.asyncio
+async def test_replay_resumes_inside_a_batch_and_subscribers_get_each_event(
+    bus: NatsEventBus, workflow_id: str
+) -> None:
+    """Replay yields a batch's events one by one with growing positions; resuming after
+    the second event of a batch yields the third next (none lost, none repeated); a live
+    subscriber gets every event of a batch."""
+    live: list[dict[str, Any]] = []
+
+    async def handler(event: dict[str, Any]) -> None:
+        live.append(event)
+
+    await bus.subscribe(WORKFLOW_EVENTS, handler)
+    for n in range(1, 5):
+        bus.publish(make_event(workflow_id, n))
+    stream = bus.replay(workflow_id=workflow_id)
+    try:
+        first = await take(stream, 4)
+    finally:
+        await stream.aclose()
+    assert [item["sequence"] for _, item in first] == [1, 2, 3, 4]
+    positions = [position for position, _ in first]
+    assert positions == sorted(set(positions))
+    resumed = bus.replay(workflow_id=workflow_id, after_sequence=positions[1])
+    try:
+        rest = await take(resumed, 2)
+    finally:
+        await resumed.aclose()
+    assert [(p, item["sequence"]) for p, item in rest] == [
+        (positions[2], 3),
+        (positions[3], 4),
+    ]
+    await eventually(
+        lambda: [e["sequence"] for e in live if e["workflow_id"] == workflow_id] == [1, 2, 3, 4],
+        "each event of the batch delivered live",
+    )
+
+
+@pytest.mark.asyncio
+async def test_a_forged_batch_is_dropped(bus: NatsEventBus, raw: Client, workflow_id: str) -> None:
+    """A batch holding an emergency event, or an event of other ids than its subject's, is
+    dropped whole (live), counted as wrong_subject: a publisher allowed on one workflow's
+    batch subject cannot speak for another, nor for the emergency service."""
+    live: list[dict[str, Any]] = []
+
+    async def handler(event: dict[str, Any]) -> None:
+        live.append(event)
+
+    await bus.subscribe(WORKFLOW_EVENTS, handler)
+    subject = f"tradeflow.v1.batches.bot-1.momentum.{workflow_id}.batch"
+    forged = [
+        make_event(workflow_id, 1, EventType.EMERGENCY_HALTED).to_dict(),
+        make_event("another", 1).to_dict(),
+    ]
+    for item in forged:
+        await raw.publish(subject, json.dumps({"schema_version": 1, "events": [item]}).encode())
+    genuine = make_event(workflow_id, 2)
+    bus.publish(genuine)
+    await eventually(lambda: any(e["sequence"] == 2 for e in live), "the genuine event")
+    assert [e["event_id"] for e in live if e["workflow_id"] in (workflow_id, "another")] == [
+        genuine.event_id
+    ]
+
+
+@pytest.mark.asyncio
 async def test_replay_follows_live_events_and_stops_cleanly(
     bus: NatsEventBus, workflow_id: str
 ) -> None:
@@ -277,8 +386,25 @@ async def test_replay_follows_live_events_and_stops_cleanly(
 
 
 @pytest.mark.asyncio
-async def test_stream_drops_a_republished_event_id(bus: NatsEventBus, workflow_id: str) -> None:
-    """Publishing the same event_id twice stores it once (JetStream dedupe)."""
+async def test_stream_drops_a_republished_event_id(
+    per_event_bus: NatsEventBus, bus: NatsEventBus, workflow_id: str
+) -> None:
+    """Publishing the same event_id twice on its own subject stores it once, and the
+    same batch twice stores it once (JetStream dedupe by message id)."""
+    for event in (make_event(workflow_id, 1), make_event(workflow_id, 2)):
+        bus.publish(event)
+    assert await bus.flush(DEADLINE_SECONDS)
+    for event in (make_event(workflow_id, 1), make_event(workflow_id, 2)):
+        bus.publish(event)
+    assert await bus.flush(DEADLINE_SECONDS)
+    items = await replayed(bus, 2, workflow_id=workflow_id)
+    assert [item["event_id"] for _, item in items] == [f"{workflow_id}-1", f"{workflow_id}-2"]
+    bus.publish(make_event(workflow_id, 3))
+    more = await replayed(bus, 1, workflow_id=workflow_id, after_sequence=items[-1][0])
+    assert [item["event_id"] for _, item in more] == [f"{workflow_id}-3"]
+
+    workflow_id += "-alone"
+    bus = per_event_bus
     bus.publish(make_event(workflow_id, 1))
     assert await bus.flush(DEADLINE_SECONDS)
     bus.publish(make_event(workflow_id, 1))
@@ -291,10 +417,11 @@ async def test_stream_drops_a_republished_event_id(bus: NatsEventBus, workflow_i
 
 @pytest.mark.asyncio
 async def test_odd_ids_round_trip_through_nats(
-    bus: NatsEventBus, raw: Client, workflow_id: str
+    per_event_bus: NatsEventBus, raw: Client, workflow_id: str
 ) -> None:
     """An id with dots, spaces and wildcards is published on its encoded subject, and
     a filter built from the same id finds it."""
+    bus = per_event_bus
     odd = "desk.alpha *>1"
     sub = await raw.subscribe(subject_filter(bot_id=odd, workflow_id=workflow_id))
     await subscribed(raw)
@@ -552,7 +679,7 @@ async def test_connect_reuses_the_stream_and_fails_clearly_without_server(
     try:
         info = await raw.jetstream().stream_info(DEFAULT_STREAM)
         assert info.config.max_age == 3600.0
-        assert info.config.subjects == ["tradeflow.v1.events.>", "tradeflow.v1.emergency.>"]
+        assert info.config.subjects == ["tradeflow.v1.>"]
     finally:
         await bus.close()
     again = await NatsEventBus.connect(nats_server.url)

@@ -7,8 +7,9 @@ that every Redis command the adapters send is granted to the users that run them
 integration tests start real servers on the same text (``test_broker_acls.py``).
 
 NATS (:func:`nats_authorization`): only ``executor`` publishes workflow events
-(``tradeflow.v1.events.>``), only ``emergency`` publishes emergency changes
-(``tradeflow.v1.emergency.>``); ``operator`` reads. Each user reaches only the JetStream
+(``tradeflow.v1.events.>``, and their batches ``tradeflow.v1.batches.>``), only
+``emergency`` publishes emergency changes (``tradeflow.v1.emergency.>``); ``operator``
+reads. Each user reaches only the JetStream
 API of the one event stream, and only what it uses of it: none of them may create,
 change, delete or purge the stream, nor delete a consumer (another's replay). Only
 ``provisioner`` creates and updates the stream (:func:`provision_stream`, deploy's Job
@@ -51,6 +52,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tradeflow.adapters.nats.bus import (
+    BATCHES_PREFIX,
     DEFAULT_STREAM,
     EMERGENCY_PREFIX,
     EVENTS_PREFIX,
@@ -114,7 +116,7 @@ def nats_users(stream: str = DEFAULT_STREAM) -> tuple[NatsUser, ...]:
         ),
         NatsUser(
             "executor",
-            publish=(EVENTS_PREFIX + ">", *read_stream),
+            publish=(EVENTS_PREFIX + ">", BATCHES_PREFIX + ">", *read_stream),
             subscribe=(_ALL_EVENTS, inbox("executor")),
         ),
         NatsUser(

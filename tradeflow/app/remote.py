@@ -75,7 +75,9 @@ async def connect_services(
     try:
         bus = await NatsEventBus.connect(
             settings.nats_url,
-            NatsOptions(buffer_size=settings.event_buffer),
+            NatsOptions(
+                buffer_size=settings.event_buffer, event_subjects=settings.nats_event_subjects
+            ),
             metrics=metrics,
             tls=broker_tls(settings.tls),
         )

@@ -124,6 +124,11 @@ class Settings:
     """``TRADEFLOW_STATE_ADDR``."""
     nats_url: str = field(default="nats://127.0.0.1:4222", repr=False)
     """``TRADEFLOW_NATS_URL`` (left out of ``repr``: it may hold a password)."""
+    nats_event_subjects: bool = False
+    """``TRADEFLOW_NATS_EVENT_SUBJECTS=true``: publish each workflow event on its own
+    contract subject (``tradeflow.v1.events.<bot>.<strategy>.<workflow>.<type>``) instead
+    of one batch message per send on ``tradeflow.v1.batches.<bot>.<strategy>.<workflow>.batch``
+    (fewer messages: the default)."""
     emergency_max_staleness: float = 0.75
     """``TRADEFLOW_EMERGENCY_MAX_STALENESS``: in production, how old (seconds) the last
     snapshot or heartbeat from the emergency service may be before this process treats
@@ -212,6 +217,9 @@ class Settings:
             emergency_address=e.get("TRADEFLOW_EMERGENCY_ADDR", defaults.emergency_address),
             state_address=e.get("TRADEFLOW_STATE_ADDR", defaults.state_address),
             nats_url=e.get("TRADEFLOW_NATS_URL", defaults.nats_url),
+            nats_event_subjects=_flag(
+                e, "TRADEFLOW_NATS_EVENT_SUBJECTS", defaults.nats_event_subjects
+            ),
             emergency_max_staleness=_number(
                 e,
                 "TRADEFLOW_EMERGENCY_MAX_STALENESS",

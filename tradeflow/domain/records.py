@@ -242,7 +242,7 @@ def unresolved_intent(checkpoint: Checkpoint) -> bool:
     execution is kept by retention until someone resolves it."""
     return checkpoint.state is CheckpointState.INTENT or (
         checkpoint.state is CheckpointState.FAILED
-        and bool(checkpoint.outputs)
+        and checkpoint.outputs is not None
         and "client_order_id" in checkpoint.outputs
     )
 

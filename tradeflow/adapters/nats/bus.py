@@ -1,11 +1,21 @@
 """The production :class:`~tradeflow.ports.EventBus`: NATS, captured by JetStream.
 
 Subjects
-    A workflow event goes to ``tradeflow.v1.events.<bot_id>.<strategy_id>.<workflow_id>.<type>``;
-    an emergency state change (``emergency_halted``, ``emergency_resumed``,
+    Workflow events travel in batches: the events of one bot, strategy and workflow that
+    the publisher sends together (what one execution emitted since the last send: in
+    practice one message per journal flush) go in one message on
+    ``tradeflow.v1.batches.<bot_id>.<strategy_id>.<workflow_id>.batch`` (as many tokens as
+    an event's subject, so one filter, ``tradeflow.v1.*.<ids>.*``, selects both trees, even
+    on a server without multi-subject consumers), whose payload is
+    ``{"schema_version": 1, "events": [event, ...]}``. With
+    ``NatsOptions(event_subjects=True)`` (``TRADEFLOW_NATS_EVENT_SUBJECTS=true``) each
+    event goes instead to the contract's own subject,
+    ``tradeflow.v1.events.<bot_id>.<strategy_id>.<workflow_id>.<type>``, for consumers that
+    filter by type on the server; subscribers and replays of this bus read both.
+    An emergency state change (``emergency_halted``, ``emergency_resumed``,
     ``risk_limit_exceeded``) goes to ``tradeflow.v1.emergency.halted`` / ``.resumed`` /
-    ``.risk_limit_exceeded`` instead (one subject per event, so JetStream stores it once).
-    The payload is the contract JSON (:meth:`Event.to_dict`), UTF-8.
+    ``.risk_limit_exceeded`` (one subject per event, so JetStream stores it once).
+    An event is the contract JSON (:meth:`Event.to_dict`), UTF-8.
 
 Ids in subjects
     Ids are encoded reversibly (:func:`encode_token` / :func:`decode_token`): a missing
@@ -30,7 +40,9 @@ Publishing
     ready) goes back to the front of the queue and is sent again once reconnected;
     when the queue is full the oldest events are dropped and counted. Delivery is
     therefore at least once: live subscribers may see a resent event twice (dedupe
-    by ``event_id``); the stream holds it once (within the duplicate window).
+    by ``event_id``); the stream holds a message once (within the duplicate window; a
+    batch's id is its first event's id and its length, so a batch resent with other
+    boundaries after a reconnect may store an event twice: dedupe by ``event_id``).
     Every failed attempt is counted in ``tradeflow_events_publish_failures_total{reason}``;
     an event that can never be sent (``unserialisable``, ``too_large``, ``refused``) is
     dropped and logged; while batches go unacknowledged the bus logs it once and
@@ -44,8 +56,15 @@ Subscribing and replay
     number onwards and then follows it live, for resumable streams. Both drop (log
     ``events.discarded`` and count ``tradeflow_events_discarded_total{reason}``) a
     message that is no JSON object or did not come on the subject its type and ids give
-    (:func:`subject_for`): the server's publish permissions are per subject, so an
-    emergency event on a workflow subject is a forgery.
+    (:func:`subject_for`, or for a batch the batch subject of its ids): the server's
+    publish permissions are per subject, so an emergency event on a workflow subject is
+    a forgery.
+
+Positions
+    A replay yields each event with its position: the stream sequence of its message
+    times :data:`POSITION_SLOTS` (1024) plus its index in the message (0 for a message of
+    one event). Positions grow with every event, so a consumer that stopped in the
+    middle of a batch resumes after the last event it saw, not after the whole message.
 
 The stream
     Connecting reads the stream's configuration and creates or updates it only when it
@@ -66,7 +85,7 @@ import re
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
@@ -97,13 +116,16 @@ from tradeflow.ports import EventHandler, Subscription
 
 __all__ = [
     "ALL_SUBJECTS",
+    "BATCHES_PREFIX",
     "DEFAULT_STREAM",
     "EMERGENCY_PREFIX",
     "EVENTS_PREFIX",
     "MISSING_TOKEN",
+    "POSITION_SLOTS",
     "WORKFLOW_EVENTS",
     "NatsEventBus",
     "NatsOptions",
+    "batch_subject",
     "decode_token",
     "encode_token",
     "inbox_prefix",
@@ -115,6 +137,14 @@ EVENTS_PREFIX: Final = "tradeflow.v1.events."
 """Prefix of workflow event subjects; four tokens follow."""
 EMERGENCY_PREFIX: Final = "tradeflow.v1.emergency."
 """Prefix of emergency state change subjects; one token follows."""
+BATCHES_PREFIX: Final = "tradeflow.v1.batches."
+"""Prefix of workflow event batch subjects; four tokens (bot, strategy, workflow, ``batch``)
+follow."""
+_BATCH_TOKEN: Final = "batch"
+POSITION_SLOTS: Final = 1024
+"""Positions per stream message: a replayed event's position is its message's stream
+sequence times this, plus its index in the message (a batch holds fewer events)."""
+_BATCH_MAX_EVENTS: Final = POSITION_SLOTS - 1
 ALL_SUBJECTS: Final = "tradeflow.v1.>"
 """Matches every subject this bus publishes."""
 MISSING_TOKEN: Final = "_"
@@ -207,8 +237,17 @@ def decode_token(token: str) -> str | None:
 
 
 def subject_for(event: Event) -> str:
-    """The subject ``event`` is published on."""
+    """The subject ``event`` is published on by itself (emergency events always are;
+    workflow events with ``event_subjects``)."""
     return _subject(event.type, event.bot_id, event.strategy_id, event.workflow_id)
+
+
+def batch_subject(bot_id: str | None, strategy_id: str | None, workflow_id: str | None) -> str:
+    """The subject of a batch of workflow events with these ids."""
+    return (
+        f"{BATCHES_PREFIX}{encode_token(bot_id)}.{encode_token(strategy_id)}."
+        f"{encode_token(workflow_id)}.{_BATCH_TOKEN}"
+    )
 
 
 def _subject(
@@ -311,6 +350,8 @@ class NatsOptions:
     """Idle heartbeat of a replay's consumer."""
     name: str = "tradeflow"
     """Client name shown by the NATS server."""
+    event_subjects: bool = False
+    """Publish each workflow event on its own contract subject instead of in batches."""
 
     def __post_init__(self) -> None:
         for setting in (
@@ -425,7 +466,9 @@ class NatsEventBus:
         local = Fanout(buffer_size=options.buffer_size, metrics=metrics)
         stream_config = api.StreamConfig(
             name=options.stream,
-            subjects=[EVENTS_PREFIX + ">", EMERGENCY_PREFIX + ">"],
+            # Every tree (events, batches, emergency): a replay's filter across the first
+            # two must be a subset of the stream's subjects on servers before 2.10.
+            subjects=[ALL_SUBJECTS],
             retention=api.RetentionPolicy.LIMITS,
             discard=api.DiscardPolicy.OLD,
             storage=api.StorageType.FILE,
@@ -524,12 +567,14 @@ class NatsEventBus:
             ) from exc
 
     async def last_sequence(self) -> int:
-        """The stream's last sequence number; raises ``UnavailableError``."""
+        """The position of the last event of the stream's last message (replaying after it
+        gives only what comes next); raises ``UnavailableError``."""
         try:
             info = await self._js.stream_info(str(self._stream_config.name))
         except (TimeoutError, nats.errors.Error) as exc:
             raise UnavailableError(f"cannot read the event stream: {describe(exc)}") from exc
-        return int(info.state.last_seq)
+        last = int(info.state.last_seq)
+        return last * POSITION_SLOTS + _BATCH_MAX_EVENTS if last else 0
 
     def healthy(self) -> bool:
         """Whether events reach JetStream right now: connected, and the last batch sent
@@ -629,18 +674,18 @@ class NatsEventBus:
         encoded = self._encode(batch)
         if not encoded:
             return []
-        everything = [event for event, _, _ in encoded]
+        everything = [event for message in encoded for event in message.events]
         reply = self._ack_prefix + str(next(self._tokens))
         answer: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._pending_ack = (reply, answer)
         last = len(encoded) - 1
         try:
-            for index, (event, subject, payload) in enumerate(encoded):
+            for index, message in enumerate(encoded):
                 await nc.publish(
-                    subject,
-                    payload,
+                    message.subject,
+                    message.payload,
                     reply=reply if index == last else "",
-                    headers={_MSG_ID: encode_token(event.event_id)},
+                    headers={_MSG_ID: message.msg_id},
                 )
             async with asyncio.timeout(self._options.ack_timeout):
                 msg = await answer
@@ -659,27 +704,49 @@ class NatsEventBus:
             if int(error.get("code", 500)) >= 500:
                 return self._unsent(everything, "server_error")
             # A refusal of this message itself (not of the stream): retrying cannot help.
-            self._reject(encoded[last][0], "refused", str(error.get("description", error)))
+            for event in encoded[last].events:
+                self._reject(event, "refused", str(error.get("description", error)))
         if self._failure is not None:
             _log.info("events.publish_recovered", failure=self._failure)
             self._failure = None
         return []
 
-    def _encode(self, batch: Sequence[Event]) -> list[tuple[Event, str, bytes]]:
-        """``(event, subject, payload)`` of each event that can be sent; drops the others."""
+    def _encode(self, batch: Sequence[Event]) -> list[_Message]:
+        """The messages that send ``batch``: one per event on its own subject (emergency
+        events; every event with ``event_subjects``), and the workflow events of each
+        bot, strategy and workflow in batches, in order, each within the server's
+        payload limit. Drops (and reports) an event that cannot be sent."""
         limit = self._nc.max_payload - _HEADER_ALLOWANCE
-        encoded: list[tuple[Event, str, bytes]] = []
+        alone = self._options.event_subjects
+        messages: list[_Message] = []
+        groups: dict[tuple[str | None, str | None, str | None], _Group] = {}
         for event in batch:
             try:
                 payload = orjson.dumps(event.to_dict())
             except (TypeError, ValueError) as exc:
                 self._reject(event, "unserialisable", f"data is not JSON: {describe(exc)}")
                 continue
-            if len(payload) > limit:
+            if alone or event.type in _EMERGENCY_SUBJECTS:
+                if len(payload) > limit:
+                    self._reject(event, "too_large", f"{len(payload)} bytes exceed {limit}")
+                else:
+                    messages.append(
+                        _Message([event], subject_for(event), payload, encode_token(event.event_id))
+                    )
+                continue
+            if len(payload) + len(_BATCH_HEAD) + len(_BATCH_TAIL) > limit:
                 self._reject(event, "too_large", f"{len(payload)} bytes exceed {limit}")
                 continue
-            encoded.append((event, subject_for(event), payload))
-        return encoded
+            key = (event.bot_id, event.strategy_id, event.workflow_id)
+            group = groups.get(key)
+            if group is not None and not group.fits(payload, limit):
+                messages.append(group.message())
+                group = None
+            if group is None:
+                group = groups[key] = _Group(batch_subject(*key))
+            group.add(event, payload)
+        messages.extend(group.message() for group in groups.values())
+        return messages
 
     async def _on_ack(self, msg: Msg) -> None:
         pending = self._pending_ack
@@ -732,6 +799,7 @@ class NatsEventBus:
                 try:
                     self._event_subs = (
                         await self._nc.subscribe(EVENTS_PREFIX + ">", cb=self._on_event),
+                        await self._nc.subscribe(BATCHES_PREFIX + ">", cb=self._on_event),
                         await self._nc.subscribe(EMERGENCY_PREFIX + ">", cb=self._on_event),
                     )
                     # Return only once the server has the interest. nats-py's flush()
@@ -746,13 +814,14 @@ class NatsEventBus:
     async def _on_event(self, msg: Msg) -> None:
         if not self._local.has_subscribers:
             return
-        item = self._decode(msg)
-        if item is not None:
+        for item in self._decode(msg):
             self._local.deliver(item)
 
-    def _decode(self, msg: Msg) -> dict[str, Any] | None:
-        """The event ``msg`` carries (live or replayed), or None, logged and counted, when
-        it is no JSON object or did not come on the subject its type and ids give.
+    def _decode(self, msg: Msg) -> list[dict[str, Any]]:
+        """The events ``msg`` carries (live or replayed), in order; none, logged and
+        counted, when it is no JSON object, or an event in it did not come on the subject
+        its type and ids give (a batch: on the batch subject of its ids, and no emergency
+        type).
 
         The server lets only the emergency service publish on ``tradeflow.v1.emergency.>``
         but every executor on any workflow subject: an emergency type there is a forgery,
@@ -762,18 +831,20 @@ class NatsEventBus:
         try:
             item = orjson.loads(msg.data)
         except ValueError as exc:
-            error = describe(exc)
-        else:
-            if not isinstance(item, dict):
-                error = "not a JSON object"
-            elif _subject_of(item) != msg.subject:
-                type_ = shown(item.get("type"))
+            self._discard(msg, "undecodable", describe(exc))
+            return []
+        batch = msg.subject.startswith(BATCHES_PREFIX)
+        items = item.get("events") if batch and isinstance(item, dict) else [item]
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            self._discard(msg, "undecodable", "not a JSON object" + (" of events" if batch else ""))
+            return []
+        subject_of = _batch_subject_of if batch else _subject_of
+        for event in items:
+            if subject_of(event) != msg.subject:
+                type_ = shown(event.get("type"))
                 self._discard(msg, "wrong_subject", f"not the subject of type {type_} and its ids")
-                return None
-            else:
-                return item
-        self._discard(msg, "undecodable", error)
-        return None
+                return []
+        return items
 
     def _discard(self, msg: Msg, reason: str, error: str) -> None:
         if self._metrics is not None:
@@ -800,14 +871,18 @@ class NatsEventBus:
         if bot_id is None and strategy_id is None and workflow_id is None:
             subject = ALL_SUBJECTS
         else:
-            subject = subject_filter(
-                bot_id=bot_id, strategy_id=strategy_id, workflow_id=workflow_id
-            )
-        return self._replay(subject, after_sequence + 1, execution_id)
+            # Events and batches alike: tradeflow.v1.<events|batches>.<ids>.<type|batch>.
+            ids = (bot_id, strategy_id, workflow_id)
+            tokens = ".".join("*" if v is None else encode_token(v) for v in ids)
+            subject = f"tradeflow.v1.*.{tokens}.*"
+        return self._replay(subject, after_sequence, execution_id)
 
     async def _replay(
-        self, subject: str, start: int, execution_id: str | None
+        self, subject: str, after: int, execution_id: str | None
     ) -> AsyncGenerator[tuple[int, dict[str, Any]], None]:
+        # After position (message m, index i): message m's events past i, then m + 1 on.
+        message, seen = divmod(after, POSITION_SLOTS)
+        start = max(1, message if seen < _BATCH_MAX_EVENTS else message + 1)
         try:
             sub = await self._js.subscribe(
                 subject,
@@ -828,12 +903,13 @@ class NatsEventBus:
                     msg = await sub.next_msg(timeout=None)
                 except nats.errors.ConnectionClosedError:
                     return
-                item = self._decode(msg)
-                if item is None:
-                    continue
-                if execution_id is not None and item.get("execution_id") != execution_id:
-                    continue
-                yield msg.metadata.sequence.stream, item
+                sequence = msg.metadata.sequence.stream
+                for index, item in enumerate(self._decode(msg)):
+                    if sequence == message and index <= seen:
+                        continue  # seen before the replay began
+                    if execution_id is not None and item.get("execution_id") != execution_id:
+                        continue
+                    yield sequence * POSITION_SLOTS + index, item
         finally:
             # Best effort: the server drops the ephemeral consumer once interest is gone.
             with contextlib.suppress(nats.errors.Error):
@@ -872,6 +948,59 @@ def _stream_differences(found: api.StreamConfig, wanted: api.StreamConfig) -> li
         return sorted(v) if field == "subjects" else v
 
     return [field for field in _STREAM_FIELDS if value(found, field) != value(wanted, field)]
+
+
+def _batch_subject_of(item: dict[str, Any]) -> str | None:
+    """The batch subject of a workflow event with ``item``'s ids; None for an emergency
+    type (never in a batch), a type that is no string or an id neither string nor null."""
+    type_, *ids = (item.get(name) for name in ("type", "bot_id", "strategy_id", "workflow_id"))
+    if not isinstance(type_, str) or type_ in _EMERGENCY_SUBJECTS:
+        return None
+    if not all(v is None or isinstance(v, str) for v in ids):
+        return None
+    return batch_subject(*ids)
+
+
+@dataclass(slots=True)
+class _Message:
+    """One NATS message of the publisher: the events it carries, where and how."""
+
+    events: list[Event]
+    subject: str
+    payload: bytes
+    msg_id: str
+    """Its ``Nats-Msg-Id``: the event's id, or a batch's first event id and length."""
+
+
+_BATCH_HEAD: Final = b'{"schema_version":1,"events":['
+_BATCH_TAIL: Final = b"]}"
+
+
+@dataclass(slots=True)
+class _Group:
+    """Workflow events of one bot, strategy and workflow being gathered into one batch."""
+
+    subject: str
+    events: list[Event] = field(default_factory=list)
+    payloads: list[bytes] = field(default_factory=list)
+    size: int = len(_BATCH_HEAD) + len(_BATCH_TAIL)
+
+    def fits(self, payload: bytes, limit: int) -> bool:
+        return len(self.events) < _BATCH_MAX_EVENTS and self.size + len(payload) + 1 <= limit
+
+    def add(self, event: Event, payload: bytes) -> None:
+        self.events.append(event)
+        self.payloads.append(payload)
+        self.size += len(payload) + 1
+
+    def message(self) -> _Message:
+        first = self.events[0].event_id
+        return _Message(
+            self.events,
+            self.subject,
+            _BATCH_HEAD + b",".join(self.payloads) + _BATCH_TAIL,
+            encode_token(f"{first}+{len(self.events)}"),
+        )
 
 
 def _subject_of(item: dict[str, Any]) -> str | None:
