@@ -32,6 +32,7 @@ from servers import ServerProcess, free_port
 
 from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
+    POSITION_SLOTS,
     NatsEventBus,
     NatsOptions,
     inbox_prefix,
@@ -593,7 +594,7 @@ async def test_only_executors_publish_events_and_only_the_emergency_service_chan
         executor = await bus_as("executor")
         executor.publish(nats_event(EventType.NODE_COMPLETED, 1))
         assert await executor.flush()
-        assert (await received.get()).subject.startswith("tradeflow.v1.events.bot-acl.")
+        assert (await received.get()).subject.startswith("tradeflow.v1.batches.bot-acl.")
 
         emergency = await bus_as("emergency")
         emergency.publish(nats_event(EventType.EMERGENCY_HALTED, 2))
@@ -603,7 +604,9 @@ async def test_only_executors_publish_events_and_only_the_emergency_service_chan
         for user, subject in (
             ("executor", "tradeflow.v1.emergency.halted"),
             ("emergency", "tradeflow.v1.events.bot-acl.strat-acl.wf-acl.node_completed"),
+            ("emergency", "tradeflow.v1.batches.bot-acl.strat-acl.wf-acl.batch"),
             ("operator", "tradeflow.v1.events.bot-acl.strat-acl.wf-acl.node_completed"),
+            ("operator", "tradeflow.v1.batches.bot-acl.strat-acl.wf-acl.batch"),
             ("operator", "tradeflow.v1.emergency.resumed"),
         ):
             sender = await raw(user)
@@ -614,18 +617,23 @@ async def test_only_executors_publish_events_and_only_the_emergency_service_chan
         assert await executor.flush()
         last = await received.get()
         assert (
-            last.subject.startswith("tradeflow.v1.events.") and b"acl-node_completed-3" in last.data
+            last.subject.startswith("tradeflow.v1.batches.")
+            and b"acl-node_completed-3" in last.data
         )
 
         # The executor's JetStream grants serve its replays.
         after = await executor.last_sequence()
-        assert after >= 3
-        replay = executor.replay(after_sequence=after - 1)
+        assert after >= 3 * POSITION_SLOTS
+        # From the position before the last message: its first event.
+        replay = executor.replay(after_sequence=after - POSITION_SLOTS)
         try:
             sequence, item = await anext(replay)
         finally:
             await replay.aclose()
-        assert (sequence, item["event_id"]) == (after, "acl-node_completed-3")
+        assert (sequence // POSITION_SLOTS, item["event_id"]) == (
+            after // POSITION_SLOTS,
+            "acl-node_completed-3",
+        )
 
 
 @pytest.mark.asyncio
@@ -679,7 +687,10 @@ async def test_an_executor_cannot_pass_off_an_emergency_event(raw: Any, bus_as: 
         finally:
             await replay.aclose()
         # The stream holds both; the replay skips the forged one.
-        assert (sequence, item["event_id"]) == (before + 2, genuine.event_id)
+        assert (sequence, item["event_id"]) == (
+            (before // POSITION_SLOTS + 2) * POSITION_SLOTS,
+            genuine.event_id,
+        )
         discarded = "tradeflow_events_discarded_total"
         assert metrics.registry.get_sample_value(discarded, {"reason": "wrong_subject"}) == 2
         assert executor.errors.empty()

@@ -85,10 +85,15 @@ async def test_seed_example3_breach_halts_every_executor() -> None:
 
 @pytest.mark.asyncio
 async def test_events_on_documented_subjects_and_replay(
-    production: Stack, executor_stub: pb_grpc.ExecutorServiceStub
+    production: Stack,
+    executor_stub: pb_grpc.ExecutorServiceStub,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Events arrive on tradeflow.v1.events.<bot>.<strategy>.<workflow>.<type> as the contract
-    JSON, and StreamEvents replays them from JetStream, resumable from a sequence."""
+    """With TRADEFLOW_NATS_EVENT_SUBJECTS=true, events arrive on
+    tradeflow.v1.events.<bot>.<strategy>.<workflow>.<type> as the contract JSON; and
+    StreamEvents replays them (published in batches by the executor service) from
+    JetStream, resumable from a sequence."""
+    monkeypatch.setenv("TRADEFLOW_NATS_EVENT_SUBJECTS", "true")
     nc = await nats.connect(production.client_env()["TRADEFLOW_NATS_URL"])
     received: list[tuple[str, dict[str, Any]]] = []
     done = asyncio.Event()
