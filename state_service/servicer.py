@@ -17,9 +17,11 @@ from typing import Any, Final, TypeVar
 import grpc
 
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.errors import error_payload
 from tradeflow.adapters.grpc.security import Policy, Rule
+from tradeflow.adapters.grpc.state_client import GROUP_MAX
 from tradeflow.domain.codec import MAX_EVENTS_PAGE
-from tradeflow.domain.errors import InvalidRequest
+from tradeflow.domain.errors import InvalidRequest, TradeflowError
 from tradeflow.domain.limits import (
     DEFINITION_MAX_BYTES,
     PAGE_MAX_BYTES,
@@ -29,7 +31,14 @@ from tradeflow.domain.limits import (
 )
 from tradeflow.domain.ownership import Lease, OwnerInfo
 from tradeflow.domain.principals import Role
-from tradeflow.domain.records import Checkpoint, Event, ExecutionRecord, StateBatch
+from tradeflow.domain.records import (
+    PRUNE_LIMIT_DEFAULT,
+    PRUNE_LIMIT_MAX,
+    Checkpoint,
+    Event,
+    ExecutionRecord,
+    StateBatch,
+)
 from tradeflow.ports import StateStore
 from tradeflow.proto.common.v1 import common_pb2
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
@@ -54,6 +63,7 @@ ACCESS: Policy = {
     **dict.fromkeys(
         (
             "WriteBatch",
+            "WriteBatches",
             "AcquireLease",
             "RenewLease",
             "ReleaseLease",
@@ -76,6 +86,8 @@ ACCESS: Policy = {
         ),
         _READERS,
     ),
+    # Deleting history is an administrator's act (the service's own retention needs no call).
+    "PruneExecutions": Rule(frozenset({Role.ADMIN})),
 }
 """Who may call each method (see :mod:`tradeflow.adapters.grpc.security`)."""
 
@@ -104,6 +116,46 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
             check_id("request_id", request.request_id)
         await self._store.write(_batch(request))
         return pb.WriteBatchResponse()
+
+    async def WriteBatches(
+        self, request: pb.WriteBatchesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WriteBatchesResponse:
+        if len(request.batches) > GROUP_MAX:
+            raise InvalidRequest("batches", f"at most {GROUP_MAX} batches", len(request.batches))
+        owners = [owner for owner in map(_owner, request.batches) if owner]
+        if len(set(owners)) != len(owners):
+            raise InvalidRequest("batches", "at most one batch per execution", "two of one")
+        # A malformed batch is refused in its own outcome: the others (other executions,
+        # grouped by the client) are written all the same.
+        outcomes: list[TradeflowError | None] = [None] * len(request.batches)
+        valid: list[tuple[int, StateBatch]] = []
+        for index, batch in enumerate(request.batches):
+            try:
+                valid.append((index, _grouped(batch)))
+            except InvalidRequest as exc:
+                outcomes[index] = exc
+        written = await self._store.write_many([batch for _, batch in valid])
+        for (index, _), error in zip(valid, written, strict=True):
+            outcomes[index] = error
+        return pb.WriteBatchesResponse(
+            outcomes=[
+                pb.BatchOutcome(error=b"" if error is None else error_payload(error))
+                for error in outcomes
+            ]
+        )
+
+    async def PruneExecutions(
+        self, request: pb.PruneExecutionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PruneExecutionsResponse:
+        if not request.HasField("ended_before"):
+            raise InvalidRequest("ended_before", "a timestamp", "unset")
+        ended_before = wire.timestamp_from_proto(request.ended_before)
+        check_timestamp("ended_before", ended_before)
+        limit = wire.at_most("limit", request.limit, PRUNE_LIMIT_MAX) or PRUNE_LIMIT_DEFAULT
+        report = await self._store.prune(ended_before, limit=limit)
+        return pb.PruneExecutionsResponse(
+            removed=report.removed, kept=report.kept, more=report.more
+        )
 
     async def AcquireLease(
         self, request: pb.AcquireLeaseRequest, context: grpc.aio.ServicerContext
@@ -251,6 +303,13 @@ def _each(
         except InvalidRequest as exc:
             raise InvalidRequest(f"{path}[{index}].{exc.field}", exc.expected, exc.found) from None
     return tuple(parts)
+
+
+def _grouped(request: pb.WriteBatchRequest) -> StateBatch:
+    """One batch of a ``WriteBatches`` call, checked as ``WriteBatch`` checks it."""
+    if request.request_id:
+        check_id("request_id", request.request_id)
+    return _batch(request)
 
 
 def _batch(request: pb.WriteBatchRequest) -> StateBatch:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,7 @@ from servers import ServerProcess, Service, start_redis
 from state_fixtures import STATE_SERVICE_NAME, start_state_service
 from workflows import trading_workflow
 
+from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.state_client import StateClient
 from tradeflow.app.infrastructure import Infrastructure
 from tradeflow.domain.clock import SystemClock, new_id
@@ -590,6 +592,67 @@ async def test_metrics_time_calls_by_method(
         'tradeflow_rpc_server_handled_seconds_count{code="NOT_FOUND",method="GetExecution"}' in text
     )
     assert 'tradeflow_rpc_server_handled_seconds_count{code="OK",method="GetCheckpoints"}' in text
+
+
+async def _write_batches_calls(http: httpx.AsyncClient, service: Service) -> float:
+    """How many WriteBatches calls the service has answered OK so far."""
+    text = (await http.get(service.metrics_url)).text
+    line = 'tradeflow_rpc_server_handled_seconds_count{code="OK",method="WriteBatches"} '
+    return sum(float(row.removeprefix(line)) for row in text.splitlines() if row.startswith(line))
+
+
+@pytest.mark.asyncio
+async def test_concurrent_writes_share_calls_and_each_gets_its_own_outcome(
+    state_service: Service, state_client: StateClient
+) -> None:
+    """Group commit: 40 executions writing at once go in a few WriteBatches calls (not
+    40), every batch is stored, and a batch refused in the group (another lease's fence;
+    a malformed one) fails only its own writer, with its own error and field."""
+    holder = await state_client.acquire_lease(OwnerInfo(f"g-{new_id()}", "executor", "b", 1), 30)
+    other = await state_client.acquire_lease(OwnerInfo(f"h-{new_id()}", "executor", "b", 2), 30)
+    taken = new_id()
+    await state_client.write(StateBatch(record(taken), fence=holder.fence))
+    ids = [new_id() for _ in range(40)]
+    async with httpx.AsyncClient() as http:
+        before = await _write_batches_calls(http, state_service)
+        outcomes = await asyncio.gather(
+            *(
+                state_client.write(
+                    StateBatch(record(eid), (checkpoint(eid, "a"),), (event(eid, 1),))
+                )
+                for eid in ids
+            ),
+            state_client.write(StateBatch(record(taken), fence=other.fence)),
+            state_client.write(StateBatch(record(new_id()), (checkpoint("elsewhere", "a"),))),
+            return_exceptions=True,
+        )
+        calls = await _write_batches_calls(http, state_service) - before
+    assert outcomes[:40] == [None] * 40
+    assert isinstance(outcomes[40], LeaseLost)
+    assert isinstance(outcomes[41], InvalidRequest)
+    assert outcomes[41].field == "checkpoints[0].execution_id"
+    assert 1 <= calls <= 3
+    for eid in ids:
+        assert (await state_client.get_execution(eid)).execution_id == eid
+        assert await state_client.last_sequence(eid) == 1
+    assert (await state_client.get_execution(taken)).epoch == holder.epoch
+
+
+@pytest.mark.asyncio
+async def test_write_batches_refuses_two_batches_of_one_execution_and_too_many(
+    stub: Any, state_client: StateClient
+) -> None:
+    """A WriteBatches call with two batches of one execution, or more than 256, fails
+    whole with INVALID_ARGUMENT naming `batches` (the executor's journal never sends them)."""
+    eid = new_id()
+    one = wire.state_batch_to_proto(StateBatch(record(eid)))
+    for batches in ([one, one], [wire.state_batch_to_proto(StateBatch(record(new_id())))] * 257):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.WriteBatches(pb.WriteBatchesRequest(batches=batches))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "'batches'" in (caught.value.details() or "")
+    with pytest.raises(ExecutionNotFound):
+        await state_client.get_execution(eid)
 
 
 @pytest.fixture

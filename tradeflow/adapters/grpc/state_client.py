@@ -2,27 +2,40 @@
 
 An executor given a :class:`StateClient` instead of the SQLite store runs
 unchanged: every method is one RPC (``read_events`` pages when asked for more
-than one page) and failures arrive as the domain errors the service raised,
-or ``UnavailableError`` when it cannot be reached.
+than one page, ``prune`` is one call per chunk) and failures arrive as the domain
+errors the service raised, or ``UnavailableError`` when it cannot be reached.
+
+Writes are group-committed: :meth:`StateClient.write` sends its batch at once when
+no write is in flight, and otherwise with every batch that arrived meanwhile, in the
+next ``WriteBatches`` call (one outcome per batch). One client alone pays one call per
+write, as before; sixteen concurrent executions share calls instead of queueing for
+sixteen. Two batches of one execution are never in flight together (its journal
+writes one batch at a time), so each call holds at most one batch per execution.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Final
 
 from tradeflow.adapters.grpc import wire
 from tradeflow.adapters.grpc.client import call, open_channel
+from tradeflow.adapters.grpc.errors import error_from_payload
 from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.domain.codec import MAX_EVENTS_PAGE, MAX_PAGE_SIZE
+from tradeflow.domain.errors import TradeflowError
 from tradeflow.domain.ownership import Claim, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    PRUNE_LIMIT_DEFAULT,
+    PRUNE_LIMIT_MAX,
     Checkpoint,
     Event,
     ExecutionPage,
     ExecutionQuery,
     ExecutionRecord,
+    PruneReport,
     StateBatch,
 )
 from tradeflow.proto.state.v1 import state_service_pb2 as pb
@@ -34,6 +47,8 @@ _SERVICE: Final = "state"
 _ORPHANS_MAX: Final = 1000
 """The most orphans one ``ListOrphans`` returns (the service refuses more)."""
 _UINT32_MAX: Final = 0xFFFF_FFFF
+GROUP_MAX: Final = 256
+"""The most batches one ``WriteBatches`` call carries (the service refuses more)."""
 
 
 class StateClient:
@@ -45,7 +60,7 @@ class StateClient:
     TLS) or none (plaintext).
     """
 
-    __slots__ = ("_channel", "_stub", "_timeout")
+    __slots__ = ("_channel", "_committer", "_pending", "_stub", "_timeout")
 
     def __init__(
         self, address: str, *, timeout: float = 10.0, security: TransportSecurity = PLAINTEXT
@@ -53,14 +68,76 @@ class StateClient:
         self._channel = open_channel(address, security=security)
         self._stub = state_service_pb2_grpc.StateServiceStub(self._channel)
         self._timeout = timeout
+        self._pending: list[tuple[StateBatch, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def _call(self, method: Any, request: Any) -> Any:
         return await call(method, request, service=_SERVICE, deadline=self._timeout)
 
     async def write(self, batch: StateBatch) -> None:
-        """The batch, fence and guard included, in one call: the service's store checks
-        both in the step that commits it (``LeaseLost``, ``EmergencyHalted``)."""
-        await self._call(self._stub.WriteBatch, wire.state_batch_to_proto(batch))
+        """The batch, fence and guard included, in the next group commit: the service's
+        store checks both in the step that commits it (``LeaseLost``, ``EmergencyHalted``).
+        Cancelling the caller does not withdraw a batch already handed over (as a call
+        cancelled in flight may have been written)."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((batch, written))
+        if self._committer is None:
+            self._committer = asyncio.create_task(self._commit())
+        await written
+
+    async def _commit(self) -> None:
+        """Send what is pending, call after call, until nothing is (one call in flight)."""
+        try:
+            while self._pending:
+                group = self._pending[:GROUP_MAX]
+                del self._pending[:GROUP_MAX]
+                try:
+                    outcomes = await self.write_many([batch for batch, _ in group])
+                except Exception as exc:  # every writer of the group gets the call's error
+                    for _, written in group:
+                        if not written.done():
+                            written.set_exception(exc)
+                    continue
+                except BaseException:  # this task is cancelled (shutdown): so are the writers
+                    for _, written in (*group, *self._pending):
+                        written.cancel()
+                    self._pending.clear()
+                    raise
+                for (_, written), error in zip(group, outcomes, strict=True):
+                    if written.done():  # its writer was cancelled meanwhile
+                        continue
+                    if error is None:
+                        written.set_result(None)
+                    else:
+                        written.set_exception(error)
+        finally:
+            self._committer = None
+
+    async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
+        """One ``WriteBatches`` call (at most :data:`GROUP_MAX` batches)."""
+        response: pb.WriteBatchesResponse = await self._call(
+            self._stub.WriteBatches,
+            pb.WriteBatchesRequest(batches=[wire.state_batch_to_proto(b) for b in batches]),
+        )
+        if len(response.outcomes) != len(batches):
+            raise TradeflowError(
+                f"state service answered {len(response.outcomes)} outcomes for "
+                f"{len(batches)} batches"
+            )
+        return [
+            error_from_payload(outcome.error) if outcome.error else None
+            for outcome in response.outcomes
+        ]
+
+    async def prune(self, ended_before: float, *, limit: int = PRUNE_LIMIT_DEFAULT) -> PruneReport:
+        response: pb.PruneExecutionsResponse = await self._call(
+            self._stub.PruneExecutions,
+            pb.PruneExecutionsRequest(
+                ended_before=wire.timestamp_to_proto(ended_before),
+                limit=max(0, min(limit, PRUNE_LIMIT_MAX)),
+            ),
+        )
+        return PruneReport(int(response.removed), int(response.kept), response.more)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
         response: pb.GetExecutionResponse = await self._call(
