@@ -17,7 +17,7 @@ import asyncio
 import random
 import statistics
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
@@ -31,13 +31,21 @@ from tradeflow.domain.records import (
     CheckpointState,
     Event,
     EventType,
+    ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
     StateBatch,
 )
 from tradeflow.ports import StateStore
 
-__all__ = ["WriteTimings", "measure", "time_typical_writes", "typical_batches"]
+__all__ = [
+    "ListingTimings",
+    "WriteTimings",
+    "measure",
+    "measure_listing",
+    "time_typical_writes",
+    "typical_batches",
+]
 
 _DEFINITION = trading_workflow(10)
 _QUOTE = {"price": 59705.0, "bid": 59700.0, "ask": 59710.0, "spread": 10.0, "timestamp": 0.0}
@@ -200,10 +208,75 @@ async def time_typical_writes(store: StateStore, executions: int, warmup: int) -
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ListingTimings:
+    """``list_executions`` of a page of 1,000 out of ``executions`` stored ones (ms)."""
+
+    executions: int
+    newest: Timing
+    """The newest page, no filter."""
+    by_workflow: Timing
+    """The newest page of one workflow (half of them)."""
+    no_match: Timing
+    """A status nobody has (``halted``): an empty page."""
+
+    def lines(self) -> list[str]:
+        return [
+            f"  listing 1,000 of {self.executions:,} executions (ms): "
+            f"newest median {self.newest.median_us / 1000:.1f} p99 {self.newest.p99_us / 1000:.1f}"
+            f"; one workflow median {self.by_workflow.median_us / 1000:.1f}"
+            f"; status with no match median {self.no_match.median_us / 1000:.3f}",
+        ]
+
+
+def measure_listing(executions: int = 100_000, *, repeat: int = 20) -> ListingTimings:
+    """Store ``executions`` final records (typical, with their result; journals left out,
+    as listing never reads them), in groups of 1,000 per ``write_many``, then time pages."""
+    with tempfile.TemporaryDirectory() as directory:
+        conn = open_database(Path(directory) / "bench.db")
+        try:
+            return asyncio.run(_time_listing(SQLiteStateStore(conn), executions, repeat))
+        finally:
+            conn.close()
+
+
+async def _time_listing(store: SQLiteStateStore, executions: int, repeat: int) -> ListingTimings:
+    ids = random.Random(1)
+    group: list[StateBatch] = []
+    for i in range(executions):
+        _, finish = typical_batches(f"{ids.getrandbits(128):032x}", 1_795_689_105.0 + i)
+        assert finish.execution is not None
+        record = finish.execution
+        if i % 2:
+            record = replace(record, workflow_id="other")
+        group.append(StateBatch(record))
+        if len(group) == 1000:
+            await store.write_many(group)
+            group.clear()
+    if group:
+        await store.write_many(group)
+
+    async def timed(query: ExecutionQuery) -> Timing:
+        samples = []
+        for _ in range(repeat):
+            t0 = perf_counter()
+            await store.list_executions(query)
+            samples.append(perf_counter() - t0)
+        return Timing.of(samples)
+
+    return ListingTimings(
+        executions,
+        await timed(ExecutionQuery(limit=1000)),
+        await timed(ExecutionQuery(workflow_id="wf", limit=1000)),
+        await timed(ExecutionQuery(status=ExecutionStatus.HALTED, limit=1000)),
+    )
+
+
 def main() -> None:
     """Print the timings for synchronous=NORMAL."""
     print("sqlite state store, 10-node execution, synchronous=NORMAL (us)")
     print("\n".join(measure().lines()))
+    print("\n".join(measure_listing().lines()))
 
 
 if __name__ == "__main__":

@@ -7,16 +7,19 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import kit
 import pytest
 from workflows import block, resting_bid, trading_workflow
 
 from tradeflow.adapters.sqlite.database import open_database
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
+from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.app.cli import main
 from tradeflow.domain.limits import DEFINITION_MAX_BYTES
-from tradeflow.domain.records import Scope
+from tradeflow.domain.records import ExecutionStatus, Scope, StateBatch
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -552,3 +555,49 @@ def test_production_settings_take_the_stack_file_but_never_half_an_identity(
     assert mine["TRADEFLOW_TLS_CERT"] == "/mine/admin.crt"
     assert "TRADEFLOW_TLS_KEY" not in mine  # not the operator's key beside the admin's cert
     assert "TRADEFLOW_TLS_CA" not in _stack_env("development")
+
+
+def _ended_long_ago(count: int) -> list[str]:
+    """Write ``count`` executions to the test's state file that completed in 1970, and a
+    running one: their ids (the running one last)."""
+    conn = open_database(os.environ["TRADEFLOW_SQLITE_PATH"])
+    try:
+        store = SQLiteStateStore(conn)
+        ids = [f"old-{n}" for n in range(count)] + ["still-running"]
+        for n, execution_id in enumerate(ids):
+            record = kit.execution(execution_id, "aged", started_at=1_000.0 + n)
+            if execution_id != "still-running":
+                record = replace(record, status=ExecutionStatus.COMPLETED, finished_at=1_001.0 + n)
+            asyncio.run(store.write(StateBatch(execution=record)))
+    finally:
+        conn.close()
+    return ids
+
+
+def test_executions_prune_removes_what_ended_before_the_horizon(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """executions prune removes every execution that ended more than --older-than days ago
+    (a running one stays) and says how many; --limit removes at most that many, once."""
+    ids = _ended_long_ago(3)
+    assert main(["executions", "prune", "--older-than", "1", "--limit", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("removed 1 execution(s) that ended before ") and "run it again" in out
+    assert main(["executions", "prune"]) == 0
+    assert capsys.readouterr().out.startswith("removed 2 execution(s)")
+    assert main(["executions", "list", "--workflow", "aged"]) == 0
+    listed = capsys.readouterr().out
+    assert "still-running" in listed and not any(i in listed for i in ids[:-1])
+
+
+def test_executions_prune_refuses_a_retention_of_zero_days_unless_told(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With TRADEFLOW_RETENTION_DAYS=0 (keep everything) prune refuses (exit 2, saying how
+    to prune anyway) unless --older-than is given."""
+    _ended_long_ago(1)
+    monkeypatch.setenv("TRADEFLOW_RETENTION_DAYS", "0")
+    assert main(["executions", "prune"]) == 2
+    assert "pass --older-than DAYS" in capsys.readouterr().err
+    assert main(["executions", "prune", "--older-than", "0"]) == 0
+    assert capsys.readouterr().out.startswith("removed 1 execution(s)")

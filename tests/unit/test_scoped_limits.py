@@ -518,6 +518,7 @@ async def test_a_malformed_denial_report_names_the_field(
 
 V5_RISK_LIMITS = """
 DROP TABLE risk_limits;
+DROP INDEX executions_by_status;
 DROP TABLE trigger_progress;
 CREATE TABLE risk_limits (
     limit_type TEXT PRIMARY KEY,
@@ -557,7 +558,7 @@ async def test_a_version_5_file_migrates_keeping_its_limits(db_path: Path) -> No
     finally:
         conn.close()
 
-    assert version == DB_SCHEMA_VERSION == 6
+    assert version == DB_SCHEMA_VERSION == 7
     assert before == [
         RiskLimit("daily_loss", -500.0, LimitDirection.BELOW, True, 100.0, "desk"),
         RiskLimit("open_orders", 5.0, LimitDirection.ABOVE, False, 200.0, "ops"),

@@ -268,7 +268,7 @@ async def test_version_3_file_is_migrated_in_place_keeping_its_history(db_path: 
     finally:
         conn.close()
 
-    assert version == DB_SCHEMA_VERSION == 6
+    assert version == DB_SCHEMA_VERSION == 7
     assert (record.status, record.request_id, record.result) == (
         ExecutionStatus.COMPLETED,
         "req-old",
@@ -292,7 +292,9 @@ def test_failed_migration_leaves_the_version_3_file_as_it_was(db_path: Path) -> 
     with sqlite3.connect(db_path) as before:
         expected = layout(before)
 
-    with pytest.raises(ConfigurationError, match="expected schema version 6, found 3"):
+    with pytest.raises(
+        ConfigurationError, match=f"expected schema version {DB_SCHEMA_VERSION}, found 3"
+    ):
         open_database(db_path)
 
     after = sqlite3.connect(db_path)
@@ -324,7 +326,7 @@ async def test_processes_opening_a_version_3_file_together_migrate_it_once(
                 holder.execute("ROLLBACK")
                 outcomes = [await opener.communicate() for opener in openers]
         assert [p.returncode for p in openers] == [0, 0], outcomes
-        assert holder.execute("PRAGMA user_version").fetchone() == (6,)
+        assert holder.execute("PRAGMA user_version").fetchone() == (DB_SCHEMA_VERSION,)
     finally:
         holder.close()
 

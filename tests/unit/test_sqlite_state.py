@@ -566,3 +566,142 @@ async def test_read_events_follows_a_cursor(store: SQLiteStateStore, db_path: Pa
     assert [e.event_id for _, e in only_e1] == ["e1-1", "e1-2"]
     cursors = [c for c, _ in [*first, *rest]]
     assert cursors == sorted(cursors)
+
+
+# -- group commit, retention, indexes (issue 12) ----------------------------------------
+
+
+def statements(conn: sqlite3.Connection) -> list[str]:
+    """The SQL ``conn`` runs from now on (appended as it runs)."""
+    seen: list[str] = []
+    conn.set_trace_callback(seen.append)
+    return seen
+
+
+def ended(execution_id: str, finished_at: float, **fields: Any) -> Any:
+    """A kit execution that completed at ``finished_at``."""
+    return dataclasses.replace(
+        execution(execution_id, status=ExecutionStatus.COMPLETED, **fields),
+        finished_at=finished_at,
+    )
+
+
+@pytest.mark.asyncio
+async def test_write_many_is_one_commit_and_refuses_batches_on_their_own(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """write_many commits once; a batch reusing an idempotency key or holding a value JSON
+    cannot encode gets InvalidRequest and leaves nothing, the others are written."""
+    await store.write(StateBatch(execution=execution("e1", request_id="req")))
+    seen = statements(conn)
+    outcomes = await store.write_many(
+        [
+            StateBatch(execution=execution("e2"), events=(event("e2", 1),)),
+            StateBatch(
+                execution=execution("e3", request_id="req"), checkpoints=(checkpoint("e3", "q"),)
+            ),
+            StateBatch(execution=execution("e4"), events=(event("e4", 1, {"x": object()}),)),
+            StateBatch(execution=execution("e5"), checkpoints=(checkpoint("e5", "q"),)),
+        ]
+    )
+    conn.set_trace_callback(None)
+
+    assert [type(o).__name__ for o in outcomes] == [
+        "NoneType",
+        "InvalidRequest",
+        "InvalidRequest",
+        "NoneType",
+    ]
+    assert [s for s in seen if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert [e.sequence for _, e in await store.read_events(execution_id="e2")] == [1]
+    assert set(await store.get_checkpoints("e5")) == {"q"}
+    assert await store.get_checkpoints("e3") == {}
+    for missing in ("e3", "e4"):
+        with pytest.raises(ExecutionNotFound):
+            await store.get_execution(missing)
+
+
+@pytest.mark.asyncio
+async def test_prune_never_reuses_an_event_cursor(store: SQLiteStateStore) -> None:
+    """Pruning the execution that wrote the journal's newest row leaves that row empty: the
+    next event's cursor is still larger than every cursor handed out before."""
+    await store.write(StateBatch(execution=ended("old", 5.0), events=(event("old", 1),)))
+    ((last_cursor, _),) = await store.read_events()
+
+    report = await store.prune(100.0)
+    await store.write(StateBatch(execution=execution("new"), events=(event("new", 1),)))
+
+    assert (report.removed, report.kept, report.more) == (1, 0, False)
+    ((cursor, latest),) = await store.read_events()
+    assert latest.execution_id == "new" and cursor > last_cursor
+
+
+@pytest.mark.asyncio
+async def test_prune_walks_equal_end_times_by_limit(store: SQLiteStateStore) -> None:
+    """Executions ending at the same time are pruned one call of ``limit`` after another,
+    each once, and an execution with orphan rows (written before its record) loses them."""
+    await store.write(StateBatch(events=(event("e0", 1),)))
+    for n in range(3):
+        await store.write(StateBatch(execution=ended(f"e{n}", 5.0, started_at=1.0 + n)))
+
+    reports = [await store.prune(10.0, limit=2) for _ in range(3)]
+
+    assert [(r.removed, r.more) for r in reports] == [(2, True), (1, False), (0, False)]
+    assert await store.read_events() == []
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {"status": ExecutionStatus.HALTED},
+        {"workflow_id": "wf"},
+        {"bot_id": "b"},
+        {"strategy_id": "s"},
+        {"workflow_id": "wf", "status": ExecutionStatus.FAILED},
+        {"bot_id": "b", "strategy_id": "s", "status": ExecutionStatus.RUNNING},
+        {},
+    ],
+    ids=["status", "workflow", "bot", "strategy", "workflow+status", "bot+strategy+status", "none"],
+)
+@pytest.mark.asyncio
+async def test_list_executions_searches_an_index_for_each_filter(
+    store: SQLiteStateStore, conn: sqlite3.Connection, filters: dict[str, Any]
+) -> None:
+    """The query listing executions reads the executions table through an index whatever
+    the filters (a status nobody has included), never by a scan of the table."""
+    await store.write(StateBatch(execution=execution("e1", bot_id="b", strategy_id="s")))
+    seen = statements(conn)
+    await store.list_executions(ExecutionQuery(**filters))
+    conn.set_trace_callback(None)
+    (sql,) = [s for s in seen if s.lstrip().startswith("SELECT")]
+
+    plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+    (executions,) = [step for step in plan if step.split()[1] == "e"]
+    assert " USING INDEX executions_by_" in executions, plan
+
+
+@pytest.mark.asyncio
+async def test_retention_prunes_at_start_and_on_each_round(db_path: Path) -> None:
+    """The embedded infrastructure prunes executions that ended more than retention_days
+    ago at start, and ``retention.prune()`` runs one more round; 0 days starts none."""
+    from tradeflow.app.infrastructure import Infrastructure, Settings
+
+    conn = open_database(db_path)
+    await SQLiteStateStore(conn).write(StateBatch(execution=ended("ancient", 5.0)))
+    conn.close()
+    settings = Settings(sqlite_path=str(db_path), log_level="warning", retention_days=1.0)
+    async with await Infrastructure.create("development", settings=settings) as infra:
+
+        async def pruned() -> bool:
+            page = await infra.state.list_executions(ExecutionQuery())
+            return not page.executions
+
+        await eventually(pruned, "the execution that ended in 1970 was pruned at start")
+        await infra.state.write(StateBatch(execution=ended("old", 6.0)))
+        assert infra.retention is not None
+        assert await infra.retention.prune() == (1, 0)
+
+    off = dataclasses.replace(settings, retention_days=0.0)
+    async with await Infrastructure.create("development", settings=off) as infra:
+        assert infra.retention is None

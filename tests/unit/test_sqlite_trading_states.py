@@ -432,7 +432,7 @@ async def test_old_files_migrate_keeping_their_halts_halted(
     finally:
         conn.close()
 
-    assert version == DB_SCHEMA_VERSION == 6
+    assert version == DB_SCHEMA_VERSION == 7
     assert halts == [
         HaltState(Scope.GLOBAL, None, "old global halt", "ops", 100.0, TradingState.HALTED),
         HaltState(Scope.BOT, "b1", "old bot halt", "ops", 200.0, TradingState.HALTED),

@@ -219,8 +219,12 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-async def _infra(args: argparse.Namespace) -> Infrastructure:
-    return await Infrastructure.create(args.env, settings=_settings(args), owner_kind="cli")
+async def _infra(args: argparse.Namespace, *, retention: bool = False) -> Infrastructure:
+    """The infrastructure of a command; ``retention``: for the commands that run
+    executions (``run``, ``executions resume``), the embedded retention task too."""
+    return await Infrastructure.create(
+        args.env, settings=_settings(args), owner_kind="cli", retention=retention
+    )
 
 
 @contextlib.asynccontextmanager
@@ -244,7 +248,7 @@ async def _kill_switch(args: argparse.Namespace) -> AsyncIterator[EmergencyContr
 async def cmd_run(args: argparse.Namespace) -> int:
     definition = load_definition(args.file)
     workflow_id = args.workflow_id or _id_of_file(Path(args.file))
-    async with await _infra(args) as infra:
+    async with await _infra(args, retention=True) as infra:
         progress = Progress(sys.stdout, as_json=args.json, workflow_id=workflow_id)
         await infra.events.subscribe("workflow_events", progress)
         executor = EnhancedWorkflowExecutor(
@@ -265,7 +269,7 @@ async def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def cmd_resume_execution(args: argparse.Namespace) -> int:
-    async with await _infra(args) as infra:
+    async with await _infra(args, retention=True) as infra:
         record = await infra.state.get_execution(args.execution_id)
         progress = Progress(sys.stdout, as_json=args.json, workflow_id=record.workflow_id)
         await infra.events.subscribe("workflow_events", progress)
@@ -685,6 +689,37 @@ async def cmd_executions(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_prune(args: argparse.Namespace) -> int:
+    """``executions prune``: remove the executions that ended more than ``--older-than``
+    days ago (default ``TRADEFLOW_RETENTION_DAYS``), calling ``prune`` until it has
+    nothing more to remove (once with ``--limit``)."""
+    settings = _settings(args)
+    days = args.older_than if args.older_than is not None else settings.retention_days
+    if args.older_than is None and not days > 0:
+        print(
+            "error: TRADEFLOW_RETENTION_DAYS is 0 (keep everything): "
+            "pass --older-than DAYS to prune anyway",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    async with await Infrastructure.create(
+        args.env, settings=settings, owner_kind="cli", retention=False
+    ) as infra:
+        ended_before = infra.clock.time() - days * 86_400
+        removed = 0
+        while True:
+            report = await infra.state.prune(ended_before, limit=args.limit or 0)
+            removed += report.removed
+            if args.limit is not None or not report.more:
+                break
+    more = " (more to remove: run it again)" if report.more else ""
+    print(
+        f"removed {removed} execution(s) that ended before {rfc3339(ended_before)}{more}; "
+        f"kept {report.kept} with an unresolved order intent (resolve, then prune again)"
+    )
+    return 0
+
+
 async def cmd_stack(args: argparse.Namespace) -> int:
     return await asyncio.to_thread(_stack, args)
 
@@ -819,7 +854,7 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
     )
     events.set_defaults(handler=cmd_events)
 
-    executions = sub.add_parser("executions", help="list, show or resume executions")
+    executions = sub.add_parser("executions", help="list, show, resume or prune executions")
     ex_sub = executions.add_subparsers(dest="action", required=True)
     ex_list = ex_sub.add_parser("list", parents=[common])
     ex_list.add_argument("--workflow")
@@ -837,6 +872,24 @@ def build_parser(default_env: str) -> argparse.ArgumentParser:
     ex_resume.add_argument("execution_id")
     ex_resume.add_argument("--prices", help="JSON price ticks replayed by price_feed nodes")
     ex_resume.set_defaults(handler=cmd_resume_execution)
+    ex_prune = ex_sub.add_parser(
+        "prune",
+        parents=[common],
+        help="remove executions that ended long ago, with their checkpoints and events "
+        "(never running, interrupted or with an unresolved order intent; never the audit log)",
+    )
+    ex_prune.add_argument(
+        "--older-than",
+        type=_non_negative_float,
+        metavar="DAYS",
+        help="ended more than this many days ago (default: $TRADEFLOW_RETENTION_DAYS, 7)",
+    )
+    ex_prune.add_argument(
+        "--limit",
+        type=_positive_int,
+        help="remove at most this many, in one call (default: all, a thousand per call)",
+    )
+    ex_prune.set_defaults(handler=cmd_prune)
     stack = sub.add_parser("stack", help="a local service stack (NATS, Redis, the three services)")
     stack.add_argument("action", choices=["up", "down", "status"])
     stack.add_argument("--dir", default=STACK_DIR, help="where logs, data and stack.json go")
@@ -976,6 +1029,16 @@ def _positive_float(text: str) -> float:
         value = math.nan
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"expected a positive number of seconds, found {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, found {text}")
     return value
 
 

@@ -8,7 +8,11 @@ executor runs on, embedded or remote, and hands them to the engine as one
   a paper exchange whose ledger is in that file too, readable console logs, and the
   trigger evaluator (``infra.triggers``: loss triggers and dead-man's switches every
   ``TRADEFLOW_TRIGGER_INTERVAL`` seconds, on the paper exchange's equity; every process
-  on one file runs one, and they count each evaluation once between them).
+  on one file runs one, and they count each evaluation once between them), and
+  retention (``infra.retention``: executions that ended more than
+  ``TRADEFLOW_RETENTION_DAYS`` ago are pruned at start and every
+  ``TRADEFLOW_RETENTION_INTERVAL`` seconds; off when the days are 0 or the caller asks
+  for none, as the CLI's short commands do).
 - ``"test"``: the same, on an in-memory database, quiet logs.
 - ``"production"``: the gRPC services, NATS and Redis (see ``tradeflow.app.remote``); the
   emergency service evaluates the triggers (``infra.triggers`` is ``None``).
@@ -22,6 +26,8 @@ renewed by heartbeat, released by :meth:`Infrastructure.close`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import importlib
 import importlib.metadata
@@ -41,7 +47,7 @@ from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
 from tradeflow.app.settings import ENVIRONMENTS, Settings
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
-from tradeflow.domain.errors import ConfigurationError
+from tradeflow.domain.errors import ConfigurationError, describe
 from tradeflow.domain.ownership import OwnerInfo
 from tradeflow.domain.records import Event, EventType
 from tradeflow.engine.nodes.registry import HttpPool
@@ -51,12 +57,14 @@ from tradeflow.engine.runtime import Durability, Runtime
 from tradeflow.engine.triggers import TriggerEvaluator
 from tradeflow.observability.logging import configure_logging, get_logger
 from tradeflow.observability.metrics import BREAKER_STATE_VALUES, Metrics
-from tradeflow.ports import EmergencyControl, Exchange, PnlSource, PriceFeed
+from tradeflow.ports import EmergencyControl, Exchange, PnlSource, PriceFeed, StateStore
 
 if TYPE_CHECKING:
     from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 
-__all__ = ["Infrastructure", "Settings"]
+__all__ = ["Infrastructure", "Retention", "Settings"]
+
+_DAY_SECONDS = 86_400.0
 
 _BREAKER_EVENTS = {
     BreakerState.OPEN: EventType.CIRCUIT_OPENED,
@@ -107,6 +115,8 @@ class Infrastructure:
         self._closed = False
         self.triggers: TriggerEvaluator | None = None
         """Embedded: the trigger evaluator (started); call ``evaluate()`` for one round."""
+        self.retention: Retention | None = None
+        """Embedded, unless off: the retention task (started); ``prune()`` for one round."""
 
     @property
     def runtime(self) -> Runtime:
@@ -141,9 +151,12 @@ class Infrastructure:
         prices: PriceFeed | None = None,
         exchange: Exchange | None = None,
         owner_kind: str = "library",
+        retention: bool = True,
     ) -> Infrastructure:
         """Build the infrastructure for ``env`` (``development``, ``test``, ``production``)
-        and take this process's lease (``owner_kind``: ``library``, ``cli``, ``executor``)."""
+        and take this process's lease (``owner_kind``: ``library``, ``cli``, ``executor``).
+        Embedded, ``retention`` starts the retention task unless
+        ``settings.retention_days`` is 0 (production: the state service prunes)."""
         if env not in ENVIRONMENTS:
             raise ConfigurationError(f"environment must be one of {ENVIRONMENTS}, found {env!r}")
         settings = settings if settings is not None else Settings.from_env(env)
@@ -214,6 +227,14 @@ class Infrastructure:
                 interval=settings.trigger_interval,
             )
             infra.triggers.start()
+            if retention and settings.retention_days > 0:
+                infra.retention = Retention(
+                    state,
+                    days=settings.retention_days,
+                    interval=settings.retention_interval,
+                    clock=clock,
+                )
+                infra.retention.start()
         return infra
 
     def _breaker_moved(self, name: str, old: BreakerState, new: BreakerState) -> None:
@@ -235,6 +256,8 @@ class Infrastructure:
         if self._closed:
             return
         self._closed = True
+        if self.retention is not None:
+            await self.retention.close()
         if self.triggers is not None:
             await self.triggers.close()
         await self.owner.stop()
@@ -257,6 +280,63 @@ class Infrastructure:
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class Retention:
+    """Embedded retention: prunes the executions that ended more than ``days`` ago (see
+    :meth:`~tradeflow.ports.StateStore.prune`) at start, then every ``interval`` seconds,
+    on ``clock`` (the one that stamps the runs' end). Each round calls ``prune`` until it
+    has nothing more to remove, letting the event loop run between calls, and logs
+    ``retention.pruned`` with the counts (at info when it removed or kept any). A round
+    that fails is logged (``retention.failed``) and the next one tries again."""
+
+    def __init__(self, state: StateStore, *, days: float, interval: float, clock: Clock) -> None:
+        self._state = state
+        self._horizon = days * _DAY_SECONDS
+        self._interval = interval
+        self._clock = clock
+        self._log = get_logger("tradeflow.retention")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background task (its first round runs at once)."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="tradeflow-retention"
+            )
+
+    async def prune(self) -> tuple[int, int]:
+        """One round: ``(removed, kept)``; ``kept``: ended before the horizon but kept for
+        an unresolved intent."""
+        ended_before = self._clock.time() - self._horizon
+        removed = 0
+        while True:
+            report = await self._state.prune(ended_before)
+            removed += report.removed
+            if not report.more:
+                break
+            await asyncio.sleep(0)  # executions run between two prunes
+        # Each call walks from the oldest end again: the last one saw every kept one.
+        kept = report.kept
+        log = self._log.info if removed or kept else self._log.debug
+        log("retention.pruned", removed=removed, kept=kept, ended_before=ended_before)
+        return removed, kept
+
+    async def close(self) -> None:
+        """Stop the task (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.prune()
+            except Exception as exc:
+                self._log.warning("retention.failed", error=describe(exc))
+            await asyncio.sleep(self._interval)
 
 
 def _pnl_source(exchange: Exchange) -> PnlSource | None:

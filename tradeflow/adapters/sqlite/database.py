@@ -35,7 +35,7 @@ from tradeflow.domain.errors import ConfigurationError, describe
 
 __all__ = ["DB_SCHEMA_VERSION", "Database", "WriteTransaction", "open_database"]
 
-DB_SCHEMA_VERSION: Final = 6
+DB_SCHEMA_VERSION: Final = 7
 """Layout version stored in ``PRAGMA user_version``.
 
 Version 3 keeps an execution's checkpoints and events as one JSON journal row
@@ -47,9 +47,12 @@ execution's ``owner``, lease ``epoch``, ``takeovers`` and ``cancel_requested``, 
 halt's trading ``state`` and ``cancel_orders`` (:class:`~tradeflow.domain.trading.TradingState`).
 Version 6 keys ``risk_limits`` by :attr:`~tradeflow.domain.records.RiskLimit.key` (limits
 per scope) with a column per option, and adds ``trigger_progress``
-(:class:`~tradeflow.domain.risk.TriggerProgress`). Files of versions 3, 4 and 5 (released)
-are migrated to 6 in place, in one transaction, when they are opened; files of versions 1 and 2 (unreleased development layouts) are
-refused rather than migrated."""
+(:class:`~tradeflow.domain.risk.TriggerProgress`). Version 7 adds the indexes listing filters
+by (status, workflow, bot, strategy) and retention walks (end time), and a compact journal
+row encoding (rows of version 6 still read as they are). Files of versions 3 to 6 (released)
+are migrated to 7 in place, in one transaction, when they are opened (version 6 only gains
+the indexes, built then: a second per 10^5 executions or so); files of versions 1 and 2
+(unreleased development layouts) are refused rather than migrated."""
 
 _MIGRATES_FROM: Final = 3
 """The oldest layout :func:`open_database` migrates (to :data:`DB_SCHEMA_VERSION`)."""
@@ -125,6 +128,7 @@ _TRIGGER_PROGRESS: Final = """trigger_progress (
     version   INTEGER NOT NULL,
     progress  TEXT NOT NULL
 ) WITHOUT ROWID"""
+_BY_STATUS: Final = "executions_by_status ON executions (status, started_at)"
 _SCHEMA: Final = (
     """CREATE TABLE IF NOT EXISTS definitions (
     digest     BLOB PRIMARY KEY,
@@ -154,6 +158,19 @@ _SCHEMA: Final = (
     ON executions (started_at, execution_id)""",
     """CREATE UNIQUE INDEX IF NOT EXISTS executions_by_request
     ON executions (request_id) WHERE request_id IS NOT NULL""",
+    # Listing filters: newest first within the filtered value (the rowid each entry holds
+    # and a sort of equal start times break ties by id). Bot and strategy are often
+    # unset: those rows cost no entry.
+    f"CREATE INDEX IF NOT EXISTS {_BY_STATUS}",
+    """CREATE INDEX IF NOT EXISTS executions_by_workflow
+    ON executions (workflow_id, started_at)""",
+    """CREATE INDEX IF NOT EXISTS executions_by_bot
+    ON executions (bot_id, started_at) WHERE bot_id IS NOT NULL""",
+    """CREATE INDEX IF NOT EXISTS executions_by_strategy
+    ON executions (strategy_id, started_at) WHERE strategy_id IS NOT NULL""",
+    # Retention: ended executions, oldest end first.
+    """CREATE INDEX IF NOT EXISTS executions_by_end
+    ON executions (finished_at) WHERE finished_at IS NOT NULL""",
     """CREATE TABLE IF NOT EXISTS batches (
     batch_id     INTEGER PRIMARY KEY,
     execution_id TEXT,
@@ -201,6 +218,10 @@ _SCHEMA: Final = (
 )
 """Run in order in one ``BEGIN IMMEDIATE`` transaction on every open (idempotent)."""
 
+# Version 6 gains indexes only (_SCHEMA creates them); this one is created first without
+# IF NOT EXISTS, so a file that already has it (one claiming an older version than it
+# is) fails at once, as for version 5 below.
+_MIGRATE_FROM_6: Final = (f"CREATE INDEX {_BY_STATUS}",)
 # A new primary key means a new table: version 5's rows are copied (global limits, keyed
 # by type). trigger_progress is created first, without IF NOT EXISTS: on a file that
 # already has it (one claiming an older version than it is) the migration fails at once.
@@ -213,6 +234,7 @@ _MIGRATE_FROM_5: Final = (
     " SELECT limit_type, limit_type, threshold, direction, auto_halt, updated_at, updated_by"
     " FROM risk_limits_v5",
     "DROP TABLE risk_limits_v5",
+    *_MIGRATE_FROM_6,
 )
 _MIGRATE_FROM_4: Final = (
     "ALTER TABLE halts ADD COLUMN state TEXT NOT NULL DEFAULT 'halted'",
@@ -226,7 +248,12 @@ _MIGRATE_FROM_3: Final = (
     "ALTER TABLE executions ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0",
     *_MIGRATE_FROM_4,
 )
-_MIGRATIONS: Final = {3: _MIGRATE_FROM_3, 4: _MIGRATE_FROM_4, 5: _MIGRATE_FROM_5}
+_MIGRATIONS: Final = {
+    3: _MIGRATE_FROM_3,
+    4: _MIGRATE_FROM_4,
+    5: _MIGRATE_FROM_5,
+    6: _MIGRATE_FROM_6,
+}
 """Run before :data:`_SCHEMA`, in its transaction, on a file of the version they are keyed
 by (which :data:`_SCHEMA` then completes with any new tables, and marks current)."""
 
@@ -400,7 +427,7 @@ def open_database(
     ``synchronous="FULL"`` also survives power loss at the cost of an fsync
     per commit.
 
-    A file of layout version 3, 4 or 5 is migrated to :data:`DB_SCHEMA_VERSION` first (one
+    A file of layout version 3 to 6 is migrated to :data:`DB_SCHEMA_VERSION` first (one
     transaction: all of it or none of it). Raises ``ConfigurationError`` if
     ``synchronous`` is unknown, the file cannot use WAL, or its layout is neither
     :data:`DB_SCHEMA_VERSION` nor migrated to it (newer, an old development layout,

@@ -35,12 +35,12 @@ a write touches as few pages as it can (6 for the executor's first write of a
   the latest checkpoint of each node wins.
 - An event's cursor is ``batch_id * 65536 + its index in the row``: an int that
   only grows across the whole file, so a tail in another process polls with the
-  last cursor it saw. Rows are never deleted, so batch ids are never reused
-  (pruning old rows would need ``AUTOINCREMENT`` to keep that promise).
-- ``executions`` has only the indexes listing newest first and the idempotency
-  key need. Filtering by workflow, bot, strategy or status scans the start-time
-  index: fine for one machine's embedded history (production state lives in
-  Redis), and every index dropped is a page write saved on every execution.
+  last cursor it saw. A prune deletes rows but never leaves the newest one deleted
+  (it stays, emptied), so batch ids are never reused.
+- ``executions`` has the indexes listing newest first, the idempotency key, each
+  listing filter (status, workflow, and bot and strategy where set) and retention
+  (end time) need: a filter, even one nothing matches, reads only its entries. Each
+  costs an entry per execution (the status one is moved at the end of a run).
 - A definition is stored once per distinct JSON text, keyed by digest, and the
   store remembers which definition objects it has written, so a bot running one
   workflow encodes its definition once, not once per execution. Definitions are
@@ -60,8 +60,8 @@ the same file, so one transaction both checks a fence and writes:
   back. ``BEGIN IMMEDIATE`` serializes the check and the write against every other
   process's claims and writes, so nothing lands between them.
 - Every read joins the record's lease (a primary-key lookup) to tell whether its
-  owner is live. :meth:`SQLiteStateStore.orphans` scans the start-time index: an
-  index on status would cost a page write at the start and the end of every run.
+  owner is live. :meth:`SQLiteStateStore.orphans` reads the status index's
+  ``running`` and ``interrupted`` entries.
 - A cancellation for a live owner waits in its lease row (``cancels``) until the
   next heartbeat takes it (acquiring the lease again keeps it), and sets the
   execution's ``cancel_requested``, which stays for whoever claims it next.
@@ -87,6 +87,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sqlite3
+import zlib
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
@@ -104,7 +105,6 @@ from tradeflow.domain.codec import (
     encode_page_token,
     from_json,
     to_json_bytes,
-    to_json_or_null,
 )
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
 from tradeflow.domain.errors import (
@@ -112,11 +112,14 @@ from tradeflow.domain.errors import (
     InvalidRequest,
     LeaseLost,
     OwnerAlive,
+    TradeflowError,
     UnavailableError,
     describe,
 )
 from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    PRUNE_LIMIT_DEFAULT,
+    PRUNE_LIMIT_MAX,
     ActionGuard,
     Checkpoint,
     CheckpointState,
@@ -125,7 +128,9 @@ from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
+    PruneReport,
     StateBatch,
+    unresolved_intent,
 )
 from tradeflow.domain.trading import TradingState
 
@@ -268,8 +273,76 @@ _SELECT_EXECUTION_BATCHES: Final = (
 )
 
 
+_SELECT_NEWEST_BATCH: Final = "SELECT max(batch_id) FROM batches"
+# ?1 horizon, (?2, ?3) the (finished_at, rowid) last seen, ?4 how many. Oldest end first,
+# on the executions_by_end index (its entries hold the rowid: the tie-break; the unary +
+# keeps SQLite from preferring the status index).
+_SELECT_ENDED: Final = (
+    "SELECT rowid, finished_at, execution_id FROM executions"
+    " WHERE finished_at < ?1 AND (finished_at, rowid) > (?2, ?3)"
+    " AND +status IN ('completed', 'failed', 'halted', 'cancelled')"
+    " ORDER BY finished_at, rowid LIMIT ?4"
+)
+_DELETE_EXECUTION_BATCHES: Final = (
+    "DELETE FROM batches WHERE batch_id IN (SELECT b.batch_id FROM executions AS e"
+    " JOIN batches AS b ON b.batch_id BETWEEN e.first_batch AND e.last_batch"
+    " AND b.execution_id = e.execution_id WHERE e.execution_id = ?1)"
+)
+_DELETE_ORPHAN_BATCHES: Final = "DELETE FROM batches WHERE orphan IS NOT NULL AND execution_id = ?1"
+_DELETE_EXECUTION: Final = "DELETE FROM executions WHERE rowid = ?"
+# The newest row, if a prune deleted it, comes back empty: the next row then takes a
+# larger id, as a cursor a tail holds expects.
+_KEEP_NEWEST_BATCH: Final = (
+    "INSERT INTO batches (batch_id, execution_id, body) VALUES (?, NULL, ?)"
+    " ON CONFLICT (batch_id) DO NOTHING"
+)
+
+
+_PACKED: Final = b"\x01"
+"""First byte of a packed value (:func:`_pack`); JSON starts with ``[`` or ``{``."""
+_ZDICT: Final = (
+    b'"execution_id","workflow_id","correlation_id","results":{"errors":{},"skipped":[],'
+    b'"error":null,"started_at":"20","finished_at":"20","duration_ms":'
+    b'"execution_halted","execution_failed","execution_cancelled","execution_interrupted",'
+    b'"node_failed","node_skipped","node_retrying","failed","skipped","intent",'
+    b'{"price":,"bid":,"ask":,"spread":,"timestamp":,"ok":true,"threshold":,"qty":'
+    b'"order_id":","client_order_id":"status":"filled","filled_quantity":,"avg_price":'
+    b',"reason":null,"denial":null},"triggered":true,"value":{"result":true},'
+    b'["execution_started",null,1,{}],["node_started",{}],["node_completed",'
+    b'{"outputs":{,"duration_ms":0.00}],"completed",null,1],["execution_completed",'
+    b'{"status":"completed","duration_ms":'
+)
+"""The preset dictionary of :func:`_pack`: the words an execution's rows repeat, so a
+small row compresses too. Packed rows depend on it: never change it (a new dictionary
+needs a new first byte)."""
+
+
+def _pack(encoded: bytes) -> bytes:
+    """``encoded`` JSON, deflated against :data:`_ZDICT` behind the :data:`_PACKED` byte.
+    A 4 KiB window and small memory level: a row is a few kB, and a larger setup costs
+    more than the compression itself."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, -12, 4, zdict=_ZDICT)
+    return _PACKED + packer.compress(encoded) + packer.flush()
+
+
+def _unpack(stored: bytes | str | None) -> bytes | str | None:
+    """The JSON of a stored value: packed (:func:`_pack`) or, from files of version 6 or
+    older, as it was written."""
+    if isinstance(stored, bytes) and stored[:1] == _PACKED:
+        return zlib.decompressobj(-12, zdict=_ZDICT).decompress(memoryview(stored)[1:])
+    return stored
+
+
+def _packed_result(result: dict[str, Any] | None) -> bytes | None:
+    """The ``result`` column: NULL for ``None`` or ``{}``, else packed JSON."""
+    return _pack(to_json_bytes(result)) if result else None
+
+
 _Row = tuple[Any, ...]
 _JournalRow = tuple[str | None, bytes]
+_Prepared = tuple[tuple[str, _Row] | None, tuple[bytes, str] | None, list[_JournalRow]]
+"""What ``SQLiteStateStore._prepare`` encodes for a batch: its record statement and
+values, the definition row to insert, its journal rows."""
 
 # Slices of the records, one C call each: cheaper than attrgetter's field-by-field
 # lookups, which the write path would pay for every event and checkpoint.
@@ -309,39 +382,115 @@ class SQLiteStateStore:
     async def write(self, batch: StateBatch) -> None:
         """See the port; a refused fence raises ``LeaseLost``, and a guard the halts refuse
         ``EmergencyHalted`` (checked after the fence), with nothing written."""
+        prepared = self._prepare(batch)
+        # Everything is encoded before the transaction starts: the write lock, which
+        # other processes wait on, is held only for the statements themselves.
+        with self._txn:
+            _apply(self._writer, batch, prepared, self._clock)
+        self._written(batch, prepared)
+
+    async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
+        """See the port: one transaction (one commit) for all of them, each batch in a
+        savepoint of its own, so a batch refused (``LeaseLost``, ``EmergencyHalted``, a
+        value JSON cannot encode or a constraint refuses: ``InvalidRequest``) is rolled
+        back alone. A SQLite error other than a constraint (the file locked past the busy
+        timeout, disk full...) rolls all of them back and raises ``UnavailableError``."""
+        outcomes: list[TradeflowError | None] = [None] * len(batches)
+        prepared: list[_Prepared | None] = []
+        for i, batch in enumerate(batches):
+            try:
+                prepared.append(self._prepare(batch))
+            except TypeError as exc:
+                outcomes[i] = InvalidRequest("batch", "values JSON can encode", describe(exc))
+                prepared.append(None)
+        writer = self._writer
+        try:
+            with self._txn:
+                for i, (batch, ready) in enumerate(zip(batches, prepared, strict=True)):
+                    if ready is None:
+                        continue
+                    writer.execute("SAVEPOINT batch")
+                    try:
+                        _apply(writer, batch, ready, self._clock)
+                    except (TradeflowError, sqlite3.IntegrityError) as exc:
+                        writer.execute("ROLLBACK TO batch")
+                        outcomes[i] = (
+                            exc
+                            if isinstance(exc, TradeflowError)
+                            else InvalidRequest(
+                                "batch", "a batch the store's constraints admit", describe(exc)
+                            )
+                        )
+                    writer.execute("RELEASE batch")
+        except sqlite3.Error as exc:
+            raise UnavailableError(f"sqlite: {describe(exc)}") from exc
+        for batch, ready, outcome in zip(batches, prepared, outcomes, strict=True):
+            if ready is not None and outcome is None:
+                self._written(batch, ready)
+        return outcomes
+
+    async def prune(self, ended_before: float, *, limit: int = PRUNE_LIMIT_DEFAULT) -> PruneReport:
+        """See the port. ``limit`` 0 (or less) means :data:`PRUNE_LIMIT_DEFAULT`, more
+        than :data:`PRUNE_LIMIT_MAX` is that. One write transaction walks the ended
+        executions oldest end first (the ``executions_by_end`` index), folds each one's
+        checkpoints and removes it with its journal rows unless one is an unresolved
+        intent: a claim (which makes an execution running) either committed before, and
+        the execution is no longer a candidate, or waits for this transaction. The
+        journal's newest row is never deleted, only emptied, so batch ids (event cursors)
+        are never reused. Definitions stay (they are shared, and few)."""
+        if not ended_before == ended_before:  # NaN
+            raise InvalidRequest("ended_before", "a time in epoch seconds", ended_before)
+        limit = PRUNE_LIMIT_DEFAULT if limit <= 0 else min(limit, PRUNE_LIMIT_MAX)
+        writer = self._writer
+        removed = kept = 0
+        after: tuple[float, int] = (-math.inf, 0)
+        with self._txn:
+            (newest,) = writer.execute(_SELECT_NEWEST_BATCH).fetchone()
+            while removed < limit:
+                candidates = writer.execute(
+                    _SELECT_ENDED, (ended_before, *after, limit - removed)
+                ).fetchall()
+                if not candidates:
+                    break
+                for rowid, finished_at, execution_id in candidates:
+                    after = (finished_at, rowid)
+                    if _has_unresolved_intent(writer, execution_id):
+                        kept += 1
+                        continue
+                    writer.execute(_DELETE_EXECUTION_BATCHES, (execution_id,))
+                    writer.execute(_DELETE_ORPHAN_BATCHES, (execution_id,))
+                    writer.execute(_DELETE_EXECUTION, (rowid,))
+                    removed += 1
+            if newest is not None and removed:
+                writer.execute(_KEEP_NEWEST_BATCH, (newest, _EMPTY_BODY))
+        return PruneReport(removed=removed, kept=kept, more=removed >= limit)
+
+    def _prepare(self, batch: StateBatch) -> _Prepared:
+        """What :func:`_apply` writes for ``batch``, encoded (outside the transaction)."""
         execution = batch.execution
-        own = None if execution is None else execution.execution_id
-        fence = batch.fence
-        owner, epoch = (None, 0) if fence is None else fence
         record: tuple[str, _Row] | None = None
         definition: tuple[bytes, str] | None = None
         if execution is not None:
-            if own in self._live:
+            if execution.execution_id in self._live:
                 record = _UPDATE_EXECUTION, _execution_update_row(execution)
             else:
                 digest, definition = self._definition_digest(execution.definition)
                 record = _UPSERT_EXECUTION, _execution_row(execution, digest)
-        rows = _journal_rows(batch.events, batch.checkpoints)
-        writer = self._writer
-        # Everything is encoded before the transaction starts: the write lock, which
-        # other processes wait on, is held only for the statements themselves.
-        with self._txn:
-            _admit(writer, batch, self._clock)
-            if definition is not None:
-                writer.execute(_INSERT_DEFINITION, definition)
-            first, last = _insert_journal(writer, rows, own, owner, epoch)
-            if record is not None:
-                sql, values = record
-                if not writer.execute(sql, (*values, first, last, owner, epoch)).rowcount:
-                    raise _owned_elsewhere(writer, own, owner, epoch)
-        if execution is not None:
-            # Only after the commit: what was rolled back must be written again.
-            if definition is not None:
-                self._remember(execution.definition, definition[0])
-            if execution.status is ExecutionStatus.RUNNING:
-                self._live.add(execution.execution_id)
-            else:
-                self._live.discard(execution.execution_id)
+        return record, definition, _journal_rows(batch.events, batch.checkpoints)
+
+    def _written(self, batch: StateBatch, prepared: _Prepared) -> None:
+        """Remember what ``batch`` wrote, once committed (what was rolled back must be
+        written again)."""
+        execution = batch.execution
+        if execution is None:
+            return
+        definition = prepared[1]
+        if definition is not None:
+            self._remember(execution.definition, definition[0])
+        if execution.status is ExecutionStatus.RUNNING:
+            self._live.add(execution.execution_id)
+        else:
+            self._live.discard(execution.execution_id)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
         row = self._conn.execute(_SELECT_EXECUTION, (self._clock.time(), execution_id)).fetchone()
@@ -354,7 +503,7 @@ class SQLiteStateStore:
         return None if row is None else _execution_record(row)
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
-        """See the port. The filters other than time have no index: they scan newest first."""
+        """See the port. Each filter has an index (``executions_by_*``); SQLite picks one."""
         where: list[str] = []
         params: list[Any] = [self._clock.time()]
         for condition, value in (
@@ -417,7 +566,7 @@ class SQLiteStateStore:
         rows = self._conn.execute(_SELECT_EXECUTION_BATCHES + " DESC", (execution_id, 0))
         with closing(rows):
             for _, _, body in rows:
-                events = from_json(body)[1]
+                events = from_json(_unpack(body))[1]
                 if events:
                     return int(max(sequence for _, _, sequence, *_ in events))
         return 0
@@ -552,12 +701,12 @@ class SQLiteStateStore:
 
 def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
     """The first 12 values of :data:`_UPSERT_EXECUTION` (the journal range follows)."""
-    return (*_execution_fields(r), definition, to_json_or_null(r.result))
+    return (*_execution_fields(r), definition, _packed_result(r.result))
 
 
 def _execution_update_row(r: ExecutionRecord) -> _Row:
     """The first 5 values of :data:`_UPDATE_EXECUTION` (the journal range follows)."""
-    return (r.execution_id, r.status.value, r.finished_at, r.error, to_json_or_null(r.result))
+    return (r.execution_id, r.status.value, r.finished_at, r.error, _packed_result(r.result))
 
 
 def _execution_record(row: _Row) -> ExecutionRecord:
@@ -574,7 +723,7 @@ def _execution_record(row: _Row) -> ExecutionRecord:
         request_id=row[8],
         error=row[9],
         definition=from_json(row[10]),
-        result=from_json(row[11]),
+        result=from_json(_unpack(row[11])),
         owner=row[12],
         epoch=row[13],
         takeovers=row[14],
@@ -624,6 +773,32 @@ def _admit(cursor: sqlite3.Cursor, batch: StateBatch, clock: Clock) -> None:
         _check_fence(cursor, batch, owner, epoch, clock.time())
     if batch.guard is not None:
         _check_guard(cursor, batch.guard)
+
+
+def _apply(cursor: sqlite3.Cursor, batch: StateBatch, prepared: _Prepared, clock: Clock) -> None:
+    """Write ``batch`` (encoded by ``SQLiteStateStore._prepare``) inside the caller's
+    transaction: admitted (:func:`_admit`), then its definition, journal rows and record."""
+    record, definition, rows = prepared
+    execution = batch.execution
+    own = None if execution is None else execution.execution_id
+    owner, epoch = (None, 0) if batch.fence is None else batch.fence
+    _admit(cursor, batch, clock)
+    if definition is not None:
+        cursor.execute(_INSERT_DEFINITION, definition)
+    first, last = _insert_journal(cursor, rows, own, owner, epoch)
+    if record is not None:
+        sql, values = record
+        if not cursor.execute(sql, (*values, first, last, owner, epoch)).rowcount:
+            raise _owned_elsewhere(cursor, own, owner, epoch)
+
+
+def _has_unresolved_intent(cursor: sqlite3.Cursor, execution_id: str) -> bool:
+    """Whether the latest checkpoint of some node of ``execution_id`` is an unresolved
+    intent (:func:`~tradeflow.domain.records.unresolved_intent`)."""
+    latest: dict[str, Checkpoint] = {}
+    for _, _, body in cursor.execute(_SELECT_EXECUTION_BATCHES, (execution_id, 0)).fetchall():
+        _fold_checkpoints(latest, execution_id, body)
+    return any(map(unresolved_intent, latest.values()))
 
 
 def _check_fence(
@@ -735,15 +910,18 @@ def _insert_journal(
 def _journal_body(
     shared: Sequence[str | None], events: Sequence[Event], checkpoints: Sequence[Checkpoint]
 ) -> bytes:
-    """``shared``: the ids every event of the row has, as in the module docstring."""
-    return to_json_bytes(
-        (shared, list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
+    """``shared``: the ids every event of the row has, as in the module docstring;
+    packed (:func:`_pack`)."""
+    return _pack(
+        to_json_bytes(
+            (shared, list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
+        )
     )
 
 
 def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
     """The ``(cursor, event)`` pairs of one journal row."""
-    (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(body)
+    (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(_unpack(body))
     ids = (correlation_id, execution_id, workflow_id, bot_id, strategy_id)
     base = batch_id * _ROW_EVENTS
     return [
@@ -754,7 +932,7 @@ def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tu
 
 def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: bytes) -> None:
     """Apply one journal row's checkpoints to ``latest`` (node id -> checkpoint)."""
-    for node_id, state, updated_at, outputs, error, attempt in from_json(body)[2]:
+    for node_id, state, updated_at, outputs, error, attempt in from_json(_unpack(body))[2]:
         latest[node_id] = Checkpoint(
             execution_id,
             node_id,
@@ -764,3 +942,7 @@ def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: by
             error,
             attempt,
         )
+
+
+_EMPTY_BODY: Final = _journal_body((None, None, None, None), (), ())
+"""A journal row with no events and no checkpoints (what a pruned newest row becomes)."""
