@@ -4,7 +4,7 @@
 
 import sys
 
-from bench import barrier, embedded, services, sqlite_write, state_service
+from bench import barrier, embedded, footprint, services, sqlite_write, state_service
 
 PARTS = {
     "embedded": embedded,
@@ -12,6 +12,7 @@ PARTS = {
     "state_service": state_service,
     "services": services,
     "barrier": barrier,
+    "footprint": footprint,
 }
 
 unknown = [name for name in sys.argv[1:] if name not in PARTS]
