@@ -9,6 +9,11 @@ median/p99 of each write:
 - through the state service: :class:`~tradeflow.adapters.grpc.state_client.StateClient` ->
   gRPC -> ``python -m state_service`` (a real subprocess) -> the same store.
 
+It also prints the store's footprint (``MEMORY USAGE`` of every key under its prefix,
+its shared streams and indexes included, divided by the executions written; target
+<= 2 kB) and Redis's own time per write script (``INFO commandstats``: ``usec_per_call``
+of ``EVALSHA``).
+
 redis-server and the service run on free ports of this machine, in a temporary
 directory, and are stopped afterwards.
 """
@@ -41,13 +46,31 @@ def _state_service(workdir: Path, redis_url: str) -> ServerProcess:
     return service_process("state", free_port(), workdir, env)
 
 
-async def _direct(redis_url: str, executions: int, warmup: int) -> WriteTimings:
+FOOTPRINT_TARGET_BYTES = 2048
+
+
+async def _direct(redis_url: str, executions: int, warmup: int) -> tuple[WriteTimings, str]:
+    """The timings on the store, and the lines of its footprint and script time."""
     client = aioredis.from_url(redis_url)
     try:
+        await client.config_resetstat()
         store = RedisStateStore(client, prefix="bench-direct")
-        return await time_typical_writes(store, executions, warmup)
+        timings = await time_typical_writes(store, executions, warmup)
+        stats = await client.info("commandstats")
+        total = 0
+        async for key in client.scan_iter(match="bench-direct:*", count=1000):
+            total += int(await client.memory_usage(key, samples=0) or 0)
     finally:
         await client.aclose()
+    per_execution = total / (executions + warmup)
+    verdict = "met" if per_execution <= FOOTPRINT_TARGET_BYTES else "MISSED"
+    script = stats.get("cmdstat_evalsha", {})
+    return timings, (
+        f" redis store footprint {per_execution:8.0f} bytes per execution "
+        f"(target <= {FOOTPRINT_TARGET_BYTES}: {verdict})\n"
+        f" redis time per write script {float(script.get('usec_per_call', 0.0)):6.1f} us "
+        f"({script.get('calls', 0)} calls)"
+    )
 
 
 async def _through_service(address: str, executions: int, warmup: int) -> WriteTimings:
@@ -64,7 +87,7 @@ def main(executions: int = 3000, warmup: int = 300) -> None:
         root = Path(directory)
         redis = redis_process(root / "redis", free_port()).start()
         try:
-            direct = asyncio.run(_direct(redis.url, executions, warmup))
+            direct, store_lines = asyncio.run(_direct(redis.url, executions, warmup))
             service = _state_service(root / "state", redis.url).start()
             try:
                 address = f"127.0.0.1:{service.port}"
@@ -77,6 +100,7 @@ def main(executions: int = 3000, warmup: int = 300) -> None:
     for name, timings in (("redis store", direct), ("state service", remote)):
         print(f" {name}")
         print("\n".join(timings.lines()))
+    print(store_lines)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
-from servers import ServerProcess, Service, start_service
+from servers import ServerProcess, Service, free_port, start_service
 
 from tradeflow.adapters.grpc.state_client import StateClient
+from tradeflow.app.devstack import service_process
 from tradeflow.proto.state.v1 import state_service_pb2
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "start_state_service",
     "state_client",
     "state_service",
+    "state_service_process",
 ]
 
 STATE_SERVICE_NAME = state_service_pb2.DESCRIPTOR.services_by_name["StateService"].full_name
@@ -33,6 +35,27 @@ STATE_SERVICE_NAME = state_service_pb2.DESCRIPTOR.services_by_name["StateService
 def start_state_service(redis_url: str, workdir: Path) -> Service:
     """A state service on Redis ``redis_url``, logging to ``workdir/state.log``."""
     return start_service("state", STATE_SERVICE_NAME, workdir, {"TRADEFLOW_REDIS_URL": redis_url})
+
+
+def state_service_process(
+    redis_url: str, workdir: Path, prefix: str, env: dict[str, str]
+) -> ServerProcess:
+    """A plaintext state service on Redis ``redis_url`` and key ``prefix``, with ``env``,
+    not started: its ``start()`` returns once it listens (not once it serves), and a
+    test may kill it while it starts."""
+    return service_process(
+        "state",
+        free_port(),
+        workdir,
+        {
+            "TRADEFLOW_STATE_METRICS_PORT": str(free_port()),
+            "TRADEFLOW_REDIS_URL": redis_url,
+            "TRADEFLOW_REDIS_PREFIX": prefix,
+            "TRADEFLOW_GRPC_PLAINTEXT": "true",
+            "TRADEFLOW_LOG_LEVEL": "info",
+            **env,
+        },
+    )
 
 
 @pytest.fixture(scope="module")

@@ -325,22 +325,9 @@ async def test_last_sequence_is_the_highest_event_sequence_of_the_execution(
 
 # -- group commit and retention (issue 12) ----------------------------------------------
 
-ISSUE_12_PENDING: Final = frozenset({"redis", "service"})
-"""State store params whose write_many/prune are still being built (issue 12): their
-tests skip there until the adapter lands; remove a param once it does."""
-
 ANCIENT: Final = 1_000.0
 """End times of executions the retention tests prune (1970): no other test writes one,
 so a prune up to them on a shared store removes nothing else."""
-
-
-@pytest.fixture
-def group_store(state_store: StateStore, request: pytest.FixtureRequest) -> StateStore:
-    """``state_store``, skipped for an adapter still without write_many/prune."""
-    param = request.node.callspec.params["state_store"]
-    if param in ISSUE_12_PENDING:
-        pytest.skip(f"write_many/prune on {param}: in progress (issue 12)")
-    return state_store
 
 
 def ended(record: ExecutionRecord, status: ExecutionStatus, at: float) -> ExecutionRecord:
@@ -359,14 +346,14 @@ async def prune_all(store: StateStore, before: float) -> tuple[int, int]:
             return removed, report.kept
 
 
-async def test_write_many_writes_each_batch_on_its_own(group_store: StateStore, uid: str) -> None:
+async def test_write_many_writes_each_batch_on_its_own(state_store: StateStore, uid: str) -> None:
     """write_many answers one outcome per batch in order: a batch whose fence is refused
     is not written, and the batches around it are."""
-    lease = await group_store.acquire_lease(OwnerInfo(f"{uid}-owner", "cli", "host", 4242), 30.0)
+    lease = await state_store.acquire_lease(OwnerInfo(f"{uid}-owner", "cli", "host", 4242), 30.0)
     a = execution(f"{uid}-a", f"{uid}-wf")
     refused = execution(f"{uid}-refused", f"{uid}-wf")
     b = execution(f"{uid}-b", f"{uid}-wf", started_at=BASE_TIME + 1)
-    outcomes = await group_store.write_many(
+    outcomes = await state_store.write_many(
         [
             StateBatch(execution=a, events=(event(a, 1),), fence=lease.fence),
             StateBatch(execution=refused, fence=(lease.fence[0], lease.fence[1] + 1000)),
@@ -379,31 +366,31 @@ async def test_write_many_writes_each_batch_on_its_own(group_store: StateStore, 
     )
 
     assert [type(outcome).__name__ for outcome in outcomes] == ["NoneType", "LeaseLost", "NoneType"]
-    assert (await group_store.get_execution(a.execution_id)).execution_id == a.execution_id
-    assert [e for _, e in await group_store.read_events(execution_id=a.execution_id)] == [
+    assert (await state_store.get_execution(a.execution_id)).execution_id == a.execution_id
+    assert [e for _, e in await state_store.read_events(execution_id=a.execution_id)] == [
         event(a, 1)
     ]
-    assert set(await group_store.get_checkpoints(b.execution_id)) == {"quote"}
+    assert set(await state_store.get_checkpoints(b.execution_id)) == {"quote"}
     with pytest.raises(ExecutionNotFound):
-        await group_store.get_execution(refused.execution_id)
+        await state_store.get_execution(refused.execution_id)
 
 
 async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
-    group_store: StateStore, uid: str
+    state_store: StateStore, uid: str
 ) -> None:
     """prune removes executions ended before the horizon, oldest end first, ``limit`` at a
     time (``more`` while it may remove more), with their checkpoints and events; never a
     running or interrupted one, one ended after the horizon, or one whose latest
     checkpoint is an unresolved intent (counted in ``kept``)."""
     horizon = ANCIENT + 100
-    _, kept_before = await prune_all(group_store, horizon)
+    _, kept_before = await prune_all(state_store, horizon)
     gone: list[ExecutionRecord] = []
     for n, status in enumerate(
         (ExecutionStatus.FAILED, ExecutionStatus.COMPLETED, ExecutionStatus.CANCELLED)
     ):
         record = execution(f"{uid}-gone{n}", f"{uid}-wf", started_at=ANCIENT - 10)
         done = ended(record, status, ANCIENT + n)
-        await group_store.write(
+        await state_store.write(
             StateBatch(
                 execution=done,
                 checkpoints=(checkpoint(record, "quote", CheckpointState.COMPLETED),),
@@ -411,7 +398,7 @@ async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
             )
         )
         gone.append(done)
-    running = await start(group_store, execution(f"{uid}-running", f"{uid}-wf", started_at=1.0))
+    running = await start(state_store, execution(f"{uid}-running", f"{uid}-wf", started_at=1.0))
     interrupted = ended(
         execution(f"{uid}-interrupted", f"{uid}-wf", started_at=1.0),
         ExecutionStatus.INTERRUPTED,
@@ -424,9 +411,9 @@ async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
         ANCIENT - 1,
     )
     for record in (interrupted, recent):
-        await start(group_store, record)
+        await start(state_store, record)
     order = {"client_order_id": f"{intent.execution_id}:buy"}
-    await group_store.write(
+    await state_store.write(
         StateBatch(
             execution=intent,
             checkpoints=(
@@ -435,56 +422,56 @@ async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
         )
     )
 
-    first = await group_store.prune(horizon, limit=2)
+    first = await state_store.prune(horizon, limit=2)
     assert (first.removed, first.more) == (2, True)
     for record in gone[:2]:
         with pytest.raises(ExecutionNotFound):
-            await group_store.get_execution(record.execution_id)
-    await group_store.get_execution(gone[2].execution_id)
+            await state_store.get_execution(record.execution_id)
+    await state_store.get_execution(gone[2].execution_id)
 
-    removed, kept = await prune_all(group_store, horizon)
+    removed, kept = await prune_all(state_store, horizon)
     assert (removed, kept) == (1, kept_before + 1)
     for record in gone:
         with pytest.raises(ExecutionNotFound):
-            await group_store.get_execution(record.execution_id)
-        assert await group_store.get_checkpoints(record.execution_id) == {}
-        assert await group_store.read_events(execution_id=record.execution_id) == []
+            await state_store.get_execution(record.execution_id)
+        assert await state_store.get_checkpoints(record.execution_id) == {}
+        assert await state_store.read_events(execution_id=record.execution_id) == []
     for record in (running, interrupted, recent, intent):
-        assert (await group_store.get_execution(record.execution_id)).status is record.status
-    assert set(await group_store.get_checkpoints(intent.execution_id)) == {"buy"}
+        assert (await state_store.get_execution(record.execution_id)).status is record.status
+    assert set(await state_store.get_checkpoints(intent.execution_id)) == {"buy"}
 
 
 async def test_prune_never_removes_an_execution_a_resume_claimed(
-    group_store: StateStore, uid: str
+    state_store: StateStore, uid: str
 ) -> None:
     """A prune racing the claim of an ended execution (a manual resume) either removes it
     before the claim, which then finds nothing, or leaves the claimed, running execution
     whole; claimed first, it is never a candidate."""
-    lease = await group_store.acquire_lease(OwnerInfo(f"{uid}-owner", "cli", "host", 4242), 30.0)
+    lease = await state_store.acquire_lease(OwnerInfo(f"{uid}-owner", "cli", "host", 4242), 30.0)
     horizon = ANCIENT + 100
     raced = execution(f"{uid}-raced", f"{uid}-wf", started_at=ANCIENT - 10)
     claimed = execution(f"{uid}-claimed", f"{uid}-wf", started_at=ANCIENT - 10)
     for record in (raced, claimed):
-        await start(group_store, ended(record, ExecutionStatus.FAILED, ANCIENT))
+        await start(state_store, ended(record, ExecutionStatus.FAILED, ANCIENT))
 
-    await group_store.claim(claimed.execution_id, lease)
-    await prune_all(group_store, horizon)
-    assert (await group_store.get_execution(claimed.execution_id)).status is ExecutionStatus.RUNNING
+    await state_store.claim(claimed.execution_id, lease)
+    await prune_all(state_store, horizon)
+    assert (await state_store.get_execution(claimed.execution_id)).status is ExecutionStatus.RUNNING
 
     claim, _ = await asyncio.gather(
-        group_store.claim(raced.execution_id, lease),
-        group_store.prune(horizon),
+        state_store.claim(raced.execution_id, lease),
+        state_store.prune(horizon),
         return_exceptions=True,
     )
     if isinstance(claim, ExecutionNotFound):
         with pytest.raises(ExecutionNotFound):
-            await group_store.get_execution(raced.execution_id)
+            await state_store.get_execution(raced.execution_id)
     else:
         assert not isinstance(claim, BaseException), claim
-        record = await group_store.get_execution(raced.execution_id)
+        record = await state_store.get_execution(raced.execution_id)
         assert record.status is ExecutionStatus.RUNNING
-        await prune_all(group_store, horizon)
-        assert (await group_store.get_execution(raced.execution_id)).owner == lease.fence[0]
+        await prune_all(state_store, horizon)
+        assert (await state_store.get_execution(raced.execution_id)).owner == lease.fence[0]
 
 
 # -- emergency control ------------------------------------------------------------------

@@ -4,30 +4,43 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from kit import DEADLINE_SECONDS, checkpoint, event, execution
+from kit import DEADLINE_SECONDS, checkpoint, event, eventually, execution
 from servers import ServerProcess
+from state_fixtures import state_service_process
 
 from tradeflow.adapters.redis.connection import connect
+from tradeflow.adapters.redis.emergency import RedisEmergencyStore
 from tradeflow.adapters.redis.state import RedisStateStore
+from tradeflow.domain.clock import SystemClock
 from tradeflow.domain.errors import (
     ConfigurationError,
+    EmergencyHalted,
     ExecutionNotFound,
     InvalidRequest,
     LeaseLost,
     OwnerAlive,
+    UnavailableError,
 )
 from tradeflow.domain.ownership import Claim, Heartbeat, OwnerInfo
 from tradeflow.domain.records import (
+    ActionGuard,
+    AuditEntry,
     Checkpoint,
     CheckpointState,
     ExecutionQuery,
     ExecutionStatus,
+    HaltState,
+    PruneReport,
+    Scope,
     StateBatch,
 )
+from tradeflow.domain.trading import OrderEffect, TradingState
 
 pytestmark = pytest.mark.integration
 
@@ -612,3 +625,310 @@ def test_a_malformed_url_names_its_setting(url: str) -> None:
     """connect() turns a malformed Redis URL into a ConfigurationError naming the variable."""
     with pytest.raises(ConfigurationError, match="TRADEFLOW_REDIS_URL is malformed"):
         connect(url)
+
+
+async def keys_of(client: aioredis.Redis, prefix: str) -> set[str]:
+    """Every key under ``prefix`` (the state's, not the emergency state's)."""
+    return {key.decode() async for key in client.scan_iter(match=f"{prefix}:*")}
+
+
+@pytest.mark.asyncio
+async def test_write_many_gives_each_batch_its_own_outcome_in_one_round_trip(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Three batches in one call: one refused by its fence, one by a halt, one written;
+    one script call each, and only the written one is stored."""
+    emergency = RedisEmergencyStore(client, prefix=prefix, clock=SystemClock())
+    await emergency.save_halt(
+        HaltState(Scope.BOT, "bot-1", "test", "test", 1.0, TradingState.HALTED),
+        AuditEntry(0, 1.0, "test", "halt", Scope.BOT, "bot-1", "test"),
+    )
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+    await store.write(StateBatch(execution=execution("owned"), fence=lease.fence))
+    other = await store.acquire_lease(owner("b"), LEASE_SECONDS)
+    batches = [
+        StateBatch(execution=execution("owned"), fence=other.fence),
+        StateBatch(
+            execution=execution("halted", bot_id="bot-1"),
+            checkpoints=(checkpoint("halted", "buy", CheckpointState.INTENT),),
+            guard=ActionGuard("wf", "bot-1", None, OrderEffect.OPENS),
+        ),
+        StateBatch(
+            execution=execution("fine"),
+            checkpoints=(checkpoint("fine", "quote"),),
+            events=(event("fine", 1),),
+        ),
+    ]
+    before = await script_calls(client)
+
+    fenced, halted, written = await store.write_many(batches)
+
+    assert await script_calls(client) == before + 3
+    assert isinstance(fenced, LeaseLost) and "owned by a" in str(fenced)
+    assert isinstance(halted, EmergencyHalted)
+    assert written is None
+    assert await store.get_execution("fine") == batches[2].execution
+    assert [e for _, e in await store.read_events(execution_id="fine")] == [event("fine", 1)]
+    with pytest.raises(ExecutionNotFound):
+        await store.get_execution("halted")
+    assert (await store.get_execution("owned")).owner == "a"
+    assert await store.write_many([]) == []
+
+
+@pytest.mark.asyncio
+async def test_write_many_refuses_only_the_batch_it_cannot_encode(store: RedisStateStore) -> None:
+    """A batch holding a value JSON cannot encode is refused on its own (InvalidRequest,
+    field batch); the others of the call are written."""
+    bad = Checkpoint("e1", "broken", CheckpointState.COMPLETED, 1.0, {"not json": object()})
+    batches = [
+        StateBatch(execution=execution("e1"), checkpoints=(bad,)),
+        StateBatch(execution=execution("e2")),
+    ]
+
+    refused, written = await store.write_many(batches)
+
+    assert isinstance(refused, InvalidRequest) and refused.field == "batch"
+    assert written is None
+    assert await ids(store) == ["e2"]
+
+
+@pytest.mark.asyncio
+async def test_write_many_reloads_the_script_a_restarted_server_lost(
+    store: RedisStateStore, client: aioredis.Redis
+) -> None:
+    """After SCRIPT FLUSH, a group commit loads the write script again and writes every batch."""
+    await client.script_flush()
+
+    outcomes = await store.write_many([StateBatch(execution=execution(f"e{i}")) for i in range(3)])
+
+    assert outcomes == [None, None, None]
+    assert await ids(store) == ["e2", "e1", "e0"]
+
+
+def ended(execution_id: str, status: ExecutionStatus, at: float, **fields: Any) -> StateBatch:
+    """A batch of an execution that ended ``status`` at ``at`` (started a second before),
+    with one completed checkpoint and two events unless ``fields`` say otherwise."""
+    fields.setdefault("checkpoints", (checkpoint(execution_id, "quote"),))
+    fields.setdefault("events", (event(execution_id, 1), event(execution_id, 2)))
+    record = execution(
+        execution_id,
+        started_at=at - 1,
+        status=status,
+        finished_at=at,
+        request_id=f"r-{execution_id}",
+    )
+    return StateBatch(execution=record, **fields)
+
+
+@pytest.mark.asyncio
+async def test_prune_removes_every_trace_of_ended_executions_and_keeps_the_rest(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Executions that ended before the horizon go with their checkpoints, events (in
+    both streams), index members and request id; running, interrupted, recent ones and
+    those with an unresolved intent stay (counted as kept); the emergency audit stays."""
+    emergency = RedisEmergencyStore(client, prefix=prefix, clock=SystemClock())
+    await emergency.append_audit(AuditEntry(0, 1.0, "test", "halt", Scope.GLOBAL, None, "x"))
+    audit_before = await emergency.audit_entries(10)
+    pristine = await keys_of(client, prefix)
+    for status in (
+        ExecutionStatus.COMPLETED,
+        ExecutionStatus.FAILED,
+        ExecutionStatus.HALTED,
+        ExecutionStatus.CANCELLED,
+    ):
+        await store.write(ended(f"old-{status.value}", status, 100.0))
+    intent = checkpoint("intent", "buy", CheckpointState.INTENT, {"client_order_id": "c1"})
+    unknown = checkpoint(
+        "unknown", "buy", CheckpointState.FAILED, {"client_order_id": "c2"}, error="timeout"
+    )
+    refused = checkpoint("refused", "buy", CheckpointState.FAILED, {}, error="no")
+    kept = [
+        ended("intent", ExecutionStatus.FAILED, 100.0, checkpoints=(intent,)),
+        ended("unknown", ExecutionStatus.FAILED, 100.0, checkpoints=(unknown,)),
+        ended("recent", ExecutionStatus.COMPLETED, 300.0),
+    ]
+    for batch in kept:
+        await store.write(batch)
+    await store.write(ended("refused", ExecutionStatus.FAILED, 100.0, checkpoints=(refused,)))
+    await store.write(StateBatch(execution=execution("running", started_at=10.0)))
+    stopped = execution("stopped", started_at=10.0, status=ExecutionStatus.INTERRUPTED)
+    await store.write(StateBatch(execution=stopped, events=(event("stopped", 1),)))
+    survivors = ["recent", "unknown", "intent", "stopped", "running"]
+    events_before = {c: e for c, e in await store.read_events(limit=1000)}
+
+    report = await store.prune(200.0)
+
+    assert report == PruneReport(removed=5, kept=2, more=False)
+    assert sorted(await ids(store)) == sorted(survivors)
+    after = [e for _, e in await store.read_events(limit=1000)]
+    assert after == [e for e in events_before.values() if e.execution_id in survivors]
+    assert await store.find_by_request_id("r-old-failed") is None
+    assert await store.find_by_request_id("r-recent") is not None
+    assert await store.get_checkpoints("old-failed") == {}
+    assert await store.read_events(execution_id="old-failed") == []
+    for status in ExecutionStatus:
+        listed = await ids(store, status=status)
+        assert not [i for i in listed if i.startswith(("old-", "refused"))]
+    left = await keys_of(client, prefix) - pristine
+    assert not [key for key in left if "old-" in key or "refused" in key]
+    assert await emergency.audit_entries(10) == audit_before
+    assert await store.prune(200.0) == PruneReport(removed=0, kept=2, more=False)
+
+
+@pytest.mark.asyncio
+async def test_prune_goes_oldest_first_in_chunks_up_to_its_limit(store: RedisStateStore) -> None:
+    """With more ended executions than one script removes and than the limit, a call
+    removes exactly ``limit`` of them, the oldest, and says there are more."""
+    batches = [ended(f"e{i:03d}", ExecutionStatus.COMPLETED, 100.0 + i) for i in range(250)]
+    assert await store.write_many(batches) == [None] * 250
+
+    first = await store.prune(1000.0, limit=180)
+    rest = await store.prune(1000.0, limit=180)
+
+    assert first == PruneReport(removed=180, kept=0, more=True)
+    assert rest == PruneReport(removed=70, kept=0, more=False)
+    assert await ids(store) == []
+
+
+@pytest.mark.asyncio
+async def test_a_live_writer_of_a_pruned_execution_writes_it_whole_again(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A store that created an execution (and so writes only its state next) finds it
+    pruned meanwhile by another: its next write stores the record whole."""
+    await store.write(StateBatch(execution=execution("e1", started_at=1.0)))
+    other = RedisStateStore(client, prefix=prefix)
+    await other.write(ended("e1", ExecutionStatus.FAILED, 2.0))
+    await other.prune(10.0)
+    assert await ids(store) == []
+    again = execution("e1", started_at=1.0, result={"n": 1})
+
+    await store.write(StateBatch(execution=again))
+
+    assert await store.get_execution("e1") == again
+    assert await ids(store) == ["e1"]
+
+
+@pytest.mark.asyncio
+async def test_prune_racing_a_crowd_of_claims_never_removes_a_claimed_execution(
+    store: RedisStateStore,
+) -> None:
+    """Claims (manual resumes) of failed executions running alongside prunes of them: each
+    execution ends either removed whole (its claim found nothing) or claimed, running
+    and whole; never in between."""
+    count = 64  # within the client's pool, whose size is its default
+    batches = [ended(f"e{i:03d}", ExecutionStatus.FAILED, 100.0 + i) for i in range(count)]
+    await store.write_many(batches)
+    leases = [await store.acquire_lease(owner(f"o{i}"), LEASE_SECONDS) for i in range(count)]
+
+    async def prune_all() -> int:
+        removed = 0
+        while True:
+            report = await store.prune(1000.0, limit=7)
+            removed += report.removed
+            if not report.more:
+                return removed
+
+    claims = [store.claim(f"e{i:03d}", leases[i]) for i in range(count)]
+    removed, *outcomes = await asyncio.gather(prune_all(), *claims, return_exceptions=True)
+
+    claimed = {f"e{i:03d}" for i, o in enumerate(outcomes) if isinstance(o, Claim)}
+    assert all(isinstance(o, (Claim, ExecutionNotFound)) for o in outcomes), outcomes
+    assert removed == count - len(claimed)
+    assert set(await ids(store)) == claimed
+    for execution_id in claimed:
+        record = await store.get_execution(execution_id)
+        assert record.status is ExecutionStatus.RUNNING
+        assert await store.get_checkpoints(execution_id) == {
+            "quote": checkpoint(execution_id, "quote")
+        }
+        assert len(await store.read_events(execution_id=execution_id)) == 2
+
+
+async def assert_consistent(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> set[str]:
+    """Every index member, request id, checkpoint hash and event (in either stream)
+    belongs to a whole execution whose status index holds it; returns their ids."""
+    members = {m.decode() for m in await client.zrange(f"{prefix}:index:all", 0, -1)}
+    present = {m[17:]: m for m in members}
+    for key in await keys_of(client, prefix):
+        kind, _, rest = key[len(prefix) + 1 :].partition(":")
+        if kind == "index":
+            assert {m.decode() for m in await client.zrange(key, 0, -1)} <= members, key
+        elif kind in ("execution", "checkpoints", "execution_events"):
+            assert rest in present, key
+        elif kind == "request":
+            assert (await client.get(key) or b"").decode() in present, key
+    for execution_id in present:
+        status = (await store.get_execution(execution_id)).status
+        index = f"{prefix}:index:status:{status.value}"
+        assert await client.zscore(index, present[execution_id]) is not None
+        assert len(await store.read_events(execution_id=execution_id)) == 2
+        assert set(await store.get_checkpoints(execution_id)) == {"quote"}
+    cursor = 0
+    while page := await store.read_events(after=cursor, limit=1000):
+        assert {e.execution_id for _, e in page} <= set(present)
+        cursor = page[-1][0]
+    return set(present)
+
+
+def start_quietly(process: ServerProcess) -> None:
+    """Start ``process``; a kill before it listens is no error here."""
+    with contextlib.suppress(UnavailableError):
+        process.start()
+
+
+@pytest.mark.asyncio
+async def test_a_state_service_killed_mid_prune_leaves_a_consistent_store(
+    store: RedisStateStore,
+    client: aioredis.Redis,
+    prefix: str,
+    redis_server: ServerProcess,
+    tmp_path: Path,
+) -> None:
+    """The retention loop prunes at start; SIGKILLed once it has begun, the service leaves
+    every execution whole or gone (each chunk is one script), and started again it prunes
+    the rest, logging retention.pruned, and keeps the running ones."""
+    count = 6000
+    old = [ended(f"e{i:05d}", ExecutionStatus.COMPLETED, 1000.0 + i) for i in range(count)]
+    for start in range(0, count, 500):
+        assert await store.write_many(old[start : start + 500]) == [None] * 500
+    for i in range(3):
+        running = f"running-{i}"
+        await store.write(
+            StateBatch(
+                execution=execution(running, started_at=1.0),
+                checkpoints=(checkpoint(running, "quote"),),
+                events=(event(running, 1), event(running, 2)),
+            )
+        )
+    total = count + 3
+    process = state_service_process(
+        redis_server.url, tmp_path, prefix, {"TRADEFLOW_RETENTION_DAYS": "1"}
+    )
+    starting = asyncio.create_task(asyncio.to_thread(start_quietly, process))
+    try:
+        await eventually(
+            lambda: _fewer(client, f"{prefix}:index:all", total), "the prune has begun"
+        )
+        process.kill()
+        await starting
+
+        present = await assert_consistent(store, client, prefix)
+        assert {f"running-{i}" for i in range(3)} <= present
+
+        process.start()
+        await eventually(lambda: _fewer(client, f"{prefix}:index:all", 4), "the prune went through")
+        await eventually(
+            lambda: "retention.pruned" in (tmp_path / "state.log").read_text(),
+            "retention.pruned is logged",
+        )
+        assert await assert_consistent(store, client, prefix) == {f"running-{i}" for i in range(3)}
+    finally:
+        process.kill()
+
+
+async def _fewer(client: aioredis.Redis, key: str, than: int) -> bool:
+    return int(await client.zcard(key)) < than

@@ -193,7 +193,7 @@ REDIS_COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     "state": (
         "del", "get", "hdel", "hget", "hgetall", "hmget", "hset", "incr", "incrby",
         "pexpire", "pexpireat", "pttl", "sadd", "set", "smembers", "time", "xadd",
-        "xrange", "xrevrange", "zadd", "zcard", "zrange", "zrangebylex", "zrem",
+        "xdel", "xrange", "xrevrange", "zadd", "zcard", "zrange", "zrangebylex", "zrem",
         "zremrangebyscore", "zrevrangebylex",
     ),
     "emergency": (

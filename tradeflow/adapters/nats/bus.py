@@ -1,9 +1,10 @@
 """The production :class:`~tradeflow.ports.EventBus`: NATS, captured by JetStream.
 
 Subjects
-    Workflow events travel in batches: the events of one bot, strategy and workflow that
-    the publisher sends together (what one execution emitted since the last send: in
-    practice one message per journal flush) go in one message on
+    Workflow events travel in batches: each run of events of one bot, strategy and
+    workflow that the publisher sends together (what one execution emitted since the last
+    send: in practice one message per journal flush) goes in one message, in publishing
+    order, on
     ``tradeflow.v1.batches.<bot_id>.<strategy_id>.<workflow_id>.batch`` (as many tokens as
     an event's subject, so one filter, ``tradeflow.v1.*.<ids>.*``, selects both trees, even
     on a server without multi-subject consumers), whose payload is
@@ -712,14 +713,15 @@ class NatsEventBus:
         return []
 
     def _encode(self, batch: Sequence[Event]) -> list[_Message]:
-        """The messages that send ``batch``: one per event on its own subject (emergency
-        events; every event with ``event_subjects``), and the workflow events of each
-        bot, strategy and workflow in batches, in order, each within the server's
-        payload limit. Drops (and reports) an event that cannot be sent."""
+        """The messages that send ``batch``, in its order: one per event on its own
+        subject (emergency events; every event with ``event_subjects``), and each run of
+        workflow events of one bot, strategy and workflow in one batch, within the
+        server's payload limit. Drops (and reports) an event that cannot be sent."""
         limit = self._nc.max_payload - _HEADER_ALLOWANCE
         alone = self._options.event_subjects
         messages: list[_Message] = []
-        groups: dict[tuple[str | None, str | None, str | None], _Group] = {}
+        group: _Group | None = None
+        key: tuple[str | None, str | None, str | None] | None = None
         for event in batch:
             try:
                 payload = orjson.dumps(event.to_dict())
@@ -729,23 +731,26 @@ class NatsEventBus:
             if alone or event.type in _EMERGENCY_SUBJECTS:
                 if len(payload) > limit:
                     self._reject(event, "too_large", f"{len(payload)} bytes exceed {limit}")
-                else:
-                    messages.append(
-                        _Message([event], subject_for(event), payload, encode_token(event.event_id))
-                    )
+                    continue
+                if group is not None:
+                    messages.append(group.message())
+                    group = None
+                messages.append(
+                    _Message([event], subject_for(event), payload, encode_token(event.event_id))
+                )
                 continue
             if len(payload) + len(_BATCH_HEAD) + len(_BATCH_TAIL) > limit:
                 self._reject(event, "too_large", f"{len(payload)} bytes exceed {limit}")
                 continue
-            key = (event.bot_id, event.strategy_id, event.workflow_id)
-            group = groups.get(key)
-            if group is not None and not group.fits(payload, limit):
+            ids = (event.bot_id, event.strategy_id, event.workflow_id)
+            if group is not None and (ids != key or not group.fits(payload, limit)):
                 messages.append(group.message())
                 group = None
             if group is None:
-                group = groups[key] = _Group(batch_subject(*key))
+                group, key = _Group(batch_subject(*ids)), ids
             group.add(event, payload)
-        messages.extend(group.message() for group in groups.values())
+        if group is not None:
+            messages.append(group.message())
         return messages
 
     async def _on_ack(self, msg: Msg) -> None:

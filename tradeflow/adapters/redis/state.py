@@ -50,6 +50,19 @@ cancel first read the execution's fixed ``meta`` for its index member, as the st
 they may change moves it); reads of records are one script that adds each owner's
 liveness.
 
+``write_many`` (group commit) sends the write scripts of its batches in one pipeline,
+not a transaction: each batch is its own atomic script with its own outcome. A store
+remembers the executions it created and writes only their ``state`` next; a script
+that finds such an execution gone (pruned meanwhile by another) asks for it whole.
+
+``prune`` is one script per chunk of at most 100 removals: it walks the indexes of the
+final statuses together, oldest started first, up to the start key of the horizon (an
+execution that started later cannot have ended before it), reads each one's state and
+checkpoints in the script (so a claim that made it running, or an unresolved intent,
+keeps it), and deletes its hash, checkpoints, stream, its entries of the global stream,
+its index members and its request id. A crash between two chunks leaves every
+execution whole or gone. The emergency keys (the audit) are another store's.
+
 Writing a batch twice stores it once: an event whose ``sequence`` is not above
 the last one stored for its execution is skipped (events without an execution
 are not deduplicated). So every operation is retried once after a connection
@@ -65,6 +78,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from tradeflow.adapters.redis.connection import CONNECTION_ERRORS, reconnecting
 from tradeflow.adapters.redis.emergency import halt_field, halt_keys, stored_halt
@@ -89,6 +103,8 @@ from tradeflow.domain.errors import (
 )
 from tradeflow.domain.ownership import Claim, Fence, Heartbeat, Lease, OwnerInfo
 from tradeflow.domain.records import (
+    PRUNE_LIMIT_DEFAULT,
+    PRUNE_LIMIT_MAX,
     ActionGuard,
     Checkpoint,
     CheckpointState,
@@ -97,6 +113,7 @@ from tradeflow.domain.records import (
     ExecutionQuery,
     ExecutionRecord,
     ExecutionStatus,
+    PruneReport,
     Scope,
     StateBatch,
 )
@@ -125,7 +142,9 @@ __all__ = ["RedisStateStore"]
 #   {1, the owner's live epoch or nil} (the fence's lease is not live), {2, epoch, owner}
 #   (the target is another lease's) or {3, epoch, owner} (it is owned, the batch has no
 #   fence); or {4, halt field, halt JSON, since} (the deciding halt refuses the guard's
-#   effect). Nothing is written when something is returned.
+#   effect); or {5}: a state-only write (record not full) of an execution that is not
+#   stored (pruned since): the caller writes it again, full. Nothing is written when
+#   something is returned.
 # RANKS (prepended) maps each trading state to its rank, from TradingState.
 _WRITE: Final = r"""
 local p, cap, record, owners, checkpoints, events, fence, target, guard =
@@ -184,6 +203,8 @@ if record then
     if holder and holder ~= id then return holder end
     redis.call('SET', claim, id)
   end
+  -- A state-only write finds the execution gone (pruned meanwhile): write it whole.
+  if not full and not stored then return {5} end
   -- The status is the first element of the stored state: a plain word, never escaped.
   local was = stored and string.match(stored, '^%["([^"]*)"')
   if full then
@@ -510,8 +531,118 @@ return load(p, id)
 """
 )
 
+# ARGV: prefix, lower bound of the walk ('-' or '(' .. the last member seen), its upper
+# bound ('(' .. the start key of ended_before: an execution that started later cannot
+# have ended before it), ended_before (epoch seconds), the most executions to remove,
+# the most index members to look at. Walks the final statuses' indexes together in member
+# order (oldest started first) and removes each execution whose state, read here, is
+# final and ended before ended_before, unless a checkpoint leaves an intent unresolved
+# (those are counted as kept): its record, checkpoints, events (in its stream and the
+# global one), index members and request id. Returns {removed, kept, the last member seen,
+# or '' once the walk is through}.
+# FINAL (prepended) lists the final statuses, from ExecutionStatus.
+_PRUNE: Final = r"""
+local p, lower, upper = ARGV[1], ARGV[2], ARGV[3]
+local before, quota, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local indexes, buffers, cursor, bounds, ended = {}, {}, {}, {}, {}
+for k, status in ipairs(FINAL) do
+  indexes[k], buffers[k], cursor[k], bounds[k], ended[k] =
+    p .. 'index:status:' .. status, {}, 1, lower, false
+end
+local chunk = 128
+local function peek(k)
+  if cursor[k] > #buffers[k] then
+    if ended[k] then return nil end
+    buffers[k] = redis.call('ZRANGEBYLEX', indexes[k], bounds[k], upper, 'LIMIT', 0, chunk)
+    cursor[k] = 1
+    ended[k] = #buffers[k] < chunk
+    if #buffers[k] == 0 then return nil end
+    bounds[k] = '(' .. buffers[k][#buffers[k]]
+  end
+  return buffers[k][cursor[k]]
+end
+-- Byte order, as Redis orders members (Lua's < follows the server's locale).
+local function before_member(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+-- unresolved_intent() of the domain, on each stored checkpoint [state, updated_at,
+-- outputs, error, attempt]: an intent, or a failure that kept its client_order_id.
+local function unresolved(id)
+  local flat = redis.call('HGETALL', p .. 'checkpoints:' .. id)
+  for i = 2, #flat, 2 do
+    local value = flat[i]
+    if string.sub(value, 1, 9) == '["intent"' then return true end
+    if string.sub(value, 1, 9) == '["failed"' then
+      local outputs = cjson.decode(value)[3]
+      if type(outputs) == 'table' and outputs['client_order_id'] ~= nil then return true end
+    end
+  end
+  return false
+end
+local function remove(id, member, status, meta)
+  local workflow, bot, strategy, request = meta[1], meta[2], meta[3], meta[6]
+  redis.call('ZREM', p .. 'index:all', member)
+  redis.call('ZREM', p .. 'index:workflow:' .. workflow, member)
+  if type(bot) == 'string' then redis.call('ZREM', p .. 'index:bot:' .. bot, member) end
+  if type(strategy) == 'string' then
+    redis.call('ZREM', p .. 'index:strategy:' .. strategy, member)
+  end
+  redis.call('ZREM', p .. 'index:status:' .. status, member)
+  if type(request) == 'string' and redis.call('GET', p .. 'request:' .. request) == id then
+    redis.call('DEL', p .. 'request:' .. request)
+  end
+  local stream = p .. 'execution_events:' .. id
+  local entries = redis.call('XRANGE', stream, '-', '+')
+  local ids = {}
+  for i = 1, #entries do ids[#ids + 1] = entries[i][1] end
+  -- In slices: unpack() fails past the Lua stack's few thousand slots.
+  for i = 1, #ids, 1000 do
+    redis.call('XDEL', p .. 'events', unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  redis.call('DEL', p .. 'execution:' .. id, p .. 'checkpoints:' .. id, stream)
+end
+local removed, kept, examined, last = 0, 0, 0, ''
+while removed < quota and examined < budget do
+  local best, from = nil, 0
+  for k = 1, #indexes do
+    local member = peek(k)
+    if member and (not best or before_member(member, best)) then best, from = member, k end
+  end
+  if not best then return {removed, kept, ''} end
+  cursor[from] = cursor[from] + 1
+  examined = examined + 1
+  last = best
+  -- The member is '<16 hex digits>:<execution id>'.
+  local id = string.sub(best, 18)
+  local found = redis.call('HMGET', p .. 'execution:' .. id, 'state', 'meta')
+  if found[1] and found[2] then
+    local status, finished = string.match(found[1], '^%["([^"]*)",([^,]*),')
+    local at = tonumber(finished)
+    if FINALS[status] and at and at < before then
+      if unresolved(id) then
+        kept = kept + 1
+      else
+        remove(id, best, status, cjson.decode(found[2]))
+        removed = removed + 1
+      end
+    end
+  end
+end
+return {removed, kept, last}
+"""
+
 _RANKS: Final = f"local RANKS = {{{', '.join(f'{s.value} = {s.rank}' for s in TradingState)}}}\n"
 """The Lua table of each trading state's rank, which the write script starts with."""
+_FINAL: Final = (
+    "local FINAL, FINALS = {"
+    + ", ".join(f"'{s.value}'" for s in ExecutionStatus if s.final)
+    + "}, {}\nfor _, s in ipairs(FINAL) do FINALS[s] = true end\n"
+)
+"""The Lua list (and set) of the final statuses, which the prune script starts with."""
 _ADMITTING: Final = {
     effect: max(state.rank for state in TradingState if state.allows(effect))
     for effect in OrderEffect
@@ -525,6 +656,17 @@ _ORPHAN_CANCELLED: Final = to_json_bytes("cancelled while no executor ran it")
 """The error of an orphan ended ``cancelled`` by ``request_cancel``."""
 
 _MAX_SCAN_CHUNK: Final = 1000
+_PRUNE_CHUNK: Final = 100
+"""Executions one prune script removes at most: a script blocks Redis while it runs."""
+_PRUNE_BUDGET: Final = 1000
+"""Index members one prune script looks at at most (kept, or ended after the horizon)."""
+
+
+class _Again:
+    """A write script's answer that the batch must be sent again, full."""
+
+
+_AGAIN: Final = _Again()
 _START_KEY_LENGTH: Final = 16
 _DOUBLE: Final = struct.Struct(">d")
 _UINT64: Final = struct.Struct(">Q")
@@ -573,6 +715,7 @@ class RedisStateStore:
         "_live_script",
         "_orphans_script",
         "_p",
+        "_prune_script",
         "_read_script",
         "_release_script",
         "_renew_script",
@@ -600,6 +743,7 @@ class RedisStateStore:
         self._claim_script = client.register_script(_CLAIM)
         self._orphans_script = client.register_script(_ORPHANS)
         self._cancel_script = client.register_script(_CANCEL)
+        self._prune_script = client.register_script(_FINAL + _PRUNE)
         self._live: set[str] = set()
         """Executions this store created and that are not final yet: their later
         writes update only the ``state`` field and the status index (still fenced: the
@@ -613,6 +757,104 @@ class RedisStateStore:
         execution is owned), and ``EmergencyHalted`` when the batch's guard is refused by
         the trading state of its scopes (read from the emergency state's halts under the
         same prefix, after the fence); nothing is written then."""
+        for _ in range(2):
+            args, target = self._encode(batch)
+            outcome = self._settle(batch, target, await self._write_script(args=args))
+            if not isinstance(outcome, _Again):
+                if outcome is not None:
+                    raise outcome
+                return
+        raise AssertionError("a full write is never sent again")  # pragma: no cover
+
+    @_retried
+    async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
+        """Group commit: one pipeline of write scripts (not a transaction: each batch is
+        its own atomic script), one round trip; each outcome is what :meth:`write` would
+        raise, or ``None``. A batch that cannot be encoded as JSON is refused on its own
+        (``InvalidRequest``, field ``batch``). A state-only write of an execution pruned
+        meanwhile is sent again, full, in a second round trip (so is every batch after a
+        restarted server lost the script)."""
+        outcomes: list[TradeflowError | None] = [None] * len(batches)
+        pending = list(range(len(batches)))
+        # At most: a round trip that finds the script gone, one that finds an execution
+        # gone, and the last.
+        for _ in range(3):
+            if not pending:
+                return outcomes
+            pending = await self._write_round(batches, pending, outcomes)
+        raise UnavailableError("redis state store: a batch could not be written")
+
+    async def _write_round(
+        self,
+        batches: Sequence[StateBatch],
+        indexes: list[int],
+        outcomes: list[TradeflowError | None],
+    ) -> list[int]:
+        """One pipeline of the write scripts of ``batches[indexes]``; sets their
+        ``outcomes``; returns the indexes to send again."""
+        sent: list[tuple[int, str | None]] = []
+        pipe = self._client.pipeline(transaction=False)
+        for i in indexes:
+            try:
+                args, target = self._encode(batches[i])
+            except (TypeError, ValueError) as exc:
+                outcomes[i] = InvalidRequest("batch", "values JSON can encode", describe(exc))
+                continue
+            pipe.evalsha(self._write_script.sha, 0, *args)
+            sent.append((i, target))
+        if not sent:
+            return []
+        again: list[int] = []
+        lost_script = False
+        for (i, target), reply in zip(sent, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, NoScriptError):
+                lost_script = True
+                again.append(i)
+            elif isinstance(reply, BaseException):
+                raise reply
+            elif isinstance(outcome := self._settle(batches[i], target, reply), _Again):
+                again.append(i)
+            else:
+                outcomes[i] = outcome
+        if lost_script:
+            # A restarted server lost its script cache (redis-py's Script reloads it for a
+            # single call, not in a pipeline).
+            await self._client.script_load(self._write_script.script)
+        return again
+
+    async def prune(self, ended_before: float, *, limit: int = PRUNE_LIMIT_DEFAULT) -> PruneReport:
+        """One script per chunk of at most :data:`_PRUNE_CHUNK` removals (each atomic, so
+        a crash between two leaves every execution whole or gone), walking the final
+        statuses' indexes oldest first; the status and end are read inside each script,
+        so an execution a claim made running meanwhile is never removed."""
+        limit = max(1, min(limit or PRUNE_LIMIT_DEFAULT, PRUNE_LIMIT_MAX))
+        upper = "(" + _start_key(ended_before)
+        lower = "-"
+        removed = kept = 0
+        while removed < limit:
+            quota = min(_PRUNE_CHUNK, limit - removed)
+            chunk_removed, chunk_kept, last = await self._prune_chunk(
+                lower, upper, ended_before, quota
+            )
+            removed += chunk_removed
+            kept += chunk_kept
+            if not last:
+                return PruneReport(removed, kept, more=False)
+            lower = "(" + last
+        return PruneReport(removed, kept, more=True)
+
+    @_retried
+    async def _prune_chunk(
+        self, lower: str, upper: str, ended_before: float, quota: int
+    ) -> tuple[int, int, str]:
+        """One prune script: removed, kept, and the last member seen ('' once through)."""
+        removed, kept, last = await self._prune_script(
+            args=(self._p, lower, upper, repr(float(ended_before)), quota, _PRUNE_BUDGET)
+        )
+        return int(removed), int(kept), last.decode()
+
+    def _encode(self, batch: StateBatch) -> tuple[tuple[bytes, bytes], str | None]:
+        """The write script's arguments for ``batch`` (see ``_WRITE``), and its target."""
         texts: list[bytes] = []
         execution = batch.execution
         record: list[Any] | bool = False
@@ -650,15 +892,26 @@ class RedisStateStore:
             False if target is None else target,
             self._guard(batch.guard),
         ]
-        refused = await self._write_script(args=(to_json_bytes(header), b"\n".join(texts)))
-        if refused is None:
+        return (to_json_bytes(header), b"\n".join(texts)), target
+
+    def _settle(
+        self, batch: StateBatch, target: str | None, reply: Any
+    ) -> TradeflowError | _Again | None:
+        """What the write script's ``reply`` means for ``batch``: ``None`` (written), the
+        refusal, or ``_AGAIN`` (write it again, full: it was pruned meanwhile)."""
+        execution = batch.execution
+        if reply is None:
             if execution is not None:
                 if execution.status is ExecutionStatus.RUNNING:
                     self._live.add(execution.execution_id)
                 else:
                     self._live.discard(execution.execution_id)
-            return
-        raise self._refused(refused, batch, target)
+            return None
+        if isinstance(reply, list) and reply[0] == 5:
+            assert execution is not None
+            self._live.discard(execution.execution_id)
+            return _AGAIN
+        return self._refused(reply, batch, target)
 
     @_retried
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
