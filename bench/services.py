@@ -1,9 +1,11 @@
 """Service figures against a local stack (nats-server, redis-server and the three
-services as processes on this machine, started on free ports and stopped after):
+services as processes on this machine, started on free ports and stopped after), over
+mutual TLS as the services are by default (the caller a bot, halts by an operator, the
+watching views executors):
 
 - gRPC ``ExecuteWorkflow`` of a 10-node workflow with one order, 1 client, interleaved
-  call by call with a bare ``grpc.aio`` echo of the same payload (:mod:`bench.echo`, the
-  floor): p50/p99 of both and their ratios;
+  call by call with a bare ``grpc.aio`` echo of the same payload over mutual TLS too
+  (:mod:`bench.echo`, the floor): p50/p99 of both and their ratios;
 - 16 concurrent clients: executions per second through one executor process, and the
   CPU every process of the stack spent per execution (from ``/proc``);
 - how long after ``Halt`` returns the executors' local views refuse actions
@@ -22,15 +24,14 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
-import grpc
+from typing import Final
 
 from bench.echo import METHOD as ECHO_METHOD
 from bench.embedded import BALANCES, Timing, verdict
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
-from tradeflow.adapters.grpc.security import TransportSecurity
+from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.app.devstack import ServerProcess, Stack, free_port
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import ScopeIds
@@ -44,9 +45,22 @@ from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 __all__ = ["main"]
 
 
+BOT: Final = Principal(Role.BOT, "bench-bot")
+
+
 def _request() -> pb.ExecuteWorkflowRequest:
     return pb.ExecuteWorkflowRequest(
-        workflow_id="bench", definition_json=json.dumps(trading_workflow(10))
+        workflow_id="bench", bot_id=BOT.name, definition_json=json.dumps(trading_workflow(10))
+    )
+
+
+def security_of(stack: Stack, principal: Principal | None) -> TransportSecurity:
+    """The certificate ``principal`` calls ``stack`` with (plaintext for a plaintext stack)."""
+    files = stack.identity_env(principal)
+    if not files:
+        return PLAINTEXT
+    return TransportSecurity.from_files(
+        files["TRADEFLOW_TLS_CA"], files["TRADEFLOW_TLS_CERT"], files["TRADEFLOW_TLS_KEY"]
     )
 
 
@@ -55,15 +69,17 @@ def _completed(response: pb.ExecuteWorkflowResponse) -> None:
         raise RuntimeError(f"benchmark execution ended {response.execution.record}")
 
 
-async def floor_figures(address: str, echo_address: str, rounds: int) -> str:
+async def floor_figures(
+    address: str, echo_address: str, rounds: int, security: TransportSecurity
+) -> str:
     """``ExecuteWorkflow`` against the echo floor, one call of each per round (which goes
     first alternates), after a warm-up; the targets are ratios of the same run."""
     request = _request()
     payload = request.SerializeToString()
     timings: dict[str, list[float]] = {"execute": [], "echo": []}
     async with (
-        grpc.aio.insecure_channel(address) as channel,
-        grpc.aio.insecure_channel(echo_address) as echo_channel,
+        open_channel(address, security=security) as channel,
+        open_channel(echo_address, security=security) as echo_channel,
     ):
         stub = pb_grpc.ExecutorServiceStub(channel)
         echo = echo_channel.unary_unary(ECHO_METHOD)
@@ -98,13 +114,16 @@ def _cpu_seconds(pids: Sequence[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def load_figures(stack: Stack, clients: int, per_client: int) -> str:
+async def load_figures(
+    stack: Stack, clients: int, per_client: int, security: TransportSecurity
+) -> str:
     """Executions per second with ``clients`` concurrent clients, and the CPU the whole
     stack (services, NATS, Redis) spent per execution meanwhile."""
     request = _request()
     pids = [p.pid for p in (stack.nats, stack.redis, *stack.processes.values()) if p.pid]
     latencies: list[float] = []
-    async with grpc.aio.insecure_channel(stack.client_env()["TRADEFLOW_EXECUTOR_ADDR"]) as ch:
+    address = stack.client_env()["TRADEFLOW_EXECUTOR_ADDR"]
+    async with open_channel(address, security=security) as ch:
         stub = pb_grpc.ExecutorServiceStub(ch)
         for _ in range(100):
             _completed(await stub.ExecuteWorkflow(request))
@@ -135,13 +154,20 @@ async def _until(view: RemoteEmergencyControl, *, halted: bool) -> None:
         await view.wait_for_change()
 
 
-async def halt_figures(address: str, rounds: int, views: int) -> str:
+async def halt_figures(stack: Stack, rounds: int, views: int) -> str:
+    address = stack.client_env()["TRADEFLOW_EMERGENCY_ADDR"]
     watchers = [
-        await RemoteEmergencyControl.connect(address, clock=SystemClock(), id_factory=new_id)
-        for _ in range(views)
+        await RemoteEmergencyControl.connect(
+            address,
+            clock=SystemClock(),
+            id_factory=new_id,
+            security=security_of(stack, Principal(Role.EXECUTOR, f"view-{view}")),
+        )
+        for view in range(views)
     ]
     delays: list[float] = []
-    async with grpc.aio.insecure_channel(address) as channel:
+    operator = security_of(stack, Principal(Role.OPERATOR, "bench"))
+    async with open_channel(address, security=operator) as channel:
         stub = epb_grpc.EmergencyServiceStub(channel)
         for _ in range(rounds):
             await stub.Halt(
@@ -174,14 +200,8 @@ async def halt_figures(address: str, rounds: int, views: int) -> str:
 async def tls_figures(plain: Stack, tls: Stack, rounds: int) -> str:
     """p50/p99 of ``ExecuteWorkflow`` over mutual TLS (as bot ``bench-bot``) and over
     plaintext, calls interleaved; the ratio of the medians."""
-    bot = Principal(Role.BOT, "bench-bot")
-    files = tls.identity_env(bot)
-    security = TransportSecurity.from_files(
-        files["TRADEFLOW_TLS_CA"], files["TRADEFLOW_TLS_CERT"], files["TRADEFLOW_TLS_KEY"]
-    )
-    request = pb.ExecuteWorkflowRequest(
-        workflow_id="bench", bot_id=bot.name, definition_json=json.dumps(trading_workflow(10))
-    )
+    security = security_of(tls, BOT)
+    request = _request()
     timings: dict[bool, list[float]] = {False: [], True: []}
     async with (
         open_channel(plain.client_env()["TRADEFLOW_EXECUTOR_ADDR"]) as plain_channel,
@@ -207,13 +227,17 @@ async def tls_figures(plain: Stack, tls: Stack, rounds: int) -> str:
 
 async def run(stack: Stack, echo_address: str) -> None:
     env = stack.client_env()
-    print("Services on this machine (one process each; 2 cores shared with the clients)")
+    bot = security_of(stack, BOT)
+    print(
+        "Services on this machine (one process each; 2 cores shared with the clients;"
+        " mutual TLS, a bot calling)"
+    )
     print(" ExecuteWorkflow, 10-node workflow with one market order, 1 client, vs the floor")
-    print(await floor_figures(env["TRADEFLOW_EXECUTOR_ADDR"], echo_address, 1000))
+    print(await floor_figures(env["TRADEFLOW_EXECUTOR_ADDR"], echo_address, 1000, bot))
     print(" ExecuteWorkflow under load (one executor process)")
-    print(await load_figures(stack, 16, 150))
+    print(await load_figures(stack, 16, 150, bot))
     print(" Halt -> executors refuse actions (local views pushed by WatchState)")
-    print(await halt_figures(env["TRADEFLOW_EMERGENCY_ADDR"], 300, 4))
+    print(await halt_figures(stack, 300, 4))
 
 
 def bench_stack(workdir: Path, *, tls: bool = False) -> Stack:
@@ -230,26 +254,33 @@ def bench_stack(workdir: Path, *, tls: bool = False) -> Stack:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        stack = bench_stack(Path(tmp) / "plain")
+        stack = bench_stack(Path(tmp) / "tls", tls=True)
+        stack.start()
         echo_port = free_port()
+        files = stack.identity_env(None)  # a serving certificate, as the services have
         echo = ServerProcess(
             "echo",
-            [sys.executable, "-m", "bench.echo", str(echo_port)],
+            [
+                sys.executable,
+                "-m",
+                "bench.echo",
+                str(echo_port),
+                *(files[f"TRADEFLOW_TLS_{part}"] for part in ("CA", "CERT", "KEY")),
+            ],
             echo_port,
             Path(tmp),
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
-        stack.start()
         try:
             echo.start()
             asyncio.run(run(stack, f"127.0.0.1:{echo_port}"))
-            secured = bench_stack(Path(tmp) / "tls", tls=True)
-            secured.start()
+            plain = bench_stack(Path(tmp) / "plain")
+            plain.start()
             try:
                 print(" ExecuteWorkflow over mutual TLS vs plaintext, interleaved (1 client)")
-                print(asyncio.run(tls_figures(stack, secured, 500)))
+                print(asyncio.run(tls_figures(plain, stack, 500)))
             finally:
-                secured.stop()
+                plain.stop()
         finally:
             echo.stop()
             stack.stop()
