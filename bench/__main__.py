@@ -4,7 +4,7 @@
 
 import sys
 
-from bench import barrier, embedded, footprint, services, sqlite_write, state_service
+from bench import barrier, embedded, footprint, services, soak, sqlite_write, state_service
 
 PARTS = {
     "embedded": embedded,
@@ -13,6 +13,7 @@ PARTS = {
     "services": services,
     "barrier": barrier,
     "footprint": footprint,
+    "soak": soak,
 }
 
 unknown = [name for name in sys.argv[1:] if name not in PARTS]

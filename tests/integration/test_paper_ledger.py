@@ -232,6 +232,25 @@ async def test_a_client_order_id_is_accepted_once(ledgers: Ledgers) -> None:
 
 
 @pytest.mark.asyncio
+async def test_an_old_client_order_id_is_found_and_deduplicated_by_a_ledger_opened_later(
+    ledgers: Ledgers,
+) -> None:
+    """After 200 orders, a ledger opened afterwards (SQLite, Redis: reading on demand,
+    nothing loaded at start) finds the first by its client order id, and placing that id
+    again returns it and trades nothing."""
+    ledger = ledgers()
+    orders = [trade(f"c{i}", Side.BUY, 0.001, 100.0) for i in range(200)]
+    for order, fill in orders:
+        await ledger.accept(order, fill, opening=OPENING, require=None)
+    later = ledgers()
+    first = orders[0][0]
+    assert await later.get_order("paper", "c0") == first
+    twin, twin_fill = trade("c0", Side.SELL, 0.5, 300.0)
+    assert await later.accept(twin, twin_fill, opening=OPENING, require=None) == first
+    assert (await later.position("paper", BTC)).quantity == pytest.approx(0.2)
+
+
+@pytest.mark.asyncio
 async def test_insufficient_balance_is_refused_and_changes_nothing(ledgers: Ledgers) -> None:
     """An order the venue cannot pay for is refused with what it needs and has; no order,
     balance, position, P&L or fill is written, before a venue's first fill or after it."""

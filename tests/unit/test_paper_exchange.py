@@ -6,17 +6,24 @@ import asyncio
 import itertools
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kit import START, ManualClock
 
-from tradeflow.adapters.memory.paper import DEFAULT_BALANCES, PaperExchange
+from tradeflow.adapters.memory.paper import (
+    DEFAULT_BALANCES,
+    FINISHED_ORDERS_KEPT,
+    MemoryPaperLedger,
+    PaperExchange,
+)
 from tradeflow.adapters.memory.prices import ReplayPriceFeed
 from tradeflow.adapters.sqlite.ledger import SQLitePaperLedger
 from tradeflow.domain.clock import new_id
 from tradeflow.domain.errors import ExchangeError, OrderRejected
+from tradeflow.domain.records import Scope
 from tradeflow.domain.trading import (
     OrderRequest,
     OrderStatus,
@@ -414,6 +421,102 @@ async def test_a_failed_write_changes_nothing(connect: Any) -> None:
     assert await exchange.balances("paper") == dict(DEFAULT_BALANCES)
     assert conn.execute("SELECT COUNT(*) FROM paper_orders").fetchone()[0] == 0
     assert not conn.in_transaction
+
+
+async def _found(exchange: PaperExchange, client_order_ids: Sequence[str]) -> list[str]:
+    return [c for c in client_order_ids if await exchange.get_order("paper", c) is not None]
+
+
+@pytest.mark.asyncio
+async def test_the_memory_ledger_keeps_every_resting_order_and_the_last_finished_ones() -> None:
+    """After 50 fills a memory ledger keeping 5 finished orders holds those 5 and the
+    older resting one; a recent id still deduplicates; a cancel makes one more finished."""
+    exchange = _exchange(ledger=MemoryPaperLedger(finished_kept=5))
+    await exchange.place_order(_order("rest", Side.SELL, 0.5, limit_price=500.0))
+    fills = [f"f{i}" for i in range(50)]
+    for client_order_id in fills:
+        await exchange.place_order(_order(client_order_id, quantity=0.01))
+    assert await _found(exchange, ["rest", *fills]) == ["rest", *fills[-5:]]
+    again = await exchange.place_order(_order("f49", Side.SELL, 1.0))
+    assert (again.side, again.quantity) == (Side.BUY, 0.01)
+    assert await exchange.position("paper", BTC) == pytest.approx(0.5)
+
+    cancelled = await exchange.cancel_order("paper", "rest")
+    assert cancelled.status is OrderStatus.CANCELLED
+    assert await exchange.open_orders("paper", Scope.GLOBAL, None) == []
+    assert await _found(exchange, ["rest", *fills]) == ["rest", *fills[-4:]]
+    assert FINISHED_ORDERS_KEPT >= 1_000  # the default window outlasts any resume in-process
+
+
+@pytest.mark.asyncio
+async def test_forgetting_finished_orders_leaves_every_figure_exact() -> None:
+    """A memory ledger keeping 2 finished orders ends with the balances, position, P&L and
+    scope books of one keeping them all, after buys, sells, resting orders and cancels."""
+    bounded = MemoryPaperLedger(finished_kept=2)
+    exchanges = [
+        _exchange(ledger=ledger, fee_rate=0.001, allow_short=True)
+        for ledger in (bounded, MemoryPaperLedger())
+    ]
+    for exchange in exchanges:
+        for i in range(30):
+            side = Side.BUY if i % 3 else Side.SELL
+            limit = 99.0 if i % 7 == 0 else None
+            request = replace(
+                _order(f"c{i}", side, 0.1 + i / 100, limit_price=limit), workflow_id="w"
+            )
+            await exchange.place_order(request)
+            if limit is not None and i % 2:
+                await exchange.cancel_order("paper", f"c{i}")
+    small, full = exchanges
+    assert await small.balances("paper") == await full.balances("paper")
+    assert await small.position("paper", BTC) == await full.position("paper", BTC)
+    assert await small.realized_pnl_today() == await full.realized_pnl_today()
+    for scope, target in ((Scope.GLOBAL, None), (Scope.WORKFLOW, "w")):
+        assert await bounded.scope_book(scope, target) == await full.ledger.scope_book(
+            scope, target
+        )
+    assert await small.open_orders("paper", Scope.WORKFLOW, "w") == await full.open_orders(
+        "paper", Scope.WORKFLOW, "w"
+    )
+    assert len(await _found(small, [f"c{i}" for i in range(30)])) < 30
+
+
+def _opening_steps(conn: sqlite3.Connection) -> int:
+    """SQLite VM instructions that opening a ledger on ``conn`` runs."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    conn.set_progress_handler(count, 1)
+    SQLitePaperLedger(conn)
+    conn.set_progress_handler(None, 0)
+    return steps
+
+
+@pytest.mark.asyncio
+async def test_the_sqlite_ledger_reads_no_order_at_start_and_finds_old_ones_on_demand(
+    connect: Any,
+) -> None:
+    """Opening the ledger costs as many SQLite steps with 400 orders in the file as with 4
+    (nothing is loaded at start); the oldest client order id is then read from the file
+    and deduplicated there."""
+    writer = _exchange(ledger=SQLitePaperLedger(connect()))
+    for i in range(4):
+        await writer.place_order(_order(f"c{i}", quantity=0.001))
+    few = _opening_steps(connect())
+    for i in range(4, 400):
+        await writer.place_order(_order(f"c{i}", quantity=0.001))
+    assert 0 < _opening_steps(connect()) == few
+
+    reader = _exchange(ledger=SQLitePaperLedger(connect()))
+    oldest = await reader.get_order("paper", "c0")
+    assert oldest == await writer.get_order("paper", "c0")
+    assert oldest is not None and oldest.status is OrderStatus.FILLED
+    assert await reader.place_order(_order("c0", Side.SELL, 1.0)) == oldest
+    assert await reader.position("paper", BTC) == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize(

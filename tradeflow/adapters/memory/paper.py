@@ -55,7 +55,17 @@ from tradeflow.domain.trading import (
 )
 from tradeflow.ports import PriceFeed
 
-__all__ = ["DEFAULT_BALANCES", "MemoryPaperLedger", "PaperExchange", "PaperLedger"]
+__all__ = [
+    "DEFAULT_BALANCES",
+    "FINISHED_ORDERS_KEPT",
+    "MemoryPaperLedger",
+    "PaperExchange",
+    "PaperLedger",
+]
+
+FINISHED_ORDERS_KEPT = 10_000
+"""How many finished (filled or cancelled) orders a :class:`MemoryPaperLedger` keeps by
+default, beside every resting one: its deduplication window (about 5 MB)."""
 
 DEFAULT_BALANCES: Mapping[str, float] = MappingProxyType(
     {"USDT": 100_000.0, "BTC": 2.0, "ETH": 20.0, "SOL": 500.0}
@@ -159,13 +169,22 @@ class MemoryPaperLedger:
     """A :class:`PaperLedger` in this process's memory, for one exchange or several.
 
     Nothing in a method awaits, so on one event loop each call is atomic. Fills are
-    applied, not kept (orders are: deduplication needs them).
+    applied, not kept. Orders are kept for deduplication, but not all of them: every
+    resting order, and the last ``finished_kept`` finished ones (filled or cancelled;
+    the oldest to finish goes first). A process that runs for days would otherwise
+    hold every order it ever placed. Forgetting one is safe for the engine: its
+    client order ids are unique per execution, and only a resumed execution places
+    one again, from a durable journal this ledger (which dies with its process)
+    never outlives; use a durable ledger where orders must outlive the window.
+    Balances, positions, P&L and the scopes' books are exact whatever is forgotten.
     """
 
     __slots__ = (
         "_balances",
         "_books",
         "_buckets",
+        "_finished",
+        "_finished_kept",
         "_marks",
         "_open",
         "_orders",
@@ -174,8 +193,13 @@ class MemoryPaperLedger:
         "_resting",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, *, finished_kept: int = FINISHED_ORDERS_KEPT) -> None:
+        if finished_kept < 0:
+            raise ValueError(f"finished_kept must be >= 0, found {finished_kept!r}")
+        self._finished_kept = finished_kept
         self._orders: dict[tuple[str, str], Order] = {}
+        self._finished: dict[tuple[str, str], None] = {}
+        """The keys of the finished orders kept, oldest to finish first."""
         self._open: dict[str, dict[str, None]] = {}
         """Venue -> the client order ids of its resting orders, oldest first."""
         self._balances: dict[str, dict[str, float]] = {}
@@ -214,6 +238,8 @@ class MemoryPaperLedger:
             self._open.setdefault(venue, {})[order.client_order_id] = None
             for scope in scopes:
                 self._resting[scope] = self._resting.get(scope, 0) + 1
+        else:
+            self._finish(key)
         if fill is not None:
             if held is None:
                 held = self._balances[venue] = dict(opening)
@@ -263,7 +289,18 @@ class MemoryPaperLedger:
         del self._open[venue][client_order_id]
         for scope in scope_keys(order.workflow_id, order.bot_id, order.strategy_id):
             self._resting[scope] = max(0, self._resting.get(scope, 0) - 1)
+        self._finish(key)
         return cancelled
+
+    def _finish(self, key: tuple[str, str]) -> None:
+        """Count the order under ``key`` as finished; forget the oldest finished ones
+        beyond the window (never a resting one: they are not counted here)."""
+        finished = self._finished
+        finished[key] = None
+        while len(finished) > self._finished_kept:
+            oldest = next(iter(finished))
+            del finished[oldest]
+            del self._orders[oldest]
 
     async def get_order(self, venue: str, client_order_id: str) -> Order | None:
         return self._orders.get((venue, client_order_id))
