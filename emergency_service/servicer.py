@@ -37,6 +37,7 @@ request log's, and every error becomes a status code in the server's interceptor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator
@@ -155,6 +156,7 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     async def drain(self) -> None:
         """End every ``WatchState`` stream cleanly (later ones end after their first snapshot)."""
         self._draining.set()
+        self._controller.wake()
 
     async def Halt(
         self, request: pb.HaltRequest, context: grpc.aio.ServicerContext
@@ -435,35 +437,18 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
     ) -> AsyncIterator[pb.WatchStateResponse]:
         snapshot = self._controller.snapshot()
         yield self._watch_response(snapshot)
-        version = snapshot.version
-        drained = asyncio.ensure_future(self._draining.wait())
-        change: asyncio.Future[EmergencySnapshot] | None = None
-        try:
-            while True:
-                if change is None:
-                    change = asyncio.ensure_future(self._controller.wait_for_change(version))
-                done, _ = await asyncio.wait(
-                    (change, drained),
-                    timeout=self._heartbeat,
-                    return_when=asyncio.FIRST_COMPLETED,
-                )
-                if drained in done:
-                    return
-                if change in done:
-                    change.result()  # a closed store raises UnavailableError here
-                    change = None
-                # The current, confirmed state: after a change, or as the heartbeat.
-                snapshot = self._controller.snapshot()
-                if snapshot.version != version:
-                    version = snapshot.version
-                    if change is not None:
-                        change.cancel()
-                        change = None
-                yield self._watch_response(snapshot)
-        finally:
-            drained.cancel()
-            if change is not None:
-                change.cancel()
+        while not self._draining.is_set():
+            # Woken directly by the change (no task in between): a halt's push goes out in
+            # the first turn of the loop after its script's reply, before its log line,
+            # its event and its barrier's lease listing.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat):
+                    await self._controller.changed()
+            if self._draining.is_set():
+                return
+            # The current, confirmed state (UnavailableError ends the stream once it cannot
+            # be confirmed): after a change, or as the heartbeat.
+            yield self._watch_response(self._controller.snapshot())
 
 
 _BOUND_CHECKERS: Final = (Role.BOT, Role.EXECUTOR)

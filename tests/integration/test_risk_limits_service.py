@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
+import httpx
 import pytest
 import pytest_asyncio
 import redis
@@ -22,7 +23,7 @@ from emergency_fixtures import (
     emergency_clients,
     start_emergency_service,
 )
-from kit import DEADLINE_SECONDS
+from kit import DEADLINE_SECONDS, eventually
 from servers import ServerProcess, Service
 
 from tradeflow.adapters.grpc import wire
@@ -33,7 +34,7 @@ from tradeflow.adapters.redis.emergency import RedisEmergencyController
 from tradeflow.app.cli import main
 from tradeflow.domain.clock import SystemClock, new_id
 from tradeflow.domain.emergency import EmergencySnapshot, ScopeIds
-from tradeflow.domain.errors import EmergencyHalted, InvalidRequest
+from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
 from tradeflow.domain.records import LimitDirection, RiskLimit, Scope
 from tradeflow.domain.risk import NO_LIMITS, Denial, LimitOptions, ScopeRule
 from tradeflow.domain.trading import TradingState
@@ -93,6 +94,10 @@ async def until(client: RemoteEmergencyControl, holds: Callable[[], bool], what:
                 await client.wait_for_change()
     except TimeoutError:
         raise AssertionError(f"gave up waiting until {what}") from None
+
+
+async def _has(actions: Awaitable[list[str]], action: str) -> bool:
+    return action in await actions
 
 
 async def invalid_field(call: Any) -> str:
@@ -336,6 +341,47 @@ async def test_watchers_get_the_limits_with_the_state_and_check_orders_locally(
         executor.pre_trade_limits(IDS)
 
 
+async def risk_checks_served(service: Service) -> float:
+    """How many ``CheckRiskLimit`` calls ``service`` answered (its own metrics)."""
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(service.metrics_url)).text
+    prefix = 'tradeflow_rpc_server_handled_seconds_count{code="OK",method="CheckRiskLimit"} '
+    return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+
+
+@pytest.mark.asyncio
+async def test_a_passing_risk_check_is_judged_locally_and_only_a_breach_calls(
+    connect: ClientFactory, risk_service: Service
+) -> None:
+    """Risk checks pass on the pushed limits with no call to the service; a limit tightened
+    by SetRiskLimit applies locally once pushed; a breach is one call, which audits and
+    halts as before."""
+    ops, executor = await connect(), await connect()
+    await ops.set_risk_limit("max_position", 10.0, scope=Scope.BOT, target="bot-1", actor="ops")
+    await executor.wait_for_version()
+
+    for value in (1.0, 5.0, -9.0):
+        await executor.check_risk_limit("max_position", value, 100.0, ids=IDS)
+    assert await risk_checks_served(risk_service) == 0
+
+    await ops.set_risk_limit("max_position", 4.0, scope=Scope.BOT, target="bot-1", actor="ops")
+    await executor.wait_for_version()
+    # Judged on the pushed limit: 5 passed under 10, it breaches 4 (one call, audited).
+    with pytest.raises(RiskLimitExceeded) as quiet:
+        await executor.check_risk_limit("max_position", 5.0, 100.0, False, ids=IDS)
+    assert (quiet.value.threshold, quiet.value.halted) == (4.0, False)
+    await executor.check_risk_limit("max_position", 3.0, ids=IDS)
+    assert await risk_checks_served(risk_service) == 1
+
+    with pytest.raises(RiskLimitExceeded) as caught:
+        await executor.check_risk_limit("max_position", 6.0, ids=IDS)
+    assert caught.value.halted
+    await until(executor, lambda: executor.active_halt(OTHER_BOT) is not None, "the breach halted")
+    assert await risk_checks_served(risk_service) == 2
+    audit = [e.action for e in await ops.audit_entries(limit=4)]
+    assert audit == ["halt_barrier", "halt", "risk_breach", "risk_breach"]
+
+
 @pytest.mark.asyncio
 async def test_a_lapsed_heartbeat_moves_its_scope_to_cancel_only_in_the_real_service(
     connect: ClientFactory,
@@ -360,9 +406,15 @@ async def test_a_lapsed_heartbeat_moves_its_scope_to_cancel_only_in_the_real_ser
     assert (halt.scope, halt.target, halt.actor) == (Scope.BOT, "bot-1", f"trigger:{switch.key}")
     assert "no heartbeat" in halt.reason
     assert executor.trading_state(OTHER_BOT) is TradingState.ACTIVE
-    audit = await ops.audit_entries()
-    mine = [e.action for e in audit if e.actor == f"trigger:{switch.key}"]
-    assert "halt" in mine and "halt_barrier" in mine
+
+    async def audited() -> list[str]:
+        return [e.action for e in await ops.audit_entries() if e.actor == f"trigger:{switch.key}"]
+
+    # The push may reach an executor before the barrier's report is written: wait for it.
+    await eventually(
+        lambda: _has(audited(), "halt_barrier"), "the trigger's halt barrier was audited"
+    )
+    assert (await audited())[-1] == "halt"
 
     [(_, progress)] = (await ops.explain_limits(IDS)).triggers
     assert progress.fired and progress.last_beat is not None

@@ -262,7 +262,7 @@ class EmergencyController:
                 standing.state.value if standing is not None else "more restricted",
                 state.value,
             )
-        self._halted(halt)
+        await self._announce_halt(halt)
         return halt
 
     async def _save_halt(
@@ -286,6 +286,16 @@ class EmergencyController:
             AuditEntry(0, now, actor, "halt", scope, target, reason, details),
             condition,
         )
+
+    async def _announce_halt(self, halt: HaltState) -> None:
+        """:meth:`_halted`, one turn of the loop after the write: the watchers the store
+        woke when it installed the new state (``WatchState`` streams) push it first, so
+        the log line and the event never delay the halt reaching the executors. Done
+        even if the caller is cancelled meanwhile: the halt is committed."""
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._halted(halt)
 
     def _halted(self, halt: HaltState) -> None:
         """Count, log and announce a stored halt."""
@@ -430,8 +440,11 @@ class EmergencyController:
         if not await self._store.delete_halt(scope, target, audit, condition):
             return False
         data = _halt_data(scope, target, reason, actor)
-        _log.warning("emergency.resumed", **data)
-        self._announce(EventType.EMERGENCY_RESUMED, now, data)
+        try:
+            await asyncio.sleep(0)  # the watchers push first (see _announce_halt)
+        finally:
+            _log.warning("emergency.resumed", **data)
+            self._announce(EventType.EMERGENCY_RESUMED, now, data)
         return True
 
     async def halt_for_trigger(self, limit: RiskLimit, reason: str) -> HaltState | None:
@@ -456,7 +469,7 @@ class EmergencyController:
                 HaltCondition(stricter=True),
             )
         if halt is not None:
-            self._halted(halt)
+            await self._announce_halt(halt)
         return halt
 
     async def lift_for_trigger(
@@ -485,7 +498,7 @@ class EmergencyController:
             )
         if halt is None:
             return False
-        self._halted(halt)
+        await self._announce_halt(halt)
         return True
 
     async def trigger_progress(self, keys: Sequence[str]) -> dict[str, TriggerProgress]:
@@ -934,8 +947,19 @@ class WatchedView:
             self._notify()
 
     async def changed(self) -> None:
-        """Return at the next change of the view: a new version, lost, back, or closed."""
+        """Return at the next change of the view: a new version, lost, back, or closed (or
+        :meth:`wake`). The waiting task is woken directly, so a push sent on a change goes
+        out in the first turn of the loop after it."""
         await self._changed.wait()
+
+    def wake(self) -> None:
+        """Wake every :meth:`changed` waiter now, changed or not (a server draining)."""
+        self._notify()
+
+    @property
+    def confirmed_version(self) -> int | None:
+        """The version of the snapshot if :meth:`current` answers it; ``None`` otherwise."""
+        return None if self.problem is not None else self._snapshot.version
 
     async def wait_until(self, done: Callable[[EmergencySnapshot], bool]) -> EmergencySnapshot:
         """The first confirmed snapshot ``done`` accepts (waits for changes); raises

@@ -24,12 +24,14 @@ silent).
 
 The snapshots carry the configured risk limits too:
 :meth:`~RemoteEmergencyControl.pre_trade_limits` reads an order's limits from the view
-with no call, and fails closed like the pre-action check.
+with no call, and fails closed like the pre-action check; so does a risk node's
+:meth:`~RemoteEmergencyControl.check_risk_limit` when it passes (a breach is one call:
+the service audits, publishes and halts it).
 
 Every other method is one call. Halt, resume, set-limit and delete-limit calls carry a
 fresh ``request_id`` (the service keeps the answer, so a caller that re-sends a request
 with the same id gets it instead of a second change; this client does not retry
-by itself); risk checks carry none. A change to the halts or limits made through this
+by itself); a breach's risk check carries none. A change to the halts or limits made through this
 client is in its local view before the call returns (read-your-writes), unless the
 view is down anyway. A denied order's audit (:meth:`~RemoteEmergencyControl.record_order_denied`)
 is sent again once if the service was unreachable.
@@ -58,6 +60,8 @@ from tradeflow.domain.emergency import (
     InFlightAction,
     LimitExplanation,
     ScopeIds,
+    assess_limit,
+    check_scope_ids,
     checked_number,
     checked_scope_change,
 )
@@ -343,20 +347,36 @@ class RemoteEmergencyControl:
         *,
         ids: ScopeIds = NO_IDS,
     ) -> None:
-        """Judged, audited and published by the service. Fails closed like the pre-action
-        check: with the state unconfirmed (no round trip then), or the service not answering
-        within twice the staleness bound, it raises ``EmergencyHalted``."""
+        """Judged here first, on the limits of the local view (the pushed state), by the
+        service's own rule (:func:`~tradeflow.domain.emergency.assess_limit`): a pass
+        makes no call. Only a breach goes to the service, which judges it again on its
+        state and audits, publishes and halts it (what a breach halts, and that a bot's
+        check cannot waive a configured halt, are the service's to decide).
+
+        The consistency is the pre-action check's: a limit tightened by ``SetRiskLimit``
+        applies here once its push arrived, so a check may pass on the older limit for
+        at most the staleness bound (``max_staleness``) after the change. Fails closed
+        like the pre-action check: with the state unconfirmed (no round trip then), or the
+        service not answering a breach within twice the staleness bound, it raises
+        ``EmergencyHalted``."""
+        checked = checked_number("value", value)
+        given = None if threshold is None else checked_number("threshold", threshold)
+        check_scope_ids(ids)
+        local = assess_limit(
+            fail_closed(self._view.current).limits, limit_type, checked, given, auto_halt, ids
+        )
+        if not local.breached:
+            return
         request = pb.CheckRiskLimitRequest(
             limit_type=limit_type,
-            value=checked_number("value", value),
-            threshold=None if threshold is None else checked_number("threshold", threshold),
+            value=checked,
+            threshold=given,
             auto_halt=auto_halt,
             **asdict(ids),
         )
-        fail_closed(self._view.current)
         try:
             # No request_id: this client never retries a check, and the service would
-            # otherwise store an answer in Redis for every risk node of every execution.
+            # otherwise store an answer in Redis for every breach.
             response: pb.CheckRiskLimitResponse = await call(
                 self._stub.CheckRiskLimit,
                 request,
@@ -366,7 +386,7 @@ class RemoteEmergencyControl:
         except UnavailableError as exc:
             raise unconfirmed(exc) from exc
         if not response.breached:
-            return
+            return  # loosened since the view's version: the service's state decides
         if response.halted:
             await self._catch_up()
         raise RiskLimitExceeded(

@@ -283,6 +283,15 @@ class RedisEmergencyStore:
         for one). Raises ``UnavailableError`` once the store is closed."""
         return await self._view.wait_until(lambda snapshot: snapshot.version != after_version)
 
+    async def changed(self) -> None:
+        """Return at the next change of the view (see
+        :meth:`~tradeflow.engine.emergency.WatchedView.changed`)."""
+        await self._view.changed()
+
+    def wake(self) -> None:
+        """Wake every :meth:`changed` waiter now."""
+        self._view.wake()
+
     async def refresh(self) -> EmergencySnapshot:
         """Re-read the whole state from Redis now."""
         await self._run(_LOAD)
@@ -378,30 +387,34 @@ class RedisEmergencyStore:
         """Run one script; install the state it returns; return its own result."""
         if self._view.closed:
             raise UnavailableError("emergency store closed")
-        # An audit entry travels as its fields after the id (the store assigns that).
-        head: tuple[str | bytes, str] = (
-            ("", "")
-            if audit is None
-            else (to_json_bytes(astuple(attributed(audit))[1:]), str(self._audit_cap))
-        )
-        call = self._scripts[script]
+        head = ("", "") if audit is None else self._audit_args(audit)
         argv = (*head, self._channel, *args)
         async with self._lock:
-            try:
-                if script in _REPEATABLE:
-                    reply = await reconnecting(call, keys=self._keys, args=argv)
-                else:
-                    reply = await call(keys=self._keys, args=argv)
-                result, snapshot = _parse_state(reply)
-            except RedisError as exc:
-                error = f"redis emergency store: {describe(exc)}"
-                self._view.lose(error)
-                raise UnavailableError(error) from exc
-            except (ValueError, KeyError, TypeError) as exc:
-                # Data no tradeflow wrote: refuse trading rather than guess.
-                self._view.lose(f"unreadable emergency state in redis: {describe(exc)}")
-                raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
-            self._view.confirm(snapshot)
+            return await self._run_locked(script, argv)
+
+    def _audit_args(self, audit: AuditEntry) -> tuple[bytes, str]:
+        """The scripts' first two arguments: the entry's fields after the id (the store
+        assigns that), and the cap of the audit stream."""
+        return to_json_bytes(astuple(attributed(audit))[1:]), str(self._audit_cap)
+
+    async def _run_locked(self, script: str, argv: Sequence[str | bytes]) -> Any:
+        """:meth:`_run` once the lock is held."""
+        call = self._scripts[script]
+        try:
+            if script in _REPEATABLE:
+                reply = await reconnecting(call, keys=self._keys, args=argv)
+            else:
+                reply = await call(keys=self._keys, args=argv)
+            result, snapshot = _parse_state(reply)
+        except RedisError as exc:
+            error = f"redis emergency store: {describe(exc)}"
+            self._view.lose(error)
+            raise UnavailableError(error) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            # Data no tradeflow wrote: refuse trading rather than guess.
+            self._view.lose(f"unreadable emergency state in redis: {describe(exc)}")
+            raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
+        self._view.confirm(snapshot)
         return result
 
     async def _follow(self) -> None:
@@ -457,6 +470,16 @@ class RedisEmergencyController(EmergencyController):
     async def refresh(self) -> EmergencySnapshot:
         """Re-read the state from Redis now (``UnavailableError`` if unreachable)."""
         return await self._redis.refresh()
+
+    async def changed(self) -> None:
+        """Return at the next change of the state as this replica sees it: a new version
+        (whoever wrote it), lost, back or closed, or :meth:`wake`. For ``WatchState``:
+        then send the :meth:`snapshot`, which raises once it cannot be confirmed."""
+        await self._redis.changed()
+
+    def wake(self) -> None:
+        """Wake every :meth:`changed` waiter now (a server draining its streams)."""
+        self._redis.wake()
 
     async def wait_for_change(self, after_version: int) -> EmergencySnapshot:
         """The first state whose version differs from ``after_version``; waits for a change
