@@ -214,6 +214,31 @@ async def test_publish_never_raises() -> None:
     await bus.close()
 
 
+class Counted(Event):
+    """An event that counts how often it is rendered as a contract dict."""
+
+    rendered = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        Counted.rendered += 1
+        return super().to_dict()
+
+
+@pytest.mark.asyncio
+async def test_event_dicts_are_built_only_for_live_subscribers() -> None:
+    """With no subscriber a published event is numbered but never rendered; with one, once."""
+    bus = InProcessEventBus()
+    Counted.rendered = 0
+    bus.publish(Counted(*event(1)))
+    assert Counted.rendered == 0 and await bus.last_sequence() == 1
+    recorder = Recorder(expect=1)
+    await bus.subscribe(WORKFLOW_EVENTS, recorder)
+    bus.publish(Counted(*event(2)))
+    await asyncio.wait_for(recorder.done.wait(), DEADLINE_SECONDS)
+    assert Counted.rendered == 1 and recorder.seen == [2]
+    await bus.close()
+
+
 @pytest.mark.asyncio
 async def test_drain_is_bounded_by_its_timeout() -> None:
     """drain reports False instead of waiting forever on a blocked subscriber."""

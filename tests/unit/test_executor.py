@@ -28,6 +28,7 @@ from tradeflow.domain.records import (
     ExecutionStatus,
     Scope,
     StateBatch,
+    unresolved_intent,
 )
 from tradeflow.engine.model import Block
 from tradeflow.engine.nodes import default_registry
@@ -481,6 +482,75 @@ async def test_resume_replaces_an_intended_order_exactly_once(infra: Infrastruct
     assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.0)
 
 
+def placing_then_failing(fail: bool) -> NodeRegistry:
+    """The built-ins plus ``actions/lossy_order``: the real ``place_order`` whose reply is
+    lost (the order is placed, then the node raises) while ``fail`` holds."""
+    real = default_registry.get("actions", "place_order")
+    assert real is not None
+
+    async def lossy(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        outputs = await real.run(ctx, blk, inputs)
+        if fail:
+            raise ConnectionError("reply lost")
+        return outputs
+
+    return registry_with(replace(real, type="lossy_order", run=lossy))
+
+
+def lossy_order_workflow() -> dict[str, Any]:
+    return {
+        "blocks": [
+            block(
+                "buy",
+                "actions",
+                "lossy_order",
+                {"symbol": "BTC/USDT", "side": "buy"},
+                {"quantity": "size.qty"},
+            ),
+            block("size", "providers", "static", {"values": {"qty": 0.001}}),
+        ]
+    }
+
+
+@pytest.mark.asyncio
+async def test_an_action_failing_after_its_intent_keeps_its_client_order_id(
+    infra: Infrastructure,
+) -> None:
+    """A failure after the committed intent keeps the intent's client order id in the FAILED
+    checkpoint (an unresolved intent for retention), and resume adopts the order it placed."""
+    workflow = lossy_order_workflow()
+    failed = await EnhancedWorkflowExecutor(
+        workflow, infra, "wf", registry=placing_then_failing(True)
+    ).run()
+    assert failed.status is ExecutionStatus.FAILED
+    checkpoint = (await infra.state.get_checkpoints(failed.execution_id))["buy"]
+    assert checkpoint.state is CheckpointState.FAILED
+    assert checkpoint.outputs == {"client_order_id": f"{failed.execution_id}:buy"}
+    assert unresolved_intent(checkpoint)
+    resumed = await EnhancedWorkflowExecutor(
+        workflow, infra, "wf", registry=placing_then_failing(False)
+    ).resume(failed.execution_id)
+    assert resumed["status"] == "completed"
+    assert resumed["results"]["buy"]["client_order_id"] == f"{failed.execution_id}:buy"
+    assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.001)
+
+
+@pytest.mark.asyncio
+async def test_a_node_failing_without_an_intent_keeps_no_outputs(infra: Infrastructure) -> None:
+    """A failure of a node that committed no intent records no outputs: nothing unresolved."""
+
+    async def broken(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError("broken")
+
+    registry = registry_with(NodeSpec("providers", "broken", broken, outputs=("v",)))
+    workflow = {"blocks": [block("x", "providers", "broken")]}
+    result = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).run()
+    assert result.status is ExecutionStatus.FAILED
+    checkpoint = (await infra.state.get_checkpoints(result.execution_id))["x"]
+    assert checkpoint.state is CheckpointState.FAILED
+    assert checkpoint.outputs is None and not unresolved_intent(checkpoint)
+
+
 @pytest.mark.asyncio
 async def test_cancel_stops_scheduling(infra: Infrastructure) -> None:
     """cancel() while a node runs: no further node starts, status cancelled."""
@@ -593,6 +663,7 @@ async def test_metrics_exposition_counts_nodes_and_executions(infra: Infrastruct
         await EnhancedWorkflowExecutor(trading_workflow(), infra, "metered").execute()
     text = infra.metrics.exposition().decode()
     assert 'tradeflow_executions_total{status="completed"} 3.0' in text
+    assert "tradeflow_execution_duration_seconds_count 3.0" in text
     assert 'tradeflow_node_duration_seconds_count{node_type="place_order"} 3.0' in text
     assert 'tradeflow_node_duration_seconds_bucket{le="+Inf",node_type="threshold"} 3.0' in text
 

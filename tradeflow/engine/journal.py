@@ -71,6 +71,12 @@ _FREE: Final = frozenset({OrderEffect.CANCELS, OrderEffect.NONE})
 Classify = Callable[[], Awaitable[OrderEffect]]
 """Works out what an order does against the current position (the node's ``order_effect``)."""
 
+# A named tuple's generated __new__ is a Python frame; tuple.__new__ with the fields in
+# order builds the same tuple without it (an event per node transition, a checkpoint per node).
+_tuple = tuple.__new__
+if len(Event._fields) != 11 or len(Checkpoint._fields) != 7:  # pragma: no cover
+    raise ImportError("journal: Event or Checkpoint fields changed; update emit/_checkpoint")
+
 _FINAL_EVENT = {
     ExecutionStatus.COMPLETED: EventType.EXECUTION_COMPLETED.value,
     ExecutionStatus.FAILED: EventType.EXECUTION_FAILED.value,
@@ -196,8 +202,9 @@ class DurableJournal(NullJournal):
         self.emergency = durability.emergency
         self.effects: dict[str, OrderEffect] = {}
         """What each action begun so far does to exposure, as its intent recorded it."""
-        self.acting: set[str] = set()
-        """Actions whose intent committed and whose outcome is not yet recorded."""
+        self.acting: dict[str, str] = {}
+        """Client order id of each action whose intent committed and whose outcome is not
+        yet recorded."""
         self.flushing = asyncio.Lock()
         self.sequence = last_sequence
         self.events: list[Event] = []
@@ -224,18 +231,21 @@ class DurableJournal(NullJournal):
         self.sequence = sequence = self.sequence + 1
         if now is None:
             now = self.clock.time()
-        event = Event(
-            type_,
-            f"{self.execution_id}-{sequence}",
-            sequence,
-            now,
-            self.correlation_id,
-            self.execution_id,
-            self.workflow_id,
-            self.bot_id,
-            self.strategy_id,
-            node_id,
-            data if data is not None else {},
+        event: Event = _tuple(
+            Event,
+            (
+                type_,
+                f"{self.execution_id}-{sequence}",
+                sequence,
+                now,
+                self.correlation_id,
+                self.execution_id,
+                self.workflow_id,
+                self.bot_id,
+                self.strategy_id,
+                node_id,
+                data if data is not None else {},
+            ),
         )
         self.publish(event)
         self.events.append(event)
@@ -249,7 +259,9 @@ class DurableJournal(NullJournal):
         outputs: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> Checkpoint:
-        checkpoint = Checkpoint(self.execution_id, node_id, state, now, outputs, error)
+        checkpoint: Checkpoint = _tuple(
+            Checkpoint, (self.execution_id, node_id, state, now, outputs, error, 1)
+        )
         self.checkpoints.append(checkpoint)
         return checkpoint
 
@@ -320,7 +332,7 @@ class DurableJournal(NullJournal):
         except EmergencyHalted:
             self.durability.metrics.actions_refused.inc()
             raise
-        self.acting.add(node_id)
+        self.acting[node_id] = client_order_id
         self.owner.acting(self.execution_id, node_id, client_order_id)
 
     def guard_action(self, node: NodePlan) -> None:
@@ -337,10 +349,13 @@ class DurableJournal(NullJournal):
             self.durability.metrics.actions_refused.inc()
             raise
 
-    def _acted(self, node_id: str) -> None:
-        if node_id in self.acting:
-            self.acting.discard(node_id)
+    def _acted(self, node_id: str) -> str | None:
+        """The action's outcome is recorded: its client order id if its intent had
+        committed (else None)."""
+        client_order_id = self.acting.pop(node_id, None)
+        if client_order_id is not None:
             self.owner.acted(self.execution_id, node_id)
+        return client_order_id
 
     def node_completed(self, node: NodePlan, outputs: dict[str, Any], started: float) -> None:
         node_id = node.block.id
@@ -384,8 +399,17 @@ class DurableJournal(NullJournal):
             node_id,
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
-        self._checkpoint(node_id, _FAILED, now, error=message)
-        self._acted(node_id)
+        client_order_id = self._acted(node_id)
+        # After a committed intent the order may exist at the venue: the failure keeps the
+        # intent's client order id, so resume adopts it and retention keeps the execution
+        # (domain.records.unresolved_intent).
+        self._checkpoint(
+            node_id,
+            _FAILED,
+            now,
+            None if client_order_id is None else {"client_order_id": client_order_id},
+            message,
+        )
         self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
 
     def node_retrying(
@@ -457,7 +481,7 @@ class DurableJournal(NullJournal):
         self.record = record
         try:
             await self.flush()
-            self.durability.metrics.executions.labels(status.value).inc()
+            self.durability.metrics.executions.inc(status.value)
             self.durability.metrics.execution_seconds.observe(seconds)
             if status is ExecutionStatus.COMPLETED:
                 self.log.info("execution.completed", duration_ms=round(seconds * 1000, 3))
