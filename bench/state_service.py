@@ -11,8 +11,10 @@ median/p99 of each write:
 
 It also prints the store's footprint (``MEMORY USAGE`` of every key under its prefix,
 its shared streams and indexes included, divided by the executions written; target
-<= 2 kB) and Redis's own time per write script (``INFO commandstats``: ``usec_per_call``
-of ``EVALSHA``).
+<= 2 kB), split by kind of key (the part of its name after the prefix: ``execution``
+hashes, ``data`` journals, ``index`` sorted sets, the ``events`` stream...), and Redis's
+own time per write script (``INFO commandstats``: ``usec_per_call`` of ``EVALSHA``) with
+the commands the scripts ran per execution.
 
 redis-server and the service run on free ports of this machine, in a temporary
 directory, and are stopped afterwards.
@@ -57,19 +59,38 @@ async def _direct(redis_url: str, executions: int, warmup: int) -> tuple[WriteTi
         store = RedisStateStore(client, prefix="bench-direct")
         timings = await time_typical_writes(store, executions, warmup)
         stats = await client.info("commandstats")
-        total = 0
+        kinds: dict[str, int] = {}
         async for key in client.scan_iter(match="bench-direct:*", count=1000):
-            total += int(await client.memory_usage(key, samples=0) or 0)
+            kind = key.decode().split(":")[1]
+            kinds[kind] = kinds.get(kind, 0) + int(await client.memory_usage(key, samples=0) or 0)
     finally:
         await client.aclose()
-    per_execution = total / (executions + warmup)
+    written = executions + warmup
+    per_execution = sum(kinds.values()) / written
     verdict = "met" if per_execution <= FOOTPRINT_TARGET_BYTES else "MISSED"
     script = stats.get("cmdstat_evalsha", {})
+    split = ", ".join(
+        f"{kind} {size / written:.0f}"
+        for kind, size in sorted(kinds.items(), key=lambda item: -item[1])
+        if size / written >= 1
+    )
+    commands = {
+        name.removeprefix("cmdstat_"): int(values.get("calls", 0))
+        for name, values in stats.items()
+        if name.startswith("cmdstat_") and name not in ("cmdstat_evalsha", "cmdstat_info")
+    }
+    ran = ", ".join(
+        f"{name} {calls / written:.1f}"
+        for name, calls in sorted(commands.items(), key=lambda item: -item[1])
+        if calls / written >= 0.5
+    )
     return timings, (
         f" redis store footprint {per_execution:8.0f} bytes per execution "
         f"(target <= {FOOTPRINT_TARGET_BYTES}: {verdict})\n"
+        f"  by key kind (bytes per execution): {split}\n"
         f" redis time per write script {float(script.get('usec_per_call', 0.0)):6.1f} us "
-        f"({script.get('calls', 0)} calls)"
+        f"({script.get('calls', 0)} calls)\n"
+        f"  commands per execution: {ran}"
     )
 
 

@@ -27,9 +27,11 @@ from replica_fixtures import SYMBOL, Cluster, Replica
 from workflows import block
 
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.redis.state import decode_journal
 from tradeflow.domain.emergency import BarrierReport
 from tradeflow.domain.records import (
     AuditEntry,
+    CheckpointState,
     EventType,
     ExecutionRecord,
     HaltState,
@@ -163,45 +165,40 @@ async def execute(replica: Replica, workflow: Mapping[str, Any], bot: str) -> Ex
 # -- one atomic snapshot of a scope ---------------------------------------------------------
 
 # The state store's and the paper ledger's Redis layout (their module docstrings).
-# ARGV: [1] key prefix with its colon, [2] bot id, [3] the action's node id, [4] the
-#   node_started event type, [5] the first fill to return (0-based; '' for none).
-# Returns {the bot's executions, those whose action's intent committed each followed by
-#   its owner ('' for none), the number of fills, the fills from ARGV[5] on}. An intent
-#   committed if the checkpoint it wrote is still there, or was followed by the outcome:
-#   ``completed``, or ``failed`` after the node started (a refused intent writes nothing,
-#   and its run ends with the node ``failed`` without ever starting it).
+# ARGV: [1] key prefix with its colon, [2] bot id, [3] the first fill to return (0-based;
+#   '' for none).
+# Returns {the bot's executions, flat {journal ('' for none), owner ('' for none)} of each,
+#   the number of fills, the fills from ARGV[3] on}.
 _SNAPSHOT: Final = r"""
-local p, node, started = ARGV[1], ARGV[3], ARGV[4]
-local executions, committed = {}, {}
-local function node_started(id)
-  for _, entry in ipairs(redis.call('XRANGE', p .. 'execution_events:' .. id, '-', '+')) do
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'event' then
-        local event = cjson.decode(fields[i + 1])
-        if event[1] == started and event[10] == node then return true end
-      end
-    end
-  end
-  return false
-end
+local p = ARGV[1]
+local executions, journals = {}, {}
 for _, member in ipairs(redis.call('ZRANGE', p .. 'index:bot:' .. ARGV[2], 0, -1)) do
   local id = string.sub(member, 18)
   table.insert(executions, id)
-  local checkpoint = redis.call('HGET', p .. 'checkpoints:' .. id, node)
-  if checkpoint then
-    local state = string.match(checkpoint, '^%["(%a+)"')
-    if state == 'intent' or state == 'completed' or (state == 'failed' and node_started(id)) then
-      table.insert(committed, id)
-      table.insert(committed, redis.call('HGET', p .. 'execution:' .. id, 'owner') or '')
-    end
-  end
+  table.insert(journals, redis.call('GET', p .. 'data:' .. id) or '')
+  table.insert(journals, redis.call('HGET', p .. 'execution:' .. id, 'owner') or '')
 end
 local fills = p .. 'paper:fills'
 local appended = {}
-if ARGV[5] ~= '' then appended = redis.call('LRANGE', fills, tonumber(ARGV[5]), -1) end
-return {executions, committed, redis.call('LLEN', fills), appended}
+if ARGV[3] ~= '' then appended = redis.call('LRANGE', fills, tonumber(ARGV[3]), -1) end
+return {executions, journals, redis.call('LLEN', fills), appended}
 """
+
+
+def _committed(execution_id: str, journal: bytes) -> bool:
+    """Whether the execution's action's intent committed: the checkpoint it wrote is still
+    there, or was followed by the outcome: ``completed``, or ``failed`` after the node
+    started (a refused intent writes nothing, and its run ends with the node ``failed``
+    without ever starting it)."""
+    checkpoints, events = decode_journal(execution_id, journal)
+    checkpoint = checkpoints.get(ORDER)
+    if checkpoint is None:
+        return False
+    if checkpoint.state in (CheckpointState.INTENT, CheckpointState.COMPLETED):
+        return True
+    return checkpoint.state is CheckpointState.FAILED and any(
+        e.type == EventType.NODE_STARTED and e.node_id == ORDER for _, e in events
+    )
 
 
 @dataclass(frozen=True)
@@ -228,20 +225,16 @@ async def scope_snapshot(
     """One atomic read of ``bot``'s executions and of the fills (those from ``fills_from``
     on, when given) of ``cluster``'s shared Redis."""
     client = cluster.redis_client
-    executions, committed, fills, appended = await client.eval(
-        _SNAPSHOT,
-        0,
-        f"{cluster.prefix}:",
-        bot,
-        ORDER,
-        EventType.NODE_STARTED.value,
-        "" if fills_from is None else str(fills_from),
+    executions, journals, fills, appended = await client.eval(
+        _SNAPSHOT, 0, f"{cluster.prefix}:", bot, "" if fills_from is None else str(fills_from)
     )
+    ids = [e.decode() for e in executions]
     return ScopeSnapshot(
-        frozenset(e.decode() for e in executions),
+        frozenset(ids),
         {
-            execution.decode(): owner.decode()
-            for execution, owner in zip(committed[::2], committed[1::2], strict=True)
+            execution_id: owner.decode()
+            for execution_id, journal, owner in zip(ids, journals[::2], journals[1::2], strict=True)
+            if _committed(execution_id, journal)
         },
         int(fills),
         tuple(json.loads(fill)[2] for fill in appended),

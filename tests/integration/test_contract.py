@@ -383,6 +383,7 @@ async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
     running or interrupted one, one ended after the horizon, or one whose latest
     checkpoint is an unresolved intent (counted in ``kept``)."""
     horizon = ANCIENT + 100
+    # Started in 1970 but after the ownership suite's orphans (1-4 s), which list first.
     _, kept_before = await prune_all(state_store, horizon)
     gone: list[ExecutionRecord] = []
     for n, status in enumerate(
@@ -398,15 +399,17 @@ async def test_prune_removes_ended_executions_oldest_first_and_keeps_the_rest(
             )
         )
         gone.append(done)
-    running = await start(state_store, execution(f"{uid}-running", f"{uid}-wf", started_at=1.0))
+    running = await start(
+        state_store, execution(f"{uid}-running", f"{uid}-wf", started_at=ANCIENT - 5)
+    )
     interrupted = ended(
-        execution(f"{uid}-interrupted", f"{uid}-wf", started_at=1.0),
+        execution(f"{uid}-interrupted", f"{uid}-wf", started_at=ANCIENT - 5),
         ExecutionStatus.INTERRUPTED,
         ANCIENT,
     )
     recent = ended(execution(f"{uid}-recent", f"{uid}-wf"), ExecutionStatus.COMPLETED, horizon)
     intent = ended(
-        execution(f"{uid}-intent", f"{uid}-wf", started_at=1.0),
+        execution(f"{uid}-intent", f"{uid}-wf", started_at=ANCIENT - 5),
         ExecutionStatus.FAILED,
         ANCIENT - 1,
     )

@@ -14,6 +14,7 @@ from kit import DEADLINE_SECONDS, checkpoint, event, eventually, execution
 from servers import ServerProcess
 from state_fixtures import state_service_process
 
+from bench.sqlite_write import typical_batches
 from tradeflow.adapters.redis.connection import connect
 from tradeflow.adapters.redis.emergency import RedisEmergencyStore
 from tradeflow.adapters.redis.state import RedisStateStore
@@ -849,15 +850,16 @@ async def test_prune_racing_a_crowd_of_claims_never_removes_a_claimed_execution(
 async def assert_consistent(
     store: RedisStateStore, client: aioredis.Redis, prefix: str
 ) -> set[str]:
-    """Every index member, request id, checkpoint hash and event (in either stream)
-    belongs to a whole execution whose status index holds it; returns their ids."""
+    """Every index member, request id, record hash, journal and event (read by execution
+    or from the global stream) belongs to a whole execution whose status index holds it;
+    returns their ids."""
     members = {m.decode() for m in await client.zrange(f"{prefix}:index:all", 0, -1)}
     present = {m[17:]: m for m in members}
     for key in await keys_of(client, prefix):
         kind, _, rest = key[len(prefix) + 1 :].partition(":")
         if kind == "index":
             assert {m.decode() for m in await client.zrange(key, 0, -1)} <= members, key
-        elif kind in ("execution", "checkpoints", "execution_events"):
+        elif kind in ("execution", "data"):
             assert rest in present, key
         elif kind == "request":
             assert (await client.get(key) or b"").decode() in present, key
@@ -932,3 +934,185 @@ async def test_a_state_service_killed_mid_prune_leaves_a_consistent_store(
 
 async def _fewer(client: aioredis.Redis, key: str, than: int) -> bool:
     return int(await client.zcard(key)) < than
+
+
+@pytest.mark.asyncio
+async def test_a_typical_execution_takes_at_most_2_kb_of_redis(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """The bench's typical 10-node execution (its two batches: 10 checkpoints and 19
+    events, then the result, 1 checkpoint and 3 events) costs <= 2,048 bytes of MEMORY
+    USAGE, every key under the prefix counted (shared streams, indexes and the definition
+    included) over 100 executions; its record hash stays a listpack."""
+    executions = 100
+    for i in range(executions):
+        start, finish = typical_batches(f"{i:032x}", 1_795_689_105.0 + i)
+        await store.write(start)
+        await store.write(finish)
+
+    total = 0
+    async for key in client.scan_iter(match=f"{prefix}:*"):
+        total += int(await client.memory_usage(key, samples=0) or 0)
+
+    assert total / executions <= 2048, total / executions
+    assert await client.object("encoding", f"{prefix}:execution:{0:032x}") == b"listpack"
+    _, finish = typical_batches(f"{0:032x}", 1_795_689_105.0)
+    assert await store.get_execution(f"{0:032x}") == finish.execution
+
+
+@pytest.mark.asyncio
+async def test_a_prefix_in_the_older_layout_is_refused_with_what_to_do(
+    client: aioredis.Redis, prefix: str
+) -> None:
+    """Keys of the layout before p:layout existed (a stream of every event, its cursor)
+    make every execution operation raise ConfigurationError naming the way out, and
+    nothing is written; leases (the same in both layouts) still work."""
+    await client.set(f"{prefix}:event_cursor", 2)
+    await client.xadd(f"{prefix}:execution_events:e1", {"sequence": 1, "event": "[]"}, id="1-0")
+    store = RedisStateStore(client, prefix=prefix)
+    before = await keys_of(client, prefix)
+
+    for call in (
+        store.get_execution("e1"),
+        store.write(StateBatch(execution=execution("e2"))),
+        store.read_events(),
+        store.prune(1.0),
+    ):
+        with pytest.raises(ConfigurationError, match="TRADEFLOW_REDIS_PREFIX") as caught:
+            await call
+        assert f"delete the keys {prefix}:*" in str(caught.value)
+    lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
+
+    leases = {f"{prefix}:{key}" for key in ("lease:a", "leases", "lease_epoch")}
+    assert await keys_of(client, prefix) - before == leases
+    await store.release_lease(lease)
+
+
+@pytest.mark.asyncio
+async def test_a_definition_is_stored_once_and_goes_with_its_last_execution(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """Executions of one definition share one copy of it; prune drops it with the last
+    execution that refers to it, not before."""
+    await store.write(ended("a", ExecutionStatus.COMPLETED, 100.0))
+    await store.write(ended("b", ExecutionStatus.COMPLETED, 200.0))
+    copies = [key async for key in client.scan_iter(match=f"{prefix}:definition:*")]
+
+    first = await store.prune(150.0)
+    kept = (await store.get_execution("b")).definition
+    second = await store.prune(250.0)
+
+    assert len(copies) == 1
+    assert (first.removed, second.removed) == (1, 1)
+    assert kept == execution("b").definition
+    assert [key async for key in client.scan_iter(match=f"{prefix}:definition*")] == []
+
+
+@pytest.mark.asyncio
+async def test_an_entry_shared_by_two_executions_outlives_one_of_them(
+    store: RedisStateStore,
+) -> None:
+    """A batch with events of two executions is one entry of the global stream; once one
+    of them is pruned, reading the stream yields the other's events with their cursors."""
+    await store.write(StateBatch(execution=execution("gone", started_at=1.0)))
+    await store.write(StateBatch(events=(event("gone", 1), event("stays", 1), event("gone", 2))))
+    before = await store.read_events()
+    await store.write(ended("gone", ExecutionStatus.COMPLETED, 5.0, checkpoints=(), events=()))
+
+    assert (await store.prune(10.0)).removed == 1
+    after = await store.read_events()
+
+    assert [e.event_id for _, e in before] == ["gone-1", "stays-1", "gone-2"]
+    assert after == [before[1]]
+    assert await store.read_events(execution_id="stays") == [before[1]]
+
+
+@pytest.mark.asyncio
+async def test_a_long_journal_reads_back_whole(store: RedisStateStore) -> None:
+    """Hundreds of batches of one execution (its journal appended past the size where
+    it is rewritten whole) read back exactly: checkpoints latest per node, every event
+    once with dense cursors, the last sequence, the final result."""
+    batches = [
+        StateBatch(
+            checkpoints=(checkpoint("e1", f"n{i % 7}", outputs={"i": i}),),
+            events=(event("e1", 2 * i + 1), event("e1", 2 * i + 2)),
+        )
+        for i in range(300)
+    ]
+    await store.write(StateBatch(execution=execution("e1")))
+    for batch in batches:
+        await store.write(batch)
+    finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"done": [1, 2]})
+    await store.write(StateBatch(execution=finished))
+
+    events = await store.read_events(execution_id="e1", limit=1000)
+    assert [e for _, e in events] == [e for b in batches for e in b.events]
+    assert [c for c, _ in events] == list(range(events[0][0], events[0][0] + 600))
+    assert await store.read_events(limit=1000) == events
+    assert await store.get_checkpoints("e1") == {
+        f"n{i % 7}": checkpoint("e1", f"n{i % 7}", outputs={"i": i}) for i in range(293, 300)
+    }
+    assert await store.last_sequence("e1") == 600
+    assert await store.get_execution("e1") == finished
+
+
+@pytest.mark.asyncio
+async def test_a_frame_chained_to_a_journal_another_store_extended_is_sent_unchained(
+    store: RedisStateStore, client: aioredis.Redis, prefix: str
+) -> None:
+    """A store compresses a live execution's next frame against the last one it wrote;
+    when another store wrote to that journal meanwhile, the script refuses the chained
+    frame and the store sends it again unchained (two script calls): everything reads
+    back exactly, from either store."""
+    await store.write(
+        StateBatch(
+            execution=execution("e1"),
+            checkpoints=(checkpoint("e1", "a"),),
+            events=(event("e1", 1),),
+        )
+    )
+    other = RedisStateStore(client, prefix=prefix)
+    await other.write(StateBatch(checkpoints=(checkpoint("e1", "b"),), events=(event("e1", 2),)))
+    finished = execution("e1", status=ExecutionStatus.COMPLETED, result={"a": {"price": 101.5}})
+    before = await script_calls(client)
+
+    await store.write(
+        StateBatch(
+            execution=finished, checkpoints=(checkpoint("e1", "c"),), events=(event("e1", 3),)
+        )
+    )
+
+    assert await script_calls(client) == before + 2
+    for view in (store, other, RedisStateStore(client, prefix=prefix)):
+        assert await view.get_execution("e1") == finished
+        assert set(await view.get_checkpoints("e1")) == {"a", "b", "c"}
+        assert [e for _, e in await view.read_events(execution_id="e1")] == [
+            event("e1", n) for n in (1, 2, 3)
+        ]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "stamps",
+    [
+        [1_796_217_833.0296228, 1_796_217_833.0296667, 1_796_217_833.0360453],
+        [1_796_217_833.0296228, 0.5, 1_796_217_833.0296667],
+        [1_796_217_833.0296228, 1_796_217_833, 1_796_217_833.0296667],
+    ],
+    ids=["clock", "another-magnitude", "an-int"],
+)
+async def test_timestamps_read_back_exactly(store: RedisStateStore, stamps: list[float]) -> None:
+    """Event and checkpoint timestamps read back equal and of the same type, whether
+    the frame stores them as ticks from its first one (all a clock gives) or as they are
+    (one far from the others, or an int)."""
+    events = tuple(event("e1", n + 1, timestamp=t) for n, t in enumerate(stamps))
+    checkpoints = tuple(checkpoint("e1", f"n{n}", updated_at=t) for n, t in enumerate(stamps))
+
+    await store.write(StateBatch(checkpoints=checkpoints, events=events))
+
+    read = [e for _, e in await store.read_events(execution_id="e1")]
+    saved = await store.get_checkpoints("e1")
+    assert read == list(events)
+    assert [type(e.timestamp) for e in read] == [type(t) for t in stamps]
+    assert [saved[f"n{n}"].updated_at for n in range(len(stamps))] == stamps
+    assert [type(saved[f"n{n}"].updated_at) for n in range(len(stamps))] == list(map(type, stamps))

@@ -191,10 +191,10 @@ REDIS_COMMANDS: Final[dict[str, tuple[str, ...]]] = {
     # Every adapter's scripts are registered: EVALSHA, loaded again after a server restart.
     "scripts": ("evalsha", "script|load"),
     "state": (
-        "del", "get", "hdel", "hget", "hgetall", "hmget", "hset", "incr", "incrby",
-        "pexpire", "pexpireat", "pttl", "sadd", "set", "smembers", "time", "xadd",
-        "xdel", "xrange", "xrevrange", "zadd", "zcard", "zrange", "zrangebylex", "zrem",
-        "zremrangebyscore", "zrevrangebylex",
+        "append", "del", "exists", "get", "getrange", "hdel", "hget", "hgetall", "hincrby",
+        "hmget", "hset", "incr", "incrby", "pexpire", "pexpireat", "pttl", "sadd", "set",
+        "smembers", "strlen", "time", "xadd", "xdel", "xrange", "zadd", "zcard", "zrange",
+        "zrangebylex", "zrem", "zremrangebyscore", "zrevrangebylex",
     ),
     "emergency": (
         "del", "get", "hdel", "hexists", "hget", "hgetall", "hmget", "hset", "hsetnx",
@@ -264,9 +264,11 @@ def redis_users(prefix: str = "tradeflow") -> tuple[RedisUser, ...]:
         RedisUser(
             "state",
             keys=(
-                *(f"{p}{name}:*" for name in ("execution", "checkpoints", "execution_events")),
+                *(f"{p}{name}:*" for name in ("execution", "data", "definition")),
+                f"{p}definitions",
                 f"{p}events",
                 f"{p}event_cursor",
+                f"{p}layout",
                 f"{p}index:*",
                 f"{p}request:*",
                 *leases,

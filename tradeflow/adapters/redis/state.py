@@ -1,18 +1,45 @@
 """The production :class:`~tradeflow.ports.StateStore`: state in Redis.
 
-Layout (``p`` is the prefix):
+Layout (``p`` is the prefix; ``p:layout`` is ``2``, see below):
 
-- ``p:execution:<id>`` hash: ``meta`` -> JSON ``[workflow_id, bot_id, strategy_id,
-  started_at, correlation_id, request_id]`` (fixed when the run starts),
-  ``definition`` -> JSON, ``state`` -> JSON ``[status, finished_at, error, result]``,
-  and once a lease owns it ``owner``, ``epoch`` (that lease's) and ``takeovers``, and
-  ``cancel_requested`` (``1``) once a cancel was asked of its live owner;
-- ``p:checkpoints:<id>`` hash ``node_id`` -> JSON ``[state, updated_at, outputs,
-  error, attempt]``;
-- ``p:events`` stream (every event) and ``p:execution_events:<id>`` stream (one
-  execution's), entry ids ``<cursor>-0`` from the ``p:event_cursor`` counter,
-  field ``event`` -> JSON array of the :class:`Event` fields in order (the
-  execution's stream also has field ``sequence``, first);
+- ``p:execution:<id>`` hash of small fields only (so Redis keeps it a listpack): the
+  fixed ``wf``, ``start`` (JSON number), ``def`` (the definition's digest), ``corr``
+  unless the correlation id is the execution id, and, when set, ``bot``, ``strat``,
+  ``req``; the state ``st`` (status), ``fin`` (JSON number) and ``err`` when set, ``res``
+  (``<offset>,<length>``: the frame of ``p:data:<id>`` that holds the result) when there
+  is a result; ``seq``, the last event sequence stored; ``open``, the JSON list of the
+  nodes whose latest checkpoint leaves an intent unresolved
+  (:func:`~tradeflow.domain.records.unresolved_intent`), when any; and once a lease owns it ``owner``, ``epoch`` (that lease's) and ``takeovers``, and
+  ``cancel_requested`` (``1``) once a cancel was asked of its live owner. Checkpoints or
+  events of an execution with no record leave only ``seq`` / ``open``: no record;
+- ``p:data:<id>`` string: the execution's journal, one frame per written batch,
+  ``<kind><first cursor>,<entry>,<length>:<body>``, where the body is raw DEFLATE of
+  compact JSON ``[positions, stem, events, checkpoints]`` (``[..., result]`` when the
+  batch carried the record's result), its preset dictionary :data:`_ZDICT` and the
+  execution id, followed for a chained frame (kind ``j`` or ``s``) by the raw JSON of the
+  frame before it (so the result's outputs cost little more than a reference to the
+  checkpoints'; a store chains only to a frame it wrote, and the script refuses the
+  chain unless the journal still has the size and last bytes that store left it with):
+  events are ``[type, event_id or 0 (when it is "<execution id>-<sequence>"), sequence,
+  timestamp, node_id, data]``, plus ``[correlation, workflow, bot, strategy]`` when those
+  differ from the frame's ``stem`` (the first event's, then a base timestamp: when not
+  null, every timestamp of the frame is stored as a whole number of that base's ulps
+  from it, exact); their cursors are the first cursor plus each one's
+  position in its batch (``positions`` lists them, or is 0 for ``0, 1, ...``);
+  checkpoints are ``[node_id, state, updated_at, outputs, error, attempt]``, a later one
+  of a node replacing an earlier one. The script writes the header; ``entry`` is the
+  batch's entry in ``p:events`` (0: no events), and ``kind`` is ``J`` (``j``: chained)
+  when that entry refers to this execution only, else ``S`` (``s``). Extended by GET and
+  SET while small (APPEND over-allocates), by APPEND past :data:`_APPEND_ABOVE` bytes;
+- ``p:definition:<digest>`` string: a definition's JSON, stored once for every
+  execution of it; ``p:definitions`` hash ``digest`` -> how many executions refer to it
+  (prune decrements it and deletes the definition at 0);
+- ``p:events`` stream: one entry per batch with events, entry id ``<the batch's last
+  cursor>-0`` (cursors from the ``p:event_cursor`` counter, one per event, dense), fields
+  ``x`` (the ids of the executions holding its events, newline-separated), ``n`` (how
+  many events: its cursors are ``id - n + 1`` to ``id``) and ``e`` (JSON ``[[position,
+  event], ...]``, the events of no execution) when there are such; a reader finds the
+  events in the executions' journals; ``max_events`` trims it exactly by cursor (``MINID``);
 - ``p:index:all`` and ``p:index:{workflow,bot,strategy,status}:<value>`` sorted
   sets of ``"<start key>:<execution id>"``, where the start key is 16 hex digits
   that sort like ``started_at``. Every member scores 0 and ranges are
@@ -30,6 +57,11 @@ Layout (``p`` is the prefix):
   instant): the registry :meth:`~RedisStateStore.live_leases` lists without scanning
   the keyspace (pruned of expired owners as it lists).
 
+The layout before this one (layout 1: a JSON ``state`` in the execution hash, a
+``p:checkpoints:<id>`` hash and a ``p:execution_events:<id>`` stream, every event in
+``p:events``) is not read: a store that finds its keys under its prefix with no
+``p:layout`` refuses every call with a ``ConfigurationError`` saying what to do.
+
 ``write`` also reads the emergency state's halts (``{<prefix>:emergency}:halts`` and
 ``:halt_since``, named by :func:`~tradeflow.adapters.redis.emergency.halt_keys`) when
 its batch carries a guard.
@@ -40,32 +72,34 @@ trading state that does not admit the batch's guarded action, a ``request_id``
 another execution holds) are decided before its first write, so
 the record and its index moves, the checkpoints and the events with their cursors
 land together or not at all, and a write racing its lease's expiry either lands
-whole before it or is refused whole. Python packs one command and parses one
-reply (redis-py loads the script again when a restarted server lost its cache).
+whole before it or is refused whole. Python encodes and compresses, the script only
+concatenates (redis-py loads the script again when a restarted server lost its cache).
 Indexes move only on a status change, out of the index of the status stored
 before: a brand-new execution is only added. Every other ownership operation
 (acquire, renew, release or revoke, list the live leases, claim, orphans, cancel) is
 one script too (claim and
-cancel first read the execution's fixed ``meta`` for its index member, as the status
+cancel first read the execution's fixed ``start`` for its index member, as the status
 they may change moves it); reads of records are one script that adds each owner's
-liveness.
+liveness, the definition and the result.
 
 ``write_many`` (group commit) sends the write scripts of its batches in one pipeline,
 not a transaction: each batch is its own atomic script with its own outcome. A store
-remembers the executions it created and writes only their ``state`` next; a script
+remembers the executions it created and writes only their state next; a script
 that finds such an execution gone (pruned meanwhile by another) asks for it whole.
 
 ``prune`` is one script per chunk of at most 100 removals: it walks the indexes of the
 final statuses together, oldest started first, up to the start key of the horizon (an
-execution that started later cannot have ended before it), reads each one's state and
-checkpoints in the script (so a claim that made it running, or an unresolved intent,
-keeps it), and deletes its hash, checkpoints, stream, its entries of the global stream,
-its index members and its request id. A crash between two chunks leaves every
-execution whole or gone. The emergency keys (the audit) are another store's.
+execution that started later cannot have ended before it), reads each one's status, end
+and ``open`` in the script (so a claim that made it running, or an unresolved intent,
+keeps it), and deletes its hash, journal, the entries of the global stream that refer
+to it alone (a reader skips the executions an entry names that are gone), its index
+members, its request id and its reference to its definition. A crash between two chunks
+leaves every execution whole or gone. The emergency keys (the audit) are another store's.
 
-Writing a batch twice stores it once: an event whose ``sequence`` is not above
-the last one stored for its execution is skipped (events without an execution
-are not deduplicated). So every operation is retried once after a connection
+Writing a batch twice stores its events once: a script that finds an event not above
+the last sequence stored for its execution (``seq``) writes nothing and answers with
+those sequences; the batch is sent again without the stored events (events without an
+execution are not deduplicated). So every operation is retried once after a connection
 error (typically a pooled connection the server dropped when it restarted);
 a second failure raises ``UnavailableError``.
 """
@@ -73,9 +107,12 @@ a second failure raises ``UnavailableError``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import math
 import struct
+import zlib
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Final, ParamSpec, TypeVar, cast
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
@@ -109,6 +146,7 @@ from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
     Event,
+    EventType,
     ExecutionPage,
     ExecutionQuery,
     ExecutionRecord,
@@ -116,46 +154,47 @@ from tradeflow.domain.records import (
     PruneReport,
     Scope,
     StateBatch,
+    unresolved_intent,
 )
 from tradeflow.domain.trading import OrderEffect, TradingState
 
-__all__ = ["RedisStateStore"]
+__all__ = ["RedisStateStore", "decode_journal"]
 
 # One write (see the module docstring). Keys are built here from the prefix, so the store
 # needs a standalone Redis (as MULTI over these keys did).
-# ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, checkpoints, events,
-#   fence, target, guard]:
-#   record: false, or [execution id, index member, status, full, indexes, request id or false]
-#     (full: this store's first write of it, which also stores meta and definition and
-#     joins the indexes);
-#   owners: the execution ids the checkpoints and events belong to, each once;
-#   checkpoints: flat [owner, node id, ...]; events: flat [owner or 0, sequence, ...],
-#     owners as positions in owners (flat and deduplicated: cjson decodes this per write);
+# ARGV[1]: JSON [prefix, stream cap ('' for none), record, owners, frames, count, fence,
+#   target, guard]:
+#   record: false, or [execution id, index member, status, full, indexes, request id or
+#     false, fields to set (flat), fields to delete, definition digest or false] (full:
+#     this store's first write of it, which also stores the fixed fields and definition
+#     and joins the indexes);
+#   owners: the execution ids with a frame in this batch, each once; frames: one per owner,
+#     [first event sequence or false, last or false, kind (J, S, j or s), has the result
+#     (the record's), flat [node, 1 if its checkpoint leaves an intent unresolved else 0],
+#     chained: false, or [the size its journal has now, the hex of its last bytes] (the
+#     frame's dictionary ends with the raw JSON of the journal's last frame)];
+#   count: the batch's events (its cursors), those of no execution included;
 #   fence: false, or [lease owner, epoch as text]; target: the batch's execution or false;
 #   guard: false (no guard, or one every state admits), or [halts key, halt_since key,
 #     the highest rank admitting the guard's effect, halt fields of its scopes broadest
 #     first] (keys and fields of adapters.redis.emergency).
-# ARGV[2]: the JSON texts to store, newline-separated (compact JSON never holds a raw
-#   newline): the record's (meta, definition and state if full, else state), then one per
-#   checkpoint, then one per event.
-# Returns nil; the execution holding the record's request id; for a refused fence,
+# ARGV[2]: the definition's JSON (a full record) or ''; ARGV[3]: the stream entry's
+#   events of no execution (field e) or ''; ARGV[3 + k]: the frame body of owners[k].
+# Returns {0, the size of the target's journal after it or false}: written; or the
+#   execution holding the record's request id; for a refused fence,
 #   {1, the owner's live epoch or nil} (the fence's lease is not live), {2, epoch, owner}
 #   (the target is another lease's) or {3, epoch, owner} (it is owned, the batch has no
 #   fence); or {4, halt field, halt JSON, since} (the deciding halt refuses the guard's
 #   effect); or {5}: a state-only write (record not full) of an execution that is not
-#   stored (pruned since): the caller writes it again, full. Nothing is written when
-#   something is returned.
+#   stored (pruned since): the caller writes it again, full; or {6, the last sequence
+#   stored (or false) of each owner}: an event of the batch is stored already, the caller
+#   sends it again without those; or {7}: a chained frame's journal does not end where
+#   the writer saw it end (written by another since): the caller sends it unchained.
+#   Nothing is written unless {0, ...} is returned.
 # RANKS (prepended) maps each trading state to its rank, from TradingState.
 _WRITE: Final = r"""
-local p, cap, record, owners, checkpoints, events, fence, target, guard =
+local p, cap, record, owners, frames, count, fence, target, guard =
   unpack(cjson.decode(ARGV[1]))
-local texts, at = ARGV[2], 1
-local function take()
-  local stop = string.find(texts, '\n', at, true) or #texts + 1
-  local text = string.sub(texts, at, stop - 1)
-  at = stop + 1
-  return text
-end
 -- The fence, before the first write: the same script as the write, so a lease cannot
 -- lapse (nor the execution change hands) between the check and the write.
 local stored, owned = false, {}
@@ -164,7 +203,7 @@ if fence then
   if held ~= fence[2] then return {1, held} end
 end
 if target then
-  local found = redis.call('HMGET', p .. 'execution:' .. target, 'state', 'epoch', 'owner')
+  local found = redis.call('HMGET', p .. 'execution:' .. target, 'st', 'epoch', 'owner')
   stored = found[1]
   local epoch = found[2] or '0'
   if fence then
@@ -194,9 +233,36 @@ if guard then
     return {4, field, found[decided], redis.call('HGET', guard[2], field)}
   end
 end
+-- An event not above the last sequence stored for its execution is stored already; a
+-- frame chained to the journal's last frame needs the journal to end where it did.
+local lasts, sizes, again = {}, {}, false
+for k = 1, #owners do
+  local held = false
+  if frames[k][1] then
+    held = redis.call('HGET', p .. 'execution:' .. owners[k], 'seq') or false
+    if held and tonumber(frames[k][1]) <= tonumber(held) then again = true end
+  end
+  lasts[k] = held
+  local chain = frames[k][6]
+  if chain then
+    local data = p .. 'data:' .. owners[k]
+    sizes[k] = redis.call('STRLEN', data)
+    if sizes[k] ~= chain[1] then return {7} end
+    local tail = redis.call('GETRANGE', data, -#chain[2] / 2, -1)
+    tail = string.gsub(tail, '.', function(c) return string.format('%02x', string.byte(c)) end)
+    if tail ~= chain[2] then return {7} end
+  end
+end
+if again then return {6, unpack(lasts)} end
+local function release(digest)
+  if redis.call('HINCRBY', p .. 'definitions', digest, -1) <= 0 then
+    redis.call('HDEL', p .. 'definitions', digest)
+    redis.call('DEL', p .. 'definition:' .. digest)
+  end
+end
+local key = target and p .. 'execution:' .. target
 if record then
   local id, member, status, full = record[1], record[2], record[3], record[4]
-  local key = p .. 'execution:' .. id
   if full and record[6] then
     local claim = p .. 'request:' .. record[6]
     local holder = redis.call('GET', claim)
@@ -205,72 +271,89 @@ if record then
   end
   -- A state-only write finds the execution gone (pruned meanwhile): write it whole.
   if not full and not stored then return {5} end
-  -- The status is the first element of the stored state: a plain word, never escaped.
-  local was = stored and string.match(stored, '^%["([^"]*)"')
   if full then
-    redis.call('HSET', key, 'meta', take(), 'definition', take(), 'state', take(), unpack(owned))
-    for _, index in ipairs(record[5]) do redis.call('ZADD', p .. index, 0, member) end
-  else
-    redis.call('HSET', key, 'state', take(), unpack(owned))
+    local digest = record[9]
+    local held = redis.call('HGET', key, 'def')
+    if held ~= digest then
+      redis.call('SET', p .. 'definition:' .. digest, ARGV[2], 'NX')
+      redis.call('HINCRBY', p .. 'definitions', digest, 1)
+      if held then release(held) end
+    end
   end
-  if was ~= status then
-    if was then redis.call('ZREM', p .. 'index:status:' .. was, member) end
+  local fields = record[7]
+  for i = 1, #owned do fields[#fields + 1] = owned[i] end
+  redis.call('HSET', key, unpack(fields))
+  -- A new record has none of the fields to delete.
+  if stored and #record[8] > 0 then redis.call('HDEL', key, unpack(record[8])) end
+  if full then
+    for _, index in ipairs(record[5]) do redis.call('ZADD', p .. index, 0, member) end
+  end
+  if stored ~= status then
+    if stored then redis.call('ZREM', p .. 'index:status:' .. stored, member) end
     redis.call('ZADD', p .. 'index:status:' .. status, 0, member)
   end
 elseif #owned > 0 then
-  redis.call('HSET', p .. 'execution:' .. target, unpack(owned))
+  redis.call('HSET', key, unpack(owned))
 end
-local fields = {}
-for i = 1, #checkpoints, 2 do
-  local owner = checkpoints[i]
-  local flat = fields[owner] or {}
-  fields[owner] = flat
-  flat[#flat + 1] = checkpoints[i + 1]
-  flat[#flat + 1] = take()
+local first, entry = 0, 0
+if count > 0 then
+  first = redis.call('INCRBY', p .. 'event_cursor', count) - count + 1
+  entry = first + count - 1
 end
-for owner, flat in pairs(fields) do
-  local key = p .. 'checkpoints:' .. owners[owner]
-  -- In slices: unpack() fails past the Lua stack's few thousand slots.
-  for i = 1, #flat, 1000 do
-    redis.call('HSET', key, unpack(flat, i, math.min(i + 999, #flat)))
-  end
-end
--- An event not above the last sequence stored for its execution is stored already.
-local streams, last, n, owner_of, sequence_of, body_of = {}, {}, 0, {}, {}, {}
-for i = 1, #events, 2 do
-  local owner, sequence, body = events[i], events[i + 1], take()
-  if owner > 0 and not streams[owner] then
-    streams[owner] = p .. 'execution_events:' .. owners[owner]
-    local tail = redis.call('XREVRANGE', streams[owner], '+', '-', 'COUNT', 1)[1]
-    last[owner] = tail and tonumber(tail[2][2]) or -math.huge
-  end
-  if owner == 0 or tonumber(sequence) > last[owner] then
-    if owner > 0 then last[owner] = tonumber(sequence) end
-    n = n + 1
-    owner_of[n], sequence_of[n], body_of[n] = owner, sequence, body
-  end
-end
-if n == 0 then return false end
-local all = p .. 'events'
-local first = redis.call('INCRBY', p .. 'event_cursor', n) - n
-for k = 1, n do
-  local id, body = string.format('%d-0', first + k), body_of[k]
-  if cap == '' then
-    redis.call('XADD', all, id, 'event', body)
+local with, journal = {}, false
+for k = 1, #owners do
+  local frame, owner = frames[k], owners[k]
+  local hash, data, body = p .. 'execution:' .. owner, p .. 'data:' .. owner, ARGV[3 + k]
+  local header
+  if frame[1] then
+    header = string.format('%s%d,%d,%d:', frame[3], first, entry, #body)
+    with[#with + 1] = owner
+    redis.call('HSET', hash, 'seq', frame[2])
   else
-    redis.call('XADD', all, 'MAXLEN', '~', cap, id, 'event', body)
+    header = string.format('%s0,0,%d:', frame[3], #body)
   end
-  if owner_of[k] > 0 then
-    redis.call('XADD', streams[owner_of[k]], id, 'sequence', sequence_of[k], 'event', body)
+  local size = sizes[k] or redis.call('STRLEN', data)
+  if owner == target then journal = size + #header + #body end
+  if size + #header + #body > APPEND_ABOVE then
+    redis.call('APPEND', data, header .. body)
+  elseif size > 0 then
+    redis.call('SET', data, redis.call('GET', data) .. header .. body)
+  else
+    redis.call('SET', data, header .. body)
+  end
+  if frame[4] then redis.call('HSET', hash, 'res', size .. ',' .. (#header + #body)) end
+  local nodes = frame[5]
+  if #nodes > 0 then
+    local open, list = {}, {}
+    local held = redis.call('HGET', hash, 'open')
+    if held then for _, node in ipairs(cjson.decode(held)) do open[node] = true end end
+    for i = 1, #nodes, 2 do open[nodes[i]] = nodes[i + 1] == 1 or nil end
+    for node in pairs(open) do list[#list + 1] = node end
+    if #list > 0 then
+      redis.call('HSET', hash, 'open', cjson.encode(list))
+    elseif held then
+      redis.call('HDEL', hash, 'open')
+    end
   end
 end
-return false
+if count > 0 then
+  local all, fields = p .. 'events', {'x', table.concat(with, '\n'), 'n', count}
+  if ARGV[3] ~= '' then fields[#fields + 1] = 'e' fields[#fields + 1] = ARGV[3] end
+  if cap ~= '' and entry - tonumber(cap) + 1 > 1 then
+    redis.call('XADD', all, 'MINID', entry - tonumber(cap) + 1, entry .. '-0', unpack(fields))
+  else
+    redis.call('XADD', all, entry .. '-0', unpack(fields))
+  end
+end
+return {0, journal}
 """
 
 # What the scripts that return records share: a record is its hash, flat, plus the
-# pseudo-field owner_live ('1' or '0'); a missing one is an empty list.
+# pseudo-fields owner_live ('1' or '0'), definition (its JSON) and result (the journal up
+# to the end of the frame that holds it: a frame may be chained to those before it) when
+# it has them; a missing one is an empty list.
 _RECORDS: Final = r"""
-local leases = {}
+local leases, definitions = {}, {}
 local function live(p, owner, epoch)
   if not owner or not epoch or epoch == '0' then return false end
   local held = leases[owner]
@@ -282,16 +365,37 @@ local function live(p, owner, epoch)
 end
 local function load(p, id)
   local flat = redis.call('HGETALL', p .. 'execution:' .. id)
-  if #flat == 0 then return flat end
-  local owner, epoch = false, false
+  local owner, epoch, status, digest, result = false, false, false, false, false
   for i = 1, #flat, 2 do
-    if flat[i] == 'owner' then owner = flat[i + 1] elseif flat[i] == 'epoch' then epoch = flat[i + 1] end
+    local field = flat[i]
+    if field == 'owner' then owner = flat[i + 1]
+    elseif field == 'epoch' then epoch = flat[i + 1]
+    elseif field == 'st' then status = true
+    elseif field == 'def' then digest = flat[i + 1]
+    elseif field == 'res' then result = flat[i + 1] end
   end
+  -- Checkpoints or events of an execution with no record: no record.
+  if not status then return {} end
   flat[#flat + 1] = 'owner_live'
   flat[#flat + 1] = live(p, owner, epoch) and '1' or '0'
+  if digest then
+    local text = definitions[digest]
+    if text == nil then
+      text = redis.call('GET', p .. 'definition:' .. digest) or false
+      definitions[digest] = text
+    end
+    if text then
+      flat[#flat + 1] = 'definition'
+      flat[#flat + 1] = text
+    end
+  end
+  if result then
+    local at, length = string.match(result, '^(%d+),(%d+)$')
+    flat[#flat + 1] = 'result'
+    flat[#flat + 1] = redis.call('GETRANGE', p .. 'data:' .. id, 0, at + length - 1)
+  end
   return flat
 end
-local function status_of(state) return string.match(state, '^%["([^"]*)"') end
 """
 
 # ARGV: prefix, execution ids. Returns one record (or empty list) per id.
@@ -314,6 +418,33 @@ if not id then return false end
 return {id, load(p, id)}
 """
 )
+
+# ARGV: prefix, the first entry id to read, the most entries. Returns {entries (as XRANGE
+# returns them), flat {execution id, its journal} of the executions they name (those
+# that still have one)}: one atomic read.
+_EVENTS: Final = r"""
+local p = ARGV[1]
+local entries = redis.call('XRANGE', p .. 'events', ARGV[2], '+', 'COUNT', tonumber(ARGV[3]))
+local seen, journals = {}, {}
+for _, entry in ipairs(entries) do
+  local fields = entry[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'x' then
+      for id in string.gmatch(fields[i + 1], '[^\n]+') do
+        if not seen[id] then
+          seen[id] = true
+          local data = redis.call('GET', p .. 'data:' .. id)
+          if data then
+            journals[#journals + 1] = id
+            journals[#journals + 1] = data
+          end
+        end
+      end
+    end
+  end
+end
+return {entries, journals}
+"""
 
 # What the scripts that start or extend a lease share: its expiry, the same instant on
 # its hash and in the registry.
@@ -401,10 +532,9 @@ local p, id, member, owner, epoch = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local held = redis.call('HGET', p .. 'lease:' .. owner, 'epoch')
 if held ~= epoch then return {'lost', held} end
 local key = p .. 'execution:' .. id
-local found = redis.call('HMGET', key, 'state', 'owner', 'epoch', 'takeovers', 'cancel_requested')
+local found = redis.call('HMGET', key, 'st', 'owner', 'epoch', 'takeovers', 'cancel_requested')
 if not found[1] then return {'missing'} end
-local state, previous, stored = found[1], found[2], found[3] or '0'
-local status = string.match(state, '^%["([^"]*)"')
+local status, previous, stored = found[1], found[2], found[3] or '0'
 local running = status == 'running'
 if status == 'completed' or (ARGV[6] == '1' and not running and status ~= 'interrupted') then
   return {'ended', status}
@@ -427,7 +557,8 @@ local cancel = found[5] and 1 or 0
 if not running then
   -- Running from now on (a claimer dying before it writes is then a death), from a clean
   -- slate: an ended one's end, and a cancel asked before it ended, are history.
-  redis.call('HSET', key, 'state', '["running",null,null,null]')
+  redis.call('HSET', key, 'st', 'running')
+  redis.call('HDEL', key, 'fin', 'err', 'res')
   redis.call('ZREM', p .. 'index:status:' .. status, member)
   redis.call('ZADD', p .. 'index:status:running', 0, member)
   if status ~= 'interrupted' then
@@ -485,17 +616,17 @@ return out
 """
 )
 
-# ARGV: prefix, execution id, its index member, the error (JSON) of an orphan cancelled
-# here. Returns the record as it stands after (empty when there is none).
+
+# ARGV: prefix, execution id, its index member, the error of an orphan cancelled here.
+# Returns the record as it stands after (empty when there is none).
 _CANCEL: Final = (
     _RECORDS
     + r"""
 local p, id, member = ARGV[1], ARGV[2], ARGV[3]
 local key = p .. 'execution:' .. id
-local found = redis.call('HMGET', key, 'state', 'owner', 'epoch')
+local found = redis.call('HMGET', key, 'st', 'owner', 'epoch')
 if not found[1] then return {} end
-local state = found[1]
-local status = status_of(state)
+local status = found[1]
 if status ~= 'running' and status ~= 'interrupted' then return load(p, id) end
 -- Interrupted: no owner runs it (an orphan, its owner live or not).
 if status == 'running' and live(p, found[2], found[3]) then
@@ -508,23 +639,10 @@ if status == 'running' and live(p, found[2], found[3]) then
   redis.call('HSET', key, 'cancel_requested', '1')
   return load(p, id)
 end
--- The state is compact JSON [status, finished_at, error, result]: the result is what
--- follows the error (null, or a string whose quotes and backslashes are escaped).
-local at = string.find(state, ',', string.find(state, ',', 1, true) + 1, true) + 1
-if string.sub(state, at, at) == '"' then
-  at = at + 1
-  while true do
-    local stop = string.find(state, '["\\]', at)
-    if string.sub(state, stop, stop) == '"' then at = stop + 1 break end
-    at = stop + 2
-  end
-else
-  at = at + 4
-end
+-- The result (res) stays.
 local now = redis.call('TIME')
 local finished = string.format('%.17g', tonumber(now[1]) + tonumber(now[2]) / 1000000)
-local result = string.sub(state, at + 1, -2)
-redis.call('HSET', key, 'state', '["cancelled",' .. finished .. ',' .. ARGV[4] .. ',' .. result .. ']')
+redis.call('HSET', key, 'st', 'cancelled', 'fin', finished, 'err', ARGV[4])
 redis.call('ZREM', p .. 'index:status:' .. status, member)
 redis.call('ZADD', p .. 'index:status:cancelled', 0, member)
 return load(p, id)
@@ -535,11 +653,11 @@ return load(p, id)
 # bound ('(' .. the start key of ended_before: an execution that started later cannot
 # have ended before it), ended_before (epoch seconds), the most executions to remove,
 # the most index members to look at. Walks the final statuses' indexes together in member
-# order (oldest started first) and removes each execution whose state, read here, is
-# final and ended before ended_before, unless a checkpoint leaves an intent unresolved
-# (those are counted as kept): its record, checkpoints, events (in its stream and the
-# global one), index members and request id. Returns {removed, kept, the last member seen,
-# or '' once the walk is through}.
+# order (oldest started first) and removes each execution whose status and end, read
+# here, are final and before ended_before, unless it has open intents (``open``: those
+# are counted as kept): its record, journal, the global stream's entries that name it
+# alone, index members, request id and its reference to its definition. Returns
+# {removed, kept, the last member seen, or '' once the walk is through}.
 # FINAL (prepended) lists the final statuses, from ExecutionStatus.
 _PRUNE: Final = r"""
 local p, lower, upper = ARGV[1], ARGV[2], ARGV[3]
@@ -569,41 +687,39 @@ local function before_member(a, b)
   end
   return #a < #b
 end
--- unresolved_intent() of the domain, on each stored checkpoint [state, updated_at,
--- outputs, error, attempt]: an intent, or a failure that kept its client_order_id.
-local function unresolved(id)
-  local flat = redis.call('HGETALL', p .. 'checkpoints:' .. id)
-  for i = 2, #flat, 2 do
-    local value = flat[i]
-    if string.sub(value, 1, 9) == '["intent"' then return true end
-    if string.sub(value, 1, 9) == '["failed"' then
-      local outputs = cjson.decode(value)[3]
-      if type(outputs) == 'table' and outputs['client_order_id'] ~= nil then return true end
-    end
+-- The entries of the global stream that name only this execution, from its frames'
+-- headers (kind J or j, with an entry).
+local function entries(data)
+  local ids, at = {}, 1
+  while at <= #data do
+    local kind, entry, length, stop = string.match(data, '^(%a)%d+,(%d+),(%d+):()', at)
+    if (kind == 'J' or kind == 'j') and entry ~= '0' then ids[#ids + 1] = entry .. '-0' end
+    at = stop + tonumber(length)
   end
-  return false
+  return ids
 end
-local function remove(id, member, status, meta)
-  local workflow, bot, strategy, request = meta[1], meta[2], meta[3], meta[6]
+local function remove(id, member, found)
+  local status, workflow, bot, strategy, request, digest =
+    found[1], found[3], found[4], found[5], found[6], found[7]
   redis.call('ZREM', p .. 'index:all', member)
   redis.call('ZREM', p .. 'index:workflow:' .. workflow, member)
-  if type(bot) == 'string' then redis.call('ZREM', p .. 'index:bot:' .. bot, member) end
-  if type(strategy) == 'string' then
-    redis.call('ZREM', p .. 'index:strategy:' .. strategy, member)
-  end
+  if bot then redis.call('ZREM', p .. 'index:bot:' .. bot, member) end
+  if strategy then redis.call('ZREM', p .. 'index:strategy:' .. strategy, member) end
   redis.call('ZREM', p .. 'index:status:' .. status, member)
-  if type(request) == 'string' and redis.call('GET', p .. 'request:' .. request) == id then
+  if request and redis.call('GET', p .. 'request:' .. request) == id then
     redis.call('DEL', p .. 'request:' .. request)
   end
-  local stream = p .. 'execution_events:' .. id
-  local entries = redis.call('XRANGE', stream, '-', '+')
-  local ids = {}
-  for i = 1, #entries do ids[#ids + 1] = entries[i][1] end
+  local data = p .. 'data:' .. id
+  local ids = entries(redis.call('GET', data) or '')
   -- In slices: unpack() fails past the Lua stack's few thousand slots.
   for i = 1, #ids, 1000 do
     redis.call('XDEL', p .. 'events', unpack(ids, i, math.min(i + 999, #ids)))
   end
-  redis.call('DEL', p .. 'execution:' .. id, p .. 'checkpoints:' .. id, stream)
+  if digest and redis.call('HINCRBY', p .. 'definitions', digest, -1) <= 0 then
+    redis.call('HDEL', p .. 'definitions', digest)
+    redis.call('DEL', p .. 'definition:' .. digest)
+  end
+  redis.call('DEL', p .. 'execution:' .. id, data)
 end
 local removed, kept, examined, last = 0, 0, 0, ''
 while removed < quota and examined < budget do
@@ -618,17 +734,15 @@ while removed < quota and examined < budget do
   last = best
   -- The member is '<16 hex digits>:<execution id>'.
   local id = string.sub(best, 18)
-  local found = redis.call('HMGET', p .. 'execution:' .. id, 'state', 'meta')
-  if found[1] and found[2] then
-    local status, finished = string.match(found[1], '^%["([^"]*)",([^,]*),')
-    local at = tonumber(finished)
-    if FINALS[status] and at and at < before then
-      if unresolved(id) then
-        kept = kept + 1
-      else
-        remove(id, best, status, cjson.decode(found[2]))
-        removed = removed + 1
-      end
+  local found = redis.call(
+    'HMGET', p .. 'execution:' .. id, 'st', 'fin', 'wf', 'bot', 'strat', 'req', 'def', 'open')
+  local at = tonumber(found[2])
+  if found[1] and found[3] and FINALS[found[1]] and at and at < before then
+    if found[8] then
+      kept = kept + 1
+    else
+      remove(id, best, found)
+      removed = removed + 1
     end
   end
 end
@@ -652,21 +766,355 @@ batch whose deciding halt ranks above it."""
 _NO_GUARD: Final = max(state.rank for state in TradingState)
 """An effect every state admits (a cancel, an effect-free action) needs no guard."""
 
-_ORPHAN_CANCELLED: Final = to_json_bytes("cancelled while no executor ran it")
+_ORPHAN_CANCELLED: Final = "cancelled while no executor ran it"
 """The error of an orphan ended ``cancelled`` by ``request_cancel``."""
 
 _MAX_SCAN_CHUNK: Final = 1000
+_EVENT_ENTRIES: Final = 32
+"""Entries of ``p:events`` a page of events reads first (a batch has a few events)."""
 _PRUNE_CHUNK: Final = 100
 """Executions one prune script removes at most: a script blocks Redis while it runs."""
 _PRUNE_BUDGET: Final = 1000
 """Index members one prune script looks at at most (kept, or ended after the horizon)."""
 
 
+_APPEND_ABOVE: Final = 4096
+"""A journal up to this size is extended by GET and SET (an exact allocation), past it by
+APPEND (amortized: Redis over-allocates the string it extends)."""
+_LAYOUT: Final = b"2"
+"""The layout this module reads and writes (``p:layout``): see the module docstring."""
+_LAYOUT_1_KEYS: Final = ("event_cursor", "index:all", "events")
+"""Keys the layout before ``p:layout`` existed has once anything was written."""
+
+_ZDICT: Final = (
+    "".join(
+        f'"{word}"'
+        for word in (
+            *(t.value for t in EventType),
+            *(s.value for s in CheckpointState),
+            *(s.value for s in ExecutionStatus),
+            "outputs",
+            "duration_ms",
+            "client_order_id",
+            "order_id",
+            "status",
+            "filled_quantity",
+            "avg_price",
+            "execution_id",
+            "workflow_id",
+            "correlation_id",
+            "results",
+            "errors",
+            "skipped",
+            "error",
+            "started_at",
+            "finished_at",
+            "price",
+            "quantity",
+            "side",
+            "symbol",
+            "triggered",
+            "value",
+            "result",
+            "timestamp",
+            "filled",
+        )
+    )
+).encode() + to_json_bytes(
+    [
+        # A frame's shape (the end of a dictionary is the cheapest to refer to).
+        [
+            0,
+            ["", "", None, None, 0],
+            [
+                [EventType.EXECUTION_STARTED, 0, 1, 0, None, {}],
+                [EventType.NODE_STARTED, 0, 2, 0, "", {}],
+                [EventType.NODE_COMPLETED, 0, 3, 0, "", {"outputs": {}, "duration_ms": 0.0}],
+                [EventType.NODE_STARTED, 0, 4, 0, "", {}],
+                [
+                    EventType.NODE_COMPLETED,
+                    0,
+                    5,
+                    0,
+                    "",
+                    {"outputs": {"result": True}, "duration_ms": 0.0},
+                ],
+            ],
+            [
+                ["", CheckpointState.COMPLETED, 0, {}, None, 1],
+                ["", CheckpointState.INTENT, 0, {"client_order_id": ":buy"}, None, 1],
+            ],
+        ],
+        [
+            EventType.EXECUTION_COMPLETED,
+            0,
+            22,
+            0,
+            None,
+            {"status": "completed", "duration_ms": 0.0},
+        ],
+        {
+            "status": "completed",
+            "execution_id": "",
+            "workflow_id": "",
+            "correlation_id": "",
+            "results": {},
+            "errors": {},
+            "skipped": [],
+            "error": None,
+            "started_at": "",
+            "finished_at": "",
+            "duration_ms": 0.0,
+        },
+    ]
+)
+"""The preset dictionary of every journal frame's DEFLATE stream: the engine's own
+vocabulary (event types, states, the result's and orders' keys) and a frame's shape.
+Frozen: a stored frame is read with the dictionary it was written with (a new one needs
+a new frame kind)."""
+_WBITS: Final = -15
+"""Raw DEFLATE (no zlib header nor checksum: Redis keeps the bytes it was given)."""
+_EXACT_INTS: Final = 2**53
+"""Integers a float holds exactly."""
+_WINDOW: Final = 32768
+"""DEFLATE's window: the most of a preset dictionary it uses (its end)."""
+_CHAINED: Final = (b"j", b"s")
+"""The kinds of frames chained to the frame before them (``J`` and ``S`` are not)."""
+_TAIL_BYTES: Final = 16
+"""The last bytes of a journal a chained write checks, with its size."""
+_TAILS: Final = 4096
+"""Executions whose journal's last frame a store keeps (to chain the next one to it)."""
+
+
 class _Again:
     """A write script's answer that the batch must be sent again, full."""
 
 
+class _Resend:
+    """A write script's answer that some events of the batch are stored already: send
+    it again without the events not above ``lasts`` (each execution's last sequence)."""
+
+    __slots__ = ("lasts",)
+
+    def __init__(self, lasts: dict[str, int]) -> None:
+        self.lasts = lasts
+
+
 _AGAIN: Final = _Again()
+_WRITE_ROUNDS: Final = 4
+"""Round trips of one write at most: one that finds the script gone, one that finds the
+execution gone, one that finds events stored already, and the last."""
+
+
+class _Encoded(NamedTuple):
+    """A batch as the write script takes it."""
+
+    args: tuple[bytes, ...]
+    target: str | None
+    owners: list[str]
+    """The executions with a frame, in the script's order."""
+    raw: bytes | None
+    """The raw JSON of the target's frame, if it has one."""
+    end: str
+    """The hex of that frame's last bytes."""
+
+
+class _Tail(NamedTuple):
+    """The end of a live execution's journal as this store wrote it."""
+
+    size: int
+    end: str
+    """The hex of its last bytes (a check, with the size, that nobody wrote since)."""
+    raw: bytes
+    """The raw JSON of its last frame."""
+
+
+class _Journal:
+    """One execution's part of a batch: what its frame in ``p:data:<id>`` holds."""
+
+    __slots__ = ("checkpoints", "events", "positions")
+
+    def __init__(self) -> None:
+        self.checkpoints: list[Checkpoint] = []
+        self.events: list[Event] = []
+        self.positions: list[int] = []
+        """Each event's position in the batch's events (its cursor: the first + this)."""
+
+    def __bool__(self) -> bool:
+        return bool(self.events or self.checkpoints)
+
+    def frame(self, kind: str, carries: bool) -> list[Any]:
+        """The script's frame entry (see ``_WRITE``)."""
+        nodes: dict[str, int] = {}
+        for c in self.checkpoints:
+            nodes[c.node_id] = 1 if unresolved_intent(c) else 0
+        events = self.events
+        return [
+            str(events[0].sequence) if events else False,
+            str(events[-1].sequence) if events else False,
+            kind,
+            carries,
+            [item for pair in nodes.items() for item in pair],
+        ]
+
+    def body(
+        self, owner: str, result: dict[str, Any] | None, previous: bytes
+    ) -> tuple[bytes, bytes]:
+        """The frame's compressed body (see the module docstring), chained to the raw
+        JSON ``previous`` of the journal's last frame unless empty; and its raw JSON."""
+        events = self.events
+        stem: list[Any] = []
+        rows: list[list[Any]] = []
+        base: float | None = None
+        if events:
+            head = events[0]
+            scope = [head.correlation_id, head.workflow_id, head.bot_id, head.strategy_id]
+            stamps = [e.timestamp for e in events] + [c.updated_at for c in self.checkpoints]
+            base = head.timestamp if _tickable(head.timestamp, stamps) else None
+            stem = [*scope, base]
+        for e in events:
+            row = [
+                e.type,
+                0 if e.event_id == f"{owner}-{e.sequence}" else e.event_id,
+                e.sequence,
+                e.timestamp if base is None else _tick(e.timestamp, base),
+                e.node_id,
+                e.data,
+            ]
+            scope = [e.correlation_id, e.workflow_id, e.bot_id, e.strategy_id]
+            if scope != stem[:4]:
+                row += scope
+            rows.append(row)
+        positions: list[int] | int = self.positions
+        if self.positions == list(range(len(self.positions))):
+            positions = 0
+        checkpoints = [
+            [
+                c.node_id,
+                c.state.value,
+                c.updated_at if base is None else _tick(c.updated_at, base),
+                c.outputs,
+                c.error,
+                c.attempt,
+            ]
+            for c in self.checkpoints
+        ]
+        body: list[Any] = [positions, stem, rows, checkpoints]
+        if result is not None:
+            body.append(result)
+        raw = to_json_bytes(body)
+        compressor = zlib.compressobj(6, zlib.DEFLATED, _WBITS, zdict=_dictionary(owner, previous))
+        return compressor.compress(raw) + compressor.flush(), raw
+
+
+def _tickable(base: float, stamps: list[float]) -> bool:
+    """Whether every one of ``stamps`` is ``base`` plus a whole number of ``base``'s ulps,
+    read back exactly (:func:`_tick`, :func:`_untick`): a few digits each instead of 17."""
+    if not isinstance(base, float) or not math.isfinite(base) or base == 0.0:
+        return False
+    ulp = math.ulp(base)
+    for stamp in stamps:
+        if not isinstance(stamp, float):
+            return False
+        ticks = (stamp - base) / ulp
+        if not (ticks.is_integer() and abs(ticks) < _EXACT_INTS and base + ticks * ulp == stamp):
+            return False
+    return True
+
+
+def _tick(stamp: float, base: float) -> int:
+    return int((stamp - base) / math.ulp(base))
+
+
+def _untick(ticks: int, base: float | None) -> float:
+    return ticks if base is None else base + ticks * math.ulp(base)
+
+
+def _dictionary(owner: str, previous: bytes) -> bytes:
+    """A frame's preset dictionary: :data:`_ZDICT`, the execution id, and the raw JSON of
+    the frame before it when chained (DEFLATE's window: its last 32 kB)."""
+    return (_ZDICT + owner.encode() + previous)[-_WINDOW:]
+
+
+def _inflated(owner: str, data: bytes) -> list[tuple[int, bytes]]:
+    """A journal's frames: (first cursor, raw JSON) each, in write order."""
+    frames = []
+    at = 0
+    previous = b""
+    while at < len(data):
+        colon = data.index(b":", at)
+        first, _, length = data[at + 1 : colon].split(b",")
+        stop = colon + 1 + int(length)
+        chained = data[at : at + 1] in _CHAINED
+        inflater = zlib.decompressobj(
+            _WBITS, zdict=_dictionary(owner, previous if chained else b"")
+        )
+        previous = inflater.decompress(data[colon + 1 : stop]) + inflater.flush()
+        frames.append((int(first), previous))
+        at = stop
+    return frames
+
+
+def decode_journal(
+    execution_id: str, data: bytes
+) -> tuple[dict[str, Checkpoint], list[tuple[int, Event]]]:
+    """An execution's journal (the ``p:data:<id>`` string, see the module docstring): its
+    checkpoints by node (the latest of each) and its events with their cursors, in order.
+    For readers of the raw layout, such as a test's atomic snapshot."""
+    checkpoints: dict[str, Checkpoint] = {}
+    events: list[tuple[int, Event]] = []
+    for first, raw in _inflated(execution_id, data):
+        positions, stem, rows, saved, *_ = from_json(raw)
+        base = stem[4] if stem else None
+        for i, row in enumerate(rows):
+            type_, event_id, sequence, timestamp, node_id, payload, *scope = row
+            correlation, workflow, bot, strategy = scope or stem[:4]
+            event = Event(
+                type_,
+                f"{execution_id}-{sequence}" if event_id == 0 else event_id,
+                sequence,
+                _untick(timestamp, base),
+                correlation,
+                execution_id,
+                workflow,
+                bot,
+                strategy,
+                node_id,
+                payload,
+            )
+            events.append((first + (positions[i] if positions else i), event))
+        for node_id, state, updated_at, outputs, error, attempt in saved:
+            checkpoints[node_id] = Checkpoint(
+                execution_id,
+                node_id,
+                CheckpointState(state),
+                _untick(updated_at, base),
+                outputs,
+                error,
+                attempt,
+            )
+    return checkpoints, events
+
+
+def _result_of(execution_id: str, journal: bytes) -> Any:
+    """The result the last frame of ``journal`` (as the record scripts return it: up to the
+    end of the frame that holds it) carries."""
+    return from_json(_inflated(execution_id, journal)[-1][1])[4]
+
+
+def _number(value: float) -> str:
+    """A JSON number (read back exactly by ``from_json``)."""
+    return to_json_bytes(value).decode()
+
+
+def _optional(fields: list[str], absent: list[str], name: str, value: str | None) -> None:
+    """Set ``name`` to ``value``, or delete it when ``value`` is ``None``."""
+    if value is None:
+        absent.append(name)
+    else:
+        fields += (name, value)
+
+
 _START_KEY_LENGTH: Final = 16
 _DOUBLE: Final = struct.Struct(">d")
 _UINT64: Final = struct.Struct(">Q")
@@ -695,12 +1143,27 @@ def _retried(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
     return retrying
 
 
+def _checked(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``method`` after the store's layout check (once per store), both ``_retried``.
+    Lease operations are not checked: their keys are the same in every layout, and the
+    emergency service runs them with a user that may read nothing else."""
+
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> T:
+        store = cast(RedisStateStore, args[0])
+        if not store._layout_checked:
+            await store.check_layout()
+        return await method(*args, **kwargs)
+
+    return _retried(functools.wraps(method)(checked))
+
+
 class RedisStateStore:
     """Executions, checkpoints and event history in Redis, under ``prefix``.
 
     ``client`` must return bytes (the default, ``decode_responses=False``) and
-    stays its owner's to close. ``max_events`` caps the global event stream
-    (approximately; per-execution streams are never trimmed); ``None`` keeps all.
+    stays its owner's to close. ``max_events`` caps the global event stream (its
+    entries whose events are all older than the last ``max_events`` are trimmed; the
+    executions' journals are never trimmed); ``None`` keeps all.
     """
 
     __slots__ = (
@@ -709,8 +1172,10 @@ class RedisStateStore:
         "_claim_script",
         "_client",
         "_events_cap",
+        "_events_script",
         "_find_script",
         "_halts",
+        "_layout_checked",
         "_live",
         "_live_script",
         "_orphans_script",
@@ -719,6 +1184,7 @@ class RedisStateStore:
         "_read_script",
         "_release_script",
         "_renew_script",
+        "_tails",
         "_write_script",
     )
 
@@ -733,7 +1199,10 @@ class RedisStateStore:
         self._p = f"{prefix}:"
         self._events_cap = "" if max_events is None else str(max_events)
         self._halts = halt_keys(prefix)
-        self._write_script = client.register_script(_RANKS + _WRITE)
+        self._write_script = client.register_script(
+            f"{_RANKS}local APPEND_ABOVE = {_APPEND_ABOVE}\n{_WRITE}"
+        )
+        self._events_script = client.register_script(_EVENTS)
         self._read_script = client.register_script(_READ)
         self._find_script = client.register_script(_FIND)
         self._acquire_script = client.register_script(_ACQUIRE)
@@ -746,10 +1215,40 @@ class RedisStateStore:
         self._prune_script = client.register_script(_FINAL + _PRUNE)
         self._live: set[str] = set()
         """Executions this store created and that are not final yet: their later
-        writes update only the ``state`` field and the status index (still fenced: the
+        writes update only the state fields and the status index (still fenced: the
         fence is checked in the script whichever fields it writes)."""
+        self._tails: dict[str, _Tail] = {}
+        """Live executions' journal sizes and last frames' raw JSON, as this store wrote
+        them (a write checks the size before it chains a frame to that one)."""
+        self._layout_checked = False
 
-    @_retried
+    async def check_layout(self) -> None:
+        """Refuse (``ConfigurationError``, saying what to do) a prefix that holds the
+        layout before this one; mark an empty one as this layout. Every operation runs
+        it once per store (a connection error leaves it to the next)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(self._p + "layout")
+        pipe.exists(*(self._p + key for key in _LAYOUT_1_KEYS))
+        layout, older = await pipe.execute()
+        if layout is None and older:
+            prefix = self._p[:-1]
+            raise ConfigurationError(
+                f"redis state under prefix {prefix!r} is in the layout before layout 2 "
+                f"(no {prefix}:layout key; {prefix}:execution_events:* streams): this version "
+                "does not read it. Finish or prune its executions with the previous version "
+                f"and delete the keys {prefix}:* (not {{{prefix}:emergency}}*), or set "
+                "TRADEFLOW_REDIS_PREFIX to a new prefix"
+            )
+        if layout is None:
+            await self._client.set(self._p + "layout", _LAYOUT, nx=True)
+        elif layout != _LAYOUT:
+            raise ConfigurationError(
+                f"redis state under prefix {self._p[:-1]!r} is in layout {layout.decode()!r}, "
+                f"this version reads layout {_LAYOUT.decode()}: upgrade the state service"
+            )
+        self._layout_checked = True
+
+    @_checked
     async def write(self, batch: StateBatch) -> None:
         """Raises ``InvalidRequest`` (field ``request_id``) when another execution
         already holds the execution's ``request_id``, ``LeaseLost`` when the batch's
@@ -757,16 +1256,19 @@ class RedisStateStore:
         execution is owned), and ``EmergencyHalted`` when the batch's guard is refused by
         the trading state of its scopes (read from the emergency state's halts under the
         same prefix, after the fence); nothing is written then."""
-        for _ in range(2):
-            args, target = self._encode(batch)
-            outcome = self._settle(batch, target, await self._write_script(args=args))
-            if not isinstance(outcome, _Again):
+        lasts: dict[str, int] = {}
+        for _ in range(_WRITE_ROUNDS):
+            sent = self._encode(batch, lasts)
+            outcome = self._settle(batch, sent, await self._write_script(args=sent.args))
+            if isinstance(outcome, _Resend):
+                lasts = outcome.lasts
+            elif not isinstance(outcome, _Again):
                 if outcome is not None:
                     raise outcome
                 return
-        raise AssertionError("a full write is never sent again")  # pragma: no cover
+        raise UnavailableError("redis state store: a batch could not be written")
 
-    @_retried
+    @_checked
     async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
         """Group commit: one pipeline of write scripts (not a transaction: each batch is
         its own atomic script), one round trip; each outcome is what :meth:`write` would
@@ -776,12 +1278,13 @@ class RedisStateStore:
         restarted server lost the script)."""
         outcomes: list[TradeflowError | None] = [None] * len(batches)
         pending = list(range(len(batches)))
+        lasts: dict[int, dict[str, int]] = {}
         # At most: a round trip that finds the script gone, one that finds an execution
-        # gone, and the last.
-        for _ in range(3):
+        # gone, one that finds events stored already, and the last.
+        for _ in range(_WRITE_ROUNDS):
             if not pending:
                 return outcomes
-            pending = await self._write_round(batches, pending, outcomes)
+            pending = await self._write_round(batches, pending, outcomes, lasts)
         raise UnavailableError("redis state store: a batch could not be written")
 
     async def _write_round(
@@ -789,30 +1292,36 @@ class RedisStateStore:
         batches: Sequence[StateBatch],
         indexes: list[int],
         outcomes: list[TradeflowError | None],
+        lasts: dict[int, dict[str, int]],
     ) -> list[int]:
         """One pipeline of the write scripts of ``batches[indexes]``; sets their
-        ``outcomes``; returns the indexes to send again."""
-        sent: list[tuple[int, str | None]] = []
+        ``outcomes``, and ``lasts`` of those to send again without stored events;
+        returns the indexes to send again."""
+        sent: list[tuple[int, _Encoded]] = []
         pipe = self._client.pipeline(transaction=False)
         for i in indexes:
             try:
-                args, target = self._encode(batches[i])
+                encoded = self._encode(batches[i], lasts.get(i, {}))
             except (TypeError, ValueError) as exc:
                 outcomes[i] = InvalidRequest("batch", "values JSON can encode", describe(exc))
                 continue
-            pipe.evalsha(self._write_script.sha, 0, *args)
-            sent.append((i, target))
+            pipe.evalsha(self._write_script.sha, 0, *encoded.args)
+            sent.append((i, encoded))
         if not sent:
             return []
         again: list[int] = []
         lost_script = False
-        for (i, target), reply in zip(sent, await pipe.execute(raise_on_error=False), strict=True):
+        replies = await pipe.execute(raise_on_error=False)
+        for (i, encoded), reply in zip(sent, replies, strict=True):
             if isinstance(reply, NoScriptError):
                 lost_script = True
                 again.append(i)
             elif isinstance(reply, BaseException):
                 raise reply
-            elif isinstance(outcome := self._settle(batches[i], target, reply), _Again):
+            elif isinstance(outcome := self._settle(batches[i], encoded, reply), _Again):
+                again.append(i)
+            elif isinstance(outcome, _Resend):
+                lasts[i] = outcome.lasts
                 again.append(i)
             else:
                 outcomes[i] = outcome
@@ -843,7 +1352,7 @@ class RedisStateStore:
             lower = "(" + last
         return PruneReport(removed, kept, more=True)
 
-    @_retried
+    @_checked
     async def _prune_chunk(
         self, lower: str, upper: str, ended_before: float, quota: int
     ) -> tuple[int, int, str]:
@@ -853,81 +1362,140 @@ class RedisStateStore:
         )
         return int(removed), int(kept), last.decode()
 
-    def _encode(self, batch: StateBatch) -> tuple[tuple[bytes, bytes], str | None]:
-        """The write script's arguments for ``batch`` (see ``_WRITE``), and its target."""
-        texts: list[bytes] = []
+    def _encode(self, batch: StateBatch, lasts: dict[str, int]) -> _Encoded:
+        """The write script's arguments for ``batch`` (see ``_WRITE``) without the events
+        not above ``lasts`` (each execution's last stored sequence)."""
         execution = batch.execution
         record: list[Any] | bool = False
+        definition = b""
         target: str | None = None
         if execution is not None:
-            record = self._describe(execution, texts)
+            record, definition = self._describe(execution)
             target = execution.execution_id
-        owners: dict[str, int] = {}
-        checkpoints: list[str | int] = []
-        for c in batch.checkpoints:
-            checkpoints += (owners.setdefault(c.execution_id, len(owners) + 1), c.node_id)
-            texts.append(
-                to_json_bytes([c.state.value, c.updated_at, c.outputs, c.error, c.attempt])
+        elif batch.checkpoints:
+            target = batch.checkpoints[0].execution_id
+        else:
+            # The first event's execution that has one.
+            target = next(
+                (e.execution_id for e in batch.events if e.execution_id is not None), None
             )
-        events: list[str | int] = []
+        journals: dict[str, _Journal] = {}
+        for c in batch.checkpoints:
+            journals.setdefault(c.execution_id, _Journal()).checkpoints.append(c)
+        # An event not above the last sequence stored (or kept here) for its execution is
+        # stored already; events of no execution are kept.
+        last: dict[str, float] = dict(lasts)
+        inline: list[Any] = []
+        count = 0
         for event in batch.events:
             owner = event.execution_id
-            events += (
-                0 if owner is None else owners.setdefault(owner, len(owners) + 1),
-                str(event.sequence),
-            )
-            texts.append(to_json_bytes(tuple(event)))
-        if target is None and owners:
-            # The first checkpoint's execution, else the first event's that has one.
-            target = next(iter(owners))
+            if owner is None:
+                inline.append([count, tuple(event)])
+            elif event.sequence > last.get(owner, -1e308):
+                last[owner] = event.sequence
+                journal = journals.setdefault(owner, _Journal())
+                journal.positions.append(count)
+                journal.events.append(event)
+            else:
+                continue
+            count += 1
+        result = None if execution is None else execution.result
+        if execution is not None and result is not None:
+            journals.setdefault(execution.execution_id, _Journal())
+        owners = [
+            owner
+            for owner, journal in journals.items()
+            if journal or (result is not None and owner == target)
+        ]
+        sole = sum(1 for owner in owners if journals[owner].events) == 1 and not inline
+        frames = []
+        bodies = []
+        raw: bytes | None = None
+        end = ""
+        for owner in owners:
+            journal = journals[owner]
+            carries = result is not None and owner == target
+            tail = self._tails.get(owner) if owner == target else None
+            kind = "J" if sole else "S"
+            frame = journal.frame(kind.lower() if tail else kind, carries)
+            frame.append([tail.size, tail.end] if tail else False)
+            frames.append(frame)
+            body, text = journal.body(owner, result if carries else None, tail.raw if tail else b"")
+            bodies.append(body)
+            if owner == target:
+                raw = text
+                end = body[-_TAIL_BYTES:].hex()
         fence = batch.fence
         header = [
             self._p,
             self._events_cap,
             record,
-            list(owners),
-            checkpoints,
-            events,
+            owners,
+            frames,
+            count,
             False if fence is None else (fence[0], str(fence[1])),
             False if target is None else target,
             self._guard(batch.guard),
         ]
-        return (to_json_bytes(header), b"\n".join(texts)), target
+        args = (
+            to_json_bytes(header),
+            definition,
+            to_json_bytes(inline) if inline else b"",
+            *bodies,
+        )
+        return _Encoded(args, target, owners, raw, end)
 
     def _settle(
-        self, batch: StateBatch, target: str | None, reply: Any
-    ) -> TradeflowError | _Again | None:
-        """What the write script's ``reply`` means for ``batch``: ``None`` (written), the
-        refusal, or ``_AGAIN`` (write it again, full: it was pruned meanwhile)."""
+        self, batch: StateBatch, sent: _Encoded, reply: Any
+    ) -> TradeflowError | _Again | _Resend | None:
+        """What the write script's ``reply`` to ``sent`` means for ``batch``: ``None``
+        (written), the refusal, ``_AGAIN`` (write it again: full, as it was pruned
+        meanwhile, or unchained) or a ``_Resend`` (again, without the stored events)."""
         execution = batch.execution
-        if reply is None:
+        target, owners = sent.target, sent.owners
+        code = reply[0] if isinstance(reply, list) else None
+        if code == 0:
             if execution is not None:
                 if execution.status is ExecutionStatus.RUNNING:
                     self._live.add(execution.execution_id)
                 else:
                     self._live.discard(execution.execution_id)
+            if target is not None:
+                self._remember(target, reply[1], sent)
             return None
-        if isinstance(reply, list) and reply[0] == 5:
+        if target is not None and code in (5, 7):
+            self._tails.pop(target, None)
+        if code == 7:
+            return _AGAIN
+        if code == 5:
             assert execution is not None
             self._live.discard(execution.execution_id)
             return _AGAIN
+        if code == 6:
+            return _Resend(
+                {
+                    owner: int(held)
+                    for owner, held in zip(owners, reply[1:], strict=False)
+                    if held is not None
+                }
+            )
         return self._refused(reply, batch, target)
 
-    @_retried
+    @_checked
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
         (row,) = await self._read_script(args=(self._p, execution_id))
         if not row:
             raise ExecutionNotFound(execution_id)
         return _record(execution_id, row)
 
-    @_retried
+    @_checked
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
         found = await self._find_script(args=(self._p, request_id))
         if not found or not found[1]:
             return None
         return _record(found[0].decode(), found[1])
 
-    @_retried
+    @_checked
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
         limit = max(1, min(query.limit, MAX_PAGE_SIZE))
         upper = "+"
@@ -960,43 +1528,51 @@ class RedisStateStore:
             token = encode_page_token(records[-1].started_at, records[-1].execution_id)
         return ExecutionPage(executions=records, next_page_token=token)
 
-    @_retried
+    @_checked
     async def get_checkpoints(self, execution_id: str) -> dict[str, Checkpoint]:
-        raw = cast(_Hash, await self._client.hgetall(self._p + "checkpoints:" + execution_id))
-        checkpoints = {}
-        for node, payload in raw.items():
-            state, updated_at, outputs, error, attempt = from_json(payload)
-            node_id = node.decode()
-            checkpoints[node_id] = Checkpoint(
-                execution_id, node_id, CheckpointState(state), updated_at, outputs, error, attempt
-            )
-        return checkpoints
+        data = cast(bytes | None, await self._client.get(self._p + "data:" + execution_id))
+        return decode_journal(execution_id, data)[0] if data else {}
 
-    @_retried
+    @_checked
     async def read_events(
         self, *, after: int = 0, execution_id: str | None = None, limit: int = MAX_EVENTS_PAGE
     ) -> Sequence[tuple[int, Event]]:
         """Cursors are global: the same for an event read with or without ``execution_id``."""
-        key = self._p + ("events" if execution_id is None else "execution_events:" + execution_id)
-        rows = cast(
-            _StreamRows,
-            await self._client.xrange(
-                key, min=f"{max(after, 0) + 1}-0", count=max(1, min(limit, MAX_EVENTS_PAGE))
-            ),
-        )
-        return [
-            (int(entry_id.partition(b"-")[0]), Event(*from_json(fields[b"event"])))
-            for entry_id, fields in rows
-        ]
+        after = max(after, 0)
+        limit = max(1, min(limit, MAX_EVENTS_PAGE))
+        if execution_id is not None:
+            data = cast(bytes | None, await self._client.get(self._p + "data:" + execution_id))
+            if not data:
+                return []
+            events = decode_journal(execution_id, data)[1]
+            return [(cursor, e) for cursor, e in events if cursor > after][:limit]
+        found: list[tuple[int, Event]] = []
+        # An entry holds one event or more (a batch's), and those of pruned executions
+        # are skipped: entries are read in growing chunks until the page is full or the
+        # stream ends.
+        chunk = min(limit, _EVENT_ENTRIES)
+        while len(found) < limit:
+            entries, flat = await self._events_script(args=(self._p, f"{after + 1}-0", chunk))
+            if not entries:
+                break
+            journals: dict[bytes, list[tuple[int, Event]]] = {
+                owner: decode_journal(owner.decode(), data)[1]
+                for owner, data in zip(flat[::2], flat[1::2], strict=True)
+            }
+            for entry_id, flat_fields in entries:
+                fields = dict(zip(flat_fields[::2], flat_fields[1::2], strict=True))
+                found += _entry_events(int(entry_id.partition(b"-")[0]), fields, journals, after)
+            after = int(entries[-1][0].partition(b"-")[0])
+            if len(entries) < chunk:
+                break
+            chunk = min(chunk * 2, limit)
+        return found[:limit]
 
-    @_retried
+    @_checked
     async def last_sequence(self, execution_id: str) -> int:
-        """Read from the last entry of the execution's stream: writes store only higher ones."""
-        rows = cast(
-            _StreamRows,
-            await self._client.xrevrange(self._p + "execution_events:" + execution_id, count=1),
-        )
-        return int(rows[0][1][b"sequence"]) if rows else 0
+        """The execution's ``seq``: writes store only higher ones."""
+        held = await self._client.hget(self._p + "execution:" + execution_id, "seq")
+        return 0 if held is None else int(held)
 
     @_retried
     async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
@@ -1032,15 +1608,15 @@ class RedisStateStore:
         """A release of ``fence``'s lease by someone else."""
         return bool(await self._release_script(args=(self._p, fence.owner, fence.epoch)))
 
-    @_retried
+    @_checked
     async def claim(self, execution_id: str, lease: Lease, *, takeover: bool = False) -> Claim:
         """One script that also makes it running and moves its status index (whose member
         it is given: read first, as ``started_at`` never changes)."""
         owner, epoch = lease.info.owner, lease.epoch
-        meta = await self._client.hget(self._p + "execution:" + execution_id, "meta")
-        if meta is None:
+        start = await self._client.hget(self._p + "execution:" + execution_id, "start")
+        if start is None:
             raise ExecutionNotFound(execution_id)
-        member = _member(from_json(meta)[3], execution_id)
+        member = _member(from_json(start), execution_id)
         reply = await self._claim_script(
             args=(self._p, execution_id, member, owner, epoch, "1" if takeover else "0")
         )
@@ -1066,22 +1642,22 @@ class RedisStateStore:
         alive, kind, host, pid = (value.decode() for value in reply[1:])
         raise OwnerAlive(execution_id, OwnerInfo(alive, kind, host, int(pid)).describe())
 
-    @_retried
+    @_checked
     async def orphans(self, limit: int) -> list[ExecutionRecord]:
         if limit <= 0:
             return []
         rows = await self._orphans_script(args=(self._p, limit))
         return [_record(execution_id.decode(), row) for execution_id, row in rows]
 
-    @_retried
+    @_checked
     async def request_cancel(self, execution_id: str) -> ExecutionRecord:
         """An orphan (interrupted, or running with no live owner) is ended ``cancelled`` in
         the same script that finds it so (Redis's clock for its ``finished_at``)."""
         # started_at is fixed: the index member read here is still the one the script moves.
-        meta = await self._client.hget(self._p + "execution:" + execution_id, "meta")
-        if meta is None:
+        start = await self._client.hget(self._p + "execution:" + execution_id, "start")
+        if start is None:
             raise ExecutionNotFound(execution_id)
-        member = _member(from_json(meta)[3], execution_id)
+        member = _member(from_json(start), execution_id)
         row = await self._cancel_script(args=(self._p, execution_id, member, _ORPHAN_CANCELLED))
         if not row:
             raise ExecutionNotFound(execution_id)
@@ -1093,31 +1669,51 @@ class RedisStateStore:
     async def close(self) -> None:
         """Forget per-run caches; the client stays open for its owner to close."""
         self._live.clear()
+        self._tails.clear()
 
-    def _describe(self, r: ExecutionRecord, texts: list[bytes]) -> list[Any]:
-        """The script's header entry for ``r``; appends its JSON texts to ``texts``."""
-        state = to_json_bytes([r.status.value, r.finished_at, r.error, r.result])
+    def _remember(self, target: str, size: int | None, sent: _Encoded) -> None:
+        """Keep the last frame of a live execution's journal (``size``: the journal's size
+        after it), to chain its next frame to; forget it once it is not live."""
+        if target not in self._live:
+            self._tails.pop(target, None)
+        elif sent.raw is not None and size is not None:
+            self._tails.pop(target, None)
+            if len(self._tails) >= _TAILS:
+                del self._tails[next(iter(self._tails))]
+            self._tails[target] = _Tail(int(size), sent.end, sent.raw)
+
+    def _describe(self, r: ExecutionRecord) -> tuple[list[Any], bytes]:
+        """The script's header entry for ``r`` (see ``_WRITE``), and its definition's JSON
+        when the entry is full (else ``b""``)."""
+        status = r.status.value
+        fields: list[str] = ["st", status]
+        absent: list[str] = []
+        _optional(fields, absent, "fin", None if r.finished_at is None else _number(r.finished_at))
+        _optional(fields, absent, "err", r.error)
+        if r.result is None:
+            absent.append("res")
         member = _member(r.started_at, r.execution_id)
         if r.execution_id in self._live:
-            # Live executions are running and their meta and definition are stored.
-            texts.append(state)
-            return [r.execution_id, member, r.status.value, False]
-        meta = [
-            r.workflow_id,
-            r.bot_id,
-            r.strategy_id,
-            r.started_at,
-            r.correlation_id,
-            r.request_id,
-        ]
-        texts += (to_json_bytes(meta), to_json_bytes(r.definition), state)
+            # Live executions are running and their fixed fields and definition are stored.
+            return [r.execution_id, member, status, False, [], False, fields, absent, False], b""
+        definition = to_json_bytes(r.definition)
+        digest = hashlib.blake2b(definition, digest_size=16).hexdigest()
+        fields += ("wf", r.workflow_id, "start", _number(r.started_at), "def", digest)
+        # Most runs' correlation id is their execution id: then it is not stored.
+        _optional(
+            fields, absent, "corr", None if r.correlation_id == r.execution_id else r.correlation_id
+        )
+        _optional(fields, absent, "bot", r.bot_id)
+        _optional(fields, absent, "strat", r.strategy_id)
+        _optional(fields, absent, "req", r.request_id)
         indexes = ["index:all", "index:workflow:" + r.workflow_id]
         if r.bot_id is not None:
             indexes.append("index:bot:" + r.bot_id)
         if r.strategy_id is not None:
             indexes.append("index:strategy:" + r.strategy_id)
         request_id = False if r.request_id is None else r.request_id
-        return [r.execution_id, member, r.status.value, True, indexes, request_id]
+        entry = [r.execution_id, member, status, True, indexes, request_id, fields, absent, digest]
+        return entry, definition
 
     def _refused(self, reply: Any, batch: StateBatch, target: str | None) -> TradeflowError:
         """The error for the write script's refusal ``reply`` of ``batch`` (see ``_WRITE``)."""
@@ -1135,6 +1731,7 @@ class RedisStateStore:
         if target is not None:
             # Another owner's now (or never this writer's): its next write here is a full one.
             self._live.discard(target)
+            self._tails.pop(target, None)
         return _fence_refused(cast(list[Any], reply), batch.fence, target)
 
     def _guard(self, guard: ActionGuard | None) -> list[Any] | bool:
@@ -1186,27 +1783,57 @@ class RedisStateStore:
         ]
 
 
+def _entry_events(
+    entry: int,
+    fields: dict[bytes, bytes],
+    journals: dict[bytes, list[tuple[int, Event]]],
+    after: int,
+) -> list[tuple[int, Event]]:
+    """The events (cursor above ``after``) of the ``p:events`` entry ``entry`` (its id's
+    cursor), from the journals of the executions it names (gone ones: skipped)."""
+    first = entry - int(fields[b"n"]) + 1
+    found = [
+        (cursor, event)
+        for owner in fields[b"x"].split(b"\n")
+        if owner
+        for cursor, event in journals.get(owner, ())
+        if first <= cursor <= entry and cursor > after
+    ]
+    if b"e" in fields:
+        found += (
+            (first + position, Event(*event))
+            for position, event in from_json(fields[b"e"])
+            if first + position > after
+        )
+    found.sort(key=lambda pair: pair[0])
+    return found
+
+
+def _text(raw: dict[bytes, bytes], field: bytes) -> str | None:
+    value = raw.get(field)
+    return None if value is None else value.decode()
+
+
 def _record(execution_id: str, flat: list[bytes]) -> ExecutionRecord:
-    """A record from its hash as a script returns it (flat, with ``owner_live``)."""
+    """A record from its hash as a script returns it (flat, with ``owner_live``, and
+    ``definition`` and ``result`` when it has them)."""
     raw = dict(zip(flat[::2], flat[1::2], strict=True))
-    workflow_id, bot_id, strategy_id, started_at, correlation_id, request_id = from_json(
-        raw[b"meta"]
-    )
-    status, finished_at, error, result = from_json(raw[b"state"])
+    finished = raw.get(b"fin")
+    frame = raw.get(b"result")
     owner = raw.get(b"owner")
     return ExecutionRecord(
         execution_id=execution_id,
-        workflow_id=workflow_id,
-        status=ExecutionStatus(status),
-        started_at=started_at,
+        workflow_id=raw[b"wf"].decode(),
+        status=ExecutionStatus(raw[b"st"].decode()),
+        started_at=from_json(raw[b"start"]),
         definition=from_json(raw[b"definition"]),
-        correlation_id=correlation_id,
-        bot_id=bot_id,
-        strategy_id=strategy_id,
-        finished_at=finished_at,
-        error=error,
-        result=result,
-        request_id=request_id,
+        correlation_id=_text(raw, b"corr") or execution_id,
+        bot_id=_text(raw, b"bot"),
+        strategy_id=_text(raw, b"strat"),
+        finished_at=None if finished is None else from_json(finished),
+        error=_text(raw, b"err"),
+        result=None if frame is None else _result_of(execution_id, frame),
+        request_id=_text(raw, b"req"),
         owner=None if owner is None else owner.decode(),
         epoch=int(raw.get(b"epoch", 0)),
         takeovers=int(raw.get(b"takeovers", 0)),
