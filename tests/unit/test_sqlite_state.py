@@ -18,6 +18,7 @@ from tradeflow.adapters.sqlite import database as sqlite_module
 from tradeflow.adapters.sqlite import state
 from tradeflow.adapters.sqlite.database import DB_SCHEMA_VERSION, WriteTransaction, open_database
 from tradeflow.adapters.sqlite.state import SQLiteStateStore
+from tradeflow.domain.codec import to_json_bytes
 from tradeflow.domain.errors import ConfigurationError, ExecutionNotFound, InvalidRequest
 from tradeflow.domain.records import (
     Checkpoint,
@@ -705,3 +706,224 @@ async def test_retention_prunes_at_start_and_on_each_round(db_path: Path) -> Non
     off = dataclasses.replace(settings, retention_days=0.0)
     async with await Infrastructure.create("development", settings=off) as infra:
         assert infra.retention is None
+
+
+def _run_batches(execution_id: str) -> tuple[StateBatch, StateBatch, dict[str, Any]]:
+    """A run's first and final batch as the journal writes them: each node's outputs one
+    object shared by its completion event, its checkpoint and the final result."""
+    quote, order = {"price": 101.5}, {"order_id": "o-1", "status": "filled"}
+    at = 1_795_689_105.123456
+    corr = f"corr-{execution_id}"
+    events = (
+        Event("execution_started", f"{execution_id}-1", 1, at, corr, execution_id, "wf"),
+        Event(
+            "node_started",
+            f"{execution_id}-2",
+            2,
+            at + 1e-5,
+            corr,
+            execution_id,
+            "wf",
+            node_id="quote",
+        ),
+        Event(
+            "node_completed",
+            f"{execution_id}-3",
+            3,
+            at + 2e-5,
+            corr,
+            execution_id,
+            "wf",
+            node_id="quote",
+            data={"outputs": quote, "duration_ms": 0.0123456789},
+        ),
+    )
+    intent = Checkpoint(
+        execution_id,
+        "buy",
+        CheckpointState.INTENT,
+        at + 3e-5,
+        {"client_order_id": f"{execution_id}:buy"},
+    )
+    first = StateBatch(
+        execution(execution_id),
+        (Checkpoint(execution_id, "quote", CheckpointState.COMPLETED, at + 2e-5, quote), intent),
+        events,
+    )
+    result: dict[str, Any] = {
+        "status": "completed",
+        "execution_id": execution_id,
+        "workflow_id": "wf",
+        "correlation_id": corr,
+        "results": {"quote": quote, "buy": order},
+        "errors": {},
+        "skipped": [],
+        "error": None,
+        "started_at": "2026-11-26T10:31:45.246338Z",
+        "finished_at": "2026-11-26T10:31:45.247652Z",
+        "duration_ms": 1.31,
+    }
+    done = Event(
+        "node_completed",
+        f"{execution_id}-4",
+        4,
+        at + 1e-3,
+        corr,
+        execution_id,
+        "wf",
+        node_id="buy",
+        data={"outputs": order, "duration_ms": 0.9},
+    )
+    final = StateBatch(
+        execution(
+            execution_id,
+            status=ExecutionStatus.COMPLETED,
+            result=result,
+        ),
+        (Checkpoint(execution_id, "buy", CheckpointState.COMPLETED, at + 1e-3, order),),
+        (done,),
+    )
+    return first, final, result
+
+
+async def _stored_result(conn: sqlite3.Connection, execution_id: str) -> bytes:
+    (stored,) = conn.execute(
+        "SELECT result FROM executions WHERE execution_id = ?", (execution_id,)
+    ).fetchone()
+    return bytes(stored)
+
+
+@pytest.mark.asyncio
+async def test_final_result_refers_to_the_journal_outputs(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """A result whose outputs are the checkpoints' own objects is stored by reference and
+    reads back equal, keys in order, by every read; events and checkpoints read back exactly."""
+    first, final, result = _run_batches("e1")
+    await store.write(first)
+    await store.write(final)
+
+    assert (await _stored_result(conn, "e1"))[:1] == state._REFERENCED
+    record = await store.get_execution("e1")
+    assert record.result == result
+    assert list(record.result or {}) == list(result)
+    assert list((record.result or {})["results"]) == ["quote", "buy"]
+    listed = (await store.list_executions(ExecutionQuery())).executions
+    assert listed == (record,)
+    events = [e for _, e in await store.read_events(execution_id="e1")]
+    assert events == [*first.events, *final.events]
+    assert [e.to_dict() for e in events] == [e.to_dict() for e in (*first.events, *final.events)]
+    assert await store.get_checkpoints("e1") == {
+        "buy": final.checkpoints[0],
+        "quote": first.checkpoints[0],
+    }
+
+
+@pytest.mark.asyncio
+async def test_result_with_other_outputs_is_stored_whole(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """A result holding outputs no checkpoint holds (here a copy: equal is not enough) is
+    stored whole, and reads back equal."""
+    first, final, result = _run_batches("e1")
+    copied = {**result, "results": copy.deepcopy(result["results"])}
+    assert final.execution is not None
+    final = dataclasses.replace(
+        final, execution=dataclasses.replace(final.execution, result=copied)
+    )
+    await store.write(first)
+    await store.write(final)
+
+    assert (await _stored_result(conn, "e1"))[:1] != state._REFERENCED
+    assert (await store.get_execution("e1")).result == copied
+
+
+@pytest.mark.asyncio
+async def test_write_many_refers_only_to_checkpoints_written_before(
+    store: SQLiteStateStore,
+) -> None:
+    """In one write_many, a later checkpoint of a node then a result holding its earlier
+    outputs: the result reads back with the outputs it holds, not the later checkpoint's."""
+    first, final, result = _run_batches("e1")
+    await store.write(first)
+    newer = Checkpoint("e1", "quote", CheckpointState.COMPLETED, 5.0, {"price": 99.0})
+
+    assert await store.write_many([StateBatch(checkpoints=(newer,)), final]) == [None, None]
+
+    assert (await store.get_execution("e1")).result == result
+    assert (await store.get_checkpoints("e1"))["quote"] == newer
+
+
+@pytest.mark.asyncio
+async def test_unusual_events_and_checkpoints_round_trip(store: SQLiteStateStore) -> None:
+    """Ids not derived from the sequence, gaps, unknown types, times off the tick grid,
+    any data, failures and attempts: all read back exactly."""
+    events = (
+        Event("custom_type", "own-id", 7, 0.1, "c", "e1", "wf", "b", "s", None, {"x": [1]}),
+        Event(
+            "node_completed",
+            "e1-9",
+            9,
+            1e-9,
+            "c",
+            "e1",
+            "wf",
+            "b",
+            "s",
+            "n",
+            {"duration_ms": 1.5, "outputs": {"a": 1}},
+        ),
+        Event(
+            "node_failed",
+            "e1-10",
+            10,
+            2.0**40 + 0.5,
+            "c",
+            "e1",
+            "wf",
+            "b",
+            "s",
+            "n",
+            {"error": "boom"},
+        ),
+    )
+    checkpoints = (
+        Checkpoint("e1", "n", CheckpointState.FAILED, 0.3, {"client_order_id": "e1:n"}, "boom", 3),
+        Checkpoint("e1", "m", CheckpointState.SKIPPED, 1_795_689_105.25),
+    )
+    await store.write(StateBatch(execution("e1"), checkpoints, events))
+
+    assert [e for _, e in await store.read_events()] == list(events)
+    assert await store.get_checkpoints("e1") == {"m": checkpoints[1], "n": checkpoints[0]}
+    assert await store.last_sequence("e1") == 10
+
+
+@pytest.mark.asyncio
+async def test_rows_in_earlier_encodings_still_read(
+    store: SQLiteStateStore, conn: sqlite3.Connection
+) -> None:
+    """Journal rows and results written by the previous encodings (schema 6 JSON, schema 7
+    packed) read back as they did."""
+    await store.write(StateBatch(execution("e1")))
+    ev, cp = event("e1", 1), checkpoint("e1", "quote")
+    body = to_json_bytes(
+        (
+            (ev.correlation_id, ev.workflow_id, ev.bot_id, ev.strategy_id),
+            [(ev.type, ev.event_id, ev.sequence, ev.timestamp, ev.node_id, ev.data)],
+            [cp[1:]],
+        )
+    )
+    for stored in (body.decode(), state._pack(body)):
+        conn.execute("DELETE FROM batches")
+        (batch_id,) = conn.execute(
+            "INSERT INTO batches (execution_id, body) VALUES ('e1', ?) RETURNING batch_id",
+            (stored,),
+        ).fetchone()
+        conn.execute(
+            "UPDATE executions SET first_batch = ?1, last_batch = ?1, result = ?2",
+            (batch_id, state._pack(b'{"status":"completed"}')),
+        )
+
+        assert [e for _, e in await store.read_events(execution_id="e1")] == [ev]
+        assert await store.get_checkpoints("e1") == {"quote": cp}
+        assert (await store.get_execution("e1")).result == {"status": "completed"}

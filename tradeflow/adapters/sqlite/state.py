@@ -9,21 +9,40 @@ of a value the JSON policy of :mod:`tradeflow.adapters.sqlite.database` refuses
 NaN and infinities read back as ``None`` and non-string keys as strings.
 
 The layout serves the write path. The executor writes about twice per execution,
-and a write costs the JSON it encodes (orjson: under 10 us for a 10-node run),
-a few microseconds per statement and for the transaction's locks, and one WAL
-frame (two ``pwrite`` calls, 5 to 8 us on a small VM) for every B-tree page it
-changes; a new page also rewrites the file header page and the parent page. So
-a write touches as few pages as it can (6 for the executor's first write of a
-10-node run, 2 for its last):
+and a write costs the encoding of its rows (about 15 us for the first write of a
+10-node run, with one deflate of 6 us; its last write's row is small and not
+deflated), a few microseconds per statement and for the transaction's locks, and one
+WAL frame (two ``pwrite`` calls) for every B-tree page it changes; a new page also
+rewrites the file header page and the parent page. A 10-node run takes about 11.5
+frames over its two writes (the journal row, the record, and an entry in each of
+the listing indexes, the status one moved at the end), so a write touches as few
+pages as it can:
 
 - ``batches`` is a journal: a :class:`StateBatch` adds one row holding its
   checkpoints and events (a batch mixing executions gets one row per run of
-  events sharing their ids). ``body`` is one JSON document,
-  ``[[correlation_id, workflow_id, bot_id, strategy_id], [[type, event_id,
-  sequence, timestamp, node_id, data], ...], [[node_id, state, updated_at,
-  outputs, error, attempt], ...]]``, so ids every event of the row shares are
-  stored once. orjson writes floats in their shortest exact form, so times
-  read back bit for bit.
+  events sharing their ids). ``body`` is a first byte, then one JSON document
+  holding the events column by column and each output once:
+  ``[[correlation_id, workflow_id, bot_id, strategy_id], first_sequence, origin,
+  [type code, ...], [time, ...], [node_id, ...], [data, ...], [checkpoint, ...],
+  irregular]``. The ids every event of the row shares are stored once (the
+  correlation id as 0 when it is the execution id); a type is its index in
+  :data:`_EVENT_TYPES`; sequences run on from the first and event ids are
+  ``<execution_id>-<sequence>`` unless ``irregular`` is ``[sequences, ids]``; a time
+  is an int of ticks after ``origin`` (the first event's time,
+  :data:`_TICKS_PER_SECOND`) when that is exact, else the float (orjson writes
+  floats in their shortest exact form: times read back bit for bit). A checkpoint
+  is the index of the event whose data holds the very same outputs object (the
+  completion of the same node at the same time, as the executor writes them), else
+  ``[node_id, state code, time, outputs(, error, attempt)]``. A row of 640 bytes or
+  more is deflated (first byte 2; plain: 3). Rows of schema 7's first encoding
+  (first byte 1: deflated ``[ids, [[type, event_id, sequence, timestamp, node_id,
+  data], ...], [[node_id, state, updated_at, outputs, error, attempt], ...]]``) and
+  of schema 6 (that JSON as text) still read.
+- A final ``result`` whose node outputs are the very objects the execution's latest
+  checkpoints hold (what the executor writes, when this store wrote all of them) is
+  stored by reference (first byte 4): its node ids and its other values, read back
+  by folding the execution's checkpoints up to the row written with it. Any other
+  result is stored whole (deflated, first byte 1).
 - Journal rows have no index: an execution's rows lie between the
   ``first_batch`` and ``last_batch`` of its ``executions`` row, which the same
   write sets (the executor's first and last writes carry the record anyway;
@@ -91,7 +110,7 @@ import zlib
 from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import replace
-from itertools import groupby
+from itertools import chain, count, groupby
 from operator import attrgetter, itemgetter
 from typing import Any, Final
 
@@ -338,11 +357,107 @@ def _packed_result(result: dict[str, Any] | None) -> bytes | None:
     return _pack(to_json_bytes(result)) if result else None
 
 
+_COMPACT: Final = b"\x02"
+"""First byte of a journal row in the compact form (:func:`_journal_body`), deflated."""
+_PLAIN: Final = b"\x03"
+"""First byte of a journal row in the compact form, not deflated."""
+_COMPACT_FORMS: Final = (_COMPACT, _PLAIN)
+_DEFLATE_FROM: Final = 640
+"""Compact rows of this many bytes or more are deflated. Deflating costs about 13 us
+whatever the size (setting up and flushing the stream), and saves half of a row: on a small
+row (an execution's last write) the bytes saved are not worth it."""
+_EVENT_TYPES: Final = (
+    "execution_started",
+    "execution_completed",
+    "execution_failed",
+    "execution_halted",
+    "execution_cancelled",
+    "execution_interrupted",
+    "node_started",
+    "node_completed",
+    "node_failed",
+    "node_skipped",
+    "node_retrying",
+    "circuit_opened",
+    "circuit_half_open",
+    "circuit_closed",
+    "emergency_halted",
+    "emergency_resumed",
+    "risk_limit_exceeded",
+    "order_denied",
+)
+"""An event type's code in a compact row is its index here; stored rows depend on it:
+append only. A type not listed is stored as its text."""
+_EVENT_CODES: Final = {type_: code for code, type_ in enumerate(_EVENT_TYPES)}
+_CHECKPOINT_STATES: Final = (
+    CheckpointState.INTENT,
+    CheckpointState.COMPLETED,
+    CheckpointState.SKIPPED,
+    CheckpointState.FAILED,
+)
+"""A checkpoint state's code in a compact row is its index here (append only)."""
+_STATE_CODES: Final = {state.value: code for code, state in enumerate(_CHECKPOINT_STATES)}
+_COMPLETED: Final = CheckpointState.COMPLETED
+_SEQUENCE_SUFFIXES: Final = tuple(f"-{sequence}" for sequence in range(4096))
+"""``-<sequence>``: an event id is derived from its execution id and sequence when it is
+``<execution_id>-<sequence>``; checking that for each event costs less with these at hand
+(a row of later sequences stores its ids)."""
+_TICKS_PER_SECOND: Final = 4194304.0
+"""2**22: doubles between 2**30 and 2**31 seconds (years 2004 to 2038) are whole ticks
+apart, so an event's time is stored exactly as a small int of ticks after the row's
+first time; a time that is not (another era, a test's) is stored as it is."""
+_SECONDS_PER_TICK: Final = 1 / _TICKS_PER_SECOND
+_COMPACT_ZDICT: Final = (
+    b'"client_order_id":"order_id":"status":"filled","filled_quantity":"avg_price":'
+    b'"reason":null,"denial":null},"price":"bid":"ask":"spread":"timestamp":'
+    b'{"triggered":true,"value":{"result":true},{"ok":true,"value":"threshold":'
+    b'{"qty":0.00{"status":"completed","duration_ms":0.00'
+    b'},"duration_ms":0.00},{},{"outputs":{"'
+    b",[0,6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7,6,7],[0,"
+)
+"""The preset dictionary of compact rows (:func:`_deflate`). Stored rows depend on it:
+never change it (a new dictionary needs a new first byte)."""
+
+
+def _deflate(encoded: bytes) -> bytes:
+    """``encoded``, deflated against :data:`_COMPACT_ZDICT` (a 4 KiB window, as in
+    :func:`_pack`)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, -12, 4, zdict=_COMPACT_ZDICT)
+    return packer.compress(encoded) + packer.flush()
+
+
+def _inflate(body: bytes) -> bytes:
+    """The JSON of a compact row (inverse of :func:`_deflate` behind the first byte)."""
+    return zlib.decompressobj(-12, zdict=_COMPACT_ZDICT).decompress(memoryview(body)[1:])
+
+
+_REFERENCED: Final = b"\x04"
+"""First byte of a final result stored by reference to the journal (:func:`_result_reference`)."""
+_RESULT_KEYS: Final = (
+    "status",
+    "execution_id",
+    "workflow_id",
+    "correlation_id",
+    "results",
+    "errors",
+    "skipped",
+    "error",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+)
+"""The keys of the executor's result dict, in order: such a result is stored as a list."""
+
 _Row = tuple[Any, ...]
 _JournalRow = tuple[str | None, bytes]
-_Prepared = tuple[tuple[str, _Row] | None, tuple[bytes, str] | None, list[_JournalRow]]
+_Reference = bytes
+"""A final result stored by reference, encoded but for its journal bound
+(:func:`_result_reference`)."""
+_Prepared = tuple[
+    tuple[str, _Row] | None, tuple[bytes, str] | None, list[_JournalRow], _Reference | None
+]
 """What ``SQLiteStateStore._prepare`` encodes for a batch: its record statement and
-values, the definition row to insert, its journal rows."""
+values, the definition row to insert, its journal rows, its result by reference."""
 
 # Slices of the records, one C call each: cheaper than attrgetter's field-by-field
 # lookups, which the write path would pay for every event and checkpoint.
@@ -372,9 +487,11 @@ class SQLiteStateStore:
         self._txn = WriteTransaction(conn)
         self._writer = conn.cursor()
         """Runs the write statements: a kept cursor saves ``conn.execute`` creating one."""
-        self._live: set[str] = set()
+        self._live: dict[str, list[Sequence[Checkpoint]]] = {}
         """Executions this store inserted and that are not final yet: their later
-        writes update only the mutable columns."""
+        writes update only the mutable columns. Each keeps the checkpoints of the
+        batches written since (of any execution: filtered when used), which a final
+        result may refer to (:func:`_result_reference`)."""
         self._definitions: dict[int, tuple[dict[str, Any], bytes]] = {}
         """``id(definition)`` -> (definition, digest) of definitions already stored. The
         entry holds the object, so its id cannot be reused by another one meanwhile."""
@@ -397,9 +514,17 @@ class SQLiteStateStore:
         timeout, disk full...) rolls all of them back and raises ``UnavailableError``."""
         outcomes: list[TradeflowError | None] = [None] * len(batches)
         prepared: list[_Prepared | None] = []
+        # A result refers to the checkpoints written before its batch was prepared: not
+        # when an earlier batch of this call writes its execution too.
+        touched: set[str | None] = set()
         for i, batch in enumerate(batches):
+            execution = batch.execution
+            refer = execution is None or execution.execution_id not in touched
+            if execution is not None:
+                touched.add(execution.execution_id)
+            touched.update(checkpoint.execution_id for checkpoint in batch.checkpoints)
             try:
-                prepared.append(self._prepare(batch))
+                prepared.append(self._prepare(batch, refer=refer))
             except TypeError as exc:
                 outcomes[i] = InvalidRequest("batch", "values JSON can encode", describe(exc))
                 prepared.append(None)
@@ -465,42 +590,63 @@ class SQLiteStateStore:
                 writer.execute(_KEEP_NEWEST_BATCH, (newest, _EMPTY_BODY))
         return PruneReport(removed=removed, kept=kept, more=removed >= limit)
 
-    def _prepare(self, batch: StateBatch) -> _Prepared:
-        """What :func:`_apply` writes for ``batch``, encoded (outside the transaction)."""
+    def _prepare(self, batch: StateBatch, *, refer: bool = True) -> _Prepared:
+        """What :func:`_apply` writes for ``batch``, encoded (outside the transaction);
+        its result by reference only if ``refer``."""
         execution = batch.execution
         record: tuple[str, _Row] | None = None
         definition: tuple[bytes, str] | None = None
+        rows = _journal_rows(batch.events, batch.checkpoints)
+        reference = None
         if execution is not None:
-            if execution.execution_id in self._live:
-                record = _UPDATE_EXECUTION, _execution_update_row(execution)
+            known = self._live.get(execution.execution_id)
+            if known is not None:
+                if (
+                    refer
+                    and execution.result
+                    and any(row[0] == execution.execution_id for row in rows)
+                ):
+                    reference = _result_reference(execution, known, batch.checkpoints)
+                record = _UPDATE_EXECUTION, _execution_update_row(execution, reference is None)
             else:
                 digest, definition = self._definition_digest(execution.definition)
                 record = _UPSERT_EXECUTION, _execution_row(execution, digest)
-        return record, definition, _journal_rows(batch.events, batch.checkpoints)
+        return record, definition, rows, reference
 
     def _written(self, batch: StateBatch, prepared: _Prepared) -> None:
         """Remember what ``batch`` wrote, once committed (what was rolled back must be
         written again)."""
         execution = batch.execution
-        if execution is None:
-            return
-        definition = prepared[1]
-        if definition is not None:
-            self._remember(execution.definition, definition[0])
-        if execution.status is ExecutionStatus.RUNNING:
-            self._live.add(execution.execution_id)
-        else:
-            self._live.discard(execution.execution_id)
+        live = self._live
+        if execution is not None:
+            definition = prepared[1]
+            if definition is not None:
+                self._remember(execution.definition, definition[0])
+            if execution.status is ExecutionStatus.RUNNING:
+                live.setdefault(execution.execution_id, [])
+            else:
+                live.pop(execution.execution_id, None)
+        checkpoints = batch.checkpoints
+        if checkpoints:
+            for execution_id in {checkpoints[0].execution_id, checkpoints[-1].execution_id}:
+                known = live.get(execution_id)
+                if known is not None:
+                    known.append(checkpoints)
+            if len(checkpoints) > 2:  # a batch may hold other executions in between
+                for execution_id in set(map(_checkpoint_execution, checkpoints[1:-1])):
+                    known = live.get(execution_id)
+                    if known is not None and known[-1] is not checkpoints:
+                        known.append(checkpoints)
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord:
         row = self._conn.execute(_SELECT_EXECUTION, (self._clock.time(), execution_id)).fetchone()
         if row is None:
             raise ExecutionNotFound(execution_id)
-        return _execution_record(row)
+        return _execution_record(row, self._conn)
 
     async def find_by_request_id(self, request_id: str) -> ExecutionRecord | None:
         row = self._conn.execute(_SELECT_BY_REQUEST, (self._clock.time(), request_id)).fetchone()
-        return None if row is None else _execution_record(row)
+        return None if row is None else _execution_record(row, self._conn)
 
     async def list_executions(self, query: ExecutionQuery) -> ExecutionPage:
         """See the port. Each filter has an index (``executions_by_*``); SQLite picks one."""
@@ -527,7 +673,7 @@ class SQLiteStateStore:
         sql += " ORDER BY e.started_at DESC, e.execution_id DESC LIMIT ?"
         params.append(limit + 1)
         rows = self._conn.execute(sql, params).fetchall()
-        records = tuple(_execution_record(row) for row in rows[:limit])
+        records = tuple(_execution_record(row, self._conn) for row in rows[:limit])
         token = None
         if len(rows) > limit:
             last = records[-1]
@@ -566,9 +712,9 @@ class SQLiteStateStore:
         rows = self._conn.execute(_SELECT_EXECUTION_BATCHES + " DESC", (execution_id, 0))
         with closing(rows):
             for _, _, body in rows:
-                events = from_json(_unpack(body))[1]
+                events = _row_entries(execution_id, body)[0]
                 if events:
-                    return int(max(sequence for _, _, sequence, *_ in events))
+                    return max(event.sequence for event in events)
         return 0
 
     async def acquire_lease(self, info: OwnerInfo, ttl: float) -> Lease:
@@ -653,7 +799,7 @@ class SQLiteStateStore:
         oldest first (module docstring)."""
         limit = max(1, min(limit, MAX_PAGE_SIZE))
         rows = self._conn.execute(_SELECT_ORPHANS, (self._clock.time(), limit)).fetchall()
-        return [_execution_record(row) for row in rows]
+        return [_execution_record(row, self._conn) for row in rows]
 
     async def request_cancel(self, execution_id: str) -> ExecutionRecord:
         """See the port: an interrupted execution is an orphan, its owner live or not."""
@@ -663,7 +809,7 @@ class SQLiteStateStore:
             row = writer.execute(_SELECT_EXECUTION, (now, execution_id)).fetchone()
             if row is None:
                 raise ExecutionNotFound(execution_id)
-            record = _execution_record(row)
+            record = _execution_record(row, self._conn)
             if record.status.final:
                 return record
             # Interrupted: no owner runs it, whether or not its owner lives on.
@@ -704,13 +850,99 @@ def _execution_row(r: ExecutionRecord, definition: bytes) -> _Row:
     return (*_execution_fields(r), definition, _packed_result(r.result))
 
 
-def _execution_update_row(r: ExecutionRecord) -> _Row:
-    """The first 5 values of :data:`_UPDATE_EXECUTION` (the journal range follows)."""
-    return (r.execution_id, r.status.value, r.finished_at, r.error, _packed_result(r.result))
+def _execution_update_row(r: ExecutionRecord, result: bool = True) -> _Row:
+    """The first 5 values of :data:`_UPDATE_EXECUTION` (the journal range follows); the
+    result ``None`` unless ``result`` (:func:`_apply` then writes its reference)."""
+    return (
+        r.execution_id,
+        r.status.value,
+        r.finished_at,
+        r.error,
+        _packed_result(r.result) if result else None,
+    )
 
 
-def _execution_record(row: _Row) -> ExecutionRecord:
-    """The record of a :data:`_SELECT_EXECUTIONS` row."""
+def _result_reference(
+    execution: ExecutionRecord,
+    known: list[Sequence[Checkpoint]],
+    checkpoints: Sequence[Checkpoint],
+) -> _Reference | None:
+    """The final result of ``execution``, by reference, if each of its node outputs is the
+    very object the latest checkpoint of that node holds (``known``: the checkpoints this
+    store wrote, then ``checkpoints``, this batch's); else ``None`` (the result is stored
+    whole).
+
+    The outputs are then stored once, in the journal: the result keeps the node ids, in
+    order, and the rest of its values, its ids replaced by 0 where the record has the
+    same; reading it folds the execution's checkpoints up to the batch that wrote it.
+    """
+    result = execution.result
+    assert result is not None
+    results = result.get("results")
+    if type(results) is not dict or not results:
+        return None
+    execution_id = execution.execution_id
+    written: dict[str, Any] = {}
+    for checkpoint in chain.from_iterable((*known, checkpoints)):
+        if checkpoint.execution_id == execution_id:
+            outputs = checkpoint.outputs
+            written[checkpoint.node_id] = (
+                outputs if outputs and checkpoint.state == _COMPLETED else None
+            )
+    for node_id, outputs in results.items():
+        current = written.get(node_id)
+        if current is None or outputs is not current:
+            return None
+    template: list[Any] | dict[str, Any]
+    if tuple(result) == _RESULT_KEYS:
+        template = list(result.values())
+        template[4] = None
+        for index, own in (
+            (1, execution_id),
+            (2, execution.workflow_id),
+            (3, execution.correlation_id),
+        ):
+            value = template[index]
+            if value == own and type(value) is str:
+                template[index] = 0
+            elif type(value) is not str:
+                template = {**result, "results": None}
+                break
+    else:
+        template = {**result, "results": None}
+    return to_json_bytes((list(results), template))
+
+
+def _referenced_result(conn: sqlite3.Connection, row: _Row, stored: bytes) -> dict[str, Any]:
+    """The result of a :data:`_SELECT_EXECUTIONS` row stored by reference
+    (:func:`_result_reference`)."""
+    last, nodes, template = from_json(stored[1:])
+    execution_id = row[0]
+    latest: dict[str, Checkpoint] = {}
+    with closing(conn.execute(_SELECT_EXECUTION_BATCHES, (execution_id, 0))) as rows:
+        for batch_id, _, body in rows:
+            if batch_id > last:
+                break
+            _fold_checkpoints(latest, execution_id, body)
+    results = {node_id: latest[node_id].outputs for node_id in nodes}
+    if type(template) is dict:
+        template["results"] = results
+        return template
+    for index, own in ((1, row[0]), (2, row[1]), (3, row[7])):
+        if type(template[index]) is int:
+            template[index] = own
+    template[4] = results
+    return dict(zip(_RESULT_KEYS, template, strict=True))
+
+
+def _execution_record(row: _Row, conn: sqlite3.Connection) -> ExecutionRecord:
+    """The record of a :data:`_SELECT_EXECUTIONS` row (``conn`` reads the journal of a
+    result stored by reference)."""
+    stored = row[11]
+    if isinstance(stored, bytes) and stored[:1] == _REFERENCED:
+        result = _referenced_result(conn, row, stored)
+    else:
+        result = from_json(_unpack(stored))
     return ExecutionRecord(
         execution_id=row[0],
         workflow_id=row[1],
@@ -723,7 +955,7 @@ def _execution_record(row: _Row) -> ExecutionRecord:
         request_id=row[8],
         error=row[9],
         definition=from_json(row[10]),
-        result=from_json(_unpack(row[11])),
+        result=result,
         owner=row[12],
         epoch=row[13],
         takeovers=row[14],
@@ -778,7 +1010,7 @@ def _admit(cursor: sqlite3.Cursor, batch: StateBatch, clock: Clock) -> None:
 def _apply(cursor: sqlite3.Cursor, batch: StateBatch, prepared: _Prepared, clock: Clock) -> None:
     """Write ``batch`` (encoded by ``SQLiteStateStore._prepare``) inside the caller's
     transaction: admitted (:func:`_admit`), then its definition, journal rows and record."""
-    record, definition, rows = prepared
+    record, definition, rows, reference = prepared
     execution = batch.execution
     own = None if execution is None else execution.execution_id
     owner, epoch = (None, 0) if batch.fence is None else batch.fence
@@ -788,6 +1020,11 @@ def _apply(cursor: sqlite3.Cursor, batch: StateBatch, prepared: _Prepared, clock
     first, last = _insert_journal(cursor, rows, own, owner, epoch)
     if record is not None:
         sql, values = record
+        if reference is not None:
+            # The journal rows of the execution up to this batch's last hold the outputs
+            # (_prepare refers only when this batch writes a row of the execution).
+            assert last is not None
+            values = (*values[:4], b"%b[%d,%b" % (_REFERENCED, last, reference[1:]))
         if not cursor.execute(sql, (*values, first, last, owner, epoch)).rowcount:
             raise _owned_elsewhere(cursor, own, owner, epoch)
 
@@ -875,10 +1112,10 @@ def _journal_rows(events: Sequence[Event], checkpoints: Sequence[Checkpoint]) ->
         owned: Sequence[Checkpoint] = pending.pop(execution_id, ())
         for start in range(0, len(run_events), _ROW_EVENTS):
             chunk = run_events[start : start + _ROW_EVENTS]
-            rows.append((execution_id, _journal_body(shared, chunk, owned)))
+            rows.append((execution_id, _journal_body(execution_id, shared, chunk, owned)))
             owned = ()
     for owner, owned in pending.items():
-        rows.append((owner, _journal_body((None, None, None, None), (), owned)))
+        rows.append((owner, _journal_body(owner, (None, None, None, None), (), owned)))
     return rows
 
 
@@ -908,33 +1145,118 @@ def _insert_journal(
 
 
 def _journal_body(
-    shared: Sequence[str | None], events: Sequence[Event], checkpoints: Sequence[Checkpoint]
+    execution_id: str | None,
+    shared: Sequence[str | None],
+    events: Sequence[Event],
+    checkpoints: Sequence[Checkpoint],
 ) -> bytes:
-    """``shared``: the ids every event of the row has, as in the module docstring;
-    packed (:func:`_pack`)."""
-    return _pack(
-        to_json_bytes(
-            (shared, list(map(_event_fields, events)), list(map(_checkpoint_fields, checkpoints)))
+    """One journal row in the compact form (module docstring). ``shared``:
+    ``(correlation_id, workflow_id, bot_id, strategy_id)``, the ids every event of the row
+    has; ``execution_id``: the row's.
+
+    Column by column, so most of the work runs in C (``zip``, ``map``): a loop over the
+    events in Python costs more than the statements that store them.
+    """
+    correlation_id, *rest = shared
+    header: Sequence[Any] = shared
+    if correlation_id == execution_id and correlation_id is not None:
+        header = (0, *rest)
+    if not events:
+        origin = checkpoints[0].updated_at if checkpoints else 0.0
+        entries = _checkpoint_entries(checkpoints, origin, (), (), {})
+        return _PLAIN + to_json_bytes((header, 0, origin, (), (), (), (), entries, None))
+    # Events are 11-tuples: strict is moot.
+    types, ids, sequences, times, _, _, _, _, _, node_ids, datas = zip(*events, strict=False)
+    codes: list[Any] = list(map(_EVENT_CODES.get, types))
+    if None in codes:
+        codes = [type_ if code is None else code for code, type_ in zip(codes, types, strict=True)]
+    origin = times[0]
+    first = sequences[0]
+    irregular = None
+    end = first + len(sequences)
+    if (
+        type(first) is not int
+        or sequences != tuple(range(first, end))
+        or not 0 <= first < end <= len(_SEQUENCE_SUFFIXES)
+        or ids != tuple(map(str(execution_id).__add__, _SEQUENCE_SUFFIXES[first:end]))
+    ):
+        irregular = (sequences, ids)
+    # A checkpoint looks for its outputs in the last event of its node (its completion).
+    last_event = dict(zip(node_ids, count()))
+    entries = _checkpoint_entries(checkpoints, origin, times, datas, last_event)
+    at = _ticks(times, origin)
+    encoded = to_json_bytes((header, first, origin, codes, at, node_ids, datas, entries, irregular))
+    if len(encoded) < _DEFLATE_FROM:
+        return _PLAIN + encoded
+    return _COMPACT + _deflate(encoded)
+
+
+def _ticks(times: tuple[float, ...], origin: float) -> list[Any]:
+    """``times`` as whole ticks after ``origin`` if every one is exactly that, else as they
+    are (floats)."""
+    ticks = [(time - origin) * _TICKS_PER_SECOND for time in times]
+    if all(map(float.is_integer, ticks)) and [
+        origin + tick * _SECONDS_PER_TICK for tick in ticks
+    ] == list(times):
+        return list(map(int, ticks))
+    return list(map(float, times))
+
+
+def _checkpoint_entries(
+    checkpoints: Sequence[Checkpoint],
+    origin: float,
+    times: Sequence[float],
+    datas: Sequence[Any],
+    last_event: dict[str | None, int],
+) -> list[Any]:
+    """The checkpoints of a compact row: the index of the completion event that holds
+    the same node, time and outputs object, else ``[node_id, state code, time, outputs]``
+    (then ``error, attempt`` unless ``None, 1``)."""
+    entries: list[Any] = []
+    for _, node_id, state, updated_at, outputs, error, attempt in checkpoints:
+        index = last_event.get(node_id)
+        if (
+            index is not None
+            and outputs
+            and times[index] == updated_at
+            and state == _COMPLETED
+            and error is None
+            and attempt == 1
+        ):
+            data = datas[index]
+            if type(data) is dict and data.get("outputs") is outputs:
+                entries.append(index)
+                continue
+        ticks = (updated_at - origin) * _TICKS_PER_SECOND
+        at = (
+            int(ticks)
+            if ticks.is_integer() and origin + ticks / _TICKS_PER_SECOND == updated_at
+            else float(updated_at)
         )
+        entry = [node_id, _STATE_CODES.get(state, state), at, outputs or None]
+        if error is not None or attempt != 1:
+            entry += (error, attempt)
+        entries.append(entry)
+    return entries
+
+
+def _row_entries(
+    execution_id: str | None, body: bytes | str, *, events_wanted: bool = True
+) -> tuple[list[Event], list[Checkpoint]]:
+    """The events and checkpoints of one journal row, in any of its encodings (no events
+    from a compact row unless ``events_wanted``)."""
+    if isinstance(body, bytes) and body[:1] in _COMPACT_FORMS:
+        return _compact_entries(execution_id, body, events_wanted=events_wanted)
+    (correlation_id, workflow_id, bot_id, strategy_id), events, checkpoints = from_json(
+        _unpack(body)
     )
-
-
-def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
-    """The ``(cursor, event)`` pairs of one journal row."""
-    (correlation_id, workflow_id, bot_id, strategy_id), events, _ = from_json(_unpack(body))
     ids = (correlation_id, execution_id, workflow_id, bot_id, strategy_id)
-    base = batch_id * _ROW_EVENTS
     return [
-        (base + i, Event(type_, event_id, sequence, float(timestamp), *ids, node_id, data or {}))
-        for i, (type_, event_id, sequence, timestamp, node_id, data) in enumerate(events)
-    ]
-
-
-def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: bytes) -> None:
-    """Apply one journal row's checkpoints to ``latest`` (node id -> checkpoint)."""
-    for node_id, state, updated_at, outputs, error, attempt in from_json(_unpack(body))[2]:
-        latest[node_id] = Checkpoint(
-            execution_id,
+        Event(type_, event_id, sequence, float(timestamp), *ids, node_id, data or {})
+        for type_, event_id, sequence, timestamp, node_id, data in events
+    ], [
+        Checkpoint(
+            execution_id,  # type: ignore[arg-type]
             node_id,
             CheckpointState(state),
             float(updated_at),
@@ -942,7 +1264,96 @@ def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: by
             error,
             attempt,
         )
+        for node_id, state, updated_at, outputs, error, attempt in checkpoints
+    ]
 
 
-_EMPTY_BODY: Final = _journal_body((None, None, None, None), (), ())
+def _compact_entries(
+    execution_id: str | None, body: bytes, *, events_wanted: bool = True
+) -> tuple[list[Event], list[Checkpoint]]:
+    """:func:`_row_entries` of a row in the compact form (:func:`_journal_body`)."""
+    encoded = _inflate(body) if body[:1] == _COMPACT else body[1:]
+    shared, first, origin, codes, at, node_ids, datas, entries, irregular = from_json(encoded)
+    origin = float(origin)
+    if not events_wanted:
+        return [], _compact_checkpoints(execution_id, origin, at, node_ids, datas, entries)
+    correlation_id, workflow_id, bot_id, strategy_id = shared
+    if type(correlation_id) is int:
+        correlation_id = execution_id
+    if irregular is None:
+        sequences: Sequence[int] = range(first, first + len(codes))
+        ids: Sequence[str] = [f"{execution_id}-{sequence}" for sequence in sequences]
+    else:
+        sequences, ids = irregular
+    events = [
+        Event(
+            _EVENT_TYPES[code] if type(code) is int else code,
+            event_id,
+            sequence,
+            origin + time / _TICKS_PER_SECOND if type(time) is int else float(time),
+            correlation_id,
+            execution_id,
+            workflow_id,
+            bot_id,
+            strategy_id,
+            node_id,
+            data or {},
+        )
+        for code, event_id, sequence, time, node_id, data in zip(
+            codes, ids, sequences, at, node_ids, datas, strict=True
+        )
+    ]
+    return events, _compact_checkpoints(execution_id, origin, at, node_ids, datas, entries)
+
+
+def _compact_checkpoints(
+    execution_id: str | None,
+    origin: float,
+    at: list[Any],
+    node_ids: list[str],
+    datas: list[Any],
+    entries: list[Any],
+) -> list[Checkpoint]:
+    """The checkpoints of a compact row, from its columns (:func:`_journal_body`)."""
+    checkpoints: list[Checkpoint] = []
+    for entry in entries:
+        if type(entry) is int:
+            time = at[entry]
+            checkpoints.append(
+                Checkpoint(
+                    execution_id,  # type: ignore[arg-type]
+                    node_ids[entry],
+                    _COMPLETED,
+                    origin + time / _TICKS_PER_SECOND if type(time) is int else float(time),
+                    datas[entry]["outputs"] or None,
+                )
+            )
+            continue
+        node_id, state, time, outputs, *failure = entry
+        checkpoints.append(
+            Checkpoint(
+                execution_id,  # type: ignore[arg-type]
+                node_id,
+                _CHECKPOINT_STATES[state] if type(state) is int else CheckpointState(state),
+                origin + time / _TICKS_PER_SECOND if type(time) is int else float(time),
+                outputs or None,
+                *failure,
+            )
+        )
+    return checkpoints
+
+
+def _row_events(batch_id: int, execution_id: str | None, body: bytes) -> list[tuple[int, Event]]:
+    """The ``(cursor, event)`` pairs of one journal row."""
+    base = batch_id * _ROW_EVENTS
+    return list(enumerate(_row_entries(execution_id, body)[0], base))
+
+
+def _fold_checkpoints(latest: dict[str, Checkpoint], execution_id: str, body: bytes) -> None:
+    """Apply one journal row's checkpoints to ``latest`` (node id -> checkpoint)."""
+    for checkpoint in _row_entries(execution_id, body, events_wanted=False)[1]:
+        latest[checkpoint.node_id] = checkpoint
+
+
+_EMPTY_BODY: Final = _journal_body(None, (None, None, None, None), (), ())
 """A journal row with no events and no checkpoints (what a pruned newest row becomes)."""
