@@ -956,11 +956,6 @@ class WatchedView:
         """Wake every :meth:`changed` waiter now, changed or not (a server draining)."""
         self._notify()
 
-    @property
-    def confirmed_version(self) -> int | None:
-        """The version of the snapshot if :meth:`current` answers it; ``None`` otherwise."""
-        return None if self.problem is not None else self._snapshot.version
-
     async def wait_until(self, done: Callable[[EmergencySnapshot], bool]) -> EmergencySnapshot:
         """The first confirmed snapshot ``done`` accepts (waits for changes); raises
         ``UnavailableError`` once the view is closed."""

@@ -3,7 +3,7 @@
 :class:`RedisEmergencyStore` implements :class:`~tradeflow.ports.EmergencyStore`;
 :class:`RedisEmergencyController` is the one
 :class:`~tradeflow.engine.emergency.EmergencyController` on it, plus
-what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.wait_for_change`).
+what a ``WatchState`` stream needs (:meth:`~RedisEmergencyController.changed`, :meth:`~RedisEmergencyController.wake`).
 :class:`RedisRequestLog` keeps the service's answers to mutating requests.
 
 Layout (``{p}`` is ``{prefix:emergency}``, a hash tag keeping every key in one
@@ -387,34 +387,30 @@ class RedisEmergencyStore:
         """Run one script; install the state it returns; return its own result."""
         if self._view.closed:
             raise UnavailableError("emergency store closed")
-        head = ("", "") if audit is None else self._audit_args(audit)
+        # An audit entry travels as its fields after the id (the store assigns that).
+        head: tuple[str | bytes, str] = (
+            ("", "")
+            if audit is None
+            else (to_json_bytes(astuple(attributed(audit))[1:]), str(self._audit_cap))
+        )
+        call = self._scripts[script]
         argv = (*head, self._channel, *args)
         async with self._lock:
-            return await self._run_locked(script, argv)
-
-    def _audit_args(self, audit: AuditEntry) -> tuple[bytes, str]:
-        """The scripts' first two arguments: the entry's fields after the id (the store
-        assigns that), and the cap of the audit stream."""
-        return to_json_bytes(astuple(attributed(audit))[1:]), str(self._audit_cap)
-
-    async def _run_locked(self, script: str, argv: Sequence[str | bytes]) -> Any:
-        """:meth:`_run` once the lock is held."""
-        call = self._scripts[script]
-        try:
-            if script in _REPEATABLE:
-                reply = await reconnecting(call, keys=self._keys, args=argv)
-            else:
-                reply = await call(keys=self._keys, args=argv)
-            result, snapshot = _parse_state(reply)
-        except RedisError as exc:
-            error = f"redis emergency store: {describe(exc)}"
-            self._view.lose(error)
-            raise UnavailableError(error) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            # Data no tradeflow wrote: refuse trading rather than guess.
-            self._view.lose(f"unreadable emergency state in redis: {describe(exc)}")
-            raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
-        self._view.confirm(snapshot)
+            try:
+                if script in _REPEATABLE:
+                    reply = await reconnecting(call, keys=self._keys, args=argv)
+                else:
+                    reply = await call(keys=self._keys, args=argv)
+                result, snapshot = _parse_state(reply)
+            except RedisError as exc:
+                error = f"redis emergency store: {describe(exc)}"
+                self._view.lose(error)
+                raise UnavailableError(error) from exc
+            except (ValueError, KeyError, TypeError) as exc:
+                # Data no tradeflow wrote: refuse trading rather than guess.
+                self._view.lose(f"unreadable emergency state in redis: {describe(exc)}")
+                raise UnavailableError(f"unreadable emergency state: {describe(exc)}") from exc
+            self._view.confirm(snapshot)
         return result
 
     async def _follow(self) -> None:
