@@ -438,17 +438,20 @@ class EmergencyServicer(emergency_service_pb2_grpc.EmergencyServiceServicer):
         snapshot = self._controller.snapshot()
         yield self._watch_response(snapshot)
         while not self._draining.is_set():
-            # Woken directly by the change (no task in between): a halt's push goes out in
-            # the first turn of the loop after its script's reply, before its log line,
-            # its event and its barrier's lease listing.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._heartbeat):
-                    await self._controller.changed()
-            if self._draining.is_set():
-                return
+            # A change that landed while the last message was being sent goes out at once;
+            # otherwise wait, woken directly by the change (no task in between): a halt's
+            # push goes out in the first turn of the loop after its script's reply, before
+            # its log line, its event and its barrier's lease listing.
+            if self._controller.snapshot().version == snapshot.version:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._heartbeat):
+                        await self._controller.changed()
+                if self._draining.is_set():
+                    return
             # The current, confirmed state (UnavailableError ends the stream once it cannot
             # be confirmed): after a change, or as the heartbeat.
-            yield self._watch_response(self._controller.snapshot())
+            snapshot = self._controller.snapshot()
+            yield self._watch_response(snapshot)
 
 
 _BOUND_CHECKERS: Final = (Role.BOT, Role.EXECUTOR)

@@ -30,6 +30,7 @@ from nats.aio.msg import Msg
 from tradeflow.adapters.grpc.server import follow_health
 from tradeflow.adapters.nats.bus import (
     DEFAULT_STREAM,
+    POSITION_SLOTS,
     NatsEventBus,
     NatsOptions,
     _url_user,
@@ -315,6 +316,8 @@ async def test_replay_resumes_inside_a_batch_and_subscribers_get_each_event(
     assert [item["sequence"] for _, item in first] == [1, 2, 3, 4]
     positions = [position for position, _ in first]
     assert positions == sorted(set(positions))
+    # One message (one stream sequence), four positions in it.
+    assert len({position // POSITION_SLOTS for position in positions}) == 1
     resumed = bus.replay(workflow_id=workflow_id, after_sequence=positions[1])
     try:
         rest = await take(resumed, 2)
@@ -331,29 +334,43 @@ async def test_replay_resumes_inside_a_batch_and_subscribers_get_each_event(
 
 
 @pytest.mark.asyncio
-async def test_a_forged_batch_is_dropped(bus: NatsEventBus, raw: Client, workflow_id: str) -> None:
-    """A batch holding an emergency event, or an event of other ids than its subject's, is
-    dropped whole (live), counted as wrong_subject: a publisher allowed on one workflow's
-    batch subject cannot speak for another, nor for the emergency service."""
-    live: list[dict[str, Any]] = []
+async def test_a_forged_batch_is_dropped(
+    nats_server: Server, raw: Client, workflow_id: str
+) -> None:
+    """A batch holding an emergency event, an event of other ids than its subject's, or
+    more events than a message has positions is dropped whole, live and in replays, and
+    counted: a publisher allowed on batch subjects can neither speak for the emergency
+    service or another workflow, nor make a resuming consumer skip the next message."""
+    metrics = Metrics()
+    bus = await NatsEventBus.connect(nats_server.url, metrics=metrics)
+    try:
+        live: list[dict[str, Any]] = []
 
-    async def handler(event: dict[str, Any]) -> None:
-        live.append(event)
+        async def handler(event: dict[str, Any]) -> None:
+            live.append(event)
 
-    await bus.subscribe(WORKFLOW_EVENTS, handler)
-    subject = f"tradeflow.v1.batches.bot-1.momentum.{workflow_id}.batch"
-    forged = [
-        make_event(workflow_id, 1, EventType.EMERGENCY_HALTED).to_dict(),
-        make_event("another", 1).to_dict(),
-    ]
-    for item in forged:
-        await raw.publish(subject, json.dumps({"schema_version": 1, "events": [item]}).encode())
-    genuine = make_event(workflow_id, 2)
-    bus.publish(genuine)
-    await eventually(lambda: any(e["sequence"] == 2 for e in live), "the genuine event")
-    assert [e["event_id"] for e in live if e["workflow_id"] in (workflow_id, "another")] == [
-        genuine.event_id
-    ]
+        await bus.subscribe(WORKFLOW_EVENTS, handler)
+        before = await bus.last_sequence()
+        subject = f"tradeflow.v1.batches.bot-1.momentum.{workflow_id}.batch"
+        oversized = [make_event(workflow_id, n).to_dict() for n in range(100, 100 + POSITION_SLOTS)]
+        for items in (
+            [make_event(workflow_id, 1, EventType.EMERGENCY_HALTED).to_dict()],
+            [make_event("another", 1).to_dict()],
+            oversized,
+        ):
+            payload = json.dumps({"schema_version": 1, "events": items}).encode()
+            await raw.publish(subject, payload)
+        genuine = make_event(workflow_id, 2)
+        bus.publish(genuine)
+        await eventually(lambda: any(e["sequence"] == 2 for e in live), "the genuine event")
+        assert [e["event_id"] for e in live if e["workflow_id"] in (workflow_id, "another")] == [
+            genuine.event_id
+        ]
+        replayed_items = await replayed(bus, 1, after_sequence=before, workflow_id=workflow_id)
+        assert [item["event_id"] for _, item in replayed_items] == [genuine.event_id]
+        assert discarded(metrics) == {"wrong_subject": 4, "undecodable": 2}
+    finally:
+        await bus.close()
 
 
 @pytest.mark.asyncio

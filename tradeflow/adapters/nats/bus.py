@@ -843,6 +843,11 @@ class NatsEventBus:
         if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
             self._discard(msg, "undecodable", "not a JSON object" + (" of events" if batch else ""))
             return []
+        if not 0 < len(items) <= _BATCH_MAX_EVENTS:
+            # More would overlap the next message's positions (a forged batch: the
+            # publisher never sends one), and a consumer resuming there would skip events.
+            self._discard(msg, "undecodable", f"a batch of {len(items)} events")
+            return []
         subject_of = _batch_subject_of if batch else _subject_of
         for event in items:
             if subject_of(event) != msg.subject:
