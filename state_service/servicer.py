@@ -122,18 +122,24 @@ class StateServicer(state_service_pb2_grpc.StateServiceServicer):
     ) -> pb.WriteBatchesResponse:
         if len(request.batches) > GROUP_MAX:
             raise InvalidRequest("batches", f"at most {GROUP_MAX} batches", len(request.batches))
-        owners = [owner for owner in map(_owner, request.batches) if owner]
-        if len(set(owners)) != len(owners):
-            raise InvalidRequest("batches", "at most one batch per execution", "two of one")
-        # A malformed batch is refused in its own outcome: the others (other executions,
-        # grouped by the client) are written all the same.
+        # A malformed batch, or a second one of an execution (the order of two in one call
+        # would be the store's), is refused in its own outcome: the others (other
+        # executions, grouped by the client) are written all the same.
         outcomes: list[TradeflowError | None] = [None] * len(request.batches)
         valid: list[tuple[int, StateBatch]] = []
+        owners: set[str] = set()
         for index, batch in enumerate(request.batches):
+            owner = _owner(batch)
             try:
+                if owner in owners:
+                    raise InvalidRequest(
+                        "batches", "at most one batch per execution in a call", "a second one"
+                    )
                 valid.append((index, _grouped(batch)))
             except InvalidRequest as exc:
                 outcomes[index] = exc
+            if owner:
+                owners.add(owner)
         written = await self._store.write_many([batch for _, batch in valid])
         for (index, _), error in zip(valid, written, strict=True):
             outcomes[index] = error

@@ -639,20 +639,55 @@ async def test_concurrent_writes_share_calls_and_each_gets_its_own_outcome(
 
 
 @pytest.mark.asyncio
-async def test_write_batches_refuses_two_batches_of_one_execution_and_too_many(
+async def test_write_batches_refuses_a_second_batch_of_one_execution_and_too_many(
     stub: Any, state_client: StateClient
 ) -> None:
-    """A WriteBatches call with two batches of one execution, or more than 256, fails
-    whole with INVALID_ARGUMENT naming `batches` (the executor's journal never sends them)."""
-    eid = new_id()
-    one = wire.state_batch_to_proto(StateBatch(record(eid)))
-    for batches in ([one, one], [wire.state_batch_to_proto(StateBatch(record(new_id())))] * 257):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.WriteBatches(pb.WriteBatchesRequest(batches=batches))
-        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "'batches'" in (caught.value.details() or "")
+    """In one WriteBatches call a second batch of an execution is refused in its own
+    outcome (the first and the others are written); more than 256 batches fail the whole
+    call with INVALID_ARGUMENT naming `batches`, writing nothing."""
+    eid, other = new_id(), new_id()
+    first = wire.state_batch_to_proto(StateBatch(record(eid)))
+    second = wire.state_batch_to_proto(StateBatch(record(eid, status=ExecutionStatus.FAILED)))
+    elsewhere = wire.state_batch_to_proto(StateBatch(record(other)))
+    reply = await stub.WriteBatches(pb.WriteBatchesRequest(batches=[first, second, elsewhere]))
+    assert [bool(outcome.error) for outcome in reply.outcomes] == [False, True, False]
+    assert json.loads(reply.outcomes[1].error)["details"]["field"] == "batches"
+    assert (await state_client.get_execution(eid)).status is ExecutionStatus.RUNNING
+    await state_client.get_execution(other)
+
+    never = new_id()
+    too_many = [wire.state_batch_to_proto(StateBatch(record(never)))] + [
+        wire.state_batch_to_proto(StateBatch(record(new_id()))) for _ in range(256)
+    ]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.WriteBatches(pb.WriteBatchesRequest(batches=too_many))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'batches'" in (caught.value.details() or "")
     with pytest.raises(ExecutionNotFound):
-        await state_client.get_execution(eid)
+        await state_client.get_execution(never)
+
+
+@pytest.mark.asyncio
+async def test_two_batches_of_one_execution_pending_together_go_in_order(
+    state_client: StateClient,
+) -> None:
+    """Group commit: a second batch of an execution handed over while its first waits
+    (a drain's "interrupted" mark behind a cancelled writer's batch) goes in the next
+    call, after the first: both land, in order, and an unrelated batch of the same round
+    is not failed by them."""
+    eid, other = new_id(), new_id()
+    outcomes = await asyncio.gather(
+        state_client.write(StateBatch(record(eid), (checkpoint(eid, "a"),), (event(eid, 1),))),
+        state_client.write(
+            StateBatch(record(eid, status=ExecutionStatus.INTERRUPTED), (), (event(eid, 2),))
+        ),
+        state_client.write(StateBatch(record(other))),
+    )
+    assert outcomes == [None, None, None]
+    assert (await state_client.get_execution(eid)).status is ExecutionStatus.INTERRUPTED
+    assert await state_client.last_sequence(eid) == 2
+    assert set(await state_client.get_checkpoints(eid)) == {"a"}
+    await state_client.get_execution(other)
 
 
 @pytest.fixture

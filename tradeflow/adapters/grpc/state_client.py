@@ -9,8 +9,10 @@ Writes are group-committed: :meth:`StateClient.write` sends its batch at once wh
 no write is in flight, and otherwise with every batch that arrived meanwhile, in the
 next ``WriteBatches`` call (one outcome per batch). One client alone pays one call per
 write, as before; sixteen concurrent executions share calls instead of queueing for
-sixteen. Two batches of one execution are never in flight together (its journal
-writes one batch at a time), so each call holds at most one batch per execution.
+sixteen. A call holds at most one batch per execution: a second one (its journal writes
+one batch at a time, but a writer cancelled while its batch waits, a drain say, may
+write its "interrupted" mark meanwhile) waits for the next call, so an execution's
+batches are written in the order they were handed over.
 """
 
 from __future__ import annotations
@@ -89,8 +91,7 @@ class StateClient:
         """Send what is pending, call after call, until nothing is (one call in flight)."""
         try:
             while self._pending:
-                group = self._pending[:GROUP_MAX]
-                del self._pending[:GROUP_MAX]
+                group = self._next_group()
                 try:
                     outcomes = await self.write_many([batch for batch, _ in group])
                 except Exception as exc:  # every writer of the group gets the call's error
@@ -112,6 +113,24 @@ class StateClient:
                         written.set_exception(error)
         finally:
             self._committer = None
+
+    def _next_group(self) -> list[tuple[StateBatch, asyncio.Future[None]]]:
+        """Take the pending batches of the next call: in order, at most :data:`GROUP_MAX`,
+        one per execution (a later batch of an execution already taken stays pending, and
+        so does everything of that execution behind it)."""
+        group: list[tuple[StateBatch, asyncio.Future[None]]] = []
+        rest: list[tuple[StateBatch, asyncio.Future[None]]] = []
+        taken: set[str] = set()
+        for pending in self._pending:
+            execution_id = _execution_of(pending[0])
+            if len(group) < GROUP_MAX and (execution_id is None or execution_id not in taken):
+                group.append(pending)
+            else:
+                rest.append(pending)
+            if execution_id is not None:
+                taken.add(execution_id)
+        self._pending = rest
+        return group
 
     async def write_many(self, batches: Sequence[StateBatch]) -> list[TradeflowError | None]:
         """One ``WriteBatches`` call (at most :data:`GROUP_MAX` batches)."""
@@ -243,6 +262,15 @@ class StateClient:
     async def close(self) -> None:
         """Close the channel; calls still in flight are cancelled."""
         await self._channel.close()
+
+
+def _execution_of(batch: StateBatch) -> str | None:
+    """The execution a batch writes (every part of a batch is one execution's)."""
+    if batch.execution is not None:
+        return batch.execution.execution_id
+    if batch.checkpoints:
+        return batch.checkpoints[0].execution_id
+    return next((e.execution_id for e in batch.events if e.execution_id is not None), None)
 
 
 def _ms(seconds: float) -> int:

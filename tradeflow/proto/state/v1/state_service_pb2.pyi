@@ -188,7 +188,7 @@ class WriteBatchesRequest(_message.Message):
     BATCHES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def batches(self) -> _containers.RepeatedCompositeFieldContainer[Global___WriteBatchRequest]:
-        """At most 256; no two of the same execution."""
+        """At most 256, at most one per execution."""
 
     def __init__(
         self,

@@ -145,10 +145,10 @@ class StateServiceServicer:
         refused does not stop the others. The response has one outcome per batch,
         in the order of the request.
 
-        A malformed batch is refused in its own outcome (INVALID_ARGUMENT naming its
-        field, as WriteBatch would); the others are written all the same. Fails as a
-        whole with INVALID_ARGUMENT for more than 256 batches or two of one execution
-        (nothing is written), and UNAVAILABLE when the store cannot be reached.
+        A malformed batch, or a second batch of one execution, is refused in its own
+        outcome (INVALID_ARGUMENT naming its field, as WriteBatch would); the others are
+        written all the same. Fails as a whole with INVALID_ARGUMENT for more than 256
+        batches (nothing is written), and UNAVAILABLE when the store cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -57,10 +57,10 @@ class StateServiceStub:
     refused does not stop the others. The response has one outcome per batch,
     in the order of the request.
 
-    A malformed batch is refused in its own outcome (INVALID_ARGUMENT naming its
-    field, as WriteBatch would); the others are written all the same. Fails as a
-    whole with INVALID_ARGUMENT for more than 256 batches or two of one execution
-    (nothing is written), and UNAVAILABLE when the store cannot be reached.
+    A malformed batch, or a second batch of one execution, is refused in its own
+    outcome (INVALID_ARGUMENT naming its field, as WriteBatch would); the others are
+    written all the same. Fails as a whole with INVALID_ARGUMENT for more than 256
+    batches (nothing is written), and UNAVAILABLE when the store cannot be reached.
     """
     PruneExecutions: _grpc.UnaryUnaryMultiCallable[_state_service_pb2.PruneExecutionsRequest, _state_service_pb2.PruneExecutionsResponse]
     """PruneExecutions removes, oldest first, executions that ended before
@@ -183,10 +183,10 @@ class StateServiceAsyncStub(StateServiceStub):
     refused does not stop the others. The response has one outcome per batch,
     in the order of the request.
 
-    A malformed batch is refused in its own outcome (INVALID_ARGUMENT naming its
-    field, as WriteBatch would); the others are written all the same. Fails as a
-    whole with INVALID_ARGUMENT for more than 256 batches or two of one execution
-    (nothing is written), and UNAVAILABLE when the store cannot be reached.
+    A malformed batch, or a second batch of one execution, is refused in its own
+    outcome (INVALID_ARGUMENT naming its field, as WriteBatch would); the others are
+    written all the same. Fails as a whole with INVALID_ARGUMENT for more than 256
+    batches (nothing is written), and UNAVAILABLE when the store cannot be reached.
     """
     PruneExecutions: _aio.UnaryUnaryMultiCallable[_state_service_pb2.PruneExecutionsRequest, _state_service_pb2.PruneExecutionsResponse]  # type: ignore[assignment]
     """PruneExecutions removes, oldest first, executions that ended before
@@ -318,10 +318,10 @@ class StateServiceServicer(metaclass=_abc_1.ABCMeta):
         refused does not stop the others. The response has one outcome per batch,
         in the order of the request.
 
-        A malformed batch is refused in its own outcome (INVALID_ARGUMENT naming its
-        field, as WriteBatch would); the others are written all the same. Fails as a
-        whole with INVALID_ARGUMENT for more than 256 batches or two of one execution
-        (nothing is written), and UNAVAILABLE when the store cannot be reached.
+        A malformed batch, or a second batch of one execution, is refused in its own
+        outcome (INVALID_ARGUMENT naming its field, as WriteBatch would); the others are
+        written all the same. Fails as a whole with INVALID_ARGUMENT for more than 256
+        batches (nothing is written), and UNAVAILABLE when the store cannot be reached.
         """
 
     @_abc_1.abstractmethod
