@@ -20,7 +20,12 @@ import structlog
 from workflows import block, resting_bid, trading_workflow, two_orders_workflow
 
 from tradeflow.app.infrastructure import Infrastructure
-from tradeflow.domain.errors import EmergencyHalted, InvalidRequest, RiskLimitExceeded
+from tradeflow.domain.errors import (
+    EmergencyHalted,
+    ExecutionNotFound,
+    InvalidRequest,
+    RiskLimitExceeded,
+)
 from tradeflow.domain.records import (
     Checkpoint,
     CheckpointState,
@@ -533,6 +538,38 @@ async def test_an_action_failing_after_its_intent_keeps_its_client_order_id(
     assert resumed["status"] == "completed"
     assert resumed["results"]["buy"]["client_order_id"] == f"{failed.execution_id}:buy"
     assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.001)
+
+
+@pytest.mark.asyncio
+async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
+    infra: Infrastructure,
+) -> None:
+    """An order refused before the venue (an invalid quantity) after its intent committed
+    leaves no client order id on the failure: no order can exist, so retention may prune
+    the execution (only a failure that may have reached the venue keeps it)."""
+    workflow = {
+        "blocks": [
+            block("size", "providers", "static", {"values": {"qty": 0}}),
+            block(
+                "buy",
+                "actions",
+                "place_order",
+                {"symbol": "BTC/USDT", "side": "buy"},
+                {"quantity": "size.qty"},
+            ),
+        ]
+    }
+    result = await EnhancedWorkflowExecutor(workflow, infra, "wf").run()
+    assert result.status is ExecutionStatus.FAILED
+    checkpoint = (await infra.state.get_checkpoints(result.execution_id))["buy"]
+    assert checkpoint.state is CheckpointState.FAILED
+    assert "rejected" in (checkpoint.error or "")
+    assert checkpoint.outputs is None and not unresolved_intent(checkpoint)
+    assert result.finished_at is not None
+    report = await infra.state.prune(result.finished_at + 1)
+    assert report.removed >= 1
+    with pytest.raises(ExecutionNotFound):
+        await infra.state.get_execution(result.execution_id)
 
 
 @pytest.mark.asyncio

@@ -21,7 +21,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Protocol, TextIO, runtime_checkable
+from typing import Any, Final, Protocol, TextIO, runtime_checkable
 
 import orjson
 
@@ -702,6 +702,12 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if days > _PRUNE_DAYS_MAX:
+        print(
+            f"error: --older-than must be at most {_PRUNE_DAYS_MAX} days, found {days}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     async with await Infrastructure.create(
         args.env, settings=settings, owner_kind="cli", retention=False
     ) as infra:
@@ -713,11 +719,18 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             if args.limit is not None or not report.more:
                 break
     more = " (more to remove: run it again)" if report.more else ""
-    print(
-        f"removed {removed} execution(s) that ended before {rfc3339(ended_before)}{more}; "
-        f"kept {report.kept} with an unresolved order intent (resolve, then prune again)"
+    kept = (
+        f"; kept {report.kept} with an unresolved order intent (the venue may hold the "
+        "order: reconcile it there by its client order id)"
+        if report.kept
+        else ""
     )
+    print(f"removed {removed} execution(s) that ended before {rfc3339(ended_before)}{more}{kept}")
     return 0
+
+
+_PRUNE_DAYS_MAX: Final = 36_500
+"""The longest ``--older-than`` (a century: the horizon stays a valid time)."""
 
 
 async def cmd_stack(args: argparse.Namespace) -> int:

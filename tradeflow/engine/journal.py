@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 import structlog
 
 from tradeflow.domain.emergency import ScopeIds
-from tradeflow.domain.errors import EmergencyHalted, LeaseLost, describe
+from tradeflow.domain.errors import EmergencyHalted, LeaseLost, OrderRejected, describe
 from tradeflow.domain.records import (
     ActionGuard,
     Checkpoint,
@@ -66,6 +66,9 @@ _FAILED = CheckpointState.FAILED
 _INTENT = CheckpointState.INTENT
 _REDUCE_ONLY = TradingState.REDUCE_ONLY
 _FREE: Final = frozenset({OrderEffect.CANCELS, OrderEffect.NONE})
+_NOTHING_SENT: Final = (OrderRejected, EmergencyHalted, LeaseLost)
+"""Failures of an action's attempt that prove its order does not exist: refused here
+before the venue (a halt, a lost lease, an invalid order) or rejected by the venue."""
 """Effects every trading state admits: neither the local view nor the store is asked."""
 
 Classify = Callable[[], Awaitable[OrderEffect]]
@@ -147,6 +150,7 @@ class DurableJournal(NullJournal):
     # twenty times per execution and this is the enhanced executor's hot path.
     __slots__ = (
         "acting",
+        "attempts",
         "began",
         "bot_id",
         "bound",
@@ -205,6 +209,8 @@ class DurableJournal(NullJournal):
         self.acting: dict[str, str] = {}
         """Client order id of each action whose intent committed and whose outcome is not
         yet recorded."""
+        self.attempts: dict[str, int] = {}
+        """Attempts of each action so far (``guard_action`` runs before each)."""
         self.flushing = asyncio.Lock()
         self.sequence = last_sequence
         self.events: list[Event] = []
@@ -337,6 +343,8 @@ class DurableJournal(NullJournal):
 
     def guard_action(self, node: NodePlan) -> None:
         # After the durable intent, before each attempt: the last moment before the side effect.
+        node_id = node.block.id
+        self.attempts[node_id] = self.attempts.get(node_id, 0) + 1
         self.owner.check(self.fence.epoch)
         effect = self.effects.get(node.block.id)
         if effect is not None:  # cancels and effect-free actions: the way out stays open
@@ -400,9 +408,11 @@ class DurableJournal(NullJournal):
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
         client_order_id = self._acted(node_id)
+        if isinstance(error, _NOTHING_SENT) and self.attempts.get(node_id, 0) <= 1:
+            client_order_id = None  # its only attempt was refused before or by the venue
         # After a committed intent the order may exist at the venue: the failure keeps the
-        # intent's client order id, so resume adopts it and retention keeps the execution
-        # (domain.records.unresolved_intent).
+        # intent's client order id, so retention keeps the execution
+        # (domain.records.unresolved_intent) until someone resolves it.
         self._checkpoint(
             node_id,
             _FAILED,
