@@ -9,9 +9,10 @@ import dataclasses
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import structlog
 from kit import DEFINITION, checkpoint, event, eventually, execution
 
 from tradeflow.adapters.sqlite import database as sqlite_module
@@ -706,6 +707,35 @@ async def test_retention_prunes_at_start_and_on_each_round(db_path: Path) -> Non
     off = dataclasses.replace(settings, retention_days=0.0)
     async with await Infrastructure.create("development", settings=off) as infra:
         assert infra.retention is None
+
+
+@pytest.mark.asyncio
+async def test_a_retention_round_that_fails_is_logged_and_the_next_one_runs() -> None:
+    """Any error of a round (a store refusing the command, not only an unreachable one) is
+    logged as retention.failed and the loop goes on: the next round prunes, and is not a
+    failure (the state service runs this same loop)."""
+    from tradeflow.app.infrastructure import Retention
+    from tradeflow.domain.clock import SystemClock
+    from tradeflow.domain.records import PruneReport
+
+    calls: list[float] = []
+
+    class Store:
+        async def prune(self, ended_before: float, *, limit: int = 0) -> PruneReport:
+            calls.append(ended_before)
+            if len(calls) == 1:
+                raise RuntimeError("NOPERM this user has no permissions to run 'xdel'")
+            return PruneReport(3, 0, False)
+
+    retention = Retention(cast(Any, Store()), days=1.0, interval=0.001, clock=SystemClock())
+    with structlog.testing.capture_logs() as logs:
+        retention.start()
+        try:
+            await eventually(lambda: len(calls) >= 2, "a round after the failed one")
+        finally:
+            await retention.close()
+    assert [entry["event"] for entry in logs] == ["retention.failed"]
+    assert "NOPERM" in logs[0]["error"]
 
 
 def _run_batches(execution_id: str) -> tuple[StateBatch, StateBatch, dict[str, Any]]:
