@@ -980,7 +980,9 @@ async def test_a_prefix_in_the_older_layout_is_refused_with_what_to_do(
     ):
         with pytest.raises(ConfigurationError, match="TRADEFLOW_REDIS_PREFIX") as caught:
             await call
-        assert f"delete the keys {prefix}:*" in str(caught.value)
+        message = str(caught.value)
+        assert f"delete its state keys ({prefix}:execution:*" in message
+        assert f"never {prefix}:paper:*, the ledger" in message
     lease = await store.acquire_lease(owner("a"), LEASE_SECONDS)
 
     leases = {f"{prefix}:{key}" for key in ("lease:a", "leases", "lease_epoch")}

@@ -1236,8 +1236,10 @@ class RedisStateStore:
                 f"redis state under prefix {prefix!r} is in the layout before layout 2 "
                 f"(no {prefix}:layout key; {prefix}:execution_events:* streams): this version "
                 "does not read it. Finish or prune its executions with the previous version "
-                f"and delete the keys {prefix}:* (not {{{prefix}:emergency}}*), or set "
-                "TRADEFLOW_REDIS_PREFIX to a new prefix"
+                f"and delete its state keys ({prefix}:execution:*, {prefix}:checkpoints:*, "
+                f"{prefix}:execution_events:*, {prefix}:events, {prefix}:event_cursor, "
+                f"{prefix}:index:*, {prefix}:request:*; never {prefix}:paper:*, the ledger, "
+                f"nor the emergency keys), or set TRADEFLOW_REDIS_PREFIX to a new prefix"
             )
         if layout is None:
             await self._client.set(self._p + "layout", _LAYOUT, nx=True)
@@ -1317,7 +1319,9 @@ class RedisStateStore:
                 lost_script = True
                 again.append(i)
             elif isinstance(reply, BaseException):
-                raise reply
+                # This batch's own failure (an out-of-memory or read-only server, say):
+                # the others of the pipeline were written or refused on their own.
+                outcomes[i] = UnavailableError(f"redis state store: {describe(reply)}")
             elif isinstance(outcome := self._settle(batches[i], encoded, reply), _Again):
                 again.append(i)
             elif isinstance(outcome, _Resend):
