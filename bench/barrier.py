@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import grpc
-
 from bench.embedded import Timing, verdict
-from bench.services import bench_stack
+from bench.services import BOT, bench_stack, security_of
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc import wire
+from tradeflow.adapters.grpc.client import open_channel
 from tradeflow.app.devstack import ServerProcess, Stack, free_port, service_process
+from tradeflow.domain.principals import Principal, Role
 from tradeflow.domain.records import ExecutionRecord, ExecutionStatus, Scope
 from tradeflow.proto.emergency.v1 import emergency_service_pb2 as epb
 from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc as epb_grpc
@@ -129,7 +129,7 @@ async def _light_load(
     async def client(stub: pb_grpc.ExecutorServiceStub) -> None:
         next_start = time.perf_counter()
         while not stop.is_set():
-            record = await _execute(stub, "bench-load")
+            record = await _execute(stub, BOT.name)
             if record.status is not ExecutionStatus.COMPLETED:
                 raise RuntimeError(f"load execution ended {record.status}: {record.error}")
             done.append(time.perf_counter())
@@ -144,7 +144,7 @@ async def _until(stub: pb_grpc.ExecutorServiceStub, status: ExecutionStatus) -> 
     halted); at most :data:`CALL_SECONDS`."""
     async with asyncio.timeout(CALL_SECONDS):
         while True:
-            record = await _execute(stub, "bench-fail-closed", _OPENING)
+            record = await _execute(stub, BOT.name, _OPENING)
             if record.status is status:
                 return record
             if record.status not in (ExecutionStatus.COMPLETED, ExecutionStatus.HALTED):
@@ -190,7 +190,7 @@ async def _halt_figures(
     baseline, baseline_acks = await _halt_timings(halts, HALTS)
     for stub in stubs:  # each replica takes its lease
         for _ in range(20):
-            await _execute(stub, "bench-warm")
+            await _execute(stub, BOT.name)
     await _halt_timings(halts, 50)
     idle, idle_acks = await _halt_timings(halts, HALTS)
     stop = asyncio.Event()
@@ -212,15 +212,19 @@ async def _halt_figures(
 async def run(stack: Stack, executors: Sequence[str]) -> None:
     env = stack.client_env()
     async with AsyncExitStack() as channels:
+        bot = security_of(stack, BOT)
         executor_channels = [
-            await channels.enter_async_context(grpc.aio.insecure_channel(a)) for a in executors
+            await channels.enter_async_context(open_channel(a, security=bot)) for a in executors
         ]
         stubs = [pb_grpc.ExecutorServiceStub(channel) for channel in executor_channels]
         emergency = await channels.enter_async_context(
-            grpc.aio.insecure_channel(env["TRADEFLOW_EMERGENCY_ADDR"])
+            open_channel(
+                env["TRADEFLOW_EMERGENCY_ADDR"],
+                security=security_of(stack, Principal(Role.OPERATOR, "bench")),
+            )
         )
         print(
-            f"Halt barrier: {REPLICAS} executor replicas, one process each "
+            f"Halt barrier: {REPLICAS} executor replicas, one process each, mutual TLS "
             f"(load average {os.getloadavg()[0]:.1f} at the start: other work on the machine "
             "slows every figure)"
         )
@@ -240,7 +244,7 @@ async def run(stack: Stack, executors: Sequence[str]) -> None:
 
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        stack = bench_stack(Path(tmp))
+        stack = bench_stack(Path(tmp), tls=True)
         more = _more_executors(stack, REPLICAS - 1)
         stack.start()
         try:

@@ -1,15 +1,13 @@
 """Service figures against a local stack (nats-server, redis-server and the three
 services as processes on this machine, started on free ports and stopped after), over
-mutual TLS as the services are by default (the caller a bot, halts by an operator, the
-watching views executors):
+mutual TLS as the services are by default (the caller a bot; :mod:`bench.barrier`
+measures ``Halt``):
 
 - gRPC ``ExecuteWorkflow`` of a 10-node workflow with one order, 1 client, interleaved
   call by call with a bare ``grpc.aio`` echo of the same payload over mutual TLS too
   (:mod:`bench.echo`, the floor): p50/p99 of both and their ratios;
 - 16 concurrent clients: executions per second through one executor process, and the
   CPU every process of the stack spent per execution (from ``/proc``);
-- how long after ``Halt`` returns the executors' local views refuse actions
-  (4 watching views, the slowest one counted each time);
 - what mutual TLS costs: ``ExecuteWorkflow`` by a bot over mTLS against the same call
   on a plaintext stack, interleaved one by one (two stacks side by side).
 """
@@ -30,15 +28,10 @@ from bench.echo import METHOD as ECHO_METHOD
 from bench.embedded import BALANCES, Timing, verdict
 from bench.workflows import trading_workflow
 from tradeflow.adapters.grpc.client import open_channel
-from tradeflow.adapters.grpc.emergency_client import RemoteEmergencyControl
 from tradeflow.adapters.grpc.security import PLAINTEXT, TransportSecurity
 from tradeflow.app.devstack import ServerProcess, Stack, free_port
-from tradeflow.domain.clock import SystemClock, new_id
-from tradeflow.domain.emergency import ScopeIds
 from tradeflow.domain.principals import Principal, Role
 from tradeflow.proto.common.v1 import common_pb2
-from tradeflow.proto.emergency.v1 import emergency_service_pb2 as epb
-from tradeflow.proto.emergency.v1 import emergency_service_pb2_grpc as epb_grpc
 from tradeflow.proto.executor.v1 import executor_service_pb2 as pb
 from tradeflow.proto.executor.v1 import executor_service_pb2_grpc as pb_grpc
 
@@ -148,55 +141,6 @@ async def load_figures(
     )
 
 
-async def _until(view: RemoteEmergencyControl, *, halted: bool) -> None:
-    # The hot-path check itself, asked again each time the view installs a snapshot.
-    while (view.active_halt(ScopeIds(bot_id="bench-bot")) is None) == halted:
-        await view.wait_for_change()
-
-
-async def halt_figures(stack: Stack, rounds: int, views: int) -> str:
-    address = stack.client_env()["TRADEFLOW_EMERGENCY_ADDR"]
-    watchers = [
-        await RemoteEmergencyControl.connect(
-            address,
-            clock=SystemClock(),
-            id_factory=new_id,
-            security=security_of(stack, Principal(Role.EXECUTOR, f"view-{view}")),
-        )
-        for view in range(views)
-    ]
-    delays: list[float] = []
-    operator = security_of(stack, Principal(Role.OPERATOR, "bench"))
-    async with open_channel(address, security=operator) as channel:
-        stub = epb_grpc.EmergencyServiceStub(channel)
-        for _ in range(rounds):
-            await stub.Halt(
-                epb.HaltRequest(
-                    scope=common_pb2.SCOPE_BOT, target="bench-bot", reason="bench", actor="bench"
-                )
-            )
-            returned = time.perf_counter()
-            slowest = 0.0
-            for view in watchers:
-                await _until(view, halted=True)
-                slowest = time.perf_counter() - returned
-            delays.append(slowest)
-            await stub.Resume(
-                epb.ResumeRequest(
-                    scope=common_pb2.SCOPE_BOT, target="bench-bot", reason="bench", actor="bench"
-                )
-            )
-            for view in watchers:
-                await _until(view, halted=False)
-    for view in watchers:
-        await view.close()
-    t = Timing.of(delays)
-    return (
-        f"  halt visible in all {views} views: p50 {t.median_us / 1e3:6.3f} ms   "
-        f"p99 {t.p99_us / 1e3:6.3f} ms   ({rounds} halts)"
-    )
-
-
 async def tls_figures(plain: Stack, tls: Stack, rounds: int) -> str:
     """p50/p99 of ``ExecuteWorkflow`` over mutual TLS (as bot ``bench-bot``) and over
     plaintext, calls interleaved; the ratio of the medians."""
@@ -236,8 +180,6 @@ async def run(stack: Stack, echo_address: str) -> None:
     print(await floor_figures(env["TRADEFLOW_EXECUTOR_ADDR"], echo_address, 1000, bot))
     print(" ExecuteWorkflow under load (one executor process)")
     print(await load_figures(stack, 16, 150, bot))
-    print(" Halt -> executors refuse actions (local views pushed by WatchState)")
-    print(await halt_figures(stack, 300, 4))
 
 
 def bench_stack(workdir: Path, *, tls: bool = False) -> Stack:
@@ -255,7 +197,6 @@ def bench_stack(workdir: Path, *, tls: bool = False) -> Stack:
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stack = bench_stack(Path(tmp) / "tls", tls=True)
-        stack.start()
         echo_port = free_port()
         files = stack.identity_env(None)  # a serving certificate, as the services have
         echo = ServerProcess(
@@ -272,6 +213,7 @@ def main() -> None:
             env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
         )
         try:
+            stack.start()
             echo.start()
             asyncio.run(run(stack, f"127.0.0.1:{echo_port}"))
             plain = bench_stack(Path(tmp) / "plain")

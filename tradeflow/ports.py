@@ -99,7 +99,7 @@ class EventBus(Protocol):
         workflow_id: str | None = None,
         execution_id: str | None = None,
     ) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-        """``(stream_sequence, event_dict)`` of the events kept after ``after_sequence``
+        """``(position, event_dict)`` of the events kept after position ``after_sequence``
         (how many is the adapter's bound: JetStream's retention, the in-process bus's
         ``history``), oldest first, then live ones as they are published; resume by
         passing the last sequence seen. Ends only when the bus closes.
@@ -112,8 +112,8 @@ class EventBus(Protocol):
         ...
 
     async def last_sequence(self) -> int:
-        """The stream sequence of the newest event (0 if none): replaying after it
-        gives live events only."""
+        """The position of the newest event (0 if none; the adapter's positions: NATS
+        counts events inside its messages): replaying after it gives live events only."""
         ...
 
     def healthy(self) -> bool:

@@ -172,10 +172,12 @@ class MemoryPaperLedger:
     applied, not kept. Orders are kept for deduplication, but not all of them: every
     resting order, and the last ``finished_kept`` finished ones (filled or cancelled;
     the oldest to finish goes first). A process that runs for days would otherwise
-    hold every order it ever placed. Forgetting one is safe for the engine: its
-    client order ids are unique per execution, and only a resumed execution places
-    one again, from a durable journal this ledger (which dies with its process)
-    never outlives; use a durable ledger where orders must outlive the window.
+    hold every order it ever placed. The engine's client order ids are unique per
+    execution, and only a resumed execution places one again: with this ledger (the
+    base executor's, which keeps no journal) that does not happen. A process that
+    pairs it with a durable journal and resumes an execution whose order finished more
+    than ``finished_kept`` orders ago would place that order again: use a durable
+    ledger (SQLite, Redis) wherever executions are resumed.
     Balances, positions, P&L and the scopes' books are exact whatever is forgotten.
     """
 
@@ -446,7 +448,8 @@ class PaperExchange:
         )
 
     async def cancel_order(self, venue: str, client_order_id: str) -> Order:
-        """Cancel a resting order; a finished one is returned unchanged."""
+        """Cancel a resting order; a finished one still known is returned unchanged (one
+        the memory ledger forgot, or an unknown id, raises ``OrderRejected``)."""
         order = await self._ledger.cancel(venue, client_order_id)
         if order is None:
             raise OrderRejected(client_order_id, f"no such order on venue {venue!r}")

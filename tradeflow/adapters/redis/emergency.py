@@ -479,7 +479,8 @@ class RedisEmergencyController(EmergencyController):
 
     async def wait_for_change(self, after_version: int) -> EmergencySnapshot:
         """The first state whose version differs from ``after_version``; waits for a change
-        by any writer. For ``WatchState``: send :meth:`state`, then loop on this."""
+        by any writer (``WatchState`` waits with :meth:`changed` instead, which also wakes
+        on a lost or regained view and on a drain)."""
         return await self._redis.wait_for_change(after_version)
 
 
