@@ -729,6 +729,7 @@ async def test_only_executors_write_state(clients: Clients) -> None:
     for principal in (bot("bot-f"), operator("otis"), ADMIN):
         stub = await clients.state(principal)
         await refused(stub.WriteBatch(forged))
+        await refused(stub.WriteBatches(st.WriteBatchesRequest(batches=[forged])))
         owner = st.OwnerInfo(owner=f"forger-{principal.name}", kind="executor", host="h", pid=1)
         await refused(stub.AcquireLease(st.AcquireLeaseRequest(owner=owner, ttl_ms=60_000)))
     await refused((await clients.state(bot("bot-f"))).ListExecutions(st.ListExecutionsRequest()))
@@ -751,6 +752,27 @@ async def test_only_executors_write_state(clients: Clients) -> None:
     await executor.ReleaseLease(
         st.ReleaseLeaseRequest(fence=st.Fence(owner=owner.owner, epoch=lease.epoch))
     )
+
+
+@pytest.mark.asyncio
+async def test_only_admins_prune_history(clients: Clients) -> None:
+    """PruneExecutions deletes history: an admin may, a bot, an operator or an executor
+    may not (the state service's own retention needs no call); an admin's malformed
+    request is INVALID_ARGUMENT naming the field."""
+    ancient = st.PruneExecutionsRequest(ended_before=wire.timestamp_to_proto(1.0))
+    for principal in (bot("bot-p"), operator("odile"), Principal(Role.EXECUTOR, "pruner")):
+        await refused((await clients.state(principal)).PruneExecutions(ancient))
+    admin = await clients.state(ADMIN)
+    report = await admin.PruneExecutions(ancient)
+    assert (report.removed, report.more) == (0, False)
+    for request, field in (
+        (st.PruneExecutionsRequest(), "ended_before"),
+        (st.PruneExecutionsRequest(ended_before=ancient.ended_before, limit=10_001), "limit"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await admin.PruneExecutions(request)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"invalid field {field!r}" in (caught.value.details() or "")
 
 
 def _forged_batch(execution_id: str) -> StateBatch:
