@@ -24,6 +24,7 @@ from tradeflow.domain.errors import (
     EmergencyHalted,
     ExecutionNotFound,
     InvalidRequest,
+    OrderRejected,
     RiskLimitExceeded,
 )
 from tradeflow.domain.records import (
@@ -570,6 +571,37 @@ async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
     assert report.removed >= 1
     with pytest.raises(ExecutionNotFound):
         await infra.state.get_execution(result.execution_id)
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_action_rejected_keeps_the_intent_a_previous_run_left(
+    infra: Infrastructure,
+) -> None:
+    """A rejection in a resumed run does not clear what an earlier run left: that run may
+    have placed the order (its reply was lost), so the failure keeps the client order id
+    and retention keeps the execution unresolved."""
+    workflow = lossy_order_workflow()
+    failed = await EnhancedWorkflowExecutor(
+        workflow, infra, "wf", registry=placing_then_failing(True)
+    ).run()
+    assert failed.status is ExecutionStatus.FAILED
+    real = default_registry.get("actions", "place_order")
+    assert real is not None
+
+    async def rejecting(
+        ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]
+    ) -> dict[str, Any]:
+        raise OrderRejected(ctx.client_order_id(blk.id), "venue closed")
+
+    registry = registry_with(replace(real, type="lossy_order", run=rejecting))
+    outcome = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).resume(
+        failed.execution_id
+    )
+    assert outcome["status"] == "failed"
+    checkpoint = (await infra.state.get_checkpoints(failed.execution_id))["buy"]
+    assert checkpoint.state is CheckpointState.FAILED
+    assert checkpoint.outputs == {"client_order_id": f"{failed.execution_id}:buy"}
+    assert unresolved_intent(checkpoint)
 
 
 @pytest.mark.asyncio

@@ -264,13 +264,13 @@ class Executor:
                 await asyncio.sleep(0)
             # A cancellation requested through another process reaches this run.
             durability.owner.watch(start.execution_id, self.cancel)
-        journal = self._journal(start, last_sequence)
         # An action that recorded its intent, or failed after it, may have placed its order.
         intents = frozenset(
             node_id
             for node_id, checkpoint in restored.items()
             if checkpoint.state in _MAY_HAVE_ACTED
         )
+        journal = self._journal(start, last_sequence, intents)
         ctx = ExecutionContext(
             start.execution_id,
             start.workflow_id,
@@ -357,7 +357,9 @@ class Executor:
         if self.runtime.durability is not None:
             self.runtime.durability.owner.unwatch(execution_id)
 
-    def _journal(self, start: _Start, last_sequence: int) -> NullJournal:
+    def _journal(
+        self, start: _Start, last_sequence: int, inherited: frozenset[str] = frozenset()
+    ) -> NullJournal:
         durability = self.runtime.durability
         if durability is None:
             return NULL_JOURNAL
@@ -384,6 +386,7 @@ class Executor:
             log=self.runtime.log,
             node_seconds=self._node_seconds,
             last_sequence=last_sequence,
+            inherited=inherited,
         )
 
 

@@ -165,6 +165,7 @@ class DurableJournal(NullJournal):
         "fence",
         "flushing",
         "ids",
+        "inherited",
         "log",
         "node_seconds",
         "owner",
@@ -185,6 +186,7 @@ class DurableJournal(NullJournal):
         log: FilteringBoundLogger,
         node_seconds: dict[str, Series],
         last_sequence: int,
+        inherited: frozenset[str] = frozenset(),
     ) -> None:
         self.start = record
         self.record: ExecutionRecord | None = record
@@ -211,6 +213,9 @@ class DurableJournal(NullJournal):
         yet recorded."""
         self.attempts: dict[str, int] = {}
         """Attempts of each action so far (``guard_action`` runs before each)."""
+        self.inherited = inherited
+        """Actions whose intent (or failure after it) a previous run of this execution
+        recorded: that run may have placed the order, whatever this one does."""
         self.flushing = asyncio.Lock()
         self.sequence = last_sequence
         self.events: list[Event] = []
@@ -408,7 +413,11 @@ class DurableJournal(NullJournal):
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
         client_order_id = self._acted(node_id)
-        if isinstance(error, _NOTHING_SENT) and self.attempts.get(node_id, 0) <= 1:
+        if (
+            isinstance(error, _NOTHING_SENT)
+            and self.attempts.get(node_id, 0) <= 1
+            and node_id not in self.inherited
+        ):
             client_order_id = None  # its only attempt was refused before or by the venue
         # After a committed intent the order may exist at the venue: the failure keeps the
         # intent's client order id, so retention keeps the execution
