@@ -16,6 +16,7 @@ from tradeflow.app.infrastructure import Retention
 from tradeflow.app.remote import broker_tls
 from tradeflow.app.settings import ServiceSettings
 from tradeflow.domain.clock import SystemClock
+from tradeflow.domain.records import PRUNE_LIMIT_MAX
 from tradeflow.proto.state.v1 import state_service_pb2_grpc
 
 __all__ = ["build"]
@@ -37,6 +38,7 @@ async def build(settings: ServiceSettings) -> Service:
             days=settings.retention_days,
             interval=settings.retention_interval,
             clock=SystemClock(),
+            limit=PRUNE_LIMIT_MAX,
         )
         retention.start()
 

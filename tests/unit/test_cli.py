@@ -602,4 +602,4 @@ def test_executions_prune_refuses_a_retention_of_zero_days_unless_told(
     assert main(["executions", "prune", "--older-than", "0"]) == 0
     assert capsys.readouterr().out.startswith("removed 1 execution(s)")
     assert main(["executions", "prune", "--older-than", "1e300"]) == 2
-    assert "--older-than must be at most 36500 days" in capsys.readouterr().err
+    assert "--older-than must be at most" in capsys.readouterr().err

@@ -451,6 +451,17 @@ async def test_circuit_breaker_opens_and_short_circuits(infra: Infrastructure) -
     assert infra.metrics.breaker_state.labels("venue-x")._value.get() == 2
 
 
+async def rewind(infra: Infrastructure, execution_id: str, *checkpoints: Checkpoint) -> None:
+    """Put an ended execution back to ``running`` with ``checkpoints`` over its own, as if
+    its process had died there (under this process's lease)."""
+    fence = infra.owner.lease.fence
+    await infra.state.write(StateBatch(checkpoints=checkpoints, fence=fence))
+    record = await infra.state.get_execution(execution_id)
+    await infra.state.write(
+        StateBatch(execution=replace(record, status=ExecutionStatus.RUNNING), fence=fence)
+    )
+
+
 @pytest.mark.asyncio
 async def test_resume_replaces_an_intended_order_exactly_once(infra: Infrastructure) -> None:
     """Crash after the intent and the exchange fill but before the checkpoint: resume re-places
@@ -459,26 +470,16 @@ async def test_resume_replaces_an_intended_order_exactly_once(infra: Infrastruct
     result = await executor.execute()
     execution_id = result["execution_id"]
     # Rewind the execution to just after `second`'s intent, as if the process died there.
-    await infra.state.write(
-        StateBatch(
-            checkpoints=(
-                Checkpoint(
-                    execution_id,
-                    "second",
-                    CheckpointState.INTENT,
-                    0.0,
-                    {"client_order_id": f"{execution_id}:second"},
-                ),
-            ),
-            fence=infra.owner.lease.fence,
-        )
-    )
-    record = await infra.state.get_execution(execution_id)
-    await infra.state.write(
-        StateBatch(
-            execution=replace(record, status=ExecutionStatus.RUNNING),
-            fence=infra.owner.lease.fence,
-        )
+    await rewind(
+        infra,
+        execution_id,
+        Checkpoint(
+            execution_id,
+            "second",
+            CheckpointState.INTENT,
+            0.0,
+            {"client_order_id": f"{execution_id}:second"},
+        ),
     )
     resumed = await EnhancedWorkflowExecutor(two_orders_workflow(), infra, "wf").resume(
         execution_id
@@ -541,16 +542,11 @@ async def test_an_action_failing_after_its_intent_keeps_its_client_order_id(
     assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.001)
 
 
-@pytest.mark.asyncio
-async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
-    infra: Infrastructure,
-) -> None:
-    """An order refused before the venue (an invalid quantity) after its intent committed
-    leaves no client order id on the failure: no order can exist, so retention may prune
-    the execution (only a failure that may have reached the venue keeps it)."""
-    workflow = {
+def order_workflow(quantity: float) -> dict[str, Any]:
+    """A static quantity and one market buy of it (``buy``)."""
+    return {
         "blocks": [
-            block("size", "providers", "static", {"values": {"qty": 0}}),
+            block("size", "providers", "static", {"values": {"qty": quantity}}),
             block(
                 "buy",
                 "actions",
@@ -560,6 +556,16 @@ async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
             ),
         ]
     }
+
+
+@pytest.mark.asyncio
+async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
+    infra: Infrastructure,
+) -> None:
+    """An order refused before the venue (an invalid quantity) after its intent committed
+    leaves no client order id on the failure: no order can exist, so retention may prune
+    the execution (only a failure that may have reached the venue keeps it)."""
+    workflow = order_workflow(0)
     result = await EnhancedWorkflowExecutor(workflow, infra, "wf").run()
     assert result.status is ExecutionStatus.FAILED
     checkpoint = (await infra.state.get_checkpoints(result.execution_id))["buy"]
@@ -577,29 +583,57 @@ async def test_an_action_rejected_on_its_only_attempt_leaves_nothing_unresolved(
 async def test_a_resumed_action_rejected_keeps_the_intent_a_previous_run_left(
     infra: Infrastructure,
 ) -> None:
-    """A rejection in a resumed run does not clear what an earlier run left: that run may
-    have placed the order (its reply was lost), so the failure keeps the client order id
+    """A rejection in a resumed run does not clear the intent an earlier run left (that
+    run may have placed the order before it died): the failure keeps the client order id,
     and retention keeps the execution unresolved."""
-    workflow = lossy_order_workflow()
-    failed = await EnhancedWorkflowExecutor(
-        workflow, infra, "wf", registry=placing_then_failing(True)
-    ).run()
-    assert failed.status is ExecutionStatus.FAILED
+
+    def sizing(quantity: float) -> NodeRegistry:
+        async def size(ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]) -> dict[str, Any]:
+            return {"qty": quantity}
+
+        return registry_with(NodeSpec("providers", "sizing", size, outputs=("qty",)))
+
+    workflow = order_workflow(0.001)
+    workflow["blocks"][0] = block("size", "providers", "sizing")
+    result = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=sizing(0.001)).run()
+    execution_id = result.execution_id
+    # Rewind to just after the order's intent, as if the process died there, with the
+    # sizing to run again (its checkpoint lost): this time it sizes the order at 0.
+    intent = {"client_order_id": f"{execution_id}:buy"}
+    await rewind(
+        infra,
+        execution_id,
+        Checkpoint(execution_id, "size", CheckpointState.FAILED, 0.0, None, "lost"),
+        Checkpoint(execution_id, "buy", CheckpointState.INTENT, 0.0, intent),
+    )
+    # The resumed run's own check rejects the order before it could adopt the placed one.
+    outcome = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=sizing(0)).resume(
+        execution_id
+    )
+    assert outcome["status"] == "failed" and "rejected" in outcome["errors"]["buy"]
+    checkpoint = (await infra.state.get_checkpoints(execution_id))["buy"]
+    assert checkpoint.state is CheckpointState.FAILED
+    assert checkpoint.outputs == intent and unresolved_intent(checkpoint)
+
+
+@pytest.mark.asyncio
+async def test_a_custom_action_rejected_keeps_its_intent(infra: Infrastructure) -> None:
+    """A custom action's OrderRejected proves nothing (it may have placed an order before
+    failing on another): the failure keeps the client order id."""
     real = default_registry.get("actions", "place_order")
     assert real is not None
 
-    async def rejecting(
+    async def placing_then_rejected(
         ctx: ExecutionContext, blk: Block, inputs: dict[str, Any]
     ) -> dict[str, Any]:
-        raise OrderRejected(ctx.client_order_id(blk.id), "venue closed")
+        await real.run(ctx, blk, inputs)
+        raise OrderRejected(f"{ctx.client_order_id(blk.id)}-hedge", "hedge refused")
 
-    registry = registry_with(replace(real, type="lossy_order", run=rejecting))
-    outcome = await EnhancedWorkflowExecutor(workflow, infra, "wf", registry=registry).resume(
-        failed.execution_id
-    )
-    assert outcome["status"] == "failed"
+    registry = registry_with(replace(real, type="lossy_order", run=placing_then_rejected))
+    failed = await EnhancedWorkflowExecutor(
+        lossy_order_workflow(), infra, "wf", registry=registry
+    ).run()
     checkpoint = (await infra.state.get_checkpoints(failed.execution_id))["buy"]
-    assert checkpoint.state is CheckpointState.FAILED
     assert checkpoint.outputs == {"client_order_id": f"{failed.execution_id}:buy"}
     assert unresolved_intent(checkpoint)
 

@@ -18,10 +18,11 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO, runtime_checkable
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 import orjson
 
@@ -702,9 +703,11 @@ async def cmd_prune(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    if days > _PRUNE_DAYS_MAX:
+    since_epoch = time.time() / 86_400
+    if days > since_epoch:
+        where = "--older-than" if args.older_than is not None else "TRADEFLOW_RETENTION_DAYS"
         print(
-            f"error: --older-than must be at most {_PRUNE_DAYS_MAX} days, found {days}",
+            f"error: {where} must be at most {since_epoch:.0f} days (back to 1970), found {days}",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -727,10 +730,6 @@ async def cmd_prune(args: argparse.Namespace) -> int:
     )
     print(f"removed {removed} execution(s) that ended before {rfc3339(ended_before)}{more}{kept}")
     return 0
-
-
-_PRUNE_DAYS_MAX: Final = 36_500
-"""The longest ``--older-than`` (a century: the horizon stays a valid time)."""
 
 
 async def cmd_stack(args: argparse.Namespace) -> int:

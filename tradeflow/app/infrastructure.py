@@ -49,7 +49,7 @@ from tradeflow.app.settings import ENVIRONMENTS, Settings
 from tradeflow.domain.clock import Clock, IdFactory, SystemClock, new_id
 from tradeflow.domain.errors import ConfigurationError, describe
 from tradeflow.domain.ownership import OwnerInfo
-from tradeflow.domain.records import Event, EventType
+from tradeflow.domain.records import PRUNE_LIMIT_DEFAULT, Event, EventType
 from tradeflow.engine.nodes.registry import HttpPool
 from tradeflow.engine.ownership import LeaseKeeper
 from tradeflow.engine.resilience import BreakerRegistry, BreakerState
@@ -290,8 +290,19 @@ class Retention:
     ``retention.pruned`` with the counts (at info when it removed or kept any). A round
     that fails is logged (``retention.failed``) and the next one tries again."""
 
-    def __init__(self, state: StateStore, *, days: float, interval: float, clock: Clock) -> None:
+    def __init__(
+        self,
+        state: StateStore,
+        *,
+        days: float,
+        interval: float,
+        clock: Clock,
+        limit: int = PRUNE_LIMIT_DEFAULT,
+    ) -> None:
         self._state = state
+        self._limit = limit
+        """Executions one ``prune`` call may remove (each call walks from the oldest end
+        again, past every kept one: a service prunes with the largest)."""
         self._horizon = days * _DAY_SECONDS
         self._interval = interval
         self._clock = clock
@@ -311,7 +322,7 @@ class Retention:
         ended_before = self._clock.time() - self._horizon
         removed = 0
         while True:
-            report = await self._state.prune(ended_before)
+            report = await self._state.prune(ended_before, limit=self._limit)
             removed += report.removed
             if not report.more:
                 break

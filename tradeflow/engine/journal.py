@@ -66,10 +66,10 @@ _FAILED = CheckpointState.FAILED
 _INTENT = CheckpointState.INTENT
 _REDUCE_ONLY = TradingState.REDUCE_ONLY
 _FREE: Final = frozenset({OrderEffect.CANCELS, OrderEffect.NONE})
-_NOTHING_SENT: Final = (OrderRejected, EmergencyHalted, LeaseLost)
-"""Failures of an action's attempt that prove its order does not exist: refused here
-before the venue (a halt, a lost lease, an invalid order) or rejected by the venue."""
 """Effects every trading state admits: neither the local view nor the store is asked."""
+_PLACE_ORDER: Final = "place_order"
+"""The built-in action that places exactly one order, under the node's client order id:
+its ``OrderRejected`` for that id proves the order does not exist."""
 
 Classify = Callable[[], Awaitable[OrderEffect]]
 """Works out what an order does against the current position (the node's ``order_effect``)."""
@@ -171,6 +171,7 @@ class DurableJournal(NullJournal):
         "owner",
         "publish",
         "record",
+        "refused",
         "sequence",
         "start",
         "strategy_id",
@@ -213,6 +214,8 @@ class DurableJournal(NullJournal):
         yet recorded."""
         self.attempts: dict[str, int] = {}
         """Attempts of each action so far (``guard_action`` runs before each)."""
+        self.refused: set[str] = set()
+        """Actions whose attempt ``guard_action`` refused (before the node ran)."""
         self.inherited = inherited
         """Actions whose intent (or failure after it) a previous run of this execution
         recorded: that run may have placed the order, whatever this one does."""
@@ -353,7 +356,11 @@ class DurableJournal(NullJournal):
         self.owner.check(self.fence.epoch)
         effect = self.effects.get(node.block.id)
         if effect is not None:  # cancels and effect-free actions: the way out stays open
-            self._allowed(effect)
+            try:
+                self._allowed(effect)
+            except EmergencyHalted:
+                self.refused.add(node_id)
+                raise
 
     def _allowed(self, effect: OrderEffect) -> None:
         try:
@@ -413,12 +420,8 @@ class DurableJournal(NullJournal):
             {"error": message, "error_type": type(error).__name__, "duration_ms": seconds * 1000},
         )
         client_order_id = self._acted(node_id)
-        if (
-            isinstance(error, _NOTHING_SENT)
-            and self.attempts.get(node_id, 0) <= 1
-            and node_id not in self.inherited
-        ):
-            client_order_id = None  # its only attempt was refused before or by the venue
+        if self._nothing_sent(node, error, client_order_id):
+            client_order_id = None
         # After a committed intent the order may exist at the venue: the failure keeps the
         # intent's client order id, so retention keeps the execution
         # (domain.records.unresolved_intent) until someone resolves it.
@@ -430,6 +433,23 @@ class DurableJournal(NullJournal):
             message,
         )
         self.log.warning("node.failed", node_id=node_id, node_type=node.block.type, error=message)
+
+    def _nothing_sent(
+        self, node: NodePlan, error: BaseException, client_order_id: str | None
+    ) -> bool:
+        """Whether the failure proves the action's order does not exist: its only attempt
+        in a run that inherited no intent of it was refused by :meth:`guard_action`, or is
+        the built-in ``place_order``'s rejection of its own order (before or by the
+        venue). Anything else (a custom action's error, a retry after an attempt) may
+        hide a placed order."""
+        node_id = node.block.id
+        if self.attempts.get(node_id, 0) > 1 or node_id in self.inherited:
+            return False
+        return node_id in self.refused or (
+            node.block.type == _PLACE_ORDER
+            and isinstance(error, OrderRejected)
+            and error.client_order_id == client_order_id
+        )
 
     def node_retrying(
         self, node: NodePlan, attempt: int, error: BaseException, wait: float
