@@ -359,7 +359,9 @@ async def test_a_forged_batch_is_dropped(
             oversized,
         ):
             payload = json.dumps({"schema_version": 1, "events": items}).encode()
-            await raw.publish(subject, payload)
+            # Acknowledged by the stream: stored before the genuine event (another
+            # connection), so the replay meets them first.
+            await raw.jetstream().publish(subject, payload)
         genuine = make_event(workflow_id, 2)
         bus.publish(genuine)
         await eventually(lambda: any(e["sequence"] == 2 for e in live), "the genuine event")
