@@ -505,18 +505,7 @@ def placing_then_failing(fail: bool) -> NodeRegistry:
 
 
 def lossy_order_workflow() -> dict[str, Any]:
-    return {
-        "blocks": [
-            block(
-                "buy",
-                "actions",
-                "lossy_order",
-                {"symbol": "BTC/USDT", "side": "buy"},
-                {"quantity": "size.qty"},
-            ),
-            block("size", "providers", "static", {"values": {"qty": 0.001}}),
-        ]
-    }
+    return order_workflow(0.001, action="lossy_order")
 
 
 @pytest.mark.asyncio
@@ -542,15 +531,15 @@ async def test_an_action_failing_after_its_intent_keeps_its_client_order_id(
     assert await infra.exchange.position("paper", "BTC/USDT") == pytest.approx(0.001)
 
 
-def order_workflow(quantity: float) -> dict[str, Any]:
-    """A static quantity and one market buy of it (``buy``)."""
+def order_workflow(quantity: float, *, action: str = "place_order") -> dict[str, Any]:
+    """A static quantity and one market buy of it (``buy``, an ``action`` node)."""
     return {
         "blocks": [
             block("size", "providers", "static", {"values": {"qty": quantity}}),
             block(
                 "buy",
                 "actions",
-                "place_order",
+                action,
                 {"symbol": "BTC/USDT", "side": "buy"},
                 {"quantity": "size.qty"},
             ),

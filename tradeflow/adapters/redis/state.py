@@ -569,39 +569,49 @@ end
 return {'claimed', previous, died and 1 or 0, takeovers, cancel}
 """
 
-# ARGV: prefix, limit. Walks the running and interrupted indexes together in member
-# order (oldest first): every interrupted execution, and the running ones whose owner is
-# not live (leases looked up once per owner). Returns {execution id, record} pairs.
-_ORPHANS: Final = (
-    _RECORDS
-    + r"""
-local p, limit, chunk = ARGV[1], tonumber(ARGV[2]), 256
-local indexes = {p .. 'index:status:running', p .. 'index:status:interrupted'}
-local buffers, cursor, lower, ended = {{}, {}}, {1, 1}, {'-', '-'}, {false, false}
+# Sorted-set walks merged in member order (a fragment: the script declares indexes,
+# buffers, cursor, after, ended, upper and chunk before it). peek(k) is walk k's next
+# member of indexes[k] past after[k] up to upper, read chunk members at a time, nil once
+# it is through; earlier(a, b) orders members as Redis does (byte order: Lua's < follows
+# the server's locale).
+_MERGE: Final = r"""
 local function peek(k)
   if cursor[k] > #buffers[k] then
     if ended[k] then return nil end
-    buffers[k] = redis.call('ZRANGEBYLEX', indexes[k], lower[k], '+', 'LIMIT', 0, chunk)
+    buffers[k] = redis.call('ZRANGEBYLEX', indexes[k], after[k], upper, 'LIMIT', 0, chunk)
     cursor[k] = 1
     ended[k] = #buffers[k] < chunk
     if #buffers[k] == 0 then return nil end
-    lower[k] = '(' .. buffers[k][#buffers[k]]
+    after[k] = '(' .. buffers[k][#buffers[k]]
   end
   return buffers[k][cursor[k]]
 end
--- Byte order, as Redis orders members (Lua's < follows the server's locale).
-local function before(a, b)
+local function earlier(a, b)
   for i = 1, math.min(#a, #b) do
     local x, y = string.byte(a, i), string.byte(b, i)
     if x ~= y then return x < y end
   end
   return #a < #b
 end
+"""
+
+# ARGV: prefix, limit. Walks the running and interrupted indexes together in member
+# order (oldest first): every interrupted execution, and the running ones whose owner is
+# not live (leases looked up once per owner). Returns {execution id, record} pairs.
+_ORPHANS: Final = (
+    _RECORDS
+    + r"""
+local p, limit, chunk, upper = ARGV[1], tonumber(ARGV[2]), 256, '+'
+local indexes = {p .. 'index:status:running', p .. 'index:status:interrupted'}
+local buffers, cursor, after, ended = {{}, {}}, {1, 1}, {'-', '-'}, {false, false}
+"""
+    + _MERGE
+    + r"""
 local out = {}
 while #out < limit do
   local a, b = peek(1), peek(2)
   if not a and not b then break end
-  local k = (not b or (a and before(a, b))) and 1 or 2
+  local k = (not b or (a and earlier(a, b))) and 1 or 2
   local member = buffers[k][cursor[k]]
   cursor[k] = cursor[k] + 1
   -- The member is '<16 hex digits>:<execution id>'.
@@ -659,34 +669,19 @@ return load(p, id)
 # alone, index members, request id and its reference to its definition. Returns
 # {removed, kept, the last member seen, or '' once the walk is through}.
 # FINAL (prepended) lists the final statuses, from ExecutionStatus.
-_PRUNE: Final = r"""
+_PRUNE: Final = (
+    r"""
 local p, lower, upper = ARGV[1], ARGV[2], ARGV[3]
 local before, quota, budget = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local indexes, buffers, cursor, bounds, ended = {}, {}, {}, {}, {}
+local indexes, buffers, cursor, after, ended = {}, {}, {}, {}, {}
 for k, status in ipairs(FINAL) do
-  indexes[k], buffers[k], cursor[k], bounds[k], ended[k] =
+  indexes[k], buffers[k], cursor[k], after[k], ended[k] =
     p .. 'index:status:' .. status, {}, 1, lower, false
 end
 local chunk = 128
-local function peek(k)
-  if cursor[k] > #buffers[k] then
-    if ended[k] then return nil end
-    buffers[k] = redis.call('ZRANGEBYLEX', indexes[k], bounds[k], upper, 'LIMIT', 0, chunk)
-    cursor[k] = 1
-    ended[k] = #buffers[k] < chunk
-    if #buffers[k] == 0 then return nil end
-    bounds[k] = '(' .. buffers[k][#buffers[k]]
-  end
-  return buffers[k][cursor[k]]
-end
--- Byte order, as Redis orders members (Lua's < follows the server's locale).
-local function before_member(a, b)
-  for i = 1, math.min(#a, #b) do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
+"""
+    + _MERGE
+    + r"""
 -- The entries of the global stream that name only this execution, from its frames'
 -- headers (kind J or j, with an entry).
 local function entries(data)
@@ -726,7 +721,7 @@ while removed < quota and examined < budget do
   local best, from = nil, 0
   for k = 1, #indexes do
     local member = peek(k)
-    if member and (not best or before_member(member, best)) then best, from = member, k end
+    if member and (not best or earlier(member, best)) then best, from = member, k end
   end
   if not best then return {removed, kept, ''} end
   cursor[from] = cursor[from] + 1
@@ -748,6 +743,7 @@ while removed < quota and examined < budget do
 end
 return {removed, kept, last}
 """
+)
 
 _RANKS: Final = f"local RANKS = {{{', '.join(f'{s.value} = {s.rank}' for s in TradingState)}}}\n"
 """The Lua table of each trading state's rank, which the write script starts with."""
